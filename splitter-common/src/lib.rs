@@ -1,0 +1,245 @@
+//! Types shared by the kernel programs and user space: map keys and values, map names and
+//! sizes, the split word and the flow hash. Every fact about the kernel ABI lives here once.
+//!
+//! Everything is `#[repr(C)]` with explicit padding and a compile-time size check, so the
+//! kernel and user space agree on layouts byte for byte. Addresses are 16 bytes: IPv4 is stored
+//! IPv4-mapped (`::ffff:a.b.c.d`) so that IPv6 needs no new types.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod split;
+
+pub use hash::flow_hash;
+pub use split::{SplitWord, Version};
+
+/// An IPv6 address, or an IPv4 address in its IPv4-mapped form.
+pub type Addr = [u8; 16];
+
+/// IP protocol numbers the data plane steers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// The IPv4-mapped form of an IPv4 address given as its four bytes in network order.
+#[inline(always)]
+#[must_use]
+pub const fn ipv4_mapped(octets: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// An (address, port, protocol) triple: a service's listen address in `SERVICES`, or a backend
+/// in `BACKENDS`. The port is in network byte order, as it sits in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Endpoint {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+
+impl Endpoint {
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(addr: Addr, port: u16, protocol: u8) -> Self {
+        Self {
+            addr,
+            port_be: port.to_be(),
+            protocol,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// Value of `SERVICES`: the dense id that indexes the split word, the slot tables and the
+/// counters of the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    pub id: u32,
+    /// Reserved for per-service options (affinity, cohorts); zero today.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Service>() == 8);
+
+/// One entry of a pool's slot table. `flags == 0` means the slot is unset: the kernel counts a
+/// slot miss and never forwards to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 20);
+
+/// `Slot::flags` bit: the slot holds a backend.
+pub const SLOT_SET: u16 = 1;
+
+/// Key of `FLOWS`: the connection as the client sent it (destination = the service address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `FLOWS`: where the connection was sent and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    pub backend_addr: Addr,
+    pub backend_port_be: u16,
+    /// `Version` as u8.
+    pub version: u8,
+    /// One of `FLOW_OPEN`, `FLOW_FIN`, `FLOW_RST`.
+    pub state: u8,
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` when `state` last changed (creation, FIN or RST seen).
+    pub state_changed_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+
+pub const FLOW_OPEN: u8 = 0;
+/// A FIN was seen in either direction: the connection is closing.
+pub const FLOW_FIN: u8 = 1;
+/// A RST was seen in either direction: the connection is gone.
+pub const FLOW_RST: u8 = 2;
+
+/// Value of `BACKENDS`, keyed by the backend's `Endpoint`: what the TC egress program needs to
+/// turn a reply from the backend back into a reply from the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendInfo {
+    pub service_addr: Addr,
+    pub service_port_be: u16,
+    /// `Version` as u8.
+    pub version: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+
+/// Value of `VERSION_STATS`, one per (service, version) and CPU. "In" is client → backend
+/// (XDP ingress), "out" is backend → client (TC egress).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VersionStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Flows created by a SYN or a first UDP datagram.
+    pub new_flows: u64,
+    /// Non-SYN TCP packets with no flow entry, steered by the deterministic hash.
+    pub flow_misses: u64,
+    /// New flows dropped because the chosen slot was unset.
+    pub slot_misses: u64,
+    /// Flows that saw a FIN or RST.
+    pub closed_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<VersionStats>() == 64);
+
+/// Index of the (service, version) counters in `VERSION_STATS`.
+#[inline(always)]
+#[must_use]
+pub const fn stats_index(service_id: u32, version: u8) -> u32 {
+    service_id * 2 + (version as u32 & 1)
+}
+
+/// Index in `POOL_SLOTS` of slot `hash` of the (service, version) pool.
+#[inline(always)]
+#[must_use]
+pub const fn slot_index(service_id: u32, version: u8, hash: u32) -> u32 {
+    (service_id * 2 + (version as u32 & 1)) * maps::SLOTS_PER_POOL
+        + (hash & (maps::SLOTS_PER_POOL - 1))
+}
+
+/// What happened to a packet, counted per CPU in `PLANE_STATS` (index = discriminant).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlaneCounter {
+    /// Ingress: steered to a backend.
+    Steered = 0,
+    /// Ingress: not IPv4 (ARP, IPv6, ...): passed untouched.
+    NotIpv4 = 1,
+    /// Ingress: IPv4 but not TCP/UDP to a configured service: passed untouched.
+    NotService = 2,
+    /// Ingress: an IP fragment: passed untouched.
+    Fragment = 3,
+    /// Ingress: IPv4 with options: passed untouched.
+    IpOptions = 4,
+    /// Ingress or egress: too short for the headers it claims: passed untouched.
+    Malformed = 5,
+    /// Ingress: new flow whose chosen slot is unset: dropped.
+    SlotMiss = 6,
+    /// Egress: a backend's reply rewritten to come from the service.
+    ReplyTranslated = 7,
+    /// Egress: not a reply from a backend: passed untouched.
+    ReplyPassed = 8,
+    /// Ingress: the flow table refused an insert (the packet was still steered).
+    FlowInsertFailed = 9,
+}
+
+impl PlaneCounter {
+    pub const ALL: [PlaneCounter; 10] = [
+        Self::Steered,
+        Self::NotIpv4,
+        Self::NotService,
+        Self::Fragment,
+        Self::IpOptions,
+        Self::Malformed,
+        Self::SlotMiss,
+        Self::ReplyTranslated,
+        Self::ReplyPassed,
+        Self::FlowInsertFailed,
+    ];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Steered => "steered",
+            Self::NotIpv4 => "not_ipv4",
+            Self::NotService => "not_service",
+            Self::Fragment => "fragment",
+            Self::IpOptions => "ip_options",
+            Self::Malformed => "malformed",
+            Self::SlotMiss => "slot_miss",
+            Self::ReplyTranslated => "reply_translated",
+            Self::ReplyPassed => "reply_passed",
+            Self::FlowInsertFailed => "flow_insert_failed",
+        }
+    }
+}
+
+/// Number of entries of `PLANE_STATS`.
+pub const PLANE_COUNTERS: u32 = PlaneCounter::ALL.len() as u32;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], Copy, has no padding bytes left implicit (each struct
+    // names its padding) and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::BackendInfo {}
+    unsafe impl aya::Pod for super::VersionStats {}
+}

@@ -1,0 +1,57 @@
+//! Names and sizes of every map. The kernel programs declare the maps with these; user space
+//! opens, pins and checks them with these. Who writes each map:
+//!
+//! | map | kind | written by | holds |
+//! |---|---|---|---|
+//! | `SERVICES` | hash | user space | service `Endpoint` → `Service` (its id) |
+//! | `SERVICE_PORTS` | array | user space | per destination port (host order): how many services listen on it |
+//! | `SPLIT` | array | user space | per service id: the `SplitWord` |
+//! | `POOL_SLOTS` | array | user space | per (service, version): `SLOTS_PER_POOL` backend `Slot`s |
+//! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
+//! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
+//! | `VERSION_STATS` | per-CPU array | both programs | per (service, version): `VersionStats` |
+//! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
+
+pub const SERVICES: &str = "SERVICES";
+pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
+pub const SPLIT: &str = "SPLIT";
+pub const POOL_SLOTS: &str = "POOL_SLOTS";
+pub const FLOWS: &str = "FLOWS";
+pub const BACKENDS: &str = "BACKENDS";
+pub const VERSION_STATS: &str = "VERSION_STATS";
+pub const PLANE_STATS: &str = "PLANE_STATS";
+
+/// Every map, in the order user space opens them.
+pub const ALL: [&str; 8] = [
+    SERVICES,
+    SERVICE_PORTS,
+    SPLIT,
+    POOL_SLOTS,
+    FLOWS,
+    BACKENDS,
+    VERSION_STATS,
+    PLANE_STATS,
+];
+
+/// Services (and so split words) one data plane holds.
+pub const MAX_SERVICES: u32 = 128;
+/// Slots per pool: a power of two, so the kernel masks instead of dividing.
+pub const SLOTS_PER_POOL: u32 = 256;
+const _: () = assert!(SLOTS_PER_POOL.is_power_of_two());
+/// Backends one data plane holds, over all services and pools.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default capacity of the flow table.
+pub const FLOW_CAPACITY: u32 = 65_536;
+
+/// Entries of `SERVICE_PORTS`: one per port.
+pub const PORT_ENTRIES: u32 = 65_536;
+/// Entries of `POOL_SLOTS`.
+pub const POOL_SLOT_ENTRIES: u32 = MAX_SERVICES * 2 * SLOTS_PER_POOL;
+/// Entries of `VERSION_STATS`.
+pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 2;
+
+/// Names of the programs in the object.
+pub const PROGRAM_INGRESS: &str = "split_ingress";
+pub const PROGRAM_EGRESS: &str = "split_egress";
+/// A program that only returns `XDP_PASS`: the baseline of the benchmarks. Never attached.
+pub const PROGRAM_BASELINE: &str = "xdp_baseline";

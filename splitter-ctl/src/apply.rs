@@ -1,0 +1,148 @@
+//! Applying a validated config to the maps, as a diff against what the kernel holds.
+//!
+//! Order matters, because the kernel reads the maps while we write them: a new service's split
+//! word, slot tables and reverse entries are written before its `SERVICES` entry makes it
+//! visible; a removed service disappears from `SERVICES` first and its state is cleared after.
+//! The split word of a service that already exists is never overwritten: it may hold an
+//! operator's `weight` or `rollback`, and the kernel is the source of truth.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use splitter_common::{BackendInfo, Endpoint, Service, SplitWord, Version, maps::MAX_SERVICES};
+
+use crate::{
+    config::{Config, ServiceSpec, endpoint},
+    maps::{Maps, MapsError, addr_ip},
+    slots,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the data plane has no free service id (it holds {MAX_SERVICES} services)")]
+    NoFreeId,
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// What an apply changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub kept: Vec<String>,
+    /// Services removed from the kernel, by listen address.
+    pub removed: Vec<String>,
+    /// Services whose kernel split word differs from the config's initial one (an operator
+    /// change, or a later step of a rollout): (name, kernel word, config word).
+    pub split_differs: Vec<(String, SplitWord, SplitWord)>,
+    /// Flows purged with removed services.
+    pub purged_flows: usize,
+}
+
+pub fn apply(maps: &mut Maps, config: &Config) -> Result<Applied, ApplyError> {
+    let existing: HashMap<Endpoint, Service> = maps.services()?.into_iter().collect();
+    let wanted: HashSet<Endpoint> = config.services.iter().map(ServiceSpec::endpoint).collect();
+
+    // Plan ids first, so running out of ids changes nothing.
+    let mut used: BTreeSet<u32> = existing.values().map(|s| s.id).collect();
+    let mut ids = Vec::with_capacity(config.services.len());
+    for spec in &config.services {
+        let id = match existing.get(&spec.endpoint()) {
+            Some(service) => service.id,
+            None => {
+                let id = (0..MAX_SERVICES)
+                    .find(|id| !used.contains(id))
+                    .ok_or(ApplyError::NoFreeId)?;
+                used.insert(id);
+                id
+            }
+        };
+        ids.push(id);
+    }
+
+    let mut applied = Applied::default();
+    for (endpoint, service) in &existing {
+        if !wanted.contains(endpoint) {
+            applied.purged_flows += remove(maps, endpoint, service.id)?;
+            applied
+                .removed
+                .push(format!("{}:{}", addr_ip(&endpoint.addr), endpoint.port()));
+        }
+    }
+
+    let mut live_backends: HashSet<Endpoint> = HashSet::new();
+    for (spec, id) in config.services.iter().zip(&ids) {
+        let id = *id;
+        let service_endpoint = spec.endpoint();
+        for version in [Version::Blue, Version::Green] {
+            maps.write_slots(id, version, &slots::build(spec.pool(version)))?;
+            for backend in spec.pool(version) {
+                let key = endpoint(backend.addr, spec.protocol);
+                let info = BackendInfo {
+                    service_addr: service_endpoint.addr,
+                    service_port_be: service_endpoint.port_be,
+                    version: version as u8,
+                    _pad: 0,
+                    service_id: id,
+                };
+                maps.insert_backend(&key, info)?;
+                live_backends.insert(key);
+            }
+        }
+        if existing.contains_key(&service_endpoint) {
+            let kernel = maps.split(id)?;
+            if kernel != spec.initial_split() {
+                applied
+                    .split_differs
+                    .push((spec.name.clone(), kernel, spec.initial_split()));
+            }
+            applied.kept.push(spec.name.clone());
+        } else {
+            maps.reset_counters(id, Version::Blue)?;
+            maps.reset_counters(id, Version::Green)?;
+            maps.set_split(id, spec.initial_split())?;
+            applied.added.push(spec.name.clone());
+        }
+    }
+    for (backend, _) in maps.backends()? {
+        if !live_backends.contains(&backend) {
+            maps.remove_backend(&backend)?;
+        }
+    }
+    write_ports(maps, config, existing.keys())?;
+    for (spec, id) in config.services.iter().zip(&ids) {
+        maps.insert_service(&spec.endpoint(), Service { id: *id, flags: 0 })?;
+    }
+    Ok(applied)
+}
+
+/// Sets the per-port service counts for every port that had or has a service.
+fn write_ports<'a>(
+    maps: &mut Maps,
+    config: &Config,
+    old: impl Iterator<Item = &'a Endpoint>,
+) -> Result<(), MapsError> {
+    let mut counts: HashMap<u16, u32> = old.map(|e| (e.port(), 0)).collect();
+    for spec in &config.services {
+        *counts.entry(spec.listen.port()).or_default() += 1;
+    }
+    for (port, count) in counts {
+        maps.set_port_services(port, count)?;
+    }
+    Ok(())
+}
+
+/// Removes a service: invisible first, then its state. Returns the flows purged.
+fn remove(maps: &mut Maps, endpoint: &Endpoint, id: u32) -> Result<usize, MapsError> {
+    maps.remove_service(endpoint)?;
+    for version in [Version::Blue, Version::Green] {
+        maps.write_slots(id, version, &slots::build(&[]))?;
+        maps.reset_counters(id, version)?;
+    }
+    maps.set_split(id, SplitWord::default())?;
+    for (backend, info) in maps.backends()? {
+        if info.service_id == id {
+            maps.remove_backend(&backend)?;
+        }
+    }
+    maps.purge_flows(|_, flow| flow.service_id == id)
+}

@@ -1,0 +1,83 @@
+//! One module per subcommand. Each takes what it needs and returns a typed error; `main`
+//! prints errors once, with their causes.
+
+pub mod daemon;
+pub mod detach;
+pub mod share;
+pub mod status;
+
+use std::path::Path;
+
+use crate::{
+    config::{Config, ConfigError, ServiceSpec},
+    maps::{Maps, MapsError},
+};
+use splitter_common::Service;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("no service `{name}` in `{config}`; it has: {known}")]
+    UnknownService {
+        name: String,
+        config: String,
+        known: String,
+    },
+    #[error(
+        "service `{0}` is in the config but not in the data plane: the daemon has not applied it yet"
+    )]
+    NotApplied(String),
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    #[error("cannot encode the status as JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The config, the pinned maps, and one of its services with its kernel entry.
+pub struct Target {
+    pub config: Config,
+    pub maps: Maps,
+}
+
+impl Target {
+    pub fn open(config_path: &Path) -> Result<Self, CommandError> {
+        let config = Config::load(config_path)?;
+        let maps = Maps::open_pinned(&config.pin_dir)?;
+        Ok(Self { config, maps })
+    }
+
+    pub fn service(&self, name: &str) -> Result<(&ServiceSpec, Service), CommandError> {
+        let spec = self
+            .config
+            .service(name)
+            .ok_or_else(|| CommandError::UnknownService {
+                name: name.to_owned(),
+                config: self.config.path.display().to_string(),
+                known: self
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let service = self
+            .maps
+            .service(&spec.endpoint())?
+            .ok_or_else(|| CommandError::NotApplied(name.to_owned()))?;
+        Ok((spec, service))
+    }
+}

@@ -1,0 +1,679 @@
+//! The config file: TOML parsed into raw structs that keep each value's place in the file, then
+//! validated into a `Config` that the rest of the program runs on. Every error names the file,
+//! the line and column, and the field; validation stops at the first one, and nothing is
+//! applied unless the whole file is valid.
+
+use std::{
+    collections::HashSet,
+    fmt, fs,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use splitter_common::{
+    Endpoint, PROTO_TCP, PROTO_UDP, SplitWord, Version, ipv4_mapped,
+    maps::{MAX_SERVICES, SLOTS_PER_POOL},
+};
+use toml::Spanned;
+
+use crate::{paths, share, slots::WeightedBackend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {problem}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        problem: String,
+    },
+    #[error("{path}:{line}:{column}: `{field}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        problem: String,
+    },
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A valid config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interface: String,
+    pub pin_dir: PathBuf,
+    pub xdp_mode: XdpMode,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A valid service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    pub live: Version,
+    pub blue: Vec<WeightedBackend>,
+    pub green: Vec<WeightedBackend>,
+    /// Share of new connections for green, in basis points.
+    pub green_share_bp: u16,
+}
+
+impl ServiceSpec {
+    /// The key of the service in `SERVICES`.
+    #[must_use]
+    pub fn endpoint(&self) -> Endpoint {
+        endpoint(self.listen, self.protocol)
+    }
+
+    #[must_use]
+    pub fn pool(&self, version: Version) -> &[WeightedBackend] {
+        match version {
+            Version::Blue => &self.blue,
+            Version::Green => &self.green,
+        }
+    }
+
+    /// The split word the config asks for when the service is first created.
+    #[must_use]
+    pub fn initial_split(&self) -> SplitWord {
+        SplitWord::new(self.live, 0).with_share_of(Version::Green, self.green_share_bp)
+    }
+}
+
+impl Config {
+    #[must_use]
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is only used in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |span| line_column(text, span.start));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                problem: e.message().trim().to_owned(),
+            }
+        })?;
+        Validator { path, text }.config(raw)
+    }
+}
+
+/// The `Endpoint` of an address and protocol (IPv4 only until IPv6 lands).
+#[must_use]
+pub fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    Endpoint::new(ip, addr.port(), protocol.number())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: Spanned<String>,
+    pin_dir: Option<Spanned<String>>,
+    xdp_mode: Option<Spanned<String>>,
+    #[serde(default, rename = "service")]
+    services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    live: Option<Spanned<String>>,
+    blue: Option<Spanned<Vec<Spanned<String>>>>,
+    green: Option<Spanned<Vec<Spanned<String>>>>,
+    green_weight: Option<Spanned<toml::Value>>,
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        field: impl fmt::Display,
+        problem: impl fmt::Display,
+    ) -> ConfigError {
+        let (line, column) = line_column(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            column,
+            field: field.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let interface = raw.interface.get_ref().trim();
+        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+            return Err(self.invalid(
+                raw.interface.span(),
+                "interface",
+                "expected an interface name (1 to 15 characters, no `/` or spaces)",
+            ));
+        }
+        let pin_dir = match &raw.pin_dir {
+            None => PathBuf::from(paths::DEFAULT_PIN_DIR),
+            Some(dir) => {
+                let path = PathBuf::from(dir.get_ref());
+                if !path.is_absolute()
+                    || !path.starts_with(paths::BPFFS_ROOT)
+                    || path == Path::new(paths::BPFFS_ROOT)
+                {
+                    return Err(self.invalid(
+                        dir.span(),
+                        "pin_dir",
+                        format!("expected a directory below `{}`", paths::BPFFS_ROOT),
+                    ));
+                }
+                path
+            }
+        };
+        let xdp_mode = match raw
+            .xdp_mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("auto", _)) => XdpMode::Auto,
+            Some(("native", _)) => XdpMode::Native,
+            Some(("generic", _)) => XdpMode::Generic,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    span,
+                    "xdp_mode",
+                    format!("`{other}` is not one of `auto`, `native`, `generic`"),
+                ));
+            }
+        };
+        if raw.services.len() > MAX_SERVICES as usize {
+            let span = raw.services[MAX_SERVICES as usize].span();
+            return Err(self.invalid(
+                span,
+                "service",
+                format!("at most {MAX_SERVICES} services fit in one data plane"),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        let mut backends = HashSet::new();
+        let mut services = Vec::with_capacity(raw.services.len());
+        for (index, raw_service) in raw.services.into_iter().enumerate() {
+            let service = self.service(index, raw_service.into_inner(), &mut backends)?;
+            let at = |field: &str| format!("service[{index}].{field}");
+            if !names.insert(service.name.clone()) {
+                return Err(self.invalid(
+                    0..0,
+                    at("name"),
+                    format!("service `{}` is defined twice", service.name),
+                ));
+            }
+            if !listens.insert((service.listen, service.protocol)) {
+                return Err(self.invalid(
+                    0..0,
+                    at("listen"),
+                    format!(
+                        "another service already listens on {} {}",
+                        service.protocol.name(),
+                        service.listen
+                    ),
+                ));
+            }
+            services.push(service);
+        }
+        // Backends must not double as service addresses: replies from them would be rewritten.
+        for service in &services {
+            if backends.contains(&(service.listen, service.protocol)) {
+                return Err(self.invalid(
+                    0..0,
+                    format!("service `{}`.listen", service.name),
+                    format!("{} is also a backend", service.listen),
+                ));
+            }
+        }
+        Ok(Config {
+            path: self.path.to_owned(),
+            interface: interface.to_owned(),
+            pin_dir,
+            xdp_mode,
+            services,
+        })
+    }
+
+    fn service(
+        &self,
+        index: usize,
+        raw: RawService,
+        backends: &mut HashSet<(SocketAddr, Protocol)>,
+    ) -> Result<ServiceSpec, ConfigError> {
+        let at = |field: &str| format!("service[{index}].{field}");
+        let name = raw.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(self.invalid(
+                raw.name.span(),
+                at("name"),
+                "expected 1 to 63 characters of a-z, 0-9, `-` and `_`",
+            ));
+        }
+        let listen = self.socket_addr(&raw.listen, &at("listen"))?;
+        let protocol = match raw
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("tcp", _)) => Protocol::Tcp,
+            Some(("udp", _)) => Protocol::Udp,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    span,
+                    at("protocol"),
+                    format!("`{other}` is not one of `tcp`, `udp`"),
+                ));
+            }
+        };
+        let live = match raw.live.as_ref().map(|l| (l.get_ref().as_str(), l.span())) {
+            None | Some(("blue", _)) => Version::Blue,
+            Some(("green", _)) => Version::Green,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    span,
+                    at("live"),
+                    format!("`{other}` is not one of `blue`, `green`"),
+                ));
+            }
+        };
+        let blue = self.pool(raw.blue.as_ref(), &at("blue"), protocol, backends)?;
+        let green = self.pool(raw.green.as_ref(), &at("green"), protocol, backends)?;
+        let live_pool = match live {
+            Version::Blue => (&blue, &raw.blue),
+            Version::Green => (&green, &raw.green),
+        };
+        if live_pool.0.iter().all(|b| b.weight == 0) {
+            let span = live_pool.1.as_ref().map_or(raw.name.span(), Spanned::span);
+            return Err(self.invalid(
+                span,
+                at(live.name()),
+                format!(
+                    "the live pool ({}) needs at least one backend with a weight",
+                    live.name()
+                ),
+            ));
+        }
+        let green_share_bp = match &raw.green_weight {
+            None => 0,
+            Some(value) => self.percent(value, &at("green_weight"))?,
+        };
+        Ok(ServiceSpec {
+            name,
+            listen,
+            protocol,
+            live,
+            blue,
+            green,
+            green_share_bp,
+        })
+    }
+
+    fn socket_addr(&self, raw: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
+            self.invalid(
+                raw.span(),
+                field,
+                format!("`{}` is not an address:port", raw.get_ref()),
+            )
+        })?;
+        if !addr.is_ipv4() {
+            return Err(self.invalid(
+                raw.span(),
+                field,
+                "only IPv4 addresses are supported so far",
+            ));
+        }
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(self.invalid(
+                raw.span(),
+                field,
+                format!("`{addr}` needs a real address and a port other than 0"),
+            ));
+        }
+        Ok(addr)
+    }
+
+    fn pool(
+        &self,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+        field: &str,
+        protocol: Protocol,
+        seen: &mut HashSet<(SocketAddr, Protocol)>,
+    ) -> Result<Vec<WeightedBackend>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Vec::new());
+        };
+        if raw.get_ref().len() > SLOTS_PER_POOL as usize {
+            return Err(self.invalid(
+                raw.span(),
+                field,
+                format!("at most {SLOTS_PER_POOL} backends fit in a pool"),
+            ));
+        }
+        raw.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let field = format!("{field}[{i}]");
+                let mut words = entry.get_ref().split_whitespace();
+                let addr_text = Spanned::new(entry.span(), words.next().unwrap_or_default().to_owned());
+                let addr = self.socket_addr(&addr_text, &field)?;
+                let weight = match words.next() {
+                    None => 1,
+                    Some(w) => w
+                        .strip_prefix("weight=")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .filter(|n| *n <= 1_000_000)
+                        .ok_or_else(|| self.invalid(entry.span(), &field, format!("`{w}` is not `weight=N` with N from 0 to 1000000")))?,
+                };
+                if let Some(extra) = words.next() {
+                    return Err(self.invalid(entry.span(), &field, format!("unexpected `{extra}`: expected `address:port [weight=N]`")));
+                }
+                if !seen.insert((addr, protocol)) {
+                    return Err(self.invalid(entry.span(), &field, format!("backend {addr} is listed twice; a backend serves one pool of one service")));
+                }
+                Ok(WeightedBackend { addr, weight })
+            })
+            .collect()
+    }
+
+    fn percent(&self, raw: &Spanned<toml::Value>, field: &str) -> Result<u16, ConfigError> {
+        let text = match raw.get_ref() {
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(self.invalid(
+                    raw.span(),
+                    field,
+                    format!("expected a percentage, found a {}", other.type_str()),
+                ));
+            }
+        };
+        share::parse_percent(&text).map_err(|e| self.invalid(raw.span(), field, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interface = "veth-node"
+pin_dir = "/sys/fs/bpf/splitter-test"
+
+[[service]]
+name = "sentiment"
+listen = "198.18.0.1:8080"
+protocol = "tcp"
+blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
+green = ["198.18.2.2:8080"]
+green_weight = 12.5
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("splitter.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_full_config_is_validated_into_a_plan() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.interface, "veth-node");
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/splitter-test"));
+        let service = config.service("sentiment").expect("service");
+        assert_eq!(service.listen, "198.18.0.1:8080".parse().expect("addr"));
+        assert_eq!(service.blue[1].weight, 3);
+        assert_eq!(service.green_share_bp, 1_250);
+        assert_eq!(
+            service.initial_split(),
+            SplitWord::new(Version::Blue, 1_250)
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_left_out() {
+        let config = parse("interface = \"eth0\"\n[[service]]\nname = \"m\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.2:80\"]\n").expect("valid");
+        assert_eq!(config.pin_dir, Path::new(paths::DEFAULT_PIN_DIR));
+        assert_eq!(config.xdp_mode, XdpMode::Auto);
+        let service = &config.services[0];
+        assert_eq!(
+            (service.protocol, service.live, service.green_share_bp),
+            (Protocol::Tcp, Version::Blue, 0)
+        );
+        assert!(service.green.is_empty());
+    }
+
+    #[test]
+    fn green_live_takes_the_complement_share_for_blue() {
+        let text = GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nlive = \"green\"");
+        let service = parse(&text).expect("valid").services.remove(0);
+        assert_eq!(
+            service.initial_split(),
+            SplitWord::new(Version::Green, 8_750)
+        );
+    }
+
+    #[test]
+    fn every_validation_error_names_file_line_and_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "green_weight = 12.5",
+                "green_weight = 120",
+                "splitter.toml:11:16: `service[0].green_weight`: `120` is out of range",
+            ),
+            (
+                "green_weight = 12.5",
+                "green_weight = 1.234",
+                "`service[0].green_weight`: `1.234` is not a percentage",
+            ),
+            (
+                "green_weight = 12.5",
+                "green_weight = \"ten\"",
+                "expected a percentage, found a string",
+            ),
+            (
+                "listen = \"198.18.0.1:8080\"",
+                "listen = \"198.18.0.1\"",
+                "splitter.toml:6:10: `service[0].listen`: `198.18.0.1` is not an address:port",
+            ),
+            (
+                "listen = \"198.18.0.1:8080\"",
+                "listen = \"[2001:db8::1]:80\"",
+                "only IPv4 addresses are supported so far",
+            ),
+            (
+                "listen = \"198.18.0.1:8080\"",
+                "listen = \"198.18.0.1:0\"",
+                "port other than 0",
+            ),
+            (
+                "protocol = \"tcp\"",
+                "protocol = \"sctp\"",
+                ":7:12: `service[0].protocol`: `sctp` is not one of `tcp`, `udp`",
+            ),
+            (
+                "name = \"sentiment\"",
+                "name = \"Sentiment!\"",
+                ":5:8: `service[0].name`: expected 1 to 63 characters",
+            ),
+            (
+                "\"198.18.1.3:8080 weight=3\"",
+                "\"198.18.1.3:8080 weight=x\"",
+                "`service[0].blue[1]`: `weight=x` is not `weight=N`",
+            ),
+            (
+                "\"198.18.1.3:8080 weight=3\"",
+                "\"198.18.1.2:8080\"",
+                "`service[0].blue[1]`: backend 198.18.1.2:8080 is listed twice",
+            ),
+            (
+                "green = [\"198.18.2.2:8080\"]",
+                "green = [\"198.18.2.2:8080\", 7]",
+                "splitter.toml:10:",
+            ),
+            (
+                "blue = [\"198.18.1.2:8080\", \"198.18.1.3:8080 weight=3\"]",
+                "blue = []",
+                "`service[0].blue`: the live pool (blue) needs at least one backend",
+            ),
+            (
+                "pin_dir = \"/sys/fs/bpf/splitter-test\"",
+                "pin_dir = \"/tmp/pins\"",
+                ":3:11: `pin_dir`: expected a directory below `/sys/fs/bpf`",
+            ),
+            (
+                "interface = \"veth-node\"",
+                "interface = \"\"",
+                ":2:13: `interface`: expected an interface name",
+            ),
+            (
+                "interface = \"veth-node\"",
+                "interface = \"veth-node\"\nxdp_mode = \"turbo\"",
+                "`xdp_mode`: `turbo` is not one of",
+            ),
+            (
+                "protocol = \"tcp\"",
+                "protocol = \"tcp\"\ncolour = \"red\"",
+                "splitter.toml:8:1: unknown field `colour`",
+            ),
+            (
+                "interface = \"veth-node\"",
+                "interfaces = \"veth-node\"",
+                "unknown field `interfaces`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(GOOD.contains(from), "fixture does not contain {from}");
+            let message = error(&GOOD.replace(from, to));
+            assert!(
+                message.contains(expected),
+                "for `{to}`:\n  got      {message}\n  expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_services_and_shared_backends_are_refused() {
+        let twice = format!(
+            "{GOOD}\n[[service]]\nname = \"sentiment\"\nlisten = \"198.18.0.1:9090\"\nblue = [\"198.18.1.9:80\"]\n"
+        );
+        assert!(error(&twice).contains("service `sentiment` is defined twice"));
+        let same_listen = format!(
+            "{GOOD}\n[[service]]\nname = \"other\"\nlisten = \"198.18.0.1:8080\"\nblue = [\"198.18.1.9:80\"]\n"
+        );
+        assert!(
+            error(&same_listen).contains("another service already listens on tcp 198.18.0.1:8080")
+        );
+        let shared = format!(
+            "{GOOD}\n[[service]]\nname = \"other\"\nlisten = \"198.18.0.1:9090\"\nblue = [\"198.18.2.2:8080\"]\n"
+        );
+        assert!(error(&shared).contains("backend 198.18.2.2:8080 is listed twice"));
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let message = error("interface = \"eth0\"\n[[service]\n");
+        assert!(message.starts_with("splitter.toml:2:"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_file_is_a_read_error_naming_the_path() {
+        let message = Config::load(Path::new("/nonexistent/splitter.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(message, "cannot read config `/nonexistent/splitter.toml`");
+    }
+}

@@ -1,0 +1,20 @@
+//! The Splitter control plane as a library: the CLI and the daemon are thin layers over it,
+//! and the tests and benchmarks drive the same code.
+//!
+//! - `config`: the TOML file, validated into a plan;
+//! - `dataplane`: loading, attaching, adopting and detaching the kernel programs;
+//! - `maps`: typed access to the pinned maps;
+//! - `apply`: a config applied to the maps as a diff;
+//! - `slots`, `share`: slot tables and percentages;
+//! - `status`: what the data plane is doing now;
+//! - `cmd`: one module per subcommand.
+
+pub mod apply;
+pub mod cmd;
+pub mod config;
+pub mod dataplane;
+pub mod maps;
+pub mod paths;
+pub mod share;
+pub mod slots;
+pub mod status;

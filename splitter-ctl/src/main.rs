@@ -1,0 +1,158 @@
+//! The `splitter-ctl` binary: parses the command line and runs one subcommand.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use splitter_common::Version;
+use splitter_ctl::{cmd, paths};
+
+#[derive(Parser)]
+#[command(
+    name = "splitter-ctl",
+    version,
+    about = "Blue-green and canary splits for model serving, in the kernel"
+)]
+struct Cli {
+    /// The config file; it also says where the data plane's pins are.
+    #[arg(long, global = true, default_value = paths::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log format of the daemon.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VersionArg {
+    Blue,
+    Green,
+}
+
+impl From<VersionArg> for Version {
+    fn from(v: VersionArg) -> Self {
+        match v {
+            VersionArg::Blue => Version::Blue,
+            VersionArg::Green => Version::Green,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load or adopt the data plane, apply the config, and stay in the foreground.
+    Daemon {
+        /// On SIGINT/SIGTERM, detach the programs and remove the pins instead of leaving the
+        /// data plane running.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Set a version's share of new connections (0-100, steps of 0.01): one map write.
+    Weight {
+        service: String,
+        #[arg(value_enum)]
+        version: VersionArg,
+        percent: String,
+    },
+    /// Send every new connection to the live pool: one map write.
+    Rollback { service: String },
+    /// Show the live pool, shares, backends and counters.
+    Status {
+        service: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Detach the programs and remove every pin.
+    Detach {
+        /// The pin directory, when the config can no longer be read.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {:#}", anyhow::Error::from(error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), cmd::CommandError> {
+    let config = cli.config.as_path();
+    match cli.command {
+        Command::Daemon { detach_on_exit } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| cmd::CommandError::Io {
+                    what: "start the async runtime",
+                    source,
+                })?;
+            runtime.block_on(cmd::daemon::run(config, detach_on_exit))
+        }
+        Command::Weight {
+            service,
+            version,
+            percent,
+        } => {
+            println!(
+                "{}",
+                cmd::share::weight(config, &service, version.into(), &percent)?.describe()
+            );
+            Ok(())
+        }
+        Command::Rollback { service } => {
+            println!("{}", cmd::share::rollback(config, &service)?.describe());
+            Ok(())
+        }
+        Command::Status { service, output } => {
+            print!(
+                "{}",
+                cmd::status::run(config, service.as_deref(), matches!(output, Output::Json))?
+            );
+            Ok(())
+        }
+        Command::Detach { pin_dir } => {
+            let (dir, removed) = cmd::detach::run(config, pin_dir.as_deref())?;
+            if removed.is_empty() {
+                println!("nothing pinned at {}", dir.display());
+            } else {
+                println!(
+                    "detached: removed {} pins from {}",
+                    removed.len(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,424 @@
+//! Typed access to the data plane's maps. `Maps` owns one handle per map, opened from the pins
+//! of a running data plane or taken from a freshly loaded object, and keeps related maps
+//! consistent: a pool change rewrites its whole slot table, a service removal purges its flows
+//! and counters. The kernel maps are the source of truth; nothing here caches their contents.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+};
+use splitter_common::{
+    Addr, BackendInfo, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service,
+    Slot, SplitWord, Version, VersionStats,
+    maps::{self as names, SLOTS_PER_POOL},
+    slot_index, stats_index,
+};
+
+use crate::paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error(
+        "no data plane is pinned at `{pin_dir}` (map `{map}` is missing): start it with `splitter-ctl daemon --config FILE`"
+    )]
+    NotPinned { pin_dir: PathBuf, map: &'static str },
+    #[error("cannot open pinned map `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "pinned map `{path}` is not Splitter's map `{map}` ({problem}); run `splitter-ctl detach` and start the daemon again"
+    )]
+    Foreign {
+        path: PathBuf,
+        map: &'static str,
+        problem: String,
+    },
+    #[error("the loaded object has no map `{0}`")]
+    MissingInObject(&'static str),
+    #[error("map `{map}` has the wrong type for its role")]
+    Type {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot {action} in map `{map}`")]
+    Access {
+        map: &'static str,
+        action: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("service id {0} is outside the data plane's {max} services", max = names::MAX_SERVICES)]
+    ServiceId(u32),
+}
+
+/// The (service, version) counters summed over CPUs.
+pub type Counters = VersionStats;
+
+pub struct Maps {
+    services: HashMap<MapData, Endpoint, Service>,
+    service_ports: Array<MapData, u32>,
+    split: Array<MapData, u32>,
+    slots: Array<MapData, Slot>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    backends: HashMap<MapData, Endpoint, BackendInfo>,
+    version_stats: PerCpuArray<MapData, VersionStats>,
+    plane_stats: PerCpuArray<MapData, u64>,
+}
+
+/// Key size, value size and entries each map must have; checked when adopting pins, so a pin
+/// left by another build or another program is refused instead of misread.
+fn expected_layout(name: &str) -> (usize, usize) {
+    use core::mem::size_of;
+    match name {
+        names::SERVICES => (size_of::<Endpoint>(), size_of::<Service>()),
+        names::SERVICE_PORTS | names::SPLIT => (4, 4),
+        names::POOL_SLOTS => (4, size_of::<Slot>()),
+        names::FLOWS => (size_of::<FlowKey>(), size_of::<Flow>()),
+        names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
+        names::VERSION_STATS => (4, size_of::<VersionStats>()),
+        _ => (4, 8),
+    }
+}
+
+/// Checks a map's key and value sizes against this build's; the error says what differs.
+pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), String> {
+    let info = data.info().map_err(|e| e.to_string())?;
+    let (key, value) = expected_layout(name);
+    if info.key_size() as usize != key || info.value_size() as usize != value {
+        return Err(format!(
+            "key/value sizes {}/{}, expected {key}/{value}",
+            info.key_size(),
+            info.value_size()
+        ));
+    }
+    Ok(())
+}
+
+fn access(map: &'static str, action: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Access {
+        map,
+        action,
+        source,
+    }
+}
+
+fn is_missing_key(error: &MapError) -> bool {
+    matches!(error, MapError::KeyNotFound | MapError::ElementNotFound)
+}
+
+impl Maps {
+    /// Opens the maps of the data plane pinned in `pin_dir`, checking each one's layout.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
+        let mut open = |name: &'static str| -> Result<Map, MapsError> {
+            let path = paths::pin(pin_dir, name);
+            if !path.exists() {
+                return Err(MapsError::NotPinned {
+                    pin_dir: pin_dir.to_owned(),
+                    map: name,
+                });
+            }
+            let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            if let Err(problem) = check_layout(&data, name) {
+                return Err(MapsError::Foreign {
+                    path,
+                    map: name,
+                    problem,
+                });
+            }
+            Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
+        };
+        Self::from_maps(&mut open)
+    }
+
+    /// Takes the maps out of a freshly loaded object (the programs keep their own references).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Self::from_maps(&mut |name| ebpf.take_map(name).ok_or(MapsError::MissingInObject(name)))
+    }
+
+    fn from_maps(
+        open: &mut dyn FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            map: &'static str,
+            m: Map,
+        ) -> Result<T, MapsError> {
+            T::try_from(m).map_err(|source| MapsError::Type { map, source })
+        }
+        Ok(Self {
+            services: typed(names::SERVICES, open(names::SERVICES)?)?,
+            service_ports: typed(names::SERVICE_PORTS, open(names::SERVICE_PORTS)?)?,
+            split: typed(names::SPLIT, open(names::SPLIT)?)?,
+            slots: typed(names::POOL_SLOTS, open(names::POOL_SLOTS)?)?,
+            flows: typed(names::FLOWS, open(names::FLOWS)?)?,
+            backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
+            version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
+            plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
+        })
+    }
+
+    // ---- services ----
+
+    /// Every service the kernel knows, by endpoint.
+    pub fn services(&self) -> Result<Vec<(Endpoint, Service)>, MapsError> {
+        self.services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(access(names::SERVICES, "list services"))
+    }
+
+    pub fn service(&self, endpoint: &Endpoint) -> Result<Option<Service>, MapsError> {
+        match self.services.get(endpoint, 0) {
+            Ok(service) => Ok(Some(service)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(access(names::SERVICES, "read a service")(e)),
+        }
+    }
+
+    /// Makes the service visible to the kernel. Call after its split, slots and backends are set.
+    pub fn insert_service(
+        &mut self,
+        endpoint: &Endpoint,
+        service: Service,
+    ) -> Result<(), MapsError> {
+        Self::check_id(service.id)?;
+        self.services
+            .insert(endpoint, service, 0)
+            .map_err(access(names::SERVICES, "insert a service"))
+    }
+
+    pub fn remove_service(&mut self, endpoint: &Endpoint) -> Result<(), MapsError> {
+        match self.services.remove(endpoint) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(access(names::SERVICES, "remove a service")(e)),
+        }
+    }
+
+    pub fn set_port_services(&mut self, port: u16, count: u32) -> Result<(), MapsError> {
+        self.service_ports
+            .set(u32::from(port), count, 0)
+            .map_err(access(names::SERVICE_PORTS, "set a port"))
+    }
+
+    pub fn port_services(&self, port: u16) -> Result<u32, MapsError> {
+        self.service_ports
+            .get(&u32::from(port), 0)
+            .map_err(access(names::SERVICE_PORTS, "read a port"))
+    }
+
+    fn check_id(id: u32) -> Result<(), MapsError> {
+        if id < names::MAX_SERVICES {
+            Ok(())
+        } else {
+            Err(MapsError::ServiceId(id))
+        }
+    }
+
+    // ---- split ----
+
+    pub fn split(&self, id: u32) -> Result<SplitWord, MapsError> {
+        Self::check_id(id)?;
+        self.split
+            .get(&id, 0)
+            .map(SplitWord)
+            .map_err(access(names::SPLIT, "read the split word"))
+    }
+
+    /// Writes the split word: one map update. Returns how long the write took.
+    pub fn set_split(&mut self, id: u32, word: SplitWord) -> Result<Duration, MapsError> {
+        Self::check_id(id)?;
+        let started = Instant::now();
+        self.split
+            .set(id, word.0, 0)
+            .map_err(access(names::SPLIT, "write the split word"))?;
+        Ok(started.elapsed())
+    }
+
+    // ---- pools ----
+
+    /// Rewrites the whole slot table of a pool.
+    pub fn write_slots(
+        &mut self,
+        id: u32,
+        version: Version,
+        table: &[Option<SocketAddr>],
+    ) -> Result<(), MapsError> {
+        Self::check_id(id)?;
+        for (i, slot) in table.iter().take(SLOTS_PER_POOL as usize).enumerate() {
+            let value = slot.map_or_else(Slot::default, |addr| Slot {
+                addr: addr_bytes(addr.ip()),
+                port_be: addr.port().to_be(),
+                flags: SLOT_SET,
+            });
+            let index = slot_index(id, version as u8, i as u32);
+            self.slots
+                .set(index, value, 0)
+                .map_err(access(names::POOL_SLOTS, "write a slot"))?;
+        }
+        Ok(())
+    }
+
+    /// The slot table of a pool as the kernel holds it.
+    pub fn slots(&self, id: u32, version: Version) -> Result<Vec<Option<SocketAddr>>, MapsError> {
+        Self::check_id(id)?;
+        (0..SLOTS_PER_POOL)
+            .map(|i| {
+                let slot = self
+                    .slots
+                    .get(&slot_index(id, version as u8, i), 0)
+                    .map_err(access(names::POOL_SLOTS, "read a slot"))?;
+                Ok((slot.flags & SLOT_SET != 0)
+                    .then(|| SocketAddr::new(addr_ip(&slot.addr), u16::from_be(slot.port_be))))
+            })
+            .collect()
+    }
+
+    // ---- backends (reverse translation) ----
+
+    pub fn backends(&self) -> Result<Vec<(Endpoint, BackendInfo)>, MapsError> {
+        self.backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(access(names::BACKENDS, "list backends"))
+    }
+
+    pub fn insert_backend(
+        &mut self,
+        backend: &Endpoint,
+        info: BackendInfo,
+    ) -> Result<(), MapsError> {
+        self.backends
+            .insert(backend, info, 0)
+            .map_err(access(names::BACKENDS, "insert a backend"))
+    }
+
+    pub fn remove_backend(&mut self, backend: &Endpoint) -> Result<(), MapsError> {
+        match self.backends.remove(backend) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(access(names::BACKENDS, "remove a backend")(e)),
+        }
+    }
+
+    // ---- flows ----
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, MapsError> {
+        // Entries can vanish (LRU) while we iterate; skip those instead of failing.
+        Ok(self.flows.iter().filter_map(Result::ok).collect())
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, MapsError> {
+        match self.flows.get(key, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(access(names::FLOWS, "read a flow")(e)),
+        }
+    }
+
+    /// Removes the flows `doomed` picks; returns how many went.
+    pub fn purge_flows(
+        &mut self,
+        doomed: impl Fn(&FlowKey, &Flow) -> bool,
+    ) -> Result<usize, MapsError> {
+        let keys: Vec<FlowKey> = self.flows().map(|flows| {
+            flows
+                .into_iter()
+                .filter(|(k, f)| doomed(k, f))
+                .map(|(k, _)| k)
+                .collect()
+        })?;
+        let mut removed = 0;
+        for key in keys {
+            match self.flows.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(access(names::FLOWS, "remove a flow")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- counters ----
+
+    /// The counters of a (service, version), summed over CPUs.
+    pub fn counters(&self, id: u32, version: Version) -> Result<Counters, MapsError> {
+        Self::check_id(id)?;
+        let per_cpu = self
+            .version_stats
+            .get(&stats_index(id, version as u8), 0)
+            .map_err(access(names::VERSION_STATS, "read counters"))?;
+        Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+            sum.packets_in += c.packets_in;
+            sum.bytes_in += c.bytes_in;
+            sum.packets_out += c.packets_out;
+            sum.bytes_out += c.bytes_out;
+            sum.new_flows += c.new_flows;
+            sum.flow_misses += c.flow_misses;
+            sum.slot_misses += c.slot_misses;
+            sum.closed_flows += c.closed_flows;
+            sum
+        }))
+    }
+
+    /// Zeroes the counters of a (service, version) on every CPU.
+    pub fn reset_counters(&mut self, id: u32, version: Version) -> Result<(), MapsError> {
+        Self::check_id(id)?;
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n);
+        let zeros = PerCpuValues::try_from(vec![VersionStats::default(); cpus]).map_err(|e| {
+            access(names::VERSION_STATS, "build zeroed counters")(MapError::from(
+                aya::sys::SyscallError {
+                    call: "nr_cpus",
+                    io_error: e,
+                },
+            ))
+        })?;
+        self.version_stats
+            .set(stats_index(id, version as u8), zeros, 0)
+            .map_err(access(names::VERSION_STATS, "reset counters"))
+    }
+
+    /// Packets per data-plane outcome, summed over CPUs.
+    pub fn plane_counters(&self) -> Result<Vec<(PlaneCounter, u64)>, MapsError> {
+        PlaneCounter::ALL
+            .iter()
+            .take(PLANE_COUNTERS as usize)
+            .map(|c| {
+                let per_cpu = self
+                    .plane_stats
+                    .get(&(*c as u32), 0)
+                    .map_err(access(names::PLANE_STATS, "read counters"))?;
+                Ok((*c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+/// The 16-byte form of an address (IPv4-mapped for IPv4).
+#[must_use]
+pub fn addr_bytes(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => splitter_common::ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address of a 16-byte form, IPv4 when it is IPv4-mapped.
+#[must_use]
+pub fn addr_ip(addr: &Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    v6.to_ipv4_mapped()
+        .map_or(IpAddr::V6(v6), |v4: Ipv4Addr| IpAddr::V4(v4))
+}

@@ -1,0 +1,20 @@
+//! Every filesystem path Splitter uses, in one place.
+
+use std::path::{Path, PathBuf};
+
+/// Where every command looks for the config unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/splitter/splitter.toml";
+/// The default bpffs directory of one data plane (config key `pin_dir`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/splitter";
+/// Where bpffs is mounted; the daemon mounts it when missing.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// Pin of the XDP ingress link, inside the pin directory.
+pub const XDP_LINK_PIN: &str = "link_xdp";
+/// Pin of the TC egress link, inside the pin directory.
+pub const TC_LINK_PIN: &str = "link_tc";
+
+/// The pin of a map or link named `name` in `pin_dir`.
+#[must_use]
+pub fn pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(name)
+}

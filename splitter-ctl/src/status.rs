@@ -1,0 +1,231 @@
+//! What the data plane is doing now, read from the kernel maps: per service the live pool, the
+//! shares, the backends with their slots, and the per-version counters. The JSON form is
+//! stable and documented in docs/operations.md; fields are only ever added.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use splitter_common::{Version, VersionStats};
+
+use crate::{
+    config::{Config, ServiceSpec},
+    maps::{Maps, MapsError},
+    share::format_percent,
+};
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Status {
+    pub pin_dir: String,
+    pub interface: String,
+    pub attached: bool,
+    pub services: Vec<ServiceStatus>,
+    /// Packets per data-plane outcome (steered, not_service, slot_miss, ...).
+    pub plane: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub listen: String,
+    pub protocol: &'static str,
+    /// False when the config names the service but the kernel does not hold it yet.
+    pub in_data_plane: bool,
+    pub id: Option<u32>,
+    pub live: Option<&'static str>,
+    pub candidate: Option<&'static str>,
+    /// The raw split word, for scripts that compare before and after.
+    pub split_word: Option<u32>,
+    /// Percent of new connections per version.
+    pub share_percent: BTreeMap<&'static str, f64>,
+    pub pools: BTreeMap<&'static str, PoolStatus>,
+    pub counters: BTreeMap<&'static str, Counters>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PoolStatus {
+    pub backends: Vec<BackendStatus>,
+    /// Slots that hold a backend, of `slots_total`.
+    pub slots_set: usize,
+    pub slots_total: usize,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct BackendStatus {
+    pub address: String,
+    pub weight: u32,
+    /// Slots of the kernel's table that point at this backend.
+    pub slots: usize,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub flow_misses: u64,
+    pub slot_misses: u64,
+    pub closed_flows: u64,
+}
+
+impl From<VersionStats> for Counters {
+    fn from(s: VersionStats) -> Self {
+        Self {
+            packets_in: s.packets_in,
+            bytes_in: s.bytes_in,
+            packets_out: s.packets_out,
+            bytes_out: s.bytes_out,
+            new_flows: s.new_flows,
+            flow_misses: s.flow_misses,
+            slot_misses: s.slot_misses,
+            closed_flows: s.closed_flows,
+        }
+    }
+}
+
+/// Reads the status of the services of `config` (all, or the one named `only`).
+pub fn gather(maps: &Maps, config: &Config, only: Option<&str>) -> Result<Status, MapsError> {
+    let services = config
+        .services
+        .iter()
+        .filter(|s| only.is_none_or(|name| s.name == name))
+        .map(|spec| service(maps, spec))
+        .collect::<Result<_, _>>()?;
+    let plane = maps
+        .plane_counters()?
+        .into_iter()
+        .map(|(c, n)| (c.name(), n))
+        .collect();
+    Ok(Status {
+        pin_dir: config.pin_dir.display().to_string(),
+        interface: config.interface.clone(),
+        attached: crate::dataplane::is_attached(&config.pin_dir),
+        services,
+        plane,
+    })
+}
+
+fn service(maps: &Maps, spec: &ServiceSpec) -> Result<ServiceStatus, MapsError> {
+    let mut status = ServiceStatus {
+        name: spec.name.clone(),
+        listen: spec.listen.to_string(),
+        protocol: spec.protocol.name(),
+        in_data_plane: false,
+        id: None,
+        live: None,
+        candidate: None,
+        split_word: None,
+        share_percent: BTreeMap::new(),
+        pools: BTreeMap::new(),
+        counters: BTreeMap::new(),
+    };
+    let Some(service) = maps.service(&spec.endpoint())? else {
+        return Ok(status);
+    };
+    let split = maps.split(service.id)?;
+    status.in_data_plane = true;
+    status.id = Some(service.id);
+    status.live = Some(split.live().name());
+    status.candidate = Some(split.candidate().name());
+    status.split_word = Some(split.0);
+    for version in [Version::Blue, Version::Green] {
+        status
+            .share_percent
+            .insert(version.name(), f64::from(split.share_of(version)) / 100.0);
+        let table = maps.slots(service.id, version)?;
+        let backends = spec
+            .pool(version)
+            .iter()
+            .map(|b| BackendStatus {
+                address: b.addr.to_string(),
+                weight: b.weight,
+                slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
+            })
+            .collect();
+        status.pools.insert(
+            version.name(),
+            PoolStatus {
+                backends,
+                slots_set: table.iter().filter(|s| s.is_some()).count(),
+                slots_total: table.len(),
+            },
+        );
+        status
+            .counters
+            .insert(version.name(), maps.counters(service.id, version)?.into());
+    }
+    Ok(status)
+}
+
+/// The human form of a status.
+#[must_use]
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let attached = if status.attached {
+        "attached"
+    } else {
+        "NOT attached"
+    };
+    let _ = writeln!(
+        out,
+        "data plane {} on {} ({attached})",
+        status.pin_dir, status.interface
+    );
+    for s in &status.services {
+        let _ = writeln!(out, "\nservice {} ({} {})", s.name, s.protocol, s.listen);
+        if !s.in_data_plane {
+            let _ = writeln!(
+                out,
+                "  not in the data plane yet: the daemon has not applied it"
+            );
+            continue;
+        }
+        let live = s.live.unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "  live {live}, candidate {}",
+            s.candidate.unwrap_or("?")
+        );
+        for version in ["blue", "green"] {
+            let share = s.share_percent.get(version).copied().unwrap_or_default();
+            let share = format_percent((share * 100.0).round() as u16);
+            let c = s.counters.get(version);
+            let pool = s.pools.get(version);
+            let role = if version == live { "live" } else { "candidate" };
+            let _ = writeln!(
+                out,
+                "  {version:<5} {role:<9} share {share:>6}%  new flows {:>8}  packets in/out {:>9}/{:<9} misses flow {} slot {}",
+                c.map_or(0, |c| c.new_flows),
+                c.map_or(0, |c| c.packets_in),
+                c.map_or(0, |c| c.packets_out),
+                c.map_or(0, |c| c.flow_misses),
+                c.map_or(0, |c| c.slot_misses),
+            );
+            for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {
+                let _ = writeln!(
+                    out,
+                    "        backend {} weight {} slots {}",
+                    b.address, b.weight, b.slots
+                );
+            }
+        }
+    }
+    let plane: Vec<String> = status
+        .plane
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\npackets: {}",
+        if plane.is_empty() {
+            "none yet".to_owned()
+        } else {
+            plane.join(", ")
+        }
+    );
+    out
+}

@@ -1,0 +1,179 @@
+//! XDP ingress: steer packets to a service's backends.
+//!
+//! Established flows follow their flow entry whatever the split word says now; a new flow (SYN
+//! without ACK, or the first UDP datagram of a 5-tuple) is split by the service's split word and
+//! sent to a backend from the chosen pool's slot table. The destination is rewritten with
+//! incremental checksum updates and the packet goes on to the stack (`XDP_PASS`), which routes
+//! it to the backend.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use splitter_common::{
+    Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PlaneCounter, SLOT_SET, Service,
+    SplitWord, flow_hash, ipv4_mapped, slot_index, stats_index,
+};
+
+use crate::{
+    Skip, csum,
+    maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
+    packet::{self, Bounds, Ipv4L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+#[inline(always)]
+pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
+    let bounds = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let pkt = packet::parse(&bounds)?;
+    // SAFETY: `parse` bounds-checked the IP header and the ports.
+    let (src, dst, ports) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr, *pkt.ports) };
+    let dst_port = u16::from_be_bytes(ports[1]);
+    if !has_service_on(dst_port) {
+        return Err(Skip::Pass(PlaneCounter::NotService));
+    }
+    let key = FlowKey {
+        src_addr: ipv4_mapped(src),
+        dst_addr: ipv4_mapped(dst),
+        src_port_be: u16::from_ne_bytes(ports[0]),
+        dst_port_be: u16::from_ne_bytes(ports[1]),
+        protocol: pkt.protocol,
+        _pad: [0; 3],
+    };
+    let closing = closing_state(pkt.tcp_flags);
+    let flow = match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
+        Some(flow) if !reopens(pkt.tcp_flags, unsafe { (*flow).state }) => {
+            let flow = unsafe { &mut *flow };
+            if closing != FLOW_OPEN && flow.state == FLOW_OPEN {
+                flow.state = closing;
+                flow.state_changed_ns = now();
+                maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
+                    s.closed_flows += 1
+                });
+            }
+            *flow
+        }
+        _ => new_flow(&key, pkt.tcp_flags, closing)?,
+    };
+    maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
+        s.packets_in += 1;
+        s.bytes_in += bounds.len();
+    });
+    rewrite_destination(&pkt, &flow);
+    Ok(())
+}
+
+#[inline(always)]
+fn has_service_on(port: u16) -> bool {
+    matches!(SERVICE_PORTS.get(port as u32), Some(n) if *n != 0)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+const fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+}
+
+/// A SYN for a 5-tuple whose previous connection closed starts a new connection (client port
+/// reuse); a SYN for an open flow is a retransmission and keeps its backend.
+#[inline(always)]
+const fn reopens(tcp_flags: u8, state: u8) -> bool {
+    is_syn(tcp_flags) && state != FLOW_OPEN
+}
+
+#[inline(always)]
+const fn closing_state(tcp_flags: u8) -> u8 {
+    if tcp_flags & TCP_RST != 0 {
+        FLOW_RST
+    } else if tcp_flags & TCP_FIN != 0 {
+        FLOW_FIN
+    } else {
+        FLOW_OPEN
+    }
+}
+
+/// Chooses version and backend for a flow without an entry, and records it. A TCP packet that
+/// is not a SYN lands here when its entry was evicted or predates the splitter: the same hash
+/// gives the same backend while the split and the pools are unchanged, and it is counted.
+#[inline(always)]
+fn new_flow(key: &FlowKey, tcp_flags: u8, state: u8) -> Result<Flow, Skip> {
+    let service_key = Endpoint {
+        addr: key.dst_addr,
+        port_be: key.dst_port_be,
+        protocol: key.protocol,
+        _pad: 0,
+    };
+    // SAFETY: hash map values are read once, as a copy.
+    let service: Service = match unsafe { SERVICES.get(&service_key) } {
+        Some(service) => *service,
+        None => return Err(Skip::Pass(PlaneCounter::NotService)),
+    };
+    let hash = flow_hash(key);
+    let split = SplitWord(SPLIT.get(service.id).copied().unwrap_or(0));
+    let version = split.choose(hash as u32) as u8;
+    let stats = stats_index(service.id, version);
+    let slot = match POOL_SLOTS.get(slot_index(service.id, version, (hash >> 32) as u32)) {
+        Some(slot) if slot.flags & SLOT_SET != 0 => *slot,
+        _ => {
+            maps::with_stats(stats, |s| s.slot_misses += 1);
+            return Err(Skip::Drop(PlaneCounter::SlotMiss));
+        }
+    };
+    let now = now();
+    let flow = Flow {
+        backend_addr: slot.addr,
+        backend_port_be: slot.port_be,
+        version,
+        state,
+        service_id: service.id,
+        created_ns: now,
+        state_changed_ns: now,
+    };
+    if FLOWS.insert(key, &flow, 0).is_err() {
+        maps::count(PlaneCounter::FlowInsertFailed);
+    }
+    let is_miss = key.protocol == splitter_common::PROTO_TCP && !is_syn(tcp_flags);
+    maps::with_stats(stats, |s| {
+        if is_miss {
+            s.flow_misses += 1;
+        } else {
+            s.new_flows += 1;
+        }
+    });
+    Ok(flow)
+}
+
+#[inline(always)]
+fn rewrite_destination(pkt: &Ipv4L4, flow: &Flow) {
+    let new_addr = [
+        flow.backend_addr[12],
+        flow.backend_addr[13],
+        flow.backend_addr[14],
+        flow.backend_addr[15],
+    ];
+    let new_port = flow.backend_port_be.to_ne_bytes();
+    // SAFETY: `parse` bounds-checked the IP header, the ports and the L4 checksum field.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        let old_addr = ip.dst_addr;
+        let old_port = (*pkt.ports)[1];
+        ip.check = csum::replace_addr(ip.check, old_addr, new_addr);
+        ip.dst_addr = new_addr;
+        (*pkt.ports)[1] = new_port;
+        let l4_check = &mut *pkt.l4_check;
+        // A zero UDP checksum means "none" and stays zero.
+        if pkt.protocol == splitter_common::PROTO_TCP || *l4_check != [0, 0] {
+            let mut check =
+                csum::replace_addr_port(*l4_check, old_addr, new_addr, old_port, new_port);
+            if pkt.protocol == splitter_common::PROTO_UDP && check == [0, 0] {
+                check = [0xff, 0xff];
+            }
+            *l4_check = check;
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The kernel side of Splitter: the XDP ingress program that splits new connections between
+//! blue and green and pins established ones, and the TC egress program that turns backend
+//! replies back into replies from the service address.
+//!
+//! The entry points only dispatch and count; all work happens in small `#[inline(always)]`
+//! functions that return `Result<_, Skip>`. Nothing here logs per packet.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod egress;
+mod ingress;
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use splitter_common::PlaneCounter;
+
+/// Why a packet leaves the fast path, and what becomes of it.
+#[derive(Clone, Copy)]
+pub enum Skip {
+    /// Pass it on untouched.
+    Pass(PlaneCounter),
+    /// Drop it (ingress only).
+    Drop(PlaneCounter),
+}
+
+#[xdp]
+pub fn split_ingress(ctx: XdpContext) -> u32 {
+    let (action, counter) = match ingress::steer(&ctx) {
+        Ok(()) => (xdp_action::XDP_PASS, PlaneCounter::Steered),
+        Err(Skip::Pass(counter)) => (xdp_action::XDP_PASS, counter),
+        Err(Skip::Drop(counter)) => (xdp_action::XDP_DROP, counter),
+    };
+    maps::count(counter);
+    action
+}
+
+#[classifier]
+pub fn split_egress(ctx: TcContext) -> i32 {
+    let counter = match egress::translate(&ctx) {
+        Ok(()) => PlaneCounter::ReplyTranslated,
+        Err(Skip::Pass(counter) | Skip::Drop(counter)) => counter,
+    };
+    maps::count(counter);
+    // TCX_NEXT: Splitter never decides a reply's fate; later programs in the chain still run.
+    TC_ACT_UNSPEC
+}
+
+/// The benchmarks' baseline: the cheapest possible XDP program. Never attached.
+#[xdp]
+pub fn xdp_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

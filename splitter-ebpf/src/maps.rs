@@ -1,0 +1,68 @@
+//! Every map of the data plane, declared once. Names and sizes come from
+//! `splitter_common::maps`; the table there says who writes each one.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use splitter_common::{
+    BackendInfo, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, Service, Slot,
+    VersionStats,
+    maps::{
+        FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES,
+        VERSION_STAT_ENTRIES,
+    },
+};
+
+/// Service listen endpoint → service id. Written by user space.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<Endpoint, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Destination port (host order) → number of services on it; a cheap pre-filter so that
+/// traffic to other ports costs one array read. Written by user space.
+#[map(name = "SERVICE_PORTS")]
+pub static SERVICE_PORTS: Array<u32> = Array::with_max_entries(PORT_ENTRIES, 0);
+
+/// Service id → split word. Written by user space, one write per change.
+#[map(name = "SPLIT")]
+pub static SPLIT: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// (service, version, slot) → backend. Written by user space from the weighted pools.
+#[map(name = "POOL_SLOTS")]
+pub static POOL_SLOTS: Array<Slot> = Array::with_max_entries(POOL_SLOT_ENTRIES, 0);
+
+/// 5-tuple → pinned backend. Created by ingress, closed by either program, purged by user space.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+
+/// Backend endpoint → its service, for reverse translation. Written by user space.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<Endpoint, BackendInfo> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// (service, version) → traffic counters, per CPU.
+#[map(name = "VERSION_STATS")]
+pub static VERSION_STATS: PerCpuArray<VersionStats> =
+    PerCpuArray::with_max_entries(VERSION_STAT_ENTRIES, 0);
+
+/// `PlaneCounter` → packets, per CPU.
+#[map(name = "PLANE_STATS")]
+pub static PLANE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PLANE_COUNTERS, 0);
+
+#[inline(always)]
+pub fn count(counter: PlaneCounter) {
+    if let Some(slot) = PLANE_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Runs `update` on the (service, version) counters of this CPU.
+#[inline(always)]
+pub fn with_stats(index: u32, update: impl FnOnce(&mut VersionStats)) {
+    if let Some(stats) = VERSION_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        update(unsafe { &mut *stats });
+    }
+}
