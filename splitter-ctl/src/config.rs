@@ -275,18 +275,20 @@ impl Validator<'_> {
         let mut backends = HashSet::new();
         let mut services = Vec::with_capacity(raw.services.len());
         for (index, raw_service) in raw.services.into_iter().enumerate() {
-            let service = self.service(index, raw_service.into_inner(), &mut backends)?;
+            let raw_service = raw_service.into_inner();
+            let (name_span, listen_span) = (raw_service.name.span(), raw_service.listen.span());
+            let service = self.service(index, raw_service, &mut backends)?;
             let at = |field: &str| format!("service[{index}].{field}");
             if !names.insert(service.name.clone()) {
                 return Err(self.invalid(
-                    0..0,
+                    name_span,
                     at("name"),
                     format!("service `{}` is defined twice", service.name),
                 ));
             }
             if !listens.insert((service.listen, service.protocol)) {
                 return Err(self.invalid(
-                    0..0,
+                    listen_span.clone(),
                     at("listen"),
                     format!(
                         "another service already listens on {} {}",
@@ -295,14 +297,14 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            services.push(service);
+            services.push((service, listen_span));
         }
         // Backends must not double as service addresses: replies from them would be rewritten.
-        for service in &services {
+        for (index, (service, listen_span)) in services.iter().enumerate() {
             if backends.contains(&(service.listen, service.protocol)) {
                 return Err(self.invalid(
-                    0..0,
-                    format!("service `{}`.listen", service.name),
+                    listen_span.clone(),
+                    format!("service[{index}].listen"),
                     format!("{} is also a backend", service.listen),
                 ));
             }
@@ -312,7 +314,7 @@ impl Validator<'_> {
             interface: interface.to_owned(),
             pin_dir,
             xdp_mode,
-            services,
+            services: services.into_iter().map(|(service, _)| service).collect(),
         })
     }
 
@@ -384,7 +386,7 @@ impl Validator<'_> {
             None => 0,
             Some(value) => self.percent(value, &at("green_weight"))?,
         };
-        Ok(ServiceSpec {
+        let spec = ServiceSpec {
             name,
             listen,
             protocol,
@@ -392,7 +394,25 @@ impl Validator<'_> {
             blue,
             green,
             green_share_bp,
-        })
+        };
+        let candidate = live.other();
+        if spec.initial_split().share_of(candidate) > 0
+            && spec.pool(candidate).iter().all(|b| b.weight == 0)
+        {
+            let span = raw
+                .green_weight
+                .as_ref()
+                .map_or(raw.name.span(), Spanned::span);
+            return Err(self.invalid(
+                span,
+                at("green_weight"),
+                format!(
+                    "gives {0} a share, but the {0} pool has no backend with a weight",
+                    candidate.name()
+                ),
+            ));
+        }
+        Ok(spec)
     }
 
     fn socket_addr(&self, raw: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
@@ -567,7 +587,7 @@ green_weight = 12.5
             (
                 "listen = \"198.18.0.1:8080\"",
                 "listen = \"198.18.0.1\"",
-                "splitter.toml:6:10: `service[0].listen`: `198.18.0.1` is not an address:port",
+                "splitter.toml:7:10: `service[0].listen`: `198.18.0.1` is not an address:port",
             ),
             (
                 "listen = \"198.18.0.1:8080\"",
@@ -582,12 +602,12 @@ green_weight = 12.5
             (
                 "protocol = \"tcp\"",
                 "protocol = \"sctp\"",
-                ":7:12: `service[0].protocol`: `sctp` is not one of `tcp`, `udp`",
+                ":8:12: `service[0].protocol`: `sctp` is not one of `tcp`, `udp`",
             ),
             (
                 "name = \"sentiment\"",
                 "name = \"Sentiment!\"",
-                ":5:8: `service[0].name`: expected 1 to 63 characters",
+                ":6:8: `service[0].name`: expected 1 to 63 characters",
             ),
             (
                 "\"198.18.1.3:8080 weight=3\"",
@@ -627,12 +647,17 @@ green_weight = 12.5
             (
                 "protocol = \"tcp\"",
                 "protocol = \"tcp\"\ncolour = \"red\"",
-                "splitter.toml:8:1: unknown field `colour`",
+                "splitter.toml:9:1: unknown field `colour`",
             ),
             (
                 "interface = \"veth-node\"",
                 "interfaces = \"veth-node\"",
                 "unknown field `interfaces`",
+            ),
+            (
+                "green = [\"198.18.2.2:8080\"]",
+                "green = []",
+                "`service[0].green_weight`: gives green a share, but the green pool has no backend",
             ),
         ];
         for (from, to, expected) in cases {
@@ -650,7 +675,9 @@ green_weight = 12.5
         let twice = format!(
             "{GOOD}\n[[service]]\nname = \"sentiment\"\nlisten = \"198.18.0.1:9090\"\nblue = [\"198.18.1.9:80\"]\n"
         );
-        assert!(error(&twice).contains("service `sentiment` is defined twice"));
+        assert!(error(&twice).contains(
+            "splitter.toml:14:8: `service[1].name`: service `sentiment` is defined twice"
+        ));
         let same_listen = format!(
             "{GOOD}\n[[service]]\nname = \"other\"\nlisten = \"198.18.0.1:8080\"\nblue = [\"198.18.1.9:80\"]\n"
         );
@@ -661,6 +688,13 @@ green_weight = 12.5
             "{GOOD}\n[[service]]\nname = \"other\"\nlisten = \"198.18.0.1:9090\"\nblue = [\"198.18.2.2:8080\"]\n"
         );
         assert!(error(&shared).contains("backend 198.18.2.2:8080 is listed twice"));
+        let backend_as_service = format!(
+            "{GOOD}\n[[service]]\nname = \"other\"\nlisten = \"198.18.1.2:8080\"\nblue = [\"198.18.1.9:80\"]\n"
+        );
+        assert!(
+            error(&backend_as_service)
+                .contains(":15:10: `service[1].listen`: 198.18.1.2:8080 is also a backend")
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub fn parse_percent(text: &str) -> Result<u16, ShareError> {
     let not_a_percentage = || ShareError::NotAPercentage(text.to_owned());
     let trimmed = text.trim().trim_end_matches('%');
     let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    if trimmed.ends_with('.') {
+        return Err(not_a_percentage());
+    }
     if whole.is_empty()
         || fraction.len() > 2
         || !whole

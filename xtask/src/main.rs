@@ -1,1 +1,119 @@
-fn main() {}
+//! Orchestration that cargo alone does not do: installing the toolchain pieces and Debian
+//! packages a fresh machine lacks, running every test (privileged ones included), and the
+//! benchmarks. The eBPF object itself is built by splitter-ctl's build.rs, not here.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Run setup, then every test, including the privileged end-to-end ones.
+    Test {
+        /// Arguments passed on to `cargo test` after `--` (a test-name filter, say).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure the data plane and write docs/benchmarks.md.
+    Bench {
+        /// A short run, for smoke checks; does not write docs/benchmarks.md.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Task::Setup => setup::run(),
+        Task::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench::run(quick)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds the `splitter-ctl` binary the end-to-end tests run, and returns its path.
+fn build_ctl(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "splitter-ctl",
+        "--bin",
+        "splitter-ctl",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("splitter-ctl"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let ctl = build_ctl(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .env("SPLITTER_CTL_BIN", &ctl);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    status(&mut cmd)
+}

@@ -1,0 +1,74 @@
+//! A small HTTP/1.1 client for the end-to-end tests: one request per connection, or many on a
+//! keep-alive connection. Every response names the version that served it (`X-Served-By`).
+
+use std::{
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request on a fresh connection; returns who served it.
+pub fn get(addr: SocketAddr) -> io::Result<String> {
+    let mut conn = KeepAlive::connect(addr)?;
+    conn.send(true)
+}
+
+/// A keep-alive connection.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// One request on this connection; returns who served it.
+    pub fn request(&mut self) -> io::Result<String> {
+        self.send(false)
+    }
+
+    fn send(&mut self, close: bool) -> io::Result<String> {
+        let connection = if close { "close" } else { "keep-alive" };
+        write!(
+            self.reader.get_mut(),
+            "GET / HTTP/1.1\r\nHost: splitter-test\r\nConnection: {connection}\r\n\r\n"
+        )?;
+        self.reader.get_mut().flush()?;
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") {
+            return Err(bad(&format!("unexpected status line {line:?}")));
+        }
+        let (mut length, mut served_by) = (None, None);
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(bad("connection closed inside the headers"));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse::<usize>().ok(),
+                    "x-served-by" => served_by = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length.ok_or_else(|| bad("no content-length"))?];
+        self.reader.read_exact(&mut body)?;
+        served_by.ok_or_else(|| bad("no x-served-by"))
+    }
+}

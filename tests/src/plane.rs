@@ -1,0 +1,109 @@
+//! The data plane loaded without pins and without attaching, for fixture tests and
+//! benchmarks: programs run through BPF_PROG_TEST_RUN, maps are private to the test.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+};
+use splitter_common::maps::{PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS};
+use splitter_ctl::{apply, config::Config, dataplane, maps::Maps};
+
+pub struct Plane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pub config: Config,
+}
+
+/// A program's verdict and the bytes it left.
+#[derive(Debug)]
+pub struct Run {
+    pub verdict: u32,
+    pub data: Vec<u8>,
+    pub duration_ns: u128,
+}
+
+impl Plane {
+    /// Loads the programs and applies `config` (TOML) to the maps. Panics with context: the
+    /// tests that call it cannot go on without it.
+    #[must_use]
+    pub fn load(config: &str) -> Self {
+        let config = Config::parse(Path::new("fixture.toml"), config)
+            .unwrap_or_else(|e| panic!("fixture config: {e}"));
+        let mut ebpf =
+            dataplane::load(None).unwrap_or_else(|e| panic!("load: {:#}", anyhow::Error::from(e)));
+        for name in [PROGRAM_INGRESS, PROGRAM_BASELINE] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .unwrap_or_else(|| panic!("program {name}"));
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier refused {name}: {e:?}"));
+        }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .expect("egress program");
+        egress
+            .load()
+            .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_EGRESS}: {e:?}"));
+        let mut maps = Maps::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
+        apply::apply(&mut maps, &config).unwrap_or_else(|e| panic!("apply: {e}"));
+        Self { ebpf, maps, config }
+    }
+
+    fn xdp(&self, name: &str) -> &Xdp {
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("program {name}"))
+    }
+
+    /// Runs the XDP ingress program once on `frame`.
+    #[must_use]
+    pub fn ingress(&self, frame: &[u8]) -> Run {
+        run(|opts| self.xdp(PROGRAM_INGRESS).test_run(opts), frame, 1)
+    }
+
+    /// Runs the TC egress program once on `frame`.
+    #[must_use]
+    pub fn egress(&self, frame: &[u8]) -> Run {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(PROGRAM_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .expect("egress program");
+        run(|opts| program.test_run(opts), frame, 1)
+    }
+
+    /// Runs an XDP program `repeat` times in the kernel; the mean duration is per run.
+    #[must_use]
+    pub fn time_xdp(&self, name: &str, frame: &[u8], repeat: u32) -> Run {
+        run(|opts| self.xdp(name).test_run(opts), frame, repeat)
+    }
+}
+
+fn run(
+    test_run: impl FnOnce(
+        TestRunOptions<'_>,
+    ) -> Result<aya::programs::TestRunResult, aya::programs::ProgramError>,
+    frame: &[u8],
+    repeat: u32,
+) -> Run {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let result = test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:?}"));
+    out.truncate(result.data_size_out as usize);
+    Run {
+        verdict: result.return_value,
+        data: out,
+        duration_ns: result.duration.as_nanos(),
+    }
+}

@@ -1,0 +1,318 @@
+//! The end-to-end test bed: four network namespaces (client, node, blue, green) joined by veth
+//! pairs, with addresses in 198.18.0.0/15, real HTTP servers in blue and green, and the real
+//! `splitter-ctl` binary running on the node. Each test passes its own index, which gives it its
+//! own names and its own /24, so tests can run in parallel. Dropping the test bed kills its
+//! processes, removes its pins and deletes its namespaces, also when the test fails.
+//!
+//! ```text
+//! client sp{i}c0 198.18.i.2 ── sp{i}n0 198.18.i.1 (VIP :8080, XDP + TC here) node
+//!                                node sp{i}n1 198.18.i.9  ── sp{i}b0 198.18.i.10:8080 blue
+//!                                node sp{i}n2 198.18.i.13 ── sp{i}g0 198.18.i.14:8080 green
+//! ```
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::netns::{Netns, ip};
+
+/// The port every test service and backend listens on.
+pub const PORT: u16 = 8080;
+
+pub struct Testbed {
+    pub index: u8,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub config_path: PathBuf,
+    servers: Vec<Child>,
+    daemon: Option<Child>,
+    pub client: Netns,
+    pub node: Netns,
+    pub blue: Netns,
+    pub green: Netns,
+}
+
+/// The `splitter-ctl` binary under test: `SPLITTER_CTL_BIN`, or the workspace's debug build.
+#[must_use]
+pub fn ctl_bin() -> PathBuf {
+    let path = std::env::var_os("SPLITTER_CTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/splitter-ctl")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+impl Testbed {
+    /// Builds the namespaces, links and addresses, and starts blue and green.
+    #[must_use]
+    pub fn new(index: u8, server_bin: &str) -> Self {
+        let name = |role: &str| format!("sp{index}-{role}");
+        let dir = std::env::temp_dir().join(format!("splitter-test-{index}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("test dir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/splitter-test-{index}"));
+        let _ = splitter_ctl::dataplane::detach(&pin_dir);
+        let mut bed = Self {
+            index,
+            config_path: dir.join("splitter.toml"),
+            dir,
+            pin_dir,
+            servers: Vec::new(),
+            daemon: None,
+            client: Netns::new(&name("client")),
+            node: Netns::new(&name("node")),
+            blue: Netns::new(&name("blue")),
+            green: Netns::new(&name("green")),
+        };
+        bed.wire();
+        let server = |ns: &Netns, addr: SocketAddrV4, version: &str| {
+            let mut child = ns
+                .exec(server_bin)
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--name",
+                    version,
+                    "--max-seconds",
+                    "600",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {server_bin}: {e}"));
+            let mut ready = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut ready)
+                .expect("server output");
+            assert_eq!(ready.trim(), "ready", "{version} server did not start");
+            child
+        };
+        let blue = server(&bed.blue, bed.blue_addr(), "blue");
+        bed.servers.push(blue);
+        let green = server(&bed.green, bed.green_addr(), "green");
+        bed.servers.push(green);
+        bed
+    }
+
+    fn addr(&self, host: u8) -> String {
+        format!("198.18.{}.{host}", self.index)
+    }
+
+    fn wire(&self) {
+        let i = self.index;
+        let links = [
+            (
+                &self.client,
+                format!("sp{i}c0"),
+                format!("sp{i}n0"),
+                2,
+                1,
+                29,
+            ),
+            (
+                &self.blue,
+                format!("sp{i}b0"),
+                format!("sp{i}n1"),
+                10,
+                9,
+                30,
+            ),
+            (
+                &self.green,
+                format!("sp{i}g0"),
+                format!("sp{i}n2"),
+                14,
+                13,
+                30,
+            ),
+        ];
+        for (peer, peer_if, node_if, peer_host, node_host, prefix) in &links {
+            ip(&[
+                "link",
+                "add",
+                peer_if,
+                "netns",
+                &peer.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                node_if,
+                "netns",
+                &self.node.name,
+            ]);
+            peer.ip(&[
+                "addr",
+                "add",
+                &format!("{}/{prefix}", self.addr(*peer_host)),
+                "dev",
+                peer_if,
+            ]);
+            self.node.ip(&[
+                "addr",
+                "add",
+                &format!("{}/{prefix}", self.addr(*node_host)),
+                "dev",
+                node_if,
+            ]);
+            peer.ip(&["link", "set", peer_if, "up"]);
+            self.node.ip(&["link", "set", node_if, "up"]);
+            peer.ip(&["route", "add", "default", "via", &self.addr(*node_host)]);
+        }
+        self.node.sysctl("net.ipv4.ip_forward", "1");
+    }
+
+    /// The node's interface towards the client, where the splitter attaches.
+    #[must_use]
+    pub fn node_interface(&self) -> String {
+        format!("sp{}n0", self.index)
+    }
+
+    /// The client's interface.
+    #[must_use]
+    pub fn client_interface(&self) -> String {
+        format!("sp{}c0", self.index)
+    }
+
+    /// The service address: the node's address on the client link.
+    #[must_use]
+    pub fn vip(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.addr(1).parse().expect("addr"), PORT))
+    }
+
+    #[must_use]
+    pub fn node_addr(&self) -> String {
+        self.addr(1)
+    }
+
+    #[must_use]
+    pub fn blue_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr(10).parse().expect("addr"), PORT)
+    }
+
+    #[must_use]
+    pub fn green_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr(14).parse().expect("addr"), PORT)
+    }
+
+    /// Writes the config for one service `sentiment` with green at `green_weight` percent.
+    pub fn write_config(&self, green_weight: &str) {
+        let config = format!(
+            "interface = \"{}\"\npin_dir = \"{}\"\n\n[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = {green_weight}\n",
+            self.node_interface(),
+            self.pin_dir.display(),
+            self.vip(),
+            self.blue_addr(),
+            self.green_addr(),
+        );
+        fs::write(&self.config_path, config).expect("write config");
+    }
+
+    /// Starts `splitter-ctl daemon` on the node and waits until the service is in the kernel.
+    pub fn start_daemon(&mut self, extra_args: &[&str]) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
+        let child = self
+            .node
+            .enter(ctl_bin().to_str().expect("utf-8 path"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("daemon")
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.ctl(&["status", "--output", "json"]);
+            if status.status.success()
+                && String::from_utf8_lossy(&status.stdout).contains("\"in_data_plane\": true")
+            {
+                return;
+            }
+            if let Some(Ok(Some(exit))) = self.daemon.as_mut().map(Child::try_wait) {
+                panic!("daemon exited with {exit}: {}", self.daemon_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready after 20 s: {}",
+                self.daemon_log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[must_use]
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the daemon, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        daemon.kill().expect("kill daemon");
+        daemon.wait().expect("reap daemon");
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn stop_daemon(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(daemon.id() as i32, signal) };
+        daemon.wait().expect("reap daemon")
+    }
+
+    /// Runs `splitter-ctl --config <this bed's config> args...` in the root namespace.
+    #[must_use]
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(ctl_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run splitter-ctl")
+    }
+
+    /// Like `ctl`, but panics unless the command succeeds; returns its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "splitter-ctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The status as JSON.
+    #[must_use]
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ctl_ok(&["status", "--output", "json"])).expect("status JSON")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for child in self.daemon.iter_mut().chain(self.servers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = splitter_ctl::dataplane::detach(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.dir);
+        // The namespaces go when their guards drop, right after this.
+    }
+}

@@ -1,0 +1,571 @@
+//! The kernel programs on crafted packets, through BPF_PROG_TEST_RUN: each case checks the
+//! verdict, the bytes that come out (checksums recomputed from scratch), and the counters.
+
+use std::net::SocketAddrV4;
+
+use splitter_common::{
+    FLOW_FIN, FLOW_OPEN, FlowKey, PlaneCounter, SplitWord, Version, flow_hash, ipv4_mapped,
+    maps::SLOTS_PER_POOL,
+};
+use splitter_ctl::maps::Maps;
+use splitter_tests::{
+    packet::{self, ACK, FIN, Ipv4Packet, PSH, RST, SYN},
+    plane::Plane,
+    require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (TCX_NEXT) as the u32 the test run returns.
+const TC_NEXT: u32 = u32::MAX;
+
+const CONFIG: &str = r#"
+interface = "lo"
+pin_dir = "/sys/fs/bpf/unused-by-fixtures"
+
+[[service]]
+name = "model"
+listen = "198.18.0.1:8080"
+blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
+green = ["198.18.2.2:8080"]
+
+[[service]]
+name = "dns"
+listen = "198.18.0.1:5353"
+protocol = "udp"
+blue = ["198.18.1.2:5353"]
+green = ["198.18.2.2:5353"]
+
+[[service]]
+name = "blue-only"
+listen = "198.18.0.1:9090"
+blue = ["198.18.1.4:9090"]
+"#;
+
+fn addr(text: &str) -> SocketAddrV4 {
+    text.parse().expect("address")
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new([198, 18, 0, 2].into(), port)
+}
+
+fn vip() -> SocketAddrV4 {
+    addr("198.18.0.1:8080")
+}
+
+fn key(src: SocketAddrV4, dst: SocketAddrV4, protocol: u8) -> FlowKey {
+    FlowKey {
+        src_addr: ipv4_mapped(src.ip().octets()),
+        dst_addr: ipv4_mapped(dst.ip().octets()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+fn service_id(maps: &Maps, name_listen: SocketAddrV4, protocol: u8) -> u32 {
+    let endpoint = splitter_common::Endpoint::new(
+        ipv4_mapped(name_listen.ip().octets()),
+        name_listen.port(),
+        protocol,
+    );
+    maps.service(&endpoint)
+        .expect("read")
+        .expect("service present")
+        .id
+}
+
+/// The backend user space predicts for a new flow: the same hash, split word and slot table
+/// the kernel uses.
+fn predicted(plane: &Plane, key: &FlowKey, id: u32) -> (Version, std::net::SocketAddr) {
+    let hash = flow_hash(key);
+    let version = plane.maps.split(id).expect("split").choose(hash as u32);
+    let slots = plane.maps.slots(id, version).expect("slots");
+    let slot = slots[((hash >> 32) as u32 & (SLOTS_PER_POOL - 1)) as usize].expect("slot set");
+    (version, slot)
+}
+
+fn plane_count(plane: &Plane, counter: PlaneCounter) -> u64 {
+    plane
+        .maps
+        .plane_counters()
+        .expect("plane counters")
+        .into_iter()
+        .find(|(c, _)| *c == counter)
+        .map_or(0, |(_, n)| n)
+}
+
+/// Asserts that `out` differs from `input` only in the destination address and port and in
+/// the checksums, and that the checksums are valid.
+fn assert_only_destination_rewritten(input: &[u8], out: &[u8], to: SocketAddrV4) {
+    let (before, after) = (
+        packet::parse(input).expect("input parses"),
+        packet::parse(out).expect("output parses"),
+    );
+    assert_eq!(after.dst, to, "destination");
+    assert_eq!(
+        (after.src, after.protocol),
+        (before.src, before.protocol),
+        "source and protocol untouched"
+    );
+    assert!(after.ip_checksum_ok, "IPv4 header checksum");
+    assert!(after.l4_checksum_ok, "L4 checksum");
+    assert_eq!(input.len(), out.len(), "length");
+    let l3 = if input[12..14] == packet::ETH_VLAN {
+        18
+    } else {
+        14
+    };
+    let check = if before.protocol == packet::TCP {
+        l3 + 20 + 16
+    } else {
+        l3 + 20 + 6
+    };
+    let allowed = [
+        l3 + 10..l3 + 12,
+        l3 + 16..l3 + 20,
+        l3 + 22..l3 + 24,
+        check..check + 2,
+    ];
+    for (i, (a, b)) in input.iter().zip(out).enumerate() {
+        if a != b {
+            assert!(
+                allowed.iter().any(|r| r.contains(&i)),
+                "byte {i} changed ({a:#04x} -> {b:#04x})"
+            );
+        }
+    }
+}
+
+#[test]
+fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let mut seen = std::collections::HashSet::new();
+    for port in 40_000..40_064 {
+        let frame = Ipv4Packet::tcp(client(port), vip(), SYN).build();
+        let run = plane.ingress(&frame);
+        assert_eq!(run.verdict, XDP_PASS);
+        let (version, backend) = predicted(&plane, &key(client(port), vip(), packet::TCP), id);
+        assert_eq!(version, Version::Blue, "green has no share");
+        let std::net::SocketAddr::V4(backend) = backend else {
+            panic!("IPv4 backend")
+        };
+        assert_only_destination_rewritten(&frame, &run.data, backend);
+        let flow = plane
+            .maps
+            .flow(&key(client(port), vip(), packet::TCP))
+            .expect("read")
+            .expect("flow recorded");
+        assert_eq!(
+            (flow.version, flow.state, flow.service_id),
+            (Version::Blue as u8, FLOW_OPEN, id)
+        );
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 2, "both blue backends are used");
+    let blue = plane.maps.counters(id, Version::Blue).expect("counters");
+    assert_eq!(
+        (blue.new_flows, blue.packets_in, blue.flow_misses),
+        (64, 64, 0)
+    );
+    assert_eq!(plane_count(&plane, PlaneCounter::Steered), 64);
+}
+
+#[test]
+fn the_split_word_decides_the_version_of_every_new_flow() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 3_000))
+        .expect("set split");
+    let mut green = 0;
+    for port in 20_000..22_000 {
+        let frame = Ipv4Packet::tcp(client(port), vip(), SYN).build();
+        let run = plane.ingress(&frame);
+        let (version, backend) = predicted(&plane, &key(client(port), vip(), packet::TCP), id);
+        let out = packet::parse(&run.data).expect("parses");
+        assert_eq!(
+            std::net::SocketAddr::V4(out.dst),
+            backend,
+            "kernel and user space agree on port {port}"
+        );
+        if version == Version::Green {
+            green += 1;
+        }
+    }
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Green)
+            .expect("counters")
+            .new_flows,
+        green
+    );
+    assert!(
+        (500..=700).contains(&green),
+        "30% of 2000 new flows, got {green}"
+    );
+}
+
+#[test]
+fn established_packets_follow_their_flow_whatever_the_share_says_now() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let syn = plane.ingress(&Ipv4Packet::tcp(client(41_000), vip(), SYN).build());
+    let first = packet::parse(&syn.data).expect("parses").dst;
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 10_000))
+        .expect("all new flows to green");
+
+    let data = Ipv4Packet::tcp(client(41_000), vip(), ACK | PSH)
+        .with_payload(b"GET / HTTP/1.1\r\n\r\n")
+        .build();
+    let run = plane.ingress(&data);
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_only_destination_rewritten(&data, &run.data, first);
+    // A retransmitted SYN of the open connection keeps its backend too.
+    let again = plane.ingress(&Ipv4Packet::tcp(client(41_000), vip(), SYN).build());
+    assert_eq!(packet::parse(&again.data).expect("parses").dst, first);
+    // A new connection follows the new share.
+    let fresh = plane.ingress(&Ipv4Packet::tcp(client(41_001), vip(), SYN).build());
+    assert_eq!(
+        packet::parse(&fresh.data).expect("parses").dst,
+        addr("198.18.2.2:8080")
+    );
+}
+
+#[test]
+fn a_packet_without_a_flow_entry_is_steered_by_hash_and_counted_as_a_miss() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let frame = Ipv4Packet::tcp(client(42_000), vip(), ACK).build();
+    let run = plane.ingress(&frame);
+    let (_, backend) = predicted(&plane, &key(client(42_000), vip(), packet::TCP), id);
+    let std::net::SocketAddr::V4(backend) = backend else {
+        panic!("IPv4")
+    };
+    assert_only_destination_rewritten(&frame, &run.data, backend);
+    let blue = plane.maps.counters(id, Version::Blue).expect("counters");
+    assert_eq!((blue.flow_misses, blue.new_flows), (1, 0));
+    assert!(
+        plane
+            .maps
+            .flow(&key(client(42_000), vip(), packet::TCP))
+            .expect("read")
+            .is_some(),
+        "the flow is recorded again"
+    );
+}
+
+#[test]
+fn a_syn_after_the_connection_closed_chooses_again() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let tuple = key(client(43_000), vip(), packet::TCP);
+    let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), SYN).build());
+    let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), FIN | ACK).build());
+    let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
+    assert_eq!(flow.state, FLOW_FIN);
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Blue)
+            .expect("counters")
+            .closed_flows,
+        1
+    );
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 10_000))
+        .expect("all to green");
+    let reuse = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), SYN).build());
+    assert_eq!(
+        packet::parse(&reuse.data).expect("parses").dst,
+        addr("198.18.2.2:8080")
+    );
+    let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
+    assert_eq!(
+        (flow.state, flow.version),
+        (FLOW_OPEN, Version::Green as u8)
+    );
+}
+
+#[test]
+fn udp_datagrams_are_steered_and_a_zero_checksum_stays_zero() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let dns = addr("198.18.0.1:5353");
+    for (payload, no_checksum) in [
+        (&b"query"[..], false),
+        (&b""[..], false),
+        (&b"query"[..], true),
+    ] {
+        let packet = Ipv4Packet {
+            udp_no_checksum: no_checksum,
+            ..Ipv4Packet::udp(client(44_000), dns).with_payload(payload)
+        };
+        let frame = packet.build();
+        let run = plane.ingress(&frame);
+        assert_eq!(run.verdict, XDP_PASS);
+        assert_only_destination_rewritten(&frame, &run.data, addr("198.18.1.2:5353"));
+        let out = packet::parse(&run.data).expect("parses");
+        assert_eq!(
+            out.l4_checksum == 0,
+            no_checksum,
+            "zero checksum preserved exactly when absent"
+        );
+    }
+    let id = service_id(&plane.maps, dns, packet::UDP);
+    let blue = plane.maps.counters(id, Version::Blue).expect("counters");
+    assert_eq!(
+        (blue.new_flows, blue.packets_in, blue.flow_misses),
+        (1, 3, 0),
+        "one flow, three datagrams"
+    );
+}
+
+#[test]
+fn a_vlan_tagged_syn_is_steered() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let frame = Ipv4Packet {
+        vlan: Some(42),
+        ..Ipv4Packet::tcp(client(45_000), addr("198.18.0.1:9090"), SYN)
+    }
+    .build();
+    let run = plane.ingress(&frame);
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_only_destination_rewritten(&frame, &run.data, addr("198.18.1.4:9090"));
+}
+
+#[test]
+fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let syn = Ipv4Packet::tcp(client(46_000), vip(), SYN);
+    let full = syn.build();
+    let cases: Vec<(&str, Vec<u8>, PlaneCounter)> = vec![
+        (
+            "another port",
+            Ipv4Packet::tcp(client(46_000), addr("198.18.0.1:8081"), SYN).build(),
+            PlaneCounter::NotService,
+        ),
+        (
+            "another address, service port",
+            Ipv4Packet::tcp(client(46_000), addr("198.18.0.9:8080"), SYN).build(),
+            PlaneCounter::NotService,
+        ),
+        (
+            "UDP to the TCP service",
+            Ipv4Packet::udp(client(46_000), vip()).build(),
+            PlaneCounter::NotService,
+        ),
+        (
+            "ICMP",
+            Ipv4Packet {
+                protocol: packet::ICMP,
+                ..syn.clone()
+            }
+            .build(),
+            PlaneCounter::NotService,
+        ),
+        ("ARP", packet::arp(), PlaneCounter::NotIpv4),
+        ("IPv6", packet::ipv6_tcp_syn(8080), PlaneCounter::NotIpv4),
+        (
+            "first fragment",
+            Ipv4Packet {
+                frag: 0x2000,
+                ..syn.clone()
+            }
+            .build(),
+            PlaneCounter::Fragment,
+        ),
+        (
+            "later fragment",
+            Ipv4Packet {
+                frag: 0x0010,
+                ..syn.clone()
+            }
+            .build(),
+            PlaneCounter::Fragment,
+        ),
+        (
+            "IP options",
+            Ipv4Packet {
+                ip_options: vec![1, 1, 1, 0],
+                ..syn.clone()
+            }
+            .build(),
+            PlaneCounter::IpOptions,
+        ),
+        (
+            "Ethernet only",
+            full[..14].to_vec(),
+            PlaneCounter::Malformed,
+        ),
+        (
+            "truncated IPv4 header",
+            full[..14 + 12].to_vec(),
+            PlaneCounter::Malformed,
+        ),
+        (
+            "truncated TCP header",
+            full[..14 + 20 + 12].to_vec(),
+            PlaneCounter::Malformed,
+        ),
+        (
+            "truncated VLAN header",
+            {
+                let mut f = packet::ethernet(None, packet::ETH_VLAN);
+                f.push(0);
+                f
+            },
+            PlaneCounter::Malformed,
+        ),
+    ];
+    for (name, frame, counter) in cases {
+        let before = plane_count(&plane, counter);
+        let run = plane.ingress(&frame);
+        assert_eq!(run.verdict, XDP_PASS, "{name}: verdict");
+        assert_eq!(run.data, frame, "{name}: bytes");
+        assert_eq!(
+            plane_count(&plane, counter),
+            before + 1,
+            "{name}: counted as {}",
+            counter.name()
+        );
+    }
+    assert_eq!(plane_count(&plane, PlaneCounter::Steered), 0);
+    assert!(
+        plane.maps.flows().expect("flows").is_empty(),
+        "no flow recorded"
+    );
+}
+
+#[test]
+fn a_new_flow_to_an_unset_slot_is_dropped_and_counted() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let svc = addr("198.18.0.1:9090");
+    let id = service_id(&plane.maps, svc, packet::TCP);
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 10_000))
+        .expect("everything to the empty green pool");
+    let run = plane.ingress(&Ipv4Packet::tcp(client(47_000), svc, SYN).build());
+    assert_eq!(run.verdict, XDP_DROP);
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Green)
+            .expect("counters")
+            .slot_misses,
+        1
+    );
+    assert_eq!(plane_count(&plane, PlaneCounter::SlotMiss), 1);
+    assert!(plane.maps.flows().expect("flows").is_empty());
+}
+
+#[test]
+fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    for (backend, payload) in [
+        (addr("198.18.1.3:8080"), &b"HTTP/1.1 200 OK\r\n\r\n"[..]),
+        (addr("198.18.2.2:8080"), &b""[..]),
+    ] {
+        let frame = Ipv4Packet::tcp(backend, client(48_000), ACK | PSH)
+            .with_payload(payload)
+            .build();
+        let run = plane.egress(&frame);
+        assert_eq!(run.verdict, TC_NEXT);
+        let out = packet::parse(&run.data).expect("parses");
+        assert_eq!((out.src, out.dst), (vip(), client(48_000)));
+        assert!(
+            out.ip_checksum_ok && out.l4_checksum_ok,
+            "checksums after reverse translation"
+        );
+    }
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Blue)
+            .expect("counters")
+            .packets_out,
+        1
+    );
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Green)
+            .expect("counters")
+            .packets_out,
+        1
+    );
+    assert_eq!(plane_count(&plane, PlaneCounter::ReplyTranslated), 2);
+}
+
+#[test]
+fn udp_replies_are_translated_and_keep_a_zero_checksum() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    for no_checksum in [false, true] {
+        let reply = Ipv4Packet {
+            udp_no_checksum: no_checksum,
+            ..Ipv4Packet::udp(addr("198.18.2.2:5353"), client(49_000)).with_payload(b"answer")
+        };
+        let run = plane.egress(&reply.build());
+        let out = packet::parse(&run.data).expect("parses");
+        assert_eq!(out.src, addr("198.18.0.1:5353"));
+        assert!(out.ip_checksum_ok && out.l4_checksum_ok);
+        assert_eq!(out.l4_checksum == 0, no_checksum);
+    }
+}
+
+#[test]
+fn egress_traffic_that_is_not_a_backend_reply_passes_untouched() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    for frame in [
+        Ipv4Packet::tcp(addr("198.18.1.9:8080"), client(50_000), ACK).build(),
+        Ipv4Packet::tcp(addr("198.18.1.2:8081"), client(50_000), ACK).build(),
+        Ipv4Packet::udp(addr("198.18.1.2:8080"), client(50_000)).build(),
+        packet::arp(),
+        packet::ipv6_tcp_syn(8080),
+    ] {
+        let run = plane.egress(&frame);
+        assert_eq!((run.verdict, &run.data), (TC_NEXT, &frame));
+    }
+    assert_eq!(plane_count(&plane, PlaneCounter::ReplyTranslated), 0);
+}
+
+#[test]
+fn a_fin_or_rst_from_the_backend_closes_the_flow() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    for (port, flags, state) in [
+        (51_000, FIN | ACK, FLOW_FIN),
+        (51_001, RST, splitter_common::FLOW_RST),
+    ] {
+        let syn = plane.ingress(&Ipv4Packet::tcp(client(port), vip(), SYN).build());
+        let backend = packet::parse(&syn.data).expect("parses").dst;
+        let _ = plane.egress(&Ipv4Packet::tcp(backend, client(port), flags).build());
+        let flow = plane
+            .maps
+            .flow(&key(client(port), vip(), packet::TCP))
+            .expect("read")
+            .expect("flow");
+        assert_eq!(flow.state, state);
+    }
+}
