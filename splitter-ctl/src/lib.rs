@@ -7,6 +7,7 @@
 //! - `apply`: a config applied to the maps as a diff;
 //! - `slots`, `share`: slot tables and percentages;
 //! - `status`: what the data plane is doing now;
+//! - `notify`: readiness for systemd and the test bed;
 //! - `cmd`: one module per subcommand.
 
 pub mod apply;
@@ -14,6 +15,7 @@ pub mod cmd;
 pub mod config;
 pub mod dataplane;
 pub mod maps;
+pub mod notify;
 pub mod paths;
 pub mod share;
 pub mod slots;

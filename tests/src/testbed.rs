@@ -14,9 +14,9 @@ use std::{
     fs,
     io::{BufRead as _, BufReader},
     net::{SocketAddr, SocketAddrV4},
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -77,32 +77,19 @@ impl Testbed {
             green: Netns::new(&name("green")),
         };
         bed.wire();
-        let server = |ns: &Netns, addr: SocketAddrV4, version: &str| {
-            let mut child = ns
-                .exec(server_bin)
-                .args([
-                    "--listen",
-                    &addr.to_string(),
-                    "--name",
-                    version,
-                    "--max-seconds",
-                    "600",
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {server_bin}: {e}"));
-            let mut ready = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut ready)
-                .expect("server output");
-            assert_eq!(ready.trim(), "ready", "{version} server did not start");
-            child
-        };
-        let blue = server(&bed.blue, bed.blue_addr(), "blue");
+        let blue = spawn_server(server_bin, &bed.blue, bed.blue_addr(), "blue");
         bed.servers.push(blue);
-        let green = server(&bed.green, bed.green_addr(), "green");
+        let green = spawn_server(server_bin, &bed.green, bed.green_addr(), "green");
         bed.servers.push(green);
         bed
+    }
+
+    /// Starts an HTTP server named `name` on the node itself, at the node's address and `port`.
+    pub fn serve_on_node(&mut self, server_bin: &str, port: u16, name: &str) -> SocketAddr {
+        let addr = SocketAddrV4::new(self.node_addr().parse().expect("addr"), port);
+        let child = spawn_server(server_bin, &self.node, addr, name);
+        self.servers.push(child);
+        SocketAddr::V4(addr)
     }
 
     fn addr(&self, host: u8) -> String {
@@ -223,6 +210,13 @@ impl Testbed {
     pub fn start_daemon(&mut self, extra_args: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = fs::File::create(self.dir.join("daemon.log")).expect("daemon log");
+        // Readiness arrives over the systemd notification protocol, as it would under systemd.
+        let notify_path = self.dir.join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let child = self
             .node
             .enter(ctl_bin().to_str().expect("utf-8 path"))
@@ -230,18 +224,19 @@ impl Testbed {
             .arg(&self.config_path)
             .arg("daemon")
             .args(extra_args)
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start daemon");
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut message = [0u8; 64];
         loop {
-            let status = self.ctl(&["status", "--output", "json"]);
-            if status.status.success()
-                && String::from_utf8_lossy(&status.stdout).contains("\"in_data_plane\": true")
-            {
-                return;
+            if let Ok(n) = notify.recv(&mut message) {
+                if &message[..n] == b"READY=1" {
+                    return;
+                }
             }
             if let Some(Ok(Some(exit))) = self.daemon.as_mut().map(Child::try_wait) {
                 panic!("daemon exited with {exit}: {}", self.daemon_log());
@@ -251,7 +246,6 @@ impl Testbed {
                 "daemon not ready after 20 s: {}",
                 self.daemon_log()
             );
-            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -303,6 +297,29 @@ impl Testbed {
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ctl_ok(&["status", "--output", "json"])).expect("status JSON")
     }
+}
+
+/// Starts the test HTTP server in `ns` and waits until it listens.
+fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddrV4, name: &str) -> Child {
+    let mut child = ns
+        .exec(server_bin)
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+            "--max-seconds",
+            "600",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {server_bin}: {e}"));
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("server output");
+    assert_eq!(ready.trim(), "ready", "{name} server did not start");
+    child
 }
 
 impl Drop for Testbed {

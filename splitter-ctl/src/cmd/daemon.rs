@@ -7,7 +7,9 @@ use std::{path::Path, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::CommandError;
-use crate::{apply::apply, config::Config, dataplane, maps::Maps, share::format_percent};
+use crate::{
+    apply::apply, config::Config, dataplane, maps::Maps, notify::notify, share::format_percent,
+};
 use splitter_common::{FLOW_FIN, FLOW_OPEN, Version};
 
 /// How often closed flows are swept from the flow table.
@@ -39,6 +41,10 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
         what: "install the SIGINT handler",
         source,
     })?;
+    if let Err(error) = notify("READY=1") {
+        tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
+    }
+    tracing::info!("ready");
     let mut sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
@@ -52,6 +58,7 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
             },
         }
     };
+    let _ = notify("STOPPING=1");
     if detach_on_exit {
         let removed = dataplane::detach(&config.pin_dir)?;
         tracing::info!(
