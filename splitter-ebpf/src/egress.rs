@@ -40,12 +40,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
             *pkt.l4_check,
         )
     };
-    let backend = Endpoint {
-        addr: ipv4_mapped(src),
-        port_be: u16::from_ne_bytes(ports[0]),
-        protocol: pkt.protocol,
-        _pad: 0,
-    };
+    let backend = Endpoint::from_ipv4(src, ports[0], pkt.protocol);
     // SAFETY: hash map values are read once, as a copy.
     let info: BackendInfo = match unsafe { BACKENDS.get(&backend) } {
         Some(info) => *info,
@@ -109,14 +104,18 @@ fn close_flow(
     protocol: u8,
     tcp_flags: u8,
 ) {
-    let key = FlowKey {
-        src_addr: ipv4_mapped(client),
-        dst_addr: info.service_addr,
-        src_port_be: u16::from_ne_bytes(client_port),
-        dst_port_be: info.service_port_be,
+    let service = [
+        info.service_addr[12],
+        info.service_addr[13],
+        info.service_addr[14],
+        info.service_addr[15],
+    ];
+    let key = FlowKey::from_ipv4(
+        client,
+        service,
+        [client_port, info.service_port_be.to_ne_bytes()],
         protocol,
-        _pad: [0; 3],
-    };
+    );
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
         let flow = unsafe { &mut *flow };

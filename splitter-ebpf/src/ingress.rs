@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PlaneCounter, SLOT_SET, Service,
-    SplitWord, flow_hash, ipv4_mapped, slot_index, stats_index,
+    SplitWord, flow_hash, slot_index, stats_index,
 };
 
 use crate::{
@@ -31,16 +31,9 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     if !has_service_on(dst_port) {
         return Err(Skip::Pass(PlaneCounter::NotService));
     }
-    let key = FlowKey {
-        src_addr: ipv4_mapped(src),
-        dst_addr: ipv4_mapped(dst),
-        src_port_be: u16::from_ne_bytes(ports[0]),
-        dst_port_be: u16::from_ne_bytes(ports[1]),
-        protocol: pkt.protocol,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
     let closing = closing_state(pkt.tcp_flags);
-    let flow = match FLOWS.get_ptr_mut(&key) {
+    let target = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
         Some(flow) if !reopens(pkt.tcp_flags, unsafe { (*flow).state }) => {
             let flow = unsafe { &mut *flow };
@@ -51,16 +44,40 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                     s.closed_flows += 1
                 });
             }
-            *flow
+            Target::of(flow)
         }
-        _ => new_flow(&key, pkt.tcp_flags, closing)?,
+        _ => Target::of(&new_flow(
+            &key,
+            Endpoint::from_ipv4(dst, ports[1], pkt.protocol),
+            pkt.tcp_flags,
+            closing,
+        )?),
     };
-    maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
+    maps::with_stats(target.stats, |s| {
         s.packets_in += 1;
         s.bytes_in += bounds.len();
     });
-    rewrite_destination(&pkt, &flow);
+    rewrite_destination(&pkt, &target);
     Ok(())
+}
+
+/// What the rewrite needs of a flow; read field by field instead of copying the whole entry.
+struct Target {
+    addr: [u8; 4],
+    port: [u8; 2],
+    stats: u32,
+}
+
+impl Target {
+    #[inline(always)]
+    fn of(flow: &Flow) -> Self {
+        let a = &flow.backend_addr;
+        Self {
+            addr: [a[12], a[13], a[14], a[15]],
+            port: flow.backend_port_be.to_ne_bytes(),
+            stats: stats_index(flow.service_id, flow.version),
+        }
+    }
 }
 
 #[inline(always)]
@@ -101,13 +118,7 @@ const fn closing_state(tcp_flags: u8) -> u8 {
 /// is not a SYN lands here when its entry was evicted or predates the splitter: the same hash
 /// gives the same backend while the split and the pools are unchanged, and it is counted.
 #[inline(always)]
-fn new_flow(key: &FlowKey, tcp_flags: u8, state: u8) -> Result<Flow, Skip> {
-    let service_key = Endpoint {
-        addr: key.dst_addr,
-        port_be: key.dst_port_be,
-        protocol: key.protocol,
-        _pad: 0,
-    };
+fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> Result<Flow, Skip> {
     // SAFETY: hash map values are read once, as a copy.
     let service: Service = match unsafe { SERVICES.get(&service_key) } {
         Some(service) => *service,
@@ -149,14 +160,8 @@ fn new_flow(key: &FlowKey, tcp_flags: u8, state: u8) -> Result<Flow, Skip> {
 }
 
 #[inline(always)]
-fn rewrite_destination(pkt: &Ipv4L4, flow: &Flow) {
-    let new_addr = [
-        flow.backend_addr[12],
-        flow.backend_addr[13],
-        flow.backend_addr[14],
-        flow.backend_addr[15],
-    ];
-    let new_port = flow.backend_port_be.to_ne_bytes();
+fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
+    let (new_addr, new_port) = (target.addr, target.port);
     // SAFETY: `parse` bounds-checked the IP header, the ports and the L4 checksum field.
     unsafe {
         let ip = &mut *pkt.ip;
