@@ -45,17 +45,19 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 impl Endpoint {
-    /// The endpoint of an IPv4 address and port as they sit in a packet. Built from 32-bit
-    /// words, so the kernel program stores five words instead of zeroing bytes one by one.
+    /// The endpoint of an IPv4 address and port in memory order (the packet's bytes read as
+    /// a native integer, `from_ne_bytes`). Built from 32-bit words, so the kernel program stores
+    /// five words instead of assembling bytes.
     #[inline(always)]
     #[must_use]
-    pub fn from_ipv4(addr: [u8; 4], port: [u8; 2], protocol: u8) -> Self {
+    pub fn from_ipv4(addr: u32, port: u16, protocol: u8) -> Self {
+        let p = port.to_ne_bytes();
         let words: [u32; 5] = [
             0,
             0,
             MAPPED_WORD,
-            u32::from_ne_bytes(addr),
-            u32::from_ne_bytes([port[0], port[1], protocol, 0]),
+            addr,
+            u32::from_ne_bytes([p[0], p[1], protocol, 0]),
         ];
         // SAFETY: Endpoint is repr(C), 20 bytes, 4-aligned, with no invalid bit patterns.
         unsafe { core::mem::transmute(words) }
@@ -105,7 +107,7 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 20);
 pub const SLOT_SET: u16 = 1;
 
 /// Key of `FLOWS`: the connection as the client sent it (destination = the service address).
-#[repr(C, align(4))]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src_addr: Addr,
@@ -118,24 +120,24 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 impl FlowKey {
-    /// The key of an IPv4 packet, from its addresses and its (source, destination) ports as
-    /// they sit in the packet; built from 32-bit words like `Endpoint::from_ipv4`.
+    /// The key of an IPv4 packet from its addresses and its (source, destination) port pair,
+    /// each in memory order as `Endpoint::from_ipv4` takes them.
     #[inline(always)]
     #[must_use]
-    pub fn from_ipv4(src: [u8; 4], dst: [u8; 4], ports: [[u8; 2]; 2], protocol: u8) -> Self {
+    pub fn from_ipv4(src: u32, dst: u32, ports: u32, protocol: u8) -> Self {
         let words: [u32; 10] = [
             0,
             0,
             MAPPED_WORD,
-            u32::from_ne_bytes(src),
+            src,
             0,
             0,
             MAPPED_WORD,
-            u32::from_ne_bytes(dst),
-            u32::from_ne_bytes([ports[0][0], ports[0][1], ports[1][0], ports[1][1]]),
+            dst,
+            ports,
             u32::from_ne_bytes([protocol, 0, 0, 0]),
         ];
-        // SAFETY: FlowKey is repr(C), 40 bytes, 4-aligned, with no invalid bit patterns.
+        // SAFETY: FlowKey is repr(C), 40 bytes, at least 4-aligned, with no invalid bit patterns.
         unsafe { core::mem::transmute(words) }
     }
 }
@@ -157,6 +159,38 @@ pub struct Flow {
     pub state_changed_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+
+/// Value of `FLOW_CACHE`, per CPU: a direct-mapped copy of recently used flow entries, so an
+/// established packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the
+/// source of truth: a slot is filled from it, and every new flow clears its slot on all CPUs.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    /// `CACHE_VALID` when the slot holds `key`'s flow.
+    pub valid: u32,
+    /// `stats_index` of the flow's (service, version).
+    pub stats_index: u32,
+    /// The backend's IPv4 address and port in memory order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 56);
+
+pub const CACHE_VALID: u32 = 1;
+
+impl FlowKey {
+    /// The flow's slot in `FLOW_CACHE`: one multiply over the words that vary most.
+    #[inline(always)]
+    #[must_use]
+    pub fn cache_slot(&self) -> u32 {
+        // SAFETY: FlowKey is 40 bytes and at least 4-aligned.
+        let w: &[u32; 10] = unsafe { &*(self as *const Self).cast() };
+        let mixed = (w[3] ^ w[7].rotate_left(16) ^ w[8] ^ w[9]).wrapping_mul(0x9e37_79b1);
+        mixed >> (32 - maps::FLOW_CACHE_SLOTS.trailing_zeros())
+    }
+}
 
 pub const FLOW_OPEN: u8 = 0;
 /// A FIN was seen in either direction: the connection is closing.
@@ -280,10 +314,11 @@ mod tests {
     #[test]
     fn word_built_keys_equal_field_built_keys() {
         let (src, dst) = ([198, 18, 0, 2], [198, 18, 0, 1]);
+        let ports = u32::from_ne_bytes([0x9c, 0x40, 0x1f, 0x90]); // 40000, 8080
         let key = FlowKey::from_ipv4(
-            src,
-            dst,
-            [40_000u16.to_be_bytes(), 8080u16.to_be_bytes()],
+            u32::from_ne_bytes(src),
+            u32::from_ne_bytes(dst),
+            ports,
             PROTO_TCP,
         );
         let expected = FlowKey {
@@ -296,7 +331,11 @@ mod tests {
         };
         assert_eq!(key, expected);
         assert_eq!(
-            Endpoint::from_ipv4(dst, 8080u16.to_be_bytes(), PROTO_UDP),
+            Endpoint::from_ipv4(
+                u32::from_ne_bytes(dst),
+                u16::from_ne_bytes(8080u16.to_be_bytes()),
+                PROTO_UDP
+            ),
             Endpoint::new(ipv4_mapped(dst), 8080, PROTO_UDP)
         );
     }
@@ -311,6 +350,7 @@ mod pod {
     unsafe impl aya::Pod for super::Slot {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::CachedFlow {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
 }

@@ -8,6 +8,7 @@
 //! | `SPLIT` | array | user space | per service id: the `SplitWord` |
 //! | `POOL_SLOTS` | array | user space | per (service, version): `SLOTS_PER_POOL` backend `Slot`s |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
+//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, version): `VersionStats` |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
@@ -17,17 +18,19 @@ pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
 pub const SPLIT: &str = "SPLIT";
 pub const POOL_SLOTS: &str = "POOL_SLOTS";
 pub const FLOWS: &str = "FLOWS";
+pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
     POOL_SLOTS,
     FLOWS,
+    FLOW_CACHE,
     BACKENDS,
     VERSION_STATS,
     PLANE_STATS,
@@ -40,6 +43,11 @@ pub const SLOTS_PER_POOL: u32 = 256;
 const _: () = assert!(SLOTS_PER_POOL.is_power_of_two());
 /// Backends one data plane holds, over all services and pools.
 pub const MAX_BACKENDS: u32 = 4096;
+/// Slots of the flow cache, per CPU: a power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 4096;
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// CPUs whose flow-cache slot a new flow clears; more than any host this runs on.
+pub const MAX_CPUS: u32 = 512;
 /// Default capacity of the flow table.
 pub const FLOW_CAPACITY: u32 = 65_536;
 

@@ -144,5 +144,7 @@ fn remove(maps: &mut Maps, endpoint: &Endpoint, id: u32) -> Result<usize, MapsEr
             maps.remove_backend(&backend)?;
         }
     }
-    maps.purge_flows(|_, flow| flow.service_id == id)
+    let purged = maps.purge_flows(|_, flow| flow.service_id == id)?;
+    maps.clear_flow_cache()?;
+    Ok(purged)
 }

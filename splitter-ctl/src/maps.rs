@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use splitter_common::{
-    Addr, BackendInfo, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service,
-    Slot, SplitWord, Version, VersionStats,
+    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, SLOT_SET,
+    Service, Slot, SplitWord, Version, VersionStats,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
 };
@@ -70,6 +70,7 @@ pub struct Maps {
     split: Array<MapData, u32>,
     slots: Array<MapData, Slot>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    flow_cache: PerCpuArray<MapData, CachedFlow>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,
     plane_stats: PerCpuArray<MapData, u64>,
@@ -85,8 +86,11 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::POOL_SLOTS => (4, size_of::<Slot>()),
         names::FLOWS => (size_of::<FlowKey>(), size_of::<Flow>()),
         names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
+        names::FLOW_CACHE => (4, size_of::<CachedFlow>()),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
-        _ => (4, 8),
+        names::PLANE_STATS => (4, size_of::<u64>()),
+        // Not a map of ours: nothing matches.
+        _ => (0, 0),
     }
 }
 
@@ -102,6 +106,19 @@ pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A per-CPU value of zeroes for every possible CPU.
+fn zeroed<T: aya::Pod + Default + Clone>(map: &'static str) -> Result<PerCpuValues<T>, MapsError> {
+    let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| {
+        access(map, "count CPUs")(MapError::from(aya::sys::SyscallError { call, io_error }))
+    })?;
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|io_error| {
+        access(map, "build per-CPU zeroes")(MapError::from(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error,
+        }))
+    })
 }
 
 fn access(map: &'static str, action: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -163,6 +180,7 @@ impl Maps {
             split: typed(names::SPLIT, open(names::SPLIT)?)?,
             slots: typed(names::POOL_SLOTS, open(names::POOL_SLOTS)?)?,
             flows: typed(names::FLOWS, open(names::FLOWS)?)?,
+            flow_cache: typed(names::FLOW_CACHE, open(names::FLOW_CACHE)?)?,
             backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
             version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
@@ -351,6 +369,18 @@ impl Maps {
         Ok(removed)
     }
 
+    /// Empties the flow cache on every CPU. Needed when flows are purged for a reason other
+    /// than their own close (a removed service): a cached copy would outlive its entry.
+    pub fn clear_flow_cache(&mut self) -> Result<(), MapsError> {
+        for slot in 0..names::FLOW_CACHE_SLOTS {
+            let empty = zeroed::<CachedFlow>(names::FLOW_CACHE)?;
+            self.flow_cache
+                .set(slot, empty, 0)
+                .map_err(access(names::FLOW_CACHE, "clear a slot"))?;
+        }
+        Ok(())
+    }
+
     // ---- counters ----
 
     /// The counters of a (service, version), summed over CPUs.
@@ -376,15 +406,7 @@ impl Maps {
     /// Zeroes the counters of a (service, version) on every CPU.
     pub fn reset_counters(&mut self, id: u32, version: Version) -> Result<(), MapsError> {
         Self::check_id(id)?;
-        let cpus = aya::util::nr_cpus().map_or(1, |n| n);
-        let zeros = PerCpuValues::try_from(vec![VersionStats::default(); cpus]).map_err(|e| {
-            access(names::VERSION_STATS, "build zeroed counters")(MapError::from(
-                aya::sys::SyscallError {
-                    call: "nr_cpus",
-                    io_error: e,
-                },
-            ))
-        })?;
+        let zeros = zeroed::<VersionStats>(names::VERSION_STATS)?;
         self.version_stats
             .set(stats_index(id, version as u8), zeros, 0)
             .map_err(access(names::VERSION_STATS, "reset counters"))

@@ -1,11 +1,8 @@
-//! Incremental Internet checksum updates (RFC 1624: HC' = ~(~HC + ~m + m')). Values are the
-//! 16-bit words as they sit in the packet, read big-endian; the arithmetic does not depend on
-//! the byte order as long as it is the same for all of them.
-
-#[inline(always)]
-const fn word(bytes: [u8; 2]) -> u32 {
-    u16::from_be_bytes(bytes) as u32
-}
+//! Incremental Internet checksum updates (RFC 1624: HC' = ~(~HC + ~m + m')).
+//!
+//! Every value is in memory order: the packet's 16-bit words read as native integers. The
+//! one's-complement sum does not depend on byte order, so summing words as they sit gives the
+//! checksum as it must sit, with no byte swaps.
 
 #[inline(always)]
 const fn fold(mut sum: u32) -> u16 {
@@ -14,27 +11,27 @@ const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// The checksum after an IPv4 address changes from `old` to `new`.
+/// `~m + m'` over the two 16-bit halves of a 32-bit field.
 #[inline(always)]
-pub fn replace_addr(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
-    let sum = (!u16::from_be_bytes(check) as u32)
-        + (!word([old[0], old[1]]) & 0xffff)
-        + (!word([old[2], old[3]]) & 0xffff)
-        + word([new[0], new[1]])
-        + word([new[2], new[3]]);
-    (!fold(sum)).to_be_bytes()
+const fn delta32(old: u32, new: u32) -> u32 {
+    (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16)
 }
 
-/// The checksum after an IPv4 address (in the pseudo-header) and a port both change.
+/// `~m + m'` over a 16-bit field.
 #[inline(always)]
-pub fn replace_addr_port(
-    check: [u8; 2],
-    old: [u8; 4],
-    new: [u8; 4],
-    old_port: [u8; 2],
-    new_port: [u8; 2],
-) -> [u8; 2] {
-    let partial = replace_addr(check, old, new);
-    let sum = (!u16::from_be_bytes(partial) as u32) + (!word(old_port) & 0xffff) + word(new_port);
-    (!fold(sum)).to_be_bytes()
+const fn delta16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
+}
+
+/// The checksum after a 32-bit field (an IPv4 address) changes from `old` to `new`.
+#[inline(always)]
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    !fold((!check) as u32 + delta32(old, new))
+}
+
+/// The checksum after a 32-bit field (an address in the pseudo-header) and a 16-bit field (a
+/// port) both change.
+#[inline(always)]
+pub const fn replace32_16(check: u16, old: u32, new: u32, old_port: u16, new_port: u16) -> u16 {
+    !fold((!check) as u32 + delta32(old, new) + delta16(old_port, new_port))
 }

@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FLOW_OPEN, FlowKey, PROTO_UDP, PlaneCounter, ipv4_mapped, stats_index,
+    BackendInfo, Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, FlowKey, PROTO_UDP, PlaneCounter,
+    stats_index,
 };
 
 use crate::{
@@ -31,65 +32,61 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds).map_err(|_| Skip::Pass(PlaneCounter::ReplyPassed))?;
-    // SAFETY: `parse` bounds-checked the IP header and the ports.
-    let (src, dst, ports, l4_check) = unsafe {
-        (
-            (*pkt.ip).src_addr,
-            (*pkt.ip).dst_addr,
-            *pkt.ports,
-            *pkt.l4_check,
-        )
-    };
-    let backend = Endpoint::from_ipv4(src, ports[0], pkt.protocol);
+    let (src, dst, ports, l4_check) = (pkt.src(), pkt.dst(), pkt.ports(), pkt.l4_check());
+    let (src_port, dst_port) = packet::split_ports(ports);
     // SAFETY: hash map values are read once, as a copy.
-    let info: BackendInfo = match unsafe { BACKENDS.get(&backend) } {
-        Some(info) => *info,
-        None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
-    };
+    let info: BackendInfo =
+        match unsafe { BACKENDS.get(&Endpoint::from_ipv4(src, src_port, pkt.protocol)) } {
+            Some(info) => *info,
+            None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
+        };
     maps::with_stats(stats_index(info.service_id, info.version), |s| {
         s.packets_out += 1;
         s.bytes_out += u64::from(ctx.len());
     });
+    let a = &info.service_addr;
+    let service_addr = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        close_flow(&info, dst, ports[1], pkt.protocol, pkt.tcp_flags);
+        let key = FlowKey::from_ipv4(
+            dst,
+            service_addr,
+            packet::join_ports(dst_port, info.service_port_be),
+            pkt.protocol,
+        );
+        close_flow(&key, pkt.tcp_flags);
     }
 
-    let new_addr = [
-        info.service_addr[12],
-        info.service_addr[13],
-        info.service_addr[14],
-        info.service_addr[15],
-    ];
-    let new_port = info.service_port_be.to_ne_bytes();
     let mangled_0 = if pkt.protocol == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    let ip_check = pkt.l3_offset + IPV4_CHECK_OFFSET;
-    let ip_src = pkt.l3_offset + IPV4_SRC_OFFSET;
-    let old_addr = u64::from(u32::from_ne_bytes(src));
-    let new_addr_word = u64::from(u32::from_ne_bytes(new_addr));
     let rewrite = || -> Result<(), i64> {
         // A UDP datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the
         // helper); the check here only skips the helper calls.
-        if pkt.protocol != PROTO_UDP || l4_check != [0, 0] {
+        if pkt.protocol != PROTO_UDP || l4_check != 0 {
+            let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
             ctx.l4_csum_replace(
                 pkt.l4_check_offset,
-                old_addr,
-                new_addr_word,
-                u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0,
+                u64::from(src),
+                u64::from(service_addr),
+                pseudo,
             )?;
             ctx.l4_csum_replace(
                 pkt.l4_check_offset,
-                u64::from(u16::from_ne_bytes(ports[0])),
-                u64::from(u16::from_ne_bytes(new_port)),
+                u64::from(src_port),
+                u64::from(info.service_port_be),
                 2 | mangled_0,
             )?;
         }
-        ctx.l3_csum_replace(ip_check, old_addr, new_addr_word, 4)?;
-        ctx.store(ip_src, &new_addr, 0)?;
-        ctx.store(pkt.l4_offset, &new_port, 0)?;
+        ctx.l3_csum_replace(
+            pkt.l3_offset + IPV4_CHECK_OFFSET,
+            u64::from(src),
+            u64::from(service_addr),
+            4,
+        )?;
+        ctx.store(pkt.l3_offset + IPV4_SRC_OFFSET, &service_addr, 0)?;
+        ctx.store(pkt.l4_offset, &info.service_port_be, 0)?;
         Ok(())
     };
     rewrite().map_err(|_| Skip::Pass(PlaneCounter::Malformed))
@@ -97,33 +94,15 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
 
 /// A FIN or RST from the backend closes the client's flow entry, so user space can age it out.
 #[inline(always)]
-fn close_flow(
-    info: &BackendInfo,
-    client: [u8; 4],
-    client_port: [u8; 2],
-    protocol: u8,
-    tcp_flags: u8,
-) {
-    let service = [
-        info.service_addr[12],
-        info.service_addr[13],
-        info.service_addr[14],
-        info.service_addr[15],
-    ];
-    let key = FlowKey::from_ipv4(
-        client,
-        service,
-        [client_port, info.service_port_be.to_ne_bytes()],
-        protocol,
-    );
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+fn close_flow(key: &FlowKey, tcp_flags: u8) {
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
         let flow = unsafe { &mut *flow };
         if flow.state == FLOW_OPEN {
             flow.state = if tcp_flags & TCP_RST != 0 {
-                splitter_common::FLOW_RST
+                FLOW_RST
             } else {
-                splitter_common::FLOW_FIN
+                FLOW_FIN
             };
             // SAFETY: a helper with no arguments.
             flow.state_changed_ns = unsafe { bpf_ktime_get_ns() };

@@ -8,14 +8,18 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
-    Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PlaneCounter, SLOT_SET, Service,
-    SplitWord, flow_hash, slot_index, stats_index,
+    Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter,
+    SLOT_SET, Service, SplitWord, flow_hash, slot_index, stats_index,
 };
 
 use crate::{
     Skip, csum,
+    flow_cache::{self, Target},
     maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
-    packet::{self, Bounds, Ipv4L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Ipv4L4, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
 };
 
 #[inline(always)]
@@ -25,33 +29,31 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds)?;
-    // SAFETY: `parse` bounds-checked the IP header and the ports.
-    let (src, dst, ports) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr, *pkt.ports) };
-    let dst_port = u16::from_be_bytes(ports[1]);
-    if !has_service_on(dst_port) {
+    let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
+    let (_, dst_port) = packet::split_ports(ports);
+    if !has_service_on(u16::from_be(dst_port)) {
         return Err(Skip::Pass(PlaneCounter::NotService));
     }
     let key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
-    let closing = closing_state(pkt.tcp_flags);
-    let target = match FLOWS.get_ptr_mut(&key) {
-        // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
-        Some(flow) if !reopens(pkt.tcp_flags, unsafe { (*flow).state }) => {
-            let flow = unsafe { &mut *flow };
-            if closing != FLOW_OPEN && flow.state == FLOW_OPEN {
-                flow.state = closing;
-                flow.state_changed_ns = now();
-                maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
-                    s.closed_flows += 1
-                });
-            }
-            Target::of(flow)
+    let slot = key.cache_slot();
+    // SYN, FIN and RST change a flow's state, which lives in FLOWS: they take the slow path.
+    let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        flow_cache::get(slot, &key)
+    } else {
+        None
+    };
+    let target = match cached {
+        Some(target) => target,
+        None => {
+            let target = follow_or_create(
+                &key,
+                slot,
+                Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
+                pkt.tcp_flags,
+            )?;
+            flow_cache::fill(slot, &key, &target);
+            target
         }
-        _ => Target::of(&new_flow(
-            &key,
-            Endpoint::from_ipv4(dst, ports[1], pkt.protocol),
-            pkt.tcp_flags,
-            closing,
-        )?),
     };
     maps::with_stats(target.stats, |s| {
         s.packets_in += 1;
@@ -61,22 +63,44 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     Ok(())
 }
 
-/// What the rewrite needs of a flow; read field by field instead of copying the whole entry.
-struct Target {
-    addr: [u8; 4],
-    port: [u8; 2],
-    stats: u32,
+/// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow.
+#[inline(always)]
+fn follow_or_create(
+    key: &FlowKey,
+    slot: u32,
+    service: Endpoint,
+    tcp_flags: u8,
+) -> Result<Target, Skip> {
+    let closing = closing_state(tcp_flags);
+    match FLOWS.get_ptr_mut(key) {
+        // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
+        Some(flow) if !reopens(tcp_flags, unsafe { (*flow).state }) => {
+            let flow = unsafe { &mut *flow };
+            if closing != FLOW_OPEN && flow.state == FLOW_OPEN {
+                flow.state = closing;
+                flow.state_changed_ns = now();
+                maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
+                    s.closed_flows += 1
+                });
+            }
+            Ok(target_of(flow))
+        }
+        _ => {
+            let flow = new_flow(key, service, tcp_flags, closing)?;
+            flow_cache::forget_everywhere(slot);
+            Ok(target_of(&flow))
+        }
+    }
 }
 
-impl Target {
-    #[inline(always)]
-    fn of(flow: &Flow) -> Self {
-        let a = &flow.backend_addr;
-        Self {
-            addr: [a[12], a[13], a[14], a[15]],
-            port: flow.backend_port_be.to_ne_bytes(),
-            stats: stats_index(flow.service_id, flow.version),
-        }
+/// What the rewrite needs of a flow, read field by field instead of copying the whole entry.
+#[inline(always)]
+fn target_of(flow: &Flow) -> Target {
+    let a = &flow.backend_addr;
+    Target {
+        addr: u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        port: flow.backend_port_be,
+        stats: stats_index(flow.service_id, flow.version),
     }
 }
 
@@ -148,7 +172,7 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> R
     if FLOWS.insert(key, &flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);
     }
-    let is_miss = key.protocol == splitter_common::PROTO_TCP && !is_syn(tcp_flags);
+    let is_miss = key.protocol == PROTO_TCP && !is_syn(tcp_flags);
     maps::with_stats(stats, |s| {
         if is_miss {
             s.flow_misses += 1;
@@ -161,24 +185,22 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> R
 
 #[inline(always)]
 fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
-    let (new_addr, new_port) = (target.addr, target.port);
-    // SAFETY: `parse` bounds-checked the IP header, the ports and the L4 checksum field.
+    let (old_addr, (_, old_port)) = (pkt.dst(), packet::split_ports(pkt.ports()));
+    let ip_check = csum::replace32(pkt.ip_check(), old_addr, target.addr);
+    // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum field.
     unsafe {
-        let ip = &mut *pkt.ip;
-        let old_addr = ip.dst_addr;
-        let old_port = (*pkt.ports)[1];
-        ip.check = csum::replace_addr(ip.check, old_addr, new_addr);
-        ip.dst_addr = new_addr;
-        (*pkt.ports)[1] = new_port;
-        let l4_check = &mut *pkt.l4_check;
-        // A zero UDP checksum means "none" and stays zero.
-        if pkt.protocol == splitter_common::PROTO_TCP || *l4_check != [0, 0] {
-            let mut check =
-                csum::replace_addr_port(*l4_check, old_addr, new_addr, old_port, new_port);
-            if pkt.protocol == splitter_common::PROTO_UDP && check == [0, 0] {
-                check = [0xff, 0xff];
-            }
-            *l4_check = check;
+        packet::store_u16(pkt.ip.add(IPV4_CHECK_OFFSET), ip_check);
+        packet::store_u32(pkt.ip.add(IPV4_DST_OFFSET), target.addr);
+        packet::store_u16(pkt.l4.add(2), target.port);
+    }
+    let l4_check = pkt.l4_check();
+    // A zero UDP checksum means "none" and stays zero; a computed zero is sent as all ones.
+    if pkt.protocol == PROTO_TCP || l4_check != 0 {
+        let mut check = csum::replace32_16(l4_check, old_addr, target.addr, old_port, target.port);
+        if pkt.protocol == PROTO_UDP && check == 0 {
+            check = 0xffff;
         }
+        // SAFETY: as above.
+        unsafe { packet::store_u16(pkt.l4_check, check) };
     }
 }

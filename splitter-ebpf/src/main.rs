@@ -6,9 +6,12 @@
 //! functions that return `Result<_, Skip>`. Nothing here logs per packet.
 #![no_std]
 #![no_main]
+// Word loads and stores of packet fields: see `packet::load_u32`.
+#![feature(asm_experimental_arch)]
 
 mod csum;
 mod egress;
+mod flow_cache;
 mod ingress;
 mod maps;
 mod packet;

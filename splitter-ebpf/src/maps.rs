@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    BackendInfo, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, Service, Slot,
+    BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, Service, Slot,
     VersionStats,
     maps::{
-        FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES,
-        VERSION_STAT_ENTRIES,
+        FLOW_CACHE_SLOTS, FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES,
+        PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -36,6 +36,10 @@ pub static POOL_SLOTS: Array<Slot> = Array::with_max_entries(POOL_SLOT_ENTRIES, 
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+
+/// Per CPU: direct-mapped copies of flow entries for the established path.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Backend endpoint → its service, for reverse translation. Written by user space.
 #[map(name = "BACKENDS")]

@@ -24,6 +24,7 @@ const TCP_FLAGS_OFFSET: usize = 13;
 /// Offsets of the checksum fields inside their headers.
 pub const IPV4_CHECK_OFFSET: usize = 10;
 pub const IPV4_SRC_OFFSET: usize = 12;
+pub const IPV4_DST_OFFSET: usize = 16;
 pub const TCP_CHECK_OFFSET: usize = 16;
 pub const UDP_CHECK_OFFSET: usize = 6;
 /// Most bytes the parser reads: Ethernet, one VLAN tag, IPv4 without options, TCP.
@@ -51,20 +52,127 @@ impl Bounds {
     }
 }
 
-/// A parsed IPv4 TCP or UDP packet: offsets and pointers into the packet.
+/// Word access to packet bytes, in memory order (the bytes read as a native integer).
+///
+/// network-types' fields are byte arrays, so LLVM cannot prove a multi-byte field aligned and
+/// the BPF backend turns each load or store into byte accesses and shifts. The fields read here
+/// are aligned for the verifier, which assumes NET_IP_ALIGN (IPv4 addresses and the port pair
+/// at 4, checksums at 2), so one instruction each is valid even under strict alignment.
+///
+/// # Safety
+/// `p` must point into the packet, bounds-checked for the width accessed.
+#[inline(always)]
+pub unsafe fn load_u32(p: *const u8) -> u32 {
+    let value: u64;
+    // SAFETY: the caller checked the bounds; a plain load.
+    unsafe {
+        core::arch::asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = out(reg) value, options(readonly, nostack, preserves_flags))
+    };
+    value as u32
+}
+
+/// See `load_u32`.
+///
+/// # Safety
+/// As for `load_u32`.
+#[inline(always)]
+pub unsafe fn load_u16(p: *const u8) -> u16 {
+    let value: u64;
+    // SAFETY: the caller checked the bounds; a plain load.
+    unsafe {
+        core::arch::asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = out(reg) value, options(readonly, nostack, preserves_flags))
+    };
+    value as u16
+}
+
+/// See `load_u32`.
+///
+/// # Safety
+/// As for `load_u32`.
+#[inline(always)]
+pub unsafe fn store_u32(p: *mut u8, value: u32) {
+    // SAFETY: the caller checked the bounds; a plain store.
+    unsafe {
+        core::arch::asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) u64::from(value), options(nostack, preserves_flags))
+    };
+}
+
+/// See `load_u32`.
+///
+/// # Safety
+/// As for `load_u32`.
+#[inline(always)]
+pub unsafe fn store_u16(p: *mut u8, value: u16) {
+    // SAFETY: the caller checked the bounds; a plain store.
+    unsafe {
+        core::arch::asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) u64::from(value), options(nostack, preserves_flags))
+    };
+}
+
+/// The source and destination port of a port pair, in memory order.
+#[inline(always)]
+pub const fn split_ports(ports: u32) -> (u16, u16) {
+    let b = ports.to_ne_bytes();
+    (
+        u16::from_ne_bytes([b[0], b[1]]),
+        u16::from_ne_bytes([b[2], b[3]]),
+    )
+}
+
+/// The port pair of a source and destination port, in memory order.
+#[inline(always)]
+pub const fn join_ports(src: u16, dst: u16) -> u32 {
+    let (s, d) = (src.to_ne_bytes(), dst.to_ne_bytes());
+    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+}
+
+/// A parsed IPv4 TCP or UDP packet: offsets and pointers into it, all bounds-checked.
 pub struct Ipv4L4 {
     pub l3_offset: usize,
     pub l4_offset: usize,
-    pub ip: *mut Ipv4Hdr,
+    /// The IPv4 header.
+    pub ip: *mut u8,
+    /// The L4 header: the port pair first, for TCP and UDP alike.
+    pub l4: *mut u8,
     pub protocol: u8,
-    /// Source and destination ports, in the same place for TCP and UDP.
-    pub ports: *mut [[u8; 2]; 2],
     /// The TCP flags byte, 0 for UDP.
     pub tcp_flags: u8,
-    /// Offset of the L4 checksum from the packet start.
+    /// The L4 checksum field, and its offset from the packet start.
+    pub l4_check: *mut u8,
     pub l4_check_offset: usize,
-    /// The L4 checksum field.
-    pub l4_check: *mut [u8; 2],
+}
+
+impl Ipv4L4 {
+    #[inline(always)]
+    pub fn src(&self) -> u32 {
+        // SAFETY: `parse` checked the whole IPv4 header.
+        unsafe { load_u32(self.ip.add(IPV4_SRC_OFFSET)) }
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> u32 {
+        // SAFETY: `parse` checked the whole IPv4 header.
+        unsafe { load_u32(self.ip.add(IPV4_DST_OFFSET)) }
+    }
+
+    /// The (source, destination) port pair in memory order.
+    #[inline(always)]
+    pub fn ports(&self) -> u32 {
+        // SAFETY: `parse` checked at least the UDP header's 8 bytes.
+        unsafe { load_u32(self.l4) }
+    }
+
+    #[inline(always)]
+    pub fn ip_check(&self) -> u16 {
+        // SAFETY: `parse` checked the whole IPv4 header.
+        unsafe { load_u16(self.ip.add(IPV4_CHECK_OFFSET)) }
+    }
+
+    #[inline(always)]
+    pub fn l4_check(&self) -> u16 {
+        // SAFETY: `parse` checked the checksum field.
+        unsafe { load_u16(self.l4_check) }
+    }
 }
 
 #[inline(always)]
@@ -120,11 +228,11 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
     Ok(Ipv4L4 {
         l3_offset,
         l4_offset,
-        ip,
+        ip: ip.cast(),
+        l4: bounds.ptr_at::<[u8; 8]>(l4_offset)?.cast(),
         protocol,
-        ports: bounds.ptr_at(l4_offset)?,
         tcp_flags,
+        l4_check: bounds.ptr_at::<[u8; 2]>(l4_check_offset)?.cast(),
         l4_check_offset,
-        l4_check: bounds.ptr_at(l4_check_offset)?,
     })
 }

@@ -7,7 +7,9 @@ use splitter_common::{
     FLOW_FIN, FLOW_OPEN, FlowKey, PlaneCounter, SplitWord, Version, flow_hash, ipv4_mapped,
     maps::SLOTS_PER_POOL,
 };
-use splitter_ctl::maps::Maps;
+use std::path::Path;
+
+use splitter_ctl::{config::Config, maps::Maps};
 use splitter_tests::{
     packet::{self, ACK, FIN, Ipv4Packet, PSH, RST, SYN},
     plane::Plane,
@@ -568,4 +570,91 @@ fn a_fin_or_rst_from_the_backend_closes_the_flow() {
             .expect("flow");
         assert_eq!(flow.state, state);
     }
+}
+
+/// Moves this thread to `cpu`; BPF_PROG_TEST_RUN runs the program on the caller's CPU.
+fn run_on_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}"
+        );
+    }
+}
+
+#[test]
+fn a_reused_tuple_never_follows_another_cpus_cached_copy_of_the_old_connection() {
+    require_root!();
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let mut plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let conn = client(52_000);
+    let dst = |run: splitter_tests::plane::Run| packet::parse(&run.data).expect("parses").dst;
+
+    run_on_cpu(0);
+    let first = dst(plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build()));
+    assert_eq!(
+        dst(plane.ingress(&Ipv4Packet::tcp(conn, vip(), ACK).build())),
+        first,
+        "CPU 0 caches the flow"
+    );
+
+    // The connection closes and its 5-tuple is reused on CPU 1, after the share moved.
+    run_on_cpu(1);
+    let _ = plane.ingress(&Ipv4Packet::tcp(conn, vip(), FIN | ACK).build());
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 10_000))
+        .expect("all to green");
+    let green = addr("198.18.2.2:8080");
+    assert_eq!(
+        dst(plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build())),
+        green
+    );
+
+    // CPU 0 must not serve the old connection's backend from its cache.
+    run_on_cpu(0);
+    assert_eq!(
+        dst(plane.ingress(&Ipv4Packet::tcp(conn, vip(), ACK).build())),
+        green
+    );
+}
+
+#[test]
+fn removing_a_service_leaves_no_cached_flow_behind() {
+    require_root!();
+    let with_second = format!(
+        "{CONFIG}\n[[service]]\nname = \"second\"\nlisten = \"198.18.0.5:8080\"\nblue = [\"198.18.1.5:8080\"]\n"
+    );
+    let mut plane = Plane::load(&with_second);
+    let second = addr("198.18.0.5:8080");
+    run_on_cpu(0);
+    let _ = plane.ingress(&Ipv4Packet::tcp(client(53_000), second, SYN).build());
+    let ack = Ipv4Packet::tcp(client(53_000), second, ACK).build();
+    assert_eq!(
+        packet::parse(&plane.ingress(&ack).data)
+            .expect("parses")
+            .dst,
+        addr("198.18.1.5:8080")
+    );
+
+    // The port stays in use by `model`, so only the flow state decides what happens next.
+    let without = Config::parse(Path::new("fixture.toml"), CONFIG).expect("config");
+    let applied =
+        splitter_ctl::apply::apply(&mut plane.maps, &without).expect("apply without `second`");
+    assert_eq!(applied.removed, vec!["198.18.0.5:8080".to_owned()]);
+    assert_eq!(applied.purged_flows, 1);
+    let run = plane.ingress(&ack);
+    assert_eq!(
+        (run.verdict, &run.data),
+        (XDP_PASS, &ack),
+        "the removed service's flow is no longer steered"
+    );
 }
