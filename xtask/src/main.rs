@@ -30,6 +30,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the test bed in network namespaces and run the daemon on it, with live traffic.
+    Testbed {
+        /// Stop (and clean up) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Measure the data plane and write docs/benchmarks.md.
     Bench {
         /// A short run, for smoke checks; does not write docs/benchmarks.md.
@@ -54,6 +60,25 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             test(&args)
+        }
+        Task::Testbed { seconds } => {
+            setup::run()?;
+            let ctl = build_ctl(false)?;
+            status(cargo().args(["build", "--package", "splitter-tests", "--bins"]))?;
+            let root = workspace_root();
+            status(
+                std::process::Command::new(root.join("target/debug/splitter-testbed"))
+                    .args(["--seconds", &seconds.to_string()])
+                    .env("SPLITTER_CTL_BIN", &ctl)
+                    .env(
+                        "PATH",
+                        format!(
+                            "{}:{}",
+                            root.join("target/debug").display(),
+                            std::env::var("PATH").unwrap_or_default()
+                        ),
+                    ),
+            )
         }
         Task::Bench { quick } => {
             setup::run()?;

@@ -1,0 +1,96 @@
+//! `cargo xtask testbed`: the end-to-end test bed for a person. It builds the namespaces, starts
+//! blue and green and the real daemon, then sends a bounded stream of new connections from the
+//! client and prints, once a second, which version served them. Change the split from another
+//! terminal with the commands it prints. Ctrl-C (or `--seconds`) removes everything.
+
+use std::{
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{http, testbed::Testbed};
+
+/// The test bed index: 198.18.200.0/24 and namespaces `sp200-*`.
+const INDEX: u8 = 200;
+/// New connections per second, at most.
+const RATE: u32 = 50;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let mut seconds = 600u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next().and_then(|s| s.parse().ok())) {
+            ("--seconds", Some(n)) => seconds = n,
+            _ => {
+                eprintln!("usage: splitter-testbed [--seconds N]   (default 600)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !splitter_tests::is_root() {
+        eprintln!("splitter-testbed: needs root (network namespaces, BPF)");
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let server = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("splitter-testbed-server")));
+    let Some(server) = server.filter(|path| path.exists()) else {
+        eprintln!(
+            "splitter-testbed: splitter-testbed-server is not built next to this binary; run `cargo xtask testbed`"
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut bed = Testbed::new(INDEX, server.to_str().unwrap_or_default());
+    bed.write_config("10");
+    bed.start_daemon(&[]);
+    let config = bed.config_path.display();
+    println!(
+        "test bed up: client {} -> service {} -> blue {} / green {}",
+        bed.client.name,
+        bed.vip(),
+        bed.blue_addr(),
+        bed.green_addr()
+    );
+    println!("daemon log: {}", bed.dir.join("daemon.log").display());
+    println!("try, in another terminal:");
+    println!("  splitter-ctl --config {config} status");
+    println!("  splitter-ctl --config {config} weight sentiment green 50");
+    println!("  splitter-ctl --config {config} rollback sentiment");
+    println!(
+        "sending up to {RATE} new connections a second for {seconds} s; Ctrl-C stops and cleans up\n"
+    );
+
+    let vip = bed.vip();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let second = Instant::now();
+        let (blue, green, failed) = bed.client.run(move || {
+            let mut tally = (0, 0, 0);
+            for _ in 0..RATE {
+                match http::get(vip).as_deref() {
+                    Ok("blue") => tally.0 += 1,
+                    Ok("green") => tally.1 += 1,
+                    _ => tally.2 += 1,
+                }
+            }
+            tally
+        });
+        println!("new connections: blue {blue:>3}  green {green:>3}  failed {failed}");
+        thread::sleep(Duration::from_secs(1).saturating_sub(second.elapsed()));
+    }
+    println!("removing the test bed");
+    ExitCode::SUCCESS
+}
