@@ -247,42 +247,39 @@ pub const fn slot_index(service_id: u32, version: u8, hash: u32) -> u32 {
         + (hash & (maps::SLOTS_PER_POOL - 1))
 }
 
-/// What happened to a packet, counted per CPU in `PLANE_STATS` (index = discriminant).
+/// Packets that left the fast path, counted per CPU in `PLANE_STATS` (index = discriminant).
+/// Steered packets and translated replies are not counted here: they are the sums of
+/// `packets_in` and `packets_out` over `VERSION_STATS`, and counting them twice would cost every
+/// packet a second map access.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlaneCounter {
-    /// Ingress: steered to a backend.
-    Steered = 0,
     /// Ingress: not IPv4 (ARP, IPv6, ...): passed untouched.
-    NotIpv4 = 1,
+    NotIpv4 = 0,
     /// Ingress: IPv4 but not TCP/UDP to a configured service: passed untouched.
-    NotService = 2,
+    NotService = 1,
     /// Ingress: an IP fragment: passed untouched.
-    Fragment = 3,
+    Fragment = 2,
     /// Ingress: IPv4 with options: passed untouched.
-    IpOptions = 4,
+    IpOptions = 3,
     /// Ingress or egress: too short for the headers it claims: passed untouched.
-    Malformed = 5,
+    Malformed = 4,
     /// Ingress: new flow whose chosen slot is unset: dropped.
-    SlotMiss = 6,
-    /// Egress: a backend's reply rewritten to come from the service.
-    ReplyTranslated = 7,
+    SlotMiss = 5,
     /// Egress: not a reply from a backend: passed untouched.
-    ReplyPassed = 8,
+    ReplyPassed = 6,
     /// Ingress: the flow table refused an insert (the packet was still steered).
-    FlowInsertFailed = 9,
+    FlowInsertFailed = 7,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 10] = [
-        Self::Steered,
+    pub const ALL: [PlaneCounter; 8] = [
         Self::NotIpv4,
         Self::NotService,
         Self::Fragment,
         Self::IpOptions,
         Self::Malformed,
         Self::SlotMiss,
-        Self::ReplyTranslated,
         Self::ReplyPassed,
         Self::FlowInsertFailed,
     ];
@@ -290,14 +287,12 @@ impl PlaneCounter {
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Steered => "steered",
             Self::NotIpv4 => "not_ipv4",
             Self::NotService => "not_service",
             Self::Fragment => "fragment",
             Self::IpOptions => "ip_options",
             Self::Malformed => "malformed",
             Self::SlotMiss => "slot_miss",
-            Self::ReplyTranslated => "reply_translated",
             Self::ReplyPassed => "reply_passed",
             Self::FlowInsertFailed => "flow_insert_failed",
         }

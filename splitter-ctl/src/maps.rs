@@ -412,19 +412,28 @@ impl Maps {
             .map_err(access(names::VERSION_STATS, "reset counters"))
     }
 
-    /// Packets per data-plane outcome, summed over CPUs.
-    pub fn plane_counters(&self) -> Result<Vec<(PlaneCounter, u64)>, MapsError> {
-        PlaneCounter::ALL
-            .iter()
-            .take(PLANE_COUNTERS as usize)
-            .map(|c| {
-                let per_cpu = self
-                    .plane_stats
-                    .get(&(*c as u32), 0)
-                    .map_err(access(names::PLANE_STATS, "read counters"))?;
-                Ok((*c, per_cpu.iter().sum()))
-            })
-            .collect()
+    /// Packets per data-plane outcome, summed over CPUs: `steered` and `reply_translated`
+    /// (the sums of every version's `packets_in` and `packets_out`), then each `PlaneCounter`.
+    pub fn plane_counters(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
+        let (mut steered, mut translated) = (0, 0);
+        for values in self.version_stats.iter() {
+            for stats in values
+                .map_err(access(names::VERSION_STATS, "read counters"))?
+                .iter()
+            {
+                steered += stats.packets_in;
+                translated += stats.packets_out;
+            }
+        }
+        let mut counters = vec![("steered", steered), ("reply_translated", translated)];
+        for counter in PlaneCounter::ALL.iter().take(PLANE_COUNTERS as usize) {
+            let per_cpu = self
+                .plane_stats
+                .get(&(*counter as u32), 0)
+                .map_err(access(names::PLANE_STATS, "read counters"))?;
+            counters.push((counter.name(), per_cpu.iter().sum()));
+        }
+        Ok(counters)
     }
 }
 

@@ -92,11 +92,7 @@ pub fn gather(maps: &Maps, config: &Config, only: Option<&str>) -> Result<Status
         .filter(|s| only.is_none_or(|name| s.name == name))
         .map(|spec| service(maps, spec))
         .collect::<Result<_, _>>()?;
-    let plane = maps
-        .plane_counters()?
-        .into_iter()
-        .map(|(c, n)| (c.name(), n))
-        .collect();
+    let plane = maps.plane_counters()?.into_iter().collect();
     Ok(Status {
         pin_dir: config.pin_dir.display().to_string(),
         interface: config.interface.clone(),

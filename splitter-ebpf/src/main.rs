@@ -34,22 +34,26 @@ pub enum Skip {
 
 #[xdp]
 pub fn split_ingress(ctx: XdpContext) -> u32 {
-    let (action, counter) = match ingress::steer(&ctx) {
-        Ok(()) => (xdp_action::XDP_PASS, PlaneCounter::Steered),
-        Err(Skip::Pass(counter)) => (xdp_action::XDP_PASS, counter),
-        Err(Skip::Drop(counter)) => (xdp_action::XDP_DROP, counter),
-    };
-    maps::count(counter);
-    action
+    // A steered packet is counted once, in its version's counters (inside `steer`).
+    match ingress::steer(&ctx) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(Skip::Pass(counter)) => {
+            maps::count(counter);
+            xdp_action::XDP_PASS
+        }
+        Err(Skip::Drop(counter)) => {
+            maps::count(counter);
+            xdp_action::XDP_DROP
+        }
+    }
 }
 
 #[classifier]
 pub fn split_egress(ctx: TcContext) -> i32 {
-    let counter = match egress::translate(&ctx) {
-        Ok(()) => PlaneCounter::ReplyTranslated,
-        Err(Skip::Pass(counter) | Skip::Drop(counter)) => counter,
-    };
-    maps::count(counter);
+    // A translated reply is counted once, in its version's counters (inside `translate`).
+    if let Err(Skip::Pass(counter) | Skip::Drop(counter)) = egress::translate(&ctx) {
+        maps::count(counter);
+    }
     // TCX_NEXT: Splitter never decides a reply's fate; later programs in the chain still run.
     TC_ACT_UNSPEC
 }

@@ -90,12 +90,16 @@ fn predicted(plane: &Plane, key: &FlowKey, id: u32) -> (Version, std::net::Socke
 }
 
 fn plane_count(plane: &Plane, counter: PlaneCounter) -> u64 {
+    plane_count_named(plane, counter.name())
+}
+
+fn plane_count_named(plane: &Plane, name: &str) -> u64 {
     plane
         .maps
         .plane_counters()
         .expect("plane counters")
         .into_iter()
-        .find(|(c, _)| *c == counter)
+        .find(|(c, _)| *c == name)
         .map_or(0, |(_, n)| n)
 }
 
@@ -174,7 +178,7 @@ fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
         (blue.new_flows, blue.packets_in, blue.flow_misses),
         (64, 64, 0)
     );
-    assert_eq!(plane_count(&plane, PlaneCounter::Steered), 64);
+    assert_eq!(plane_count_named(&plane, "steered"), 64);
 }
 
 #[test]
@@ -447,7 +451,7 @@ fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
             counter.name()
         );
     }
-    assert_eq!(plane_count(&plane, PlaneCounter::Steered), 0);
+    assert_eq!(plane_count_named(&plane, "steered"), 0);
     assert!(
         plane.maps.flows().expect("flows").is_empty(),
         "no flow recorded"
@@ -515,7 +519,7 @@ fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
             .packets_out,
         1
     );
-    assert_eq!(plane_count(&plane, PlaneCounter::ReplyTranslated), 2);
+    assert_eq!(plane_count_named(&plane, "reply_translated"), 2);
 }
 
 #[test]
@@ -549,7 +553,7 @@ fn egress_traffic_that_is_not_a_backend_reply_passes_untouched() {
         let run = plane.egress(&frame);
         assert_eq!((run.verdict, &run.data), (TC_NEXT, &frame));
     }
-    assert_eq!(plane_count(&plane, PlaneCounter::ReplyTranslated), 0);
+    assert_eq!(plane_count_named(&plane, "reply_translated"), 0);
 }
 
 #[test]
