@@ -5,11 +5,13 @@
 //! - `dataplane`: loading, attaching, adopting and detaching the kernel programs;
 //! - `maps`: typed access to the pinned maps;
 //! - `apply`: a config applied to the maps as a diff;
+//! - `aging`: closed flows swept out of the flow table;
 //! - `slots`, `share`: slot tables and percentages;
 //! - `status`: what the data plane is doing now;
 //! - `notify`: readiness for systemd and the test bed;
 //! - `cmd`: one module per subcommand.
 
+pub mod aging;
 pub mod apply;
 pub mod cmd;
 pub mod config;

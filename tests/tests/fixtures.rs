@@ -662,3 +662,47 @@ fn removing_a_service_leaves_no_cached_flow_behind() {
         "the removed service's flow is no longer steered"
     );
 }
+
+#[test]
+fn closed_flows_are_swept_after_their_grace_and_open_flows_never() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let (open, fin, rst) = (client(54_000), client(54_001), client(54_002));
+    for conn in [open, fin, rst] {
+        let _ = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    }
+    let _ = plane.ingress(&Ipv4Packet::tcp(fin, vip(), FIN | ACK).build());
+    let _ = plane.ingress(&Ipv4Packet::tcp(rst, vip(), RST).build());
+    let now = splitter_ctl::aging::monotonic_ns();
+    let seconds = |s: u64| now + s * 1_000_000_000;
+    let present = |plane: &Plane, conn| {
+        plane
+            .maps
+            .flow(&key(conn, vip(), packet::TCP))
+            .expect("read")
+            .is_some()
+    };
+
+    assert_eq!(
+        splitter_ctl::aging::sweep(&mut plane.maps, now).expect("sweep"),
+        0,
+        "nothing is past its grace yet"
+    );
+    assert_eq!(
+        splitter_ctl::aging::sweep(&mut plane.maps, seconds(11)).expect("sweep"),
+        1,
+        "the reset flow goes after 10 s"
+    );
+    assert!(!present(&plane, rst) && present(&plane, fin));
+    assert_eq!(
+        splitter_ctl::aging::sweep(&mut plane.maps, seconds(61)).expect("sweep"),
+        1,
+        "the finished flow goes after 60 s"
+    );
+    assert!(!present(&plane, fin));
+    assert_eq!(
+        splitter_ctl::aging::sweep(&mut plane.maps, seconds(100_000)).expect("sweep"),
+        0
+    );
+    assert!(present(&plane, open), "an open flow is never swept");
+}

@@ -6,8 +6,9 @@ mod bench;
 mod setup;
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -135,10 +136,73 @@ fn build_ctl(release: bool) -> Result<PathBuf> {
 fn test(args: &[String]) -> Result<()> {
     let ctl = build_ctl(false)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "splitter-ebpf"])
-        .env("SPLITTER_CTL_BIN", &ctl);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "splitter-ebpf",
+        "--no-fail-fast",
+    ])
+    .env("SPLITTER_CTL_BIN", &ctl);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    status(&mut cmd)
+    // Echo the output as it comes, and total the per-binary results for one closing line.
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {shown}"))?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("cannot read the test output")?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let exit = child
+        .wait()
+        .with_context(|| format!("cannot wait for {shown}"))?;
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !exit.success() || totals.failed > 0 {
+        bail!("{shown} failed: {exit}");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums of cargo's `test result: ok. N passed; N failed; N ignored; ...` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (
+                words.next().and_then(|n| n.parse::<u64>().ok()),
+                words.next(),
+            ) {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
 }

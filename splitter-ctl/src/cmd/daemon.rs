@@ -8,16 +8,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::CommandError;
 use crate::{
-    apply::apply, config::Config, dataplane, maps::Maps, notify::notify, share::format_percent,
+    aging, apply::apply, config::Config, dataplane, maps::Maps, notify::notify,
+    share::format_percent,
 };
-use splitter_common::{FLOW_FIN, FLOW_OPEN, Version};
-
-/// How often closed flows are swept from the flow table.
-pub const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a flow that saw a FIN stays, for the last ACKs and a half-closed peer.
-pub const FIN_GRACE: Duration = Duration::from_secs(60);
-/// How long a flow that saw a RST stays.
-pub const RST_GRACE: Duration = Duration::from_secs(10);
+use splitter_common::Version;
 
 pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
@@ -45,13 +39,13 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
         tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
     }
     tracing::info!("ready");
-    let mut sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
+    let mut sweep = tokio::time::interval(aging::SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = sweep.tick() => match sweep_closed_flows(&mut maps) {
+            _ = sweep.tick() => match aging::sweep(&mut maps, aging::monotonic_ns()) {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(removed, "swept closed flows"),
                 Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
@@ -106,30 +100,4 @@ fn start(config: &Config) -> Result<Maps, CommandError> {
         "config applied"
     );
     Ok(maps)
-}
-
-/// Removes flows whose connection closed longer ago than its grace period.
-pub fn sweep_closed_flows(maps: &mut Maps) -> Result<usize, CommandError> {
-    let now = monotonic_ns();
-    let fin = FIN_GRACE.as_nanos() as u64;
-    let rst = RST_GRACE.as_nanos() as u64;
-    Ok(maps.purge_flows(|_, flow| {
-        let age = now.saturating_sub(flow.state_changed_ns);
-        match flow.state {
-            FLOW_OPEN => false,
-            FLOW_FIN => age > fin,
-            _ => age > rst,
-        }
-    })?)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -1,0 +1,43 @@
+//! Aging closed flows out of the flow table. The kernel marks a flow when it sees a FIN or a
+//! RST; the daemon sweeps marked flows after a grace period, so closed connections leave the
+//! table sooner than LRU pressure would take them. Open flows are never swept: only LRU
+//! pressure evicts them.
+
+use std::time::Duration;
+
+use splitter_common::{FLOW_FIN, FLOW_OPEN};
+
+use crate::maps::{Maps, MapsError};
+
+/// How often the daemon sweeps.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a flow that saw a FIN stays, for the last ACKs and a half-closed peer.
+pub const FIN_GRACE: Duration = Duration::from_secs(60);
+/// How long a flow that saw a RST stays.
+pub const RST_GRACE: Duration = Duration::from_secs(10);
+
+/// Removes the flows whose connection closed longer ago than its grace period, as of `now_ns`
+/// on the kernel's clock (`monotonic_ns`). Returns how many went.
+pub fn sweep(maps: &mut Maps, now_ns: u64) -> Result<usize, MapsError> {
+    let (fin, rst) = (FIN_GRACE.as_nanos() as u64, RST_GRACE.as_nanos() as u64);
+    maps.purge_flows(|_, flow| {
+        let age = now_ns.saturating_sub(flow.state_changed_ns);
+        match flow.state {
+            FLOW_OPEN => false,
+            FLOW_FIN => age > fin,
+            _ => age > rst,
+        }
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
