@@ -56,14 +56,14 @@ pub enum DataplaneError {
         problem: String,
     },
     #[error("cannot load the kernel programs")]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
     #[error("the object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("the kernel refused program `{name}`")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("interface `{0}` does not exist in this network namespace")]
     NoInterface(String),
@@ -73,7 +73,7 @@ pub enum DataplaneError {
         interface: String,
         hint: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("cannot adopt pinned link `{path}`")]
     Adopt {
@@ -127,7 +127,9 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf, DataplaneError> {
             loader.map_pin_path(name, path);
         }
     }
-    loader.load(OBJECT).map_err(DataplaneError::Load)
+    loader
+        .load(OBJECT)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
 /// Refuses a pinned map whose layout is not this build's, before aya silently reuses it.
@@ -161,7 +163,7 @@ pub fn attach(
     let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
     ingress.load().map_err(|source| DataplaneError::Program {
         name: names::PROGRAM_INGRESS,
-        source,
+        source: Box::new(source),
     })?;
     let xdp_pin = paths::pin(pin_dir, paths::XDP_LINK_PIN);
     let attachment = if xdp_pin.exists() {
@@ -194,7 +196,7 @@ pub fn attach(
     let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
     egress.load().map_err(|source| DataplaneError::Program {
         name: names::PROGRAM_EGRESS,
-        source,
+        source: Box::new(source),
     })?;
     let tc_pin = paths::pin(pin_dir, paths::TC_LINK_PIN);
     if tc_pin.exists() {
@@ -216,7 +218,7 @@ pub fn attach(
                 what: "the TC egress program",
                 interface: interface.to_owned(),
                 hint: "",
-                source,
+                source: Box::new(source),
             })?;
         let link = egress
             .take_link(id)
@@ -238,7 +240,10 @@ where
         .ok_or(DataplaneError::MissingProgram(name))?;
     program
         .try_into()
-        .map_err(|source| DataplaneError::Program { name, source })
+        .map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn attach_xdp(
@@ -254,7 +259,7 @@ fn attach_xdp(
                 what: "the XDP program",
                 interface: interface.to_owned(),
                 hint: HINT,
-                source,
+                source: Box::new(source),
             })
     };
     match mode {

@@ -56,26 +56,22 @@ fn apportion(weights: &[u64], total: usize) -> Vec<usize> {
         .iter()
         .map(|w| (w * total_u64 / sum) as usize)
         .collect();
+    // Each floor loses less than one part, so fewer than `weights.len()` parts are left over;
+    // they go to the largest remainders, ties to the earlier backend.
     let mut order: Vec<usize> = (0..weights.len()).collect();
-    // Largest remainder first; ties to the earlier backend.
     order.sort_by_key(|i| std::cmp::Reverse((weights[*i] * total_u64) % sum));
-    let mut given: usize = counts.iter().sum();
-    for i in order.iter().cycle().take(weights.len() * 2) {
-        if given >= total {
-            break;
-        }
-        counts[*i] += 1;
-        given += 1;
+    let left_over = total - counts.iter().sum::<usize>();
+    for i in order.into_iter().take(left_over) {
+        counts[i] += 1;
     }
-    // Nobody with a weight goes without a slot: take from the largest.
+    // Nobody with a weight goes without a slot: take one from the largest.
     for i in 0..counts.len() {
-        if counts[i] == 0 {
-            if let Some(largest) = (0..counts.len()).max_by_key(|j| counts[*j]) {
-                if counts[largest] > 1 {
-                    counts[largest] -= 1;
-                    counts[i] = 1;
-                }
-            }
+        if counts[i] == 0
+            && let Some(largest) = (0..counts.len()).max_by_key(|j| counts[*j])
+            && counts[largest] > 1
+        {
+            counts[largest] -= 1;
+            counts[i] = 1;
         }
     }
     counts

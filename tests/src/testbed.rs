@@ -233,10 +233,10 @@ impl Testbed {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut message = [0u8; 64];
         loop {
-            if let Ok(n) = notify.recv(&mut message) {
-                if &message[..n] == b"READY=1" {
-                    return;
-                }
+            if let Ok(n) = notify.recv(&mut message)
+                && &message[..n] == b"READY=1"
+            {
+                return;
             }
             if let Some(Ok(Some(exit))) = self.daemon.as_mut().map(Child::try_wait) {
                 panic!("daemon exited with {exit}: {}", self.daemon_log());

@@ -2,7 +2,7 @@
 //! stays in the foreground until SIGINT or SIGTERM. On exit the data plane keeps running
 //! (pinned), unless `--detach-on-exit` asks for it to be removed.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use tokio::signal::unix::{SignalKind, signal};
 
