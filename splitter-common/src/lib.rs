@@ -216,6 +216,7 @@ const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
 /// (XDP ingress), "out" is backend → client (TC egress).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct VersionStats {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -231,6 +232,22 @@ pub struct VersionStats {
     pub closed_flows: u64,
 }
 const _: () = assert!(core::mem::size_of::<VersionStats>() == 64);
+
+impl VersionStats {
+    /// Adds `other` field by field (user space sums the per-CPU values with it).
+    #[must_use]
+    pub const fn add(mut self, other: &Self) -> Self {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.packets_out += other.packets_out;
+        self.bytes_out += other.bytes_out;
+        self.new_flows += other.new_flows;
+        self.flow_misses += other.flow_misses;
+        self.slot_misses += other.slot_misses;
+        self.closed_flows += other.closed_flows;
+        self
+    }
+}
 
 /// Index of the (service, version) counters in `VERSION_STATS`.
 #[inline(always)]

@@ -61,9 +61,6 @@ pub enum MapsError {
     ServiceId(u32),
 }
 
-/// The (service, version) counters summed over CPUs.
-pub type Counters = VersionStats;
-
 pub struct Maps {
     services: HashMap<MapData, Endpoint, Service>,
     service_ports: Array<MapData, u32>,
@@ -384,23 +381,15 @@ impl Maps {
     // ---- counters ----
 
     /// The counters of a (service, version), summed over CPUs.
-    pub fn counters(&self, id: u32, version: Version) -> Result<Counters, MapsError> {
+    pub fn counters(&self, id: u32, version: Version) -> Result<VersionStats, MapsError> {
         Self::check_id(id)?;
         let per_cpu = self
             .version_stats
             .get(&stats_index(id, version as u8), 0)
             .map_err(access(names::VERSION_STATS, "read counters"))?;
-        Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
-            sum.packets_in += c.packets_in;
-            sum.bytes_in += c.bytes_in;
-            sum.packets_out += c.packets_out;
-            sum.bytes_out += c.bytes_out;
-            sum.new_flows += c.new_flows;
-            sum.flow_misses += c.flow_misses;
-            sum.slot_misses += c.slot_misses;
-            sum.closed_flows += c.closed_flows;
-            sum
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(VersionStats::default(), VersionStats::add))
     }
 
     /// Zeroes the counters of a (service, version) on every CPU.

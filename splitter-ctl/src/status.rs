@@ -38,7 +38,8 @@ pub struct ServiceStatus {
     /// Percent of new connections per version.
     pub share_percent: BTreeMap<&'static str, f64>,
     pub pools: BTreeMap<&'static str, PoolStatus>,
-    pub counters: BTreeMap<&'static str, Counters>,
+    /// `VersionStats` per version, summed over CPUs.
+    pub counters: BTreeMap<&'static str, VersionStats>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -55,33 +56,6 @@ pub struct BackendStatus {
     pub weight: u32,
     /// Slots of the kernel's table that point at this backend.
     pub slots: usize,
-}
-
-#[derive(Debug, Serialize, PartialEq, Default)]
-pub struct Counters {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub new_flows: u64,
-    pub flow_misses: u64,
-    pub slot_misses: u64,
-    pub closed_flows: u64,
-}
-
-impl From<VersionStats> for Counters {
-    fn from(s: VersionStats) -> Self {
-        Self {
-            packets_in: s.packets_in,
-            bytes_in: s.bytes_in,
-            packets_out: s.packets_out,
-            bytes_out: s.bytes_out,
-            new_flows: s.new_flows,
-            flow_misses: s.flow_misses,
-            slot_misses: s.slot_misses,
-            closed_flows: s.closed_flows,
-        }
-    }
 }
 
 /// Reads the status of the services of `config` (all, or the one named `only`).
@@ -149,7 +123,7 @@ fn service(maps: &Maps, spec: &ServiceSpec) -> Result<ServiceStatus, MapsError> 
         );
         status
             .counters
-            .insert(version.name(), maps.counters(service.id, version)?.into());
+            .insert(version.name(), maps.counters(service.id, version)?);
     }
     Ok(status)
 }

@@ -26,6 +26,26 @@ struct Tally {
     failed: usize,
 }
 
+impl Tally {
+    /// All `n` on blue, none failed.
+    fn blue(n: usize) -> Self {
+        Self {
+            blue: n,
+            green: 0,
+            failed: 0,
+        }
+    }
+
+    /// All `n` on green, none failed.
+    fn green(n: usize) -> Self {
+        Self {
+            blue: 0,
+            green: n,
+            failed: 0,
+        }
+    }
+}
+
 /// `n` new connections from the client, one request each.
 fn new_connections(bed: &Testbed, n: usize) -> Tally {
     let vip = bed.vip();
@@ -65,24 +85,10 @@ fn new_connections_split_by_the_share() {
     );
 
     bed.ctl_ok(&["weight", "sentiment", "green", "0"]);
-    assert_eq!(
-        new_connections(&bed, 300),
-        Tally {
-            blue: 300,
-            green: 0,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 300), Tally::blue(300));
 
     bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
-    assert_eq!(
-        new_connections(&bed, 300),
-        Tally {
-            blue: 0,
-            green: 300,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 300), Tally::green(300));
 
     let status = bed.status();
     let flows = counter(&status, "blue", "new_flows") + counter(&status, "green", "new_flows");
@@ -173,14 +179,7 @@ fn share_flips_never_move_an_established_connection() {
     );
     assert_eq!((moved, failed), (0, 0), "of {requests} requests");
     // The last write was 100%: new connections all go to green.
-    assert_eq!(
-        new_connections(&bed, 50),
-        Tally {
-            blue: 0,
-            green: 50,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 50), Tally::green(50));
 }
 
 #[test]
@@ -243,38 +242,17 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
         assert_eq!(conn.request().expect("request after SIGKILL"), "blue");
         conn
     });
-    assert_eq!(
-        new_connections(&bed, 50),
-        Tally {
-            blue: 50,
-            green: 0,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 50), Tally::blue(50));
 
     // weight and rollback write the pinned maps with no daemon at all.
     bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
-    assert_eq!(
-        new_connections(&bed, 50),
-        Tally {
-            blue: 0,
-            green: 50,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 50), Tally::green(50));
     let rollback = bed.ctl_ok(&["rollback", "sentiment"]);
     assert!(
         rollback.contains("blue 100%, green 0%") && rollback.contains("map write took"),
         "{rollback}"
     );
-    assert_eq!(
-        new_connections(&bed, 50),
-        Tally {
-            blue: 50,
-            green: 0,
-            failed: 0
-        }
-    );
+    assert_eq!(new_connections(&bed, 50), Tally::blue(50));
 
     // A restarted daemon adopts the data plane and keeps the operator's share.
     bed.ctl_ok(&["weight", "sentiment", "green", "30"]);
