@@ -226,12 +226,15 @@ pub struct VersionStats {
     pub new_flows: u64,
     /// Non-SYN TCP packets with no flow entry, steered by the deterministic hash.
     pub flow_misses: u64,
-    /// New flows dropped because the chosen slot was unset.
+    /// New flows dropped because neither version had a backend in the slot.
     pub slot_misses: u64,
+    /// New flows this version was chosen for but sent to the other version, because this
+    /// version had no backend in the slot (all down, or an empty pool).
+    pub failovers: u64,
     /// Flows that saw a FIN or RST.
     pub closed_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<VersionStats>() == 64);
+const _: () = assert!(core::mem::size_of::<VersionStats>() == 72);
 
 impl VersionStats {
     /// Adds `other` field by field (user space sums the per-CPU values with it).
@@ -244,6 +247,7 @@ impl VersionStats {
         self.new_flows += other.new_flows;
         self.flow_misses += other.flow_misses;
         self.slot_misses += other.slot_misses;
+        self.failovers += other.failovers;
         self.closed_flows += other.closed_flows;
         self
     }

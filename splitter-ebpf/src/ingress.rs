@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter,
-    SLOT_SET, Service, SplitWord, flow_hash, slot_index, stats_index,
+    SLOT_SET, Service, Slot, SplitWord, flow_hash, slot_index, stats_index,
 };
 
 use crate::{
@@ -150,15 +150,9 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> R
     };
     let hash = flow_hash(key);
     let split = SplitWord(SPLIT.get(service.id).copied().unwrap_or(0));
-    let version = split.choose(hash as u32) as u8;
+    let chosen = split.choose(hash as u32) as u8;
+    let (version, slot) = pick_backend(service.id, chosen, (hash >> 32) as u32)?;
     let stats = stats_index(service.id, version);
-    let slot = match POOL_SLOTS.get(slot_index(service.id, version, (hash >> 32) as u32)) {
-        Some(slot) if slot.flags & SLOT_SET != 0 => *slot,
-        _ => {
-            maps::with_stats(stats, |s| s.slot_misses += 1);
-            return Err(Skip::Drop(PlaneCounter::SlotMiss));
-        }
-    };
     let now = now();
     let flow = Flow {
         backend_addr: slot.addr,
@@ -181,6 +175,31 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> R
         }
     });
     Ok(flow)
+}
+
+/// The backend of a new flow: the chosen version's slot, or, when that version has no backend
+/// in the slot (every backend down or removed), the other version's slot at the same index.
+/// A failover is counted on the chosen version; with neither, the flow is dropped and counted.
+#[inline(always)]
+fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Skip> {
+    let slot_of = |version: u8| match POOL_SLOTS.get(slot_index(service_id, version, hash)) {
+        Some(slot) if slot.flags & SLOT_SET != 0 => Some(*slot),
+        _ => None,
+    };
+    if let Some(slot) = slot_of(chosen) {
+        return Ok((chosen, slot));
+    }
+    let other = chosen ^ 1;
+    match slot_of(other) {
+        Some(slot) => {
+            maps::with_stats(stats_index(service_id, chosen), |s| s.failovers += 1);
+            Ok((other, slot))
+        }
+        None => {
+            maps::with_stats(stats_index(service_id, chosen), |s| s.slot_misses += 1);
+            Err(Skip::Drop(PlaneCounter::SlotMiss))
+        }
+    }
 }
 
 #[inline(always)]

@@ -459,7 +459,7 @@ fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
 }
 
 #[test]
-fn a_new_flow_to_an_unset_slot_is_dropped_and_counted() {
+fn a_version_with_no_backend_fails_over_to_the_other_and_is_counted() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
     let svc = addr("198.18.0.1:9090");
@@ -468,12 +468,49 @@ fn a_new_flow_to_an_unset_slot_is_dropped_and_counted() {
         .maps
         .set_split(id, SplitWord::new(Version::Blue, 10_000))
         .expect("everything to the empty green pool");
-    let run = plane.ingress(&Ipv4Packet::tcp(client(47_000), svc, SYN).build());
+    let frame = Ipv4Packet::tcp(client(47_000), svc, SYN).build();
+    let run = plane.ingress(&frame);
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_only_destination_rewritten(&frame, &run.data, addr("198.18.1.4:9090"));
+    let (blue, green) = (
+        plane.maps.counters(id, Version::Blue).expect("counters"),
+        plane.maps.counters(id, Version::Green).expect("counters"),
+    );
+    assert_eq!(
+        (green.failovers, green.new_flows, green.slot_misses),
+        (1, 0, 0),
+        "counted on the version that was chosen"
+    );
+    assert_eq!(
+        (blue.new_flows, blue.packets_in),
+        (1, 1),
+        "served and counted by the version that has the backend"
+    );
+    let flow = plane
+        .maps
+        .flow(&key(client(47_000), svc, packet::TCP))
+        .expect("read")
+        .expect("flow");
+    assert_eq!(flow.version, Version::Blue as u8);
+}
+
+#[test]
+fn a_new_flow_with_no_backend_in_either_version_is_dropped_and_counted() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let svc = addr("198.18.0.1:9090");
+    let id = service_id(&plane.maps, svc, packet::TCP);
+    plane
+        .maps
+        .write_slots(id, Version::Blue, &splitter_ctl::slots::build(&[]))
+        .expect("empty the blue pool too");
+    let frame = Ipv4Packet::tcp(client(47_001), svc, SYN).build();
+    let run = plane.ingress(&frame);
     assert_eq!(run.verdict, XDP_DROP);
     assert_eq!(
         plane
             .maps
-            .counters(id, Version::Green)
+            .counters(id, Version::Blue)
             .expect("counters")
             .slot_misses,
         1
