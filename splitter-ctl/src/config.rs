@@ -9,6 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -86,7 +87,53 @@ pub struct Config {
     pub interface: String,
     pub pin_dir: PathBuf,
     pub xdp_mode: XdpMode,
+    /// The daemon's control socket (HTTP/JSON on a Unix socket).
+    pub control_socket: PathBuf,
+    /// The group that may use the control socket besides root.
+    pub control_group: Option<ControlGroup>,
+    /// Where the daemon serves `GET /metrics`.
+    pub metrics_listen: SocketAddr,
+    /// Where the daemon keeps its state (the journal of later releases).
+    pub state_dir: PathBuf,
     pub services: Vec<ServiceSpec>,
+}
+
+/// A group by name and id, resolved when the config is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// How a service's backends are probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that take a healthy backend out of its pool.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that bring an unhealthy backend back.
+    pub healthy_after: u32,
+    /// An HTTP GET instead of a bare TCP connect.
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String,
+    pub status: u16,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(1_000),
+            timeout: Duration::from_millis(500),
+            unhealthy_after: 2,
+            healthy_after: 2,
+            http: None,
+        }
+    }
 }
 
 /// A valid service.
@@ -100,6 +147,7 @@ pub struct ServiceSpec {
     pub green: Vec<WeightedBackend>,
     /// Share of new connections for green, in basis points.
     pub green_share_bp: u16,
+    pub health: HealthCheck,
 }
 
 impl ServiceSpec {
@@ -172,6 +220,10 @@ struct RawConfig {
     interface: Spanned<String>,
     pin_dir: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
 }
@@ -186,6 +238,27 @@ struct RawService {
     blue: Option<Spanned<Vec<Spanned<String>>>>,
     green: Option<Spanned<Vec<Spanned<String>>>>,
     green_weight: Option<Spanned<toml::Value>>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    unhealthy_after: Option<Spanned<u32>>,
+    healthy_after: Option<Spanned<u32>>,
+    http_path: Option<Spanned<String>>,
+    http_status: Option<Spanned<u16>>,
+}
+
+/// The id of group `name`, if the host has it.
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam reads a valid C string; the result is read at once, before any other call.
+    let group = unsafe { libc::getgrnam(c_name.as_ptr()) };
+    // SAFETY: a non-null result points to a valid group entry.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -309,11 +382,50 @@ impl Validator<'_> {
                 ));
             }
         }
+        let control_socket = self.absolute_path(
+            raw.control_socket.as_ref(),
+            "control_socket",
+            paths::DEFAULT_CONTROL_SOCKET,
+        )?;
+        let state_dir = self.absolute_path(
+            raw.state_dir.as_ref(),
+            "state_dir",
+            paths::DEFAULT_STATE_DIR,
+        )?;
+        let metrics_listen = match &raw.metrics_listen {
+            None => paths::DEFAULT_METRICS_LISTEN
+                .parse()
+                .map_err(|_| self.invalid(0..0, "metrics_listen", "bad built-in default"))?,
+            Some(text) => text.get_ref().trim().parse().map_err(|_| {
+                self.invalid(
+                    text.span(),
+                    "metrics_listen",
+                    format!("`{}` is not an address:port", text.get_ref()),
+                )
+            })?,
+        };
+        let control_group = match &raw.control_group {
+            None => None,
+            Some(name) => Some(ControlGroup {
+                name: name.get_ref().clone(),
+                gid: group_id(name.get_ref()).ok_or_else(|| {
+                    self.invalid(
+                        name.span(),
+                        "control_group",
+                        format!("no group `{}` on this host", name.get_ref()),
+                    )
+                })?,
+            }),
+        };
         Ok(Config {
             path: self.path.to_owned(),
             interface: interface.to_owned(),
             pin_dir,
             xdp_mode,
+            control_socket,
+            control_group,
+            metrics_listen,
+            state_dir,
             services: services.into_iter().map(|(service, _)| service).collect(),
         })
     }
@@ -386,6 +498,10 @@ impl Validator<'_> {
             None => 0,
             Some(value) => self.percent(value, &at("green_weight"))?,
         };
+        let health = match &raw.health {
+            None => HealthCheck::default(),
+            Some(health) => self.health(health.get_ref(), index)?,
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -394,6 +510,7 @@ impl Validator<'_> {
             blue,
             green,
             green_share_bp,
+            health,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0
@@ -413,6 +530,123 @@ impl Validator<'_> {
             ));
         }
         Ok(spec)
+    }
+
+    fn absolute_path(
+        &self,
+        raw: Option<&Spanned<String>>,
+        field: &str,
+        default: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(PathBuf::from(default));
+        };
+        let path = PathBuf::from(raw.get_ref());
+        if !path.is_absolute() || path.parent().is_none() {
+            return Err(self.invalid(
+                raw.span(),
+                field,
+                format!("`{}` is not an absolute path", raw.get_ref()),
+            ));
+        }
+        Ok(path)
+    }
+
+    fn health(&self, raw: &RawHealth, index: usize) -> Result<HealthCheck, ConfigError> {
+        let at = |field: &str| format!("service[{index}].health.{field}");
+        let defaults = HealthCheck::default();
+        let ranged = |value: Option<&Spanned<u64>>,
+                      field: &str,
+                      default: u64,
+                      range: std::ops::RangeInclusive<u64>| match value {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(self.invalid(
+                v.span(),
+                at(field),
+                format!(
+                    "{} is outside {}..={}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        };
+        let interval = ranged(
+            raw.interval_ms.as_ref(),
+            "interval_ms",
+            defaults.interval.as_millis() as u64,
+            100..=60_000,
+        )?;
+        let default_timeout = (defaults.timeout.as_millis() as u64).min(interval / 2);
+        let timeout = ranged(
+            raw.timeout_ms.as_ref(),
+            "timeout_ms",
+            default_timeout,
+            10..=interval,
+        )?;
+        let threshold = |value: Option<&Spanned<u32>>, field: &str, default: u32| {
+            ranged(
+                value
+                    .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())))
+                    .as_ref(),
+                field,
+                u64::from(default),
+                1..=10,
+            )
+            .map(|n| n as u32)
+        };
+        let unhealthy_after = threshold(
+            raw.unhealthy_after.as_ref(),
+            "unhealthy_after",
+            defaults.unhealthy_after,
+        )?;
+        let healthy_after = threshold(
+            raw.healthy_after.as_ref(),
+            "healthy_after",
+            defaults.healthy_after,
+        )?;
+        let http = match (&raw.http_path, &raw.http_status) {
+            (None, None) => None,
+            (None, Some(status)) => {
+                return Err(self.invalid(status.span(), at("http_status"), "needs `http_path`"));
+            }
+            (Some(path), status) => {
+                let text = path.get_ref();
+                if !text.starts_with('/')
+                    || text.len() > 1_024
+                    || !text.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(self.invalid(
+                        path.span(),
+                        at("http_path"),
+                        "expected a path starting with `/`, printable ASCII without spaces",
+                    ));
+                }
+                let status = match status {
+                    None => 200,
+                    Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref(),
+                    Some(s) => {
+                        return Err(self.invalid(
+                            s.span(),
+                            at("http_status"),
+                            format!("{} is not an HTTP status", s.get_ref()),
+                        ));
+                    }
+                };
+                Some(HttpCheck {
+                    path: text.clone(),
+                    status,
+                })
+            }
+        };
+        Ok(HealthCheck {
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+            unhealthy_after,
+            healthy_after,
+            http,
+        })
     }
 
     fn socket_addr(&self, raw: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
@@ -695,6 +929,109 @@ green_weight = 12.5
             error(&backend_as_service)
                 .contains(":15:10: `service[1].listen`: 198.18.1.2:8080 is also a backend")
         );
+    }
+
+    #[test]
+    fn daemon_keys_and_health_checks_have_defaults_and_are_validated() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(
+            config.control_socket,
+            Path::new(paths::DEFAULT_CONTROL_SOCKET)
+        );
+        assert_eq!(config.state_dir, Path::new(paths::DEFAULT_STATE_DIR));
+        assert_eq!(
+            config.metrics_listen.to_string(),
+            paths::DEFAULT_METRICS_LISTEN
+        );
+        assert_eq!(config.control_group, None);
+        assert_eq!(config.services[0].health, HealthCheck::default());
+
+        let text = GOOD.replace("interface = \"veth-node\"", "interface = \"veth-node\"\ncontrol_socket = \"/tmp/s/ctl.sock\"\ncontrol_group = \"root\"\nmetrics_listen = \"127.0.0.1:9500\"\nstate_dir = \"/tmp/s\"")
+            + "\n[service.health]\ninterval_ms = 200\ntimeout_ms = 50\nunhealthy_after = 1\nhttp_path = \"/healthz\"\n";
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.control_socket, Path::new("/tmp/s/ctl.sock"));
+        assert_eq!(
+            config.control_group,
+            Some(ControlGroup {
+                name: "root".to_owned(),
+                gid: 0
+            })
+        );
+        assert_eq!(config.metrics_listen.port(), 9500);
+        let health = &config.services[0].health;
+        assert_eq!(
+            (
+                health.interval,
+                health.timeout,
+                health.unhealthy_after,
+                health.healthy_after
+            ),
+            (Duration::from_millis(200), Duration::from_millis(50), 1, 2)
+        );
+        assert_eq!(
+            health.http,
+            Some(HttpCheck {
+                path: "/healthz".to_owned(),
+                status: 200
+            })
+        );
+
+        let bad: &[(&str, &str)] = &[
+            (
+                "control_socket = \"run/ctl.sock\"",
+                "`control_socket`: `run/ctl.sock` is not an absolute path",
+            ),
+            (
+                "control_group = \"no-such-group-here\"",
+                "`control_group`: no group `no-such-group-here` on this host",
+            ),
+            (
+                "metrics_listen = \"localhost\"",
+                "`metrics_listen`: `localhost` is not an address:port",
+            ),
+            (
+                "state_dir = \"\"",
+                "`state_dir`: `` is not an absolute path",
+            ),
+        ];
+        for (line, expected) in bad {
+            let message = error(&GOOD.replace(
+                "interface = \"veth-node\"",
+                &format!("interface = \"veth-node\"\n{line}"),
+            ));
+            assert!(message.contains(expected), "{line}: {message}");
+        }
+        let bad_health: &[(&str, &str)] = &[
+            (
+                "interval_ms = 50",
+                "`service[0].health.interval_ms`: 50 is outside 100..=60000",
+            ),
+            (
+                "interval_ms = 200\ntimeout_ms = 300",
+                "`service[0].health.timeout_ms`: 300 is outside 10..=200",
+            ),
+            (
+                "unhealthy_after = 0",
+                "`service[0].health.unhealthy_after`: 0 is outside 1..=10",
+            ),
+            (
+                "http_status = 204",
+                "`service[0].health.http_status`: needs `http_path`",
+            ),
+            (
+                "http_path = \"healthz\"",
+                "`service[0].health.http_path`: expected a path starting with `/`",
+            ),
+            (
+                "http_path = \"/h\"\nhttp_status = 99",
+                "`service[0].health.http_status`: 99 is not an HTTP status",
+            ),
+            ("intervall_ms = 100", "unknown field `intervall_ms`"),
+        ];
+        for (lines, expected) in bad_health {
+            let message = error(&format!("{GOOD}\n[service.health]\n{lines}\n"));
+            assert!(message.contains(expected), "{lines}: {message}");
+        }
     }
 
     #[test]

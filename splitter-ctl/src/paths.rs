@@ -8,6 +8,12 @@ pub const DEFAULT_CONFIG: &str = "/etc/splitter/splitter.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/splitter";
 /// Where bpffs is mounted; the daemon mounts it when missing.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// The daemon's control socket (config key `control_socket`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/splitter/ctl.sock";
+/// Where the daemon keeps state (config key `state_dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/splitter";
+/// Where the daemon serves metrics (config key `metrics_listen`).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// Pin of the XDP ingress link, inside the pin directory.
 pub const XDP_LINK_PIN: &str = "link_xdp";
 /// Pin of the TC egress link, inside the pin directory.
