@@ -216,7 +216,7 @@ const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
 /// (XDP ingress), "out" is backend → client (TC egress).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct VersionStats {
     pub packets_in: u64,
     pub bytes_in: u64,

@@ -6,7 +6,10 @@
 //! The split word of a service that already exists is never overwritten: it may hold an
 //! operator's `weight` or `rollback`, and the kernel is the source of truth.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use splitter_common::{BackendInfo, Endpoint, Service, SplitWord, Version, maps::MAX_SERVICES};
 
@@ -38,7 +41,37 @@ pub struct Applied {
     pub purged_flows: usize,
 }
 
-pub fn apply(maps: &mut Maps, config: &Config) -> Result<Applied, ApplyError> {
+/// Which backends may take new connections: (service, version, backend) → healthy.
+pub type Healthy<'a> = &'a dyn Fn(&str, Version, SocketAddr) -> bool;
+
+/// Every backend counts as healthy (no health checks: tests, benchmarks).
+pub fn all_healthy(_: &str, _: Version, _: SocketAddr) -> bool {
+    true
+}
+
+/// Rewrites the slot table of one pool from its healthy backends. A pool with none has an
+/// empty table, and the kernel sends its new connections to the other version.
+pub fn write_pool(
+    maps: &mut Maps,
+    id: u32,
+    spec: &ServiceSpec,
+    version: Version,
+    healthy: Healthy<'_>,
+) -> Result<(), MapsError> {
+    let up: Vec<_> = spec
+        .pool(version)
+        .iter()
+        .copied()
+        .filter(|b| healthy(&spec.name, version, b.addr))
+        .collect();
+    maps.write_slots(id, version, &slots::build(&up))
+}
+
+pub fn apply(
+    maps: &mut Maps,
+    config: &Config,
+    healthy: Healthy<'_>,
+) -> Result<Applied, ApplyError> {
     let existing: HashMap<Endpoint, Service> = maps.services()?.into_iter().collect();
     let wanted: HashSet<Endpoint> = config.services.iter().map(ServiceSpec::endpoint).collect();
 
@@ -74,7 +107,7 @@ pub fn apply(maps: &mut Maps, config: &Config) -> Result<Applied, ApplyError> {
         let id = *id;
         let service_endpoint = spec.endpoint();
         for version in [Version::Blue, Version::Green] {
-            maps.write_slots(id, version, &slots::build(spec.pool(version)))?;
+            write_pool(maps, id, spec, version, healthy)?;
             for backend in spec.pool(version) {
                 let key = endpoint(backend.addr, spec.protocol);
                 let info = BackendInfo {

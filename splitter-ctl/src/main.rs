@@ -68,6 +68,8 @@ enum Command {
     },
     /// Send every new connection to the live pool: one map write.
     Rollback { service: String },
+    /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
+    Reload,
     /// Show the live pool, shares, backends and counters.
     Status {
         service: Option<String>,
@@ -120,6 +122,10 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
         }
         Command::Rollback { service } => {
             println!("{}", cmd::share::rollback(config, &service)?.describe());
+            Ok(())
+        }
+        Command::Reload => {
+            println!("{}", cmd::reload::run(config)?);
             Ok(())
         }
         Command::Status { service, output } => {

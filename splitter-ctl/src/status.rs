@@ -4,45 +4,46 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use splitter_common::{Version, VersionStats};
 
 use crate::{
     config::{Config, ServiceSpec},
+    health::{BackendId, Health},
     maps::{Maps, MapsError},
     share::format_percent,
 };
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub pin_dir: String,
     pub interface: String,
     pub attached: bool,
     pub services: Vec<ServiceStatus>,
     /// Packets per data-plane outcome (steered, not_service, slot_miss, ...).
-    pub plane: BTreeMap<&'static str, u64>,
+    pub plane: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceStatus {
     pub name: String,
     pub listen: String,
-    pub protocol: &'static str,
+    pub protocol: String,
     /// False when the config names the service but the kernel does not hold it yet.
     pub in_data_plane: bool,
     pub id: Option<u32>,
-    pub live: Option<&'static str>,
-    pub candidate: Option<&'static str>,
+    pub live: Option<String>,
+    pub candidate: Option<String>,
     /// The raw split word, for scripts that compare before and after.
     pub split_word: Option<u32>,
     /// Percent of new connections per version.
-    pub share_percent: BTreeMap<&'static str, f64>,
-    pub pools: BTreeMap<&'static str, PoolStatus>,
+    pub share_percent: BTreeMap<String, f64>,
+    pub pools: BTreeMap<String, PoolStatus>,
     /// `VersionStats` per version, summed over CPUs.
-    pub counters: BTreeMap<&'static str, VersionStats>,
+    pub counters: BTreeMap<String, VersionStats>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct PoolStatus {
     pub backends: Vec<BackendStatus>,
     /// Slots that hold a backend, of `slots_total`.
@@ -50,23 +51,39 @@ pub struct PoolStatus {
     pub slots_total: usize,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackendStatus {
     pub address: String,
     pub weight: u32,
     /// Slots of the kernel's table that point at this backend.
     pub slots: usize,
+    /// From the daemon's health checks; absent when the status was read without the daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Why the last failed probe failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Reads the status of the services of `config` (all, or the one named `only`).
-pub fn gather(maps: &Maps, config: &Config, only: Option<&str>) -> Result<Status, MapsError> {
+/// With `health` (the daemon's), each backend also says whether it passes its checks.
+pub fn gather(
+    maps: &Maps,
+    config: &Config,
+    health: Option<&Health>,
+    only: Option<&str>,
+) -> Result<Status, MapsError> {
     let services = config
         .services
         .iter()
         .filter(|s| only.is_none_or(|name| s.name == name))
-        .map(|spec| service(maps, spec))
+        .map(|spec| service(maps, spec, health))
         .collect::<Result<_, _>>()?;
-    let plane = maps.plane_counters()?.into_iter().collect();
+    let plane = maps
+        .plane_counters()?
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     Ok(Status {
         pin_dir: config.pin_dir.display().to_string(),
         interface: config.interface.clone(),
@@ -76,11 +93,15 @@ pub fn gather(maps: &Maps, config: &Config, only: Option<&str>) -> Result<Status
     })
 }
 
-fn service(maps: &Maps, spec: &ServiceSpec) -> Result<ServiceStatus, MapsError> {
+fn service(
+    maps: &Maps,
+    spec: &ServiceSpec,
+    health: Option<&Health>,
+) -> Result<ServiceStatus, MapsError> {
     let mut status = ServiceStatus {
         name: spec.name.clone(),
         listen: spec.listen.to_string(),
-        protocol: spec.protocol.name(),
+        protocol: spec.protocol.name().to_owned(),
         in_data_plane: false,
         id: None,
         live: None,
@@ -96,34 +117,48 @@ fn service(maps: &Maps, spec: &ServiceSpec) -> Result<ServiceStatus, MapsError> 
     let split = maps.split(service.id)?;
     status.in_data_plane = true;
     status.id = Some(service.id);
-    status.live = Some(split.live().name());
-    status.candidate = Some(split.candidate().name());
+    status.live = Some(split.live().name().to_owned());
+    status.candidate = Some(split.candidate().name().to_owned());
     status.split_word = Some(split.0);
     for version in [Version::Blue, Version::Green] {
-        status
-            .share_percent
-            .insert(version.name(), f64::from(split.share_of(version)) / 100.0);
+        status.share_percent.insert(
+            version.name().to_owned(),
+            f64::from(split.share_of(version)) / 100.0,
+        );
         let table = maps.slots(service.id, version)?;
         let backends = spec
             .pool(version)
             .iter()
-            .map(|b| BackendStatus {
-                address: b.addr.to_string(),
-                weight: b.weight,
-                slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
+            .map(|b| {
+                let id = BackendId {
+                    service: spec.name.clone(),
+                    version,
+                    addr: b.addr,
+                };
+                let state = health.and_then(|h| h.get(&id));
+                BackendStatus {
+                    address: b.addr.to_string(),
+                    weight: b.weight,
+                    slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
+                    healthy: state.map(|s| s.healthy),
+                    last_error: state
+                        .and_then(|s| s.last_error.clone())
+                        .filter(|_| state.is_some_and(|s| !s.healthy)),
+                }
             })
             .collect();
         status.pools.insert(
-            version.name(),
+            version.name().to_owned(),
             PoolStatus {
                 backends,
                 slots_set: table.iter().filter(|s| s.is_some()).count(),
                 slots_total: table.len(),
             },
         );
-        status
-            .counters
-            .insert(version.name(), maps.counters(service.id, version)?);
+        status.counters.insert(
+            version.name().to_owned(),
+            maps.counters(service.id, version)?,
+        );
     }
     Ok(status)
 }
@@ -152,11 +187,11 @@ pub fn render(status: &Status) -> String {
             );
             continue;
         }
-        let live = s.live.unwrap_or("?");
+        let live = s.live.as_deref().unwrap_or("?");
         let _ = writeln!(
             out,
             "  live {live}, candidate {}",
-            s.candidate.unwrap_or("?")
+            s.candidate.as_deref().unwrap_or("?")
         );
         for version in ["blue", "green"] {
             let share = s.share_percent.get(version).copied().unwrap_or_default();
@@ -174,9 +209,15 @@ pub fn render(status: &Status) -> String {
                 c.map_or(0, |c| c.slot_misses),
             );
             for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {
+                let health = match (b.healthy, &b.last_error) {
+                    (None, _) => String::new(),
+                    (Some(true), _) => "  up".to_owned(),
+                    (Some(false), Some(error)) => format!("  DOWN ({error})"),
+                    (Some(false), None) => "  DOWN".to_owned(),
+                };
                 let _ = writeln!(
                     out,
-                    "        backend {} weight {} slots {}",
+                    "        backend {} weight {} slots {}{health}",
                     b.address, b.weight, b.slots
                 );
             }

@@ -50,7 +50,8 @@ impl Plane {
             .load()
             .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_EGRESS}: {e:?}"));
         let mut maps = Maps::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
-        apply::apply(&mut maps, &config).unwrap_or_else(|e| panic!("apply: {e}"));
+        apply::apply(&mut maps, &config, &apply::all_healthy)
+            .unwrap_or_else(|e| panic!("apply: {e}"));
         Self { ebpf, maps, config }
     }
 

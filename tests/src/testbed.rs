@@ -195,15 +195,29 @@ impl Testbed {
 
     /// Writes the config for one service `sentiment` with green at `green_weight` percent.
     pub fn write_config(&self, green_weight: &str) {
+        self.write_config_with(green_weight, "");
+    }
+
+    /// Like `write_config`, with `service_extra` appended to the service (a `[service.health]`
+    /// table, say).
+    pub fn write_config_with(&self, green_weight: &str, service_extra: &str) {
         let config = format!(
-            "interface = \"{}\"\npin_dir = \"{}\"\n\n[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = {green_weight}\n",
+            "interface = \"{}\"\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\n[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = {green_weight}\n{service_extra}",
             self.node_interface(),
             self.pin_dir.display(),
+            self.control_socket().display(),
+            self.dir.join("state").display(),
             self.vip(),
             self.blue_addr(),
             self.green_addr(),
         );
         fs::write(&self.config_path, config).expect("write config");
+    }
+
+    /// The daemon's control socket.
+    #[must_use]
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
     }
 
     /// Starts `splitter-ctl daemon` on the node and waits until the service is in the kernel.

@@ -689,7 +689,8 @@ fn removing_a_service_leaves_no_cached_flow_behind() {
     // The port stays in use by `model`, so only the flow state decides what happens next.
     let without = Config::parse(Path::new("fixture.toml"), CONFIG).expect("config");
     let applied =
-        splitter_ctl::apply::apply(&mut plane.maps, &without).expect("apply without `second`");
+        splitter_ctl::apply::apply(&mut plane.maps, &without, &splitter_ctl::apply::all_healthy)
+            .expect("apply without `second`");
     assert_eq!(applied.removed, vec!["198.18.0.5:8080".to_owned()]);
     assert_eq!(applied.purged_flows, 1);
     let run = plane.ingress(&ack);

@@ -1,103 +1,195 @@
-//! `splitter-ctl daemon`: loads or adopts the data plane, attaches it, applies the config, and
-//! stays in the foreground until SIGINT or SIGTERM. On exit the data plane keeps running
-//! (pinned), unless `--detach-on-exit` asks for it to be removed.
+//! `splitter-ctl daemon`: starts the daemon (see `crate::daemon`) and runs its I/O: the control
+//! socket, the metrics endpoint, health probes, housekeeping and signals. It stays in the
+//! foreground until SIGINT or SIGTERM; SIGHUP reloads the config. On exit the data plane keeps
+//! running (pinned), unless `--detach-on-exit` asks for it to be removed.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
+};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{SignalKind, signal},
+    task::JoinSet,
+};
 
 use super::CommandError;
 use crate::{
-    aging, apply::apply, config::Config, dataplane, maps::Maps, notify::notify,
-    share::format_percent,
+    aging,
+    config::Config,
+    control,
+    daemon::Daemon,
+    dataplane, health,
+    metrics::{self, DaemonCounters, Metrics},
+    notify::notify,
 };
-use splitter_common::Version;
+
+type Shared = Arc<Mutex<Daemon>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Daemon> {
+    // Every operation leaves the state whole when it returns, so a panic elsewhere does not
+    // make it unusable.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
-    let fresh = !dataplane::is_attached(&config.pin_dir);
-    let mut maps = match start(&config) {
-        Ok(maps) => maps,
+    let signals = |kind, what| signal(kind).map_err(|source| CommandError::Io { what, source });
+    let mut terminate = signals(SignalKind::terminate(), "install the SIGTERM handler")?;
+    let mut interrupt = signals(SignalKind::interrupt(), "install the SIGINT handler")?;
+    let mut hangup = signals(SignalKind::hangup(), "install the SIGHUP handler")?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| CommandError::Io {
+        what: "create the state directory",
+        source,
+    })?;
+    let control_listener = control::bind(&config.control_socket, config.control_group.as_ref())?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| CommandError::Io {
+            what: "listen on metrics_listen",
+            source,
+        })?;
+    let (socket_path, pin_dir) = (config.control_socket.clone(), config.pin_dir.clone());
+
+    let counters = DaemonCounters::default();
+    let daemon = match Daemon::start(config, counters.clone()) {
+        Ok(daemon) => daemon,
         Err(error) => {
-            // Leave nothing half-made behind when there was no data plane before us.
-            if fresh {
-                let _ = dataplane::detach(&config.pin_dir);
-            }
-            return Err(error);
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(error.into());
         }
     };
+    let shared: Shared = Arc::new(Mutex::new(daemon));
+    let metrics = Arc::new(Metrics::new(&counters, Arc::clone(&shared)));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(serve_control(
+        control_listener,
+        Arc::clone(&shared),
+        config_path.to_owned(),
+    ));
+    tasks.spawn(serve_metrics(metrics_listener, metrics));
+    tasks.spawn(probe_backends(Arc::clone(&shared)));
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(|source| CommandError::Io {
-        what: "install the SIGTERM handler",
-        source,
-    })?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| CommandError::Io {
-        what: "install the SIGINT handler",
-        source,
-    })?;
     if let Err(error) = notify("READY=1") {
         tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
     }
-    tracing::info!("ready");
-    let mut sweep = tokio::time::interval(aging::SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(control_socket = %socket_path.display(), "ready");
+    let mut housekeeping = tokio::time::interval(aging::SWEEP_INTERVAL);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = sweep.tick() => match aging::sweep(&mut maps, aging::monotonic_ns()) {
-                Ok(0) => {}
-                Ok(removed) => tracing::debug!(removed, "swept closed flows"),
-                Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
-            },
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = lock(&shared).reload(config_path);
+            }
+            _ = housekeeping.tick() => lock(&shared).housekeeping(),
         }
     };
     let _ = notify("STOPPING=1");
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&socket_path);
     if detach_on_exit {
-        let removed = dataplane::detach(&config.pin_dir)?;
+        let removed = dataplane::detach(&pin_dir)?;
         tracing::info!(
             signal = signal_name,
             pins = removed.len(),
             "stopping; data plane detached (--detach-on-exit)"
         );
     } else {
-        tracing::info!(signal = signal_name, pin_dir = %config.pin_dir.display(), "stopping; the data plane keeps running");
+        tracing::info!(signal = signal_name, pin_dir = %pin_dir.display(), "stopping; the data plane keeps running");
     }
     Ok(())
 }
 
-fn start(config: &Config) -> Result<Maps, CommandError> {
-    let mut ebpf = dataplane::load(Some(&config.pin_dir))?;
-    let attachment = dataplane::attach(
-        &mut ebpf,
-        &config.interface,
-        &config.pin_dir,
-        config.xdp_mode,
-    )?;
-    let mut maps = Maps::from_ebpf(&mut ebpf)?;
-    // The pinned links hold the programs; the object itself is no longer needed.
-    drop(ebpf);
-    if attachment.adopted {
-        tracing::info!(interface = %config.interface, pin_dir = %config.pin_dir.display(), "adopted the pinned data plane; programs replaced in place, maps kept");
-    } else {
-        tracing::info!(interface = %config.interface, pin_dir = %config.pin_dir.display(), xdp_mode = attachment.xdp_mode.unwrap_or("?"), "attached the data plane");
+async fn serve_control(listener: UnixListener, shared: Shared, config_path: PathBuf) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (shared, config_path) = (Arc::clone(&shared), config_path.clone());
+        tokio::spawn(async move {
+            let response = match crate::http::read_request(&mut stream).await {
+                Ok(request) => control::handle(&request, &mut lock(&shared), &config_path),
+                Err(error) => crate::http::Response::error(error.status(), &error.to_string()),
+            };
+            let _ = crate::http::write_response(&mut stream, &response).await;
+        });
     }
-    let applied = apply(&mut maps, config)?;
-    for (service, kernel, wanted) in &applied.split_differs {
-        tracing::info!(
-            service = %service,
-            kernel_green_percent = %format_percent(kernel.share_of(Version::Green)),
-            config_green_percent = %format_percent(wanted.share_of(Version::Green)),
-            kernel_live = kernel.live().name(),
-            "keeping the split in the kernel, which differs from the config (an operator change)"
-        );
+}
+
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let response = match crate::http::read_request(&mut stream).await {
+                Ok(request) => metrics_response(&request, &metrics),
+                Err(error) => crate::http::Response::error(error.status(), &error.to_string()),
+            };
+            let _ = crate::http::write_response(&mut stream, &response).await;
+        });
     }
-    tracing::info!(
-        added = ?applied.added,
-        kept = ?applied.kept,
-        removed = ?applied.removed,
-        purged_flows = applied.purged_flows,
-        "config applied"
-    );
-    Ok(maps)
+}
+
+fn metrics_response(request: &crate::http::Request, metrics: &Metrics) -> crate::http::Response {
+    match (
+        request.method.as_str(),
+        request.path.split('?').next().unwrap_or_default(),
+    ) {
+        ("GET", "/metrics") => match metrics.encode() {
+            Ok(text) => crate::http::Response {
+                status: 200,
+                content_type: metrics::CONTENT_TYPE,
+                body: text.into_bytes(),
+            },
+            Err(_) => crate::http::Response::error(500, "cannot encode the metrics"),
+        },
+        (_, "/metrics") => {
+            crate::http::Response::error(405, "the metrics endpoint is read-only: GET /metrics")
+        }
+        _ => crate::http::Response::error(404, "only GET /metrics is served here"),
+    }
+}
+
+/// Probes every backend whose service's interval has come round, concurrently, then records
+/// the results under the lock (which rewrites pools on transitions).
+async fn probe_backends(shared: Shared) {
+    let mut next_due: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let (targets, tick) = {
+            let daemon = lock(&shared);
+            let now = Instant::now();
+            let due: Vec<_> = daemon
+                .probe_targets()
+                .into_iter()
+                .filter(|(id, _)| next_due.get(&id.service).is_none_or(|at| *at <= now))
+                .collect();
+            for (id, check) in &due {
+                next_due.insert(id.service.clone(), now + check.interval);
+            }
+            (due, health::tick(&daemon.config))
+        };
+        let mut probes = JoinSet::new();
+        for (id, check) in targets {
+            probes.spawn(async move {
+                let result = health::probe(id.addr, &check).await;
+                (id, check, result)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(Ok(result)) = probes.join_next().await {
+            results.push(result);
+        }
+        if !results.is_empty() {
+            lock(&shared).record_probes(results);
+        }
+        tokio::time::sleep(tick.min(std::time::Duration::from_millis(250))).await;
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod detach;
+pub mod reload;
 pub mod share;
 pub mod status;
 
@@ -36,6 +37,12 @@ pub enum CommandError {
     Dataplane(#[from] crate::dataplane::DataplaneError),
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
+    #[error(transparent)]
+    Start(#[from] crate::daemon::StartError),
+    #[error("another daemon answers on the control socket `{0}`; stop it first")]
+    AlreadyRunning(String),
+    #[error("{0}")]
+    Daemon(String),
     #[error("cannot encode the status as JSON")]
     Json(#[from] serde_json::Error),
     #[error("cannot {what}")]

@@ -1,19 +1,50 @@
-//! `splitter-ctl status [SERVICE] [--output json]`.
+//! `splitter-ctl status [SERVICE] [--output json]`: from the daemon when it runs (with backend
+//! health), otherwise straight from the pinned maps.
 
 use std::path::Path;
 
 use super::{CommandError, Target};
-use crate::status;
+use crate::{config::Config, control, http, status};
 
-pub fn run(config: &Path, service: Option<&str>, json: bool) -> Result<String, CommandError> {
-    let target = Target::open(config)?;
-    if let Some(name) = service {
-        target.service(name)?;
-    }
-    let status = status::gather(&target.maps, &target.config, service)?;
+pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<String, CommandError> {
+    let config = Config::load(config_path)?;
+    let status = if control::daemon_listening(&config.control_socket) {
+        from_daemon(&config, service)?
+    } else {
+        let target = Target::open(config_path)?;
+        if let Some(name) = service {
+            target.service(name)?;
+        }
+        status::gather(&target.maps, &target.config, None, service)?
+    };
     if json {
         Ok(serde_json::to_string_pretty(&status)? + "\n")
     } else {
         Ok(status::render(&status))
     }
+}
+
+fn from_daemon(config: &Config, service: Option<&str>) -> Result<status::Status, CommandError> {
+    let path = service.map_or_else(
+        || "/v1/status".to_owned(),
+        |name| format!("/v1/status?service={name}"),
+    );
+    let (code, body) = http::unix_request(
+        &config.control_socket,
+        "GET",
+        &path,
+        b"",
+        super::reload::TIMEOUT,
+    )
+    .map_err(|e| CommandError::Daemon(control::not_running(&config.control_socket, &e)))?;
+    if code != 200 {
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(CommandError::Daemon(
+            value["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+                .to_owned(),
+        ));
+    }
+    Ok(serde_json::from_slice(&body)?)
 }

@@ -1,0 +1,110 @@
+//! The control socket: HTTP/JSON on a Unix socket, owned by root with mode 0660 and the
+//! configured group. There is no TCP control port. The API (documented in docs/operations.md):
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /v1/status` (`?service=NAME`) | the status, with backend health |
+//! | `POST /v1/reload` | re-reads the config file, validates all of it, applies the difference |
+
+use std::{io, os::unix::fs::PermissionsExt as _, path::Path};
+
+use tokio::net::UnixListener;
+
+use crate::{
+    cmd::CommandError,
+    config::ControlGroup,
+    daemon::Daemon,
+    http::{Request, Response},
+};
+
+/// Mode of the socket: read and write for root and the control group, nothing for others.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Binds the control socket. A socket file left by a daemon that is gone is replaced; one that
+/// a running daemon still answers on is an error.
+pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, CommandError> {
+    let io_error = |what, source| CommandError::Io { what, source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io_error("create the control socket's directory", e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(CommandError::AlreadyRunning(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(|e| io_error("remove a stale control socket", e))?;
+    }
+    // No moment with a socket others could use: bind under a umask that leaves only 0660.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let previous = unsafe { libc::umask(0o117) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = listener.map_err(|e| io_error("bind the control socket", e))?;
+    let gid = group.map_or(0, |g| g.gid);
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .map_err(|e| io_error("set the control socket's owner", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| io_error("set the control socket's mode", e))?;
+    Ok(listener)
+}
+
+/// Answers one request of the control API.
+pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Response {
+    let (path, query) = request
+        .path
+        .split_once('?')
+        .unwrap_or((request.path.as_str(), ""));
+    match (request.method.as_str(), path) {
+        ("GET", "/v1/status") => {
+            let service = query.split('&').find_map(|kv| kv.strip_prefix("service="));
+            if let Some(name) = service {
+                if daemon.config.service(name).is_none() {
+                    return Response::error(
+                        404,
+                        &format!("no service `{name}` in the running config"),
+                    );
+                }
+            }
+            match daemon.status(service) {
+                Ok(status) => {
+                    Response::json(200, &serde_json::to_value(status).unwrap_or_default())
+                }
+                Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::from(error))),
+            }
+        }
+        ("POST", "/v1/reload") => match daemon.reload(config_path) {
+            Ok(applied) => Response::json(
+                200,
+                &serde_json::json!({
+                    "reloaded": true,
+                    "added": applied.added,
+                    "kept": applied.kept,
+                    "removed": applied.removed,
+                    "purged_flows": applied.purged_flows,
+                }),
+            ),
+            Err(error) => Response::error(422, &format!("{:#}", anyhow::Error::from(error))),
+        },
+        (_, "/v1/status" | "/v1/reload") => Response::error(405, "GET /v1/status, POST /v1/reload"),
+        _ => Response::error(
+            404,
+            &format!("no endpoint `{path}`; the API has GET /v1/status and POST /v1/reload"),
+        ),
+    }
+}
+
+/// Whether a daemon answers on `path`.
+#[must_use]
+pub fn daemon_listening(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// The error a CLI gets when no daemon answers.
+#[must_use]
+pub fn not_running(path: &Path, error: &io::Error) -> String {
+    format!(
+        "the daemon is not running: cannot connect to `{}` ({error})",
+        path.display()
+    )
+}

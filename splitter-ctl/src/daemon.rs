@@ -1,0 +1,328 @@
+//! The daemon's state and what it does with it: start (load or adopt, attach, apply), reload,
+//! health transitions, closed-flow aging and noticing operator changes. The runtime wiring
+//! (sockets, signals, timers) is in `cmd::daemon`; this module never waits on I/O, so every
+//! operation runs under the state lock and is done when it returns.
+
+use std::{collections::HashMap, path::Path};
+
+use splitter_common::{SplitWord, Version};
+
+use crate::{
+    aging,
+    apply::{self, Applied, ApplyError},
+    config::{Config, ConfigError, HealthCheck},
+    dataplane::{self, DataplaneError},
+    health::{BackendId, Health, Transition},
+    maps::{Maps, MapsError},
+    metrics::{DaemonCounters, HealthState, TransitionLabels, VersionLabel},
+    share::format_percent,
+    status::{self, Status},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "`{field}` changed from `{from}` to `{to}`; that takes a restart of the daemon, not a reload"
+    )]
+    NeedsRestart {
+        field: &'static str,
+        from: String,
+        to: String,
+    },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+pub struct Daemon {
+    pub config: Config,
+    pub maps: Maps,
+    pub health: Health,
+    pub counters: DaemonCounters,
+    /// The split word of each service as the daemon last saw it, to notice operator changes.
+    known_splits: HashMap<String, SplitWord>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Loads or adopts the data plane, attaches it and applies `config`. When there was no
+    /// data plane before and this fails, what was pinned is removed again.
+    pub fn start(config: Config, counters: DaemonCounters) -> Result<Self, StartError> {
+        let fresh = !dataplane::is_attached(&config.pin_dir);
+        let result = (|| {
+            let mut ebpf = dataplane::load(Some(&config.pin_dir))?;
+            let attachment = dataplane::attach(
+                &mut ebpf,
+                &config.interface,
+                &config.pin_dir,
+                config.xdp_mode,
+            )?;
+            let maps = Maps::from_ebpf(&mut ebpf)?;
+            // The pinned links hold the programs; the object itself is no longer needed.
+            drop(ebpf);
+            Ok::<_, StartError>((maps, attachment))
+        })();
+        let (maps, attachment) = match result {
+            Ok(ok) => ok,
+            Err(error) => {
+                if fresh {
+                    let _ = dataplane::detach(&config.pin_dir);
+                }
+                return Err(error);
+            }
+        };
+        if attachment.adopted {
+            tracing::info!(interface = %config.interface, pin_dir = %config.pin_dir.display(), "adopted the pinned data plane; programs replaced in place, maps kept");
+        } else {
+            tracing::info!(interface = %config.interface, pin_dir = %config.pin_dir.display(), xdp_mode = attachment.xdp_mode.unwrap_or("?"), "attached the data plane");
+        }
+        let mut health = Health::default();
+        health.sync(&config);
+        let mut daemon = Self {
+            config,
+            maps,
+            health,
+            counters,
+            known_splits: HashMap::new(),
+        };
+        let applied = daemon.apply()?;
+        log_applied("config applied", &applied);
+        Ok(daemon)
+    }
+
+    fn apply(&mut self) -> Result<Applied, ApplyError> {
+        let health = &self.health;
+        let applied = apply::apply(&mut self.maps, &self.config, &|service, version, addr| {
+            health.is_healthy(service, version, addr)
+        })?;
+        for (service, kernel, wanted) in &applied.split_differs {
+            tracing::info!(
+                service = %service,
+                kernel_green_percent = %format_percent(kernel.share_of(Version::Green)),
+                config_green_percent = %format_percent(wanted.share_of(Version::Green)),
+                kernel_live = kernel.live().name(),
+                "keeping the split in the kernel, which differs from the config (an operator change)"
+            );
+        }
+        self.remember_splits();
+        Ok(applied)
+    }
+
+    /// Re-reads the config at `path`, validates all of it and applies it as a diff. On any
+    /// error nothing is applied and the running config stays.
+    pub fn reload(&mut self, path: &Path) -> Result<Applied, ReloadError> {
+        let result = self.reload_inner(path);
+        match &result {
+            Ok(applied) => {
+                self.counters.reloads.inc();
+                log_applied("reloaded", applied);
+            }
+            Err(error) => {
+                self.counters.reload_errors.inc();
+                tracing::warn!(error = %error, "reload refused; the running config stays");
+            }
+        }
+        result
+    }
+
+    fn reload_inner(&mut self, path: &Path) -> Result<Applied, ReloadError> {
+        let config = Config::load(path)?;
+        let fixed: [(&'static str, String, String); 5] = [
+            (
+                "interface",
+                self.config.interface.clone(),
+                config.interface.clone(),
+            ),
+            (
+                "pin_dir",
+                self.config.pin_dir.display().to_string(),
+                config.pin_dir.display().to_string(),
+            ),
+            (
+                "control_socket",
+                self.config.control_socket.display().to_string(),
+                config.control_socket.display().to_string(),
+            ),
+            (
+                "metrics_listen",
+                self.config.metrics_listen.to_string(),
+                config.metrics_listen.to_string(),
+            ),
+            (
+                "control_group",
+                format!("{:?}", self.config.control_group.as_ref().map(|g| &g.name)),
+                format!("{:?}", config.control_group.as_ref().map(|g| &g.name)),
+            ),
+        ];
+        if let Some((field, from, to)) = fixed.into_iter().find(|(_, from, to)| from != to) {
+            return Err(ReloadError::NeedsRestart { field, from, to });
+        }
+        let previous = std::mem::replace(&mut self.config, config);
+        self.health.sync(&self.config);
+        match self.apply() {
+            Ok(applied) => Ok(applied),
+            Err(error) => {
+                // The kernel may hold part of the new config: put the old one back as a whole.
+                self.config = previous;
+                self.health.sync(&self.config);
+                if let Err(restore) = self.apply() {
+                    tracing::error!(error = %restore, "cannot restore the previous config after a failed reload");
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The status, with health.
+    pub fn status(&self, only: Option<&str>) -> Result<Status, MapsError> {
+        status::gather(&self.maps, &self.config, Some(&self.health), only)
+    }
+
+    /// The backends to probe now, with their checks.
+    #[must_use]
+    pub fn probe_targets(&self) -> Vec<(BackendId, HealthCheck)> {
+        self.config
+            .services
+            .iter()
+            .flat_map(|s| {
+                [Version::Blue, Version::Green]
+                    .into_iter()
+                    .flat_map(move |v| {
+                        s.pool(v).iter().map(move |b| {
+                            (
+                                BackendId {
+                                    service: s.name.clone(),
+                                    version: v,
+                                    addr: b.addr,
+                                },
+                                s.health.clone(),
+                            )
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// Records probe results; a backend that changes state rewrites its pool's slot table.
+    pub fn record_probes(&mut self, results: Vec<(BackendId, HealthCheck, Result<(), String>)>) {
+        let transitions: Vec<Transition> = results
+            .into_iter()
+            .filter_map(|(id, check, result)| self.health.record(&id, &check, result))
+            .collect();
+        for transition in transitions {
+            self.on_transition(&transition);
+        }
+    }
+
+    fn on_transition(&mut self, transition: &Transition) {
+        let BackendId {
+            service,
+            version,
+            addr,
+        } = &transition.backend;
+        let state = if transition.healthy {
+            HealthState::up
+        } else {
+            HealthState::down
+        };
+        self.counters
+            .health_transitions
+            .get_or_create(&TransitionLabels {
+                service: service.clone(),
+                version: VersionLabel(*version),
+                backend: addr.to_string(),
+                state,
+            })
+            .inc();
+        if transition.healthy {
+            tracing::info!(service = %service, version = version.name(), backend = %addr, "backend is up; back in its pool");
+        } else {
+            tracing::warn!(service = %service, version = version.name(), backend = %addr, reason = transition.reason.as_deref().unwrap_or("?"), "backend is down; out of its pool");
+        }
+        let Some(spec) = self.config.service(service).cloned() else {
+            return;
+        };
+        let health = &self.health;
+        let healthy = |s: &str, v: Version, a| health.is_healthy(s, v, a);
+        if spec
+            .pool(*version)
+            .iter()
+            .all(|b| !healthy(&spec.name, *version, b.addr))
+        {
+            tracing::warn!(service = %service, version = version.name(), other = version.other().name(), "no healthy backend left in this version; its new connections go to the other version");
+        }
+        let result = self
+            .maps
+            .service(&spec.endpoint())
+            .and_then(|found| match found {
+                Some(kernel) => {
+                    apply::write_pool(&mut self.maps, kernel.id, &spec, *version, &healthy)
+                }
+                None => Ok(()),
+            });
+        if let Err(error) = result {
+            tracing::error!(service = %service, error = %error, "cannot rewrite the pool after a health change");
+        }
+    }
+
+    /// Sweeps closed flows and logs split words someone else changed since the last look.
+    pub fn housekeeping(&mut self) {
+        match aging::sweep(&mut self.maps, aging::monotonic_ns()) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "swept closed flows"),
+            Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
+        }
+        for spec in &self.config.services {
+            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
+                continue;
+            };
+            let Ok(now) = self.maps.split(kernel.id) else {
+                continue;
+            };
+            let before = self.known_splits.insert(spec.name.clone(), now);
+            if let Some(before) = before.filter(|before| *before != now) {
+                tracing::info!(
+                    service = %spec.name,
+                    green_percent = %format_percent(now.share_of(Version::Green)),
+                    was_green_percent = %format_percent(before.share_of(Version::Green)),
+                    live = now.live().name(),
+                    "the split changed outside the daemon (an operator's weight or rollback); keeping it"
+                );
+            }
+        }
+    }
+
+    fn remember_splits(&mut self) {
+        for spec in &self.config.services {
+            if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) {
+                if let Ok(word) = self.maps.split(kernel.id) {
+                    self.known_splits.insert(spec.name.clone(), word);
+                }
+            }
+        }
+        self.known_splits
+            .retain(|name, _| self.config.service(name).is_some());
+    }
+}
+
+fn log_applied(what: &str, applied: &Applied) {
+    tracing::info!(added = ?applied.added, kept = ?applied.kept, removed = ?applied.removed, purged_flows = applied.purged_flows, "{what}");
+}

@@ -1,0 +1,327 @@
+//! Prometheus metrics, served read-only on `metrics_listen` (`GET /metrics`).
+//!
+//! Two sources: counters the daemon itself keeps (reloads, health transitions), and a collector
+//! that reads the kernel maps at every scrape, so what Prometheus sees is exactly what the data
+//! plane counted, including while the daemon was down. Labels are typed and their cardinality is
+//! bounded by the config: services × 2 versions (× backends for health).
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+    },
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+use splitter_common::{SplitWord, Version, VersionStats};
+
+use crate::daemon::Daemon;
+
+/// `blue` or `green`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct VersionLabel(pub Version);
+
+impl EncodeLabelValue for VersionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.name())
+    }
+}
+
+/// `live` or `candidate`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum Role {
+    live,
+    candidate,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum Direction {
+    /// Client to backend.
+    inbound,
+    /// Backend to client.
+    outbound,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum HealthState {
+    up,
+    down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub service: String,
+    pub version: VersionLabel,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub service: String,
+    pub version: VersionLabel,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub service: String,
+    pub version: VersionLabel,
+    pub backend: String,
+    pub state: HealthState,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The counters the daemon keeps itself; cheap to clone (shared handles).
+#[derive(Clone, Debug, Default)]
+pub struct DaemonCounters {
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    pub health_transitions: Family<TransitionLabels, Counter>,
+}
+
+/// The registry behind `GET /metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers the daemon's counters and the kernel collector over `daemon`.
+    #[must_use]
+    pub fn new(counters: &DaemonCounters, daemon: Arc<Mutex<Daemon>>) -> Self {
+        let mut registry = Registry::default();
+        registry.register(
+            "splitter_reloads",
+            "Config reloads applied",
+            counters.reloads.clone(),
+        );
+        registry.register(
+            "splitter_reload_errors",
+            "Config reloads refused (nothing was applied)",
+            counters.reload_errors.clone(),
+        );
+        registry.register(
+            "splitter_health_transitions",
+            "Backends going up or down",
+            counters.health_transitions.clone(),
+        );
+        registry.register_collector(Box::new(KernelCollector { daemon }));
+        Self { registry }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// The content type of `Metrics::encode`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug)]
+struct KernelCollector {
+    daemon: Arc<Mutex<Daemon>>,
+}
+
+/// One service's view for a scrape.
+struct ServiceSample {
+    name: String,
+    split: SplitWord,
+    stats: [VersionStats; 2],
+}
+
+impl ServiceSample {
+    fn labels(&self, version: Version) -> VersionLabels {
+        let role = if version == self.split.live() {
+            Role::live
+        } else {
+            Role::candidate
+        };
+        VersionLabels {
+            service: self.name.clone(),
+            version: VersionLabel(version),
+            role,
+        }
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A poisoned lock still holds consistent maps handles: the data is read, not trusted.
+        let daemon = self
+            .daemon
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(samples) = daemon.samples() else {
+            return Ok(());
+        };
+        let versions = [Version::Blue, Version::Green];
+
+        let mut traffic = |name: &str,
+                           help: &str,
+                           pick: fn(&VersionStats) -> (u64, u64)|
+         -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    let VersionLabels {
+                        service,
+                        version,
+                        role,
+                    } = sample.labels(*version);
+                    let (inbound, outbound) = pick(&sample.stats[i]);
+                    for (direction, value) in [
+                        (Direction::inbound, inbound),
+                        (Direction::outbound, outbound),
+                    ] {
+                        let labels = TrafficLabels {
+                            service: service.clone(),
+                            version,
+                            role,
+                            direction,
+                        };
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        traffic(
+            "splitter_packets",
+            "Packets steered to (inbound) and translated from (outbound) a version",
+            |s| (s.packets_in, s.packets_out),
+        )?;
+        traffic(
+            "splitter_bytes",
+            "Bytes steered to (inbound) and translated from (outbound) a version",
+            |s| (s.bytes_in, s.bytes_out),
+        )?;
+
+        let per_version: [(&str, &str, fn(&VersionStats) -> u64); 5] = [
+            (
+                "splitter_connections",
+                "New connections (TCP SYN or first UDP datagram) sent to a version",
+                |s| s.new_flows,
+            ),
+            (
+                "splitter_flow_misses",
+                "Non-SYN packets with no flow entry, steered by hash",
+                |s| s.flow_misses,
+            ),
+            (
+                "splitter_slot_misses",
+                "New connections dropped: no backend in either version",
+                |s| s.slot_misses,
+            ),
+            (
+                "splitter_failovers",
+                "New connections a version was chosen for but sent to the other, having no backend",
+                |s| s.failovers,
+            ),
+            (
+                "splitter_closed_connections",
+                "Connections that saw a FIN or RST",
+                |s| s.closed_flows,
+            ),
+        ];
+        for (name, help, pick) in per_version {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    ConstCounter::new(pick(&sample.stats[i]))
+                        .encode(family.encode_family(&sample.labels(*version))?)?;
+                }
+            }
+        }
+
+        let mut share = encoder.encode_descriptor(
+            "splitter_share_ratio",
+            "Share of new connections a version receives (0 to 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            for version in versions {
+                let ratio = f64::from(sample.split.share_of(version)) / 10_000.0;
+                ConstGauge::new(ratio).encode(share.encode_family(&sample.labels(version))?)?;
+            }
+        }
+
+        let mut up = encoder.encode_descriptor(
+            "splitter_backend_up",
+            "1 when the backend passes its health checks",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, health) in daemon.health.iter() {
+            let labels = BackendLabels {
+                service: id.service.clone(),
+                version: VersionLabel(id.version),
+                backend: id.addr.to_string(),
+            };
+            ConstGauge::new(i64::from(health.healthy)).encode(up.encode_family(&labels)?)?;
+        }
+
+        if let Ok(plane) = daemon.maps.plane_counters() {
+            let mut outcomes = encoder.encode_descriptor(
+                "splitter_data_plane_packets",
+                "Packets by data-plane outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, value) in plane {
+                ConstCounter::new(value)
+                    .encode(outcomes.encode_family(&OutcomeLabels { outcome })?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// Split word and counters of every service the kernel holds, for a scrape.
+    fn samples(&self) -> Result<Vec<ServiceSample>, crate::maps::MapsError> {
+        let mut samples = Vec::with_capacity(self.config.services.len());
+        for spec in &self.config.services {
+            let Some(service) = self.maps.service(&spec.endpoint())? else {
+                continue;
+            };
+            samples.push(ServiceSample {
+                name: spec.name.clone(),
+                split: self.maps.split(service.id)?,
+                stats: [
+                    self.maps.counters(service.id, Version::Blue)?,
+                    self.maps.counters(service.id, Version::Green)?,
+                ],
+            });
+        }
+        Ok(samples)
+    }
+}
