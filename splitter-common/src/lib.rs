@@ -150,7 +150,7 @@ pub struct Flow {
     pub backend_port_be: u16,
     /// `Version` as u8.
     pub version: u8,
-    /// One of `FLOW_OPEN`, `FLOW_FIN`, `FLOW_RST`.
+    /// `FLOW_OPEN`, or the `FLOW_FIN_CLIENT`, `FLOW_FIN_BACKEND` and `FLOW_RST` bits seen.
     pub state: u8,
     pub service_id: u32,
     /// `bpf_ktime_get_ns` when the flow was created.
@@ -192,11 +192,35 @@ impl FlowKey {
     }
 }
 
+/// `Flow::state`: bits of what closing the connection has seen; 0 while it is open.
 pub const FLOW_OPEN: u8 = 0;
-/// A FIN was seen in either direction: the connection is closing.
-pub const FLOW_FIN: u8 = 1;
+/// The client sent a FIN (seen by the XDP ingress program).
+pub const FLOW_FIN_CLIENT: u8 = 1;
+/// The backend sent a FIN (seen by the TC egress program).
+pub const FLOW_FIN_BACKEND: u8 = 2;
 /// A RST was seen in either direction: the connection is gone.
-pub const FLOW_RST: u8 = 2;
+pub const FLOW_RST: u8 = 4;
+
+/// Whether a connection in `state` is closed: reset, or finished in both directions. A flow
+/// with one FIN is half-closed and may still carry data the other way.
+#[inline(always)]
+#[must_use]
+pub const fn flow_closed(state: u8) -> bool {
+    state & FLOW_RST != 0
+        || state & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == FLOW_FIN_CLIENT | FLOW_FIN_BACKEND
+}
+
+/// Adds the closing `bits` seen on a packet to `flow`; returns whether that closed it.
+#[inline(always)]
+pub fn flow_add_state(flow: &mut Flow, bits: u8, now_ns: u64) -> bool {
+    if bits & !flow.state == 0 {
+        return false;
+    }
+    let was_closed = flow_closed(flow.state);
+    flow.state |= bits;
+    flow.state_changed_ns = now_ns;
+    !was_closed && flow_closed(flow.state)
+}
 
 /// Value of `BACKENDS`, keyed by the backend's `Endpoint`: what the TC egress program needs to
 /// turn a reply from the backend back into a reply from the service.

@@ -48,8 +48,10 @@ pub const FLOW_CACHE_SLOTS: u32 = 4096;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 /// CPUs whose flow-cache slot a new flow clears; more than any host this runs on.
 pub const MAX_CPUS: u32 = 512;
-/// Default capacity of the flow table.
-pub const FLOW_CAPACITY: u32 = 65_536;
+/// Default flow-table entries per possible CPU (config key `flow_table_per_cpu`). With
+/// `BPF_F_NO_COMMON_LRU` each CPU allocates and evicts within its own share of the table, so
+/// the table is sized per CPU: a CPU that receives every SYN must still hold this many flows.
+pub const FLOW_CAPACITY_PER_CPU: u32 = 16_384;
 
 /// Entries of `SERVICE_PORTS`: one per port.
 pub const PORT_ENTRIES: u32 = 65_536;

@@ -1,17 +1,17 @@
-//! Aging closed flows out of the flow table. The kernel marks a flow when it sees a FIN or a
-//! RST; the daemon sweeps marked flows after a grace period, so closed connections leave the
-//! table sooner than LRU pressure would take them. Open flows are never swept: only LRU
-//! pressure evicts them.
+//! Aging closed flows out of the flow table. The kernel marks a flow when it sees a FIN (per
+//! direction) or a RST; the daemon sweeps flows that are reset, or finished in both directions,
+//! after a grace period, so closed connections leave the table sooner than LRU pressure would
+//! take them. Open and half-closed flows are never swept: only LRU pressure evicts them.
 
 use std::time::Duration;
 
-use splitter_common::{FLOW_FIN, FLOW_OPEN};
+use splitter_common::{FLOW_RST, flow_closed};
 
 use crate::maps::{Maps, MapsError};
 
 /// How often the daemon sweeps.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a flow that saw a FIN stays, for the last ACKs and a half-closed peer.
+/// How long a flow finished in both directions stays, for the last ACKs.
 pub const FIN_GRACE: Duration = Duration::from_secs(60);
 /// How long a flow that saw a RST stays.
 pub const RST_GRACE: Duration = Duration::from_secs(10);
@@ -22,10 +22,10 @@ pub fn sweep(maps: &mut Maps, now_ns: u64) -> Result<usize, MapsError> {
     let (fin, rst) = (FIN_GRACE.as_nanos() as u64, RST_GRACE.as_nanos() as u64);
     maps.purge_flows(|_, flow| {
         let age = now_ns.saturating_sub(flow.state_changed_ns);
-        match flow.state {
-            FLOW_OPEN => false,
-            FLOW_FIN => age > fin,
-            _ => age > rst,
+        if flow.state & FLOW_RST != 0 {
+            age > rst
+        } else {
+            flow_closed(flow.state) && age > fin
         }
     })
 }

@@ -11,7 +11,9 @@ use std::{
     net::SocketAddr,
 };
 
-use splitter_common::{BackendInfo, Endpoint, Service, SplitWord, Version, maps::MAX_SERVICES};
+use splitter_common::{
+    Addr, BackendInfo, Endpoint, Service, SplitWord, Version, maps::MAX_SERVICES,
+};
 
 use crate::{
     config::{Config, ServiceSpec, endpoint},
@@ -39,6 +41,8 @@ pub struct Applied {
     pub split_differs: Vec<(String, SplitWord, SplitWord)>,
     /// Flows purged with removed services.
     pub purged_flows: usize,
+    /// Backends removed from the config that established flows still use.
+    pub draining_backends: usize,
 }
 
 /// Which backends may take new connections: (service, version, backend) → healthy.
@@ -102,26 +106,29 @@ pub fn apply(
         }
     }
 
-    let mut live_backends: HashSet<Endpoint> = HashSet::new();
+    // Reverse entries first: a slot must never send a SYN to a backend whose replies the
+    // egress program cannot translate yet.
     for (spec, id) in config.services.iter().zip(&ids) {
-        let id = *id;
         let service_endpoint = spec.endpoint();
         for version in [Version::Blue, Version::Green] {
-            write_pool(maps, id, spec, version, healthy)?;
             for backend in spec.pool(version) {
-                let key = endpoint(backend.addr, spec.protocol);
                 let info = BackendInfo {
                     service_addr: service_endpoint.addr,
                     service_port_be: service_endpoint.port_be,
                     version: version as u8,
                     _pad: 0,
-                    service_id: id,
+                    service_id: *id,
                 };
-                maps.insert_backend(&key, info)?;
-                live_backends.insert(key);
+                maps.insert_backend(&endpoint(backend.addr, spec.protocol), info)?;
             }
         }
-        if existing.contains_key(&service_endpoint) {
+    }
+    for (spec, id) in config.services.iter().zip(&ids) {
+        let id = *id;
+        for version in [Version::Blue, Version::Green] {
+            write_pool(maps, id, spec, version, healthy)?;
+        }
+        if existing.contains_key(&spec.endpoint()) {
             let kernel = maps.split(id)?;
             if kernel != spec.initial_split() {
                 applied
@@ -136,16 +143,50 @@ pub fn apply(
             applied.added.push(spec.name.clone());
         }
     }
-    for (backend, _) in maps.backends()? {
-        if !live_backends.contains(&backend) {
-            maps.remove_backend(&backend)?;
-        }
-    }
+    applied.draining_backends = remove_stale_backends(maps, config)?;
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
         maps.insert_service(&spec.endpoint(), Service { id: *id, flags: 0 })?;
     }
     Ok(applied)
+}
+
+/// Removes the reverse entries of backends the config no longer has, except those that flows
+/// still use: their connections keep working (draining) until they close, and housekeeping
+/// removes the entry then. Returns how many are still draining.
+pub fn remove_stale_backends(maps: &mut Maps, config: &Config) -> Result<usize, MapsError> {
+    let configured: HashSet<Endpoint> = config
+        .services
+        .iter()
+        .flat_map(|s| {
+            [Version::Blue, Version::Green]
+                .into_iter()
+                .flat_map(move |v| s.pool(v).iter().map(move |b| endpoint(b.addr, s.protocol)))
+        })
+        .collect();
+    let stale: Vec<Endpoint> = maps
+        .backends()?
+        .into_iter()
+        .map(|(b, _)| b)
+        .filter(|b| !configured.contains(b))
+        .collect();
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let in_use: HashSet<(Addr, u16, u8)> = maps
+        .flows()?
+        .into_iter()
+        .map(|(k, f)| (f.backend_addr, f.backend_port_be, k.protocol))
+        .collect();
+    let mut draining = 0;
+    for backend in stale {
+        if in_use.contains(&(backend.addr, backend.port_be, backend.protocol)) {
+            draining += 1;
+        } else {
+            maps.remove_backend(&backend)?;
+        }
+    }
+    Ok(draining)
 }
 
 /// Sets the per-port service counts for every port that had or has a service.

@@ -15,7 +15,7 @@ use std::{
 use serde::Deserialize;
 use splitter_common::{
     Endpoint, PROTO_TCP, PROTO_UDP, SplitWord, Version, ipv4_mapped,
-    maps::{MAX_SERVICES, SLOTS_PER_POOL},
+    maps::{FLOW_CAPACITY_PER_CPU, MAX_BACKENDS, MAX_SERVICES, SLOTS_PER_POOL},
 };
 use toml::Spanned;
 
@@ -95,6 +95,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Where the daemon keeps its state (the journal of later releases).
     pub state_dir: PathBuf,
+    /// Flow-table entries per possible CPU, when the data plane is created.
+    pub flow_table_per_cpu: u32,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -224,6 +226,7 @@ struct RawConfig {
     control_group: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    flow_table_per_cpu: Option<Spanned<u32>>,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
 }
@@ -372,6 +375,16 @@ impl Validator<'_> {
             }
             services.push((service, listen_span));
         }
+        if backends.len() > MAX_BACKENDS as usize {
+            return Err(self.invalid(
+                0..0,
+                "service",
+                format!(
+                    "{} backends in all; one data plane holds at most {MAX_BACKENDS}",
+                    backends.len()
+                ),
+            ));
+        }
         // Backends must not double as service addresses: replies from them would be rewritten.
         for (index, (service, listen_span)) in services.iter().enumerate() {
             if backends.contains(&(service.listen, service.protocol)) {
@@ -417,7 +430,19 @@ impl Validator<'_> {
                 })?,
             }),
         };
+        let flow_table_per_cpu = match &raw.flow_table_per_cpu {
+            None => FLOW_CAPACITY_PER_CPU,
+            Some(n) if (1_024..=1 << 20).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(self.invalid(
+                    n.span(),
+                    "flow_table_per_cpu",
+                    format!("{} is outside 1024..=1048576", n.get_ref()),
+                ));
+            }
+        };
         Ok(Config {
+            flow_table_per_cpu,
             path: self.path.to_owned(),
             interface: interface.to_owned(),
             pin_dir,
@@ -988,6 +1013,10 @@ green_weight = 12.5
             (
                 "metrics_listen = \"localhost\"",
                 "`metrics_listen`: `localhost` is not an address:port",
+            ),
+            (
+                "flow_table_per_cpu = 10",
+                "`flow_table_per_cpu`: 10 is outside 1024..=1048576",
             ),
             (
                 "state_dir = \"\"",

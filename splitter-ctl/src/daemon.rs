@@ -68,7 +68,7 @@ impl Daemon {
     pub fn start(config: Config, counters: DaemonCounters) -> Result<Self, StartError> {
         let fresh = !dataplane::is_attached(&config.pin_dir);
         let result = (|| {
-            let mut ebpf = dataplane::load(Some(&config.pin_dir))?;
+            let mut ebpf = dataplane::load(Some(&config.pin_dir), config.flow_table_per_cpu)?;
             let attachment = dataplane::attach(
                 &mut ebpf,
                 &config.interface,
@@ -285,6 +285,9 @@ impl Daemon {
 
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
+        if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
+            tracing::warn!(error = %error, "cannot remove the reverse entries of removed backends");
+        }
         match aging::sweep(&mut self.maps, aging::monotonic_ns()) {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "swept closed flows"),
@@ -324,5 +327,12 @@ impl Daemon {
 }
 
 fn log_applied(what: &str, applied: &Applied) {
-    tracing::info!(added = ?applied.added, kept = ?applied.kept, removed = ?applied.removed, purged_flows = applied.purged_flows, "{what}");
+    tracing::info!(
+        added = ?applied.added,
+        kept = ?applied.kept,
+        removed = ?applied.removed,
+        purged_flows = applied.purged_flows,
+        draining_backends = applied.draining_backends,
+        "{what}"
+    );
 }

@@ -55,6 +55,8 @@ pub enum DataplaneError {
         map: &'static str,
         problem: String,
     },
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] io::Error),
     #[error("cannot load the kernel programs")]
     Load(#[source] Box<EbpfError>),
     #[error("the object has no program `{0}`")]
@@ -75,7 +77,9 @@ pub enum DataplaneError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("cannot adopt pinned link `{path}`")]
+    #[error(
+        "cannot adopt pinned link `{path}` (if its interface was deleted or renamed, run `splitter-ctl detach` and start again)"
+    )]
     Adopt {
         path: PathBuf,
         #[source]
@@ -106,11 +110,17 @@ pub struct Attachment {
 
 /// Loads the object. With a pin directory, maps are reused from their pins or created and
 /// pinned there; without one (tests, benchmarks) they are private to the returned object.
-pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf, DataplaneError> {
+/// The flow table holds `flows_per_cpu` for each possible CPU (a pinned table keeps its size).
+pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, DataplaneError> {
     if OBJECT.is_empty() {
         return Err(DataplaneError::NotBuilt);
     }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
     let mut loader = EbpfLoader::new();
+    loader.set_max_entries(
+        names::FLOWS,
+        flows_per_cpu.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX)),
+    );
     if let Some(dir) = pin_dir {
         ensure_bpffs(dir)?;
         fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
@@ -160,11 +170,19 @@ pub fn attach(
     if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
         return Err(DataplaneError::NoInterface(interface.to_owned()));
     }
+    // Both programs pass the verifier before either replaces what runs now, so an upgrade
+    // never leaves a new ingress beside an old egress.
     let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
     ingress.load().map_err(|source| DataplaneError::Program {
         name: names::PROGRAM_INGRESS,
         source: Box::new(source),
     })?;
+    let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
+    egress.load().map_err(|source| DataplaneError::Program {
+        name: names::PROGRAM_EGRESS,
+        source: Box::new(source),
+    })?;
+    let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
     let xdp_pin = paths::pin(pin_dir, paths::XDP_LINK_PIN);
     let attachment = if xdp_pin.exists() {
         let link = adopt_link(&xdp_pin, XdpLink::try_from)?;
@@ -194,10 +212,6 @@ pub fn attach(
     };
 
     let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
-    egress.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_EGRESS,
-        source: Box::new(source),
-    })?;
     let tc_pin = paths::pin(pin_dir, paths::TC_LINK_PIN);
     if tc_pin.exists() {
         let link = adopt_link(&tc_pin, SchedClassifierLink::try_from)?;

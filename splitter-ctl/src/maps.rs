@@ -343,20 +343,24 @@ impl Maps {
         }
     }
 
-    /// Removes the flows `doomed` picks; returns how many went.
+    /// Removes the flows `doomed` picks; returns how many went. Each flow is read again just
+    /// before it is removed, so one the kernel changed meanwhile (a SYN reusing the 5-tuple) is
+    /// judged on what it is now.
     pub fn purge_flows(
         &mut self,
         doomed: impl Fn(&FlowKey, &Flow) -> bool,
     ) -> Result<usize, MapsError> {
-        let keys: Vec<FlowKey> = self.flows().map(|flows| {
-            flows
-                .into_iter()
-                .filter(|(k, f)| doomed(k, f))
-                .map(|(k, _)| k)
-                .collect()
-        })?;
+        let keys: Vec<FlowKey> = self
+            .flows()?
+            .into_iter()
+            .filter(|(k, f)| doomed(k, f))
+            .map(|(k, _)| k)
+            .collect();
         let mut removed = 0;
         for key in keys {
+            if !self.flow(&key)?.is_some_and(|now| doomed(&key, &now)) {
+                continue;
+            }
             match self.flows.remove(&key) {
                 Ok(()) => removed += 1,
                 Err(e) if is_missing_key(&e) => {}

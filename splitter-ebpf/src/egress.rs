@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, FlowKey, PROTO_UDP, PlaneCounter,
-    stats_index,
+    BackendInfo, Endpoint, FLOW_FIN_BACKEND, FLOW_RST, FlowKey, PROTO_UDP, PlaneCounter,
+    flow_add_state, stats_index,
 };
 
 use crate::{
@@ -92,20 +92,20 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
     rewrite().map_err(|_| Skip::Pass(PlaneCounter::Malformed))
 }
 
-/// A FIN or RST from the backend closes the client's flow entry, so user space can age it out.
+/// A FIN or RST from the backend marks the client's flow entry, so user space can age it out
+/// once the connection is closed in both directions.
 #[inline(always)]
 fn close_flow(key: &FlowKey, tcp_flags: u8) {
+    let bits = if tcp_flags & TCP_RST != 0 {
+        FLOW_RST
+    } else {
+        FLOW_FIN_BACKEND
+    };
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
         let flow = unsafe { &mut *flow };
-        if flow.state == FLOW_OPEN {
-            flow.state = if tcp_flags & TCP_RST != 0 {
-                FLOW_RST
-            } else {
-                FLOW_FIN
-            };
-            // SAFETY: a helper with no arguments.
-            flow.state_changed_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a helper with no arguments.
+        if flow_add_state(flow, bits, unsafe { bpf_ktime_get_ns() }) {
             maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
                 s.closed_flows += 1
             });

@@ -8,8 +8,9 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
-    Endpoint, FLOW_FIN, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter,
-    SLOT_SET, Service, Slot, SplitWord, flow_hash, slot_index, stats_index,
+    Endpoint, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    PlaneCounter, SLOT_SET, Service, Slot, SplitWord, flow_add_state, flow_hash, slot_index,
+    stats_index,
 };
 
 use crate::{
@@ -71,14 +72,12 @@ fn follow_or_create(
     service: Endpoint,
     tcp_flags: u8,
 ) -> Result<Target, Skip> {
-    let closing = closing_state(tcp_flags);
+    let closing = closing_bits(tcp_flags);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
         Some(flow) if !reopens(tcp_flags, unsafe { (*flow).state }) => {
             let flow = unsafe { &mut *flow };
-            if closing != FLOW_OPEN && flow.state == FLOW_OPEN {
-                flow.state = closing;
-                flow.state_changed_ns = now();
+            if closing != FLOW_OPEN && flow_add_state(flow, closing, now()) {
                 maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
                     s.closed_flows += 1
                 });
@@ -128,14 +127,15 @@ const fn reopens(tcp_flags: u8, state: u8) -> bool {
 }
 
 #[inline(always)]
-const fn closing_state(tcp_flags: u8) -> u8 {
+const fn closing_bits(tcp_flags: u8) -> u8 {
+    let mut bits = FLOW_OPEN;
     if tcp_flags & TCP_RST != 0 {
-        FLOW_RST
-    } else if tcp_flags & TCP_FIN != 0 {
-        FLOW_FIN
-    } else {
-        FLOW_OPEN
+        bits |= FLOW_RST;
     }
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= FLOW_FIN_CLIENT;
+    }
+    bits
 }
 
 /// Chooses version and backend for a flow without an entry, and records it. A TCP packet that

@@ -10,7 +10,7 @@ use splitter_common::{
     BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, Service, Slot,
     VersionStats,
     maps::{
-        FLOW_CACHE_SLOTS, FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES,
+        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES,
         PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
@@ -33,9 +33,10 @@ pub static SPLIT: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 pub static POOL_SLOTS: Array<Slot> = Array::with_max_entries(POOL_SLOT_ENTRIES, 0);
 
 /// 5-tuple → pinned backend. Created by ingress, closed by either program, purged by user space.
+/// User space sets the size at load: entries per CPU × possible CPUs.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(FLOW_CAPACITY_PER_CPU, BPF_F_NO_COMMON_LRU);
 
 /// Per CPU: direct-mapped copies of flow entries for the established path.
 #[map(name = "FLOW_CACHE")]

@@ -31,8 +31,8 @@ impl Plane {
     pub fn load(config: &str) -> Self {
         let config = Config::parse(Path::new("fixture.toml"), config)
             .unwrap_or_else(|e| panic!("fixture config: {e}"));
-        let mut ebpf =
-            dataplane::load(None).unwrap_or_else(|e| panic!("load: {:#}", anyhow::Error::from(e)));
+        let mut ebpf = dataplane::load(None, splitter_common::maps::FLOW_CAPACITY_PER_CPU)
+            .unwrap_or_else(|e| panic!("load: {:#}", anyhow::Error::from(e)));
         for name in [PROGRAM_INGRESS, PROGRAM_BASELINE] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)

@@ -4,8 +4,8 @@
 use std::net::SocketAddrV4;
 
 use splitter_common::{
-    FLOW_FIN, FLOW_OPEN, FlowKey, PlaneCounter, SplitWord, Version, flow_hash, ipv4_mapped,
-    maps::SLOTS_PER_POOL,
+    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, FlowKey, PlaneCounter, SplitWord,
+    Version, flow_hash, ipv4_mapped, maps::SLOTS_PER_POOL,
 };
 use std::path::Path;
 
@@ -281,14 +281,15 @@ fn a_syn_after_the_connection_closed_chooses_again() {
     let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), SYN).build());
     let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), FIN | ACK).build());
     let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
-    assert_eq!(flow.state, FLOW_FIN);
+    assert_eq!(flow.state, FLOW_FIN_CLIENT, "half-closed by the client");
     assert_eq!(
         plane
             .maps
             .counters(id, Version::Blue)
             .expect("counters")
             .closed_flows,
-        1
+        0,
+        "half-closed is not closed"
     );
     plane
         .maps
@@ -598,8 +599,8 @@ fn a_fin_or_rst_from_the_backend_closes_the_flow() {
     require_root!();
     let plane = Plane::load(CONFIG);
     for (port, flags, state) in [
-        (51_000, FIN | ACK, FLOW_FIN),
-        (51_001, RST, splitter_common::FLOW_RST),
+        (51_000, FIN | ACK, FLOW_FIN_BACKEND),
+        (51_001, RST, FLOW_RST),
     ] {
         let syn = plane.ingress(&Ipv4Packet::tcp(client(port), vip(), SYN).build());
         let backend = packet::parse(&syn.data).expect("parses").dst;
@@ -702,45 +703,66 @@ fn removing_a_service_leaves_no_cached_flow_behind() {
 }
 
 #[test]
-fn closed_flows_are_swept_after_their_grace_and_open_flows_never() {
+fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
-    let (open, fin, rst) = (client(54_000), client(54_001), client(54_002));
-    for conn in [open, fin, rst] {
-        let _ = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    let (open, half, fin, rst) = (
+        client(54_000),
+        client(54_001),
+        client(54_002),
+        client(54_003),
+    );
+    let mut backends = std::collections::HashMap::new();
+    for conn in [open, half, fin, rst] {
+        let run = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+        backends.insert(conn, packet::parse(&run.data).expect("parses").dst);
     }
+    // `half`: the client is done sending, the backend still streams. `fin`: both are done.
+    let _ = plane.ingress(&Ipv4Packet::tcp(half, vip(), FIN | ACK).build());
     let _ = plane.ingress(&Ipv4Packet::tcp(fin, vip(), FIN | ACK).build());
+    let _ = plane.egress(&Ipv4Packet::tcp(backends[&fin], fin, FIN | ACK).build());
     let _ = plane.ingress(&Ipv4Packet::tcp(rst, vip(), RST).build());
-    let now = splitter_ctl::aging::monotonic_ns();
-    let seconds = |s: u64| now + s * 1_000_000_000;
-    let present = |plane: &Plane, conn| {
+    let state = |plane: &Plane, conn| {
         plane
             .maps
             .flow(&key(conn, vip(), packet::TCP))
             .expect("read")
-            .is_some()
+            .map(|f| f.state)
     };
+    assert_eq!(state(&plane, fin), Some(FLOW_FIN_CLIENT | FLOW_FIN_BACKEND));
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let closed: u64 = [Version::Blue, Version::Green]
+        .iter()
+        .map(|v| plane.maps.counters(id, *v).expect("counters").closed_flows)
+        .sum();
+    assert_eq!(closed, 2, "the reset and the fully finished connection");
 
+    let now = splitter_ctl::aging::monotonic_ns();
+    let seconds = |s: u64| now + s * 1_000_000_000;
+    let sweep =
+        |plane: &mut Plane, at| splitter_ctl::aging::sweep(&mut plane.maps, at).expect("sweep");
+    assert_eq!(sweep(&mut plane, now), 0, "nothing is past its grace yet");
     assert_eq!(
-        splitter_ctl::aging::sweep(&mut plane.maps, now).expect("sweep"),
-        0,
-        "nothing is past its grace yet"
-    );
-    assert_eq!(
-        splitter_ctl::aging::sweep(&mut plane.maps, seconds(11)).expect("sweep"),
+        sweep(&mut plane, seconds(11)),
         1,
         "the reset flow goes after 10 s"
     );
-    assert!(!present(&plane, rst) && present(&plane, fin));
+    assert_eq!(state(&plane, rst), None);
     assert_eq!(
-        splitter_ctl::aging::sweep(&mut plane.maps, seconds(61)).expect("sweep"),
+        sweep(&mut plane, seconds(61)),
         1,
         "the finished flow goes after 60 s"
     );
-    assert!(!present(&plane, fin));
+    assert_eq!(state(&plane, fin), None);
+    assert_eq!(sweep(&mut plane, seconds(100_000)), 0);
     assert_eq!(
-        splitter_ctl::aging::sweep(&mut plane.maps, seconds(100_000)).expect("sweep"),
-        0
+        state(&plane, open),
+        Some(FLOW_OPEN),
+        "an open flow is never swept"
     );
-    assert!(present(&plane, open), "an open flow is never swept");
+    assert_eq!(
+        state(&plane, half),
+        Some(FLOW_FIN_CLIENT),
+        "a half-closed flow is never swept"
+    );
 }
