@@ -206,6 +206,23 @@ impl Config {
     }
 }
 
+/// The control socket a config file names, read leniently: the CLI must reach the daemon even
+/// when the file no longer validates (the daemon then says what is wrong). Falls back to the
+/// default when the file cannot be read or parsed at all.
+#[must_use]
+pub fn control_socket_of(path: &Path) -> PathBuf {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            table
+                .get("control_socket")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_CONTROL_SOCKET))
+}
+
 /// The `Endpoint` of an address and protocol (IPv4 only until IPv6 lands).
 #[must_use]
 pub fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {

@@ -103,6 +103,12 @@ pub fn daemon_listening(path: &Path) -> bool {
 /// The error a CLI gets when no daemon answers.
 #[must_use]
 pub fn not_running(path: &Path, error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        return format!(
+            "permission denied on the control socket `{}`: it is for root and the config's `control_group`",
+            path.display()
+        );
+    }
     format!(
         "the daemon is not running: cannot connect to `{}` ({error})",
         path.display()

@@ -117,7 +117,7 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
     }
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
     let mut loader = EbpfLoader::new();
-    loader.set_max_entries(
+    loader.map_max_entries(
         names::FLOWS,
         flows_per_cpu.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX)),
     );

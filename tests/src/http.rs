@@ -72,3 +72,21 @@ impl KeepAlive {
         served_by.ok_or_else(|| bad("no x-served-by"))
     }
 }
+
+/// A plain `GET path` (HTTP/1.0, so the body ends at close); returns status and body.
+pub fn get_raw(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or((response.as_str(), ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status"))?;
+    Ok((status, body.to_owned()))
+}

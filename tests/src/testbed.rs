@@ -30,7 +30,8 @@ pub struct Testbed {
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
     pub config_path: PathBuf,
-    servers: Vec<Child>,
+    /// Processes the bed runs, by name: the backends' servers, and whatever a test adds.
+    servers: Vec<(String, Child)>,
     daemon: Option<Child>,
     pub client: Netns,
     pub node: Netns,
@@ -78,9 +79,9 @@ impl Testbed {
         };
         bed.wire();
         let blue = spawn_server(server_bin, &bed.blue, bed.blue_addr(), "blue");
-        bed.servers.push(blue);
+        bed.servers.push(("blue".to_owned(), blue));
         let green = spawn_server(server_bin, &bed.green, bed.green_addr(), "green");
-        bed.servers.push(green);
+        bed.servers.push(("green".to_owned(), green));
         bed
     }
 
@@ -88,8 +89,38 @@ impl Testbed {
     pub fn serve_on_node(&mut self, server_bin: &str, port: u16, name: &str) -> SocketAddr {
         let addr = SocketAddrV4::new(self.node_addr().parse().expect("addr"), port);
         let child = spawn_server(server_bin, &self.node, addr, name);
-        self.servers.push(child);
+        self.servers.push((name.to_owned(), child));
         SocketAddr::V4(addr)
+    }
+
+    /// Starts an HTTP server named `name` in the blue (`green = false`) or green namespace.
+    pub fn serve_on_backend(
+        &mut self,
+        server_bin: &str,
+        green: bool,
+        addr: SocketAddrV4,
+        name: &str,
+    ) {
+        let ns = if green { &self.green } else { &self.blue };
+        let child = spawn_server(server_bin, ns, addr, name);
+        self.servers.push((name.to_owned(), child));
+    }
+
+    /// Keeps `child` (started by the test) until the bed is dropped.
+    pub fn keep(&mut self, name: &str, child: Child) {
+        self.servers.push((name.to_owned(), child));
+    }
+
+    /// Kills the process named `name` and waits for it.
+    pub fn stop(&mut self, name: &str) {
+        let at = self
+            .servers
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process `{name}`"));
+        let (_, mut child) = self.servers.remove(at);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn addr(&self, host: u8) -> String {
@@ -268,6 +299,15 @@ impl Testbed {
         fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// The daemon's process id.
+    #[must_use]
+    pub fn daemon_pid(&self) -> i32 {
+        self.daemon
+            .as_ref()
+            .map(|d| d.id() as i32)
+            .expect("daemon running")
+    }
+
     /// SIGKILLs the daemon, as a crash would.
     pub fn kill_daemon(&mut self) {
         let mut daemon = self.daemon.take().expect("daemon running");
@@ -338,7 +378,11 @@ fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddrV4, name: &str) ->
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        for child in self.daemon.iter_mut().chain(self.servers.iter_mut()) {
+        for child in self
+            .daemon
+            .iter_mut()
+            .chain(self.servers.iter_mut().map(|(_, c)| c))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
+    ("prometheus", "prometheus"),
 ];
 
 pub fn run() -> Result<()> {

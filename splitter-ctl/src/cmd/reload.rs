@@ -4,16 +4,15 @@
 use std::{path::Path, time::Duration};
 
 use super::CommandError;
-use crate::{config::Config, control, http};
+use crate::{config, control, http};
 
 /// How long the CLI waits for the daemon.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(config_path: &Path) -> Result<String, CommandError> {
-    let config = Config::load(config_path)?;
-    let (status, body) =
-        http::unix_request(&config.control_socket, "POST", "/v1/reload", b"", TIMEOUT)
-            .map_err(|e| CommandError::Daemon(control::not_running(&config.control_socket, &e)))?;
+    let socket = config::control_socket_of(config_path);
+    let (status, body) = http::unix_request(&socket, "POST", "/v1/reload", b"", TIMEOUT)
+        .map_err(|e| CommandError::Daemon(control::not_running(&socket, &e)))?;
     let value: serde_json::Value = serde_json::from_slice(&body)?;
     if status != 200 {
         let message = value["error"]
