@@ -1081,6 +1081,13 @@ green_weight = 12.5
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../packaging/splitter.toml");
+        let config = parse(text).unwrap_or_else(|e| panic!("packaging/splitter.toml: {e}"));
+        assert_eq!(config.services[0].health.http.as_ref().map(|h| h.path.as_str()), Some("/healthz"));
+    }
+
+    #[test]
     fn a_syntax_error_names_its_line() {
         let message = error("interface = \"eth0\"\n[[service]\n");
         assert!(message.starts_with("splitter.toml:2:"), "{message}");
