@@ -1084,7 +1084,14 @@ green_weight = 12.5
     fn the_shipped_example_config_is_valid() {
         let text = include_str!("../../packaging/splitter.toml");
         let config = parse(text).unwrap_or_else(|e| panic!("packaging/splitter.toml: {e}"));
-        assert_eq!(config.services[0].health.http.as_ref().map(|h| h.path.as_str()), Some("/healthz"));
+        assert_eq!(
+            config.services[0]
+                .health
+                .http
+                .as_ref()
+                .map(|h| h.path.as_str()),
+            Some("/healthz")
+        );
     }
 
     #[test]

@@ -73,8 +73,8 @@ pub struct Maps {
     plane_stats: PerCpuArray<MapData, u64>,
 }
 
-/// Key size, value size and entries each map must have; checked when adopting pins, so a pin
-/// left by another build or another program is refused instead of misread.
+/// Key and value size each map must have; checked when adopting pins, so a pin left by another
+/// build or another program is refused instead of misread.
 fn expected_layout(name: &str) -> (usize, usize) {
     use core::mem::size_of;
     match name {

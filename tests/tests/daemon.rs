@@ -126,6 +126,25 @@ fn reload_applies_a_new_service_and_a_broken_config_changes_nothing() {
     let text = metrics(&bed);
     assert_eq!(metric(&text, "splitter_reloads_total"), 1.0);
     assert_eq!(metric(&text, "splitter_reload_errors_total"), 2.0);
+
+    // An operator's weight, written past the daemon, is noticed, logged and kept.
+    bed.ctl_ok(&["weight", "sentiment", "green", "40"]);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !bed
+        .daemon_log()
+        .contains("the split changed outside the daemon")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not notice: {}",
+            bed.daemon_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(40.0)
+    );
 }
 
 #[test]
