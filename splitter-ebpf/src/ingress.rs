@@ -32,12 +32,11 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     let pkt = packet::parse(&bounds)?;
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
-    if !has_service_on(u16::from_be(dst_port)) {
-        return Err(Skip::Pass(PlaneCounter::NotService));
-    }
     let key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
     let slot = key.cache_slot();
-    // SYN, FIN and RST change a flow's state, which lives in FLOWS: they take the slow path.
+    // Established service traffic first: a cached flow is a service flow by construction (the
+    // cache only holds flows of services, and is cleared when one is removed). SYN, FIN and
+    // RST change a flow's state, which lives in FLOWS: they take the slow path.
     let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         flow_cache::get(slot, &key)
     } else {
@@ -46,6 +45,9 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     let target = match cached {
         Some(target) => target,
         None => {
+            if !has_service_on(u16::from_be(dst_port)) {
+                return Err(Skip::Pass(PlaneCounter::NotService));
+            }
             let target = follow_or_create(
                 &key,
                 slot,
