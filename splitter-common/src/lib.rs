@@ -157,8 +157,11 @@ pub struct Flow {
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` when `state` last changed (creation, FIN or RST seen).
     pub state_changed_ns: u64,
+    /// `bpf_ktime_get_ns` of the request the client is waiting on: the first client payload
+    /// after the last response; 0 while no request is pending.
+    pub request_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
 /// Value of `FLOW_CACHE`, per CPU: a direct-mapped copy of recently used flow entries, so an
 /// established packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the
@@ -200,6 +203,8 @@ pub const FLOW_FIN_CLIENT: u8 = 1;
 pub const FLOW_FIN_BACKEND: u8 = 2;
 /// A RST was seen in either direction: the connection is gone.
 pub const FLOW_RST: u8 = 4;
+/// The backend answered the SYN (its SYN-ACK was seen): the handshake completed.
+pub const FLOW_SYNACK: u8 = 8;
 
 /// Whether a connection in `state` is closed: reset, or finished in both directions. A flow
 /// with one FIN is half-closed and may still carry data the other way.
@@ -257,8 +262,17 @@ pub struct VersionStats {
     pub failovers: u64,
     /// Flows that saw a FIN or RST.
     pub closed_flows: u64,
+    /// Responses timed (a request, then the backend's first payload): the latency histogram's count.
+    pub responses: u64,
+    /// Responses by the status class of their first bytes: [unparsed, 1xx, 2xx, 3xx, 4xx, 5xx].
+    /// `unparsed` is anything that is not an HTTP/1.x status line (HTTP/2, TLS, other protocols).
+    pub http_status: [u64; 6],
+    /// RSTs sent by a backend on an established connection.
+    pub backend_resets: u64,
+    /// Handshakes a backend refused: a RST before any SYN-ACK.
+    pub refused_handshakes: u64,
 }
-const _: () = assert!(core::mem::size_of::<VersionStats>() == 72);
+const _: () = assert!(core::mem::size_of::<VersionStats>() == 144);
 
 impl VersionStats {
     /// Adds `other` field by field (user space sums the per-CPU values with it).
@@ -272,9 +286,78 @@ impl VersionStats {
         self.flow_misses += other.flow_misses;
         self.slot_misses += other.slot_misses;
         self.failovers += other.failovers;
+        self.responses += other.responses;
+        let mut i = 0;
+        while i < self.http_status.len() {
+            self.http_status[i] += other.http_status[i];
+            i += 1;
+        }
+        self.backend_resets += other.backend_resets;
+        self.refused_handshakes += other.refused_handshakes;
         self.closed_flows += other.closed_flows;
         self
     }
+}
+
+/// Buckets of a latency histogram: bucket `i` counts values in [2^i, 2^(i+1)) µs (bucket 0 also
+/// counts values under 1 µs, the last one everything from 2^(LATENCY_BUCKETS-1) µs on).
+pub const LATENCY_BUCKETS: usize = 27;
+
+/// Value of `LATENCY`, one per (service, version, kind) and CPU: a log2 histogram in µs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Histogram {
+    pub buckets: [u64; LATENCY_BUCKETS],
+    pub sum_us: u64,
+    pub count: u64,
+}
+const _: () = assert!(core::mem::size_of::<Histogram>() == 232);
+
+impl Histogram {
+    /// The bucket of a value in µs: floor(log2), clamped to the last bucket.
+    #[inline(always)]
+    #[must_use]
+    pub const fn bucket(us: u64) -> usize {
+        if us == 0 {
+            return 0;
+        }
+        let log2 = 63 - us.leading_zeros() as usize;
+        if log2 >= LATENCY_BUCKETS {
+            LATENCY_BUCKETS - 1
+        } else {
+            log2
+        }
+    }
+
+    /// Adds `other` bucket by bucket (user space sums the per-CPU values with it).
+    #[must_use]
+    pub const fn add(mut self, other: &Self) -> Self {
+        let mut i = 0;
+        while i < LATENCY_BUCKETS {
+            self.buckets[i] += other.buckets[i];
+            i += 1;
+        }
+        self.sum_us += other.sum_us;
+        self.count += other.count;
+        self
+    }
+}
+
+/// What a `LATENCY` histogram times.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyKind {
+    /// From a request's first byte to the response's first byte (time to first byte).
+    Response = 0,
+    /// From the client's SYN to the backend's SYN-ACK.
+    Handshake = 1,
+}
+
+/// Index of a (service, version, kind) histogram in `LATENCY`.
+#[inline(always)]
+#[must_use]
+pub const fn latency_index(stats_index: u32, kind: LatencyKind) -> u32 {
+    stats_index * 2 + kind as u32
 }
 
 /// Index of the (service, version) counters in `VERSION_STATS`.
@@ -393,4 +476,5 @@ mod pod {
     unsafe impl aya::Pod for super::CachedFlow {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
+    unsafe impl aya::Pod for super::Histogram {}
 }

@@ -11,6 +11,7 @@
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, version): `VersionStats` |
+//! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log2 µs `Histogram` |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 
 pub const SERVICES: &str = "SERVICES";
@@ -21,10 +22,11 @@ pub const FLOWS: &str = "FLOWS";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
+pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -33,6 +35,7 @@ pub const ALL: [&str; 9] = [
     FLOW_CACHE,
     BACKENDS,
     VERSION_STATS,
+    LATENCY,
     PLANE_STATS,
 ];
 
@@ -59,6 +62,8 @@ pub const PORT_ENTRIES: u32 = 65_536;
 pub const POOL_SLOT_ENTRIES: u32 = MAX_SERVICES * 2 * SLOTS_PER_POOL;
 /// Entries of `VERSION_STATS`.
 pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 2;
+/// Entries of `LATENCY`: two kinds per (service, version).
+pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * 2;
 
 /// Names of the programs in the object.
 pub const PROGRAM_INGRESS: &str = "split_ingress";

@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use splitter_common::{
-    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, SLOT_SET,
-    Service, Slot, SplitWord, Version, VersionStats,
+    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, Histogram, LatencyKind, PLANE_COUNTERS,
+    PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version, VersionStats,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
 };
@@ -70,6 +70,7 @@ pub struct Maps {
     flow_cache: PerCpuArray<MapData, CachedFlow>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,
+    latency: PerCpuArray<MapData, Histogram>,
     plane_stats: PerCpuArray<MapData, u64>,
 }
 
@@ -85,6 +86,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
         names::FLOW_CACHE => (4, size_of::<CachedFlow>()),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
+        names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
         // Not a map of ours: nothing matches.
         _ => (0, 0),
@@ -180,6 +182,7 @@ impl Maps {
             flow_cache: typed(names::FLOW_CACHE, open(names::FLOW_CACHE)?)?,
             backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
             version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
+            latency: typed(names::LATENCY, open(names::LATENCY)?)?,
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
         })
     }
@@ -396,13 +399,37 @@ impl Maps {
             .fold(VersionStats::default(), VersionStats::add))
     }
 
-    /// Zeroes the counters of a (service, version) on every CPU.
+    /// A latency histogram of a (service, version), summed over CPUs.
+    pub fn histogram(
+        &self,
+        id: u32,
+        version: Version,
+        kind: LatencyKind,
+    ) -> Result<Histogram, MapsError> {
+        Self::check_id(id)?;
+        let index = splitter_common::latency_index(stats_index(id, version as u8), kind);
+        let per_cpu = self
+            .latency
+            .get(&index, 0)
+            .map_err(access(names::LATENCY, "read a histogram"))?;
+        Ok(per_cpu.iter().fold(Histogram::default(), Histogram::add))
+    }
+
+    /// Zeroes the counters and histograms of a (service, version) on every CPU.
     pub fn reset_counters(&mut self, id: u32, version: Version) -> Result<(), MapsError> {
         Self::check_id(id)?;
         let zeros = zeroed::<VersionStats>(names::VERSION_STATS)?;
         self.version_stats
             .set(stats_index(id, version as u8), zeros, 0)
-            .map_err(access(names::VERSION_STATS, "reset counters"))
+            .map_err(access(names::VERSION_STATS, "reset counters"))?;
+        for kind in [LatencyKind::Response, LatencyKind::Handshake] {
+            let zeros = zeroed::<Histogram>(names::LATENCY)?;
+            let index = splitter_common::latency_index(stats_index(id, version as u8), kind);
+            self.latency
+                .set(index, zeros, 0)
+                .map_err(access(names::LATENCY, "reset a histogram"))?;
+        }
+        Ok(())
     }
 
     /// Packets per data-plane outcome, summed over CPUs: `steered` and `reply_translated`

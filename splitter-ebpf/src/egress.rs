@@ -6,18 +6,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FLOW_FIN_BACKEND, FLOW_RST, FlowKey, PROTO_UDP, PlaneCounter,
-    flow_add_state, stats_index,
+    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, stats_index,
 };
 
 use crate::{
     Skip,
     maps::{self, BACKENDS, FLOWS},
-    packet::{self, Bounds, IPV4_CHECK_OFFSET, IPV4_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST},
+    packet::{
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
+    },
+    telemetry,
 };
 
 #[inline(always)]
@@ -46,14 +47,21 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
     });
     let a = &info.service_addr;
     let service_addr = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    // Only packets that can change what a flow knows look it up: handshake answers, closes,
+    // and payload (which may be a response's first byte).
+    if pkt.protocol == PROTO_TCP
+        && (pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || pkt.payload_len > 0)
+    {
         let key = FlowKey::from_ipv4(
             dst,
             service_addr,
             packet::join_ports(dst_port, info.service_port_be),
             pkt.protocol,
         );
-        close_flow(&key, pkt.tcp_flags);
+        if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+            // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
+            telemetry::observe_reply(ctx, &pkt, unsafe { &mut *flow });
+        }
     }
 
     let mangled_0 = if pkt.protocol == PROTO_UDP {
@@ -90,25 +98,4 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         Ok(())
     };
     rewrite().map_err(|_| Skip::Pass(PlaneCounter::Malformed))
-}
-
-/// A FIN or RST from the backend marks the client's flow entry, so user space can age it out
-/// once the connection is closed in both directions.
-#[inline(always)]
-fn close_flow(key: &FlowKey, tcp_flags: u8) {
-    let bits = if tcp_flags & TCP_RST != 0 {
-        FLOW_RST
-    } else {
-        FLOW_FIN_BACKEND
-    };
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
-        let flow = unsafe { &mut *flow };
-        // SAFETY: a helper with no arguments.
-        if flow_add_state(flow, bits, unsafe { bpf_ktime_get_ns() }) {
-            maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
-                s.closed_flows += 1
-            });
-        }
-    }
 }

@@ -8,9 +8,9 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
-    Endpoint, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
-    PlaneCounter, SLOT_SET, Service, Slot, SplitWord, flow_add_state, flow_hash, slot_index,
-    stats_index,
+    Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP,
+    PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, flow_add_state, flow_hash,
+    slot_index, stats_index,
 };
 
 use crate::{
@@ -36,8 +36,10 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     let slot = key.cache_slot();
     // Established service traffic first: a cached flow is a service flow by construction (the
     // cache only holds flows of services, and is cleared when one is removed). SYN, FIN and
-    // RST change a flow's state, which lives in FLOWS: they take the slow path.
-    let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+    // RST change a flow's state, and a TCP payload may start a request; both live in FLOWS,
+    // so those packets take the slow path. Pure ACKs, the bulk of a connection, do not.
+    let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
+    let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request {
         flow_cache::get(slot, &key)
     } else {
         None
@@ -53,6 +55,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 slot,
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
                 pkt.tcp_flags,
+                request,
             )?;
             flow_cache::fill(slot, &key, &target);
             target
@@ -73,6 +76,7 @@ fn follow_or_create(
     slot: u32,
     service: Endpoint,
     tcp_flags: u8,
+    request: bool,
 ) -> Result<Target, Skip> {
     let closing = closing_bits(tcp_flags);
     match FLOWS.get_ptr_mut(key) {
@@ -84,10 +88,14 @@ fn follow_or_create(
                     s.closed_flows += 1
                 });
             }
+            // The first payload after the last response starts a request (time to first byte).
+            if request && flow.request_ns == 0 {
+                flow.request_ns = now();
+            }
             Ok(target_of(flow))
         }
         _ => {
-            let flow = new_flow(key, service, tcp_flags, closing)?;
+            let flow = new_flow(key, service, tcp_flags, closing, request)?;
             flow_cache::forget_everywhere(slot);
             Ok(target_of(&flow))
         }
@@ -125,7 +133,7 @@ const fn is_syn(tcp_flags: u8) -> bool {
 /// reuse); a SYN for an open flow is a retransmission and keeps its backend.
 #[inline(always)]
 const fn reopens(tcp_flags: u8, state: u8) -> bool {
-    is_syn(tcp_flags) && state != FLOW_OPEN
+    is_syn(tcp_flags) && state & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST) != 0
 }
 
 #[inline(always)]
@@ -144,7 +152,13 @@ const fn closing_bits(tcp_flags: u8) -> u8 {
 /// is not a SYN lands here when its entry was evicted or predates the splitter: the same hash
 /// gives the same backend while the split and the pools are unchanged, and it is counted.
 #[inline(always)]
-fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> Result<Flow, Skip> {
+fn new_flow(
+    key: &FlowKey,
+    service_key: Endpoint,
+    tcp_flags: u8,
+    state: u8,
+    request: bool,
+) -> Result<Flow, Skip> {
     // SAFETY: hash map values are read once, as a copy.
     let service: Service = match unsafe { SERVICES.get(&service_key) } {
         Some(service) => *service,
@@ -164,6 +178,7 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, tcp_flags: u8, state: u8) -> R
         service_id: service.id,
         created_ns: now,
         state_changed_ns: now,
+        request_ns: if request { now } else { 0 },
     };
     if FLOWS.insert(key, &flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);

@@ -15,6 +15,7 @@ mod flow_cache;
 mod ingress;
 mod maps;
 mod packet;
+mod telemetry;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, PLANE_COUNTERS, PlaneCounter, Service, Slot,
-    VersionStats,
+    BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, Histogram, PLANE_COUNTERS, PlaneCounter,
+    Service, Slot, VersionStats,
     maps::{
-        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, MAX_BACKENDS, MAX_SERVICES, POOL_SLOT_ENTRIES,
-        PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+        POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -51,6 +51,10 @@ pub static BACKENDS: HashMap<Endpoint, BackendInfo> = HashMap::with_max_entries(
 pub static VERSION_STATS: PerCpuArray<VersionStats> =
     PerCpuArray::with_max_entries(VERSION_STAT_ENTRIES, 0);
 
+/// (service, version, kind) → log2 µs latency histogram, per CPU.
+#[map(name = "LATENCY")]
+pub static LATENCY: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(LATENCY_ENTRIES, 0);
+
 /// `PlaneCounter` → packets, per CPU.
 #[map(name = "PLANE_STATS")]
 pub static PLANE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PLANE_COUNTERS, 0);
@@ -69,5 +73,21 @@ pub fn with_stats(index: u32, update: impl FnOnce(&mut VersionStats)) {
     if let Some(stats) = VERSION_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
         update(unsafe { &mut *stats });
+    }
+}
+
+/// Adds a latency of `ns` nanoseconds to histogram `index` of this CPU.
+#[inline(always)]
+pub fn record_latency(index: u32, ns: u64) {
+    if let Some(histogram) = LATENCY.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        let histogram = unsafe { &mut *histogram };
+        let us = ns / 1_000;
+        let bucket = Histogram::bucket(us);
+        if let Some(count) = histogram.buckets.get_mut(bucket) {
+            *count += 1;
+        }
+        histogram.sum_us += us;
+        histogram.count += 1;
     }
 }

@@ -140,6 +140,10 @@ pub struct Ipv4L4 {
     /// The L4 checksum field, and its offset from the packet start.
     pub l4_check: *mut u8,
     pub l4_check_offset: usize,
+    /// Bytes of L4 payload, from the IPv4 total length (0 when the lengths do not add up).
+    pub payload_len: usize,
+    /// Offset of the L4 payload from the packet start.
+    pub payload_offset: usize,
 }
 
 impl Ipv4L4 {
@@ -198,7 +202,8 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
     let l3_offset = l3_offset(bounds)?;
     let ip: *mut Ipv4Hdr = bounds.ptr_at(l3_offset)?;
     // SAFETY: bounds-checked above.
-    let (vihl, frags, protocol) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
+    let (vihl, frags, protocol, tot_len) =
+        unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto, (*ip).tot_len) };
     if vihl >> 4 != 4 {
         return Err(Skip::Pass(PlaneCounter::Malformed));
     }
@@ -211,20 +216,27 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
         return Err(Skip::Pass(PlaneCounter::Fragment));
     }
     let l4_offset = l3_offset + Ipv4Hdr::LEN;
-    let (tcp_flags, check_in_l4) = match protocol {
+    let (tcp_flags, check_in_l4, l4_header_len) = match protocol {
         PROTO_TCP => {
             let tcp: *const TcpHdr = bounds.ptr_at(l4_offset)?;
-            // SAFETY: bounds-checked above; the flags byte lies inside the TCP header.
-            let flags = unsafe { *(tcp as *const u8).add(TCP_FLAGS_OFFSET) };
-            (flags, TCP_CHECK_OFFSET)
+            // SAFETY: bounds-checked above; the flags and data-offset bytes lie inside the header.
+            let (flags, data_offset) = unsafe {
+                (
+                    *(tcp as *const u8).add(TCP_FLAGS_OFFSET),
+                    *(tcp as *const u8).add(TCP_FLAGS_OFFSET - 1),
+                )
+            };
+            (flags, TCP_CHECK_OFFSET, usize::from(data_offset >> 4) * 4)
         }
         PROTO_UDP => {
             let _: *const UdpHdr = bounds.ptr_at(l4_offset)?;
-            (0, UDP_CHECK_OFFSET)
+            (0, UDP_CHECK_OFFSET, UdpHdr::LEN)
         }
         _ => return Err(Skip::Pass(PlaneCounter::NotService)),
     };
     let l4_check_offset = l4_offset + check_in_l4;
+    let payload_len =
+        usize::from(u16::from_be_bytes(tot_len)).saturating_sub(Ipv4Hdr::LEN + l4_header_len);
     Ok(Ipv4L4 {
         l3_offset,
         l4_offset,
@@ -234,5 +246,7 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
         tcp_flags,
         l4_check: bounds.ptr_at::<[u8; 2]>(l4_check_offset)?.cast(),
         l4_check_offset,
+        payload_len,
+        payload_offset: l4_offset + l4_header_len,
     })
 }

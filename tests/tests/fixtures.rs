@@ -237,7 +237,9 @@ fn established_packets_follow_their_flow_whatever_the_share_says_now() {
     let run = plane.ingress(&data);
     assert_eq!(run.verdict, XDP_PASS);
     assert_only_destination_rewritten(&data, &run.data, first);
-    // A retransmitted SYN of the open connection keeps its backend too.
+    // A retransmitted SYN of the open connection keeps its backend too, also once the backend's
+    // SYN-ACK was seen.
+    let _ = plane.egress(&Ipv4Packet::tcp(first, client(41_000), SYN | ACK).build());
     let again = plane.ingress(&Ipv4Packet::tcp(client(41_000), vip(), SYN).build());
     assert_eq!(packet::parse(&again.data).expect("parses").dst, first);
     // A new connection follows the new share.
@@ -764,5 +766,118 @@ fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never(
         state(&plane, half),
         Some(FLOW_FIN_CLIENT),
         "a half-closed flow is never swept"
+    );
+}
+
+#[test]
+fn requests_and_responses_are_timed_and_status_classes_counted() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let conn = client(55_000);
+    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    let backend = packet::parse(&syn.data).expect("parses").dst;
+    let version = if backend.ip().octets()[2] == 1 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    let _ = plane.egress(&Ipv4Packet::tcp(backend, conn, SYN | ACK).build());
+    let _ = plane.ingress(&Ipv4Packet::tcp(conn, vip(), ACK).build());
+    let exchange = |request: &[u8], response: &[u8]| {
+        let _ = plane.ingress(
+            &Ipv4Packet::tcp(conn, vip(), ACK | PSH)
+                .with_payload(request)
+                .build(),
+        );
+        let _ = plane.egress(
+            &Ipv4Packet::tcp(backend, conn, ACK | PSH)
+                .with_payload(response)
+                .build(),
+        );
+    };
+    exchange(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+    );
+    // A second segment of the same response is not a new response.
+    let _ = plane.egress(
+        &Ipv4Packet::tcp(backend, conn, ACK | PSH)
+            .with_payload(b"more body")
+            .build(),
+    );
+    exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\n");
+    exchange(
+        b"\x16\x03\x01 client hello",
+        b"\x16\x03\x03 server hello, not HTTP",
+    );
+    exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 9");
+
+    let stats = plane.maps.counters(id, version).expect("counters");
+    assert_eq!(stats.responses, 4);
+    assert_eq!(stats.http_status, [2, 0, 1, 0, 0, 1], "unparsed, 1xx..5xx");
+    let response = plane
+        .maps
+        .histogram(id, version, splitter_common::LatencyKind::Response)
+        .expect("histogram");
+    let handshake = plane
+        .maps
+        .histogram(id, version, splitter_common::LatencyKind::Handshake)
+        .expect("histogram");
+    assert_eq!((response.count, handshake.count), (4, 1));
+    assert_eq!(response.buckets.iter().sum::<u64>(), 4);
+}
+
+#[test]
+fn a_reset_before_the_syn_ack_is_a_refused_handshake_and_after_it_a_backend_reset() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let refused = client(56_000);
+    let syn = plane.ingress(&Ipv4Packet::tcp(refused, vip(), SYN).build());
+    let backend = packet::parse(&syn.data).expect("parses").dst;
+    let version = if backend.ip().octets()[2] == 1 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    let _ = plane.egress(&Ipv4Packet::tcp(backend, refused, RST | ACK).build());
+
+    let reset = client(56_001);
+    let syn = plane.ingress(&Ipv4Packet::tcp(reset, vip(), SYN).build());
+    let backend = packet::parse(&syn.data).expect("parses").dst;
+    let other = if backend.ip().octets()[2] == 1 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    let _ = plane.egress(&Ipv4Packet::tcp(backend, reset, SYN | ACK).build());
+    let _ = plane.egress(&Ipv4Packet::tcp(backend, reset, RST).build());
+
+    let total = |field: fn(&splitter_common::VersionStats) -> u64| -> u64 {
+        [Version::Blue, Version::Green]
+            .iter()
+            .map(|v| field(&plane.maps.counters(id, *v).expect("counters")))
+            .sum()
+    };
+    assert_eq!(total(|s| s.refused_handshakes), 1);
+    assert_eq!(total(|s| s.backend_resets), 1);
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, version)
+            .expect("counters")
+            .refused_handshakes,
+        1,
+        "on the refusing version"
+    );
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, other)
+            .expect("counters")
+            .backend_resets,
+        1,
+        "on the resetting version"
     );
 }

@@ -1,0 +1,107 @@
+//! What a backend's replies tell about its version, measured at TC egress for every
+//! connection, with no sidecar and no change to the model server:
+//! - the handshake time (the client's SYN to the backend's SYN-ACK);
+//! - the response time: a request's first byte (stamped by ingress) to the response's first
+//!   byte, and the response's HTTP/1.x status class, read from its first bytes;
+//! - resets: a RST before any SYN-ACK is a refused handshake, after it a backend reset.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use splitter_common::{
+    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYNACK, Flow, LatencyKind, flow_add_state, latency_index,
+    stats_index,
+};
+
+use crate::{
+    maps,
+    packet::{Ipv4L4, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// Bytes of a status line read: `HTTP/1.1 200`.
+const STATUS_LINE_LEN: usize = 12;
+
+#[inline(always)]
+pub fn observe_reply(ctx: &TcContext, pkt: &Ipv4L4, flow: &mut Flow) {
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = stats_index(flow.service_id, flow.version);
+    let flags = pkt.tcp_flags;
+    if flags & TCP_SYN != 0 && flow.state & FLOW_SYNACK == 0 {
+        flow.state |= FLOW_SYNACK;
+        maps::record_latency(
+            latency_index(stats, LatencyKind::Handshake),
+            now.saturating_sub(flow.created_ns),
+        );
+    }
+    if flags & TCP_RST != 0 {
+        let refused = flow.state & FLOW_SYNACK == 0;
+        maps::with_stats(stats, |s| {
+            if refused {
+                s.refused_handshakes += 1
+            } else {
+                s.backend_resets += 1
+            }
+        });
+    }
+    let closing = if flags & TCP_RST != 0 {
+        FLOW_RST
+    } else if flags & TCP_FIN != 0 {
+        FLOW_FIN_BACKEND
+    } else {
+        0
+    };
+    if closing != 0 && flow_add_state(flow, closing, now) {
+        maps::with_stats(stats, |s| s.closed_flows += 1);
+    }
+    if pkt.payload_len > 0 && flow.request_ns != 0 {
+        let waited = now.saturating_sub(flow.request_ns);
+        flow.request_ns = 0;
+        maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
+        let class = status_class(ctx, pkt);
+        maps::with_stats(stats, |s| {
+            s.responses += 1;
+            if let Some(count) = s.http_status.get_mut(class) {
+                *count += 1;
+            }
+        });
+    }
+}
+
+/// The HTTP status class (1 to 5) of a response that starts with an HTTP/1.x status line, or 0.
+#[inline(always)]
+fn status_class(ctx: &TcContext, pkt: &Ipv4L4) -> usize {
+    if pkt.payload_len < STATUS_LINE_LEN {
+        return 0;
+    }
+    let mut line = [0u8; STATUS_LINE_LEN];
+    // The raw helper with a constant length: the payload holds at least that many bytes.
+    // SAFETY: the context is this program's; the buffer is STATUS_LINE_LEN bytes of this stack.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            pkt.payload_offset as u32,
+            line.as_mut_ptr().cast::<c_void>(),
+            STATUS_LINE_LEN as u32,
+        )
+    };
+    if loaded != 0 {
+        return 0;
+    }
+    let digit = |b: u8| b.is_ascii_digit();
+    if &line[..7] != b"HTTP/1."
+        || !digit(line[7])
+        || line[8] != b' '
+        || !digit(line[10])
+        || !digit(line[11])
+    {
+        return 0;
+    }
+    match line[9] {
+        b'1'..=b'5' => usize::from(line[9] - b'0'),
+        _ => 0,
+    }
+}
