@@ -3,7 +3,7 @@
 //! (sockets, signals, timers) is in `cmd::daemon`; this module never waits on I/O, so every
 //! operation runs under the state lock and is done when it returns.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, time::Instant};
 
 use splitter_common::{SplitWord, Version};
 
@@ -16,7 +16,7 @@ use crate::{
     maps::{Maps, MapsError},
     metrics::{DaemonCounters, HealthState, TransitionLabels, VersionLabel},
     share::format_percent,
-    status::{self, Status},
+    status::{self, Rates, Status},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,10 @@ pub struct Daemon {
     pub counters: DaemonCounters,
     /// The split word of each service as the daemon last saw it, to notice operator changes.
     known_splits: HashMap<String, SplitWord>,
+    /// Responses and errors at the last housekeeping, for rates over the window since.
+    last_sample: HashMap<(String, Version), Sample>,
+    /// Rates over the last window.
+    rates: Rates,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -102,6 +106,8 @@ impl Daemon {
             health,
             counters,
             known_splits: HashMap::new(),
+            last_sample: HashMap::new(),
+            rates: Rates::new(),
         };
         let applied = daemon.apply()?;
         log_applied("config applied", &applied);
@@ -193,7 +199,13 @@ impl Daemon {
 
     /// The status, with health.
     pub fn status(&self, only: Option<&str>) -> Result<Status, MapsError> {
-        status::gather(&self.maps, &self.config, Some(&self.health), only)
+        status::gather(
+            &self.maps,
+            &self.config,
+            Some(&self.health),
+            Some(&self.rates),
+            only,
+        )
     }
 
     /// The backends to probe now, with their checks.
@@ -313,6 +325,47 @@ impl Daemon {
         }
     }
 
+    /// Responses per second and the error ratio of each version since the last sample.
+    fn sample_rates(&mut self) {
+        let now = Instant::now();
+        let mut rates = Rates::new();
+        for spec in &self.config.services {
+            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
+                continue;
+            };
+            for version in [Version::Blue, Version::Green] {
+                let Ok(counters) = self.maps.counters(kernel.id, version) else {
+                    continue;
+                };
+                let (errors, events) = status::errors_and_events(&counters);
+                let sample = Sample {
+                    at: now,
+                    responses: counters.responses,
+                    events,
+                    errors,
+                };
+                let key = (spec.name.clone(), version);
+                if let Some(before) = self.last_sample.insert(key.clone(), sample) {
+                    let seconds = now.duration_since(before.at).as_secs_f64();
+                    let d_events = events.saturating_sub(before.events);
+                    let ratio = (d_events > 0)
+                        .then(|| errors.saturating_sub(before.errors) as f64 / d_events as f64);
+                    if seconds > 0.0 {
+                        rates.insert(
+                            key,
+                            (
+                                counters.responses.saturating_sub(before.responses) as f64
+                                    / seconds,
+                                ratio,
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        self.rates = rates;
+    }
+
     fn remember_splits(&mut self) {
         for spec in &self.config.services {
             if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) {
@@ -324,6 +377,15 @@ impl Daemon {
         self.known_splits
             .retain(|name, _| self.config.service(name).is_some());
     }
+}
+
+/// A version's counters at one housekeeping.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    responses: u64,
+    events: u64,
+    errors: u64,
 }
 
 fn log_applied(what: &str, applied: &Applied) {

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod http;
+pub mod latency;
 pub mod maps;
 pub mod metrics;
 pub mod notify;

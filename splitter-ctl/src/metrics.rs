@@ -14,6 +14,7 @@ use prometheus_client::{
     collector::Collector,
     encoding::{
         DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+        NoLabelSet,
     },
     metrics::{
         MetricType,
@@ -23,9 +24,9 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use splitter_common::{SplitWord, Version, VersionStats};
+use splitter_common::{Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats};
 
-use crate::daemon::Daemon;
+use crate::{daemon::Daemon, latency};
 
 /// `blue` or `green`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -89,6 +90,17 @@ pub struct TransitionLabels {
     pub version: VersionLabel,
     pub backend: String,
     pub state: HealthState,
+}
+
+/// Labels of `splitter_http_responses_total`, in the order of `VersionStats::http_status`.
+const STATUS_CLASSES: [&str; 6] = ["unparsed", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,6 +167,8 @@ struct ServiceSample {
     name: String,
     split: SplitWord,
     stats: [VersionStats; 2],
+    /// [version][kind]: response, handshake.
+    latency: [[Histogram; 2]; 2],
 }
 
 impl ServiceSample {
@@ -224,7 +238,17 @@ impl Collector for KernelCollector {
             |s| (s.bytes_in, s.bytes_out),
         )?;
 
-        let per_version: [(&str, &str, fn(&VersionStats) -> u64); 5] = [
+        let per_version: [(&str, &str, fn(&VersionStats) -> u64); 7] = [
+            (
+                "splitter_backend_resets",
+                "RSTs a backend sent on an established connection",
+                |s| s.backend_resets,
+            ),
+            (
+                "splitter_refused_handshakes",
+                "Handshakes a backend refused (RST before any SYN-ACK)",
+                |s| s.refused_handshakes,
+            ),
             (
                 "splitter_connections",
                 "New connections (TCP SYN or first UDP datagram) sent to a version",
@@ -257,6 +281,73 @@ impl Collector for KernelCollector {
                 for (i, version) in versions.iter().enumerate() {
                     ConstCounter::new(pick(&sample.stats[i]))
                         .encode(family.encode_family(&sample.labels(*version))?)?;
+                }
+            }
+        }
+
+        let mut classes = encoder.encode_descriptor(
+            "splitter_http_responses",
+            "Responses by the HTTP/1.x status class of their first bytes; `unparsed` for anything else (HTTP/2, TLS)",
+            None,
+            MetricType::Counter,
+        )?;
+        for sample in &samples {
+            for (i, version) in versions.iter().enumerate() {
+                let VersionLabels {
+                    service,
+                    version,
+                    role,
+                } = sample.labels(*version);
+                for (class, value) in STATUS_CLASSES.iter().zip(sample.stats[i].http_status) {
+                    let labels = ClassLabels {
+                        service: service.clone(),
+                        version,
+                        role,
+                        class,
+                    };
+                    ConstCounter::new(value).encode(classes.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        for (kind, name, help) in [
+            (
+                0,
+                "splitter_response_latency_seconds",
+                "Time from a request's first byte to the response's first byte, measured in the kernel",
+            ),
+            (
+                1,
+                "splitter_handshake_latency_seconds",
+                "Time from the client's SYN to the backend's SYN-ACK, measured in the kernel",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    let histogram = &sample.latency[i][kind];
+                    let buckets: Vec<(f64, u64)> = histogram
+                        .buckets
+                        .iter()
+                        .enumerate()
+                        .map(|(b, count)| {
+                            let upper = if b + 1 == LATENCY_BUCKETS {
+                                f64::INFINITY
+                            } else {
+                                latency::bucket_bounds(b).1 / 1e6
+                            };
+                            (upper, *count)
+                        })
+                        .collect();
+                    let count = buckets.iter().map(|(_, c)| c).sum();
+                    family
+                        .encode_family(&sample.labels(*version))?
+                        .encode_histogram::<NoLabelSet>(
+                            histogram.sum_us as f64 / 1e6,
+                            count,
+                            &buckets,
+                            None,
+                        )?;
                 }
             }
         }
@@ -320,6 +411,10 @@ impl Daemon {
                     self.maps.counters(service.id, Version::Blue)?,
                     self.maps.counters(service.id, Version::Green)?,
                 ],
+                latency: [Version::Blue, Version::Green].map(|v| {
+                    [LatencyKind::Response, LatencyKind::Handshake]
+                        .map(|k| self.maps.histogram(service.id, v, k).unwrap_or_default())
+                }),
             });
         }
         Ok(samples)

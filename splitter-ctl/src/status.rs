@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use splitter_common::{Version, VersionStats};
+use splitter_common::{LatencyKind, Version, VersionStats};
 
 use crate::{
     config::{Config, ServiceSpec},
     health::{BackendId, Health},
+    latency::Quantiles,
     maps::{Maps, MapsError},
     share::format_percent,
 };
@@ -41,7 +42,42 @@ pub struct ServiceStatus {
     pub pools: BTreeMap<String, PoolStatus>,
     /// `VersionStats` per version, summed over CPUs.
     pub counters: BTreeMap<String, VersionStats>,
+    /// What the kernel measured of each version's responses.
+    pub telemetry: BTreeMap<String, Telemetry>,
 }
+
+/// Per version: response times, handshakes, errors; rates when the daemon has a window.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Telemetry {
+    /// Responses timed since the service was created.
+    pub responses: u64,
+    /// 5xx responses, backend resets and refused handshakes.
+    pub errors: u64,
+    /// `errors` over (responses, resets and refused handshakes), since the service was created.
+    pub error_ratio: Option<f64>,
+    /// Time to first byte of the responses.
+    pub response: Quantiles,
+    /// SYN to SYN-ACK.
+    pub handshake: Quantiles,
+    /// Responses per second over the daemon's last window (absent without the daemon).
+    pub request_rate_per_second: Option<f64>,
+    /// `error_ratio` over the daemon's last window.
+    pub recent_error_ratio: Option<f64>,
+}
+
+/// Errors and the events they are counted against, from a version's counters.
+#[must_use]
+pub fn errors_and_events(c: &VersionStats) -> (u64, u64) {
+    let errors = c.http_status[5] + c.backend_resets + c.refused_handshakes;
+    (
+        errors,
+        c.responses + c.backend_resets + c.refused_handshakes,
+    )
+}
+
+/// Rates the daemon measured over its last window, per (service, version): responses per
+/// second and the error ratio.
+pub type Rates = std::collections::HashMap<(String, Version), (f64, Option<f64>)>;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct PoolStatus {
@@ -71,13 +107,14 @@ pub fn gather(
     maps: &Maps,
     config: &Config,
     health: Option<&Health>,
+    rates: Option<&Rates>,
     only: Option<&str>,
 ) -> Result<Status, MapsError> {
     let services = config
         .services
         .iter()
         .filter(|s| only.is_none_or(|name| s.name == name))
-        .map(|spec| service(maps, spec, health))
+        .map(|spec| service(maps, spec, health, rates))
         .collect::<Result<_, _>>()?;
     let plane = maps
         .plane_counters()?
@@ -97,6 +134,7 @@ fn service(
     maps: &Maps,
     spec: &ServiceSpec,
     health: Option<&Health>,
+    rates: Option<&Rates>,
 ) -> Result<ServiceStatus, MapsError> {
     let mut status = ServiceStatus {
         name: spec.name.clone(),
@@ -110,6 +148,7 @@ fn service(
         share_percent: BTreeMap::new(),
         pools: BTreeMap::new(),
         counters: BTreeMap::new(),
+        telemetry: BTreeMap::new(),
     };
     let Some(service) = maps.service(&spec.endpoint())? else {
         return Ok(status);
@@ -155,10 +194,30 @@ fn service(
                 slots_total: table.len(),
             },
         );
-        status.counters.insert(
+        let counters = maps.counters(service.id, version)?;
+        let (errors, events) = errors_and_events(&counters);
+        let rate = rates.and_then(|r| r.get(&(spec.name.clone(), version)));
+        status.telemetry.insert(
             version.name().to_owned(),
-            maps.counters(service.id, version)?,
+            Telemetry {
+                responses: counters.responses,
+                errors,
+                error_ratio: (events > 0).then(|| errors as f64 / events as f64),
+                response: Quantiles::of(&maps.histogram(
+                    service.id,
+                    version,
+                    LatencyKind::Response,
+                )?),
+                handshake: Quantiles::of(&maps.histogram(
+                    service.id,
+                    version,
+                    LatencyKind::Handshake,
+                )?),
+                request_rate_per_second: rate.map(|r| r.0),
+                recent_error_ratio: rate.and_then(|r| r.1),
+            },
         );
+        status.counters.insert(version.name().to_owned(), counters);
     }
     Ok(status)
 }
@@ -208,6 +267,25 @@ pub fn render(status: &Status) -> String {
                 c.map_or(0, |c| c.flow_misses),
                 c.map_or(0, |c| c.slot_misses),
             );
+            if let Some(t) = s.telemetry.get(version) {
+                let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+                let rate = t
+                    .request_rate_per_second
+                    .map_or_else(String::new, |r| format!("{r:.1}/s, "));
+                let ratio = t
+                    .recent_error_ratio
+                    .or(t.error_ratio)
+                    .map_or_else(|| "-".to_owned(), |r| format!("{:.2}%", r * 100.0));
+                let _ = writeln!(
+                    out,
+                    "        requests {rate}{} in all; errors {ratio}; response p50/p90/p99 {}/{}/{} ms; handshake p50 {} ms",
+                    t.responses,
+                    ms(t.response.p50_ms),
+                    ms(t.response.p90_ms),
+                    ms(t.response.p99_ms),
+                    ms(t.handshake.p50_ms),
+                );
+            }
             for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {
                 let health = match (b.healthy, &b.last_error) {
                     (None, _) => String::new(),

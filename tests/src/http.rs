@@ -9,8 +9,21 @@ use std::{
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One request on a fresh connection; returns who served it.
+/// One request on a fresh connection; returns who served it. A status other than 200 is an
+/// error.
 pub fn get(addr: SocketAddr) -> io::Result<String> {
+    let (status, served_by) = get_any(addr)?;
+    if status == 200 {
+        Ok(served_by)
+    } else {
+        Err(io::Error::other(format!(
+            "status {status} from {served_by}"
+        )))
+    }
+}
+
+/// One request on a fresh connection; returns the status and who served it.
+pub fn get_any(addr: SocketAddr) -> io::Result<(u16, String)> {
     let mut conn = KeepAlive::connect(addr)?;
     conn.send(true)
 }
@@ -33,10 +46,15 @@ impl KeepAlive {
 
     /// One request on this connection; returns who served it.
     pub fn request(&mut self) -> io::Result<String> {
-        self.send(false)
+        match self.send(false)? {
+            (200, served_by) => Ok(served_by),
+            (status, served_by) => Err(io::Error::other(format!(
+                "status {status} from {served_by}"
+            ))),
+        }
     }
 
-    fn send(&mut self, close: bool) -> io::Result<String> {
+    fn send(&mut self, close: bool) -> io::Result<(u16, String)> {
         let connection = if close { "close" } else { "keep-alive" };
         write!(
             self.reader.get_mut(),
@@ -46,9 +64,11 @@ impl KeepAlive {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 200") {
-            return Err(bad(&format!("unexpected status line {line:?}")));
-        }
+        let status: u16 = line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("unexpected status line {line:?}")))?;
         let (mut length, mut served_by) = (None, None);
         loop {
             line.clear();
@@ -69,7 +89,7 @@ impl KeepAlive {
         }
         let mut body = vec![0; length.ok_or_else(|| bad("no content-length"))?];
         self.reader.read_exact(&mut body)?;
-        served_by.ok_or_else(|| bad("no x-served-by"))
+        Ok((status, served_by.ok_or_else(|| bad("no x-served-by"))?))
     }
 }
 

@@ -101,8 +101,20 @@ impl Testbed {
         addr: SocketAddrV4,
         name: &str,
     ) {
+        self.serve_on_backend_with(server_bin, green, addr, name, &[]);
+    }
+
+    /// Like `serve_on_backend`, with extra server arguments (`--delay-ms 50`, say).
+    pub fn serve_on_backend_with(
+        &mut self,
+        server_bin: &str,
+        green: bool,
+        addr: SocketAddrV4,
+        name: &str,
+        extra: &[&str],
+    ) {
         let ns = if green { &self.green } else { &self.blue };
-        let child = spawn_server(server_bin, ns, addr, name);
+        let child = spawn_server_with(server_bin, ns, addr, name, extra);
         self.servers.push((name.to_owned(), child));
     }
 
@@ -355,6 +367,16 @@ impl Testbed {
 
 /// Starts the test HTTP server in `ns` and waits until it listens.
 fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddrV4, name: &str) -> Child {
+    spawn_server_with(server_bin, ns, addr, name, &[])
+}
+
+fn spawn_server_with(
+    server_bin: &str,
+    ns: &Netns,
+    addr: SocketAddrV4,
+    name: &str,
+    extra: &[&str],
+) -> Child {
     let mut child = ns
         .exec(server_bin)
         .args([
@@ -365,6 +387,7 @@ fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddrV4, name: &str) ->
             "--max-seconds",
             "600",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {server_bin}: {e}"));

@@ -15,7 +15,7 @@ pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<Stri
         if let Some(name) = service {
             target.service(name)?;
         }
-        status::gather(&target.maps, &target.config, None, service)?
+        status::gather(&target.maps, &target.config, None, None, service)?
     };
     if json {
         Ok(serde_json::to_string_pretty(&status)? + "\n")

@@ -1,28 +1,42 @@
 //! The HTTP server the test bed's backends run: HTTP/1.1 with keep-alive, a thread per
 //! connection, and an `X-Served-By` header naming the version. It prints `ready` once it
 //! listens and exits by itself after `--max-seconds`, so a crashed test never leaves it behind.
+//! Faults for the telemetry tests: `--delay-ms N` before each response, `--error-every N`
+//! answers every Nth request with a 500, `--reset-every N` resets the connection (RST) instead
+//! of answering every Nth request.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{TcpListener, TcpStream},
     process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::Duration,
 };
 
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    delay: Duration,
+    error_every: u64,
+    reset_every: u64,
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut name, mut max_seconds) = (None, None, 600u64);
+    let mut faults = Faults::default();
     while let Some(arg) = args.next() {
+        let mut number = || args.next().and_then(|s| s.parse::<u64>().ok());
         match arg.as_str() {
             "--listen" => listen = args.next(),
             "--name" => name = args.next(),
-            "--max-seconds" => {
-                max_seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(max_seconds)
-            }
+            "--max-seconds" => max_seconds = number().unwrap_or(max_seconds),
+            "--delay-ms" => faults.delay = Duration::from_millis(number().unwrap_or(0)),
+            "--error-every" => faults.error_every = number().unwrap_or(0),
+            "--reset-every" => faults.reset_every = number().unwrap_or(0),
             other => {
                 eprintln!("splitter-testbed-server: unknown argument `{other}`");
                 return ExitCode::FAILURE;
@@ -31,7 +45,7 @@ fn main() -> ExitCode {
     }
     let (Some(listen), Some(name)) = (listen, name) else {
         eprintln!(
-            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N]"
+            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N] [--error-every N] [--reset-every N]"
         );
         return ExitCode::FAILURE;
     };
@@ -48,19 +62,19 @@ fn main() -> ExitCode {
     });
     println!("ready");
     let _ = std::io::stdout().flush();
+    let requests = Arc::new(AtomicU64::new(0));
     for stream in listener.incoming().flatten() {
-        let name = name.clone();
-        thread::spawn(move || serve(stream, &name));
+        let (name, requests) = (name.clone(), Arc::clone(&requests));
+        thread::spawn(move || serve(stream, &name, faults, &requests));
     }
     ExitCode::SUCCESS
 }
 
-fn serve(stream: TcpStream, name: &str) {
+fn serve(stream: TcpStream, name: &str, faults: Faults, requests: &AtomicU64) {
     let _ = stream.set_nodelay(true);
-    let Ok(write_half) = stream.try_clone() else {
+    let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let mut writer = write_half;
     let mut reader = BufReader::new(stream);
     let body = format!("{name}\n");
     loop {
@@ -85,13 +99,42 @@ fn serve(stream: TcpStream, name: &str) {
                 close = true;
             }
         }
+        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if faults.reset_every > 0 && n % faults.reset_every == 0 {
+            reset(&writer);
+            return;
+        }
+        thread::sleep(faults.delay);
+        let status = if faults.error_every > 0 && n % faults.error_every == 0 {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Served-By: {name}\r\nConnection: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Served-By: {name}\r\nConnection: {}\r\n\r\n{body}",
             body.len(),
             if close { "close" } else { "keep-alive" }
         );
         if writer.write_all(response.as_bytes()).is_err() || close {
             return;
         }
+    }
+}
+
+/// Closes the connection with a RST (SO_LINGER 0) when the caller drops it.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a linger struct that lives across the call.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
