@@ -70,3 +70,5 @@ pub const PROGRAM_INGRESS: &str = "split_ingress";
 pub const PROGRAM_EGRESS: &str = "split_egress";
 /// A program that only returns `XDP_PASS`: the baseline of the benchmarks. Never attached.
 pub const PROGRAM_BASELINE: &str = "xdp_baseline";
+/// A classifier that only returns TCX_NEXT: the egress benchmarks' baseline. Never attached.
+pub const PROGRAM_TC_BASELINE: &str = "tc_baseline";

@@ -297,6 +297,7 @@ impl Daemon {
 
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
+        self.sample_rates();
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %error, "cannot remove the reverse entries of removed backends");
         }

@@ -65,6 +65,12 @@ pub fn xdp_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The egress benchmarks' baseline: a classifier that only returns TCX_NEXT. Never attached.
+#[classifier]
+pub fn tc_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

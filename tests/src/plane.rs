@@ -7,7 +7,9 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use splitter_common::maps::{PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS};
+use splitter_common::maps::{
+    PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_TC_BASELINE,
+};
 use splitter_ctl::{apply, config::Config, dataplane, maps::Maps};
 
 pub struct Plane {
@@ -42,6 +44,13 @@ impl Plane {
                 .load()
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e:?}"));
         }
+        let tc_baseline: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_TC_BASELINE)
+            .and_then(|p| p.try_into().ok())
+            .expect("tc baseline program");
+        tc_baseline
+            .load()
+            .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_TC_BASELINE}: {e:?}"));
         let egress: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM_EGRESS)
             .and_then(|p| p.try_into().ok())
@@ -77,6 +86,17 @@ impl Plane {
             .and_then(|p| p.try_into().ok())
             .expect("egress program");
         run(|opts| program.test_run(opts), frame, 1)
+    }
+
+    /// Runs a TC program `repeat` times in the kernel; the mean duration is per run.
+    #[must_use]
+    pub fn time_tc(&self, name: &str, frame: &[u8], repeat: u32) -> Run {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("program {name}"));
+        run(|opts| program.test_run(opts), frame, repeat)
     }
 
     /// Runs an XDP program `repeat` times in the kernel; the mean duration is per run.

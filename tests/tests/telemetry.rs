@@ -73,6 +73,28 @@ fn each_version_s_response_latency_is_measured_in_the_kernel() {
             && green["handshake"]["p50_ms"].as_f64().is_some(),
         "handshakes timed"
     );
+
+    // Over the daemon's window (5 s), traffic has a rate and a recent error ratio.
+    let vip = bed.vip();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = bed
+            .client
+            .run(move || (0..10).map(|_| http::get_any(vip)).count());
+        let t = telemetry(&bed, "blue");
+        if t["request_rate_per_second"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+        {
+            assert_eq!(t["recent_error_ratio"].as_f64(), Some(0.0), "{t}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request rate after 15 s: {t}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -13,11 +13,11 @@
 use std::{fmt::Write as _, net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
 
 use splitter_common::{
-    Endpoint, FlowKey, PROTO_TCP, Service, SplitWord, Version, ipv4_mapped,
-    maps::{PROGRAM_BASELINE, PROGRAM_INGRESS},
+    BackendInfo, Endpoint, FlowKey, PROTO_TCP, Service, SplitWord, Version, ipv4_mapped,
+    maps::{PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_TC_BASELINE},
 };
 use splitter_tests::{
-    packet::{ACK, Ipv4Packet, SYN},
+    packet::{ACK, Ipv4Packet, PSH, SYN},
     plane::Plane,
 };
 
@@ -115,11 +115,29 @@ fn run(options: &Options) -> String {
 
     let client: SocketAddrV4 = "198.18.0.2:40000".parse().expect("address");
     let syn = Ipv4Packet::tcp(client, vip, SYN).build();
-    let established = Ipv4Packet::tcp(client, vip, ACK)
-        .with_payload(&[0u8; 64])
+    // A pure ACK takes the fast path; a client payload is a request (flow-table path, stamped);
+    // replies come back from the service's own address, its reverse entry being itself.
+    let established = Ipv4Packet::tcp(client, vip, ACK).build();
+    let request = Ipv4Packet::tcp(client, vip, ACK | PSH)
+        .with_payload(&[b'x'; 64])
         .build();
     let other_port =
         Ipv4Packet::tcp(client, "198.18.0.1:22".parse().expect("address"), ACK).build();
+    let reply_ack = Ipv4Packet::tcp(vip, client, ACK).build();
+    let response = Ipv4Packet::tcp(vip, client, ACK | PSH).with_payload(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n0123456789012345678901234567890123456789").build();
+    plane
+        .maps
+        .insert_backend(
+            &endpoint,
+            BackendInfo {
+                service_addr: endpoint.addr,
+                service_port_be: endpoint.port_be,
+                version: 0,
+                _pad: 0,
+                service_id: 0,
+            },
+        )
+        .expect("reverse entry");
     let flow_key = FlowKey {
         src_addr: ipv4_mapped(client.ip().octets()),
         dst_addr: endpoint.addr,
@@ -133,22 +151,32 @@ fn run(options: &Options) -> String {
         plane.maps.flow(&flow_key).expect("read").is_some(),
         "the SYN recorded a flow"
     );
-    assert_eq!(
-        plane.ingress(&established).data,
-        established,
-        "identity rewrite"
-    );
+    for frame in [&established, &request] {
+        assert_eq!(&plane.ingress(frame).data, frame, "identity rewrite");
+    }
+    for frame in [&reply_ack, &response] {
+        assert_eq!(
+            &plane.egress(frame).data,
+            frame,
+            "identity reverse translation"
+        );
+    }
 
     // Each round times every program back to back, so a noisy neighbour slows a whole round;
     // ratios are taken within a round and their median reported.
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let time = |name, frame: &[u8]| plane.time_xdp(name, frame, repeat).duration_ns as f64;
-        let (base, est, other) = (
+        let time_tc = |name, frame: &[u8]| plane.time_tc(name, frame, repeat).duration_ns as f64;
+        let repeated = [
             time(PROGRAM_BASELINE, &established),
             time(PROGRAM_INGRESS, &established),
+            time(PROGRAM_INGRESS, &request),
             time(PROGRAM_INGRESS, &other_port),
-        );
+            time_tc(PROGRAM_TC_BASELINE, &reply_ack),
+            time_tc(PROGRAM_EGRESS, &reply_ack),
+            time_tc(PROGRAM_EGRESS, &response),
+        ];
         let (mut b, mut s) = (0u128, 0u128);
         for _ in 0..syn_calls / ROUNDS {
             b += plane.time_xdp(PROGRAM_BASELINE, &syn, 1).duration_ns;
@@ -159,12 +187,54 @@ fn run(options: &Options) -> String {
             s += plane.time_xdp(PROGRAM_INGRESS, &syn, 1).duration_ns;
         }
         let calls = (syn_calls / ROUNDS) as f64;
-        rounds.push([base, est, other, b as f64 / calls, s as f64 / calls]);
+        let [base, est, req, other, tc_base, reply, resp] = repeated;
+        rounds.push([
+            base,
+            est,
+            req,
+            other,
+            tc_base,
+            reply,
+            resp,
+            b as f64 / calls,
+            s as f64 / calls,
+        ]);
     }
     let value = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
     let ratio = |i: usize, of: usize| median(rounds.iter().map(|r| r[i] / r[of]).collect());
-    let (base, est, other, base_one, syn_one) = (value(0), value(1), value(2), value(3), value(4));
-    let (est_ratio, other_ratio, syn_ratio) = (ratio(1, 0), ratio(2, 0), ratio(4, 3));
+    let est_ratio = ratio(1, 0);
+    // (label, program, value index, baseline index)
+    let rows: [(&str, &str, usize, usize); 9] = [
+        ("any (repeated)", "baseline `XDP_PASS`", 0, 0),
+        (
+            "established TCP, pure ACK (repeated)",
+            "split_ingress",
+            1,
+            0,
+        ),
+        (
+            "client request, 64-byte payload (repeated)",
+            "split_ingress",
+            2,
+            0,
+        ),
+        (
+            "TCP to a port with no service (repeated)",
+            "split_ingress",
+            3,
+            0,
+        ),
+        ("any (single run)", "baseline `XDP_PASS`", 7, 7),
+        ("SYN, new flow (single run)", "split_ingress", 8, 7),
+        ("any reply (repeated)", "baseline classifier", 4, 4),
+        ("backend reply, pure ACK (repeated)", "split_egress", 5, 4),
+        (
+            "backend response, first bytes HTTP/1.1 200 (repeated)",
+            "split_egress",
+            6,
+            4,
+        ),
+    ];
 
     // The rollback: one write of the split word, timed around the syscall.
     let writes = if options.quick { 2_000 } else { 20_000 };
@@ -193,30 +263,18 @@ fn run(options: &Options) -> String {
     );
     let _ = writeln!(
         out,
-        "{ROUNDS} rounds, each timing every row back to back; the median round is reported, and each ratio is the median of the ratios within a round. Repeated runs: `repeat = {repeat}` on one buffer, kernel-timed mean per run. Single runs: {syn_calls} calls of `repeat = 1`, the flow removed between calls (outside the timed part).\n"
+        "{ROUNDS} rounds, each timing every row back to back; the median round is reported, and each ratio is the median of the ratios within a round. The egress rows use TC programs timed the same way. Repeated runs: `repeat = {repeat}` on one buffer, kernel-timed mean per run. Single runs: {syn_calls} calls of `repeat = 1`, the flow removed between calls (outside the timed part).\n"
     );
     let _ = writeln!(out, "| packet | program | ns/packet | × baseline |");
     let _ = writeln!(out, "|---|---|---:|---:|");
-    let _ = writeln!(
-        out,
-        "| any (repeated) | baseline `XDP_PASS` | {base:.1} | 1.00 |"
-    );
-    let _ = writeln!(
-        out,
-        "| established TCP, 118 bytes (repeated) | split_ingress | {est:.1} | {est_ratio:.2} |"
-    );
-    let _ = writeln!(
-        out,
-        "| TCP to a port with no service (repeated) | split_ingress | {other:.1} | {other_ratio:.2} |"
-    );
-    let _ = writeln!(
-        out,
-        "| any (single run) | baseline `XDP_PASS` | {base_one:.1} | 1.00 |"
-    );
-    let _ = writeln!(
-        out,
-        "| SYN, new flow (single run) | split_ingress | {syn_one:.1} | {syn_ratio:.2} |"
-    );
+    for (label, program, i, of) in rows {
+        let _ = writeln!(
+            out,
+            "| {label} | {program} | {:.1} | {:.2} |",
+            value(i),
+            if i == of { 1.0 } else { ratio(i, of) }
+        );
+    }
     let target = if est_ratio <= 3.0 { "met" } else { "MISSED" };
     let _ = writeln!(
         out,
