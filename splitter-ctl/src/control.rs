@@ -58,13 +58,10 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
     match (request.method.as_str(), path) {
         ("GET", "/v1/status") => {
             let service = query.split('&').find_map(|kv| kv.strip_prefix("service="));
-            if let Some(name) = service {
-                if daemon.config.service(name).is_none() {
-                    return Response::error(
-                        404,
-                        &format!("no service `{name}` in the running config"),
-                    );
-                }
+            if let Some(name) = service
+                && daemon.config.service(name).is_none()
+            {
+                return Response::error(404, &format!("no service `{name}` in the running config"));
             }
             match daemon.status(service) {
                 Ok(status) => {

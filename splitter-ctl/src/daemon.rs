@@ -369,10 +369,10 @@ impl Daemon {
 
     fn remember_splits(&mut self) {
         for spec in &self.config.services {
-            if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) {
-                if let Ok(word) = self.maps.split(kernel.id) {
-                    self.known_splits.insert(spec.name.clone(), word);
-                }
+            if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint())
+                && let Ok(word) = self.maps.split(kernel.id)
+            {
+                self.known_splits.insert(spec.name.clone(), word);
             }
         }
         self.known_splits

@@ -92,6 +92,9 @@ pub struct TransitionLabels {
     pub state: HealthState,
 }
 
+/// A per-version counter: name, help, and the field it reads.
+type CounterOf = (&'static str, &'static str, fn(&VersionStats) -> u64);
+
 /// Labels of `splitter_http_responses_total`, in the order of `VersionStats::http_status`.
 const STATUS_CLASSES: [&str; 6] = ["unparsed", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -238,7 +241,7 @@ impl Collector for KernelCollector {
             |s| (s.bytes_in, s.bytes_out),
         )?;
 
-        let per_version: [(&str, &str, fn(&VersionStats) -> u64); 7] = [
+        let per_version: [CounterOf; 7] = [
             (
                 "splitter_backend_resets",
                 "RSTs a backend sent on an established connection",

@@ -100,12 +100,12 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, requests: &AtomicU64) {
             }
         }
         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if faults.reset_every > 0 && n % faults.reset_every == 0 {
+        if faults.reset_every > 0 && n.is_multiple_of(faults.reset_every) {
             reset(&writer);
             return;
         }
         thread::sleep(faults.delay);
-        let status = if faults.error_every > 0 && n % faults.error_every == 0 {
+        let status = if faults.error_every > 0 && n.is_multiple_of(faults.error_every) {
             "500 Internal Server Error"
         } else {
             "200 OK"
