@@ -156,13 +156,8 @@ pub fn apply(
 /// removes the entry then. Returns how many are still draining.
 pub fn remove_stale_backends(maps: &mut Maps, config: &Config) -> Result<usize, MapsError> {
     let configured: HashSet<Endpoint> = config
-        .services
-        .iter()
-        .flat_map(|s| {
-            [Version::Blue, Version::Green]
-                .into_iter()
-                .flat_map(move |v| s.pool(v).iter().map(move |b| endpoint(b.addr, s.protocol)))
-        })
+        .backends()
+        .map(|(s, _, b)| endpoint(b.addr, s.protocol))
         .collect();
     let stale: Vec<Endpoint> = maps
         .backends()?

@@ -175,6 +175,15 @@ impl ServiceSpec {
 }
 
 impl Config {
+    /// Every backend of every pool: (service, version, backend).
+    pub fn backends(&self) -> impl Iterator<Item = (&ServiceSpec, Version, &WeightedBackend)> {
+        self.services.iter().flat_map(|s| {
+            [Version::Blue, Version::Green]
+                .into_iter()
+                .flat_map(move |v| s.pool(v).iter().map(move |b| (s, v, b)))
+        })
+    }
+
     #[must_use]
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)

@@ -212,23 +212,16 @@ impl Daemon {
     #[must_use]
     pub fn probe_targets(&self) -> Vec<(BackendId, HealthCheck)> {
         self.config
-            .services
-            .iter()
-            .flat_map(|s| {
-                [Version::Blue, Version::Green]
-                    .into_iter()
-                    .flat_map(move |v| {
-                        s.pool(v).iter().map(move |b| {
-                            (
-                                BackendId {
-                                    service: s.name.clone(),
-                                    version: v,
-                                    addr: b.addr,
-                                },
-                                s.health.clone(),
-                            )
-                        })
-                    })
+            .backends()
+            .map(|(s, version, b)| {
+                (
+                    BackendId {
+                        service: s.name.clone(),
+                        version,
+                        addr: b.addr,
+                    },
+                    s.health.clone(),
+                )
             })
             .collect()
     }

@@ -49,18 +49,11 @@ impl Health {
     /// the others keep their state.
     pub fn sync(&mut self, config: &Config) {
         let wanted: Vec<BackendId> = config
-            .services
-            .iter()
-            .flat_map(|s| {
-                [Version::Blue, Version::Green]
-                    .into_iter()
-                    .flat_map(move |v| {
-                        s.pool(v).iter().map(move |b| BackendId {
-                            service: s.name.clone(),
-                            version: v,
-                            addr: b.addr,
-                        })
-                    })
+            .backends()
+            .map(|(s, version, b)| BackendId {
+                service: s.name.clone(),
+                version,
+                addr: b.addr,
             })
             .collect();
         self.backends.retain(|id, _| wanted.contains(id));

@@ -136,7 +136,6 @@ async fn read_request_unbounded<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Request, RequestError> {
     let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             break at;
@@ -144,14 +143,7 @@ async fn read_request_unbounded<S: AsyncRead + Unpin>(
         if buffer.len() > MAX_HEAD {
             return Err(RequestError::HeadTooLarge);
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| RequestError::Closed)?;
-        if n == 0 {
-            return Err(RequestError::Closed);
-        }
-        buffer.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut buffer).await?;
     };
     if head_end > MAX_HEAD {
         return Err(RequestError::HeadTooLarge);
@@ -159,17 +151,25 @@ async fn read_request_unbounded<S: AsyncRead + Unpin>(
     let (method, path, length) = parse_head(&buffer[..head_end])?;
     let mut body = buffer.split_off(head_end + 4);
     while body.len() < length {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| RequestError::Closed)?;
-        if n == 0 {
-            return Err(RequestError::Closed);
-        }
-        body.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut body).await?;
     }
     body.truncate(length);
     Ok(Request { method, path, body })
+}
+
+/// Appends what the stream has next to `buffer`; a closed stream is an error.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+) -> Result<(), RequestError> {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => Err(RequestError::Closed),
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
 }
 
 fn reason(status: u16) -> &'static str {
