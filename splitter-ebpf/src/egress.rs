@@ -13,7 +13,7 @@ use splitter_common::{
 };
 
 use crate::{
-    Skip,
+    Skip, csum,
     maps::{self, BACKENDS, FLOWS},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
@@ -64,38 +64,41 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         }
     }
 
-    let mangled_0 = if pkt.protocol == PROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    let rewrite = || -> Result<(), i64> {
-        // A UDP datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the
-        // helper); the check here only skips the helper calls.
-        if pkt.protocol != PROTO_UDP || l4_check != 0 {
-            let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
-            ctx.l4_csum_replace(
-                pkt.l4_check_offset,
-                u64::from(src),
-                u64::from(service_addr),
-                pseudo,
-            )?;
+    // The IPv4 header's checksum is never partial and the source fields are plain bytes:
+    // write them directly, before any helper call (helpers invalidate packet pointers).
+    let ip_check = csum::replace32(pkt.ip_check(), src, service_addr);
+    // SAFETY: `parse` bounds-checked the IPv4 header and the port pair.
+    unsafe {
+        packet::store_u32(pkt.ip.add(IPV4_SRC_OFFSET), service_addr);
+        packet::store_u16(pkt.ip.add(IPV4_CHECK_OFFSET), ip_check);
+        packet::store_u16(pkt.l4, info.service_port_be);
+    }
+    // The L4 checksum goes through the kernel, which knows whether the skb carries a partial
+    // checksum (a seed that only the pseudo-header change must touch) or a complete one. A UDP
+    // datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the helper); the
+    // check here only skips the helper calls.
+    if pkt.protocol != PROTO_UDP || l4_check != 0 {
+        let mangled_0 = if pkt.protocol == PROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
+        ctx.l4_csum_replace(
+            pkt.l4_check_offset,
+            u64::from(src),
+            u64::from(service_addr),
+            pseudo,
+        )
+        .and_then(|()| {
             ctx.l4_csum_replace(
                 pkt.l4_check_offset,
                 u64::from(src_port),
                 u64::from(info.service_port_be),
                 2 | mangled_0,
-            )?;
-        }
-        ctx.l3_csum_replace(
-            pkt.l3_offset + IPV4_CHECK_OFFSET,
-            u64::from(src),
-            u64::from(service_addr),
-            4,
-        )?;
-        ctx.store(pkt.l3_offset + IPV4_SRC_OFFSET, &service_addr, 0)?;
-        ctx.store(pkt.l4_offset, &info.service_port_be, 0)?;
-        Ok(())
-    };
-    rewrite().map_err(|_| Skip::Pass(PlaneCounter::Malformed))
+            )
+        })
+        .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+    }
+    Ok(())
 }
