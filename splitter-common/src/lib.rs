@@ -20,6 +20,20 @@ pub type Addr = [u8; 16];
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// An address as four words in memory order (as the kernel programs load it from a packet).
+#[inline(always)]
+#[must_use]
+pub const fn addr_words(addr: &Addr) -> [u32; 4] {
+    // Destructured rather than indexed: no bounds check, so no panic path in a BPF program.
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *addr;
+    [
+        u32::from_ne_bytes([a, b, c, d]),
+        u32::from_ne_bytes([e, f, g, h]),
+        u32::from_ne_bytes([i, j, k, l]),
+        u32::from_ne_bytes([m, n, o, p]),
+    ]
+}
+
 /// The IPv4-mapped form of an IPv4 address given as its four bytes in network order.
 #[inline(always)]
 #[must_use]
@@ -57,6 +71,22 @@ impl Endpoint {
             0,
             MAPPED_WORD,
             addr,
+            u32::from_ne_bytes([p[0], p[1], protocol, 0]),
+        ];
+        // SAFETY: Endpoint is repr(C), 20 bytes, 4-aligned, with no invalid bit patterns.
+        unsafe { core::mem::transmute(words) }
+    }
+
+    /// The endpoint of an IPv6 address (four words in memory order) and port (memory order).
+    #[inline(always)]
+    #[must_use]
+    pub fn from_ipv6(addr: [u32; 4], port: u16, protocol: u8) -> Self {
+        let p = port.to_ne_bytes();
+        let words: [u32; 5] = [
+            addr[0],
+            addr[1],
+            addr[2],
+            addr[3],
             u32::from_ne_bytes([p[0], p[1], protocol, 0]),
         ];
         // SAFETY: Endpoint is repr(C), 20 bytes, 4-aligned, with no invalid bit patterns.
@@ -120,6 +150,26 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 impl FlowKey {
+    /// The key of an IPv6 packet: addresses as four words each, ports as in `from_ipv4`.
+    #[inline(always)]
+    #[must_use]
+    pub fn from_ipv6(src: [u32; 4], dst: [u32; 4], ports: u32, protocol: u8) -> Self {
+        let words: [u32; 10] = [
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+            ports,
+            u32::from_ne_bytes([protocol, 0, 0, 0]),
+        ];
+        // SAFETY: FlowKey is repr(C), 40 bytes, at least 4-aligned, with no invalid bit patterns.
+        unsafe { core::mem::transmute(words) }
+    }
+
     /// The key of an IPv4 packet from its addresses and its (source, destination) port pair,
     /// each in memory order as `Endpoint::from_ipv4` takes them.
     #[inline(always)]
@@ -382,8 +432,8 @@ pub const fn slot_index(service_id: u32, version: u8, hash: u32) -> u32 {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlaneCounter {
-    /// Ingress: not IPv4 (ARP, IPv6, ...): passed untouched.
-    NotIpv4 = 0,
+    /// Ingress: not IP (ARP, LLDP, ...): passed untouched.
+    NotIp = 0,
     /// Ingress: IPv4 but not TCP/UDP to a configured service: passed untouched.
     NotService = 1,
     /// Ingress: an IP fragment: passed untouched.
@@ -402,7 +452,7 @@ pub enum PlaneCounter {
 
 impl PlaneCounter {
     pub const ALL: [PlaneCounter; 8] = [
-        Self::NotIpv4,
+        Self::NotIp,
         Self::NotService,
         Self::Fragment,
         Self::IpOptions,
@@ -415,7 +465,7 @@ impl PlaneCounter {
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
-            Self::NotIpv4 => "not_ipv4",
+            Self::NotIp => "not_ip",
             Self::NotService => "not_service",
             Self::Fragment => "fragment",
             Self::IpOptions => "ip_options",

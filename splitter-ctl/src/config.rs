@@ -530,6 +530,27 @@ impl Validator<'_> {
         };
         let blue = self.pool(raw.blue.as_ref(), &at("blue"), protocol, backends)?;
         let green = self.pool(raw.green.as_ref(), &at("green"), protocol, backends)?;
+        // The data plane rewrites addresses in place: a backend speaks the service's family.
+        for (pool, raw_pool, name) in [(&blue, &raw.blue, "blue"), (&green, &raw.green, "green")] {
+            if let Some(i) = pool
+                .iter()
+                .position(|b| b.addr.is_ipv4() != listen.is_ipv4())
+            {
+                let span = raw_pool
+                    .as_ref()
+                    .map_or(raw.listen.span(), |p| p.get_ref()[i].span());
+                let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+                return Err(self.invalid(
+                    span,
+                    at(&format!("{name}[{i}]")),
+                    format!(
+                        "an {} backend for an {} service: both must be the same family",
+                        family(pool[i].addr.is_ipv4()),
+                        family(listen.is_ipv4())
+                    ),
+                ));
+            }
+        }
         let live_pool = match live {
             Version::Blue => (&blue, &raw.blue),
             Version::Green => (&green, &raw.green),
@@ -708,13 +729,6 @@ impl Validator<'_> {
                 format!("`{}` is not an address:port", raw.get_ref()),
             )
         })?;
-        if !addr.is_ipv4() {
-            return Err(self.invalid(
-                raw.span(),
-                field,
-                "only IPv4 addresses are supported so far",
-            ));
-        }
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(self.invalid(
                 raw.span(),
@@ -877,7 +891,7 @@ green_weight = 12.5
             (
                 "listen = \"198.18.0.1:8080\"",
                 "listen = \"[2001:db8::1]:80\"",
-                "only IPv4 addresses are supported so far",
+                "`service[0].blue[0]`: an IPv4 backend for an IPv6 service: both must be the same family",
             ),
             (
                 "listen = \"198.18.0.1:8080\"",

@@ -35,3 +35,21 @@ pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
 pub const fn replace32_16(check: u16, old: u32, new: u32, old_port: u16, new_port: u16) -> u16 {
     !fold((!check) as u32 + delta32(old, new) + delta16(old_port, new_port))
 }
+
+/// The checksum after a 128-bit field (an IPv6 address in the pseudo-header) and a port change.
+#[inline(always)]
+pub fn replace128_16(
+    check: u16,
+    old: [u32; 4],
+    new: [u32; 4],
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    let mut sum = (!check) as u32 + delta16(old_port, new_port);
+    let mut i = 0;
+    while i < 4 {
+        sum = fold(sum) as u32 + delta32(old[i], new[i]);
+        i += 1;
+    }
+    !fold(sum)
+}

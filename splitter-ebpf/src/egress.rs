@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, stats_index,
+    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, stats_index,
 };
 
 use crate::{
@@ -33,37 +33,66 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds).map_err(|_| Skip::Pass(PlaneCounter::ReplyPassed))?;
-    let (src, dst, ports, l4_check) = (pkt.src(), pkt.dst(), pkt.ports(), pkt.l4_check());
+    let (ports, l4_check) = (pkt.ports(), pkt.l4_check());
     let (src_port, dst_port) = packet::split_ports(ports);
+    let backend = if pkt.v6 {
+        Endpoint::from_ipv6(pkt.src6(), src_port, pkt.protocol)
+    } else {
+        Endpoint::from_ipv4(pkt.src(), src_port, pkt.protocol)
+    };
     // SAFETY: hash map values are read once, as a copy.
-    let info: BackendInfo =
-        match unsafe { BACKENDS.get(&Endpoint::from_ipv4(src, src_port, pkt.protocol)) } {
-            Some(info) => *info,
-            None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
-        };
+    let info: BackendInfo = match unsafe { BACKENDS.get(&backend) } {
+        Some(info) => *info,
+        None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
+    };
     maps::with_stats(stats_index(info.service_id, info.version), |s| {
         s.packets_out += 1;
         s.bytes_out += u64::from(ctx.len());
     });
-    let a = &info.service_addr;
-    let service_addr = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+    let service_words = addr_words(&info.service_addr);
     // Only packets that can change what a flow knows look it up: handshake answers, closes,
     // and payload (which may be a response's first byte).
     if pkt.protocol == PROTO_TCP
         && (pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || pkt.payload_len > 0)
     {
-        let key = FlowKey::from_ipv4(
-            dst,
-            service_addr,
-            packet::join_ports(dst_port, info.service_port_be),
-            pkt.protocol,
-        );
+        let client_ports = packet::join_ports(dst_port, info.service_port_be);
+        let key = if pkt.v6 {
+            FlowKey::from_ipv6(pkt.dst6(), service_words, client_ports, pkt.protocol)
+        } else {
+            FlowKey::from_ipv4(pkt.dst(), service_words[3], client_ports, pkt.protocol)
+        };
         if let Some(flow) = FLOWS.get_ptr_mut(&key) {
             // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
             telemetry::observe_reply(ctx, &pkt, unsafe { &mut *flow });
         }
     }
-
+    let mangled_0 = if pkt.protocol == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
+    if pkt.v6 {
+        let old = pkt.src6();
+        pkt.set_src6(service_words);
+        // SAFETY: `parse` bounds-checked the port pair.
+        unsafe { packet::store_u16(pkt.l4, info.service_port_be) };
+        if pkt.protocol != PROTO_UDP || l4_check != 0 {
+            for (from, to) in old.iter().zip(service_words) {
+                ctx.l4_csum_replace(pkt.l4_check_offset, u64::from(*from), u64::from(to), pseudo)
+                    .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+            }
+            ctx.l4_csum_replace(
+                pkt.l4_check_offset,
+                u64::from(src_port),
+                u64::from(info.service_port_be),
+                2 | mangled_0,
+            )
+            .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+        }
+        return Ok(());
+    }
+    let (src, service_addr) = (pkt.src(), service_words[3]);
     // The IPv4 header's checksum is never partial and the source fields are plain bytes:
     // write them directly, before any helper call (helpers invalidate packet pointers).
     let ip_check = csum::replace32(pkt.ip_check(), src, service_addr);

@@ -9,8 +9,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP,
-    PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, flow_add_state, flow_hash,
-    slot_index, stats_index,
+    PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state,
+    flow_hash, slot_index, stats_index,
 };
 
 use crate::{
@@ -18,8 +18,8 @@ use crate::{
     flow_cache::{self, Target},
     maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Ipv4L4, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Ipv4L4, Packet, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
 };
 
@@ -30,6 +30,9 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds)?;
+    if pkt.v6 {
+        return steer_v6(&pkt, &bounds);
+    }
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
     let key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
@@ -56,6 +59,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
                 pkt.tcp_flags,
                 request,
+                target_of,
             )?;
             flow_cache::fill(slot, &key, &target);
             target
@@ -69,15 +73,17 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     Ok(())
 }
 
-/// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow.
+/// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow;
+/// `pick` reads what the caller needs of it.
 #[inline(always)]
-fn follow_or_create(
+fn follow_or_create<T>(
     key: &FlowKey,
     slot: u32,
     service: Endpoint,
     tcp_flags: u8,
     request: bool,
-) -> Result<Target, Skip> {
+    pick: impl Fn(&Flow) -> T,
+) -> Result<T, Skip> {
     let closing = closing_bits(tcp_flags);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
@@ -92,12 +98,12 @@ fn follow_or_create(
             if request && flow.request_ns == 0 {
                 flow.request_ns = now();
             }
-            Ok(target_of(flow))
+            Ok(pick(flow))
         }
         _ => {
             let flow = new_flow(key, service, tcp_flags, closing, request)?;
             flow_cache::forget_everywhere(slot);
-            Ok(target_of(&flow))
+            Ok(pick(&flow))
         }
     }
 }
@@ -111,6 +117,52 @@ fn target_of(flow: &Flow) -> Target {
         port: flow.backend_port_be,
         stats: stats_index(flow.service_id, flow.version),
     }
+}
+
+/// IPv6: the flow-table path for every packet (the flow cache holds IPv4 flows only), then the
+/// destination rewrite. There is no IP checksum; the L4 checksum covers the 128-bit addresses.
+#[inline(always)]
+fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
+    let (src, dst, ports) = (pkt.src6(), pkt.dst6(), pkt.ports());
+    let (_, dst_port) = packet::split_ports(ports);
+    if !has_service_on(u16::from_be(dst_port)) {
+        return Err(Skip::Pass(PlaneCounter::NotService));
+    }
+    let key = FlowKey::from_ipv6(src, dst, ports, pkt.protocol);
+    let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
+    let (addr, port, stats) = follow_or_create(
+        &key,
+        key.cache_slot(),
+        Endpoint::from_ipv6(dst, dst_port, pkt.protocol),
+        pkt.tcp_flags,
+        request,
+        |flow| {
+            (
+                addr_words(&flow.backend_addr),
+                flow.backend_port_be,
+                stats_index(flow.service_id, flow.version),
+            )
+        },
+    )?;
+    maps::with_stats(stats, |s| {
+        s.packets_in += 1;
+        s.bytes_in += bounds.len();
+    });
+    let (_, old_port) = packet::split_ports(ports);
+    pkt.set_dst6(addr);
+    // SAFETY: `parse` bounds-checked the port pair.
+    unsafe { packet::store_u16(pkt.l4.add(2), port) };
+    let l4_check = pkt.l4_check();
+    // UDP over IPv6 always has a checksum; a zero one is left alone rather than invented.
+    if pkt.protocol == PROTO_TCP || l4_check != 0 {
+        let mut check = csum::replace128_16(l4_check, dst, addr, old_port, port);
+        if pkt.protocol == PROTO_UDP && check == 0 {
+            check = 0xffff;
+        }
+        // SAFETY: `parse` bounds-checked the checksum field.
+        unsafe { packet::store_u16(pkt.l4_check, check) };
+    }
+    Ok(())
 }
 
 #[inline(always)]

@@ -1,5 +1,6 @@
 //! Header parsing shared by both programs: Ethernet with at most one 802.1Q tag, then IPv4
-//! without options or fragmentation, then TCP or UDP. Every read is bounds-checked first.
+//! without options or fragmentation, or IPv6 with at most a few extension headers and no
+//! fragment header, then TCP or UDP. Every read is bounds-checked first.
 
 use core::mem::size_of;
 
@@ -27,8 +28,9 @@ pub const IPV4_SRC_OFFSET: usize = 12;
 pub const IPV4_DST_OFFSET: usize = 16;
 pub const TCP_CHECK_OFFSET: usize = 16;
 pub const UDP_CHECK_OFFSET: usize = 6;
-/// Most bytes the parser reads: Ethernet, one VLAN tag, IPv4 without options, TCP.
-pub const MAX_HEADER_LEN: usize = EthHdr::LEN + VlanHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
+/// Bytes egress pulls into the linear area: Ethernet, one VLAN tag, IPv6 without extensions
+/// (the larger IP header), TCP.
+pub const MAX_HEADER_LEN: usize = EthHdr::LEN + VlanHdr::LEN + 40 + TcpHdr::LEN;
 
 /// The linear packet bytes a program can read directly.
 #[derive(Clone, Copy)]
@@ -126,11 +128,25 @@ pub const fn join_ports(src: u16, dst: u16) -> u32 {
     u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
 }
 
-/// A parsed IPv4 TCP or UDP packet: offsets and pointers into it, all bounds-checked.
-pub struct Ipv4L4 {
+/// IPv6 extension headers skipped before giving up on a packet (passed untouched).
+pub const MAX_IPV6_EXTENSIONS: usize = 4;
+/// The furthest an L4 header may start; past it the packet passes untouched.
+const MAX_L4_OFFSET: usize = 256;
+const IPV6_HEADER_LEN: usize = 40;
+const IPV6_SRC_OFFSET: usize = 8;
+const IPV6_DST_OFFSET: usize = 24;
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
+const NEXT_FRAGMENT: u8 = 44;
+const NEXT_DESTINATION: u8 = 60;
+
+/// A parsed IPv4 or IPv6 TCP or UDP packet: offsets and pointers into it, all bounds-checked.
+pub struct Packet {
+    /// IPv6 rather than IPv4.
+    pub v6: bool,
     pub l3_offset: usize,
     pub l4_offset: usize,
-    /// The IPv4 header.
+    /// The IP header.
     pub ip: *mut u8,
     /// The L4 header: the port pair first, for TCP and UDP alike.
     pub l4: *mut u8,
@@ -140,23 +156,66 @@ pub struct Ipv4L4 {
     /// The L4 checksum field, and its offset from the packet start.
     pub l4_check: *mut u8,
     pub l4_check_offset: usize,
-    /// Bytes of L4 payload, from the IPv4 total length (0 when the lengths do not add up).
+    /// Bytes of L4 payload, from the IP length field (0 when the lengths do not add up).
     pub payload_len: usize,
     /// Offset of the L4 payload from the packet start.
     pub payload_offset: usize,
 }
 
-impl Ipv4L4 {
+/// Compatibility name while both families share one parsed form.
+pub type Ipv4L4 = Packet;
+
+impl Packet {
+    /// IPv4 source address (IPv4 packets only).
     #[inline(always)]
     pub fn src(&self) -> u32 {
         // SAFETY: `parse` checked the whole IPv4 header.
         unsafe { load_u32(self.ip.add(IPV4_SRC_OFFSET)) }
     }
 
+    /// IPv4 destination address (IPv4 packets only).
     #[inline(always)]
     pub fn dst(&self) -> u32 {
         // SAFETY: `parse` checked the whole IPv4 header.
         unsafe { load_u32(self.ip.add(IPV4_DST_OFFSET)) }
+    }
+
+    /// IPv6 source address as four words (IPv6 packets only).
+    #[inline(always)]
+    pub fn src6(&self) -> [u32; 4] {
+        self.words6(IPV6_SRC_OFFSET)
+    }
+
+    /// IPv6 destination address as four words (IPv6 packets only).
+    #[inline(always)]
+    pub fn dst6(&self) -> [u32; 4] {
+        self.words6(IPV6_DST_OFFSET)
+    }
+
+    #[inline(always)]
+    fn words6(&self, at: usize) -> [u32; 4] {
+        // SAFETY: `parse` checked the whole IPv6 header.
+        unsafe { [0, 4, 8, 12].map(|i| load_u32(self.ip.add(at + i))) }
+    }
+
+    /// Writes the IPv6 destination address (IPv6 packets only).
+    #[inline(always)]
+    pub fn set_dst6(&self, addr: [u32; 4]) {
+        self.set_words6(IPV6_DST_OFFSET, addr);
+    }
+
+    /// Writes the IPv6 source address (IPv6 packets only).
+    #[inline(always)]
+    pub fn set_src6(&self, addr: [u32; 4]) {
+        self.set_words6(IPV6_SRC_OFFSET, addr);
+    }
+
+    #[inline(always)]
+    fn set_words6(&self, at: usize, addr: [u32; 4]) {
+        for (i, word) in addr.iter().enumerate() {
+            // SAFETY: `parse` checked the whole IPv6 header.
+            unsafe { store_u32(self.ip.add(at + i * 4), *word) };
+        }
     }
 
     /// The (source, destination) port pair in memory order.
@@ -179,27 +238,42 @@ impl Ipv4L4 {
     }
 }
 
-#[inline(always)]
-fn l3_offset(bounds: &Bounds) -> Result<usize, Skip> {
-    let eth: *const EthHdr = bounds.ptr_at(0)?;
-    // SAFETY: bounds-checked above.
-    let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == EtherType::Ipv4 as u16 {
-        return Ok(EthHdr::LEN);
-    }
-    if ether_type == EtherType::Ieee8021q as u16 {
-        let vlan: *const VlanHdr = bounds.ptr_at(EthHdr::LEN)?;
-        // SAFETY: bounds-checked above.
-        if unsafe { (*vlan).ether_type } == EtherType::Ipv4 as u16 {
-            return Ok(EthHdr::LEN + VlanHdr::LEN);
-        }
-    }
-    Err(Skip::Pass(PlaneCounter::NotIpv4))
+enum Family {
+    V4,
+    V6,
 }
 
 #[inline(always)]
-pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
-    let l3_offset = l3_offset(bounds)?;
+fn l3_offset(bounds: &Bounds) -> Result<(usize, Family), Skip> {
+    let eth: *const EthHdr = bounds.ptr_at(0)?;
+    // SAFETY: bounds-checked above.
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut offset = EthHdr::LEN;
+    if ether_type == EtherType::Ieee8021q as u16 {
+        let vlan: *const VlanHdr = bounds.ptr_at(EthHdr::LEN)?;
+        // SAFETY: bounds-checked above.
+        ether_type = unsafe { (*vlan).ether_type };
+        offset += VlanHdr::LEN;
+    }
+    if ether_type == EtherType::Ipv4 as u16 {
+        Ok((offset, Family::V4))
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        Ok((offset, Family::V6))
+    } else {
+        Err(Skip::Pass(PlaneCounter::NotIp))
+    }
+}
+
+#[inline(always)]
+pub fn parse(bounds: &Bounds) -> Result<Packet, Skip> {
+    match l3_offset(bounds)? {
+        (l3_offset, Family::V4) => parse_v4(bounds, l3_offset),
+        (l3_offset, Family::V6) => parse_v6(bounds, l3_offset),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(bounds: &Bounds, l3_offset: usize) -> Result<Packet, Skip> {
     let ip: *mut Ipv4Hdr = bounds.ptr_at(l3_offset)?;
     // SAFETY: bounds-checked above.
     let (vihl, frags, protocol, tot_len) =
@@ -215,7 +289,79 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
     if frags[0] & 0x3f != 0 || frags[1] != 0 {
         return Err(Skip::Pass(PlaneCounter::Fragment));
     }
-    let l4_offset = l3_offset + Ipv4Hdr::LEN;
+    let l3_payload = usize::from(u16::from_be_bytes(tot_len)).saturating_sub(Ipv4Hdr::LEN);
+    parse_l4(
+        bounds,
+        false,
+        l3_offset,
+        l3_offset + Ipv4Hdr::LEN,
+        protocol,
+        l3_payload,
+        ip.cast(),
+    )
+}
+
+/// IPv6: the fixed header, then at most `MAX_IPV6_EXTENSIONS` hop-by-hop, routing and
+/// destination-options headers. A fragment header, or more extensions, pass untouched.
+#[inline(always)]
+fn parse_v6(bounds: &Bounds, l3_offset: usize) -> Result<Packet, Skip> {
+    let ip: *mut [u8; IPV6_HEADER_LEN] = bounds.ptr_at(l3_offset)?;
+    // SAFETY: bounds-checked above.
+    let header = unsafe { &*ip };
+    if header[0] >> 4 != 6 {
+        return Err(Skip::Pass(PlaneCounter::Malformed));
+    }
+    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let mut next = header[6];
+    let mut offset = l3_offset + IPV6_HEADER_LEN;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DESTINATION => {
+                let ext: *const [u8; 2] = bounds.ptr_at(offset)?;
+                // SAFETY: bounds-checked above.
+                let [ext_next, ext_len] = unsafe { *ext };
+                next = ext_next;
+                offset += (usize::from(ext_len) + 1) * 8;
+                if offset > MAX_L4_OFFSET {
+                    return Err(Skip::Pass(PlaneCounter::IpOptions));
+                }
+            }
+            NEXT_FRAGMENT => return Err(Skip::Pass(PlaneCounter::Fragment)),
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DESTINATION | NEXT_FRAGMENT
+    ) {
+        return Err(Skip::Pass(PlaneCounter::IpOptions));
+    }
+    let extensions = offset - l3_offset - IPV6_HEADER_LEN;
+    parse_l4(
+        bounds,
+        true,
+        l3_offset,
+        offset,
+        next,
+        payload_len.saturating_sub(extensions),
+        ip.cast(),
+    )
+}
+
+/// TCP or UDP at `l4_offset`; `l3_payload` is what the IP header says follows it.
+#[inline(always)]
+fn parse_l4(
+    bounds: &Bounds,
+    v6: bool,
+    l3_offset: usize,
+    l4_offset: usize,
+    protocol: u8,
+    l3_payload: usize,
+    ip: *mut u8,
+) -> Result<Packet, Skip> {
+    if l4_offset > MAX_L4_OFFSET {
+        return Err(Skip::Pass(PlaneCounter::IpOptions));
+    }
     let (tcp_flags, check_in_l4, l4_header_len) = match protocol {
         PROTO_TCP => {
             let tcp: *const TcpHdr = bounds.ptr_at(l4_offset)?;
@@ -235,18 +381,17 @@ pub fn parse(bounds: &Bounds) -> Result<Ipv4L4, Skip> {
         _ => return Err(Skip::Pass(PlaneCounter::NotService)),
     };
     let l4_check_offset = l4_offset + check_in_l4;
-    let payload_len =
-        usize::from(u16::from_be_bytes(tot_len)).saturating_sub(Ipv4Hdr::LEN + l4_header_len);
-    Ok(Ipv4L4 {
+    Ok(Packet {
+        v6,
         l3_offset,
         l4_offset,
-        ip: ip.cast(),
+        ip,
         l4: bounds.ptr_at::<[u8; 8]>(l4_offset)?.cast(),
         protocol,
         tcp_flags,
         l4_check: bounds.ptr_at::<[u8; 2]>(l4_check_offset)?.cast(),
         l4_check_offset,
-        payload_len,
+        payload_len: l3_payload.saturating_sub(l4_header_len),
         payload_offset: l4_offset + l4_header_len,
     })
 }

@@ -72,3 +72,24 @@ mod tests {
         assert!(!ipv4_header_ok(&header));
     }
 }
+
+fn pseudo_header_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, len: usize) -> u32 {
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next_header]);
+    ones_sum(&pseudo)
+}
+
+/// The checksum to store in a TCP, UDP or ICMPv6 message over IPv6 whose checksum field is zero.
+#[must_use]
+pub fn l4_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8]) -> u16 {
+    !fold(pseudo_header_v6(src, dst, next_header, segment.len()) + ones_sum(segment))
+}
+
+/// Whether a message over IPv6, checksum field included, is valid for its addresses.
+#[must_use]
+pub fn l4_v6_ok(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8]) -> bool {
+    fold(pseudo_header_v6(src, dst, next_header, segment.len()) + ones_sum(segment)) == 0xffff
+}

@@ -1,7 +1,7 @@
 //! Packets for the fixture tests: Ethernet (optionally 802.1Q-tagged), IPv4 and TCP or UDP,
 //! built with correct checksums; and a parser for what comes out of a program.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use crate::checksum;
 
@@ -255,4 +255,158 @@ mod tests {
         broken[40] ^= 0xff;
         assert!(!parse(&broken).expect("parses").l4_checksum_ok);
     }
+}
+
+pub const ICMPV6: u8 = 58;
+pub const EXT_HOP_BY_HOP: u8 = 0;
+pub const EXT_DESTINATION: u8 = 60;
+pub const EXT_FRAGMENT: u8 = 44;
+
+/// An IPv6 packet to build: TCP, UDP or an ICMPv6 neighbour solicitation, after any
+/// extension headers (`EXT_*`, eight bytes each).
+#[derive(Clone, Debug)]
+pub struct Ipv6Packet {
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub payload: Vec<u8>,
+    pub extensions: Vec<u8>,
+}
+
+impl Ipv6Packet {
+    #[must_use]
+    pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, tcp_flags: u8) -> Self {
+        Self {
+            src,
+            dst,
+            protocol: TCP,
+            tcp_flags,
+            payload: Vec::new(),
+            extensions: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn udp(src: SocketAddrV6, dst: SocketAddrV6) -> Self {
+        Self {
+            protocol: UDP,
+            tcp_flags: 0,
+            ..Self::tcp(src, dst, 0)
+        }
+    }
+
+    #[must_use]
+    pub fn neighbour_solicitation(src: SocketAddrV6, dst: SocketAddrV6) -> Self {
+        Self {
+            protocol: ICMPV6,
+            tcp_flags: 0,
+            ..Self::tcp(src, dst, 0)
+        }
+    }
+
+    #[must_use]
+    pub fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        match self.protocol {
+            TCP => {
+                l4.extend_from_slice(&self.src.port().to_be_bytes());
+                l4.extend_from_slice(&self.dst.port().to_be_bytes());
+                l4.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+                l4.extend_from_slice(
+                    &(if self.tcp_flags & ACK != 0 {
+                        0x0a0b_0c0du32
+                    } else {
+                        0
+                    })
+                    .to_be_bytes(),
+                );
+                l4.extend_from_slice(&[0x50, self.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+            }
+            UDP => {
+                l4.extend_from_slice(&self.src.port().to_be_bytes());
+                l4.extend_from_slice(&self.dst.port().to_be_bytes());
+                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+            }
+            _ => {
+                // Neighbour solicitation: type 135, code 0, checksum, reserved, target.
+                l4.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+                l4.extend_from_slice(&self.dst.ip().octets());
+            }
+        }
+        l4.extend_from_slice(&self.payload);
+        let (src, dst) = (self.src.ip().octets(), self.dst.ip().octets());
+        let check_at = match self.protocol {
+            TCP => 16,
+            UDP => 6,
+            _ => 2,
+        };
+        let c = checksum::l4_v6(src, dst, self.protocol, &l4);
+        l4[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+
+        let mut extensions = Vec::new();
+        let chain: Vec<u8> = self
+            .extensions
+            .iter()
+            .copied()
+            .chain([self.protocol])
+            .collect();
+        for pair in chain.windows(2) {
+            let (kind, next) = (pair[0], pair[1]);
+            if kind == EXT_FRAGMENT {
+                // Offset 0, more fragments, an identification.
+                extensions.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0x12, 0x34]);
+            } else {
+                // No options but padding (PadN of four bytes).
+                extensions.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+            }
+        }
+        let mut frame = ethernet(None, ETH_IPV6);
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&((extensions.len() + l4.len()) as u16).to_be_bytes());
+        frame.push(chain[0]);
+        frame.push(64);
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&dst);
+        frame.extend_from_slice(&extensions);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+/// What a test reads back from an IPv6 frame built by `Ipv6Packet`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed6 {
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub protocol: u8,
+    pub l4_checksum_ok: bool,
+}
+
+#[must_use]
+pub fn parse6(frame: &[u8]) -> Option<Parsed6> {
+    let ip = frame.get(14..54)?;
+    let src: [u8; 16] = ip[8..24].try_into().ok()?;
+    let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+    let mut next = ip[6];
+    let mut at = 54;
+    while matches!(next, EXT_HOP_BY_HOP | EXT_DESTINATION | EXT_FRAGMENT) {
+        next = *frame.get(at)?;
+        at += 8;
+    }
+    let l4 = frame.get(at..)?;
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    Some(Parsed6 {
+        src: SocketAddrV6::new(src.into(), port(0), 0, 0),
+        dst: SocketAddrV6::new(dst.into(), port(2), 0, 0),
+        protocol: next,
+        l4_checksum_ok: checksum::l4_v6_ok(src, dst, next, l4),
+    })
 }

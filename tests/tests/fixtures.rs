@@ -388,8 +388,12 @@ fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
             .build(),
             PlaneCounter::NotService,
         ),
-        ("ARP", packet::arp(), PlaneCounter::NotIpv4),
-        ("IPv6", packet::ipv6_tcp_syn(8080), PlaneCounter::NotIpv4),
+        ("ARP", packet::arp(), PlaneCounter::NotIp),
+        (
+            "IPv6 to no service",
+            packet::ipv6_tcp_syn(8080),
+            PlaneCounter::NotService,
+        ),
         (
             "first fragment",
             Ipv4Packet {
@@ -880,4 +884,192 @@ fn a_reset_before_the_syn_ack_is_a_refused_handshake_and_after_it_a_backend_rese
         1,
         "on the resetting version"
     );
+}
+
+const CONFIG6: &str = r#"
+interface = "lo"
+
+[[service]]
+name = "model6"
+listen = "[2001:db8::1]:8080"
+blue = ["[2001:db8:1::2]:8080"]
+green = ["[2001:db8:2::2]:8080"]
+
+[[service]]
+name = "dns6"
+listen = "[2001:db8::1]:5353"
+protocol = "udp"
+blue = ["[2001:db8:1::2]:5353"]
+"#;
+
+fn addr6(text: &str) -> std::net::SocketAddrV6 {
+    text.parse().expect("IPv6 address")
+}
+
+fn client6(port: u16) -> std::net::SocketAddrV6 {
+    std::net::SocketAddrV6::new("2001:db8::2".parse().expect("address"), port, 0, 0)
+}
+
+fn service6_id(maps: &Maps, listen: std::net::SocketAddrV6, protocol: u8) -> u32 {
+    let endpoint = splitter_common::Endpoint::new(listen.ip().octets(), listen.port(), protocol);
+    maps.service(&endpoint)
+        .expect("read")
+        .expect("service present")
+        .id
+}
+
+/// Asserts an IPv6 frame was rewritten to `to` and nothing but the destination and the L4
+/// checksum changed.
+fn assert_v6_destination_rewritten(input: &[u8], out: &[u8], to: std::net::SocketAddrV6) {
+    let (before, after) = (
+        packet::parse6(input).expect("input parses"),
+        packet::parse6(out).expect("output parses"),
+    );
+    assert_eq!(after.dst, to);
+    assert_eq!((after.src, after.protocol), (before.src, before.protocol));
+    assert!(
+        after.l4_checksum_ok,
+        "L4 checksum over the IPv6 pseudo-header"
+    );
+    assert_eq!(input.len(), out.len());
+    let changed: Vec<usize> = input
+        .iter()
+        .zip(out)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    // Only the destination address (frame bytes 38..54) and, past the IPv6 header, the port and
+    // the checksum may change.
+    assert!(
+        changed.iter().all(|i| (38..54).contains(i) || *i >= 54),
+        "bytes of the IPv6 header other than the destination changed: {changed:?}"
+    );
+}
+
+#[test]
+fn ipv6_new_and_established_flows_are_steered_with_valid_checksums() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG6);
+    let vip6 = addr6("[2001:db8::1]:8080");
+    let id = service6_id(&plane.maps, vip6, packet::TCP);
+    let syn = packet::Ipv6Packet::tcp(client6(40_000), vip6, SYN).build();
+    let run = plane.ingress(&syn);
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_v6_destination_rewritten(&syn, &run.data, addr6("[2001:db8:1::2]:8080"));
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Blue)
+            .expect("counters")
+            .new_flows,
+        1
+    );
+
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 10_000))
+        .expect("all new flows to green");
+    let data = packet::Ipv6Packet::tcp(client6(40_000), vip6, ACK | PSH)
+        .with_payload(b"GET / HTTP/1.1\r\n\r\n")
+        .build();
+    let run = plane.ingress(&data);
+    assert_v6_destination_rewritten(&data, &run.data, addr6("[2001:db8:1::2]:8080"));
+    let fresh = packet::Ipv6Packet::tcp(client6(40_001), vip6, SYN).build();
+    let run = plane.ingress(&fresh);
+    assert_v6_destination_rewritten(&fresh, &run.data, addr6("[2001:db8:2::2]:8080"));
+
+    let dns = packet::Ipv6Packet::udp(client6(40_002), addr6("[2001:db8::1]:5353"))
+        .with_payload(b"query")
+        .build();
+    let run = plane.ingress(&dns);
+    assert_v6_destination_rewritten(&dns, &run.data, addr6("[2001:db8:1::2]:5353"));
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_and_what_cannot_be_steered_passes_untouched() {
+    require_root!();
+    let plane = Plane::load(CONFIG6);
+    let vip6 = addr6("[2001:db8::1]:8080");
+    let with_options = packet::Ipv6Packet {
+        extensions: vec![packet::EXT_HOP_BY_HOP, packet::EXT_DESTINATION],
+        ..packet::Ipv6Packet::tcp(client6(41_000), vip6, SYN)
+    }
+    .build();
+    let run = plane.ingress(&with_options);
+    assert_v6_destination_rewritten(&with_options, &run.data, addr6("[2001:db8:1::2]:8080"));
+
+    let cases: Vec<(&str, Vec<u8>, PlaneCounter)> = vec![
+        (
+            "a fragment",
+            packet::Ipv6Packet {
+                extensions: vec![packet::EXT_FRAGMENT],
+                ..packet::Ipv6Packet::tcp(client6(41_001), vip6, SYN)
+            }
+            .build(),
+            PlaneCounter::Fragment,
+        ),
+        (
+            "five extension headers",
+            packet::Ipv6Packet {
+                extensions: vec![packet::EXT_DESTINATION; 5],
+                ..packet::Ipv6Packet::tcp(client6(41_002), vip6, SYN)
+            }
+            .build(),
+            PlaneCounter::IpOptions,
+        ),
+        (
+            "a neighbour solicitation",
+            packet::Ipv6Packet::neighbour_solicitation(client6(0), addr6("[2001:db8::1]:0"))
+                .build(),
+            PlaneCounter::NotService,
+        ),
+        (
+            "another port",
+            packet::Ipv6Packet::tcp(client6(41_003), addr6("[2001:db8::1]:8081"), SYN).build(),
+            PlaneCounter::NotService,
+        ),
+        (
+            "a truncated IPv6 header",
+            packet::Ipv6Packet::tcp(client6(41_004), vip6, SYN).build()[..14 + 30].to_vec(),
+            PlaneCounter::Malformed,
+        ),
+    ];
+    for (name, frame, counter) in cases {
+        let before = plane_count(&plane, counter);
+        let run = plane.ingress(&frame);
+        assert_eq!(
+            (run.verdict, &run.data),
+            (XDP_PASS, &frame),
+            "{name}: passed byte-identical"
+        );
+        assert_eq!(
+            plane_count(&plane, counter),
+            before + 1,
+            "{name}: counted as {}",
+            counter.name()
+        );
+    }
+}
+
+#[test]
+fn ipv6_replies_leave_as_the_service_with_valid_checksums() {
+    require_root!();
+    let plane = Plane::load(CONFIG6);
+    for (backend, service) in [
+        ("[2001:db8:1::2]:8080", "[2001:db8::1]:8080"),
+        ("[2001:db8:1::2]:5353", "[2001:db8::1]:5353"),
+    ] {
+        let base = if backend.ends_with("5353") {
+            packet::Ipv6Packet::udp(addr6(backend), client6(42_000))
+        } else {
+            packet::Ipv6Packet::tcp(addr6(backend), client6(42_000), ACK | PSH)
+        };
+        let frame = base.with_payload(b"HTTP/1.1 200 OK\r\n\r\n").build();
+        let run = plane.egress(&frame);
+        assert_eq!(run.verdict, TC_NEXT);
+        let out = packet::parse6(&run.data).expect("parses");
+        assert_eq!((out.src, out.dst), (addr6(service), client6(42_000)));
+        assert!(out.l4_checksum_ok, "L4 checksum after reverse translation");
+    }
 }
