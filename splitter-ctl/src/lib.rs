@@ -9,6 +9,7 @@
 //! - `slots`, `share`: slot tables and percentages;
 //! - `status`: what the data plane is doing now;
 //! - `notify`: readiness for systemd and the test bed;
+//! - `journal`: the deployment journal (SQLite in the state directory);
 //! - `cmd`: one module per subcommand.
 
 pub mod aging;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod http;
+pub mod journal;
 pub mod latency;
 pub mod maps;
 pub mod metrics;

@@ -76,6 +76,22 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// The journal: weights, rollbacks, promotions and drills, newest first.
+    History {
+        service: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Deployment frequency and mean time to rollback, from the journal.
+    Summary {
+        /// The window, in days back from now.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Detach the programs and remove every pin.
     Detach {
         /// The pin directory, when the config can no longer be read.
@@ -114,14 +130,39 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             version,
             percent,
         } => {
-            println!(
-                "{}",
-                cmd::share::weight(config, &service, version.into(), &percent)?.describe()
-            );
+            report(&cmd::share::weight(
+                config,
+                &service,
+                version.into(),
+                &percent,
+            )?);
             Ok(())
         }
         Command::Rollback { service } => {
-            println!("{}", cmd::share::rollback(config, &service)?.describe());
+            report(&cmd::share::rollback(config, &service)?);
+            Ok(())
+        }
+        Command::History {
+            service,
+            limit,
+            output,
+        } => {
+            print!(
+                "{}",
+                cmd::history::history(
+                    config,
+                    service.as_deref(),
+                    limit,
+                    matches!(output, Output::Json)
+                )?
+            );
+            Ok(())
+        }
+        Command::Summary { days, output } => {
+            print!(
+                "{}",
+                cmd::history::summary(config, days, matches!(output, Output::Json))?
+            );
             Ok(())
         }
         Command::Reload => {
@@ -148,6 +189,15 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             }
             Ok(())
         }
+    }
+}
+
+/// Prints a split change, and warns (without failing: the map write happened) when it could not
+/// be journaled.
+fn report(change: &cmd::share::Change) {
+    println!("{}", change.describe());
+    if let Err(error) = &change.journaled {
+        eprintln!("warning: the change is in effect but not in the journal: {error}");
     }
 }
 

@@ -274,6 +274,34 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
     );
     bed.client
         .run(move || assert_eq!(conn.request().expect("request after restart"), "blue"));
+
+    // Every split change was journaled, also the ones made with the daemon down.
+    let history: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["history", "--output", "json"])).expect("history JSON");
+    let kinds: Vec<&str> = history
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["weight", "rollback", "weight"],
+        "newest first: {history}"
+    );
+    assert!(
+        history[1]["decision_to_write_us"]
+            .as_u64()
+            .is_some_and(|us| us > 0),
+        "{history}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary JSON");
+    assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");
+    assert!(
+        summary["mean_time_to_rollback_write_us"].as_f64().is_some(),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod detach;
+pub mod history;
 pub mod reload;
 pub mod share;
 pub mod status;
@@ -43,6 +44,8 @@ pub enum CommandError {
     AlreadyRunning(String),
     #[error("{0}")]
     Daemon(String),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot encode the status as JSON")]
     Json(#[from] serde_json::Error),
     #[error("cannot {what}")]

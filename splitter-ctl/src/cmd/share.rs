@@ -1,12 +1,18 @@
 //! `weight` and `rollback`: one write of the split word, straight into the pinned map, so they
 //! work whether or not the daemon runs.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use splitter_common::{SplitWord, Version};
 
 use super::{CommandError, Target};
-use crate::share::{format_percent, parse_percent};
+use crate::{
+    journal::{EventKind, Journal, NewEvent},
+    share::{format_percent, parse_percent},
+};
 
 /// The outcome of a split-word write.
 #[derive(Debug)]
@@ -15,6 +21,8 @@ pub struct Change {
     pub before: SplitWord,
     pub after: SplitWord,
     pub write: Duration,
+    /// The journal entry, or why it could not be written (the map write happened either way).
+    pub journaled: Result<i64, String>,
 }
 
 impl Change {
@@ -42,30 +50,55 @@ pub fn weight(
     percent: &str,
 ) -> Result<Change, CommandError> {
     let share_bp = parse_percent(percent)?;
-    write(config, service, |word| {
+    write(config, service, EventKind::Weight, |word| {
         word.with_share_of(version, share_bp)
     })
 }
 
 /// `splitter-ctl rollback SERVICE`: every new connection to the live pool.
 pub fn rollback(config: &Path, service: &str) -> Result<Change, CommandError> {
-    write(config, service, |word| SplitWord::new(word.live(), 0))
+    write(config, service, EventKind::Rollback, |word| {
+        SplitWord::new(word.live(), 0)
+    })
 }
 
 fn write(
     config: &Path,
     name: &str,
+    kind: EventKind,
     change: impl FnOnce(SplitWord) -> SplitWord,
 ) -> Result<Change, CommandError> {
+    let decided = Instant::now();
     let mut target = Target::open(config)?;
     let (_, service) = target.service(name)?;
     let before = target.maps.split(service.id)?;
     let after = change(before);
     let write = target.maps.set_split(service.id, after)?;
+    let decision_to_write = decided.elapsed();
+    // The data plane first, the record after: a journal that cannot be written never delays
+    // or blocks the change.
+    let journaled = Journal::open(&target.config.state_dir)
+        .and_then(|journal| {
+            journal.record(&NewEvent {
+                service: name.to_owned(),
+                kind,
+                actor: "operator".to_owned(),
+                reason: None,
+                decision_to_write_us: Some(u64::try_from(decision_to_write.as_micros()).unwrap_or(u64::MAX)),
+                decision_to_first_connection_us: None,
+                details: serde_json::json!({
+                    "before": { "live": before.live().name(), "green_percent": f64::from(before.share_of(Version::Green)) / 100.0 },
+                    "after": { "live": after.live().name(), "green_percent": f64::from(after.share_of(Version::Green)) / 100.0 },
+                    "map_write_us": write.as_secs_f64() * 1e6,
+                }),
+            })
+        })
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
     Ok(Change {
         service: name.to_owned(),
         before,
         after,
         write,
+        journaled,
     })
 }

@@ -1,0 +1,399 @@
+//! The deployment journal: what happened to each service's split, in SQLite in the state
+//! directory. Events are appended, never updated; history, deployment frequency and mean time
+//! to rollback are read from them. The CLI and the daemon both write (WAL mode, a busy
+//! timeout); a write to the data plane always comes first, so a journal that cannot be written
+//! never delays or blocks a rollback.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+
+/// The journal's file, inside `state_dir`.
+pub const FILE: &str = "journal.db";
+/// The schema this build writes (SQLite `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the journal `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the journal `{path}` has schema version {found}; this build knows up to {SCHEMA_VERSION}"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("cannot {what} in the journal")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the state directory `{path}`")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What an event records. Stored by name; new kinds are only ever added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An operator's `weight`: the share of new connections changed.
+    Weight,
+    /// Every new connection sent to the live pool (manual or automatic).
+    Rollback,
+    /// The candidate made live.
+    Promotion,
+    /// A rollback drill.
+    Drill,
+}
+
+impl EventKind {
+    const ALL: [Self; 4] = [Self::Weight, Self::Rollback, Self::Promotion, Self::Drill];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Weight => "weight",
+            Self::Rollback => "rollback",
+            Self::Promotion => "promotion",
+            Self::Drill => "drill",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub service: String,
+    pub kind: EventKind,
+    /// Who or what decided: `operator`, or the gate that fired.
+    pub actor: String,
+    pub reason: Option<String>,
+    /// From the decision to the completed map write.
+    pub decision_to_write_us: Option<u64>,
+    /// From the decision to the first new connection on the live pool, when measured.
+    pub decision_to_first_connection_us: Option<u64>,
+    /// Anything else worth keeping (shares before and after, gate values).
+    pub details: serde_json::Value,
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Deployment frequency and mean time to rollback over a window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub since_ms: i64,
+    pub days: f64,
+    pub promotions: u64,
+    pub rollbacks: u64,
+    pub drills: u64,
+    /// Promotions per day.
+    pub deployment_frequency_per_day: f64,
+    /// Mean of the rollbacks' decision-to-write times (µs); absent without rollbacks.
+    pub mean_time_to_rollback_write_us: Option<f64>,
+    /// Mean of the rollbacks' decision-to-first-connection times (µs), over those measured.
+    pub mean_time_to_rollback_first_connection_us: Option<f64>,
+}
+
+pub struct Journal {
+    connection: Connection,
+}
+
+/// Now, in Unix milliseconds.
+#[must_use]
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Journal {
+    /// Opens (creating when missing) the journal in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(FILE);
+        let open = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        let connection = Connection::open(&path).map_err(open)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(open)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open)?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path,
+                found: version,
+            });
+        }
+        if version < 1 {
+            connection
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE IF NOT EXISTS events (
+                         id INTEGER PRIMARY KEY AUTOINCREMENT,
+                         at_ms INTEGER NOT NULL,
+                         service TEXT NOT NULL,
+                         kind TEXT NOT NULL,
+                         actor TEXT NOT NULL,
+                         reason TEXT,
+                         decision_to_write_us INTEGER,
+                         decision_to_first_connection_us INTEGER,
+                         details TEXT NOT NULL
+                     );
+                     CREATE INDEX IF NOT EXISTS events_by_service ON events (service, at_ms);
+                     PRAGMA user_version = 1;
+                     COMMIT;",
+                )
+                .map_err(open)?;
+        }
+        Ok(Self { connection })
+    }
+
+    /// Appends an event at `at_ms`; returns its id.
+    pub fn record_at(&self, at_ms: i64, event: &NewEvent) -> Result<i64, JournalError> {
+        let as_i64 = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.connection
+            .execute(
+                "INSERT INTO events (at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    at_ms,
+                    event.service,
+                    event.kind.name(),
+                    event.actor,
+                    event.reason,
+                    as_i64(event.decision_to_write_us),
+                    as_i64(event.decision_to_first_connection_us),
+                    event.details.to_string(),
+                ],
+            )
+            .map_err(|source| JournalError::Query { what: "append an event", source })?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Appends an event now.
+    pub fn record(&self, event: &NewEvent) -> Result<i64, JournalError> {
+        self.record_at(now_ms(), event)
+    }
+
+    /// The newest `limit` events, newest first; of one service when given.
+    pub fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<Event>, JournalError> {
+        let query = |what| move |source| JournalError::Query { what, source };
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details
+                 FROM events WHERE (?1 IS NULL OR service = ?1) ORDER BY at_ms DESC, id DESC LIMIT ?2",
+            )
+            .map_err(query("read the history"))?;
+        let rows = statement
+            .query_map(
+                params![service, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| {
+                    let kind: String = row.get(3)?;
+                    let details: String = row.get(8)?;
+                    let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+                    Ok(Event {
+                        id: row.get(0)?,
+                        at_ms: row.get(1)?,
+                        event: NewEvent {
+                            service: row.get(2)?,
+                            kind: EventKind::parse(&kind).unwrap_or(EventKind::Weight),
+                            actor: row.get(4)?,
+                            reason: row.get(5)?,
+                            decision_to_write_us: as_u64(row.get(6)?),
+                            decision_to_first_connection_us: as_u64(row.get(7)?),
+                            details: serde_json::from_str(&details)
+                                .unwrap_or(serde_json::Value::Null),
+                        },
+                    })
+                },
+            )
+            .map_err(query("read the history"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(query("read the history"))
+    }
+
+    /// Counts and means over the events since `since_ms`, up to `until_ms`.
+    pub fn summary(&self, since_ms: i64, until_ms: i64) -> Result<Summary, JournalError> {
+        let query = |what| move |source| JournalError::Query { what, source };
+        let count = |kind: EventKind| -> Result<u64, JournalError> {
+            self.connection
+                .query_row(
+                    "SELECT COUNT(*) FROM events WHERE kind = ?1 AND at_ms >= ?2 AND at_ms <= ?3",
+                    params![kind.name(), since_ms, until_ms],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(query("count events"))
+        };
+        let mean = |column: &str| -> Result<Option<f64>, JournalError> {
+            self.connection
+                .query_row(
+                    &format!("SELECT AVG({column}) FROM events WHERE kind = 'rollback' AND {column} IS NOT NULL AND at_ms >= ?1 AND at_ms <= ?2"),
+                    params![since_ms, until_ms],
+                    |row| row.get::<_, Option<f64>>(0),
+                )
+                .optional()
+                .map(Option::flatten)
+                .map_err(query("average rollback times"))
+        };
+        let promotions = count(EventKind::Promotion)?;
+        let days = ((until_ms - since_ms).max(1) as f64) / 86_400_000.0;
+        Ok(Summary {
+            since_ms,
+            days,
+            promotions,
+            rollbacks: count(EventKind::Rollback)?,
+            drills: count(EventKind::Drill)?,
+            deployment_frequency_per_day: promotions as f64 / days,
+            mean_time_to_rollback_write_us: mean("decision_to_write_us")?,
+            mean_time_to_rollback_first_connection_us: mean("decision_to_first_connection_us")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("splitter-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn event(service: &str, kind: EventKind, write_us: Option<u64>) -> NewEvent {
+        NewEvent {
+            service: service.to_owned(),
+            kind,
+            actor: "operator".to_owned(),
+            reason: Some("test".to_owned()),
+            decision_to_write_us: write_us,
+            decision_to_first_connection_us: None,
+            details: serde_json::json!({ "green_percent": 5 }),
+        }
+    }
+
+    #[test]
+    fn events_come_back_newest_first_and_by_service() {
+        let dir = temp_dir("history");
+        let journal = Journal::open(&dir).expect("open");
+        journal
+            .record_at(1_000, &event("a", EventKind::Weight, None))
+            .expect("record");
+        journal
+            .record_at(2_000, &event("b", EventKind::Rollback, Some(3)))
+            .expect("record");
+        journal
+            .record_at(3_000, &event("a", EventKind::Rollback, Some(5)))
+            .expect("record");
+        let all = journal.history(None, 10).expect("history");
+        assert_eq!(
+            all.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            vec![3_000, 2_000, 1_000]
+        );
+        let a = journal.history(Some("a"), 10).expect("history");
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].event, event("a", EventKind::Rollback, Some(5)));
+        assert_eq!(journal.history(None, 1).expect("history").len(), 1);
+        // Reopening keeps everything (and does not migrate twice).
+        drop(journal);
+        assert_eq!(
+            Journal::open(&dir)
+                .expect("reopen")
+                .history(None, 10)
+                .expect("history")
+                .len(),
+            3
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn summary_counts_deployments_and_averages_rollback_times_in_the_window() {
+        let dir = temp_dir("summary");
+        let journal = Journal::open(&dir).expect("open");
+        let day = 86_400_000;
+        for (at, kind, write) in [
+            (0, EventKind::Promotion, None),
+            (day, EventKind::Promotion, None),
+            (day + 1, EventKind::Rollback, Some(4)),
+            (2 * day, EventKind::Rollback, Some(8)),
+            (2 * day, EventKind::Drill, Some(2)),
+            (10 * day, EventKind::Promotion, None),
+        ] {
+            journal
+                .record_at(at, &event("a", kind, write))
+                .expect("record");
+        }
+        let summary = journal.summary(0, 2 * day).expect("summary");
+        assert_eq!(
+            (summary.promotions, summary.rollbacks, summary.drills),
+            (2, 2, 1)
+        );
+        assert!(
+            (summary.deployment_frequency_per_day - 1.0).abs() < 1e-9,
+            "{summary:?}"
+        );
+        assert_eq!(
+            summary.mean_time_to_rollback_write_us,
+            Some(6.0),
+            "drills are not rollbacks"
+        );
+        assert_eq!(summary.mean_time_to_rollback_first_connection_us, None);
+        let empty = journal.summary(3 * day, 4 * day).expect("summary");
+        assert_eq!(
+            (empty.rollbacks, empty.mean_time_to_rollback_write_us),
+            (0, None)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_from_a_newer_build_is_refused() {
+        let dir = temp_dir("newer");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let connection = Connection::open(dir.join(FILE)).expect("open");
+        connection
+            .pragma_update(None, "user_version", 7)
+            .expect("version");
+        drop(connection);
+        let error = Journal::open(&dir).err().expect("refused").to_string();
+        assert!(error.contains("schema version 7"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
