@@ -255,6 +255,9 @@ pub const FLOW_FIN_BACKEND: u8 = 2;
 pub const FLOW_RST: u8 = 4;
 /// The backend answered the SYN (its SYN-ACK was seen): the handshake completed.
 pub const FLOW_SYNACK: u8 = 8;
+/// The flow began with the client's SYN (not a miss or a UDP datagram): a RST before the
+/// SYN-ACK is then a refused handshake.
+pub const FLOW_SYN: u8 = 16;
 
 /// Whether a connection in `state` is closed: reset, or finished in both directions. A flow
 /// with one FIN is half-closed and may still carry data the other way.

@@ -80,7 +80,12 @@ pub fn apply(
     let wanted: HashSet<Endpoint> = config.services.iter().map(ServiceSpec::endpoint).collect();
 
     // Plan ids first, so running out of ids changes nothing.
-    let mut used: BTreeSet<u32> = existing.values().map(|s| s.id).collect();
+    // Ids of services about to be removed are free for new ones: removal clears their state first.
+    let mut used: BTreeSet<u32> = existing
+        .iter()
+        .filter(|(e, _)| wanted.contains(e))
+        .map(|(_, s)| s.id)
+        .collect();
     let mut ids = Vec::with_capacity(config.services.len());
     for spec in &config.services {
         let id = match existing.get(&spec.endpoint()) {

@@ -149,7 +149,8 @@ pub struct ServiceSpec {
     pub green: Vec<WeightedBackend>,
     /// Share of new connections for green, in basis points.
     pub green_share_bp: u16,
-    pub health: HealthCheck,
+    /// How the backends are probed; `None` for UDP services, which are not probed.
+    pub health: Option<HealthCheck>,
 }
 
 impl ServiceSpec {
@@ -570,9 +571,18 @@ impl Validator<'_> {
             None => 0,
             Some(value) => self.percent(value, &at("green_weight"))?,
         };
-        let health = match &raw.health {
-            None => HealthCheck::default(),
-            Some(health) => self.health(health.get_ref(), index)?,
+        // Probes are TCP connects or HTTP GETs: a UDP service's backends are not probed.
+        let health = match (&raw.health, protocol) {
+            (Some(health), Protocol::Udp) => {
+                return Err(self.invalid(
+                    health.span(),
+                    at("health"),
+                    "health checks probe over TCP; a UDP service's backends are not probed",
+                ));
+            }
+            (Some(health), Protocol::Tcp) => Some(self.health(health.get_ref(), index)?),
+            (None, Protocol::Tcp) => Some(HealthCheck::default()),
+            (None, Protocol::Udp) => None,
         };
         let spec = ServiceSpec {
             name,
@@ -722,13 +732,15 @@ impl Validator<'_> {
     }
 
     fn socket_addr(&self, raw: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
-        let addr: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
+        let parsed: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
             self.invalid(
                 raw.span(),
                 field,
                 format!("`{}` is not an address:port", raw.get_ref()),
             )
         })?;
+        // `[::ffff:a.b.c.d]` is the IPv4 address a.b.c.d to the data plane: treat it as one.
+        let addr = SocketAddr::new(parsed.ip().to_canonical(), parsed.port());
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(self.invalid(
                 raw.span(),
@@ -1009,7 +1021,7 @@ green_weight = 12.5
             paths::DEFAULT_METRICS_LISTEN
         );
         assert_eq!(config.control_group, None);
-        assert_eq!(config.services[0].health, HealthCheck::default());
+        assert_eq!(config.services[0].health, Some(HealthCheck::default()));
 
         let text = GOOD.replace("interface = \"veth-node\"", "interface = \"veth-node\"\ncontrol_socket = \"/tmp/s/ctl.sock\"\ncontrol_group = \"root\"\nmetrics_listen = \"127.0.0.1:9500\"\nstate_dir = \"/tmp/s\"")
             + "\n[service.health]\ninterval_ms = 200\ntimeout_ms = 50\nunhealthy_after = 1\nhttp_path = \"/healthz\"\n";
@@ -1023,7 +1035,7 @@ green_weight = 12.5
             })
         );
         assert_eq!(config.metrics_listen.port(), 9500);
-        let health = &config.services[0].health;
+        let health = config.services[0].health.as_ref().expect("probed");
         assert_eq!(
             (
                 health.interval,
@@ -1107,14 +1119,41 @@ green_weight = 12.5
     fn the_shipped_example_config_is_valid() {
         let text = include_str!("../../packaging/splitter.toml");
         let config = parse(text).unwrap_or_else(|e| panic!("packaging/splitter.toml: {e}"));
+        let http = config.services[0]
+            .health
+            .as_ref()
+            .and_then(|h| h.http.as_ref());
+        assert_eq!(http.map(|h| h.path.as_str()), Some("/healthz"));
+    }
+
+    #[test]
+    fn udp_services_are_not_probed_and_mapped_addresses_are_ipv4() {
+        let udp = GOOD.replace("protocol = \"tcp\"", "protocol = \"udp\"");
         assert_eq!(
-            config.services[0]
-                .health
-                .http
-                .as_ref()
-                .map(|h| h.path.as_str()),
-            Some("/healthz")
+            parse(&udp).expect("valid").services[0].health,
+            None,
+            "a UDP service is not probed"
         );
+        let probed = format!("{udp}\n[service.health]\ninterval_ms = 500\n");
+        assert!(
+            error(&probed).contains("`service[0].health`: health checks probe over TCP"),
+            "{}",
+            error(&probed)
+        );
+
+        let mapped = GOOD.replace(
+            "listen = \"198.18.0.1:8080\"",
+            "listen = \"[::ffff:198.18.0.1]:8080\"",
+        );
+        let config = parse(&mapped).expect("an IPv4-mapped address is IPv4");
+        assert_eq!(
+            config.services[0].listen,
+            "198.18.0.1:8080".parse().expect("addr")
+        );
+        let twice = format!(
+            "{mapped}\n[[service]]\nname = \"other\"\nlisten = \"198.18.0.1:8080\"\nblue = [\"198.18.1.9:80\"]\n"
+        );
+        assert!(error(&twice).contains("another service already listens on tcp 198.18.0.1:8080"));
     }
 
     #[test]

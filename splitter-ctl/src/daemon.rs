@@ -208,21 +208,33 @@ impl Daemon {
         )
     }
 
-    /// The backends to probe now, with their checks.
+    /// The check and the backends of `service`, or `None` when the service is gone or is not
+    /// probed (UDP).
     #[must_use]
-    pub fn probe_targets(&self) -> Vec<(BackendId, HealthCheck)> {
-        self.config
-            .backends()
-            .map(|(s, version, b)| {
-                (
-                    BackendId {
-                        service: s.name.clone(),
-                        version,
-                        addr: b.addr,
-                    },
-                    s.health.clone(),
-                )
+    pub fn probe_targets(&self, service: &str) -> Option<(HealthCheck, Vec<BackendId>)> {
+        let spec = self.config.service(service)?;
+        let check = spec.health.clone()?;
+        let backends = [Version::Blue, Version::Green]
+            .into_iter()
+            .flat_map(|version| {
+                spec.pool(version).iter().map(move |b| BackendId {
+                    service: service.to_owned(),
+                    version,
+                    addr: b.addr,
+                })
             })
+            .collect();
+        Some((check, backends))
+    }
+
+    /// The services whose backends are probed.
+    #[must_use]
+    pub fn probed_services(&self) -> Vec<String> {
+        self.config
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .map(|s| s.name.clone())
             .collect()
     }
 

@@ -3,7 +3,7 @@
 //! consecutive failures take it out of its pool's slot table and `healthy_after` consecutive
 //! successes bring it back. This module decides; the daemon writes the slot tables.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr};
 
 use serde::Serialize;
 use splitter_common::Version;
@@ -170,17 +170,6 @@ async fn probe_unbounded(addr: SocketAddr, http: Option<&HttpCheck>) -> Result<(
     } else {
         Err(format!("status {status}, expected {}", http.status))
     }
-}
-
-/// Probe timing for a whole config: the shortest interval of any service.
-#[must_use]
-pub fn tick(config: &Config) -> Duration {
-    config
-        .services
-        .iter()
-        .map(|s| s.health.interval)
-        .min()
-        .unwrap_or(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -274,7 +274,7 @@ impl Collector for KernelCollector {
             ),
             (
                 "splitter_closed_connections",
-                "Connections that saw a FIN or RST",
+                "Connections reset or finished in both directions",
                 |s| s.closed_flows,
             ),
         ];

@@ -63,7 +63,12 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         };
         if let Some(flow) = FLOWS.get_ptr_mut(&key) {
             // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
-            telemetry::observe_reply(ctx, &pkt, unsafe { &mut *flow });
+            let flow = unsafe { &mut *flow };
+            // Only the flow's own backend speaks for it: a late packet of a previous connection
+            // on the same 5-tuple, from another backend, must not close or time the new one.
+            if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
+                telemetry::observe_reply(ctx, &pkt, flow);
+            }
         }
     }
     let mangled_0 = if pkt.protocol == PROTO_UDP {

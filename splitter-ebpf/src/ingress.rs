@@ -8,9 +8,9 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
-    Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, Flow, FlowKey, PROTO_TCP,
-    PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state,
-    flow_hash, slot_index, stats_index,
+    Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, FLOW_SYN, Flow, FlowKey,
+    PROTO_TCP, PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, addr_words,
+    flow_add_state, flow_hash, slot_index, stats_index,
 };
 
 use crate::{
@@ -226,7 +226,7 @@ fn new_flow(
         backend_addr: slot.addr,
         backend_port_be: slot.port_be,
         version,
-        state,
+        state: state | if is_syn(tcp_flags) { FLOW_SYN } else { 0 },
         service_id: service.id,
         created_ns: now,
         state_changed_ns: now,

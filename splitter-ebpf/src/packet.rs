@@ -372,6 +372,10 @@ fn parse_l4(
                     *(tcp as *const u8).add(TCP_FLAGS_OFFSET - 1),
                 )
             };
+            // A data offset under five words is not a TCP header.
+            if data_offset >> 4 < 5 {
+                return Err(Skip::Pass(PlaneCounter::Malformed));
+            }
             (flags, TCP_CHECK_OFFSET, usize::from(data_offset >> 4) * 4)
         }
         PROTO_UDP => {

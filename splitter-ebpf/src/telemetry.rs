@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYNACK, Flow, LatencyKind, flow_add_state, latency_index,
-    stats_index,
+    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, LatencyKind, flow_add_state,
+    latency_index, stats_index,
 };
 
 use crate::{
@@ -37,8 +37,10 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Ipv4L4, flow: &mut Flow) {
             now.saturating_sub(flow.created_ns),
         );
     }
-    if flags & TCP_RST != 0 {
-        let refused = flow.state & FLOW_SYNACK == 0;
+    // One RST per flow counts (a crashed backend answers every retransmission with one); a RST
+    // before the SYN-ACK of a flow that began with a SYN is a refused handshake.
+    if flags & TCP_RST != 0 && flow.state & FLOW_RST == 0 {
+        let refused = flow.state & (FLOW_SYN | FLOW_SYNACK) == FLOW_SYN;
         maps::with_stats(stats, |s| {
             if refused {
                 s.refused_handshakes += 1
@@ -59,14 +61,27 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Ipv4L4, flow: &mut Flow) {
     }
     if pkt.payload_len > 0 && flow.request_ns != 0 {
         let waited = now.saturating_sub(flow.request_ns);
-        flow.request_ns = 0;
-        maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
         let class = status_class(ctx, pkt);
+        // A 1xx (100 Continue) is not the answer: the request stays open for the final one,
+        // which is timed from the request too.
+        if class != 1 {
+            flow.request_ns = 0;
+            maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
+        }
         maps::with_stats(stats, |s| {
-            s.responses += 1;
-            if let Some(count) = s.http_status.get_mut(class) {
-                *count += 1;
-            }
+            s.responses += u64::from(class != 1);
+            // Constant indices: LLVM knows the class is at most 5 and drops a bounds check the
+            // verifier would need.
+            let [unparsed, c1, c2, c3, c4, c5] = &mut s.http_status;
+            let count = match class {
+                1 => c1,
+                2 => c2,
+                3 => c3,
+                4 => c4,
+                5 => c5,
+                _ => unparsed,
+            };
+            *count += 1;
         });
     }
 }

@@ -54,25 +54,6 @@ pub fn l4_ok(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> bool {
     fold(pseudo_header(src, dst, protocol, segment.len()) + ones_sum(segment)) == 0xffff
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_ipv4_header_checksum() {
-        // The classic example header (checksum 0xb861).
-        let mut header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
-        ];
-        assert_eq!(ipv4_header(&header), 0xb861);
-        header[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
-        assert!(ipv4_header_ok(&header));
-        header[15] ^= 1;
-        assert!(!ipv4_header_ok(&header));
-    }
-}
-
 fn pseudo_header_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, len: usize) -> u32 {
     let mut pseudo = Vec::with_capacity(40);
     pseudo.extend_from_slice(&src);
@@ -92,4 +73,23 @@ pub fn l4_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8]) -> u
 #[must_use]
 pub fn l4_v6_ok(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8]) -> bool {
     fold(pseudo_header_v6(src, dst, next_header, segment.len()) + ones_sum(segment)) == 0xffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ipv4_header_checksum() {
+        // The classic example header (checksum 0xb861).
+        let mut header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_header(&header), 0xb861);
+        header[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert!(ipv4_header_ok(&header));
+        header[15] ^= 1;
+        assert!(!ipv4_header_ok(&header));
+    }
 }

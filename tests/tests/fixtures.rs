@@ -4,8 +4,8 @@
 use std::net::SocketAddrV4;
 
 use splitter_common::{
-    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, FlowKey, PlaneCounter, SplitWord,
-    Version, flow_hash, ipv4_mapped, maps::SLOTS_PER_POOL,
+    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, FLOW_SYN, FlowKey, PlaneCounter,
+    SplitWord, Version, flow_hash, ipv4_mapped, maps::SLOTS_PER_POOL,
 };
 use std::path::Path;
 
@@ -89,6 +89,11 @@ fn predicted(plane: &Plane, key: &FlowKey, id: u32) -> (Version, std::net::Socke
     (version, slot)
 }
 
+/// The closing bits of a flow's state (FINs and RST), without the handshake bits.
+fn closing(state: u8) -> u8 {
+    state & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST)
+}
+
 fn plane_count(plane: &Plane, counter: PlaneCounter) -> u64 {
     plane_count_named(plane, counter.name())
 }
@@ -167,8 +172,13 @@ fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
             .expect("read")
             .expect("flow recorded");
         assert_eq!(
-            (flow.version, flow.state, flow.service_id),
-            (Version::Blue as u8, FLOW_OPEN, id)
+            (
+                flow.version,
+                closing(flow.state),
+                flow.state & FLOW_SYN,
+                flow.service_id
+            ),
+            (Version::Blue as u8, FLOW_OPEN, FLOW_SYN, id)
         );
         seen.insert(backend);
     }
@@ -283,7 +293,11 @@ fn a_syn_after_the_connection_closed_chooses_again() {
     let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), SYN).build());
     let _ = plane.ingress(&Ipv4Packet::tcp(client(43_000), vip(), FIN | ACK).build());
     let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
-    assert_eq!(flow.state, FLOW_FIN_CLIENT, "half-closed by the client");
+    assert_eq!(
+        closing(flow.state),
+        FLOW_FIN_CLIENT,
+        "half-closed by the client"
+    );
     assert_eq!(
         plane
             .maps
@@ -304,7 +318,7 @@ fn a_syn_after_the_connection_closed_chooses_again() {
     );
     let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
     assert_eq!(
-        (flow.state, flow.version),
+        (closing(flow.state), flow.version),
         (FLOW_OPEN, Version::Green as u8)
     );
 }
@@ -434,6 +448,15 @@ fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
         (
             "truncated TCP header",
             full[..14 + 20 + 12].to_vec(),
+            PlaneCounter::Malformed,
+        ),
+        (
+            "TCP data offset under five words",
+            {
+                let mut f = full.clone();
+                f[14 + 20 + 12] = 0x40;
+                f
+            },
             PlaneCounter::Malformed,
         ),
         (
@@ -616,7 +639,7 @@ fn a_fin_or_rst_from_the_backend_closes_the_flow() {
             .flow(&key(client(port), vip(), packet::TCP))
             .expect("read")
             .expect("flow");
-        assert_eq!(flow.state, state);
+        assert_eq!(closing(flow.state), state);
     }
 }
 
@@ -733,7 +756,7 @@ fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never(
             .maps
             .flow(&key(conn, vip(), packet::TCP))
             .expect("read")
-            .map(|f| f.state)
+            .map(|f| closing(f.state))
     };
     assert_eq!(state(&plane, fin), Some(FLOW_FIN_CLIENT | FLOW_FIN_BACKEND));
     let id = service_id(&plane.maps, vip(), packet::TCP);
@@ -1072,4 +1095,96 @@ fn ipv6_replies_leave_as_the_service_with_valid_checksums() {
         assert_eq!((out.src, out.dst), (addr6(service), client6(42_000)));
         assert!(out.l4_checksum_ok, "L4 checksum after reverse translation");
     }
+}
+
+#[test]
+fn resets_count_once_a_miss_is_never_a_refusal_and_only_the_flow_s_backend_speaks_for_it() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let total = |field: fn(&splitter_common::VersionStats) -> u64| -> u64 {
+        [Version::Blue, Version::Green]
+            .iter()
+            .map(|v| field(&plane.maps.counters(id, *v).expect("counters")))
+            .sum()
+    };
+
+    // A flow that began with a miss (no SYN seen): its RST is a reset, and only one counts.
+    let miss = client(57_000);
+    let run = plane.ingress(&Ipv4Packet::tcp(miss, vip(), ACK).build());
+    let backend = packet::parse(&run.data).expect("parses").dst;
+    for _ in 0..3 {
+        let _ = plane.egress(&Ipv4Packet::tcp(backend, miss, RST).build());
+    }
+    assert_eq!(
+        (total(|s| s.backend_resets), total(|s| s.refused_handshakes)),
+        (1, 0)
+    );
+
+    // A late FIN from another backend does not close this flow.
+    let conn = client(57_001);
+    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    let mine = packet::parse(&syn.data).expect("parses").dst;
+    let other = if mine == addr("198.18.2.2:8080") {
+        addr("198.18.1.2:8080")
+    } else {
+        addr("198.18.2.2:8080")
+    };
+    let _ = plane.egress(&Ipv4Packet::tcp(other, conn, FIN | ACK).build());
+    let flow = plane
+        .maps
+        .flow(&key(conn, vip(), packet::TCP))
+        .expect("read")
+        .expect("flow");
+    assert_eq!(
+        closing(flow.state),
+        FLOW_OPEN,
+        "another backend's FIN is ignored"
+    );
+}
+
+#[test]
+fn a_100_continue_leaves_the_request_open_for_the_final_response() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let conn = client(58_000);
+    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    let backend = packet::parse(&syn.data).expect("parses").dst;
+    let version = if backend.ip().octets()[2] == 1 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    let _ = plane.ingress(
+        &Ipv4Packet::tcp(conn, vip(), ACK | PSH)
+            .with_payload(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            .build(),
+    );
+    let _ = plane.egress(
+        &Ipv4Packet::tcp(backend, conn, ACK | PSH)
+            .with_payload(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .build(),
+    );
+    let _ = plane.ingress(
+        &Ipv4Packet::tcp(conn, vip(), ACK | PSH)
+            .with_payload(b"the body")
+            .build(),
+    );
+    let _ = plane.egress(
+        &Ipv4Packet::tcp(backend, conn, ACK | PSH)
+            .with_payload(b"HTTP/1.1 201 Created\r\n\r\n")
+            .build(),
+    );
+    let stats = plane.maps.counters(id, version).expect("counters");
+    assert_eq!(stats.responses, 1, "one request, one response");
+    assert_eq!(stats.http_status, [0, 1, 1, 0, 0, 0]);
+    assert_eq!(
+        plane
+            .maps
+            .histogram(id, version, splitter_common::LatencyKind::Response)
+            .expect("histogram")
+            .count,
+        1
+    );
 }

@@ -29,6 +29,9 @@ use crate::{
 
 type Shared = Arc<Mutex<Daemon>>;
 
+/// How long a listener waits after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn lock(shared: &Shared) -> MutexGuard<'_, Daemon> {
     // Every operation leaves the state whole when it returns, so a panic elsewhere does not
     // make it unusable.
@@ -109,6 +112,8 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
 async fn serve_control(listener: UnixListener, shared: Shared, config_path: PathBuf) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off instead of spinning the single-threaded runtime.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let (shared, config_path) = (Arc::clone(&shared), config_path.clone());
@@ -125,6 +130,8 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off instead of spinning the single-threaded runtime.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);
@@ -158,26 +165,32 @@ fn metrics_response(request: &crate::http::Request, metrics: &Metrics) -> crate:
     }
 }
 
-/// Probes every backend whose service's interval has come round, concurrently, then records
-/// the results under the lock (which rewrites pools on transitions).
+/// Keeps one probe loop per probed service, so a slow probe of one service never delays
+/// another's; a loop ends when its service leaves the config (or stops being probed).
 async fn probe_backends(shared: Shared) {
-    let mut next_due: HashMap<String, Instant> = HashMap::new();
+    let mut loops: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        let (targets, tick) = {
-            let daemon = lock(&shared);
-            let now = Instant::now();
-            let due: Vec<_> = daemon
-                .probe_targets()
-                .into_iter()
-                .filter(|(id, _)| next_due.get(&id.service).is_none_or(|at| *at <= now))
-                .collect();
-            for (id, check) in &due {
-                next_due.insert(id.service.clone(), now + check.interval);
-            }
-            (due, health::tick(&daemon.config))
+        loops.retain(|_, handle| !handle.is_finished());
+        for service in lock(&shared).probed_services() {
+            loops.entry(service).or_insert_with_key(|service| {
+                tokio::spawn(probe_service(Arc::clone(&shared), service.clone()))
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Probes one service's backends concurrently, records the results (which rewrites pools on
+/// transitions), and waits its interval.
+async fn probe_service(shared: Shared, service: String) {
+    loop {
+        let Some((check, backends)) = lock(&shared).probe_targets(&service) else {
+            return;
         };
+        let started = Instant::now();
         let mut probes = JoinSet::new();
-        for (id, check) in targets {
+        for id in backends {
+            let check = check.clone();
             probes.spawn(async move {
                 let result = health::probe(id.addr, &check).await;
                 (id, check, result)
@@ -187,9 +200,7 @@ async fn probe_backends(shared: Shared) {
         while let Some(Ok(result)) = probes.join_next().await {
             results.push(result);
         }
-        if !results.is_empty() {
-            lock(&shared).record_probes(results);
-        }
-        tokio::time::sleep(tick.min(std::time::Duration::from_millis(250))).await;
+        lock(&shared).record_probes(results);
+        tokio::time::sleep(check.interval.saturating_sub(started.elapsed())).await;
     }
 }
