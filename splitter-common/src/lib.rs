@@ -228,8 +228,13 @@ pub struct CachedFlow {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
+    /// What the rewrite adds to the IPv4 header checksum (`~old + new` over the address words):
+    /// the same for every packet of the flow, so computed once when the slot is filled.
+    pub ip_delta: u32,
+    /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
+    pub l4_delta: u32,
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 56);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
 pub const CACHE_VALID: u32 = 1;
 

@@ -23,6 +23,24 @@ const fn delta16(old: u16, new: u16) -> u32 {
     (!old) as u32 + new as u32
 }
 
+/// `~m + m'` of an IPv4 address change, for `apply`.
+#[inline(always)]
+pub const fn address_delta(old: u32, new: u32) -> u32 {
+    delta32(old, new)
+}
+
+/// `~m + m'` of an address and a port change, for `apply`.
+#[inline(always)]
+pub const fn address_port_delta(old: u32, new: u32, old_port: u16, new_port: u16) -> u32 {
+    fold(delta32(old, new) + delta16(old_port, new_port)) as u32
+}
+
+/// The checksum after changes whose `~m + m'` is `delta`.
+#[inline(always)]
+pub const fn apply(check: u16, delta: u32) -> u16 {
+    !fold((!check) as u32 + delta)
+}
+
 /// The checksum after a 32-bit field (an IPv4 address) changes from `old` to `new`.
 #[inline(always)]
 pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {

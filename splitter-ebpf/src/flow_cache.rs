@@ -17,6 +17,9 @@ pub struct Target {
     pub addr: u32,
     pub port: u16,
     pub stats: u32,
+    /// The checksum deltas of the rewrite (see `CachedFlow`).
+    pub ip_delta: u32,
+    pub l4_delta: u32,
 }
 
 #[inline(always)]
@@ -41,6 +44,8 @@ pub fn get(slot: u32, key: &FlowKey) -> Option<Target> {
             addr: entry.addr,
             port: entry.port,
             stats: entry.stats_index,
+            ip_delta: entry.ip_delta,
+            l4_delta: entry.l4_delta,
         })
     } else {
         None
@@ -57,6 +62,8 @@ pub fn fill(slot: u32, key: &FlowKey, target: &Target) {
         entry.addr = target.addr;
         entry.port = target.port;
         entry.stats_index = target.stats;
+        entry.ip_delta = target.ip_delta;
+        entry.l4_delta = target.l4_delta;
         entry.valid = CACHE_VALID;
     }
 }

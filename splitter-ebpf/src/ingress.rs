@@ -59,7 +59,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
                 pkt.tcp_flags,
                 request,
-                target_of,
+                |flow| target_of(flow, dst, dst_port),
             )?;
             flow_cache::fill(slot, &key, &target);
             target
@@ -110,12 +110,15 @@ fn follow_or_create<T>(
 
 /// What the rewrite needs of a flow, read field by field instead of copying the whole entry.
 #[inline(always)]
-fn target_of(flow: &Flow) -> Target {
+fn target_of(flow: &Flow, old_addr: u32, old_port: u16) -> Target {
     let a = &flow.backend_addr;
+    let addr = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
     Target {
-        addr: u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        addr,
         port: flow.backend_port_be,
         stats: stats_index(flow.service_id, flow.version),
+        ip_delta: csum::address_delta(old_addr, addr),
+        l4_delta: csum::address_port_delta(old_addr, addr, old_port, flow.backend_port_be),
     }
 }
 
@@ -273,8 +276,7 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
 
 #[inline(always)]
 fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
-    let (old_addr, (_, old_port)) = (pkt.dst(), packet::split_ports(pkt.ports()));
-    let ip_check = csum::replace32(pkt.ip_check(), old_addr, target.addr);
+    let ip_check = csum::apply(pkt.ip_check(), target.ip_delta);
     // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum field.
     unsafe {
         packet::store_u16(pkt.ip.add(IPV4_CHECK_OFFSET), ip_check);
@@ -284,7 +286,7 @@ fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
     let l4_check = pkt.l4_check();
     // A zero UDP checksum means "none" and stays zero; a computed zero is sent as all ones.
     if pkt.protocol == PROTO_TCP || l4_check != 0 {
-        let mut check = csum::replace32_16(l4_check, old_addr, target.addr, old_port, target.port);
+        let mut check = csum::apply(l4_check, target.l4_delta);
         if pkt.protocol == PROTO_UDP && check == 0 {
             check = 0xffff;
         }
