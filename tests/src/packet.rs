@@ -73,26 +73,14 @@ impl Ipv4Packet {
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         match self.protocol {
-            TCP => {
-                l4.extend_from_slice(&self.src.port().to_be_bytes());
-                l4.extend_from_slice(&self.dst.port().to_be_bytes());
-                l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-                l4.extend_from_slice(
-                    &(if self.tcp_flags & ACK != 0 {
-                        0x0a0b_0c0du32
-                    } else {
-                        0
-                    })
-                    .to_be_bytes(),
-                );
-                l4.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
-                l4.extend_from_slice(&[0xfa, 0xf0, 0, 0, 0, 0]); // window, checksum, urgent
-            }
-            UDP => {
-                l4.extend_from_slice(&self.src.port().to_be_bytes());
-                l4.extend_from_slice(&self.dst.port().to_be_bytes());
-                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                l4.extend_from_slice(&[0, 0]);
+            TCP | UDP => {
+                l4 = segment(
+                    self.protocol,
+                    self.src.port(),
+                    self.dst.port(),
+                    self.tcp_flags,
+                    self.payload.len(),
+                )
             }
             _ => {
                 // ICMP echo request.
@@ -138,6 +126,29 @@ impl Ipv4Packet {
         frame.extend_from_slice(&l4);
         frame
     }
+}
+
+/// A TCP (no options) or UDP header with a zero checksum, for a payload of `payload_len`.
+fn segment(
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+    payload_len: usize,
+) -> Vec<u8> {
+    let mut l4 = Vec::with_capacity(20);
+    l4.extend_from_slice(&src_port.to_be_bytes());
+    l4.extend_from_slice(&dst_port.to_be_bytes());
+    if protocol == TCP {
+        l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+        let ack: u32 = if tcp_flags & ACK != 0 { 0x0a0b_0c0d } else { 0 };
+        l4.extend_from_slice(&ack.to_be_bytes());
+        l4.extend_from_slice(&[0x50, tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]); // data offset 5, window, checksum, urgent
+    } else {
+        l4.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4
 }
 
 /// An Ethernet header (with a VLAN tag when given) for `ether_type`.
@@ -315,25 +326,14 @@ impl Ipv6Packet {
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         match self.protocol {
-            TCP => {
-                l4.extend_from_slice(&self.src.port().to_be_bytes());
-                l4.extend_from_slice(&self.dst.port().to_be_bytes());
-                l4.extend_from_slice(&0x0102_0304u32.to_be_bytes());
-                l4.extend_from_slice(
-                    &(if self.tcp_flags & ACK != 0 {
-                        0x0a0b_0c0du32
-                    } else {
-                        0
-                    })
-                    .to_be_bytes(),
-                );
-                l4.extend_from_slice(&[0x50, self.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-            }
-            UDP => {
-                l4.extend_from_slice(&self.src.port().to_be_bytes());
-                l4.extend_from_slice(&self.dst.port().to_be_bytes());
-                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                l4.extend_from_slice(&[0, 0]);
+            TCP | UDP => {
+                l4 = segment(
+                    self.protocol,
+                    self.src.port(),
+                    self.dst.port(),
+                    self.tcp_flags,
+                    self.payload.len(),
+                )
             }
             _ => {
                 // Neighbour solicitation: type 135, code 0, checksum, reserved, target.

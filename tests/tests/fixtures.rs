@@ -89,6 +89,18 @@ fn predicted(plane: &Plane, key: &FlowKey, id: u32) -> (Version, std::net::Socke
     (version, slot)
 }
 
+/// Sends a SYN from `conn` to the TCP service: the backend it went to, and that backend's version.
+fn open(plane: &Plane, conn: SocketAddrV4) -> (SocketAddrV4, Version) {
+    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    let backend = packet::parse(&syn.data).expect("parses").dst;
+    let version = if backend.ip().octets()[2] == 1 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    (backend, version)
+}
+
 /// The closing bits of a flow's state (FINs and RST), without the handshake bits.
 fn closing(state: u8) -> u8 {
     state & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST)
@@ -802,13 +814,7 @@ fn requests_and_responses_are_timed_and_status_classes_counted() {
     let plane = Plane::load(CONFIG);
     let id = service_id(&plane.maps, vip(), packet::TCP);
     let conn = client(55_000);
-    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
-    let backend = packet::parse(&syn.data).expect("parses").dst;
-    let version = if backend.ip().octets()[2] == 1 {
-        Version::Blue
-    } else {
-        Version::Green
-    };
+    let (backend, version) = open(&plane, conn);
     let _ = plane.egress(&Ipv4Packet::tcp(backend, conn, SYN | ACK).build());
     let _ = plane.ingress(&Ipv4Packet::tcp(conn, vip(), ACK).build());
     let exchange = |request: &[u8], response: &[u8]| {
@@ -861,23 +867,11 @@ fn a_reset_before_the_syn_ack_is_a_refused_handshake_and_after_it_a_backend_rese
     let plane = Plane::load(CONFIG);
     let id = service_id(&plane.maps, vip(), packet::TCP);
     let refused = client(56_000);
-    let syn = plane.ingress(&Ipv4Packet::tcp(refused, vip(), SYN).build());
-    let backend = packet::parse(&syn.data).expect("parses").dst;
-    let version = if backend.ip().octets()[2] == 1 {
-        Version::Blue
-    } else {
-        Version::Green
-    };
+    let (backend, version) = open(&plane, refused);
     let _ = plane.egress(&Ipv4Packet::tcp(backend, refused, RST | ACK).build());
 
     let reset = client(56_001);
-    let syn = plane.ingress(&Ipv4Packet::tcp(reset, vip(), SYN).build());
-    let backend = packet::parse(&syn.data).expect("parses").dst;
-    let other = if backend.ip().octets()[2] == 1 {
-        Version::Blue
-    } else {
-        Version::Green
-    };
+    let (backend, other) = open(&plane, reset);
     let _ = plane.egress(&Ipv4Packet::tcp(backend, reset, SYN | ACK).build());
     let _ = plane.egress(&Ipv4Packet::tcp(backend, reset, RST).build());
 
@@ -1149,13 +1143,7 @@ fn a_100_continue_leaves_the_request_open_for_the_final_response() {
     let plane = Plane::load(CONFIG);
     let id = service_id(&plane.maps, vip(), packet::TCP);
     let conn = client(58_000);
-    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
-    let backend = packet::parse(&syn.data).expect("parses").dst;
-    let version = if backend.ip().octets()[2] == 1 {
-        Version::Blue
-    } else {
-        Version::Green
-    };
+    let (backend, version) = open(&plane, conn);
     let _ = plane.ingress(
         &Ipv4Packet::tcp(conn, vip(), ACK | PSH)
             .with_payload(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
