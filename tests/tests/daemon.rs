@@ -34,6 +34,22 @@ fn versions(bed: &Testbed, n: usize, addr: SocketAddr) -> (usize, usize, usize) 
     })
 }
 
+/// The id of the XDP program attached to the node's interface, from `ip link`.
+fn xdp_program_id(bed: &Testbed) -> u32 {
+    let out = bed
+        .node
+        .exec("ip")
+        .args(["link", "show", "dev", &bed.node_interface()])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no XDP program on the interface: {text}"))
+}
+
 /// The metrics text, fetched inside the node namespace where the daemon listens.
 fn metrics(bed: &Testbed) -> String {
     let addr: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
@@ -272,6 +288,7 @@ fn a_daemon_killed_under_steady_load_loses_no_request_and_its_counters_go_on() {
     let before = bed.status()["services"][0]["counters"]["blue"]["new_flows"]
         .as_u64()
         .expect("counter");
+    let program_before = xdp_program_id(&bed);
     bed.kill_daemon();
     thread::sleep(Duration::from_millis(700));
     bed.start_daemon(&[]);
@@ -281,6 +298,13 @@ fn a_daemon_killed_under_steady_load_loses_no_request_and_its_counters_go_on() {
     assert!(ok > 200, "only {ok} requests went through");
     assert_eq!((failed, moved), (0, 0), "of {ok} requests");
     assert!(bed.daemon_log().contains("adopted the pinned data plane"));
+    // The restarted daemon loaded its own programs and swapped them in through the pinned link:
+    // another program id on the interface, with nothing detached in between (no request failed).
+    let program_after = xdp_program_id(&bed);
+    assert_ne!(
+        program_before, program_after,
+        "the XDP program was replaced through the pinned link"
+    );
     let after = bed.status()["services"][0]["counters"]["blue"]["new_flows"]
         .as_u64()
         .expect("counter");
