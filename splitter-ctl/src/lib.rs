@@ -10,6 +10,7 @@
 //! - `status`: what the data plane is doing now;
 //! - `notify`: readiness for systemd and the test bed;
 //! - `journal`: the deployment journal (SQLite in the state directory);
+//! - `rollout`: the rollout engine's decisions (gates, steps), without I/O;
 //! - `cmd`: one module per subcommand.
 
 pub mod aging;
@@ -27,6 +28,7 @@ pub mod maps;
 pub mod metrics;
 pub mod notify;
 pub mod paths;
+pub mod rollout;
 pub mod share;
 pub mod slots;
 pub mod status;

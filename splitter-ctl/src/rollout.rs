@@ -1,0 +1,424 @@
+//! The rollout engine's decisions, with no I/O: judging the candidate over a window of kernel
+//! counters and histograms, and moving a rollout through its steps. The daemon feeds it
+//! snapshots and carries out what it decides (a share write, a promotion, a rollback).
+//!
+//! Rules it keeps, whatever the input:
+//! - too few samples is inconclusive, and an inconclusive window holds the rollout: it never
+//!   promotes on missing data;
+//! - `failure_limit` failing windows in a row roll back; a passing window resets the count;
+//! - a step advances only after its hold has passed and its last window passed.
+
+use std::time::{Duration, Instant};
+
+use splitter_common::{Histogram, VersionStats};
+
+use crate::{latency, status};
+
+/// When a candidate is good enough.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gates {
+    /// Errors (5xx, backend resets, refused handshakes) over requests, at most.
+    pub max_error_rate: Option<f64>,
+    /// The candidate's p99 response time, at most, in milliseconds.
+    pub max_p99_ms: Option<f64>,
+    /// The candidate's p99 over the live pool's p99 in the same window, at most.
+    pub max_p99_vs_live: Option<f64>,
+    /// Requests the candidate must have served in a window before it is judged.
+    pub min_samples: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            max_error_rate: Some(0.01),
+            max_p99_ms: None,
+            max_p99_vs_live: Some(1.2),
+            min_samples: 20,
+        }
+    }
+}
+
+/// How a rollout proceeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Candidate shares in basis points, rising, the last one 10000.
+    pub steps: Vec<u16>,
+    /// How long each step holds before it may advance.
+    pub hold: Duration,
+    /// How often the gates judge.
+    pub interval: Duration,
+    pub gates: Gates,
+    /// Failing windows in a row that roll back.
+    pub failure_limit: u32,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            steps: vec![100, 500, 2_500, 5_000, 10_000],
+            hold: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            gates: Gates::default(),
+            failure_limit: 2,
+        }
+    }
+}
+
+/// A version's counters and response histogram at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub counters: VersionStats,
+    pub response: Histogram,
+}
+
+/// What a version did between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: Option<f64>,
+}
+
+impl Window {
+    /// The difference between two snapshots of one version (counters only grow; a reset in
+    /// between reads as an empty window).
+    #[must_use]
+    pub fn between(before: &Snapshot, after: &Snapshot) -> Self {
+        let (errors_after, events_after) = status::errors_and_events(&after.counters);
+        let (errors_before, events_before) = status::errors_and_events(&before.counters);
+        let mut histogram = Histogram::default();
+        for (i, bucket) in histogram.buckets.iter_mut().enumerate() {
+            *bucket = after.response.buckets[i].saturating_sub(before.response.buckets[i]);
+        }
+        Self {
+            requests: events_after.saturating_sub(events_before),
+            errors: errors_after.saturating_sub(errors_before),
+            p99_ms: latency::quantile(&histogram, 0.99).map(|us| us / 1_000.0),
+        }
+    }
+
+    #[must_use]
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+    }
+}
+
+/// The gates' judgement of one window.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Judgement {
+    /// Not enough data to judge: the rollout holds.
+    Inconclusive(String),
+    Pass,
+    Fail(Vec<String>),
+}
+
+/// Judges the candidate's window against the gates and, for relative gates, the live pool's.
+#[must_use]
+pub fn judge(gates: &Gates, candidate: &Window, live: &Window) -> Judgement {
+    if candidate.requests < gates.min_samples.max(1) {
+        return Judgement::Inconclusive(format!(
+            "{} requests on the candidate, {} needed",
+            candidate.requests,
+            gates.min_samples.max(1)
+        ));
+    }
+    let mut failures = Vec::new();
+    if let (Some(max), Some(rate)) = (gates.max_error_rate, candidate.error_rate())
+        && rate > max
+    {
+        failures.push(format!(
+            "error rate {:.2}% > {:.2}%",
+            rate * 100.0,
+            max * 100.0
+        ));
+    }
+    if let Some(max) = gates.max_p99_ms {
+        match candidate.p99_ms {
+            Some(p99) if p99 > max => failures.push(format!("p99 {p99:.1} ms > {max:.1} ms")),
+            Some(_) => {}
+            None => {
+                return Judgement::Inconclusive(
+                    "no response time measured on the candidate".to_owned(),
+                );
+            }
+        }
+    }
+    if let Some(ratio) = gates.max_p99_vs_live {
+        match (candidate.p99_ms, live.p99_ms) {
+            (Some(c), Some(l)) if live.requests >= gates.min_samples.max(1) && l > 0.0 => {
+                if c > ratio * l {
+                    failures.push(format!("p99 {c:.1} ms > {ratio:.2} × live {l:.1} ms"));
+                }
+            }
+            _ => {
+                return Judgement::Inconclusive(
+                    "not enough live traffic to compare response times with".to_owned(),
+                );
+            }
+        }
+    }
+    if failures.is_empty() {
+        Judgement::Pass
+    } else {
+        Judgement::Fail(failures)
+    }
+}
+
+/// What the daemon must do after an evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Nothing changes.
+    Hold,
+    /// Write the candidate's next share (basis points).
+    Advance(u16),
+    /// Make the candidate live.
+    Promote,
+    /// Send every new connection to the live pool.
+    RollBack(String),
+}
+
+/// A rollout in progress.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub plan: Plan,
+    /// Index into `plan.steps` of the share in effect.
+    pub step: usize,
+    pub step_started: Instant,
+    pub consecutive_failures: u32,
+    pub done: bool,
+}
+
+impl Rollout {
+    /// A rollout at its first step, which the daemon writes when it starts it.
+    #[must_use]
+    pub fn start(plan: Plan, now: Instant) -> Self {
+        Self {
+            plan,
+            step: 0,
+            step_started: now,
+            consecutive_failures: 0,
+            done: false,
+        }
+    }
+
+    /// The candidate's share in effect.
+    #[must_use]
+    pub fn share(&self) -> u16 {
+        self.plan.steps.get(self.step).copied().unwrap_or(0)
+    }
+
+    /// Moves the rollout on after a window was judged.
+    pub fn on_judgement(&mut self, now: Instant, judgement: &Judgement) -> Decision {
+        if self.done {
+            return Decision::Hold;
+        }
+        match judgement {
+            Judgement::Inconclusive(_) => Decision::Hold,
+            Judgement::Fail(reasons) => {
+                self.consecutive_failures += 1;
+                if self.consecutive_failures >= self.plan.failure_limit.max(1) {
+                    self.done = true;
+                    Decision::RollBack(reasons.join("; "))
+                } else {
+                    Decision::Hold
+                }
+            }
+            Judgement::Pass => {
+                self.consecutive_failures = 0;
+                if now.duration_since(self.step_started) < self.plan.hold {
+                    return Decision::Hold;
+                }
+                if self.step + 1 >= self.plan.steps.len() {
+                    self.done = true;
+                    return Decision::Promote;
+                }
+                self.step += 1;
+                self.step_started = now;
+                Decision::Advance(self.share())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, errors: u64, p99_ms: Option<f64>) -> Window {
+        Window {
+            requests,
+            errors,
+            p99_ms,
+        }
+    }
+
+    fn plan(steps: &[u16]) -> Plan {
+        Plan {
+            steps: steps.to_vec(),
+            hold: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+            gates: Gates::default(),
+            failure_limit: 2,
+        }
+    }
+
+    #[test]
+    fn too_few_samples_or_no_live_comparison_is_inconclusive() {
+        let gates = Gates::default();
+        assert!(matches!(
+            judge(
+                &gates,
+                &window(5, 0, Some(10.0)),
+                &window(100, 0, Some(10.0))
+            ),
+            Judgement::Inconclusive(_)
+        ));
+        assert!(matches!(
+            judge(
+                &gates,
+                &window(100, 0, Some(10.0)),
+                &window(3, 0, Some(10.0))
+            ),
+            Judgement::Inconclusive(_)
+        ));
+        let absolute = Gates {
+            max_p99_ms: Some(100.0),
+            max_p99_vs_live: None,
+            ..gates
+        };
+        assert!(matches!(
+            judge(&absolute, &window(100, 0, None), &window(0, 0, None)),
+            Judgement::Inconclusive(_)
+        ));
+    }
+
+    #[test]
+    fn gates_pass_and_fail_on_their_thresholds() {
+        let gates = Gates {
+            max_error_rate: Some(0.05),
+            max_p99_ms: Some(250.0),
+            max_p99_vs_live: Some(1.2),
+            min_samples: 20,
+        };
+        let live = window(1_000, 0, Some(100.0));
+        assert_eq!(
+            judge(&gates, &window(100, 5, Some(120.0)), &live),
+            Judgement::Pass,
+            "5% and 1.2x are at the limit"
+        );
+        let Judgement::Fail(reasons) = judge(&gates, &window(100, 6, Some(121.0)), &live) else {
+            panic!("should fail")
+        };
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].starts_with("error rate 6.00%"));
+        assert!(reasons[1].contains("1.20 × live"));
+        let Judgement::Fail(reasons) = judge(
+            &gates,
+            &window(100, 0, Some(300.0)),
+            &window(1_000, 0, Some(290.0)),
+        ) else {
+            panic!("should fail")
+        };
+        assert_eq!(reasons, ["p99 300.0 ms > 250.0 ms"]);
+    }
+
+    #[test]
+    fn a_rollout_advances_after_each_hold_and_promotes_at_the_end() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut rollout = Rollout::start(plan(&[100, 5_000, 10_000]), t0);
+        assert_eq!(rollout.share(), 100);
+        assert_eq!(
+            rollout.on_judgement(at(5), &Judgement::Pass),
+            Decision::Hold,
+            "still holding"
+        );
+        assert_eq!(
+            rollout.on_judgement(at(10), &Judgement::Pass),
+            Decision::Advance(5_000)
+        );
+        assert_eq!(
+            rollout.on_judgement(at(15), &Judgement::Pass),
+            Decision::Hold
+        );
+        assert_eq!(
+            rollout.on_judgement(at(20), &Judgement::Pass),
+            Decision::Advance(10_000)
+        );
+        assert_eq!(
+            rollout.on_judgement(at(30), &Judgement::Pass),
+            Decision::Promote
+        );
+        assert!(rollout.done);
+        assert_eq!(
+            rollout.on_judgement(at(40), &Judgement::Pass),
+            Decision::Hold,
+            "nothing after the end"
+        );
+    }
+
+    #[test]
+    fn missing_data_never_promotes() {
+        let t0 = Instant::now();
+        let mut rollout = Rollout::start(plan(&[10_000]), t0);
+        for s in 0..1_000 {
+            let decision = rollout.on_judgement(
+                t0 + Duration::from_secs(s * 60),
+                &Judgement::Inconclusive("no traffic".to_owned()),
+            );
+            assert_eq!(decision, Decision::Hold);
+        }
+        assert!(!rollout.done);
+    }
+
+    #[test]
+    fn consecutive_failures_roll_back_and_a_pass_resets_the_count() {
+        let t0 = Instant::now();
+        let fail = Judgement::Fail(vec!["error rate 20.00% > 1.00%".to_owned()]);
+        let mut rollout = Rollout::start(plan(&[100, 10_000]), t0);
+        assert_eq!(rollout.on_judgement(t0, &fail), Decision::Hold);
+        assert_eq!(
+            rollout.on_judgement(t0, &Judgement::Pass),
+            Decision::Hold,
+            "the pass resets the count"
+        );
+        assert_eq!(rollout.on_judgement(t0, &fail), Decision::Hold);
+        assert_eq!(
+            rollout.on_judgement(t0, &Judgement::Inconclusive("quiet".to_owned())),
+            Decision::Hold,
+            "inconclusive neither resets nor counts"
+        );
+        assert_eq!(
+            rollout.on_judgement(t0, &fail),
+            Decision::RollBack("error rate 20.00% > 1.00%".to_owned())
+        );
+        assert!(rollout.done);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_snapshots() {
+        let mut before = Snapshot::default();
+        before.counters.responses = 100;
+        before.counters.http_status[5] = 2;
+        before.response.buckets[12] = 100;
+        let mut after = before;
+        after.counters.responses = 200;
+        after.counters.http_status[5] = 12;
+        after.counters.backend_resets = 5;
+        after.response.buckets[12] = 190;
+        after.response.buckets[15] = 10;
+        let w = Window::between(&before, &after);
+        assert_eq!(
+            (w.requests, w.errors),
+            (105, 15),
+            "responses + resets; 5xx + resets"
+        );
+        // 90 in [4, 8) ms, 10 in [32, 65) ms: p99 is in the slow bucket.
+        assert!(w.p99_ms.is_some_and(|p| p > 32.0 && p < 66.0), "{w:?}");
+        assert_eq!(
+            Window::between(&after, &before).requests,
+            0,
+            "a reset in between is an empty window"
+        );
+    }
+}
