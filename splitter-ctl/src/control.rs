@@ -5,6 +5,9 @@
 //! |---|---|
 //! | `GET /v1/status` (`?service=NAME`) | the status, with backend health |
 //! | `POST /v1/reload` | re-reads the config file, validates all of it, applies the difference |
+//! | `GET /v1/rollouts/SERVICE` | the rollout in progress |
+//! | `POST /v1/rollouts/SERVICE/start` | starts a rollout (body: a plan; every field optional) |
+//! | `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}` | operates it |
 
 use std::{io, os::unix::fs::PermissionsExt as _, path::Path};
 
@@ -84,9 +87,65 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
             Err(error) => Response::error(422, &format!("{:#}", anyhow::Error::from(error))),
         },
         (_, "/v1/status" | "/v1/reload") => Response::error(405, "GET /v1/status, POST /v1/reload"),
+        (method, path) if path.starts_with("/v1/rollouts/") => rollout(
+            method,
+            &path["/v1/rollouts/".len()..],
+            &request.body,
+            daemon,
+        ),
         _ => Response::error(
             404,
             &format!("no endpoint `{path}`; the API has GET /v1/status and POST /v1/reload"),
+        ),
+    }
+}
+
+/// `GET /v1/rollouts/SERVICE`, `POST /v1/rollouts/SERVICE/start` (body: a plan, every field
+/// optional) and `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}`.
+fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Response {
+    let error = |e: crate::rollouts::RolloutError| {
+        use crate::rollouts::RolloutError as E;
+        let status = match e {
+            E::UnknownService(_) | E::NotRunning(_) => 404,
+            E::AlreadyRunning(_) => 409,
+            E::Maps(_) => 500,
+            E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(_) => 422,
+        };
+        Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
+    };
+    let (service, action) = rest.split_once('/').unwrap_or((rest, ""));
+    match (method, action) {
+        ("GET", "") => daemon.rollout_status(service).map_or_else(error, |s| {
+            Response::json(200, &serde_json::to_value(s).unwrap_or_default())
+        }),
+        ("POST", "start") => {
+            let request: crate::rollouts::PlanRequest = if body.is_empty() {
+                crate::rollouts::PlanRequest::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        return Response::error(
+                            400,
+                            &format!("the plan is not valid JSON for this API: {e}"),
+                        );
+                    }
+                }
+            };
+            daemon
+                .start_rollout(service, request)
+                .map_or_else(error, |s| {
+                    Response::json(200, &serde_json::to_value(s).unwrap_or_default())
+                })
+        }
+        ("POST", action @ ("pause" | "resume" | "promote" | "abort")) => daemon
+            .rollout_command(service, action)
+            .map_or_else(error, |done| {
+                Response::json(200, &serde_json::json!({ "done": done }))
+            }),
+        _ => Response::error(
+            405,
+            "GET /v1/rollouts/SERVICE, POST /v1/rollouts/SERVICE/{start,pause,resume,promote,abort}",
         ),
     }
 }

@@ -13,8 +13,10 @@ use crate::{
     config::{Config, ConfigError, HealthCheck},
     dataplane::{self, DataplaneError},
     health::{BackendId, Health, Transition},
+    journal::Journal,
     maps::{Maps, MapsError},
     metrics::{DaemonCounters, HealthState, TransitionLabels, VersionLabel},
+    rollouts::ActiveRollout,
     share::format_percent,
     status::{self, Rates, Status},
 };
@@ -51,7 +53,11 @@ pub struct Daemon {
     pub health: Health,
     pub counters: DaemonCounters,
     /// The split word of each service as the daemon last saw it, to notice operator changes.
-    known_splits: HashMap<String, SplitWord>,
+    pub(crate) known_splits: HashMap<String, SplitWord>,
+    /// Rollouts in progress, by service.
+    pub(crate) rollouts: HashMap<String, ActiveRollout>,
+    /// The deployment journal; `None` when it cannot be opened (logged; nothing else stops).
+    pub(crate) journal: Option<Journal>,
     /// Responses and errors at the last housekeeping, for rates over the window since.
     last_sample: HashMap<(String, Version), Sample>,
     /// Rates over the last window.
@@ -100,12 +106,17 @@ impl Daemon {
         }
         let mut health = Health::default();
         health.sync(&config);
+        let config_state_dir = config.state_dir.clone();
         let mut daemon = Self {
             config,
             maps,
             health,
             counters,
             known_splits: HashMap::new(),
+            rollouts: HashMap::new(),
+            journal: Journal::open(&config_state_dir)
+                .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
+                .ok(),
             last_sample: HashMap::new(),
             rates: Rates::new(),
         };

@@ -55,10 +55,27 @@ pub enum EventKind {
     Promotion,
     /// A rollback drill.
     Drill,
+    /// A rollout began.
+    RolloutStarted,
+    /// A rollout moved to its next share.
+    Step,
+    /// The gates judged a window.
+    GateEvaluation,
+    /// Someone changed the split during a rollout; the rollout paused.
+    OperatorOverride,
 }
 
 impl EventKind {
-    const ALL: [Self; 4] = [Self::Weight, Self::Rollback, Self::Promotion, Self::Drill];
+    const ALL: [Self; 8] = [
+        Self::Weight,
+        Self::Rollback,
+        Self::Promotion,
+        Self::Drill,
+        Self::RolloutStarted,
+        Self::Step,
+        Self::GateEvaluation,
+        Self::OperatorOverride,
+    ];
 
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -67,6 +84,10 @@ impl EventKind {
             Self::Rollback => "rollback",
             Self::Promotion => "promotion",
             Self::Drill => "drill",
+            Self::RolloutStarted => "rollout_started",
+            Self::Step => "step",
+            Self::GateEvaluation => "gate_evaluation",
+            Self::OperatorOverride => "operator_override",
         }
     }
 

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod rollout;
+pub mod rollouts;
 pub mod share;
 pub mod slots;
 pub mod status;

@@ -68,6 +68,11 @@ enum Command {
     },
     /// Send every new connection to the live pool: one map write.
     Rollback { service: String },
+    /// Progressive rollouts of a service's candidate, run by the daemon.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
     /// Show the live pool, shares, backends and counters.
@@ -98,6 +103,52 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Start moving new connections to the candidate, step by step, judged by the gates.
+    Start {
+        service: String,
+        /// Candidate shares in percent, rising, ending at 100 (default 1,5,25,50,100).
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<f64>>,
+        /// How long each step holds before it may advance (e.g. 5s; default 60s).
+        #[arg(long)]
+        hold: Option<String>,
+        /// How often the gates judge (default 10s).
+        #[arg(long)]
+        interval: Option<String>,
+        /// Errors (5xx, resets, refused handshakes) over requests, at most (default 0.01).
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        /// The candidate's p99 response time, at most, in ms.
+        #[arg(long)]
+        max_p99_ms: Option<f64>,
+        /// The candidate's p99 over the live pool's, at most (default 1.2).
+        #[arg(long)]
+        max_p99_vs_live: Option<f64>,
+        /// Requests a window needs before it is judged (default 20).
+        #[arg(long)]
+        min_samples: Option<u64>,
+        /// Failing windows in a row that roll back (default 2).
+        #[arg(long)]
+        failure_limit: Option<u32>,
+    },
+    /// The rollout in progress.
+    Status {
+        service: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop judging and stepping; the share stays.
+    Pause { service: String },
+    /// Judge and step again.
+    Resume { service: String },
+    /// Make the candidate live now, in one write.
+    Promote { service: String },
+    /// Send every new connection to the live pool and end the rollout.
+    Abort { service: String },
 }
 
 fn main() -> ExitCode {
@@ -163,6 +214,55 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                 "{}",
                 cmd::history::summary(config, days, matches!(output, Output::Json))?
             );
+            Ok(())
+        }
+        Command::Rollout { action } => {
+            let out = match action {
+                RolloutAction::Start {
+                    service,
+                    steps,
+                    hold,
+                    interval,
+                    max_error_rate,
+                    max_p99_ms,
+                    max_p99_vs_live,
+                    min_samples,
+                    failure_limit,
+                } => {
+                    let ms = |text: Option<String>| {
+                        text.map(|t| cmd::rollout::parse_duration(&t))
+                            .transpose()
+                            .map_err(cmd::CommandError::Daemon)
+                    };
+                    let plan = splitter_ctl::rollouts::PlanRequest {
+                        steps,
+                        hold_ms: ms(hold)?,
+                        interval_ms: ms(interval)?,
+                        max_error_rate,
+                        max_p99_ms,
+                        max_p99_vs_live,
+                        min_samples,
+                        failure_limit,
+                    };
+                    cmd::rollout::start(config, &service, &plan)?
+                }
+                RolloutAction::Status { service, output } => {
+                    cmd::rollout::status(config, &service, matches!(output, Output::Json))?
+                }
+                RolloutAction::Pause { service } => {
+                    cmd::rollout::command(config, &service, "pause")?
+                }
+                RolloutAction::Resume { service } => {
+                    cmd::rollout::command(config, &service, "resume")?
+                }
+                RolloutAction::Promote { service } => {
+                    cmd::rollout::command(config, &service, "promote")?
+                }
+                RolloutAction::Abort { service } => {
+                    cmd::rollout::command(config, &service, "abort")?
+                }
+            };
+            println!("{}", out.trim_end());
             Ok(())
         }
         Command::Reload => {

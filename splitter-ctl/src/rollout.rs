@@ -112,9 +112,26 @@ pub enum Judgement {
     Fail(Vec<String>),
 }
 
-/// Judges the candidate's window against the gates and, for relative gates, the live pool's.
+/// The live pool's p99 to compare the candidate with: this window's when it has enough
+/// requests, else the last one measured (`baseline_ms`). At the last step the live pool gets
+/// no new connections, so only the baseline is left.
 #[must_use]
-pub fn judge(gates: &Gates, candidate: &Window, live: &Window) -> Judgement {
+pub fn live_reference(gates: &Gates, live: &Window, baseline_ms: Option<f64>) -> Option<f64> {
+    match live.p99_ms {
+        Some(p99) if live.requests >= gates.min_samples.max(1) && p99 > 0.0 => Some(p99),
+        _ => baseline_ms.filter(|p99| *p99 > 0.0),
+    }
+}
+
+/// Judges the candidate's window against the gates and, for relative gates, the live pool's
+/// p99 (see [`live_reference`]).
+#[must_use]
+pub fn judge(
+    gates: &Gates,
+    candidate: &Window,
+    live: &Window,
+    baseline_ms: Option<f64>,
+) -> Judgement {
     if candidate.requests < gates.min_samples.max(1) {
         return Judgement::Inconclusive(format!(
             "{} requests on the candidate, {} needed",
@@ -144,15 +161,15 @@ pub fn judge(gates: &Gates, candidate: &Window, live: &Window) -> Judgement {
         }
     }
     if let Some(ratio) = gates.max_p99_vs_live {
-        match (candidate.p99_ms, live.p99_ms) {
-            (Some(c), Some(l)) if live.requests >= gates.min_samples.max(1) && l > 0.0 => {
+        match (candidate.p99_ms, live_reference(gates, live, baseline_ms)) {
+            (Some(c), Some(l)) => {
                 if c > ratio * l {
                     failures.push(format!("p99 {c:.1} ms > {ratio:.2} × live {l:.1} ms"));
                 }
             }
             _ => {
                 return Judgement::Inconclusive(
-                    "not enough live traffic to compare response times with".to_owned(),
+                    "no live response times measured yet to compare with".to_owned(),
                 );
             }
         }
@@ -269,7 +286,8 @@ mod tests {
             judge(
                 &gates,
                 &window(5, 0, Some(10.0)),
-                &window(100, 0, Some(10.0))
+                &window(100, 0, Some(10.0)),
+                Some(10.0)
             ),
             Judgement::Inconclusive(_)
         ));
@@ -277,7 +295,8 @@ mod tests {
             judge(
                 &gates,
                 &window(100, 0, Some(10.0)),
-                &window(3, 0, Some(10.0))
+                &window(3, 0, Some(10.0)),
+                None
             ),
             Judgement::Inconclusive(_)
         ));
@@ -287,9 +306,31 @@ mod tests {
             ..gates
         };
         assert!(matches!(
-            judge(&absolute, &window(100, 0, None), &window(0, 0, None)),
+            judge(&absolute, &window(100, 0, None), &window(0, 0, None), None),
             Judgement::Inconclusive(_)
         ));
+    }
+
+    #[test]
+    fn without_live_traffic_the_candidate_is_compared_with_the_last_live_p99() {
+        let gates = Gates {
+            max_p99_vs_live: Some(2.0),
+            ..Gates::default()
+        };
+        let idle = window(0, 0, None);
+        assert_eq!(
+            judge(&gates, &window(100, 0, Some(19.0)), &idle, Some(10.0)),
+            Judgement::Pass
+        );
+        assert!(matches!(
+            judge(&gates, &window(100, 0, Some(21.0)), &idle, Some(10.0)),
+            Judgement::Fail(_)
+        ));
+        assert_eq!(
+            live_reference(&gates, &window(100, 0, Some(30.0)), Some(10.0)),
+            Some(30.0),
+            "a window with enough live traffic wins over the baseline"
+        );
     }
 
     #[test]
@@ -302,11 +343,12 @@ mod tests {
         };
         let live = window(1_000, 0, Some(100.0));
         assert_eq!(
-            judge(&gates, &window(100, 5, Some(120.0)), &live),
+            judge(&gates, &window(100, 5, Some(120.0)), &live, None),
             Judgement::Pass,
             "5% and 1.2x are at the limit"
         );
-        let Judgement::Fail(reasons) = judge(&gates, &window(100, 6, Some(121.0)), &live) else {
+        let Judgement::Fail(reasons) = judge(&gates, &window(100, 6, Some(121.0)), &live, None)
+        else {
             panic!("should fail")
         };
         assert_eq!(reasons.len(), 2, "{reasons:?}");
@@ -316,6 +358,7 @@ mod tests {
             &gates,
             &window(100, 0, Some(300.0)),
             &window(1_000, 0, Some(290.0)),
+            None,
         ) else {
             panic!("should fail")
         };

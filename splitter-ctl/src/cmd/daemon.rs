@@ -75,6 +75,7 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
     ));
     tasks.spawn(serve_metrics(metrics_listener, metrics));
     tasks.spawn(probe_backends(Arc::clone(&shared)));
+    tasks.spawn(run_rollouts(Arc::clone(&shared)));
 
     if let Err(error) = notify("READY=1") {
         tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
@@ -162,6 +163,14 @@ fn metrics_response(request: &crate::http::Request, metrics: &Metrics) -> crate:
             crate::http::Response::error(405, "the metrics endpoint is read-only: GET /metrics")
         }
         _ => crate::http::Response::error(404, "only GET /metrics is served here"),
+    }
+}
+
+/// Judges rollouts as their intervals come round.
+async fn run_rollouts(shared: Shared) {
+    loop {
+        lock(&shared).rollout_tick(Instant::now());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -1,0 +1,612 @@
+//! Rollouts as the daemon runs them: started from the control API with a plan, judged at
+//! every interval over the current step's window of kernel counters, and moved on by the
+//! decisions of `rollout`. Every share change is one write of the split word and comes before
+//! its journal entry; a rollback's decision-to-write time is measured and journaled.
+//!
+//! A change of the split word that the rollout did not make (an operator's `weight` or
+//! `rollback`) pauses the rollout and is journaled as an operator override.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use splitter_common::{LatencyKind, SplitWord, Version};
+
+use crate::{
+    daemon::Daemon,
+    journal::{EventKind, NewEvent},
+    rollout::{Decision, Gates, Judgement, Plan, Rollout, Snapshot, Window, judge, live_reference},
+    share::format_percent,
+};
+
+/// A plan as a request gives it: every field optional, the defaults of `Plan` otherwise.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// Candidate shares in percent, rising, ending at 100.
+    pub steps: Option<Vec<f64>>,
+    pub hold_ms: Option<u64>,
+    pub interval_ms: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub max_p99_vs_live: Option<f64>,
+    pub min_samples: Option<u64>,
+    pub failure_limit: Option<u32>,
+}
+
+impl PlanRequest {
+    /// The plan, or what is wrong with the request.
+    pub fn into_plan(self) -> Result<Plan, String> {
+        let defaults = Plan::default();
+        let steps = match self.steps {
+            None => defaults.steps,
+            Some(steps) => {
+                let bp: Vec<u16> = steps
+                    .iter()
+                    .map(|p| {
+                        let bp = (p * 100.0).round();
+                        if !(1.0..=10_000.0).contains(&bp) || (bp - p * 100.0).abs() > 1e-6 {
+                            Err(format!("step {p} is not a percentage from 0.01 to 100 with at most two decimals"))
+                        } else {
+                            Ok(bp as u16)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                if bp.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("steps must rise".to_owned());
+                }
+                if bp.last() != Some(&10_000) {
+                    return Err("the last step must be 100".to_owned());
+                }
+                bp
+            }
+        };
+        let ms = |v: Option<u64>,
+                  default: Duration,
+                  range: std::ops::RangeInclusive<u64>,
+                  what: &str| match v {
+            None => Ok(default),
+            Some(v) if range.contains(&v) => Ok(Duration::from_millis(v)),
+            Some(v) => Err(format!(
+                "{what} {v} ms is outside {}..={} ms",
+                range.start(),
+                range.end()
+            )),
+        };
+        let hold = ms(self.hold_ms, defaults.hold, 0..=86_400_000, "hold")?;
+        let interval = ms(
+            self.interval_ms,
+            defaults.interval,
+            100..=600_000,
+            "interval",
+        )?;
+        let fraction = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+            None => Ok(default),
+            Some(v) if (0.0..=1.0).contains(&v) => Ok(Some(v)),
+            Some(v) => Err(format!("{what} {v} is not between 0 and 1")),
+        };
+        let positive = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+            None => Ok(default),
+            Some(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
+            Some(v) => Err(format!("{what} {v} must be a positive number")),
+        };
+        let gates = Gates {
+            max_error_rate: fraction(
+                self.max_error_rate,
+                defaults.gates.max_error_rate,
+                "max_error_rate",
+            )?,
+            max_p99_ms: positive(self.max_p99_ms, defaults.gates.max_p99_ms, "max_p99_ms")?,
+            max_p99_vs_live: positive(
+                self.max_p99_vs_live,
+                defaults.gates.max_p99_vs_live,
+                "max_p99_vs_live",
+            )?,
+            min_samples: self.min_samples.unwrap_or(defaults.gates.min_samples),
+        };
+        let failure_limit = match self.failure_limit {
+            None => defaults.failure_limit,
+            Some(n) if (1..=10).contains(&n) => n,
+            Some(n) => return Err(format!("failure_limit {n} is outside 1..=10")),
+        };
+        Ok(Plan {
+            steps,
+            hold,
+            interval,
+            gates,
+            failure_limit,
+        })
+    }
+}
+
+/// A rollout the daemon runs.
+pub struct ActiveRollout {
+    pub started_event: i64,
+    pub rollout: Rollout,
+    pub candidate: Version,
+    /// The counters at the start of the current step: [blue, green].
+    pub step_base: [Snapshot; 2],
+    pub last_evaluation: Instant,
+    /// The split word the rollout wrote last.
+    pub expected: SplitWord,
+    /// Why the rollout is paused, when it is.
+    pub paused: Option<String>,
+    pub last_judgement: Option<Judgement>,
+    /// The live pool's p99 in the last window with enough live traffic: what the candidate
+    /// is compared with once the live pool gets no new connections.
+    pub live_baseline_ms: Option<f64>,
+}
+
+/// What `GET /v1/rollouts/SERVICE` answers.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    pub service: String,
+    pub candidate: String,
+    pub candidate_percent: f64,
+    pub step: usize,
+    pub steps_percent: Vec<f64>,
+    pub paused: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_judgement: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("no service `{0}` in the running config")]
+    UnknownService(String),
+    #[error("service `{0}` is not in the data plane yet")]
+    NotApplied(String),
+    #[error("a rollout of `{0}` is already running; abort it first")]
+    AlreadyRunning(String),
+    #[error("no rollout of `{0}` is running")]
+    NotRunning(String),
+    #[error("the plan: {0}")]
+    Plan(String),
+    #[error("the {0} pool has no backend")]
+    EmptyCandidate(&'static str),
+    #[error(transparent)]
+    Maps(#[from] crate::maps::MapsError),
+}
+
+fn percent(bp: u16) -> f64 {
+    f64::from(bp) / 100.0
+}
+
+fn describe(judgement: &Judgement) -> String {
+    match judgement {
+        Judgement::Inconclusive(why) => format!("inconclusive: {why}"),
+        Judgement::Pass => "pass".to_owned(),
+        Judgement::Fail(reasons) => format!("fail: {}", reasons.join("; ")),
+    }
+}
+
+impl Daemon {
+    fn service_id(&self, service: &str) -> Result<u32, RolloutError> {
+        let spec = self
+            .config
+            .service(service)
+            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+        Ok(self
+            .maps
+            .service(&spec.endpoint())?
+            .ok_or_else(|| RolloutError::NotApplied(service.to_owned()))?
+            .id)
+    }
+
+    fn snapshots(&self, id: u32) -> Result<[Snapshot; 2], RolloutError> {
+        let snapshot = |version| -> Result<Snapshot, RolloutError> {
+            Ok(Snapshot {
+                counters: self.maps.counters(id, version)?,
+                response: self.maps.histogram(id, version, LatencyKind::Response)?,
+            })
+        };
+        Ok([snapshot(Version::Blue)?, snapshot(Version::Green)?])
+    }
+
+    fn journal_event(
+        &self,
+        service: &str,
+        kind: EventKind,
+        actor: &str,
+        reason: Option<String>,
+        decision_to_write: Option<Duration>,
+        details: serde_json::Value,
+    ) -> Option<i64> {
+        let journal = self.journal.as_ref()?;
+        let event = NewEvent {
+            service: service.to_owned(),
+            kind,
+            actor: actor.to_owned(),
+            reason,
+            decision_to_write_us: decision_to_write
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            decision_to_first_connection_us: None,
+            details,
+        };
+        match journal.record(&event) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                tracing::warn!(service, error = %error, "cannot journal a rollout event");
+                None
+            }
+        }
+    }
+
+    /// Starts a rollout of `service`'s candidate: writes the first step's share.
+    pub fn start_rollout(
+        &mut self,
+        service: &str,
+        request: PlanRequest,
+    ) -> Result<RolloutStatus, RolloutError> {
+        if self.rollouts.contains_key(service) {
+            return Err(RolloutError::AlreadyRunning(service.to_owned()));
+        }
+        let plan = request.into_plan().map_err(RolloutError::Plan)?;
+        let id = self.service_id(service)?;
+        let split = self.maps.split(id)?;
+        let candidate = split.candidate();
+        let spec = self
+            .config
+            .service(service)
+            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+        if spec.pool(candidate).iter().all(|b| b.weight == 0) {
+            return Err(RolloutError::EmptyCandidate(candidate.name()));
+        }
+        let now = Instant::now();
+        let rollout = Rollout::start(plan, now);
+        let word = SplitWord::new(split.live(), rollout.share());
+        self.maps.set_split(id, word)?;
+        self.known_splits.insert(service.to_owned(), word);
+        let details = serde_json::json!({
+            "candidate": candidate.name(),
+            "steps_percent": rollout.plan.steps.iter().map(|bp| percent(*bp)).collect::<Vec<_>>(),
+            "hold_ms": rollout.plan.hold.as_millis(),
+            "interval_ms": rollout.plan.interval.as_millis(),
+        });
+        let started_event = self
+            .journal_event(
+                service,
+                EventKind::RolloutStarted,
+                "operator",
+                None,
+                None,
+                details,
+            )
+            .unwrap_or(0);
+        tracing::info!(service, candidate = candidate.name(), first_step_percent = %format_percent(rollout.share()), "rollout started");
+        let active = ActiveRollout {
+            started_event,
+            candidate,
+            step_base: self.snapshots(id)?,
+            last_evaluation: now,
+            expected: word,
+            paused: None,
+            last_judgement: None,
+            live_baseline_ms: None,
+            rollout,
+        };
+        self.rollouts.insert(service.to_owned(), active);
+        self.rollout_status(service)
+    }
+
+    pub fn rollout_status(&self, service: &str) -> Result<RolloutStatus, RolloutError> {
+        let active = self
+            .rollouts
+            .get(service)
+            .ok_or_else(|| RolloutError::NotRunning(service.to_owned()))?;
+        Ok(RolloutStatus {
+            service: service.to_owned(),
+            candidate: active.candidate.name().to_owned(),
+            candidate_percent: percent(active.rollout.share()),
+            step: active.rollout.step,
+            steps_percent: active
+                .rollout
+                .plan
+                .steps
+                .iter()
+                .map(|bp| percent(*bp))
+                .collect(),
+            paused: active.paused.clone(),
+            consecutive_failures: active.rollout.consecutive_failures,
+            last_judgement: active.last_judgement.as_ref().map(describe),
+        })
+    }
+
+    /// `pause`, `resume`, `promote` or `abort` from an operator.
+    pub fn rollout_command(
+        &mut self,
+        service: &str,
+        command: &str,
+    ) -> Result<String, RolloutError> {
+        let id = self.service_id(service)?;
+        let active = self
+            .rollouts
+            .get_mut(service)
+            .ok_or_else(|| RolloutError::NotRunning(service.to_owned()))?;
+        match command {
+            "pause" => {
+                active.paused = Some("paused by an operator".to_owned());
+                self.journal_event(
+                    service,
+                    EventKind::OperatorOverride,
+                    "operator",
+                    Some("paused".to_owned()),
+                    None,
+                    serde_json::json!({}),
+                );
+                Ok("paused".to_owned())
+            }
+            "resume" => {
+                // The share in the kernel now is the step's share, even if an operator wrote
+                // it: the rollout goes on from there, and the step's hold starts again.
+                let kernel = self.maps.split(id)?;
+                let snapshots = self.snapshots(id)?;
+                let now = Instant::now();
+                let Some(active) = self.rollouts.get_mut(service) else {
+                    return Err(RolloutError::NotRunning(service.to_owned()));
+                };
+                active.paused = None;
+                active.expected = kernel;
+                active.step_base = snapshots;
+                active.last_evaluation = now;
+                active.rollout.step_started = now;
+                let green = format_percent(kernel.share_of(Version::Green));
+                self.journal_event(
+                    service,
+                    EventKind::OperatorOverride,
+                    "operator",
+                    Some(format!("resumed at green {green}%")),
+                    None,
+                    serde_json::json!({}),
+                );
+                Ok(format!("resumed at green {green}%"))
+            }
+            "promote" => {
+                let candidate = active.candidate;
+                self.finish(service, Decision::Promote, candidate, "operator")?;
+                Ok(format!("promoted: {} is live", candidate.name()))
+            }
+            _ => {
+                let candidate = active.candidate;
+                self.finish(
+                    service,
+                    Decision::RollBack("aborted by an operator".to_owned()),
+                    candidate,
+                    "operator",
+                )?;
+                Ok("aborted: every new connection goes to the live pool".to_owned())
+            }
+        }
+    }
+
+    /// Promotes or rolls back, ending the rollout: the write first, then the journal.
+    fn finish(
+        &mut self,
+        service: &str,
+        decision: Decision,
+        candidate: Version,
+        actor: &str,
+    ) -> Result<(), RolloutError> {
+        let decided = Instant::now();
+        let id = self.service_id(service)?;
+        let (word, kind, reason) = match &decision {
+            Decision::Promote => (SplitWord::new(candidate, 0), EventKind::Promotion, None),
+            Decision::RollBack(reason) => (
+                SplitWord::new(candidate.other(), 0),
+                EventKind::Rollback,
+                Some(reason.clone()),
+            ),
+            Decision::Hold | Decision::Advance(_) => return Ok(()),
+        };
+        self.maps.set_split(id, word)?;
+        let decision_to_write = decided.elapsed();
+        self.known_splits.insert(service.to_owned(), word);
+        self.rollouts.remove(service);
+        match &decision {
+            Decision::RollBack(reason) => {
+                tracing::warn!(service, reason = %reason, actor, write_us = decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool")
+            }
+            _ => tracing::info!(service, live = candidate.name(), actor, "promoted"),
+        }
+        self.journal_event(
+            service,
+            kind,
+            actor,
+            reason,
+            Some(decision_to_write),
+            serde_json::json!({ "live": word.live().name() }),
+        );
+        Ok(())
+    }
+
+    /// Judges every rollout whose interval has come round and carries out the decision.
+    pub fn rollout_tick(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .rollouts
+            .iter()
+            .filter(|(_, a)| {
+                a.paused.is_none()
+                    && now.duration_since(a.last_evaluation) >= a.rollout.plan.interval
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in due {
+            if let Err(error) = self.evaluate(&service, now) {
+                tracing::warn!(service, error = %error, "cannot evaluate the rollout");
+            }
+        }
+    }
+
+    fn evaluate(&mut self, service: &str, now: Instant) -> Result<(), RolloutError> {
+        let id = self.service_id(service)?;
+        let kernel = self.maps.split(id)?;
+        let Some(active) = self.rollouts.get_mut(service) else {
+            return Ok(());
+        };
+        active.last_evaluation = now;
+        if kernel != active.expected {
+            let why = format!(
+                "the split was changed outside the rollout (green {}%)",
+                format_percent(kernel.share_of(Version::Green))
+            );
+            active.paused = Some(why.clone());
+            self.known_splits.insert(service.to_owned(), kernel);
+            tracing::warn!(service, "{why}; the rollout is paused");
+            self.journal_event(
+                service,
+                EventKind::OperatorOverride,
+                "operator",
+                Some(why),
+                None,
+                serde_json::json!({}),
+            );
+            return Ok(());
+        }
+        let snapshots = self.snapshots(id)?;
+        let Some(active) = self.rollouts.get_mut(service) else {
+            return Ok(());
+        };
+        let (c, l) = (active.candidate as usize, active.candidate.other() as usize);
+        let candidate = Window::between(&active.step_base[c], &snapshots[c]);
+        let live = Window::between(&active.step_base[l], &snapshots[l]);
+        let gates = &active.rollout.plan.gates;
+        let baseline = live_reference(gates, &live, active.live_baseline_ms);
+        let judgement = judge(gates, &candidate, &live, active.live_baseline_ms);
+        active.live_baseline_ms = baseline;
+        let decision = active.rollout.on_judgement(now, &judgement);
+        active.last_judgement = Some(judgement.clone());
+        let candidate_version = active.candidate;
+        let details = serde_json::json!({
+            "judgement": describe(&judgement),
+            "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
+            "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
+        });
+        match decision {
+            Decision::Hold => {
+                self.journal_event(
+                    service,
+                    EventKind::GateEvaluation,
+                    "gates",
+                    None,
+                    None,
+                    details,
+                );
+            }
+            Decision::Advance(bp) => {
+                let word = SplitWord::new(candidate_version.other(), bp);
+                self.maps.set_split(id, word)?;
+                self.known_splits.insert(service.to_owned(), word);
+                if let Some(active) = self.rollouts.get_mut(service) {
+                    active.expected = word;
+                    active.step_base = snapshots;
+                }
+                tracing::info!(service, candidate_percent = %format_percent(bp), "rollout step");
+                self.journal_event(
+                    service,
+                    EventKind::GateEvaluation,
+                    "gates",
+                    None,
+                    None,
+                    details,
+                );
+                self.journal_event(
+                    service,
+                    EventKind::Step,
+                    "gates",
+                    None,
+                    None,
+                    serde_json::json!({ "candidate_percent": percent(bp) }),
+                );
+            }
+            Decision::Promote | Decision::RollBack(_) => {
+                self.journal_event(
+                    service,
+                    EventKind::GateEvaluation,
+                    "gates",
+                    None,
+                    None,
+                    details,
+                );
+                self.finish(service, decision, candidate_version, "gates")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_requests_are_validated_with_reasons() {
+        let plan = PlanRequest {
+            steps: Some(vec![10.0, 50.0, 100.0]),
+            hold_ms: Some(5_000),
+            interval_ms: Some(1_000),
+            max_error_rate: Some(0.05),
+            max_p99_ms: Some(250.0),
+            min_samples: Some(20),
+            failure_limit: Some(2),
+            ..PlanRequest::default()
+        }
+        .into_plan()
+        .expect("valid");
+        assert_eq!(plan.steps, vec![1_000, 5_000, 10_000]);
+        assert_eq!(
+            (plan.hold, plan.interval, plan.failure_limit),
+            (Duration::from_secs(5), Duration::from_secs(1), 2)
+        );
+        assert_eq!(plan.gates.max_p99_ms, Some(250.0));
+        assert_eq!(
+            PlanRequest::default().into_plan().expect("defaults"),
+            Plan::default()
+        );
+        for (request, expected) in [
+            (
+                PlanRequest {
+                    steps: Some(vec![50.0, 10.0, 100.0]),
+                    ..PlanRequest::default()
+                },
+                "steps must rise",
+            ),
+            (
+                PlanRequest {
+                    steps: Some(vec![10.0, 50.0]),
+                    ..PlanRequest::default()
+                },
+                "the last step must be 100",
+            ),
+            (
+                PlanRequest {
+                    steps: Some(vec![0.001, 100.0]),
+                    ..PlanRequest::default()
+                },
+                "at most two decimals",
+            ),
+            (
+                PlanRequest {
+                    interval_ms: Some(10),
+                    ..PlanRequest::default()
+                },
+                "interval 10 ms is outside",
+            ),
+            (
+                PlanRequest {
+                    max_error_rate: Some(1.5),
+                    ..PlanRequest::default()
+                },
+                "max_error_rate 1.5 is not between 0 and 1",
+            ),
+            (
+                PlanRequest {
+                    failure_limit: Some(0),
+                    ..PlanRequest::default()
+                },
+                "failure_limit 0 is outside",
+            ),
+        ] {
+            let error = request.into_plan().expect_err("invalid");
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! End to end for rollouts run by the daemon: promotion of a healthy candidate, automatic
+//! rollback of a bad one, no promotion without traffic, and operator overrides.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{http, require_root, testbed::Testbed};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
+
+/// New connections from the client until stopped (at most 60 s): per version (ok, failed).
+struct Load {
+    running: Arc<AtomicBool>,
+    thread: thread::JoinHandle<[(u64, u64); 2]>,
+}
+
+impl Load {
+    fn start(bed: &Testbed) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let (flag, vip, client) = (Arc::clone(&running), bed.vip(), bed.client.name.clone());
+        let thread = thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("netns");
+            // SAFETY: setns on this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut tally = [(0, 0); 2];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match http::get_any(vip) {
+                    Ok((status, version)) => {
+                        let i = usize::from(version == "green");
+                        if status == 200 {
+                            tally[i].0 += 1
+                        } else {
+                            tally[i].1 += 1
+                        }
+                    }
+                    // A refused or reset connection cannot be told apart by version.
+                    Err(_) => tally[0].1 += 1,
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            tally
+        });
+        Self { running, thread }
+    }
+
+    fn stop(self) -> [(u64, u64); 2] {
+        self.running.store(false, Ordering::SeqCst);
+        self.thread.join().expect("load")
+    }
+}
+
+fn rollout(bed: &Testbed) -> Option<serde_json::Value> {
+    let out = bed.ctl(&["rollout", "status", "sentiment", "--output", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("rollout JSON"))
+}
+
+fn history(bed: &Testbed) -> Vec<serde_json::Value> {
+    let text = bed.ctl_ok(&["history", "--limit", "500", "--output", "json"]);
+    let mut events: Vec<serde_json::Value> = serde_json::from_str(&text).expect("history JSON");
+    events.reverse(); // oldest first
+    events
+}
+
+fn wait_until(bed: &Testbed, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}; rollout: {:?}; last events: {:?}",
+            rollout(bed),
+            history(bed).iter().rev().take(4).collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_healthy_candidate_goes_step_by_step_to_promotion() {
+    require_root!();
+    let mut bed = Testbed::new(51, SERVER);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed);
+    let out = bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,50,100",
+        "--hold",
+        "1s",
+        "--interval",
+        "300ms",
+        "--min-samples",
+        "5",
+        "--max-error-rate",
+        "0.05",
+        // Loose: the host is shared and one slow millisecond is an 8x spike here. What
+        // matters is that the last step (no live traffic) is judged against the last live p99.
+        "--max-p99-vs-live",
+        "50",
+    ]);
+    assert!(out.contains("green at 10%"), "{out}");
+    wait_until(&bed, "the promotion", Duration::from_secs(30), || {
+        bed.status()["services"][0]["live"] == "green"
+    });
+    let [(blue_ok, blue_failed), (green_ok, green_failed)] = load.stop();
+    assert_eq!(
+        (blue_failed, green_failed),
+        (0, 0),
+        "blue {blue_ok} ok, green {green_ok} ok"
+    );
+    assert!(green_ok > 0);
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(100.0)
+    );
+    assert!(rollout(&bed).is_none(), "the rollout is over");
+    let kinds: Vec<String> = history(&bed)
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .filter(|k| k != "gate_evaluation")
+        .collect();
+    assert_eq!(kinds, ["rollout_started", "step", "step", "promotion"]);
+}
+
+#[test]
+fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_window() {
+    require_root!();
+    let mut bed = Testbed::new(52, SERVER);
+    bed.stop("green");
+    bed.serve_on_backend_with(
+        SERVER,
+        true,
+        bed.green_addr(),
+        "green",
+        &["--error-every", "5"],
+    );
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed);
+    let interval = Duration::from_millis(500);
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "50,100",
+        "--hold",
+        "10s",
+        "--interval",
+        "500ms",
+        "--min-samples",
+        "5",
+        "--max-error-rate",
+        "0.05",
+        "--failure-limit",
+        "2",
+    ]);
+    wait_until(&bed, "the rollback", Duration::from_secs(30), || {
+        rollout(&bed).is_none()
+    });
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!(blue_failed, 0, "no request on the live pool failed");
+    assert!(green_failed > 0, "the candidate's errors were real");
+    let status = bed.status();
+    assert_eq!(status["services"][0]["live"], "blue");
+    assert_eq!(
+        status["services"][0]["share_percent"]["green"].as_f64(),
+        Some(0.0)
+    );
+
+    let events = history(&bed);
+    let first_fail = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "gate_evaluation"
+                && e["details"]["judgement"]
+                    .as_str()
+                    .is_some_and(|j| j.starts_with("fail"))
+        })
+        .expect("a failing evaluation");
+    let rollback = events
+        .iter()
+        .find(|e| e["kind"] == "rollback")
+        .expect("a rollback");
+    assert_eq!(rollback["actor"], "gates");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error rate")),
+        "{rollback}"
+    );
+    assert!(
+        rollback["decision_to_write_us"].as_u64().is_some(),
+        "{rollback}"
+    );
+    let after = Duration::from_millis(
+        rollback["at_ms"].as_u64().unwrap_or(0) - first_fail["at_ms"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        after <= 2 * interval + Duration::from_millis(200),
+        "rolled back {after:?} after the first failing window"
+    );
+}
+
+#[test]
+fn without_traffic_a_rollout_holds_and_never_promotes() {
+    require_root!();
+    let mut bed = Testbed::new(53, SERVER);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    // Bad requests are refused with their reason and start nothing.
+    for (args, reason) in [
+        (
+            &["rollout", "start", "sentiment", "--steps", "50,10,100"][..],
+            "steps must rise",
+        ),
+        (
+            &["rollout", "start", "sentiment", "--steps", "10,50"],
+            "last step must be 100",
+        ),
+        (&["rollout", "start", "sentiment", "--hold", "5x"], "5x"),
+        (
+            &["rollout", "start", "sentiment", "--max-error-rate", "2"],
+            "not between 0 and 1",
+        ),
+        (&["rollout", "start", "nosuch"], "no service `nosuch`"),
+        (
+            &["rollout", "status", "sentiment"],
+            "no rollout of `sentiment`",
+        ),
+        (
+            &["rollout", "abort", "sentiment"],
+            "no rollout of `sentiment`",
+        ),
+    ] {
+        let out = bed.ctl(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(0.0)
+    );
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,100",
+        "--hold",
+        "200ms",
+        "--interval",
+        "200ms",
+        "--min-samples",
+        "5",
+    ]);
+    let again = bed.ctl(&["rollout", "start", "sentiment"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "a second rollout of the same service is refused"
+    );
+    thread::sleep(Duration::from_secs(2));
+    let status = rollout(&bed).expect("still running");
+    assert_eq!(status["step"].as_u64(), Some(0));
+    assert!(
+        status["last_judgement"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("inconclusive")),
+        "{status}"
+    );
+    assert_eq!(bed.status()["services"][0]["live"], "blue");
+}
+
+#[test]
+fn an_operator_override_pauses_the_rollout_and_is_journaled() {
+    require_root!();
+    let mut bed = Testbed::new(54, SERVER);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,100",
+        "--hold",
+        "1h",
+        "--interval",
+        "200ms",
+    ]);
+    bed.ctl_ok(&["weight", "sentiment", "green", "0"]);
+    wait_until(&bed, "the pause", Duration::from_secs(5), || {
+        rollout(&bed).is_some_and(|r| {
+            r["paused"]
+                .as_str()
+                .is_some_and(|p| p.contains("changed outside"))
+        })
+    });
+    assert!(
+        history(&bed)
+            .iter()
+            .any(|e| e["kind"] == "operator_override")
+    );
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(0.0),
+        "the operator's share stands"
+    );
+    // A resume goes on from the operator's share instead of pausing again.
+    assert!(
+        bed.ctl_ok(&["rollout", "resume", "sentiment"])
+            .contains("resumed at green 0%")
+    );
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        rollout(&bed).expect("still running")["paused"],
+        serde_json::Value::Null,
+        "three evaluations later it still runs"
+    );
+    // An abort ends it; the status has no rollout any more.
+    assert!(
+        bed.ctl_ok(&["rollout", "abort", "sentiment"])
+            .contains("aborted")
+    );
+    assert!(rollout(&bed).is_none());
+}
