@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The journal's file, inside `state_dir`.
 pub const FILE: &str = "journal.db";
 /// The schema this build writes (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -199,7 +199,66 @@ impl Journal {
                 )
                 .map_err(open)?;
         }
+        if version < 2 {
+            // Rollouts in progress, one row per service, so a restarted daemon resumes them.
+            connection
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE IF NOT EXISTS active_rollouts (
+                         service TEXT PRIMARY KEY,
+                         state TEXT NOT NULL
+                     );
+                     PRAGMA user_version = 2;
+                     COMMIT;",
+                )
+                .map_err(open)?;
+        }
         Ok(Self { connection })
+    }
+
+    /// Saves the state of `service`'s rollout in progress (JSON), replacing the last one.
+    pub fn save_rollout(&self, service: &str, state: &str) -> Result<(), JournalError> {
+        self.connection
+            .execute(
+                "INSERT INTO active_rollouts (service, state) VALUES (?1, ?2)
+                 ON CONFLICT (service) DO UPDATE SET state = excluded.state",
+                params![service, state],
+            )
+            .map_err(|source| JournalError::Query {
+                what: "save a rollout's state",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Forgets `service`'s rollout state (the rollout ended).
+    pub fn forget_rollout(&self, service: &str) -> Result<(), JournalError> {
+        self.connection
+            .execute(
+                "DELETE FROM active_rollouts WHERE service = ?1",
+                params![service],
+            )
+            .map_err(|source| JournalError::Query {
+                what: "forget a rollout's state",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// The saved rollouts in progress: (service, state).
+    pub fn saved_rollouts(&self) -> Result<Vec<(String, String)>, JournalError> {
+        let query = |source| JournalError::Query {
+            what: "read the saved rollouts",
+            source,
+        };
+        let mut statement = self
+            .connection
+            .prepare("SELECT service, state FROM active_rollouts ORDER BY service")
+            .map_err(query)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(query)?;
+        rows.collect::<Result<_, _>>().map_err(query)
     }
 
     /// Appends an event at `at_ms`; returns its id.
@@ -401,6 +460,27 @@ mod tests {
             (empty.rollbacks, empty.mean_time_to_rollback_write_us),
             (0, None)
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rollout_state_is_replaced_per_service_survives_reopening_and_is_forgotten() {
+        let dir = temp_dir("rollouts");
+        let journal = Journal::open(&dir).expect("open");
+        journal.save_rollout("a", "1").expect("save");
+        journal.save_rollout("b", "2").expect("save");
+        journal.save_rollout("a", "3").expect("replace");
+        drop(journal);
+        let journal = Journal::open(&dir).expect("reopen");
+        assert_eq!(
+            journal.saved_rollouts().expect("read"),
+            [
+                ("a".to_owned(), "3".to_owned()),
+                ("b".to_owned(), "2".to_owned())
+            ]
+        );
+        journal.forget_rollout("a").expect("forget");
+        assert_eq!(journal.saved_rollouts().expect("read").len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

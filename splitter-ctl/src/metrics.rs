@@ -111,12 +111,23 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// Labels of `splitter_rollouts_ended_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutEndLabels {
+    pub service: String,
+    /// `promoted` or `rolled_back`.
+    pub outcome: &'static str,
+    /// `gates` or `operator`.
+    pub actor: String,
+}
+
 /// The counters the daemon keeps itself; cheap to clone (shared handles).
 #[derive(Clone, Debug, Default)]
 pub struct DaemonCounters {
     pub reloads: Counter,
     pub reload_errors: Counter,
     pub health_transitions: Family<TransitionLabels, Counter>,
+    pub rollouts_ended: Family<RolloutEndLabels, Counter>,
 }
 
 /// The registry behind `GET /metrics`.
@@ -144,6 +155,11 @@ impl Metrics {
             "splitter_health_transitions",
             "Backends going up or down",
             counters.health_transitions.clone(),
+        );
+        registry.register(
+            "splitter_rollouts_ended",
+            "Rollouts that ended, by outcome and by who decided",
+            counters.rollouts_ended.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { daemon }));
         Self { registry }

@@ -13,7 +13,8 @@ use splitter_common::{LatencyKind, SplitWord, Version};
 
 use crate::{
     daemon::Daemon,
-    journal::{EventKind, NewEvent},
+    journal::{EventKind, Journal, NewEvent},
+    metrics::RolloutEndLabels,
     rollout::{Decision, Gates, Judgement, Plan, Rollout, Snapshot, Window, judge, live_reference},
     share::format_percent,
 };
@@ -136,6 +137,83 @@ pub struct ActiveRollout {
     pub live_baseline_ms: Option<f64>,
 }
 
+impl From<&Plan> for PlanRequest {
+    fn from(plan: &Plan) -> Self {
+        Self {
+            steps: Some(plan.steps.iter().map(|bp| percent(*bp)).collect()),
+            hold_ms: Some(u64::try_from(plan.hold.as_millis()).unwrap_or(u64::MAX)),
+            interval_ms: Some(u64::try_from(plan.interval.as_millis()).unwrap_or(u64::MAX)),
+            max_error_rate: plan.gates.max_error_rate,
+            max_p99_ms: plan.gates.max_p99_ms,
+            max_p99_vs_live: plan.gates.max_p99_vs_live,
+            min_samples: Some(plan.gates.min_samples),
+            failure_limit: Some(plan.failure_limit),
+        }
+    }
+}
+
+/// A rollout in progress as the journal keeps it, so that a restarted daemon resumes the same
+/// step. Time already held on the step is kept; time the daemon was down does not count.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedRollout {
+    plan: PlanRequest,
+    started_event: i64,
+    candidate: String,
+    step: usize,
+    held_ms: u64,
+    consecutive_failures: u32,
+    paused: Option<String>,
+    expected_word: u32,
+    live_baseline_ms: Option<f64>,
+}
+
+impl SavedRollout {
+    fn of(active: &ActiveRollout, now: Instant) -> Self {
+        Self {
+            plan: PlanRequest::from(&active.rollout.plan),
+            started_event: active.started_event,
+            candidate: active.candidate.name().to_owned(),
+            step: active.rollout.step,
+            held_ms: u64::try_from(now.duration_since(active.rollout.step_started).as_millis())
+                .unwrap_or(u64::MAX),
+            consecutive_failures: active.rollout.consecutive_failures,
+            paused: active.paused.clone(),
+            expected_word: active.expected.0,
+            live_baseline_ms: active.live_baseline_ms,
+        }
+    }
+
+    /// The rollout again, with its counters' window starting at `base`; or why it cannot be.
+    fn restore(self, base: [Snapshot; 2], now: Instant) -> Result<ActiveRollout, String> {
+        let plan = self.plan.into_plan()?;
+        if self.step >= plan.steps.len() {
+            return Err(format!("step {} of {}", self.step, plan.steps.len()));
+        }
+        let candidate = match self.candidate.as_str() {
+            "blue" => Version::Blue,
+            "green" => Version::Green,
+            other => return Err(format!("unknown candidate `{other}`")),
+        };
+        let mut rollout = Rollout::start(plan, now);
+        rollout.step = self.step;
+        rollout.step_started = now
+            .checked_sub(Duration::from_millis(self.held_ms))
+            .unwrap_or(now);
+        rollout.consecutive_failures = self.consecutive_failures;
+        Ok(ActiveRollout {
+            started_event: self.started_event,
+            rollout,
+            candidate,
+            step_base: base,
+            last_evaluation: now,
+            expected: SplitWord(self.expected_word),
+            paused: self.paused,
+            last_judgement: None,
+            live_baseline_ms: self.live_baseline_ms,
+        })
+    }
+}
+
 /// What `GET /v1/rollouts/SERVICE` answers.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct RolloutStatus {
@@ -200,6 +278,78 @@ impl Daemon {
             })
         };
         Ok([snapshot(Version::Blue)?, snapshot(Version::Green)?])
+    }
+
+    /// Saves `service`'s rollout state in the journal (logged when it cannot be).
+    fn save_rollout(&self, service: &str) {
+        let (Some(journal), Some(active)) = (&self.journal, self.rollouts.get(service)) else {
+            return;
+        };
+        let state = SavedRollout::of(active, Instant::now());
+        let saved = serde_json::to_string(&state)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                journal
+                    .save_rollout(service, &json)
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+            });
+        if let Err(error) = saved {
+            tracing::warn!(
+                service,
+                error,
+                "cannot save the rollout's state; a restart would end it"
+            );
+        }
+    }
+
+    fn forget_rollout(&self, service: &str) {
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.forget_rollout(service)
+        {
+            tracing::warn!(service, error = %error, "cannot forget the ended rollout's state");
+        }
+    }
+
+    /// Resumes the rollouts a previous daemon left in the journal, each at its step.
+    pub fn restore_rollouts(&mut self) {
+        let Some(saved) = self.journal.as_ref().map(Journal::saved_rollouts) else {
+            return;
+        };
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the saved rollouts");
+                return;
+            }
+        };
+        for (service, json) in saved {
+            let restored = serde_json::from_str::<SavedRollout>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|state| {
+                    let id = self.service_id(&service).map_err(|e| e.to_string())?;
+                    let base = self.snapshots(id).map_err(|e| e.to_string())?;
+                    state.restore(base, Instant::now())
+                });
+            match restored {
+                Ok(active) => {
+                    tracing::info!(
+                        service,
+                        step = active.rollout.step + 1,
+                        candidate_percent = %format_percent(active.rollout.share()),
+                        "rollout resumed"
+                    );
+                    self.rollouts.insert(service, active);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        service,
+                        error,
+                        "a saved rollout cannot be resumed; it is dropped"
+                    );
+                    self.forget_rollout(&service);
+                }
+            }
+        }
     }
 
     fn journal_event(
@@ -285,6 +435,7 @@ impl Daemon {
             rollout,
         };
         self.rollouts.insert(service.to_owned(), active);
+        self.save_rollout(service);
         self.rollout_status(service)
     }
 
@@ -333,6 +484,7 @@ impl Daemon {
                     None,
                     serde_json::json!({}),
                 );
+                self.save_rollout(service);
                 Ok("paused".to_owned())
             }
             "resume" => {
@@ -358,6 +510,7 @@ impl Daemon {
                     None,
                     serde_json::json!({}),
                 );
+                self.save_rollout(service);
                 Ok(format!("resumed at green {green}%"))
             }
             "promote" => {
@@ -401,6 +554,7 @@ impl Daemon {
         let decision_to_write = decided.elapsed();
         self.known_splits.insert(service.to_owned(), word);
         self.rollouts.remove(service);
+        self.forget_rollout(service);
         match &decision {
             Decision::RollBack(reason) => {
                 tracing::warn!(service, reason = %reason, actor, write_us = decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool")
@@ -415,6 +569,18 @@ impl Daemon {
             Some(decision_to_write),
             serde_json::json!({ "live": word.live().name() }),
         );
+        self.counters
+            .rollouts_ended
+            .get_or_create(&RolloutEndLabels {
+                service: service.to_owned(),
+                outcome: if matches!(decision, Decision::Promote) {
+                    "promoted"
+                } else {
+                    "rolled_back"
+                },
+                actor: actor.to_owned(),
+            })
+            .inc();
         Ok(())
     }
 
@@ -433,6 +599,7 @@ impl Daemon {
             if let Err(error) = self.evaluate(&service, now) {
                 tracing::warn!(service, error = %error, "cannot evaluate the rollout");
             }
+            self.save_rollout(&service);
         }
     }
 

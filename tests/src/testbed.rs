@@ -335,6 +335,18 @@ impl Testbed {
         daemon.wait().expect("reap daemon")
     }
 
+    /// The daemon's metrics text, fetched inside the node namespace where it listens (the
+    /// default `metrics_listen`).
+    pub fn metrics(&self) -> String {
+        let addr: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
+        let (status, body) = self
+            .node
+            .run(move || crate::http::get_raw(addr, "/metrics"))
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Runs `splitter-ctl --config <this bed's config> args...` in the root namespace.
     #[must_use]
     pub fn ctl(&self, args: &[&str]) -> Output {
@@ -413,4 +425,15 @@ impl Drop for Testbed {
         let _ = fs::remove_dir_all(&self.dir);
         // The namespaces go when their guards drop, right after this.
     }
+}
+
+/// The value of the sample `name_and_labels` (e.g. `splitter_reloads_total`) in a metrics text.
+#[must_use]
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no `{name_and_labels}` in:\n{text}"))
 }

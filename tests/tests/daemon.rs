@@ -15,7 +15,7 @@ use std::{
 use splitter_tests::{
     http::{self, KeepAlive},
     require_root,
-    testbed::{Testbed, ctl_bin},
+    testbed::{Testbed, ctl_bin, metric},
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
@@ -48,26 +48,6 @@ fn xdp_program_id(bed: &Testbed) -> u32 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no XDP program on the interface: {text}"))
-}
-
-/// The metrics text, fetched inside the node namespace where the daemon listens.
-fn metrics(bed: &Testbed) -> String {
-    let addr: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
-    let (status, body) = bed
-        .node
-        .run(move || http::get_raw(addr, "/metrics"))
-        .expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no `{name_and_labels}` in:\n{text}"))
 }
 
 #[test]
@@ -139,7 +119,7 @@ fn reload_applies_a_new_service_and_a_broken_config_changes_nothing() {
     bed.client
         .run(move || assert_eq!(conn.request().expect("request after the reload"), "blue"));
 
-    let text = metrics(&bed);
+    let text = bed.metrics();
     assert_eq!(metric(&text, "splitter_reloads_total"), 1.0);
     assert_eq!(metric(&text, "splitter_reload_errors_total"), 2.0);
 
@@ -214,7 +194,7 @@ fn a_stopped_backend_leaves_its_pool_within_two_probe_intervals() {
             > 50,
         "{status}"
     );
-    let text = metrics(&bed);
+    let text = bed.metrics();
     let green_backend = bed.green_addr();
     assert_eq!(
         metric(

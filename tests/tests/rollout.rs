@@ -1,5 +1,6 @@
 //! End to end for rollouts run by the daemon: promotion of a healthy candidate, automatic
-//! rollback of a bad one, no promotion without traffic, and operator overrides.
+//! rollback of a bad one, no promotion without traffic, operator overrides, and a rollout that
+//! survives a SIGKILL of the daemon.
 
 use std::{
     sync::{
@@ -10,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{http, require_root, testbed::Testbed};
+use splitter_tests::{
+    http, require_root,
+    testbed::{Testbed, metric},
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 
@@ -128,6 +132,13 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
         Some(100.0)
     );
     assert!(rollout(&bed).is_none(), "the rollout is over");
+    assert_eq!(
+        metric(
+            &bed.metrics(),
+            r#"splitter_rollouts_ended_total{service="sentiment",outcome="promoted",actor="gates"}"#
+        ),
+        1.0
+    );
     let kinds: Vec<String> = history(&bed)
         .iter()
         .filter_map(|e| e["kind"].as_str().map(str::to_owned))
@@ -177,6 +188,13 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     assert!(green_failed > 0, "the candidate's errors were real");
     let status = bed.status();
     assert_eq!(status["services"][0]["live"], "blue");
+    assert_eq!(
+        metric(
+            &bed.metrics(),
+            r#"splitter_rollouts_ended_total{service="sentiment",outcome="rolled_back",actor="gates"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         status["services"][0]["share_percent"]["green"].as_f64(),
         Some(0.0)
@@ -338,4 +356,54 @@ fn an_operator_override_pauses_the_rollout_and_is_journaled() {
             .contains("aborted")
     );
     assert!(rollout(&bed).is_none());
+}
+
+#[test]
+fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
+    require_root!();
+    let mut bed = Testbed::new(55, SERVER);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed);
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,50,100",
+        "--hold",
+        "1s",
+        "--interval",
+        "200ms",
+        "--min-samples",
+        "5",
+        "--max-p99-vs-live",
+        "50",
+    ]);
+    wait_until(&bed, "the second step", Duration::from_secs(20), || {
+        rollout(&bed).is_some_and(|r| r["step"].as_u64() == Some(1))
+    });
+    bed.kill_daemon();
+    // The kernel keeps splitting at the step's share while no daemon runs.
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(50.0)
+    );
+    bed.start_daemon(&[]);
+    let resumed = rollout(&bed).expect("the rollout is back");
+    assert_eq!(resumed["step"].as_u64(), Some(1), "{resumed}");
+    assert_eq!(resumed["candidate_percent"].as_f64(), Some(50.0));
+    assert!(bed.daemon_log().contains("rollout resumed"));
+    wait_until(&bed, "the promotion", Duration::from_secs(30), || {
+        bed.status()["services"][0]["live"] == "green"
+    });
+    let [(_, blue_failed), (green_ok, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
+    assert!(green_ok > 0);
+    let kinds: Vec<String> = history(&bed)
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .filter(|k| k != "gate_evaluation")
+        .collect();
+    assert_eq!(kinds, ["rollout_started", "step", "step", "promotion"]);
 }

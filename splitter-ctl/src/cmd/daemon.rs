@@ -59,7 +59,10 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
 
     let counters = DaemonCounters::default();
     let daemon = match Daemon::start(config, counters.clone()) {
-        Ok(daemon) => daemon,
+        Ok(mut daemon) => {
+            daemon.restore_rollouts();
+            daemon
+        }
         Err(error) => {
             let _ = std::fs::remove_file(&socket_path);
             return Err(error.into());
