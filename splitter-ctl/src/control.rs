@@ -100,19 +100,25 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
     }
 }
 
+/// The answer to a refused rollout or drill request.
+pub(crate) fn rollout_error(e: crate::rollouts::RolloutError) -> Response {
+    use crate::rollouts::RolloutError as E;
+    let status = match e {
+        E::UnknownService(_) | E::NotRunning(_) => 404,
+        E::AlreadyRunning(_)
+        | E::RolloutRunning(_)
+        | E::NothingToDrill(_)
+        | E::UnhealthyLive(..) => 409,
+        E::Maps(_) => 500,
+        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(_) => 422,
+    };
+    Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
+}
+
 /// `GET /v1/rollouts/SERVICE`, `POST /v1/rollouts/SERVICE/start` (body: a plan, every field
 /// optional) and `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}`.
 fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Response {
-    let error = |e: crate::rollouts::RolloutError| {
-        use crate::rollouts::RolloutError as E;
-        let status = match e {
-            E::UnknownService(_) | E::NotRunning(_) => 404,
-            E::AlreadyRunning(_) => 409,
-            E::Maps(_) => 500,
-            E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(_) => 422,
-        };
-        Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
-    };
+    let error = rollout_error;
     let (service, action) = rest.split_once('/').unwrap_or((rest, ""));
     match (method, action) {
         ("GET", "") => daemon.rollout_status(service).map_or_else(error, |s| {

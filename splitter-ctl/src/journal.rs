@@ -216,6 +216,20 @@ impl Journal {
         Ok(Self { connection })
     }
 
+    /// Sets the time from decision to the first new connection on the live pool of event `id`.
+    pub fn set_first_connection(&self, id: i64, us: u64) -> Result<(), JournalError> {
+        self.connection
+            .execute(
+                "UPDATE events SET decision_to_first_connection_us = ?1 WHERE id = ?2",
+                params![i64::try_from(us).unwrap_or(i64::MAX), id],
+            )
+            .map_err(|source| JournalError::Query {
+                what: "set the time to first connection",
+                source,
+            })?;
+        Ok(())
+    }
+
     /// Saves the state of `service`'s rollout in progress (JSON), replacing the last one.
     pub fn save_rollout(&self, service: &str, state: &str) -> Result<(), JournalError> {
         self.connection

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod drill;
 pub mod health;
 pub mod http;
 pub mod journal;

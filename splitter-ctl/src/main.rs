@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         action: RolloutAction,
     },
+    /// Rollback drill: roll back for real, prove new connections land on the live pool, measure
+    /// the time, put the share back, journal it (through the daemon).
+    Drill {
+        service: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
     /// Show the live pool, shares, backends and counters.
@@ -264,6 +271,19 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             };
             println!("{}", out.trim_end());
             Ok(())
+        }
+        Command::Drill { service, output } => {
+            let (report, passed) =
+                cmd::rollout::drill(config, &service, matches!(output, Output::Json))?;
+            print!("{report}");
+            // A drill that did not pass is a finding: scripts and timers see it in the status.
+            if passed {
+                Ok(())
+            } else {
+                Err(cmd::CommandError::Daemon(
+                    "the drill did not pass".to_owned(),
+                ))
+            }
         }
         Command::Reload => {
             println!("{}", cmd::reload::run(config)?);

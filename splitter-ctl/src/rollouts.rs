@@ -241,6 +241,12 @@ pub enum RolloutError {
     Plan(String),
     #[error("the {0} pool has no backend")]
     EmptyCandidate(&'static str),
+    #[error("a rollout of `{0}` is running: a drill would fight it; abort or finish it first")]
+    RolloutRunning(String),
+    #[error("`{0}` sends no new connection to its candidate: there is nothing to roll back")]
+    NothingToDrill(String),
+    #[error("the live pool ({1}) of `{0}` has no healthy backend: a rollback would land on it")]
+    UnhealthyLive(String, &'static str),
     #[error(transparent)]
     Maps(#[from] crate::maps::MapsError),
 }
@@ -258,7 +264,7 @@ fn describe(judgement: &Judgement) -> String {
 }
 
 impl Daemon {
-    fn service_id(&self, service: &str) -> Result<u32, RolloutError> {
+    pub(crate) fn service_id(&self, service: &str) -> Result<u32, RolloutError> {
         let spec = self
             .config
             .service(service)
@@ -352,7 +358,7 @@ impl Daemon {
         }
     }
 
-    fn journal_event(
+    pub(crate) fn journal_event(
         &self,
         service: &str,
         kind: EventKind,

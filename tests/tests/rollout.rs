@@ -77,6 +77,38 @@ fn history(bed: &Testbed) -> Vec<serde_json::Value> {
     events
 }
 
+/// Starts 10% → 50% → 100% with a 1 s hold, judged every 300 ms on at least 5 requests.
+fn start_healthy_rollout(bed: &Testbed) -> String {
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,50,100",
+        "--hold",
+        "1s",
+        "--interval",
+        "300ms",
+        "--min-samples",
+        "5",
+        "--max-error-rate",
+        "0.05",
+        // Loose: the host is shared and one slow millisecond is an 8x spike here. What
+        // matters is that the last step (no live traffic) is judged against the last live p99.
+        "--max-p99-vs-live",
+        "50",
+    ])
+}
+
+/// The kinds of the journal's events, oldest first, without the gate evaluations.
+fn decisions(bed: &Testbed) -> Vec<String> {
+    history(bed)
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .filter(|k| k != "gate_evaluation")
+        .collect()
+}
+
 fn wait_until(bed: &Testbed, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -97,25 +129,7 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
     bed.write_config("0");
     bed.start_daemon(&[]);
     let load = Load::start(&bed);
-    let out = bed.ctl_ok(&[
-        "rollout",
-        "start",
-        "sentiment",
-        "--steps",
-        "10,50,100",
-        "--hold",
-        "1s",
-        "--interval",
-        "300ms",
-        "--min-samples",
-        "5",
-        "--max-error-rate",
-        "0.05",
-        // Loose: the host is shared and one slow millisecond is an 8x spike here. What
-        // matters is that the last step (no live traffic) is judged against the last live p99.
-        "--max-p99-vs-live",
-        "50",
-    ]);
+    let out = start_healthy_rollout(&bed);
     assert!(out.contains("green at 10%"), "{out}");
     wait_until(&bed, "the promotion", Duration::from_secs(30), || {
         bed.status()["services"][0]["live"] == "green"
@@ -139,12 +153,10 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
         ),
         1.0
     );
-    let kinds: Vec<String> = history(&bed)
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-        .filter(|k| k != "gate_evaluation")
-        .collect();
-    assert_eq!(kinds, ["rollout_started", "step", "step", "promotion"]);
+    assert_eq!(
+        decisions(&bed),
+        ["rollout_started", "step", "step", "promotion"]
+    );
 }
 
 #[test]
@@ -365,21 +377,7 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     bed.write_config("0");
     bed.start_daemon(&[]);
     let load = Load::start(&bed);
-    bed.ctl_ok(&[
-        "rollout",
-        "start",
-        "sentiment",
-        "--steps",
-        "10,50,100",
-        "--hold",
-        "1s",
-        "--interval",
-        "200ms",
-        "--min-samples",
-        "5",
-        "--max-p99-vs-live",
-        "50",
-    ]);
+    start_healthy_rollout(&bed);
     wait_until(&bed, "the second step", Duration::from_secs(20), || {
         rollout(&bed).is_some_and(|r| r["step"].as_u64() == Some(1))
     });
@@ -400,10 +398,72 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     let [(_, blue_failed), (green_ok, green_failed)] = load.stop();
     assert_eq!((blue_failed, green_failed), (0, 0));
     assert!(green_ok > 0);
-    let kinds: Vec<String> = history(&bed)
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-        .filter(|k| k != "gate_evaluation")
+    assert_eq!(
+        decisions(&bed),
+        ["rollout_started", "step", "step", "promotion"]
+    );
+}
+
+#[test]
+fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled() {
+    require_root!();
+    let mut bed = Testbed::new(56, SERVER);
+    bed.write_config_with(
+        "30",
+        "[service.health]\ninterval_ms = 200\ntimeout_ms = 200\nunhealthy_after = 2\nhealthy_after = 2\nhttp_path = \"/healthz\"\n",
+    );
+    bed.start_daemon(&[]);
+    // Without traffic nothing can be proven: inconclusive, a failing exit, the share back.
+    let idle = bed.ctl(&["drill", "sentiment"]);
+    assert!(!idle.status.success());
+    assert!(String::from_utf8_lossy(&idle.stdout).contains("inconclusive"));
+    let green_share =
+        |bed: &Testbed| bed.status()["services"][0]["share_percent"]["green"].as_f64();
+    assert_eq!(green_share(&bed), Some(30.0));
+
+    let load = Load::start(&bed);
+    let text = bed.ctl_ok(&["drill", "sentiment", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("drill JSON");
+    assert_eq!(report["outcome"], "passed", "{report}");
+    assert_eq!(report["new_on_candidate"].as_u64(), Some(0), "{report}");
+    let first = report["decision_to_first_connection_us"]
+        .as_u64()
+        .expect("a first connection on the live pool");
+    assert!(first < 5_000_000, "{report}");
+    assert_eq!(report["restored"], "green at 30%");
+    assert_eq!(green_share(&bed), Some(30.0));
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
+
+    let drills: Vec<serde_json::Value> = history(&bed)
+        .into_iter()
+        .filter(|e| e["kind"] == "drill")
         .collect();
-    assert_eq!(kinds, ["rollout_started", "step", "step", "promotion"]);
+    assert_eq!(drills.len(), 2, "{drills:?}");
+    assert_eq!(
+        drills[1]["decision_to_first_connection_us"].as_u64(),
+        Some(first)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
+    assert_eq!(summary["drills"].as_u64(), Some(2), "{summary}");
+
+    // Refusals change nothing: a drill onto a pool with no healthy backend, and (after a
+    // rollback) a drill with nothing to roll back.
+    bed.stop("blue");
+    wait_until(&bed, "blue marked down", Duration::from_secs(5), || {
+        bed.status()["services"][0]["pools"]["blue"]["backends"][0]["healthy"] == false
+    });
+    let out = bed.ctl(&["drill", "sentiment"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no healthy backend"),
+        "{out:?}"
+    );
+    assert_eq!(green_share(&bed), Some(30.0));
+    bed.ctl_ok(&["rollback", "sentiment"]);
+    let out = bed.ctl(&["drill", "sentiment"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to roll back"),
+        "{out:?}"
+    );
 }

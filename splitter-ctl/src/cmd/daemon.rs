@@ -123,11 +123,45 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
         let (shared, config_path) = (Arc::clone(&shared), config_path.clone());
         tokio::spawn(async move {
             let response = match crate::http::read_request(&mut stream).await {
+                Ok(request) if request.method == "POST" && request.path.starts_with(DRILLS) => {
+                    run_drill(&shared, &request.path[DRILLS.len()..]).await
+                }
                 Ok(request) => control::handle(&request, &mut lock(&shared), &config_path),
                 Err(error) => crate::http::Response::error(error.status(), &error.to_string()),
             };
             let _ = crate::http::write_response(&mut stream, &response).await;
         });
+    }
+}
+
+/// `POST /v1/drills/SERVICE`: the one control request that takes time, so it is served here,
+/// taking the daemon's lock only for each step.
+const DRILLS: &str = "/v1/drills/";
+
+async fn run_drill(shared: &Shared, service: &str) -> crate::http::Response {
+    let begun = lock(shared).begin_drill(service);
+    let mut drill = match begun {
+        Ok(drill) => drill,
+        Err(error) => return control::rollout_error(error),
+    };
+    let deadline = tokio::time::Instant::now() + crate::drill::DRILL_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match lock(shared).watch_drill(&mut drill) {
+            Ok(crate::drill::Watch::Continue) => {}
+            Ok(crate::drill::Watch::Done) => break,
+            Err(error) => {
+                tracing::warn!(error = %error, "drill: cannot read the counters");
+                break;
+            }
+        }
+        tokio::time::sleep(crate::drill::DRILL_POLL).await;
+    }
+    let ended = lock(shared).end_drill(drill);
+    match ended {
+        Ok(report) => {
+            crate::http::Response::json(200, &serde_json::to_value(report).unwrap_or_default())
+        }
+        Err(error) => control::rollout_error(error),
     }
 }
 

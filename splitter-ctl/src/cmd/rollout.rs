@@ -1,5 +1,5 @@
-//! `splitter-ctl rollout start|status|pause|resume|promote|abort SERVICE`: rollouts run in the
-//! daemon; these commands ask it through the control socket.
+//! `splitter-ctl rollout start|status|pause|resume|promote|abort SERVICE` and `drill SERVICE`:
+//! rollouts and drills run in the daemon; these commands ask it through the control socket.
 
 use std::path::Path;
 
@@ -105,6 +105,35 @@ pub fn command(config_path: &Path, service: &str, action: &str) -> Result<String
         "{service}: {}",
         answer["done"].as_str().unwrap_or(action)
     ))
+}
+
+/// Runs a rollback drill in the daemon: what it measured, and whether it passed.
+pub fn drill(
+    config_path: &Path,
+    service: &str,
+    json: bool,
+) -> Result<(String, bool), CommandError> {
+    let report = request(config_path, "POST", &format!("/v1/drills/{service}"), b"")?;
+    let passed = report["outcome"] == "passed";
+    if json {
+        return Ok((serde_json::to_string_pretty(&report)? + "\n", passed));
+    }
+    let us = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or_else(|| "none seen".to_owned(), |us| format!("{us} µs"))
+    };
+    let text = format!(
+        "drill of {service}: {}\n  rollback write: {}\n  decision to first new connection on {}: {}\n  new connections during the drill: {} on {}, {} on the candidate\n  restored: {}\n",
+        report["outcome"].as_str().unwrap_or("?"),
+        us(&report["decision_to_write_us"]),
+        report["live"].as_str().unwrap_or("?"),
+        us(&report["decision_to_first_connection_us"]),
+        report["new_on_live"],
+        report["live"].as_str().unwrap_or("?"),
+        report["new_on_candidate"],
+        report["restored"].as_str().unwrap_or("?"),
+    );
+    Ok((text, passed))
 }
 
 /// A share as an operator writes it: `10`, `2.5`, never `10.0`.
