@@ -58,6 +58,8 @@ pub struct Daemon {
     pub(crate) rollouts: HashMap<String, ActiveRollout>,
     /// The deployment journal; `None` when it cannot be opened (logged; nothing else stops).
     pub(crate) journal: Option<Journal>,
+    /// Rollbacks whose first new connection on the live pool is being timed.
+    pub(crate) first_connection_watches: Vec<crate::drill::FirstConnectionWatch>,
     /// Responses and errors at the last housekeeping, for rates over the window since.
     last_sample: HashMap<(String, Version), Sample>,
     /// Rates over the last window.
@@ -114,6 +116,7 @@ impl Daemon {
             counters,
             known_splits: HashMap::new(),
             rollouts: HashMap::new(),
+            first_connection_watches: Vec::new(),
             journal: Journal::open(&config_state_dir)
                 .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
                 .ok(),

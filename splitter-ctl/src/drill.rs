@@ -2,6 +2,9 @@
 //! new connections land on the live pool (and none on the candidate), then put the share back
 //! and journal what was measured. The daemon runs the watching without holding its lock, so
 //! status, metrics and probes go on during a drill.
+//!
+//! The same counters time a rollout's rollback: from the decision to the first new connection
+//! on the live pool, written into the rollback's journal entry when it is seen.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,16 @@ pub struct DrillReport {
     pub new_on_candidate: u64,
     /// The share put back, or why it was not.
     pub restored: String,
+}
+
+/// A rollback whose first new connection on the live pool is awaited.
+#[derive(Debug)]
+pub struct FirstConnectionWatch {
+    event: i64,
+    id: u32,
+    live: Version,
+    base: u64,
+    decided: Instant,
 }
 
 /// What the watcher does next.
@@ -173,6 +186,55 @@ impl Daemon {
         tracing::info!(service = drill.service, outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         self.journal_drill(&report, drill.write);
         Ok(report)
+    }
+
+    /// Starts timing the first new connection on `live` after a rollback journaled as `event`.
+    pub(crate) fn watch_first_connection(
+        &mut self,
+        event: i64,
+        id: u32,
+        live: Version,
+        decided: Instant,
+    ) {
+        match self.new_flows(id) {
+            Ok(now) => self.first_connection_watches.push(FirstConnectionWatch {
+                event,
+                id,
+                live,
+                base: now[live as usize],
+                decided,
+            }),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot time the rollback's first connection")
+            }
+        }
+    }
+
+    /// Reads the counters of every awaited rollback once, journals those whose first
+    /// connection came, drops those older than `DRILL_LIMIT`. True while some are awaited.
+    pub fn check_first_connections(&mut self) -> bool {
+        let watches = std::mem::take(&mut self.first_connection_watches);
+        for watch in watches {
+            let seen = self
+                .new_flows(watch.id)
+                .is_ok_and(|now| now[watch.live as usize] > watch.base);
+            if seen {
+                let us = micros(watch.decided.elapsed());
+                if let Some(journal) = &self.journal
+                    && let Err(error) = journal.set_first_connection(watch.event, us)
+                {
+                    tracing::warn!(error = %error, "cannot journal the rollback's first connection");
+                }
+                tracing::info!(
+                    first_connection_us = us,
+                    live = watch.live.name(),
+                    "first new connection after the rollback"
+                );
+            } else if watch.decided.elapsed() < DRILL_LIMIT {
+                self.first_connection_watches.push(watch);
+            }
+        }
+        !self.first_connection_watches.is_empty()
     }
 
     fn journal_drill(&self, report: &DrillReport, write: Duration) {

@@ -567,7 +567,7 @@ impl Daemon {
             }
             _ => tracing::info!(service, live = candidate.name(), actor, "promoted"),
         }
-        self.journal_event(
+        let event = self.journal_event(
             service,
             kind,
             actor,
@@ -575,6 +575,9 @@ impl Daemon {
             Some(decision_to_write),
             serde_json::json!({ "live": word.live().name() }),
         );
+        if let (Decision::RollBack(_), Some(event)) = (&decision, event) {
+            self.watch_first_connection(event, id, word.live(), decided);
+        }
         self.counters
             .rollouts_ended
             .get_or_create(&RolloutEndLabels {

@@ -195,6 +195,17 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     wait_until(&bed, "the rollback", Duration::from_secs(30), || {
         rollout(&bed).is_none()
     });
+    // Under load, the first new connection on the live pool after it is timed and journaled.
+    wait_until(
+        &bed,
+        "the rollback's first connection",
+        Duration::from_secs(5),
+        || {
+            history(&bed).iter().any(|e| {
+                e["kind"] == "rollback" && e["decision_to_first_connection_us"].as_u64().is_some()
+            })
+        },
+    );
     let [(_, blue_failed), (_, green_failed)] = load.stop();
     assert_eq!(blue_failed, 0, "no request on the live pool failed");
     assert!(green_failed > 0, "the candidate's errors were real");
@@ -243,6 +254,15 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     assert!(
         after <= 2 * interval + Duration::from_millis(200),
         "rolled back {after:?} after the first failing window"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
+    assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");
+    assert!(
+        summary["mean_time_to_rollback_first_connection_us"]
+            .as_f64()
+            .is_some(),
+        "{summary}"
     );
 }
 

@@ -204,10 +204,23 @@ fn metrics_response(request: &crate::http::Request, metrics: &Metrics) -> crate:
 }
 
 /// Judges rollouts as their intervals come round.
+/// How often rollouts are looked at (each is judged at its own interval).
+const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn run_rollouts(shared: Shared) {
+    let mut next_tick = tokio::time::Instant::now();
     loop {
-        lock(&shared).rollout_tick(Instant::now());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if tokio::time::Instant::now() >= next_tick {
+            lock(&shared).rollout_tick(Instant::now());
+            next_tick = tokio::time::Instant::now() + ROLLOUT_TICK;
+        }
+        // After a rollback, its first connection on the live pool is timed to the millisecond.
+        let watching = lock(&shared).check_first_connections();
+        if watching {
+            tokio::time::sleep(crate::drill::DRILL_POLL).await;
+        } else {
+            tokio::time::sleep_until(next_tick).await;
+        }
     }
 }
 
