@@ -151,6 +151,9 @@ pub struct ServiceSpec {
     pub green_share_bp: u16,
     /// How the backends are probed; `None` for UDP services, which are not probed.
     pub health: Option<HealthCheck>,
+    /// The `[service.rollout]` table: the plan `rollout start` uses, which its options
+    /// override field by field. Validated when the file is read.
+    pub rollout: crate::rollout::PlanRequest,
 }
 
 impl ServiceSpec {
@@ -269,6 +272,7 @@ struct RawService {
     green: Option<Spanned<Vec<Spanned<String>>>>,
     green_weight: Option<Spanned<toml::Value>>,
     health: Option<Spanned<RawHealth>>,
+    rollout: Option<Spanned<crate::rollout::PlanRequest>>,
 }
 
 #[derive(Deserialize)]
@@ -584,6 +588,16 @@ impl Validator<'_> {
             (None, Protocol::Tcp) => Some(HealthCheck::default()),
             (None, Protocol::Udp) => None,
         };
+        let rollout = match &raw.rollout {
+            None => crate::rollout::PlanRequest::default(),
+            Some(plan) => {
+                plan.get_ref()
+                    .clone()
+                    .into_plan()
+                    .map_err(|problem| self.invalid(plan.span(), at("rollout"), problem))?;
+                plan.get_ref().clone()
+            }
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -593,6 +607,7 @@ impl Validator<'_> {
             green,
             green_share_bp,
             health,
+            rollout,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0
@@ -1006,6 +1021,43 @@ green_weight = 12.5
             error(&backend_as_service)
                 .contains(":15:10: `service[1].listen`: 198.18.1.2:8080 is also a backend")
         );
+    }
+
+    #[test]
+    fn a_rollout_plan_in_the_config_is_validated_and_overridden_field_by_field() {
+        assert_eq!(
+            parse(GOOD).expect("valid").services[0].rollout,
+            crate::rollout::PlanRequest::default()
+        );
+        let text = format!(
+            "{GOOD}\n[service.rollout]\nsteps = [10, 50, 100]\nhold_ms = 5000\nmax_p99_ms = 250\n"
+        );
+        let configured = parse(&text).expect("valid").services[0].rollout.clone();
+        assert_eq!(configured.steps, Some(vec![10.0, 50.0, 100.0]));
+        let plan = configured
+            .overridden_by(crate::rollout::PlanRequest {
+                hold_ms: Some(1_000),
+                ..crate::rollout::PlanRequest::default()
+            })
+            .into_plan()
+            .expect("valid");
+        assert_eq!(plan.steps, [1_000, 5_000, 10_000]);
+        assert_eq!(plan.hold, Duration::from_secs(1), "the override wins");
+        assert_eq!(plan.gates.max_p99_ms, Some(250.0), "the config stays");
+        for (table, expected) in [
+            (
+                "steps = [50, 10, 100]",
+                "`service[0].rollout`: steps must rise",
+            ),
+            (
+                "failure_limit = 0",
+                "`service[0].rollout`: failure_limit 0 is outside",
+            ),
+            ("hold = \"5s\"", "unknown field `hold`"),
+        ] {
+            let message = error(&format!("{GOOD}\n[service.rollout]\n{table}\n"));
+            assert!(message.contains(expected), "{table}: {message}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use splitter_common::{Histogram, VersionStats};
 
 use crate::{latency, status};
@@ -60,6 +62,137 @@ impl Default for Plan {
             interval: Duration::from_secs(10),
             gates: Gates::default(),
             failure_limit: 2,
+        }
+    }
+}
+
+/// A plan as a request gives it: every field optional, the defaults of `Plan` otherwise.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// Candidate shares in percent, rising, ending at 100.
+    pub steps: Option<Vec<f64>>,
+    pub hold_ms: Option<u64>,
+    pub interval_ms: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub max_p99_vs_live: Option<f64>,
+    pub min_samples: Option<u64>,
+    pub failure_limit: Option<u32>,
+}
+
+impl PlanRequest {
+    /// This plan with every field that `overrides` sets taken from it (the config's plan,
+    /// overridden from the command line).
+    #[must_use]
+    pub fn overridden_by(self, overrides: Self) -> Self {
+        Self {
+            steps: overrides.steps.or(self.steps),
+            hold_ms: overrides.hold_ms.or(self.hold_ms),
+            interval_ms: overrides.interval_ms.or(self.interval_ms),
+            max_error_rate: overrides.max_error_rate.or(self.max_error_rate),
+            max_p99_ms: overrides.max_p99_ms.or(self.max_p99_ms),
+            max_p99_vs_live: overrides.max_p99_vs_live.or(self.max_p99_vs_live),
+            min_samples: overrides.min_samples.or(self.min_samples),
+            failure_limit: overrides.failure_limit.or(self.failure_limit),
+        }
+    }
+
+    /// The plan, or what is wrong with the request.
+    pub fn into_plan(self) -> Result<Plan, String> {
+        let defaults = Plan::default();
+        let steps = match self.steps {
+            None => defaults.steps,
+            Some(steps) => {
+                let bp: Vec<u16> = steps
+                    .iter()
+                    .map(|p| {
+                        let bp = (p * 100.0).round();
+                        if !(1.0..=10_000.0).contains(&bp) || (bp - p * 100.0).abs() > 1e-6 {
+                            Err(format!("step {p} is not a percentage from 0.01 to 100 with at most two decimals"))
+                        } else {
+                            Ok(bp as u16)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                if bp.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("steps must rise".to_owned());
+                }
+                if bp.last() != Some(&10_000) {
+                    return Err("the last step must be 100".to_owned());
+                }
+                bp
+            }
+        };
+        let ms = |v: Option<u64>,
+                  default: Duration,
+                  range: std::ops::RangeInclusive<u64>,
+                  what: &str| match v {
+            None => Ok(default),
+            Some(v) if range.contains(&v) => Ok(Duration::from_millis(v)),
+            Some(v) => Err(format!(
+                "{what} {v} ms is outside {}..={} ms",
+                range.start(),
+                range.end()
+            )),
+        };
+        let hold = ms(self.hold_ms, defaults.hold, 0..=86_400_000, "hold")?;
+        let interval = ms(
+            self.interval_ms,
+            defaults.interval,
+            100..=600_000,
+            "interval",
+        )?;
+        let fraction = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+            None => Ok(default),
+            Some(v) if (0.0..=1.0).contains(&v) => Ok(Some(v)),
+            Some(v) => Err(format!("{what} {v} is not between 0 and 1")),
+        };
+        let positive = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+            None => Ok(default),
+            Some(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
+            Some(v) => Err(format!("{what} {v} must be a positive number")),
+        };
+        let gates = Gates {
+            max_error_rate: fraction(
+                self.max_error_rate,
+                defaults.gates.max_error_rate,
+                "max_error_rate",
+            )?,
+            max_p99_ms: positive(self.max_p99_ms, defaults.gates.max_p99_ms, "max_p99_ms")?,
+            max_p99_vs_live: positive(
+                self.max_p99_vs_live,
+                defaults.gates.max_p99_vs_live,
+                "max_p99_vs_live",
+            )?,
+            min_samples: self.min_samples.unwrap_or(defaults.gates.min_samples),
+        };
+        let failure_limit = match self.failure_limit {
+            None => defaults.failure_limit,
+            Some(n) if (1..=10).contains(&n) => n,
+            Some(n) => return Err(format!("failure_limit {n} is outside 1..=10")),
+        };
+        Ok(Plan {
+            steps,
+            hold,
+            interval,
+            gates,
+            failure_limit,
+        })
+    }
+}
+
+impl From<&Plan> for PlanRequest {
+    fn from(plan: &Plan) -> Self {
+        Self {
+            steps: Some(plan.steps.iter().map(|bp| f64::from(*bp) / 100.0).collect()),
+            hold_ms: Some(u64::try_from(plan.hold.as_millis()).unwrap_or(u64::MAX)),
+            interval_ms: Some(u64::try_from(plan.interval.as_millis()).unwrap_or(u64::MAX)),
+            max_error_rate: plan.gates.max_error_rate,
+            max_p99_ms: plan.gates.max_p99_ms,
+            max_p99_vs_live: plan.gates.max_p99_vs_live,
+            min_samples: Some(plan.gates.min_samples),
+            failure_limit: Some(plan.failure_limit),
         }
     }
 }

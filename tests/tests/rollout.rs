@@ -270,7 +270,11 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
 fn without_traffic_a_rollout_holds_and_never_promotes() {
     require_root!();
     let mut bed = Testbed::new(53, SERVER);
-    bed.write_config("0");
+    // The plan comes from the config; the command line overrides one field of it.
+    bed.write_config_with(
+        "0",
+        "[service.rollout]\nsteps = [10, 100]\nhold_ms = 60000\ninterval_ms = 200\nmin_samples = 5\n",
+    );
     bed.start_daemon(&[]);
     // Bad requests are refused with their reason and start nothing.
     for (args, reason) in [
@@ -306,19 +310,8 @@ fn without_traffic_a_rollout_holds_and_never_promotes() {
         bed.status()["services"][0]["share_percent"]["green"].as_f64(),
         Some(0.0)
     );
-    bed.ctl_ok(&[
-        "rollout",
-        "start",
-        "sentiment",
-        "--steps",
-        "10,100",
-        "--hold",
-        "200ms",
-        "--interval",
-        "200ms",
-        "--min-samples",
-        "5",
-    ]);
+    let started = bed.ctl_ok(&["rollout", "start", "sentiment", "--hold", "200ms"]);
+    assert!(started.contains("(steps 10 → 100)"), "{started}");
     let again = bed.ctl(&["rollout", "start", "sentiment"]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already running"),
