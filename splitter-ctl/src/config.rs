@@ -138,6 +138,11 @@ impl Default for HealthCheck {
     }
 }
 
+/// How long after a promotion the previous version stays ready for `rollback`.
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The longest rollback window a config may ask for: 30 days.
+const MAX_ROLLBACK_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
+
 /// A valid service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSpec {
@@ -154,6 +159,9 @@ pub struct ServiceSpec {
     /// The `[service.rollout]` table: the plan `rollout start` uses, which its options
     /// override field by field. Validated when the file is read.
     pub rollout: crate::rollout::PlanRequest,
+    /// How long after a promotion `rollback` may still return to the previous version; after
+    /// it, that version is reported as retired.
+    pub rollback_window: Duration,
 }
 
 impl ServiceSpec {
@@ -273,6 +281,7 @@ struct RawService {
     green_weight: Option<Spanned<toml::Value>>,
     health: Option<Spanned<RawHealth>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
+    rollback_window_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -598,6 +607,19 @@ impl Validator<'_> {
                 plan.get_ref().clone()
             }
         };
+        let rollback_window = match &raw.rollback_window_ms {
+            None => DEFAULT_ROLLBACK_WINDOW,
+            Some(ms) if *ms.get_ref() <= MAX_ROLLBACK_WINDOW_MS => {
+                Duration::from_millis(*ms.get_ref())
+            }
+            Some(ms) => {
+                return Err(self.invalid(
+                    ms.span(),
+                    at("rollback_window_ms"),
+                    format!("{} is outside 0..={MAX_ROLLBACK_WINDOW_MS}", ms.get_ref()),
+                ));
+            }
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -608,6 +630,7 @@ impl Validator<'_> {
             green_share_bp,
             health,
             rollout,
+            rollback_window,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0
@@ -1058,6 +1081,15 @@ green_weight = 12.5
             let message = error(&format!("{GOOD}\n[service.rollout]\n{table}\n"));
             assert!(message.contains(expected), "{table}: {message}");
         }
+        assert_eq!(
+            parse(GOOD).expect("valid").services[0].rollback_window,
+            DEFAULT_ROLLBACK_WINDOW
+        );
+        let message = error(&format!("{GOOD}rollback_window_ms = 2592000001\n"));
+        assert!(
+            message.contains("`service[0].rollback_window_ms`: 2592000001 is outside"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -122,6 +122,27 @@ pub struct Event {
     pub event: NewEvent,
 }
 
+/// An event from a row of `SELECT id, at_ms, service, kind, actor, reason,
+/// decision_to_write_us, decision_to_first_connection_us, details`.
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let kind: String = row.get(3)?;
+    let details: String = row.get(8)?;
+    let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    Ok(Event {
+        id: row.get(0)?,
+        at_ms: row.get(1)?,
+        event: NewEvent {
+            service: row.get(2)?,
+            kind: EventKind::parse(&kind).unwrap_or(EventKind::Weight),
+            actor: row.get(4)?,
+            reason: row.get(5)?,
+            decision_to_write_us: as_u64(row.get(6)?),
+            decision_to_first_connection_us: as_u64(row.get(7)?),
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+        },
+    })
+}
+
 /// Deployment frequency and mean time to rollback over a window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -230,6 +251,69 @@ impl Journal {
         Ok(())
     }
 
+    /// The last promotion of `service`: when (Unix ms) and which version it made live.
+    pub fn last_promotion(&self, service: &str) -> Result<Option<(i64, String)>, JournalError> {
+        let row: Option<(i64, String)> = self
+            .connection
+            .query_row(
+                "SELECT at_ms, details FROM events WHERE service = ?1 AND kind = ?2
+                 ORDER BY id DESC LIMIT 1",
+                params![service, EventKind::Promotion.name()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|source| JournalError::Query {
+                what: "find the last promotion",
+                source,
+            })?;
+        Ok(row.and_then(|(at_ms, details)| {
+            let details: serde_json::Value = serde_json::from_str(&details).ok()?;
+            Some((at_ms, details["live"].as_str()?.to_owned()))
+        }))
+    }
+
+    /// The events of the rollout that event `id` started, oldest first: up to its promotion or
+    /// rollback, or up to now while it runs. `None` when `id` is not a rollout's start.
+    pub fn rollout_events(&self, id: i64) -> Result<Option<Vec<Event>>, JournalError> {
+        let query = |what| move |source| JournalError::Query { what, source };
+        let start: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT service FROM events WHERE id = ?1 AND kind = ?2",
+                params![id, EventKind::RolloutStarted.name()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("find the rollout"))?;
+        let Some(service) = start else {
+            return Ok(None);
+        };
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details
+                 FROM events WHERE service = ?1 AND id >= ?2 ORDER BY id",
+            )
+            .map_err(query("read the rollout"))?;
+        let rows = statement
+            .query_map(params![service, id], event_from_row)
+            .map_err(query("read the rollout"))?;
+        let mut events = Vec::new();
+        for row in rows {
+            let event = row.map_err(query("read the rollout"))?;
+            let kind = event.event.kind;
+            // A later rollout of the same service is not part of this one.
+            if kind == EventKind::RolloutStarted && event.id != id {
+                break;
+            }
+            events.push(event);
+            if matches!(kind, EventKind::Promotion | EventKind::Rollback) {
+                break;
+            }
+        }
+        Ok(Some(events))
+    }
+
     /// Saves the state of `service`'s rollout in progress (JSON), replacing the last one.
     pub fn save_rollout(&self, service: &str, state: &str) -> Result<(), JournalError> {
         self.connection
@@ -315,25 +399,7 @@ impl Journal {
         let rows = statement
             .query_map(
                 params![service, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |row| {
-                    let kind: String = row.get(3)?;
-                    let details: String = row.get(8)?;
-                    let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-                    Ok(Event {
-                        id: row.get(0)?,
-                        at_ms: row.get(1)?,
-                        event: NewEvent {
-                            service: row.get(2)?,
-                            kind: EventKind::parse(&kind).unwrap_or(EventKind::Weight),
-                            actor: row.get(4)?,
-                            reason: row.get(5)?,
-                            decision_to_write_us: as_u64(row.get(6)?),
-                            decision_to_first_connection_us: as_u64(row.get(7)?),
-                            details: serde_json::from_str(&details)
-                                .unwrap_or(serde_json::Value::Null),
-                        },
-                    })
-                },
+                event_from_row,
             )
             .map_err(query("read the history"))?;
         rows.collect::<Result<_, _>>()
@@ -495,6 +561,40 @@ mod tests {
         );
         journal.forget_rollout("a").expect("forget");
         assert_eq!(journal.saved_rollouts().expect("read").len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rollouts_events_end_at_its_promotion_or_rollback() {
+        let dir = temp_dir("review");
+        let journal = Journal::open(&dir).expect("open");
+        let record =
+            |service: &str, kind| journal.record(&event(service, kind, None)).expect("record");
+        let first = record("a", EventKind::RolloutStarted);
+        record("b", EventKind::Step);
+        record("a", EventKind::Step);
+        record("a", EventKind::Rollback);
+        let second = record("a", EventKind::RolloutStarted);
+        record("a", EventKind::Step);
+        let kinds = |id| -> Vec<EventKind> {
+            journal
+                .rollout_events(id)
+                .expect("read")
+                .expect("a rollout")
+                .iter()
+                .map(|e| e.event.kind)
+                .collect()
+        };
+        assert_eq!(
+            kinds(first),
+            [
+                EventKind::RolloutStarted,
+                EventKind::Step,
+                EventKind::Rollback
+            ]
+        );
+        assert_eq!(kinds(second), [EventKind::RolloutStarted, EventKind::Step]);
+        assert_eq!(journal.rollout_events(first + 1).expect("read"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

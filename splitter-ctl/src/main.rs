@@ -80,6 +80,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// A Markdown post-incident review of one rollout (its `rollout_started` event id).
+    Review { rollout_id: i64 },
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
     /// Show the live pool, shares, backends and counters.
@@ -284,6 +286,10 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                     "the drill did not pass".to_owned(),
                 ))
             }
+        }
+        Command::Review { rollout_id } => {
+            print!("{}", cmd::history::review(config, rollout_id)?);
+            Ok(())
         }
         Command::Reload => {
             println!("{}", cmd::reload::run(config)?);

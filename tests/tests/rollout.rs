@@ -157,6 +157,15 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
         decisions(&bed),
         ["rollout_started", "step", "step", "promotion"]
     );
+    // Within the rollback window, a rollback makes the previous version live again, once.
+    let out = bed.ctl_ok(&["rollback", "sentiment"]);
+    assert!(out.contains("live blue"), "{out}");
+    assert_eq!(bed.status()["services"][0]["live"], "blue");
+    let again = bed.ctl(&["rollback", "sentiment"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("nothing to roll back"),
+        "{again:?}"
+    );
 }
 
 #[test]
@@ -255,6 +264,24 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
         after <= 2 * interval + Duration::from_millis(200),
         "rolled back {after:?} after the first failing window"
     );
+    let started = events
+        .iter()
+        .find(|e| e["kind"] == "rollout_started")
+        .and_then(|e| e["id"].as_i64())
+        .expect("the rollout's start");
+    let review = bed.ctl_ok(&["review", &started.to_string()]);
+    for part in [
+        "# Rollout",
+        "rollback by gates: error rate",
+        "Decision to first new connection on the live pool",
+        "## Gate values before the rollback",
+        "| fail: error rate",
+        "What pre-deployment test would have caught it",
+    ] {
+        assert!(review.contains(part), "no `{part}` in:\n{review}");
+    }
+    let missing = bed.ctl(&["review", "999999"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not the start of a rollout"));
     let summary: serde_json::Value =
         serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
     assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");
@@ -387,7 +414,8 @@ fn an_operator_override_pauses_the_rollout_and_is_journaled() {
 fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     require_root!();
     let mut bed = Testbed::new(55, SERVER);
-    bed.write_config("0");
+    // No rollback window: once promoted, the previous version is retired at once.
+    bed.write_config_with("0", "rollback_window_ms = 0\n");
     bed.start_daemon(&[]);
     let load = Load::start(&bed);
     start_healthy_rollout(&bed);
@@ -415,6 +443,12 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
         decisions(&bed),
         ["rollout_started", "step", "step", "promotion"]
     );
+    let late = bed.ctl(&["rollback", "sentiment"]);
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("blue was retired"),
+        "{late:?}"
+    );
+    assert_eq!(bed.status()["services"][0]["live"], "green");
 }
 
 #[test]

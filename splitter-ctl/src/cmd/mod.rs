@@ -45,6 +45,12 @@ pub enum CommandError {
     AlreadyRunning(String),
     #[error("{0}")]
     Daemon(String),
+    #[error(
+        "event {0} is not the start of a rollout; `splitter-ctl history` lists them (kind rollout_started)"
+    )]
+    NotARollout(i64),
+    #[error("`{service}`: nothing to roll back: {why}")]
+    NothingToRollBack { service: String, why: String },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot encode the status as JSON")]

@@ -10,7 +10,7 @@ use splitter_common::{SplitWord, Version};
 
 use super::{CommandError, Target};
 use crate::{
-    journal::{EventKind, Journal, NewEvent},
+    journal::{EventKind, Journal, NewEvent, now_ms},
     share::{format_percent, parse_percent},
 };
 
@@ -50,29 +50,77 @@ pub fn weight(
     percent: &str,
 ) -> Result<Change, CommandError> {
     let share_bp = parse_percent(percent)?;
-    write(config, service, EventKind::Weight, |word| {
-        word.with_share_of(version, share_bp)
+    write(config, service, EventKind::Weight, |word, _| {
+        Ok(word.with_share_of(version, share_bp))
     })
 }
 
-/// `splitter-ctl rollback SERVICE`: every new connection to the live pool.
+/// `splitter-ctl rollback SERVICE`: every new connection to the live pool. When the candidate
+/// has no share left, and a promotion made the live version live less than the service's
+/// rollback window ago, the previous version is made live again instead.
 pub fn rollback(config: &Path, service: &str) -> Result<Change, CommandError> {
-    write(config, service, EventKind::Rollback, |word| {
-        SplitWord::new(word.live(), 0)
+    write(config, service, EventKind::Rollback, |word, target| {
+        if word.share_of(word.live().other()) > 0 {
+            return Ok(SplitWord::new(word.live(), 0));
+        }
+        previous_version(target, service, word).map(|previous| SplitWord::new(previous, 0))
     })
+}
+
+/// The version that was live before the last promotion, while its rollback window lasts.
+fn previous_version(
+    target: &Target,
+    service: &str,
+    word: SplitWord,
+) -> Result<Version, CommandError> {
+    let (spec, _) = target.service(service)?;
+    let live = word.live();
+    let nothing = |why: String| CommandError::NothingToRollBack {
+        service: service.to_owned(),
+        why,
+    };
+    let journal = Journal::open(&target.config.state_dir)?;
+    let Some((at_ms, promoted)) = journal.last_promotion(service)? else {
+        return Err(nothing(format!(
+            "{} is live with every new connection, and no promotion is journaled",
+            live.name()
+        )));
+    };
+    if promoted != live.name() {
+        return Err(nothing(format!(
+            "{} is live with every new connection; the last promotion made {promoted} live",
+            live.name()
+        )));
+    }
+    let age = Duration::from_millis(u64::try_from(now_ms() - at_ms).unwrap_or(0));
+    if age > spec.rollback_window {
+        return Err(nothing(format!(
+            "{} was retired: {promoted} was promoted {} s ago, past the rollback window of {} s",
+            live.other().name(),
+            age.as_secs(),
+            spec.rollback_window.as_secs()
+        )));
+    }
+    if spec.pool(live.other()).iter().all(|b| b.weight == 0) {
+        return Err(nothing(format!(
+            "the {} pool has no backend",
+            live.other().name()
+        )));
+    }
+    Ok(live.other())
 }
 
 fn write(
     config: &Path,
     name: &str,
     kind: EventKind,
-    change: impl FnOnce(SplitWord) -> SplitWord,
+    change: impl FnOnce(SplitWord, &Target) -> Result<SplitWord, CommandError>,
 ) -> Result<Change, CommandError> {
     let decided = Instant::now();
     let mut target = Target::open(config)?;
     let (_, service) = target.service(name)?;
     let before = target.maps.split(service.id)?;
-    let after = change(before);
+    let after = change(before, &target)?;
     let write = target.maps.set_split(service.id, after)?;
     let decision_to_write = decided.elapsed();
     // The data plane first, the record after: a journal that cannot be written never delays
