@@ -4,6 +4,7 @@
 
 pub mod checksum;
 pub mod http;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod plane;

@@ -3,65 +3,20 @@
 //! survives a SIGKILL of the daemon.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use splitter_tests::{
-    http, require_root,
+    load::Load,
+    require_root,
     testbed::{Testbed, metric},
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 
-/// New connections from the client until stopped (at most 60 s): per version (ok, failed).
-struct Load {
-    running: Arc<AtomicBool>,
-    thread: thread::JoinHandle<[(u64, u64); 2]>,
-}
-
-impl Load {
-    fn start(bed: &Testbed) -> Self {
-        let running = Arc::new(AtomicBool::new(true));
-        let (flag, vip, client) = (Arc::clone(&running), bed.vip(), bed.client.name.clone());
-        let thread = thread::spawn(move || {
-            let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("netns");
-            // SAFETY: setns on this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-                0
-            );
-            let mut tally = [(0, 0); 2];
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match http::get_any(vip) {
-                    Ok((status, version)) => {
-                        let i = usize::from(version == "green");
-                        if status == 200 {
-                            tally[i].0 += 1
-                        } else {
-                            tally[i].1 += 1
-                        }
-                    }
-                    // A refused or reset connection cannot be told apart by version.
-                    Err(_) => tally[0].1 += 1,
-                }
-                thread::sleep(Duration::from_millis(2));
-            }
-            tally
-        });
-        Self { running, thread }
-    }
-
-    fn stop(self) -> [(u64, u64); 2] {
-        self.running.store(false, Ordering::SeqCst);
-        self.thread.join().expect("load")
-    }
-}
+/// The longest any test's load runs.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
 
 fn rollout(bed: &Testbed) -> Option<serde_json::Value> {
     let out = bed.ctl(&["rollout", "status", "sentiment", "--output", "json"]);
@@ -128,7 +83,7 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
     let mut bed = Testbed::new(51, SERVER);
     bed.write_config("0");
     bed.start_daemon(&[]);
-    let load = Load::start(&bed);
+    let load = Load::start(&bed, LOAD_LIMIT);
     let out = start_healthy_rollout(&bed);
     assert!(out.contains("green at 10%"), "{out}");
     wait_until(&bed, "the promotion", Duration::from_secs(30), || {
@@ -182,7 +137,7 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     );
     bed.write_config("0");
     bed.start_daemon(&[]);
-    let load = Load::start(&bed);
+    let load = Load::start(&bed, LOAD_LIMIT);
     let interval = Duration::from_millis(500);
     bed.ctl_ok(&[
         "rollout",
@@ -417,7 +372,7 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     // No rollback window: once promoted, the previous version is retired at once.
     bed.write_config_with("0", "rollback_window_ms = 0\n");
     bed.start_daemon(&[]);
-    let load = Load::start(&bed);
+    let load = Load::start(&bed, LOAD_LIMIT);
     start_healthy_rollout(&bed);
     wait_until(&bed, "the second step", Duration::from_secs(20), || {
         rollout(&bed).is_some_and(|r| r["step"].as_u64() == Some(1))
@@ -468,7 +423,7 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
         |bed: &Testbed| bed.status()["services"][0]["share_percent"]["green"].as_f64();
     assert_eq!(green_share(&bed), Some(30.0));
 
-    let load = Load::start(&bed);
+    let load = Load::start(&bed, LOAD_LIMIT);
     let text = bed.ctl_ok(&["drill", "sentiment", "--output", "json"]);
     let report: serde_json::Value = serde_json::from_str(&text).expect("drill JSON");
     assert_eq!(report["outcome"], "passed", "{report}");

@@ -37,6 +37,9 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// A rollout told end to end on the test bed: a bad v2 rolled back by its gates, a fixed
+    /// v3 promoted.
+    Demo,
     /// Measure the data plane and write docs/benchmarks.md.
     Bench {
         /// A short run, for smoke checks; does not write docs/benchmarks.md.
@@ -55,6 +58,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs setup, builds splitter-ctl and the test bed's binaries, then runs `binary` with the
+/// freshly built splitter-ctl first on its PATH.
+fn run_bed_binary(binary: &str, args: &[&str]) -> Result<()> {
+    setup::run()?;
+    let ctl = build_ctl(false)?;
+    status(cargo().args(["build", "--package", "splitter-tests", "--bins"]))?;
+    let root = workspace_root();
+    status(
+        std::process::Command::new(root.join("target/debug").join(binary))
+            .args(args)
+            .env("SPLITTER_CTL_BIN", &ctl)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    root.join("target/debug").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+    )
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::run(),
@@ -63,24 +88,9 @@ fn run(cli: Cli) -> Result<()> {
             test(&args)
         }
         Task::Testbed { seconds } => {
-            setup::run()?;
-            let ctl = build_ctl(false)?;
-            status(cargo().args(["build", "--package", "splitter-tests", "--bins"]))?;
-            let root = workspace_root();
-            status(
-                std::process::Command::new(root.join("target/debug/splitter-testbed"))
-                    .args(["--seconds", &seconds.to_string()])
-                    .env("SPLITTER_CTL_BIN", &ctl)
-                    .env(
-                        "PATH",
-                        format!(
-                            "{}:{}",
-                            root.join("target/debug").display(),
-                            std::env::var("PATH").unwrap_or_default()
-                        ),
-                    ),
-            )
+            run_bed_binary("splitter-testbed", &["--seconds", &seconds.to_string()])
         }
+        Task::Demo => run_bed_binary("splitter-demo", &[]),
         Task::Bench { quick } => {
             setup::run()?;
             bench::run(quick)
