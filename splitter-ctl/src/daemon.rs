@@ -213,13 +213,17 @@ impl Daemon {
 
     /// The status, with health.
     pub fn status(&self, only: Option<&str>) -> Result<Status, MapsError> {
-        status::gather(
+        let mut status = status::gather(
             &self.maps,
             &self.config,
             Some(&self.health),
             Some(&self.rates),
             only,
-        )
+        )?;
+        if let Some(journal) = &self.journal {
+            status::add_previous(&mut status, &self.config, journal);
+        }
+        Ok(status)
     }
 
     /// The check and the backends of `service`, or `None` when the service is gone or is not

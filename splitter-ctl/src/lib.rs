@@ -29,6 +29,7 @@ pub mod maps;
 pub mod metrics;
 pub mod notify;
 pub mod paths;
+pub mod previous;
 pub mod rollout;
 pub mod rollouts;
 pub mod share;

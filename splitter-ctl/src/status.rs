@@ -10,8 +10,10 @@ use splitter_common::{LatencyKind, Version, VersionStats};
 use crate::{
     config::{Config, ServiceSpec},
     health::{BackendId, Health},
+    journal::Journal,
     latency::Quantiles,
     maps::{Maps, MapsError},
+    previous::{Previous, previous},
     share::format_percent,
 };
 
@@ -44,6 +46,10 @@ pub struct ServiceStatus {
     pub counters: BTreeMap<String, VersionStats>,
     /// What the kernel measured of each version's responses.
     pub telemetry: BTreeMap<String, Telemetry>,
+    /// The version the last promotion replaced, when the candidate has no share: ready for
+    /// `rollback` or retired. Absent when the journal cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Previous>,
 }
 
 /// Per version: response times, handshakes, errors; rates when the daemon has a window.
@@ -130,6 +136,27 @@ pub fn gather(
     })
 }
 
+/// Adds, to each service of `status`, the version its last promotion replaced (see
+/// [`previous`]); a journal that cannot be read leaves the field out.
+pub fn add_previous(status: &mut Status, config: &Config, journal: &Journal) {
+    let now = crate::journal::now_ms();
+    for s in &mut status.services {
+        let (Some(word), Some(spec)) = (s.split_word, config.service(&s.name)) else {
+            continue;
+        };
+        s.previous = previous(
+            journal,
+            &s.name,
+            splitter_common::SplitWord(word),
+            spec.rollback_window,
+            now,
+        )
+        .inspect_err(|error| tracing::debug!(error = %error, "no previous version in the status"))
+        .ok()
+        .flatten();
+    }
+}
+
 fn service(
     maps: &Maps,
     spec: &ServiceSpec,
@@ -149,6 +176,7 @@ fn service(
         pools: BTreeMap::new(),
         counters: BTreeMap::new(),
         telemetry: BTreeMap::new(),
+        previous: None,
     };
     let Some(service) = maps.service(&spec.endpoint())? else {
         return Ok(status);
@@ -252,6 +280,22 @@ pub fn render(status: &Status) -> String {
             "  live {live}, candidate {}",
             s.candidate.as_deref().unwrap_or("?")
         );
+        if let Some(p) = &s.previous {
+            let left_min = (p.rollback_until_ms - crate::journal::now_ms()) / 60_000;
+            let _ = if p.retired {
+                writeln!(
+                    out,
+                    "  previous {}: retired (past its rollback window)",
+                    p.version
+                )
+            } else {
+                writeln!(
+                    out,
+                    "  previous {}: attached, `rollback` returns to it for another {left_min} min",
+                    p.version
+                )
+            };
+        }
         for version in ["blue", "green"] {
             let share = s.share_percent.get(version).copied().unwrap_or_default();
             let share = format_percent((share * 100.0).round() as u16);

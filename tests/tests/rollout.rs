@@ -112,6 +112,10 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
         decisions(&bed),
         ["rollout_started", "step", "step", "promotion"]
     );
+    let previous = &bed.status()["services"][0]["previous"];
+    assert_eq!(previous["version"], "blue", "{previous}");
+    assert_eq!(previous["retired"], false, "{previous}");
+    assert!(bed.ctl_ok(&["status"]).contains("previous blue: attached"));
     // Within the rollback window, a rollback makes the previous version live again, once.
     let out = bed.ctl_ok(&["rollback", "sentiment"]);
     assert!(out.contains("live blue"), "{out}");
@@ -397,6 +401,11 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     assert_eq!(
         decisions(&bed),
         ["rollout_started", "step", "step", "promotion"]
+    );
+    assert_eq!(
+        bed.status()["services"][0]["previous"]["retired"],
+        true,
+        "a zero window retires blue at once"
     );
     let late = bed.ctl(&["rollback", "sentiment"]);
     assert!(

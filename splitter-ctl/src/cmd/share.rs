@@ -11,6 +11,7 @@ use splitter_common::{SplitWord, Version};
 use super::{CommandError, Target};
 use crate::{
     journal::{EventKind, Journal, NewEvent, now_ms},
+    previous::previous,
     share::{format_percent, parse_percent},
 };
 
@@ -80,34 +81,25 @@ fn previous_version(
         why,
     };
     let journal = Journal::open(&target.config.state_dir)?;
-    let Some((at_ms, promoted)) = journal.last_promotion(service)? else {
-        return Err(nothing(format!(
-            "{} is live with every new connection, and no promotion is journaled",
+    let now = now_ms();
+    match previous(&journal, service, word, spec.rollback_window, now)? {
+        None => Err(nothing(format!(
+            "{} is live with every new connection, and no journaled promotion made it live",
             live.name()
-        )));
-    };
-    if promoted != live.name() {
-        return Err(nothing(format!(
-            "{} is live with every new connection; the last promotion made {promoted} live",
-            live.name()
-        )));
-    }
-    let age = Duration::from_millis(u64::try_from(now_ms() - at_ms).unwrap_or(0));
-    if age > spec.rollback_window {
-        return Err(nothing(format!(
-            "{} was retired: {promoted} was promoted {} s ago, past the rollback window of {} s",
-            live.other().name(),
-            age.as_secs(),
+        ))),
+        Some(p) if p.retired => Err(nothing(format!(
+            "{} was retired: {} was promoted {} s ago, past the rollback window of {} s",
+            p.version,
+            live.name(),
+            (now - p.promoted_at_ms) / 1_000,
             spec.rollback_window.as_secs()
-        )));
-    }
-    if spec.pool(live.other()).iter().all(|b| b.weight == 0) {
-        return Err(nothing(format!(
+        ))),
+        Some(_) if spec.pool(live.other()).iter().all(|b| b.weight == 0) => Err(nothing(format!(
             "the {} pool has no backend",
             live.other().name()
-        )));
+        ))),
+        Some(_) => Ok(live.other()),
     }
-    Ok(live.other())
 }
 
 fn write(

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{CommandError, Target};
-use crate::{config::Config, control, http, status};
+use crate::{config::Config, control, http, journal::Journal, status};
 
 pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
@@ -15,7 +15,15 @@ pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<Stri
         if let Some(name) = service {
             target.service(name)?;
         }
-        status::gather(&target.maps, &target.config, None, None, service)?
+        let mut status = status::gather(&target.maps, &target.config, None, None, service)?;
+        // Read only a journal that exists: a status never creates one.
+        let path = target.config.state_dir.join(crate::journal::FILE);
+        if path.exists()
+            && let Ok(journal) = Journal::open(&target.config.state_dir)
+        {
+            status::add_previous(&mut status, &target.config, &journal);
+        }
+        status
     };
     if json {
         Ok(serde_json::to_string_pretty(&status)? + "\n")
