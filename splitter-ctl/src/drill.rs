@@ -103,11 +103,19 @@ impl Daemon {
         {
             return Err(RolloutError::UnhealthyLive(service.to_owned(), live.name()));
         }
-        let base = self.new_flows(id)?;
         let during = SplitWord::new(live, 0);
         let decided = Instant::now();
         self.maps.set_split(id, during)?;
         let write = decided.elapsed();
+        // Counted from after the write: a SYN steered under the old word in the microseconds
+        // before it must not read as a connection on the candidate after the rollback.
+        let base = match self.new_flows(id) {
+            Ok(base) => base,
+            Err(error) => {
+                self.maps.set_split(id, before)?;
+                return Err(error);
+            }
+        };
         self.known_splits.insert(service.to_owned(), during);
         tracing::info!(
             service,
