@@ -18,6 +18,7 @@ use crate::{
     config::ControlGroup,
     daemon::Daemon,
     http::{Request, Response},
+    rollouts::RolloutCommand,
 };
 
 /// Mode of the socket: read and write for root and the control group, nothing for others.
@@ -119,6 +120,12 @@ pub(crate) fn rollout_error(e: crate::rollouts::RolloutError) -> Response {
 /// optional) and `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}`.
 fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Response {
     let error = rollout_error;
+    let usage = || {
+        Response::error(
+            405,
+            "GET /v1/rollouts/SERVICE, POST /v1/rollouts/SERVICE/{start,pause,resume,promote,abort}",
+        )
+    };
     let (service, action) = rest.split_once('/').unwrap_or((rest, ""));
     match (method, action) {
         ("GET", "") => daemon.rollout_status(service).map_or_else(error, |s| {
@@ -144,15 +151,15 @@ fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Respon
                     Response::json(200, &serde_json::to_value(s).unwrap_or_default())
                 })
         }
-        ("POST", action @ ("pause" | "resume" | "promote" | "abort")) => daemon
-            .rollout_command(service, action)
-            .map_or_else(error, |done| {
-                Response::json(200, &serde_json::json!({ "done": done }))
-            }),
-        _ => Response::error(
-            405,
-            "GET /v1/rollouts/SERVICE, POST /v1/rollouts/SERVICE/{start,pause,resume,promote,abort}",
-        ),
+        ("POST", action) => match RolloutCommand::parse(action) {
+            Some(command) => daemon
+                .rollout_command(service, command)
+                .map_or_else(error, |done| {
+                    Response::json(200, &serde_json::json!({ "done": done }))
+                }),
+            None => usage(),
+        },
+        _ => usage(),
     }
 }
 

@@ -135,15 +135,18 @@ impl Daemon {
         })
     }
 
+    /// New connections since the drill's write: (on the live pool, on the candidate).
+    fn drill_counts(&self, drill: &Drill) -> Result<(u64, u64), RolloutError> {
+        let now = self.new_flows(drill.id)?;
+        let since = |v: Version| now[v as usize].saturating_sub(drill.base[v as usize]);
+        let live = drill.during.live();
+        Ok((since(live), since(live.other())))
+    }
+
     /// Reads the counters once: done when enough new connections reached the live pool or
     /// one reached the candidate.
     pub fn watch_drill(&self, drill: &mut Drill) -> Result<Watch, RolloutError> {
-        let now = self.new_flows(drill.id)?;
-        let live = drill.during.live() as usize;
-        let (on_live, on_candidate) = (
-            now[live].saturating_sub(drill.base[live]),
-            now[1 - live].saturating_sub(drill.base[1 - live]),
-        );
+        let (on_live, on_candidate) = self.drill_counts(drill)?;
         if on_live > 0 && drill.first_on_live.is_none() {
             drill.first_on_live = Some(drill.decided.elapsed());
         }
@@ -156,12 +159,8 @@ impl Daemon {
 
     /// Puts the share back (unless someone changed it during the drill) and journals.
     pub fn end_drill(&mut self, drill: Drill) -> Result<DrillReport, RolloutError> {
-        let now = self.new_flows(drill.id)?;
+        let (on_live, on_candidate) = self.drill_counts(&drill)?;
         let live = drill.during.live();
-        let (on_live, on_candidate) = (
-            now[live as usize].saturating_sub(drill.base[live as usize]),
-            now[live.other() as usize].saturating_sub(drill.base[live.other() as usize]),
-        );
         let restored = if self.maps.split(drill.id)? == drill.during {
             self.maps.set_split(drill.id, drill.before)?;
             self.known_splits

@@ -160,6 +160,8 @@ enum RolloutAction {
     Abort { service: String },
 }
 
+use splitter_ctl::rollouts::RolloutCommand;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -259,16 +261,16 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                     cmd::rollout::status(config, &service, matches!(output, Output::Json))?
                 }
                 RolloutAction::Pause { service } => {
-                    cmd::rollout::command(config, &service, "pause")?
+                    cmd::rollout::command(config, &service, RolloutCommand::Pause)?
                 }
                 RolloutAction::Resume { service } => {
-                    cmd::rollout::command(config, &service, "resume")?
+                    cmd::rollout::command(config, &service, RolloutCommand::Resume)?
                 }
                 RolloutAction::Promote { service } => {
-                    cmd::rollout::command(config, &service, "promote")?
+                    cmd::rollout::command(config, &service, RolloutCommand::Promote)?
                 }
                 RolloutAction::Abort { service } => {
-                    cmd::rollout::command(config, &service, "abort")?
+                    cmd::rollout::command(config, &service, RolloutCommand::Abort)?
                 }
             };
             println!("{}", out.trim_end());

@@ -185,7 +185,12 @@ impl PlanRequest {
 impl From<&Plan> for PlanRequest {
     fn from(plan: &Plan) -> Self {
         Self {
-            steps: Some(plan.steps.iter().map(|bp| f64::from(*bp) / 100.0).collect()),
+            steps: Some(
+                plan.steps
+                    .iter()
+                    .map(|bp| crate::share::percent_of(*bp))
+                    .collect(),
+            ),
             hold_ms: Some(u64::try_from(plan.hold.as_millis()).unwrap_or(u64::MAX)),
             interval_ms: Some(u64::try_from(plan.interval.as_millis()).unwrap_or(u64::MAX)),
             max_error_rate: plan.gates.max_error_rate,

@@ -17,8 +17,37 @@ use crate::{
     journal::{EventKind, Journal, NewEvent},
     metrics::RolloutEndLabels,
     rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
-    share::format_percent,
+    share::{format_percent, percent_of},
 };
+
+/// What an operator can do to a running rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutCommand {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+impl RolloutCommand {
+    pub const ALL: [Self; 4] = [Self::Pause, Self::Resume, Self::Promote, Self::Abort];
+
+    /// The name in the control API's path and in the CLI.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
 
 /// A rollout the daemon runs.
 pub struct ActiveRollout {
@@ -135,10 +164,6 @@ pub enum RolloutError {
     UnhealthyLive(String, &'static str),
     #[error(transparent)]
     Maps(#[from] crate::maps::MapsError),
-}
-
-fn percent(bp: u16) -> f64 {
-    f64::from(bp) / 100.0
 }
 
 fn describe(judgement: &Judgement) -> String {
@@ -308,7 +333,7 @@ impl Daemon {
         self.known_splits.insert(service.to_owned(), word);
         let details = serde_json::json!({
             "candidate": candidate.name(),
-            "steps_percent": rollout.plan.steps.iter().map(|bp| percent(*bp)).collect::<Vec<_>>(),
+            "steps_percent": rollout.plan.steps.iter().map(|bp| percent_of(*bp)).collect::<Vec<_>>(),
             "hold_ms": rollout.plan.hold.as_millis(),
             "interval_ms": rollout.plan.interval.as_millis(),
         });
@@ -347,14 +372,14 @@ impl Daemon {
         Ok(RolloutStatus {
             service: service.to_owned(),
             candidate: active.candidate.name().to_owned(),
-            candidate_percent: percent(active.rollout.share()),
+            candidate_percent: percent_of(active.rollout.share()),
             step: active.rollout.step,
             steps_percent: active
                 .rollout
                 .plan
                 .steps
                 .iter()
-                .map(|bp| percent(*bp))
+                .map(|bp| percent_of(*bp))
                 .collect(),
             paused: active.paused.clone(),
             consecutive_failures: active.rollout.consecutive_failures,
@@ -366,7 +391,7 @@ impl Daemon {
     pub fn rollout_command(
         &mut self,
         service: &str,
-        command: &str,
+        command: RolloutCommand,
     ) -> Result<String, RolloutError> {
         let id = self.service_id(service)?;
         let active = self
@@ -374,7 +399,7 @@ impl Daemon {
             .get_mut(service)
             .ok_or_else(|| RolloutError::NotRunning(service.to_owned()))?;
         match command {
-            "pause" => {
+            RolloutCommand::Pause => {
                 active.paused = Some("paused by an operator".to_owned());
                 self.journal_event(
                     service,
@@ -387,7 +412,7 @@ impl Daemon {
                 self.save_rollout(service);
                 Ok("paused".to_owned())
             }
-            "resume" => {
+            RolloutCommand::Resume => {
                 // The share in the kernel now is the step's share, even if an operator wrote
                 // it: the rollout goes on from there, and the step's hold starts again.
                 let kernel = self.maps.split(id)?;
@@ -413,12 +438,12 @@ impl Daemon {
                 self.save_rollout(service);
                 Ok(format!("resumed at green {green}%"))
             }
-            "promote" => {
+            RolloutCommand::Promote => {
                 let candidate = active.candidate;
                 self.finish(service, Decision::Promote, candidate, "operator")?;
                 Ok(format!("promoted: {} is live", candidate.name()))
             }
-            _ => {
+            RolloutCommand::Abort => {
                 let candidate = active.candidate;
                 self.finish(
                     service,
@@ -584,7 +609,7 @@ impl Daemon {
                     "gates",
                     None,
                     None,
-                    serde_json::json!({ "candidate_percent": percent(bp) }),
+                    serde_json::json!({ "candidate_percent": percent_of(bp) }),
                 );
             }
             Decision::Promote | Decision::RollBack(_) => {

@@ -44,6 +44,12 @@ pub fn parse_percent(text: &str) -> Result<u16, ShareError> {
         .ok_or_else(|| ShareError::OutOfRange(text.to_owned()))
 }
 
+/// Basis points as a percentage (`1250` → `12.5`).
+#[must_use]
+pub fn percent_of(bp: u16) -> f64 {
+    f64::from(bp) / 100.0
+}
+
 /// Basis points as a percentage with two decimals, without trailing zeros ("12.5", "100").
 #[must_use]
 pub fn format_percent(bp: u16) -> String {

@@ -190,7 +190,7 @@ fn service(
     for version in [Version::Blue, Version::Green] {
         status.share_percent.insert(
             version.name().to_owned(),
-            f64::from(split.share_of(version)) / 100.0,
+            crate::share::percent_of(split.share_of(version)),
         );
         let table = maps.slots(service.id, version)?;
         let backends = spec

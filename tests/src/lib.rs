@@ -2,6 +2,7 @@
 //! network namespaces, the end-to-end test bed, and a small HTTP client. The test programs are
 //! in `tests/`; the HTTP server the backends run is `src/bin/splitter-testbed-server.rs`.
 
+pub mod bed_binary;
 pub mod checksum;
 pub mod http;
 pub mod load;

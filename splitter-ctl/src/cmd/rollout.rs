@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use super::CommandError;
-use crate::{config, control, http, rollouts::PlanRequest};
+use crate::{
+    config, control, http,
+    rollouts::{PlanRequest, RolloutCommand},
+    share::format_percent,
+};
 
 /// A duration as operators type it (`500ms`, `5s`, `2m`, `1h`), in milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
@@ -94,7 +98,12 @@ pub fn status(config_path: &Path, service: &str, json: bool) -> Result<String, C
     ))
 }
 
-pub fn command(config_path: &Path, service: &str, action: &str) -> Result<String, CommandError> {
+pub fn command(
+    config_path: &Path,
+    service: &str,
+    command: RolloutCommand,
+) -> Result<String, CommandError> {
+    let action = command.name();
     let answer = request(
         config_path,
         "POST",
@@ -136,13 +145,12 @@ pub fn drill(
     Ok((text, passed))
 }
 
-/// A share as an operator writes it: `10`, `2.5`, never `10.0`.
+/// A share from the API's JSON as an operator writes it: `10`, `2.5`, never `10.0`.
 fn percent(value: &serde_json::Value) -> String {
-    match value.as_f64() {
-        Some(p) if p.fract() == 0.0 => format!("{p:.0}"),
-        Some(p) => format!("{p}"),
-        None => "?".to_owned(),
-    }
+    value.as_f64().map_or_else(
+        || "?".to_owned(),
+        |p| format_percent((p * 100.0).round() as u16),
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{CommandError, Target};
 use crate::{
     journal::{EventKind, Journal, NewEvent, now_ms},
     previous::previous,
-    share::{format_percent, parse_percent},
+    share::{format_percent, parse_percent, percent_of},
 };
 
 /// The outcome of a split-word write.
@@ -127,8 +127,8 @@ fn write(
                 decision_to_write_us: Some(u64::try_from(decision_to_write.as_micros()).unwrap_or(u64::MAX)),
                 decision_to_first_connection_us: None,
                 details: serde_json::json!({
-                    "before": { "live": before.live().name(), "green_percent": f64::from(before.share_of(Version::Green)) / 100.0 },
-                    "after": { "live": after.live().name(), "green_percent": f64::from(after.share_of(Version::Green)) / 100.0 },
+                    "before": { "live": before.live().name(), "green_percent": percent_of(before.share_of(Version::Green)) },
+                    "after": { "live": after.live().name(), "green_percent": percent_of(after.share_of(Version::Green)) },
                     "map_write_us": write.as_secs_f64() * 1e6,
                 }),
             })

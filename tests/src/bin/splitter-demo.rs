@@ -6,12 +6,11 @@
 
 use std::{
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use splitter_tests::{load::Load, testbed::Testbed};
+use splitter_tests::{bed_binary, load::Load, testbed::Testbed};
 
 /// The test bed index: 198.18.201.0/24 and namespaces `sp201-*`.
 const INDEX: u8 = 201;
@@ -37,32 +36,14 @@ const PLAN: &[&str] = &[
     "20",
 ];
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn main() -> ExitCode {
-    if !splitter_tests::is_root() {
-        eprintln!("splitter-demo: needs root (network namespaces, BPF)");
-        return ExitCode::FAILURE;
-    }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let server = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("splitter-testbed-server")));
-    let Some(server) = server.filter(|path| path.exists()) else {
-        eprintln!(
-            "splitter-demo: splitter-testbed-server is not built next to this binary; run `cargo xtask demo`"
-        );
-        return ExitCode::FAILURE;
+    let server = match bed_binary::prepare("splitter-demo", "demo") {
+        Ok(server) => server,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
     };
-    let server = server.to_str().unwrap_or_default().to_owned();
     // The bed removes its namespaces, pins and processes when it is dropped, at the end of
     // `demo` whichever way it returns.
     let mut bed = Testbed::new(INDEX, &server);
@@ -159,7 +140,7 @@ fn rollout(bed: &Testbed, load: &Load) -> Result<&'static str, String> {
     let started = Instant::now();
     let mut last = load.tally.read();
     while started.elapsed() < ROLLOUT_LIMIT {
-        if STOP.load(Ordering::SeqCst) {
+        if bed_binary::stop_requested() {
             return Err("interrupted".to_owned());
         }
         thread::sleep(Duration::from_secs(1));

@@ -5,23 +5,16 @@
 
 use std::{
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use splitter_tests::{http, testbed::Testbed};
+use splitter_tests::{bed_binary, http, testbed::Testbed};
 
 /// The test bed index: 198.18.200.0/24 and namespaces `sp200-*`.
 const INDEX: u8 = 200;
 /// New connections per second, at most.
 const RATE: u32 = 50;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 fn main() -> ExitCode {
     let mut seconds = 600u64;
@@ -35,25 +28,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !splitter_tests::is_root() {
-        eprintln!("splitter-testbed: needs root (network namespaces, BPF)");
-        return ExitCode::FAILURE;
-    }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let server = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("splitter-testbed-server")));
-    let Some(server) = server.filter(|path| path.exists()) else {
-        eprintln!(
-            "splitter-testbed: splitter-testbed-server is not built next to this binary; run `cargo xtask testbed`"
-        );
-        return ExitCode::FAILURE;
+    let server = match bed_binary::prepare("splitter-testbed", "testbed") {
+        Ok(server) => server,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
     };
-    let mut bed = Testbed::new(INDEX, server.to_str().unwrap_or_default());
+    let mut bed = Testbed::new(INDEX, &server);
     bed.write_config("10");
     bed.start_daemon(&[]);
     let config = bed.config_path.display();
@@ -75,7 +57,7 @@ fn main() -> ExitCode {
 
     let vip = bed.vip();
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
+    while !bed_binary::stop_requested() && Instant::now() < deadline {
         let second = Instant::now();
         let (blue, green, failed) = bed.client.run(move || {
             let mut tally = (0, 0, 0);
