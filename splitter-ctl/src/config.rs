@@ -1067,6 +1067,25 @@ green_weight = 12.5
         assert_eq!(plan.steps, [1_000, 5_000, 10_000]);
         assert_eq!(plan.hold, Duration::from_secs(1), "the override wins");
         assert_eq!(plan.gates.max_p99_ms, Some(250.0), "the config stays");
+        let text = format!(
+            "{GOOD}\n[service.rollout]\nprometheus_url = \"http://127.0.0.1:9090\"\n\
+             [[service.rollout.promql_gates]]\nname = \"lowconf\"\n\
+             query = 'sum(rate(low_total{{version=\"$candidate\"}}[1m]))'\nmax = 0.05\n"
+        );
+        let plan = parse(&text).expect("valid").services[0]
+            .rollout
+            .clone()
+            .into_plan()
+            .expect("valid");
+        assert_eq!(plan.promql.len(), 1);
+        assert_eq!(
+            plan.promql[0].query,
+            r#"sum(rate(low_total{version="$candidate"}[1m]))"#
+        );
+        assert_eq!(
+            plan.prometheus.map(|u| u.to_string()).as_deref(),
+            Some("http://127.0.0.1:9090")
+        );
         for (table, expected) in [
             (
                 "steps = [50, 10, 100]",
@@ -1077,6 +1096,18 @@ green_weight = 12.5
                 "`service[0].rollout`: failure_limit 0 is outside",
             ),
             ("hold = \"5s\"", "unknown field `hold`"),
+            (
+                "[[service.rollout.promql_gates]]\nname = \"lowconf\"\nquery = \"x\"\nmax = 0.1",
+                "`service[0].rollout`: PromQL gates need `prometheus_url`",
+            ),
+            (
+                "prometheus_url = \"http://127.0.0.1:9090\"\n[[service.rollout.promql_gates]]\nname = \"lowconf\"\nquery = \"x\"",
+                "PromQL gate `lowconf` needs `max`, `min` or both",
+            ),
+            (
+                "prometheus_url = \"http://127.0.0.1:9090\"\n[[service.rollout.promql_gates]]\nname = \"lowconf\"\nquery = \"x\"\nmaximum = 1",
+                "unknown field `maximum`",
+            ),
         ] {
             let message = error(&format!("{GOOD}\n[service.rollout]\n{table}\n"));
             assert!(message.contains(expected), "{table}: {message}");

@@ -11,6 +11,7 @@
 //! - `notify`: readiness for systemd and the test bed;
 //! - `journal`: the deployment journal (SQLite in the state directory);
 //! - `rollout`: the rollout engine's decisions (gates, steps), without I/O;
+//! - `promql`: PromQL gates, queried from a Prometheus server;
 //! - `cmd`: one module per subcommand.
 
 pub mod aging;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod previous;
+pub mod promql;
 pub mod rollout;
 pub mod rollouts;
 pub mod share;

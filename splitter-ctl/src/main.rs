@@ -143,6 +143,13 @@ enum RolloutAction {
         /// Failing windows in a row that roll back (default 2).
         #[arg(long)]
         failure_limit: Option<u32>,
+        /// The Prometheus server the PromQL gates query (http://host:port[/prefix]).
+        #[arg(long)]
+        prometheus_url: Option<String>,
+        /// A PromQL gate, NAME:QUERY<=MAX or NAME:QUERY>=MIN; repeat for more. Replaces the
+        /// config's PromQL gates. The query may use $service, $candidate, $live, $interval.
+        #[arg(long = "promql-gate", value_name = "NAME:QUERY<=MAX", value_parser = splitter_ctl::promql::PromqlGate::parse)]
+        promql_gates: Vec<splitter_ctl::promql::PromqlGate>,
     },
     /// The rollout in progress.
     Status {
@@ -239,6 +246,8 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                     max_p99_vs_live,
                     min_samples,
                     failure_limit,
+                    prometheus_url,
+                    promql_gates,
                 } => {
                     let ms = |text: Option<String>| {
                         text.map(|t| cmd::rollout::parse_duration(&t))
@@ -254,6 +263,8 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                         max_p99_vs_live,
                         min_samples,
                         failure_limit,
+                        prometheus_url,
+                        promql_gates: (!promql_gates.is_empty()).then_some(promql_gates),
                     };
                     cmd::rollout::start(config, &service, &plan)?
                 }

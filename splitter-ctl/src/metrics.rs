@@ -121,6 +121,15 @@ pub struct RolloutEndLabels {
     pub actor: String,
 }
 
+/// Labels of `splitter_promql_queries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromqlLabels {
+    pub service: String,
+    pub gate: String,
+    /// `value`, `no_data` or `error`.
+    pub result: &'static str,
+}
+
 /// The counters the daemon keeps itself; cheap to clone (shared handles).
 #[derive(Clone, Debug, Default)]
 pub struct DaemonCounters {
@@ -128,6 +137,7 @@ pub struct DaemonCounters {
     pub reload_errors: Counter,
     pub health_transitions: Family<TransitionLabels, Counter>,
     pub rollouts_ended: Family<RolloutEndLabels, Counter>,
+    pub promql_queries: Family<PromqlLabels, Counter>,
 }
 
 /// The registry behind `GET /metrics`.
@@ -160,6 +170,11 @@ impl Metrics {
             "splitter_rollouts_ended",
             "Rollouts that ended, by outcome and by who decided",
             counters.rollouts_ended.clone(),
+        );
+        registry.register(
+            "splitter_promql_queries",
+            "PromQL gate queries, by result: value, no_data or error (both hold the rollout)",
+            counters.promql_queries.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { daemon }));
         Self { registry }

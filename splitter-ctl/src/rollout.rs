@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use splitter_common::{Histogram, VersionStats};
 
-use crate::{latency, status};
+use crate::{
+    latency,
+    promql::{PrometheusUrl, PromqlGate},
+    status,
+};
 
 /// When a candidate is good enough.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +56,10 @@ pub struct Plan {
     pub gates: Gates,
     /// Failing windows in a row that roll back.
     pub failure_limit: u32,
+    /// Where the PromQL gates are queried; set whenever `promql` is not empty.
+    pub prometheus: Option<PrometheusUrl>,
+    /// Gates on application signals, judged beside the kernel's.
+    pub promql: Vec<PromqlGate>,
 }
 
 impl Default for Plan {
@@ -62,6 +70,8 @@ impl Default for Plan {
             interval: Duration::from_secs(10),
             gates: Gates::default(),
             failure_limit: 2,
+            prometheus: None,
+            promql: Vec::new(),
         }
     }
 }
@@ -79,6 +89,9 @@ pub struct PlanRequest {
     pub max_p99_vs_live: Option<f64>,
     pub min_samples: Option<u64>,
     pub failure_limit: Option<u32>,
+    /// `http://host:port[/prefix]` of the Prometheus server the PromQL gates query.
+    pub prometheus_url: Option<String>,
+    pub promql_gates: Option<Vec<PromqlGate>>,
 }
 
 impl PlanRequest {
@@ -95,6 +108,8 @@ impl PlanRequest {
             max_p99_vs_live: overrides.max_p99_vs_live.or(self.max_p99_vs_live),
             min_samples: overrides.min_samples.or(self.min_samples),
             failure_limit: overrides.failure_limit.or(self.failure_limit),
+            prometheus_url: overrides.prometheus_url.or(self.prometheus_url),
+            promql_gates: overrides.promql_gates.or(self.promql_gates),
         }
     }
 
@@ -172,12 +187,29 @@ impl PlanRequest {
             Some(n) if (1..=10).contains(&n) => n,
             Some(n) => return Err(format!("failure_limit {n} is outside 1..=10")),
         };
+        let promql = self.promql_gates.unwrap_or_default();
+        for (i, gate) in promql.iter().enumerate() {
+            gate.validate()?;
+            if promql[..i].iter().any(|g| g.name == gate.name) {
+                return Err(format!("two PromQL gates are named `{}`", gate.name));
+            }
+        }
+        let prometheus = self
+            .prometheus_url
+            .as_deref()
+            .map(PrometheusUrl::parse)
+            .transpose()?;
+        if !promql.is_empty() && prometheus.is_none() {
+            return Err("PromQL gates need `prometheus_url`".to_owned());
+        }
         Ok(Plan {
             steps,
             hold,
             interval,
             gates,
             failure_limit,
+            prometheus,
+            promql,
         })
     }
 }
@@ -198,6 +230,8 @@ impl From<&Plan> for PlanRequest {
             max_p99_vs_live: plan.gates.max_p99_vs_live,
             min_samples: Some(plan.gates.min_samples),
             failure_limit: Some(plan.failure_limit),
+            prometheus_url: plan.prometheus.as_ref().map(ToString::to_string),
+            promql_gates: (!plan.promql.is_empty()).then(|| plan.promql.clone()),
         }
     }
 }
@@ -248,6 +282,28 @@ pub enum Judgement {
     Inconclusive(String),
     Pass,
     Fail(Vec<String>),
+}
+
+impl Judgement {
+    /// Both judgements at once: any failure fails (with every reason), else anything
+    /// inconclusive holds.
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Fail(mut a), Self::Fail(b)) => {
+                a.extend(b);
+                Self::Fail(a)
+            }
+            (Self::Fail(a), _) | (_, Self::Fail(a)) => Self::Fail(a),
+            (Self::Inconclusive(a), Self::Inconclusive(b)) => {
+                Self::Inconclusive(format!("{a}; {b}"))
+            }
+            (Self::Inconclusive(a), Self::Pass) | (Self::Pass, Self::Inconclusive(a)) => {
+                Self::Inconclusive(a)
+            }
+            (Self::Pass, Self::Pass) => Self::Pass,
+        }
+    }
 }
 
 /// The live pool's p99 to compare the candidate with: this window's when it has enough
@@ -414,7 +470,31 @@ mod tests {
             interval: Duration::from_secs(1),
             gates: Gates::default(),
             failure_limit: 2,
+            prometheus: None,
+            promql: Vec::new(),
         }
+    }
+
+    #[test]
+    fn judgements_combine_failures_first_then_missing_data() {
+        let fail = |r: &str| Judgement::Fail(vec![r.to_owned()]);
+        let hold = |r: &str| Judgement::Inconclusive(r.to_owned());
+        assert_eq!(
+            fail("a").and(fail("b")),
+            Judgement::Fail(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            hold("few").and(fail("b")),
+            fail("b"),
+            "a breach is not hidden by missing data"
+        );
+        assert_eq!(
+            Judgement::Pass.and(hold("x")),
+            hold("x"),
+            "never promote on missing data"
+        );
+        assert_eq!(hold("x").and(hold("y")), hold("x; y"));
+        assert_eq!(Judgement::Pass.and(Judgement::Pass), Judgement::Pass);
     }
 
     #[test]

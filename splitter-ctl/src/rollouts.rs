@@ -15,7 +15,8 @@ pub use crate::rollout::PlanRequest;
 use crate::{
     daemon::Daemon,
     journal::{EventKind, Journal, NewEvent},
-    metrics::RolloutEndLabels,
+    metrics::{PromqlLabels, RolloutEndLabels},
+    promql::{self, PrometheusUrl, Reading},
     rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
     share::{format_percent, percent_of},
 };
@@ -65,6 +66,37 @@ pub struct ActiveRollout {
     /// The live pool's p99 in the last window with enough live traffic: what the candidate
     /// is compared with once the live pool gets no new connections.
     pub live_baseline_ms: Option<f64>,
+    /// An evaluation is under way (its PromQL queries are out).
+    pub evaluating: bool,
+}
+
+/// A rollout whose interval has come round, with the PromQL queries to read before it is
+/// judged. The queries run without the daemon's lock.
+#[derive(Debug)]
+pub struct DueEvaluation {
+    pub service: String,
+    started_event: i64,
+    prometheus: Option<PrometheusUrl>,
+    queries: Vec<String>,
+}
+
+impl DueEvaluation {
+    /// Reads every PromQL gate at once; no I/O when there are none.
+    pub async fn read(&self) -> Vec<Reading> {
+        let Some(url) = &self.prometheus else {
+            return Vec::new();
+        };
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, query) in self.queries.iter().enumerate() {
+            let (url, query) = (url.clone(), query.clone());
+            reads.spawn(async move { (i, promql::query(&url, &query).await) });
+        }
+        let mut readings = vec![Reading::Failed("not read".to_owned()); self.queries.len()];
+        while let Some(Ok((i, reading))) = reads.join_next().await {
+            readings[i] = reading;
+        }
+        readings
+    }
 }
 
 /// A rollout in progress as the journal keeps it, so that a restarted daemon resumes the same
@@ -125,6 +157,7 @@ impl SavedRollout {
             paused: self.paused,
             last_judgement: None,
             live_baseline_ms: self.live_baseline_ms,
+            evaluating: false,
         })
     }
 }
@@ -357,6 +390,7 @@ impl Daemon {
             paused: None,
             last_judgement: None,
             live_baseline_ms: None,
+            evaluating: false,
             rollout,
         };
         self.rollouts.insert(service.to_owned(), active);
@@ -512,26 +546,60 @@ impl Daemon {
         Ok(())
     }
 
-    /// Judges every rollout whose interval has come round and carries out the decision.
-    pub fn rollout_tick(&mut self, now: Instant) {
-        let due: Vec<String> = self
-            .rollouts
-            .iter()
-            .filter(|(_, a)| {
-                a.paused.is_none()
-                    && now.duration_since(a.last_evaluation) >= a.rollout.plan.interval
-            })
-            .map(|(s, _)| s.clone())
-            .collect();
-        for service in due {
-            if let Err(error) = self.evaluate(&service, now) {
-                tracing::warn!(service, error = %error, "cannot evaluate the rollout");
+    /// The rollouts whose interval has come round, marked as being evaluated, with their
+    /// PromQL queries rendered.
+    pub fn due_evaluations(&mut self, now: Instant) -> Vec<DueEvaluation> {
+        let mut due = Vec::new();
+        for (service, active) in &mut self.rollouts {
+            if active.paused.is_some()
+                || active.evaluating
+                || now.duration_since(active.last_evaluation) < active.rollout.plan.interval
+            {
+                continue;
             }
-            self.save_rollout(&service);
+            active.evaluating = true;
+            let plan = &active.rollout.plan;
+            let vars = promql::Vars {
+                service,
+                candidate: active.candidate.name(),
+                live: active.candidate.other().name(),
+                interval: plan.interval,
+            };
+            due.push(DueEvaluation {
+                service: service.clone(),
+                started_event: active.started_event,
+                prometheus: plan.prometheus.clone(),
+                queries: plan.promql.iter().map(|g| g.render(&vars)).collect(),
+            });
         }
+        due
     }
 
-    fn evaluate(&mut self, service: &str, now: Instant) -> Result<(), RolloutError> {
+    /// Judges a due rollout with its PromQL readings (in the plan's order) and carries out
+    /// the decision. Nothing happens when the rollout ended or was replaced meanwhile.
+    pub fn evaluate_rollout(&mut self, due: &DueEvaluation, now: Instant, readings: &[Reading]) {
+        let Some(active) = self.rollouts.get_mut(&due.service) else {
+            return;
+        };
+        if active.started_event != due.started_event {
+            return;
+        }
+        active.evaluating = false;
+        if active.paused.is_some() {
+            return;
+        }
+        if let Err(error) = self.evaluate(&due.service, now, readings) {
+            tracing::warn!(service = due.service, error = %error, "cannot evaluate the rollout");
+        }
+        self.save_rollout(&due.service);
+    }
+
+    fn evaluate(
+        &mut self,
+        service: &str,
+        now: Instant,
+        readings: &[Reading],
+    ) -> Result<(), RolloutError> {
         let id = self.service_id(service)?;
         let kernel = self.maps.split(id)?;
         let Some(active) = self.rollouts.get_mut(service) else {
@@ -565,7 +633,24 @@ impl Daemon {
         let live = Window::between(&active.step_base[l], &snapshots[l]);
         let gates = &active.rollout.plan.gates;
         let baseline = live_reference(gates, &live, active.live_baseline_ms);
-        let judgement = judge(gates, &candidate, &live, active.live_baseline_ms);
+        let promql_gates = &active.rollout.plan.promql;
+        let judgement = judge(gates, &candidate, &live, active.live_baseline_ms)
+            .and(promql::judge(promql_gates, readings));
+        let promql_details: Vec<_> = promql_gates
+            .iter()
+            .zip(readings)
+            .map(|(gate, reading)| serde_json::json!({ "gate": gate.name, "reading": reading.to_string() }))
+            .collect();
+        for (gate, reading) in promql_gates.iter().zip(readings) {
+            self.counters
+                .promql_queries
+                .get_or_create(&PromqlLabels {
+                    service: service.to_owned(),
+                    gate: gate.name.clone(),
+                    result: reading.result(),
+                })
+                .inc();
+        }
         active.live_baseline_ms = baseline;
         let decision = active.rollout.on_judgement(now, &judgement);
         active.last_judgement = Some(judgement.clone());
@@ -574,6 +659,7 @@ impl Daemon {
             "judgement": describe(&judgement),
             "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
             "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
+            "promql": promql_details,
         });
         match decision {
             Decision::Hold => {
@@ -632,6 +718,29 @@ impl Daemon {
 mod tests {
     use super::*;
     use crate::rollout::Plan;
+
+    fn gate(name: &str) -> crate::promql::PromqlGate {
+        crate::promql::PromqlGate {
+            name: name.to_owned(),
+            query: "sum(rate(low_confidence_total[1m]))".to_owned(),
+            max: Some(0.05),
+            min: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_with_promql_gates_survives_the_journal_round_trip() {
+        let request = PlanRequest {
+            prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
+            promql_gates: Some(vec![gate("lowconf")]),
+            ..PlanRequest::default()
+        };
+        let plan = request.into_plan().expect("valid");
+        assert_eq!(plan.promql.len(), 1);
+        let saved = serde_json::to_string(&PlanRequest::from(&plan)).expect("json");
+        let again: PlanRequest = serde_json::from_str(&saved).expect("parse");
+        assert_eq!(again.into_plan().expect("valid"), plan);
+    }
 
     #[test]
     fn plan_requests_are_validated_with_reasons() {
@@ -699,6 +808,28 @@ mod tests {
                     ..PlanRequest::default()
                 },
                 "failure_limit 0 is outside",
+            ),
+            (
+                PlanRequest {
+                    promql_gates: Some(vec![gate("lowconf")]),
+                    ..PlanRequest::default()
+                },
+                "PromQL gates need `prometheus_url`",
+            ),
+            (
+                PlanRequest {
+                    prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
+                    promql_gates: Some(vec![gate("lowconf"), gate("lowconf")]),
+                    ..PlanRequest::default()
+                },
+                "two PromQL gates are named `lowconf`",
+            ),
+            (
+                PlanRequest {
+                    prometheus_url: Some("https://127.0.0.1:9090".to_owned()),
+                    ..PlanRequest::default()
+                },
+                "only http:// URLs",
             ),
         ] {
             let error = request.into_plan().expect_err("invalid");

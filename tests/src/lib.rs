@@ -9,6 +9,7 @@ pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod plane;
+pub mod prometheus;
 pub mod testbed;
 
 /// Whether this process may load BPF programs and create namespaces.

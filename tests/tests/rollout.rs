@@ -478,3 +478,138 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
         "{out:?}"
     );
 }
+
+/// Starts a rollout judged only (in effect) by one PromQL gate: the kernel gates are loose.
+fn start_promql_rollout(bed: &Testbed, prometheus: &str, gate: &str) -> String {
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,50,100",
+        "--hold",
+        "1s",
+        "--interval",
+        "400ms",
+        "--min-samples",
+        "5",
+        "--max-error-rate",
+        "0.5",
+        "--max-p99-vs-live",
+        "50",
+        "--prometheus-url",
+        prometheus,
+        "--promql-gate",
+        gate,
+    ])
+}
+
+/// The low-confidence share of the candidate's predictions, as the model servers export it.
+const LOW_CONFIDENCE: &str = r#"lowconf:sum(rate(model_low_confidence_total{version="$candidate"}[3s])) / sum(rate(model_predictions_total{version="$candidate"}[3s])) <= 0.1"#;
+
+#[test]
+fn promql_gates_on_a_real_prometheus_hold_without_data_promote_and_roll_back() {
+    require_root!();
+    let mut bed = Testbed::new(57, SERVER);
+    let prometheus = splitter_tests::prometheus::start(&mut bed);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed, Duration::from_secs(90));
+    let judged = |bed: &Testbed, what: &str| {
+        rollout(bed).is_some_and(|r| {
+            r["last_judgement"]
+                .as_str()
+                .is_some_and(|j| j.contains(what))
+        })
+    };
+
+    // An unreachable server and a query without data both hold the rollout at its first step.
+    start_promql_rollout(&bed, "http://127.0.0.1:9", LOW_CONFIDENCE);
+    wait_until(
+        &bed,
+        "an inconclusive judgement",
+        Duration::from_secs(10),
+        || judged(&bed, "inconclusive: PromQL gate lowconf: error"),
+    );
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
+    start_promql_rollout(
+        &bed,
+        &prometheus,
+        "lowconf:sum(rate(no_such_metric[3s])) <= 0.1",
+    );
+    wait_until(
+        &bed,
+        "a judgement without data",
+        Duration::from_secs(10),
+        || judged(&bed, "PromQL gate lowconf: no data"),
+    );
+    thread::sleep(Duration::from_secs(2));
+    let held = rollout(&bed).expect("still running");
+    assert_eq!(held["step"], 0, "{held}");
+    assert_eq!(bed.status()["services"][0]["live"], "blue");
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
+    let metrics = bed.metrics();
+    for result in ["error", "no_data"] {
+        assert!(
+            metric(
+                &metrics,
+                &format!(
+                    r#"splitter_promql_queries_total{{service="sentiment",gate="lowconf",result="{result}"}}"#
+                )
+            ) >= 1.0,
+            "{result}"
+        );
+    }
+
+    // Green's predictions are confident: the gate passes and green is promoted.
+    start_promql_rollout(&bed, &prometheus, LOW_CONFIDENCE);
+    wait_until(&bed, "the promotion", Duration::from_secs(40), || {
+        bed.status()["services"][0]["live"] == "green"
+    });
+    let passed = history(&bed).into_iter().any(|e| {
+        e["kind"] == "gate_evaluation"
+            && e["details"]["judgement"] == "pass"
+            && e["details"]["promql"][0]["reading"]
+                .as_str()
+                .is_some_and(|r| r.parse::<f64>().is_ok_and(|v| v <= 0.1))
+    });
+    assert!(
+        passed,
+        "a passing window with a PromQL reading is journaled"
+    );
+
+    // Blue, now the candidate, comes back with a quarter of its predictions unsure: the
+    // kernel sees nothing wrong (no 5xx, no latency), the PromQL gate rolls it back.
+    bed.stop("blue");
+    bed.serve_on_backend_with(
+        SERVER,
+        false,
+        bed.blue_addr(),
+        "blue",
+        &["--low-confidence-every", "4"],
+    );
+    start_promql_rollout(&bed, &prometheus, LOW_CONFIDENCE);
+    wait_until(&bed, "the rollback", Duration::from_secs(40), || {
+        rollout(&bed).is_none()
+    });
+    let rollback = history(&bed)
+        .into_iter()
+        .rev()
+        .find(|e| e["kind"] == "rollback")
+        .expect("a rollback");
+    assert_eq!(rollback["actor"], "gates", "{rollback}");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lowconf 0.") && r.contains("> 0.1")),
+        "{rollback}"
+    );
+    let status = bed.status();
+    assert_eq!(status["services"][0]["live"], "green");
+    assert_eq!(
+        status["services"][0]["share_percent"]["blue"].as_f64(),
+        Some(0.0)
+    );
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
+}

@@ -203,15 +203,23 @@ fn metrics_response(request: &crate::http::Request, metrics: &Metrics) -> crate:
     }
 }
 
-/// Judges rollouts as their intervals come round.
 /// How often rollouts are looked at (each is judged at its own interval).
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Judges rollouts as their intervals come round, each in its own task (PromQL queries take
+/// time), and times the first connection after a rollback.
 async fn run_rollouts(shared: Shared) {
     let mut next_tick = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_tick {
-            lock(&shared).rollout_tick(Instant::now());
+            let due = lock(&shared).due_evaluations(Instant::now());
+            for due in due {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let readings = due.read().await;
+                    lock(&shared).evaluate_rollout(&due, Instant::now(), &readings);
+                });
+            }
             next_tick = tokio::time::Instant::now() + ROLLOUT_TICK;
         }
         // After a rollback, its first connection on the live pool is timed to the millisecond.

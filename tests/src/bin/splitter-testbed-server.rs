@@ -3,7 +3,10 @@
 //! listens and exits by itself after `--max-seconds`, so a crashed test never leaves it behind.
 //! Faults for the telemetry tests: `--delay-ms N` before each response, `--error-every N`
 //! answers every Nth request with a 500, `--reset-every N` resets the connection (RST) instead
-//! of answering every Nth request.
+//! of answering every Nth request. `GET /metrics` answers in the Prometheus text format with
+//! the model-level counters a PromQL gate reads: `model_predictions_total`, and
+//! `model_low_confidence_total`, which `--low-confidence-every N` raises on every Nth
+//! prediction. Scrapes are not predictions and never fault.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -22,6 +25,14 @@ struct Faults {
     delay: Duration,
     error_every: u64,
     reset_every: u64,
+    low_confidence_every: u64,
+}
+
+/// What the server has answered, for `/metrics`.
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    low_confidence: AtomicU64,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +48,7 @@ fn main() -> ExitCode {
             "--delay-ms" => faults.delay = Duration::from_millis(number().unwrap_or(0)),
             "--error-every" => faults.error_every = number().unwrap_or(0),
             "--reset-every" => faults.reset_every = number().unwrap_or(0),
+            "--low-confidence-every" => faults.low_confidence_every = number().unwrap_or(0),
             other => {
                 eprintln!("splitter-testbed-server: unknown argument `{other}`");
                 return ExitCode::FAILURE;
@@ -45,7 +57,7 @@ fn main() -> ExitCode {
     }
     let (Some(listen), Some(name)) = (listen, name) else {
         eprintln!(
-            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N] [--error-every N] [--reset-every N]"
+            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N] [--error-every N] [--reset-every N] [--low-confidence-every N]"
         );
         return ExitCode::FAILURE;
     };
@@ -62,15 +74,15 @@ fn main() -> ExitCode {
     });
     println!("ready");
     let _ = std::io::stdout().flush();
-    let requests = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     for stream in listener.incoming().flatten() {
-        let (name, requests) = (name.clone(), Arc::clone(&requests));
-        thread::spawn(move || serve(stream, &name, faults, &requests));
+        let (name, counts) = (name.clone(), Arc::clone(&counts));
+        thread::spawn(move || serve(stream, &name, faults, &counts));
     }
     ExitCode::SUCCESS
 }
 
-fn serve(stream: TcpStream, name: &str, faults: Faults, requests: &AtomicU64) {
+fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
     let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -85,6 +97,7 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, requests: &AtomicU64) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        let scrape = line.starts_with("GET /metrics ");
         loop {
             line.clear();
             match reader.read_line(&mut line) {
@@ -99,7 +112,26 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, requests: &AtomicU64) {
                 close = true;
             }
         }
-        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if scrape {
+            let text = format!(
+                "# TYPE model_predictions_total counter\nmodel_predictions_total {}\n# TYPE model_low_confidence_total counter\nmodel_low_confidence_total {}\n",
+                counts.requests.load(Ordering::SeqCst),
+                counts.low_confidence.load(Ordering::SeqCst)
+            );
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{text}",
+                text.len(),
+                if close { "close" } else { "keep-alive" }
+            );
+            if writer.write_all(response.as_bytes()).is_err() || close {
+                return;
+            }
+            continue;
+        }
+        let n = counts.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if faults.low_confidence_every > 0 && n.is_multiple_of(faults.low_confidence_every) {
+            counts.low_confidence.fetch_add(1, Ordering::SeqCst);
+        }
         if faults.reset_every > 0 && n.is_multiple_of(faults.reset_every) {
             reset(&writer);
             return;
