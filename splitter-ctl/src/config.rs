@@ -142,6 +142,8 @@ impl Default for HealthCheck {
 pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The longest rollback window a config may ask for: 30 days.
 const MAX_ROLLBACK_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
+/// The period of scheduled drills: from one second to 30 days.
+const DRILL_EVERY_MS: std::ops::RangeInclusive<u64> = 1_000..=30 * 24 * 3_600_000;
 
 /// A valid service.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +164,8 @@ pub struct ServiceSpec {
     /// How long after a promotion `rollback` may still return to the previous version; after
     /// it, that version is reported as retired.
     pub rollback_window: Duration,
+    /// How often the daemon drills the service's rollback by itself (`drill_every_ms`).
+    pub drill_every: Option<Duration>,
 }
 
 impl ServiceSpec {
@@ -282,6 +286,7 @@ struct RawService {
     health: Option<Spanned<RawHealth>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
     rollback_window_ms: Option<Spanned<u64>>,
+    drill_every_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -620,6 +625,24 @@ impl Validator<'_> {
                 ));
             }
         };
+        let drill_every = match &raw.drill_every_ms {
+            None => None,
+            Some(ms) if DRILL_EVERY_MS.contains(ms.get_ref()) => {
+                Some(Duration::from_millis(*ms.get_ref()))
+            }
+            Some(ms) => {
+                return Err(self.invalid(
+                    ms.span(),
+                    at("drill_every_ms"),
+                    format!(
+                        "{} is outside {}..={}",
+                        ms.get_ref(),
+                        DRILL_EVERY_MS.start(),
+                        DRILL_EVERY_MS.end()
+                    ),
+                ));
+            }
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -631,6 +654,7 @@ impl Validator<'_> {
             health,
             rollout,
             rollback_window,
+            drill_every,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0
@@ -1115,6 +1139,19 @@ green_weight = 12.5
         assert_eq!(
             parse(GOOD).expect("valid").services[0].rollback_window,
             DEFAULT_ROLLBACK_WINDOW
+        );
+        assert_eq!(parse(GOOD).expect("valid").services[0].drill_every, None);
+        assert_eq!(
+            parse(&format!("{GOOD}drill_every_ms = 3600000\n"))
+                .expect("valid")
+                .services[0]
+                .drill_every,
+            Some(Duration::from_secs(3_600))
+        );
+        let message = error(&format!("{GOOD}drill_every_ms = 999\n"));
+        assert!(
+            message.contains("`service[0].drill_every_ms`: 999 is outside 1000..="),
+            "{message}"
         );
         let message = error(&format!("{GOOD}rollback_window_ms = 2592000001\n"));
         assert!(

@@ -60,6 +60,8 @@ pub struct Daemon {
     pub(crate) journal: Option<Journal>,
     /// Rollbacks whose first new connection on the live pool is being timed.
     pub(crate) first_connection_watches: Vec<crate::drill::FirstConnectionWatch>,
+    /// When each service's next scheduled drill is due.
+    pub(crate) drill_schedule: crate::drill::DrillSchedule,
     /// Responses and errors at the last housekeeping, for rates over the window since.
     last_sample: HashMap<(String, Version), Sample>,
     /// Rates over the last window.
@@ -117,6 +119,7 @@ impl Daemon {
             known_splits: HashMap::new(),
             rollouts: HashMap::new(),
             first_connection_watches: Vec::new(),
+            drill_schedule: crate::drill::DrillSchedule::default(),
             journal: Journal::open(&config_state_dir)
                 .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
                 .ok(),

@@ -5,13 +5,23 @@
 //!
 //! The same counters time a rollout's rollback: from the decision to the first new connection
 //! on the live pool, written into the rollback's journal entry when it is seen.
+//!
+//! Drills run when an operator asks (`splitter-ctl drill`) and on the schedule a service's
+//! `drill_every_ms` sets; a scheduled drill that cannot run safely is refused like any other,
+//! counted, and tried again one period later.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use splitter_common::{SplitWord, Version};
 
-use crate::{daemon::Daemon, journal::EventKind, rollouts::RolloutError, share::format_percent};
+use crate::{
+    daemon::Daemon, journal::EventKind, metrics::DrillLabels, rollouts::RolloutError,
+    share::format_percent,
+};
 
 /// How long a drill waits for new connections on the live pool before it gives up.
 pub const DRILL_LIMIT: Duration = Duration::from_secs(5);
@@ -20,10 +30,71 @@ pub const DRILL_PROBES: u64 = 5;
 /// How often a drill reads the counters.
 pub const DRILL_POLL: Duration = Duration::from_millis(1);
 
+/// Who asked for a drill; the journal's actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Operator,
+    Schedule,
+}
+
+impl Trigger {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Schedule => "schedule",
+        }
+    }
+}
+
+/// When each service's next scheduled drill is due.
+#[derive(Debug, Default)]
+pub struct DrillSchedule {
+    /// By service: the period, and the next drill (Unix ms).
+    next: HashMap<String, (Duration, i64)>,
+}
+
+impl DrillSchedule {
+    /// The services (with their periods) whose drill is due at `now_ms`, each booked one period
+    /// later. A service seen for the first time, or whose period changed, is booked one period
+    /// after its last drill (`last_drill_ms`), or after now when it never had one. Services no
+    /// longer scheduled are forgotten.
+    pub fn due(
+        &mut self,
+        periods: &[(String, Duration)],
+        last_drill_ms: impl Fn(&str) -> Option<i64>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.next
+            .retain(|service, _| periods.iter().any(|(s, _)| s == service));
+        let mut due = Vec::new();
+        for (service, period) in periods {
+            let booked = match self.next.get(service) {
+                Some((p, next)) if p == period => *next,
+                _ => last_drill_ms(service)
+                    .unwrap_or(now_ms)
+                    .saturating_add(ms(*period)),
+            };
+            if now_ms >= booked {
+                due.push(service.clone());
+                self.next.insert(
+                    service.clone(),
+                    (*period, now_ms.saturating_add(ms(*period))),
+                );
+            } else {
+                self.next.insert(service.clone(), (*period, booked));
+            }
+        }
+        due
+    }
+}
+
 /// A drill under way: what was written, and the counters at the moment of the write.
 #[derive(Debug)]
 pub struct Drill {
     pub service: String,
+    trigger: Trigger,
     id: u32,
     before: SplitWord,
     during: SplitWord,
@@ -81,8 +152,45 @@ impl Daemon {
         ])
     }
 
-    /// Refuses a drill that cannot be run safely; otherwise writes the rollback.
-    pub fn begin_drill(&mut self, service: &str) -> Result<Drill, RolloutError> {
+    /// The services whose scheduled drill is due now.
+    pub fn due_drills(&mut self) -> Vec<String> {
+        let periods: Vec<(String, Duration)> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| s.drill_every.map(|every| (s.name.clone(), every)))
+            .collect();
+        let journal = self.journal.as_ref();
+        let last = |service: &str| {
+            journal.and_then(|j| j.last_event_at(service, EventKind::Drill).ok().flatten())
+        };
+        self.drill_schedule
+            .due(&periods, last, crate::journal::now_ms())
+    }
+
+    fn count_drill(&self, service: &str, trigger: Trigger, outcome: &str) {
+        self.counters
+            .drills
+            .get_or_create(&DrillLabels {
+                service: service.to_owned(),
+                outcome: outcome.to_owned(),
+                actor: trigger.name(),
+            })
+            .inc();
+    }
+
+    /// Refuses a drill that cannot be run safely (counted as `refused`); otherwise writes the
+    /// rollback.
+    pub fn begin_drill(&mut self, service: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
+        let begun = self.try_begin_drill(service, trigger);
+        if let Err(error) = &begun {
+            self.count_drill(service, trigger, "refused");
+            tracing::warn!(service, actor = trigger.name(), error = %error, "drill refused");
+        }
+        begun
+    }
+
+    fn try_begin_drill(&mut self, service: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
         let id = self.service_id(service)?;
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::RolloutRunning(service.to_owned()));
@@ -125,6 +233,7 @@ impl Daemon {
         );
         Ok(Drill {
             service: service.to_owned(),
+            trigger,
             id,
             before,
             during,
@@ -190,8 +299,9 @@ impl Daemon {
             new_on_candidate: on_candidate,
             restored,
         };
-        tracing::info!(service = drill.service, outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
-        self.journal_drill(&report, drill.write);
+        tracing::info!(service = drill.service, actor = drill.trigger.name(), outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        self.count_drill(&drill.service, drill.trigger, outcome);
+        self.journal_drill(&report, drill.trigger, drill.write);
         Ok(report)
     }
 
@@ -244,12 +354,12 @@ impl Daemon {
         !self.first_connection_watches.is_empty()
     }
 
-    fn journal_drill(&self, report: &DrillReport, write: Duration) {
+    fn journal_drill(&self, report: &DrillReport, trigger: Trigger, write: Duration) {
         let details = serde_json::to_value(report).unwrap_or_default();
         let Some(id) = self.journal_event(
             &report.service,
             EventKind::Drill,
-            "operator",
+            trigger.name(),
             Some(report.outcome.clone()),
             Some(write),
             details,
@@ -262,5 +372,34 @@ impl Daemon {
         {
             tracing::warn!(error = %error, "cannot journal the drill's time to first connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_drills_come_one_period_after_the_last() {
+        let hour = Duration::from_secs(3_600);
+        let h = 3_600_000;
+        let mut schedule = DrillSchedule::default();
+        let periods = vec![("a".to_owned(), hour), ("b".to_owned(), hour)];
+        // `a` was drilled 30 minutes ago; `b` never was.
+        let last = |s: &str| (s == "a").then_some(10 * h - h / 2);
+        assert!(schedule.due(&periods, last, 10 * h).is_empty());
+        assert_eq!(schedule.due(&periods, last, 10 * h + h / 2), ["a"]);
+        assert!(
+            schedule.due(&periods, last, 10 * h + h / 2 + 1).is_empty(),
+            "booked again one period later"
+        );
+        assert_eq!(schedule.due(&periods, last, 11 * h), ["b"]);
+        assert_eq!(schedule.due(&periods, last, 11 * h + h / 2), ["a"]);
+        // A new period is counted from the last drill; a service taken out is forgotten.
+        let periods = vec![("a".to_owned(), 2 * hour)];
+        let last = |_: &str| Some(11 * h + h / 2);
+        assert!(schedule.due(&periods, last, 12 * h).is_empty());
+        assert_eq!(schedule.due(&periods, last, 13 * h + h / 2), ["a"]);
+        assert_eq!(schedule.next.len(), 1);
     }
 }

@@ -251,6 +251,24 @@ impl Journal {
         Ok(())
     }
 
+    /// When (Unix ms) `service` last had an event of `kind`.
+    pub fn last_event_at(
+        &self,
+        service: &str,
+        kind: EventKind,
+    ) -> Result<Option<i64>, JournalError> {
+        self.connection
+            .query_row(
+                "SELECT MAX(at_ms) FROM events WHERE service = ?1 AND kind = ?2",
+                params![service, kind.name()],
+                |row| row.get(0),
+            )
+            .map_err(|source| JournalError::Query {
+                what: "find the last event of a kind",
+                source,
+            })
+    }
+
     /// The last promotion of `service`: when (Unix ms) and which version it made live.
     pub fn last_promotion(&self, service: &str) -> Result<Option<(i64, String)>, JournalError> {
         let row: Option<(i64, String)> = self

@@ -130,6 +130,16 @@ pub struct PromqlLabels {
     pub result: &'static str,
 }
 
+/// Labels of `splitter_drills_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    pub service: String,
+    /// `passed`, `failed`, `inconclusive` or `refused`.
+    pub outcome: String,
+    /// `operator` or `schedule`.
+    pub actor: &'static str,
+}
+
 /// The counters the daemon keeps itself; cheap to clone (shared handles).
 #[derive(Clone, Debug, Default)]
 pub struct DaemonCounters {
@@ -138,6 +148,7 @@ pub struct DaemonCounters {
     pub health_transitions: Family<TransitionLabels, Counter>,
     pub rollouts_ended: Family<RolloutEndLabels, Counter>,
     pub promql_queries: Family<PromqlLabels, Counter>,
+    pub drills: Family<DrillLabels, Counter>,
 }
 
 /// The registry behind `GET /metrics`.
@@ -175,6 +186,11 @@ impl Metrics {
             "splitter_promql_queries",
             "PromQL gate queries, by result: value, no_data or error (both hold the rollout)",
             counters.promql_queries.clone(),
+        );
+        registry.register(
+            "splitter_drills",
+            "Rollback drills, by outcome (passed, failed, inconclusive, refused) and who asked",
+            counters.drills.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { daemon }));
         Self { registry }

@@ -430,10 +430,14 @@ impl Drop for Testbed {
 /// The value of the sample `name_and_labels` (e.g. `splitter_reloads_total`) in a metrics text.
 #[must_use]
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no `{name_and_labels}` in:\n{text}"))
+    counted(text, name_and_labels).unwrap_or_else(|| panic!("no `{name_and_labels}` in:\n{text}"))
+}
+
+/// Like `metric`, `None` when the sample is not there (a labelled counter nothing raised yet).
+#[must_use]
+pub fn counted(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }

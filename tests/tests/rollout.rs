@@ -10,7 +10,7 @@ use std::{
 use splitter_tests::{
     load::Load,
     require_root,
-    testbed::{Testbed, metric},
+    testbed::{Testbed, counted, metric},
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
@@ -610,6 +610,71 @@ fn promql_gates_on_a_real_prometheus_hold_without_data_promote_and_roll_back() {
         status["services"][0]["share_percent"]["blue"].as_f64(),
         Some(0.0)
     );
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
+}
+
+#[test]
+fn scheduled_drills_run_by_themselves_and_stand_aside_for_a_rollout() {
+    require_root!();
+    let mut bed = Testbed::new(58, SERVER);
+    bed.write_config_with("20", "drill_every_ms = 1500\n");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed, LOAD_LIMIT);
+    let scheduled = |bed: &Testbed| -> Vec<serde_json::Value> {
+        history(bed)
+            .into_iter()
+            .filter(|e| e["kind"] == "drill" && e["actor"] == "schedule")
+            .collect()
+    };
+    wait_until(&bed, "a scheduled drill", Duration::from_secs(10), || {
+        !scheduled(&bed).is_empty()
+    });
+    let drill = &scheduled(&bed)[0];
+    assert_eq!(drill["reason"], "passed", "{drill}");
+    assert!(
+        drill["decision_to_first_connection_us"].as_u64().is_some(),
+        "{drill}"
+    );
+    assert_eq!(drill["details"]["restored"], "green at 20%", "{drill}");
+    let drills = |bed: &Testbed, outcome: &str| {
+        counted(
+            &bed.metrics(),
+            &format!(
+                r#"splitter_drills_total{{service="sentiment",outcome="{outcome}",actor="schedule"}}"#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(drills(&bed, "passed") >= 1.0);
+
+    // A rollout in progress is never interrupted: the drill is refused and counted.
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "50,100",
+        "--hold",
+        "60s",
+    ]);
+    let ran = scheduled(&bed).len();
+    wait_until(&bed, "a refused drill", Duration::from_secs(10), || {
+        drills(&bed, "refused") >= 1.0
+    });
+    assert_eq!(
+        scheduled(&bed).len(),
+        ran,
+        "no drill ran during the rollout"
+    );
+    let running = rollout(&bed).expect("the rollout runs on");
+    assert_eq!(
+        running["candidate_percent"].as_f64(),
+        Some(50.0),
+        "{running}"
+    );
+    assert!(running["paused"].is_null(), "{running}");
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
     let [(_, blue_failed), (_, green_failed)] = load.stop();
     assert_eq!((blue_failed, green_failed), (0, 0));
 }

@@ -22,7 +22,9 @@ use crate::{
     config::Config,
     control,
     daemon::Daemon,
-    dataplane, health,
+    dataplane,
+    drill::Trigger,
+    health,
     metrics::{self, DaemonCounters, Metrics},
     notify::notify,
 };
@@ -79,6 +81,7 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), Command
     tasks.spawn(serve_metrics(metrics_listener, metrics));
     tasks.spawn(probe_backends(Arc::clone(&shared)));
     tasks.spawn(run_rollouts(Arc::clone(&shared)));
+    tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
 
     if let Err(error) = notify("READY=1") {
         tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
@@ -124,7 +127,13 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
         tokio::spawn(async move {
             let response = match crate::http::read_request(&mut stream).await {
                 Ok(request) if request.method == "POST" && request.path.starts_with(DRILLS) => {
-                    run_drill(&shared, &request.path[DRILLS.len()..]).await
+                    match drill(&shared, &request.path[DRILLS.len()..], Trigger::Operator).await {
+                        Ok(report) => crate::http::Response::json(
+                            200,
+                            &serde_json::to_value(report).unwrap_or_default(),
+                        ),
+                        Err(error) => control::rollout_error(error),
+                    }
                 }
                 Ok(request) => control::handle(&request, &mut lock(&shared), &config_path),
                 Err(error) => crate::http::Response::error(error.status(), &error.to_string()),
@@ -138,12 +147,14 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
 /// taking the daemon's lock only for each step.
 const DRILLS: &str = "/v1/drills/";
 
-async fn run_drill(shared: &Shared, service: &str) -> crate::http::Response {
-    let begun = lock(shared).begin_drill(service);
-    let mut drill = match begun {
-        Ok(drill) => drill,
-        Err(error) => return control::rollout_error(error),
-    };
+/// Runs a drill of `service` to its end.
+async fn drill(
+    shared: &Shared,
+    service: &str,
+    trigger: Trigger,
+) -> Result<crate::drill::DrillReport, crate::rollouts::RolloutError> {
+    let begun = lock(shared).begin_drill(service, trigger);
+    let mut drill = begun?;
     let deadline = tokio::time::Instant::now() + crate::drill::DRILL_LIMIT;
     while tokio::time::Instant::now() < deadline {
         match lock(shared).watch_drill(&mut drill) {
@@ -156,12 +167,21 @@ async fn run_drill(shared: &Shared, service: &str) -> crate::http::Response {
         }
         tokio::time::sleep(crate::drill::DRILL_POLL).await;
     }
-    let ended = lock(shared).end_drill(drill);
-    match ended {
-        Ok(report) => {
-            crate::http::Response::json(200, &serde_json::to_value(report).unwrap_or_default())
+    lock(shared).end_drill(drill)
+}
+
+/// How often the drill schedule is looked at.
+const DRILL_SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs the drills that services' `drill_every_ms` schedule, one at a time.
+async fn run_scheduled_drills(shared: Shared) {
+    loop {
+        tokio::time::sleep(DRILL_SCHEDULE_TICK).await;
+        let due = lock(&shared).due_drills();
+        for service in due {
+            // Refusals and outcomes are logged, counted and (when run) journaled by the drill.
+            let _ = drill(&shared, &service, Trigger::Schedule).await;
         }
-        Err(error) => control::rollout_error(error),
     }
 }
 
