@@ -146,10 +146,7 @@ fn micros(d: Duration) -> u64 {
 
 impl Daemon {
     fn new_flows(&self, id: u32) -> Result<[u64; 2], RolloutError> {
-        Ok([
-            self.maps.counters(id, Version::Blue)?.new_flows,
-            self.maps.counters(id, Version::Green)?.new_flows,
-        ])
+        Ok(self.maps.new_flows(id)?)
     }
 
     /// The services whose scheduled drill is due now.

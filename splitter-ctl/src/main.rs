@@ -1,6 +1,6 @@
 //! The `splitter-ctl` binary: parses the command line and runs one subcommand.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use splitter_common::Version;
@@ -66,8 +66,14 @@ enum Command {
         version: VersionArg,
         percent: String,
     },
-    /// Send every new connection to the live pool: one map write.
-    Rollback { service: String },
+    /// Send every new connection to the live pool: one map write. Then waits up to --wait-ms
+    /// for the first new connection on the live pool and journals the time to it.
+    Rollback {
+        service: String,
+        /// How long to wait for the first new connection after the write (0: do not wait).
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+    },
     /// Progressive rollouts of a service's candidate, run by the daemon.
     Rollout {
         #[command(subcommand)]
@@ -207,8 +213,14 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             )?);
             Ok(())
         }
-        Command::Rollback { service } => {
-            report(&cmd::share::rollback(config, &service)?);
+        Command::Rollback { service, wait_ms } => {
+            let mut change = cmd::share::rollback(config, &service)?;
+            report(&change);
+            if let Some(first) = change.first_connection.take()
+                && wait_ms > 0
+            {
+                println!("{}", first.wait(Duration::from_millis(wait_ms)));
+            }
             Ok(())
         }
         Command::History {

@@ -399,6 +399,14 @@ impl Maps {
             .fold(VersionStats::default(), VersionStats::add))
     }
 
+    /// New flows steered to each version so far: [blue, green].
+    pub fn new_flows(&self, id: u32) -> Result<[u64; 2], MapsError> {
+        Ok([
+            self.counters(id, Version::Blue)?.new_flows,
+            self.counters(id, Version::Green)?.new_flows,
+        ])
+    }
+
     /// A latency histogram of a (service, version), summed over CPUs.
     pub fn histogram(
         &self,

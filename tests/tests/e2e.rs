@@ -247,12 +247,40 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
     // weight and rollback write the pinned maps with no daemon at all.
     bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
     assert_eq!(new_connections(&bed, 50), Tally::green(50));
+    // Under traffic, the rollback also times the first new connection on the live pool and
+    // journals it beside the write time.
+    let load = splitter_tests::load::Load::start(&bed, Duration::from_secs(20));
     let rollback = bed.ctl_ok(&["rollback", "sentiment"]);
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
     assert!(
-        rollback.contains("blue 100%, green 0%") && rollback.contains("map write took"),
+        rollback.contains("blue 100%, green 0%")
+            && rollback.contains("map write took")
+            && rollback.contains("first new connection on blue"),
         "{rollback}"
     );
     assert_eq!(new_connections(&bed, 50), Tally::blue(50));
+    let history: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["history", "--output", "json"])).expect("JSON");
+    let journaled = &history[0];
+    assert_eq!(journaled["kind"], "rollback", "{history}");
+    let first = journaled["decision_to_first_connection_us"]
+        .as_u64()
+        .expect("time to the first connection");
+    assert!(
+        first
+            >= journaled["decision_to_write_us"]
+                .as_u64()
+                .expect("write time"),
+        "{journaled}"
+    );
+    // Without traffic there is nothing to time, and the command says so.
+    bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
+    let idle = bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "200"]);
+    assert!(
+        idle.contains("no new connection on blue within 200 ms"),
+        "{idle}"
+    );
 
     // A restarted daemon adopts the data plane and keeps the operator's share.
     bed.ctl_ok(&["weight", "sentiment", "green", "30"]);
@@ -286,7 +314,7 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
         .collect();
     assert_eq!(
         kinds,
-        ["weight", "rollback", "weight"],
+        ["weight", "rollback", "weight", "rollback", "weight"],
         "newest first: {history}"
     );
     assert!(
@@ -297,10 +325,15 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary JSON");
-    assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");
+    assert_eq!(summary["rollbacks"].as_u64(), Some(2), "{summary}");
     assert!(
         summary["mean_time_to_rollback_write_us"].as_f64().is_some(),
         "{summary}"
+    );
+    assert_eq!(
+        summary["mean_time_to_rollback_first_connection_us"].as_f64(),
+        Some(first as f64),
+        "only the rollback under traffic had a first connection: {summary}"
     );
 }
 

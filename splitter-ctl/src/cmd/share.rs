@@ -3,6 +3,7 @@
 
 use std::{
     path::Path,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -10,7 +11,9 @@ use splitter_common::{SplitWord, Version};
 
 use super::{CommandError, Target};
 use crate::{
+    drill::DRILL_POLL,
     journal::{EventKind, Journal, NewEvent, now_ms},
+    maps::Maps,
     previous::previous,
     share::{format_percent, parse_percent, percent_of},
 };
@@ -24,6 +27,66 @@ pub struct Change {
     pub write: Duration,
     /// The journal entry, or why it could not be written (the map write happened either way).
     pub journaled: Result<i64, String>,
+    /// For a rollback: the live pool's first new connection, still to be awaited.
+    pub first_connection: Option<FirstConnection>,
+}
+
+/// A rollback's first new connection on the live pool, awaited by reading the kernel's
+/// new-flow counter (counted from just after the write).
+pub struct FirstConnection {
+    maps: Maps,
+    id: u32,
+    live: Version,
+    base: u64,
+    decided: Instant,
+    state_dir: std::path::PathBuf,
+    event: Option<i64>,
+}
+
+impl std::fmt::Debug for FirstConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstConnection")
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FirstConnection {
+    /// Waits up to `limit` for it; journals the time from the decision when it comes, and
+    /// says what was seen.
+    #[must_use]
+    pub fn wait(self, limit: Duration) -> String {
+        let live = self.live.name();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.maps.new_flows(self.id) {
+                Ok(now) if now[self.live as usize] > self.base => {
+                    let took = self.decided.elapsed();
+                    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                    let journaled = self.event.map(|event| {
+                        Journal::open(&self.state_dir)
+                            .and_then(|journal| journal.set_first_connection(event, us))
+                    });
+                    let note = match journaled {
+                        Some(Err(error)) => {
+                            format!(" (not journaled: {:#})", anyhow::Error::from(error))
+                        }
+                        _ => String::new(),
+                    };
+                    return format!(
+                        "first new connection on {live} {:.1} ms after the decision{note}",
+                        took.as_secs_f64() * 1e3
+                    );
+                }
+                Ok(_) => thread::sleep(DRILL_POLL),
+                Err(error) => return format!("cannot read the new-flow counters: {error}"),
+            }
+        }
+        format!(
+            "no new connection on {live} within {} ms: the time to the first one is not recorded",
+            limit.as_millis()
+        )
+    }
 }
 
 impl Change {
@@ -115,6 +178,10 @@ fn write(
     let after = change(before, &target)?;
     let write = target.maps.set_split(service.id, after)?;
     let decision_to_write = decided.elapsed();
+    // Counted from after the write, as a drill counts.
+    let base = (kind == EventKind::Rollback)
+        .then(|| target.maps.new_flows(service.id).ok())
+        .flatten();
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
     let journaled = Journal::open(&target.config.state_dir)
@@ -134,11 +201,23 @@ fn write(
             })
         })
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+    let event = journaled.as_ref().ok().copied();
+    let Target { config, maps } = target;
+    let first_connection = base.map(|base| FirstConnection {
+        maps,
+        id: service.id,
+        live: after.live(),
+        base: base[after.live() as usize],
+        decided,
+        state_dir: config.state_dir,
+        event,
+    });
     Ok(Change {
         service: name.to_owned(),
         before,
         after,
         write,
         journaled,
+        first_connection,
     })
 }
