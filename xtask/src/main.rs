@@ -2,7 +2,6 @@
 //! packages a fresh machine lacks, running every test (privileged ones included), and the
 //! benchmarks. The eBPF object itself is built by splitter-ctl's build.rs, not here.
 
-mod bench;
 mod setup;
 
 use std::{
@@ -60,20 +59,28 @@ fn main() -> ExitCode {
 
 /// Runs setup, builds splitter-ctl and the test bed's binaries, then runs `binary` with the
 /// freshly built splitter-ctl first on its PATH.
-fn run_bed_binary(binary: &str, args: &[&str]) -> Result<()> {
+fn run_bed_binary(binary: &str, args: &[&str], release: bool) -> Result<()> {
     setup::run()?;
-    let ctl = build_ctl(false)?;
-    status(cargo().args(["build", "--package", "splitter-tests", "--bins"]))?;
+    let ctl = build_ctl(release)?;
+    let mut build = cargo();
+    build.args(["build", "--package", "splitter-tests", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    status(&mut build)?;
     let root = workspace_root();
+    let dir = root
+        .join("target")
+        .join(if release { "release" } else { "debug" });
     status(
-        std::process::Command::new(root.join("target/debug").join(binary))
+        std::process::Command::new(dir.join(binary))
             .args(args)
             .env("SPLITTER_CTL_BIN", &ctl)
             .env(
                 "PATH",
                 format!(
                     "{}:{}",
-                    root.join("target/debug").display(),
+                    dir.display(),
                     std::env::var("PATH").unwrap_or_default()
                 ),
             ),
@@ -87,13 +94,21 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             test(&args)
         }
-        Task::Testbed { seconds } => {
-            run_bed_binary("splitter-testbed", &["--seconds", &seconds.to_string()])
-        }
-        Task::Demo => run_bed_binary("splitter-demo", &[]),
+        Task::Testbed { seconds } => run_bed_binary(
+            "splitter-testbed",
+            &["--seconds", &seconds.to_string()],
+            false,
+        ),
+        Task::Demo => run_bed_binary("splitter-demo", &[], false),
         Task::Bench { quick } => {
-            setup::run()?;
-            bench::run(quick)
+            let doc = workspace_root().join("docs/benchmarks.md");
+            let doc = doc.to_string_lossy();
+            let args: &[&str] = if quick {
+                &["--quick"]
+            } else {
+                &["--write", &doc]
+            };
+            run_bed_binary("splitter-bench", args, true)
         }
     }
 }

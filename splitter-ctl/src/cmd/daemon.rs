@@ -229,15 +229,19 @@ const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Judges rollouts as their intervals come round, each in its own task (PromQL queries take
 /// time), and times the first connection after a rollback.
 async fn run_rollouts(shared: Shared) {
+    // An evaluation that rolled back wakes the loop at once, so that the watch for the first
+    // new connection starts polling right after the write, not at the next tick.
+    let evaluated = Arc::new(tokio::sync::Notify::new());
     let mut next_tick = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_tick {
             let due = lock(&shared).due_evaluations(Instant::now());
             for due in due {
-                let shared = Arc::clone(&shared);
+                let (shared, evaluated) = (Arc::clone(&shared), Arc::clone(&evaluated));
                 tokio::spawn(async move {
                     let readings = due.read().await;
                     lock(&shared).evaluate_rollout(&due, Instant::now(), &readings);
+                    evaluated.notify_one();
                 });
             }
             next_tick = tokio::time::Instant::now() + ROLLOUT_TICK;
@@ -247,7 +251,10 @@ async fn run_rollouts(shared: Shared) {
         if watching {
             tokio::time::sleep(crate::drill::DRILL_POLL).await;
         } else {
-            tokio::time::sleep_until(next_tick).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next_tick) => {}
+                () = evaluated.notified() => {}
+            }
         }
     }
 }

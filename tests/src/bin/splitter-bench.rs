@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: per-packet cost of the XDP program through BPF_PROG_TEST_RUN, beside a
 //! program that only returns XDP_PASS, measured side by side in interleaved rounds of one run
 //! (the median round is reported, so a noisy neighbour skews one round, not the result); and
-//! the latency of the split-word write that a rollback is.
+//! the latency of the split-word write that a rollback is; and, on a test bed under load,
+//! rollbacks decided by the daemon's gates, timed from the decision to the map write and to the
+//! first new connection on the live pool.
 //!
 //! The established packet goes to a service whose only backend is the service address itself:
 //! the rewrite then leaves the bytes as they were, so each of the `repeat` runs the kernel makes
@@ -10,15 +12,25 @@
 //! first run records the flow), so SYNs are timed one run per call with the flow removed in
 //! between, and the baseline is timed the same way beside them.
 
-use std::{fmt::Write as _, net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::SocketAddrV4,
+    path::PathBuf,
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
 
 use splitter_common::{
     BackendInfo, Endpoint, FlowKey, PROTO_TCP, Service, SplitWord, Version, ipv4_mapped,
     maps::{PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_TC_BASELINE},
 };
 use splitter_tests::{
+    bed_binary,
+    load::Load,
     packet::{ACK, Ipv4Packet, PSH, SYN},
     plane::Plane,
+    testbed::Testbed,
 };
 
 /// The bench's data plane needs no service from a config; it is set up through the maps.
@@ -48,13 +60,21 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !splitter_tests::is_root() {
-        eprintln!(
-            "splitter-bench: needs root to load BPF programs; run `cargo xtask bench` as root"
-        );
-        return ExitCode::FAILURE;
+    let server = match bed_binary::prepare("splitter-bench", "bench") {
+        Ok(server) => server,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = run(&options);
+    match gate_rollbacks(&server, if options.quick { 3 } else { 10 }) {
+        Ok(section) => report.push_str(&section),
+        Err(why) => {
+            eprintln!("splitter-bench: the gate rollbacks could not be measured: {why}");
+            return ExitCode::FAILURE;
+        }
     }
-    let report = run(&options);
     print!("{report}");
     if let Some(path) = &options.write {
         let existing = std::fs::read_to_string(path).unwrap_or_default();
@@ -315,4 +335,120 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!("Linux {kernel}, {cores} cores ({model}), run on {date}")
+}
+
+/// The bench's test bed: 198.18.202.0/24 and namespaces `sp202-*`.
+const BED: u8 = 202;
+/// The longest one rollout may take to roll back, or its first connection to be journaled.
+const ROLLBACK_LIMIT: Duration = Duration::from_secs(15);
+
+/// `count` rollouts of a green that answers 500 to every other request, each rolled back by the
+/// daemon's error-rate gate while a client opens new connections; the journal's times of each.
+fn gate_rollbacks(server: &str, count: usize) -> Result<String, String> {
+    let mut bed = Testbed::new(BED, server);
+    bed.stop("green");
+    bed.serve_on_backend_with(
+        server,
+        true,
+        bed.green_addr(),
+        "green",
+        &["--error-every", "2"],
+    );
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed, Duration::from_secs(30 + 10 * count as u64));
+    let rollbacks = |bed: &Testbed| -> Result<Vec<serde_json::Value>, String> {
+        let text = bed.ctl_ok(&["history", "--limit", "10000", "--output", "json"]);
+        let events: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| format!("history JSON: {e}"))?;
+        Ok(events
+            .into_iter()
+            .filter(|e| e["kind"] == "rollback" && e["actor"] == "gates")
+            .collect())
+    };
+    for round in 0..count {
+        bed.ctl_ok(&[
+            "rollout",
+            "start",
+            "sentiment",
+            "--steps",
+            "50,100",
+            "--hold",
+            "10s",
+            "--interval",
+            "200ms",
+            "--min-samples",
+            "5",
+            "--max-error-rate",
+            "0.05",
+            "--failure-limit",
+            "1",
+        ]);
+        let deadline = Instant::now() + ROLLBACK_LIMIT;
+        loop {
+            let done = rollbacks(&bed)?.len() > round
+                && rollbacks(&bed)?[0]["decision_to_first_connection_us"].is_u64();
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "rollout {} was not rolled back with a first connection within {ROLLBACK_LIMIT:?}",
+                    round + 1
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let [(_, blue_failed), _] = load.stop();
+    let events = rollbacks(&bed)?;
+    let times = |key: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = events.iter().filter_map(|e| e[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (write, first) = (
+        times("decision_to_write_us"),
+        times("decision_to_first_connection_us"),
+    );
+    if write.len() != count || first.len() != count {
+        return Err(format!(
+            "{} rollbacks journaled, {} with a write time, {} with a first connection",
+            events.len(),
+            write.len(),
+            first.len()
+        ));
+    }
+    let p = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let mut out = String::new();
+    let _ = writeln!(out, "\n### Rollback decided by the gates, in the daemon\n");
+    let _ = writeln!(
+        out,
+        "{count} rollouts on the test bed (network namespaces and veth pairs, XDP and TC on the node) of a green that answers 500 to every other request, each rolled back by the error-rate gate at its first judgement (200 ms interval), while the client opens a new connection about every 2 ms. Times from the journal: decision (the failing judgement) to the split-word write, and decision to the first new connection counted on the live pool (its counters read every millisecond, so this includes up to 1 ms of polling and the wait for the client's next SYN). Failed requests on the live pool during the run: {blue_failed}.\n"
+    );
+    let _ = writeln!(out, "| measure | p50 | max |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| decision → map write | {:.1} µs | {:.1} µs |",
+        p(&write, 0.5),
+        p(&write, 1.0)
+    );
+    let _ = writeln!(
+        out,
+        "| decision → first new connection on the live pool | {:.2} ms | {:.2} ms |",
+        p(&first, 0.5) / 1_000.0,
+        p(&first, 1.0) / 1_000.0
+    );
+    let target = if p(&write, 1.0) <= 50.0 {
+        "met"
+    } else {
+        "MISSED"
+    };
+    let _ = writeln!(
+        out,
+        "\nTarget: the rollback write at most 50 µs after the decision: **{target}** (max {:.1} µs).",
+        p(&write, 1.0)
+    );
+    Ok(out)
 }
