@@ -32,9 +32,10 @@ fn history(bed: &Testbed) -> Vec<serde_json::Value> {
     events
 }
 
-/// Starts 10% → 50% → 100% with a 1 s hold, judged every 300 ms on at least 5 requests.
-fn start_healthy_rollout(bed: &Testbed) -> String {
-    bed.ctl_ok(&[
+/// Starts 10% → 50% → 100% with a 1 s hold, judged every 300 ms on at least 5 requests, with
+/// `extra` options after these.
+fn start_healthy_rollout_with(bed: &Testbed, extra: &[&str]) -> String {
+    let mut args = vec![
         "rollout",
         "start",
         "sentiment",
@@ -52,7 +53,13 @@ fn start_healthy_rollout(bed: &Testbed) -> String {
         // matters is that the last step (no live traffic) is judged against the last live p99.
         "--max-p99-vs-live",
         "50",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    bed.ctl_ok(&args)
+}
+
+fn start_healthy_rollout(bed: &Testbed) -> String {
+    start_healthy_rollout_with(bed, &[])
 }
 
 /// The kinds of the journal's events, oldest first, without the gate evaluations.
@@ -479,29 +486,13 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
     );
 }
 
-/// Starts a rollout judged only (in effect) by one PromQL gate: the kernel gates are loose.
+/// Starts the healthy plan with one PromQL gate; the kernel sees nothing wrong with either
+/// version in this test, so the PromQL gate decides.
 fn start_promql_rollout(bed: &Testbed, prometheus: &str, gate: &str) -> String {
-    bed.ctl_ok(&[
-        "rollout",
-        "start",
-        "sentiment",
-        "--steps",
-        "10,50,100",
-        "--hold",
-        "1s",
-        "--interval",
-        "400ms",
-        "--min-samples",
-        "5",
-        "--max-error-rate",
-        "0.5",
-        "--max-p99-vs-live",
-        "50",
-        "--prometheus-url",
-        prometheus,
-        "--promql-gate",
-        gate,
-    ])
+    start_healthy_rollout_with(
+        bed,
+        &["--prometheus-url", prometheus, "--promql-gate", gate],
+    )
 }
 
 /// The low-confidence share of the candidate's predictions, as the model servers export it.
