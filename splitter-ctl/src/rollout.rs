@@ -682,4 +682,122 @@ mod tests {
             "a reset in between is an empty window"
         );
     }
+
+    fn gate(name: &str) -> PromqlGate {
+        PromqlGate {
+            name: name.to_owned(),
+            query: "sum(rate(low_confidence_total[1m]))".to_owned(),
+            max: Some(0.05),
+            min: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_with_promql_gates_survives_the_journal_round_trip() {
+        let request = PlanRequest {
+            prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
+            promql_gates: Some(vec![gate("lowconf")]),
+            ..PlanRequest::default()
+        };
+        let plan = request.into_plan().expect("valid");
+        assert_eq!(plan.promql.len(), 1);
+        let saved = serde_json::to_string(&PlanRequest::from(&plan)).expect("json");
+        let again: PlanRequest = serde_json::from_str(&saved).expect("parse");
+        assert_eq!(again.into_plan().expect("valid"), plan);
+    }
+
+    #[test]
+    fn plan_requests_are_validated_with_reasons() {
+        let plan = PlanRequest {
+            steps: Some(vec![10.0, 50.0, 100.0]),
+            hold_ms: Some(5_000),
+            interval_ms: Some(1_000),
+            max_error_rate: Some(0.05),
+            max_p99_ms: Some(250.0),
+            min_samples: Some(20),
+            failure_limit: Some(2),
+            ..PlanRequest::default()
+        }
+        .into_plan()
+        .expect("valid");
+        assert_eq!(plan.steps, vec![1_000, 5_000, 10_000]);
+        assert_eq!(
+            (plan.hold, plan.interval, plan.failure_limit),
+            (Duration::from_secs(5), Duration::from_secs(1), 2)
+        );
+        assert_eq!(plan.gates.max_p99_ms, Some(250.0));
+        assert_eq!(
+            PlanRequest::default().into_plan().expect("defaults"),
+            Plan::default()
+        );
+        for (request, expected) in [
+            (
+                PlanRequest {
+                    steps: Some(vec![50.0, 10.0, 100.0]),
+                    ..PlanRequest::default()
+                },
+                "steps must rise",
+            ),
+            (
+                PlanRequest {
+                    steps: Some(vec![10.0, 50.0]),
+                    ..PlanRequest::default()
+                },
+                "the last step must be 100",
+            ),
+            (
+                PlanRequest {
+                    steps: Some(vec![0.001, 100.0]),
+                    ..PlanRequest::default()
+                },
+                "at most two decimals",
+            ),
+            (
+                PlanRequest {
+                    interval_ms: Some(10),
+                    ..PlanRequest::default()
+                },
+                "interval 10 ms is outside",
+            ),
+            (
+                PlanRequest {
+                    max_error_rate: Some(1.5),
+                    ..PlanRequest::default()
+                },
+                "max_error_rate 1.5 is not between 0 and 1",
+            ),
+            (
+                PlanRequest {
+                    failure_limit: Some(0),
+                    ..PlanRequest::default()
+                },
+                "failure_limit 0 is outside",
+            ),
+            (
+                PlanRequest {
+                    promql_gates: Some(vec![gate("lowconf")]),
+                    ..PlanRequest::default()
+                },
+                "PromQL gates need `prometheus_url`",
+            ),
+            (
+                PlanRequest {
+                    prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
+                    promql_gates: Some(vec![gate("lowconf"), gate("lowconf")]),
+                    ..PlanRequest::default()
+                },
+                "two PromQL gates are named `lowconf`",
+            ),
+            (
+                PlanRequest {
+                    prometheus_url: Some("https://127.0.0.1:9090".to_owned()),
+                    ..PlanRequest::default()
+                },
+                "only http:// URLs",
+            ),
+        ] {
+            let error = request.into_plan().expect_err("invalid");
+            assert!(error.contains(expected), "{error}");
+        }
+    }
 }
