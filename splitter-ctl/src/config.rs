@@ -49,7 +49,8 @@ pub enum ConfigError {
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning; generic on
+    /// veth, where it is the faster of the two.
     #[default]
     Auto,
     Native,

@@ -28,6 +28,7 @@ pub mod journal;
 pub mod latency;
 pub mod maps;
 pub mod metrics;
+pub mod netdev;
 pub mod notify;
 pub mod paths;
 pub mod previous;

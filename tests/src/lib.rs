@@ -4,6 +4,7 @@
 
 pub mod bed_binary;
 pub mod checksum;
+pub mod compare;
 pub mod http;
 pub mod load;
 pub mod netns;
@@ -11,6 +12,7 @@ pub mod packet;
 pub mod plane;
 pub mod prometheus;
 pub mod testbed;
+pub mod wrk;
 
 /// Whether this process may load BPF programs and create namespaces.
 #[must_use]

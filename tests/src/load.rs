@@ -42,14 +42,7 @@ impl Load {
         let running = Arc::new(AtomicBool::new(true));
         let tally = Arc::new(Tally::default());
         let (flag, counts, vip) = (Arc::clone(&running), Arc::clone(&tally), bed.vip());
-        let client = bed.client.name.clone();
-        let thread = thread::spawn(move || {
-            let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("netns");
-            // SAFETY: setns on this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-                0
-            );
+        let thread = bed.client.spawn(move || {
             let deadline = Instant::now() + limit;
             while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let slot = match http::get_any(vip) {

@@ -25,6 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
     ("prometheus", "prometheus"),
+    // The benchmarks' load generator and the setups Splitter is compared with.
+    ("wrk", "wrk"),
+    ("nft", "nftables"),
+    ("haproxy", "haproxy"),
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,334 @@
+//! Splitter beside what teams run today, on one test bed with the same two backends and the same
+//! 90/10 split (the setups are in tests/src/compare.rs): direct (the ceiling), Splitter,
+//! nftables DNAT with conntrack, and HAProxy in TCP mode.
+//!
+//! Throughput and latency come from wrk with a fixed duration, keep-alive and one request per
+//! connection, in interleaved rounds: every round runs every setup once, ratios to direct are
+//! taken within a round, and the median round is reported. Then, for each setup that splits:
+//! the share new connections got, rollbacks probed by connections, established connections
+//! across share changes.
+
+use std::{fmt::Write as _, time::Duration};
+
+use splitter_tests::{
+    compare::{self, Kind, Setups},
+    testbed::Testbed,
+    wrk::{self, Connections},
+};
+
+use crate::median;
+
+/// The bench's test bed: 198.18.203.0/24 and namespaces `sp203-*`.
+const BED: u8 = 203;
+/// Green's share of new connections, in basis points.
+const GREEN_BP: u16 = 1_000;
+/// The rollback write may take this long at most.
+const ROLLBACK_TARGET: Duration = Duration::from_micros(50);
+
+struct Plan {
+    rounds: usize,
+    duration: Duration,
+    accuracy_connections: usize,
+    rollbacks: usize,
+    changes: usize,
+    established: usize,
+}
+
+impl Plan {
+    const fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rounds: 1,
+                duration: Duration::from_secs(2),
+                accuracy_connections: 400,
+                rollbacks: 2,
+                changes: 20,
+                established: 10,
+            }
+        } else {
+            Self {
+                rounds: 7,
+                duration: Duration::from_secs(3),
+                accuracy_connections: 2_000,
+                rollbacks: 5,
+                changes: 100,
+                established: 20,
+            }
+        }
+    }
+
+    fn load(&self, mode: Connections) -> wrk::Load {
+        wrk::Load {
+            threads: 2,
+            connections: 32,
+            duration: self.duration,
+            mode,
+        }
+    }
+}
+
+const MODES: [Connections; 2] = [Connections::KeepAlive, Connections::Short];
+
+/// One wrk run, with the machine's busy CPU time over it.
+#[derive(Clone, Copy)]
+struct Run {
+    report: wrk::Report,
+    cpu: Duration,
+}
+
+impl Run {
+    fn cpu_per_request_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.report.requests.max(1) as f64
+    }
+}
+
+/// Busy CPU time of the whole machine so far (every CPU, every state but idle and iowait).
+fn busy_cpu() -> Result<Duration, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf has no memory preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err("no clock tick rate".to_owned());
+    }
+    Ok(Duration::from_secs_f64(busy as f64 / hz as f64))
+}
+
+/// What was measured of one splitting setup.
+struct Splitting {
+    green: [u64; 2],
+    rollbacks: Vec<compare::Rollback>,
+    broken: u64,
+}
+
+pub fn section(server: &str, quick: bool) -> Result<String, String> {
+    let plan = Plan::new(quick);
+    let mut bed = Testbed::new(BED, server);
+    let mut setups = Setups::new(&mut bed, GREEN_BP)?;
+
+    // runs[kind][mode][round]
+    let mut runs: Vec<[Vec<Run>; 2]> = Kind::ALL.iter().map(|_| [vec![], vec![]]).collect();
+    for round in 0..plan.rounds {
+        // Each round starts with another setup, so none always runs first or last.
+        for i in 0..Kind::ALL.len() {
+            let k = (round + i) % Kind::ALL.len();
+            let kind = Kind::ALL[k];
+            setups.enter(&mut bed, kind)?;
+            for (m, mode) in MODES.into_iter().enumerate() {
+                let before = busy_cpu()?;
+                let report = wrk::run(&bed.client, Setups::addr(&bed, kind), &plan.load(mode))?;
+                let cpu = busy_cpu()?.saturating_sub(before);
+                if report.requests == 0 {
+                    return Err(format!("{}: wrk completed no request", kind.name()));
+                }
+                runs[k][m].push(Run { report, cpu });
+            }
+            setups.leave(&mut bed, kind)?;
+        }
+    }
+
+    let mut splitting = Vec::new();
+    for kind in Kind::SPLITTING {
+        setups.enter(&mut bed, kind)?;
+        let green = compare::tally(&bed, Setups::addr(&bed, kind), plan.accuracy_connections)?;
+        let rollbacks = (0..plan.rollbacks)
+            .map(|_| compare::rollback(&bed, &mut setups, kind, GREEN_BP))
+            .collect::<Result<Vec<_>, _>>()?;
+        setups.set_green(&bed, kind, GREEN_BP)?;
+        let broken = compare::broken_across_changes(
+            &bed,
+            &mut setups,
+            kind,
+            plan.established,
+            plan.changes,
+        )?;
+        setups.leave(&mut bed, kind)?;
+        splitting.push((
+            kind,
+            Splitting {
+                green,
+                rollbacks,
+                broken,
+            },
+        ));
+    }
+    Ok(report(&plan, &runs, &splitting))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) -> String {
+    let at = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    // Median over rounds of a value, and of its ratio to direct's in the same round.
+    let value =
+        |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| median(runs[k][m].iter().map(f).collect());
+    let ratio = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| {
+        median(
+            runs[k][m]
+                .iter()
+                .zip(&runs[at(Kind::Direct)][m])
+                .map(|(r, d)| f(r) / f(d))
+                .collect(),
+        )
+    };
+    let rps = |r: &Run| r.report.requests_per_second;
+    let p50 = |r: &Run| ms(r.report.p50);
+    let p99 = |r: &Run| ms(r.report.p99);
+    let cpu = |r: &Run| r.cpu_per_request_us();
+
+    let mut out = String::new();
+    let _ = writeln!(out, "\n### Splitter beside direct, nftables and HAProxy\n");
+    let _ = writeln!(
+        out,
+        "One test bed (client, node, blue and green in network namespaces joined by veth pairs; the node forwards), the same two backends, green at {}% where the setup splits: **direct** (the client talks to blue's address), **XDP_PASS only** (direct, with a program that only returns XDP_PASS attached where and as Splitter attaches: the floor of any XDP program there), **splitter** (XDP ingress and TC egress on the node's client-facing interface, `xdp_mode = \"auto\"`, which is generic mode on veth), **splitter, native XDP** (the same with `xdp_mode = \"native\"`, what `auto` chose on veth before this benchmark), **nftables** (DNAT with `numgen random mod 10000` mapped to the backends, conntrack; a share change is an atomic `nft -f` replace of the chain), **HAProxy** (Debian's, TCP mode, roundrobin over two weighted servers; a share change is `set weight` on its runtime socket). Only the setup being measured is in the packet path (nftables' table and Splitter's programs are removed between their turns).\n",
+        f64::from(GREEN_BP) / 100.0
+    );
+    let _ = writeln!(
+        out,
+        "wrk: 2 threads, 32 connections (the client reuses ports in TIME_WAIT, `tcp_tw_reuse = 1`, and each setup has its own ephemeral port range, so one setup's TIME_WAIT never meets another's connections), {} s per run, keep-alive and one request per connection (`Connection: close`); {} round(s), each running every setup in turn (each round starting with the next one); medians over rounds, ratios taken to direct within each round. The client, the node and the backends share the machine's cores, so these are whole-path numbers; CPU is the machine's busy time (from /proc/stat) over a run divided by the requests it completed.\n",
+        plan.duration.as_secs(),
+        plan.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| setup | connections | req/s | × direct | p50 ms | p99 ms | p99 × direct | errors | CPU µs/req |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (k, kind) in Kind::ALL.into_iter().enumerate() {
+        for (m, mode) in MODES.into_iter().enumerate() {
+            let errors: u64 = runs[k][m].iter().map(|r| r.report.errors).sum();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.1} |",
+                kind.name(),
+                match mode {
+                    Connections::KeepAlive => "keep-alive",
+                    Connections::Short => "one request each",
+                },
+                value(k, m, &rps),
+                ratio(k, m, &rps),
+                value(k, m, &p50),
+                value(k, m, &p99),
+                ratio(k, m, &p99),
+                value(k, m, &cpu),
+            );
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\nSplitting and rolling back: the share of {} new connections (sequential, from the client); rollbacks (green {}% → 0) while two threads open new connections back to back, timed from the command's start to its return and to the start of the first probe from which on no new connection reached green (never earlier than the command's return), {} rollbacks each; {} keep-alive connections that each send a request after every one of {} share changes (green 50% / 10% in turn), broken when a request fails or is answered by the other version.\n",
+        plan.accuracy_connections,
+        f64::from(GREEN_BP) / 100.0,
+        plan.rollbacks,
+        plan.established,
+        plan.changes
+    );
+    let _ = writeln!(
+        out,
+        "| setup | green share | rollback command (median / max) | to 100% of new connections on the live pool (median / max) | broken established connections |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let spread = |v: Vec<Duration>| {
+        let max = v.iter().max().copied().unwrap_or_default();
+        let med = median(v.iter().map(|d| d.as_secs_f64()).collect());
+        (Duration::from_secs_f64(med), max)
+    };
+    let fmt = |d: Duration| {
+        if d < Duration::from_millis(1) {
+            format!("{:.1} µs", d.as_secs_f64() * 1e6)
+        } else {
+            format!("{:.2} ms", ms(d))
+        }
+    };
+    for (kind, s) in splitting {
+        let (cmd_med, cmd_max) = spread(s.rollbacks.iter().map(|r| r.command).collect());
+        let (all_med, all_max) = spread(s.rollbacks.iter().map(|r| r.to_all_live).collect());
+        let total = (s.green[0] + s.green[1]).max(1);
+        let _ = writeln!(
+            out,
+            "| {} | {:.1}% | {} / {} | {} / {} | {} of {} |",
+            kind.name(),
+            s.green[1] as f64 * 100.0 / total as f64,
+            fmt(cmd_med),
+            fmt(cmd_max),
+            fmt(all_med),
+            fmt(all_max),
+            s.broken,
+            plan.established
+        );
+    }
+
+    let _ = writeln!(out, "\nTargets, measured as ratios in this run:\n");
+    let s = at(Kind::Splitter);
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    for (m, mode) in MODES.into_iter().enumerate() {
+        let name = match mode {
+            Connections::KeepAlive => "keep-alive",
+            Connections::Short => "one request per connection",
+        };
+        let throughput = ratio(s, m, &rps);
+        let tail = ratio(s, m, &p99);
+        let _ = writeln!(
+            out,
+            "- {name}: splitter throughput ≥ 0.95 × direct: **{}** ({throughput:.3}×); splitter p99 ≤ 1.10 × direct p99: **{}** ({tail:.3}×)",
+            verdict(throughput >= 0.95),
+            verdict(tail <= 1.10)
+        );
+        for other in [Kind::Nftables, Kind::Haproxy] {
+            let o = at(other);
+            let ahead_rps = value(s, m, &rps) > value(o, m, &rps);
+            let ahead_p99 = value(s, m, &p99) < value(o, m, &p99);
+            let _ = writeln!(
+                out,
+                "- {name}: splitter ahead of {} on throughput and p99: **{}** ({:.0} vs {:.0} req/s, {:.3} vs {:.3} ms)",
+                other.name(),
+                verdict(ahead_rps && ahead_p99),
+                value(s, m, &rps),
+                value(o, m, &rps),
+                value(s, m, &p99),
+                value(o, m, &p99),
+            );
+        }
+    }
+    if let Some((_, s)) = splitting.iter().find(|(k, _)| *k == Kind::Splitter) {
+        let max = s
+            .rollbacks
+            .iter()
+            .map(|r| r.command)
+            .max()
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- the rollback write ≤ {} µs: **{}** (max {})",
+            ROLLBACK_TARGET.as_micros(),
+            verdict(max <= ROLLBACK_TARGET),
+            fmt(max)
+        );
+        let _ = writeln!(
+            out,
+            "- zero broken established connections: **{}** ({} of {})",
+            verdict(s.broken == 0),
+            s.broken,
+            plan.established
+        );
+    }
+    out
+}
