@@ -3,6 +3,13 @@
 //! `BACKENDS`, written by user space), not by the flow, so flow-table eviction can never break a
 //! reply. Checksums are updated with the kernel helpers, which also handle the partial
 //! checksums of locally generated packets.
+//!
+//! Every write goes through a helper (`bpf_skb_store_bytes`, the checksum helpers), never
+//! through a packet pointer: a program that writes packet memory directly gets a prologue from
+//! the verifier that unclones every cloned skb it sees, and TCP transmits clones. That would copy
+//! the head of every packet leaving the interface, the service's replies and all other traffic
+//! alike, while a helper makes writable only the header bytes it writes, which a TCP clone
+//! already allows.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -16,7 +23,7 @@ use crate::{
     Skip, csum,
     maps::{self, BACKENDS, FLOWS},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV4_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
     },
     telemetry,
 };
@@ -77,62 +84,64 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         0
     };
     let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
+    // A UDP datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the
+    // helper); the check here only skips the helper calls.
+    let fix_l4 = pkt.protocol != PROTO_UDP || l4_check != 0;
+    let (l3, l4, l4_check_at) = (pkt.l3_offset, pkt.l4_offset, pkt.l4_check_offset);
+    let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
+    // Everything needed is read above: helpers invalidate the packet pointers.
     if pkt.v6 {
         let old = pkt.src6();
-        pkt.set_src6(service_words);
-        // SAFETY: `parse` bounds-checked the port pair.
-        unsafe { packet::store_u16(pkt.l4, info.service_port_be) };
-        if pkt.protocol != PROTO_UDP || l4_check != 0 {
+        if fix_l4 {
             for (from, to) in old.iter().zip(service_words) {
-                ctx.l4_csum_replace(pkt.l4_check_offset, u64::from(*from), u64::from(to), pseudo)
-                    .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+                ctx.l4_csum_replace(l4_check_at, u64::from(*from), u64::from(to), pseudo)
+                    .map_err(malformed)?;
             }
             ctx.l4_csum_replace(
-                pkt.l4_check_offset,
+                l4_check_at,
                 u64::from(src_port),
                 u64::from(info.service_port_be),
                 2 | mangled_0,
             )
-            .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+            .map_err(malformed)?;
         }
+        ctx.store(l3 + IPV6_SRC_OFFSET, &service_words, 0)
+            .map_err(malformed)?;
+        ctx.store(l4, &info.service_port_be, 0).map_err(malformed)?;
         return Ok(());
     }
     let (src, service_addr) = (pkt.src(), service_words[3]);
-    // The IPv4 header's checksum is never partial and the source fields are plain bytes:
-    // write them directly, before any helper call (helpers invalidate packet pointers).
+    // The IPv4 checksum (never partial) and the source address sit side by side: one store.
     let ip_check = csum::replace32(pkt.ip_check(), src, service_addr);
-    // SAFETY: `parse` bounds-checked the IPv4 header and the port pair.
-    unsafe {
-        packet::store_u32(pkt.ip.add(IPV4_SRC_OFFSET), service_addr);
-        packet::store_u16(pkt.ip.add(IPV4_CHECK_OFFSET), ip_check);
-        packet::store_u16(pkt.l4, info.service_port_be);
-    }
+    let check_and_source = Ipv4CheckAndSource {
+        check: ip_check,
+        source: service_addr,
+    };
     // The L4 checksum goes through the kernel, which knows whether the skb carries a partial
-    // checksum (a seed that only the pseudo-header change must touch) or a complete one. A UDP
-    // datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the helper); the
-    // check here only skips the helper calls.
-    if pkt.protocol != PROTO_UDP || l4_check != 0 {
-        let mangled_0 = if pkt.protocol == PROTO_UDP {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        };
-        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
-        ctx.l4_csum_replace(
-            pkt.l4_check_offset,
-            u64::from(src),
-            u64::from(service_addr),
-            pseudo,
-        )
-        .and_then(|()| {
-            ctx.l4_csum_replace(
-                pkt.l4_check_offset,
-                u64::from(src_port),
-                u64::from(info.service_port_be),
-                2 | mangled_0,
-            )
-        })
-        .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+    // checksum (a seed that only the pseudo-header change must touch) or a complete one.
+    if fix_l4 {
+        ctx.l4_csum_replace(l4_check_at, u64::from(src), u64::from(service_addr), pseudo)
+            .and_then(|()| {
+                ctx.l4_csum_replace(
+                    l4_check_at,
+                    u64::from(src_port),
+                    u64::from(info.service_port_be),
+                    2 | mangled_0,
+                )
+            })
+            .map_err(malformed)?;
     }
+    ctx.store(l3 + IPV4_CHECK_OFFSET, &check_and_source, 0)
+        .map_err(malformed)?;
+    ctx.store(l4, &info.service_port_be, 0).map_err(malformed)?;
     Ok(())
+}
+
+const _: () = assert!(IPV4_CHECK_OFFSET + 2 == packet::IPV4_SRC_OFFSET);
+
+/// Bytes 10..16 of an IPv4 header, as stored: the header checksum, then the source address.
+#[repr(C, packed)]
+struct Ipv4CheckAndSource {
+    check: u16,
+    source: u32,
 }

@@ -133,7 +133,7 @@ pub const MAX_IPV6_EXTENSIONS: usize = 4;
 /// The furthest an L4 header may start; past it the packet passes untouched.
 const MAX_L4_OFFSET: usize = 256;
 const IPV6_HEADER_LEN: usize = 40;
-const IPV6_SRC_OFFSET: usize = 8;
+pub const IPV6_SRC_OFFSET: usize = 8;
 const IPV6_DST_OFFSET: usize = 24;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
@@ -202,12 +202,6 @@ impl Packet {
     #[inline(always)]
     pub fn set_dst6(&self, addr: [u32; 4]) {
         self.set_words6(IPV6_DST_OFFSET, addr);
-    }
-
-    /// Writes the IPv6 source address (IPv6 packets only).
-    #[inline(always)]
-    pub fn set_src6(&self, addr: [u32; 4]) {
-        self.set_words6(IPV6_SRC_OFFSET, addr);
     }
 
     #[inline(always)]

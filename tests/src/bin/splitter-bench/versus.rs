@@ -294,17 +294,23 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
         );
         for other in [Kind::Nftables, Kind::Haproxy] {
             let o = at(other);
-            let ahead_rps = value(s, m, &rps) > value(o, m, &rps);
-            let ahead_p99 = value(s, m, &p99) < value(o, m, &p99);
+            // Within each round, as the ratios to direct are.
+            let versus = |f: &dyn Fn(&Run) -> f64| {
+                median(
+                    runs[s][m]
+                        .iter()
+                        .zip(&runs[o][m])
+                        .map(|(a, b)| f(a) / f(b))
+                        .collect(),
+                )
+            };
+            let (rps_ratio, p99_ratio) = (versus(&rps), versus(&p99));
             let _ = writeln!(
                 out,
-                "- {name}: splitter ahead of {} on throughput and p99: **{}** ({:.0} vs {:.0} req/s, {:.3} vs {:.3} ms)",
+                "- {name}: splitter ahead of {} on throughput and p99: **{}** (throughput {rps_ratio:.3}×, p99 {p99_ratio:.3}× {}'s, medians of the ratios within each round)",
                 other.name(),
-                verdict(ahead_rps && ahead_p99),
-                value(s, m, &rps),
-                value(o, m, &rps),
-                value(s, m, &p99),
-                value(o, m, &p99),
+                verdict(rps_ratio > 1.0 && p99_ratio < 1.0),
+                other.name(),
             );
         }
     }
