@@ -232,6 +232,14 @@ impl Config {
     }
 }
 
+/// Whether any user on the host may write the file at `path`. The daemon applies what the file
+/// says as root, so it warns (and goes on: refusing would turn a chmod slip into an outage).
+#[must_use]
+pub fn world_writable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
+}
+
 /// The control socket a config file names, read leniently: the CLI must reach the daemon even
 /// when the file no longer validates (the daemon then says what is wrong). Falls back to the
 /// default when the file cannot be read or parsed at all.

@@ -80,6 +80,7 @@ impl Daemon {
     /// Loads or adopts the data plane, attaches it and applies `config`. When there was no
     /// data plane before and this fails, what was pinned is removed again.
     pub fn start(config: Config, counters: DaemonCounters) -> Result<Self, StartError> {
+        warn_if_world_writable(&config.path);
         let fresh = !dataplane::is_attached(&config.pin_dir);
         let result = (|| {
             let mut ebpf = dataplane::load(Some(&config.pin_dir), config.flow_table_per_cpu)?;
@@ -152,6 +153,7 @@ impl Daemon {
     /// Re-reads the config at `path`, validates all of it and applies it as a diff. On any
     /// error nothing is applied and the running config stays.
     pub fn reload(&mut self, path: &Path) -> Result<Applied, ReloadError> {
+        warn_if_world_writable(path);
         let result = self.reload_inner(path);
         match &result {
             Ok(applied) => {
@@ -424,4 +426,13 @@ fn log_applied(what: &str, applied: &Applied) {
         draining_backends = applied.draining_backends,
         "{what}"
     );
+}
+
+fn warn_if_world_writable(path: &Path) {
+    if crate::config::world_writable(path) {
+        tracing::warn!(
+            path = %path.display(),
+            "the config file is world-writable: any user on this host can change what the daemon applies; run `chmod o-w` on it"
+        );
+    }
 }

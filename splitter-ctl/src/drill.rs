@@ -20,7 +20,7 @@ use splitter_common::{SplitWord, Version};
 
 use crate::{
     daemon::Daemon, journal::EventKind, metrics::DrillLabels, rollouts::RolloutError,
-    share::format_percent,
+    share::format_percent, split_lock::SplitLock,
 };
 
 /// How long a drill waits for new connections on the live pool before it gives up.
@@ -192,6 +192,7 @@ impl Daemon {
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::RolloutRunning(service.to_owned()));
         }
+        let lock = SplitLock::take(&self.config.state_dir);
         let before = self.maps.split(id)?;
         let live = before.live();
         if before.share_of(live.other()) == 0 {
@@ -212,6 +213,7 @@ impl Daemon {
         let decided = Instant::now();
         self.maps.set_split(id, during)?;
         let write = decided.elapsed();
+        drop(lock);
         // Counted from after the write: a SYN steered under the old word in the microseconds
         // before it must not read as a connection on the candidate after the rollback.
         let base = match self.new_flows(id) {
@@ -267,6 +269,7 @@ impl Daemon {
     pub fn end_drill(&mut self, drill: Drill) -> Result<DrillReport, RolloutError> {
         let (on_live, on_candidate) = self.drill_counts(&drill)?;
         let live = drill.during.live();
+        let lock = SplitLock::take(&self.config.state_dir);
         let restored = if self.maps.split(drill.id)? == drill.during {
             self.maps.set_split(drill.id, drill.before)?;
             self.known_splits
@@ -279,6 +282,7 @@ impl Daemon {
         } else {
             "not restored: the split was changed during the drill".to_owned()
         };
+        drop(lock);
         let outcome = if on_candidate > 0 {
             "failed"
         } else if on_live == 0 {

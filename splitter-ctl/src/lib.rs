@@ -37,4 +37,5 @@ pub mod rollout;
 pub mod rollouts;
 pub mod share;
 pub mod slots;
+pub mod split_lock;
 pub mod status;

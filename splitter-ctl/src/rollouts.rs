@@ -19,6 +19,7 @@ use crate::{
     promql::{self, PrometheusUrl, Reading},
     rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
     share::{format_percent, percent_of},
+    split_lock::SplitLock,
 };
 
 /// What an operator can do to a running rollout.
@@ -509,7 +510,15 @@ impl Daemon {
             ),
             Decision::Hold | Decision::Advance(_) => return Ok(()),
         };
-        self.maps.set_split(id, word)?;
+        if actor == "gates" {
+            // The gates decided on the word they wrote; an operator's write since then wins.
+            if !self.write_if_unchanged(service, id, word)? {
+                return Ok(());
+            }
+        } else {
+            let _lock = SplitLock::take(&self.config.state_dir);
+            self.maps.set_split(id, word)?;
+        }
         let decision_to_write = decided.elapsed();
         self.known_splits.insert(service.to_owned(), word);
         self.rollouts.remove(service);
@@ -575,6 +584,55 @@ impl Daemon {
         due
     }
 
+    /// Pauses `service`'s rollout because the split word in the kernel (`kernel`) is not the one
+    /// the rollout wrote: an operator's `weight` or `rollback` won. Journaled as an override.
+    fn pause_on_override(&mut self, service: &str, kernel: SplitWord) {
+        let why = format!(
+            "the split was changed outside the rollout (green {}%)",
+            format_percent(kernel.share_of(Version::Green))
+        );
+        if let Some(active) = self.rollouts.get_mut(service) {
+            active.paused = Some(why.clone());
+            // A promotion or rollback the gates had decided did not happen: `resume` judges
+            // again from the operator's share.
+            active.rollout.done = false;
+        }
+        self.known_splits.insert(service.to_owned(), kernel);
+        tracing::warn!(service, "{why}; the rollout is paused");
+        self.journal_event(
+            service,
+            EventKind::OperatorOverride,
+            "operator",
+            Some(why),
+            None,
+            serde_json::json!({}),
+        );
+    }
+
+    /// Writes `word` for the rollout of `service` if the kernel still holds the word the rollout
+    /// wrote last, under the split-word lock; otherwise pauses the rollout (an operator's write
+    /// won) and returns false.
+    fn write_if_unchanged(
+        &mut self,
+        service: &str,
+        id: u32,
+        word: SplitWord,
+    ) -> Result<bool, RolloutError> {
+        let _lock = SplitLock::take(&self.config.state_dir);
+        let kernel = self.maps.split(id)?;
+        let expected = self.rollouts.get(service).map(|a| a.expected);
+        if expected != Some(kernel) {
+            self.pause_on_override(service, kernel);
+            return Ok(false);
+        }
+        self.maps.set_split(id, word)?;
+        self.known_splits.insert(service.to_owned(), word);
+        if let Some(active) = self.rollouts.get_mut(service) {
+            active.expected = word;
+        }
+        Ok(true)
+    }
+
     /// Judges a due rollout with its PromQL readings (in the plan's order) and carries out
     /// the decision. Nothing happens when the rollout ended or was replaced meanwhile.
     pub fn evaluate_rollout(&mut self, due: &DueEvaluation, now: Instant, readings: &[Reading]) {
@@ -607,21 +665,7 @@ impl Daemon {
         };
         active.last_evaluation = now;
         if kernel != active.expected {
-            let why = format!(
-                "the split was changed outside the rollout (green {}%)",
-                format_percent(kernel.share_of(Version::Green))
-            );
-            active.paused = Some(why.clone());
-            self.known_splits.insert(service.to_owned(), kernel);
-            tracing::warn!(service, "{why}; the rollout is paused");
-            self.journal_event(
-                service,
-                EventKind::OperatorOverride,
-                "operator",
-                Some(why),
-                None,
-                serde_json::json!({}),
-            );
+            self.pause_on_override(service, kernel);
             return Ok(());
         }
         let snapshots = self.snapshots(id)?;
@@ -674,10 +718,10 @@ impl Daemon {
             }
             Decision::Advance(bp) => {
                 let word = SplitWord::new(candidate_version.other(), bp);
-                self.maps.set_split(id, word)?;
-                self.known_splits.insert(service.to_owned(), word);
+                if !self.write_if_unchanged(service, id, word)? {
+                    return Ok(());
+                }
                 if let Some(active) = self.rollouts.get_mut(service) {
-                    active.expected = word;
                     active.step_base = snapshots;
                 }
                 tracing::info!(service, candidate_percent = %format_percent(bp), "rollout step");

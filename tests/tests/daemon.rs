@@ -354,11 +354,57 @@ fn prometheus_scrapes_the_per_version_connection_counts() {
 }
 
 #[test]
-fn a_non_root_user_cannot_use_the_control_socket() {
+fn a_non_root_user_cannot_use_the_control_socket_the_pins_or_the_metrics_to_change_anything() {
     require_root!();
     let mut bed = Testbed::new(35, SERVER);
     bed.write_config("0");
+    let mode_of = |path: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::symlink_metadata(path).expect("stat").permissions(),
+        ) & 0o777
+    };
+    // A config any user may write is applied, with a warning naming the fix.
+    std::fs::set_permissions(
+        &bed.config_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
     bed.start_daemon(&[]);
+    assert!(
+        bed.daemon_log().contains("world-writable") && bed.daemon_log().contains("chmod o-w"),
+        "{}",
+        bed.daemon_log()
+    );
+    // Pins: the directory and every map and link pin in it are root's alone.
+    assert_eq!(mode_of(&bed.pin_dir), 0o700);
+    let pins: Vec<_> = std::fs::read_dir(&bed.pin_dir)
+        .expect("pin dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(pins.len() > 5, "{pins:?}");
+    for pin in &pins {
+        assert_eq!(
+            mode_of(pin) & 0o077,
+            0,
+            "{} is {:o}",
+            pin.display(),
+            mode_of(pin)
+        );
+    }
+    // The metrics endpoint only reads.
+    let refused = bed.node.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut stream =
+            std::net::TcpStream::connect("127.0.0.1:9464").expect("connect to metrics");
+        stream
+            .write_all(b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    });
+    assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+    assert!(refused.contains("read-only"), "{refused}");
     let socket = bed.control_socket();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&socket).expect("socket").permissions(),

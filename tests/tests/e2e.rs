@@ -457,3 +457,41 @@ fn stopping_leaves_the_data_plane_unless_asked_and_bad_input_changes_nothing() {
     // Without the splitter the VIP is just the node, which does not serve port 8080.
     assert_eq!(new_connections(&bed, 5).failed, 5);
 }
+
+#[test]
+fn concurrent_writers_of_the_split_word_lose_no_update() {
+    require_root!();
+    let mut bed = Testbed::new(61, SERVER);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    // Four writers, each adding 0.01% to green 50 times through the CLI's read-decide-write
+    // path: without the split-word lock, reads and writes interleave and increments vanish.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let config = bed.config_path.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    splitter_ctl::cmd::share::update(
+                        &config,
+                        "sentiment",
+                        splitter_ctl::journal::EventKind::Weight,
+                        |word, _| {
+                            let green = word.share_of(splitter_common::Version::Green);
+                            Ok(word.with_share_of(splitter_common::Version::Green, green + 1))
+                        },
+                    )
+                    .expect("update");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let status = bed.status();
+    assert_eq!(
+        status["services"][0]["share_percent"]["green"].as_f64(),
+        Some(2.0),
+        "200 increments of 0.01%: {status}"
+    );
+}

@@ -16,6 +16,7 @@ use crate::{
     maps::Maps,
     previous::previous,
     share::{format_percent, parse_percent, percent_of},
+    split_lock::SplitLock,
 };
 
 /// The outcome of a split-word write.
@@ -114,7 +115,7 @@ pub fn weight(
     percent: &str,
 ) -> Result<Change, CommandError> {
     let share_bp = parse_percent(percent)?;
-    write(config, service, EventKind::Weight, |word, _| {
+    update(config, service, EventKind::Weight, |word, _| {
         Ok(word.with_share_of(version, share_bp))
     })
 }
@@ -123,7 +124,7 @@ pub fn weight(
 /// has no share left, and a promotion made the live version live less than the service's
 /// rollback window ago, the previous version is made live again instead.
 pub fn rollback(config: &Path, service: &str) -> Result<Change, CommandError> {
-    write(config, service, EventKind::Rollback, |word, target| {
+    update(config, service, EventKind::Rollback, |word, target| {
         if word.share_of(word.live().other()) > 0 {
             return Ok(SplitWord::new(word.live(), 0));
         }
@@ -165,7 +166,10 @@ fn previous_version(
     }
 }
 
-fn write(
+/// Reads `name`'s split word, computes the new one with `change`, writes it, and journals it as
+/// `kind`: the read and the write under the split-word lock, so that concurrent writers (other
+/// commands, the daemon's rollout steps and drills) never lose an update.
+pub fn update(
     config: &Path,
     name: &str,
     kind: EventKind,
@@ -174,10 +178,14 @@ fn write(
     let decided = Instant::now();
     let mut target = Target::open(config)?;
     let (_, service) = target.service(name)?;
+    // Read, decide and write under the split-word lock: no other writer (a rollout step, a
+    // drill, another operator) replaces the word between the read and the write.
+    let lock = SplitLock::take(&target.config.state_dir);
     let before = target.maps.split(service.id)?;
     let after = change(before, &target)?;
     let write = target.maps.set_split(service.id, after)?;
     let decision_to_write = decided.elapsed();
+    drop(lock);
     // Counted from after the write, as a drill counts.
     let base = (kind == EventKind::Rollback)
         .then(|| target.maps.new_flows(service.id).ok())

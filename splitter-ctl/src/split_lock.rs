@@ -1,0 +1,104 @@
+//! One writer of split words at a time, across processes. The daemon's rollout steps,
+//! promotions, rollbacks and drills, and the CLI's `weight` and `rollback`, each read the word,
+//! decide and write under an exclusive `flock` on `split.lock` in the state directory. That is
+//! the compare-and-set the kernel map lacks: no writer decides on a word that another writer is
+//! replacing, so no update is lost (a rollout that finds the word changed pauses instead of
+//! writing over it).
+//!
+//! A rollback must never wait on a stuck process: taking the lock gives up after `WAIT` and the
+//! writer goes on without it, with a warning.
+
+use std::{
+    fs::{File, OpenOptions},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The lock file, in the state directory.
+pub const FILE: &str = "split.lock";
+/// The longest a writer waits for the lock before it writes without it.
+pub const WAIT: Duration = Duration::from_millis(200);
+/// How often a waiting writer tries again.
+const RETRY: Duration = Duration::from_micros(200);
+
+/// The lock, while held; dropping it releases it.
+#[derive(Debug)]
+pub struct SplitLock {
+    file: Option<File>,
+}
+
+#[must_use]
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+impl SplitLock {
+    /// Takes the lock of `state_dir`, waiting up to `WAIT`. When it cannot be had (another
+    /// writer is stuck holding it, or the file cannot be opened) the caller goes on unlocked.
+    #[must_use]
+    pub fn take(state_dir: &Path) -> Self {
+        let path = path(state_dir);
+        let file = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), error = %error, "cannot open the split-word lock; writing without it");
+                return Self { file: None };
+            }
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Self { file: Some(file) };
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    path = %path.display(),
+                    wait_ms = WAIT.as_millis(),
+                    "another writer holds the split-word lock; writing without it"
+                );
+                return Self { file: None };
+            }
+            thread::sleep(RETRY);
+        }
+    }
+
+    /// Whether the lock is held (false when the writer went on without it).
+    #[must_use]
+    pub const fn held(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_a_bounded_wait() {
+        let dir = std::env::temp_dir().join(format!("splitter-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = SplitLock::take(&dir);
+        assert!(first.held());
+        let started = Instant::now();
+        let second = SplitLock::take(&dir);
+        assert!(!second.held(), "a second holder while the first holds it");
+        assert!(started.elapsed() >= WAIT, "it waited");
+        assert!(
+            started.elapsed() < WAIT * 5,
+            "and no longer than about WAIT"
+        );
+        drop(first);
+        assert!(SplitLock::take(&dir).held(), "free again once dropped");
+        let missing = SplitLock::take(&dir.join("no-such-dir"));
+        assert!(!missing.held(), "no lock file: go on without");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
