@@ -903,6 +903,62 @@ green_weight = 12.5
         Config::parse(Path::new("splitter.toml"), text)
     }
 
+    /// GOOD with every optional table, for the property tests to break.
+    const FULL: &str = r#"
+interface = "veth-node"
+pin_dir = "/sys/fs/bpf/splitter-test"
+metrics_listen = "127.0.0.1:9464"
+
+[[service]]
+name = "sentiment"
+listen = "198.18.0.1:8080"
+blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
+green = ["198.18.2.2:8080"]
+green_weight = 12.5
+rollback_window_ms = 60000
+drill_every_ms = 3600000
+
+[service.health]
+interval_ms = 500
+http_path = "/healthz"
+
+[service.rollout]
+steps = [1, 5, 100]
+prometheus_url = "http://127.0.0.1:9090"
+
+[[service.rollout.promql_gates]]
+name = "lowconf"
+query = 'sum(rate(x{v="$candidate"}[1m]))'
+max = 0.05
+"#;
+
+    proptest::proptest! {
+        #[test]
+        fn property_any_edit_of_a_config_is_applied_or_refused_with_its_place(
+            edits in proptest::collection::vec((0..FULL.len(), proptest::prelude::any::<u8>()), 1..6)
+        ) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            for (at, byte) in edits {
+                bytes[at] = byte;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(error) = parse(&text) {
+                let message = error.to_string();
+                proptest::prop_assert!(message.starts_with("splitter.toml:"), "{}", message);
+            }
+        }
+
+        #[test]
+        fn property_any_text_is_applied_or_refused(
+            chars in proptest::collection::vec(proptest::prelude::any::<char>(), 0..300)
+        ) {
+            let text: String = chars.into_iter().collect();
+            if let Err(error) = parse(&text) {
+                proptest::prop_assert!(error.to_string().starts_with("splitter.toml:"));
+            }
+        }
+    }
+
     fn error(text: &str) -> String {
         match parse(text) {
             Ok(_) => panic!("config was accepted:\n{text}"),

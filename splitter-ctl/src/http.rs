@@ -250,6 +250,41 @@ pub fn unix_request(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn property_any_bytes_are_a_request_or_a_clear_refusal(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            if let Err(error) = runtime.block_on(read_request(&mut &bytes[..])) {
+                proptest::prop_assert!((400..500).contains(&error.status()));
+                proptest::prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn property_an_edited_request_is_read_or_refused(
+            edits in proptest::collection::vec((0usize..64, proptest::prelude::any::<u8>()), 0..4)
+        ) {
+            let mut bytes = b"POST /v1/rollouts/sentiment HTTP/1.1\r\nContent-Length: 11\r\n\r\n{\"steps\":1}".to_vec();
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            match runtime.block_on(read_request(&mut &bytes[..])) {
+                Ok(request) => proptest::prop_assert!(request.body.len() <= MAX_BODY),
+                Err(error) => proptest::prop_assert!((400..500).contains(&error.status())),
+            }
+        }
+    }
+
     #[test]
     fn a_request_head_gives_method_path_and_length() {
         let head = b"POST /v1/reload HTTP/1.1\r\nHost: x\r\ncontent-length: 12";

@@ -455,6 +455,25 @@ impl Rollout {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn property_any_plan_request_body_is_a_plan_or_a_reason(
+            edits in proptest::collection::vec((0usize..200, proptest::prelude::any::<u8>()), 0..5)
+        ) {
+            let mut body = br#"{"steps":[1,5,100],"hold_ms":5000,"interval_ms":1000,"max_error_rate":0.05,"min_samples":20,"failure_limit":2,"prometheus_url":"http://127.0.0.1:9090","promql_gates":[{"name":"g","query":"x","max":1}]}"#.to_vec();
+            for (at, byte) in edits {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            // What the control API does with a body: parse, then validate.
+            if let Ok(request) = serde_json::from_slice::<PlanRequest>(&body)
+                && let Err(reason) = request.into_plan()
+            {
+                proptest::prop_assert!(!reason.is_empty());
+            }
+        }
+    }
+
     fn window(requests: u64, errors: u64, p99_ms: Option<f64>) -> Window {
         Window {
             requests,

@@ -202,7 +202,8 @@ pub struct Parsed {
     pub l4_checksum: u16,
 }
 
-/// Parses an Ethernet/[VLAN]/IPv4/TCP|UDP frame built by this module.
+/// Parses an Ethernet/[VLAN]/IPv4/TCP|UDP frame built by this module; `None` when the frame is
+/// shorter than its headers or its IP total length say.
 #[must_use]
 pub fn parse(frame: &[u8]) -> Option<Parsed> {
     let mut l3 = 14;
@@ -216,8 +217,9 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
     let dst_ip = [ip[16], ip[17], ip[18], ip[19]];
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let l4 = frame.get(l3 + ihl..l3 + total)?;
-    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     let check_at = if protocol == TCP { 16 } else { 6 };
+    l4.get(..check_at + 2)?;
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     let l4_checksum = port(check_at);
     let l4_checksum_ok = if protocol == UDP && l4_checksum == 0 {
         true

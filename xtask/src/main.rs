@@ -39,6 +39,13 @@ enum Task {
     /// A rollout told end to end on the test bed: a bad v2 rolled back by its gates, a fixed
     /// v3 promoted.
     Demo,
+    /// The property tests with many more cases than `test` runs: both kernel programs on
+    /// generated and mutated packets, the config parser, the control API's request reading.
+    Fuzz {
+        /// Cases per property.
+        #[arg(long, default_value_t = 50_000)]
+        cases: u32,
+    },
     /// Measure the data plane and write docs/benchmarks.md.
     Bench {
         /// A short run, for smoke checks; does not write docs/benchmarks.md.
@@ -93,6 +100,22 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             test(&args)
+        }
+        Task::Fuzz { cases } => {
+            setup::run()?;
+            build_ctl(false)?;
+            for (package, target) in [
+                ("splitter-ctl", ["--lib", "property_"].as_slice()),
+                ("splitter-tests", ["--test", "packet_properties"].as_slice()),
+            ] {
+                status(
+                    cargo()
+                        .args(["test", "--package", package])
+                        .args(target)
+                        .env("PROPTEST_CASES", cases.to_string()),
+                )?;
+            }
+            Ok(())
         }
         Task::Testbed { seconds } => run_bed_binary(
             "splitter-testbed",
