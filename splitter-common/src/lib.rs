@@ -456,10 +456,12 @@ pub enum PlaneCounter {
     ReplyPassed = 6,
     /// Ingress: the flow table refused an insert (the packet was still steered).
     FlowInsertFailed = 7,
+    /// Ingress: a new flow over the new-flow rate guard, steered by hash without a flow entry.
+    Guarded = 8,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 8] = [
+    pub const ALL: [PlaneCounter; 9] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -468,6 +470,7 @@ impl PlaneCounter {
         Self::SlotMiss,
         Self::ReplyPassed,
         Self::FlowInsertFailed,
+        Self::Guarded,
     ];
 
     #[must_use]
@@ -481,12 +484,82 @@ impl PlaneCounter {
             Self::SlotMiss => "slot_miss",
             Self::ReplyPassed => "reply_passed",
             Self::FlowInsertFailed => "flow_insert_failed",
+            Self::Guarded => "guarded",
+        }
+    }
+}
+
+/// The new-flow rate guard of one CPU (`FLOW_GUARD`): a token bucket of new flow entries. Under
+/// a flood of new flows the flow table would turn over and established flows would lose their
+/// entries; past the rate, new flows are steered by hash without an entry, so the entries of
+/// established flows stay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowGuard {
+    /// New flow entries per second this CPU may add, at most; 0 turns the guard off. Written by
+    /// user space.
+    pub rate_per_s: u64,
+    /// The bucket, in units of 1/`GUARD_TOKEN` of a flow; holds one second of the rate.
+    pub tokens: u64,
+    /// When the bucket was last filled (`bpf_ktime_get_ns`).
+    pub last_ns: u64,
+}
+
+/// What one flow entry costs in `FlowGuard::tokens`.
+pub const GUARD_TOKEN: u64 = 1_000_000_000;
+/// The highest guard rate, per CPU and second (config key `new_flow_rate_per_cpu`).
+pub const MAX_GUARD_RATE: u64 = 10_000_000;
+
+impl FlowGuard {
+    /// Fills the bucket for the time since the last call and takes one flow's worth if there
+    /// is one. True when the flow may have an entry.
+    #[inline(always)]
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        if self.rate_per_s == 0 {
+            return true;
+        }
+        // Both factors are bounded, so the products fit in 64 bits (no 128-bit multiply,
+        // which BPF lacks): at most 1e7 × 1e9.
+        let rate = self.rate_per_s.min(MAX_GUARD_RATE);
+        let full = rate * GUARD_TOKEN;
+        let elapsed = now_ns.saturating_sub(self.last_ns).min(GUARD_TOKEN);
+        self.last_ns = now_ns;
+        self.tokens = self.tokens.saturating_add(elapsed * rate).min(full);
+        if self.tokens >= GUARD_TOKEN {
+            self.tokens -= GUARD_TOKEN;
+            true
+        } else {
+            false
         }
     }
 }
 
 /// Number of entries of `PLANE_STATS`.
 pub const PLANE_COUNTERS: u32 = PlaneCounter::ALL.len() as u32;
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_admits_its_rate_and_a_second_of_burst() {
+        let mut guard = FlowGuard {
+            rate_per_s: 100,
+            ..FlowGuard::default()
+        };
+        // A full second of tokens first (the bucket starts empty, last_ns 0).
+        let t0 = 10 * GUARD_TOKEN;
+        let burst = (0..1_000).filter(|_| guard.admit(t0)).count();
+        assert_eq!(burst, 100, "one second of the rate at once");
+        // Then 100 per second: 10 ms earns one.
+        let steady = (1..=1_000u64)
+            .filter(|i| guard.admit(t0 + i * 1_000_000))
+            .count();
+        assert_eq!(steady, 100, "over one second at 1 kHz");
+        let mut off = FlowGuard::default();
+        assert!((0..10_000).all(|_| off.admit(t0)), "rate 0 is off");
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -535,4 +608,5 @@ mod pod {
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
     unsafe impl aya::Pod for super::Histogram {}
+    unsafe impl aya::Pod for super::FlowGuard {}
 }

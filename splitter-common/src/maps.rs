@@ -13,6 +13,7 @@
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, version): `VersionStats` |
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log2 µs `Histogram` |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
+//! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
 
 pub const SERVICES: &str = "SERVICES";
 pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
@@ -24,9 +25,10 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
+pub const FLOW_GUARD: &str = "FLOW_GUARD";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -37,6 +39,7 @@ pub const ALL: [&str; 10] = [
     VERSION_STATS,
     LATENCY,
     PLANE_STATS,
+    FLOW_GUARD,
 ];
 
 /// Services (and so split words) one data plane holds.

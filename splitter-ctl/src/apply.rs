@@ -101,6 +101,7 @@ pub fn apply(
         ids.push(id);
     }
 
+    maps.set_new_flow_rate(config.new_flow_rate_per_cpu)?;
     let mut applied = Applied::default();
     for (endpoint, service) in &existing {
         if !wanted.contains(endpoint) {

@@ -98,6 +98,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Flow-table entries per possible CPU, when the data plane is created.
     pub flow_table_per_cpu: u32,
+    /// New flow entries each CPU may add per second; 0: no guard (`new_flow_rate_per_cpu`).
+    pub new_flow_rate_per_cpu: u32,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -143,6 +145,8 @@ impl Default for HealthCheck {
 pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The longest rollback window a config may ask for: 30 days.
 const MAX_ROLLBACK_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
+/// The highest new-flow rate guard a config may set, per CPU and second.
+const MAX_NEW_FLOW_RATE: u32 = splitter_common::MAX_GUARD_RATE as u32;
 /// The period of scheduled drills: from one second to 30 days.
 const DRILL_EVERY_MS: std::ops::RangeInclusive<u64> = 1_000..=30 * 24 * 3_600_000;
 
@@ -278,6 +282,7 @@ struct RawConfig {
     metrics_listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     flow_table_per_cpu: Option<Spanned<u32>>,
+    new_flow_rate_per_cpu: Option<Spanned<u32>>,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
 }
@@ -495,8 +500,20 @@ impl Validator<'_> {
                 ));
             }
         };
+        let new_flow_rate_per_cpu = match &raw.new_flow_rate_per_cpu {
+            None => 0,
+            Some(n) if *n.get_ref() <= MAX_NEW_FLOW_RATE => *n.get_ref(),
+            Some(n) => {
+                return Err(self.invalid(
+                    n.span(),
+                    "new_flow_rate_per_cpu",
+                    format!("{} is outside 0..={MAX_NEW_FLOW_RATE}", n.get_ref()),
+                ));
+            }
+        };
         Ok(Config {
             flow_table_per_cpu,
+            new_flow_rate_per_cpu,
             path: self.path.to_owned(),
             interface: interface.to_owned(),
             pin_dir,

@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use splitter_common::{
-    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, Histogram, LatencyKind, PLANE_COUNTERS,
-    PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version, VersionStats,
+    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LatencyKind,
+    PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version, VersionStats,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
 };
@@ -72,6 +72,7 @@ pub struct Maps {
     version_stats: PerCpuArray<MapData, VersionStats>,
     latency: PerCpuArray<MapData, Histogram>,
     plane_stats: PerCpuArray<MapData, u64>,
+    flow_guard: PerCpuArray<MapData, FlowGuard>,
 }
 
 /// Key and value size each map must have; checked when adopting pins, so a pin left by another
@@ -88,6 +89,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
+        names::FLOW_GUARD => (4, size_of::<FlowGuard>()),
         // Not a map of ours: nothing matches.
         _ => (0, 0),
     }
@@ -109,11 +111,16 @@ pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), String> {
 
 /// A per-CPU value of zeroes for every possible CPU.
 fn zeroed<T: aya::Pod + Default + Clone>(map: &'static str) -> Result<PerCpuValues<T>, MapsError> {
+    per_cpu(map, T::default())
+}
+
+/// `value` for every possible CPU.
+fn per_cpu<T: aya::Pod + Clone>(map: &'static str, value: T) -> Result<PerCpuValues<T>, MapsError> {
     let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| {
         access(map, "count CPUs")(MapError::from(aya::sys::SyscallError { call, io_error }))
     })?;
-    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|io_error| {
-        access(map, "build per-CPU zeroes")(MapError::from(aya::sys::SyscallError {
+    PerCpuValues::try_from(vec![value; cpus]).map_err(|io_error| {
+        access(map, "build per-CPU values")(MapError::from(aya::sys::SyscallError {
             call: "nr_cpus",
             io_error,
         }))
@@ -184,6 +191,7 @@ impl Maps {
             version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
             latency: typed(names::LATENCY, open(names::LATENCY)?)?,
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
+            flow_guard: typed(names::FLOW_GUARD, open(names::FLOW_GUARD)?)?,
         })
     }
 
@@ -383,6 +391,30 @@ impl Maps {
                 .map_err(access(names::FLOW_CACHE, "clear a slot"))?;
         }
         Ok(())
+    }
+
+    // ---- the new-flow rate guard ----
+
+    /// Sets the new flow entries each CPU may add per second (0: no guard). Writing it refills
+    /// nothing: each CPU's bucket fills from empty at the new rate.
+    pub fn set_new_flow_rate(&mut self, per_cpu: u32) -> Result<(), MapsError> {
+        let current = self
+            .flow_guard
+            .get(&0, 0)
+            .map_err(access(names::FLOW_GUARD, "read the rate guard"))?;
+        if current.iter().all(|g| g.rate_per_s == u64::from(per_cpu)) {
+            return Ok(());
+        }
+        let values = self::per_cpu(
+            names::FLOW_GUARD,
+            FlowGuard {
+                rate_per_s: u64::from(per_cpu),
+                ..FlowGuard::default()
+            },
+        )?;
+        self.flow_guard
+            .set(0, values, 0)
+            .map_err(access(names::FLOW_GUARD, "set the rate guard"))
     }
 
     // ---- counters ----

@@ -53,7 +53,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
             if !has_service_on(u16::from_be(dst_port)) {
                 return Err(Skip::Pass(PlaneCounter::NotService));
             }
-            let target = follow_or_create(
+            let (target, pinned) = follow_or_create(
                 &key,
                 slot,
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
@@ -61,7 +61,11 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 request,
                 |flow| target_of(flow, dst, dst_port),
             )?;
-            flow_cache::fill(slot, &key, &target);
+            // A flow the guard left without an entry does not take a cache slot either: the
+            // slots stay with established flows.
+            if pinned {
+                flow_cache::fill(slot, &key, &target);
+            }
             target
         }
     };
@@ -74,7 +78,8 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
 }
 
 /// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow;
-/// `pick` reads what the caller needs of it.
+/// `pick` reads what the caller needs of it. Also says whether the flow has an entry (false
+/// for a new flow the rate guard steered without one).
 #[inline(always)]
 fn follow_or_create<T>(
     key: &FlowKey,
@@ -83,7 +88,7 @@ fn follow_or_create<T>(
     tcp_flags: u8,
     request: bool,
     pick: impl Fn(&Flow) -> T,
-) -> Result<T, Skip> {
+) -> Result<(T, bool), Skip> {
     let closing = closing_bits(tcp_flags);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
@@ -98,12 +103,12 @@ fn follow_or_create<T>(
             if request && flow.request_ns == 0 {
                 flow.request_ns = now();
             }
-            Ok(pick(flow))
+            Ok((pick(flow), true))
         }
         _ => {
-            let flow = new_flow(key, service, tcp_flags, closing, request)?;
+            let (flow, pinned) = new_flow(key, service, tcp_flags, closing, request)?;
             flow_cache::forget_everywhere(slot);
-            Ok(pick(&flow))
+            Ok((pick(&flow), pinned))
         }
     }
 }
@@ -133,7 +138,7 @@ fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
     }
     let key = FlowKey::from_ipv6(src, dst, ports, pkt.protocol);
     let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
-    let (addr, port, stats) = follow_or_create(
+    let ((addr, port, stats), _) = follow_or_create(
         &key,
         key.cache_slot(),
         Endpoint::from_ipv6(dst, dst_port, pkt.protocol),
@@ -206,6 +211,8 @@ const fn closing_bits(tcp_flags: u8) -> u8 {
 /// Chooses version and backend for a flow without an entry, and records it. A TCP packet that
 /// is not a SYN lands here when its entry was evicted or predates the splitter: the same hash
 /// gives the same backend while the split and the pools are unchanged, and it is counted.
+/// A new flow (not such a miss) over the rate guard is steered the same way but gets no entry
+/// (counted as `Guarded`); the returned flag says whether the flow was recorded.
 #[inline(always)]
 fn new_flow(
     key: &FlowKey,
@@ -213,7 +220,7 @@ fn new_flow(
     tcp_flags: u8,
     state: u8,
     request: bool,
-) -> Result<Flow, Skip> {
+) -> Result<(Flow, bool), Skip> {
     // SAFETY: hash map values are read once, as a copy.
     let service: Service = match unsafe { SERVICES.get(&service_key) } {
         Some(service) => *service,
@@ -235,10 +242,13 @@ fn new_flow(
         state_changed_ns: now,
         request_ns: if request { now } else { 0 },
     };
-    if FLOWS.insert(key, &flow, 0).is_err() {
+    let is_miss = key.protocol == PROTO_TCP && !is_syn(tcp_flags);
+    let pinned = is_miss || maps::guard_admits(now);
+    if !pinned {
+        maps::count(PlaneCounter::Guarded);
+    } else if FLOWS.insert(key, &flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);
     }
-    let is_miss = key.protocol == PROTO_TCP && !is_syn(tcp_flags);
     maps::with_stats(stats, |s| {
         if is_miss {
             s.flow_misses += 1;
@@ -246,7 +256,7 @@ fn new_flow(
             s.new_flows += 1;
         }
     });
-    Ok(flow)
+    Ok((flow, pinned))
 }
 
 /// The backend of a new flow: the chosen version's slot, or, when that version has no backend

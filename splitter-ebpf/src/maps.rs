@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, Endpoint, Flow, FlowKey, Histogram, PLANE_COUNTERS, PlaneCounter,
-    Service, Slot, VersionStats,
+    BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, PLANE_COUNTERS,
+    PlaneCounter, Service, Slot, VersionStats,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
         POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
@@ -58,6 +58,20 @@ pub static LATENCY: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(LATEN
 /// `PlaneCounter` → packets, per CPU.
 #[map(name = "PLANE_STATS")]
 pub static PLANE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PLANE_COUNTERS, 0);
+
+/// The new-flow rate guard, per CPU: its rate written by user space, its bucket by ingress.
+#[map(name = "FLOW_GUARD")]
+pub static FLOW_GUARD: PerCpuArray<FlowGuard> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether a new flow may take a flow-table entry now (the rate guard of this CPU).
+#[inline(always)]
+pub fn guard_admits(now_ns: u64) -> bool {
+    match FLOW_GUARD.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        Some(guard) => unsafe { (*guard).admit(now_ns) },
+        None => true,
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: PlaneCounter) {

@@ -193,10 +193,7 @@ impl Setups {
                 let percent = format!("{}", f64::from(self.green_bp) / 100.0);
                 bed.write_config(&percent);
                 if kind == Kind::SplitterNative {
-                    let config = std::fs::read_to_string(&bed.config_path)
-                        .map_err(|e| format!("read the config: {e}"))?;
-                    std::fs::write(&bed.config_path, format!("xdp_mode = \"native\"\n{config}"))
-                        .map_err(|e| format!("write the config: {e}"))?;
+                    bed.prepend_config("xdp_mode = \"native\"\n");
                 }
                 bed.start_daemon(&["--detach-on-exit"]);
                 let target = Target::open(&bed.config_path).map_err(|e| e.to_string())?;

@@ -5,6 +5,7 @@
 pub mod bed_binary;
 pub mod checksum;
 pub mod compare;
+pub mod flood;
 pub mod http;
 pub mod load;
 pub mod netns;

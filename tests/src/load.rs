@@ -1,5 +1,7 @@
-//! A bounded stream of new HTTP connections from a test bed's client to its service, tallied
-//! by the version that answered. Used by the rollout tests and the demo.
+//! Bounded load from a test bed's client to its service: a stream of new HTTP connections,
+//! tallied by the version that answered, and keep-alive connections that keep asking, each
+//! expected to stay on the version it started on. Used by the rollout, soak and flood tests and
+//! the demo.
 
 use std::{
     sync::{
@@ -10,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{http, testbed::Testbed};
+use crate::{
+    http::{self, KeepAlive},
+    testbed::Testbed,
+};
 
 /// Pause between two connections.
 const GAP: Duration = Duration::from_millis(2);
@@ -67,5 +72,62 @@ impl Load {
         self.running.store(false, Ordering::SeqCst);
         self.thread.join().expect("load");
         self.tally.read()
+    }
+}
+
+/// Pause between two rounds of requests on the keep-alive connections.
+const KEEP_ALIVE_GAP: Duration = Duration::from_millis(50);
+
+/// Keep-alive connections from the client, each sending a request every `KEEP_ALIVE_GAP` until
+/// stopped or `limit` has passed.
+pub struct KeepAliveLoad {
+    running: Arc<AtomicBool>,
+    /// [answered by the connection's first version, failed, answered by the other version].
+    counts: Arc<[AtomicU64; 3]>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl KeepAliveLoad {
+    /// Opens `connections` connections (panics if one cannot be opened) and starts asking.
+    #[must_use]
+    pub fn start(bed: &Testbed, connections: usize, limit: Duration) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let (flag, tally, vip) = (Arc::clone(&running), Arc::clone(&counts), bed.vip());
+        let mut open: Vec<(KeepAlive, String)> = bed.client.run(move || {
+            (0..connections)
+                .map(|_| {
+                    let mut conn = KeepAlive::connect(vip).expect("connect");
+                    let version = conn.request().expect("first request");
+                    (conn, version)
+                })
+                .collect()
+        });
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                for (conn, version) in &mut open {
+                    let slot = match conn.request() {
+                        Ok(now) if now == *version => 0,
+                        Ok(_) => 2,
+                        Err(_) => 1,
+                    };
+                    tally[slot].fetch_add(1, Ordering::Relaxed);
+                }
+                thread::sleep(KEEP_ALIVE_GAP);
+            }
+        });
+        Self {
+            running,
+            counts,
+            thread,
+        }
+    }
+
+    /// Stops and returns [requests kept on their version, failed, moved to the other version].
+    pub fn stop(self) -> [u64; 3] {
+        self.running.store(false, Ordering::SeqCst);
+        self.thread.join().expect("keep-alive thread");
+        [0, 1, 2].map(|i| self.counts[i].load(Ordering::Relaxed))
     }
 }

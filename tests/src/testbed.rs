@@ -257,6 +257,13 @@ impl Testbed {
         fs::write(&self.config_path, config).expect("write config");
     }
 
+    /// Puts `lines` (top-level keys, each ending in a newline) at the top of the config file
+    /// that `write_config*` wrote.
+    pub fn prepend_config(&self, lines: &str) {
+        let config = fs::read_to_string(&self.config_path).expect("read config");
+        fs::write(&self.config_path, format!("{lines}{config}")).expect("write config");
+    }
+
     /// The daemon's control socket.
     #[must_use]
     pub fn control_socket(&self) -> PathBuf {

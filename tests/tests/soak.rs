@@ -6,21 +6,17 @@
 //! Two minutes by default (`cargo xtask test` in CI); `SPLITTER_SOAK_SECONDS` runs it longer.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use splitter_tests::{http::KeepAlive, load::Load, require_root, testbed::Testbed};
+use splitter_tests::{
+    load::{KeepAliveLoad, Load},
+    require_root,
+    testbed::Testbed,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
-/// Keep-alive connections that ask again and again, each pinned to the version it started on.
-const KEEP_ALIVE: usize = 16;
-/// Pause between two rounds of requests on the keep-alive connections.
-const KEEP_ALIVE_GAP: Duration = Duration::from_millis(50);
 /// The longest one rollout may take to end.
 const ROLLOUT_LIMIT: Duration = Duration::from_secs(60);
 
@@ -29,54 +25,6 @@ fn soak_seconds() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120)
-}
-
-/// Keep-alive connections from the client, each sending a request every `KEEP_ALIVE_GAP`
-/// until stopped: [requests answered by their first version, failed, moved].
-struct Pinned {
-    running: Arc<AtomicBool>,
-    counts: Arc<[AtomicU64; 3]>,
-    thread: thread::JoinHandle<()>,
-}
-
-impl Pinned {
-    fn start(bed: &Testbed, limit: Duration) -> Self {
-        let running = Arc::new(AtomicBool::new(true));
-        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
-        let (flag, tally, vip) = (Arc::clone(&running), Arc::clone(&counts), bed.vip());
-        let thread = bed.client.spawn(move || {
-            let mut open: Vec<(KeepAlive, String)> = (0..KEEP_ALIVE)
-                .map(|_| {
-                    let mut conn = KeepAlive::connect(vip).expect("connect");
-                    let version = conn.request().expect("first request");
-                    (conn, version)
-                })
-                .collect();
-            let deadline = Instant::now() + limit;
-            while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                for (conn, version) in &mut open {
-                    let slot = match conn.request() {
-                        Ok(now) if now == *version => 0,
-                        Ok(_) => 2,
-                        Err(_) => 1,
-                    };
-                    tally[slot].fetch_add(1, Ordering::Relaxed);
-                }
-                thread::sleep(KEEP_ALIVE_GAP);
-            }
-        });
-        Self {
-            running,
-            counts,
-            thread,
-        }
-    }
-
-    fn stop(self) -> [u64; 3] {
-        self.running.store(false, Ordering::SeqCst);
-        self.thread.join().expect("keep-alive thread");
-        [0, 1, 2].map(|i| self.counts[i].load(Ordering::Relaxed))
-    }
 }
 
 fn rollout_running(bed: &Testbed) -> bool {
@@ -102,7 +50,7 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
     bed.start_daemon(&[]);
     let limit = Duration::from_secs(seconds + 120);
     let load = Load::start(&bed, limit);
-    let pinned = Pinned::start(&bed, limit);
+    let pinned = KeepAliveLoad::start(&bed, 16, limit);
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut cycles = 0;
     while Instant::now() < end || cycles == 0 {
