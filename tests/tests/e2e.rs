@@ -495,3 +495,31 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
         "200 increments of 0.01%: {status}"
     );
 }
+
+#[test]
+fn a_command_against_a_foreign_pin_says_what_is_wrong_and_what_to_run() {
+    require_root!();
+    let mut bed = Testbed::new(64, SERVER);
+    bed.write_config("10");
+    bed.start_daemon(&[]);
+    bed.stop_daemon(libc::SIGTERM);
+    // Another map under the split word's pin: the wrong layout for `SPLIT`.
+    let pin = |name: &str| bed.pin_dir.join(name);
+    std::fs::remove_file(pin("SPLIT")).expect("remove the SPLIT pin");
+    std::fs::rename(pin("LATENCY"), pin("SPLIT")).expect("pin another map as SPLIT");
+    let out = bed.ctl(&["weight", "sentiment", "green", "20"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not Splitter's map `SPLIT`") && err.contains("run `splitter-ctl detach`"),
+        "{err}"
+    );
+    // What it says to run works, and the daemon starts clean after it.
+    bed.ctl_ok(&["detach"]);
+    assert!(!bed.pin_dir.join("SPLIT").exists());
+    bed.start_daemon(&[]);
+    assert_eq!(
+        bed.status()["services"][0]["share_percent"]["green"].as_f64(),
+        Some(10.0)
+    );
+}
