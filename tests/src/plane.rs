@@ -12,6 +12,31 @@ use splitter_common::maps::{
 };
 use splitter_ctl::{apply, config::Config, dataplane, maps::Maps};
 
+/// The services the fixture and property tests load: TCP with two blue backends (weights 1 and
+/// 3) and one green, UDP, and a TCP service with blue only.
+pub const FIXTURE_CONFIG: &str = r#"
+interface = "lo"
+pin_dir = "/sys/fs/bpf/unused-by-fixtures"
+
+[[service]]
+name = "model"
+listen = "198.18.0.1:8080"
+blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
+green = ["198.18.2.2:8080"]
+
+[[service]]
+name = "dns"
+listen = "198.18.0.1:5353"
+protocol = "udp"
+blue = ["198.18.1.2:5353"]
+green = ["198.18.2.2:5353"]
+
+[[service]]
+name = "blue-only"
+listen = "198.18.0.1:9090"
+blue = ["198.18.1.4:9090"]
+"#;
+
 pub struct Plane {
     ebpf: Ebpf,
     pub maps: Maps,

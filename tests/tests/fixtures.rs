@@ -21,28 +21,7 @@ const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (TCX_NEXT) as the u32 the test run returns.
 const TC_NEXT: u32 = u32::MAX;
 
-const CONFIG: &str = r#"
-interface = "lo"
-pin_dir = "/sys/fs/bpf/unused-by-fixtures"
-
-[[service]]
-name = "model"
-listen = "198.18.0.1:8080"
-blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
-green = ["198.18.2.2:8080"]
-
-[[service]]
-name = "dns"
-listen = "198.18.0.1:5353"
-protocol = "udp"
-blue = ["198.18.1.2:5353"]
-green = ["198.18.2.2:5353"]
-
-[[service]]
-name = "blue-only"
-listen = "198.18.0.1:9090"
-blue = ["198.18.1.4:9090"]
-"#;
+use splitter_tests::plane::FIXTURE_CONFIG as CONFIG;
 
 fn addr(text: &str) -> SocketAddrV4 {
     text.parse().expect("address")

@@ -31,23 +31,7 @@ const MIN_IP_HEADER: usize = 20;
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 1_500;
 
-const CONFIG: &str = r#"
-interface = "lo"
-pin_dir = "/sys/fs/bpf/unused-by-properties"
-
-[[service]]
-name = "model"
-listen = "198.18.0.1:8080"
-blue = ["198.18.1.2:8080", "198.18.1.3:8080 weight=3"]
-green = ["198.18.2.2:8080"]
-
-[[service]]
-name = "dns"
-listen = "198.18.0.1:5353"
-protocol = "udp"
-blue = ["198.18.1.2:5353"]
-green = ["198.18.2.2:5353"]
-"#;
+use splitter_tests::plane::FIXTURE_CONFIG as CONFIG;
 
 /// (address, port, protocol) of the services, and of their backends.
 const SERVICES: [([u8; 4], u16, u8); 2] =
@@ -246,9 +230,21 @@ fn outcome_total(plane: &Plane, names: &[&str]) -> u64 {
         .sum()
 }
 
-#[test]
-fn ingress_never_aborts_changes_only_service_packets_and_counts_each_once() {
-    splitter_tests::require_root!();
+/// One program under test: how to run it, what it may change, how it must answer.
+struct Program {
+    run: fn(&Plane, &[u8]) -> splitter_tests::plane::Run,
+    /// The counters a packet ends in exactly one of.
+    outcomes: &'static [&'static str],
+    /// The shortest frame fed to it, from the IP header's offset.
+    min_frame: fn(usize) -> usize,
+    /// The endpoints whose packets it may change, as destination (ingress) or source (egress).
+    known: &'static [([u8; 4], u16, u8)],
+    to_known: bool,
+    verdict_ok: fn(u32) -> bool,
+}
+
+/// Runs `program` on the generated and mutated packets of `strategy` and checks the properties.
+fn check(program: &Program, strategy: impl Strategy<Value = Ipv4Packet>) {
     let plane = Plane::load(CONFIG);
     let mut runner = proptest::test_runner::TestRunner::new(RunnerConfig {
         cases: cases(),
@@ -256,36 +252,29 @@ fn ingress_never_aborts_changes_only_service_packets_and_counts_each_once() {
         ..RunnerConfig::default()
     });
     let changed = std::sync::atomic::AtomicU32::new(0);
-    let result = runner.run(
-        &(packet_strategy(&SERVICES, &[]), mutations()),
-        |(packet, mutations)| {
-            let frame = mutate(packet.build(), &mutations, |_| MIN_FRAME);
-            let before = outcome_total(&plane, &INGRESS_OUTCOMES);
-            let out = plane.ingress(&frame);
-            let after = outcome_total(&plane, &INGRESS_OUTCOMES);
+    let result = runner.run(&(strategy, mutations()), |(packet, mutations)| {
+        let frame = mutate(packet.build(), &mutations, program.min_frame);
+        let before = outcome_total(&plane, program.outcomes);
+        let out = (program.run)(&plane, &frame);
+        let after = outcome_total(&plane, program.outcomes);
+        prop_assert!((program.verdict_ok)(out.verdict), "verdict {}", out.verdict);
+        prop_assert_eq!(after - before, 1, "counted once");
+        if out.data != frame {
+            changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             prop_assert!(
-                out.verdict == XDP_PASS || out.verdict == XDP_DROP,
-                "verdict {}",
-                out.verdict
+                may_change(&frame, program.known, program.to_known),
+                "changed a packet that is not one of its own"
             );
-            prop_assert_eq!(after - before, 1, "counted once");
-            if out.data != frame {
-                changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                prop_assert!(
-                    may_change(&frame, &SERVICES, true),
-                    "changed a packet that is not a well-formed service packet"
+            if checksums_ok(&frame) == Some(true) {
+                prop_assert_eq!(
+                    checksums_ok(&out.data),
+                    Some(true),
+                    "checksums after the rewrite"
                 );
-                if checksums_ok(&frame) == Some(true) {
-                    prop_assert_eq!(
-                        checksums_ok(&out.data),
-                        Some(true),
-                        "checksums after the rewrite"
-                    );
-                }
             }
-            Ok(())
-        },
-    );
+        }
+        Ok(())
+    });
     if let Err(failure) = result {
         panic!("{failure}");
     }
@@ -298,48 +287,33 @@ fn ingress_never_aborts_changes_only_service_packets_and_counts_each_once() {
 }
 
 #[test]
+fn ingress_never_aborts_changes_only_service_packets_and_counts_each_once() {
+    splitter_tests::require_root!();
+    check(
+        &Program {
+            run: Plane::ingress,
+            outcomes: &INGRESS_OUTCOMES,
+            min_frame: |_| MIN_FRAME,
+            known: &SERVICES,
+            to_known: true,
+            verdict_ok: |v| v == XDP_PASS || v == XDP_DROP,
+        },
+        packet_strategy(&SERVICES, &[]),
+    );
+}
+
+#[test]
 fn egress_hands_every_packet_on_changes_only_backend_replies_and_counts_each_once() {
     splitter_tests::require_root!();
-    let plane = Plane::load(CONFIG);
-    let mut runner = proptest::test_runner::TestRunner::new(RunnerConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    });
-    let changed = std::sync::atomic::AtomicU32::new(0);
-    let result = runner.run(
-        &(packet_strategy(&[], &BACKENDS), mutations()),
-        |(packet, mutations)| {
-            let frame = mutate(packet.build(), &mutations, |l3| l3 + MIN_IP_HEADER);
-            let before = outcome_total(&plane, &EGRESS_OUTCOMES);
-            let out = plane.egress(&frame);
-            let after = outcome_total(&plane, &EGRESS_OUTCOMES);
-            prop_assert_eq!(out.verdict, TC_NEXT);
-            prop_assert_eq!(after - before, 1, "counted once");
-            if out.data != frame {
-                changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                prop_assert!(
-                    may_change(&frame, &BACKENDS, false),
-                    "changed a packet that is not a well-formed backend reply"
-                );
-                if checksums_ok(&frame) == Some(true) {
-                    prop_assert_eq!(
-                        checksums_ok(&out.data),
-                        Some(true),
-                        "checksums after the rewrite"
-                    );
-                }
-            }
-            Ok(())
+    check(
+        &Program {
+            run: Plane::egress,
+            outcomes: &EGRESS_OUTCOMES,
+            min_frame: |l3| l3 + MIN_IP_HEADER,
+            known: &BACKENDS,
+            to_known: false,
+            verdict_ok: |v| v == TC_NEXT,
         },
-    );
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
-    let changed = changed.into_inner();
-    assert!(
-        changed > cases() / 10,
-        "only {changed} of {} cases were rewritten: the generator misses the programs' real work",
-        cases()
+        packet_strategy(&[], &BACKENDS),
     );
 }
