@@ -47,10 +47,66 @@ pub const fn flow_hash(key: &FlowKey) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The hash of a client address under `salt`: what a service with client affinity chooses the
+/// version by. `SplitWord::choose` sends a hash to the candidate when it falls below the share,
+/// so for one client and one salt, raising the share only ever moves it from live to candidate,
+/// and lowering it only moves back the clients above the new share.
+#[inline(always)]
+#[must_use]
+pub const fn client_hash(addr: &[u8; 16], salt: u32) -> u32 {
+    let mut h = 0x2545_f491_4f6c_dd1d_u64 ^ (salt as u64);
+    h = mix(h, word(addr, 0));
+    h = mix(h, word(addr, 8));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PROTO_TCP, ipv4_mapped};
+    extern crate std;
+    use std::vec::Vec;
+
+    use crate::{PROTO_TCP, SplitWord, Version, ipv4_mapped};
+
+    #[test]
+    fn client_assignment_is_monotone_in_the_share_and_changes_with_the_salt() {
+        let clients: Vec<[u8; 16]> = (0..2_000u32)
+            .map(|i| ipv4_mapped([198, 19, (i >> 8) as u8, i as u8]))
+            .collect();
+        let on_candidate = |bp: u16, salt: u32| -> Vec<bool> {
+            clients
+                .iter()
+                .map(|c| {
+                    SplitWord::new(Version::Blue, bp).choose(client_hash(c, salt)) == Version::Green
+                })
+                .collect()
+        };
+        let steps = [100, 500, 2_500, 5_000, 10_000];
+        for pair in steps.windows(2) {
+            let (before, after) = (on_candidate(pair[0], 7), on_candidate(pair[1], 7));
+            assert!(
+                before.iter().zip(&after).all(|(b, a)| !*b || *a),
+                "{} -> {} bp moved a client back to live",
+                pair[0],
+                pair[1]
+            );
+        }
+        let share = on_candidate(2_500, 7).iter().filter(|c| **c).count();
+        assert!((400..600).contains(&share), "{share} of 2000 at 25%");
+        let other_salt = on_candidate(2_500, 8);
+        let same = on_candidate(2_500, 7)
+            .iter()
+            .zip(&other_salt)
+            .filter(|(a, b)| **a && **b)
+            .count();
+        assert!(
+            same < share / 2,
+            "a new salt picks another cohort ({same} shared)"
+        );
+    }
 
     fn key(src_port: u16) -> FlowKey {
         FlowKey {

@@ -10,7 +10,7 @@ pub mod hash;
 pub mod maps;
 pub mod split;
 
-pub use hash::flow_hash;
+pub use hash::{client_hash, flow_hash};
 pub use split::{SplitWord, Version};
 
 /// An IPv6 address, or an IPv4 address in its IPv4-mapped form.
@@ -117,8 +117,35 @@ impl Endpoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
     pub id: u32,
-    /// Reserved for per-service options (affinity, cohorts); zero today.
+    /// Per-service options: `SERVICE_AFFINITY_CLIENT`, and above `SERVICE_SALT_SHIFT` the salt
+    /// of the client hash (changed at every rollout).
     pub flags: u32,
+}
+
+/// `Service::flags`: choose the version by a hash of the client address (salted), not of the
+/// 5-tuple, so each client sees one version.
+pub const SERVICE_AFFINITY_CLIENT: u32 = 1;
+/// `Service::flags`: where the 24-bit salt of the client hash starts.
+pub const SERVICE_SALT_SHIFT: u32 = 8;
+
+impl Service {
+    /// The salt of the client hash.
+    #[must_use]
+    pub const fn salt(&self) -> u32 {
+        self.flags >> SERVICE_SALT_SHIFT
+    }
+
+    /// The hash a new flow's version is chosen by: the client's (salted) with client affinity,
+    /// else the flow's.
+    #[inline(always)]
+    #[must_use]
+    pub const fn choice_hash(&self, key: &FlowKey, flow_hash: u64) -> u32 {
+        if self.flags & SERVICE_AFFINITY_CLIENT != 0 {
+            client_hash(&key.src_addr, self.salt())
+        } else {
+            flow_hash as u32
+        }
+    }
 }
 const _: () = assert!(core::mem::size_of::<Service>() == 8);
 

@@ -12,7 +12,8 @@ use std::{
 };
 
 use splitter_common::{
-    Addr, BackendInfo, Endpoint, Service, SplitWord, Version, maps::MAX_SERVICES,
+    Addr, BackendInfo, Endpoint, SERVICE_AFFINITY_CLIENT, SERVICE_SALT_SHIFT, Service, SplitWord,
+    Version, maps::MAX_SERVICES,
 };
 
 use crate::{
@@ -152,7 +153,15 @@ pub fn apply(
     applied.draining_backends = remove_stale_backends(maps, config)?;
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
-        maps.insert_service(&spec.endpoint(), Service { id: *id, flags: 0 })?;
+        // The salt stays across reloads: it changes only when a rollout starts.
+        let salt = existing.get(&spec.endpoint()).map_or(0, Service::salt);
+        let flags = (salt << SERVICE_SALT_SHIFT)
+            | if spec.client_affinity {
+                SERVICE_AFFINITY_CLIENT
+            } else {
+                0
+            };
+        maps.insert_service(&spec.endpoint(), Service { id: *id, flags })?;
     }
     Ok(applied)
 }

@@ -169,6 +169,9 @@ pub struct ServiceSpec {
     /// How long after a promotion `rollback` may still return to the previous version; after
     /// it, that version is reported as retired.
     pub rollback_window: Duration,
+    /// Whether each client sees one version (`affinity = "client"`), or each connection is
+    /// split on its own (`"flow"`, the default).
+    pub client_affinity: bool,
     /// How often the daemon drills the service's rollback by itself (`drill_every_ms`).
     pub drill_every: Option<Duration>,
 }
@@ -298,6 +301,7 @@ struct RawService {
     green: Option<Spanned<Vec<Spanned<String>>>>,
     green_weight: Option<Spanned<toml::Value>>,
     health: Option<Spanned<RawHealth>>,
+    affinity: Option<Spanned<String>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
     rollback_window_ms: Option<Spanned<u64>>,
     drill_every_ms: Option<Spanned<u64>>,
@@ -669,6 +673,21 @@ impl Validator<'_> {
                 ));
             }
         };
+        let client_affinity = match raw
+            .affinity
+            .as_ref()
+            .map(|a| (a.get_ref().as_str(), a.span()))
+        {
+            None | Some(("flow", _)) => false,
+            Some(("client", _)) => true,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    span,
+                    at("affinity"),
+                    format!("`{other}` is not `flow` or `client`"),
+                ));
+            }
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -680,6 +699,7 @@ impl Validator<'_> {
             health,
             rollout,
             rollback_window,
+            client_affinity,
             drill_every,
         };
         let candidate = live.other();
@@ -1229,6 +1249,18 @@ max = 0.05
                 .services[0]
                 .drill_every,
             Some(Duration::from_secs(3_600))
+        );
+        assert!(!parse(GOOD).expect("valid").services[0].client_affinity);
+        assert!(
+            parse(&format!("{GOOD}affinity = \"client\"\n"))
+                .expect("valid")
+                .services[0]
+                .client_affinity
+        );
+        let message = error(&format!("{GOOD}affinity = \"sticky\"\n"));
+        assert!(
+            message.contains("`service[0].affinity`: `sticky` is not `flow` or `client`"),
+            "{message}"
         );
         let message = error(&format!("{GOOD}drill_every_ms = 999\n"));
         assert!(

@@ -213,6 +213,18 @@ impl Maps {
         }
     }
 
+    /// Gives the client hash of the service at `endpoint` a new salt (24 bits): another cohort
+    /// of clients lands on the candidate. Nothing changes for a service without client affinity.
+    pub fn set_service_salt(&mut self, endpoint: &Endpoint, salt: u32) -> Result<(), MapsError> {
+        let Some(mut service) = self.service(endpoint)? else {
+            return Ok(());
+        };
+        let mask = (1 << splitter_common::SERVICE_SALT_SHIFT) - 1;
+        service.flags =
+            (service.flags & mask) | ((salt & 0x00ff_ffff) << splitter_common::SERVICE_SALT_SHIFT);
+        self.insert_service(endpoint, service)
+    }
+
     /// Makes the service visible to the kernel. Call after its split, slots and backends are set.
     pub fn insert_service(
         &mut self,

@@ -200,6 +200,20 @@ pub enum RolloutError {
     Maps(#[from] crate::maps::MapsError),
 }
 
+/// A salt for the client hash, from the kernel's random source (the clock if that fails).
+fn fresh_salt() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom writes at most the four bytes it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == 4 {
+        u32::from_ne_bytes(bytes)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    }
+}
+
 fn describe(judgement: &Judgement) -> String {
     match judgement {
         Judgement::Inconclusive(why) => format!("inconclusive: {why}"),
@@ -360,6 +374,11 @@ impl Daemon {
         if spec.pool(candidate).iter().all(|b| b.weight == 0) {
             return Err(RolloutError::EmptyCandidate(candidate.name()));
         }
+        // With client affinity every rollout draws another cohort of clients for the canary.
+        let salt = spec.client_affinity.then(fresh_salt);
+        if let Some(salt) = salt {
+            self.maps.set_service_salt(&spec.endpoint(), salt)?;
+        }
         let now = Instant::now();
         let rollout = Rollout::start(plan, now);
         let word = SplitWord::new(split.live(), rollout.share());
@@ -370,6 +389,7 @@ impl Daemon {
             "steps_percent": rollout.plan.steps.iter().map(|bp| percent_of(*bp)).collect::<Vec<_>>(),
             "hold_ms": rollout.plan.hold.as_millis(),
             "interval_ms": rollout.plan.interval.as_millis(),
+            "client_salt": salt,
         });
         let started_event = self
             .journal_event(

@@ -32,6 +32,8 @@ pub struct ServiceStatus {
     pub name: String,
     pub listen: String,
     pub protocol: String,
+    /// `client` (each client sees one version) or `flow`.
+    pub affinity: String,
     /// False when the config names the service but the kernel does not hold it yet.
     pub in_data_plane: bool,
     pub id: Option<u32>,
@@ -167,6 +169,12 @@ fn service(
         name: spec.name.clone(),
         listen: spec.listen.to_string(),
         protocol: spec.protocol.name().to_owned(),
+        affinity: if spec.client_affinity {
+            "client"
+        } else {
+            "flow"
+        }
+        .to_owned(),
         in_data_plane: false,
         id: None,
         live: None,

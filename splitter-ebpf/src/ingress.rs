@@ -228,7 +228,7 @@ fn new_flow(
     };
     let hash = flow_hash(key);
     let split = SplitWord(SPLIT.get(service.id).copied().unwrap_or(0));
-    let chosen = split.choose(hash as u32) as u8;
+    let chosen = split.choose(service.choice_hash(key, hash)) as u8;
     let (version, slot) = pick_backend(service.id, chosen, (hash >> 32) as u32)?;
     let stats = stats_index(service.id, version);
     let now = now();

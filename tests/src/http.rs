@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::Duration,
 };
 
@@ -35,7 +35,42 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        Self::over(TcpStream::connect_timeout(&addr, TIMEOUT)?)
+    }
+
+    /// A connection from the local address `source` (one of the client's addresses).
+    pub fn connect_from(source: Ipv4Addr, addr: SocketAddrV4) -> io::Result<Self> {
+        let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a new socket, owned by the TcpStream at once (closed when it drops); bind and
+        // connect read sockaddrs that live across the calls.
+        let stream = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let local = sockaddr(source, 0);
+            if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let remote = sockaddr(*addr.ip(), addr.port());
+            if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            stream
+        };
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> io::Result<Self> {
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -52,6 +87,11 @@ impl KeepAlive {
                 "status {status} from {served_by}"
             ))),
         }
+    }
+
+    /// One request with `Connection: close`; returns the status and who served it.
+    pub fn last_request(&mut self) -> io::Result<(u16, String)> {
+        self.send(true)
     }
 
     fn send(&mut self, close: bool) -> io::Result<(u16, String)> {
