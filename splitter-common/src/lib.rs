@@ -125,6 +125,33 @@ pub struct Service {
 /// `Service::flags`: choose the version by a hash of the client address (salted), not of the
 /// 5-tuple, so each client sees one version.
 pub const SERVICE_AFFINITY_CLIENT: u32 = 1;
+/// `Service::flags`: the service has cohorts in `COHORTS` (new flows look their client up).
+pub const SERVICE_HAS_COHORTS: u32 = 2;
+/// A `COHORTS` value: clients in the prefix always get the candidate.
+pub const COHORT_CANDIDATE: u32 = 1;
+/// A `COHORTS` value: clients in the prefix never get the candidate.
+pub const COHORT_LIVE: u32 = 2;
+/// Bits of a `COHORTS` key before the address: the service id.
+pub const COHORT_ID_BITS: u32 = 32;
+
+/// The data of a `COHORTS` key: the service id (big-endian, so it is the leading prefix), then
+/// the client address (IPv4-mapped for IPv4).
+#[must_use]
+pub const fn cohort_data(service_id: u32, addr: &Addr) -> [u8; 20] {
+    let id = service_id.to_be_bytes();
+    let mut data = [0u8; 20];
+    let mut i = 0;
+    while i < 4 {
+        data[i] = id[i];
+        i += 1;
+    }
+    while i < 20 {
+        data[i] = addr[i - 4];
+        i += 1;
+    }
+    data
+}
+
 /// `Service::flags`: where the 24-bit salt of the client hash starts.
 pub const SERVICE_SALT_SHIFT: u32 = 8;
 
@@ -485,10 +512,14 @@ pub enum PlaneCounter {
     FlowInsertFailed = 7,
     /// Ingress: a new flow over the new-flow rate guard, steered by hash without a flow entry.
     Guarded = 8,
+    /// Ingress: a new flow from an `always_candidate` cohort, sent to the candidate.
+    CohortCandidate = 9,
+    /// Ingress: a new flow from a `never_candidate` cohort, kept on the live pool.
+    CohortLive = 10,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 9] = [
+    pub const ALL: [PlaneCounter; 11] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -498,6 +529,8 @@ impl PlaneCounter {
         Self::ReplyPassed,
         Self::FlowInsertFailed,
         Self::Guarded,
+        Self::CohortCandidate,
+        Self::CohortLive,
     ];
 
     #[must_use]
@@ -512,6 +545,8 @@ impl PlaneCounter {
             Self::ReplyPassed => "reply_passed",
             Self::FlowInsertFailed => "flow_insert_failed",
             Self::Guarded => "guarded",
+            Self::CohortCandidate => "cohort_candidate",
+            Self::CohortLive => "cohort_live",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log2 µs `Histogram` |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
+//! | `COHORTS` | LPM trie | user space | (service id, client prefix) → `COHORT_CANDIDATE` or `COHORT_LIVE` |
 
 pub const SERVICES: &str = "SERVICES";
 pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
@@ -26,9 +27,10 @@ pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 pub const FLOW_GUARD: &str = "FLOW_GUARD";
+pub const COHORTS: &str = "COHORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -40,8 +42,11 @@ pub const ALL: [&str; 11] = [
     LATENCY,
     PLANE_STATS,
     FLOW_GUARD,
+    COHORTS,
 ];
 
+/// Cohort prefixes one data plane holds, over all services.
+pub const MAX_COHORT_ENTRIES: u32 = 4096;
 /// Services (and so split words) one data plane holds.
 pub const MAX_SERVICES: u32 = 128;
 /// Slots per pool: a power of two, so the kernel masks instead of dividing.

@@ -12,8 +12,9 @@ use std::{
 };
 
 use splitter_common::{
-    Addr, BackendInfo, Endpoint, SERVICE_AFFINITY_CLIENT, SERVICE_SALT_SHIFT, Service, SplitWord,
-    Version, maps::MAX_SERVICES,
+    Addr, BackendInfo, COHORT_CANDIDATE, COHORT_ID_BITS, COHORT_LIVE, Endpoint,
+    SERVICE_AFFINITY_CLIENT, SERVICE_HAS_COHORTS, SERVICE_SALT_SHIFT, Service, SplitWord, Version,
+    cohort_data, maps::MAX_SERVICES,
 };
 
 use crate::{
@@ -150,20 +151,50 @@ pub fn apply(
             applied.added.push(spec.name.clone());
         }
     }
+    write_cohorts(maps, config, &ids)?;
     applied.draining_backends = remove_stale_backends(maps, config)?;
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
         // The salt stays across reloads: it changes only when a rollout starts.
         let salt = existing.get(&spec.endpoint()).map_or(0, Service::salt);
-        let flags = (salt << SERVICE_SALT_SHIFT)
-            | if spec.client_affinity {
-                SERVICE_AFFINITY_CLIENT
-            } else {
-                0
-            };
+        let mut flags = salt << SERVICE_SALT_SHIFT;
+        if spec.client_affinity {
+            flags |= SERVICE_AFFINITY_CLIENT;
+        }
+        if !spec.always_candidate.is_empty() || !spec.never_candidate.is_empty() {
+            flags |= SERVICE_HAS_COHORTS;
+        }
         maps.insert_service(&spec.endpoint(), Service { id: *id, flags })?;
     }
     Ok(applied)
+}
+
+/// Makes `COHORTS` hold exactly the config's cohorts: stale entries out (a service removed, a
+/// prefix dropped), wanted ones in.
+fn write_cohorts(maps: &mut Maps, config: &Config, ids: &[u32]) -> Result<(), ApplyError> {
+    let mut wanted: HashMap<crate::maps::CohortKey, u32> = HashMap::new();
+    for (spec, id) in config.services.iter().zip(ids) {
+        for (list, kind) in [
+            (&spec.always_candidate, COHORT_CANDIDATE),
+            (&spec.never_candidate, COHORT_LIVE),
+        ] {
+            for cidr in list {
+                wanted.insert(
+                    (COHORT_ID_BITS + cidr.bits, cohort_data(*id, &cidr.addr)),
+                    kind,
+                );
+            }
+        }
+    }
+    for (key, kind) in maps.cohorts()? {
+        if wanted.get(&key) != Some(&kind) {
+            maps.remove_cohort(key)?;
+        }
+    }
+    for (key, kind) in wanted {
+        maps.set_cohort(key, kind)?;
+    }
+    Ok(())
 }
 
 /// Removes the reverse entries of backends the config no longer has, except those that flows

@@ -172,6 +172,10 @@ pub struct ServiceSpec {
     /// Whether each client sees one version (`affinity = "client"`), or each connection is
     /// split on its own (`"flow"`, the default).
     pub client_affinity: bool,
+    /// Client prefixes that always get the candidate, whatever the share (`always_candidate`).
+    pub always_candidate: Vec<Cidr>,
+    /// Client prefixes that never get the candidate (`never_candidate`).
+    pub never_candidate: Vec<Cidr>,
     /// How often the daemon drills the service's rollback by itself (`drill_every_ms`).
     pub drill_every: Option<Duration>,
 }
@@ -264,6 +268,59 @@ pub fn control_socket_of(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_CONTROL_SOCKET))
 }
 
+/// A client prefix of a cohort: an address (IPv4-mapped for IPv4) and how many of its leading
+/// bits count, in the 128-bit form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: splitter_common::Addr,
+    pub bits: u32,
+}
+
+impl Cidr {
+    /// `198.19.0.0/16`, `2001:db8::/32`, or a bare address (one client).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (ip, len) = text
+            .split_once('/')
+            .map_or((text, None), |(a, l)| (a, Some(l)));
+        let ip: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or a prefix like 198.19.0.0/16"))?;
+        let (addr, max, offset) = match ip {
+            IpAddr::V4(v4) => (ipv4_mapped(v4.octets()), 32, 96),
+            IpAddr::V6(v6) => (v6.octets(), 128, 0),
+        };
+        let len: u32 = match len {
+            None => max,
+            Some(l) => l
+                .trim()
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+        };
+        let bits = offset + len;
+        let host_bits_set = (0..128u32)
+            .filter(|b| *b >= bits)
+            .any(|b| addr[(b / 8) as usize] & (0x80 >> (b % 8)) != 0);
+        if host_bits_set {
+            return Err(format!("`{text}` has bits set past its prefix length"));
+        }
+        Ok(Self { addr, bits })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.addr[..12] == ipv4_mapped([0; 4])[..12] && self.bits >= 96 {
+            let [a, b, c, d] = [self.addr[12], self.addr[13], self.addr[14], self.addr[15]];
+            write!(f, "{a}.{b}.{c}.{d}/{}", self.bits - 96)
+        } else {
+            write!(f, "{}/{}", std::net::Ipv6Addr::from(self.addr), self.bits)
+        }
+    }
+}
+
 /// The `Endpoint` of an address and protocol (IPv4 only until IPv6 lands).
 #[must_use]
 pub fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {
@@ -302,6 +359,8 @@ struct RawService {
     green_weight: Option<Spanned<toml::Value>>,
     health: Option<Spanned<RawHealth>>,
     affinity: Option<Spanned<String>>,
+    always_candidate: Option<Vec<Spanned<String>>>,
+    never_candidate: Option<Vec<Spanned<String>>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
     rollback_window_ms: Option<Spanned<u64>>,
     drill_every_ms: Option<Spanned<u64>>,
@@ -688,6 +747,33 @@ impl Validator<'_> {
                 ));
             }
         };
+        let cidrs = |list: &Option<Vec<Spanned<String>>>, field: &str| {
+            list.iter()
+                .flatten()
+                .map(|c| {
+                    Cidr::parse(c.get_ref())
+                        .map_err(|problem| self.invalid(c.span(), at(field), problem))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let always_candidate = cidrs(&raw.always_candidate, "always_candidate")?;
+        let never_candidate = cidrs(&raw.never_candidate, "never_candidate")?;
+        if let Some(both) = always_candidate
+            .iter()
+            .find(|c| never_candidate.contains(c))
+            && let Some(span) = raw
+                .never_candidate
+                .iter()
+                .flatten()
+                .map(Spanned::span)
+                .next()
+        {
+            return Err(self.invalid(
+                span,
+                at("never_candidate"),
+                format!("{both} is also in always_candidate"),
+            ));
+        }
         let spec = ServiceSpec {
             name,
             listen,
@@ -700,6 +786,8 @@ impl Validator<'_> {
             rollout,
             rollback_window,
             client_affinity,
+            always_candidate,
+            never_candidate,
             drill_every,
         };
         let candidate = live.other();
@@ -1257,6 +1345,38 @@ max = 0.05
                 .services[0]
                 .client_affinity
         );
+        let spec = parse(&format!(
+            "{GOOD}always_candidate = [\"198.19.0.0/16\", \"198.18.9.9\"]\nnever_candidate = [\"2001:db8::/32\"]\n"
+        ))
+        .expect("valid");
+        let spec = &spec.services[0];
+        assert_eq!(
+            (spec.always_candidate[0].bits, spec.always_candidate[1].bits),
+            (112, 128)
+        );
+        assert_eq!(spec.always_candidate[0].to_string(), "198.19.0.0/16");
+        assert_eq!(spec.never_candidate[0].to_string(), "2001:db8::/32");
+        for (list, problem) in [
+            (
+                "always_candidate = [\"198.19.0.1/16\"]",
+                "has bits set past its prefix length",
+            ),
+            (
+                "always_candidate = [\"198.19.0.0/33\"]",
+                "the prefix length must be 0 to 32",
+            ),
+            (
+                "never_candidate = [\"staff\"]",
+                "is not an address or a prefix",
+            ),
+            (
+                "always_candidate = [\"198.19.0.0/16\"]\nnever_candidate = [\"198.19.0.0/16\"]",
+                "198.19.0.0/16 is also in always_candidate",
+            ),
+        ] {
+            let message = error(&format!("{GOOD}{list}\n"));
+            assert!(message.contains(problem), "{list}: {message}");
+        }
         let message = error(&format!("{GOOD}affinity = \"sticky\"\n"));
         assert!(
             message.contains("`service[0].affinity`: `sticky` is not `flow` or `client`"),

@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::Key as LpmKey,
+    },
 };
 use splitter_common::{
     Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LatencyKind,
@@ -61,6 +64,9 @@ pub enum MapsError {
     ServiceId(u32),
 }
 
+/// A `COHORTS` key: bits that count (service id and address prefix), and the data.
+pub type CohortKey = (u32, [u8; 20]);
+
 pub struct Maps {
     services: HashMap<MapData, Endpoint, Service>,
     service_ports: Array<MapData, u32>,
@@ -73,6 +79,7 @@ pub struct Maps {
     latency: PerCpuArray<MapData, Histogram>,
     plane_stats: PerCpuArray<MapData, u64>,
     flow_guard: PerCpuArray<MapData, FlowGuard>,
+    cohorts: LpmTrie<MapData, [u8; 20], u32>,
 }
 
 /// Key and value size each map must have; checked when adopting pins, so a pin left by another
@@ -90,6 +97,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
         names::FLOW_GUARD => (4, size_of::<FlowGuard>()),
+        names::COHORTS => (4 + 20, 4),
         // Not a map of ours: nothing matches.
         _ => (0, 0),
     }
@@ -192,6 +200,7 @@ impl Maps {
             latency: typed(names::LATENCY, open(names::LATENCY)?)?,
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
             flow_guard: typed(names::FLOW_GUARD, open(names::FLOW_GUARD)?)?,
+            cohorts: typed(names::COHORTS, open(names::COHORTS)?)?,
         })
     }
 
@@ -403,6 +412,33 @@ impl Maps {
                 .map_err(access(names::FLOW_CACHE, "clear a slot"))?;
         }
         Ok(())
+    }
+
+    // ---- cohorts ----
+
+    /// Every cohort entry: (prefix length over service id and address, key data) → kind.
+    pub fn cohorts(&self) -> Result<Vec<(CohortKey, u32)>, MapsError> {
+        self.cohorts
+            .iter()
+            .map(|entry| {
+                entry
+                    .map(|(key, kind)| ((key.prefix_len(), key.data()), kind))
+                    .map_err(access(names::COHORTS, "read the cohorts"))
+            })
+            .collect()
+    }
+
+    /// Puts a cohort entry in (or replaces its kind).
+    pub fn set_cohort(&mut self, key: CohortKey, kind: u32) -> Result<(), MapsError> {
+        self.cohorts
+            .insert(&LpmKey::new(key.0, key.1), kind, 0)
+            .map_err(access(names::COHORTS, "write a cohort"))
+    }
+
+    pub fn remove_cohort(&mut self, key: CohortKey) -> Result<(), MapsError> {
+        self.cohorts
+            .remove(&LpmKey::new(key.0, key.1))
+            .map_err(access(names::COHORTS, "remove a cohort"))
     }
 
     // ---- the new-flow rate guard ----

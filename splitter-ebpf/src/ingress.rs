@@ -8,9 +8,10 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
-    Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN, FLOW_RST, FLOW_SYN, Flow, FlowKey,
-    PROTO_TCP, PROTO_UDP, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, addr_words,
-    flow_add_state, flow_hash, slot_index, stats_index,
+    COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
+    FLOW_RST, FLOW_SYN, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, SERVICE_HAS_COHORTS,
+    SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state, flow_hash, slot_index,
+    stats_index,
 };
 
 use crate::{
@@ -228,7 +229,22 @@ fn new_flow(
     };
     let hash = flow_hash(key);
     let split = SplitWord(SPLIT.get(service.id).copied().unwrap_or(0));
-    let chosen = split.choose(service.choice_hash(key, hash)) as u8;
+    let mut chosen = split.choose(service.choice_hash(key, hash)) as u8;
+    // Cohorts bypass the share: staff networks always get the candidate, protected clients
+    // never do.
+    if service.flags & SERVICE_HAS_COHORTS != 0 {
+        match maps::cohort_of(service.id, &key.src_addr) {
+            Some(COHORT_CANDIDATE) => {
+                chosen = split.candidate() as u8;
+                maps::count(PlaneCounter::CohortCandidate);
+            }
+            Some(COHORT_LIVE) => {
+                chosen = split.live() as u8;
+                maps::count(PlaneCounter::CohortLive);
+            }
+            _ => {}
+        }
+    }
     let (version, slot) = pick_backend(service.id, chosen, (hash >> 32) as u32)?;
     let stats = stats_index(service.id, version);
     let now = now();

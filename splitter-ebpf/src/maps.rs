@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use splitter_common::{
     BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, PLANE_COUNTERS,
     PlaneCounter, Service, Slot, VersionStats,
     maps::{
-        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
-        POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_COHORT_ENTRIES,
+        MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -62,6 +62,18 @@ pub static PLANE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PLANE_C
 /// The new-flow rate guard, per CPU: its rate written by user space, its bucket by ingress.
 #[map(name = "FLOW_GUARD")]
 pub static FLOW_GUARD: PerCpuArray<FlowGuard> = PerCpuArray::with_max_entries(1, 0);
+
+/// (service id, client prefix) → `COHORT_CANDIDATE` or `COHORT_LIVE`. Written by user space.
+#[map(name = "COHORTS")]
+pub static COHORTS: LpmTrie<[u8; 20], u32> =
+    LpmTrie::with_max_entries(MAX_COHORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The cohort of a client of service `id`, if its address falls in one.
+#[inline(always)]
+pub fn cohort_of(id: u32, addr: &splitter_common::Addr) -> Option<u32> {
+    let key = Key::new(160, splitter_common::cohort_data(id, addr));
+    COHORTS.get(&key).copied()
+}
 
 /// Whether a new flow may take a flow-table entry now (the rate guard of this CPU).
 #[inline(always)]

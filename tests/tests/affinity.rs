@@ -1,6 +1,7 @@
-//! Client affinity end to end: with `affinity = "client"`, each client address sees one
-//! version, and as the share rises 1 → 5 → 25 → 50% clients only ever move from the live pool
-//! to the candidate. A new rollout draws another cohort (a new salt).
+//! Client affinity and cohorts end to end. With `affinity = "client"`, each client address sees
+//! one version, and as the share rises 1 → 5 → 25 → 50% clients only ever move from the live
+//! pool to the candidate; a new rollout draws another cohort (a new salt). `always_candidate`
+//! and `never_candidate` prefixes bypass the share, and are counted.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -17,6 +18,45 @@ const PER_CLIENT: usize = 3;
 
 fn client(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 65, i)
+}
+
+/// Gives the bed's client the addresses `clients` (in 198.19.BED.0/24), routed back through
+/// the node.
+fn add_clients(bed: &Testbed, clients: &[Ipv4Addr]) {
+    for addr in clients {
+        bed.client.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &bed.client_interface(),
+        ]);
+    }
+    bed.node.ip(&[
+        "route",
+        "add",
+        &format!("198.19.{}.0/24", bed.index),
+        "via",
+        &format!("198.18.{}.2", bed.index),
+    ]);
+}
+
+fn vip_v4(bed: &Testbed) -> SocketAddrV4 {
+    match bed.vip() {
+        std::net::SocketAddr::V4(v4) => v4,
+        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
+    }
+}
+
+/// The version that answers a new connection from `source`.
+fn version_from(bed: &Testbed, source: Ipv4Addr) -> String {
+    let vip = vip_v4(bed);
+    bed.client.run(move || {
+        let mut conn = KeepAlive::connect_from(source, vip).expect("connect");
+        let (status, version) = conn.last_request().expect("request");
+        assert_eq!(status, 200);
+        version
+    })
 }
 
 /// For every client: the versions of `PER_CLIENT` new connections.
@@ -51,24 +91,11 @@ fn rollout_salt(bed: &Testbed) -> u64 {
 fn each_client_sees_one_version_and_rising_shares_only_move_clients_to_the_candidate() {
     require_root!();
     let mut bed = Testbed::new(65, SERVER);
-    for i in 1..=CLIENTS {
-        bed.client.ip(&[
-            "addr",
-            "add",
-            &format!("{}/32", client(i)),
-            "dev",
-            &bed.client_interface(),
-        ]);
-    }
-    bed.node
-        .ip(&["route", "add", "198.19.65.0/24", "via", "198.18.65.2"]);
+    add_clients(&bed, &(1..=CLIENTS).map(client).collect::<Vec<_>>());
     bed.write_config_with("0", "affinity = \"client\"\n");
     bed.start_daemon(&[]);
     assert_eq!(bed.status()["services"][0]["affinity"], "client");
-    let vip = match bed.vip() {
-        std::net::SocketAddr::V4(v4) => v4,
-        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
-    };
+    let vip = vip_v4(&bed);
     // The rollout draws the salt; the steps are then set by hand (which pauses it).
     bed.ctl_ok(&[
         "rollout",
@@ -109,4 +136,43 @@ fn each_client_sees_one_version_and_rising_shares_only_move_clients_to_the_candi
     std::thread::sleep(Duration::from_millis(100));
     bed.ctl_ok(&["rollout", "start", "sentiment", "--hold", "1h"]);
     assert_ne!(rollout_salt(&bed), first_salt, "a new rollout, a new salt");
+}
+
+#[test]
+fn cohorts_bypass_the_share_and_are_counted() {
+    require_root!();
+    let mut bed = Testbed::new(66, SERVER);
+    let staff = Ipv4Addr::new(198, 19, 66, 3);
+    let protected = Ipv4Addr::new(198, 19, 66, 19);
+    let anyone = Ipv4Addr::new(198, 19, 66, 40);
+    add_clients(&bed, &[staff, protected, anyone]);
+    bed.write_config_with(
+        "0",
+        "always_candidate = [\"198.19.66.0/29\"]\nnever_candidate = [\"198.19.66.16/29\"]\n",
+    );
+    bed.start_daemon(&[]);
+    // No share at all: staff still get the candidate.
+    for _ in 0..5 {
+        assert_eq!(version_from(&bed, staff), "green");
+        assert_eq!(version_from(&bed, anyone), "blue");
+        assert_eq!(version_from(&bed, protected), "blue");
+    }
+    // Every new connection to the candidate: the protected customer stays on the live pool.
+    bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
+    for _ in 0..5 {
+        assert_eq!(version_from(&bed, protected), "blue");
+        assert_eq!(version_from(&bed, anyone), "green");
+    }
+    let metrics = bed.metrics();
+    for (outcome, at_least) in [("cohort_candidate", 5.0), ("cohort_live", 10.0)] {
+        let value = splitter_tests::testbed::metric(
+            &metrics,
+            &format!(r#"splitter_data_plane_packets_total{{outcome="{outcome}"}}"#),
+        );
+        assert!(value >= at_least, "{outcome}: {value}");
+    }
+    // A reload without the cohorts removes them from the kernel.
+    bed.write_config("100");
+    bed.ctl_ok(&["reload"]);
+    assert_eq!(version_from(&bed, protected), "green");
 }
