@@ -260,6 +260,14 @@ where
         })
 }
 
+/// Whether `auto` attaches XDP to `interface` in generic mode: on veth, where native mode moves
+/// every packet through a ring and a NAPI poll and copies each one whose head is shared
+/// (docs/benchmarks.md measures both).
+#[must_use]
+pub fn prefers_generic(interface: &str) -> bool {
+    crate::netdev::driver(interface).as_deref() == Some("veth")
+}
+
 fn attach_xdp(
     program: &mut Xdp,
     interface: &str,
@@ -279,10 +287,7 @@ fn attach_xdp(
     match mode {
         XdpMode::Native => attach(program, AyaXdpMode::Driver).map(|id| (id, "native")),
         XdpMode::Generic => attach(program, AyaXdpMode::Skb).map(|id| (id, "generic")),
-        // On veth, native XDP moves every packet through a ring and a NAPI poll and copies
-        // each one whose head is shared (TCP's transmitted clones): generic mode is faster
-        // there, in throughput and far more in tail latency (docs/benchmarks.md).
-        XdpMode::Auto if crate::netdev::driver(interface).as_deref() == Some("veth") => {
+        XdpMode::Auto if prefers_generic(interface) => {
             tracing::info!(
                 interface,
                 "veth: attaching XDP in generic mode, which is faster than native on veth"

@@ -495,16 +495,25 @@ impl Daemon {
             }
             RolloutCommand::Promote => {
                 let candidate = active.candidate;
-                self.finish(service, Decision::Promote, candidate, "operator")?;
+                self.finish(
+                    service,
+                    id,
+                    Decision::Promote,
+                    candidate,
+                    None,
+                    Instant::now(),
+                )?;
                 Ok(format!("promoted: {} is live", candidate.name()))
             }
             RolloutCommand::Abort => {
                 let candidate = active.candidate;
                 self.finish(
                     service,
+                    id,
                     Decision::RollBack("aborted by an operator".to_owned()),
                     candidate,
-                    "operator",
+                    None,
+                    Instant::now(),
                 )?;
                 Ok("aborted: every new connection goes to the live pool".to_owned())
             }
@@ -515,12 +524,13 @@ impl Daemon {
     fn finish(
         &mut self,
         service: &str,
+        id: u32,
         decision: Decision,
         candidate: Version,
-        actor: &str,
+        gates: Option<serde_json::Value>,
+        decided: Instant,
     ) -> Result<(), RolloutError> {
-        let decided = Instant::now();
-        let id = self.service_id(service)?;
+        let actor = if gates.is_some() { "gates" } else { "operator" };
         let (word, kind, reason) = match &decision {
             Decision::Promote => (SplitWord::new(candidate, 0), EventKind::Promotion, None),
             Decision::RollBack(reason) => (
@@ -530,9 +540,19 @@ impl Daemon {
             ),
             Decision::Hold | Decision::Advance(_) => return Ok(()),
         };
-        if actor == "gates" {
+        if let Some(evaluation) = gates {
             // The gates decided on the word they wrote; an operator's write since then wins.
-            if !self.write_if_unchanged(service, id, word)? {
+            let written = self.write_if_unchanged(service, id, word)?;
+            // The judgement that decided is journaled after the write, before its outcome.
+            self.journal_event(
+                service,
+                EventKind::GateEvaluation,
+                "gates",
+                None,
+                None,
+                evaluation,
+            );
+            if !written {
                 return Ok(());
             }
         } else {
@@ -717,6 +737,7 @@ impl Daemon {
         }
         active.live_baseline_ms = baseline;
         let decision = active.rollout.on_judgement(now, &judgement);
+        let decided = Instant::now();
         active.last_judgement = Some(judgement.clone());
         let candidate_version = active.candidate;
         let details = serde_json::json!({
@@ -725,17 +746,19 @@ impl Daemon {
             "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
             "promql": promql_details,
         });
-        match decision {
-            Decision::Hold => {
-                self.journal_event(
+        let step = match decision {
+            Decision::Promote | Decision::RollBack(_) => {
+                // The map write first: `finish` journals the evaluation after it.
+                return self.finish(
                     service,
-                    EventKind::GateEvaluation,
-                    "gates",
-                    None,
-                    None,
-                    details,
+                    id,
+                    decision,
+                    candidate_version,
+                    Some(details),
+                    decided,
                 );
             }
+            Decision::Hold => None,
             Decision::Advance(bp) => {
                 let word = SplitWord::new(candidate_version.other(), bp);
                 if !self.write_if_unchanged(service, id, word)? {
@@ -745,34 +768,26 @@ impl Daemon {
                     active.step_base = snapshots;
                 }
                 tracing::info!(service, candidate_percent = %format_percent(bp), "rollout step");
-                self.journal_event(
-                    service,
-                    EventKind::GateEvaluation,
-                    "gates",
-                    None,
-                    None,
-                    details,
-                );
-                self.journal_event(
-                    service,
-                    EventKind::Step,
-                    "gates",
-                    None,
-                    None,
-                    serde_json::json!({ "candidate_percent": percent_of(bp) }),
-                );
+                Some(bp)
             }
-            Decision::Promote | Decision::RollBack(_) => {
-                self.journal_event(
-                    service,
-                    EventKind::GateEvaluation,
-                    "gates",
-                    None,
-                    None,
-                    details,
-                );
-                self.finish(service, decision, candidate_version, "gates")?;
-            }
+        };
+        self.journal_event(
+            service,
+            EventKind::GateEvaluation,
+            "gates",
+            None,
+            None,
+            details,
+        );
+        if let Some(bp) = step {
+            self.journal_event(
+                service,
+                EventKind::Step,
+                "gates",
+                None,
+                None,
+                serde_json::json!({ "candidate_percent": percent_of(bp) }),
+            );
         }
         Ok(())
     }

@@ -322,7 +322,7 @@ fn attach_xdp_pass(interface: &str) -> Result<aya::Ebpf, String> {
     program
         .attach(
             interface,
-            if splitter_ctl::netdev::driver(interface).as_deref() == Some("veth") {
+            if splitter_ctl::dataplane::prefers_generic(interface) {
                 aya::programs::xdp::XdpMode::Skb
             } else {
                 aya::programs::xdp::XdpMode::Driver

@@ -64,11 +64,6 @@ fn every_compared_setup_splits_rolls_back_and_keeps_established_connections() {
         );
         let rolled = rollback(&bed, &mut setups, kind, 1_000).expect("rollback");
         assert!(rolled.probes_after > 0, "{}: {rolled:?}", kind.name());
-        assert!(
-            rolled.to_all_live >= rolled.command,
-            "{}: {rolled:?}",
-            kind.name()
-        );
         assert_eq!(
             tally(&bed, addr, 50),
             Ok([50, 0]),
