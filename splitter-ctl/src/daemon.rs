@@ -62,6 +62,8 @@ pub struct Daemon {
     pub(crate) first_connection_watches: Vec<crate::drill::FirstConnectionWatch>,
     /// When each service's next scheduled drill is due.
     pub(crate) drill_schedule: crate::drill::DrillSchedule,
+    /// The split-word lock, open for the daemon's life.
+    pub(crate) split_lock: crate::split_lock::SplitLockFile,
     /// Responses and errors at the last housekeeping, for rates over the window since.
     last_sample: HashMap<(String, Version), Sample>,
     /// Rates over the last window.
@@ -121,6 +123,7 @@ impl Daemon {
             rollouts: HashMap::new(),
             first_connection_watches: Vec::new(),
             drill_schedule: crate::drill::DrillSchedule::default(),
+            split_lock: crate::split_lock::SplitLockFile::open(&config_state_dir),
             journal: Journal::open(&config_state_dir)
                 .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
                 .ok(),

@@ -20,7 +20,7 @@ use splitter_common::{SplitWord, Version};
 
 use crate::{
     daemon::Daemon, journal::EventKind, metrics::DrillLabels, rollouts::RolloutError,
-    share::format_percent, split_lock::SplitLock,
+    share::format_percent,
 };
 
 /// How long a drill waits for new connections on the live pool before it gives up.
@@ -192,7 +192,7 @@ impl Daemon {
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::RolloutRunning(service.to_owned()));
         }
-        let lock = SplitLock::take(&self.config.state_dir);
+        let lock = self.split_lock.hold();
         let before = self.maps.split(id)?;
         let live = before.live();
         if before.share_of(live.other()) == 0 {
@@ -269,7 +269,7 @@ impl Daemon {
     pub fn end_drill(&mut self, drill: Drill) -> Result<DrillReport, RolloutError> {
         let (on_live, on_candidate) = self.drill_counts(&drill)?;
         let live = drill.during.live();
-        let lock = SplitLock::take(&self.config.state_dir);
+        let lock = self.split_lock.hold();
         let restored = if self.maps.split(drill.id)? == drill.during {
             self.maps.set_split(drill.id, drill.before)?;
             self.known_splits

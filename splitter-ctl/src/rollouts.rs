@@ -19,7 +19,6 @@ use crate::{
     promql::{self, PrometheusUrl, Reading},
     rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
     share::{format_percent, percent_of},
-    split_lock::SplitLock,
 };
 
 /// What an operator can do to a running rollout.
@@ -540,9 +539,10 @@ impl Daemon {
             ),
             Decision::Hold | Decision::Advance(_) => return Ok(()),
         };
-        if let Some(evaluation) = gates {
+        let decision_to_write = if let Some(evaluation) = gates {
             // The gates decided on the word they wrote; an operator's write since then wins.
             let written = self.write_if_unchanged(service, id, word)?;
+            let decision_to_write = decided.elapsed();
             // The judgement that decided is journaled after the write, before its outcome.
             self.journal_event(
                 service,
@@ -555,11 +555,12 @@ impl Daemon {
             if !written {
                 return Ok(());
             }
+            decision_to_write
         } else {
-            let _lock = SplitLock::take(&self.config.state_dir);
+            let _lock = self.split_lock.hold();
             self.maps.set_split(id, word)?;
-        }
-        let decision_to_write = decided.elapsed();
+            decided.elapsed()
+        };
         self.known_splits.insert(service.to_owned(), word);
         self.rollouts.remove(service);
         self.forget_rollout(service);
@@ -658,14 +659,19 @@ impl Daemon {
         id: u32,
         word: SplitWord,
     ) -> Result<bool, RolloutError> {
-        let _lock = SplitLock::take(&self.config.state_dir);
-        let kernel = self.maps.split(id)?;
         let expected = self.rollouts.get(service).map(|a| a.expected);
+        let kernel = {
+            let _lock = self.split_lock.hold();
+            let kernel = self.maps.split(id)?;
+            if expected == Some(kernel) {
+                self.maps.set_split(id, word)?;
+            }
+            kernel
+        };
         if expected != Some(kernel) {
             self.pause_on_override(service, kernel);
             return Ok(false);
         }
-        self.maps.set_split(id, word)?;
         self.known_splits.insert(service.to_owned(), word);
         if let Some(active) = self.rollouts.get_mut(service) {
             active.expected = word;

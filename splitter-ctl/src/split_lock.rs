@@ -23,10 +23,18 @@ pub const WAIT: Duration = Duration::from_millis(200);
 /// How often a waiting writer tries again.
 const RETRY: Duration = Duration::from_micros(200);
 
+/// The lock file, opened once (the daemon keeps it for its whole life, so that taking the lock
+/// costs a `flock`, not an open).
+#[derive(Debug)]
+pub struct SplitLockFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
 /// The lock, while held; dropping it releases it.
 #[derive(Debug)]
-pub struct SplitLock {
-    file: Option<File>,
+pub struct SplitLock<'a> {
+    file: Option<&'a File>,
 }
 
 #[must_use]
@@ -34,46 +42,62 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-impl SplitLock {
-    /// Takes the lock of `state_dir`, waiting up to `WAIT`. When it cannot be had (another
-    /// writer is stuck holding it, or the file cannot be opened) the caller goes on unlocked.
+impl SplitLockFile {
+    /// Opens (creating it) the lock file of `state_dir`. When it cannot be opened, every
+    /// `hold` goes on unlocked, with a warning.
     #[must_use]
-    pub fn take(state_dir: &Path) -> Self {
+    pub fn open(state_dir: &Path) -> Self {
         let path = path(state_dir);
-        let file = match OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-        {
-            Ok(file) => file,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), error = %error, "cannot open the split-word lock; writing without it");
-                return Self { file: None };
-            }
+            .inspect_err(|error| tracing::warn!(path = %path.display(), error = %error, "cannot open the split-word lock; split words are written without it"))
+            .ok();
+        Self { file, path }
+    }
+
+    /// Takes the lock, waiting up to `WAIT`; past it (another writer is stuck holding it) the
+    /// caller goes on unlocked.
+    #[must_use]
+    pub fn hold(&self) -> SplitLock<'_> {
+        let Some(file) = &self.file else {
+            return SplitLock { file: None };
         };
         let deadline = Instant::now() + WAIT;
         loop {
-            // SAFETY: flock on a descriptor this function owns.
+            // SAFETY: flock on a descriptor this struct owns.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Self { file: Some(file) };
+                return SplitLock { file: Some(file) };
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    path = %path.display(),
+                    path = %self.path.display(),
                     wait_ms = WAIT.as_millis(),
                     "another writer holds the split-word lock; writing without it"
                 );
-                return Self { file: None };
+                return SplitLock { file: None };
             }
             thread::sleep(RETRY);
         }
     }
+}
 
+impl SplitLock<'_> {
     /// Whether the lock is held (false when the writer went on without it).
     #[must_use]
     pub const fn held(&self) -> bool {
         self.file.is_some()
+    }
+}
+
+impl Drop for SplitLock<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file {
+            // SAFETY: unlocks the descriptor locked in `hold`, which outlives this guard.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
     }
 }
 
@@ -85,10 +109,12 @@ mod tests {
     fn one_holder_at_a_time_and_a_bounded_wait() {
         let dir = std::env::temp_dir().join(format!("splitter-lock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let first = SplitLock::take(&dir);
+        // Two writers, as two processes would be: two open files of one lock.
+        let (daemon, cli) = (SplitLockFile::open(&dir), SplitLockFile::open(&dir));
+        let first = daemon.hold();
         assert!(first.held());
         let started = Instant::now();
-        let second = SplitLock::take(&dir);
+        let second = cli.hold();
         assert!(!second.held(), "a second holder while the first holds it");
         assert!(started.elapsed() >= WAIT, "it waited");
         assert!(
@@ -96,9 +122,10 @@ mod tests {
             "and no longer than about WAIT"
         );
         drop(first);
-        assert!(SplitLock::take(&dir).held(), "free again once dropped");
-        let missing = SplitLock::take(&dir.join("no-such-dir"));
-        assert!(!missing.held(), "no lock file: go on without");
+        assert!(cli.hold().held(), "free again once dropped");
+        assert!(daemon.hold().held(), "and again for the first writer");
+        let missing = SplitLockFile::open(&dir.join("no-such-dir"));
+        assert!(!missing.hold().held(), "no lock file: go on without");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     maps::Maps,
     previous::previous,
     share::{format_percent, parse_percent, percent_of},
-    split_lock::SplitLock,
+    split_lock::SplitLockFile,
 };
 
 /// The outcome of a split-word write.
@@ -180,7 +180,8 @@ pub fn update(
     let (_, service) = target.service(name)?;
     // Read, decide and write under the split-word lock: no other writer (a rollout step, a
     // drill, another operator) replaces the word between the read and the write.
-    let lock = SplitLock::take(&target.config.state_dir);
+    let lock_file = SplitLockFile::open(&target.config.state_dir);
+    let lock = lock_file.hold();
     let before = target.maps.split(service.id)?;
     let after = change(before, &target)?;
     let write = target.maps.set_split(service.id, after)?;
