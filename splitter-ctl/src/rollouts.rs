@@ -499,7 +499,7 @@ impl Daemon {
                     id,
                     Decision::Promote,
                     candidate,
-                    None,
+                    None::<fn() -> serde_json::Value>,
                     Instant::now(),
                 )?;
                 Ok(format!("promoted: {} is live", candidate.name()))
@@ -511,7 +511,7 @@ impl Daemon {
                     id,
                     Decision::RollBack("aborted by an operator".to_owned()),
                     candidate,
-                    None,
+                    None::<fn() -> serde_json::Value>,
                     Instant::now(),
                 )?;
                 Ok("aborted: every new connection goes to the live pool".to_owned())
@@ -526,7 +526,7 @@ impl Daemon {
         id: u32,
         decision: Decision,
         candidate: Version,
-        gates: Option<serde_json::Value>,
+        gates: Option<impl FnOnce() -> serde_json::Value>,
         decided: Instant,
     ) -> Result<(), RolloutError> {
         let actor = if gates.is_some() { "gates" } else { "operator" };
@@ -550,7 +550,7 @@ impl Daemon {
                 "gates",
                 None,
                 None,
-                evaluation,
+                evaluation(),
             );
             if !written {
                 return Ok(());
@@ -746,12 +746,15 @@ impl Daemon {
         let decided = Instant::now();
         active.last_judgement = Some(judgement.clone());
         let candidate_version = active.candidate;
-        let details = serde_json::json!({
-            "judgement": describe(&judgement),
-            "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
-            "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
-            "promql": promql_details,
-        });
+        // Built when journaled: for a rollback, only after the map write.
+        let details = move || {
+            serde_json::json!({
+                "judgement": describe(&judgement),
+                "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
+                "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
+                "promql": promql_details,
+            })
+        };
         let step = match decision {
             Decision::Promote | Decision::RollBack(_) => {
                 // The map write first: `finish` journals the evaluation after it.
@@ -783,7 +786,7 @@ impl Daemon {
             "gates",
             None,
             None,
-            details,
+            details(),
         );
         if let Some(bp) = step {
             self.journal_event(
