@@ -111,8 +111,8 @@ impl Endpoint {
     }
 }
 
-/// Value of `SERVICES`: the dense id that indexes the split word, the slot tables and the
-/// counters of the service.
+/// Value of `SERVICES`: the dense id that indexes the slot tables and the counters of the
+/// service, and the index of its split word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
@@ -120,6 +120,9 @@ pub struct Service {
     /// Per-service options: `SERVICE_AFFINITY_CLIENT`, and above `SERVICE_SALT_SHIFT` the salt
     /// of the client hash (changed at every rollout).
     pub flags: u32,
+    /// Index of the split word in `SPLIT`: the service's own id, or for every service of a
+    /// release group the id of the group's first service, so that one write moves the group.
+    pub split: u32,
 }
 
 /// `Service::flags`: choose the version by a hash of the client address (salted), not of the
@@ -174,7 +177,7 @@ impl Service {
         }
     }
 }
-const _: () = assert!(core::mem::size_of::<Service>() == 8);
+const _: () = assert!(core::mem::size_of::<Service>() == 12);
 
 /// One entry of a pool's slot table. `flags == 0` means the slot is unset: the kernel counts a
 /// slot miss and never forwards to it.
@@ -370,7 +373,8 @@ pub struct VersionStats {
     /// New flows dropped because neither version had a backend in the slot.
     pub slot_misses: u64,
     /// New flows this version was chosen for but sent to the other version, because this
-    /// version had no backend in the slot (all down, or an empty pool).
+    /// version had no backend in the slot (all down, or an empty pool). On the last-resort
+    /// pool's entry: new flows it took because neither version had a backend.
     pub failovers: u64,
     /// Flows that saw a FIN or RST.
     pub closed_flows: u64,
@@ -472,19 +476,28 @@ pub const fn latency_index(stats_index: u32, kind: LatencyKind) -> u32 {
     stats_index * 2 + kind as u32
 }
 
-/// Index of the (service, version) counters in `VERSION_STATS`.
+/// The pool number of a service's last-resort pool, beside `Version::Blue` (0) and
+/// `Version::Green` (1): in `Flow::version`, `BackendInfo::version` and the indexes below.
+pub const LAST_RESORT: u8 = 2;
+
+/// Index of the (service, pool) counters in `VERSION_STATS`: blue and green of every service
+/// first, then one last-resort entry per service.
 #[inline(always)]
 #[must_use]
-pub const fn stats_index(service_id: u32, version: u8) -> u32 {
-    service_id * 2 + (version as u32 & 1)
+pub const fn stats_index(service_id: u32, pool: u8) -> u32 {
+    if pool == LAST_RESORT {
+        maps::MAX_SERVICES * 2 + service_id
+    } else {
+        service_id * 2 + (pool as u32 & 1)
+    }
 }
 
-/// Index in `POOL_SLOTS` of slot `hash` of the (service, version) pool.
+/// Index in `POOL_SLOTS` of slot `hash` of the (service, pool) pool: laid out like
+/// `stats_index`, `SLOTS_PER_POOL` slots each.
 #[inline(always)]
 #[must_use]
-pub const fn slot_index(service_id: u32, version: u8, hash: u32) -> u32 {
-    (service_id * 2 + (version as u32 & 1)) * maps::SLOTS_PER_POOL
-        + (hash & (maps::SLOTS_PER_POOL - 1))
+pub const fn slot_index(service_id: u32, pool: u8, hash: u32) -> u32 {
+    stats_index(service_id, pool) * maps::SLOTS_PER_POOL + (hash & (maps::SLOTS_PER_POOL - 1))
 }
 
 /// Packets that left the fast path, counted per CPU in `PLANE_STATS` (index = discriminant).
@@ -516,10 +529,12 @@ pub enum PlaneCounter {
     CohortCandidate = 9,
     /// Ingress: a new flow from a `never_candidate` cohort, kept on the live pool.
     CohortLive = 10,
+    /// Ingress: a new flow sent to the last-resort pool (neither version had a backend).
+    LastResort = 11,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 11] = [
+    pub const ALL: [PlaneCounter; 12] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -531,6 +546,7 @@ impl PlaneCounter {
         Self::Guarded,
         Self::CohortCandidate,
         Self::CohortLive,
+        Self::LastResort,
     ];
 
     #[must_use]
@@ -547,6 +563,7 @@ impl PlaneCounter {
             Self::Guarded => "guarded",
             Self::CohortCandidate => "cohort_candidate",
             Self::CohortLive => "cohort_live",
+            Self::LastResort => "last_resort",
         }
     }
 }

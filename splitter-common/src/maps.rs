@@ -3,14 +3,14 @@
 //!
 //! | map | kind | written by | holds |
 //! |---|---|---|---|
-//! | `SERVICES` | hash | user space | service `Endpoint` → `Service` (its id) |
+//! | `SERVICES` | hash | user space | service `Endpoint` → `Service` (its id, flags and split-word index) |
 //! | `SERVICE_PORTS` | array | user space | per destination port (host order): how many services listen on it |
-//! | `SPLIT` | array | user space | per service id: the `SplitWord` |
-//! | `POOL_SLOTS` | array | user space | per (service, version): `SLOTS_PER_POOL` backend `Slot`s |
+//! | `SPLIT` | array | user space | per service id: the `SplitWord` (a release group uses its first service's) |
+//! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
-//! | `VERSION_STATS` | per-CPU array | both programs | per (service, version): `VersionStats` |
+//! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log2 µs `Histogram` |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
@@ -66,10 +66,10 @@ pub const FLOW_CAPACITY_PER_CPU: u32 = 16_384;
 
 /// Entries of `SERVICE_PORTS`: one per port.
 pub const PORT_ENTRIES: u32 = 65_536;
-/// Entries of `POOL_SLOTS`.
-pub const POOL_SLOT_ENTRIES: u32 = MAX_SERVICES * 2 * SLOTS_PER_POOL;
-/// Entries of `VERSION_STATS`.
-pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 2;
+/// Entries of `VERSION_STATS`: blue, green and the last-resort pool of every service.
+pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 3;
+/// Entries of `POOL_SLOTS`: a slot table per entry of `VERSION_STATS`.
+pub const POOL_SLOT_ENTRIES: u32 = VERSION_STAT_ENTRIES * SLOTS_PER_POOL;
 /// Entries of `LATENCY`: two kinds per (service, version).
 pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * 2;
 

@@ -3,8 +3,11 @@
 //! Order matters, because the kernel reads the maps while we write them: a new service's split
 //! word, slot tables and reverse entries are written before its `SERVICES` entry makes it
 //! visible; a removed service disappears from `SERVICES` first and its state is cleared after.
-//! The split word of a service that already exists is never overwritten: it may hold an
-//! operator's `weight` or `rollback`, and the kernel is the source of truth.
+//! The split word of a release (a service, or a release group sharing one word) that already
+//! exists is never overwritten: it may hold an operator's `weight` or `rollback`, and the kernel
+//! is the source of truth. When a group's first service changes (it left the config, or the
+//! group formed), the word is copied to the new first service's index before any service
+//! points at it.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -12,7 +15,7 @@ use std::{
 };
 
 use splitter_common::{
-    Addr, BackendInfo, COHORT_CANDIDATE, COHORT_ID_BITS, COHORT_LIVE, Endpoint,
+    Addr, BackendInfo, COHORT_CANDIDATE, COHORT_ID_BITS, COHORT_LIVE, Endpoint, LAST_RESORT,
     SERVICE_AFFINITY_CLIENT, SERVICE_HAS_COHORTS, SERVICE_SALT_SHIFT, Service, SplitWord, Version,
     cohort_data, maps::MAX_SERVICES,
 };
@@ -103,6 +106,28 @@ pub fn apply(
         ids.push(id);
     }
 
+    // Each release's split word, read before any removal clears one: a release group's word
+    // lives at its first service's id, which changes when that service leaves or the group
+    // forms, and the word (an operator's rollback, a rollout's step) must move with it.
+    let split_of: HashMap<&str, u32> = config
+        .services
+        .iter()
+        .zip(&ids)
+        .map(|(spec, id)| (spec.name.as_str(), *id))
+        .collect();
+    let mut releases = Vec::new();
+    for release in config.releases() {
+        let index = split_of[release.leader().name.as_str()];
+        let mut kernel = None;
+        for member in &release.members {
+            if let Some(service) = existing.get(&member.endpoint()) {
+                kernel = Some(maps.split(service.split)?);
+                break;
+            }
+        }
+        releases.push((release, index, kernel));
+    }
+
     maps.set_new_flow_rate(config.new_flow_rate_per_cpu)?;
     let mut applied = Applied::default();
     for (endpoint, service) in &existing {
@@ -118,12 +143,17 @@ pub fn apply(
     // egress program cannot translate yet.
     for (spec, id) in config.services.iter().zip(&ids) {
         let service_endpoint = spec.endpoint();
-        for version in [Version::Blue, Version::Green] {
-            for backend in spec.pool(version) {
+        let pools = [
+            (Version::Blue as u8, spec.pool(Version::Blue)),
+            (Version::Green as u8, spec.pool(Version::Green)),
+            (LAST_RESORT, spec.last_resort.as_slice()),
+        ];
+        for (pool, backends) in pools {
+            for backend in backends {
                 let info = BackendInfo {
                     service_addr: service_endpoint.addr,
                     service_port_be: service_endpoint.port_be,
-                    version: version as u8,
+                    version: pool,
                     _pad: 0,
                     service_id: *id,
                 };
@@ -136,27 +166,46 @@ pub fn apply(
         for version in [Version::Blue, Version::Green] {
             write_pool(maps, id, spec, version, healthy)?;
         }
+        maps.write_last_resort_slots(id, &slots::build(&spec.last_resort))?;
         if existing.contains_key(&spec.endpoint()) {
-            let kernel = maps.split(id)?;
-            if kernel != spec.initial_split() {
-                applied
-                    .split_differs
-                    .push((spec.name.clone(), kernel, spec.initial_split()));
-            }
             applied.kept.push(spec.name.clone());
         } else {
             maps.reset_counters(id, Version::Blue)?;
             maps.reset_counters(id, Version::Green)?;
-            maps.set_split(id, spec.initial_split())?;
+            maps.reset_last_resort_counters(id)?;
             applied.added.push(spec.name.clone());
+        }
+    }
+    for (release, index, kernel) in &releases {
+        let initial = release.leader().initial_split();
+        match kernel {
+            Some(kernel) => {
+                if maps.split(*index)? != *kernel {
+                    maps.set_split(*index, *kernel)?;
+                }
+                if *kernel != initial {
+                    applied
+                        .split_differs
+                        .push((release.name.to_owned(), *kernel, initial));
+                }
+            }
+            None => {
+                maps.set_split(*index, initial)?;
+            }
         }
     }
     write_cohorts(maps, config, &ids)?;
     applied.draining_backends = remove_stale_backends(maps, config)?;
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
-        // The salt stays across reloads: it changes only when a rollout starts.
-        let salt = existing.get(&spec.endpoint()).map_or(0, Service::salt);
+        // The salt stays across reloads: it changes only when a rollout starts. A service that
+        // joins a release group takes the group's, so a client sees one version across it.
+        let salt = config
+            .release(&spec.name)
+            .into_iter()
+            .flat_map(|r| r.members)
+            .find_map(|m| existing.get(&m.endpoint()))
+            .map_or(0, Service::salt);
         let mut flags = salt << SERVICE_SALT_SHIFT;
         if spec.client_affinity {
             flags |= SERVICE_AFFINITY_CLIENT;
@@ -164,7 +213,17 @@ pub fn apply(
         if !spec.always_candidate.is_empty() || !spec.never_candidate.is_empty() {
             flags |= SERVICE_HAS_COHORTS;
         }
-        maps.insert_service(&spec.endpoint(), Service { id: *id, flags })?;
+        let split = config
+            .release(&spec.name)
+            .map_or(*id, |r| split_of[r.leader().name.as_str()]);
+        maps.insert_service(
+            &spec.endpoint(),
+            Service {
+                id: *id,
+                flags,
+                split,
+            },
+        )?;
     }
     Ok(applied)
 }
@@ -204,6 +263,11 @@ pub fn remove_stale_backends(maps: &mut Maps, config: &Config) -> Result<usize, 
     let configured: HashSet<Endpoint> = config
         .backends()
         .map(|(s, _, b)| endpoint(b.addr, s.protocol))
+        .chain(config.services.iter().flat_map(|s| {
+            s.last_resort
+                .iter()
+                .map(move |b| endpoint(b.addr, s.protocol))
+        }))
         .collect();
     let stale: Vec<Endpoint> = maps
         .backends()?
@@ -253,6 +317,8 @@ fn remove(maps: &mut Maps, endpoint: &Endpoint, id: u32) -> Result<usize, MapsEr
         maps.write_slots(id, version, &slots::build(&[]))?;
         maps.reset_counters(id, version)?;
     }
+    maps.write_last_resort_slots(id, &slots::build(&[]))?;
+    maps.reset_last_resort_counters(id)?;
     maps.set_split(id, SplitWord::default())?;
     for (backend, info) in maps.backends()? {
         if info.service_id == id {

@@ -150,6 +150,17 @@ const MAX_NEW_FLOW_RATE: u32 = splitter_common::MAX_GUARD_RATE as u32;
 /// The period of scheduled drills: from one second to 30 days.
 const DRILL_EVERY_MS: std::ops::RangeInclusive<u64> = 1_000..=30 * 24 * 3_600_000;
 
+/// What a service or release group name may be.
+const NAME_RULE: &str = "expected 1 to 63 characters of a-z, 0-9, `-` and `_`";
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// A valid service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSpec {
@@ -178,6 +189,12 @@ pub struct ServiceSpec {
     pub never_candidate: Vec<Cidr>,
     /// How often the daemon drills the service's rollback by itself (`drill_every_ms`).
     pub drill_every: Option<Duration>,
+    /// The release group the service belongs to (`group`): the services of a group share one
+    /// split word, so one write moves the whole stack.
+    pub group: Option<String>,
+    /// The third pool (`last_resort`): takes new connections when neither blue nor green has a
+    /// backend to take them. Not probed.
+    pub last_resort: Vec<WeightedBackend>,
 }
 
 impl ServiceSpec {
@@ -202,7 +219,66 @@ impl ServiceSpec {
     }
 }
 
+/// What a rollout, rollback or drill acts on: one service, or a release group (its services in
+/// file order; the first one's split word is the group's, and its `[service.rollout]` table the
+/// group's plan).
+#[derive(Clone, Debug)]
+pub struct Release<'a> {
+    /// The group's name, or the service's.
+    pub name: &'a str,
+    pub members: Vec<&'a ServiceSpec>,
+}
+
+impl<'a> Release<'a> {
+    /// The service whose split word and rollout plan the release uses.
+    #[must_use]
+    pub fn leader(&self) -> &'a ServiceSpec {
+        self.members[0]
+    }
+
+    #[must_use]
+    pub fn is_group(&self) -> bool {
+        self.members.len() > 1 || self.leader().group.is_some()
+    }
+}
+
 impl Config {
+    /// The release that `name` (a service or a release group) belongs to.
+    #[must_use]
+    pub fn release(&self, name: &str) -> Option<Release<'_>> {
+        let group = match self.service(name) {
+            Some(spec) => match &spec.group {
+                None => {
+                    return Some(Release {
+                        name: &spec.name,
+                        members: vec![spec],
+                    });
+                }
+                Some(group) => group.as_str(),
+            },
+            None => name,
+        };
+        let members: Vec<&ServiceSpec> = self
+            .services
+            .iter()
+            .filter(|s| s.group.as_deref() == Some(group))
+            .collect();
+        let name = members.first()?.group.as_deref()?;
+        Some(Release { name, members })
+    }
+
+    /// Every release: the release groups and the services in none, in file order of their
+    /// first service.
+    #[must_use]
+    pub fn releases(&self) -> Vec<Release<'_>> {
+        let mut seen = HashSet::new();
+        self.services
+            .iter()
+            .filter(|s| seen.insert(s.group.as_deref().unwrap_or(&s.name).to_owned()))
+            .filter_map(|s| self.release(&s.name))
+            .collect()
+    }
+
     /// Every backend of every pool: (service, version, backend).
     pub fn backends(&self) -> impl Iterator<Item = (&ServiceSpec, Version, &WeightedBackend)> {
         self.services.iter().flat_map(|s| {
@@ -361,6 +437,8 @@ struct RawService {
     affinity: Option<Spanned<String>>,
     always_candidate: Option<Vec<Spanned<String>>>,
     never_candidate: Option<Vec<Spanned<String>>>,
+    group: Option<Spanned<String>>,
+    last_resort: Option<Spanned<Vec<Spanned<String>>>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
     rollback_window_ms: Option<Spanned<u64>>,
     drill_every_ms: Option<Spanned<u64>>,
@@ -394,6 +472,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |nl| before.len() - nl - 1)
         + 1;
     (line, column)
+}
+
+/// Where a grouped service's `group` and `rollout` keys sit in the file.
+struct GroupSpans {
+    group: Range<usize>,
+    rollout: Option<Range<usize>>,
 }
 
 struct Validator<'a> {
@@ -475,6 +559,10 @@ impl Validator<'_> {
         for (index, raw_service) in raw.services.into_iter().enumerate() {
             let raw_service = raw_service.into_inner();
             let (name_span, listen_span) = (raw_service.name.span(), raw_service.listen.span());
+            let group_spans = raw_service.group.as_ref().map(|g| GroupSpans {
+                group: g.span(),
+                rollout: raw_service.rollout.as_ref().map(Spanned::span),
+            });
             let service = self.service(index, raw_service, &mut backends)?;
             let at = |field: &str| format!("service[{index}].{field}");
             if !names.insert(service.name.clone()) {
@@ -495,8 +583,9 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            services.push((service, listen_span));
+            services.push((service, listen_span, group_spans));
         }
+        self.groups(&services)?;
         if backends.len() > MAX_BACKENDS as usize {
             return Err(self.invalid(
                 0..0,
@@ -508,7 +597,7 @@ impl Validator<'_> {
             ));
         }
         // Backends must not double as service addresses: replies from them would be rewritten.
-        for (index, (service, listen_span)) in services.iter().enumerate() {
+        for (index, (service, listen_span, _)) in services.iter().enumerate() {
             if backends.contains(&(service.listen, service.protocol)) {
                 return Err(self.invalid(
                     listen_span.clone(),
@@ -585,8 +674,68 @@ impl Validator<'_> {
             control_group,
             metrics_listen,
             state_dir,
-            services: services.into_iter().map(|(service, _)| service).collect(),
+            services: services.into_iter().map(|(service, ..)| service).collect(),
         })
+    }
+
+    /// Release groups: named apart from services, and their services agree on what the shared
+    /// split word and the shared salt mean (live version, initial share, affinity); only the
+    /// first service of a group carries the group's `[service.rollout]` table.
+    fn groups(
+        &self,
+        services: &[(ServiceSpec, Range<usize>, Option<GroupSpans>)],
+    ) -> Result<(), ConfigError> {
+        let mut first: std::collections::HashMap<&str, &ServiceSpec> =
+            std::collections::HashMap::new();
+        for (index, (spec, _, spans)) in services.iter().enumerate() {
+            let (Some(group), Some(spans)) = (&spec.group, spans) else {
+                continue;
+            };
+            let at = |field: &str| format!("service[{index}].{field}");
+            if services.iter().any(|(s, ..)| &s.name == group) {
+                return Err(self.invalid(
+                    spans.group.clone(),
+                    at("group"),
+                    format!("`{group}` is also a service's name; name the group apart"),
+                ));
+            }
+            let Some(leader) = first.get(group.as_str()) else {
+                first.insert(group, spec);
+                continue;
+            };
+            let disagreement = if spec.live != leader.live {
+                Some("live")
+            } else if spec.green_share_bp != leader.green_share_bp {
+                Some("green_weight")
+            } else if spec.client_affinity != leader.client_affinity {
+                Some("affinity")
+            } else {
+                None
+            };
+            if let Some(key) = disagreement {
+                return Err(self.invalid(
+                    spans.group.clone(),
+                    at(key),
+                    format!(
+                        "differs from `{}`, the first service of release group `{group}`: \
+                         the services of a group share one split word and must agree on it",
+                        leader.name
+                    ),
+                ));
+            }
+            if let Some(rollout) = &spans.rollout {
+                return Err(self.invalid(
+                    rollout.clone(),
+                    at("rollout"),
+                    format!(
+                        "release group `{group}` takes its rollout plan from its first service \
+                         `{}`; move this table there",
+                        leader.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn service(
@@ -597,18 +746,14 @@ impl Validator<'_> {
     ) -> Result<ServiceSpec, ConfigError> {
         let at = |field: &str| format!("service[{index}].{field}");
         let name = raw.name.get_ref().clone();
-        if name.is_empty()
-            || name.len() > 63
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(self.invalid(
-                raw.name.span(),
-                at("name"),
-                "expected 1 to 63 characters of a-z, 0-9, `-` and `_`",
-            ));
+        if !valid_name(&name) {
+            return Err(self.invalid(raw.name.span(), at("name"), NAME_RULE));
         }
+        let group = match &raw.group {
+            None => None,
+            Some(group) if valid_name(group.get_ref()) => Some(group.get_ref().clone()),
+            Some(group) => return Err(self.invalid(group.span(), at("group"), NAME_RULE)),
+        };
         let listen = self.socket_addr(&raw.listen, &at("listen"))?;
         let protocol = match raw
             .protocol
@@ -638,8 +783,29 @@ impl Validator<'_> {
         };
         let blue = self.pool(raw.blue.as_ref(), &at("blue"), protocol, backends)?;
         let green = self.pool(raw.green.as_ref(), &at("green"), protocol, backends)?;
+        let last_resort = self.pool(
+            raw.last_resort.as_ref(),
+            &at("last_resort"),
+            protocol,
+            backends,
+        )?;
+        if !last_resort.is_empty() && last_resort.iter().all(|b| b.weight == 0) {
+            let span = raw
+                .last_resort
+                .as_ref()
+                .map_or(raw.name.span(), Spanned::span);
+            return Err(self.invalid(
+                span,
+                at("last_resort"),
+                "needs at least one backend with a weight (or leave the key out)",
+            ));
+        }
         // The data plane rewrites addresses in place: a backend speaks the service's family.
-        for (pool, raw_pool, name) in [(&blue, &raw.blue, "blue"), (&green, &raw.green, "green")] {
+        for (pool, raw_pool, name) in [
+            (&blue, &raw.blue, "blue"),
+            (&green, &raw.green, "green"),
+            (&last_resort, &raw.last_resort, "last_resort"),
+        ] {
             if let Some(i) = pool
                 .iter()
                 .position(|b| b.addr.is_ipv4() != listen.is_ipv4())
@@ -789,6 +955,8 @@ impl Validator<'_> {
             always_candidate,
             never_candidate,
             drill_every,
+            group,
+            last_resort,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0
@@ -1257,6 +1425,80 @@ max = 0.05
         assert!(
             error(&backend_as_service)
                 .contains(":15:10: `service[1].listen`: 198.18.1.2:8080 is also a backend")
+        );
+    }
+
+    /// Two services `a` and `b` in release group `stack`, with `extra_a` and `extra_b` in them.
+    fn group(extra_a: &str, extra_b: &str) -> String {
+        format!(
+            "interface = \"veth-node\"\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.1:80\"]\ngreen = [\"198.18.1.2:80\"]\ngroup = \"stack\"\n{extra_a}\n[[service]]\nname = \"b\"\nlisten = \"198.18.0.1:81\"\nblue = [\"198.18.1.1:81\"]\ngreen = [\"198.18.1.2:81\"]\ngroup = \"stack\"\n{extra_b}\n[[service]]\nname = \"solo\"\nlisten = \"198.18.0.1:82\"\nblue = [\"198.18.1.1:82\"]\n"
+        )
+    }
+
+    #[test]
+    fn release_groups_resolve_by_group_or_service_and_must_agree() {
+        let config = parse(&group("", "")).expect("valid");
+        let names = |name: &str| {
+            let release = config.release(name).expect("release");
+            (
+                release.name.to_owned(),
+                release
+                    .members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let stack = ("stack".to_owned(), vec!["a", "b"]);
+        assert_eq!(names("stack"), stack);
+        assert_eq!(names("b"), stack, "a service names its group");
+        assert_eq!(names("solo"), ("solo".to_owned(), vec!["solo"]));
+        assert!(config.release("nothing").is_none());
+        assert_eq!(
+            config.releases().iter().map(|r| r.name).collect::<Vec<_>>(),
+            ["stack", "solo"]
+        );
+        assert!(
+            error(&group("", "green_weight = 10"))
+                .contains("`service[1].green_weight`: differs from `a`, the first service of release group `stack`")
+        );
+        assert!(error(&group("", "live = \"green\"")).contains("`service[1].live`: differs"));
+        assert!(error(&group("affinity = \"client\"", "")).contains("`service[1].affinity`"));
+        assert!(
+            error(&group("", "[service.rollout]\nsteps = [50, 100]"))
+                .contains("takes its rollout plan from its first service `a`")
+        );
+        // The first service's plan is the group's.
+        assert!(parse(&group("[service.rollout]\nsteps = [50, 100]", "")).is_ok());
+        let clash = group("", "").replace("group = \"stack\"", "group = \"solo\"");
+        assert!(error(&clash).contains("`solo` is also a service's name"));
+        assert!(
+            error(&group("", "").replace("\"stack\"", "\"Stack!\""))
+                .contains("`service[0].group`: expected")
+        );
+    }
+
+    #[test]
+    fn a_last_resort_pool_is_validated_like_the_others() {
+        let with = |pool: &str| format!("{GOOD}last_resort = {pool}\n");
+        let config = parse(&with("[\"198.18.3.1:80\"]")).expect("valid");
+        assert_eq!(config.services[0].last_resort.len(), 1);
+        assert!(
+            parse(GOOD).expect("valid").services[0]
+                .last_resort
+                .is_empty()
+        );
+        assert!(
+            error(&with("[\"198.18.3.1:80 weight=0\"]"))
+                .contains("`service[0].last_resort`: needs at least one backend with a weight")
+        );
+        assert!(
+            error(&with("[\"198.18.2.2:8080\"]"))
+                .contains("backend 198.18.2.2:8080 is listed twice")
+        );
+        assert!(
+            error(&with("[\"[2001:2::1]:80\"]"))
+                .contains("`service[0].last_resort[0]`: an IPv6 backend for an IPv4 service")
         );
     }
 

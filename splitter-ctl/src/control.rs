@@ -63,9 +63,12 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
         ("GET", "/v1/status") => {
             let service = query.split('&').find_map(|kv| kv.strip_prefix("service="));
             if let Some(name) = service
-                && daemon.config.service(name).is_none()
+                && daemon.config.release(name).is_none()
             {
-                return Response::error(404, &format!("no service `{name}` in the running config"));
+                return Response::error(
+                    404,
+                    &format!("no service or release group `{name}` in the running config"),
+                );
             }
             match daemon.status(service) {
                 Ok(status) => {
@@ -109,9 +112,10 @@ pub(crate) fn rollout_error(e: crate::rollouts::RolloutError) -> Response {
         E::AlreadyRunning(_)
         | E::RolloutRunning(_)
         | E::NothingToDrill(_)
+        | E::NoLastResort(_)
         | E::UnhealthyLive(..) => 409,
         E::Maps(_) => 500,
-        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(_) => 422,
+        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) => 422,
     };
     Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
 }

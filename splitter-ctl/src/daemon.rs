@@ -305,11 +305,14 @@ impl Daemon {
         };
         let health = &self.health;
         let healthy = |s: &str, v: Version, a| health.is_healthy(s, v, a);
-        if spec
-            .pool(*version)
-            .iter()
-            .all(|b| !healthy(&spec.name, *version, b.addr))
-        {
+        let down = |v: Version| spec.pool(v).iter().all(|b| !healthy(&spec.name, v, b.addr));
+        if down(Version::Blue) && down(Version::Green) {
+            if spec.last_resort.is_empty() {
+                tracing::error!(service = %service, "no healthy backend in blue or green, and no last-resort pool: new connections are dropped (slot_miss)");
+            } else {
+                tracing::error!(service = %service, last_resort = spec.last_resort.len(), "no healthy backend in blue or green: new connections go to the last-resort pool");
+            }
+        } else if down(*version) {
             tracing::warn!(service = %service, version = version.name(), other = version.other().name(), "no healthy backend left in this version; its new connections go to the other version");
         }
         let result = self
@@ -341,7 +344,7 @@ impl Daemon {
             let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
                 continue;
             };
-            let Ok(now) = self.maps.split(kernel.id) else {
+            let Ok(now) = self.maps.split(kernel.split) else {
                 continue;
             };
             let before = self.known_splits.insert(spec.name.clone(), now);
@@ -398,10 +401,23 @@ impl Daemon {
         self.rates = rates;
     }
 
+    /// Remembers `word` as what the daemon itself wrote for release `name` (a service or a
+    /// release group), so housekeeping does not report it as someone else's change.
+    pub(crate) fn note_split(&mut self, name: &str, word: SplitWord) {
+        let members: Vec<String> = self
+            .config
+            .release(name)
+            .map(|r| r.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_else(|| vec![name.to_owned()]);
+        for member in members {
+            self.known_splits.insert(member, word);
+        }
+    }
+
     fn remember_splits(&mut self) {
         for spec in &self.config.services {
             if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint())
-                && let Ok(word) = self.maps.split(kernel.id)
+                && let Ok(word) = self.maps.split(kernel.split)
             {
                 self.known_splits.insert(spec.name.clone(), word);
             }

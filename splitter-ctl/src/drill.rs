@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use splitter_common::{SplitWord, Version};
 
 use crate::{
-    daemon::Daemon, journal::EventKind, metrics::DrillLabels, rollouts::RolloutError,
+    daemon::Daemon,
+    journal::EventKind,
+    metrics::DrillLabels,
+    rollouts::{ReleaseIds, RolloutError},
     share::format_percent,
 };
 
@@ -90,15 +93,36 @@ impl DrillSchedule {
     }
 }
 
+/// What a drill exercises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrillKind {
+    /// A rollback: the candidate's share to 0, then back.
+    Rollback,
+    /// The last-resort pool: blue's and green's slot tables emptied, then rebuilt from health.
+    LastResort,
+}
+
+impl DrillKind {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::LastResort => "last_resort",
+        }
+    }
+}
+
 /// A drill under way: what was written, and the counters at the moment of the write.
 #[derive(Debug)]
 pub struct Drill {
     pub service: String,
     trigger: Trigger,
-    id: u32,
+    kind: DrillKind,
+    ids: ReleaseIds,
     before: SplitWord,
     during: SplitWord,
-    /// New flows per version at the write: [blue, green].
+    /// At the write: a rollback's new flows per version [blue, green]; a last-resort drill's
+    /// [new flows on the last-resort pool, new flows on blue and green].
     base: [u64; 2],
     decided: Instant,
     write: Duration,
@@ -110,6 +134,10 @@ pub struct Drill {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct DrillReport {
     pub service: String,
+    /// `rollback` or `last_resort`; for a last-resort drill, `live` is `last_resort`, and
+    /// `new_on_candidate` counts new connections that still reached blue or green.
+    #[serde(default = "rollback_kind")]
+    pub kind: String,
     /// `passed`: new connections landed on the live pool and none on the candidate;
     /// `failed`: some still landed on the candidate; `inconclusive`: no new connection came.
     pub outcome: String,
@@ -127,7 +155,8 @@ pub struct DrillReport {
 #[derive(Debug)]
 pub struct FirstConnectionWatch {
     event: i64,
-    id: u32,
+    /// The ids of the release's services, whose new flows are summed.
+    ids: Vec<u32>,
     live: Version,
     base: u64,
     decided: Instant,
@@ -140,13 +169,23 @@ pub enum Watch {
     Done,
 }
 
+fn rollback_kind() -> String {
+    DrillKind::Rollback.name().to_owned()
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Daemon {
-    fn new_flows(&self, id: u32) -> Result<[u64; 2], RolloutError> {
-        Ok(self.maps.new_flows(id)?)
+    /// New flows steered to each version so far, summed over a release's services.
+    fn new_flows(&self, ids: &[u32]) -> Result<[u64; 2], RolloutError> {
+        let mut sum = [0, 0];
+        for id in ids {
+            let [blue, green] = self.maps.new_flows(*id)?;
+            sum = [sum[0] + blue, sum[1] + green];
+        }
+        Ok(sum)
     }
 
     /// The services whose scheduled drill is due now.
@@ -178,7 +217,10 @@ impl Daemon {
 
     /// Refuses a drill that cannot be run safely (counted as `refused`); otherwise writes the
     /// rollback.
-    pub fn begin_drill(&mut self, service: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
+    /// A service of a release group drills the group.
+    pub fn begin_drill(&mut self, name: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
+        let service = self.release_name(name).unwrap_or_else(|_| name.to_owned());
+        let service = service.as_str();
         let begun = self.try_begin_drill(service, trigger);
         if let Err(error) = &begun {
             self.count_drill(service, trigger, "refused");
@@ -188,42 +230,45 @@ impl Daemon {
     }
 
     fn try_begin_drill(&mut self, service: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
-        let id = self.service_id(service)?;
+        let ids = self.release_ids(service)?;
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::RolloutRunning(service.to_owned()));
         }
         let lock = self.split_lock.hold();
-        let before = self.maps.split(id)?;
+        let before = self.maps.split(ids.split)?;
         let live = before.live();
         if before.share_of(live.other()) == 0 {
             return Err(RolloutError::NothingToDrill(service.to_owned()));
         }
-        let spec = self
+        let release = self
             .config
-            .service(service)
+            .release(service)
             .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
-        if !spec
-            .pool(live)
-            .iter()
-            .any(|b| b.weight > 0 && self.health.is_healthy(service, live, b.addr))
-        {
-            return Err(RolloutError::UnhealthyLive(service.to_owned(), live.name()));
+        // Every service of a release group must have a live backend to land on.
+        for spec in &release.members {
+            if !spec
+                .pool(live)
+                .iter()
+                .any(|b| b.weight > 0 && self.health.is_healthy(&spec.name, live, b.addr))
+            {
+                return Err(RolloutError::UnhealthyLive(spec.name.clone(), live.name()));
+            }
         }
         let during = SplitWord::new(live, 0);
         let decided = Instant::now();
-        self.maps.set_split(id, during)?;
+        self.maps.set_split(ids.split, during)?;
         let write = decided.elapsed();
         drop(lock);
         // Counted from after the write: a SYN steered under the old word in the microseconds
         // before it must not read as a connection on the candidate after the rollback.
-        let base = match self.new_flows(id) {
+        let base = match self.new_flows(&ids.members) {
             Ok(base) => base,
             Err(error) => {
-                self.maps.set_split(id, before)?;
+                self.maps.set_split(ids.split, before)?;
                 return Err(error);
             }
         };
-        self.known_splits.insert(service.to_owned(), during);
+        self.note_split(service, during);
         tracing::info!(
             service,
             live = live.name(),
@@ -233,7 +278,8 @@ impl Daemon {
         Ok(Drill {
             service: service.to_owned(),
             trigger,
-            id,
+            kind: DrillKind::Rollback,
+            ids,
             before,
             during,
             base,
@@ -243,12 +289,121 @@ impl Daemon {
         })
     }
 
-    /// New connections since the drill's write: (on the live pool, on the candidate).
+    /// New connections since the drill's write: (where the drill sends them, elsewhere). For
+    /// a rollback: (on the live pool, on the candidate); for a last-resort drill: (on the
+    /// last-resort pool, on blue or green).
     fn drill_counts(&self, drill: &Drill) -> Result<(u64, u64), RolloutError> {
-        let now = self.new_flows(drill.id)?;
-        let since = |v: Version| now[v as usize].saturating_sub(drill.base[v as usize]);
-        let live = drill.during.live();
-        Ok((since(live), since(live.other())))
+        match drill.kind {
+            DrillKind::Rollback => {
+                let now = self.new_flows(&drill.ids.members)?;
+                let since = |v: Version| now[v as usize].saturating_sub(drill.base[v as usize]);
+                let live = drill.during.live();
+                Ok((since(live), since(live.other())))
+            }
+            DrillKind::LastResort => {
+                let now = self.last_resort_counts(drill.ids.members[0])?;
+                Ok((
+                    now[0].saturating_sub(drill.base[0]),
+                    now[1].saturating_sub(drill.base[1]),
+                ))
+            }
+        }
+    }
+
+    /// [new flows the last-resort pool took, new flows on blue and green] of service `id`.
+    fn last_resort_counts(&self, id: u32) -> Result<[u64; 2], RolloutError> {
+        let [blue, green] = self.maps.new_flows(id)?;
+        Ok([self.maps.last_resort_counters(id)?.failovers, blue + green])
+    }
+
+    /// Empties blue's and green's slot tables of service `name` (not its release group: the
+    /// pools are the service's), so that its new connections go to its last-resort pool.
+    /// Established connections keep their backends.
+    pub fn begin_last_resort_drill(
+        &mut self,
+        name: &str,
+        trigger: Trigger,
+    ) -> Result<Drill, RolloutError> {
+        let begun = self.try_begin_last_resort_drill(name, trigger);
+        if let Err(error) = &begun {
+            self.count_drill(name, trigger, "refused");
+            tracing::warn!(service = name, actor = trigger.name(), error = %error, "last-resort drill refused");
+        }
+        begun
+    }
+
+    fn try_begin_last_resort_drill(
+        &mut self,
+        service: &str,
+        trigger: Trigger,
+    ) -> Result<Drill, RolloutError> {
+        let spec = self
+            .config
+            .service(service)
+            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+        if spec.last_resort.is_empty() {
+            return Err(RolloutError::NoLastResort(service.to_owned()));
+        }
+        let release = self.release_name(service)?;
+        if self.rollouts.contains_key(&release) {
+            return Err(RolloutError::RolloutRunning(release));
+        }
+        let kernel = self
+            .maps
+            .service(&spec.endpoint())?
+            .ok_or_else(|| RolloutError::NotApplied(service.to_owned()))?;
+        let word = self.maps.split(kernel.split)?;
+        let decided = Instant::now();
+        for version in [Version::Blue, Version::Green] {
+            self.maps
+                .write_slots(kernel.id, version, &crate::slots::build(&[]))?;
+        }
+        let write = decided.elapsed();
+        // Counted from after the writes: a SYN steered while the tables were being emptied
+        // must not read as a connection that missed the last resort.
+        let base = self.last_resort_counts(kernel.id)?;
+        tracing::warn!(
+            service,
+            write_us = micros(write),
+            "last-resort drill: blue and green emptied; new connections go to the last-resort pool"
+        );
+        Ok(Drill {
+            service: service.to_owned(),
+            trigger,
+            kind: DrillKind::LastResort,
+            ids: ReleaseIds {
+                split: kernel.split,
+                members: vec![kernel.id],
+            },
+            before: word,
+            during: word,
+            base,
+            decided,
+            write,
+            first_on_live: None,
+        })
+    }
+
+    /// Rebuilds blue's and green's slot tables of the drilled service from its healthy
+    /// backends. Says what it restored.
+    fn restore_pools(&mut self, drill: &Drill) -> Result<String, RolloutError> {
+        let spec = self
+            .config
+            .service(&drill.service)
+            .cloned()
+            .ok_or_else(|| RolloutError::UnknownService(drill.service.clone()))?;
+        let health = &self.health;
+        let healthy = |s: &str, v: Version, a| health.is_healthy(s, v, a);
+        for version in [Version::Blue, Version::Green] {
+            crate::apply::write_pool(
+                &mut self.maps,
+                drill.ids.members[0],
+                &spec,
+                version,
+                &healthy,
+            )?;
+        }
+        Ok("blue and green pools rebuilt from their healthy backends".to_owned())
     }
 
     /// Reads the counters once: done when enough new connections reached the live pool or
@@ -265,15 +420,23 @@ impl Daemon {
         })
     }
 
-    /// Puts the share back (unless someone changed it during the drill) and journals.
+    /// Puts the share (or the pools) back, unless someone changed the share during the drill,
+    /// and journals.
     pub fn end_drill(&mut self, drill: Drill) -> Result<DrillReport, RolloutError> {
         let (on_live, on_candidate) = self.drill_counts(&drill)?;
+        if drill.kind == DrillKind::LastResort {
+            let restored = self.restore_pools(&drill)?;
+            return Ok(self.report_drill(&drill, on_live, on_candidate, restored));
+        }
         let live = drill.during.live();
         let lock = self.split_lock.hold();
-        let restored = if self.maps.split(drill.id)? == drill.during {
-            self.maps.set_split(drill.id, drill.before)?;
-            self.known_splits
-                .insert(drill.service.clone(), drill.before);
+        let put_back = self.maps.split(drill.ids.split)? == drill.during;
+        if put_back {
+            self.maps.set_split(drill.ids.split, drill.before)?;
+        }
+        drop(lock);
+        let restored = if put_back {
+            self.note_split(&drill.service, drill.before);
             format!(
                 "{} at {}%",
                 live.other().name(),
@@ -282,7 +445,17 @@ impl Daemon {
         } else {
             "not restored: the split was changed during the drill".to_owned()
         };
-        drop(lock);
+        Ok(self.report_drill(&drill, on_live, on_candidate, restored))
+    }
+
+    /// Judges, logs, counts and journals a drill that ended.
+    fn report_drill(
+        &self,
+        drill: &Drill,
+        on_live: u64,
+        on_candidate: u64,
+        restored: String,
+    ) -> DrillReport {
         let outcome = if on_candidate > 0 {
             "failed"
         } else if on_live == 0 {
@@ -290,34 +463,39 @@ impl Daemon {
         } else {
             "passed"
         };
+        let live = match drill.kind {
+            DrillKind::Rollback => drill.during.live().name(),
+            DrillKind::LastResort => "last_resort",
+        };
         let report = DrillReport {
             service: drill.service.clone(),
+            kind: drill.kind.name().to_owned(),
             outcome: outcome.to_owned(),
-            live: live.name().to_owned(),
+            live: live.to_owned(),
             decision_to_write_us: micros(drill.write),
             decision_to_first_connection_us: drill.first_on_live.map(micros),
             new_on_live: on_live,
             new_on_candidate: on_candidate,
             restored,
         };
-        tracing::info!(service = drill.service, actor = drill.trigger.name(), outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        tracing::info!(service = drill.service, kind = drill.kind.name(), actor = drill.trigger.name(), outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         self.count_drill(&drill.service, drill.trigger, outcome);
         self.journal_drill(&report, drill.trigger, drill.write);
-        Ok(report)
+        report
     }
 
     /// Starts timing the first new connection on `live` after a rollback journaled as `event`.
     pub(crate) fn watch_first_connection(
         &mut self,
         event: i64,
-        id: u32,
+        ids: Vec<u32>,
         live: Version,
         decided: Instant,
     ) {
-        match self.new_flows(id) {
+        match self.new_flows(&ids) {
             Ok(now) => self.first_connection_watches.push(FirstConnectionWatch {
                 event,
-                id,
+                ids,
                 live,
                 base: now[live as usize],
                 decided,
@@ -334,7 +512,7 @@ impl Daemon {
         let watches = std::mem::take(&mut self.first_connection_watches);
         for watch in watches {
             let seen = self
-                .new_flows(watch.id)
+                .new_flows(&watch.ids)
                 .is_ok_and(|now| now[watch.live as usize] > watch.base);
             if seen {
                 let us = micros(watch.decided.elapsed());

@@ -83,6 +83,10 @@ enum Command {
     /// the time, put the share back, journal it (through the daemon).
     Drill {
         service: String,
+        /// Exercise the last-resort pool instead: empty blue's and green's slot tables until
+        /// new connections reach it, then rebuild them from health.
+        #[arg(long)]
+        last_resort: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -299,9 +303,17 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             println!("{}", out.trim_end());
             Ok(())
         }
-        Command::Drill { service, output } => {
-            let (report, passed) =
-                cmd::rollout::drill(config, &service, matches!(output, Output::Json))?;
+        Command::Drill {
+            service,
+            last_resort,
+            output,
+        } => {
+            let (report, passed) = cmd::rollout::drill(
+                config,
+                &service,
+                last_resort,
+                matches!(output, Output::Json),
+            )?;
             print!("{report}");
             // A drill that did not pass is a finding: scripts and timers see it in the status.
             if passed {

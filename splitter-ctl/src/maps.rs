@@ -17,8 +17,9 @@ use aya::{
     },
 };
 use splitter_common::{
-    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LatencyKind,
-    PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version, VersionStats,
+    Addr, BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LAST_RESORT,
+    LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version,
+    VersionStats,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
 };
@@ -296,11 +297,29 @@ impl Maps {
 
     // ---- pools ----
 
-    /// Rewrites the whole slot table of a pool.
+    /// Rewrites the whole slot table of a version's pool.
     pub fn write_slots(
         &mut self,
         id: u32,
         version: Version,
+        table: &[Option<SocketAddr>],
+    ) -> Result<(), MapsError> {
+        self.write_pool_slots(id, version as u8, table)
+    }
+
+    /// Rewrites the whole slot table of a service's last-resort pool.
+    pub fn write_last_resort_slots(
+        &mut self,
+        id: u32,
+        table: &[Option<SocketAddr>],
+    ) -> Result<(), MapsError> {
+        self.write_pool_slots(id, LAST_RESORT, table)
+    }
+
+    fn write_pool_slots(
+        &mut self,
+        id: u32,
+        pool: u8,
         table: &[Option<SocketAddr>],
     ) -> Result<(), MapsError> {
         Self::check_id(id)?;
@@ -310,7 +329,7 @@ impl Maps {
                 port_be: addr.port().to_be(),
                 flags: SLOT_SET,
             });
-            let index = slot_index(id, version as u8, i as u32);
+            let index = slot_index(id, pool, i as u32);
             self.slots
                 .set(index, value, 0)
                 .map_err(access(names::POOL_SLOTS, "write a slot"))?;
@@ -318,14 +337,23 @@ impl Maps {
         Ok(())
     }
 
-    /// The slot table of a pool as the kernel holds it.
+    /// The slot table of a version's pool as the kernel holds it.
     pub fn slots(&self, id: u32, version: Version) -> Result<Vec<Option<SocketAddr>>, MapsError> {
+        self.pool_slots(id, version as u8)
+    }
+
+    /// The slot table of a service's last-resort pool as the kernel holds it.
+    pub fn last_resort_slots(&self, id: u32) -> Result<Vec<Option<SocketAddr>>, MapsError> {
+        self.pool_slots(id, LAST_RESORT)
+    }
+
+    fn pool_slots(&self, id: u32, pool: u8) -> Result<Vec<Option<SocketAddr>>, MapsError> {
         Self::check_id(id)?;
         (0..SLOTS_PER_POOL)
             .map(|i| {
                 let slot = self
                     .slots
-                    .get(&slot_index(id, version as u8, i), 0)
+                    .get(&slot_index(id, pool, i), 0)
                     .map_err(access(names::POOL_SLOTS, "read a slot"))?;
                 Ok((slot.flags & SLOT_SET != 0)
                     .then(|| SocketAddr::new(addr_ip(&slot.addr), u16::from_be(slot.port_be))))
@@ -469,10 +497,20 @@ impl Maps {
 
     /// The counters of a (service, version), summed over CPUs.
     pub fn counters(&self, id: u32, version: Version) -> Result<VersionStats, MapsError> {
+        self.pool_counters(id, version as u8)
+    }
+
+    /// The counters of a service's last-resort pool, summed over CPUs: `failovers` counts the
+    /// new flows it took.
+    pub fn last_resort_counters(&self, id: u32) -> Result<VersionStats, MapsError> {
+        self.pool_counters(id, LAST_RESORT)
+    }
+
+    fn pool_counters(&self, id: u32, pool: u8) -> Result<VersionStats, MapsError> {
         Self::check_id(id)?;
         let per_cpu = self
             .version_stats
-            .get(&stats_index(id, version as u8), 0)
+            .get(&stats_index(id, pool), 0)
             .map_err(access(names::VERSION_STATS, "read counters"))?;
         Ok(per_cpu
             .iter()
@@ -505,14 +543,23 @@ impl Maps {
 
     /// Zeroes the counters and histograms of a (service, version) on every CPU.
     pub fn reset_counters(&mut self, id: u32, version: Version) -> Result<(), MapsError> {
+        self.reset_pool_counters(id, version as u8)
+    }
+
+    /// Zeroes the counters and histograms of a service's last-resort pool on every CPU.
+    pub fn reset_last_resort_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        self.reset_pool_counters(id, LAST_RESORT)
+    }
+
+    fn reset_pool_counters(&mut self, id: u32, version: u8) -> Result<(), MapsError> {
         Self::check_id(id)?;
         let zeros = zeroed::<VersionStats>(names::VERSION_STATS)?;
         self.version_stats
-            .set(stats_index(id, version as u8), zeros, 0)
+            .set(stats_index(id, version), zeros, 0)
             .map_err(access(names::VERSION_STATS, "reset counters"))?;
         for kind in [LatencyKind::Response, LatencyKind::Handshake] {
             let zeros = zeroed::<Histogram>(names::LATENCY)?;
-            let index = splitter_common::latency_index(stats_index(id, version as u8), kind);
+            let index = splitter_common::latency_index(stats_index(id, version), kind);
             self.latency
                 .set(index, zeros, 0)
                 .map_err(access(names::LATENCY, "reset a histogram"))?;

@@ -111,6 +111,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
 /// Labels of `splitter_rollouts_ended_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutEndLabels {
@@ -219,6 +224,8 @@ struct ServiceSample {
     stats: [VersionStats; 2],
     /// [version][kind]: response, handshake.
     latency: [[Histogram; 2]; 2],
+    /// New connections the last-resort pool took, when the service has one.
+    last_resort_flows: Option<u64>,
 }
 
 impl ServiceSample {
@@ -415,6 +422,21 @@ impl Collector for KernelCollector {
             }
         }
 
+        let mut last_resort = encoder.encode_descriptor(
+            "splitter_last_resort_flows",
+            "New connections a service's last-resort pool took because neither blue nor green had a backend",
+            None,
+            MetricType::Counter,
+        )?;
+        for sample in &samples {
+            if let Some(flows) = sample.last_resort_flows {
+                let labels = ServiceLabels {
+                    service: sample.name.clone(),
+                };
+                ConstCounter::new(flows).encode(last_resort.encode_family(&labels)?)?;
+            }
+        }
+
         let mut up = encoder.encode_descriptor(
             "splitter_backend_up",
             "1 when the backend passes its health checks",
@@ -456,7 +478,7 @@ impl Daemon {
             };
             samples.push(ServiceSample {
                 name: spec.name.clone(),
-                split: self.maps.split(service.id)?,
+                split: self.maps.split(service.split)?,
                 stats: [
                     self.maps.counters(service.id, Version::Blue)?,
                     self.maps.counters(service.id, Version::Green)?,
@@ -465,6 +487,11 @@ impl Daemon {
                     [LatencyKind::Response, LatencyKind::Handshake]
                         .map(|k| self.maps.histogram(service.id, v, k).unwrap_or_default())
                 }),
+                last_resort_flows: if spec.last_resort.is_empty() {
+                    None
+                } else {
+                    Some(self.maps.last_resort_counters(service.id)?.failovers)
+                },
             });
         }
         Ok(samples)

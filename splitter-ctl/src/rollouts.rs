@@ -187,10 +187,12 @@ pub enum RolloutError {
     NotRunning(String),
     #[error("the plan: {0}")]
     Plan(String),
-    #[error("the {0} pool has no backend")]
-    EmptyCandidate(&'static str),
+    #[error("the {0} pool of `{1}` has no backend")]
+    EmptyCandidate(&'static str, String),
     #[error("a rollout of `{0}` is running: a drill would fight it; abort or finish it first")]
     RolloutRunning(String),
+    #[error("`{0}` has no last-resort pool (config key `last_resort`)")]
+    NoLastResort(String),
     #[error("`{0}` sends no new connection to its candidate: there is nothing to roll back")]
     NothingToDrill(String),
     #[error("the live pool ({1}) of `{0}` has no healthy backend: a rollback would land on it")]
@@ -213,6 +215,15 @@ fn fresh_salt() -> u32 {
     }
 }
 
+/// A release's ids in the kernel.
+#[derive(Clone, Debug)]
+pub(crate) struct ReleaseIds {
+    /// The index of its split word (its first service's id).
+    pub split: u32,
+    /// Its services' ids, first service first.
+    pub members: Vec<u32>,
+}
+
 fn describe(judgement: &Judgement) -> String {
     match judgement {
         Judgement::Inconclusive(why) => format!("inconclusive: {why}"),
@@ -222,24 +233,47 @@ fn describe(judgement: &Judgement) -> String {
 }
 
 impl Daemon {
-    pub(crate) fn service_id(&self, service: &str) -> Result<u32, RolloutError> {
-        let spec = self
-            .config
-            .service(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
-        Ok(self
-            .maps
-            .service(&spec.endpoint())?
-            .ok_or_else(|| RolloutError::NotApplied(service.to_owned()))?
-            .id)
+    /// The release (a service, or the release group it belongs to) that `name` names: what
+    /// rollouts and drills are keyed by.
+    pub(crate) fn release_name(&self, name: &str) -> Result<String, RolloutError> {
+        self.config
+            .release(name)
+            .map(|r| r.name.to_owned())
+            .ok_or_else(|| RolloutError::UnknownService(name.to_owned()))
     }
 
-    fn snapshots(&self, id: u32) -> Result<[Snapshot; 2], RolloutError> {
+    /// The kernel ids of release `name`: its split word's index and its services' ids.
+    pub(crate) fn release_ids(&self, name: &str) -> Result<ReleaseIds, RolloutError> {
+        let release = self
+            .config
+            .release(name)
+            .ok_or_else(|| RolloutError::UnknownService(name.to_owned()))?;
+        let mut members = Vec::with_capacity(release.members.len());
+        for spec in &release.members {
+            let service = self
+                .maps
+                .service(&spec.endpoint())?
+                .ok_or_else(|| RolloutError::NotApplied(spec.name.clone()))?;
+            members.push(service);
+        }
+        Ok(ReleaseIds {
+            split: members[0].split,
+            members: members.iter().map(|s| s.id).collect(),
+        })
+    }
+
+    /// The counters of release `ids`, summed over its services: a release group is judged as
+    /// the whole stack.
+    fn snapshots(&self, ids: &ReleaseIds) -> Result<[Snapshot; 2], RolloutError> {
         let snapshot = |version| -> Result<Snapshot, RolloutError> {
-            Ok(Snapshot {
-                counters: self.maps.counters(id, version)?,
-                response: self.maps.histogram(id, version, LatencyKind::Response)?,
-            })
+            let mut sum = Snapshot::default();
+            for id in &ids.members {
+                sum.counters = sum.counters.add(&self.maps.counters(*id, version)?);
+                sum.response =
+                    sum.response
+                        .add(&self.maps.histogram(*id, version, LatencyKind::Response)?);
+            }
+            Ok(sum)
         };
         Ok([snapshot(Version::Blue)?, snapshot(Version::Green)?])
     }
@@ -290,8 +324,8 @@ impl Daemon {
             let restored = serde_json::from_str::<SavedRollout>(&json)
                 .map_err(|e| e.to_string())
                 .and_then(|state| {
-                    let id = self.service_id(&service).map_err(|e| e.to_string())?;
-                    let base = self.snapshots(id).map_err(|e| e.to_string())?;
+                    let ids = self.release_ids(&service).map_err(|e| e.to_string())?;
+                    let base = self.snapshots(&ids).map_err(|e| e.to_string())?;
                     state.restore(base, Instant::now())
                 });
             match restored {
@@ -345,44 +379,56 @@ impl Daemon {
         }
     }
 
-    /// Starts a rollout of `service`'s candidate: writes the first step's share.
+    /// Starts a rollout of the candidate of `name` (a service, or a release group or one of its
+    /// services: the rollout is then the group's): writes the first step's share.
     pub fn start_rollout(
         &mut self,
-        service: &str,
+        name: &str,
         request: PlanRequest,
     ) -> Result<RolloutStatus, RolloutError> {
+        let service = self.release_name(name)?;
+        let service = service.as_str();
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::AlreadyRunning(service.to_owned()));
         }
-        let id = self.service_id(service)?;
-        let configured = self
+        let ids = self.release_ids(service)?;
+        let release = self
             .config
-            .service(service)
-            .map(|spec| spec.rollout.clone())
-            .unwrap_or_default();
-        let plan = configured
+            .release(service)
+            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+        let plan = release
+            .leader()
+            .rollout
+            .clone()
             .overridden_by(request)
             .into_plan()
             .map_err(RolloutError::Plan)?;
-        let split = self.maps.split(id)?;
+        let split = self.maps.split(ids.split)?;
         let candidate = split.candidate();
-        let spec = self
-            .config
-            .service(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
-        if spec.pool(candidate).iter().all(|b| b.weight == 0) {
-            return Err(RolloutError::EmptyCandidate(candidate.name()));
+        if let Some(empty) = release
+            .members
+            .iter()
+            .find(|spec| spec.pool(candidate).iter().all(|b| b.weight == 0))
+        {
+            return Err(RolloutError::EmptyCandidate(
+                candidate.name(),
+                empty.name.clone(),
+            ));
         }
-        // With client affinity every rollout draws another cohort of clients for the canary.
-        let salt = spec.client_affinity.then(fresh_salt);
+        // With client affinity every rollout draws another cohort of clients for the canary:
+        // one salt for every service of a release group, so a client sees one version of the
+        // whole stack.
+        let salt = release.leader().client_affinity.then(fresh_salt);
         if let Some(salt) = salt {
-            self.maps.set_service_salt(&spec.endpoint(), salt)?;
+            for spec in &release.members {
+                self.maps.set_service_salt(&spec.endpoint(), salt)?;
+            }
         }
         let now = Instant::now();
         let rollout = Rollout::start(plan, now);
         let word = SplitWord::new(split.live(), rollout.share());
-        self.maps.set_split(id, word)?;
-        self.known_splits.insert(service.to_owned(), word);
+        self.maps.set_split(ids.split, word)?;
+        self.note_split(service, word);
         let details = serde_json::json!({
             "candidate": candidate.name(),
             "steps_percent": rollout.plan.steps.iter().map(|bp| percent_of(*bp)).collect::<Vec<_>>(),
@@ -404,7 +450,7 @@ impl Daemon {
         let active = ActiveRollout {
             started_event,
             candidate,
-            step_base: self.snapshots(id)?,
+            step_base: self.snapshots(&ids)?,
             last_evaluation: now,
             expected: word,
             paused: None,
@@ -418,7 +464,9 @@ impl Daemon {
         self.rollout_status(service)
     }
 
-    pub fn rollout_status(&self, service: &str) -> Result<RolloutStatus, RolloutError> {
+    pub fn rollout_status(&self, name: &str) -> Result<RolloutStatus, RolloutError> {
+        let service = self.release_name(name)?;
+        let service = service.as_str();
         let active = self
             .rollouts
             .get(service)
@@ -444,10 +492,12 @@ impl Daemon {
     /// `pause`, `resume`, `promote` or `abort` from an operator.
     pub fn rollout_command(
         &mut self,
-        service: &str,
+        name: &str,
         command: RolloutCommand,
     ) -> Result<String, RolloutError> {
-        let id = self.service_id(service)?;
+        let service = self.release_name(name)?;
+        let service = service.as_str();
+        let ids = self.release_ids(service)?;
         let active = self
             .rollouts
             .get_mut(service)
@@ -469,8 +519,8 @@ impl Daemon {
             RolloutCommand::Resume => {
                 // The share in the kernel now is the step's share, even if an operator wrote
                 // it: the rollout goes on from there, and the step's hold starts again.
-                let kernel = self.maps.split(id)?;
-                let snapshots = self.snapshots(id)?;
+                let kernel = self.maps.split(ids.split)?;
+                let snapshots = self.snapshots(&ids)?;
                 let now = Instant::now();
                 let Some(active) = self.rollouts.get_mut(service) else {
                     return Err(RolloutError::NotRunning(service.to_owned()));
@@ -496,7 +546,7 @@ impl Daemon {
                 let candidate = active.candidate;
                 self.finish(
                     service,
-                    id,
+                    &ids,
                     Decision::Promote,
                     candidate,
                     None::<fn() -> serde_json::Value>,
@@ -508,7 +558,7 @@ impl Daemon {
                 let candidate = active.candidate;
                 self.finish(
                     service,
-                    id,
+                    &ids,
                     Decision::RollBack("aborted by an operator".to_owned()),
                     candidate,
                     None::<fn() -> serde_json::Value>,
@@ -523,7 +573,7 @@ impl Daemon {
     fn finish(
         &mut self,
         service: &str,
-        id: u32,
+        ids: &ReleaseIds,
         decision: Decision,
         candidate: Version,
         gates: Option<impl FnOnce() -> serde_json::Value>,
@@ -541,7 +591,7 @@ impl Daemon {
         };
         let decision_to_write = if let Some(evaluation) = gates {
             // The gates decided on the word they wrote; an operator's write since then wins.
-            let written = self.write_if_unchanged(service, id, word)?;
+            let written = self.write_if_unchanged(service, ids.split, word)?;
             let decision_to_write = decided.elapsed();
             // The judgement that decided is journaled after the write, before its outcome.
             self.journal_event(
@@ -558,10 +608,10 @@ impl Daemon {
             decision_to_write
         } else {
             let _lock = self.split_lock.hold();
-            self.maps.set_split(id, word)?;
+            self.maps.set_split(ids.split, word)?;
             decided.elapsed()
         };
-        self.known_splits.insert(service.to_owned(), word);
+        self.note_split(service, word);
         self.rollouts.remove(service);
         self.forget_rollout(service);
         match &decision {
@@ -579,7 +629,7 @@ impl Daemon {
             serde_json::json!({ "live": word.live().name() }),
         );
         if let (Decision::RollBack(_), Some(event)) = (&decision, event) {
-            self.watch_first_connection(event, id, word.live(), decided);
+            self.watch_first_connection(event, ids.members.clone(), word.live(), decided);
         }
         self.counters
             .rollouts_ended
@@ -638,7 +688,7 @@ impl Daemon {
             // again from the operator's share.
             active.rollout.done = false;
         }
-        self.known_splits.insert(service.to_owned(), kernel);
+        self.note_split(service, kernel);
         tracing::warn!(service, "{why}; the rollout is paused");
         self.journal_event(
             service,
@@ -672,7 +722,7 @@ impl Daemon {
             self.pause_on_override(service, kernel);
             return Ok(false);
         }
-        self.known_splits.insert(service.to_owned(), word);
+        self.note_split(service, word);
         if let Some(active) = self.rollouts.get_mut(service) {
             active.expected = word;
         }
@@ -704,8 +754,8 @@ impl Daemon {
         now: Instant,
         readings: &[Reading],
     ) -> Result<(), RolloutError> {
-        let id = self.service_id(service)?;
-        let kernel = self.maps.split(id)?;
+        let ids = self.release_ids(service)?;
+        let kernel = self.maps.split(ids.split)?;
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -714,7 +764,7 @@ impl Daemon {
             self.pause_on_override(service, kernel);
             return Ok(());
         }
-        let snapshots = self.snapshots(id)?;
+        let snapshots = self.snapshots(&ids)?;
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -760,7 +810,7 @@ impl Daemon {
                 // The map write first: `finish` journals the evaluation after it.
                 return self.finish(
                     service,
-                    id,
+                    &ids,
                     decision,
                     candidate_version,
                     Some(details),
@@ -770,7 +820,7 @@ impl Daemon {
             Decision::Hold => None,
             Decision::Advance(bp) => {
                 let word = SplitWord::new(candidate_version.other(), bp);
-                if !self.write_if_unchanged(service, id, word)? {
+                if !self.write_if_unchanged(service, ids.split, word)? {
                     return Ok(());
                 }
                 if let Some(active) = self.rollouts.get_mut(service) {

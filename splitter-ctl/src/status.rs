@@ -52,6 +52,25 @@ pub struct ServiceStatus {
     /// `rollback` or retired. Absent when the journal cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// The release group whose split word the service shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The last-resort pool, when the service has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<LastResortStatus>,
+}
+
+/// A service's last-resort pool: its backends, and what it took.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct LastResortStatus {
+    pub backends: Vec<BackendStatus>,
+    /// True when neither blue nor green has a backend in its slot table: new connections go
+    /// to this pool now.
+    pub active: bool,
+    /// New connections it took since the service was created.
+    pub new_flows: u64,
+    /// Responses its backends gave.
+    pub responses: u64,
 }
 
 /// Per version: response times, handshakes, errors; rates when the daemon has a window.
@@ -109,7 +128,8 @@ pub struct BackendStatus {
     pub last_error: Option<String>,
 }
 
-/// Reads the status of the services of `config` (all, or the one named `only`).
+/// Reads the status of the services of `config` (all, or the one named `only`, or the services
+/// of release group `only`).
 /// With `health` (the daemon's), each backend also says whether it passes its checks.
 pub fn gather(
     maps: &Maps,
@@ -121,7 +141,7 @@ pub fn gather(
     let services = config
         .services
         .iter()
-        .filter(|s| only.is_none_or(|name| s.name == name))
+        .filter(|s| only.is_none_or(|name| s.name == name || s.group.as_deref() == Some(name)))
         .map(|spec| service(maps, spec, health, rates))
         .collect::<Result<_, _>>()?;
     let plane = maps
@@ -146,9 +166,11 @@ pub fn add_previous(status: &mut Status, config: &Config, journal: &Journal) {
         let (Some(word), Some(spec)) = (s.split_word, config.service(&s.name)) else {
             continue;
         };
+        // A release group's promotions are journaled under the group's name.
+        let release = config.release(&s.name).map_or(s.name.as_str(), |r| r.name);
         s.previous = previous(
             journal,
-            &s.name,
+            release,
             splitter_common::SplitWord(word),
             spec.rollback_window,
             now,
@@ -185,11 +207,13 @@ fn service(
         counters: BTreeMap::new(),
         telemetry: BTreeMap::new(),
         previous: None,
+        group: spec.group.clone(),
+        last_resort: None,
     };
     let Some(service) = maps.service(&spec.endpoint())? else {
         return Ok(status);
     };
-    let split = maps.split(service.id)?;
+    let split = maps.split(service.split)?;
     status.in_data_plane = true;
     status.id = Some(service.id);
     status.live = Some(split.live().name().to_owned());
@@ -255,6 +279,26 @@ fn service(
         );
         status.counters.insert(version.name().to_owned(), counters);
     }
+    if !spec.last_resort.is_empty() {
+        let table = maps.last_resort_slots(service.id)?;
+        let counters = maps.last_resort_counters(service.id)?;
+        status.last_resort = Some(LastResortStatus {
+            backends: spec
+                .last_resort
+                .iter()
+                .map(|b| BackendStatus {
+                    address: b.addr.to_string(),
+                    weight: b.weight,
+                    slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
+                    healthy: None,
+                    last_error: None,
+                })
+                .collect(),
+            active: status.pools.values().all(|p| p.slots_set == 0),
+            new_flows: counters.failovers,
+            responses: counters.responses,
+        });
+    }
     Ok(status)
 }
 
@@ -288,6 +332,12 @@ pub fn render(status: &Status) -> String {
             "  live {live}, candidate {}",
             s.candidate.as_deref().unwrap_or("?")
         );
+        if let Some(group) = &s.group {
+            let _ = writeln!(
+                out,
+                "  release group {group}: its split word moves the whole group"
+            );
+        }
         if let Some(p) = &s.previous {
             let left_min = (p.rollback_until_ms - crate::journal::now_ms()) / 60_000;
             let _ = if p.retired {
@@ -348,6 +398,25 @@ pub fn render(status: &Status) -> String {
                 let _ = writeln!(
                     out,
                     "        backend {} weight {} slots {}{health}",
+                    b.address, b.weight, b.slots
+                );
+            }
+        }
+        if let Some(last) = &s.last_resort {
+            let state = if last.active {
+                "ACTIVE: blue and green have no backend, new connections go here"
+            } else {
+                "standing by"
+            };
+            let _ = writeln!(
+                out,
+                "  last resort {state}; took {} new connections, {} responses",
+                last.new_flows, last.responses
+            );
+            for b in &last.backends {
+                let _ = writeln!(
+                    out,
+                    "        backend {} weight {} slots {}",
                     b.address, b.weight, b.slots
                 );
             }

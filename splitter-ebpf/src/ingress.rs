@@ -9,9 +9,9 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
-    FLOW_RST, FLOW_SYN, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, SERVICE_HAS_COHORTS,
-    SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state, flow_hash, slot_index,
-    stats_index,
+    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PROTO_UDP, PlaneCounter,
+    SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state, flow_hash,
+    slot_index, stats_index,
 };
 
 use crate::{
@@ -228,7 +228,7 @@ fn new_flow(
         None => return Err(Skip::Pass(PlaneCounter::NotService)),
     };
     let hash = flow_hash(key);
-    let split = SplitWord(SPLIT.get(service.id).copied().unwrap_or(0));
+    let split = SplitWord(SPLIT.get(service.split).copied().unwrap_or(0));
     let mut chosen = split.choose(service.choice_hash(key, hash)) as u8;
     // Cohorts bypass the share: staff networks always get the candidate, protected clients
     // never do.
@@ -277,10 +277,12 @@ fn new_flow(
 
 /// The backend of a new flow: the chosen version's slot, or, when that version has no backend
 /// in the slot (every backend down or removed), the other version's slot at the same index.
-/// A failover is counted on the chosen version; with neither, the flow is dropped and counted.
+/// A failover is counted on the chosen version. With neither, the last-resort pool's slot
+/// (counted on that pool and in `PlaneCounter::LastResort`); without that too, the flow is
+/// dropped and counted.
 #[inline(always)]
 fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Skip> {
-    let slot_of = |version: u8| match POOL_SLOTS.get(slot_index(service_id, version, hash)) {
+    let slot_of = |pool: u8| match POOL_SLOTS.get(slot_index(service_id, pool, hash)) {
         Some(slot) if slot.flags & SLOT_SET != 0 => Some(*slot),
         _ => None,
     };
@@ -288,15 +290,18 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
         return Ok((chosen, slot));
     }
     let other = chosen ^ 1;
-    match slot_of(other) {
+    if let Some(slot) = slot_of(other) {
+        maps::with_stats(stats_index(service_id, chosen), |s| s.failovers += 1);
+        return Ok((other, slot));
+    }
+    maps::with_stats(stats_index(service_id, chosen), |s| s.slot_misses += 1);
+    match slot_of(LAST_RESORT) {
         Some(slot) => {
-            maps::with_stats(stats_index(service_id, chosen), |s| s.failovers += 1);
-            Ok((other, slot))
+            maps::with_stats(stats_index(service_id, LAST_RESORT), |s| s.failovers += 1);
+            maps::count(PlaneCounter::LastResort);
+            Ok((LAST_RESORT, slot))
         }
-        None => {
-            maps::with_stats(stats_index(service_id, chosen), |s| s.slot_misses += 1);
-            Err(Skip::Drop(PlaneCounter::SlotMiss))
-        }
+        None => Err(Skip::Drop(PlaneCounter::SlotMiss)),
     }
 }
 

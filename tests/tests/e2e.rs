@@ -475,7 +475,7 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
                         &config,
                         "sentiment",
                         splitter_ctl::journal::EventKind::Weight,
-                        |word, _| {
+                        |word, _, _| {
                             let green = word.share_of(splitter_common::Version::Green);
                             Ok(word.with_share_of(splitter_common::Version::Green, green + 1))
                         },

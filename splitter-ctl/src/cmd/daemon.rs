@@ -23,7 +23,7 @@ use crate::{
     control,
     daemon::Daemon,
     dataplane,
-    drill::Trigger,
+    drill::{DrillKind, Trigger},
     health,
     metrics::{self, DaemonCounters, Metrics},
     notify::notify,
@@ -127,7 +127,15 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
         tokio::spawn(async move {
             let response = match crate::http::read_request(&mut stream).await {
                 Ok(request) if request.method == "POST" && request.path.starts_with(DRILLS) => {
-                    match drill(&shared, &request.path[DRILLS.len()..], Trigger::Operator).await {
+                    let (service, query) = request.path[DRILLS.len()..]
+                        .split_once('?')
+                        .unwrap_or((&request.path[DRILLS.len()..], ""));
+                    let kind = if query.split('&').any(|kv| kv == "kind=last_resort") {
+                        DrillKind::LastResort
+                    } else {
+                        DrillKind::Rollback
+                    };
+                    match drill(&shared, service, kind, Trigger::Operator).await {
                         Ok(report) => crate::http::Response::json(
                             200,
                             &serde_json::to_value(report).unwrap_or_default(),
@@ -143,17 +151,21 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
     }
 }
 
-/// `POST /v1/drills/SERVICE`: the one control request that takes time, so it is served here,
-/// taking the daemon's lock only for each step.
+/// `POST /v1/drills/SERVICE[?kind=last_resort]`: the one control request that takes time, so
+/// it is served here, taking the daemon's lock only for each step.
 const DRILLS: &str = "/v1/drills/";
 
 /// Runs a drill of `service` to its end.
 async fn drill(
     shared: &Shared,
     service: &str,
+    kind: DrillKind,
     trigger: Trigger,
 ) -> Result<crate::drill::DrillReport, crate::rollouts::RolloutError> {
-    let begun = lock(shared).begin_drill(service, trigger);
+    let begun = match kind {
+        DrillKind::Rollback => lock(shared).begin_drill(service, trigger),
+        DrillKind::LastResort => lock(shared).begin_last_resort_drill(service, trigger),
+    };
     let mut drill = begun?;
     let deadline = tokio::time::Instant::now() + crate::drill::DRILL_LIMIT;
     while tokio::time::Instant::now() < deadline {
@@ -180,7 +192,7 @@ async fn run_scheduled_drills(shared: Shared) {
         let due = lock(&shared).due_drills();
         for service in due {
             // Refusals and outcomes are logged, counted and (when run) journaled by the drill.
-            let _ = drill(&shared, &service, Trigger::Schedule).await;
+            let _ = drill(&shared, &service, DrillKind::Rollback, Trigger::Schedule).await;
         }
     }
 }

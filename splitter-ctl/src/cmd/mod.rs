@@ -76,10 +76,12 @@ impl Target {
         Ok(Self { config, maps })
     }
 
+    /// The service `name`, or the first service of release group `name`.
     pub fn service(&self, name: &str) -> Result<(&ServiceSpec, Service), CommandError> {
         let spec = self
             .config
-            .service(name)
+            .release(name)
+            .map(|r| r.leader())
             .ok_or_else(|| CommandError::UnknownService {
                 name: name.to_owned(),
                 config: self.config.path.display().to_string(),

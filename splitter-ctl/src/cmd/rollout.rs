@@ -120,9 +120,16 @@ pub fn command(
 pub fn drill(
     config_path: &Path,
     service: &str,
+    last_resort: bool,
     json: bool,
 ) -> Result<(String, bool), CommandError> {
-    let report = request(config_path, "POST", &format!("/v1/drills/{service}"), b"")?;
+    let query = if last_resort { "?kind=last_resort" } else { "" };
+    let report = request(
+        config_path,
+        "POST",
+        &format!("/v1/drills/{service}{query}"),
+        b"",
+    )?;
     let passed = report["outcome"] == "passed";
     if json {
         return Ok((serde_json::to_string_pretty(&report)? + "\n", passed));
@@ -131,8 +138,13 @@ pub fn drill(
         v.as_u64()
             .map_or_else(|| "none seen".to_owned(), |us| format!("{us} µs"))
     };
+    let what = if last_resort {
+        "last-resort drill"
+    } else {
+        "drill"
+    };
     let text = format!(
-        "drill of {service}: {}\n  rollback write: {}\n  decision to first new connection on {}: {}\n  new connections during the drill: {} on {}, {} on the candidate\n  restored: {}\n",
+        "{what} of {service}: {}\n  write: {}\n  decision to first new connection on {}: {}\n  new connections during the drill: {} on {}, {} elsewhere\n  restored: {}\n",
         report["outcome"].as_str().unwrap_or("?"),
         us(&report["decision_to_write_us"]),
         report["live"].as_str().unwrap_or("?"),

@@ -115,7 +115,7 @@ pub fn weight(
     percent: &str,
 ) -> Result<Change, CommandError> {
     let share_bp = parse_percent(percent)?;
-    update(config, service, EventKind::Weight, |word, _| {
+    update(config, service, EventKind::Weight, |word, _, _| {
         Ok(word.with_share_of(version, share_bp))
     })
 }
@@ -124,12 +124,17 @@ pub fn weight(
 /// has no share left, and a promotion made the live version live less than the service's
 /// rollback window ago, the previous version is made live again instead.
 pub fn rollback(config: &Path, service: &str) -> Result<Change, CommandError> {
-    update(config, service, EventKind::Rollback, |word, target| {
-        if word.share_of(word.live().other()) > 0 {
-            return Ok(SplitWord::new(word.live(), 0));
-        }
-        previous_version(target, service, word).map(|previous| SplitWord::new(previous, 0))
-    })
+    update(
+        config,
+        service,
+        EventKind::Rollback,
+        |word, target, release| {
+            if word.share_of(word.live().other()) > 0 {
+                return Ok(SplitWord::new(word.live(), 0));
+            }
+            previous_version(target, release, word).map(|previous| SplitWord::new(previous, 0))
+        },
+    )
 }
 
 /// The version that was live before the last promotion, while its rollback window lasts.
@@ -168,23 +173,30 @@ fn previous_version(
 
 /// Reads `name`'s split word, computes the new one with `change`, writes it, and journals it as
 /// `kind`: the read and the write under the split-word lock, so that concurrent writers (other
-/// commands, the daemon's rollout steps and drills) never lose an update.
+/// commands, the daemon's rollout steps and drills) never lose an update. A release group, or
+/// any of its services, names the group's one word: the write moves the whole group, and is
+/// journaled under the group's name (which `change` gets).
 pub fn update(
     config: &Path,
     name: &str,
     kind: EventKind,
-    change: impl FnOnce(SplitWord, &Target) -> Result<SplitWord, CommandError>,
+    change: impl FnOnce(SplitWord, &Target, &str) -> Result<SplitWord, CommandError>,
 ) -> Result<Change, CommandError> {
     let decided = Instant::now();
     let mut target = Target::open(config)?;
     let (_, service) = target.service(name)?;
+    let release = target
+        .config
+        .release(name)
+        .map_or_else(|| name.to_owned(), |r| r.name.to_owned());
+    let name = release.as_str();
     // Read, decide and write under the split-word lock: no other writer (a rollout step, a
     // drill, another operator) replaces the word between the read and the write.
     let lock_file = SplitLockFile::open(&target.config.state_dir);
     let lock = lock_file.hold();
-    let before = target.maps.split(service.id)?;
-    let after = change(before, &target)?;
-    let write = target.maps.set_split(service.id, after)?;
+    let before = target.maps.split(service.split)?;
+    let after = change(before, &target, name)?;
+    let write = target.maps.set_split(service.split, after)?;
     let decision_to_write = decided.elapsed();
     drop(lock);
     // Counted from after the write, as a drill counts.

@@ -46,7 +46,14 @@ pub fn section(quick: bool) -> String {
     plane.maps.set_port_services(vip.port(), 1).expect("port");
     plane
         .maps
-        .insert_service(&endpoint, Service { id: 0, flags: 0 })
+        .insert_service(
+            &endpoint,
+            Service {
+                id: 0,
+                flags: 0,
+                split: 0,
+            },
+        )
         .expect("service");
 
     let client: SocketAddrV4 = "198.18.0.2:40000".parse().expect("address");

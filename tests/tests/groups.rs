@@ -1,0 +1,220 @@
+//! Release groups and the last-resort pool end to end.
+//!
+//! A release group of two services (`sentiment` on :8080, `features` on :8081) shares one split
+//! word: one `weight` moves both, a rollout started on the group (or on one of its services)
+//! acts on both, and with client affinity each client lands on the same version of every
+//! service. A service's last-resort pool takes new connections when neither blue nor green has
+//! a backend, on purpose (`drill --last-resort`) and when both fail their health checks.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{
+    http::{self, KeepAlive},
+    load::Load,
+    require_root,
+    testbed::{Testbed, counted},
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
+/// Port of the group's second service, and of its backends.
+const FEATURES_PORT: u16 = 8081;
+/// Client addresses, in 198.19.67.0/24 (routed to the client through the node).
+const CLIENTS: u8 = 24;
+
+fn client(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, 67, i)
+}
+
+fn ipv4(addr: std::net::SocketAddr) -> SocketAddrV4 {
+    match addr {
+        std::net::SocketAddr::V4(v4) => v4,
+        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
+    }
+}
+
+/// The version each client gets from a new connection to `vip`.
+fn versions_at(bed: &Testbed, vip: SocketAddrV4) -> Vec<String> {
+    bed.client.run(move || {
+        (1..=CLIENTS)
+            .map(|i| {
+                let mut conn = KeepAlive::connect_from(client(i), vip).expect("connect");
+                let (status, version) = conn.last_request().expect("request");
+                assert_eq!(status, 200);
+                version
+            })
+            .collect()
+    })
+}
+
+/// The version that answers a new connection from the client.
+fn get(bed: &Testbed) -> String {
+    let vip = bed.vip();
+    bed.client.run(move || http::get(vip).expect("get"))
+}
+
+fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no service {name} in {status}"))
+}
+
+#[test]
+fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_version() {
+    require_root!();
+    let mut bed = Testbed::new(67, SERVER);
+    for addr in (1..=CLIENTS).map(client) {
+        bed.client.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &bed.client_interface(),
+        ]);
+    }
+    bed.node
+        .ip(&["route", "add", "198.19.67.0/24", "via", "198.18.67.2"]);
+    let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
+    let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
+    bed.serve_on_backend(SERVER, false, blue_features, "blue");
+    bed.serve_on_backend(SERVER, true, green_features, "green");
+    let features_vip = SocketAddrV4::new(*ipv4(bed.vip()).ip(), FEATURES_PORT);
+    bed.write_config_with("0", "affinity = \"client\"\ngroup = \"stack\"\n");
+    let config = fs::read_to_string(&bed.config_path).expect("config");
+    fs::write(
+        &bed.config_path,
+        format!(
+            "{config}\n[[service]]\nname = \"features\"\nlisten = \"{features_vip}\"\nblue = [\"{blue_features}\"]\ngreen = [\"{green_features}\"]\naffinity = \"client\"\ngroup = \"stack\"\n"
+        ),
+    )
+    .expect("config");
+    bed.start_daemon(&[]);
+    let status = bed.status();
+    for name in ["sentiment", "features"] {
+        assert_eq!(service(&status, name)["group"], "stack", "{status}");
+    }
+
+    // One write, named by the group, moves both services.
+    bed.ctl_ok(&["weight", "stack", "green", "50"]);
+    let status = bed.status();
+    let words: Vec<_> = ["sentiment", "features"]
+        .iter()
+        .map(|n| service(&status, n)["share_percent"]["green"].clone())
+        .collect();
+    assert_eq!(words, [50.0, 50.0], "{status}");
+
+    // A rollout started on one service is the group's, and draws one salt for both.
+    bed.ctl_ok(&[
+        "rollout", "start", "features", "--steps", "50,100", "--hold", "1h",
+    ]);
+    let text = bed.ctl_ok(&["rollout", "status", "sentiment", "--output", "json"]);
+    let rollout: serde_json::Value = serde_json::from_str(&text).expect("rollout status");
+    assert_eq!(rollout["service"], "stack", "{rollout}");
+    assert_eq!(rollout["candidate_percent"], 50.0, "{rollout}");
+    let vip = ipv4(bed.vip());
+    let model = versions_at(&bed, vip);
+    let features = versions_at(&bed, features_vip);
+    assert_eq!(
+        model, features,
+        "each client sees the same version of every service of the group"
+    );
+    let on_green = model.iter().filter(|v| *v == "green").count();
+    assert!(
+        (2..=22).contains(&on_green),
+        "{on_green} of {CLIENTS} clients on green at 50%"
+    );
+
+    // An abort through the other service rolls the whole group back: every client on blue.
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
+    for vip in [vip, features_vip] {
+        let after = versions_at(&bed, vip);
+        assert!(after.iter().all(|v| v == "blue"), "{vip}: {after:?}");
+    }
+    let history = bed.ctl_ok(&["history", "--output", "json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_str(&history).expect("history");
+    for kind in ["rollout_started", "rollback"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == kind && e["service"] == "stack"),
+            "no {kind} of the group in {history}"
+        );
+    }
+}
+
+#[test]
+fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backend() {
+    require_root!();
+    let mut bed = Testbed::new(68, SERVER);
+    let degraded = SocketAddrV4::new(*bed.blue_addr().ip(), 9090);
+    bed.serve_on_backend(SERVER, false, degraded, "degraded");
+    bed.write_config_with(
+        "0",
+        &format!(
+            "last_resort = [\"{degraded}\"]\n[service.health]\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_after = 1\nhealthy_after = 1\n"
+        ),
+    );
+    bed.start_daemon(&[]);
+    let last = &bed.status()["services"][0]["last_resort"];
+    assert_eq!(last["active"], false, "{last}");
+    assert_eq!(last["backends"][0]["address"], degraded.to_string());
+    assert_eq!(get(&bed), "blue");
+
+    // The drill, under a stream of new connections: they reach the last-resort pool, none
+    // fails, and the pools come back.
+    let load = Load::start(&bed, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let text = bed.ctl_ok(&["drill", "sentiment", "--last-resort", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("report");
+    std::thread::sleep(Duration::from_millis(200));
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!(report["kind"], "last_resort", "{report}");
+    assert_eq!(report["outcome"], "passed", "{report}");
+    assert!(report["new_on_live"].as_u64() >= Some(1), "{report}");
+    assert_eq!(
+        blue_failed + green_failed,
+        0,
+        "connections failed during the drill"
+    );
+    let status = bed.status();
+    let service = &status["services"][0];
+    assert_eq!(service["pools"]["blue"]["slots_set"], 256, "{status}");
+    assert!(service["last_resort"]["new_flows"].as_u64() >= Some(1));
+    assert_eq!(get(&bed), "blue");
+
+    // Both versions fail their health checks: new connections go to the last resort.
+    bed.stop("blue");
+    bed.stop("green");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.status()["services"][0]["last_resort"]["active"] != true {
+        assert!(Instant::now() < deadline, "never active: {}", bed.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answers: Vec<String> = (0..5).map(|_| get(&bed)).collect();
+    assert!(answers.iter().all(|v| v == "degraded"), "{answers:?}");
+    let metrics = bed.metrics();
+    assert!(
+        counted(
+            &metrics,
+            "splitter_last_resort_flows_total{service=\"sentiment\"}"
+        ) >= Some(6.0),
+        "{metrics}"
+    );
+    assert!(
+        counted(
+            &metrics,
+            "splitter_data_plane_packets_total{outcome=\"last_resort\"}"
+        ) >= Some(6.0)
+    );
+    assert!(
+        bed.daemon_log().contains("last-resort pool"),
+        "{}",
+        bed.daemon_log()
+    );
+    let text = bed.ctl_ok(&["status", "sentiment"]);
+    assert!(text.contains("last resort ACTIVE"), "{text}");
+}
