@@ -195,6 +195,9 @@ pub struct ServiceSpec {
     /// The third pool (`last_resort`): takes new connections when neither blue nor green has a
     /// backend to take them. Not probed.
     pub last_resort: Vec<WeightedBackend>,
+    /// The prefixes clients are grouped by when the canary's spread is compared with the live
+    /// pool's (`client_prefix_v4`, `client_prefix_v6`).
+    pub client_prefixes: crate::representativeness::PrefixLengths,
 }
 
 impl ServiceSpec {
@@ -439,6 +442,8 @@ struct RawService {
     never_candidate: Option<Vec<Spanned<String>>>,
     group: Option<Spanned<String>>,
     last_resort: Option<Spanned<Vec<Spanned<String>>>>,
+    client_prefix_v4: Option<Spanned<u8>>,
+    client_prefix_v6: Option<Spanned<u8>>,
     rollout: Option<Spanned<crate::rollout::PlanRequest>>,
     rollback_window_ms: Option<Spanned<u64>>,
     drill_every_ms: Option<Spanned<u64>>,
@@ -940,6 +945,29 @@ impl Validator<'_> {
                 format!("{both} is also in always_candidate"),
             ));
         }
+        let prefix = |raw: &Option<Spanned<u8>>, field: &str, default: u8, max: u8| match raw {
+            None => Ok(default),
+            Some(bits) if (1..=max).contains(bits.get_ref()) => Ok(*bits.get_ref()),
+            Some(bits) => Err(self.invalid(
+                bits.span(),
+                at(field),
+                format!("{} is outside 1..={max}", bits.get_ref()),
+            )),
+        };
+        let client_prefixes = crate::representativeness::PrefixLengths {
+            v4: prefix(
+                &raw.client_prefix_v4,
+                "client_prefix_v4",
+                crate::representativeness::DEFAULT_PREFIX_V4,
+                32,
+            )?,
+            v6: prefix(
+                &raw.client_prefix_v6,
+                "client_prefix_v6",
+                crate::representativeness::DEFAULT_PREFIX_V6,
+                128,
+            )?,
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -957,6 +985,7 @@ impl Validator<'_> {
             drill_every,
             group,
             last_resort,
+            client_prefixes,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0

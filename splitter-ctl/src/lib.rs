@@ -33,6 +33,7 @@ pub mod notify;
 pub mod paths;
 pub mod previous;
 pub mod promql;
+pub mod representativeness;
 pub mod rollout;
 pub mod rollouts;
 pub mod share;

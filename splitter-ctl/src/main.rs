@@ -125,6 +125,10 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per command; boxing the plan's options buys nothing"
+)]
 enum RolloutAction {
     /// Start moving new connections to the candidate, step by step, judged by the gates.
     Start {
@@ -150,6 +154,10 @@ enum RolloutAction {
         /// Requests a window needs before it is judged (default 20).
         #[arg(long)]
         min_samples: Option<u64>,
+        /// Hold a step while the candidate's clients spread over network prefixes differently
+        /// from the live pool's by more than this (0 to 1; off by default).
+        #[arg(long)]
+        max_divergence: Option<f64>,
         /// Failing windows in a row that roll back (default 2).
         #[arg(long)]
         failure_limit: Option<u32>,
@@ -261,6 +269,7 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                     max_p99_ms,
                     max_p99_vs_live,
                     min_samples,
+                    max_divergence,
                     failure_limit,
                     prometheus_url,
                     promql_gates,
@@ -278,6 +287,7 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                         max_p99_ms,
                         max_p99_vs_live,
                         min_samples,
+                        max_divergence,
                         failure_limit,
                         prometheus_url,
                         promql_gates: (!promql_gates.is_empty()).then_some(promql_gates),

@@ -226,6 +226,8 @@ struct ServiceSample {
     latency: [[Histogram; 2]; 2],
     /// New connections the last-resort pool took, when the service has one.
     last_resort_flows: Option<u64>,
+    /// The candidate's clients beside the live pool's.
+    spread: crate::representativeness::Spread,
 }
 
 impl ServiceSample {
@@ -422,6 +424,37 @@ impl Collector for KernelCollector {
             }
         }
 
+        let mut clients = encoder.encode_descriptor(
+            "splitter_clients",
+            "Distinct client addresses with an open or recent (60 s) connection, per version",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            let candidate = sample.split.candidate();
+            for (version, n) in [
+                (candidate, sample.spread.candidate_clients),
+                (candidate.other(), sample.spread.live_clients),
+            ] {
+                ConstGauge::new(n as i64)
+                    .encode(clients.encode_family(&sample.labels(version))?)?;
+            }
+        }
+        let mut divergence = encoder.encode_descriptor(
+            "splitter_canary_divergence_ratio",
+            "How the candidate's clients spread over network prefixes apart from the live pool's: 0 the same, 1 nothing in common",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            if let Some(d) = sample.spread.divergence {
+                let labels = ServiceLabels {
+                    service: sample.name.clone(),
+                };
+                ConstGauge::new(d).encode(divergence.encode_family(&labels)?)?;
+            }
+        }
+
         let mut last_resort = encoder.encode_descriptor(
             "splitter_last_resort_flows",
             "New connections a service's last-resort pool took because neither blue nor green had a backend",
@@ -472,13 +505,23 @@ impl Daemon {
     /// Split word and counters of every service the kernel holds, for a scrape.
     fn samples(&self) -> Result<Vec<ServiceSample>, crate::maps::MapsError> {
         let mut samples = Vec::with_capacity(self.config.services.len());
+        let flows = self.maps.flows()?;
+        let now_ns = crate::aging::monotonic_ns();
         for spec in &self.config.services {
             let Some(service) = self.maps.service(&spec.endpoint())? else {
                 continue;
             };
+            let split = self.maps.split(service.split)?;
             samples.push(ServiceSample {
                 name: spec.name.clone(),
-                split: self.maps.split(service.split)?,
+                split,
+                spread: crate::representativeness::spread(
+                    &flows,
+                    &[service.id],
+                    split.candidate(),
+                    spec.client_prefixes,
+                    now_ns,
+                ),
                 stats: [
                     self.maps.counters(service.id, Version::Blue)?,
                     self.maps.counters(service.id, Version::Green)?,

@@ -31,6 +31,9 @@ pub struct Gates {
     pub max_p99_vs_live: Option<f64>,
     /// Requests the candidate must have served in a window before it is judged.
     pub min_samples: u64,
+    /// How far the spread of the candidate's clients over network prefixes may diverge from
+    /// the live pool's (0 to 1) before the step holds (see `representativeness`).
+    pub max_divergence: Option<f64>,
 }
 
 impl Default for Gates {
@@ -40,6 +43,7 @@ impl Default for Gates {
             max_p99_ms: None,
             max_p99_vs_live: Some(1.2),
             min_samples: 20,
+            max_divergence: None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct PlanRequest {
     pub max_p99_ms: Option<f64>,
     pub max_p99_vs_live: Option<f64>,
     pub min_samples: Option<u64>,
+    /// The representativeness gate: 0 to 1, off when absent.
+    pub max_divergence: Option<f64>,
     pub failure_limit: Option<u32>,
     /// `http://host:port[/prefix]` of the Prometheus server the PromQL gates query.
     pub prometheus_url: Option<String>,
@@ -107,6 +113,7 @@ impl PlanRequest {
             max_p99_ms: overrides.max_p99_ms.or(self.max_p99_ms),
             max_p99_vs_live: overrides.max_p99_vs_live.or(self.max_p99_vs_live),
             min_samples: overrides.min_samples.or(self.min_samples),
+            max_divergence: overrides.max_divergence.or(self.max_divergence),
             failure_limit: overrides.failure_limit.or(self.failure_limit),
             prometheus_url: overrides.prometheus_url.or(self.prometheus_url),
             promql_gates: overrides.promql_gates.or(self.promql_gates),
@@ -181,6 +188,11 @@ impl PlanRequest {
                 "max_p99_vs_live",
             )?,
             min_samples: self.min_samples.unwrap_or(defaults.gates.min_samples),
+            max_divergence: fraction(
+                self.max_divergence,
+                defaults.gates.max_divergence,
+                "max_divergence",
+            )?,
         };
         let failure_limit = match self.failure_limit {
             None => defaults.failure_limit,
@@ -229,6 +241,7 @@ impl From<&Plan> for PlanRequest {
             max_p99_ms: plan.gates.max_p99_ms,
             max_p99_vs_live: plan.gates.max_p99_vs_live,
             min_samples: Some(plan.gates.min_samples),
+            max_divergence: plan.gates.max_divergence,
             failure_limit: Some(plan.failure_limit),
             prometheus_url: plan.prometheus.as_ref().map(ToString::to_string),
             promql_gates: (!plan.promql.is_empty()).then(|| plan.promql.clone()),
@@ -577,6 +590,7 @@ mod tests {
             max_p99_ms: Some(250.0),
             max_p99_vs_live: Some(1.2),
             min_samples: 20,
+            max_divergence: None,
         };
         let live = window(1_000, 0, Some(100.0));
         assert_eq!(

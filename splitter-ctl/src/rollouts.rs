@@ -17,6 +17,7 @@ use crate::{
     journal::{EventKind, Journal, NewEvent},
     metrics::{PromqlLabels, RolloutEndLabels},
     promql::{self, PrometheusUrl, Reading},
+    representativeness,
     rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
     share::{format_percent, percent_of},
 };
@@ -260,6 +261,33 @@ impl Daemon {
             split: members[0].split,
             members: members.iter().map(|s| s.id).collect(),
         })
+    }
+
+    /// The spread of the canary's clients beside the live pool's, when `service`'s rollout has
+    /// a `max_divergence` gate.
+    fn canary_spread(
+        &self,
+        service: &str,
+        ids: &ReleaseIds,
+    ) -> Result<Option<representativeness::Spread>, RolloutError> {
+        let Some(active) = self.rollouts.get(service) else {
+            return Ok(None);
+        };
+        if active.rollout.plan.gates.max_divergence.is_none() {
+            return Ok(None);
+        }
+        let lengths = self
+            .config
+            .release(service)
+            .map(|r| r.leader().client_prefixes)
+            .unwrap_or_default();
+        Ok(Some(representativeness::spread(
+            &self.maps.flows()?,
+            &ids.members,
+            active.candidate,
+            lengths,
+            crate::aging::monotonic_ns(),
+        )))
     }
 
     /// The counters of release `ids`, summed over its services: a release group is judged as
@@ -765,6 +793,7 @@ impl Daemon {
             return Ok(());
         }
         let snapshots = self.snapshots(&ids)?;
+        let spread = self.canary_spread(service, &ids)?;
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -775,7 +804,13 @@ impl Daemon {
         let baseline = live_reference(gates, &live, active.live_baseline_ms);
         let promql_gates = &active.rollout.plan.promql;
         let judgement = judge(gates, &candidate, &live, active.live_baseline_ms)
-            .and(promql::judge(promql_gates, readings));
+            .and(promql::judge(promql_gates, readings))
+            .and(match (&spread, gates.max_divergence) {
+                (Some(spread), Some(max)) => {
+                    representativeness::judge(max, spread, active.rollout.share())
+                }
+                _ => Judgement::Pass,
+            });
         let promql_details: Vec<_> = promql_gates
             .iter()
             .zip(readings)
@@ -803,6 +838,7 @@ impl Daemon {
                 "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
                 "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
                 "promql": promql_details,
+                "representativeness": spread,
             })
         };
         let step = match decision {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use splitter_common::{LatencyKind, Version, VersionStats};
+use splitter_common::{Flow, FlowKey, LatencyKind, Version, VersionStats};
 
 use crate::{
     config::{Config, ServiceSpec},
@@ -14,6 +14,7 @@ use crate::{
     latency::Quantiles,
     maps::{Maps, MapsError},
     previous::{Previous, previous},
+    representativeness::{self, Spread},
     share::format_percent,
 };
 
@@ -58,6 +59,9 @@ pub struct ServiceStatus {
     /// The last-resort pool, when the service has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resort: Option<LastResortStatus>,
+    /// How the candidate's clients spread over network prefixes beside the live pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub representativeness: Option<Spread>,
 }
 
 /// A service's last-resort pool: its backends, and what it took.
@@ -138,11 +142,12 @@ pub fn gather(
     rates: Option<&Rates>,
     only: Option<&str>,
 ) -> Result<Status, MapsError> {
+    let flows = maps.flows()?;
     let services = config
         .services
         .iter()
         .filter(|s| only.is_none_or(|name| s.name == name || s.group.as_deref() == Some(name)))
-        .map(|spec| service(maps, spec, health, rates))
+        .map(|spec| service(maps, spec, health, rates, &flows))
         .collect::<Result<_, _>>()?;
     let plane = maps
         .plane_counters()?
@@ -186,6 +191,7 @@ fn service(
     spec: &ServiceSpec,
     health: Option<&Health>,
     rates: Option<&Rates>,
+    flows: &[(FlowKey, Flow)],
 ) -> Result<ServiceStatus, MapsError> {
     let mut status = ServiceStatus {
         name: spec.name.clone(),
@@ -209,6 +215,7 @@ fn service(
         previous: None,
         group: spec.group.clone(),
         last_resort: None,
+        representativeness: None,
     };
     let Some(service) = maps.service(&spec.endpoint())? else {
         return Ok(status);
@@ -219,6 +226,13 @@ fn service(
     status.live = Some(split.live().name().to_owned());
     status.candidate = Some(split.candidate().name().to_owned());
     status.split_word = Some(split.0);
+    status.representativeness = Some(representativeness::spread(
+        flows,
+        &[service.id],
+        split.candidate(),
+        spec.client_prefixes,
+        crate::aging::monotonic_ns(),
+    ));
     for version in [Version::Blue, Version::Green] {
         status.share_percent.insert(
             version.name().to_owned(),
@@ -401,6 +415,23 @@ pub fn render(status: &Status) -> String {
                     b.address, b.weight, b.slots
                 );
             }
+        }
+        if let Some(r) = &s.representativeness {
+            let candidate = s.candidate.as_deref().unwrap_or("?");
+            let divergence = r
+                .divergence
+                .map_or_else(|| "-".to_owned(), |d| format!("{d:.2}"));
+            let worst = r.most_different.first().map_or_else(String::new, |p| {
+                format!(
+                    "; most different {} ({:.0}% of {candidate}'s, {:.0}% of {live}'s)",
+                    p.prefix, p.candidate_percent, p.live_percent
+                )
+            });
+            let _ = writeln!(
+                out,
+                "  clients {} on {candidate}, {} on {live} (by /{} and /{}): divergence {divergence}{worst}",
+                r.candidate_clients, r.live_clients, r.prefix_v4, r.prefix_v6
+            );
         }
         if let Some(last) = &s.last_resort {
             let state = if last.active {
