@@ -541,6 +541,118 @@ fn a_new_flow_with_no_backend_in_either_version_is_dropped_and_counted() {
 }
 
 #[test]
+fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
+    require_root!();
+    let with_last_resort = format!(
+        "{CONFIG}\n[[service]]\nname = \"degradable\"\nlisten = \"198.18.0.8:8080\"\nblue = [\"198.18.1.8:8080\"]\nlast_resort = [\"198.18.3.8:8080\"]\n"
+    );
+    let mut plane = Plane::load(&with_last_resort);
+    let svc = addr("198.18.0.8:8080");
+    let id = service_id(&plane.maps, svc, packet::TCP);
+    // While blue has a backend, the last resort takes nothing.
+    let first = Ipv4Packet::tcp(client(47_010), svc, SYN).build();
+    assert_only_destination_rewritten(&first, &plane.ingress(&first).data, addr("198.18.1.8:8080"));
+    plane
+        .maps
+        .write_slots(id, Version::Blue, &splitter_ctl::slots::build(&[]))
+        .expect("empty the blue pool");
+    let frame = Ipv4Packet::tcp(client(47_011), svc, SYN).build();
+    let run = plane.ingress(&frame);
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_only_destination_rewritten(&frame, &run.data, addr("198.18.3.8:8080"));
+    let last = plane.maps.last_resort_counters(id).expect("counters");
+    assert_eq!((last.failovers, last.new_flows, last.packets_in), (1, 1, 1));
+    assert_eq!(
+        plane
+            .maps
+            .counters(id, Version::Blue)
+            .expect("counters")
+            .slot_misses,
+        1,
+        "the chosen version counts the miss"
+    );
+    assert_eq!(plane_count(&plane, PlaneCounter::LastResort), 1);
+    assert_eq!(
+        plane_count(&plane, PlaneCounter::SlotMiss),
+        0,
+        "nothing dropped"
+    );
+    let flow = plane
+        .maps
+        .flow(&key(client(47_011), svc, packet::TCP))
+        .expect("read")
+        .expect("flow");
+    assert_eq!(flow.version, splitter_common::LAST_RESORT);
+    // Its replies leave as the service and count on the last-resort pool.
+    let reply = Ipv4Packet::tcp(addr("198.18.3.8:8080"), client(47_011), ACK).build();
+    let out = packet::parse(&plane.egress(&reply).data).expect("parses");
+    assert_eq!((out.src, out.dst), (svc, client(47_011)));
+    assert!(out.ip_checksum_ok && out.l4_checksum_ok);
+    assert_eq!(
+        plane
+            .maps
+            .last_resort_counters(id)
+            .expect("counters")
+            .packets_out,
+        1
+    );
+}
+
+#[test]
+fn a_release_group_shares_one_word_which_moves_when_its_first_service_leaves() {
+    require_root!();
+    let group = |with_first: bool| {
+        let first = "[[service]]\nname = \"features\"\nlisten = \"198.18.0.6:8080\"\nblue = [\"198.18.1.6:8080\"]\ngreen = [\"198.18.2.6:8080\"]\ngroup = \"stack\"\n";
+        let second = "[[service]]\nname = \"ranker\"\nlisten = \"198.18.0.7:8080\"\nblue = [\"198.18.1.7:8080\"]\ngreen = [\"198.18.2.7:8080\"]\ngroup = \"stack\"\n";
+        format!("{CONFIG}\n{}{second}", if with_first { first } else { "" })
+    };
+    let mut plane = Plane::load(&group(true));
+    let (features, ranker) = (addr("198.18.0.6:8080"), addr("198.18.0.7:8080"));
+    let service = |maps: &Maps, listen: SocketAddrV4| {
+        maps.service(&splitter_common::Endpoint::new(
+            ipv4_mapped(listen.ip().octets()),
+            listen.port(),
+            packet::TCP,
+        ))
+        .expect("read")
+        .expect("present")
+    };
+    let (f, r) = (service(&plane.maps, features), service(&plane.maps, ranker));
+    assert_ne!(f.id, r.id);
+    assert_eq!(
+        (f.split, r.split),
+        (f.id, f.id),
+        "one word, the first service's"
+    );
+    // One write moves both.
+    plane
+        .maps
+        .set_split(f.split, SplitWord::new(Version::Green, 0))
+        .expect("green live for the group");
+    for (port, svc, green) in [
+        (47_020, features, "198.18.2.6:8080"),
+        (47_021, ranker, "198.18.2.7:8080"),
+    ] {
+        let frame = Ipv4Packet::tcp(client(port), svc, SYN).build();
+        assert_only_destination_rewritten(&frame, &plane.ingress(&frame).data, addr(green));
+    }
+    // Without its first service, the group's word (green live) moves to `ranker`'s id.
+    let without = Config::parse(Path::new("fixture.toml"), &group(false)).expect("config");
+    let applied =
+        splitter_ctl::apply::apply(&mut plane.maps, &without, &splitter_ctl::apply::all_healthy)
+            .expect("apply without `features`");
+    assert_eq!(applied.removed, vec!["198.18.0.6:8080".to_owned()]);
+    let r = service(&plane.maps, ranker);
+    assert_eq!(r.split, r.id);
+    assert_eq!(
+        plane.maps.split(r.split).expect("word").live(),
+        Version::Green
+    );
+    let frame = Ipv4Packet::tcp(client(47_022), ranker, SYN).build();
+    assert_only_destination_rewritten(&frame, &plane.ingress(&frame).data, addr("198.18.2.7:8080"));
+}
+
+#[test]
 fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
     require_root!();
     let plane = Plane::load(CONFIG);
