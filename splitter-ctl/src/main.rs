@@ -2,15 +2,20 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use splitter_common::Version;
 use splitter_ctl::{cmd, paths};
+
+/// Exit statuses, one place: the man page and docs/operations.md list them.
+const EXIT_CODES: &str = "Exit status: 0 done; 1 the command failed (the reason is on stderr); \
+2 the command line is wrong; 3 a drill ran but did not pass (failed or inconclusive).";
 
 #[derive(Parser)]
 #[command(
     name = "splitter-ctl",
     version,
-    about = "Blue-green and canary splits for model serving, in the kernel"
+    about = "Blue-green and canary splits for model serving, in the kernel",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// The config file; it also says where the data plane's pins are.
@@ -91,7 +96,20 @@ enum Command {
         output: Output,
     },
     /// A Markdown post-incident review of one rollout (its `rollout_started` event id).
-    Review { rollout_id: i64 },
+    Review {
+        rollout_id: i64,
+        /// `json`: the rollout's journal events instead of the Markdown.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print a completion script for a shell (e.g. `splitter-ctl completions bash >
+    /// /usr/share/bash-completion/completions/splitter-ctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these definitions.
+    Man,
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
     /// Show the live pool, shares, backends and counters.
@@ -192,6 +210,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(cmd::CommandError::DrillNotPassed(outcome)) => {
+            eprintln!("the drill did not pass: {outcome}");
+            ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("error: {:#}", anyhow::Error::from(error));
             ExitCode::FAILURE
@@ -326,18 +348,33 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             )?;
             print!("{report}");
             // A drill that did not pass is a finding: scripts and timers see it in the status.
-            if passed {
-                Ok(())
-            } else {
-                Err(cmd::CommandError::Daemon(
-                    "the drill did not pass".to_owned(),
-                ))
+            match passed {
+                Ok(()) => Ok(()),
+                Err(outcome) => Err(cmd::CommandError::DrillNotPassed(outcome)),
             }
         }
-        Command::Review { rollout_id } => {
-            print!("{}", cmd::history::review(config, rollout_id)?);
+        Command::Review { rollout_id, output } => {
+            print!(
+                "{}",
+                cmd::history::review(config, rollout_id, matches!(output, Output::Json))?
+            );
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "splitter-ctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|source| cmd::CommandError::Io {
+                what: "write the man page",
+                source,
+            }),
         Command::Reload => {
             println!("{}", cmd::reload::run(config)?);
             Ok(())

@@ -433,7 +433,11 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
     bed.start_daemon(&[]);
     // Without traffic nothing can be proven: inconclusive, a failing exit, the share back.
     let idle = bed.ctl(&["drill", "sentiment"]);
-    assert!(!idle.status.success());
+    assert_eq!(
+        idle.status.code(),
+        Some(3),
+        "a drill that did not pass exits 3"
+    );
     assert!(String::from_utf8_lossy(&idle.stdout).contains("inconclusive"));
     let green_share =
         |bed: &Testbed| bed.status()["services"][0]["share_percent"]["green"].as_f64();

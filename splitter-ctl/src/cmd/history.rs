@@ -56,11 +56,14 @@ pub fn history(
 const REVIEW_GATES_BEFORE: usize = 5;
 
 /// `splitter-ctl review ROLLOUT_ID`: a Markdown post-incident review of one rollout.
-pub fn review(config_path: &Path, id: i64) -> Result<String, CommandError> {
+pub fn review(config_path: &Path, id: i64, json: bool) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
     let events = Journal::open(&config.state_dir)?
         .rollout_events(id)?
         .ok_or(CommandError::NotARollout(id))?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&events)? + "\n");
+    }
     let Some(start) = events.first() else {
         return Err(CommandError::NotARollout(id));
     };

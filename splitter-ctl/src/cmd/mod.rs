@@ -45,6 +45,8 @@ pub enum CommandError {
     AlreadyRunning(String),
     #[error("{0}")]
     Daemon(String),
+    #[error("the drill did not pass: {0}")]
+    DrillNotPassed(String),
     #[error(
         "event {0} is not the start of a rollout; `splitter-ctl history` lists them (kind rollout_started)"
     )]

@@ -122,7 +122,7 @@ pub fn drill(
     service: &str,
     last_resort: bool,
     json: bool,
-) -> Result<(String, bool), CommandError> {
+) -> Result<(String, Result<(), String>), CommandError> {
     let query = if last_resort { "?kind=last_resort" } else { "" };
     let report = request(
         config_path,
@@ -130,7 +130,12 @@ pub fn drill(
         &format!("/v1/drills/{service}{query}"),
         b"",
     )?;
-    let passed = report["outcome"] == "passed";
+    let outcome = report["outcome"].as_str().unwrap_or("?").to_owned();
+    let passed = if outcome == "passed" {
+        Ok(())
+    } else {
+        Err(outcome)
+    };
     if json {
         return Ok((serde_json::to_string_pretty(&report)? + "\n", passed));
     }
