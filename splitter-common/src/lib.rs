@@ -373,8 +373,7 @@ pub struct VersionStats {
     /// New flows dropped because neither version had a backend in the slot.
     pub slot_misses: u64,
     /// New flows this version was chosen for but sent to the other version, because this
-    /// version had no backend in the slot (all down, or an empty pool). On the last-resort
-    /// pool's entry: new flows it took because neither version had a backend.
+    /// version had no backend in the slot (all down, or an empty pool).
     pub failovers: u64,
     /// Flows that saw a FIN or RST.
     pub closed_flows: u64,

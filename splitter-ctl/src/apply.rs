@@ -21,7 +21,7 @@ use splitter_common::{
 };
 
 use crate::{
-    config::{Config, ServiceSpec, endpoint},
+    config::{Config, Release, ServiceSpec, endpoint},
     maps::{Maps, MapsError, addr_ip},
     slots,
 };
@@ -85,11 +85,13 @@ pub fn apply(
     let wanted: HashSet<Endpoint> = config.services.iter().map(ServiceSpec::endpoint).collect();
 
     // Plan ids first, so running out of ids changes nothing.
-    // Ids of services about to be removed are free for new ones: removal clears their state first.
+    // Ids of services about to be removed are free for new ones: removal clears their state
+    // first. Not those whose split word a staying service still reads (a release group's first
+    // service that leaves): the staying services point elsewhere only at the end of the apply.
     let mut used: BTreeSet<u32> = existing
         .iter()
         .filter(|(e, _)| wanted.contains(e))
-        .map(|(_, s)| s.id)
+        .flat_map(|(_, s)| [s.id, s.split])
         .collect();
     let mut ids = Vec::with_capacity(config.services.len());
     for spec in &config.services {
@@ -118,21 +120,24 @@ pub fn apply(
     let mut releases = Vec::new();
     for release in config.releases() {
         let index = split_of[release.leader().name.as_str()];
-        let mut kernel = None;
-        for member in &release.members {
-            if let Some(service) = existing.get(&member.endpoint()) {
-                kernel = Some(maps.split(service.split)?);
-                break;
-            }
-        }
+        let kernel = match group_word_index(&release, &existing) {
+            Some(at) => Some(maps.split(at)?),
+            None => None,
+        };
         releases.push((release, index, kernel));
     }
+    let read_by_staying: HashSet<u32> = existing
+        .iter()
+        .filter(|(e, _)| wanted.contains(e))
+        .map(|(_, s)| s.split)
+        .collect();
 
     maps.set_new_flow_rate(config.new_flow_rate_per_cpu)?;
     let mut applied = Applied::default();
     for (endpoint, service) in &existing {
         if !wanted.contains(endpoint) {
-            applied.purged_flows += remove(maps, endpoint, service.id)?;
+            let keep_word = read_by_staying.contains(&service.id);
+            applied.purged_flows += remove(maps, endpoint, service.id, keep_word)?;
             applied
                 .removed
                 .push(format!("{}:{}", addr_ip(&endpoint.addr), endpoint.port()));
@@ -202,10 +207,16 @@ pub fn apply(
         // joins a release group takes the group's, so a client sees one version across it.
         let salt = config
             .release(&spec.name)
-            .into_iter()
-            .flat_map(|r| r.members)
-            .find_map(|m| existing.get(&m.endpoint()))
-            .map_or(0, Service::salt);
+            .and_then(|release| {
+                let at = group_word_index(&release, &existing)?;
+                release
+                    .members
+                    .iter()
+                    .filter_map(|m| existing.get(&m.endpoint()))
+                    .find(|s| s.split == at)
+                    .copied()
+            })
+            .map_or(0, |s| s.salt());
         let mut flags = salt << SERVICE_SALT_SHIFT;
         if spec.client_affinity {
             flags |= SERVICE_AFFINITY_CLIENT;
@@ -310,8 +321,36 @@ fn write_ports<'a>(
     Ok(())
 }
 
-/// Removes a service: invisible first, then its state. Returns the flows purged.
-fn remove(maps: &mut Maps, endpoint: &Endpoint, id: u32) -> Result<usize, MapsError> {
+/// Where the kernel holds the word (and whose salt) a release continues with: of the indexes its
+/// existing services read, the one most services in the kernel read (a group's word, not that of
+/// a service joining it: the group's first service may be leaving), the first one's in file
+/// order on a tie; `None` for a release with no service in the kernel yet.
+fn group_word_index(release: &Release<'_>, existing: &HashMap<Endpoint, Service>) -> Option<u32> {
+    let reads: Vec<u32> = release
+        .members
+        .iter()
+        .filter_map(|m| existing.get(&m.endpoint()))
+        .map(|s| s.split)
+        .collect();
+    let votes = |at: u32| existing.values().filter(|s| s.split == at).count();
+    reads
+        .iter()
+        .copied()
+        .fold(None, |best: Option<u32>, at| match best {
+            Some(b) if votes(b) >= votes(at) => Some(b),
+            _ => Some(at),
+        })
+}
+
+/// Removes a service: invisible first, then its state (its split word too, unless
+/// `keep_word`: staying services of its release group still read it). Returns the flows
+/// purged.
+fn remove(
+    maps: &mut Maps,
+    endpoint: &Endpoint,
+    id: u32,
+    keep_word: bool,
+) -> Result<usize, MapsError> {
     maps.remove_service(endpoint)?;
     for version in [Version::Blue, Version::Green] {
         maps.write_slots(id, version, &slots::build(&[]))?;
@@ -319,7 +358,9 @@ fn remove(maps: &mut Maps, endpoint: &Endpoint, id: u32) -> Result<usize, MapsEr
     }
     maps.write_last_resort_slots(id, &slots::build(&[]))?;
     maps.reset_last_resort_counters(id)?;
-    maps.set_split(id, SplitWord::default())?;
+    if !keep_word {
+        maps.set_split(id, SplitWord::default())?;
+    }
     for (backend, info) in maps.backends()? {
         if info.service_id == id {
             maps.remove_backend(&backend)?;

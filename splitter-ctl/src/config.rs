@@ -238,11 +238,6 @@ impl<'a> Release<'a> {
     pub fn leader(&self) -> &'a ServiceSpec {
         self.members[0]
     }
-
-    #[must_use]
-    pub fn is_group(&self) -> bool {
-        self.members.len() > 1 || self.leader().group.is_some()
-    }
 }
 
 impl Config {
@@ -483,6 +478,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 struct GroupSpans {
     group: Range<usize>,
     rollout: Option<Range<usize>>,
+    drill_every: Option<Range<usize>>,
 }
 
 struct Validator<'a> {
@@ -567,6 +563,7 @@ impl Validator<'_> {
             let group_spans = raw_service.group.as_ref().map(|g| GroupSpans {
                 group: g.span(),
                 rollout: raw_service.rollout.as_ref().map(Spanned::span),
+                drill_every: raw_service.drill_every_ms.as_ref().map(Spanned::span),
             });
             let service = self.service(index, raw_service, &mut backends)?;
             let at = |field: &str| format!("service[{index}].{field}");
@@ -714,6 +711,14 @@ impl Validator<'_> {
                 Some("green_weight")
             } else if spec.client_affinity != leader.client_affinity {
                 Some("affinity")
+            } else if spec.always_candidate != leader.always_candidate {
+                Some("always_candidate")
+            } else if spec.never_candidate != leader.never_candidate {
+                Some("never_candidate")
+            } else if spec.rollback_window != leader.rollback_window {
+                Some("rollback_window_ms")
+            } else if spec.client_prefixes != leader.client_prefixes {
+                Some("client_prefix_v4")
             } else {
                 None
             };
@@ -728,16 +733,21 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if let Some(rollout) = &spans.rollout {
-                return Err(self.invalid(
-                    rollout.clone(),
-                    at("rollout"),
-                    format!(
-                        "release group `{group}` takes its rollout plan from its first service \
-                         `{}`; move this table there",
-                        leader.name
-                    ),
-                ));
+            for (span, key, what) in [
+                (&spans.rollout, "rollout", "rollout plan"),
+                (&spans.drill_every, "drill_every_ms", "drill schedule"),
+            ] {
+                if let Some(span) = span {
+                    return Err(self.invalid(
+                        span.clone(),
+                        at(key),
+                        format!(
+                            "release group `{group}` takes its {what} from its first service \
+                             `{}`; move this key there",
+                            leader.name
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1496,6 +1506,13 @@ max = 0.05
         assert!(
             error(&group("", "[service.rollout]\nsteps = [50, 100]"))
                 .contains("takes its rollout plan from its first service `a`")
+        );
+        assert!(error(&group("", "drill_every_ms = 60000")).contains(
+            "`service[1].drill_every_ms`: release group `stack` takes its drill schedule"
+        ));
+        assert!(
+            error(&group("", "never_candidate = [\"198.19.0.0/16\"]"))
+                .contains("`service[1].never_candidate`: differs")
         );
         // The first service's plan is the group's.
         assert!(parse(&group("[service.rollout]\nsteps = [50, 100]", "")).is_ok());

@@ -43,6 +43,12 @@ pub enum ReloadError {
         from: String,
         to: String,
     },
+    #[error(
+        "a rollout of `{0}` is running, and the new config changes which services it moves \
+         (a release group gained or lost a service, or the service joined or left one); \
+         finish or abort the rollout first"
+    )]
+    RolloutReshaped(String),
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
@@ -66,6 +72,9 @@ pub struct Daemon {
     pub(crate) split_lock: crate::split_lock::SplitLockFile,
     /// Responses and errors at the last housekeeping, for rates over the window since.
     last_sample: HashMap<(String, Version), Sample>,
+    /// Each service's canary spread at the last housekeeping (one walk of the flow table per
+    /// housekeeping, not one per scrape or status).
+    pub(crate) spreads: status::Spreads,
     /// Rates over the last window.
     rates: Rates,
 }
@@ -128,6 +137,7 @@ impl Daemon {
                 .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
                 .ok(),
             last_sample: HashMap::new(),
+            spreads: status::Spreads::new(),
             rates: Rates::new(),
         };
         let applied = daemon.apply()?;
@@ -203,6 +213,23 @@ impl Daemon {
         if let Some((field, from, to)) = fixed.into_iter().find(|(_, from, to)| from != to) {
             return Err(ReloadError::NeedsRestart { field, from, to });
         }
+        // A running rollout keeps the services it moves: its key, its counters' window and the
+        // split word it expects would otherwise point at something else.
+        let members = |config: &Config, name: &str| {
+            config.release(name).map(|r| {
+                (
+                    r.name.to_owned(),
+                    r.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+                )
+            })
+        };
+        if let Some(reshaped) = self
+            .rollouts
+            .keys()
+            .find(|name| members(&self.config, name) != members(&config, name))
+        {
+            return Err(ReloadError::RolloutReshaped(reshaped.clone()));
+        }
         let previous = std::mem::replace(&mut self.config, config);
         self.health.sync(&self.config);
         match self.apply() {
@@ -226,6 +253,7 @@ impl Daemon {
             &self.config,
             Some(&self.health),
             Some(&self.rates),
+            Some(&self.spreads),
             only,
         )?;
         if let Some(journal) = &self.journal {
@@ -332,6 +360,12 @@ impl Daemon {
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
         self.sample_rates();
+        match status::spreads(&self.maps, &self.config) {
+            Ok(spreads) => self.spreads = spreads,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the flow table for the canary's spread")
+            }
+        }
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %error, "cannot remove the reverse entries of removed backends");
         }

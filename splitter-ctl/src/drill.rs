@@ -188,13 +188,18 @@ impl Daemon {
         Ok(sum)
     }
 
-    /// The services whose scheduled drill is due now.
+    /// The releases (services, or release groups by their first service's `drill_every_ms`)
+    /// whose scheduled drill is due now.
     pub fn due_drills(&mut self) -> Vec<String> {
         let periods: Vec<(String, Duration)> = self
             .config
-            .services
+            .releases()
             .iter()
-            .filter_map(|s| s.drill_every.map(|every| (s.name.clone(), every)))
+            .filter_map(|r| {
+                r.leader()
+                    .drill_every
+                    .map(|every| (r.name.to_owned(), every))
+            })
             .collect();
         let journal = self.journal.as_ref();
         let last = |service: &str| {
@@ -313,7 +318,7 @@ impl Daemon {
     /// [new flows the last-resort pool took, new flows on blue and green] of service `id`.
     fn last_resort_counts(&self, id: u32) -> Result<[u64; 2], RolloutError> {
         let [blue, green] = self.maps.new_flows(id)?;
-        Ok([self.maps.last_resort_counters(id)?.failovers, blue + green])
+        Ok([self.maps.last_resort_counters(id)?.new_flows, blue + green])
     }
 
     /// Empties blue's and green's slot tables of service `name` (not its release group: the
@@ -535,9 +540,14 @@ impl Daemon {
 
     fn journal_drill(&self, report: &DrillReport, trigger: Trigger, write: Duration) {
         let details = serde_json::to_value(report).unwrap_or_default();
+        let kind = if report.kind == DrillKind::LastResort.name() {
+            EventKind::LastResortDrill
+        } else {
+            EventKind::Drill
+        };
         let Some(id) = self.journal_event(
             &report.service,
-            EventKind::Drill,
+            kind,
             trigger.name(),
             Some(report.outcome.clone()),
             Some(write),

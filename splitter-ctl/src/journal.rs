@@ -55,6 +55,8 @@ pub enum EventKind {
     Promotion,
     /// A rollback drill.
     Drill,
+    /// A drill of the last-resort pool.
+    LastResortDrill,
     /// A rollout began.
     RolloutStarted,
     /// A rollout moved to its next share.
@@ -66,11 +68,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Weight,
         Self::Rollback,
         Self::Promotion,
         Self::Drill,
+        Self::LastResortDrill,
         Self::RolloutStarted,
         Self::Step,
         Self::GateEvaluation,
@@ -84,6 +87,7 @@ impl EventKind {
             Self::Rollback => "rollback",
             Self::Promotion => "promotion",
             Self::Drill => "drill",
+            Self::LastResortDrill => "last_resort_drill",
             Self::RolloutStarted => "rollout_started",
             Self::Step => "step",
             Self::GateEvaluation => "gate_evaluation",

@@ -500,8 +500,8 @@ impl Maps {
         self.pool_counters(id, version as u8)
     }
 
-    /// The counters of a service's last-resort pool, summed over CPUs: `failovers` counts the
-    /// new flows it took.
+    /// The counters of a service's last-resort pool, summed over CPUs: `new_flows` counts the
+    /// connections it took.
     pub fn last_resort_counters(&self, id: u32) -> Result<VersionStats, MapsError> {
         self.pool_counters(id, LAST_RESORT)
     }

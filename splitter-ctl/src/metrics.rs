@@ -226,8 +226,8 @@ struct ServiceSample {
     latency: [[Histogram; 2]; 2],
     /// New connections the last-resort pool took, when the service has one.
     last_resort_flows: Option<u64>,
-    /// The candidate's clients beside the live pool's.
-    spread: crate::representativeness::Spread,
+    /// The candidate's clients beside the live pool's, at the daemon's last housekeeping.
+    spread: Option<crate::representativeness::Spread>,
 }
 
 impl ServiceSample {
@@ -431,10 +431,13 @@ impl Collector for KernelCollector {
             MetricType::Gauge,
         )?;
         for sample in &samples {
+            let Some(spread) = &sample.spread else {
+                continue;
+            };
             let candidate = sample.split.candidate();
             for (version, n) in [
-                (candidate, sample.spread.candidate_clients),
-                (candidate.other(), sample.spread.live_clients),
+                (candidate, spread.candidate_clients),
+                (candidate.other(), spread.live_clients),
             ] {
                 ConstGauge::new(n as i64)
                     .encode(clients.encode_family(&sample.labels(version))?)?;
@@ -447,7 +450,7 @@ impl Collector for KernelCollector {
             MetricType::Gauge,
         )?;
         for sample in &samples {
-            if let Some(d) = sample.spread.divergence {
+            if let Some(d) = sample.spread.as_ref().and_then(|s| s.divergence) {
                 let labels = ServiceLabels {
                     service: sample.name.clone(),
                 };
@@ -505,8 +508,6 @@ impl Daemon {
     /// Split word and counters of every service the kernel holds, for a scrape.
     fn samples(&self) -> Result<Vec<ServiceSample>, crate::maps::MapsError> {
         let mut samples = Vec::with_capacity(self.config.services.len());
-        let flows = self.maps.flows()?;
-        let now_ns = crate::aging::monotonic_ns();
         for spec in &self.config.services {
             let Some(service) = self.maps.service(&spec.endpoint())? else {
                 continue;
@@ -515,13 +516,7 @@ impl Daemon {
             samples.push(ServiceSample {
                 name: spec.name.clone(),
                 split,
-                spread: crate::representativeness::spread(
-                    &flows,
-                    &[service.id],
-                    split.candidate(),
-                    spec.client_prefixes,
-                    now_ns,
-                ),
+                spread: self.spreads.get(&spec.name).cloned(),
                 stats: [
                     self.maps.counters(service.id, Version::Blue)?,
                     self.maps.counters(service.id, Version::Green)?,
@@ -533,7 +528,7 @@ impl Daemon {
                 last_resort_flows: if spec.last_resort.is_empty() {
                     None
                 } else {
-                    Some(self.maps.last_resort_counters(service.id)?.failovers)
+                    Some(self.maps.last_resort_counters(service.id)?.new_flows)
                 },
             });
         }

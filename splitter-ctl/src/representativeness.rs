@@ -27,6 +27,8 @@ pub const RECENT: Duration = Duration::from_secs(60);
 /// `client_prefix_v6`.
 pub const DEFAULT_PREFIX_V4: u8 = 16;
 pub const DEFAULT_PREFIX_V6: u8 = 48;
+/// Candidate clients the gate needs before it judges: with fewer, the spread is mostly chance.
+pub const MIN_CANARY_CLIENTS: usize = 10;
 /// Prefixes listed in a report as those that differ most.
 const MOST_DIFFERENT: usize = 5;
 
@@ -160,12 +162,19 @@ pub fn spread(
 }
 
 /// The `max_divergence` gate: holds while the canary's spread diverges more than `max` from the
-/// live pool's, or cannot be compared. At a share of 100% the candidate serves every new client,
-/// so there is nothing left to compare and the gate passes.
+/// live pool's, or cannot be compared (no live client, fewer than `MIN_CANARY_CLIENTS` candidate
+/// clients). At a share of 100% the candidate serves every new client, so there is nothing left
+/// to compare and the gate passes.
 #[must_use]
 pub fn judge(max: f64, spread: &Spread, candidate_share_bp: u16) -> Judgement {
     if candidate_share_bp >= FULL_SHARE_BP {
         return Judgement::Pass;
+    }
+    if spread.candidate_clients < MIN_CANARY_CLIENTS {
+        return Judgement::Inconclusive(format!(
+            "representativeness: {} candidate clients, fewer than the {MIN_CANARY_CLIENTS} it takes to judge their spread",
+            spread.candidate_clients
+        ));
     }
     match spread.divergence {
         None => Judgement::Inconclusive(format!(
@@ -300,10 +309,15 @@ mod tests {
     #[test]
     fn the_gate_holds_a_skewed_or_empty_canary_and_passes_at_full_share() {
         let lengths = PrefixLengths::default();
-        let apart = [
-            flow([10, 1, 0, 1], 1, Version::Green, 0),
-            flow([10, 2, 0, 1], 1, Version::Blue, 0),
-        ];
+        // Twelve staff clients on the candidate, twelve others on the live pool.
+        let apart: Vec<_> = (1..=12)
+            .flat_map(|h| {
+                [
+                    flow([10, 1, 0, h], 1, Version::Green, 0),
+                    flow([10, 2, 0, h], 1, Version::Blue, 0),
+                ]
+            })
+            .collect();
         let s = spread(&apart, &[0], Version::Green, lengths, NOW);
         match judge(0.3, &s, 2_500) {
             Judgement::Inconclusive(why) => {
@@ -317,10 +331,16 @@ mod tests {
         }
         assert_eq!(judge(1.0, &s, 2_500), Judgement::Pass);
         assert_eq!(judge(0.3, &s, FULL_SHARE_BP), Judgement::Pass);
-        let none = spread(&apart[..1], &[0], Version::Green, lengths, NOW);
+        let no_live: Vec<_> = apart.iter().copied().step_by(2).collect();
+        let none = spread(&no_live, &[0], Version::Green, lengths, NOW);
         assert!(matches!(
             judge(0.3, &none, 2_500),
             Judgement::Inconclusive(_)
         ));
+        let few = spread(&apart[..4], &[0], Version::Green, lengths, NOW);
+        match judge(1.0, &few, 2_500) {
+            Judgement::Inconclusive(why) => assert!(why.contains("2 candidate clients"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

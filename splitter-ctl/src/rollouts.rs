@@ -178,7 +178,7 @@ pub struct RolloutStatus {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
-    #[error("no service `{0}` in the running config")]
+    #[error("no service or release group `{0}` in the running config")]
     UnknownService(String),
     #[error("service `{0}` is not in the data plane yet")]
     NotApplied(String),
@@ -352,6 +352,17 @@ impl Daemon {
             let restored = serde_json::from_str::<SavedRollout>(&json)
                 .map_err(|e| e.to_string())
                 .and_then(|state| {
+                    // The config may have changed while the daemon was down: a rollout resumes
+                    // only on the same release it started on.
+                    match self.release_name(&service) {
+                        Ok(name) if name == service => {}
+                        Ok(name) => {
+                            return Err(format!(
+                                "`{service}` is now part of release group `{name}`"
+                            ));
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
                     let ids = self.release_ids(&service).map_err(|e| e.to_string())?;
                     let base = self.snapshots(&ids).map_err(|e| e.to_string())?;
                     state.restore(base, Instant::now())

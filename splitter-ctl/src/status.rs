@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use splitter_common::{Flow, FlowKey, LatencyKind, Version, VersionStats};
+use splitter_common::{LatencyKind, Version, VersionStats};
 
 use crate::{
     config::{Config, ServiceSpec},
@@ -106,6 +106,33 @@ pub fn errors_and_events(c: &VersionStats) -> (u64, u64) {
     )
 }
 
+/// Each service's canary spread, by service name.
+pub type Spreads = std::collections::HashMap<String, Spread>;
+
+/// Every service's canary spread, from one walk of the flow table.
+pub fn spreads(maps: &Maps, config: &Config) -> Result<Spreads, MapsError> {
+    let flows = maps.flows()?;
+    let now = crate::aging::monotonic_ns();
+    let mut spreads = Spreads::new();
+    for spec in &config.services {
+        let Some(service) = maps.service(&spec.endpoint())? else {
+            continue;
+        };
+        let split = maps.split(service.split)?;
+        spreads.insert(
+            spec.name.clone(),
+            representativeness::spread(
+                &flows,
+                &[service.id],
+                split.candidate(),
+                spec.client_prefixes,
+                now,
+            ),
+        );
+    }
+    Ok(spreads)
+}
+
 /// Rates the daemon measured over its last window, per (service, version): responses per
 /// second and the error ratio.
 pub type Rates = std::collections::HashMap<(String, Version), (f64, Option<f64>)>;
@@ -140,14 +167,23 @@ pub fn gather(
     config: &Config,
     health: Option<&Health>,
     rates: Option<&Rates>,
+    spreads: Option<&Spreads>,
     only: Option<&str>,
 ) -> Result<Status, MapsError> {
-    let flows = maps.flows()?;
+    // The daemon's spreads are from its last housekeeping; without the daemon, read them now.
+    let read;
+    let spreads = match spreads {
+        Some(spreads) => spreads,
+        None => {
+            read = self::spreads(maps, config)?;
+            &read
+        }
+    };
     let services = config
         .services
         .iter()
         .filter(|s| only.is_none_or(|name| s.name == name || s.group.as_deref() == Some(name)))
-        .map(|spec| service(maps, spec, health, rates, &flows))
+        .map(|spec| service(maps, spec, health, rates, spreads))
         .collect::<Result<_, _>>()?;
     let plane = maps
         .plane_counters()?
@@ -191,7 +227,7 @@ fn service(
     spec: &ServiceSpec,
     health: Option<&Health>,
     rates: Option<&Rates>,
-    flows: &[(FlowKey, Flow)],
+    spreads: &Spreads,
 ) -> Result<ServiceStatus, MapsError> {
     let mut status = ServiceStatus {
         name: spec.name.clone(),
@@ -226,13 +262,7 @@ fn service(
     status.live = Some(split.live().name().to_owned());
     status.candidate = Some(split.candidate().name().to_owned());
     status.split_word = Some(split.0);
-    status.representativeness = Some(representativeness::spread(
-        flows,
-        &[service.id],
-        split.candidate(),
-        spec.client_prefixes,
-        crate::aging::monotonic_ns(),
-    ));
+    status.representativeness = spreads.get(&spec.name).cloned();
     for version in [Version::Blue, Version::Green] {
         status.share_percent.insert(
             version.name().to_owned(),
@@ -309,7 +339,7 @@ fn service(
                 })
                 .collect(),
             active: status.pools.values().all(|p| p.slots_set == 0),
-            new_flows: counters.failovers,
+            new_flows: counters.new_flows,
             responses: counters.responses,
         });
     }

@@ -278,8 +278,8 @@ fn new_flow(
 /// The backend of a new flow: the chosen version's slot, or, when that version has no backend
 /// in the slot (every backend down or removed), the other version's slot at the same index.
 /// A failover is counted on the chosen version. With neither, the last-resort pool's slot
-/// (counted on that pool and in `PlaneCounter::LastResort`); without that too, the flow is
-/// dropped and counted.
+/// (its new flow counted on that pool, and in `PlaneCounter::LastResort`); without that too, the
+/// flow is dropped and counted as a slot miss.
 #[inline(always)]
 fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Skip> {
     let slot_of = |pool: u8| match POOL_SLOTS.get(slot_index(service_id, pool, hash)) {
@@ -294,14 +294,15 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
         maps::with_stats(stats_index(service_id, chosen), |s| s.failovers += 1);
         return Ok((other, slot));
     }
-    maps::with_stats(stats_index(service_id, chosen), |s| s.slot_misses += 1);
     match slot_of(LAST_RESORT) {
         Some(slot) => {
-            maps::with_stats(stats_index(service_id, LAST_RESORT), |s| s.failovers += 1);
             maps::count(PlaneCounter::LastResort);
             Ok((LAST_RESORT, slot))
         }
-        None => Err(Skip::Drop(PlaneCounter::SlotMiss)),
+        None => {
+            maps::with_stats(stats_index(service_id, chosen), |s| s.slot_misses += 1);
+            Err(Skip::Drop(PlaneCounter::SlotMiss))
+        }
     }
 }
 

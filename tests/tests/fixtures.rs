@@ -561,15 +561,12 @@ fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
     assert_eq!(run.verdict, XDP_PASS);
     assert_only_destination_rewritten(&frame, &run.data, addr("198.18.3.8:8080"));
     let last = plane.maps.last_resort_counters(id).expect("counters");
-    assert_eq!((last.failovers, last.new_flows, last.packets_in), (1, 1, 1));
+    assert_eq!((last.new_flows, last.packets_in), (1, 1));
+    let blue = plane.maps.counters(id, Version::Blue).expect("counters");
     assert_eq!(
-        plane
-            .maps
-            .counters(id, Version::Blue)
-            .expect("counters")
-            .slot_misses,
-        1,
-        "the chosen version counts the miss"
+        (blue.slot_misses, blue.new_flows),
+        (0, 1),
+        "not a drop, and not blue's connection"
     );
     assert_eq!(plane_count(&plane, PlaneCounter::LastResort), 1);
     assert_eq!(
@@ -650,6 +647,60 @@ fn a_release_group_shares_one_word_which_moves_when_its_first_service_leaves() {
     );
     let frame = Ipv4Packet::tcp(client(47_022), ranker, SYN).build();
     assert_only_destination_rewritten(&frame, &plane.ingress(&frame).data, addr("198.18.2.7:8080"));
+}
+
+#[test]
+fn a_service_joining_a_release_group_takes_the_groups_word_not_the_other_way_round() {
+    require_root!();
+    let service = |name: &str, host: u8, grouped: bool| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"198.18.0.{host}:8080\"\nblue = [\"198.18.1.{host}:8080\"]\ngreen = [\"198.18.2.{host}:8080\"]\n{}",
+            if grouped { "group = \"stack\"\n" } else { "" }
+        )
+    };
+    let before = format!(
+        "{CONFIG}\n{}{}{}",
+        service("joiner", 9, false),
+        service("features", 6, true),
+        service("ranker", 7, true)
+    );
+    let mut plane = Plane::load(&before);
+    let endpoint = |host: u8| {
+        splitter_common::Endpoint::new(ipv4_mapped([198, 18, 0, host]), 8080, packet::TCP)
+    };
+    let kernel = |maps: &Maps, host: u8| {
+        maps.service(&endpoint(host))
+            .expect("read")
+            .expect("present")
+    };
+    // The group went green; the joiner has its own word (blue live, 30% green).
+    let group_at = kernel(&plane.maps, 6).split;
+    plane
+        .maps
+        .set_split(group_at, SplitWord::new(Version::Green, 0))
+        .expect("group word");
+    let joiner_id = kernel(&plane.maps, 9).id;
+    plane
+        .maps
+        .set_split(joiner_id, SplitWord::new(Version::Blue, 3_000))
+        .expect("own word");
+    // The joiner is listed first (it becomes the group's first service) and `features`, the
+    // old first service, leaves in the same reload.
+    let after = format!(
+        "{CONFIG}\n{}{}",
+        service("joiner", 9, true),
+        service("ranker", 7, true)
+    );
+    let config = Config::parse(Path::new("fixture.toml"), &after).expect("config");
+    splitter_ctl::apply::apply(&mut plane.maps, &config, &splitter_ctl::apply::all_healthy)
+        .expect("apply");
+    let (joiner, ranker) = (kernel(&plane.maps, 9), kernel(&plane.maps, 7));
+    assert_eq!((joiner.split, ranker.split), (joiner.id, joiner.id));
+    assert_eq!(
+        plane.maps.split(joiner.split).expect("word"),
+        SplitWord::new(Version::Green, 0),
+        "the group's word, not the joiner's"
+    );
 }
 
 #[test]

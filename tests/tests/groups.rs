@@ -144,6 +144,31 @@ fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_vers
             "no {kind} of the group in {history}"
         );
     }
+
+    // While a rollout of the group runs, a reload that takes a service out of it is refused,
+    // and the running config stays.
+    bed.ctl_ok(&[
+        "rollout", "start", "stack", "--steps", "50,100", "--hold", "1h",
+    ]);
+    let config = fs::read_to_string(&bed.config_path).expect("config");
+    let at = config.rfind("group = \"stack\"").expect("features' group");
+    fs::write(
+        &bed.config_path,
+        format!(
+            "{}{}",
+            &config[..at],
+            &config[at + "group = \"stack\"".len()..]
+        ),
+    )
+    .expect("config");
+    let refused = bed.ctl(&["reload"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("a rollout of `stack` is running"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(service(&bed.status(), "features")["group"], "stack");
 }
 
 #[test]
@@ -211,7 +236,9 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
         ) >= Some(6.0)
     );
     assert!(
-        bed.daemon_log().contains("last-resort pool"),
+        bed.daemon_log().contains(
+            "no healthy backend in blue or green: new connections go to the last-resort pool"
+        ),
         "{}",
         bed.daemon_log()
     );

@@ -284,7 +284,10 @@ fn without_traffic_a_rollout_holds_and_never_promotes() {
             &["rollout", "start", "sentiment", "--max-error-rate", "2"],
             "not between 0 and 1",
         ),
-        (&["rollout", "start", "nosuch"], "no service `nosuch`"),
+        (
+            &["rollout", "start", "nosuch"],
+            "no service or release group `nosuch`",
+        ),
         (
             &["rollout", "status", "sentiment"],
             "no rollout of `sentiment`",

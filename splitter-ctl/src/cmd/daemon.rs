@@ -130,10 +130,18 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
                     let (service, query) = request.path[DRILLS.len()..]
                         .split_once('?')
                         .unwrap_or((&request.path[DRILLS.len()..], ""));
-                    let kind = if query.split('&').any(|kv| kv == "kind=last_resort") {
-                        DrillKind::LastResort
-                    } else {
-                        DrillKind::Rollback
+                    let kind = match query.split('&').find_map(|kv| kv.strip_prefix("kind=")) {
+                        None | Some("rollback") => Some(DrillKind::Rollback),
+                        Some("last_resort") => Some(DrillKind::LastResort),
+                        Some(_) => None,
+                    };
+                    let Some(kind) = kind else {
+                        let response = crate::http::Response::error(
+                            400,
+                            "kind= is `rollback` (the default) or `last_resort`",
+                        );
+                        let _ = crate::http::write_response(&mut stream, &response).await;
+                        return;
                     };
                     match drill(&shared, service, kind, Trigger::Operator).await {
                         Ok(report) => crate::http::Response::json(

@@ -18,7 +18,12 @@ pub fn history(
     json: bool,
 ) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
-    let events = Journal::open(&config.state_dir)?.history(service, limit)?;
+    // A service of a release group: the group's events (rollouts, rollbacks, drills).
+    let release = service
+        .and_then(|s| config.release(s))
+        .map(|r| r.name.to_owned());
+    let events =
+        Journal::open(&config.state_dir)?.history(release.as_deref().or(service), limit)?;
     if json {
         return Ok(serde_json::to_string_pretty(&events)? + "\n");
     }

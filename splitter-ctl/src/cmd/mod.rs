@@ -23,7 +23,7 @@ pub enum CommandError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Maps(#[from] MapsError),
-    #[error("no service `{name}` in `{config}`; it has: {known}")]
+    #[error("no service or release group `{name}` in `{config}`; it has: {known}")]
     UnknownService {
         name: String,
         config: String,

@@ -36,7 +36,8 @@ pub struct Change {
 /// new-flow counter (counted from just after the write).
 pub struct FirstConnection {
     maps: Maps,
-    id: u32,
+    /// The ids of the release's services.
+    ids: Vec<u32>,
     live: Version,
     base: u64,
     decided: Instant,
@@ -53,6 +54,15 @@ impl std::fmt::Debug for FirstConnection {
 }
 
 impl FirstConnection {
+    /// New flows on the live pool so far, over the release's services.
+    fn new_on_live(&self) -> Result<u64, crate::maps::MapsError> {
+        let mut sum = 0;
+        for id in &self.ids {
+            sum += self.maps.new_flows(*id)?[self.live as usize];
+        }
+        Ok(sum)
+    }
+
     /// Waits up to `limit` for it; journals the time from the decision when it comes, and
     /// says what was seen.
     #[must_use]
@@ -60,8 +70,8 @@ impl FirstConnection {
         let live = self.live.name();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            match self.maps.new_flows(self.id) {
-                Ok(now) if now[self.live as usize] > self.base => {
+            match self.new_on_live() {
+                Ok(now) if now > self.base => {
                     let took = self.decided.elapsed();
                     let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                     let journaled = self.event.map(|event| {
@@ -163,10 +173,18 @@ fn previous_version(
             (now - p.promoted_at_ms) / 1_000,
             spec.rollback_window.as_secs()
         ))),
-        Some(_) if spec.pool(live.other()).iter().all(|b| b.weight == 0) => Err(nothing(format!(
-            "the {} pool has no backend",
-            live.other().name()
-        ))),
+        Some(_)
+            if target.config.release(service).is_some_and(|r| {
+                r.members
+                    .iter()
+                    .any(|m| m.pool(live.other()).iter().all(|b| b.weight == 0))
+            }) || spec.pool(live.other()).iter().all(|b| b.weight == 0) =>
+        {
+            Err(nothing(format!(
+                "the {} pool has no backend",
+                live.other().name()
+            )))
+        }
         Some(_) => Ok(live.other()),
     }
 }
@@ -199,9 +217,24 @@ pub fn update(
     let write = target.maps.set_split(service.split, after)?;
     let decision_to_write = decided.elapsed();
     drop(lock);
-    // Counted from after the write, as a drill counts.
+    // Counted from after the write, as a drill counts, over every service of a release group.
+    let ids: Vec<u32> = target.config.release(name).map_or_else(
+        || vec![service.id],
+        |r| {
+            r.members
+                .iter()
+                .filter_map(|m| target.maps.service(&m.endpoint()).ok().flatten())
+                .map(|s| s.id)
+                .collect()
+        },
+    );
     let base = (kind == EventKind::Rollback)
-        .then(|| target.maps.new_flows(service.id).ok())
+        .then(|| {
+            ids.iter()
+                .map(|id| target.maps.new_flows(*id).map(|n| n[after.live() as usize]))
+                .sum::<Result<u64, _>>()
+                .ok()
+        })
         .flatten();
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
@@ -226,9 +259,9 @@ pub fn update(
     let Target { config, maps } = target;
     let first_connection = base.map(|base| FirstConnection {
         maps,
-        id: service.id,
+        ids,
         live: after.live(),
-        base: base[after.live() as usize],
+        base,
         decided,
         state_dir: config.state_dir,
         event,

@@ -15,7 +15,7 @@ pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<Stri
         if let Some(name) = service {
             target.service(name)?;
         }
-        let mut status = status::gather(&target.maps, &target.config, None, None, service)?;
+        let mut status = status::gather(&target.maps, &target.config, None, None, None, service)?;
         // Read only a journal that exists: a status never creates one.
         let path = target.config.state_dir.join(crate::journal::FILE);
         if path.exists()
