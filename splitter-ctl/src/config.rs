@@ -1789,6 +1789,73 @@ max = 0.05
         }
     }
 
+    /// The keys serde accepts in a table, read from the error an unknown key gets (every raw
+    /// table denies unknown fields and names the ones it expects).
+    fn keys_of(toml_with_unknown: &str) -> Vec<String> {
+        let message = match toml::from_str::<RawConfig>(toml_with_unknown) {
+            Ok(_) => panic!("`zzz` was accepted"),
+            Err(e) => e.message().to_owned(),
+        };
+        let expected = message
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("no key list in: {message}"))
+            .1;
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_config_key_is_in_the_configuration_docs() {
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
+        let service = "interface = \"x\"\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\n";
+        let tables = [
+            ("top level", "zzz = 1\n".to_owned()),
+            ("[[service]]", format!("{service}zzz = 1\n")),
+            (
+                "[service.health]",
+                format!("{service}[service.health]\nzzz = 1\n"),
+            ),
+            (
+                "[service.rollout]",
+                format!("{service}[service.rollout]\nzzz = 1\n"),
+            ),
+            (
+                "[[service.rollout.promql_gates]]",
+                format!("{service}[service.rollout]\n[[service.rollout.promql_gates]]\nzzz = 1\n"),
+            ),
+        ];
+        let mut missing = Vec::new();
+        for (table, text) in tables {
+            let keys = keys_of(&text);
+            assert!(keys.len() >= 4, "{table}: {keys:?}");
+            for key in keys {
+                // A key is a row of its table's section, or (a table itself) a section.
+                let documented = [
+                    format!("| `{key}` |"),
+                    format!("## `[[{key}]]`"),
+                    format!("### `[service.{key}]`"),
+                ]
+                .iter()
+                .any(|form| docs.contains(form.as_str()));
+                if !documented {
+                    missing.push(format!("{table} `{key}`"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "keys missing from docs/configuration.md: {missing:?}"
+        );
+    }
+
     #[test]
     fn the_shipped_example_config_is_valid() {
         let text = include_str!("../../packaging/splitter.toml");
