@@ -112,6 +112,8 @@ enum Command {
     Man,
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
+    /// Validate the config file without applying it: what a reload would refuse, and why.
+    Check,
     /// Show the live pool, shares, backends and counters.
     Status {
         service: Option<String>,
@@ -377,6 +379,21 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             }),
         Command::Reload => {
             println!("{}", cmd::reload::run(config)?);
+            Ok(())
+        }
+        Command::Check => {
+            let checked = splitter_ctl::config::Config::load(config)?;
+            let groups: std::collections::BTreeSet<_> = checked
+                .services
+                .iter()
+                .filter_map(|s| s.group.as_deref())
+                .collect();
+            println!(
+                "{}: valid; {} services, {} release groups",
+                config.display(),
+                checked.services.len(),
+                groups.len()
+            );
             Ok(())
         }
         Command::Status { service, output } => {

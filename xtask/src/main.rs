@@ -2,6 +2,7 @@
 //! packages a fresh machine lacks, running every test (privileged ones included), and the
 //! benchmarks. The eBPF object itself is built by splitter-ctl's build.rs, not here.
 
+mod dist;
 mod setup;
 
 use std::{
@@ -46,6 +47,9 @@ enum Task {
         #[arg(long, default_value_t = 50_000)]
         cases: u32,
     },
+    /// Build a release tarball in target/dist: the binary, the systemd unit, completions, the
+    /// man page, an example config, the docs, the dashboard and the Kubernetes manifest.
+    Dist,
     /// Measure the data plane and write docs/benchmarks.md.
     Bench {
         /// A short run, for smoke checks; does not write docs/benchmarks.md.
@@ -123,6 +127,19 @@ fn run(cli: Cli) -> Result<()> {
             false,
         ),
         Task::Demo => run_bed_binary("splitter-demo", &[], false),
+        Task::Dist => {
+            setup::run()?;
+            let ctl = build_ctl(true)?;
+            let root = workspace_root();
+            let tarball = dist::build(
+                &root,
+                &ctl,
+                &root.join("target/dist"),
+                env!("CARGO_PKG_VERSION"),
+            )?;
+            println!("{}", tarball.display());
+            Ok(())
+        }
         Task::Bench { quick } => {
             let doc = workspace_root().join("docs/benchmarks.md");
             let doc = doc.to_string_lossy();
