@@ -114,6 +114,18 @@ enum Command {
     Reload,
     /// Validate the config file without applying it: what a reload would refuse, and why.
     Check,
+    /// A live view of rollouts: steps, gates, each version's share, rate, errors and p99, and
+    /// the journal; redrawn every second (q to quit).
+    Watch {
+        /// A service or release group; all of them when left out.
+        service: Option<String>,
+        /// Redraw interval.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        /// Print one frame as text and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Show the live pool, shares, backends and counters.
     Status {
         service: Option<String>,
@@ -381,6 +393,16 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             println!("{}", cmd::reload::run(config)?);
             Ok(())
         }
+        Command::Watch {
+            service,
+            every_ms,
+            once,
+        } => cmd::watch::run(
+            config,
+            service.as_deref(),
+            Duration::from_millis(every_ms.max(100)),
+            once,
+        ),
         Command::Check => {
             let checked = splitter_ctl::config::Config::load(config)?;
             let groups: std::collections::BTreeSet<_> = checked

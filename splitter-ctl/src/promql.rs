@@ -158,6 +158,17 @@ impl PromqlGate {
             .replace("$interval", &interval)
     }
 
+    /// What the gate allows, as an operator reads it.
+    #[must_use]
+    pub fn limit(&self) -> String {
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => format!("{min} … {max}"),
+            (Some(min), None) => format!("≥ {min}"),
+            (None, Some(max)) => format!("≤ {max}"),
+            (None, None) => "-".to_owned(),
+        }
+    }
+
     /// Why `value` breaks the gate, if it does.
     fn breach(&self, value: f64) -> Option<String> {
         match (self.min, self.max) {

@@ -288,6 +288,86 @@ impl Window {
     }
 }
 
+/// One gate as the last judgement saw it, for `rollout status` and `watch`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GateView {
+    pub gate: String,
+    /// What it allows, as an operator reads it (`≤ 1.00%`).
+    pub limit: String,
+    /// What the window measured, when it measured something.
+    pub value: Option<String>,
+    /// `pass`, `fail`, or `waiting` (not enough data to judge this gate).
+    pub state: String,
+}
+
+impl GateView {
+    fn new(gate: &str, limit: String, value: Option<String>, state: &str) -> Self {
+        Self {
+            gate: gate.to_owned(),
+            limit,
+            value,
+            state: state.to_owned(),
+        }
+    }
+}
+
+/// The kernel gates' states in one window, gate by gate (`judge` combines them).
+#[must_use]
+pub fn gate_views(
+    gates: &Gates,
+    candidate: &Window,
+    live: &Window,
+    baseline_ms: Option<f64>,
+) -> Vec<GateView> {
+    let pass_fail = |breached: bool| if breached { "fail" } else { "pass" };
+    let enough = candidate.requests >= gates.min_samples.max(1);
+    let mut views = vec![GateView::new(
+        "min_samples",
+        format!("≥ {}", gates.min_samples.max(1)),
+        Some(candidate.requests.to_string()),
+        if enough { "pass" } else { "waiting" },
+    )];
+    if let Some(max) = gates.max_error_rate {
+        let rate = candidate.error_rate();
+        views.push(GateView::new(
+            "max_error_rate",
+            format!("≤ {:.2}%", max * 100.0),
+            rate.map(|r| format!("{:.2}%", r * 100.0)),
+            match rate {
+                Some(r) if enough => pass_fail(r > max),
+                _ => "waiting",
+            },
+        ));
+    }
+    if let Some(max) = gates.max_p99_ms {
+        views.push(GateView::new(
+            "max_p99_ms",
+            format!("≤ {max:.1} ms"),
+            candidate.p99_ms.map(|p| format!("{p:.1} ms")),
+            match candidate.p99_ms {
+                Some(p) if enough => pass_fail(p > max),
+                _ => "waiting",
+            },
+        ));
+    }
+    if let Some(ratio) = gates.max_p99_vs_live {
+        let reference = live_reference(gates, live, baseline_ms);
+        views.push(GateView::new(
+            "max_p99_vs_live",
+            format!("≤ {ratio:.2} × live"),
+            candidate
+                .p99_ms
+                .zip(reference)
+                .map(|(c, l)| format!("{:.2} × ({c:.1} / {l:.1} ms)", c / l)),
+            match (candidate.p99_ms, reference) {
+                (Some(c), Some(l)) if enough => pass_fail(c > ratio * l),
+                _ => "waiting",
+            },
+        ));
+    }
+    views
+}
+
 /// The gates' judgement of one window.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Judgement {

@@ -18,7 +18,9 @@ use crate::{
     metrics::{PromqlLabels, RolloutEndLabels},
     promql::{self, PrometheusUrl, Reading},
     representativeness,
-    rollout::{Decision, Judgement, Rollout, Snapshot, Window, judge, live_reference},
+    rollout::{
+        Decision, GateView, Judgement, Rollout, Snapshot, Window, gate_views, judge, live_reference,
+    },
     share::{format_percent, percent_of},
 };
 
@@ -64,6 +66,8 @@ pub struct ActiveRollout {
     /// Why the rollout is paused, when it is.
     pub paused: Option<String>,
     pub last_judgement: Option<Judgement>,
+    /// Each gate at the last judgement.
+    pub last_gates: Vec<GateView>,
     /// The live pool's p99 in the last window with enough live traffic: what the candidate
     /// is compared with once the live pool gets no new connections.
     pub live_baseline_ms: Option<f64>,
@@ -157,6 +161,7 @@ impl SavedRollout {
             expected: SplitWord(self.expected_word),
             paused: self.paused,
             last_judgement: None,
+            last_gates: Vec::new(),
             live_baseline_ms: self.live_baseline_ms,
             evaluating: false,
         })
@@ -164,7 +169,7 @@ impl SavedRollout {
 }
 
 /// What `GET /v1/rollouts/SERVICE` answers.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RolloutStatus {
     pub service: String,
     pub candidate: String,
@@ -174,6 +179,14 @@ pub struct RolloutStatus {
     pub paused: Option<String>,
     pub consecutive_failures: u32,
     pub last_judgement: Option<String>,
+    /// Each gate at the last judgement (empty before the first).
+    #[serde(default)]
+    pub gates: Vec<GateView>,
+    /// How long the step holds at least, and how long it has held.
+    #[serde(default)]
+    pub hold_ms: u64,
+    #[serde(default)]
+    pub held_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +236,10 @@ pub(crate) struct ReleaseIds {
     pub split: u32,
     /// Its services' ids, first service first.
     pub members: Vec<u32>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn describe(judgement: &Judgement) -> String {
@@ -494,6 +511,7 @@ impl Daemon {
             expected: word,
             paused: None,
             last_judgement: None,
+            last_gates: Vec::new(),
             live_baseline_ms: None,
             evaluating: false,
             rollout,
@@ -525,6 +543,9 @@ impl Daemon {
             paused: active.paused.clone(),
             consecutive_failures: active.rollout.consecutive_failures,
             last_judgement: active.last_judgement.as_ref().map(describe),
+            gates: active.last_gates.clone(),
+            hold_ms: millis(active.rollout.plan.hold),
+            held_ms: millis(active.rollout.step_started.elapsed()),
         })
     }
 
@@ -837,6 +858,35 @@ impl Daemon {
                 })
                 .inc();
         }
+        let mut views = gate_views(gates, &candidate, &live, active.live_baseline_ms);
+        if let (Some(max), Some(spread)) = (gates.max_divergence, &spread) {
+            let state = match representativeness::judge(max, spread, active.rollout.share()) {
+                Judgement::Pass => "pass",
+                Judgement::Fail(_) => "fail",
+                Judgement::Inconclusive(_) => "waiting",
+            };
+            views.push(GateView {
+                gate: "max_divergence".to_owned(),
+                limit: format!("≤ {max:.2}"),
+                value: spread.divergence.map(|d| format!("{d:.2}")),
+                state: state.to_owned(),
+            });
+        }
+        for (gate, reading) in promql_gates.iter().zip(readings) {
+            let state =
+                match promql::judge(std::slice::from_ref(gate), std::slice::from_ref(reading)) {
+                    Judgement::Pass => "pass",
+                    Judgement::Fail(_) => "fail",
+                    Judgement::Inconclusive(_) => "waiting",
+                };
+            views.push(GateView {
+                gate: format!("promql {}", gate.name),
+                limit: gate.limit(),
+                value: Some(reading.to_string()),
+                state: state.to_owned(),
+            });
+        }
+        active.last_gates = views;
         active.live_baseline_ms = baseline;
         let decision = active.rollout.on_judgement(now, &judgement);
         let decided = Instant::now();

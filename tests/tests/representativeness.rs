@@ -132,6 +132,18 @@ fn a_canary_of_mostly_staff_is_reported_and_held() {
         ) > Some(0.4),
         "{metrics}"
     );
+    // The live view shows the held rollout, its gates and the journal, from the real daemon.
+    let frame = bed.ctl_ok(&["watch", "sentiment", "--once"]);
+    for part in [
+        "rollout of sentiment: green 25% (step 1 of 2)",
+        "max_divergence",
+        "waiting",
+        "min_samples",
+        "green   candidate  25%",
+        "rollout_started",
+    ] {
+        assert!(frame.contains(part), "no `{part}` in:\n{frame}");
+    }
 }
 
 #[test]

@@ -205,7 +205,7 @@ pub fn summary(config_path: &Path, days: u32, json: bool) -> Result<String, Comm
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date library.
-fn format_time(ms: i64) -> String {
+pub(crate) fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -8,6 +8,7 @@ pub mod reload;
 pub mod rollout;
 pub mod share;
 pub mod status;
+pub mod watch;
 
 use std::path::Path;
 
