@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 /// The journal's file, inside `state_dir`.
 pub const FILE: &str = "journal.db";
 /// The schema this build writes (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+/// Samples a rollout keeps at most (two per judgement): the newest ones stay.
+pub const MAX_SAMPLES_PER_ROLLOUT: i64 = 20_000;
+/// How long samples are kept.
+pub const SAMPLE_RETENTION_MS: i64 = 90 * 24 * 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -98,6 +102,21 @@ impl EventKind {
     fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
+}
+
+/// One version's window at one judgement of a rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub at_ms: i64,
+    /// The candidate's share when the window was judged, in basis points.
+    pub candidate_share_bp: u16,
+    /// `blue` or `green`.
+    pub version: String,
+    /// `candidate` or `live`.
+    pub role: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: Option<f64>,
 }
 
 /// An event to append.
@@ -238,7 +257,95 @@ impl Journal {
                 )
                 .map_err(open)?;
         }
+        if version < 3 {
+            // Per-version metrics at each judgement of a rollout, for `report`.
+            connection
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE IF NOT EXISTS samples (
+                         rollout INTEGER NOT NULL,
+                         at_ms INTEGER NOT NULL,
+                         candidate_share_bp INTEGER NOT NULL,
+                         version TEXT NOT NULL,
+                         role TEXT NOT NULL,
+                         requests INTEGER NOT NULL,
+                         errors INTEGER NOT NULL,
+                         p99_ms REAL
+                     );
+                     CREATE INDEX IF NOT EXISTS samples_by_rollout ON samples (rollout, at_ms);
+                     CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at_ms);
+                     PRAGMA user_version = 3;
+                     COMMIT;",
+                )
+                .map_err(open)?;
+        }
         Ok(Self { connection })
+    }
+
+    /// Records one judgement's windows of rollout `rollout` (its `rollout_started` event id),
+    /// then keeps the series bounded: the newest `MAX_SAMPLES_PER_ROLLOUT` of the rollout, and
+    /// nothing older than `SAMPLE_RETENTION_MS`.
+    pub fn record_samples(&self, rollout: i64, samples: &[Sample]) -> Result<(), JournalError> {
+        let query = |what| move |source| JournalError::Query { what, source };
+        for s in samples {
+            self.connection
+                .execute(
+                    "INSERT INTO samples (rollout, at_ms, candidate_share_bp, version, role, requests, errors, p99_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        rollout,
+                        s.at_ms,
+                        s.candidate_share_bp,
+                        s.version,
+                        s.role,
+                        i64::try_from(s.requests).unwrap_or(i64::MAX),
+                        i64::try_from(s.errors).unwrap_or(i64::MAX),
+                        s.p99_ms
+                    ],
+                )
+                .map_err(query("record a sample"))?;
+        }
+        self.connection
+            .execute(
+                "DELETE FROM samples WHERE rollout = ?1 AND rowid NOT IN
+                 (SELECT rowid FROM samples WHERE rollout = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT ?2)",
+                params![rollout, MAX_SAMPLES_PER_ROLLOUT],
+            )
+            .map_err(query("bound the samples"))?;
+        self.connection
+            .execute(
+                "DELETE FROM samples WHERE at_ms < ?1",
+                params![now_ms() - SAMPLE_RETENTION_MS],
+            )
+            .map_err(query("expire samples"))?;
+        Ok(())
+    }
+
+    /// The samples of rollout `rollout`, oldest first.
+    pub fn samples(&self, rollout: i64) -> Result<Vec<Sample>, JournalError> {
+        let query = |what| move |source| JournalError::Query { what, source };
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT at_ms, candidate_share_bp, version, role, requests, errors, p99_ms
+                 FROM samples WHERE rollout = ?1 ORDER BY at_ms, rowid",
+            )
+            .map_err(query("read samples"))?;
+        let rows = statement
+            .query_map(params![rollout], |row| {
+                Ok(Sample {
+                    at_ms: row.get(0)?,
+                    candidate_share_bp: row.get(1)?,
+                    version: row.get(2)?,
+                    role: row.get(3)?,
+                    requests: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                    errors: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+                    p99_ms: row.get(6)?,
+                })
+            })
+            .map_err(query("read samples"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(query("read samples"))
     }
 
     /// Sets the time from decision to the first new connection on the live pool of event `id`.

@@ -102,6 +102,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Draw a rollout (its `rollout_started` event id): the share over time, each version's
+    /// error rate and p99, the steps and the rollback or promotion marked.
+    Report {
+        rollout_id: i64,
+        /// FILE.svg, or FILE.html (the drawing and the timeline).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a completion script for a shell (e.g. `splitter-ctl completions bash >
     /// /usr/share/bash-completion/completions/splitter-ctl`).
     Completions {
@@ -372,6 +380,10 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                 "{}",
                 cmd::history::review(config, rollout_id, matches!(output, Output::Json))?
             );
+            Ok(())
+        }
+        Command::Report { rollout_id, out } => {
+            println!("{}", cmd::report::run(config, rollout_id, &out)?);
             Ok(())
         }
         Command::Completions { shell } => {

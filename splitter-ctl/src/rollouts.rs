@@ -14,7 +14,7 @@ use splitter_common::{LatencyKind, SplitWord, Version};
 pub use crate::rollout::PlanRequest;
 use crate::{
     daemon::Daemon,
-    journal::{EventKind, Journal, NewEvent},
+    journal::{EventKind, Journal, NewEvent, Sample},
     metrics::{PromqlLabels, RolloutEndLabels},
     promql::{self, PrometheusUrl, Reading},
     representativeness,
@@ -305,6 +305,15 @@ impl Daemon {
             lengths,
             crate::aging::monotonic_ns(),
         )))
+    }
+
+    /// Journals a judgement's windows for `report` (logged when it cannot be).
+    fn record_samples(&self, rollout: i64, samples: &[Sample]) {
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.record_samples(rollout, samples)
+        {
+            tracing::warn!(error = %error, "cannot journal the judged windows");
+        }
     }
 
     /// The counters of release `ids`, summed over its services: a release group is judged as
@@ -888,6 +897,24 @@ impl Daemon {
         }
         active.last_gates = views;
         active.live_baseline_ms = baseline;
+        // The judged windows, for `report`; recorded after any map write.
+        let at_ms = crate::journal::now_ms();
+        let samples: Vec<Sample> = [
+            (active.candidate, "candidate", &candidate),
+            (active.candidate.other(), "live", &live),
+        ]
+        .into_iter()
+        .map(|(version, role, window)| Sample {
+            at_ms,
+            candidate_share_bp: active.rollout.share(),
+            version: version.name().to_owned(),
+            role: role.to_owned(),
+            requests: window.requests,
+            errors: window.errors,
+            p99_ms: window.p99_ms,
+        })
+        .collect();
+        let rollout_id = active.started_event;
         let decision = active.rollout.on_judgement(now, &judgement);
         let decided = Instant::now();
         active.last_judgement = Some(judgement.clone());
@@ -905,7 +932,7 @@ impl Daemon {
         let step = match decision {
             Decision::Promote | Decision::RollBack(_) => {
                 // The map write first: `finish` journals the evaluation after it.
-                return self.finish(
+                let finished = self.finish(
                     service,
                     &ids,
                     decision,
@@ -913,6 +940,8 @@ impl Daemon {
                     Some(details),
                     decided,
                 );
+                self.record_samples(rollout_id, &samples);
+                return finished;
             }
             Decision::Hold => None,
             Decision::Advance(bp) => {
@@ -927,6 +956,7 @@ impl Daemon {
                 Some(bp)
             }
         };
+        self.record_samples(rollout_id, &samples);
         self.journal_event(
             service,
             EventKind::GateEvaluation,

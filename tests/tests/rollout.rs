@@ -248,6 +248,43 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     }
     let missing = bed.ctl(&["review", "999999"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not the start of a rollout"));
+    // The report draws the recorded rollout from the journal's samples.
+    let svg_path = bed.dir.join("report.svg");
+    let html_path = bed.dir.join("report.html");
+    for path in [&svg_path, &html_path] {
+        let said = bed.ctl_ok(&[
+            "report",
+            &started.to_string(),
+            "--out",
+            path.to_str().expect("utf-8"),
+        ]);
+        assert!(said.contains("samples"), "{said}");
+    }
+    let svg = std::fs::read_to_string(&svg_path).expect("svg");
+    for part in [
+        "<svg",
+        "Candidate share",
+        "Error rate per version",
+        "rollback",
+        "<polyline",
+    ] {
+        assert!(svg.contains(part), "no `{part}` in the report");
+    }
+    let html = std::fs::read_to_string(&html_path).expect("html");
+    assert!(
+        html.contains("<svg") && html.contains("error rate"),
+        "{html}"
+    );
+    let no_samples = bed.ctl_ok(&[
+        "report",
+        &started.to_string(),
+        "--out",
+        svg_path.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !no_samples.contains(" 0 samples"),
+        "the daemon recorded no samples: {no_samples}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
     assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");

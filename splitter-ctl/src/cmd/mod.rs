@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod detach;
 pub mod history;
 pub mod reload;
+pub mod report;
 pub mod rollout;
 pub mod share;
 pub mod status;
