@@ -106,7 +106,7 @@ enum Command {
     /// error rate and p99, the steps and the rollback or promotion marked.
     Report {
         rollout_id: i64,
-        /// FILE.svg, or FILE.html (the drawing and the timeline).
+        /// FILE.svg, FILE.png, or FILE.html (the drawing and the timeline).
         #[arg(long)]
         out: PathBuf,
     },

@@ -251,7 +251,8 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     // The report draws the recorded rollout from the journal's samples.
     let svg_path = bed.dir.join("report.svg");
     let html_path = bed.dir.join("report.html");
-    for path in [&svg_path, &html_path] {
+    let png_path = bed.dir.join("report.png");
+    for path in [&svg_path, &html_path, &png_path] {
         let said = bed.ctl_ok(&[
             "report",
             &started.to_string(),
@@ -270,6 +271,8 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     ] {
         assert!(svg.contains(part), "no `{part}` in the report");
     }
+    let png = std::fs::read(&png_path).expect("png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     let html = std::fs::read_to_string(&html_path).expect("html");
     assert!(
         html.contains("<svg") && html.contains("error rate"),

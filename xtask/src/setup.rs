@@ -18,7 +18,7 @@ use crate::status;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_FEATURE: &str = "llvm-22";
 
-/// Debian packages, by the command each one provides.
+/// Debian packages, by the command (or, for a path, the file) each one provides.
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
@@ -29,6 +29,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nft", "nftables"),
     ("haproxy", "haproxy"),
+    // The font `splitter-ctl report` lays out its charts with (its `report::FONT`).
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -140,7 +145,13 @@ fn has_command(name: &str) -> bool {
 fn packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(cmd, _)| !has_command(cmd))
+        .filter(|(what, _)| {
+            if what.starts_with('/') {
+                !Path::new(what).exists()
+            } else {
+                !has_command(what)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

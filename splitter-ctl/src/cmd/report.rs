@@ -1,11 +1,11 @@
-//! `splitter-ctl report ROLLOUT_ID --out FILE.svg|FILE.html`: a rollout drawn from the journal:
+//! `splitter-ctl report ROLLOUT_ID --out FILE.svg|FILE.png|FILE.html`: a rollout drawn from the journal:
 //! the candidate's share over time, each version's error rate and p99 at every judgement (the
 //! samples the daemon keeps), with the steps, the rollback or the promotion marked. The HTML
 //! form embeds the same drawing above the rollout's timeline.
 
 use std::{fmt::Write as _, path::Path};
 
-use plotters::prelude::*;
+use plotters::{coord::Shift, prelude::*};
 
 use super::{CommandError, history::format_time};
 use crate::{
@@ -120,16 +120,51 @@ impl Recorded {
     fn end_seconds(&self) -> f64 {
         let last_event = self.events.last().map_or(0, |e| e.at_ms);
         let last_sample = self.samples.last().map_or(0, |s| s.at_ms);
-        self.seconds(last_event.max(last_sample)).max(1.0)
+        self.seconds(last_event.max(last_sample)).max(0.001)
     }
 }
 
 /// The three charts as one SVG document.
 pub fn svg(recorded: &Recorded) -> Result<String, CommandError> {
+    register_font()?;
     let mut out = String::new();
-    draw(recorded, &mut out)
-        .map_err(|e| CommandError::Daemon(format!("cannot draw the report: {e}")))?;
+    draw(
+        recorded,
+        SVGBackend::with_string(&mut out, SIZE).into_drawing_area(),
+    )
+    .map_err(drawing)?;
     Ok(out)
+}
+
+fn drawing(error: Box<dyn std::error::Error>) -> CommandError {
+    CommandError::Daemon(format!("cannot draw the report: {error}"))
+}
+
+/// The font reports lay out their text with (Debian: fonts-dejavu-core; `cargo xtask setup`
+/// installs it).
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers `FONT` as the drawings' sans-serif, once per process.
+fn register_font() -> Result<(), CommandError> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let font = std::fs::read(FONT).map_err(|e| {
+                format!("cannot read the font reports are drawn with, {FONT} (Debian package fonts-dejavu-core): {e}")
+            })?;
+            // Registered for the process's life, as plotters keeps it.
+            let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+                .map_err(|_| format!("{FONT} is not a font the report can use"))
+        })
+        .clone()
+        .map_err(CommandError::Daemon)
+}
+
+/// The charts as a PNG file at `out`.
+pub fn png(recorded: &Recorded, out: &Path) -> Result<(), CommandError> {
+    register_font()?;
+    draw(recorded, BitMapBackend::new(out, SIZE).into_drawing_area()).map_err(drawing)
 }
 
 type Series = Vec<(f64, f64)>;
@@ -143,7 +178,17 @@ struct ChartSpec<'a> {
     lines: Vec<(Series, &'a str, RGBColor)>,
 }
 
-fn draw(recorded: &Recorded, out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+/// The size of the drawing.
+const SIZE: (u32, u32) = (WIDTH, CHART_HEIGHT * 3 + 40);
+
+fn draw<DB>(
+    recorded: &Recorded,
+    root: DrawingArea<DB, Shift>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
     let end = recorded.end_seconds();
     let share = recorded.share_series();
     let errors = recorded
@@ -156,7 +201,6 @@ fn draw(recorded: &Recorded, out: &mut String) -> Result<(), Box<dyn std::error:
     let error_top = max_of(&errors, 1.0);
     let p99_top = max_of(&p99, 1.0);
     {
-        let root = SVGBackend::with_string(out, (WIDTH, CHART_HEIGHT * 3 + 40)).into_drawing_area();
         root.fill(&WHITE)?;
         let (title, charts) = root.split_vertically(40);
         title.draw_text(
@@ -289,29 +333,37 @@ pub fn html(recorded: &Recorded) -> Result<String, CommandError> {
     Ok(out)
 }
 
+/// A report drawn as text (SVG, HTML).
+type TextRender = fn(&Recorded) -> Result<String, CommandError>;
+
 /// Writes the report of rollout `id` to `out`, in the format its extension names.
 pub fn run(config_path: &Path, id: i64, out: &Path) -> Result<String, CommandError> {
     let extension = out
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let render: fn(&Recorded) -> Result<String, CommandError> = match extension.as_deref() {
-        Some("svg") => svg,
-        Some("html" | "htm") => html,
+    let text: Option<TextRender> = match extension.as_deref() {
+        Some("svg") => Some(svg),
+        Some("html" | "htm") => Some(html),
+        Some("png") => None,
         _ => {
             return Err(CommandError::Daemon(format!(
-                "`{}`: the report is written as .svg or .html",
+                "`{}`: the report is written as .svg, .png or .html",
                 out.display()
             )));
         }
     };
     let config = Config::load(config_path)?;
     let recorded = Recorded::read(&Journal::open(&config.state_dir)?, id)?;
-    let text = render(&recorded)?;
-    std::fs::write(out, text).map_err(|source| CommandError::Io {
-        what: "write the report",
-        source,
-    })?;
+    match text {
+        Some(render) => {
+            std::fs::write(out, render(&recorded)?).map_err(|source| CommandError::Io {
+                what: "write the report",
+                source,
+            })?;
+        }
+        None => png(&recorded, out)?,
+    }
     Ok(format!(
         "{}: rollout {id} of {}, {} events, {} samples",
         out.display(),
@@ -432,6 +484,22 @@ mod tests {
         // Three charts: the share, and two series per version chart.
         assert!(svg.matches("<polyline").count() >= 5, "{svg}");
         assert!(html.contains("<svg"));
+        let png_path =
+            std::env::temp_dir().join(format!("splitter-report-{}.png", std::process::id()));
+        png(&recorded, &png_path).expect("png");
+        let bytes = std::fs::read(&png_path).expect("png written");
+        let _ = std::fs::remove_file(&png_path);
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+        // IHDR: width and height, big-endian, right after the signature and chunk header.
+        assert_eq!(
+            u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+            WIDTH
+        );
+        assert!(
+            bytes.len() > 10_000,
+            "a drawing, not an empty image: {} bytes",
+            bytes.len()
+        );
         assert!(
             html.contains("error rate 50.00% &gt; 1.00% &lt;bad&gt;"),
             "escaped"
@@ -452,7 +520,7 @@ mod tests {
         )
         .expect_err("refused")
         .to_string();
-        assert!(error.contains(".svg or .html"), "{error}");
+        assert!(error.contains(".svg, .png or .html"), "{error}");
         let dir = std::env::temp_dir().join(format!("splitter-report-none-{}", std::process::id()));
         let journal = Journal::open(&dir).expect("journal");
         assert!(matches!(
