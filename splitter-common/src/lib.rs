@@ -444,6 +444,20 @@ impl Histogram {
         }
     }
 
+    /// What was added since `earlier` (a window between two reads; a reset in between reads
+    /// as empty buckets).
+    #[must_use]
+    pub const fn since(mut self, earlier: &Self) -> Self {
+        let mut i = 0;
+        while i < LATENCY_BUCKETS {
+            self.buckets[i] = self.buckets[i].saturating_sub(earlier.buckets[i]);
+            i += 1;
+        }
+        self.sum_us = self.sum_us.saturating_sub(earlier.sum_us);
+        self.count = self.count.saturating_sub(earlier.count);
+        self
+    }
+
     /// Adds `other` bucket by bucket (user space sums the per-CPU values with it).
     #[must_use]
     pub const fn add(mut self, other: &Self) -> Self {

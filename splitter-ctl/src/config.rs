@@ -1816,37 +1816,52 @@ max = 0.05
         ))
         .expect("docs/configuration.md");
         let service = "interface = \"x\"\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\n";
+        // Each table, the heading of its section in the docs, and a config with an unknown key
+        // in it.
         let tables = [
-            ("top level", "zzz = 1\n".to_owned()),
-            ("[[service]]", format!("{service}zzz = 1\n")),
+            ("## Top level", "zzz = 1\n".to_owned()),
+            ("## `[[service]]`", format!("{service}zzz = 1\n")),
             (
-                "[service.health]",
+                "### `[service.health]`",
                 format!("{service}[service.health]\nzzz = 1\n"),
             ),
             (
-                "[service.rollout]",
+                "### `[service.rollout]`",
                 format!("{service}[service.rollout]\nzzz = 1\n"),
             ),
             (
-                "[[service.rollout.promql_gates]]",
+                "#### `[[service.rollout.promql_gates]]`",
                 format!("{service}[service.rollout]\n[[service.rollout.promql_gates]]\nzzz = 1\n"),
             ),
         ];
+        // A section: from its heading to the next heading of any level.
+        let section = |heading: &str| -> String {
+            let start = docs
+                .find(&format!("\n{heading}\n"))
+                .unwrap_or_else(|| panic!("no section `{heading}` in docs/configuration.md"));
+            docs[start + heading.len() + 2..]
+                .lines()
+                .take_while(|line| !line.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         let mut missing = Vec::new();
-        for (table, text) in tables {
+        for (heading, text) in tables {
             let keys = keys_of(&text);
-            assert!(keys.len() >= 4, "{table}: {keys:?}");
+            assert!(keys.len() >= 4, "{heading}: {keys:?}");
+            let rows = section(heading);
             for key in keys {
                 // A key is a row of its table's section, or (a table itself) a section.
-                let documented = [
-                    format!("| `{key}` |"),
-                    format!("## `[[{key}]]`"),
-                    format!("### `[service.{key}]`"),
-                ]
-                .iter()
-                .any(|form| docs.contains(form.as_str()));
+                let documented = rows.contains(&format!("| `{key}` |"))
+                    || [
+                        format!("## `[[{key}]]`"),
+                        format!("### `[service.{key}]`"),
+                        format!("#### `[[service.rollout.{key}]]`"),
+                    ]
+                    .iter()
+                    .any(|form| docs.contains(form.as_str()));
                 if !documented {
-                    missing.push(format!("{table} `{key}`"));
+                    missing.push(format!("{heading} `{key}`"));
                 }
             }
         }

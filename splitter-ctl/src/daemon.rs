@@ -394,7 +394,8 @@ impl Daemon {
         }
     }
 
-    /// Responses per second and the error ratio of each version since the last sample.
+    /// Responses per second, the error ratio and the p99 of each version since the last
+    /// sample.
     fn sample_rates(&mut self) {
         let now = Instant::now();
         let mut rates = Rates::new();
@@ -407,11 +408,16 @@ impl Daemon {
                     continue;
                 };
                 let (errors, events) = status::errors_and_events(&counters);
+                let response = self
+                    .maps
+                    .histogram(kernel.id, version, splitter_common::LatencyKind::Response)
+                    .unwrap_or_default();
                 let sample = Sample {
                     at: now,
                     responses: counters.responses,
                     events,
                     errors,
+                    response,
                 };
                 let key = (spec.name.clone(), version);
                 if let Some(before) = self.last_sample.insert(key.clone(), sample) {
@@ -420,13 +426,18 @@ impl Daemon {
                     let ratio = (d_events > 0)
                         .then(|| errors.saturating_sub(before.errors) as f64 / d_events as f64);
                     if seconds > 0.0 {
+                        let window = response.since(&before.response);
                         rates.insert(
                             key,
-                            (
-                                counters.responses.saturating_sub(before.responses) as f64
+                            status::Recent {
+                                responses_per_second: counters
+                                    .responses
+                                    .saturating_sub(before.responses)
+                                    as f64
                                     / seconds,
-                                ratio,
-                            ),
+                                error_ratio: ratio,
+                                p99_ms: crate::latency::Quantiles::of(&window).p99_ms,
+                            },
                         );
                     }
                 }
@@ -468,6 +479,7 @@ struct Sample {
     responses: u64,
     events: u64,
     errors: u64,
+    response: splitter_common::Histogram,
 }
 
 fn log_applied(what: &str, applied: &Applied) {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The journal's file, inside `state_dir`.
 pub const FILE: &str = "journal.db";
 /// The schema this build writes (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 2;
 /// Samples a rollout keeps at most (two per judgement): the newest ones stay.
 pub const MAX_SAMPLES_PER_ROLLOUT: i64 = 20_000;
 /// How long samples are kept.
@@ -257,8 +257,10 @@ impl Journal {
                 )
                 .map_err(open)?;
         }
-        if version < 3 {
-            // Per-version metrics at each judgement of a rollout, for `report`.
+        // Per-version metrics at each judgement of a rollout, for `report`. An added table that
+        // older builds ignore: created whenever it is missing, without a new schema version,
+        // so a journal opened by this build still opens in an older one.
+        {
             connection
                 .execute_batch(
                     "BEGIN;
@@ -274,7 +276,6 @@ impl Journal {
                      );
                      CREATE INDEX IF NOT EXISTS samples_by_rollout ON samples (rollout, at_ms);
                      CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at_ms);
-                     PRAGMA user_version = 3;
                      COMMIT;",
                 )
                 .map_err(open)?;
@@ -286,9 +287,23 @@ impl Journal {
     /// then keeps the series bounded: the newest `MAX_SAMPLES_PER_ROLLOUT` of the rollout, and
     /// nothing older than `SAMPLE_RETENTION_MS`.
     pub fn record_samples(&self, rollout: i64, samples: &[Sample]) -> Result<(), JournalError> {
+        self.record_samples_bounded(rollout, samples, MAX_SAMPLES_PER_ROLLOUT)
+    }
+
+    fn record_samples_bounded(
+        &self,
+        rollout: i64,
+        samples: &[Sample],
+        bound: i64,
+    ) -> Result<(), JournalError> {
         let query = |what| move |source| JournalError::Query { what, source };
+        // One transaction: one commit per judgement, not four.
+        let transaction = self
+            .connection
+            .unchecked_transaction()
+            .map_err(query("record samples"))?;
         for s in samples {
-            self.connection
+            transaction
                 .execute(
                     "INSERT INTO samples (rollout, at_ms, candidate_share_bp, version, role, requests, errors, p99_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -305,20 +320,31 @@ impl Journal {
                 )
                 .map_err(query("record a sample"))?;
         }
-        self.connection
+        // Past the bound, the oldest go: everything older than the bound-th newest.
+        transaction
             .execute(
-                "DELETE FROM samples WHERE rollout = ?1 AND rowid NOT IN
-                 (SELECT rowid FROM samples WHERE rollout = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT ?2)",
-                params![rollout, MAX_SAMPLES_PER_ROLLOUT],
+                "DELETE FROM samples WHERE rollout = ?1 AND rowid IN
+                 (SELECT rowid FROM samples WHERE rollout = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+                params![rollout, bound],
             )
             .map_err(query("bound the samples"))?;
-        self.connection
+        transaction
             .execute(
                 "DELETE FROM samples WHERE at_ms < ?1",
                 params![now_ms() - SAMPLE_RETENTION_MS],
             )
             .map_err(query("expire samples"))?;
-        Ok(())
+        transaction.commit().map_err(query("record samples"))
+    }
+
+    /// The journal in `state_dir` if one was ever written there; `None` otherwise (a reader
+    /// must not create one).
+    pub fn open_existing(state_dir: &Path) -> Result<Option<Self>, JournalError> {
+        if state_dir.join(FILE).exists() {
+            Self::open(state_dir).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The samples of rollout `rollout`, oldest first.
@@ -517,17 +543,32 @@ impl Journal {
 
     /// The newest `limit` events, newest first; of one service when given.
     pub fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<Event>, JournalError> {
+        self.history_without(service, limit, None)
+    }
+
+    /// Like `history`, leaving out the events of kind `except` (gate evaluations, say).
+    pub fn history_without(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+        except: Option<EventKind>,
+    ) -> Result<Vec<Event>, JournalError> {
         let query = |what| move |source| JournalError::Query { what, source };
         let mut statement = self
             .connection
             .prepare(
                 "SELECT id, at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details
-                 FROM events WHERE (?1 IS NULL OR service = ?1) ORDER BY at_ms DESC, id DESC LIMIT ?2",
+                 FROM events WHERE (?1 IS NULL OR service = ?1) AND (?3 IS NULL OR kind != ?3)
+                 ORDER BY at_ms DESC, id DESC LIMIT ?2",
             )
             .map_err(query("read the history"))?;
         let rows = statement
             .query_map(
-                params![service, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![
+                    service,
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    except.map(EventKind::name)
+                ],
                 event_from_row,
             )
             .map_err(query("read the history"))?;
@@ -724,6 +765,60 @@ mod tests {
         );
         assert_eq!(kinds(second), [EventKind::RolloutStarted, EventKind::Step]);
         assert_eq!(journal.rollout_events(first + 1).expect("read"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn samples_keep_the_newest_up_to_their_bound_and_a_version_2_journal_gains_the_table() {
+        let dir =
+            std::env::temp_dir().join(format!("splitter-journal-samples-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = Journal::open(&dir).expect("journal");
+        let sample = |at_ms| Sample {
+            at_ms,
+            candidate_share_bp: 100,
+            version: "green".to_owned(),
+            role: "candidate".to_owned(),
+            requests: 10,
+            errors: 1,
+            p99_ms: Some(5.0),
+        };
+        let now = now_ms();
+        for i in 0..6 {
+            journal
+                .record_samples_bounded(7, &[sample(now + i)], 4)
+                .expect("record");
+        }
+        journal
+            .record_samples_bounded(8, &[sample(now - SAMPLE_RETENTION_MS - 1)], 4)
+            .expect("record");
+        let kept: Vec<i64> = journal
+            .samples(7)
+            .expect("read")
+            .iter()
+            .map(|s| s.at_ms)
+            .collect();
+        assert_eq!(
+            kept,
+            (2..6).map(|i| now + i).collect::<Vec<_>>(),
+            "the newest four"
+        );
+        assert!(journal.samples(8).expect("read").is_empty(), "expired");
+        drop(journal);
+        // A journal an older build wrote (schema 2, no samples table) opens, keeps its
+        // version, and gains the table.
+        let connection = Connection::open(dir.join(FILE)).expect("open");
+        connection
+            .execute_batch("DROP TABLE samples;")
+            .expect("drop");
+        drop(connection);
+        let journal = Journal::open(&dir).expect("reopen");
+        assert!(journal.samples(7).expect("read").is_empty());
+        let version: i64 = journal
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -120,8 +120,12 @@ enum Command {
     Man,
     /// Ask the running daemon to re-read and apply its config (as SIGHUP does).
     Reload,
-    /// Validate the config file without applying it: what a reload would refuse, and why.
-    Check,
+    /// Validate the config file without applying it: every error a reload would report for
+    /// the file itself (not the daemon's state: a running rollout, keys that need a restart).
+    Check {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// A live view of rollouts: steps, gates, each version's share, rate, errors and p99, and
     /// the journal; redrawn every second (q to quit).
     Watch {
@@ -415,19 +419,29 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             Duration::from_millis(every_ms.max(100)),
             once,
         ),
-        Command::Check => {
+        Command::Check { output } => {
             let checked = splitter_ctl::config::Config::load(config)?;
             let groups: std::collections::BTreeSet<_> = checked
                 .services
                 .iter()
                 .filter_map(|s| s.group.as_deref())
                 .collect();
-            println!(
-                "{}: valid; {} services, {} release groups",
-                config.display(),
-                checked.services.len(),
-                groups.len()
-            );
+            if matches!(output, Output::Json) {
+                let json = serde_json::json!({
+                    "config": config.display().to_string(),
+                    "valid": true,
+                    "services": checked.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                    "release_groups": groups,
+                });
+                println!("{json:#}");
+            } else {
+                println!(
+                    "{}: valid; {} services, {} release groups",
+                    config.display(),
+                    checked.services.len(),
+                    groups.len()
+                );
+            }
             Ok(())
         }
         Command::Status { service, output } => {

@@ -271,10 +271,7 @@ impl Window {
     pub fn between(before: &Snapshot, after: &Snapshot) -> Self {
         let (errors_after, events_after) = status::errors_and_events(&after.counters);
         let (errors_before, events_before) = status::errors_and_events(&before.counters);
-        let mut histogram = Histogram::default();
-        for (i, bucket) in histogram.buckets.iter_mut().enumerate() {
-            *bucket = after.response.buckets[i].saturating_sub(before.response.buckets[i]);
-        }
+        let histogram = after.response.since(&before.response);
         Self {
             requests: events_after.saturating_sub(events_before),
             errors: errors_after.saturating_sub(errors_before),
@@ -426,7 +423,10 @@ pub fn judge(
             gates.min_samples.max(1)
         ));
     }
+    // A breach fails even when another gate has no data: missing data must not hide a
+    // failure (and `gate_views` shows the same states).
     let mut failures = Vec::new();
+    let mut missing = Vec::new();
     if let (Some(max), Some(rate)) = (gates.max_error_rate, candidate.error_rate())
         && rate > max
     {
@@ -440,11 +440,7 @@ pub fn judge(
         match candidate.p99_ms {
             Some(p99) if p99 > max => failures.push(format!("p99 {p99:.1} ms > {max:.1} ms")),
             Some(_) => {}
-            None => {
-                return Judgement::Inconclusive(
-                    "no response time measured on the candidate".to_owned(),
-                );
-            }
+            None => missing.push("no response time measured on the candidate"),
         }
     }
     if let Some(ratio) = gates.max_p99_vs_live {
@@ -454,17 +450,15 @@ pub fn judge(
                     failures.push(format!("p99 {c:.1} ms > {ratio:.2} × live {l:.1} ms"));
                 }
             }
-            _ => {
-                return Judgement::Inconclusive(
-                    "no live response times measured yet to compare with".to_owned(),
-                );
-            }
+            _ => missing.push("no live response times measured yet to compare with"),
         }
     }
-    if failures.is_empty() {
-        Judgement::Pass
-    } else {
+    if !failures.is_empty() {
         Judgement::Fail(failures)
+    } else if !missing.is_empty() {
+        Judgement::Inconclusive(missing.join("; "))
+    } else {
+        Judgement::Pass
     }
 }
 
@@ -547,6 +541,48 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_breach_fails_even_when_another_gate_lacks_data_and_the_views_agree() {
+        let gates = Gates {
+            max_error_rate: Some(0.01),
+            max_p99_ms: Some(100.0),
+            max_p99_vs_live: Some(1.2),
+            min_samples: 10,
+            max_divergence: None,
+        };
+        let window = |requests, errors, p99_ms| Window {
+            requests,
+            errors,
+            p99_ms,
+        };
+        let live = window(1_000, 0, Some(10.0));
+        let cases = [
+            (window(100, 50, None), window(0, 0, None)),
+            (window(100, 0, None), live),
+            (window(100, 0, Some(200.0)), window(0, 0, None)),
+            (window(100, 0, Some(11.0)), live),
+            (window(100, 0, Some(13.0)), live),
+            (window(5, 5, Some(500.0)), live),
+        ];
+        for (candidate, live) in cases {
+            let judgement = judge(&gates, &candidate, &live, None);
+            let views = gate_views(&gates, &candidate, &live, None);
+            let any_fail = views.iter().any(|v| v.state == "fail");
+            let any_waiting = views.iter().any(|v| v.state == "waiting");
+            match &judgement {
+                Judgement::Fail(_) => assert!(any_fail, "{candidate:?}: {views:?}"),
+                Judgement::Inconclusive(_) => {
+                    assert!(!any_fail && any_waiting, "{candidate:?}: {views:?}")
+                }
+                Judgement::Pass => assert!(!any_fail && !any_waiting, "{candidate:?}: {views:?}"),
+            }
+        }
+        assert!(matches!(
+            judge(&gates, &window(100, 50, None), &window(0, 0, None), None),
+            Judgement::Fail(_)
+        ));
+    }
 
     proptest::proptest! {
         #[test]

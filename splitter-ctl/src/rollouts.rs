@@ -60,6 +60,9 @@ pub struct ActiveRollout {
     pub candidate: Version,
     /// The counters at the start of the current step: [blue, green].
     pub step_base: [Snapshot; 2],
+    /// The counters at the last judgement: the report's samples are the windows between
+    /// judgements, not since the step began.
+    pub sample_base: [Snapshot; 2],
     pub last_evaluation: Instant,
     /// The split word the rollout wrote last.
     pub expected: SplitWord,
@@ -157,6 +160,7 @@ impl SavedRollout {
             rollout,
             candidate,
             step_base: base,
+            sample_base: base,
             last_evaluation: now,
             expected: SplitWord(self.expected_word),
             paused: self.paused,
@@ -516,6 +520,7 @@ impl Daemon {
             started_event,
             candidate,
             step_base: self.snapshots(&ids)?,
+            sample_base: self.snapshots(&ids)?,
             last_evaluation: now,
             expected: word,
             paused: None,
@@ -841,6 +846,8 @@ impl Daemon {
         let (c, l) = (active.candidate as usize, active.candidate.other() as usize);
         let candidate = Window::between(&active.step_base[c], &snapshots[c]);
         let live = Window::between(&active.step_base[l], &snapshots[l]);
+        let since_last = [c, l].map(|v| Window::between(&active.sample_base[v], &snapshots[v]));
+        active.sample_base = snapshots;
         let gates = &active.rollout.plan.gates;
         let baseline = live_reference(gates, &live, active.live_baseline_ms);
         let promql_gates = &active.rollout.plan.promql;
@@ -900,8 +907,8 @@ impl Daemon {
         // The judged windows, for `report`; recorded after any map write.
         let at_ms = crate::journal::now_ms();
         let samples: Vec<Sample> = [
-            (active.candidate, "candidate", &candidate),
-            (active.candidate.other(), "live", &live),
+            (active.candidate, "candidate", &since_last[0]),
+            (active.candidate.other(), "live", &since_last[1]),
         ]
         .into_iter()
         .map(|(version, role, window)| Sample {

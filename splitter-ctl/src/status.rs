@@ -94,6 +94,9 @@ pub struct Telemetry {
     pub request_rate_per_second: Option<f64>,
     /// `error_ratio` over the daemon's last window.
     pub recent_error_ratio: Option<f64>,
+    /// The p99 response time over the daemon's last window.
+    #[serde(default)]
+    pub recent_p99_ms: Option<f64>,
 }
 
 /// Errors and the events they are counted against, from a version's counters.
@@ -135,7 +138,15 @@ pub fn spreads(maps: &Maps, config: &Config) -> Result<Spreads, MapsError> {
 
 /// Rates the daemon measured over its last window, per (service, version): responses per
 /// second and the error ratio.
-pub type Rates = std::collections::HashMap<(String, Version), (f64, Option<f64>)>;
+pub type Rates = std::collections::HashMap<(String, Version), Recent>;
+
+/// A version over the daemon's last window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Recent {
+    pub responses_per_second: f64,
+    pub error_ratio: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct PoolStatus {
@@ -317,8 +328,9 @@ fn service(
                     version,
                     LatencyKind::Handshake,
                 )?),
-                request_rate_per_second: rate.map(|r| r.0),
-                recent_error_ratio: rate.and_then(|r| r.1),
+                request_rate_per_second: rate.map(|r| r.responses_per_second),
+                recent_error_ratio: rate.and_then(|r| r.error_ratio),
+                recent_p99_ms: rate.and_then(|r| r.p99_ms),
             },
         );
         status.counters.insert(version.name().to_owned(), counters);

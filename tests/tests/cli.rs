@@ -55,6 +55,30 @@ fn the_man_page_is_roff_with_every_subcommand_and_the_exit_statuses() {
 }
 
 #[test]
+fn check_validates_the_shipped_example_config_and_says_what_is_wrong_with_a_bad_one() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/splitter.toml");
+    let answer: serde_json::Value =
+        serde_json::from_str(&stdout(&["--config", example, "check", "--output", "json"]))
+            .expect("JSON");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["services"][0], "sentiment");
+    let bad = std::env::temp_dir().join(format!("splitter-check-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "interface = \"eth0\"\n[[service]]\nname = \"Bad!\"\nlisten = \"198.18.0.1:80\"\n",
+    )
+    .expect("write");
+    let out = ctl(&["--config", bad.to_str().expect("utf-8"), "check"]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":3:8: `service[0].name`"),
+        "names the line and the key: {stderr}"
+    );
+}
+
+#[test]
 fn exit_statuses_tell_usage_errors_from_failed_commands() {
     assert_eq!(ctl(&["no-such-command"]).status.code(), Some(2));
     let missing = ctl(&["--config", "/nonexistent/splitter.toml", "status"]);

@@ -1,8 +1,14 @@
 //! What ships beside the binary is checked against the binary: the Grafana dashboard queries
-//! only metrics a real daemon exports, and the Kubernetes manifest's config validates and asks
-//! for the same capabilities as the systemd unit.
+//! only metrics a real daemon exports, under the names and labels it exports them with, and the
+//! Kubernetes manifest's config validates and asks for the same capabilities as the systemd
+//! unit.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::SocketAddrV4,
+    path::Path,
+};
 
 use splitter_tests::{require_root, testbed::Testbed};
 
@@ -15,9 +21,8 @@ fn packaging(file: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every `splitter_*` metric the dashboard's queries name, as its family (the name in a
-/// `# TYPE` line: without `_total`, `_bucket`, `_sum`, `_count`).
-fn dashboard_families() -> BTreeSet<String> {
+/// Every PromQL expression of the dashboard (panels and variables).
+fn dashboard_exprs() -> Vec<String> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&packaging("grafana/splitter-dashboard.json")).expect("JSON");
     let mut exprs = Vec::new();
@@ -30,37 +35,73 @@ fn dashboard_families() -> BTreeSet<String> {
         .as_array()
         .expect("variables")
     {
-        if let Some(query) = variable["query"].as_str() {
+        if let Some(query) = variable["query"].as_str()
+            && query.contains("splitter_")
+        {
             exprs.push(query.to_owned());
         }
     }
-    let mut families = BTreeSet::new();
-    for expr in exprs {
-        let mut rest = expr.as_str();
-        while let Some(at) = rest.find("splitter_") {
-            let name: String = rest[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            rest = &rest[at + name.len()..];
-            let family = ["_total", "_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(&name)
-                .to_owned();
-            families.insert(family);
-        }
+    exprs
+}
+
+/// The `splitter_*` names in `expr`, each with the label names of the selector right after it.
+fn metrics_in(expr: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("splitter_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let labels = match rest.strip_prefix('{') {
+            Some(selector) => selector[..selector.find('}').unwrap_or(0)]
+                .split(',')
+                .filter_map(|m| m.split(['=', '!']).next())
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            None => Vec::new(),
+        };
+        found.push((name, labels));
     }
-    families
+    found
+}
+
+/// The label names of every `by (...)` in `expr`.
+fn by_labels(expr: &str) -> Vec<String> {
+    expr.split("by (")
+        .skip(1)
+        .flat_map(|part| part[..part.find(')').unwrap_or(0)].split(','))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// A counter is queried as `NAME_total`, a histogram as `NAME_bucket|_sum|_count`, a gauge as
+/// its name: true when `name` is one of those for a family the daemon declares.
+fn queried_as_exported(name: &str, types: &BTreeMap<&str, &str>) -> bool {
+    let suffixed = [
+        ("_total", "counter"),
+        ("_bucket", "histogram"),
+        ("_sum", "histogram"),
+        ("_count", "histogram"),
+    ]
+    .iter()
+    .any(|(suffix, kind)| {
+        name.strip_suffix(suffix)
+            .is_some_and(|family| types.get(family) == Some(kind))
+    });
+    suffixed || types.get(name) == Some(&"gauge")
 }
 
 #[test]
 fn every_metric_the_dashboard_queries_is_exported_by_the_daemon() {
     require_root!();
-    let families = dashboard_families();
-    assert!(families.len() >= 15, "{families:?}");
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 15, "{exprs:?}");
     let mut bed = Testbed::new(71, SERVER);
-    bed.write_config_with("10", "");
+    let last_resort = SocketAddrV4::new(*bed.blue_addr().ip(), 9090);
+    bed.write_config_with("10", &format!("last_resort = [\"{last_resort}\"]\n"));
     bed.start_daemon(&[]);
     // Labelled families appear once they have a value: a rollout whose PromQL gate cannot be
     // read (an `error` query), a drill refused while it runs, the rollout aborted.
@@ -79,19 +120,62 @@ fn every_metric_the_dashboard_queries_is_exported_by_the_daemon() {
     assert_eq!(bed.ctl(&["drill", "sentiment"]).status.code(), Some(1));
     bed.ctl_ok(&["rollout", "abort", "sentiment"]);
     let metrics = bed.metrics();
-    let exported: BTreeSet<&str> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    let missing: Vec<_> = families
-        .iter()
-        .filter(|f| !exported.contains(f.as_str()))
-        .collect();
+    // What the daemon exports: each family's type, and each sample name's label names.
+    let mut types = BTreeMap::new();
+    let mut labels: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for line in metrics.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let mut words = declared.split_whitespace();
+            if let (Some(family), Some(kind)) = (words.next(), words.next()) {
+                types.insert(family, kind);
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let names = labels.entry(&line[..name_end]).or_default();
+            if let Some(set) = line[name_end..].strip_prefix('{') {
+                for pair in set[..set.find('}').unwrap_or(0)].split(',') {
+                    names.extend(pair.split('=').next());
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for expr in &exprs {
+        let used = metrics_in(expr);
+        for (name, selector) in &used {
+            if !queried_as_exported(name, &types) {
+                problems.push(format!("`{name}` is not exported under that name"));
+                continue;
+            }
+            // Families with no sample yet cannot show their labels; the others must have
+            // every label the selector names.
+            if let Some(have) = labels.get(name.as_str()) {
+                for label in selector {
+                    if !have.contains(label.as_str()) {
+                        problems.push(format!("`{name}` has no label `{label}` ({have:?})"));
+                    }
+                }
+            }
+        }
+        for label in by_labels(expr) {
+            let on_some = used.iter().any(|(name, _)| {
+                labels
+                    .get(name.as_str())
+                    .is_some_and(|have| have.contains(label.as_str()))
+            });
+            if !on_some {
+                problems.push(format!("`by ({label})` matches no label of {used:?}"));
+            }
+        }
+    }
     assert!(
-        missing.is_empty(),
-        "the dashboard queries {missing:?}, which the daemon does not export; it exports {exported:?}"
+        problems.is_empty(),
+        "{problems:#?}\nexported types: {types:?}"
     );
+    // The checker itself tells a wrong name from a right one.
+    assert!(queried_as_exported("splitter_connections_total", &types));
+    assert!(!queried_as_exported("splitter_connections", &types));
+    assert!(!queried_as_exported("splitter_share_ratio_total", &types));
 }
 
 #[test]

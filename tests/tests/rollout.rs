@@ -267,7 +267,9 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
         "Candidate share",
         "Error rate per version",
         "rollback",
-        "<polyline",
+        // Blue's and green's data lines (markers and legends are drawn thinner).
+        "stroke=\"#1F77B4\" stroke-width=\"2\"",
+        "stroke=\"#2CA02C\" stroke-width=\"2\"",
     ] {
         assert!(svg.contains(part), "no `{part}` in the report");
     }

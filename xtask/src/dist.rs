@@ -100,17 +100,26 @@ pub fn build(workspace: &Path, ctl: &Path, out: &Path, version: &str) -> Result<
         ],
     )?;
     let tarball = out.join(format!("{name}.tar.gz"));
+    // The top-level names, not `.`: unpacking at `/` must not carry a mode for `/` itself; and
+    // every mode fixed (directories 0755, files 0644, the binary 0755) whatever the build
+    // machine's umask, since unpacking as root at `/` applies them to `/usr`, `/etc` ...
+    let mut top: Vec<String> = fs::read_dir(&root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+        .collect();
+    top.sort();
     let packed = Command::new("tar")
         .arg("--create")
         .arg("--gzip")
         .arg("--owner=root")
         .arg("--group=root")
+        .arg("--mode=u=rwX,go=rX")
         .arg("--sort=name")
         .arg("--file")
         .arg(&tarball)
         .arg("--directory")
         .arg(&root)
-        .arg(".")
+        .args(&top)
         .status()
         .context("cannot run tar")?;
     if !packed.success() {
@@ -167,7 +176,7 @@ mod tests {
             .chain(["usr/bin/splitter-ctl"])
         {
             assert!(
-                listing.contains(&format!("./{entry}\n")),
+                listing.lines().any(|l| l.ends_with(&format!(" {entry}"))),
                 "no {entry} in:\n{listing}"
             );
         }
@@ -175,8 +184,16 @@ mod tests {
             listing
                 .lines()
                 .any(|l| l.starts_with("-rwxr-xr-x root/root")
-                    && l.ends_with("./usr/bin/splitter-ctl")),
+                    && l.ends_with(" usr/bin/splitter-ctl")),
             "the binary is root's and executable:\n{listing}"
         );
+        for line in listing.lines() {
+            let mode = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                ["drwxr-xr-x", "-rw-r--r--", "-rwxr-xr-x"].contains(&mode),
+                "a mode the umask chose: {line}"
+            );
+            assert!(!line.ends_with(" ./"), "no entry for / itself: {line}");
+        }
     }
 }

@@ -481,8 +481,12 @@ mod tests {
         ] {
             assert!(svg.contains(part), "no `{part}` in the SVG");
         }
-        // Three charts: the share, and two series per version chart.
-        assert!(svg.matches("<polyline").count() >= 5, "{svg}");
+        // The data lines, told from markers and legends by their width: the share, then blue
+        // and green on the error and p99 charts.
+        for (stroke, lines) in [("#000000", 1), ("#1F77B4", 2), ("#2CA02C", 2)] {
+            let drawn = format!("stroke=\"{stroke}\" stroke-width=\"2\"");
+            assert_eq!(svg.matches(&drawn).count(), lines, "{stroke} in {svg}");
+        }
         assert!(html.contains("<svg"));
         let png_path =
             std::env::temp_dir().join(format!("splitter-report-{}.png", std::process::id()));

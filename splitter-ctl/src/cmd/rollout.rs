@@ -42,8 +42,28 @@ pub fn request(
     path: &str,
     body: &[u8],
 ) -> Result<serde_json::Value, CommandError> {
+    send(config_path, method, path, body, super::reload::TIMEOUT)
+}
+
+/// A request without a body that waits at most `timeout` for the answer.
+pub fn request_within(
+    config_path: &Path,
+    method: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, CommandError> {
+    send(config_path, method, path, b"", timeout)
+}
+
+fn send(
+    config_path: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, CommandError> {
     let socket = config::control_socket_of(config_path);
-    let (status, body) = http::unix_request(&socket, method, path, body, super::reload::TIMEOUT)
+    let (status, body) = http::unix_request(&socket, method, path, body, timeout)
         .map_err(|e| CommandError::Daemon(control::not_running(&socket, &e)))?;
     let value: serde_json::Value = serde_json::from_slice(&body)?;
     if status != 200 {

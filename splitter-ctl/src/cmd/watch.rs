@@ -17,7 +17,7 @@ use ratatui::{
     widgets::{Block, Borders, Gauge, Paragraph, Row, Table},
 };
 
-use super::{CommandError, history::format_time, rollout::request};
+use super::{CommandError, history::format_time, rollout::request_within};
 use crate::{
     config::Config,
     journal::{EventKind, Journal},
@@ -27,8 +27,9 @@ use crate::{
 
 /// Journal events the view shows.
 const EVENTS: usize = 8;
-/// Newest journal events read to find them among the gate evaluations.
-const JOURNAL_SCAN: usize = 500;
+/// How long the view waits for the daemon before it shows that it could not reach it: short,
+/// so the view (and `q`) never freezes for long.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
 /// The size of a `--once` frame.
 const ONCE_WIDTH: u16 = 120;
 const ONCE_HEIGHT: u16 = 40;
@@ -77,7 +78,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         || "/v1/status".to_owned(),
         |s| format!("/v1/status?service={s}"),
     );
-    match request(config_path, "GET", &path, b"")
+    match request_within(config_path, "GET", &path, DAEMON_TIMEOUT)
         .and_then(|json| serde_json::from_value::<Status>(json).map_err(CommandError::from))
     {
         Ok(status) => view.versions = rows(&status),
@@ -88,11 +89,11 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         None => config.releases(),
     };
     for release in releases {
-        if let Ok(json) = request(
+        if let Ok(json) = request_within(
             config_path,
             "GET",
             &format!("/v1/rollouts/{}", release.name),
-            b"",
+            DAEMON_TIMEOUT,
         ) && let Ok(rollout) = serde_json::from_value::<RolloutStatus>(json)
         {
             view.rollouts.push(rollout);
@@ -103,13 +104,19 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         .map(|r| r.name.to_owned());
     // Gate evaluations come every interval and are the gates panel already: the journal panel
     // shows what changed (starts, steps, rollbacks, promotions, overrides, drills, weights).
-    if let Ok(events) = Journal::open(&config.state_dir)
-        .and_then(|j| j.history(journal_name.as_deref(), JOURNAL_SCAN))
-    {
+    // A journal that was never written is not created by looking at it.
+    if let Ok(Some(events)) = Journal::open_existing(&config.state_dir).and_then(|j| {
+        j.map(|j| {
+            j.history_without(
+                journal_name.as_deref(),
+                EVENTS,
+                Some(EventKind::GateEvaluation),
+            )
+        })
+        .transpose()
+    }) {
         view.events = events
             .iter()
-            .filter(|e| e.event.kind != EventKind::GateEvaluation)
-            .take(EVENTS)
             .map(|e| {
                 format!(
                     "{}  {:<12} {:<17} by {:<8} {}",
@@ -142,7 +149,7 @@ fn rows(status: &Status) -> Vec<VersionRow> {
                 share_percent: service.share_percent.get(version).copied().unwrap_or(0.0),
                 requests_per_second: telemetry.and_then(|t| t.request_rate_per_second),
                 error_ratio: telemetry.and_then(|t| t.recent_error_ratio.or(t.error_ratio)),
-                p99_ms: telemetry.and_then(|t| t.response.p99_ms),
+                p99_ms: telemetry.and_then(|t| t.recent_p99_ms),
             });
         }
     }
@@ -346,11 +353,13 @@ pub fn run(
     once: bool,
 ) -> Result<(), CommandError> {
     if once {
-        print!(
-            "{}",
-            text_frame(&gather(config_path, only), ONCE_WIDTH, ONCE_HEIGHT)
-        );
-        return Ok(());
+        let view = gather(config_path, only);
+        print!("{}", text_frame(&view, ONCE_WIDTH, ONCE_HEIGHT));
+        // The frame is printed either way; a script still learns the daemon was not there.
+        return match view.problem {
+            Some(problem) => Err(CommandError::Daemon(problem)),
+            None => Ok(()),
+        };
     }
     let io = |what: &'static str| move |source| CommandError::Io { what, source };
     let mut terminal = ratatui::try_init().map_err(io("set up the terminal"))?;
