@@ -13,14 +13,17 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::netns::{Netns, ip};
+use crate::{
+    http::KeepAlive,
+    netns::{Netns, ip},
+};
 
 /// The port every test service and backend listens on.
 pub const PORT: u16 = 8080;
@@ -218,7 +221,54 @@ impl Testbed {
     /// The service address: the node's address on the client link.
     #[must_use]
     pub fn vip(&self) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(self.addr(1).parse().expect("addr"), PORT))
+        SocketAddr::V4(self.vip_v4())
+    }
+
+    #[must_use]
+    pub fn vip_v4(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr(1).parse().expect("addr"), PORT)
+    }
+
+    /// Gives the client the extra source addresses `clients`, all inside `prefix` (a part of
+    /// 198.19.0.0/16, which only this bed's namespaces route), routed back through the node.
+    pub fn add_client_addresses(&self, clients: &[Ipv4Addr], prefix: &str) {
+        for addr in clients {
+            self.client.ip(&[
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &self.client_interface(),
+            ]);
+        }
+        self.node
+            .ip(&["route", "add", prefix, "via", &self.addr(2)]);
+    }
+
+    /// For each of `sources`, the versions that answer `per_source` new connections from it
+    /// to `vip`, each with a 200.
+    #[must_use]
+    pub fn versions_from(
+        &self,
+        sources: Vec<Ipv4Addr>,
+        vip: SocketAddrV4,
+        per_source: usize,
+    ) -> Vec<Vec<String>> {
+        self.client.run(move || {
+            sources
+                .iter()
+                .map(|source| {
+                    (0..per_source)
+                        .map(|_| {
+                            let mut conn = KeepAlive::connect_from(*source, vip).expect("connect");
+                            let (status, version) = conn.last_request().expect("request");
+                            assert_eq!(status, 200, "from {source}");
+                            version
+                        })
+                        .collect()
+                })
+                .collect()
+        })
     }
 
     #[must_use]

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use splitter_tests::{http::KeepAlive, require_root, testbed::Testbed};
+use splitter_tests::{require_root, testbed::Testbed};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 /// Client addresses, in 198.19.65.0/24 (routed to the client through the node).
@@ -20,61 +20,19 @@ fn client(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 65, i)
 }
 
-/// Gives the bed's client the addresses `clients` (in 198.19.BED.0/24), routed back through
-/// the node.
+/// Gives the bed's client the addresses `clients`, in 198.19.BED.0/24.
 fn add_clients(bed: &Testbed, clients: &[Ipv4Addr]) {
-    for addr in clients {
-        bed.client.ip(&[
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            &bed.client_interface(),
-        ]);
-    }
-    bed.node.ip(&[
-        "route",
-        "add",
-        &format!("198.19.{}.0/24", bed.index),
-        "via",
-        &format!("198.18.{}.2", bed.index),
-    ]);
-}
-
-fn vip_v4(bed: &Testbed) -> SocketAddrV4 {
-    match bed.vip() {
-        std::net::SocketAddr::V4(v4) => v4,
-        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
-    }
+    bed.add_client_addresses(clients, &format!("198.19.{}.0/24", bed.index));
 }
 
 /// The version that answers a new connection from `source`.
 fn version_from(bed: &Testbed, source: Ipv4Addr) -> String {
-    let vip = vip_v4(bed);
-    bed.client.run(move || {
-        let mut conn = KeepAlive::connect_from(source, vip).expect("connect");
-        let (status, version) = conn.last_request().expect("request");
-        assert_eq!(status, 200);
-        version
-    })
+    bed.versions_from(vec![source], bed.vip_v4(), 1)[0][0].clone()
 }
 
 /// For every client: the versions of `PER_CLIENT` new connections.
 fn versions(bed: &Testbed, vip: SocketAddrV4) -> Vec<Vec<String>> {
-    bed.client.run(move || {
-        (1..=CLIENTS)
-            .map(|i| {
-                (0..PER_CLIENT)
-                    .map(|_| {
-                        let mut conn = KeepAlive::connect_from(client(i), vip).expect("connect");
-                        let (status, version) = conn.last_request().expect("request");
-                        assert_eq!(status, 200);
-                        version
-                    })
-                    .collect()
-            })
-            .collect()
-    })
+    bed.versions_from((1..=CLIENTS).map(client).collect(), vip, PER_CLIENT)
 }
 
 fn rollout_salt(bed: &Testbed) -> u64 {
@@ -95,7 +53,7 @@ fn each_client_sees_one_version_and_rising_shares_only_move_clients_to_the_candi
     bed.write_config_with("0", "affinity = \"client\"\n");
     bed.start_daemon(&[]);
     assert_eq!(bed.status()["services"][0]["affinity"], "client");
-    let vip = vip_v4(&bed);
+    let vip = bed.vip_v4();
     // The rollout draws the salt; the steps are then set by hand (which pauses it).
     bed.ctl_ok(&[
         "rollout",

@@ -13,7 +13,7 @@ use std::{
 };
 
 use splitter_tests::{
-    http::{self, KeepAlive},
+    http,
     load::Load,
     require_root,
     testbed::{Testbed, counted},
@@ -29,25 +29,12 @@ fn client(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 67, i)
 }
 
-fn ipv4(addr: std::net::SocketAddr) -> SocketAddrV4 {
-    match addr {
-        std::net::SocketAddr::V4(v4) => v4,
-        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
-    }
-}
-
 /// The version each client gets from a new connection to `vip`.
 fn versions_at(bed: &Testbed, vip: SocketAddrV4) -> Vec<String> {
-    bed.client.run(move || {
-        (1..=CLIENTS)
-            .map(|i| {
-                let mut conn = KeepAlive::connect_from(client(i), vip).expect("connect");
-                let (status, version) = conn.last_request().expect("request");
-                assert_eq!(status, 200);
-                version
-            })
-            .collect()
-    })
+    bed.versions_from((1..=CLIENTS).map(client).collect(), vip, 1)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The version that answers a new connection from the client.
@@ -67,22 +54,15 @@ fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_version() {
     require_root!();
     let mut bed = Testbed::new(67, SERVER);
-    for addr in (1..=CLIENTS).map(client) {
-        bed.client.ip(&[
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            &bed.client_interface(),
-        ]);
-    }
-    bed.node
-        .ip(&["route", "add", "198.19.67.0/24", "via", "198.18.67.2"]);
+    bed.add_client_addresses(
+        &(1..=CLIENTS).map(client).collect::<Vec<_>>(),
+        "198.19.67.0/24",
+    );
     let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
     let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
     bed.serve_on_backend(SERVER, false, blue_features, "blue");
     bed.serve_on_backend(SERVER, true, green_features, "green");
-    let features_vip = SocketAddrV4::new(*ipv4(bed.vip()).ip(), FEATURES_PORT);
+    let features_vip = SocketAddrV4::new(*bed.vip_v4().ip(), FEATURES_PORT);
     bed.write_config_with("0", "affinity = \"client\"\ngroup = \"stack\"\n");
     let config = fs::read_to_string(&bed.config_path).expect("config");
     fs::write(
@@ -115,7 +95,7 @@ fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_vers
     let rollout: serde_json::Value = serde_json::from_str(&text).expect("rollout status");
     assert_eq!(rollout["service"], "stack", "{rollout}");
     assert_eq!(rollout["candidate_percent"], 50.0, "{rollout}");
-    let vip = ipv4(bed.vip());
+    let vip = bed.vip_v4();
     let model = versions_at(&bed, vip);
     let features = versions_at(&bed, features_vip);
     assert_eq!(

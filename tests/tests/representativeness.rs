@@ -30,22 +30,7 @@ fn clients() -> Vec<Ipv4Addr> {
 /// A bed whose client has the 80 addresses, with `cohort` in the service.
 fn bed(index: u8, steps: &str, cohort: &str) -> Testbed {
     let mut bed = Testbed::new(index, SERVER);
-    for addr in clients() {
-        bed.client.ip(&[
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            &bed.client_interface(),
-        ]);
-    }
-    bed.node.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/16",
-        "via",
-        &format!("198.18.{index}.2"),
-    ]);
+    bed.add_client_addresses(&clients(), "198.19.0.0/16");
     bed.write_config_with(
         "0",
         &format!(
@@ -58,10 +43,7 @@ fn bed(index: u8, steps: &str, cohort: &str) -> Testbed {
 
 /// One keep-alive connection per client, opened now.
 fn connect(bed: &Testbed) -> Vec<KeepAlive> {
-    let vip = match bed.vip() {
-        std::net::SocketAddr::V4(v4) => v4,
-        std::net::SocketAddr::V6(_) => unreachable!("the test bed is IPv4"),
-    };
+    let vip = bed.vip_v4();
     bed.client.run(move || {
         clients()
             .into_iter()
