@@ -59,7 +59,7 @@ pub struct ActiveRollout {
     pub rollout: Rollout,
     pub candidate: Version,
     /// The counters at the start of the current step: [blue, green].
-    pub step_base: [Snapshot; 2],
+    pub step_base: ReleaseSnapshot,
     /// The counters at the last judgement: the report's samples are the windows between
     /// judgements, not since the step began.
     pub sample_base: [Snapshot; 2],
@@ -139,7 +139,7 @@ impl SavedRollout {
     }
 
     /// The rollout again, with its counters' window starting at `base`; or why it cannot be.
-    fn restore(self, base: [Snapshot; 2], now: Instant) -> Result<ActiveRollout, String> {
+    fn restore(self, base: ReleaseSnapshot, now: Instant) -> Result<ActiveRollout, String> {
         let plan = self.plan.into_plan()?;
         if self.step >= plan.steps.len() {
             return Err(format!("step {} of {}", self.step, plan.steps.len()));
@@ -159,8 +159,8 @@ impl SavedRollout {
             started_event: self.started_event,
             rollout,
             candidate,
+            sample_base: base.sum,
             step_base: base,
-            sample_base: base,
             last_evaluation: now,
             expected: SplitWord(self.expected_word),
             paused: self.paused,
@@ -231,6 +231,14 @@ fn fresh_salt() -> u32 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos())
     }
+}
+
+/// A release's counters at one moment: summed over its services, and each service's (in the
+/// order of `ReleaseIds::members`), per version [blue, green].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReleaseSnapshot {
+    pub sum: [Snapshot; 2],
+    pub members: Vec<[Snapshot; 2]>,
 }
 
 /// A release's ids in the kernel.
@@ -322,18 +330,26 @@ impl Daemon {
 
     /// The counters of release `ids`, summed over its services: a release group is judged as
     /// the whole stack.
-    fn snapshots(&self, ids: &ReleaseIds) -> Result<[Snapshot; 2], RolloutError> {
-        let snapshot = |version| -> Result<Snapshot, RolloutError> {
-            let mut sum = Snapshot::default();
-            for id in &ids.members {
-                sum.counters = sum.counters.add(&self.maps.counters(*id, version)?);
-                sum.response =
-                    sum.response
-                        .add(&self.maps.histogram(*id, version, LatencyKind::Response)?);
-            }
-            Ok(sum)
+    fn snapshots(&self, ids: &ReleaseIds) -> Result<ReleaseSnapshot, RolloutError> {
+        let snapshot = |id: u32, version| -> Result<Snapshot, RolloutError> {
+            Ok(Snapshot {
+                counters: self.maps.counters(id, version)?,
+                response: self.maps.histogram(id, version, LatencyKind::Response)?,
+            })
         };
-        Ok([snapshot(Version::Blue)?, snapshot(Version::Green)?])
+        let mut release = ReleaseSnapshot::default();
+        for id in &ids.members {
+            let member = [
+                snapshot(*id, Version::Blue)?,
+                snapshot(*id, Version::Green)?,
+            ];
+            for (sum, part) in release.sum.iter_mut().zip(&member) {
+                sum.counters = sum.counters.add(&part.counters);
+                sum.response = sum.response.add(&part.response);
+            }
+            release.members.push(member);
+        }
+        Ok(release)
     }
 
     /// Saves `service`'s rollout state in the journal (logged when it cannot be).
@@ -519,8 +535,8 @@ impl Daemon {
         let active = ActiveRollout {
             started_event,
             candidate,
+            sample_base: self.snapshots(&ids)?.sum,
             step_base: self.snapshots(&ids)?,
-            sample_base: self.snapshots(&ids)?,
             last_evaluation: now,
             expected: word,
             paused: None,
@@ -840,18 +856,50 @@ impl Daemon {
         }
         let snapshots = self.snapshots(&ids)?;
         let spread = self.canary_spread(service, &ids)?;
+        let member_names: Vec<String> = self
+            .config
+            .release(service)
+            .map(|r| r.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
         let (c, l) = (active.candidate as usize, active.candidate.other() as usize);
-        let candidate = Window::between(&active.step_base[c], &snapshots[c]);
-        let live = Window::between(&active.step_base[l], &snapshots[l]);
-        let since_last = [c, l].map(|v| Window::between(&active.sample_base[v], &snapshots[v]));
-        active.sample_base = snapshots;
+        let candidate = Window::between(&active.step_base.sum[c], &snapshots.sum[c]);
+        let live = Window::between(&active.step_base.sum[l], &snapshots.sum[l]);
+        let since_last = [c, l].map(|v| Window::between(&active.sample_base[v], &snapshots.sum[v]));
+        active.sample_base = snapshots.sum;
+        // A release group is judged as one stack, and each of its services on its own as well:
+        // a breach on one service fails the group even when the others' traffic dilutes it in
+        // the sum. A service without enough traffic of its own only counts in the sum.
+        let member_failures: Vec<String> = if snapshots.members.len() > 1 {
+            member_names
+                .iter()
+                .zip(active.step_base.members.iter().zip(&snapshots.members))
+                .filter_map(|(name, (before, now))| {
+                    match judge(
+                        &active.rollout.plan.gates,
+                        &Window::between(&before[c], &now[c]),
+                        &Window::between(&before[l], &now[l]),
+                        None,
+                    ) {
+                        Judgement::Fail(reasons) => Some(format!("{name}: {}", reasons.join(", "))),
+                        _ => None,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let gates = &active.rollout.plan.gates;
         let baseline = live_reference(gates, &live, active.live_baseline_ms);
         let promql_gates = &active.rollout.plan.promql;
         let judgement = judge(gates, &candidate, &live, active.live_baseline_ms)
+            .and(if member_failures.is_empty() {
+                Judgement::Pass
+            } else {
+                Judgement::Fail(member_failures)
+            })
             .and(promql::judge(promql_gates, readings))
             .and(match (&spread, gates.max_divergence) {
                 (Some(spread), Some(max)) => {

@@ -9,6 +9,10 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -224,4 +228,96 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
     );
     let text = bed.ctl_ok(&["status", "sentiment"]);
     assert!(text.contains("last resort ACTIVE"), "{text}");
+}
+
+#[test]
+fn a_failing_service_rolls_its_group_back_even_when_the_stacks_sum_looks_healthy() {
+    require_root!();
+    let mut bed = Testbed::new(72, SERVER);
+    // `features` is the group's small service, and its green answers 500 to one request in
+    // four; `sentiment` carries most of the traffic and is healthy on both versions.
+    let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
+    let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
+    bed.serve_on_backend(SERVER, false, blue_features, "blue");
+    bed.serve_on_backend_with(
+        SERVER,
+        true,
+        green_features,
+        "green",
+        &["--error-every", "4"],
+    );
+    let features_vip = SocketAddrV4::new(*bed.vip_v4().ip(), FEATURES_PORT);
+    bed.write_config_with("0", "group = \"stack\"\n");
+    let config = fs::read_to_string(&bed.config_path).expect("config");
+    fs::write(
+        &bed.config_path,
+        format!(
+            "{config}\n[[service]]\nname = \"features\"\nlisten = \"{features_vip}\"\nblue = [\"{blue_features}\"]\ngreen = [\"{green_features}\"]\ngroup = \"stack\"\n"
+        ),
+    )
+    .expect("config");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed, Duration::from_secs(30));
+    // A light stream to `features`, bounded in count and time.
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&running);
+    let light = bed.client.spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut answers = 0;
+        while flag.load(Ordering::SeqCst) && answers < 1_000 && Instant::now() < deadline {
+            let _ = http::get_any(std::net::SocketAddr::V4(features_vip));
+            answers += 1;
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "stack",
+        "--steps",
+        "50,100",
+        "--hold",
+        "10s",
+        "--interval",
+        "500ms",
+        "--min-samples",
+        "5",
+        "--max-error-rate",
+        "0.05",
+        "--max-p99-vs-live",
+        "50",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rollback = loop {
+        let history = bed.ctl_ok(&["history", "stack", "--output", "json"]);
+        let events: Vec<serde_json::Value> = serde_json::from_str(&history).expect("history");
+        if let Some(rollback) = events.iter().find(|e| e["kind"] == "rollback") {
+            break rollback.clone();
+        }
+        assert!(
+            events.iter().all(|e| e["kind"] != "promotion"),
+            "promoted on the healthy sum: {history}"
+        );
+        assert!(Instant::now() < deadline, "never rolled back: {history}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = load.stop();
+    running.store(false, Ordering::SeqCst);
+    let _ = light.join();
+    assert_eq!(rollback["actor"], "gates", "{rollback}");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("features: error rate")),
+        "{rollback}"
+    );
+    // Both services are back on blue: the group moved as one.
+    let status = bed.status();
+    for name in ["sentiment", "features"] {
+        assert_eq!(
+            service(&status, name)["share_percent"]["green"],
+            0.0,
+            "{status}"
+        );
+    }
 }
