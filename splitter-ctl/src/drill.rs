@@ -128,6 +128,8 @@ pub struct Drill {
     write: Duration,
     /// When the first new connection on the live pool was seen.
     first_on_live: Option<Duration>,
+    /// A last-resort drill's errors of the last-resort pool at the write.
+    errors_base: u64,
 }
 
 /// What a drill found; journaled and answered.
@@ -149,6 +151,10 @@ pub struct DrillReport {
     pub new_on_candidate: u64,
     /// The share put back, or why it was not.
     pub restored: String,
+    /// A last-resort drill: the errors its pool gave by the drill's end (5xx, resets, refused
+    /// handshakes); any fails the drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resort_errors: Option<u64>,
 }
 
 /// A rollback whose first new connection on the live pool is awaited.
@@ -291,6 +297,7 @@ impl Daemon {
             decided,
             write,
             first_on_live: None,
+            errors_base: 0,
         })
     }
 
@@ -367,6 +374,7 @@ impl Daemon {
         // Counted from after the writes: a SYN steered while the tables were being emptied
         // must not read as a connection that missed the last resort.
         let base = self.last_resort_counts(kernel.id)?;
+        let errors_base = self.last_resort_errors(kernel.id)?;
         tracing::warn!(
             service,
             write_us = micros(write),
@@ -386,7 +394,13 @@ impl Daemon {
             decided,
             write,
             first_on_live: None,
+            errors_base,
         })
+    }
+
+    /// The errors the last-resort pool of service `id` gave so far.
+    fn last_resort_errors(&self, id: u32) -> Result<u64, RolloutError> {
+        Ok(crate::status::errors_and_events(&self.maps.last_resort_counters(id)?).0)
     }
 
     /// Rebuilds blue's and green's slot tables of the drilled service from its healthy
@@ -431,7 +445,11 @@ impl Daemon {
         let (on_live, on_candidate) = self.drill_counts(&drill)?;
         if drill.kind == DrillKind::LastResort {
             let restored = self.restore_pools(&drill)?;
-            return Ok(self.report_drill(&drill, on_live, on_candidate, restored));
+            // Errors seen by now: refused handshakes and resets come within a round trip.
+            let errors = self
+                .last_resort_errors(drill.ids.members[0])?
+                .saturating_sub(drill.errors_base);
+            return Ok(self.report_drill(&drill, on_live, on_candidate, Some(errors), restored));
         }
         let live = drill.during.live();
         let lock = self.split_lock.hold();
@@ -450,7 +468,7 @@ impl Daemon {
         } else {
             "not restored: the split was changed during the drill".to_owned()
         };
-        Ok(self.report_drill(&drill, on_live, on_candidate, restored))
+        Ok(self.report_drill(&drill, on_live, on_candidate, None, restored))
     }
 
     /// Judges, logs, counts and journals a drill that ended.
@@ -459,9 +477,10 @@ impl Daemon {
         drill: &Drill,
         on_live: u64,
         on_candidate: u64,
+        last_resort_errors: Option<u64>,
         restored: String,
     ) -> DrillReport {
-        let outcome = if on_candidate > 0 {
+        let outcome = if on_candidate > 0 || last_resort_errors.is_some_and(|e| e > 0) {
             "failed"
         } else if on_live == 0 {
             "inconclusive"
@@ -482,6 +501,7 @@ impl Daemon {
             new_on_live: on_live,
             new_on_candidate: on_candidate,
             restored,
+            last_resort_errors,
         };
         tracing::info!(service = drill.service, kind = drill.kind.name(), actor = drill.trigger.name(), outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         self.count_drill(&drill.service, drill.trigger, outcome);

@@ -195,6 +195,19 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
     assert!(service["last_resort"]["new_flows"].as_u64() >= Some(1));
     assert_eq!(get(&bed), "blue");
 
+    // A drill against a dead last-resort backend fails, and says why.
+    bed.stop("degraded");
+    let load = Load::start(&bed, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let out = bed.ctl(&["drill", "sentiment", "--last-resort", "--output", "json"]);
+    let _ = load.stop();
+    assert_eq!(out.status.code(), Some(3), "a drill that did not pass");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert!(report["last_resort_errors"].as_u64() > Some(0), "{report}");
+    // Back for the rest (the server says `ready` once it listens).
+    bed.serve_on_backend(SERVER, false, degraded, "degraded");
+
     // Both versions fail their health checks: new connections go to the last resort.
     bed.stop("blue");
     bed.stop("green");
