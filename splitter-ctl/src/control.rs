@@ -115,7 +115,7 @@ pub(crate) fn rollout_error(e: crate::rollouts::RolloutError) -> Response {
         | E::NoLastResort(_)
         | E::UnhealthyLive(..) => 409,
         E::Maps(_) => 500,
-        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) => 422,
+        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) | E::GroupHasNoPools(..) => 422,
     };
     Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
 }

@@ -349,10 +349,21 @@ impl Daemon {
         service: &str,
         trigger: Trigger,
     ) -> Result<Drill, RolloutError> {
-        let spec = self
-            .config
-            .service(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+        let Some(spec) = self.config.service(service) else {
+            // A release group has no pools of its own: its services do.
+            return Err(match self.config.release(service) {
+                Some(group) => RolloutError::GroupHasNoPools(
+                    service.to_owned(),
+                    group
+                        .members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                None => RolloutError::UnknownService(service.to_owned()),
+            });
+        };
         if spec.last_resort.is_empty() {
             return Err(RolloutError::NoLastResort(service.to_owned()));
         }

@@ -129,6 +129,16 @@ fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_vers
         );
     }
 
+    // A last-resort drill is per service; the group's name gets told which services there are.
+    let refused = bed.ctl(&["drill", "stack", "--last-resort"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("`stack` is a release group; its pools are its services': name one of them (sentiment, features)"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // While a rollout of the group runs, a reload that takes a service out of it is refused,
     // and the running config stays.
     bed.ctl_ok(&[
