@@ -21,7 +21,7 @@ use splitter_common::{
 };
 
 use crate::{
-    config::{Config, Release, ServiceSpec, endpoint},
+    config::{Config, Pool, Release, ServiceSpec, endpoint},
     maps::{Maps, MapsError, addr_ip},
     slots,
 };
@@ -50,30 +50,36 @@ pub struct Applied {
     pub draining_backends: usize,
 }
 
-/// Which backends may take new connections: (service, version, backend) → healthy.
-pub type Healthy<'a> = &'a dyn Fn(&str, Version, SocketAddr) -> bool;
+/// Which backends may take new connections: (service, pool, backend) → healthy.
+pub type Healthy<'a> = &'a dyn Fn(&str, Pool, SocketAddr) -> bool;
 
 /// Every backend counts as healthy (no health checks: tests, benchmarks).
-pub fn all_healthy(_: &str, _: Version, _: SocketAddr) -> bool {
+pub fn all_healthy(_: &str, _: Pool, _: SocketAddr) -> bool {
     true
 }
 
-/// Rewrites the slot table of one pool from its healthy backends. A pool with none has an
-/// empty table, and the kernel sends its new connections to the other version.
+/// Rewrites the slot table of one pool from its healthy backends. A version's pool with none
+/// has an empty table, and the kernel sends its new connections to the other version (then to
+/// the last-resort pool).
 pub fn write_pool(
     maps: &mut Maps,
     id: u32,
     spec: &ServiceSpec,
-    version: Version,
+    pool: Pool,
     healthy: Healthy<'_>,
 ) -> Result<(), MapsError> {
     let up: Vec<_> = spec
-        .pool(version)
+        .backends_of(pool)
         .iter()
         .copied()
-        .filter(|b| healthy(&spec.name, version, b.addr))
+        .filter(|b| healthy(&spec.name, pool, b.addr))
         .collect();
-    maps.write_slots(id, version, &slots::build(&up))
+    let table = slots::build(&up);
+    match pool {
+        Pool::Blue => maps.write_slots(id, Version::Blue, &table),
+        Pool::Green => maps.write_slots(id, Version::Green, &table),
+        Pool::LastResort => maps.write_last_resort_slots(id, &table),
+    }
 }
 
 pub fn apply(
@@ -168,10 +174,9 @@ pub fn apply(
     }
     for (spec, id) in config.services.iter().zip(&ids) {
         let id = *id;
-        for version in [Version::Blue, Version::Green] {
-            write_pool(maps, id, spec, version, healthy)?;
+        for pool in Pool::ALL {
+            write_pool(maps, id, spec, pool, healthy)?;
         }
-        maps.write_last_resort_slots(id, &slots::build(&spec.last_resort))?;
         if existing.contains_key(&spec.endpoint()) {
             applied.kept.push(spec.name.clone());
         } else {
@@ -274,11 +279,6 @@ pub fn remove_stale_backends(maps: &mut Maps, config: &Config) -> Result<usize, 
     let configured: HashSet<Endpoint> = config
         .backends()
         .map(|(s, _, b)| endpoint(b.addr, s.protocol))
-        .chain(config.services.iter().flat_map(|s| {
-            s.last_resort
-                .iter()
-                .map(move |b| endpoint(b.addr, s.protocol))
-        }))
         .collect();
     let stale: Vec<Endpoint> = maps
         .backends()?

@@ -150,6 +150,36 @@ const MAX_NEW_FLOW_RATE: u32 = splitter_common::MAX_GUARD_RATE as u32;
 /// The period of scheduled drills: from one second to 30 days.
 const DRILL_EVERY_MS: std::ops::RangeInclusive<u64> = 1_000..=30 * 24 * 3_600_000;
 
+/// One of a service's pools: a version's, or the last-resort pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pool {
+    Blue,
+    Green,
+    LastResort,
+}
+
+impl Pool {
+    pub const ALL: [Self; 3] = [Self::Blue, Self::Green, Self::LastResort];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Blue => "blue",
+            Self::Green => "green",
+            Self::LastResort => "last_resort",
+        }
+    }
+}
+
+impl From<Version> for Pool {
+    fn from(version: Version) -> Self {
+        match version {
+            Version::Blue => Self::Blue,
+            Version::Green => Self::Green,
+        }
+    }
+}
+
 /// What a service or release group name may be.
 const NAME_RULE: &str = "expected 1 to 63 characters of a-z, 0-9, `-` and `_`";
 
@@ -209,9 +239,16 @@ impl ServiceSpec {
 
     #[must_use]
     pub fn pool(&self, version: Version) -> &[WeightedBackend] {
-        match version {
-            Version::Blue => &self.blue,
-            Version::Green => &self.green,
+        self.backends_of(version.into())
+    }
+
+    /// The backends of any of the service's pools.
+    #[must_use]
+    pub fn backends_of(&self, pool: Pool) -> &[WeightedBackend] {
+        match pool {
+            Pool::Blue => &self.blue,
+            Pool::Green => &self.green,
+            Pool::LastResort => &self.last_resort,
         }
     }
 
@@ -277,12 +314,12 @@ impl Config {
             .collect()
     }
 
-    /// Every backend of every pool: (service, version, backend).
-    pub fn backends(&self) -> impl Iterator<Item = (&ServiceSpec, Version, &WeightedBackend)> {
+    /// Every backend of every pool, the last-resort pools included: (service, pool, backend).
+    pub fn backends(&self) -> impl Iterator<Item = (&ServiceSpec, Pool, &WeightedBackend)> {
         self.services.iter().flat_map(|s| {
-            [Version::Blue, Version::Green]
+            Pool::ALL
                 .into_iter()
-                .flat_map(move |v| s.pool(v).iter().map(move |b| (s, v, b)))
+                .flat_map(move |p| s.backends_of(p).iter().map(move |b| (s, p, b)))
         })
     }
 

@@ -113,6 +113,7 @@ pub(crate) fn rollout_error(e: crate::rollouts::RolloutError) -> Response {
         | E::RolloutRunning(_)
         | E::NothingToDrill(_)
         | E::NoLastResort(_)
+        | E::UnhealthyLastResort(_)
         | E::UnhealthyLive(..) => 409,
         E::Maps(_) => 500,
         E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) | E::GroupHasNoPools(..) => 422,

@@ -10,12 +10,12 @@ use splitter_common::{SplitWord, Version};
 use crate::{
     aging,
     apply::{self, Applied, ApplyError},
-    config::{Config, ConfigError, HealthCheck},
+    config::{Config, ConfigError, HealthCheck, Pool},
     dataplane::{self, DataplaneError},
     health::{BackendId, Health, Transition},
     journal::Journal,
     maps::{Maps, MapsError},
-    metrics::{DaemonCounters, HealthState, TransitionLabels, VersionLabel},
+    metrics::{DaemonCounters, HealthState, PoolLabel, TransitionLabels},
     rollouts::ActiveRollout,
     share::format_percent,
     status::{self, Rates, Status},
@@ -147,8 +147,8 @@ impl Daemon {
 
     fn apply(&mut self) -> Result<Applied, ApplyError> {
         let health = &self.health;
-        let applied = apply::apply(&mut self.maps, &self.config, &|service, version, addr| {
-            health.is_healthy(service, version, addr)
+        let applied = apply::apply(&mut self.maps, &self.config, &|service, pool, addr| {
+            health.is_healthy(service, pool, addr)
         })?;
         for (service, kernel, wanted) in &applied.split_differs {
             tracing::info!(
@@ -268,12 +268,12 @@ impl Daemon {
     pub fn probe_targets(&self, service: &str) -> Option<(HealthCheck, Vec<BackendId>)> {
         let spec = self.config.service(service)?;
         let check = spec.health.clone()?;
-        let backends = [Version::Blue, Version::Green]
+        let backends = Pool::ALL
             .into_iter()
-            .flat_map(|version| {
-                spec.pool(version).iter().map(move |b| BackendId {
+            .flat_map(|pool| {
+                spec.backends_of(pool).iter().map(move |b| BackendId {
                     service: service.to_owned(),
-                    version,
+                    pool,
                     addr: b.addr,
                 })
             })
@@ -306,7 +306,7 @@ impl Daemon {
     fn on_transition(&mut self, transition: &Transition) {
         let BackendId {
             service,
-            version,
+            pool,
             addr,
         } = &transition.backend;
         let state = if transition.healthy {
@@ -318,37 +318,43 @@ impl Daemon {
             .health_transitions
             .get_or_create(&TransitionLabels {
                 service: service.clone(),
-                version: VersionLabel(*version),
+                version: PoolLabel(*pool),
                 backend: addr.to_string(),
                 state,
             })
             .inc();
         if transition.healthy {
-            tracing::info!(service = %service, version = version.name(), backend = %addr, "backend is up; back in its pool");
+            tracing::info!(service = %service, version = pool.name(), backend = %addr, "backend is up; back in its pool");
         } else {
-            tracing::warn!(service = %service, version = version.name(), backend = %addr, reason = transition.reason.as_deref().unwrap_or("?"), "backend is down; out of its pool");
+            tracing::warn!(service = %service, version = pool.name(), backend = %addr, reason = transition.reason.as_deref().unwrap_or("?"), "backend is down; out of its pool");
         }
         let Some(spec) = self.config.service(service).cloned() else {
             return;
         };
         let health = &self.health;
-        let healthy = |s: &str, v: Version, a| health.is_healthy(s, v, a);
-        let down = |v: Version| spec.pool(v).iter().all(|b| !healthy(&spec.name, v, b.addr));
-        if down(Version::Blue) && down(Version::Green) {
-            if spec.last_resort.is_empty() {
-                tracing::error!(service = %service, "no healthy backend in blue or green, and no last-resort pool: new connections are dropped (slot_miss)");
+        let healthy = |s: &str, p: Pool, a| health.is_healthy(s, p, a);
+        let down = |p: Pool| {
+            spec.backends_of(p)
+                .iter()
+                .all(|b| !healthy(&spec.name, p, b.addr))
+        };
+        if down(Pool::Blue) && down(Pool::Green) {
+            if spec.last_resort.is_empty() || down(Pool::LastResort) {
+                tracing::error!(service = %service, "no healthy backend in blue, green or a last-resort pool: new connections are dropped (slot_miss)");
             } else {
                 tracing::error!(service = %service, last_resort = spec.last_resort.len(), "no healthy backend in blue or green: new connections go to the last-resort pool");
             }
-        } else if down(*version) {
-            tracing::warn!(service = %service, version = version.name(), other = version.other().name(), "no healthy backend left in this version; its new connections go to the other version");
+        } else if *pool == Pool::LastResort && down(Pool::LastResort) {
+            tracing::warn!(service = %service, "no healthy backend left in the last-resort pool; it would take nothing if blue and green failed");
+        } else if *pool != Pool::LastResort && down(*pool) {
+            tracing::warn!(service = %service, version = pool.name(), "no healthy backend left in this version; its new connections go to the other version");
         }
         let result = self
             .maps
             .service(&spec.endpoint())
             .and_then(|found| match found {
                 Some(kernel) => {
-                    apply::write_pool(&mut self.maps, kernel.id, &spec, *version, &healthy)
+                    apply::write_pool(&mut self.maps, kernel.id, &spec, *pool, &healthy)
                 }
                 None => Ok(()),
             });

@@ -367,6 +367,14 @@ impl Daemon {
         if spec.last_resort.is_empty() {
             return Err(RolloutError::NoLastResort(service.to_owned()));
         }
+        if !spec.last_resort.iter().any(|b| {
+            b.weight > 0
+                && self
+                    .health
+                    .is_healthy(service, crate::config::Pool::LastResort, b.addr)
+        }) {
+            return Err(RolloutError::UnhealthyLastResort(service.to_owned()));
+        }
         let release = self.release_name(service)?;
         if self.rollouts.contains_key(&release) {
             return Err(RolloutError::RolloutRunning(release));
@@ -423,13 +431,13 @@ impl Daemon {
             .cloned()
             .ok_or_else(|| RolloutError::UnknownService(drill.service.clone()))?;
         let health = &self.health;
-        let healthy = |s: &str, v: Version, a| health.is_healthy(s, v, a);
+        let healthy = |s: &str, p: crate::config::Pool, a| health.is_healthy(s, p, a);
         for version in [Version::Blue, Version::Green] {
             crate::apply::write_pool(
                 &mut self.maps,
                 drill.ids.members[0],
                 &spec,
-                version,
+                version.into(),
                 &healthy,
             )?;
         }

@@ -6,19 +6,18 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use serde::Serialize;
-use splitter_common::Version;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 
-use crate::config::{Config, HealthCheck, HttpCheck};
+use crate::config::{Config, HealthCheck, HttpCheck, Pool};
 
 /// A backend of a service's pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId {
     pub service: String,
-    pub version: Version,
+    pub pool: Pool,
     pub addr: SocketAddr,
 }
 
@@ -50,9 +49,9 @@ impl Health {
     pub fn sync(&mut self, config: &Config) {
         let wanted: Vec<BackendId> = config
             .backends()
-            .map(|(s, version, b)| BackendId {
+            .map(|(s, pool, b)| BackendId {
                 service: s.name.clone(),
-                version,
+                pool,
                 addr: b.addr,
             })
             .collect();
@@ -67,10 +66,10 @@ impl Health {
     }
 
     #[must_use]
-    pub fn is_healthy(&self, service: &str, version: Version, addr: SocketAddr) -> bool {
+    pub fn is_healthy(&self, service: &str, pool: impl Into<Pool>, addr: SocketAddr) -> bool {
         let id = BackendId {
             service: service.to_owned(),
-            version,
+            pool: pool.into(),
             addr,
         };
         self.backends.get(&id).is_none_or(|h| h.healthy)
@@ -179,7 +178,7 @@ mod tests {
     fn id() -> BackendId {
         BackendId {
             service: "m".to_owned(),
-            version: Version::Green,
+            pool: Pool::Green,
             addr: SocketAddr::from(([198, 18, 2, 2], 8080)),
         }
     }
@@ -221,7 +220,7 @@ mod tests {
             .expect("down after two in a row");
         assert!(!down.healthy);
         assert_eq!(down.reason.as_deref(), Some("refused"));
-        assert!(!h.is_healthy("m", Version::Green, id().addr));
+        assert!(!h.is_healthy("m", Pool::Green, id().addr));
         for _ in 0..2 {
             assert_eq!(h.record(&id(), &check, Ok(())), None);
         }
@@ -230,13 +229,13 @@ mod tests {
                 .expect("up after three in a row")
                 .healthy
         );
-        assert!(h.is_healthy("m", Version::Green, id().addr));
+        assert!(h.is_healthy("m", Pool::Green, id().addr));
     }
 
     #[test]
     fn unknown_backends_count_as_healthy_and_record_nothing() {
         let mut h = Health::default();
-        assert!(h.is_healthy("m", Version::Blue, id().addr));
+        assert!(h.is_healthy("m", Pool::Blue, id().addr));
         assert_eq!(
             h.record(&id(), &HealthCheck::default(), Err("x".to_owned())),
             None

@@ -38,6 +38,16 @@ impl EncodeLabelValue for VersionLabel {
     }
 }
 
+/// A backend's pool as a `version` label: `blue`, `green` or `last_resort`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct PoolLabel(pub crate::config::Pool);
+
+impl EncodeLabelValue for PoolLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.name())
+    }
+}
+
 /// `live` or `candidate`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are lowercase")]
@@ -80,14 +90,14 @@ struct TrafficLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub service: String,
-    pub version: VersionLabel,
+    pub version: PoolLabel,
     pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub service: String,
-    pub version: VersionLabel,
+    pub version: PoolLabel,
     pub backend: String,
     pub state: HealthState,
 }
@@ -482,7 +492,7 @@ impl Collector for KernelCollector {
         for (id, health) in daemon.health.iter() {
             let labels = BackendLabels {
                 service: id.service.clone(),
-                version: VersionLabel(id.version),
+                version: PoolLabel(id.pool),
                 backend: id.addr.to_string(),
             };
             ConstGauge::new(i64::from(health.healthy)).encode(up.encode_family(&labels)?)?;

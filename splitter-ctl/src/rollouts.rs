@@ -211,6 +211,10 @@ pub enum RolloutError {
     RolloutRunning(String),
     #[error("`{0}` has no last-resort pool (config key `last_resort`)")]
     NoLastResort(String),
+    #[error(
+        "the last-resort pool of `{0}` has no healthy backend: the drill would drop new connections"
+    )]
+    UnhealthyLastResort(String),
     #[error("`{0}` is a release group; its pools are its services': name one of them ({1})")]
     GroupHasNoPools(String, String),
     #[error("`{0}` sends no new connection to its candidate: there is nothing to roll back")]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use splitter_common::{LatencyKind, Version, VersionStats};
 
 use crate::{
-    config::{Config, ServiceSpec},
+    config::{Config, Pool, ServiceSpec},
     health::{BackendId, Health},
     journal::Journal,
     latency::Quantiles,
@@ -280,27 +280,7 @@ fn service(
             crate::share::percent_of(split.share_of(version)),
         );
         let table = maps.slots(service.id, version)?;
-        let backends = spec
-            .pool(version)
-            .iter()
-            .map(|b| {
-                let id = BackendId {
-                    service: spec.name.clone(),
-                    version,
-                    addr: b.addr,
-                };
-                let state = health.and_then(|h| h.get(&id));
-                BackendStatus {
-                    address: b.addr.to_string(),
-                    weight: b.weight,
-                    slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
-                    healthy: state.map(|s| s.healthy),
-                    last_error: state
-                        .and_then(|s| s.last_error.clone())
-                        .filter(|_| state.is_some_and(|s| !s.healthy)),
-                }
-            })
-            .collect();
+        let backends = backend_statuses(spec, version.into(), &table, health);
         status.pools.insert(
             version.name().to_owned(),
             PoolStatus {
@@ -339,23 +319,53 @@ fn service(
         let table = maps.last_resort_slots(service.id)?;
         let counters = maps.last_resort_counters(service.id)?;
         status.last_resort = Some(LastResortStatus {
-            backends: spec
-                .last_resort
-                .iter()
-                .map(|b| BackendStatus {
-                    address: b.addr.to_string(),
-                    weight: b.weight,
-                    slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
-                    healthy: None,
-                    last_error: None,
-                })
-                .collect(),
+            backends: backend_statuses(spec, Pool::LastResort, &table, health),
             active: status.pools.values().all(|p| p.slots_set == 0),
             new_flows: counters.new_flows,
             responses: counters.responses,
         });
     }
     Ok(status)
+}
+
+/// The backends of one of `spec`'s pools: their slots in `table`, and their health when the
+/// daemon's is at hand.
+fn backend_statuses(
+    spec: &ServiceSpec,
+    pool: Pool,
+    table: &[Option<std::net::SocketAddr>],
+    health: Option<&Health>,
+) -> Vec<BackendStatus> {
+    spec.backends_of(pool)
+        .iter()
+        .map(|b| {
+            let id = BackendId {
+                service: spec.name.clone(),
+                pool,
+                addr: b.addr,
+            };
+            let state = health.and_then(|h| h.get(&id));
+            BackendStatus {
+                address: b.addr.to_string(),
+                weight: b.weight,
+                slots: table.iter().filter(|s| **s == Some(b.addr)).count(),
+                healthy: state.map(|s| s.healthy),
+                last_error: state
+                    .and_then(|s| s.last_error.clone())
+                    .filter(|_| state.is_some_and(|s| !s.healthy)),
+            }
+        })
+        .collect()
+}
+
+/// `  up`, `  DOWN (why)`, or nothing without the daemon's health.
+fn health_text(b: &BackendStatus) -> String {
+    match (b.healthy, &b.last_error) {
+        (None, _) => String::new(),
+        (Some(true), _) => "  up".to_owned(),
+        (Some(false), Some(error)) => format!("  DOWN ({error})"),
+        (Some(false), None) => "  DOWN".to_owned(),
+    }
 }
 
 /// The human form of a status.
@@ -445,16 +455,13 @@ pub fn render(status: &Status) -> String {
                 );
             }
             for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {
-                let health = match (b.healthy, &b.last_error) {
-                    (None, _) => String::new(),
-                    (Some(true), _) => "  up".to_owned(),
-                    (Some(false), Some(error)) => format!("  DOWN ({error})"),
-                    (Some(false), None) => "  DOWN".to_owned(),
-                };
                 let _ = writeln!(
                     out,
-                    "        backend {} weight {} slots {}{health}",
-                    b.address, b.weight, b.slots
+                    "        backend {} weight {} slots {}{}",
+                    b.address,
+                    b.weight,
+                    b.slots,
+                    health_text(b)
                 );
             }
         }
@@ -489,8 +496,11 @@ pub fn render(status: &Status) -> String {
             for b in &last.backends {
                 let _ = writeln!(
                     out,
-                    "        backend {} weight {} slots {}",
-                    b.address, b.weight, b.slots
+                    "        backend {} weight {} slots {}{}",
+                    b.address,
+                    b.weight,
+                    b.slots,
+                    health_text(b)
                 );
             }
         }

@@ -205,8 +205,37 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
     assert!(service["last_resort"]["new_flows"].as_u64() >= Some(1));
     assert_eq!(get(&bed), "blue");
 
-    // A drill against a dead last-resort backend fails, and says why.
+    // A dead last-resort backend: its health checks take it out, status shows it, and a drill
+    // is refused rather than drop new connections.
     bed.stop("degraded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.status()["services"][0]["last_resort"]["backends"][0]["healthy"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "never marked down: {}",
+            bed.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = bed.ctl(&["drill", "sentiment", "--last-resort"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no healthy backend"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        bed.daemon_log()
+            .contains("no healthy backend left in the last-resort pool")
+    );
+    // One that accepts connections (its checks pass) but answers 500: the drill fails on its
+    // errors.
+    bed.serve_on_backend_with(SERVER, false, degraded, "degraded", &["--error-every", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.status()["services"][0]["last_resort"]["backends"][0]["healthy"] != true {
+        assert!(Instant::now() < deadline, "never back: {}", bed.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let load = Load::start(&bed, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(200));
     let out = bed.ctl(&["drill", "sentiment", "--last-resort", "--output", "json"]);
@@ -215,8 +244,15 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["outcome"], "failed", "{report}");
     assert!(report["last_resort_errors"].as_u64() > Some(0), "{report}");
-    // Back for the rest (the server says `ready` once it listens).
+    bed.stop("degraded");
+
+    // Back for the rest, in the pool again once its checks pass.
     bed.serve_on_backend(SERVER, false, degraded, "degraded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.status()["services"][0]["last_resort"]["backends"][0]["healthy"] != true {
+        assert!(Instant::now() < deadline, "never back: {}", bed.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Both versions fail their health checks: new connections go to the last resort.
     bed.stop("blue");
