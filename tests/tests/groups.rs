@@ -33,6 +33,28 @@ fn client(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 67, i)
 }
 
+/// Release group `stack` on the bed: `sentiment` (the bed's service) and `features` on
+/// `FEATURES_PORT`, whose backends run beside the bed's (green's with `green_args`), both with
+/// `extra` keys; starts the daemon. Returns `features`' address.
+fn stack(bed: &mut Testbed, extra: &str, green_args: &[&str]) -> SocketAddrV4 {
+    let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
+    let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
+    bed.serve_on_backend(SERVER, false, blue_features, "blue");
+    bed.serve_on_backend_with(SERVER, true, green_features, "green", green_args);
+    let features_vip = SocketAddrV4::new(*bed.vip_v4().ip(), FEATURES_PORT);
+    bed.write_config_with("0", &format!("{extra}group = \"stack\"\n"));
+    let config = fs::read_to_string(&bed.config_path).expect("config");
+    fs::write(
+        &bed.config_path,
+        format!(
+            "{config}\n[[service]]\nname = \"features\"\nlisten = \"{features_vip}\"\nblue = [\"{blue_features}\"]\ngreen = [\"{green_features}\"]\n{extra}group = \"stack\"\n"
+        ),
+    )
+    .expect("config");
+    bed.start_daemon(&[]);
+    features_vip
+}
+
 /// The version each client gets from a new connection to `vip`.
 fn versions_at(bed: &Testbed, vip: SocketAddrV4) -> Vec<String> {
     bed.versions_from((1..=CLIENTS).map(client).collect(), vip, 1)
@@ -62,21 +84,7 @@ fn a_release_group_moves_its_services_together_and_keeps_each_client_on_one_vers
         &(1..=CLIENTS).map(client).collect::<Vec<_>>(),
         "198.19.67.0/24",
     );
-    let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
-    let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
-    bed.serve_on_backend(SERVER, false, blue_features, "blue");
-    bed.serve_on_backend(SERVER, true, green_features, "green");
-    let features_vip = SocketAddrV4::new(*bed.vip_v4().ip(), FEATURES_PORT);
-    bed.write_config_with("0", "affinity = \"client\"\ngroup = \"stack\"\n");
-    let config = fs::read_to_string(&bed.config_path).expect("config");
-    fs::write(
-        &bed.config_path,
-        format!(
-            "{config}\n[[service]]\nname = \"features\"\nlisten = \"{features_vip}\"\nblue = [\"{blue_features}\"]\ngreen = [\"{green_features}\"]\naffinity = \"client\"\ngroup = \"stack\"\n"
-        ),
-    )
-    .expect("config");
-    bed.start_daemon(&[]);
+    let features_vip = stack(&mut bed, "affinity = \"client\"\n", &[]);
     let status = bed.status();
     for name in ["sentiment", "features"] {
         assert_eq!(service(&status, name)["group"], "stack", "{status}");
@@ -295,27 +303,7 @@ fn a_failing_service_rolls_its_group_back_even_when_the_stacks_sum_looks_healthy
     let mut bed = Testbed::new(72, SERVER);
     // `features` is the group's small service, and its green answers 500 to one request in
     // four; `sentiment` carries most of the traffic and is healthy on both versions.
-    let blue_features = SocketAddrV4::new(*bed.blue_addr().ip(), FEATURES_PORT);
-    let green_features = SocketAddrV4::new(*bed.green_addr().ip(), FEATURES_PORT);
-    bed.serve_on_backend(SERVER, false, blue_features, "blue");
-    bed.serve_on_backend_with(
-        SERVER,
-        true,
-        green_features,
-        "green",
-        &["--error-every", "4"],
-    );
-    let features_vip = SocketAddrV4::new(*bed.vip_v4().ip(), FEATURES_PORT);
-    bed.write_config_with("0", "group = \"stack\"\n");
-    let config = fs::read_to_string(&bed.config_path).expect("config");
-    fs::write(
-        &bed.config_path,
-        format!(
-            "{config}\n[[service]]\nname = \"features\"\nlisten = \"{features_vip}\"\nblue = [\"{blue_features}\"]\ngreen = [\"{green_features}\"]\ngroup = \"stack\"\n"
-        ),
-    )
-    .expect("config");
-    bed.start_daemon(&[]);
+    let features_vip = stack(&mut bed, "", &["--error-every", "4"]);
     let load = Load::start(&bed, Duration::from_secs(30));
     // A light stream to `features`, bounded in count and time.
     let running = Arc::new(AtomicBool::new(true));
