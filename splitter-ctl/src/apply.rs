@@ -15,7 +15,7 @@ use std::{
 };
 
 use splitter_common::{
-    Addr, BackendInfo, COHORT_CANDIDATE, COHORT_ID_BITS, COHORT_LIVE, Endpoint, LAST_RESORT,
+    Addr, BackendInfo, COHORT_CANDIDATE, COHORT_ID_BITS, COHORT_LIVE, Endpoint,
     SERVICE_AFFINITY_CLIENT, SERVICE_HAS_COHORTS, SERVICE_SALT_SHIFT, Service, SplitWord, Version,
     cohort_data, maps::MAX_SERVICES,
 };
@@ -117,19 +117,33 @@ pub fn apply(
     // Each release's split word, read before any removal clears one: a release group's word
     // lives at its first service's id, which changes when that service leaves or the group
     // forms, and the word (an operator's rollback, a rollout's step) must move with it.
-    let split_of: HashMap<&str, u32> = config
+    let id_of: HashMap<&str, u32> = config
         .services
         .iter()
         .zip(&ids)
         .map(|(spec, id)| (spec.name.as_str(), *id))
         .collect();
+    // Per service: the index of the split word it reads and the salt it keeps (the salt stays
+    // across reloads, changing only when a rollout starts; a service joining a release group
+    // takes the group's, so a client sees one version across it).
+    let mut word_of: HashMap<&str, (u32, u32)> = HashMap::new();
     let mut releases = Vec::new();
     for release in config.releases() {
-        let index = split_of[release.leader().name.as_str()];
-        let kernel = match group_word_index(&release, &existing) {
-            Some(at) => Some(maps.split(at)?),
-            None => None,
-        };
+        let index = id_of[release.leader().name.as_str()];
+        let at = group_word_index(&release, &existing);
+        let kernel = at.map(|at| maps.split(at)).transpose()?;
+        let salt = at
+            .and_then(|at| {
+                release
+                    .members
+                    .iter()
+                    .filter_map(|m| existing.get(&m.endpoint()))
+                    .find(|s| s.split == at)
+            })
+            .map_or(0, Service::salt);
+        for member in &release.members {
+            word_of.insert(member.name.as_str(), (index, salt));
+        }
         releases.push((release, index, kernel));
     }
     let read_by_staying: HashSet<u32> = existing
@@ -152,25 +166,16 @@ pub fn apply(
 
     // Reverse entries first: a slot must never send a SYN to a backend whose replies the
     // egress program cannot translate yet.
-    for (spec, id) in config.services.iter().zip(&ids) {
+    for (spec, pool, backend) in config.backends() {
         let service_endpoint = spec.endpoint();
-        let pools = [
-            (Version::Blue as u8, spec.pool(Version::Blue)),
-            (Version::Green as u8, spec.pool(Version::Green)),
-            (LAST_RESORT, spec.last_resort.as_slice()),
-        ];
-        for (pool, backends) in pools {
-            for backend in backends {
-                let info = BackendInfo {
-                    service_addr: service_endpoint.addr,
-                    service_port_be: service_endpoint.port_be,
-                    version: pool,
-                    _pad: 0,
-                    service_id: *id,
-                };
-                maps.insert_backend(&endpoint(backend.addr, spec.protocol), info)?;
-            }
-        }
+        let info = BackendInfo {
+            service_addr: service_endpoint.addr,
+            service_port_be: service_endpoint.port_be,
+            version: pool.index(),
+            _pad: 0,
+            service_id: id_of[spec.name.as_str()],
+        };
+        maps.insert_backend(&endpoint(backend.addr, spec.protocol), info)?;
     }
     for (spec, id) in config.services.iter().zip(&ids) {
         let id = *id;
@@ -208,20 +213,7 @@ pub fn apply(
     applied.draining_backends = remove_stale_backends(maps, config)?;
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
-        // The salt stays across reloads: it changes only when a rollout starts. A service that
-        // joins a release group takes the group's, so a client sees one version across it.
-        let salt = config
-            .release(&spec.name)
-            .and_then(|release| {
-                let at = group_word_index(&release, &existing)?;
-                release
-                    .members
-                    .iter()
-                    .filter_map(|m| existing.get(&m.endpoint()))
-                    .find(|s| s.split == at)
-                    .copied()
-            })
-            .map_or(0, |s| s.salt());
+        let (split, salt) = word_of.get(spec.name.as_str()).copied().unwrap_or((*id, 0));
         let mut flags = salt << SERVICE_SALT_SHIFT;
         if spec.client_affinity {
             flags |= SERVICE_AFFINITY_CLIENT;
@@ -229,9 +221,6 @@ pub fn apply(
         if !spec.always_candidate.is_empty() || !spec.never_candidate.is_empty() {
             flags |= SERVICE_HAS_COHORTS;
         }
-        let split = config
-            .release(&spec.name)
-            .map_or(*id, |r| split_of[r.leader().name.as_str()]);
         maps.insert_service(
             &spec.endpoint(),
             Service {

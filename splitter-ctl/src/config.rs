@@ -161,6 +161,16 @@ pub enum Pool {
 impl Pool {
     pub const ALL: [Self; 3] = [Self::Blue, Self::Green, Self::LastResort];
 
+    /// The pool's number in the kernel (`BackendInfo::version`, `stats_index`, `slot_index`).
+    #[must_use]
+    pub const fn index(self) -> u8 {
+        match self {
+            Self::Blue => Version::Blue as u8,
+            Self::Green => Version::Green as u8,
+            Self::LastResort => splitter_common::LAST_RESORT,
+        }
+    }
+
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
