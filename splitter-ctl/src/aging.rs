@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use splitter_common::{FLOW_RST, flow_closed};
+use splitter_common::{FLOW_RST, Flow, FlowKey, flow_closed};
 
 use crate::maps::{Maps, MapsError};
 
@@ -19,8 +19,18 @@ pub const RST_GRACE: Duration = Duration::from_secs(10);
 /// Removes the flows whose connection closed longer ago than its grace period, as of `now_ns`
 /// on the kernel's clock (`monotonic_ns`). Returns how many went.
 pub fn sweep(maps: &mut Maps, now_ns: u64) -> Result<usize, MapsError> {
+    let flows = maps.flows()?;
+    sweep_among(maps, &flows, now_ns)
+}
+
+/// Like `sweep`, over the flows read before.
+pub fn sweep_among(
+    maps: &mut Maps,
+    flows: &[(FlowKey, Flow)],
+    now_ns: u64,
+) -> Result<usize, MapsError> {
     let (fin, rst) = (FIN_GRACE.as_nanos() as u64, RST_GRACE.as_nanos() as u64);
-    maps.purge_flows(|_, flow| {
+    maps.purge_among(flows, |_, flow| {
         let age = now_ns.saturating_sub(flow.state_changed_ns);
         if flow.state & FLOW_RST != 0 {
             age > rst

@@ -366,19 +366,25 @@ impl Daemon {
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
         self.sample_rates();
-        match status::spreads(&self.maps, &self.config) {
-            Ok(spreads) => self.spreads = spreads,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot read the flow table for the canary's spread")
-            }
-        }
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %error, "cannot remove the reverse entries of removed backends");
         }
-        match aging::sweep(&mut self.maps, aging::monotonic_ns()) {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, "swept closed flows"),
-            Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
+        // One walk of the flow table serves the canary's spread and the sweep.
+        match self.maps.flows() {
+            Ok(flows) => {
+                match status::spreads_among(&self.maps, &self.config, &flows) {
+                    Ok(spreads) => self.spreads = spreads,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot compute the canary's spread");
+                    }
+                }
+                match aging::sweep_among(&mut self.maps, &flows, aging::monotonic_ns()) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "swept closed flows"),
+                    Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot read the flow table"),
         }
         for spec in &self.config.services {
             let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {

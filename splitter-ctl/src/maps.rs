@@ -410,11 +410,21 @@ impl Maps {
         &mut self,
         doomed: impl Fn(&FlowKey, &Flow) -> bool,
     ) -> Result<usize, MapsError> {
-        let keys: Vec<FlowKey> = self
-            .flows()?
-            .into_iter()
+        let flows = self.flows()?;
+        self.purge_among(&flows, doomed)
+    }
+
+    /// Like `purge_flows`, over `flows` read before (one walk of the table serving several
+    /// readers).
+    pub fn purge_among(
+        &mut self,
+        flows: &[(FlowKey, Flow)],
+        doomed: impl Fn(&FlowKey, &Flow) -> bool,
+    ) -> Result<usize, MapsError> {
+        let keys: Vec<FlowKey> = flows
+            .iter()
             .filter(|(k, f)| doomed(k, f))
-            .map(|(k, _)| k)
+            .map(|(k, _)| *k)
             .collect();
         let mut removed = 0;
         for key in keys {

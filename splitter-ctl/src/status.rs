@@ -114,7 +114,15 @@ pub type Spreads = std::collections::HashMap<String, Spread>;
 
 /// Every service's canary spread, from one walk of the flow table.
 pub fn spreads(maps: &Maps, config: &Config) -> Result<Spreads, MapsError> {
-    let flows = maps.flows()?;
+    spreads_among(maps, config, &maps.flows()?)
+}
+
+/// Like `spreads`, over the flows read before.
+pub fn spreads_among(
+    maps: &Maps,
+    config: &Config,
+    flows: &[(splitter_common::FlowKey, splitter_common::Flow)],
+) -> Result<Spreads, MapsError> {
     let now = crate::aging::monotonic_ns();
     let mut spreads = Spreads::new();
     for spec in &config.services {
@@ -125,7 +133,7 @@ pub fn spreads(maps: &Maps, config: &Config) -> Result<Spreads, MapsError> {
         spreads.insert(
             spec.name.clone(),
             representativeness::spread(
-                &flows,
+                flows,
                 &[service.id],
                 split.candidate(),
                 spec.client_prefixes,
