@@ -286,6 +286,25 @@ fn the_last_resort_pool_takes_new_connections_when_blue_and_green_have_no_backen
             "splitter_data_plane_packets_total{outcome=\"last_resort\"}"
         ) >= Some(6.0)
     );
+    // The last-resort backend is probed like the others: up, while blue and green are down.
+    let up = |version: &str, backend: String| {
+        counted(
+            &metrics,
+            &format!(
+                "splitter_backend_up{{service=\"sentiment\",version=\"{version}\",backend=\"{backend}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        up("last_resort", degraded.to_string()),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        up("blue", bed.blue_addr().to_string()),
+        Some(0.0),
+        "{metrics}"
+    );
     assert!(
         bed.daemon_log().contains(
             "no healthy backend in blue or green: new connections go to the last-resort pool"
