@@ -412,6 +412,18 @@ impl VersionStats {
         self.closed_flows += other.closed_flows;
         self
     }
+
+    /// Errors, and the events they are counted against: 5xx responses, backend resets and
+    /// refused handshakes, over responses, resets and refused handshakes. The one definition of
+    /// a version's error rate (gates, status, metrics and drills read it here).
+    #[must_use]
+    pub const fn errors_and_events(&self) -> (u64, u64) {
+        let errors = self.http_status[5] + self.backend_resets + self.refused_handshakes;
+        (
+            errors,
+            self.responses + self.backend_resets + self.refused_handshakes,
+        )
+    }
 }
 
 /// Buckets of a latency histogram: bucket `i` counts values in [2^i, 2^(i+1)) µs (bucket 0 also

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use splitter_common::Version;
-use splitter_ctl::{cmd, paths};
+use splitter_ctl::{cli as cmd, model::paths};
 
 /// Exit statuses, one place: the man page and docs/operations.md list them.
 const EXIT_CODES: &str = "Exit status: 0 done; 1 the command failed (the reason is on stderr); \
@@ -210,8 +210,8 @@ enum RolloutAction {
         prometheus_url: Option<String>,
         /// A PromQL gate, NAME:QUERY<=MAX or NAME:QUERY>=MIN; repeat for more. Replaces the
         /// config's PromQL gates. The query may use $service, $candidate, $live, $interval.
-        #[arg(long = "promql-gate", value_name = "NAME:QUERY<=MAX", value_parser = splitter_ctl::promql::PromqlGate::parse)]
-        promql_gates: Vec<splitter_ctl::promql::PromqlGate>,
+        #[arg(long = "promql-gate", value_name = "NAME:QUERY<=MAX", value_parser = splitter_ctl::model::promql::PromqlGate::parse)]
+        promql_gates: Vec<splitter_ctl::model::promql::PromqlGate>,
     },
     /// The rollout in progress.
     Status {
@@ -229,7 +229,7 @@ enum RolloutAction {
     Abort { service: String },
 }
 
-use splitter_ctl::rollouts::RolloutCommand;
+use splitter_ctl::view::rollout::RolloutCommand;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -250,16 +250,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), cmd::CommandError> {
     let config = cli.config.as_path();
     match cli.command {
-        Command::Daemon { detach_on_exit } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| cmd::CommandError::Io {
-                    what: "start the async runtime",
-                    source,
-                })?;
-            runtime.block_on(cmd::daemon::run(config, detach_on_exit))
-        }
+        Command::Daemon { detach_on_exit } => cmd::daemon::run(config, detach_on_exit),
         Command::Weight {
             service,
             version,
@@ -327,7 +318,7 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
                             .transpose()
                             .map_err(cmd::CommandError::Daemon)
                     };
-                    let plan = splitter_ctl::rollouts::PlanRequest {
+                    let plan = splitter_ctl::model::plan::PlanRequest {
                         steps,
                         hold_ms: ms(hold)?,
                         interval_ms: ms(interval)?,
@@ -420,7 +411,7 @@ fn run(cli: Cli) -> Result<(), cmd::CommandError> {
             once,
         ),
         Command::Check { output } => {
-            let checked = splitter_ctl::config::Config::load(config)?;
+            let checked = splitter_ctl::model::config::Config::load(config)?;
             let groups: std::collections::BTreeSet<_> = checked
                 .services
                 .iter()

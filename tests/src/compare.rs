@@ -30,7 +30,7 @@ use std::{
 };
 
 use splitter_common::{SplitWord, Version};
-use splitter_ctl::cmd::Target;
+use splitter_ctl::cli::Target;
 
 use crate::{http, testbed::Testbed};
 
@@ -226,7 +226,7 @@ impl Setups {
                 if !exit.success() {
                     return Err(format!("the daemon exited with {exit}"));
                 }
-                if splitter_ctl::dataplane::is_attached(&bed.pin_dir) {
+                if splitter_ctl::kernel::dataplane::is_attached(&bed.pin_dir) {
                     return Err("the daemon left the data plane attached".to_owned());
                 }
                 Ok(())
@@ -312,7 +312,7 @@ impl Setups {
 /// picks (from a thread in the node's namespace); dropping the object detaches it.
 fn attach_xdp_pass(interface: &str) -> Result<aya::Ebpf, String> {
     use splitter_common::maps::PROGRAM_BASELINE;
-    let mut ebpf = splitter_ctl::dataplane::load(None, 1_024)
+    let mut ebpf = splitter_ctl::kernel::dataplane::load(None, 1_024)
         .map_err(|e| format!("load: {:#}", anyhow::Error::from(e)))?;
     let program: &mut aya::programs::Xdp = ebpf
         .program_mut(PROGRAM_BASELINE)
@@ -322,7 +322,7 @@ fn attach_xdp_pass(interface: &str) -> Result<aya::Ebpf, String> {
     program
         .attach(
             interface,
-            if splitter_ctl::dataplane::prefers_generic(interface) {
+            if splitter_ctl::kernel::dataplane::prefers_generic(interface) {
                 aya::programs::xdp::XdpMode::Skb
             } else {
                 aya::programs::xdp::XdpMode::Driver

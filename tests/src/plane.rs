@@ -10,7 +10,10 @@ use aya::{
 use splitter_common::maps::{
     PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_TC_BASELINE,
 };
-use splitter_ctl::{apply, config::Config, dataplane, maps::Maps};
+use splitter_ctl::{
+    kernel::{apply, dataplane, maps::Maps},
+    model::config::Config,
+};
 
 /// The services the fixture and property tests load: TCP with two blue backends (weights 1 and
 /// 3) and one green, UDP, and a TCP service with blue only.

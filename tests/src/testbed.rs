@@ -67,7 +67,7 @@ impl Testbed {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("test dir");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/splitter-test-{index}"));
-        let _ = splitter_ctl::dataplane::detach(&pin_dir);
+        let _ = splitter_ctl::kernel::dataplane::detach(&pin_dir);
         let mut bed = Self {
             index,
             config_path: dir.join("splitter.toml"),
@@ -478,7 +478,7 @@ impl Drop for Testbed {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = splitter_ctl::dataplane::detach(&self.pin_dir);
+        let _ = splitter_ctl::kernel::dataplane::detach(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
         // The namespaces go when their guards drop, right after this.
     }

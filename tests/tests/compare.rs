@@ -22,7 +22,7 @@ fn every_compared_setup_splits_rolls_back_and_keeps_established_connections() {
     let interface = bed.node_interface();
     assert_eq!(
         bed.node
-            .run(move || splitter_ctl::netdev::driver(&interface))
+            .run(move || splitter_ctl::kernel::netdev::driver(&interface))
             .as_deref(),
         Some("veth")
     );

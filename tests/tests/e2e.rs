@@ -471,10 +471,10 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
             let config = bed.config_path.clone();
             std::thread::spawn(move || {
                 for _ in 0..50 {
-                    splitter_ctl::cmd::share::update(
+                    splitter_ctl::cli::share::update(
                         &config,
                         "sentiment",
-                        splitter_ctl::journal::EventKind::Weight,
+                        splitter_ctl::store::journal::EventKind::Weight,
                         |word, _, _| {
                             let green = word.share_of(splitter_common::Version::Green);
                             Ok(word.with_share_of(splitter_common::Version::Green, green + 1))

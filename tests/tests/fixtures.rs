@@ -9,7 +9,7 @@ use splitter_common::{
 };
 use std::path::Path;
 
-use splitter_ctl::{config::Config, maps::Maps};
+use splitter_ctl::{kernel::maps::Maps, model::config::Config};
 use splitter_tests::{
     packet::{self, ACK, FIN, Ipv4Packet, PSH, RST, SYN},
     plane::Plane,
@@ -523,7 +523,7 @@ fn a_new_flow_with_no_backend_in_either_version_is_dropped_and_counted() {
     let id = service_id(&plane.maps, svc, packet::TCP);
     plane
         .maps
-        .write_slots(id, Version::Blue, &splitter_ctl::slots::build(&[]))
+        .write_slots(id, Version::Blue, &splitter_ctl::model::slots::build(&[]))
         .expect("empty the blue pool too");
     let frame = Ipv4Packet::tcp(client(47_001), svc, SYN).build();
     let run = plane.ingress(&frame);
@@ -554,7 +554,7 @@ fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
     assert_only_destination_rewritten(&first, &plane.ingress(&first).data, addr("198.18.1.8:8080"));
     plane
         .maps
-        .write_slots(id, Version::Blue, &splitter_ctl::slots::build(&[]))
+        .write_slots(id, Version::Blue, &splitter_ctl::model::slots::build(&[]))
         .expect("empty the blue pool");
     let frame = Ipv4Packet::tcp(client(47_011), svc, SYN).build();
     let run = plane.ingress(&frame);
@@ -635,9 +635,12 @@ fn a_release_group_shares_one_word_which_moves_when_its_first_service_leaves() {
     }
     // Without its first service, the group's word (green live) moves to `ranker`'s id.
     let without = Config::parse(Path::new("fixture.toml"), &group(false)).expect("config");
-    let applied =
-        splitter_ctl::apply::apply(&mut plane.maps, &without, &splitter_ctl::apply::all_healthy)
-            .expect("apply without `features`");
+    let applied = splitter_ctl::kernel::apply::apply(
+        &mut plane.maps,
+        &without,
+        &splitter_ctl::kernel::apply::all_healthy,
+    )
+    .expect("apply without `features`");
     assert_eq!(applied.removed, vec!["198.18.0.6:8080".to_owned()]);
     let r = service(&plane.maps, ranker);
     assert_eq!(r.split, r.id);
@@ -692,8 +695,12 @@ fn a_service_joining_a_release_group_takes_the_groups_word_not_the_other_way_rou
         service("ranker", 7, true)
     );
     let config = Config::parse(Path::new("fixture.toml"), &after).expect("config");
-    splitter_ctl::apply::apply(&mut plane.maps, &config, &splitter_ctl::apply::all_healthy)
-        .expect("apply");
+    splitter_ctl::kernel::apply::apply(
+        &mut plane.maps,
+        &config,
+        &splitter_ctl::kernel::apply::all_healthy,
+    )
+    .expect("apply");
     let (joiner, ranker) = (kernel(&plane.maps, 9), kernel(&plane.maps, 7));
     assert_eq!((joiner.split, ranker.split), (joiner.id, joiner.id));
     assert_eq!(
@@ -872,9 +879,12 @@ fn removing_a_service_leaves_no_cached_flow_behind() {
 
     // The port stays in use by `model`, so only the flow state decides what happens next.
     let without = Config::parse(Path::new("fixture.toml"), CONFIG).expect("config");
-    let applied =
-        splitter_ctl::apply::apply(&mut plane.maps, &without, &splitter_ctl::apply::all_healthy)
-            .expect("apply without `second`");
+    let applied = splitter_ctl::kernel::apply::apply(
+        &mut plane.maps,
+        &without,
+        &splitter_ctl::kernel::apply::all_healthy,
+    )
+    .expect("apply without `second`");
     assert_eq!(applied.removed, vec!["198.18.0.5:8080".to_owned()]);
     assert_eq!(applied.purged_flows, 1);
     let run = plane.ingress(&ack);
@@ -920,10 +930,11 @@ fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never(
         .sum();
     assert_eq!(closed, 2, "the reset and the fully finished connection");
 
-    let now = splitter_ctl::aging::monotonic_ns();
+    let now = splitter_ctl::kernel::aging::monotonic_ns();
     let seconds = |s: u64| now + s * 1_000_000_000;
-    let sweep =
-        |plane: &mut Plane, at| splitter_ctl::aging::sweep(&mut plane.maps, at).expect("sweep");
+    let sweep = |plane: &mut Plane, at| {
+        splitter_ctl::kernel::aging::sweep(&mut plane.maps, at).expect("sweep")
+    };
     assert_eq!(sweep(&mut plane, now), 0, "nothing is past its grace yet");
     assert_eq!(
         sweep(&mut plane, seconds(11)),

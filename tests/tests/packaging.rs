@@ -188,7 +188,7 @@ fn the_kubernetes_manifest_carries_a_valid_config_and_the_units_capabilities() {
         .take_while(|line| line.is_empty() || line.starts_with("    "))
         .map(|line| format!("{}\n", line.get(4..).unwrap_or_default()))
         .collect();
-    let parsed = splitter_ctl::config::Config::parse(Path::new("daemonset.yaml"), &config)
+    let parsed = splitter_ctl::model::config::Config::parse(Path::new("daemonset.yaml"), &config)
         .unwrap_or_else(|e| panic!("the manifest's config: {e}\n{config}"));
     assert_eq!(parsed.services.len(), 1);
     for needed in [

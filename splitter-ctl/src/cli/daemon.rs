@@ -1,0 +1,16 @@
+//! `splitter-ctl daemon`: runs the daemon in the foreground (see `crate::daemon::runtime`).
+
+use std::path::Path;
+
+use super::CommandError;
+
+pub fn run(config: &Path, detach_on_exit: bool) -> Result<(), CommandError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CommandError::Io {
+            what: "start the async runtime",
+            source,
+        })?;
+    Ok(runtime.block_on(crate::daemon::runtime::run(config, detach_on_exit))?)
+}

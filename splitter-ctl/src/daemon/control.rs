@@ -1,0 +1,184 @@
+//! The control socket: HTTP/JSON on a Unix socket, owned by root with mode 0660 and the
+//! configured group. There is no TCP control port. The API (documented in docs/operations.md):
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /v1/status` (`?service=NAME`) | the status, with backend health |
+//! | `POST /v1/reload` | re-reads the config file, validates all of it, applies the difference |
+//! | `GET /v1/rollouts/SERVICE` | the rollout in progress |
+//! | `POST /v1/rollouts/SERVICE/start` | starts a rollout (body: a plan; every field optional) |
+//! | `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}` | operates it |
+
+use std::{io, os::unix::fs::PermissionsExt as _, path::Path};
+
+use tokio::net::UnixListener;
+
+use super::{
+    Daemon,
+    http::{Request, Response},
+    rollouts::RolloutError,
+};
+use crate::{
+    model::{config::ControlGroup, plan::PlanRequest},
+    view::rollout::RolloutCommand,
+};
+
+/// Why the control socket cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another daemon answers on the control socket `{0}`; stop it first")]
+    AlreadyRunning(String),
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Mode of the socket: read and write for root and the control group, nothing for others.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Binds the control socket. A socket file left by a daemon that is gone is replaced; one that
+/// a running daemon still answers on is an error.
+pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, BindError> {
+    let io_error = |what, source| BindError::Io { what, source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io_error("create the control socket's directory", e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::AlreadyRunning(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(|e| io_error("remove a stale control socket", e))?;
+    }
+    // No moment with a socket others could use: bind under a umask that leaves only 0660.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let previous = unsafe { libc::umask(0o117) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = listener.map_err(|e| io_error("bind the control socket", e))?;
+    let gid = group.map_or(0, |g| g.gid);
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .map_err(|e| io_error("set the control socket's owner", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| io_error("set the control socket's mode", e))?;
+    Ok(listener)
+}
+
+/// Answers one request of the control API.
+pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Response {
+    let (path, query) = request
+        .path
+        .split_once('?')
+        .unwrap_or((request.path.as_str(), ""));
+    match (request.method.as_str(), path) {
+        ("GET", "/v1/status") => {
+            let service = query.split('&').find_map(|kv| kv.strip_prefix("service="));
+            if let Some(name) = service
+                && daemon.config.release(name).is_none()
+            {
+                return Response::error(
+                    404,
+                    &format!("no service or release group `{name}` in the running config"),
+                );
+            }
+            match daemon.status(service) {
+                Ok(status) => {
+                    Response::json(200, &serde_json::to_value(status).unwrap_or_default())
+                }
+                Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::from(error))),
+            }
+        }
+        ("POST", "/v1/reload") => match daemon.reload(config_path) {
+            Ok(applied) => Response::json(
+                200,
+                &serde_json::json!({
+                    "reloaded": true,
+                    "added": applied.added,
+                    "kept": applied.kept,
+                    "removed": applied.removed,
+                    "purged_flows": applied.purged_flows,
+                }),
+            ),
+            Err(error) => Response::error(422, &format!("{:#}", anyhow::Error::from(error))),
+        },
+        (_, "/v1/status" | "/v1/reload") => Response::error(405, "GET /v1/status, POST /v1/reload"),
+        (method, path) if path.starts_with("/v1/rollouts/") => rollout(
+            method,
+            &path["/v1/rollouts/".len()..],
+            &request.body,
+            daemon,
+        ),
+        _ => Response::error(
+            404,
+            &format!("no endpoint `{path}`; the API has GET /v1/status and POST /v1/reload"),
+        ),
+    }
+}
+
+/// The answer to a refused rollout or drill request.
+pub(crate) fn rollout_error(e: RolloutError) -> Response {
+    use RolloutError as E;
+    let status = match e {
+        E::UnknownService(_) | E::NotRunning(_) => 404,
+        E::AlreadyRunning(_)
+        | E::RolloutRunning(_)
+        | E::NothingToDrill(_)
+        | E::NoLastResort(_)
+        | E::UnhealthyLastResort(_)
+        | E::UnhealthyLive(..) => 409,
+        E::Maps(_) => 500,
+        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) | E::GroupHasNoPools(..) => 422,
+    };
+    Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
+}
+
+/// `GET /v1/rollouts/SERVICE`, `POST /v1/rollouts/SERVICE/start` (body: a plan, every field
+/// optional) and `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}`.
+fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Response {
+    let error = rollout_error;
+    let usage = || {
+        Response::error(
+            405,
+            "GET /v1/rollouts/SERVICE, POST /v1/rollouts/SERVICE/{start,pause,resume,promote,abort}",
+        )
+    };
+    let (service, action) = rest.split_once('/').unwrap_or((rest, ""));
+    match (method, action) {
+        ("GET", "") => daemon.rollout_status(service).map_or_else(error, |s| {
+            Response::json(200, &serde_json::to_value(s).unwrap_or_default())
+        }),
+        ("POST", "start") => {
+            let request: PlanRequest = if body.is_empty() {
+                PlanRequest::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        return Response::error(
+                            400,
+                            &format!("the plan is not valid JSON for this API: {e}"),
+                        );
+                    }
+                }
+            };
+            daemon
+                .start_rollout(service, request)
+                .map_or_else(error, |s| {
+                    Response::json(200, &serde_json::to_value(s).unwrap_or_default())
+                })
+        }
+        ("POST", action) => match RolloutCommand::parse(action) {
+            Some(command) => daemon
+                .rollout_command(service, command)
+                .map_or_else(error, |done| {
+                    Response::json(200, &serde_json::json!({ "done": done }))
+                }),
+            None => usage(),
+        },
+        _ => usage(),
+    }
+}

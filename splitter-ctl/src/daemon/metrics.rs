@@ -1,0 +1,548 @@
+//! Prometheus metrics, served read-only on `metrics_listen` (`GET /metrics`).
+//!
+//! Two sources: counters the daemon itself keeps (reloads, health transitions), and a collector
+//! that reads the kernel maps at every scrape, so what Prometheus sees is exactly what the data
+//! plane counted, including while the daemon was down. Labels are typed and their cardinality is
+//! bounded by the config: services × 2 versions (× backends for health).
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+        NoLabelSet,
+    },
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+use splitter_common::{Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats};
+
+use super::Daemon;
+use crate::engine::latency;
+
+/// `blue` or `green`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct VersionLabel(pub Version);
+
+impl EncodeLabelValue for VersionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.name())
+    }
+}
+
+/// A backend's pool as a `version` label: `blue`, `green` or `last_resort`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct PoolLabel(pub crate::model::config::Pool);
+
+impl EncodeLabelValue for PoolLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.name())
+    }
+}
+
+/// `live` or `candidate`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum Role {
+    live,
+    candidate,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum Direction {
+    /// Client to backend.
+    inbound,
+    /// Backend to client.
+    outbound,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum HealthState {
+    up,
+    down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub service: String,
+    pub version: VersionLabel,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub service: String,
+    pub version: PoolLabel,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub service: String,
+    pub version: PoolLabel,
+    pub backend: String,
+    pub state: HealthState,
+}
+
+/// A per-version counter: name, help, and the field it reads.
+type CounterOf = (&'static str, &'static str, fn(&VersionStats) -> u64);
+
+/// Labels of `splitter_http_responses_total`, in the order of `VersionStats::http_status`.
+const STATUS_CLASSES: [&str; 6] = ["unparsed", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+/// Labels of `splitter_rollouts_ended_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutEndLabels {
+    pub service: String,
+    /// `promoted` or `rolled_back`.
+    pub outcome: &'static str,
+    /// `gates` or `operator`.
+    pub actor: String,
+}
+
+/// Labels of `splitter_promql_queries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromqlLabels {
+    pub service: String,
+    pub gate: String,
+    /// `value`, `no_data` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of `splitter_drills_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    pub service: String,
+    /// `passed`, `failed`, `inconclusive` or `refused`.
+    pub outcome: String,
+    /// `operator` or `schedule`.
+    pub actor: &'static str,
+}
+
+/// The counters the daemon keeps itself; cheap to clone (shared handles).
+#[derive(Clone, Debug, Default)]
+pub struct DaemonCounters {
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    pub health_transitions: Family<TransitionLabels, Counter>,
+    pub rollouts_ended: Family<RolloutEndLabels, Counter>,
+    pub promql_queries: Family<PromqlLabels, Counter>,
+    pub drills: Family<DrillLabels, Counter>,
+}
+
+/// The registry behind `GET /metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers the daemon's counters and the kernel collector over `daemon`.
+    #[must_use]
+    pub fn new(counters: &DaemonCounters, daemon: Arc<Mutex<Daemon>>) -> Self {
+        let mut registry = Registry::default();
+        registry.register(
+            "splitter_reloads",
+            "Config reloads applied",
+            counters.reloads.clone(),
+        );
+        registry.register(
+            "splitter_reload_errors",
+            "Config reloads refused (nothing was applied)",
+            counters.reload_errors.clone(),
+        );
+        registry.register(
+            "splitter_health_transitions",
+            "Backends going up or down",
+            counters.health_transitions.clone(),
+        );
+        registry.register(
+            "splitter_rollouts_ended",
+            "Rollouts that ended, by outcome and by who decided",
+            counters.rollouts_ended.clone(),
+        );
+        registry.register(
+            "splitter_promql_queries",
+            "PromQL gate queries, by result: value, no_data or error (both hold the rollout)",
+            counters.promql_queries.clone(),
+        );
+        registry.register(
+            "splitter_drills",
+            "Rollback drills, by outcome (passed, failed, inconclusive, refused) and who asked",
+            counters.drills.clone(),
+        );
+        registry.register_collector(Box::new(KernelCollector { daemon }));
+        Self { registry }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// The content type of `Metrics::encode`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug)]
+struct KernelCollector {
+    daemon: Arc<Mutex<Daemon>>,
+}
+
+/// One service's view for a scrape.
+struct ServiceSample {
+    name: String,
+    split: SplitWord,
+    stats: [VersionStats; 2],
+    /// [version][kind]: response, handshake.
+    latency: [[Histogram; 2]; 2],
+    /// New connections the last-resort pool took, when the service has one.
+    last_resort_flows: Option<u64>,
+    /// The candidate's clients beside the live pool's, at the daemon's last housekeeping.
+    spread: Option<crate::engine::representativeness::Spread>,
+}
+
+impl ServiceSample {
+    fn labels(&self, version: Version) -> VersionLabels {
+        let role = if version == self.split.live() {
+            Role::live
+        } else {
+            Role::candidate
+        };
+        VersionLabels {
+            service: self.name.clone(),
+            version: VersionLabel(version),
+            role,
+        }
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A poisoned lock still holds consistent maps handles: the data is read, not trusted.
+        let daemon = self
+            .daemon
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(samples) = daemon.samples() else {
+            return Ok(());
+        };
+        let versions = [Version::Blue, Version::Green];
+
+        let mut traffic = |name: &str,
+                           help: &str,
+                           pick: fn(&VersionStats) -> (u64, u64)|
+         -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    let VersionLabels {
+                        service,
+                        version,
+                        role,
+                    } = sample.labels(*version);
+                    let (inbound, outbound) = pick(&sample.stats[i]);
+                    for (direction, value) in [
+                        (Direction::inbound, inbound),
+                        (Direction::outbound, outbound),
+                    ] {
+                        let labels = TrafficLabels {
+                            service: service.clone(),
+                            version,
+                            role,
+                            direction,
+                        };
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        traffic(
+            "splitter_packets",
+            "Packets steered to (inbound) and translated from (outbound) a version",
+            |s| (s.packets_in, s.packets_out),
+        )?;
+        traffic(
+            "splitter_bytes",
+            "Bytes steered to (inbound) and translated from (outbound) a version",
+            |s| (s.bytes_in, s.bytes_out),
+        )?;
+
+        let per_version: [CounterOf; 7] = [
+            (
+                "splitter_backend_resets",
+                "RSTs a backend sent on an established connection",
+                |s| s.backend_resets,
+            ),
+            (
+                "splitter_refused_handshakes",
+                "Handshakes a backend refused (RST before any SYN-ACK)",
+                |s| s.refused_handshakes,
+            ),
+            (
+                "splitter_connections",
+                "New connections (TCP SYN or first UDP datagram) sent to a version",
+                |s| s.new_flows,
+            ),
+            (
+                "splitter_flow_misses",
+                "Non-SYN packets with no flow entry, steered by hash",
+                |s| s.flow_misses,
+            ),
+            (
+                "splitter_slot_misses",
+                "New connections dropped: no backend in either version",
+                |s| s.slot_misses,
+            ),
+            (
+                "splitter_failovers",
+                "New connections a version was chosen for but sent to the other, having no backend",
+                |s| s.failovers,
+            ),
+            (
+                "splitter_closed_connections",
+                "Connections reset or finished in both directions",
+                |s| s.closed_flows,
+            ),
+        ];
+        for (name, help, pick) in per_version {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    ConstCounter::new(pick(&sample.stats[i]))
+                        .encode(family.encode_family(&sample.labels(*version))?)?;
+                }
+            }
+        }
+
+        let mut classes = encoder.encode_descriptor(
+            "splitter_http_responses",
+            "Responses by the HTTP/1.x status class of their first bytes; `unparsed` for anything else (HTTP/2, TLS)",
+            None,
+            MetricType::Counter,
+        )?;
+        for sample in &samples {
+            for (i, version) in versions.iter().enumerate() {
+                let VersionLabels {
+                    service,
+                    version,
+                    role,
+                } = sample.labels(*version);
+                for (class, value) in STATUS_CLASSES.iter().zip(sample.stats[i].http_status) {
+                    let labels = ClassLabels {
+                        service: service.clone(),
+                        version,
+                        role,
+                        class,
+                    };
+                    ConstCounter::new(value).encode(classes.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        for (kind, name, help) in [
+            (
+                0,
+                "splitter_response_latency_seconds",
+                "Time from a request's first byte to the response's first byte, measured in the kernel",
+            ),
+            (
+                1,
+                "splitter_handshake_latency_seconds",
+                "Time from the client's SYN to the backend's SYN-ACK, measured in the kernel",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for sample in &samples {
+                for (i, version) in versions.iter().enumerate() {
+                    let histogram = &sample.latency[i][kind];
+                    let buckets: Vec<(f64, u64)> = histogram
+                        .buckets
+                        .iter()
+                        .enumerate()
+                        .map(|(b, count)| {
+                            let upper = if b + 1 == LATENCY_BUCKETS {
+                                f64::INFINITY
+                            } else {
+                                latency::bucket_bounds(b).1 / 1e6
+                            };
+                            (upper, *count)
+                        })
+                        .collect();
+                    let count = buckets.iter().map(|(_, c)| c).sum();
+                    family
+                        .encode_family(&sample.labels(*version))?
+                        .encode_histogram::<NoLabelSet>(
+                            histogram.sum_us as f64 / 1e6,
+                            count,
+                            &buckets,
+                            None,
+                        )?;
+                }
+            }
+        }
+
+        let mut share = encoder.encode_descriptor(
+            "splitter_share_ratio",
+            "Share of new connections a version receives (0 to 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            for version in versions {
+                let ratio = f64::from(sample.split.share_of(version)) / 10_000.0;
+                ConstGauge::new(ratio).encode(share.encode_family(&sample.labels(version))?)?;
+            }
+        }
+
+        let mut clients = encoder.encode_descriptor(
+            "splitter_clients",
+            "Distinct client addresses with an open or recent (60 s) connection, per version",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            let Some(spread) = &sample.spread else {
+                continue;
+            };
+            let candidate = sample.split.candidate();
+            for (version, n) in [
+                (candidate, spread.candidate_clients),
+                (candidate.other(), spread.live_clients),
+            ] {
+                ConstGauge::new(n as i64)
+                    .encode(clients.encode_family(&sample.labels(version))?)?;
+            }
+        }
+        let mut divergence = encoder.encode_descriptor(
+            "splitter_canary_divergence_ratio",
+            "How the candidate's clients spread over network prefixes apart from the live pool's: 0 the same, 1 nothing in common",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &samples {
+            if let Some(d) = sample.spread.as_ref().and_then(|s| s.divergence) {
+                let labels = ServiceLabels {
+                    service: sample.name.clone(),
+                };
+                ConstGauge::new(d).encode(divergence.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut last_resort = encoder.encode_descriptor(
+            "splitter_last_resort_flows",
+            "New connections a service's last-resort pool took because neither blue nor green had a backend",
+            None,
+            MetricType::Counter,
+        )?;
+        for sample in &samples {
+            if let Some(flows) = sample.last_resort_flows {
+                let labels = ServiceLabels {
+                    service: sample.name.clone(),
+                };
+                ConstCounter::new(flows).encode(last_resort.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut up = encoder.encode_descriptor(
+            "splitter_backend_up",
+            "1 when the backend passes its health checks",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, health) in daemon.health.iter() {
+            let labels = BackendLabels {
+                service: id.service.clone(),
+                version: PoolLabel(id.pool),
+                backend: id.addr.to_string(),
+            };
+            ConstGauge::new(i64::from(health.healthy)).encode(up.encode_family(&labels)?)?;
+        }
+
+        if let Ok(plane) = daemon.maps.plane_counters() {
+            let mut outcomes = encoder.encode_descriptor(
+                "splitter_data_plane_packets",
+                "Packets by data-plane outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, value) in plane {
+                ConstCounter::new(value)
+                    .encode(outcomes.encode_family(&OutcomeLabels { outcome })?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// Split word and counters of every service the kernel holds, for a scrape.
+    fn samples(&self) -> Result<Vec<ServiceSample>, crate::kernel::maps::MapsError> {
+        let mut samples = Vec::with_capacity(self.config.services.len());
+        for spec in &self.config.services {
+            let Some(service) = self.maps.service(&spec.endpoint())? else {
+                continue;
+            };
+            let split = self.maps.split(service.split)?;
+            samples.push(ServiceSample {
+                name: spec.name.clone(),
+                split,
+                spread: self.spreads.get(&spec.name).cloned(),
+                stats: [
+                    self.maps.counters(service.id, Version::Blue)?,
+                    self.maps.counters(service.id, Version::Green)?,
+                ],
+                latency: [Version::Blue, Version::Green].map(|v| {
+                    [LatencyKind::Response, LatencyKind::Handshake]
+                        .map(|k| self.maps.histogram(service.id, v, k).unwrap_or_default())
+                }),
+                last_resort_flows: if spec.last_resort.is_empty() {
+                    None
+                } else {
+                    Some(self.maps.last_resort_counters(service.id)?.new_flows)
+                },
+            });
+        }
+        Ok(samples)
+    }
+}

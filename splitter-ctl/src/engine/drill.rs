@@ -1,0 +1,119 @@
+//! Drills as decisions, without I/O: who asked, what is exercised, how long a drill watches,
+//! and when each service's scheduled drill is due.
+
+use std::{collections::HashMap, time::Duration};
+
+/// How long a drill waits for new connections on the live pool before it gives up.
+pub const DRILL_LIMIT: Duration = Duration::from_secs(5);
+/// New connections on the live pool that make the proof.
+pub const DRILL_PROBES: u64 = 5;
+/// How often a drill reads the counters.
+pub const DRILL_POLL: Duration = Duration::from_millis(1);
+
+/// Who asked for a drill; the journal's actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Operator,
+    Schedule,
+}
+
+impl Trigger {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Schedule => "schedule",
+        }
+    }
+}
+
+/// When each service's next scheduled drill is due.
+#[derive(Debug, Default)]
+pub struct DrillSchedule {
+    /// By service: the period, and the next drill (Unix ms).
+    next: HashMap<String, (Duration, i64)>,
+}
+
+impl DrillSchedule {
+    /// The services (with their periods) whose drill is due at `now_ms`, each booked one period
+    /// later. A service seen for the first time, or whose period changed, is booked one period
+    /// after its last drill (`last_drill_ms`), or after now when it never had one. Services no
+    /// longer scheduled are forgotten.
+    pub fn due(
+        &mut self,
+        periods: &[(String, Duration)],
+        last_drill_ms: impl Fn(&str) -> Option<i64>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.next
+            .retain(|service, _| periods.iter().any(|(s, _)| s == service));
+        let mut due = Vec::new();
+        for (service, period) in periods {
+            let booked = match self.next.get(service) {
+                Some((p, next)) if p == period => *next,
+                _ => last_drill_ms(service)
+                    .unwrap_or(now_ms)
+                    .saturating_add(ms(*period)),
+            };
+            if now_ms >= booked {
+                due.push(service.clone());
+                self.next.insert(
+                    service.clone(),
+                    (*period, now_ms.saturating_add(ms(*period))),
+                );
+            } else {
+                self.next.insert(service.clone(), (*period, booked));
+            }
+        }
+        due
+    }
+}
+
+/// What a drill exercises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrillKind {
+    /// A rollback: the candidate's share to 0, then back.
+    Rollback,
+    /// The last-resort pool: blue's and green's slot tables emptied, then rebuilt from health.
+    LastResort,
+}
+
+impl DrillKind {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::LastResort => "last_resort",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_drills_come_one_period_after_the_last() {
+        let hour = Duration::from_secs(3_600);
+        let h = 3_600_000;
+        let mut schedule = DrillSchedule::default();
+        let periods = vec![("a".to_owned(), hour), ("b".to_owned(), hour)];
+        // `a` was drilled 30 minutes ago; `b` never was.
+        let last = |s: &str| (s == "a").then_some(10 * h - h / 2);
+        assert!(schedule.due(&periods, last, 10 * h).is_empty());
+        assert_eq!(schedule.due(&periods, last, 10 * h + h / 2), ["a"]);
+        assert!(
+            schedule.due(&periods, last, 10 * h + h / 2 + 1).is_empty(),
+            "booked again one period later"
+        );
+        assert_eq!(schedule.due(&periods, last, 11 * h), ["b"]);
+        assert_eq!(schedule.due(&periods, last, 11 * h + h / 2), ["a"]);
+        // A new period is counted from the last drill; a service taken out is forgotten.
+        let periods = vec![("a".to_owned(), 2 * hour)];
+        let last = |_: &str| Some(11 * h + h / 2);
+        assert!(schedule.due(&periods, last, 12 * h).is_empty());
+        assert_eq!(schedule.due(&periods, last, 13 * h + h / 2), ["a"]);
+        assert_eq!(schedule.next.len(), 1);
+    }
+}

@@ -1,0 +1,423 @@
+//! Loading, attaching, adopting and detaching the kernel programs.
+//!
+//! Everything lives under one pin directory: a pin per map (named as in
+//! `splitter_common::maps`) and a pin per link. Pinned links keep the programs attached when
+//! user space exits, crashes or is upgraded. Loading with an existing pin directory reuses the
+//! pinned maps (their contents survive) and replaces the programs atomically through the pinned
+//! links (`bpf_link_update`), so a restart or an upgrade never detaches anything.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::MapData,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::{XdpLink, XdpMode as AyaXdpMode},
+    },
+};
+use splitter_common::maps as names;
+
+use crate::model::{config::XdpMode, paths};
+
+/// The kernel programs, built by build.rs and embedded in the binary.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "this binary was built without its kernel programs (AYA_BUILD_SKIP=1); build it again without that variable"
+    )]
+    NotBuilt,
+    #[error("cannot create pin directory `{path}`")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{path}` is not on a bpffs and mounting one there failed")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "pinned map `{path}` does not match this build's map `{map}`: {problem}; run `splitter-ctl detach` first"
+    )]
+    ForeignPin {
+        path: PathBuf,
+        map: &'static str,
+        problem: String,
+    },
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] io::Error),
+    #[error("cannot load the kernel programs")]
+    Load(#[source] Box<EbpfError>),
+    #[error("the object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the kernel refused program `{name}`")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("interface `{0}` does not exist in this network namespace")]
+    NoInterface(String),
+    #[error("cannot attach {what} to `{interface}`{hint}")]
+    Attach {
+        what: &'static str,
+        interface: String,
+        hint: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "cannot adopt pinned link `{path}` (if its interface was deleted or renamed, run `splitter-ctl detach` and start again)"
+    )]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot pin link at `{path}`")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot remove pin `{path}`")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How the programs ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The XDP program replaced the one behind an existing pinned link.
+    pub adopted: bool,
+    /// `"native"` or `"generic"`; `None` when adopted (the link keeps its mode).
+    pub xdp_mode: Option<&'static str>,
+}
+
+/// Loads the object. With a pin directory, maps are reused from their pins or created and
+/// pinned there; without one (tests, benchmarks) they are private to the returned object.
+/// The flow table holds `flows_per_cpu` for each possible CPU (a pinned table keeps its size).
+pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, DataplaneError> {
+    if OBJECT.is_empty() {
+        return Err(DataplaneError::NotBuilt);
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(
+        names::FLOWS,
+        flows_per_cpu.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX)),
+    );
+    if let Some(dir) = pin_dir {
+        ensure_bpffs(dir)?;
+        fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        set_mode(dir, 0o700).map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for name in names::ALL {
+            let path = paths::pin(dir, name);
+            check_pin(&path, name)?;
+            loader.map_pin_path(name, path);
+        }
+    }
+    loader
+        .load(OBJECT)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Refuses a pinned map whose layout is not this build's, before aya silently reuses it.
+fn check_pin(path: &Path, map: &'static str) -> Result<(), DataplaneError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let foreign = |problem: String| DataplaneError::ForeignPin {
+        path: path.to_owned(),
+        map,
+        problem,
+    };
+    let data = MapData::from_pin(path).map_err(|e| foreign(e.to_string()))?;
+    crate::kernel::maps::check_layout(&data, map).map_err(foreign)
+}
+
+/// Loads the programs of `ebpf` and attaches them to `interface`, or adopts the links pinned in
+/// `pin_dir` by replacing their programs atomically.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    pin_dir: &Path,
+    mode: XdpMode,
+) -> Result<Attachment, DataplaneError> {
+    let c_name =
+        CString::new(interface).map_err(|_| DataplaneError::NoInterface(interface.to_owned()))?;
+    // SAFETY: a C string that lives across the call.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(DataplaneError::NoInterface(interface.to_owned()));
+    }
+    // Both programs pass the verifier before either replaces what runs now, so an upgrade
+    // never leaves a new ingress beside an old egress.
+    let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
+    ingress.load().map_err(|source| DataplaneError::Program {
+        name: names::PROGRAM_INGRESS,
+        source: Box::new(source),
+    })?;
+    let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
+    egress.load().map_err(|source| DataplaneError::Program {
+        name: names::PROGRAM_EGRESS,
+        source: Box::new(source),
+    })?;
+    let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
+    let xdp_pin = paths::pin(pin_dir, paths::XDP_LINK_PIN);
+    let attachment = if xdp_pin.exists() {
+        let link = adopt_link(&xdp_pin, XdpLink::try_from)?;
+        ingress
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Adopt {
+                path: xdp_pin.clone(),
+                source: Box::new(source),
+            })?;
+        Attachment {
+            adopted: true,
+            xdp_mode: None,
+        }
+    } else {
+        let (id, used) = attach_xdp(ingress, interface, mode)?;
+        let link = ingress
+            .take_link(id)
+            .map_err(|source| DataplaneError::PinLink {
+                path: xdp_pin.clone(),
+                source: Box::new(source),
+            })?;
+        pin_link(FdLink::try_from(link), &xdp_pin)?;
+        Attachment {
+            adopted: false,
+            xdp_mode: Some(used),
+        }
+    };
+
+    let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
+    let tc_pin = paths::pin(pin_dir, paths::TC_LINK_PIN);
+    if tc_pin.exists() {
+        let link = adopt_link(&tc_pin, SchedClassifierLink::try_from)?;
+        egress
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Adopt {
+                path: tc_pin.clone(),
+                source: Box::new(source),
+            })?;
+    } else {
+        let id = egress
+            .attach_with_options(
+                interface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DataplaneError::Attach {
+                what: "the TC egress program",
+                interface: interface.to_owned(),
+                hint: "",
+                source: Box::new(source),
+            })?;
+        let link = egress
+            .take_link(id)
+            .map_err(|source| DataplaneError::PinLink {
+                path: tc_pin.clone(),
+                source: Box::new(source),
+            })?;
+        pin_link(FdLink::try_from(link), &tc_pin)?;
+    }
+    Ok(attachment)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Whether `auto` attaches XDP to `interface` in generic mode: on veth, where native mode moves
+/// every packet through a ring and a NAPI poll and copies each one whose head is shared
+/// (docs/benchmarks.md measures both).
+#[must_use]
+pub fn prefers_generic(interface: &str) -> bool {
+    crate::kernel::netdev::driver(interface).as_deref() == Some("veth")
+}
+
+fn attach_xdp(
+    program: &mut Xdp,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), DataplaneError> {
+    const HINT: &str = " (another XDP program may be attached: `ip link show` tells)";
+    let attach = |program: &mut Xdp, aya_mode| {
+        program
+            .attach(interface, aya_mode)
+            .map_err(|source| DataplaneError::Attach {
+                what: "the XDP program",
+                interface: interface.to_owned(),
+                hint: HINT,
+                source: Box::new(source),
+            })
+    };
+    match mode {
+        XdpMode::Native => attach(program, AyaXdpMode::Driver).map(|id| (id, "native")),
+        XdpMode::Generic => attach(program, AyaXdpMode::Skb).map(|id| (id, "generic")),
+        XdpMode::Auto if prefers_generic(interface) => {
+            tracing::info!(
+                interface,
+                "veth: attaching XDP in generic mode, which is faster than native on veth"
+            );
+            attach(program, AyaXdpMode::Skb).map(|id| (id, "generic"))
+        }
+        XdpMode::Auto => match attach(program, AyaXdpMode::Driver) {
+            Ok(id) => Ok((id, "native")),
+            Err(native) => {
+                tracing::warn!(interface, error = %native, "native XDP failed; falling back to generic (skb) mode, which is slower");
+                attach(program, AyaXdpMode::Skb).map(|id| (id, "generic"))
+            }
+        },
+    }
+}
+
+fn adopt_link<L, E>(
+    path: &Path,
+    convert: impl FnOnce(FdLink) -> Result<L, E>,
+) -> Result<L, DataplaneError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Adopt {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    convert(FdLink::from(pinned)).map_err(|source| DataplaneError::Adopt {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn pin_link<E>(link: Result<FdLink, E>, path: &Path) -> Result<(), DataplaneError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let link = link.map_err(|source| DataplaneError::PinLink {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    link.pin(path).map_err(|source| DataplaneError::PinLink {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    set_mode(path, 0o600).map_err(|source| DataplaneError::PinLink {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// Removes the links (which detaches the programs) and then the maps and the directory.
+/// Returns the pins it removed; an absent directory is not an error.
+pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    let pins = [paths::XDP_LINK_PIN, paths::TC_LINK_PIN]
+        .into_iter()
+        .chain(names::ALL);
+    for name in pins {
+        let path = paths::pin(pin_dir, name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Unpin { path, source }),
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(removed),
+        Err(source) => Err(DataplaneError::Unpin {
+            path: pin_dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Whether the programs are attached through pins in `pin_dir`.
+#[must_use]
+pub fn is_attached(pin_dir: &Path) -> bool {
+    paths::pin(pin_dir, paths::XDP_LINK_PIN).exists()
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at `/sys/fs/bpf` when the pin directory is not on one.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new(paths::BPFFS_ROOT);
+    let probe = if pin_dir.exists() { pin_dir } else { root };
+    if fs_magic(probe).is_ok_and(|magic| magic == BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let err = |source| DataplaneError::Bpffs {
+        path: root.to_owned(),
+        source,
+    };
+    fs::create_dir_all(root).map_err(err)?;
+    let target = CString::new(paths::BPFFS_ROOT).map_err(|e| err(io::Error::other(e)))?;
+    let fstype = c"bpf";
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    tracing::info!(path = paths::BPFFS_ROOT, "mounted bpffs");
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs fills the zeroed struct; the path is a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64)
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}

@@ -1,0 +1,10 @@
+//! The bottom layer: the config validated into a plan, rollout plans, shares, slot tables,
+//! addresses and paths. Depends on splitter-common only; no I/O but reading the config file.
+
+pub mod addr;
+pub mod config;
+pub mod paths;
+pub mod plan;
+pub mod promql;
+pub mod share;
+pub mod slots;

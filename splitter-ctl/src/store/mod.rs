@@ -1,0 +1,3 @@
+//! What is kept on disk: the deployment journal (SQLite in the state directory).
+
+pub mod journal;
