@@ -386,7 +386,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gates::GateView;
+    use crate::view::rollout::GateView;
 
     fn view() -> View {
         let gate = |gate: &str, limit: &str, value: &str, state: &str| GateView {

@@ -18,7 +18,8 @@ use super::{
 use crate::{
     engine::{
         gates::{
-            GateView, Judgement, Snapshot, Window, gate_views, judge, judge_promql, live_reference,
+            GateReading, GateState, Judgement, Snapshot, Window, kernel_gates, live_reference,
+            promql_gates,
         },
         representativeness,
         rollout::{Decision, Rollout},
@@ -30,7 +31,7 @@ use crate::{
         share::{format_percent, percent_of},
     },
     store::journal::{EventKind, Journal, NewEvent, Sample},
-    view::rollout::{RolloutCommand, RolloutStatus},
+    view::rollout::{GateView, RolloutCommand, RolloutStatus},
 };
 
 /// A rollout the daemon runs.
@@ -807,7 +808,7 @@ impl Daemon {
         &mut self,
         service: &str,
         now: Instant,
-        readings: &[Reading],
+        promql_readings: &[Reading],
     ) -> Result<(), RolloutError> {
         let ids = self.release_ids(service)?;
         let kernel = self.maps.split(ids.split)?;
@@ -837,47 +838,46 @@ impl Daemon {
         // A release group is judged as one stack, and each of its services on its own as well:
         // a breach on one service fails the group even when the others' traffic dilutes it in
         // the sum. A service without enough traffic of its own only counts in the sum.
-        let member_failures: Vec<String> = if snapshots.members.len() > 1 {
-            member_names
+        let gates = &active.rollout.plan.gates;
+        let mut readings = kernel_gates(gates, &candidate, &live, active.live_baseline_ms);
+        if snapshots.members.len() > 1 {
+            for (name, (before, now)) in member_names
                 .iter()
                 .zip(active.step_base.members.iter().zip(&snapshots.members))
-                .filter_map(|(name, (before, now))| {
-                    match judge(
-                        &active.rollout.plan.gates,
-                        &Window::between(&before[c], &now[c]),
-                        &Window::between(&before[l], &now[l]),
-                        None,
-                    ) {
-                        Judgement::Fail(reasons) => Some(format!("{name}: {}", reasons.join(", "))),
-                        _ => None,
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let gates = &active.rollout.plan.gates;
-        let baseline = live_reference(gates, &live, active.live_baseline_ms);
-        let promql_gates = &active.rollout.plan.promql;
-        let judgement = judge(gates, &candidate, &live, active.live_baseline_ms)
-            .and(if member_failures.is_empty() {
-                Judgement::Pass
-            } else {
-                Judgement::Fail(member_failures)
-            })
-            .and(judge_promql(promql_gates, readings))
-            .and(match (&spread, gates.max_divergence) {
-                (Some(spread), Some(max)) => {
-                    representativeness::judge(max, spread, active.rollout.share())
+            {
+                let member = kernel_gates(
+                    gates,
+                    &Window::between(&before[c], &now[c]),
+                    &Window::between(&before[l], &now[l]),
+                    None,
+                );
+                if let Judgement::Fail(reasons) = Judgement::of(&member) {
+                    readings.push(GateReading {
+                        gate: format!("service {name}"),
+                        limit: "the gates, on this service alone".to_owned(),
+                        value: None,
+                        state: GateState::Fail(format!("{name}: {}", reasons.join(", "))),
+                    });
                 }
-                _ => Judgement::Pass,
-            });
-        let promql_details: Vec<_> = promql_gates
+            }
+        }
+        let baseline = live_reference(gates, &live, active.live_baseline_ms);
+        let promql = &active.rollout.plan.promql;
+        readings.extend(promql_gates(promql, promql_readings));
+        if let (Some(max), Some(spread)) = (gates.max_divergence, &spread) {
+            readings.push(representativeness::gate(
+                max,
+                spread,
+                active.rollout.share(),
+            ));
+        }
+        let judgement = Judgement::of(&readings);
+        let promql_details: Vec<_> = promql
             .iter()
-            .zip(readings)
+            .zip(promql_readings)
             .map(|(gate, reading)| serde_json::json!({ "gate": gate.name, "reading": reading.to_string() }))
             .collect();
-        for (gate, reading) in promql_gates.iter().zip(readings) {
+        for (gate, reading) in promql.iter().zip(promql_readings) {
             self.counters
                 .promql_queries
                 .get_or_create(&PromqlLabels {
@@ -887,34 +887,7 @@ impl Daemon {
                 })
                 .inc();
         }
-        let mut views = gate_views(gates, &candidate, &live, active.live_baseline_ms);
-        if let (Some(max), Some(spread)) = (gates.max_divergence, &spread) {
-            let state = match representativeness::judge(max, spread, active.rollout.share()) {
-                Judgement::Pass => "pass",
-                Judgement::Fail(_) => "fail",
-                Judgement::Inconclusive(_) => "waiting",
-            };
-            views.push(GateView {
-                gate: "max_divergence".to_owned(),
-                limit: format!("≤ {max:.2}"),
-                value: spread.divergence.map(|d| format!("{d:.2}")),
-                state: state.to_owned(),
-            });
-        }
-        for (gate, reading) in promql_gates.iter().zip(readings) {
-            let state =
-                match judge_promql(std::slice::from_ref(gate), std::slice::from_ref(reading)) {
-                    Judgement::Pass => "pass",
-                    Judgement::Fail(_) => "fail",
-                    Judgement::Inconclusive(_) => "waiting",
-                };
-            views.push(GateView {
-                gate: format!("promql {}", gate.name),
-                limit: gate.limit(),
-                value: Some(reading.to_string()),
-                state: state.to_owned(),
-            });
-        }
+        let views: Vec<GateView> = readings.iter().map(GateView::from).collect();
         active.last_gates = views;
         active.live_baseline_ms = baseline;
         // The judged windows, for `report`; recorded after any map write.

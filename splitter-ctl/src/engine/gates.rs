@@ -1,7 +1,6 @@
 //! The gates' judgement of one window of kernel counters: each gate's state, and their
 //! combination. No I/O: the daemon reads the counters and PromQL readings, this decides.
 
-use serde::{Deserialize, Serialize};
 use splitter_common::{Histogram, VersionStats};
 
 use crate::{
@@ -48,84 +47,27 @@ impl Window {
     }
 }
 
-/// One gate as the last judgement saw it, for `rollout status` and `watch`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GateView {
+/// One gate's state in a window.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateState {
+    Pass,
+    /// Breached, and why, as the rollback's reason says it.
+    Fail(String),
+    /// Not enough data to judge this gate, and why (none when `min_samples` already says
+    /// it).
+    Waiting(Option<String>),
+}
+
+/// One gate as a judgement saw it: the judgement is a fold over these (`Judgement::of`), and
+/// `rollout status` and `watch` show them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateReading {
     pub gate: String,
     /// What it allows, as an operator reads it (`≤ 1.00%`).
     pub limit: String,
     /// What the window measured, when it measured something.
     pub value: Option<String>,
-    /// `pass`, `fail`, or `waiting` (not enough data to judge this gate).
-    pub state: String,
-}
-
-impl GateView {
-    fn new(gate: &str, limit: String, value: Option<String>, state: &str) -> Self {
-        Self {
-            gate: gate.to_owned(),
-            limit,
-            value,
-            state: state.to_owned(),
-        }
-    }
-}
-
-/// The kernel gates' states in one window, gate by gate (`judge` combines them).
-#[must_use]
-pub fn gate_views(
-    gates: &Gates,
-    candidate: &Window,
-    live: &Window,
-    baseline_ms: Option<f64>,
-) -> Vec<GateView> {
-    let pass_fail = |breached: bool| if breached { "fail" } else { "pass" };
-    let enough = candidate.requests >= gates.min_samples.max(1);
-    let mut views = vec![GateView::new(
-        "min_samples",
-        format!("≥ {}", gates.min_samples.max(1)),
-        Some(candidate.requests.to_string()),
-        if enough { "pass" } else { "waiting" },
-    )];
-    if let Some(max) = gates.max_error_rate {
-        let rate = candidate.error_rate();
-        views.push(GateView::new(
-            "max_error_rate",
-            format!("≤ {:.2}%", max * 100.0),
-            rate.map(|r| format!("{:.2}%", r * 100.0)),
-            match rate {
-                Some(r) if enough => pass_fail(r > max),
-                _ => "waiting",
-            },
-        ));
-    }
-    if let Some(max) = gates.max_p99_ms {
-        views.push(GateView::new(
-            "max_p99_ms",
-            format!("≤ {max:.1} ms"),
-            candidate.p99_ms.map(|p| format!("{p:.1} ms")),
-            match candidate.p99_ms {
-                Some(p) if enough => pass_fail(p > max),
-                _ => "waiting",
-            },
-        ));
-    }
-    if let Some(ratio) = gates.max_p99_vs_live {
-        let reference = live_reference(gates, live, baseline_ms);
-        views.push(GateView::new(
-            "max_p99_vs_live",
-            format!("≤ {ratio:.2} × live"),
-            candidate
-                .p99_ms
-                .zip(reference)
-                .map(|(c, l)| format!("{:.2} × ({c:.1} / {l:.1} ms)", c / l)),
-            match (candidate.p99_ms, reference) {
-                (Some(c), Some(l)) if enough => pass_fail(c > ratio * l),
-                _ => "waiting",
-            },
-        ));
-    }
-    views
+    pub state: GateState,
 }
 
 /// The gates' judgement of one window.
@@ -138,23 +80,34 @@ pub enum Judgement {
 }
 
 impl Judgement {
-    /// Both judgements at once: any failure fails (with every reason), else anything
-    /// inconclusive holds.
+    /// The judgement of every gate's state: any breach fails, with every reason, even when
+    /// other gates lack data (missing data must not hide a failure); else any gate waiting
+    /// holds; else it passes.
     #[must_use]
-    pub fn and(self, other: Self) -> Self {
-        match (self, other) {
-            (Self::Fail(mut a), Self::Fail(b)) => {
-                a.extend(b);
-                Self::Fail(a)
+    pub fn of(readings: &[GateReading]) -> Self {
+        let mut failures = Vec::new();
+        let mut missing = Vec::new();
+        let mut waiting = false;
+        for reading in readings {
+            match &reading.state {
+                GateState::Pass => {}
+                GateState::Fail(reason) => failures.push(reason.clone()),
+                GateState::Waiting(why) => {
+                    waiting = true;
+                    missing.extend(why.clone());
+                }
             }
-            (Self::Fail(a), _) | (_, Self::Fail(a)) => Self::Fail(a),
-            (Self::Inconclusive(a), Self::Inconclusive(b)) => {
-                Self::Inconclusive(format!("{a}; {b}"))
-            }
-            (Self::Inconclusive(a), Self::Pass) | (Self::Pass, Self::Inconclusive(a)) => {
-                Self::Inconclusive(a)
-            }
-            (Self::Pass, Self::Pass) => Self::Pass,
+        }
+        if !failures.is_empty() {
+            Self::Fail(failures)
+        } else if waiting {
+            Self::Inconclusive(if missing.is_empty() {
+                "waiting for data".to_owned()
+            } else {
+                missing.join("; ")
+            })
+        } else {
+            Self::Pass
         }
     }
 }
@@ -170,91 +123,130 @@ pub fn live_reference(gates: &Gates, live: &Window, baseline_ms: Option<f64>) ->
     }
 }
 
-/// Judges the candidate's window against the gates and, for relative gates, the live pool's
-/// p99 (see [`live_reference`]).
+/// The kernel gates' states in one window, in one pass: the candidate's window against the
+/// gates and, for relative gates, the live pool's p99 (see [`live_reference`]). Below
+/// `min_samples` every other gate waits.
 #[must_use]
-pub fn judge(
+pub fn kernel_gates(
     gates: &Gates,
     candidate: &Window,
     live: &Window,
     baseline_ms: Option<f64>,
-) -> Judgement {
-    if candidate.requests < gates.min_samples.max(1) {
-        return Judgement::Inconclusive(format!(
-            "{} requests on the candidate, {} needed",
-            candidate.requests,
-            gates.min_samples.max(1)
-        ));
-    }
-    // A breach fails even when another gate has no data: missing data must not hide a
-    // failure (and `gate_views` shows the same states).
-    let mut failures = Vec::new();
-    let mut missing = Vec::new();
-    if let (Some(max), Some(rate)) = (gates.max_error_rate, candidate.error_rate())
-        && rate > max
-    {
-        failures.push(format!(
-            "error rate {:.2}% > {:.2}%",
-            rate * 100.0,
-            max * 100.0
-        ));
+) -> Vec<GateReading> {
+    let needed = gates.min_samples.max(1);
+    let enough = candidate.requests >= needed;
+    // A gate with a value judges it only once the window has enough requests.
+    let state = |value: Option<(bool, String)>, missing: &str| match value {
+        _ if !enough => GateState::Waiting(None),
+        Some((true, reason)) => GateState::Fail(reason),
+        Some((false, _)) => GateState::Pass,
+        None => GateState::Waiting(Some(missing.to_owned())),
+    };
+    let mut readings = vec![GateReading {
+        gate: "min_samples".to_owned(),
+        limit: format!("≥ {needed}"),
+        value: Some(candidate.requests.to_string()),
+        state: if enough {
+            GateState::Pass
+        } else {
+            GateState::Waiting(Some(format!(
+                "{} requests on the candidate, {needed} needed",
+                candidate.requests
+            )))
+        },
+    }];
+    if let Some(max) = gates.max_error_rate {
+        let rate = candidate.error_rate();
+        readings.push(GateReading {
+            gate: "max_error_rate".to_owned(),
+            limit: format!("≤ {:.2}%", max * 100.0),
+            value: rate.map(|r| format!("{:.2}%", r * 100.0)),
+            state: state(
+                rate.map(|r| {
+                    (
+                        r > max,
+                        format!("error rate {:.2}% > {:.2}%", r * 100.0, max * 100.0),
+                    )
+                }),
+                "no requests on the candidate",
+            ),
+        });
     }
     if let Some(max) = gates.max_p99_ms {
-        match candidate.p99_ms {
-            Some(p99) if p99 > max => failures.push(format!("p99 {p99:.1} ms > {max:.1} ms")),
-            Some(_) => {}
-            None => missing.push("no response time measured on the candidate"),
-        }
+        readings.push(GateReading {
+            gate: "max_p99_ms".to_owned(),
+            limit: format!("≤ {max:.1} ms"),
+            value: candidate.p99_ms.map(|p| format!("{p:.1} ms")),
+            state: state(
+                candidate
+                    .p99_ms
+                    .map(|p| (p > max, format!("p99 {p:.1} ms > {max:.1} ms"))),
+                "no response time measured on the candidate",
+            ),
+        });
     }
     if let Some(ratio) = gates.max_p99_vs_live {
-        match (candidate.p99_ms, live_reference(gates, live, baseline_ms)) {
-            (Some(c), Some(l)) => {
-                if c > ratio * l {
-                    failures.push(format!("p99 {c:.1} ms > {ratio:.2} × live {l:.1} ms"));
-                }
-            }
-            _ => missing.push("no live response times measured yet to compare with"),
-        }
+        let both = candidate
+            .p99_ms
+            .zip(live_reference(gates, live, baseline_ms));
+        readings.push(GateReading {
+            gate: "max_p99_vs_live".to_owned(),
+            limit: format!("≤ {ratio:.2} × live"),
+            value: both.map(|(c, l)| format!("{:.2} × ({c:.1} / {l:.1} ms)", c / l)),
+            state: state(
+                both.map(|(c, l)| {
+                    (
+                        c > ratio * l,
+                        format!("p99 {c:.1} ms > {ratio:.2} × live {l:.1} ms"),
+                    )
+                }),
+                "no live response times measured yet to compare with",
+            ),
+        });
     }
-    if !failures.is_empty() {
-        Judgement::Fail(failures)
-    } else if !missing.is_empty() {
-        Judgement::Inconclusive(missing.join("; "))
-    } else {
-        Judgement::Pass
-    }
+    readings
 }
 
-/// Judges the readings of `gates` (in the same order): any breach fails; otherwise a gate
-/// without a value is inconclusive.
+/// The PromQL gates' states from their readings (in the same order): a value judges, no value
+/// waits.
 #[must_use]
-pub fn judge_promql(gates: &[PromqlGate], readings: &[Reading]) -> Judgement {
-    let mut failures = Vec::new();
-    let mut missing = Vec::new();
-    for (gate, reading) in gates.iter().zip(readings) {
-        match reading {
-            Reading::Value(v) => failures.extend(gate.breach(*v)),
-            other => missing.push(format!("PromQL gate {}: {other}", gate.name)),
-        }
-    }
-    if readings.len() < gates.len() {
-        missing.push("PromQL gates not read".to_owned());
-    }
-    if !failures.is_empty() {
-        Judgement::Fail(failures)
-    } else if !missing.is_empty() {
-        Judgement::Inconclusive(missing.join("; "))
-    } else {
-        Judgement::Pass
-    }
+pub fn promql_gates(gates: &[PromqlGate], readings: &[Reading]) -> Vec<GateReading> {
+    gates
+        .iter()
+        .enumerate()
+        .map(|(i, gate)| {
+            let reading = readings.get(i);
+            let state = match reading {
+                Some(Reading::Value(v)) => gate.breach(*v).map_or(GateState::Pass, GateState::Fail),
+                Some(other) => {
+                    GateState::Waiting(Some(format!("PromQL gate {}: {other}", gate.name)))
+                }
+                None => GateState::Waiting(Some(format!("PromQL gate {}: not read", gate.name))),
+            };
+            GateReading {
+                gate: format!("promql {}", gate.name),
+                limit: gate.limit(),
+                value: reading.map(ToString::to_string),
+                state,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn judge(gates: &Gates, candidate: &Window, live: &Window, baseline: Option<f64>) -> Judgement {
+        Judgement::of(&kernel_gates(gates, candidate, live, baseline))
+    }
+
+    fn judge_promql(gates: &[PromqlGate], readings: &[Reading]) -> Judgement {
+        Judgement::of(&promql_gates(gates, readings))
+    }
+
     #[test]
-    fn a_breach_fails_even_when_another_gate_lacks_data_and_the_views_agree() {
+    fn a_breach_fails_even_when_another_gate_lacks_data() {
         let gates = Gates {
             max_error_rate: Some(0.01),
             max_p99_ms: Some(100.0),
@@ -262,37 +254,25 @@ mod tests {
             min_samples: 10,
             max_divergence: None,
         };
-        let window = |requests, errors, p99_ms| Window {
-            requests,
-            errors,
-            p99_ms,
-        };
         let live = window(1_000, 0, Some(10.0));
+        let idle = window(0, 0, None);
         let cases = [
-            (window(100, 50, None), window(0, 0, None)),
-            (window(100, 0, None), live),
-            (window(100, 0, Some(200.0)), window(0, 0, None)),
-            (window(100, 0, Some(11.0)), live),
-            (window(100, 0, Some(13.0)), live),
-            (window(5, 5, Some(500.0)), live),
+            (window(100, 50, None), idle, "fail"),
+            (window(100, 0, None), live, "inconclusive"),
+            (window(100, 0, Some(200.0)), idle, "fail"),
+            (window(100, 0, Some(11.0)), live, "pass"),
+            (window(100, 0, Some(13.0)), live, "fail"),
+            (window(5, 5, Some(500.0)), live, "inconclusive"),
         ];
-        for (candidate, live) in cases {
-            let judgement = judge(&gates, &candidate, &live, None);
-            let views = gate_views(&gates, &candidate, &live, None);
-            let any_fail = views.iter().any(|v| v.state == "fail");
-            let any_waiting = views.iter().any(|v| v.state == "waiting");
-            match &judgement {
-                Judgement::Fail(_) => assert!(any_fail, "{candidate:?}: {views:?}"),
-                Judgement::Inconclusive(_) => {
-                    assert!(!any_fail && any_waiting, "{candidate:?}: {views:?}")
-                }
-                Judgement::Pass => assert!(!any_fail && !any_waiting, "{candidate:?}: {views:?}"),
-            }
+        for (candidate, live, expected) in cases {
+            let readings = kernel_gates(&gates, &candidate, &live, None);
+            let outcome = match Judgement::of(&readings) {
+                Judgement::Fail(_) => "fail",
+                Judgement::Inconclusive(_) => "inconclusive",
+                Judgement::Pass => "pass",
+            };
+            assert_eq!(outcome, expected, "{candidate:?}: {readings:?}");
         }
-        assert!(matches!(
-            judge(&gates, &window(100, 50, None), &window(0, 0, None), None),
-            Judgement::Fail(_)
-        ));
     }
 
     fn window(requests: u64, errors: u64, p99_ms: Option<f64>) -> Window {
@@ -304,25 +284,43 @@ mod tests {
     }
 
     #[test]
-    fn judgements_combine_failures_first_then_missing_data() {
-        let fail = |r: &str| Judgement::Fail(vec![r.to_owned()]);
-        let hold = |r: &str| Judgement::Inconclusive(r.to_owned());
+    fn judgements_fold_failures_first_then_missing_data() {
+        let reading = |state: GateState| GateReading {
+            gate: "g".to_owned(),
+            limit: String::new(),
+            value: None,
+            state,
+        };
+        let fail = |r: &str| reading(GateState::Fail(r.to_owned()));
+        let wait = |r: &str| reading(GateState::Waiting(Some(r.to_owned())));
+        let pass = || reading(GateState::Pass);
         assert_eq!(
-            fail("a").and(fail("b")),
+            Judgement::of(&[fail("a"), fail("b")]),
             Judgement::Fail(vec!["a".to_owned(), "b".to_owned()])
         );
         assert_eq!(
-            hold("few").and(fail("b")),
-            fail("b"),
+            Judgement::of(&[wait("few"), fail("b")]),
+            Judgement::Fail(vec!["b".to_owned()]),
             "a breach is not hidden by missing data"
         );
         assert_eq!(
-            Judgement::Pass.and(hold("x")),
-            hold("x"),
+            Judgement::of(&[pass(), wait("x")]),
+            Judgement::Inconclusive("x".to_owned()),
             "never promote on missing data"
         );
-        assert_eq!(hold("x").and(hold("y")), hold("x; y"));
-        assert_eq!(Judgement::Pass.and(Judgement::Pass), Judgement::Pass);
+        assert_eq!(
+            Judgement::of(&[wait("x"), wait("y")]),
+            Judgement::Inconclusive("x; y".to_owned())
+        );
+        assert!(
+            matches!(
+                Judgement::of(&[pass(), reading(GateState::Waiting(None))]),
+                Judgement::Inconclusive(_)
+            ),
+            "a gate waiting without a reason of its own still holds"
+        );
+        assert_eq!(Judgement::of(&[pass(), pass()]), Judgement::Pass);
+        assert_eq!(Judgement::of(&[]), Judgement::Pass);
     }
 
     #[test]

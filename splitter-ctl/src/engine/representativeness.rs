@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use splitter_common::{Addr, Flow, FlowKey, Version, flow_closed, split::FULL_SHARE_BP};
 
 use crate::{
-    engine::gates::Judgement,
+    engine::gates::{GateReading, GateState},
     model::{addr::addr_ip, config::PrefixLengths},
 };
 
@@ -149,21 +149,31 @@ pub fn spread(
 /// clients). At a share of 100% the candidate serves every new client, so there is nothing left
 /// to compare and the gate passes.
 #[must_use]
-pub fn judge(max: f64, spread: &Spread, candidate_share_bp: u16) -> Judgement {
+pub fn gate(max: f64, spread: &Spread, candidate_share_bp: u16) -> GateReading {
+    GateReading {
+        gate: "max_divergence".to_owned(),
+        limit: format!("≤ {max:.2}"),
+        value: spread.divergence.map(|d| format!("{d:.2}")),
+        state: state(max, spread, candidate_share_bp),
+    }
+}
+
+/// The gate never fails: a canary that is not representative holds the step.
+fn state(max: f64, spread: &Spread, candidate_share_bp: u16) -> GateState {
     if candidate_share_bp >= FULL_SHARE_BP {
-        return Judgement::Pass;
+        return GateState::Pass;
     }
     if spread.candidate_clients < MIN_CANARY_CLIENTS {
-        return Judgement::Inconclusive(format!(
+        return GateState::Waiting(Some(format!(
             "representativeness: {} candidate clients, fewer than the {MIN_CANARY_CLIENTS} it takes to judge their spread",
             spread.candidate_clients
-        ));
+        )));
     }
     match spread.divergence {
-        None => Judgement::Inconclusive(format!(
+        None => GateState::Waiting(Some(format!(
             "representativeness: {} candidate and {} live clients, nothing to compare",
             spread.candidate_clients, spread.live_clients
-        )),
+        ))),
         Some(d) if d > max => {
             let worst = spread.most_different.first().map_or_else(String::new, |p| {
                 format!(
@@ -171,11 +181,11 @@ pub fn judge(max: f64, spread: &Spread, candidate_share_bp: u16) -> Judgement {
                     p.prefix, p.candidate_percent, p.live_percent
                 )
             });
-            Judgement::Inconclusive(format!(
+            GateState::Waiting(Some(format!(
                 "the canary is not representative: divergence {d:.2} > {max}{worst}"
-            ))
+            )))
         }
-        Some(_) => Judgement::Pass,
+        Some(_) => GateState::Pass,
     }
 }
 
@@ -184,6 +194,11 @@ mod tests {
     use splitter_common::{FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, ipv4_mapped};
 
     use super::*;
+    use crate::engine::gates::Judgement;
+
+    fn judge(max: f64, spread: &Spread, share: u16) -> Judgement {
+        Judgement::of(&[gate(max, spread, share)])
+    }
 
     fn flow(src: [u8; 4], port: u16, version: Version, service_id: u32) -> (FlowKey, Flow) {
         (

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::gates::GateView;
+use crate::engine::gates::{GateReading, GateState};
 
 /// What an operator can do to a running rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,4 +52,32 @@ pub struct RolloutStatus {
     pub hold_ms: u64,
     #[serde(default)]
     pub held_ms: u64,
+}
+
+/// One gate as the last judgement saw it, for `rollout status` and `watch`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GateView {
+    pub gate: String,
+    /// What it allows, as an operator reads it (`≤ 1.00%`).
+    pub limit: String,
+    /// What the window measured, when it measured something.
+    pub value: Option<String>,
+    /// `pass`, `fail`, or `waiting` (not enough data to judge this gate).
+    pub state: String,
+}
+
+impl From<&GateReading> for GateView {
+    fn from(reading: &GateReading) -> Self {
+        Self {
+            gate: reading.gate.clone(),
+            limit: reading.limit.clone(),
+            value: reading.value.clone(),
+            state: match reading.state {
+                GateState::Pass => "pass",
+                GateState::Fail(_) => "fail",
+                GateState::Waiting(_) => "waiting",
+            }
+            .to_owned(),
+        }
+    }
 }
