@@ -397,7 +397,7 @@ fn a_non_root_user_cannot_use_the_control_socket_the_pins_or_the_metrics_to_chan
         let mut stream =
             std::net::TcpStream::connect("127.0.0.1:9464").expect("connect to metrics");
         stream
-            .write_all(b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+            .write_all(b"POST /metrics HTTP/1.1\r\nHost: splitter\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             .expect("write");
         let mut answer = String::new();
         stream.read_to_string(&mut answer).expect("read");

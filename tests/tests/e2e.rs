@@ -471,7 +471,7 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
             let config = bed.config_path.clone();
             std::thread::spawn(move || {
                 for _ in 0..50 {
-                    splitter_ctl::cli::share::update(
+                    splitter_ctl::cli::split::update(
                         &config,
                         "sentiment",
                         splitter_ctl::store::journal::EventKind::Weight,

@@ -1,72 +1,107 @@
-//! The CLI's side of the control socket: one request to the daemon, and what to say when no
+//! The CLI's side of the control API: one request to the daemon over its Unix socket (through
+//! `io::http`, on a small runtime of its own), the answer as JSON, and what to say when no
 //! daemon answers.
 
-use std::{
-    io::{self, Read as _, Write as _},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use super::CommandError;
+use crate::{
+    io::http::{self, HttpError},
+    model::config,
 };
 
-/// The CLI's side: one request to the daemon's control socket. Returns status and body.
-pub fn unix_request(
+/// How long the CLI waits for the daemon's answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer the CLI reads from the daemon.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Why the daemon gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the daemon is not running: cannot connect to `{socket}`")]
+    NotRunning {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "permission denied on the control socket `{0}`: it is for root and the config's `control_group`"
+    )]
+    PermissionDenied(String),
+    #[error("the daemon at `{socket}` did not answer")]
+    NoAnswer {
+        socket: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("cannot start the client's runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Sends one request to the daemon listening on `socket`; its status and body.
+pub fn send(
     socket: &Path,
-    method: &str,
+    method: Method,
     path: &str,
-    body: &[u8],
+    body: Bytes,
     timeout: Duration,
-) -> io::Result<(u16, Vec<u8>)> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: splitter\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "malformed response from the daemon",
-        )
-    };
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?;
-    let status_line = std::str::from_utf8(&response[..head_end])
-        .map_err(|_| bad())?
-        .lines()
-        .next()
-        .ok_or_else(bad)?;
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, response[head_end + 4..].to_vec()))
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClientError::Runtime)?;
+    let answer = runtime.block_on(http::within(
+        timeout,
+        http::unix(socket, method, path, body, MAX_ANSWER),
+    ));
+    let shown = socket.display().to_string();
+    match answer {
+        Ok(answer) => Ok((answer.status, answer.body)),
+        Err(HttpError::Connect(_, source))
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(ClientError::PermissionDenied(shown))
+        }
+        Err(HttpError::Connect(_, source)) => Err(ClientError::NotRunning {
+            socket: shown,
+            source,
+        }),
+        Err(source) => Err(ClientError::NoAnswer {
+            socket: shown,
+            source,
+        }),
+    }
+}
+
+/// Sends one request to the daemon of the config at `config_path` (its socket read leniently,
+/// so a file that no longer validates still reaches the daemon, which says what is wrong). The
+/// answer's JSON; a refusal is the daemon's message.
+pub fn request(
+    config_path: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<serde_json::Value, CommandError> {
+    let socket = config::control_socket_of(config_path);
+    let (status, body) = send(&socket, method, path, body, timeout)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    if status != StatusCode::OK {
+        return Err(CommandError::Daemon(
+            value["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+                .to_owned(),
+        ));
+    }
+    Ok(value)
 }
 
 /// Whether a daemon answers on `path`.
 #[must_use]
 pub fn daemon_listening(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
-/// The error a CLI gets when no daemon answers.
-#[must_use]
-pub fn not_running(path: &Path, error: &io::Error) -> String {
-    if error.kind() == io::ErrorKind::PermissionDenied {
-        return format!(
-            "permission denied on the control socket `{}`: it is for root and the config's `control_group`",
-            path.display()
-        );
-    }
-    format!(
-        "the daemon is not running: cannot connect to `{}` ({error})",
-        path.display()
-    )
 }

@@ -1,21 +1,15 @@
-//! `splitter-ctl history`, `summary` and `review`: what the journal holds.
+//! `splitter-ctl history`: the journal's events, newest first.
 
 use std::{fmt::Write as _, path::Path};
 
-use super::CommandError;
-use crate::{
-    model::config::Config,
-    store::journal::{self, Journal},
-};
+use super::{CommandError, Output};
+use crate::{model::config::Config, store::journal::Journal};
 
-/// Milliseconds in a day.
-const DAY_MS: i64 = 86_400_000;
-
-pub fn history(
+pub fn run(
     config_path: &Path,
     service: Option<&str>,
     limit: usize,
-    json: bool,
+    output: Output,
 ) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
     // A service of a release group: the group's events (rollouts, rollbacks, drills).
@@ -24,7 +18,7 @@ pub fn history(
         .map(|r| r.name.to_owned());
     let events =
         Journal::open(&config.state_dir)?.history(release.as_deref().or(service), limit)?;
-    if json {
+    if output == Output::Json {
         return Ok(serde_json::to_string_pretty(&events)? + "\n");
     }
     let mut out = String::new();
@@ -55,153 +49,6 @@ pub fn history(
         );
     }
     Ok(out)
-}
-
-/// Gate evaluations shown before a rollback in a review.
-const REVIEW_GATES_BEFORE: usize = 5;
-
-/// `splitter-ctl review ROLLOUT_ID`: a Markdown post-incident review of one rollout.
-pub fn review(config_path: &Path, id: i64, json: bool) -> Result<String, CommandError> {
-    let config = Config::load(config_path)?;
-    let events = Journal::open(&config.state_dir)?
-        .rollout_events(id)?
-        .ok_or(CommandError::NotARollout(id))?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&events)? + "\n");
-    }
-    let Some(start) = events.first() else {
-        return Err(CommandError::NotARollout(id));
-    };
-    let end = events.last().filter(|e| {
-        matches!(
-            e.event.kind,
-            journal::EventKind::Promotion | journal::EventKind::Rollback
-        )
-    });
-    let since = |at_ms: i64| format!("+{:.1} s", (at_ms - start.at_ms) as f64 / 1000.0);
-    let mut out = String::new();
-    let _ = writeln!(out, "# Rollout {id} of `{}`\n", start.event.service);
-    let _ = writeln!(
-        out,
-        "- Started: {} by {}, plan: {}",
-        format_time(start.at_ms),
-        start.event.actor,
-        start.event.details
-    );
-    match end {
-        Some(e) => {
-            let _ = writeln!(
-                out,
-                "- Ended: {} ({}), {} by {}{}",
-                format_time(e.at_ms),
-                since(e.at_ms),
-                e.event.kind.name(),
-                e.event.actor,
-                e.event
-                    .reason
-                    .as_deref()
-                    .map_or_else(String::new, |r| format!(": {r}"))
-            );
-            if let Some(us) = e.event.decision_to_write_us {
-                let _ = writeln!(out, "- Decision to map write: {us} µs");
-            }
-            if let Some(us) = e.event.decision_to_first_connection_us {
-                let _ = writeln!(
-                    out,
-                    "- Decision to first new connection on the live pool: {us} µs"
-                );
-            }
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "- Not ended: the rollout is still running or was left paused"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n## Timeline\n\n| time | event | by | details |\n|---|---|---|---|"
-    );
-    for e in events
-        .iter()
-        .filter(|e| e.event.kind != journal::EventKind::GateEvaluation)
-    {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            since(e.at_ms),
-            e.event.kind.name(),
-            e.event.actor,
-            e.event
-                .reason
-                .as_deref()
-                .unwrap_or(&e.event.details.to_string())
-        );
-    }
-    let gates: Vec<_> = events
-        .iter()
-        .filter(|e| e.event.kind == journal::EventKind::GateEvaluation)
-        .collect();
-    let _ = writeln!(
-        out,
-        "\n## Gate values{}\n\n| time | judgement | candidate requests / errors / p99 ms | live requests / errors / p99 ms |\n|---|---|---|---|",
-        if end.is_some_and(|e| e.event.kind == journal::EventKind::Rollback) {
-            " before the rollback"
-        } else {
-            " (the last ones)"
-        }
-    );
-    for e in &gates[gates.len().saturating_sub(REVIEW_GATES_BEFORE)..] {
-        let d = &e.event.details;
-        let side = |v: &serde_json::Value| {
-            format!(
-                "{} / {} / {}",
-                v["requests"],
-                v["errors"],
-                v["p99_ms"]
-                    .as_f64()
-                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}"))
-            )
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            since(e.at_ms),
-            d["judgement"].as_str().unwrap_or("?"),
-            side(&d["candidate"]),
-            side(&d["live"])
-        );
-    }
-    out.push_str(
-        "\n## Questions for the team\n\n\
-         - What did the candidate change, and which gate saw it first?\n\
-         - What pre-deployment test would have caught it (load test, replayed traffic, a shadow run)?\n\
-         - Were the gates tight enough, and was the first step small enough to limit the harm?\n\
-         - How many requests failed on the candidate before the rollback, and who was affected?\n\
-         - What will change before the next rollout of this service?\n",
-    );
-    Ok(out)
-}
-
-pub fn summary(config_path: &Path, days: u32, json: bool) -> Result<String, CommandError> {
-    let config = Config::load(config_path)?;
-    let until = journal::now_ms();
-    let summary =
-        Journal::open(&config.state_dir)?.summary(until - i64::from(days) * DAY_MS, until)?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&summary)? + "\n");
-    }
-    let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
-    Ok(format!(
-        "last {days} days: {} promotions ({:.2} a day), {} rollbacks, {} drills\nmean time to rollback: decision to map write {}, decision to first new connection on the live pool {}\n",
-        summary.promotions,
-        summary.deployment_frequency_per_day,
-        summary.rollbacks,
-        summary.drills,
-        us(summary.mean_time_to_rollback_write_us),
-        us(summary.mean_time_to_rollback_first_connection_us),
-    ))
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date library.

@@ -1,28 +1,27 @@
 //! `splitter-ctl reload`: asks the running daemon to re-read its config (as SIGHUP does), and
 //! prints what changed or why nothing did.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
-use super::CommandError;
-use super::client;
-use crate::model::config;
+use bytes::Bytes;
+use hyper::Method;
 
-/// How long the CLI waits for the daemon.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+use super::{CommandError, client};
 
 pub fn run(config_path: &Path) -> Result<String, CommandError> {
-    let socket = config::control_socket_of(config_path);
-    let (status, body) = client::unix_request(&socket, "POST", "/v1/reload", b"", TIMEOUT)
-        .map_err(|e| CommandError::Daemon(client::not_running(&socket, &e)))?;
-    let value: serde_json::Value = serde_json::from_slice(&body)?;
-    if status != 200 {
-        let message = value["error"]
-            .as_str()
-            .unwrap_or("the daemon refused the reload");
-        return Err(CommandError::Daemon(format!(
-            "reload refused, nothing changed: {message}"
-        )));
-    }
+    let value = client::request(
+        config_path,
+        Method::POST,
+        "/v1/reload",
+        Bytes::new(),
+        client::TIMEOUT,
+    )
+    .map_err(|error| match error {
+        CommandError::Daemon(message) => {
+            CommandError::Daemon(format!("reload refused, nothing changed: {message}"))
+        }
+        other => other,
+    })?;
     let list = |key: &str| {
         value[key]
             .as_array()

@@ -3,14 +3,20 @@
 
 use std::path::Path;
 
-use super::client;
-use super::{CommandError, Target};
+use bytes::Bytes;
+use hyper::Method;
+
+use super::{CommandError, Output, Target, client};
 use crate::{model::config::Config, store::journal::Journal, view::status};
 
-pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<String, CommandError> {
+pub fn run(
+    config_path: &Path,
+    service: Option<&str>,
+    output: Output,
+) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
     let status = if client::daemon_listening(&config.control_socket) {
-        from_daemon(&config, service)?
+        from_daemon(config_path, service)?
     } else {
         let target = Target::open(config_path)?;
         if let Some(name) = service {
@@ -26,34 +32,23 @@ pub fn run(config_path: &Path, service: Option<&str>, json: bool) -> Result<Stri
         }
         status
     };
-    if json {
-        Ok(serde_json::to_string_pretty(&status)? + "\n")
-    } else {
-        Ok(status::render(&status))
-    }
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&status)? + "\n",
+        Output::Text => status::render(&status),
+    })
 }
 
-fn from_daemon(config: &Config, service: Option<&str>) -> Result<status::Status, CommandError> {
+fn from_daemon(config_path: &Path, service: Option<&str>) -> Result<status::Status, CommandError> {
     let path = service.map_or_else(
         || "/v1/status".to_owned(),
         |name| format!("/v1/status?service={name}"),
     );
-    let (code, body) = client::unix_request(
-        &config.control_socket,
-        "GET",
+    let value = client::request(
+        config_path,
+        Method::GET,
         &path,
-        b"",
-        super::reload::TIMEOUT,
-    )
-    .map_err(|e| CommandError::Daemon(client::not_running(&config.control_socket, &e)))?;
-    if code != 200 {
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        return Err(CommandError::Daemon(
-            value["error"]
-                .as_str()
-                .unwrap_or("the daemon refused the request")
-                .to_owned(),
-        ));
-    }
-    Ok(serde_json::from_slice(&body)?)
+        Bytes::new(),
+        client::TIMEOUT,
+    )?;
+    Ok(serde_json::from_value(value)?)
 }

@@ -7,6 +7,8 @@
 
 use std::{path::Path, time::Duration};
 
+use bytes::Bytes;
+use hyper::Method;
 use ratatui::{
     Frame, Terminal,
     backend::TestBackend,
@@ -17,9 +19,9 @@ use ratatui::{
     widgets::{Block, Borders, Gauge, Paragraph, Row, Table},
 };
 
-use super::{CommandError, history::format_time, rollout::request_within};
+use super::{CommandError, client, history::format_time};
 use crate::{
-    model::config::Config,
+    model::{config::Config, error::chain},
     store::journal::{EventKind, Journal},
     view::{rollout::RolloutStatus, status::Status},
 };
@@ -69,7 +71,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
-            view.problem = Some(format!("{:#}", anyhow::Error::from(error)));
+            view.problem = Some(chain(&error).to_string());
             return view;
         }
     };
@@ -77,21 +79,28 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         || "/v1/status".to_owned(),
         |s| format!("/v1/status?service={s}"),
     );
-    match request_within(config_path, "GET", &path, DAEMON_TIMEOUT)
-        .and_then(|json| serde_json::from_value::<Status>(json).map_err(CommandError::from))
+    match client::request(
+        config_path,
+        Method::GET,
+        &path,
+        Bytes::new(),
+        DAEMON_TIMEOUT,
+    )
+    .and_then(|json| serde_json::from_value::<Status>(json).map_err(CommandError::from))
     {
         Ok(status) => view.versions = rows(&status),
-        Err(error) => view.problem = Some(format!("{:#}", anyhow::Error::from(error))),
+        Err(error) => view.problem = Some(chain(&error).to_string()),
     }
     let releases = match only {
         Some(name) => config.release(name).into_iter().collect(),
         None => config.releases(),
     };
     for release in releases {
-        if let Ok(json) = request_within(
+        if let Ok(json) = client::request(
             config_path,
-            "GET",
+            Method::GET,
             &format!("/v1/rollouts/{}", release.name),
+            Bytes::new(),
             DAEMON_TIMEOUT,
         ) && let Ok(rollout) = serde_json::from_value::<RolloutStatus>(json)
         {

@@ -8,17 +8,23 @@
 //! | `GET /v1/rollouts/SERVICE` | the rollout in progress |
 //! | `POST /v1/rollouts/SERVICE/start` | starts a rollout (body: a plan; every field optional) |
 //! | `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}` | operates it |
+//! | `POST /v1/drills/SERVICE` (`?kind=last_resort`) | runs a drill to its end |
 
 use std::{io, os::unix::fs::PermissionsExt as _, path::Path};
 
 use tokio::net::UnixListener;
 
+use hyper::Method;
+
 use super::{
-    Daemon,
+    Daemon, Shared, drills,
     http::{Request, Response},
+    lock,
     rollouts::RolloutError,
 };
 use crate::{
+    engine::drill::{DrillKind, Trigger},
+    model::error::chain,
     model::{config::ControlGroup, plan::PlanRequest},
     view::rollout::RolloutCommand,
 };
@@ -68,8 +74,33 @@ pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, B
     Ok(listener)
 }
 
+/// `POST /v1/drills/SERVICE[?kind=last_resort]`: the one control request that takes time; it
+/// takes the daemon's lock only for each of its steps.
+const DRILLS: &str = "/v1/drills/";
+
 /// Answers one request of the control API.
-pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Response {
+pub async fn answer(shared: &Shared, config_path: &Path, request: Request) -> Response {
+    if let Some(rest) = request.path.strip_prefix(DRILLS)
+        && request.method == Method::POST
+    {
+        let (service, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let kind = match query.split('&').find_map(|kv| kv.strip_prefix("kind=")) {
+            None | Some("rollback") => DrillKind::Rollback,
+            Some("last_resort") => DrillKind::LastResort,
+            Some(_) => {
+                return Response::error(400, "kind= is `rollback` (the default) or `last_resort`");
+            }
+        };
+        return match drills::run(shared, service, kind, Trigger::Operator).await {
+            Ok(report) => Response::json(200, &serde_json::to_value(report).unwrap_or_default()),
+            Err(error) => rollout_error(error),
+        };
+    }
+    handle(&request, &mut lock(shared), config_path)
+}
+
+/// Answers a request that is done under one lock of the daemon.
+fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Response {
     let (path, query) = request
         .path
         .split_once('?')
@@ -89,7 +120,7 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
                 Ok(status) => {
                     Response::json(200, &serde_json::to_value(status).unwrap_or_default())
                 }
-                Err(error) => Response::error(500, &format!("{:#}", anyhow::Error::from(error))),
+                Err(error) => Response::error(500, &chain(&error).to_string()),
             }
         }
         ("POST", "/v1/reload") => match daemon.reload(config_path) {
@@ -103,7 +134,7 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
                     "purged_flows": applied.purged_flows,
                 }),
             ),
-            Err(error) => Response::error(422, &format!("{:#}", anyhow::Error::from(error))),
+            Err(error) => Response::error(422, &chain(&error).to_string()),
         },
         (_, "/v1/status" | "/v1/reload") => Response::error(405, "GET /v1/status, POST /v1/reload"),
         (method, path) if path.starts_with("/v1/rollouts/") => rollout(
@@ -120,7 +151,7 @@ pub fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Res
 }
 
 /// The answer to a refused rollout or drill request.
-pub(crate) fn rollout_error(e: RolloutError) -> Response {
+fn rollout_error(e: RolloutError) -> Response {
     use RolloutError as E;
     let status = match e {
         E::UnknownService(_) | E::NotRunning(_) => 404,
@@ -133,7 +164,7 @@ pub(crate) fn rollout_error(e: RolloutError) -> Response {
         E::Maps(_) => 500,
         E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) | E::GroupHasNoPools(..) => 422,
     };
-    Response::error(status, &format!("{:#}", anyhow::Error::from(e)))
+    Response::error(status, &chain(&e).to_string())
 }
 
 /// `GET /v1/rollouts/SERVICE`, `POST /v1/rollouts/SERVICE/start` (body: a plan, every field

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use splitter_common::{SplitWord, Version};
 
 use super::{
-    Daemon,
-    metrics::DrillLabels,
+    Daemon, Shared,
+    events::{DrillEnded, DrillRefused},
+    lock,
     rollouts::{ReleaseIds, RolloutError},
 };
 use crate::{
-    engine::drill::{DRILL_LIMIT, DRILL_PROBES, DrillKind, Trigger},
-    model::share::format_percent,
+    engine::drill::{DRILL_LIMIT, DRILL_POLL, DRILL_PROBES, DrillKind, Trigger},
+    model::{error::chain, share::format_percent},
     store::journal::EventKind,
     view::drill::DrillReport,
 };
@@ -100,17 +101,6 @@ impl Daemon {
             .due(&periods, last, crate::store::journal::now_ms())
     }
 
-    fn count_drill(&self, service: &str, trigger: Trigger, outcome: &str) {
-        self.counters
-            .drills
-            .get_or_create(&DrillLabels {
-                service: service.to_owned(),
-                outcome: outcome.to_owned(),
-                actor: trigger.name(),
-            })
-            .inc();
-    }
-
     /// Refuses a drill that cannot be run safely (counted as `refused`); otherwise writes the
     /// rollback.
     /// A service of a release group drills the group.
@@ -119,8 +109,12 @@ impl Daemon {
         let service = service.as_str();
         let begun = self.try_begin_drill(service, trigger);
         if let Err(error) = &begun {
-            self.count_drill(service, trigger, "refused");
-            tracing::warn!(service, actor = trigger.name(), error = %error, "drill refused");
+            self.emit(DrillRefused {
+                service,
+                kind: DrillKind::Rollback,
+                trigger,
+                error,
+            });
         }
         begun
     }
@@ -223,8 +217,12 @@ impl Daemon {
     ) -> Result<Drill, RolloutError> {
         let begun = self.try_begin_last_resort_drill(name, trigger);
         if let Err(error) = &begun {
-            self.count_drill(name, trigger, "refused");
-            tracing::warn!(service = name, actor = trigger.name(), error = %error, "last-resort drill refused");
+            self.emit(DrillRefused {
+                service: name,
+                kind: DrillKind::LastResort,
+                trigger,
+                error,
+            });
         }
         begun
     }
@@ -407,9 +405,11 @@ impl Daemon {
             restored,
             last_resort_errors,
         };
-        tracing::info!(service = drill.service, kind = drill.kind.name(), actor = drill.trigger.name(), outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
-        self.count_drill(&drill.service, drill.trigger, outcome);
-        self.journal_drill(&report, drill.trigger, drill.write);
+        self.emit(DrillEnded {
+            report: &report,
+            trigger: drill.trigger,
+            write: drill.write,
+        });
         report
     }
 
@@ -430,7 +430,7 @@ impl Daemon {
                 decided,
             }),
             Err(error) => {
-                tracing::warn!(error = %error, "cannot time the rollback's first connection")
+                tracing::warn!(error = %chain(&error), "cannot time the rollback's first connection")
             }
         }
     }
@@ -448,7 +448,7 @@ impl Daemon {
                 if let Some(journal) = &self.journal
                     && let Err(error) = journal.set_first_connection(watch.event, us)
                 {
-                    tracing::warn!(error = %error, "cannot journal the rollback's first connection");
+                    tracing::warn!(error = %chain(&error), "cannot journal the rollback's first connection");
                 }
                 tracing::info!(
                     first_connection_us = us,
@@ -461,29 +461,32 @@ impl Daemon {
         }
         !self.first_connection_watches.is_empty()
     }
+}
 
-    fn journal_drill(&self, report: &DrillReport, trigger: Trigger, write: Duration) {
-        let details = serde_json::to_value(report).unwrap_or_default();
-        let kind = if report.kind == DrillKind::LastResort.name() {
-            EventKind::LastResortDrill
-        } else {
-            EventKind::Drill
-        };
-        let Some(id) = self.journal_event(
-            &report.service,
-            kind,
-            trigger.name(),
-            Some(report.outcome.clone()),
-            Some(write),
-            details,
-        ) else {
-            return;
-        };
-        if let (Some(journal), Some(first)) =
-            (&self.journal, report.decision_to_first_connection_us)
-            && let Err(error) = journal.set_first_connection(id, first)
-        {
-            tracing::warn!(error = %error, "cannot journal the drill's time to first connection");
+/// Runs a drill of `service` to its end, taking the daemon's lock only for each step, so that
+/// status, metrics and probes go on meanwhile.
+pub(super) async fn run(
+    shared: &Shared,
+    service: &str,
+    kind: DrillKind,
+    trigger: Trigger,
+) -> Result<DrillReport, RolloutError> {
+    let begun = match kind {
+        DrillKind::Rollback => lock(shared).begin_drill(service, trigger),
+        DrillKind::LastResort => lock(shared).begin_last_resort_drill(service, trigger),
+    };
+    let mut drill = begun?;
+    let deadline = tokio::time::Instant::now() + DRILL_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match lock(shared).watch_drill(&mut drill) {
+            Ok(Watch::Continue) => {}
+            Ok(Watch::Done) => break,
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "drill: cannot read the counters");
+                break;
+            }
         }
+        tokio::time::sleep(DRILL_POLL).await;
     }
+    lock(shared).end_drill(drill)
 }

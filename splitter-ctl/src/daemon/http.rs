@@ -1,25 +1,33 @@
-//! Just enough HTTP/1.1 for the control socket, the metrics endpoint and the CLI: one request
-//! per connection, `Content-Length` bodies, bounded sizes and times. Anything else gets a clear
-//! 4xx, never a panic or a hung task.
+//! The daemon's HTTP/1.1 servers on hyper: the control API on its Unix socket and `GET
+//! /metrics` on TCP. A request's body is read whole before it is answered, within
+//! `READ_TIMEOUT` and `MAX_BODY`; a head over `MAX_HEAD` is refused by hyper (431), a body
+//! over the limit gets 413, a slow one 408. Keep-alive and chunked bodies are hyper's to handle.
 
-use std::{io, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Largest request head (request line and headers) accepted.
+/// Largest request head (request line and headers) accepted; hyper's smallest buffer.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-/// How long a client may take to send its request.
+/// How long a client may take to send its request's head, and then its body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A request, its body read whole.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    pub method: Method,
+    /// The path and query.
     pub path: String,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
+/// An answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -43,178 +51,138 @@ impl Response {
     pub fn error(status: u16, message: &str) -> Self {
         Self::json(status, &serde_json::json!({ "error": message }))
     }
-}
 
-/// Why a request could not be read; each maps to a status the client gets.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RequestError {
-    #[error("the request head is longer than {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("the request body is longer than {MAX_BODY} bytes")]
-    BodyTooLarge,
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
-    #[error("the client sent no complete request within {} s", READ_TIMEOUT.as_secs())]
-    Timeout,
-    #[error("the client closed the connection")]
-    Closed,
-}
-
-impl RequestError {
-    #[must_use]
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::HeadTooLarge => 431,
-            Self::BodyTooLarge => 413,
-            Self::Malformed(_) => 400,
-            Self::Timeout => 408,
-            Self::Closed => 400,
-        }
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = hyper::StatusCode::from_u16(self.status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(self.content_type),
+        );
+        response
     }
 }
 
-/// Parses a request head: the request line and the `Content-Length` header.
-pub fn parse_head(head: &[u8]) -> Result<(String, String, usize), RequestError> {
-    let text =
-        std::str::from_utf8(head).map_err(|_| RequestError::Malformed("the head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines
-        .next()
-        .ok_or(RequestError::Malformed("no request line"))?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::Malformed(
-            "the request line is not `METHOD PATH HTTP/1.x`",
-        ));
+/// Serves the requests of one connection with `handler`, until the client closes it or stays
+/// silent past `READ_TIMEOUT`.
+pub async fn serve_connection<I, H, F>(io: I, handler: H)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send,
+{
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(answer(request, handler).await.into_hyper()) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client may shut its side down once its request is sent: it still gets its answer.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .half_close(true);
+    // A connection that breaks or times out ends here; each request was answered or refused.
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
+}
+
+/// Reads the body, within its bounds, and asks `handler`.
+async fn answer<H, F>(request: hyper::Request<Incoming>, handler: H) -> Response
+where
+    H: Fn(Request) -> F,
+    F: Future<Output = Response>,
+{
+    let (parts, body) = request.into_parts();
+    let collected =
+        tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    let body = match collected {
+        Err(_) => {
+            return Response::error(
+                408,
+                &format!(
+                    "the client sent no complete request within {} s",
+                    READ_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Response::error(
+                413,
+                &format!("the request body is longer than {MAX_BODY} bytes"),
+            );
+        }
+        Ok(Err(_)) => return Response::error(400, "the request body could not be read"),
+        Ok(Ok(collected)) => collected.to_bytes(),
     };
-    if !version.starts_with("HTTP/1.")
-        || method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !path.starts_with('/')
-    {
-        return Err(RequestError::Malformed(
-            "the request line is not `METHOD PATH HTTP/1.x`",
-        ));
-    }
-    let mut length = 0;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(RequestError::Malformed("a header line without `:`"))?;
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value
-                .trim()
-                .parse()
-                .map_err(|_| RequestError::Malformed("Content-Length is not a number"))?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(RequestError::Malformed(
-                "chunked bodies are not supported; send Content-Length",
-            ));
-        }
-    }
-    if length > MAX_BODY {
-        return Err(RequestError::BodyTooLarge);
-    }
-    Ok((method.to_owned(), path.to_owned(), length))
-}
-
-/// Reads one request, within `READ_TIMEOUT` and the size limits.
-pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, RequestError> {
-    tokio::time::timeout(READ_TIMEOUT, read_request_unbounded(stream))
-        .await
-        .map_err(|_| RequestError::Timeout)?
-}
-
-async fn read_request_unbounded<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<Request, RequestError> {
-    let mut buffer = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        if buffer.len() > MAX_HEAD {
-            return Err(RequestError::HeadTooLarge);
-        }
-        read_more(stream, &mut buffer).await?;
-    };
-    if head_end > MAX_HEAD {
-        return Err(RequestError::HeadTooLarge);
-    }
-    let (method, path, length) = parse_head(&buffer[..head_end])?;
-    let mut body = buffer.split_off(head_end + 4);
-    while body.len() < length {
-        read_more(stream, &mut body).await?;
-    }
-    body.truncate(length);
-    Ok(Request { method, path, body })
-}
-
-/// Appends what the stream has next to `buffer`; a closed stream is an error.
-async fn read_more<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buffer: &mut Vec<u8>,
-) -> Result<(), RequestError> {
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => Err(RequestError::Closed),
-        Ok(n) => {
-            buffer.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        422 => "Unprocessable Content",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
-}
-
-/// Writes `response` and closes the write side.
-pub async fn write_response<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    response: &Response,
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&response.body).await?;
-    stream.shutdown().await
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    handler(Request {
+        method: parts.method,
+        path,
+        body,
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    /// Writes `bytes` to a connection served by a handler that echoes the body's length, closes
+    /// the write side, and returns all the server sent back.
+    async fn exchange(bytes: Vec<u8>) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        let served = tokio::spawn(serve_connection(server, |request: Request| async move {
+            Response::json(
+                200,
+                &serde_json::json!({ "path": request.path, "length": request.body.len() }),
+            )
+        }));
+        client.write_all(&bytes).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .expect("the server answers or closes, never hangs");
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the connection ends")
+            .expect("no panic");
+        answer
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// The status codes of every answer in `answer`.
+    fn statuses(answer: &[u8]) -> Vec<u16> {
+        String::from_utf8_lossy(answer)
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| {
+                String::from_utf8_lossy(answer)[at + 9..]
+                    .get(..3)
+                    .and_then(|code| code.parse().ok())
+            })
+            .collect()
+    }
 
     proptest::proptest! {
         #[test]
-        fn property_any_bytes_are_a_request_or_a_clear_refusal(
+        fn property_any_bytes_are_answered_or_refused_never_a_panic_or_a_hang(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)
         ) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("runtime");
-            if let Err(error) = runtime.block_on(read_request(&mut &bytes[..])) {
-                proptest::prop_assert!((400..500).contains(&error.status()));
-                proptest::prop_assert!(!error.to_string().is_empty());
+            let answer = runtime().block_on(exchange(bytes));
+            for status in statuses(&answer) {
+                proptest::prop_assert!(status == 200 || (400..500).contains(&status), "{status}");
             }
         }
 
@@ -227,86 +195,56 @@ mod tests {
                 let at = at % bytes.len();
                 bytes[at] = byte;
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("runtime");
-            match runtime.block_on(read_request(&mut &bytes[..])) {
-                Ok(request) => proptest::prop_assert!(request.body.len() <= MAX_BODY),
-                Err(error) => proptest::prop_assert!((400..500).contains(&error.status())),
+            let answer = runtime().block_on(exchange(bytes));
+            for status in statuses(&answer) {
+                proptest::prop_assert!(status == 200 || (400..500).contains(&status), "{status}");
             }
         }
     }
 
-    #[test]
-    fn a_request_head_gives_method_path_and_length() {
-        let head = b"POST /v1/reload HTTP/1.1\r\nHost: x\r\ncontent-length: 12";
-        assert_eq!(
-            parse_head(head),
-            Ok(("POST".to_owned(), "/v1/reload".to_owned(), 12))
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics HTTP/1.0"),
-            Ok(("GET".to_owned(), "/metrics".to_owned(), 0))
-        );
-    }
-
-    #[test]
-    fn malformed_heads_are_refused_with_a_reason() {
-        for head in [
-            &b""[..],
-            b"GET",
-            b"GET /x",
-            b"GET x HTTP/1.1",
-            b"get /x HTTP/1.1",
-            b"GET /x HTTP/2",
-            b"GET /x HTTP/1.1 extra",
-            b"GET /x HTTP/1.1\r\nNoColon",
-            b"GET /x HTTP/1.1\r\nContent-Length: -1",
-            b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked",
-            b"\xff\xfe",
-        ] {
-            assert!(
-                matches!(parse_head(head), Err(RequestError::Malformed(_))),
-                "{:?}",
-                String::from_utf8_lossy(head)
-            );
-        }
-        assert_eq!(
-            parse_head(b"POST /x HTTP/1.1\r\nContent-Length: 999999"),
-            Err(RequestError::BodyTooLarge)
-        );
-    }
-
     #[tokio::test]
-    async fn requests_are_read_whole_and_oversized_ones_refused() {
-        let (mut client, mut server) = tokio::io::duplex(256 * 1024);
-        client
-            .write_all(b"POST /v1/reload HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
-            .await
-            .expect("write");
-        let request = read_request(&mut server).await.expect("request");
+    async fn requests_are_read_whole_chunked_or_sized_and_oversized_ones_refused() {
+        let answer =
+            exchange(b"POST /v1/reload?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec())
+                .await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(r#""path": "/v1/reload?x=1""#), "{text}");
+        assert!(text.contains(r#""length": 5"#), "{text}");
+
+        let chunked = exchange(
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".to_vec(),
+        )
+        .await;
+        assert!(String::from_utf8_lossy(&chunked).contains(r#""length": 5"#));
+
+        let two = exchange(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n".to_vec()).await;
         assert_eq!(
-            (
-                request.method.as_str(),
-                request.path.as_str(),
-                request.body.as_slice()
-            ),
-            ("POST", "/v1/reload", &b"hello"[..])
+            statuses(&two),
+            [200, 200],
+            "keep-alive: both requests answered"
         );
 
-        let (mut client, mut server) = tokio::io::duplex(256 * 1024);
-        client
-            .write_all(&vec![b'a'; MAX_HEAD + 10])
-            .await
-            .expect("write");
-        assert_eq!(
-            read_request(&mut server).await,
-            Err(RequestError::HeadTooLarge)
-        );
+        let mut big = format!(
+            "POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        )
+        .into_bytes();
+        big.extend(std::iter::repeat_n(b'a', MAX_BODY + 1));
+        assert_eq!(statuses(&exchange(big).await), [413]);
 
-        let (client, mut server) = tokio::io::duplex(1024);
-        drop(client);
-        assert_eq!(read_request(&mut server).await, Err(RequestError::Closed));
+        let mut head = b"GET /x HTTP/1.1\r\nX-Long: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        head.extend(b"\r\n\r\n");
+        assert_eq!(statuses(&exchange(head).await), [431]);
+
+        assert_eq!(
+            statuses(&exchange(b"G\x01T /x HTTP/1.1\r\n\r\n".to_vec()).await),
+            [400]
+        );
+        assert!(
+            exchange(Vec::new()).await.is_empty(),
+            "a closed connection gets nothing"
+        );
     }
 }

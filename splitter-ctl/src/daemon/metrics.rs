@@ -2,14 +2,14 @@
 //!
 //! Two sources: counters the daemon itself keeps (reloads, health transitions), and a collector
 //! that reads the kernel maps at every scrape, so what Prometheus sees is exactly what the data
-//! plane counted, including while the daemon was down. Labels are typed and their cardinality is
+//! plane counted, including while the daemon was down. A scrape never takes the daemon's lock:
+//! the collector has its own handles on the pinned maps, and reads the rest (services, backend
+//! health, the canary's spread) from the `ScrapeView` the daemon publishes when it changes. Labels are typed and their cardinality is
 //! bounded by the config: services × 2 versions (× backends for health).
 
-use std::{
-    fmt::Write as _,
-    sync::{Arc, Mutex},
-};
+use std::{fmt::Write as _, sync::Arc};
 
+use hyper::Method;
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -24,10 +24,16 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use splitter_common::{Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats};
+use splitter_common::{
+    Endpoint, Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats,
+};
+use tokio::sync::watch;
 
-use super::Daemon;
-use crate::engine::latency;
+use super::http::{Request, Response};
+use crate::{
+    engine::{health::BackendId, latency, representativeness::Spread},
+    kernel::maps::{Maps, MapsError},
+};
 
 /// `blue` or `green`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -167,6 +173,25 @@ pub struct DaemonCounters {
     pub drills: Family<DrillLabels, Counter>,
 }
 
+/// What a scrape needs beside the kernel maps, as the daemon last published it (at start, at
+/// each reload, health transition and housekeeping).
+#[derive(Debug, Default)]
+pub struct ScrapeView {
+    pub services: Vec<ScrapeService>,
+    /// Every probed backend, and whether it passes its checks.
+    pub backends: Vec<(BackendId, bool)>,
+}
+
+/// A service of the running config.
+#[derive(Debug)]
+pub struct ScrapeService {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub has_last_resort: bool,
+    /// The candidate's clients beside the live pool's, at the daemon's last housekeeping.
+    pub spread: Option<Spread>,
+}
+
 /// The registry behind `GET /metrics`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -174,9 +199,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the daemon's counters and the kernel collector over `daemon`.
+    /// Registers the daemon's counters, and the kernel collector over `maps` (handles of its
+    /// own on the pinned maps) and the daemon's published `view`.
     #[must_use]
-    pub fn new(counters: &DaemonCounters, daemon: Arc<Mutex<Daemon>>) -> Self {
+    pub fn new(
+        counters: &DaemonCounters,
+        maps: Maps,
+        view: watch::Receiver<Arc<ScrapeView>>,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register(
             "splitter_reloads",
@@ -208,7 +238,7 @@ impl Metrics {
             "Rollback drills, by outcome (passed, failed, inconclusive, refused) and who asked",
             counters.drills.clone(),
         );
-        registry.register_collector(Box::new(KernelCollector { daemon }));
+        registry.register_collector(Box::new(KernelCollector { maps, view }));
         Self { registry }
     }
 
@@ -220,12 +250,40 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Answers a request to the metrics endpoint: `GET /metrics` only.
+    #[must_use]
+    pub fn answer(&self, request: &Request) -> Response {
+        let path = request.path.split('?').next().unwrap_or_default();
+        match (&request.method, path) {
+            (&Method::GET, "/metrics") => match self.encode() {
+                Ok(text) => Response {
+                    status: 200,
+                    content_type: CONTENT_TYPE,
+                    body: text.into_bytes(),
+                },
+                Err(_) => Response::error(500, "cannot encode the metrics"),
+            },
+            (_, "/metrics") => {
+                Response::error(405, "the metrics endpoint is read-only: GET /metrics")
+            }
+            _ => Response::error(404, "only GET /metrics is served here"),
+        }
+    }
+}
+
 /// The content type of `Metrics::encode`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Debug)]
 struct KernelCollector {
-    daemon: Arc<Mutex<Daemon>>,
+    maps: Maps,
+    view: watch::Receiver<Arc<ScrapeView>>,
+}
+
+impl std::fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCollector").finish_non_exhaustive()
+    }
 }
 
 /// One service's view for a scrape.
@@ -238,7 +296,7 @@ struct ServiceSample {
     /// New connections the last-resort pool took, when the service has one.
     last_resort_flows: Option<u64>,
     /// The candidate's clients beside the live pool's, at the daemon's last housekeeping.
-    spread: Option<crate::engine::representativeness::Spread>,
+    spread: Option<Spread>,
 }
 
 impl ServiceSample {
@@ -258,12 +316,8 @@ impl ServiceSample {
 
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // A poisoned lock still holds consistent maps handles: the data is read, not trusted.
-        let daemon = self
-            .daemon
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Ok(samples) = daemon.samples() else {
+        let view = Arc::clone(&self.view.borrow());
+        let Ok(samples) = samples(&self.maps, &view) else {
             return Ok(());
         };
         let versions = [Version::Blue, Version::Green];
@@ -490,16 +544,16 @@ impl Collector for KernelCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (id, health) in daemon.health.iter() {
+        for (id, healthy) in &view.backends {
             let labels = BackendLabels {
                 service: id.service.clone(),
                 version: PoolLabel(id.pool),
                 backend: id.addr.to_string(),
             };
-            ConstGauge::new(i64::from(health.healthy)).encode(up.encode_family(&labels)?)?;
+            ConstGauge::new(i64::from(*healthy)).encode(up.encode_family(&labels)?)?;
         }
 
-        if let Ok(plane) = daemon.maps.plane_counters() {
+        if let Ok(plane) = self.maps.plane_counters() {
             let mut outcomes = encoder.encode_descriptor(
                 "splitter_data_plane_packets",
                 "Packets by data-plane outcome",
@@ -515,34 +569,32 @@ impl Collector for KernelCollector {
     }
 }
 
-impl Daemon {
-    /// Split word and counters of every service the kernel holds, for a scrape.
-    fn samples(&self) -> Result<Vec<ServiceSample>, crate::kernel::maps::MapsError> {
-        let mut samples = Vec::with_capacity(self.config.services.len());
-        for spec in &self.config.services {
-            let Some(service) = self.maps.service(&spec.endpoint())? else {
-                continue;
-            };
-            let split = self.maps.split(service.split)?;
-            samples.push(ServiceSample {
-                name: spec.name.clone(),
-                split,
-                spread: self.spreads.get(&spec.name).cloned(),
-                stats: [
-                    self.maps.counters(service.id, Version::Blue)?,
-                    self.maps.counters(service.id, Version::Green)?,
-                ],
-                latency: [Version::Blue, Version::Green].map(|v| {
-                    [LatencyKind::Response, LatencyKind::Handshake]
-                        .map(|k| self.maps.histogram(service.id, v, k).unwrap_or_default())
-                }),
-                last_resort_flows: if spec.last_resort.is_empty() {
-                    None
-                } else {
-                    Some(self.maps.last_resort_counters(service.id)?.new_flows)
-                },
-            });
-        }
-        Ok(samples)
+/// Split word and counters of every service of `view` that the kernel holds, for a scrape.
+fn samples(maps: &Maps, view: &ScrapeView) -> Result<Vec<ServiceSample>, MapsError> {
+    let mut samples = Vec::with_capacity(view.services.len());
+    for spec in &view.services {
+        let Some(service) = maps.service(&spec.endpoint)? else {
+            continue;
+        };
+        let split = maps.split(service.split)?;
+        samples.push(ServiceSample {
+            name: spec.name.clone(),
+            split,
+            spread: spec.spread.clone(),
+            stats: [
+                maps.counters(service.id, Version::Blue)?,
+                maps.counters(service.id, Version::Green)?,
+            ],
+            latency: [Version::Blue, Version::Green].map(|v| {
+                [LatencyKind::Response, LatencyKind::Handshake]
+                    .map(|k| maps.histogram(service.id, v, k).unwrap_or_default())
+            }),
+            last_resort_flows: if spec.has_last_resort {
+                Some(maps.last_resort_counters(service.id)?.new_flows)
+            } else {
+                None
+            },
+        });
     }
+    Ok(samples)
 }

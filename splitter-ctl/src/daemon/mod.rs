@@ -6,33 +6,39 @@
 
 pub mod control;
 pub mod drills;
+mod events;
+mod health;
+mod housekeeping;
 pub mod http;
 pub mod metrics;
 pub mod rollouts;
 pub mod runtime;
 
-use std::{collections::HashMap, path::Path, time::Instant};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use splitter_common::{SplitWord, Version};
 
+use tokio::sync::watch;
+
 use self::{
-    metrics::{DaemonCounters, HealthState, PoolLabel, TransitionLabels},
+    events::{ConfigApplied, Event, ReloadRefused, Sinks},
+    metrics::{DaemonCounters, ScrapeService, ScrapeView},
     rollouts::ActiveRollout,
 };
 use crate::{
-    engine::{
-        drill::DrillSchedule,
-        health::{BackendId, Health, Transition},
-    },
+    engine::{drill::DrillSchedule, health::Health},
     kernel::{
-        aging,
         apply::{self, Applied, ApplyError},
         dataplane::{self, DataplaneError},
         maps::{Maps, MapsError},
         split_lock::SplitLockFile,
     },
     model::{
-        config::{Config, ConfigError, HealthCheck, Pool},
+        config::{Config, ConfigError},
         share::format_percent,
     },
     store::journal::Journal,
@@ -71,30 +77,42 @@ pub enum ReloadError {
     Apply(#[from] ApplyError),
 }
 
+/// The daemon as its tasks share it.
+pub type Shared = Arc<Mutex<Daemon>>;
+
+/// The daemon, locked.
+pub fn lock(shared: &Shared) -> MutexGuard<'_, Daemon> {
+    // Every operation leaves the state whole when it returns, so a panic elsewhere does not
+    // make it unusable.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub struct Daemon {
-    pub config: Config,
-    pub maps: Maps,
-    pub health: Health,
-    pub counters: DaemonCounters,
+    config: Config,
+    maps: Maps,
+    health: Health,
+    counters: DaemonCounters,
     /// The split word of each service as the daemon last saw it, to notice operator changes.
-    pub(crate) known_splits: HashMap<String, SplitWord>,
+    known_splits: HashMap<String, SplitWord>,
     /// Rollouts in progress, by service.
-    pub(crate) rollouts: HashMap<String, ActiveRollout>,
+    rollouts: HashMap<String, ActiveRollout>,
     /// The deployment journal; `None` when it cannot be opened (logged; nothing else stops).
-    pub(crate) journal: Option<Journal>,
+    journal: Option<Journal>,
     /// Rollbacks whose first new connection on the live pool is being timed.
-    pub(crate) first_connection_watches: Vec<drills::FirstConnectionWatch>,
+    first_connection_watches: Vec<drills::FirstConnectionWatch>,
     /// When each service's next scheduled drill is due.
-    pub(crate) drill_schedule: DrillSchedule,
+    drill_schedule: DrillSchedule,
     /// The split-word lock, open for the daemon's life.
-    pub(crate) split_lock: SplitLockFile,
+    split_lock: SplitLockFile,
     /// Responses and errors at the last housekeeping, for rates over the window since.
-    last_sample: HashMap<(String, Version), Sample>,
+    last_sample: HashMap<(String, Version), housekeeping::Sample>,
     /// Each service's canary spread at the last housekeeping (one walk of the flow table per
     /// housekeeping, not one per scrape or status).
-    pub(crate) spreads: status::Spreads,
+    spreads: status::Spreads,
     /// Rates over the last window.
     rates: Rates,
+    /// What the metrics collector reads beside the kernel maps (see `metrics::ScrapeView`).
+    scrape: watch::Sender<Arc<ScrapeView>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -157,10 +175,58 @@ impl Daemon {
             last_sample: HashMap::new(),
             spreads: status::Spreads::new(),
             rates: Rates::new(),
+            scrape: watch::Sender::new(Arc::default()),
         };
         let applied = daemon.apply()?;
-        log_applied("config applied", &applied);
+        daemon.emit(ConfigApplied {
+            applied: &applied,
+            reload: false,
+        });
+        daemon.publish_scrape_view();
         Ok(daemon)
+    }
+
+    /// Logs, counts and journals `event`; its journal id, when it has one.
+    fn emit(&self, event: impl Event) -> Option<i64> {
+        event.emit(&Sinks {
+            counters: &self.counters,
+            journal: self.journal.as_ref(),
+        })
+    }
+
+    /// The running config.
+    #[must_use]
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What the metrics collector reads beside the kernel maps, as it changes.
+    #[must_use]
+    pub fn scrape_view(&self) -> watch::Receiver<Arc<ScrapeView>> {
+        self.scrape.subscribe()
+    }
+
+    /// Publishes the services, backend health and spreads for the metrics collector.
+    fn publish_scrape_view(&self) {
+        let view = ScrapeView {
+            services: self
+                .config
+                .services
+                .iter()
+                .map(|spec| ScrapeService {
+                    name: spec.name.clone(),
+                    endpoint: spec.endpoint(),
+                    has_last_resort: !spec.last_resort.is_empty(),
+                    spread: self.spreads.get(&spec.name).cloned(),
+                })
+                .collect(),
+            backends: self
+                .health
+                .iter()
+                .map(|(id, health)| (id.clone(), health.healthy))
+                .collect(),
+        };
+        self.scrape.send_replace(Arc::new(view));
     }
 
     fn apply(&mut self) -> Result<Applied, ApplyError> {
@@ -188,12 +254,14 @@ impl Daemon {
         let result = self.reload_inner(path);
         match &result {
             Ok(applied) => {
-                self.counters.reloads.inc();
-                log_applied("reloaded", applied);
+                self.emit(ConfigApplied {
+                    applied,
+                    reload: true,
+                });
+                self.publish_scrape_view();
             }
             Err(error) => {
-                self.counters.reload_errors.inc();
-                tracing::warn!(error = %error, "reload refused; the running config stays");
+                self.emit(ReloadRefused { error });
             }
         }
         result
@@ -279,248 +347,6 @@ impl Daemon {
         }
         Ok(status)
     }
-
-    /// The check and the backends of `service`, or `None` when the service is gone or is not
-    /// probed (UDP).
-    #[must_use]
-    pub fn probe_targets(&self, service: &str) -> Option<(HealthCheck, Vec<BackendId>)> {
-        let spec = self.config.service(service)?;
-        let check = spec.health.clone()?;
-        let backends = Pool::ALL
-            .into_iter()
-            .flat_map(|pool| {
-                spec.backends_of(pool).iter().map(move |b| BackendId {
-                    service: service.to_owned(),
-                    pool,
-                    addr: b.addr,
-                })
-            })
-            .collect();
-        Some((check, backends))
-    }
-
-    /// The services whose backends are probed.
-    #[must_use]
-    pub fn probed_services(&self) -> Vec<String> {
-        self.config
-            .services
-            .iter()
-            .filter(|s| s.health.is_some())
-            .map(|s| s.name.clone())
-            .collect()
-    }
-
-    /// Records probe results; a backend that changes state rewrites its pool's slot table.
-    pub fn record_probes(&mut self, results: Vec<(BackendId, HealthCheck, Result<(), String>)>) {
-        let transitions: Vec<Transition> = results
-            .into_iter()
-            .filter_map(|(id, check, result)| self.health.record(&id, &check, result))
-            .collect();
-        for transition in transitions {
-            self.on_transition(&transition);
-        }
-    }
-
-    fn on_transition(&mut self, transition: &Transition) {
-        let BackendId {
-            service,
-            pool,
-            addr,
-        } = &transition.backend;
-        let state = if transition.healthy {
-            HealthState::up
-        } else {
-            HealthState::down
-        };
-        self.counters
-            .health_transitions
-            .get_or_create(&TransitionLabels {
-                service: service.clone(),
-                version: PoolLabel(*pool),
-                backend: addr.to_string(),
-                state,
-            })
-            .inc();
-        if transition.healthy {
-            tracing::info!(service = %service, version = pool.name(), backend = %addr, "backend is up; back in its pool");
-        } else {
-            tracing::warn!(service = %service, version = pool.name(), backend = %addr, reason = transition.reason.as_deref().unwrap_or("?"), "backend is down; out of its pool");
-        }
-        let Some(spec) = self.config.service(service).cloned() else {
-            return;
-        };
-        let health = &self.health;
-        let healthy = |s: &str, p: Pool, a| health.is_healthy(s, p, a);
-        let down = |p: Pool| {
-            spec.backends_of(p)
-                .iter()
-                .all(|b| !healthy(&spec.name, p, b.addr))
-        };
-        if down(Pool::Blue) && down(Pool::Green) {
-            if spec.last_resort.is_empty() || down(Pool::LastResort) {
-                tracing::error!(service = %service, "no healthy backend in blue, green or a last-resort pool: new connections are dropped (slot_miss)");
-            } else {
-                tracing::error!(service = %service, last_resort = spec.last_resort.len(), "no healthy backend in blue or green: new connections go to the last-resort pool");
-            }
-        } else if *pool == Pool::LastResort && down(Pool::LastResort) {
-            tracing::warn!(service = %service, "no healthy backend left in the last-resort pool; it would take nothing if blue and green failed");
-        } else if *pool != Pool::LastResort && down(*pool) {
-            tracing::warn!(service = %service, version = pool.name(), "no healthy backend left in this version; its new connections go to the other version");
-        }
-        let result = self
-            .maps
-            .service(&spec.endpoint())
-            .and_then(|found| match found {
-                Some(kernel) => {
-                    apply::write_pool(&mut self.maps, kernel.id, &spec, *pool, &healthy)
-                }
-                None => Ok(()),
-            });
-        if let Err(error) = result {
-            tracing::error!(service = %service, error = %error, "cannot rewrite the pool after a health change");
-        }
-    }
-
-    /// Sweeps closed flows and logs split words someone else changed since the last look.
-    pub fn housekeeping(&mut self) {
-        self.sample_rates();
-        if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
-            tracing::warn!(error = %error, "cannot remove the reverse entries of removed backends");
-        }
-        // One walk of the flow table serves the canary's spread and the sweep.
-        match self.maps.flows() {
-            Ok(flows) => {
-                match status::spreads_among(&self.maps, &self.config, &flows) {
-                    Ok(spreads) => self.spreads = spreads,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot compute the canary's spread");
-                    }
-                }
-                match aging::sweep_among(&mut self.maps, &flows, aging::monotonic_ns()) {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::debug!(removed, "swept closed flows"),
-                    Err(error) => tracing::warn!(error = %error, "cannot sweep closed flows"),
-                }
-            }
-            Err(error) => tracing::warn!(error = %error, "cannot read the flow table"),
-        }
-        for spec in &self.config.services {
-            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
-                continue;
-            };
-            let Ok(now) = self.maps.split(kernel.split) else {
-                continue;
-            };
-            let before = self.known_splits.insert(spec.name.clone(), now);
-            if let Some(before) = before.filter(|before| *before != now) {
-                tracing::info!(
-                    service = %spec.name,
-                    green_percent = %format_percent(now.share_of(Version::Green)),
-                    was_green_percent = %format_percent(before.share_of(Version::Green)),
-                    live = now.live().name(),
-                    "the split changed outside the daemon (an operator's weight or rollback); keeping it"
-                );
-            }
-        }
-    }
-
-    /// Responses per second, the error ratio and the p99 of each version since the last
-    /// sample.
-    fn sample_rates(&mut self) {
-        let now = Instant::now();
-        let mut rates = Rates::new();
-        for spec in &self.config.services {
-            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
-                continue;
-            };
-            for version in [Version::Blue, Version::Green] {
-                let Ok(counters) = self.maps.counters(kernel.id, version) else {
-                    continue;
-                };
-                let (errors, events) = counters.errors_and_events();
-                let response = self
-                    .maps
-                    .histogram(kernel.id, version, splitter_common::LatencyKind::Response)
-                    .unwrap_or_default();
-                let sample = Sample {
-                    at: now,
-                    responses: counters.responses,
-                    events,
-                    errors,
-                    response,
-                };
-                let key = (spec.name.clone(), version);
-                if let Some(before) = self.last_sample.insert(key.clone(), sample) {
-                    let seconds = now.duration_since(before.at).as_secs_f64();
-                    let d_events = events.saturating_sub(before.events);
-                    let ratio = (d_events > 0)
-                        .then(|| errors.saturating_sub(before.errors) as f64 / d_events as f64);
-                    if seconds > 0.0 {
-                        let window = response.since(&before.response);
-                        rates.insert(
-                            key,
-                            status::Recent {
-                                responses_per_second: counters
-                                    .responses
-                                    .saturating_sub(before.responses)
-                                    as f64
-                                    / seconds,
-                                error_ratio: ratio,
-                                p99_ms: crate::engine::latency::Quantiles::of(&window).p99_ms,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        self.rates = rates;
-    }
-
-    /// Remembers `word` as what the daemon itself wrote for release `name` (a service or a
-    /// release group), so housekeeping does not report it as someone else's change.
-    pub(crate) fn note_split(&mut self, name: &str, word: SplitWord) {
-        let members: Vec<String> = self
-            .config
-            .release(name)
-            .map(|r| r.members.iter().map(|m| m.name.clone()).collect())
-            .unwrap_or_else(|| vec![name.to_owned()]);
-        for member in members {
-            self.known_splits.insert(member, word);
-        }
-    }
-
-    fn remember_splits(&mut self) {
-        for spec in &self.config.services {
-            if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint())
-                && let Ok(word) = self.maps.split(kernel.split)
-            {
-                self.known_splits.insert(spec.name.clone(), word);
-            }
-        }
-        self.known_splits
-            .retain(|name, _| self.config.service(name).is_some());
-    }
-}
-
-/// A version's counters at one housekeeping.
-#[derive(Clone, Copy)]
-struct Sample {
-    at: Instant,
-    responses: u64,
-    events: u64,
-    errors: u64,
-    response: splitter_common::Histogram,
-}
-
-fn log_applied(what: &str, applied: &Applied) {
-    tracing::info!(
-        added = ?applied.added,
-        kept = ?applied.kept,
-        removed = ?applied.removed,
-        purged_flows = applied.purged_flows,
-        draining_backends = applied.draining_backends,
-        "{what}"
-    );
 }
 
 fn warn_if_world_writable(path: &Path) {

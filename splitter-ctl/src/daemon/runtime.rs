@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -17,19 +17,18 @@ use tokio::{
 };
 
 use super::{
-    Daemon, StartError, control, http,
-    metrics::{self, DaemonCounters, Metrics},
-    rollouts::RolloutError,
+    Daemon, Shared, StartError, control, drills, http, lock,
+    metrics::{DaemonCounters, Metrics},
 };
 use crate::{
-    engine::drill::{DRILL_LIMIT, DRILL_POLL, DrillKind, Trigger},
+    engine::drill::{DRILL_POLL, DrillKind, Trigger},
     io::{notify::notify, probe},
     kernel::{
         aging,
         dataplane::{self, DataplaneError},
+        maps::{Maps, MapsError},
     },
     model::config::{Config, ConfigError},
-    view::drill::DrillReport,
 };
 
 /// Why the daemon could not start, or stopped with an error.
@@ -43,6 +42,8 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
     #[error("cannot {what}")]
     Io {
         what: &'static str,
@@ -51,16 +52,8 @@ pub enum RunError {
     },
 }
 
-type Shared = Arc<Mutex<Daemon>>;
-
 /// How long a listener waits after a failed accept.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Daemon> {
-    // Every operation leaves the state whole when it returns, so a panic elsewhere does not
-    // make it unusable.
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunError> {
     let config = Config::load(config_path)?;
@@ -82,18 +75,21 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     let (socket_path, pin_dir) = (config.control_socket.clone(), config.pin_dir.clone());
 
     let counters = DaemonCounters::default();
-    let daemon = match Daemon::start(config, counters.clone()) {
-        Ok(mut daemon) => {
-            daemon.restore_rollouts();
-            daemon
-        }
+    // The metrics collector gets handles of its own on the pinned maps: a scrape never takes
+    // the daemon's lock.
+    let started = Daemon::start(config, counters.clone())
+        .map_err(RunError::from)
+        .and_then(|daemon| Ok((daemon, Maps::open_pinned(&pin_dir)?)));
+    let (mut daemon, scrape_maps) = match started {
+        Ok(started) => started,
         Err(error) => {
             let _ = std::fs::remove_file(&socket_path);
-            return Err(error.into());
+            return Err(error);
         }
     };
+    daemon.restore_rollouts();
+    let metrics = Arc::new(Metrics::new(&counters, scrape_maps, daemon.scrape_view()));
     let shared: Shared = Arc::new(Mutex::new(daemon));
-    let metrics = Arc::new(Metrics::new(&counters, Arc::clone(&shared)));
     let mut tasks = JoinSet::new();
     tasks.spawn(serve_control(
         control_listener,
@@ -138,78 +134,42 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     Ok(())
 }
 
-async fn serve_control(listener: UnixListener, shared: Shared, config_path: PathBuf) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            // Out of descriptors, say: back off instead of spinning the single-threaded runtime.
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            continue;
-        };
-        let (shared, config_path) = (Arc::clone(&shared), config_path.clone());
-        tokio::spawn(async move {
-            let response = match http::read_request(&mut stream).await {
-                Ok(request) if request.method == "POST" && request.path.starts_with(DRILLS) => {
-                    let (service, query) = request.path[DRILLS.len()..]
-                        .split_once('?')
-                        .unwrap_or((&request.path[DRILLS.len()..], ""));
-                    let kind = match query.split('&').find_map(|kv| kv.strip_prefix("kind=")) {
-                        None | Some("rollback") => Some(DrillKind::Rollback),
-                        Some("last_resort") => Some(DrillKind::LastResort),
-                        Some(_) => None,
-                    };
-                    let Some(kind) = kind else {
-                        let response = http::Response::error(
-                            400,
-                            "kind= is `rollback` (the default) or `last_resort`",
-                        );
-                        let _ = http::write_response(&mut stream, &response).await;
-                        return;
-                    };
-                    match drill(&shared, service, kind, Trigger::Operator).await {
-                        Ok(report) => http::Response::json(
-                            200,
-                            &serde_json::to_value(report).unwrap_or_default(),
-                        ),
-                        Err(error) => control::rollout_error(error),
-                    }
-                }
-                Ok(request) => control::handle(&request, &mut lock(&shared), &config_path),
-                Err(error) => http::Response::error(error.status(), &error.to_string()),
+/// Accepts connections on `listener` and serves each in its own task with `handler`.
+macro_rules! serve {
+    ($listener:expr, $handler:expr) => {
+        loop {
+            let Ok((stream, _)) = $listener.accept().await else {
+                // Out of descriptors, say: back off instead of spinning the single-threaded
+                // runtime.
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             };
-            let _ = http::write_response(&mut stream, &response).await;
-        });
-    }
+            tokio::spawn(http::serve_connection(stream, $handler));
+        }
+    };
 }
 
-/// `POST /v1/drills/SERVICE[?kind=last_resort]`: the one control request that takes time, so
-/// it is served here, taking the daemon's lock only for each step.
-const DRILLS: &str = "/v1/drills/";
-
-/// Runs a drill of `service` to its end.
-async fn drill(
-    shared: &Shared,
-    service: &str,
-    kind: DrillKind,
-    trigger: Trigger,
-) -> Result<DrillReport, RolloutError> {
-    let begun = match kind {
-        DrillKind::Rollback => lock(shared).begin_drill(service, trigger),
-        DrillKind::LastResort => lock(shared).begin_last_resort_drill(service, trigger),
-    };
-    let mut drill = begun?;
-    let deadline = tokio::time::Instant::now() + DRILL_LIMIT;
-    while tokio::time::Instant::now() < deadline {
-        match lock(shared).watch_drill(&mut drill) {
-            Ok(super::drills::Watch::Continue) => {}
-            Ok(super::drills::Watch::Done) => break,
-            Err(error) => {
-                tracing::warn!(error = %error, "drill: cannot read the counters");
-                break;
-            }
+/// The control API on its Unix socket (see `control`).
+async fn serve_control(listener: UnixListener, shared: Shared, config_path: PathBuf) {
+    let config_path = Arc::new(config_path);
+    serve!(listener, {
+        let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));
+        move |request| {
+            let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));
+            async move { control::answer(&shared, &config_path, request).await }
         }
-        tokio::time::sleep(DRILL_POLL).await;
-    }
-    lock(shared).end_drill(drill)
+    })
+}
+
+/// `GET /metrics` on `metrics_listen`.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve!(listener, {
+        let metrics = Arc::clone(&metrics);
+        move |request| {
+            let metrics = Arc::clone(&metrics);
+            async move { metrics.answer(&request) }
+        }
+    })
 }
 
 /// How often the drill schedule is looked at.
@@ -222,46 +182,8 @@ async fn run_scheduled_drills(shared: Shared) {
         let due = lock(&shared).due_drills();
         for service in due {
             // Refusals and outcomes are logged, counted and (when run) journaled by the drill.
-            let _ = drill(&shared, &service, DrillKind::Rollback, Trigger::Schedule).await;
+            let _ = drills::run(&shared, &service, DrillKind::Rollback, Trigger::Schedule).await;
         }
-    }
-}
-
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            // Out of descriptors, say: back off instead of spinning the single-threaded runtime.
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let response = match http::read_request(&mut stream).await {
-                Ok(request) => metrics_response(&request, &metrics),
-                Err(error) => http::Response::error(error.status(), &error.to_string()),
-            };
-            let _ = http::write_response(&mut stream, &response).await;
-        });
-    }
-}
-
-fn metrics_response(request: &http::Request, metrics: &Metrics) -> http::Response {
-    match (
-        request.method.as_str(),
-        request.path.split('?').next().unwrap_or_default(),
-    ) {
-        ("GET", "/metrics") => match metrics.encode() {
-            Ok(text) => http::Response {
-                status: 200,
-                content_type: metrics::CONTENT_TYPE,
-                body: text.into_bytes(),
-            },
-            Err(_) => http::Response::error(500, "cannot encode the metrics"),
-        },
-        (_, "/metrics") => {
-            http::Response::error(405, "the metrics endpoint is read-only: GET /metrics")
-        }
-        _ => http::Response::error(404, "only GET /metrics is served here"),
     }
 }
 

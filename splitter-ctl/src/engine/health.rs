@@ -26,6 +26,19 @@ pub struct BackendHealth {
     pub last_error: Option<String>,
 }
 
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP")]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("status {got}, expected {expected}")]
+    Status { got: u16, expected: u16 },
+}
+
 /// A change of a backend's health.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -85,7 +98,7 @@ impl Health {
         &mut self,
         id: &BackendId,
         check: &HealthCheck,
-        result: Result<(), String>,
+        result: Result<(), ProbeError>,
     ) -> Option<Transition> {
         let state = self.backends.get_mut(id)?;
         let ok = result.is_ok();
@@ -95,7 +108,10 @@ impl Health {
         } else {
             state.streak += 1;
         }
-        if let Err(reason) = &result {
+        let reason = result
+            .err()
+            .map(|error| crate::model::error::chain(&error).to_string());
+        if let Some(reason) = &reason {
             state.last_error = Some(reason.clone());
         }
         let threshold = if state.healthy {
@@ -111,7 +127,7 @@ impl Health {
         Some(Transition {
             backend: id.clone(),
             healthy: ok,
-            reason: result.err(),
+            reason,
         })
     }
 }
@@ -126,6 +142,10 @@ mod tests {
             pool: Pool::Green,
             addr: SocketAddr::from(([198, 18, 2, 2], 8080)),
         }
+    }
+
+    fn refused() -> ProbeError {
+        ProbeError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
     }
 
     fn health() -> Health {
@@ -150,7 +170,7 @@ mod tests {
         };
         let mut h = health();
         assert_eq!(
-            h.record(&id(), &check, Err("refused".to_owned())),
+            h.record(&id(), &check, Err(refused())),
             None,
             "one failure is not enough"
         );
@@ -159,12 +179,12 @@ mod tests {
             None,
             "a success resets the streak"
         );
-        assert_eq!(h.record(&id(), &check, Err("refused".to_owned())), None);
+        assert_eq!(h.record(&id(), &check, Err(refused())), None);
         let down = h
-            .record(&id(), &check, Err("refused".to_owned()))
+            .record(&id(), &check, Err(refused()))
             .expect("down after two in a row");
         assert!(!down.healthy);
-        assert_eq!(down.reason.as_deref(), Some("refused"));
+        assert_eq!(down.reason.as_deref(), Some("connect: connection refused"));
         assert!(!h.is_healthy("m", Pool::Green, id().addr));
         for _ in 0..2 {
             assert_eq!(h.record(&id(), &check, Ok(())), None);
@@ -182,7 +202,7 @@ mod tests {
         let mut h = Health::default();
         assert!(h.is_healthy("m", Pool::Blue, id().addr));
         assert_eq!(
-            h.record(&id(), &HealthCheck::default(), Err("x".to_owned())),
+            h.record(&id(), &HealthCheck::default(), Err(refused())),
             None
         );
     }

@@ -1,68 +1,58 @@
-//! Health probes: a TCP connect, or an HTTP GET with an expected status, within the check's
-//! timeout. What a result means for the backend is `engine::health`'s to decide.
+//! Health probes: a TCP connect, or an HTTP GET (hyper) with an expected status, within the
+//! check's timeout. What a result means for the backend is `engine::health`'s to decide.
 
 use std::net::SocketAddr;
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+use bytes::Bytes;
+use hyper::Method;
+use tokio::net::TcpStream;
+
+use crate::{
+    engine::health::ProbeError,
+    io::http::{self, HttpError},
+    model::config::{HealthCheck, HttpCheck},
 };
 
-use crate::model::config::{HealthCheck, HttpCheck};
-
 /// Probes `addr` once, within the check's timeout.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
     match tokio::time::timeout(check.timeout, probe_unbounded(addr, check.http.as_ref())).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
+        Err(_) => Err(ProbeError::Timeout(check.timeout.as_millis())),
     }
 }
 
-async fn probe_unbounded(addr: SocketAddr, http: Option<&HttpCheck>) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
+async fn probe_unbounded(addr: SocketAddr, check: Option<&HttpCheck>) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let Some(http) = http else { return Ok(()) };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: splitter-health\r\nConnection: close\r\n\r\n",
-        http.path
-    );
-    stream
-        .write_all(request.as_bytes())
+        .map_err(ProbeError::Connect)?;
+    let Some(check) = check else { return Ok(()) };
+    let failed = |error: HttpError| ProbeError::Http(Box::new(error));
+    let request = http::request(
+        Method::GET,
+        &check.path,
+        &addr.to_string(),
+        &[("connection", "close".to_owned())],
+        Bytes::new(),
+    )
+    .map_err(failed)?;
+    let got = http::status(stream, request)
         .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut head = [0u8; 64];
-    let mut len = 0;
-    while len < 12 {
-        let n = stream
-            .read(&mut head[len..])
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("the connection closed before a status line".to_owned());
-        }
-        len += n;
-    }
-    let line = String::from_utf8_lossy(&head[..len]);
-    let status: u16 = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP status line: {:?}",
-                line.lines().next().unwrap_or_default()
-            )
-        })?;
-    if status == http.status {
+        .map_err(failed)?
+        .as_u16();
+    if got == check.status {
         Ok(())
     } else {
-        Err(format!("status {status}, expected {}", http.status))
+        Err(ProbeError::Status {
+            got,
+            expected: check.status,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[tokio::test]
@@ -82,7 +72,7 @@ mod tests {
             }
         });
         let tcp = HealthCheck::default();
-        assert_eq!(probe(addr, &tcp).await, Ok(()));
+        assert!(probe(addr, &tcp).await.is_ok());
         let http = HealthCheck {
             http: Some(HttpCheck {
                 path: "/healthz".to_owned(),
@@ -90,22 +80,23 @@ mod tests {
             }),
             ..HealthCheck::default()
         };
-        assert_eq!(
+        assert!(matches!(
             probe(addr, &http).await,
-            Err("status 503, expected 200".to_owned())
-        );
-        assert_eq!(probe(addr, &http).await, Ok(()));
+            Err(ProbeError::Status {
+                got: 503,
+                expected: 200
+            })
+        ));
+        assert!(probe(addr, &http).await.is_ok());
         server.await.expect("server");
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let closed_addr = closed.local_addr().expect("addr");
         drop(closed);
-        assert!(
-            probe(closed_addr, &tcp)
-                .await
-                .expect_err("closed port")
-                .starts_with("connect: ")
-        );
+        assert!(matches!(
+            probe(closed_addr, &tcp).await,
+            Err(ProbeError::Connect(_))
+        ));
     }
 }

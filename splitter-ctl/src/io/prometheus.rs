@@ -1,12 +1,23 @@
 //! PromQL queries: one instant query per gate and interval, bounded in size and time. What a
 //! reading means for the rollout is `engine::gates`' to decide.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use bytes::Bytes;
+use hyper::StatusCode;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::model::promql::{PrometheusUrl, Reading};
+use crate::{
+    io::http::{self, HttpError, Tls},
+    model::{
+        error::chain,
+        promql::{Prometheus, PrometheusAuth, Reading},
+    },
+};
 
 /// How long one query may take, from connect to the last byte of the answer.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,11 +37,22 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Why a query got no answer.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("cannot read `{0}`")]
+    Secret(PathBuf, #[source] std::io::Error),
+}
+
 /// Runs an instant query; never takes longer than `QUERY_TIMEOUT`.
-pub async fn query(url: &PrometheusUrl, query: &str) -> Reading {
-    match tokio::time::timeout(QUERY_TIMEOUT, fetch(url, query)).await {
-        Ok(Ok(answer)) => parse_answer(&answer),
-        Ok(Err(error)) => Reading::Failed(format!("{url}: {error}")),
+pub async fn query(prometheus: &Prometheus, query: &str) -> Reading {
+    let fetched = tokio::time::timeout(QUERY_TIMEOUT, fetch(prometheus, query)).await;
+    let url = &prometheus.url;
+    match fetched {
+        Ok(Ok(answer)) => parse_answer(answer.status, &answer.body),
+        Ok(Err(error)) => Reading::Failed(format!("{url}: {}", chain(&error))),
         Err(_) => Reading::Failed(format!(
             "{url}: no answer within {} s",
             QUERY_TIMEOUT.as_secs()
@@ -38,27 +60,43 @@ pub async fn query(url: &PrometheusUrl, query: &str) -> Reading {
     }
 }
 
-/// The raw HTTP answer to `GET /api/v1/query` (HTTP/1.0, so the body is never chunked).
-async fn fetch(url: &PrometheusUrl, query: &str) -> std::io::Result<Vec<u8>> {
-    let mut stream = tokio::net::TcpStream::connect((url.host(), url.port())).await?;
-    let request = format!(
-        "GET {}/api/v1/query?query={} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n",
-        url.prefix(),
-        encode(query),
-        url.authority()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER as u64 + 1)
-        .read_to_end(&mut answer)
-        .await?;
-    if answer.len() > MAX_ANSWER {
-        return Err(std::io::Error::other(format!(
-            "the answer is longer than {MAX_ANSWER} bytes"
-        )));
+/// The answer to `GET /api/v1/query`, over TLS when the URL is `https://`, with the
+/// credentials read from their files now (so a rotated secret is used at the next query).
+async fn fetch(prometheus: &Prometheus, query: &str) -> Result<http::Answer, QueryError> {
+    let url = &prometheus.url;
+    let tls = if url.tls() {
+        Some(Tls::new(prometheus.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let secret = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|error| QueryError::Secret(path.to_owned(), error))
+    };
+    let mut headers = vec![("accept", "application/json".to_owned())];
+    match &prometheus.auth {
+        PrometheusAuth::None => {}
+        PrometheusAuth::Basic {
+            user,
+            password_file,
+        } => {
+            let pair = format!("{user}:{}", secret(password_file)?);
+            headers.push(("authorization", format!("Basic {}", BASE64.encode(pair))));
+        }
+        PrometheusAuth::Bearer { token_file } => {
+            headers.push(("authorization", format!("Bearer {}", secret(token_file)?)));
+        }
     }
-    Ok(answer)
+    let stream = http::connect(url.host(), url.port(), tls.as_ref()).await?;
+    let request = http::request(
+        hyper::Method::GET,
+        &format!("{}/api/v1/query?query={}", url.prefix(), encode(query)),
+        &url.authority(),
+        &headers,
+        Bytes::new(),
+    )?;
+    Ok(http::exchange(stream, request, MAX_ANSWER).await?)
 }
 
 #[derive(Deserialize)]
@@ -87,31 +125,19 @@ struct Sample {
 
 /// The number in an HTTP answer to an instant query.
 #[must_use]
-pub fn parse_answer(answer: &[u8]) -> Reading {
+pub fn parse_answer(status: StatusCode, body: &[u8]) -> Reading {
     let failed = |why: String| Reading::Failed(why);
-    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return failed("not an HTTP answer".to_owned());
-    };
-    let head = String::from_utf8_lossy(&answer[..head_end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok());
-    let body = &answer[head_end + 4..];
     let parsed: Result<Answer, _> = serde_json::from_slice(body);
-    let answer = match (status, parsed) {
-        (_, Ok(answer)) if answer.status != "success" => {
+    let answer = match parsed {
+        Ok(answer) if answer.status != "success" => {
             return failed(format!(
                 "Prometheus refused the query: {}",
                 answer.error.as_deref().unwrap_or("no reason given")
             ));
         }
-        (Some(200), Ok(answer)) => answer,
-        (status, _) => {
-            return failed(format!(
-                "HTTP status {} without a Prometheus answer",
-                status.map_or_else(|| "?".to_owned(), |s| s.to_string())
-            ));
+        Ok(answer) if status == StatusCode::OK => answer,
+        _ => {
+            return failed(format!("HTTP status {status} without a Prometheus answer"));
         }
     };
     let text = match answer.data {
@@ -141,14 +167,21 @@ pub fn parse_answer(answer: &[u8]) -> Reading {
 mod tests {
     use super::*;
 
-    fn http(status: &str, body: &str) -> Vec<u8> {
-        format!("HTTP/1.0 {status}\r\nContent-Type: application/json\r\n\r\n{body}").into_bytes()
+    /// `parse_answer` on an answer with this status line's code and this body.
+    fn read(status: &str, body: &str) -> Reading {
+        let code = status
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .expect("status");
+        parse_answer(code, body.as_bytes())
     }
 
     #[test]
     fn answers_are_read_as_one_number_or_no_data() {
         let vector = |result: &str| {
-            http(
+            read(
                 "200 OK",
                 &format!(
                     r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#
@@ -156,49 +189,49 @@ mod tests {
             )
         };
         assert_eq!(
-            parse_answer(&vector(r#"[{"metric":{},"value":[1.5,"0.25"]}]"#)),
+            vector(r#"[{"metric":{},"value":[1.5,"0.25"]}]"#),
             Reading::Value(0.25)
         );
-        assert_eq!(parse_answer(&vector("[]")), Reading::NoData);
+        assert_eq!(vector("[]"), Reading::NoData);
         assert_eq!(
-            parse_answer(&vector(r#"[{"metric":{},"value":[1.5,"NaN"]}]"#)),
+            vector(r#"[{"metric":{},"value":[1.5,"NaN"]}]"#),
             Reading::NoData,
             "0/0 rates are no data"
         );
         assert_eq!(
-            parse_answer(&vector(r#"[{"metric":{},"value":[1.5,"+Inf"]}]"#)),
+            vector(r#"[{"metric":{},"value":[1.5,"+Inf"]}]"#),
             Reading::Value(f64::INFINITY)
         );
-        let Reading::Failed(why) = parse_answer(&vector(
+        let Reading::Failed(why) = vector(
             r#"[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]"#,
-        )) else {
+        ) else {
             panic!("two series must fail")
         };
         assert!(why.contains("2 series"), "{why}");
         assert_eq!(
-            parse_answer(&http(
+            read(
                 "200 OK",
                 r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"3"]}}"#
-            )),
+            ),
             Reading::Value(3.0)
         );
-        let Reading::Failed(why) = parse_answer(&http(
+        let Reading::Failed(why) = read(
             "400 Bad Request",
             r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#,
-        )) else {
+        ) else {
             panic!("an error answer must fail")
         };
         assert!(why.contains("parse error at char 4"), "{why}");
         assert!(matches!(
-            parse_answer(&http("502 Bad Gateway", "<html>")),
+            read("502 Bad Gateway", "<html>"),
             Reading::Failed(_)
         ));
-        assert!(matches!(parse_answer(b"garbage"), Reading::Failed(_)));
+        assert!(matches!(read("200 OK", "garbage"), Reading::Failed(_)));
         assert!(matches!(
-            parse_answer(&http(
+            read(
                 "200 OK",
                 r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#
-            )),
+            ),
             Reading::Failed(_)
         ));
     }

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod error;
 pub mod paths;
 pub mod plan;
 pub mod promql;

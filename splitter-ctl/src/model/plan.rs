@@ -5,7 +5,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::promql::{PrometheusUrl, PromqlGate};
+use crate::model::promql::{Prometheus, PrometheusAuth, PrometheusKeys, PromqlError, PromqlGate};
+
+/// What is wrong with a plan.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("step {0} is not a percentage from 0.01 to 100 with at most two decimals")]
+    Step(f64),
+    #[error("steps must rise")]
+    StepsFall,
+    #[error("the last step must be 100")]
+    LastStep,
+    #[error("{what} {value} ms is outside {}..={} ms", range.start(), range.end())]
+    Duration {
+        what: &'static str,
+        value: u64,
+        range: std::ops::RangeInclusive<u64>,
+    },
+    #[error("{what} {value} is not between 0 and 1")]
+    Fraction { what: &'static str, value: f64 },
+    #[error("{what} {value} must be a positive number")]
+    Positive { what: &'static str, value: f64 },
+    #[error("failure_limit {0} is outside 1..=10")]
+    FailureLimit(u32),
+    #[error(transparent)]
+    Promql(#[from] PromqlError),
+    #[error("two PromQL gates are named `{0}`")]
+    DuplicateGate(String),
+    #[error("PromQL gates need `prometheus_url`")]
+    NoPrometheus,
+}
 
 /// When a candidate is good enough.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,7 +77,7 @@ pub struct Plan {
     /// Failing windows in a row that roll back.
     pub failure_limit: u32,
     /// Where the PromQL gates are queried; set whenever `promql` is not empty.
-    pub prometheus: Option<PrometheusUrl>,
+    pub prometheus: Option<Prometheus>,
     /// Gates on application signals, judged beside the kernel's.
     pub promql: Vec<PromqlGate>,
 }
@@ -82,8 +111,19 @@ pub struct PlanRequest {
     /// The representativeness gate: 0 to 1, off when absent.
     pub max_divergence: Option<f64>,
     pub failure_limit: Option<u32>,
-    /// `http://host:port[/prefix]` of the Prometheus server the PromQL gates query.
+    /// `http[s]://host:port[/prefix]` of the Prometheus server the PromQL gates query.
     pub prometheus_url: Option<String>,
+    /// The certificate authorities (PEM) to trust for an `https://` `prometheus_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_ca_file: Option<String>,
+    /// Basic auth: the user, and the file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_password_file: Option<String>,
+    /// A bearer token's file, instead of basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_token_file: Option<String>,
     pub promql_gates: Option<Vec<PromqlGate>>,
 }
 
@@ -103,12 +143,20 @@ impl PlanRequest {
             max_divergence: overrides.max_divergence.or(self.max_divergence),
             failure_limit: overrides.failure_limit.or(self.failure_limit),
             prometheus_url: overrides.prometheus_url.or(self.prometheus_url),
+            prometheus_ca_file: overrides.prometheus_ca_file.or(self.prometheus_ca_file),
+            prometheus_user: overrides.prometheus_user.or(self.prometheus_user),
+            prometheus_password_file: overrides
+                .prometheus_password_file
+                .or(self.prometheus_password_file),
+            prometheus_token_file: overrides
+                .prometheus_token_file
+                .or(self.prometheus_token_file),
             promql_gates: overrides.promql_gates.or(self.promql_gates),
         }
     }
 
     /// The plan, or what is wrong with the request.
-    pub fn into_plan(self) -> Result<Plan, String> {
+    pub fn into_plan(self) -> Result<Plan, PlanError> {
         let defaults = Plan::default();
         let steps = match self.steps {
             None => defaults.steps,
@@ -118,17 +166,17 @@ impl PlanRequest {
                     .map(|p| {
                         let bp = (p * 100.0).round();
                         if !(1.0..=10_000.0).contains(&bp) || (bp - p * 100.0).abs() > 1e-6 {
-                            Err(format!("step {p} is not a percentage from 0.01 to 100 with at most two decimals"))
+                            Err(PlanError::Step(*p))
                         } else {
                             Ok(bp as u16)
                         }
                     })
                     .collect::<Result<_, _>>()?;
                 if bp.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err("steps must rise".to_owned());
+                    return Err(PlanError::StepsFall);
                 }
                 if bp.last() != Some(&10_000) {
-                    return Err("the last step must be 100".to_owned());
+                    return Err(PlanError::LastStep);
                 }
                 bp
             }
@@ -136,14 +184,10 @@ impl PlanRequest {
         let ms = |v: Option<u64>,
                   default: Duration,
                   range: std::ops::RangeInclusive<u64>,
-                  what: &str| match v {
+                  what: &'static str| match v {
             None => Ok(default),
             Some(v) if range.contains(&v) => Ok(Duration::from_millis(v)),
-            Some(v) => Err(format!(
-                "{what} {v} ms is outside {}..={} ms",
-                range.start(),
-                range.end()
-            )),
+            Some(value) => Err(PlanError::Duration { what, value, range }),
         };
         let hold = ms(self.hold_ms, defaults.hold, 0..=86_400_000, "hold")?;
         let interval = ms(
@@ -152,15 +196,15 @@ impl PlanRequest {
             100..=600_000,
             "interval",
         )?;
-        let fraction = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+        let fraction = |v: Option<f64>, default: Option<f64>, what: &'static str| match v {
             None => Ok(default),
             Some(v) if (0.0..=1.0).contains(&v) => Ok(Some(v)),
-            Some(v) => Err(format!("{what} {v} is not between 0 and 1")),
+            Some(value) => Err(PlanError::Fraction { what, value }),
         };
-        let positive = |v: Option<f64>, default: Option<f64>, what: &str| match v {
+        let positive = |v: Option<f64>, default: Option<f64>, what: &'static str| match v {
             None => Ok(default),
             Some(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
-            Some(v) => Err(format!("{what} {v} must be a positive number")),
+            Some(value) => Err(PlanError::Positive { what, value }),
         };
         let gates = Gates {
             max_error_rate: fraction(
@@ -184,22 +228,30 @@ impl PlanRequest {
         let failure_limit = match self.failure_limit {
             None => defaults.failure_limit,
             Some(n) if (1..=10).contains(&n) => n,
-            Some(n) => return Err(format!("failure_limit {n} is outside 1..=10")),
+            Some(n) => return Err(PlanError::FailureLimit(n)),
         };
         let promql = self.promql_gates.unwrap_or_default();
         for (i, gate) in promql.iter().enumerate() {
             gate.validate()?;
             if promql[..i].iter().any(|g| g.name == gate.name) {
-                return Err(format!("two PromQL gates are named `{}`", gate.name));
+                return Err(PlanError::DuplicateGate(gate.name.clone()));
             }
         }
         let prometheus = self
             .prometheus_url
             .as_deref()
-            .map(PrometheusUrl::parse)
+            .map(|url| {
+                Prometheus::new(PrometheusKeys {
+                    url,
+                    ca_file: self.prometheus_ca_file.as_deref(),
+                    user: self.prometheus_user.as_deref(),
+                    password_file: self.prometheus_password_file.as_deref(),
+                    token_file: self.prometheus_token_file.as_deref(),
+                })
+            })
             .transpose()?;
         if !promql.is_empty() && prometheus.is_none() {
-            return Err("PromQL gates need `prometheus_url`".to_owned());
+            return Err(PlanError::NoPrometheus);
         }
         Ok(Plan {
             steps,
@@ -215,6 +267,15 @@ impl PlanRequest {
 
 impl From<&Plan> for PlanRequest {
     fn from(plan: &Plan) -> Self {
+        let path = |p: &std::path::PathBuf| Some(p.display().to_string());
+        let (user, password_file, token_file) = match plan.prometheus.as_ref().map(|p| &p.auth) {
+            None | Some(PrometheusAuth::None) => (None, None, None),
+            Some(PrometheusAuth::Basic {
+                user,
+                password_file,
+            }) => (Some(user.clone()), path(password_file), None),
+            Some(PrometheusAuth::Bearer { token_file }) => (None, None, path(token_file)),
+        };
         Self {
             steps: Some(
                 plan.steps
@@ -230,7 +291,15 @@ impl From<&Plan> for PlanRequest {
             min_samples: Some(plan.gates.min_samples),
             max_divergence: plan.gates.max_divergence,
             failure_limit: Some(plan.failure_limit),
-            prometheus_url: plan.prometheus.as_ref().map(ToString::to_string),
+            prometheus_url: plan.prometheus.as_ref().map(|p| p.url.to_string()),
+            prometheus_ca_file: plan
+                .prometheus
+                .as_ref()
+                .and_then(|p| p.ca_file.as_ref())
+                .and_then(path),
+            prometheus_user: user,
+            prometheus_password_file: password_file,
+            prometheus_token_file: token_file,
             promql_gates: (!plan.promql.is_empty()).then(|| plan.promql.clone()),
         }
     }
@@ -254,7 +323,7 @@ mod tests {
             if let Ok(request) = serde_json::from_slice::<PlanRequest>(&body)
                 && let Err(reason) = request.into_plan()
             {
-                proptest::prop_assert!(!reason.is_empty());
+                proptest::prop_assert!(!reason.to_string().is_empty());
             }
         }
     }
@@ -270,16 +339,33 @@ mod tests {
 
     #[test]
     fn a_plan_with_promql_gates_survives_the_journal_round_trip() {
-        let request = PlanRequest {
-            prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
-            promql_gates: Some(vec![gate("lowconf")]),
-            ..PlanRequest::default()
-        };
-        let plan = request.into_plan().expect("valid");
-        assert_eq!(plan.promql.len(), 1);
-        let saved = serde_json::to_string(&PlanRequest::from(&plan)).expect("json");
-        let again: PlanRequest = serde_json::from_str(&saved).expect("parse");
-        assert_eq!(again.into_plan().expect("valid"), plan);
+        for request in [
+            PlanRequest {
+                prometheus_url: Some("http://127.0.0.1:9090".to_owned()),
+                promql_gates: Some(vec![gate("lowconf")]),
+                ..PlanRequest::default()
+            },
+            PlanRequest {
+                prometheus_url: Some("https://prometheus.example:9090/prom".to_owned()),
+                prometheus_ca_file: Some("/etc/splitter/prometheus-ca.pem".to_owned()),
+                prometheus_user: Some("splitter".to_owned()),
+                prometheus_password_file: Some("/etc/splitter/prometheus-password".to_owned()),
+                promql_gates: Some(vec![gate("lowconf")]),
+                ..PlanRequest::default()
+            },
+            PlanRequest {
+                prometheus_url: Some("https://prometheus.example".to_owned()),
+                prometheus_token_file: Some("/etc/splitter/prometheus-token".to_owned()),
+                promql_gates: Some(vec![gate("lowconf")]),
+                ..PlanRequest::default()
+            },
+        ] {
+            let plan = request.into_plan().expect("valid");
+            assert_eq!(plan.promql.len(), 1);
+            let saved = serde_json::to_string(&PlanRequest::from(&plan)).expect("json");
+            let again: PlanRequest = serde_json::from_str(&saved).expect("parse");
+            assert_eq!(again.into_plan().expect("valid"), plan);
+        }
     }
 
     #[test]
@@ -366,13 +452,13 @@ mod tests {
             ),
             (
                 PlanRequest {
-                    prometheus_url: Some("https://127.0.0.1:9090".to_owned()),
+                    prometheus_url: Some("ftp://127.0.0.1:9090".to_owned()),
                     ..PlanRequest::default()
                 },
-                "only http:// URLs",
+                "must start with http:// or https://",
             ),
         ] {
-            let error = request.into_plan().expect_err("invalid");
+            let error = request.into_plan().expect_err("invalid").to_string();
             assert!(error.contains(expected), "{error}");
         }
     }

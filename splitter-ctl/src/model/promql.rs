@@ -7,10 +7,16 @@
 //! it. Queries may use `$service`, `$candidate`, `$live` (version names) and `$interval` (the
 //! analysis interval, e.g. `10s`, for range vectors).
 //!
-//! Plain HTTP only (`http://host:port[/prefix]`), as Prometheus serves on the host or its
-//! network; one request per connection, bounded in size and time.
+//! Prometheus is reached over `http://` or `https://` (`host:port[/prefix]`), with a CA file for
+//! a private certificate authority, and basic auth or a bearer token read from files (as
+//! Prometheus's own `--web.config.file` sets them up); one query per gate and interval, bounded
+//! in size and time (`io::prometheus`).
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +24,37 @@ use serde::{Deserialize, Serialize};
 const MAX_QUERY: usize = 4 * 1024;
 /// Longest gate name accepted.
 const MAX_NAME: usize = 64;
+
+/// What is wrong with a PromQL gate or with where Prometheus answers.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PromqlError {
+    #[error("PromQL gate name `{0}` must be 1 to {MAX_NAME} letters, digits, `_` or `-`")]
+    Name(String),
+    #[error("PromQL gate `{0}`: the query must be 1 to {MAX_QUERY} bytes")]
+    Query(String),
+    #[error("PromQL gate `{0}` needs `max`, `min` or both")]
+    NoBound(String),
+    #[error("PromQL gate `{0}`: `max` and `min` must be finite numbers")]
+    NotFinite(String),
+    #[error("PromQL gate `{name}`: min {min} is above max {max}")]
+    MinAboveMax { name: String, min: f64, max: f64 },
+    #[error("`{0}`: a PromQL gate is NAME:QUERY<=MAX or NAME:QUERY>=MIN")]
+    Form(String),
+    #[error(
+        "`{text}`: a PromQL gate is NAME:QUERY<=MAX or NAME:QUERY>=MIN: `{bound}` is not a number"
+    )]
+    Bound { text: String, bound: String },
+    #[error("prometheus_url `{url}`: {why}")]
+    Url { url: String, why: &'static str },
+    #[error("`{key}`: `{path}` is not an absolute path")]
+    RelativePath { key: &'static str, path: String },
+    #[error("`prometheus_ca_file` needs an https:// `prometheus_url`")]
+    CaWithoutTls,
+    #[error("`prometheus_user` and `prometheus_password_file` go together")]
+    HalfBasicAuth,
+    #[error("basic auth and a bearer token are two ways to log in: set one of them")]
+    TwoCredentials,
+}
 
 /// One PromQL gate: the query's value must stay within `min..=max` (either may be left out).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -72,7 +109,7 @@ impl fmt::Display for Reading {
 
 impl PromqlGate {
     /// What is wrong with the gate, if anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PromqlError> {
         if self.name.is_empty()
             || self.name.len() > MAX_NAME
             || !self
@@ -80,55 +117,44 @@ impl PromqlGate {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(format!(
-                "PromQL gate name `{}` must be 1 to {MAX_NAME} letters, digits, `_` or `-`",
-                self.name
-            ));
+            return Err(PromqlError::Name(self.name.clone()));
         }
         if self.query.trim().is_empty() || self.query.len() > MAX_QUERY {
-            return Err(format!(
-                "PromQL gate `{}`: the query must be 1 to {MAX_QUERY} bytes",
-                self.name
-            ));
+            return Err(PromqlError::Query(self.name.clone()));
         }
         if self.max.is_none() && self.min.is_none() {
-            return Err(format!(
-                "PromQL gate `{}` needs `max`, `min` or both",
-                self.name
-            ));
+            return Err(PromqlError::NoBound(self.name.clone()));
         }
         if self.max.is_some_and(|v| !v.is_finite()) || self.min.is_some_and(|v| !v.is_finite()) {
-            return Err(format!(
-                "PromQL gate `{}`: `max` and `min` must be finite numbers",
-                self.name
-            ));
+            return Err(PromqlError::NotFinite(self.name.clone()));
         }
         if let (Some(min), Some(max)) = (self.min, self.max)
             && min > max
         {
-            return Err(format!(
-                "PromQL gate `{}`: min {min} is above max {max}",
-                self.name
-            ));
+            return Err(PromqlError::MinAboveMax {
+                name: self.name.clone(),
+                min,
+                max,
+            });
         }
         Ok(())
     }
 
     /// The command-line form: `NAME:QUERY<=MAX` or `NAME:QUERY>=MIN` (the comparison is the
     /// last `<=` or `>=` in the text).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let usage = || format!("`{text}`: a PromQL gate is NAME:QUERY<=MAX or NAME:QUERY>=MIN");
-        let (name, rest) = text.split_once(':').ok_or_else(usage)?;
+    pub fn parse(text: &str) -> Result<Self, PromqlError> {
+        let form = || PromqlError::Form(text.to_owned());
+        let (name, rest) = text.split_once(':').ok_or_else(form)?;
         let at = match (rest.rfind("<="), rest.rfind(">=")) {
             (Some(a), Some(b)) => a.max(b),
             (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return Err(usage()),
+            (None, None) => return Err(form()),
         };
-        let (query, bound) = (&rest[..at], &rest[at + 2..]);
-        let bound: f64 = bound
-            .trim()
-            .parse()
-            .map_err(|_| format!("{}: `{}` is not a number", usage(), bound.trim()))?;
+        let (query, bound) = (&rest[..at], rest[at + 2..].trim());
+        let bound: f64 = bound.parse().map_err(|_| PromqlError::Bound {
+            text: text.to_owned(),
+            bound: bound.to_owned(),
+        })?;
         let upper = rest[at..].starts_with("<=");
         let gate = Self {
             name: name.trim().to_owned(),
@@ -173,9 +199,80 @@ impl PromqlGate {
     }
 }
 
-/// Where Prometheus answers: `http://host:port[/prefix]`.
+/// How the daemon logs in to Prometheus; secrets stay in files, read at each query, so they
+/// can be rotated without a restart and never sit in the config or the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrometheusAuth {
+    None,
+    Basic {
+        user: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
+}
+
+/// A Prometheus server and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prometheus {
+    pub url: PrometheusUrl,
+    /// The certificate authorities to trust for an `https://` URL (PEM); the system's when
+    /// left out.
+    pub ca_file: Option<PathBuf>,
+    pub auth: PrometheusAuth,
+}
+
+/// The `prometheus_*` keys of a plan, as given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrometheusKeys<'a> {
+    pub url: &'a str,
+    pub ca_file: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub password_file: Option<&'a str>,
+    pub token_file: Option<&'a str>,
+}
+
+impl Prometheus {
+    pub fn new(keys: PrometheusKeys<'_>) -> Result<Self, PromqlError> {
+        let url = PrometheusUrl::parse(keys.url)?;
+        let absolute = |key: &'static str, path: Option<&str>| {
+            path.map(|p| {
+                if Path::new(p).is_absolute() {
+                    Ok(PathBuf::from(p))
+                } else {
+                    Err(PromqlError::RelativePath {
+                        key,
+                        path: p.to_owned(),
+                    })
+                }
+            })
+            .transpose()
+        };
+        let ca_file = absolute("prometheus_ca_file", keys.ca_file)?;
+        if ca_file.is_some() && !url.tls() {
+            return Err(PromqlError::CaWithoutTls);
+        }
+        let password_file = absolute("prometheus_password_file", keys.password_file)?;
+        let token_file = absolute("prometheus_token_file", keys.token_file)?;
+        let auth = match (keys.user, password_file, token_file) {
+            (None, None, None) => PrometheusAuth::None,
+            (Some(user), Some(password_file), None) => PrometheusAuth::Basic {
+                user: user.to_owned(),
+                password_file,
+            },
+            (None, None, Some(token_file)) => PrometheusAuth::Bearer { token_file },
+            (_, _, Some(_)) => return Err(PromqlError::TwoCredentials),
+            _ => return Err(PromqlError::HalfBasicAuth),
+        };
+        Ok(Self { url, ca_file, auth })
+    }
+}
+
+/// Where Prometheus answers: `http[s]://host:port[/prefix]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrometheusUrl {
+    tls: bool,
     host: String,
     port: u16,
     /// The path prefix, without a trailing slash (`""` or `/prometheus`, say).
@@ -183,14 +280,26 @@ pub struct PrometheusUrl {
 }
 
 impl PrometheusUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("prometheus_url `{text}`: {why}");
-        let rest = text
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs are supported"))?;
+    pub fn parse(text: &str) -> Result<Self, PromqlError> {
+        let bad = |why| PromqlError::Url {
+            url: text.to_owned(),
+            why,
+        };
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(bad("the URL must start with http:// or https://"));
+        };
         let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
         if path.contains(['?', '#']) {
             return Err(bad("a query string or fragment is not allowed"));
+        }
+        if authority.contains('@') {
+            return Err(bad(
+                "credentials go in prometheus_user and prometheus_password_file, not the URL",
+            ));
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => (
@@ -200,7 +309,7 @@ impl PrometheusUrl {
                     .filter(|p| *p > 0)
                     .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
             ),
-            _ => (authority, 9090),
+            _ => (authority, if tls { 443 } else { 9090 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty()
@@ -211,10 +320,17 @@ impl PrometheusUrl {
             return Err(bad("the host must be a name or an address"));
         }
         Ok(Self {
+            tls,
             host: host.to_owned(),
             port,
             prefix: path.trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// Whether the URL is `https://`.
+    #[must_use]
+    pub const fn tls(&self) -> bool {
+        self.tls
     }
 
     #[must_use]
@@ -246,7 +362,8 @@ impl PrometheusUrl {
 
 impl fmt::Display for PrometheusUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.prefix)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.prefix)
     }
 }
 
@@ -324,8 +441,65 @@ mod tests {
                 .to_string(),
             "http://[::1]:9090"
         );
-        for bad in [
+        assert_eq!(
+            PrometheusUrl::parse("https://prometheus.local")
+                .expect("valid")
+                .to_string(),
+            "https://prometheus.local:443"
+        );
+        assert!(PrometheusUrl::parse("https://p:9090").expect("valid").tls());
+        let keys = |url, ca, user, password, token| PrometheusKeys {
+            url,
+            ca_file: ca,
+            user,
+            password_file: password,
+            token_file: token,
+        };
+        let basic = Prometheus::new(keys(
             "https://p:9090",
+            Some("/etc/ca.pem"),
+            Some("splitter"),
+            Some("/etc/pw"),
+            None,
+        ))
+        .expect("valid");
+        assert_eq!(
+            basic.auth,
+            PrometheusAuth::Basic {
+                user: "splitter".to_owned(),
+                password_file: PathBuf::from("/etc/pw")
+            }
+        );
+        for (bad, expected) in [
+            (
+                keys("http://p", Some("/etc/ca.pem"), None, None, None),
+                PromqlError::CaWithoutTls,
+            ),
+            (
+                keys("https://p", None, Some("u"), None, None),
+                PromqlError::HalfBasicAuth,
+            ),
+            (
+                keys("https://p", None, None, Some("/pw"), None),
+                PromqlError::HalfBasicAuth,
+            ),
+            (
+                keys("https://p", None, Some("u"), Some("/pw"), Some("/t")),
+                PromqlError::TwoCredentials,
+            ),
+            (
+                keys("https://p", None, None, None, Some("token")),
+                PromqlError::RelativePath {
+                    key: "prometheus_token_file",
+                    path: "token".to_owned(),
+                },
+            ),
+        ] {
+            assert_eq!(Prometheus::new(bad), Err(expected));
+        }
+        for bad in [
+            "ftp://p:9090",
+            "https://user:secret@p:9090",
             "p:9090",
             "http://:9090",
             "http://p:0",

@@ -367,7 +367,7 @@ fn a_rollout_plan_in_the_config_is_validated_and_overridden_field_by_field() {
         r#"sum(rate(low_total{version="$candidate"}[1m]))"#
     );
     assert_eq!(
-        plan.prometheus.map(|u| u.to_string()).as_deref(),
+        plan.prometheus.map(|p| p.url.to_string()).as_deref(),
         Some("http://127.0.0.1:9090")
     );
     for (table, expected) in [

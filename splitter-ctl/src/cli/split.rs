@@ -1,5 +1,5 @@
-//! `weight` and `rollback`: one write of the split word, straight into the pinned map, so they
-//! work whether or not the daemon runs.
+//! A split-word write from the CLI, shared by `weight` and `rollback`: straight into the pinned
+//! map, under the split-word lock, so it works whether or not the daemon runs; then journaled.
 
 use std::{
     path::Path,
@@ -13,9 +13,11 @@ use super::{CommandError, Target};
 use crate::{
     engine::drill::DRILL_POLL,
     kernel::{maps::Maps, split_lock::SplitLockFile},
-    model::share::{format_percent, parse_percent, percent_of},
-    store::journal::{EventKind, Journal, NewEvent, now_ms},
-    view::previous::previous,
+    model::{
+        error::chain,
+        share::{format_percent, percent_of},
+    },
+    store::journal::{EventKind, Journal, JournalError, NewEvent},
 };
 
 /// The outcome of a split-word write.
@@ -26,7 +28,7 @@ pub struct Change {
     pub after: SplitWord,
     pub write: Duration,
     /// The journal entry, or why it could not be written (the map write happened either way).
-    pub journaled: Result<i64, String>,
+    pub journaled: Result<i64, JournalError>,
     /// For a rollback: the live pool's first new connection, still to be awaited.
     pub first_connection: Option<FirstConnection>,
 }
@@ -78,9 +80,7 @@ impl FirstConnection {
                             .and_then(|journal| journal.set_first_connection(event, us))
                     });
                     let note = match journaled {
-                        Some(Err(error)) => {
-                            format!(" (not journaled: {:#})", anyhow::Error::from(error))
-                        }
+                        Some(Err(error)) => format!(" (not journaled: {})", chain(&error)),
                         _ => String::new(),
                     };
                     return format!(
@@ -89,7 +89,9 @@ impl FirstConnection {
                     );
                 }
                 Ok(_) => thread::sleep(DRILL_POLL),
-                Err(error) => return format!("cannot read the new-flow counters: {error}"),
+                Err(error) => {
+                    return format!("cannot read the new-flow counters: {}", chain(&error));
+                }
             }
         }
         format!(
@@ -100,6 +102,18 @@ impl FirstConnection {
 }
 
 impl Change {
+    /// Prints the change, and warns (without failing: the map write happened) when it could
+    /// not be journaled.
+    pub fn print(&self) {
+        println!("{}", self.describe());
+        if let Err(error) = &self.journaled {
+            eprintln!(
+                "warning: the change is in effect but not in the journal: {}",
+                chain(error)
+            );
+        }
+    }
+
     #[must_use]
     pub fn describe(&self) -> String {
         let a = self.after;
@@ -113,78 +127,6 @@ impl Change {
             format_percent(self.before.share_of(Version::Green)),
             self.write.as_secs_f64() * 1e6,
         )
-    }
-}
-
-/// `splitter-ctl weight SERVICE VERSION PERCENT`.
-pub fn weight(
-    config: &Path,
-    service: &str,
-    version: Version,
-    percent: &str,
-) -> Result<Change, CommandError> {
-    let share_bp = parse_percent(percent)?;
-    update(config, service, EventKind::Weight, |word, _, _| {
-        Ok(word.with_share_of(version, share_bp))
-    })
-}
-
-/// `splitter-ctl rollback SERVICE`: every new connection to the live pool. When the candidate
-/// has no share left, and a promotion made the live version live less than the service's
-/// rollback window ago, the previous version is made live again instead.
-pub fn rollback(config: &Path, service: &str) -> Result<Change, CommandError> {
-    update(
-        config,
-        service,
-        EventKind::Rollback,
-        |word, target, release| {
-            if word.share_of(word.live().other()) > 0 {
-                return Ok(SplitWord::new(word.live(), 0));
-            }
-            previous_version(target, release, word).map(|previous| SplitWord::new(previous, 0))
-        },
-    )
-}
-
-/// The version that was live before the last promotion, while its rollback window lasts.
-fn previous_version(
-    target: &Target,
-    service: &str,
-    word: SplitWord,
-) -> Result<Version, CommandError> {
-    let (spec, _) = target.service(service)?;
-    let live = word.live();
-    let nothing = |why: String| CommandError::NothingToRollBack {
-        service: service.to_owned(),
-        why,
-    };
-    let journal = Journal::open(&target.config.state_dir)?;
-    let now = now_ms();
-    match previous(&journal, service, word, spec.rollback_window, now)? {
-        None => Err(nothing(format!(
-            "{} is live with every new connection, and no journaled promotion made it live",
-            live.name()
-        ))),
-        Some(p) if p.retired => Err(nothing(format!(
-            "{} was retired: {} was promoted {} s ago, past the rollback window of {} s",
-            p.version,
-            live.name(),
-            (now - p.promoted_at_ms) / 1_000,
-            spec.rollback_window.as_secs()
-        ))),
-        Some(_)
-            if target.config.release(service).is_some_and(|r| {
-                r.members
-                    .iter()
-                    .any(|m| m.pool(live.other()).iter().all(|b| b.weight == 0))
-            }) || spec.pool(live.other()).iter().all(|b| b.weight == 0) =>
-        {
-            Err(nothing(format!(
-                "the {} pool has no backend",
-                live.other().name()
-            )))
-        }
-        Some(_) => Ok(live.other()),
     }
 }
 
@@ -253,7 +195,7 @@ pub fn update(
                 }),
             })
         })
-        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        ;
     let event = journaled.as_ref().ok().copied();
     let Target { config, maps } = target;
     let first_connection = base.map(|base| FirstConnection {

@@ -1,0 +1,150 @@
+//! What the daemon does every few seconds: rates over the last window for `status`, the
+//! canary's spread and the sweep of closed flows from one walk of the flow table, reverse
+//! entries of removed backends, and split words that someone else changed (kept, and logged).
+
+use std::time::Instant;
+
+use splitter_common::{SplitWord, Version};
+
+use super::Daemon;
+use crate::{
+    engine::latency,
+    kernel::{aging, apply},
+    model::{error::chain, share::format_percent},
+    view::status::{self, Rates},
+};
+
+/// A version's counters at one housekeeping.
+#[derive(Clone, Copy)]
+pub(super) struct Sample {
+    at: Instant,
+    responses: u64,
+    events: u64,
+    errors: u64,
+    response: splitter_common::Histogram,
+}
+
+impl Daemon {
+    /// Sweeps closed flows and logs split words someone else changed since the last look.
+    pub fn housekeeping(&mut self) {
+        self.sample_rates();
+        if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
+            tracing::warn!(error = %chain(&error), "cannot remove the reverse entries of removed backends");
+        }
+        // One walk of the flow table serves the canary's spread and the sweep.
+        match self.maps.flows() {
+            Ok(flows) => {
+                match status::spreads_among(&self.maps, &self.config, &flows) {
+                    Ok(spreads) => self.spreads = spreads,
+                    Err(error) => {
+                        tracing::warn!(error = %chain(&error), "cannot compute the canary's spread");
+                    }
+                }
+                match aging::sweep_among(&mut self.maps, &flows, aging::monotonic_ns()) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "swept closed flows"),
+                    Err(error) => {
+                        tracing::warn!(error = %chain(&error), "cannot sweep closed flows")
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %chain(&error), "cannot read the flow table"),
+        }
+        self.publish_scrape_view();
+        for spec in &self.config.services {
+            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
+                continue;
+            };
+            let Ok(now) = self.maps.split(kernel.split) else {
+                continue;
+            };
+            let before = self.known_splits.insert(spec.name.clone(), now);
+            if let Some(before) = before.filter(|before| *before != now) {
+                tracing::info!(
+                    service = %spec.name,
+                    green_percent = %format_percent(now.share_of(Version::Green)),
+                    was_green_percent = %format_percent(before.share_of(Version::Green)),
+                    live = now.live().name(),
+                    "the split changed outside the daemon (an operator's weight or rollback); keeping it"
+                );
+            }
+        }
+    }
+
+    /// Responses per second, the error ratio and the p99 of each version since the last
+    /// sample.
+    fn sample_rates(&mut self) {
+        let now = Instant::now();
+        let mut rates = Rates::new();
+        for spec in &self.config.services {
+            let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
+                continue;
+            };
+            for version in [Version::Blue, Version::Green] {
+                let Ok(counters) = self.maps.counters(kernel.id, version) else {
+                    continue;
+                };
+                let (errors, events) = counters.errors_and_events();
+                let response = self
+                    .maps
+                    .histogram(kernel.id, version, splitter_common::LatencyKind::Response)
+                    .unwrap_or_default();
+                let sample = Sample {
+                    at: now,
+                    responses: counters.responses,
+                    events,
+                    errors,
+                    response,
+                };
+                let key = (spec.name.clone(), version);
+                if let Some(before) = self.last_sample.insert(key.clone(), sample) {
+                    let seconds = now.duration_since(before.at).as_secs_f64();
+                    let d_events = events.saturating_sub(before.events);
+                    let ratio = (d_events > 0)
+                        .then(|| errors.saturating_sub(before.errors) as f64 / d_events as f64);
+                    if seconds > 0.0 {
+                        let window = response.since(&before.response);
+                        rates.insert(
+                            key,
+                            status::Recent {
+                                responses_per_second: counters
+                                    .responses
+                                    .saturating_sub(before.responses)
+                                    as f64
+                                    / seconds,
+                                error_ratio: ratio,
+                                p99_ms: latency::Quantiles::of(&window).p99_ms,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.rates = rates;
+    }
+
+    /// Remembers `word` as what the daemon itself wrote for release `name` (a service or a
+    /// release group), so housekeeping does not report it as someone else's change.
+    pub(super) fn note_split(&mut self, name: &str, word: SplitWord) {
+        let members: Vec<String> = self
+            .config
+            .release(name)
+            .map(|r| r.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_else(|| vec![name.to_owned()]);
+        for member in members {
+            self.known_splits.insert(member, word);
+        }
+    }
+
+    pub(super) fn remember_splits(&mut self) {
+        for spec in &self.config.services {
+            if let Ok(Some(kernel)) = self.maps.service(&spec.endpoint())
+                && let Ok(word) = self.maps.split(kernel.split)
+            {
+                self.known_splits.insert(spec.name.clone(), word);
+            }
+        }
+        self.known_splits
+            .retain(|name, _| self.config.service(name).is_some());
+    }
+}
