@@ -6,6 +6,7 @@
 //! IPv4-mapped (`::ffff:a.b.c.d`) so that IPv6 needs no new types.
 #![no_std]
 
+pub mod csum;
 pub mod hash;
 pub mod maps;
 pub mod split;

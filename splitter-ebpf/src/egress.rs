@@ -16,11 +16,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, stats_index,
+    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, csum,
+    stats_index,
 };
 
 use crate::{
-    Skip, csum,
+    Skip,
     maps::{self, BACKENDS, FLOWS},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
@@ -48,7 +49,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         Endpoint::from_ipv4(pkt.src(), src_port, pkt.protocol)
     };
     // SAFETY: hash map values are read once, as a copy.
-    let info: BackendInfo = match unsafe { BACKENDS.get(&backend) } {
+    let info: BackendInfo = match unsafe { BACKENDS.get(backend) } {
         Some(info) => *info,
         None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
     };
@@ -68,7 +69,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         } else {
             FlowKey::from_ipv4(pkt.dst(), service_words[3], client_ports, pkt.protocol)
         };
-        if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        if let Some(flow) = FLOWS.get_ptr_mut(key) {
             // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
             let flow = unsafe { &mut *flow };
             // Only the flow's own backend speaks for it: a late packet of a previous connection
@@ -86,7 +87,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
     let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
     // A UDP datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the
     // helper); the check here only skips the helper calls.
-    let fix_l4 = pkt.protocol != PROTO_UDP || l4_check != 0;
+    let fix_l4 = csum::l4_has_checksum(pkt.protocol, l4_check);
     let (l3, l4, l4_check_at) = (pkt.l3_offset, pkt.l4_offset, pkt.l4_check_offset);
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
     // Everything needed is read above: helpers invalidate the packet pointers.

@@ -9,18 +9,18 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
-    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PROTO_UDP, PlaneCounter,
-    SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, flow_add_state, flow_hash,
-    slot_index, stats_index,
+    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, SERVICE_HAS_COHORTS,
+    SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state, flow_hash, slot_index,
+    stats_index,
 };
 
 use crate::{
-    Skip, csum,
+    Skip,
     flow_cache::{self, Target},
     maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Ipv4L4, Packet, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
 };
 
@@ -163,13 +163,10 @@ fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
     unsafe { packet::store_u16(pkt.l4.add(2), port) };
     let l4_check = pkt.l4_check();
     // UDP over IPv6 always has a checksum; a zero one is left alone rather than invented.
-    if pkt.protocol == PROTO_TCP || l4_check != 0 {
-        let mut check = csum::replace128_16(l4_check, dst, addr, old_port, port);
-        if pkt.protocol == PROTO_UDP && check == 0 {
-            check = 0xffff;
-        }
+    if csum::l4_has_checksum(pkt.protocol, l4_check) {
+        let check = csum::replace128_16(l4_check, dst, addr, old_port, port);
         // SAFETY: `parse` bounds-checked the checksum field.
-        unsafe { packet::store_u16(pkt.l4_check, check) };
+        unsafe { packet::store_u16(pkt.l4_check, csum::l4_stored(pkt.protocol, check)) };
     }
     Ok(())
 }
@@ -223,7 +220,7 @@ fn new_flow(
     request: bool,
 ) -> Result<(Flow, bool), Skip> {
     // SAFETY: hash map values are read once, as a copy.
-    let service: Service = match unsafe { SERVICES.get(&service_key) } {
+    let service: Service = match unsafe { SERVICES.get(service_key) } {
         Some(service) => *service,
         None => return Err(Skip::Pass(PlaneCounter::NotService)),
     };
@@ -262,7 +259,7 @@ fn new_flow(
     let pinned = is_miss || maps::guard_admits(now);
     if !pinned {
         maps::count(PlaneCounter::Guarded);
-    } else if FLOWS.insert(key, &flow, 0).is_err() {
+    } else if FLOWS.insert(key, flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);
     }
     maps::with_stats(stats, |s| {
@@ -307,7 +304,7 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
 }
 
 #[inline(always)]
-fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
+fn rewrite_destination(pkt: &Packet, target: &Target) {
     let ip_check = csum::apply(pkt.ip_check(), target.ip_delta);
     // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum field.
     unsafe {
@@ -317,12 +314,9 @@ fn rewrite_destination(pkt: &Ipv4L4, target: &Target) {
     }
     let l4_check = pkt.l4_check();
     // A zero UDP checksum means "none" and stays zero; a computed zero is sent as all ones.
-    if pkt.protocol == PROTO_TCP || l4_check != 0 {
-        let mut check = csum::apply(l4_check, target.l4_delta);
-        if pkt.protocol == PROTO_UDP && check == 0 {
-            check = 0xffff;
-        }
+    if csum::l4_has_checksum(pkt.protocol, l4_check) {
+        let check = csum::apply(l4_check, target.l4_delta);
         // SAFETY: as above.
-        unsafe { packet::store_u16(pkt.l4_check, check) };
+        unsafe { packet::store_u16(pkt.l4_check, csum::l4_stored(pkt.protocol, check)) };
     }
 }

@@ -9,7 +9,6 @@
 // Word loads and stores of packet fields: see `packet::load_u32`.
 #![feature(asm_experimental_arch)]
 
-mod csum;
 mod egress;
 mod flow_cache;
 mod ingress;

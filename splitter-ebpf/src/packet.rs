@@ -162,9 +162,6 @@ pub struct Packet {
     pub payload_offset: usize,
 }
 
-/// Compatibility name while both families share one parsed form.
-pub type Ipv4L4 = Packet;
-
 impl Packet {
     /// IPv4 source address (IPv4 packets only).
     #[inline(always)]

@@ -18,14 +18,14 @@ use splitter_common::{
 
 use crate::{
     maps,
-    packet::{Ipv4L4, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// Bytes of a status line read: `HTTP/1.1 200`.
 const STATUS_LINE_LEN: usize = 12;
 
 #[inline(always)]
-pub fn observe_reply(ctx: &TcContext, pkt: &Ipv4L4, flow: &mut Flow) {
+pub fn observe_reply(ctx: &TcContext, pkt: &Packet, flow: &mut Flow) {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = stats_index(flow.service_id, flow.version);
@@ -88,7 +88,7 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Ipv4L4, flow: &mut Flow) {
 
 /// The HTTP status class (1 to 5) of a response that starts with an HTTP/1.x status line, or 0.
 #[inline(always)]
-fn status_class(ctx: &TcContext, pkt: &Ipv4L4) -> usize {
+fn status_class(ctx: &TcContext, pkt: &Packet) -> usize {
     if pkt.payload_len < STATUS_LINE_LEN {
         return 0;
     }

@@ -1,7 +1,8 @@
 //! The end-to-end test bed: four network namespaces (client, node, blue, green) joined by veth
 //! pairs, with addresses in 198.18.0.0/15, real HTTP servers in blue and green, and the real
-//! `splitter-ctl` binary running on the node. Each test passes its own index, which gives it its
-//! own names and its own /24, so tests can run in parallel. Dropping the test bed kills its
+//! `splitter-ctl` binary running on the node. Each test bed takes a free index (a lock file held
+//! while it lives), which gives it its own names and its own /24, so tests can run in parallel,
+//! in threads or in processes. Dropping the test bed kills its
 //! processes, removes its pins and deletes its namespaces, also when the test fails.
 //!
 //! ```text
@@ -40,6 +41,8 @@ pub struct Testbed {
     pub node: Netns,
     pub blue: Netns,
     pub green: Netns,
+    /// The claim on `index`, released when the bed has been taken down.
+    claim: Option<fs::File>,
 }
 
 /// The `splitter-ctl` binary under test: `SPLITTER_CTL_BIN`, or the workspace's debug build.
@@ -58,10 +61,45 @@ pub fn ctl_bin() -> PathBuf {
     path
 }
 
+/// The indices tests take; 200 and up belong to the binaries (testbed, demo, bench).
+const TEST_INDICES: std::ops::RangeInclusive<u8> = 1..=199;
+/// Where the index claims are: one lock file per index, locked while a bed uses it.
+const CLAIMS: &str = "/run/splitter-tests";
+
+/// Claims a free index: the first whose lock file no other bed (in this process or another)
+/// holds. The claim lasts as long as the file stays open.
+fn claim_index() -> (u8, fs::File) {
+    use std::os::fd::AsRawFd as _;
+    fs::create_dir_all(CLAIMS).expect("the test beds' claims directory");
+    for index in TEST_INDICES {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Path::new(CLAIMS).join(format!("bed-{index}.lock")))
+            .expect("a claim file");
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (index, file);
+        }
+    }
+    panic!("every test bed index {TEST_INDICES:?} is taken");
+}
+
 impl Testbed {
-    /// Builds the namespaces, links and addresses, and starts blue and green.
+    /// Builds a test bed at a free index: namespaces, links and addresses, and starts blue
+    /// and green.
     #[must_use]
-    pub fn new(index: u8, server_bin: &str) -> Self {
+    pub fn new(server_bin: &str) -> Self {
+        let (index, claim) = claim_index();
+        let mut bed = Self::with_index(index, server_bin);
+        bed.claim = Some(claim);
+        bed
+    }
+
+    /// Builds the test bed `index` (the binaries' own, 200 and up).
+    #[must_use]
+    pub fn with_index(index: u8, server_bin: &str) -> Self {
         let name = |role: &str| format!("sp{index}-{role}");
         let dir = std::env::temp_dir().join(format!("splitter-test-{index}"));
         let _ = fs::remove_dir_all(&dir);
@@ -79,6 +117,7 @@ impl Testbed {
             node: Netns::new(&name("node")),
             blue: Netns::new(&name("blue")),
             green: Netns::new(&name("green")),
+            claim: None,
         };
         bed.wire();
         let blue = spawn_server(server_bin, &bed.blue, bed.blue_addr(), "blue");

@@ -142,6 +142,7 @@ fn assert_only_destination_rewritten(input: &[u8], out: &[u8], to: SocketAddrV4)
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -183,6 +184,7 @@ fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_split_word_decides_the_version_of_every_new_flow() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -221,6 +223,7 @@ fn the_split_word_decides_the_version_of_every_new_flow() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn established_packets_follow_their_flow_whatever_the_share_says_now() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -252,6 +255,7 @@ fn established_packets_follow_their_flow_whatever_the_share_says_now() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_packet_without_a_flow_entry_is_steered_by_hash_and_counted_as_a_miss() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -276,6 +280,7 @@ fn a_packet_without_a_flow_entry_is_steered_by_hash_and_counted_as_a_miss() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_syn_after_the_connection_closed_chooses_again() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -315,6 +320,7 @@ fn a_syn_after_the_connection_closed_chooses_again() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn udp_datagrams_are_steered_and_a_zero_checksum_stays_zero() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -349,6 +355,7 @@ fn udp_datagrams_are_steered_and_a_zero_checksum_stays_zero() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_vlan_tagged_syn_is_steered() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -363,6 +370,7 @@ fn a_vlan_tagged_syn_is_steered() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -480,6 +488,7 @@ fn packets_outside_any_service_pass_byte_identical_and_are_counted() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_version_with_no_backend_fails_over_to_the_other_and_is_counted() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -516,6 +525,7 @@ fn a_version_with_no_backend_fails_over_to_the_other_and_is_counted() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_new_flow_with_no_backend_in_either_version_is_dropped_and_counted() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -541,6 +551,7 @@ fn a_new_flow_with_no_backend_in_either_version_is_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
     require_root!();
     let with_last_resort = format!(
@@ -596,6 +607,7 @@ fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_release_group_shares_one_word_which_moves_when_its_first_service_leaves() {
     require_root!();
     let group = |with_first: bool| {
@@ -653,6 +665,7 @@ fn a_release_group_shares_one_word_which_moves_when_its_first_service_leaves() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_service_joining_a_release_group_takes_the_groups_word_not_the_other_way_round() {
     require_root!();
     let service = |name: &str, host: u8, grouped: bool| {
@@ -711,6 +724,7 @@ fn a_service_joining_a_release_group_takes_the_groups_word_not_the_other_way_rou
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -751,6 +765,7 @@ fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn udp_replies_are_translated_and_keep_a_zero_checksum() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -768,6 +783,7 @@ fn udp_replies_are_translated_and_keep_a_zero_checksum() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn egress_traffic_that_is_not_a_backend_reply_passes_untouched() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -785,6 +801,7 @@ fn egress_traffic_that_is_not_a_backend_reply_passes_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_fin_or_rst_from_the_backend_closes_the_flow() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -819,12 +836,13 @@ fn run_on_cpu(cpu: usize) {
 }
 
 #[test]
+#[ignore = "needs root and two CPUs: `cargo xtask test` runs it"]
 fn a_reused_tuple_never_follows_another_cpus_cached_copy_of_the_old_connection() {
     require_root!();
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        eprintln!("skipped: needs two CPUs");
-        return;
-    }
+    assert!(
+        std::thread::available_parallelism().map_or(1, usize::from) >= 2,
+        "this test needs two CPUs: a flow cached on one CPU is read on the other"
+    );
     let mut plane = Plane::load(CONFIG);
     let id = service_id(&plane.maps, vip(), packet::TCP);
     let conn = client(52_000);
@@ -860,6 +878,7 @@ fn a_reused_tuple_never_follows_another_cpus_cached_copy_of_the_old_connection()
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn removing_a_service_leaves_no_cached_flow_behind() {
     require_root!();
     let with_second = format!(
@@ -896,6 +915,7 @@ fn removing_a_service_leaves_no_cached_flow_behind() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never() {
     require_root!();
     let mut plane = Plane::load(CONFIG);
@@ -962,6 +982,7 @@ fn closed_flows_are_swept_after_their_grace_and_open_or_half_closed_flows_never(
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn requests_and_responses_are_timed_and_status_classes_counted() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -1015,6 +1036,7 @@ fn requests_and_responses_are_timed_and_status_classes_counted() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_reset_before_the_syn_ack_is_a_refused_handshake_and_after_it_a_backend_reset() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -1118,6 +1140,7 @@ fn assert_v6_destination_rewritten(input: &[u8], out: &[u8], to: std::net::Socke
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn ipv6_new_and_established_flows_are_steered_with_valid_checksums() {
     require_root!();
     let mut plane = Plane::load(CONFIG6);
@@ -1157,6 +1180,7 @@ fn ipv6_new_and_established_flows_are_steered_with_valid_checksums() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn ipv6_extension_headers_are_skipped_and_what_cannot_be_steered_passes_untouched() {
     require_root!();
     let plane = Plane::load(CONFIG6);
@@ -1223,6 +1247,7 @@ fn ipv6_extension_headers_are_skipped_and_what_cannot_be_steered_passes_untouche
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn ipv6_replies_leave_as_the_service_with_valid_checksums() {
     require_root!();
     let plane = Plane::load(CONFIG6);
@@ -1245,6 +1270,7 @@ fn ipv6_replies_leave_as_the_service_with_valid_checksums() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn resets_count_once_a_miss_is_never_a_refusal_and_only_the_flow_s_backend_speaks_for_it() {
     require_root!();
     let plane = Plane::load(CONFIG);
@@ -1291,6 +1317,7 @@ fn resets_count_once_a_miss_is_never_a_refusal_and_only_the_flow_s_backend_speak
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_100_continue_leaves_the_request_open_for_the_final_response() {
     require_root!();
     let plane = Plane::load(CONFIG);

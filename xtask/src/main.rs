@@ -25,7 +25,11 @@ struct Cli {
 enum Task {
     /// Install what the build and the tests need (idempotent).
     Setup,
-    /// Run setup, then every test, including the privileged end-to-end ones.
+    /// The lints the test command runs first: rustfmt, clippy on the host crates and on the
+    /// eBPF crate for its target, every warning an error.
+    Lint,
+    /// Run setup and the lints, then every test, including the privileged end-to-end ones
+    /// (as root: it refuses to run otherwise).
     Test {
         /// Arguments passed on to `cargo test` after `--` (a test-name filter, say).
         #[arg(last = true)]
@@ -101,8 +105,19 @@ fn run_bed_binary(binary: &str, args: &[&str], release: bool) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::run(),
-        Task::Test { args } => {
+        Task::Lint => {
             setup::run()?;
+            lint()
+        }
+        Task::Test { args } => {
+            // Before anything slow: without root the privileged tests would all fail.
+            if !is_root() {
+                bail!(
+                    "`cargo xtask test` runs the privileged tests (BPF, network namespaces): run it as root"
+                );
+            }
+            setup::run()?;
+            lint()?;
             test(&args)
         }
         Task::Fuzz { cases } => {
@@ -110,7 +125,10 @@ fn run(cli: Cli) -> Result<()> {
             build_ctl(false)?;
             for (package, target) in [
                 ("splitter-ctl", ["--lib", "property_"].as_slice()),
-                ("splitter-tests", ["--test", "packet_properties"].as_slice()),
+                (
+                    "splitter-tests",
+                    ["--test", "packet_properties", "--", "--include-ignored"].as_slice(),
+                ),
             ] {
                 status(
                     cargo()
@@ -198,20 +216,68 @@ fn build_ctl(release: bool) -> Result<PathBuf> {
         .join("splitter-ctl"))
 }
 
+/// Whether this process runs as root (its effective uid, from /proc).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// rustfmt and clippy, every warning an error: the host crates, and the eBPF crate for its own
+/// target with the nightly toolchain that builds it.
+fn lint() -> Result<()> {
+    status(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "splitter-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    status(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args([
+                "+nightly",
+                "clippy",
+                "--package",
+                "splitter-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )
+}
+
 fn test(args: &[String]) -> Result<()> {
     let ctl = build_ctl(false)?;
     let mut cmd = cargo();
+    // Tests that need root are `#[ignore = "needs root ..."]` for a plain `cargo test`; here
+    // they all run.
     cmd.args([
         "test",
         "--workspace",
         "--exclude",
         "splitter-ebpf",
         "--no-fail-fast",
+        "--",
+        "--include-ignored",
     ])
-    .env("SPLITTER_CTL_BIN", &ctl);
-    if !args.is_empty() {
-        cmd.arg("--").args(args);
-    }
+    .env("SPLITTER_CTL_BIN", &ctl)
+    .args(args);
     // Echo the output as it comes, and total the per-binary results for one closing line.
     let shown = format!("{cmd:?}");
     let mut child = cmd
@@ -230,7 +296,7 @@ fn test(args: &[String]) -> Result<()> {
         .wait()
         .with_context(|| format!("cannot wait for {shown}"))?;
     println!(
-        "\ntests: {} passed, {} failed, {} skipped",
+        "\ntests: {} passed, {} failed, {} skipped (ignored)",
         totals.passed, totals.failed, totals.ignored
     );
     if !exit.success() || totals.failed > 0 {

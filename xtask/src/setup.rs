@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: makes a fresh machine of this kind able to build and test Splitter.
 //! Every step checks first and does nothing when its work is already done.
 //!
-//! 1. rust-src for the installed nightly (the eBPF crate builds core with `-Z build-std`);
+//! 1. rust-src for the installed nightly (the eBPF crate builds core with `-Z build-std`), and
+//!    rustfmt and clippy, which the test command runs;
 //! 2. bpf-linker 0.13 linked against the nightly's own libLLVM (no system LLVM needed);
 //! 3. the Debian packages the tests and benchmarks run.
 
@@ -25,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
     ("prometheus", "prometheus"),
+    // A Prometheus behind TLS with basic auth: its certificates and its password hash.
+    ("openssl", "openssl"),
+    ("htpasswd", "apache2-utils"),
+    ("curl", "curl"),
     // The benchmarks' load generator and the setups Splitter is compared with.
     ("wrk", "wrk"),
     ("nft", "nftables"),
@@ -56,20 +61,38 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The rustup components each toolchain needs: the nightly builds the eBPF crate (rust-src)
+/// and lints it; the stable toolchain formats and lints the rest.
+const COMPONENTS: &[(&str, &[&str])] = &[
+    ("nightly", &["rust-src", "clippy"]),
+    ("stable", &["rustfmt", "clippy"]),
+];
+
 fn rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .context("the nightly toolchain is needed to build the eBPF programs")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    for (toolchain, components) in COMPONENTS {
+        let installed = output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]))
+        .with_context(|| format!("the {toolchain} toolchain is needed to build and lint"))?;
+        for component in *components {
+            if installed.lines().any(|l| l.starts_with(component)) {
+                continue;
+            }
+            eprintln!("xtask setup: adding {component} to the {toolchain} toolchain");
+            status(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                toolchain,
+            ]))?;
+        }
     }
-    eprintln!("xtask setup: adding rust-src to the nightly toolchain");
-    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn cargo_home() -> PathBuf {

@@ -53,6 +53,10 @@ impl From<VersionArg> for Version {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per command; boxing the plan's options buys nothing"
+)]
 pub enum Command {
     /// Load or adopt the data plane, apply the config, and stay in the foreground.
     Daemon {
@@ -166,6 +170,10 @@ pub enum Command {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per command; boxing the plan's options buys nothing"
+)]
 pub enum RolloutAction {
     /// Start moving new connections to the candidate, step by step, judged by the gates.
     Start {

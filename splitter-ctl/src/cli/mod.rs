@@ -190,6 +190,8 @@ pub enum CommandError {
     Client(#[from] client::ClientError),
     #[error(transparent)]
     Duration(#[from] args::DurationError),
+    #[error(transparent)]
+    Font(report::FontError),
     #[error("the drill did not pass: {0}")]
     DrillNotPassed(String),
     #[error(

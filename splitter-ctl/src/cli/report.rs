@@ -146,19 +146,28 @@ pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Registers `FONT` as the drawings' sans-serif, once per process.
 fn register_font() -> Result<(), CommandError> {
-    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    static REGISTERED: std::sync::OnceLock<Result<(), FontError>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let font = std::fs::read(FONT).map_err(|e| {
-                format!("cannot read the font reports are drawn with, {FONT} (Debian package fonts-dejavu-core): {e}")
-            })?;
+            let font = std::fs::read(FONT).map_err(|e| FontError::Read(e.kind()))?;
             // Registered for the process's life, as plotters keeps it.
             let font: &'static [u8] = Box::leak(font.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-                .map_err(|_| format!("{FONT} is not a font the report can use"))
+                .map_err(|_| FontError::NotAFont)
         })
         .clone()
-        .map_err(CommandError::Daemon)
+        .map_err(CommandError::Font)
+}
+
+/// Why the report's font cannot be used.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FontError {
+    #[error(
+        "cannot read the font reports are drawn with, {FONT} (Debian package fonts-dejavu-core): {0}"
+    )]
+    Read(std::io::ErrorKind),
+    #[error("{FONT} is not a font the report can use")]
+    NotAFont,
 }
 
 /// The charts as a PNG file at `out`.

@@ -39,6 +39,7 @@ use crate::{
     },
     model::{
         config::{Config, ConfigError},
+        error::chain,
         share::format_percent,
     },
     store::journal::Journal,
@@ -170,7 +171,7 @@ impl Daemon {
             drill_schedule: DrillSchedule::default(),
             split_lock: SplitLockFile::open(&config_state_dir),
             journal: Journal::open(&config_state_dir)
-                .inspect_err(|error| tracing::warn!(error = %error, "cannot open the journal; rollouts run unrecorded"))
+                .inspect_err(|error| tracing::warn!(error = %chain(error), "cannot open the journal; rollouts run unrecorded"))
                 .ok(),
             last_sample: HashMap::new(),
             spreads: status::Spreads::new(),

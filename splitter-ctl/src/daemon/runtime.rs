@@ -28,7 +28,10 @@ use crate::{
         dataplane::{self, DataplaneError},
         maps::{Maps, MapsError},
     },
-    model::config::{Config, ConfigError},
+    model::{
+        config::{Config, ConfigError},
+        error::chain,
+    },
 };
 
 /// Why the daemon could not start, or stopped with an error.
@@ -102,7 +105,7 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
 
     if let Err(error) = notify("READY=1") {
-        tracing::warn!(error = %error, "cannot tell the service manager that the daemon is ready");
+        tracing::warn!(error = %chain(&error), "cannot tell the service manager that the daemon is ready");
     }
     tracing::info!(control_socket = %socket_path.display(), "ready");
     let mut housekeeping = tokio::time::interval(aging::SWEEP_INTERVAL);

@@ -24,7 +24,10 @@ use aya::{
 };
 use splitter_common::maps as names;
 
-use crate::model::{config::XdpMode, paths};
+use crate::{
+    kernel::maps::{LayoutError, check_layout},
+    model::{config::XdpMode, paths},
+};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter"));
@@ -53,7 +56,7 @@ pub enum DataplaneError {
     ForeignPin {
         path: PathBuf,
         map: &'static str,
-        problem: String,
+        problem: Box<LayoutError>,
     },
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] io::Error),
@@ -147,13 +150,13 @@ fn check_pin(path: &Path, map: &'static str) -> Result<(), DataplaneError> {
     if !path.exists() {
         return Ok(());
     }
-    let foreign = |problem: String| DataplaneError::ForeignPin {
+    let foreign = |problem: LayoutError| DataplaneError::ForeignPin {
         path: path.to_owned(),
         map,
-        problem,
+        problem: Box::new(problem),
     };
-    let data = MapData::from_pin(path).map_err(|e| foreign(e.to_string()))?;
-    crate::kernel::maps::check_layout(&data, map).map_err(foreign)
+    let data = MapData::from_pin(path).map_err(|e| foreign(LayoutError::Open(e)))?;
+    check_layout(&data, map).map_err(foreign)
 }
 
 /// Loads the programs of `ebpf` and attaches them to `interface`, or adopts the links pinned in

@@ -47,7 +47,7 @@ pub enum MapsError {
     Foreign {
         path: PathBuf,
         map: &'static str,
-        problem: String,
+        problem: Box<LayoutError>,
     },
     #[error("the loaded object has no map `{0}`")]
     MissingInObject(&'static str),
@@ -107,16 +107,33 @@ fn expected_layout(name: &str) -> (usize, usize) {
     }
 }
 
+/// Why a pinned map is not this build's.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("it cannot be opened: {0}")]
+    Open(MapError),
+    #[error("its description cannot be read: {0}")]
+    Info(MapError),
+    #[error("key/value sizes {key}/{value}, expected {expected_key}/{expected_value}")]
+    Sizes {
+        key: u32,
+        value: u32,
+        expected_key: usize,
+        expected_value: usize,
+    },
+}
+
 /// Checks a map's key and value sizes against this build's; the error says what differs.
-pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), String> {
-    let info = data.info().map_err(|e| e.to_string())?;
-    let (key, value) = expected_layout(name);
-    if info.key_size() as usize != key || info.value_size() as usize != value {
-        return Err(format!(
-            "key/value sizes {}/{}, expected {key}/{value}",
-            info.key_size(),
-            info.value_size()
-        ));
+pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), LayoutError> {
+    let info = data.info().map_err(LayoutError::Info)?;
+    let (expected_key, expected_value) = expected_layout(name);
+    if info.key_size() as usize != expected_key || info.value_size() as usize != expected_value {
+        return Err(LayoutError::Sizes {
+            key: info.key_size(),
+            value: info.value_size(),
+            expected_key,
+            expected_value,
+        });
     }
     Ok(())
 }
@@ -170,7 +187,7 @@ impl Maps {
                 return Err(MapsError::Foreign {
                     path,
                     map: name,
-                    problem,
+                    problem: Box::new(problem),
                 });
             }
             Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::model::error::chain;
+
 /// The lock file, in the state directory.
 pub const FILE: &str = "split.lock";
 /// The longest a writer waits for the lock before it writes without it.
@@ -53,7 +55,7 @@ impl SplitLockFile {
             .truncate(false)
             .write(true)
             .open(&path)
-            .inspect_err(|error| tracing::warn!(path = %path.display(), error = %error, "cannot open the split-word lock; split words are written without it"))
+            .inspect_err(|error| tracing::warn!(path = %path.display(), error = %chain(error), "cannot open the split-word lock; split words are written without it"))
             .ok();
         Self { file, path }
     }

@@ -16,6 +16,7 @@ use crate::{
     kernel::maps::{Maps, MapsError},
     model::{
         config::{Config, Pool, ServiceSpec},
+        error::chain,
         share::format_percent,
     },
     store::journal::Journal,
@@ -229,7 +230,9 @@ pub fn add_previous(status: &mut Status, config: &Config, journal: &Journal) {
             spec.rollback_window,
             now,
         )
-        .inspect_err(|error| tracing::debug!(error = %error, "no previous version in the status"))
+        .inspect_err(
+            |error| tracing::debug!(error = %chain(error), "no previous version in the status"),
+        )
         .ok()
         .flatten();
     }

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     };
     // The bed removes its namespaces, pins and processes when it is dropped, at the end of
     // `demo` whichever way it returns.
-    let mut bed = Testbed::new(INDEX, &server);
+    let mut bed = Testbed::with_index(INDEX, &server);
     match demo(&mut bed, &server) {
         Ok(()) => {
             println!("\nremoving the test bed");

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut bed = Testbed::new(INDEX, &server);
+    let mut bed = Testbed::with_index(INDEX, &server);
     bed.write_config("10");
     bed.start_daemon(&[]);
     let config = bed.config_path.display();

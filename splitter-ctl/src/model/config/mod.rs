@@ -399,35 +399,47 @@ pub struct Cidr {
     pub bits: u32,
 }
 
+/// What is wrong with a client prefix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error("`{0}` is not an address or a prefix like 198.19.0.0/16")]
+    Form(String),
+    #[error("`{text}`: the prefix length must be 0 to {max}")]
+    Length { text: String, max: u32 },
+    #[error("`{0}` has bits set past its prefix length")]
+    HostBits(String),
+}
+
 impl Cidr {
     /// `198.19.0.0/16`, `2001:db8::/32`, or a bare address (one client).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, CidrError> {
         let (ip, len) = text
             .split_once('/')
             .map_or((text, None), |(a, l)| (a, Some(l)));
         let ip: IpAddr = ip
             .trim()
             .parse()
-            .map_err(|_| format!("`{text}` is not an address or a prefix like 198.19.0.0/16"))?;
+            .map_err(|_| CidrError::Form(text.to_owned()))?;
         let (addr, max, offset) = match ip {
             IpAddr::V4(v4) => (ipv4_mapped(v4.octets()), 32, 96),
             IpAddr::V6(v6) => (v6.octets(), 128, 0),
         };
-        let len: u32 = match len {
-            None => max,
-            Some(l) => l
-                .trim()
-                .parse()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
-        };
+        let len: u32 =
+            match len {
+                None => max,
+                Some(l) => l.trim().parse().ok().filter(|l| *l <= max).ok_or_else(|| {
+                    CidrError::Length {
+                        text: text.to_owned(),
+                        max,
+                    }
+                })?,
+            };
         let bits = offset + len;
         let host_bits_set = (0..128u32)
             .filter(|b| *b >= bits)
             .any(|b| addr[(b / 8) as usize] & (0x80 >> (b % 8)) != 0);
         if host_bits_set {
-            return Err(format!("`{text}` has bits set past its prefix length"));
+            return Err(CidrError::HostBits(text.to_owned()));
         }
         Ok(Self { addr, bits })
     }

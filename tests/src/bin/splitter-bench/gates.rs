@@ -18,7 +18,7 @@ const ROLLBACK_LIMIT: Duration = Duration::from_secs(15);
 /// daemon's error-rate gate while a client opens new connections; the journal's times of each.
 pub fn section(server: &str, quick: bool) -> Result<String, String> {
     let count = if quick { 3 } else { 10 };
-    let mut bed = Testbed::new(BED, server);
+    let mut bed = Testbed::with_index(BED, server);
     bed.stop("green");
     bed.serve_on_backend_with(
         server,

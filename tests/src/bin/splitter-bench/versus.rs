@@ -118,7 +118,7 @@ struct Splitting {
 
 pub fn section(server: &str, quick: bool) -> Result<String, String> {
     let plan = Plan::new(quick);
-    let mut bed = Testbed::new(BED, server);
+    let mut bed = Testbed::with_index(BED, server);
     let mut setups = Setups::new(&mut bed, GREEN_BP)?;
 
     // runs[kind][mode][round]

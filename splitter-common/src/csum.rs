@@ -1,8 +1,12 @@
-//! Incremental Internet checksum updates (RFC 1624: HC' = ~(~HC + ~m + m')).
+//! Incremental Internet checksum updates (RFC 1624: HC' = ~(~HC + ~m + m')), used by the
+//! kernel programs for every rewrite and property-tested on the host against checksums
+//! computed from scratch (tests/tests/checksum_properties.rs).
 //!
 //! Every value is in memory order: the packet's 16-bit words read as native integers. The
 //! one's-complement sum does not depend on byte order, so summing words as they sit gives the
 //! checksum as it must sit, with no byte swaps.
+
+use crate::{PROTO_TCP, PROTO_UDP};
 
 #[inline(always)]
 const fn fold(mut sum: u32) -> u16 {
@@ -47,13 +51,6 @@ pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
     !fold((!check) as u32 + delta32(old, new))
 }
 
-/// The checksum after a 32-bit field (an address in the pseudo-header) and a 16-bit field (a
-/// port) both change.
-#[inline(always)]
-pub const fn replace32_16(check: u16, old: u32, new: u32, old_port: u16, new_port: u16) -> u16 {
-    !fold((!check) as u32 + delta32(old, new) + delta16(old_port, new_port))
-}
-
 /// The checksum after a 128-bit field (an IPv6 address in the pseudo-header) and a port change.
 #[inline(always)]
 pub fn replace128_16(
@@ -70,4 +67,24 @@ pub fn replace128_16(
         i += 1;
     }
     !fold(sum)
+}
+
+/// Whether a TCP or UDP header's checksum field holds a checksum: always for TCP; for UDP
+/// unless it is zero, which over IPv4 means "no checksum" (RFC 768) and is left alone.
+#[inline(always)]
+#[must_use]
+pub const fn l4_has_checksum(protocol: u8, check: u16) -> bool {
+    protocol == PROTO_TCP || check != 0
+}
+
+/// The value to store for a computed L4 checksum: a UDP checksum that computes to zero is sent
+/// as all ones, since zero would mean "no checksum" (RFC 768).
+#[inline(always)]
+#[must_use]
+pub const fn l4_stored(protocol: u8, check: u16) -> u16 {
+    if protocol == PROTO_UDP && check == 0 {
+        0xffff
+    } else {
+        check
+    }
 }
