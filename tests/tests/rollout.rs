@@ -726,3 +726,95 @@ fn scheduled_drills_run_by_themselves_and_stand_aside_for_a_rollout() {
     let [(_, blue_failed), (_, green_failed)] = load.stop();
     assert_eq!((blue_failed, green_failed), (0, 0));
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn promql_gates_reach_a_prometheus_behind_tls_and_basic_auth() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    let prometheus = splitter_tests::prometheus::start_secured(&mut bed);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = Load::start(&bed, Duration::from_secs(60));
+    let ca = prometheus.ca_file.display().to_string();
+    let password = prometheus.password_file.display().to_string();
+    let wrong = prometheus.wrong_password_file.display().to_string();
+    let user = splitter_tests::prometheus::USER;
+    let start = |extra: &[&str]| {
+        let mut args = vec!["--prometheus-url", prometheus.url.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--promql-gate", LOW_CONFIDENCE]);
+        start_healthy_rollout_with(&bed, &args)
+    };
+    let judgement = |bed: &Testbed| {
+        rollout(bed)
+            .and_then(|r| r["last_judgement"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+
+    // A wrong password: Prometheus answers 401, the reading is an error and the step holds.
+    start(&[
+        "--prometheus-ca-file",
+        &ca,
+        "--prometheus-user",
+        user,
+        "--prometheus-password-file",
+        &wrong,
+    ]);
+    wait_until(
+        &bed,
+        "a judgement on a 401",
+        Duration::from_secs(10),
+        || {
+            judgement(&bed).contains("PromQL gate lowconf: error")
+                && judgement(&bed).contains("401")
+        },
+    );
+    assert_eq!(rollout(&bed).expect("running")["step"], 0);
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
+
+    // The right password, but without the private CA the server's certificate is not trusted.
+    start(&[
+        "--prometheus-user",
+        user,
+        "--prometheus-password-file",
+        &password,
+    ]);
+    wait_until(
+        &bed,
+        "a judgement on an untrusted certificate",
+        Duration::from_secs(10),
+        || {
+            let j = judgement(&bed);
+            j.contains("PromQL gate lowconf: error")
+                && (j.contains("certificate") || j.contains("TLS"))
+        },
+    );
+    bed.ctl_ok(&["rollout", "abort", "sentiment"]);
+
+    // All of it: the gate is read over TLS with basic auth, and green is promoted on it.
+    start(&[
+        "--prometheus-ca-file",
+        &ca,
+        "--prometheus-user",
+        user,
+        "--prometheus-password-file",
+        &password,
+    ]);
+    wait_until(&bed, "the promotion", Duration::from_secs(40), || {
+        bed.status()["services"][0]["live"] == "green"
+    });
+    let read = history(&bed).into_iter().any(|e| {
+        e["kind"] == "gate_evaluation"
+            && e["details"]["judgement"] == "pass"
+            && e["details"]["promql"][0]["reading"]
+                .as_str()
+                .is_some_and(|r| r.parse::<f64>().is_ok_and(|v| v <= 0.1))
+    });
+    assert!(
+        read,
+        "a passing window with a reading over TLS is journaled"
+    );
+    let [(_, blue_failed), (_, green_failed)] = load.stop();
+    assert_eq!((blue_failed, green_failed), (0, 0));
+}
