@@ -15,6 +15,8 @@
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
 //! | `COHORTS` | LPM trie | user space | (service id, client prefix) → `COHORT_CANDIDATE` or `COHORT_LIVE` |
+//! | `REPORTS` | per-CPU array, not pinned | XDP ingress | per `PlaneCounter`: when a rare event was last reported |
+//! | `AYA_LOGS` | ring buffer, not pinned | XDP ingress (aya-log) | the rare events' records, read by the daemon |
 
 pub const SERVICES: &str = "SERVICES";
 pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
@@ -28,6 +30,8 @@ pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 pub const FLOW_GUARD: &str = "FLOW_GUARD";
 pub const COHORTS: &str = "COHORTS";
+/// Per-CPU state of the kernel's rare-event reports (`report.rs` in splitter-ebpf); not pinned.
+pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
 pub const ALL: [&str; 12] = [

@@ -22,6 +22,7 @@ use crate::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN,
     },
+    report,
 };
 
 #[inline(always)]
@@ -259,8 +260,10 @@ fn new_flow(
     let pinned = is_miss || maps::guard_admits(now);
     if !pinned {
         maps::count(PlaneCounter::Guarded);
+        report::rare(PlaneCounter::Guarded);
     } else if FLOWS.insert(key, flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);
+        report::rare(PlaneCounter::FlowInsertFailed);
     }
     maps::with_stats(stats, |s| {
         if is_miss {
@@ -294,6 +297,7 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
     match slot_of(LAST_RESORT) {
         Some(slot) => {
             maps::count(PlaneCounter::LastResort);
+            report::rare(PlaneCounter::LastResort);
             Ok((LAST_RESORT, slot))
         }
         None => {

@@ -14,6 +14,7 @@ mod flow_cache;
 mod ingress;
 mod maps;
 mod packet;
+mod report;
 mod telemetry;
 
 use aya_ebpf::{
@@ -39,6 +40,9 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
         Ok(()) => xdp_action::XDP_PASS,
         Err(Skip::Pass(counter)) => {
             maps::count(counter);
+            if matches!(counter, PlaneCounter::Malformed) {
+                report::rare(counter);
+            }
             xdp_action::XDP_PASS
         }
         Err(Skip::Drop(counter)) => {

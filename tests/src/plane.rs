@@ -92,6 +92,12 @@ impl Plane {
         Self { ebpf, maps, config }
     }
 
+    /// Reads the programs' rare-event reports (aya-log) into `logger`, at each `flush`.
+    pub fn take_reports<L: log::Log>(&mut self, logger: L) -> aya_log::EbpfLogger<L> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
+            .unwrap_or_else(|e| panic!("the reports' ring buffer: {e}"))
+    }
+
     fn xdp(&self, name: &str) -> &Xdp {
         self.ebpf
             .program(name)

@@ -1356,3 +1356,87 @@ fn a_100_continue_leaves_the_request_open_for_the_final_response() {
         1
     );
 }
+
+/// The reports the programs wrote, as the daemon's forwarder would receive them.
+#[derive(Clone, Default)]
+struct Reports(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Reports {
+    fn taken(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("reports"))
+    }
+}
+
+impl log::Log for Reports {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("reports")
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn rare_events_are_reported_to_the_log_at_most_once_a_second_per_cpu() {
+    require_root!();
+    // One CPU: the limit is per CPU, and BPF_PROG_TEST_RUN runs on the caller's.
+    run_on_cpu(0);
+    let with_last_resort = format!(
+        "{CONFIG}\n[[service]]\nname = \"degradable\"\nlisten = \"198.18.0.8:8080\"\nblue = [\"198.18.1.8:8080\"]\nlast_resort = [\"198.18.3.8:8080\"]\n"
+    );
+    let mut plane = Plane::load(&with_last_resort);
+    let reports = Reports::default();
+    let mut reader = plane.take_reports(reports.clone());
+    let full = Ipv4Packet::tcp(client(47_100), vip(), SYN).build();
+    let truncated = full[..14 + 20 + 12].to_vec();
+    for _ in 0..50 {
+        assert_eq!(plane.ingress(&truncated).verdict, XDP_PASS);
+    }
+    reader.flush();
+    let first = reports.taken();
+    assert_eq!(
+        first.len(),
+        1,
+        "one report for 50 malformed frames: {first:?}"
+    );
+    assert!(
+        first[0].starts_with("WARN a frame too short") && first[0].contains("(0 more"),
+        "{first:?}"
+    );
+    assert_eq!(
+        plane_count(&plane, PlaneCounter::Malformed),
+        50,
+        "every frame still counted"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(plane.ingress(&truncated).verdict, XDP_PASS);
+    reader.flush();
+    let second = reports.taken();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(
+        second[0].contains("(49 more"),
+        "the next report counts those held back: {second:?}"
+    );
+
+    // The last-resort pool taking a flow is reported too.
+    let svc = addr("198.18.0.8:8080");
+    let id = service_id(&plane.maps, svc, packet::TCP);
+    plane
+        .maps
+        .write_slots(id, Version::Blue, &splitter_ctl::model::slots::build(&[]))
+        .expect("empty the blue pool");
+    let _ = plane.ingress(&Ipv4Packet::tcp(client(47_101), svc, SYN).build());
+    reader.flush();
+    let last = reports.taken();
+    assert!(
+        last.len() == 1 && last[0].contains("last-resort pool"),
+        "{last:?}"
+    );
+}

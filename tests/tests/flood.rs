@@ -94,4 +94,15 @@ fn a_syn_flood_over_a_small_table_leaves_established_connections_on_their_versio
         guarded > f64::from(FLOOD) * 0.9,
         "{guarded} of {FLOOD} flood SYNs steered without an entry"
     );
+    // The kernel reported the guard tripping to the daemon's log, a handful of times, not once
+    // per SYN: at most once a second per CPU, and the daemon holds back repeats for 10 s.
+    let log = bed.daemon_log();
+    let reports = log
+        .lines()
+        .filter(|l| l.contains("the new-flow guard is tripping"))
+        .count();
+    assert!(
+        (1..=4).contains(&reports),
+        "{reports} reports of the guard in the daemon's log:\n{log}"
+    );
 }

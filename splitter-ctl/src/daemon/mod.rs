@@ -35,6 +35,7 @@ use crate::{
         apply::{self, Applied, ApplyError},
         dataplane::{self, DataplaneError},
         maps::{Maps, MapsError},
+        reports::KernelLog,
         split_lock::SplitLockFile,
     },
     model::{
@@ -114,6 +115,8 @@ pub struct Daemon {
     rates: Rates,
     /// What the metrics collector reads beside the kernel maps (see `metrics::ScrapeView`).
     scrape: watch::Sender<Arc<ScrapeView>>,
+    /// The programs' rare events, until the runtime takes them to forward.
+    reports: Option<KernelLog>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -139,11 +142,18 @@ impl Daemon {
                 config.xdp_mode,
             )?;
             let maps = Maps::from_ebpf(&mut ebpf)?;
+            // The programs report rare events through a ring buffer of the object; without its
+            // reader they still run, unheard.
+            let reports = KernelLog::take(&mut ebpf)
+                .inspect_err(|error| {
+                    tracing::warn!(error = %chain(error), "cannot read the data plane's reports; its rare events go unlogged");
+                })
+                .ok();
             // The pinned links hold the programs; the object itself is no longer needed.
             drop(ebpf);
-            Ok::<_, StartError>((maps, attachment))
+            Ok::<_, StartError>((maps, attachment, reports))
         })();
-        let (maps, attachment) = match result {
+        let (maps, attachment, reports) = match result {
             Ok(ok) => ok,
             Err(error) => {
                 if fresh {
@@ -177,6 +187,7 @@ impl Daemon {
             spreads: status::Spreads::new(),
             rates: Rates::new(),
             scrape: watch::Sender::new(Arc::default()),
+            reports,
         };
         let applied = daemon.apply()?;
         daemon.emit(ConfigApplied {
@@ -193,6 +204,11 @@ impl Daemon {
             counters: &self.counters,
             journal: self.journal.as_ref(),
         })
+    }
+
+    /// The reader of the data plane's rare events, for the runtime to forward (once).
+    pub fn take_reports(&mut self) -> Option<KernelLog> {
+        self.reports.take()
     }
 
     /// The running config.

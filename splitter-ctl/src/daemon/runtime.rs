@@ -11,6 +11,7 @@ use std::{
 };
 
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
     task::JoinSet,
@@ -27,6 +28,7 @@ use crate::{
         aging,
         dataplane::{self, DataplaneError},
         maps::{Maps, MapsError},
+        reports::KernelLog,
     },
     model::{
         config::{Config, ConfigError},
@@ -91,6 +93,7 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
         }
     };
     daemon.restore_rollouts();
+    let reports = daemon.take_reports();
     let metrics = Arc::new(Metrics::new(&counters, scrape_maps, daemon.scrape_view()));
     let shared: Shared = Arc::new(Mutex::new(daemon));
     let mut tasks = JoinSet::new();
@@ -103,6 +106,9 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     tasks.spawn(probe_backends(Arc::clone(&shared)));
     tasks.spawn(run_rollouts(Arc::clone(&shared)));
     tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
+    if let Some(reports) = reports {
+        tasks.spawn(forward_reports(reports));
+    }
 
     if let Err(error) = notify("READY=1") {
         tracing::warn!(error = %chain(&error), "cannot tell the service manager that the daemon is ready");
@@ -173,6 +179,27 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
             async move { metrics.answer(&request) }
         }
     })
+}
+
+/// Forwards the data plane's rare events into the log as they come.
+async fn forward_reports(reports: KernelLog) {
+    // SAFETY: `KernelLog` owns its ring buffer's descriptor for as long as it lives, and always
+    // returns that one descriptor.
+    let registered = unsafe { AsyncFd::register_with_interest(reports, Interest::READABLE) };
+    let mut reports = match registered {
+        Ok(reports) => reports,
+        Err(error) => {
+            tracing::warn!(error = %chain(&error), "cannot wait for the data plane's reports; its rare events go unlogged");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = reports.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 /// How often the drill schedule is looked at.

@@ -1,11 +1,13 @@
 //! The data plane from user space: loading, attaching, adopting and detaching the programs
 //! (`dataplane`), typed access to the pinned maps (`maps`), a config applied as a diff
-//! (`apply`), closed flows swept out (`aging`), interface drivers (`netdev`) and the lock that
-//! serializes writers of a split word (`split_lock`).
+//! (`apply`), closed flows swept out (`aging`), interface drivers (`netdev`), the lock that
+//! serializes writers of a split word (`split_lock`), and the programs' rare events forwarded
+//! to the log (`reports`).
 
 pub mod aging;
 pub mod apply;
 pub mod dataplane;
 pub mod maps;
 pub mod netdev;
+pub mod reports;
 pub mod split_lock;
