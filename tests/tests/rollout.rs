@@ -550,6 +550,17 @@ fn start_promql_rollout(bed: &Testbed, prometheus: &str, gate: &str) -> String {
     )
 }
 
+/// Whether a passing judgement journaled a PromQL reading within `LOW_CONFIDENCE`'s bound.
+fn journaled_a_confident_reading(bed: &Testbed) -> bool {
+    history(bed).into_iter().any(|e| {
+        e["kind"] == "gate_evaluation"
+            && e["details"]["judgement"] == "pass"
+            && e["details"]["promql"][0]["reading"]
+                .as_str()
+                .is_some_and(|r| r.parse::<f64>().is_ok_and(|v| v <= 0.1))
+    })
+}
+
 /// The low-confidence share of the candidate's predictions, as the model servers export it.
 const LOW_CONFIDENCE: &str = r#"lowconf:sum(rate(model_low_confidence_total{version="$candidate"}[3s])) / sum(rate(model_predictions_total{version="$candidate"}[3s])) <= 0.1"#;
 
@@ -613,15 +624,8 @@ fn promql_gates_on_a_real_prometheus_hold_without_data_promote_and_roll_back() {
     wait_until(&bed, "the promotion", Duration::from_secs(40), || {
         bed.status()["services"][0]["live"] == "green"
     });
-    let passed = history(&bed).into_iter().any(|e| {
-        e["kind"] == "gate_evaluation"
-            && e["details"]["judgement"] == "pass"
-            && e["details"]["promql"][0]["reading"]
-                .as_str()
-                .is_some_and(|r| r.parse::<f64>().is_ok_and(|v| v <= 0.1))
-    });
     assert!(
-        passed,
+        journaled_a_confident_reading(&bed),
         "a passing window with a PromQL reading is journaled"
     );
 
@@ -804,15 +808,8 @@ fn promql_gates_reach_a_prometheus_behind_tls_and_basic_auth() {
     wait_until(&bed, "the promotion", Duration::from_secs(40), || {
         bed.status()["services"][0]["live"] == "green"
     });
-    let read = history(&bed).into_iter().any(|e| {
-        e["kind"] == "gate_evaluation"
-            && e["details"]["judgement"] == "pass"
-            && e["details"]["promql"][0]["reading"]
-                .as_str()
-                .is_some_and(|r| r.parse::<f64>().is_ok_and(|v| v <= 0.1))
-    });
     assert!(
-        read,
+        journaled_a_confident_reading(&bed),
         "a passing window with a reading over TLS is journaled"
     );
     let [(_, blue_failed), (_, green_failed)] = load.stop();

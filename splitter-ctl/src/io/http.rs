@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::{Request, StatusCode};
+use hyper::{Request, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -62,33 +62,24 @@ pub async fn exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (response, connection) = send(stream, request).await?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
         .await
-        .map_err(HttpError::Http)?;
-    // The connection is driven beside the request; it ends when the answer has been read.
-    let driver = tokio::spawn(connection);
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(HttpError::Http)?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    HttpError::TooLarge(limit)
-                } else {
-                    HttpError::Body(error)
-                }
-            })?
-            .to_bytes();
-        Ok(Answer { status, body })
-    }
-    .await;
-    driver.abort();
-    result
+        .map(|collected| collected.to_bytes())
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                HttpError::TooLarge(limit)
+            } else {
+                HttpError::Body(error)
+            }
+        });
+    connection.abort();
+    Ok(Answer {
+        status,
+        body: body?,
+    })
 }
 
 /// Sends `request` on `stream` and returns the answer's status, without reading its body (a
@@ -97,17 +88,34 @@ pub async fn status<S>(stream: S, request: Request<Full<Bytes>>) -> Result<Statu
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (response, connection) = send(stream, request).await?;
+    connection.abort();
+    Ok(response.status())
+}
+
+/// Sends `request` on `stream`: the answer's head, and the task that drives the connection
+/// (the body is read through it; abort it when done).
+async fn send<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<(hyper::Response<Incoming>, tokio::task::JoinHandle<()>), HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(HttpError::Http)?;
-    let driver = tokio::spawn(connection);
-    let status = sender
-        .send_request(request)
-        .await
-        .map(|response| response.status())
-        .map_err(HttpError::Http);
-    driver.abort();
-    status
+    let driver = tokio::spawn(async move {
+        // The connection's end (or error) is the request's, which `send_request` reports.
+        let _ = connection.await;
+    });
+    match sender.send_request(request).await {
+        Ok(response) => Ok((response, driver)),
+        Err(error) => {
+            driver.abort();
+            Err(HttpError::Http(error))
+        }
+    }
 }
 
 /// `exchange` within `timeout`, connection included.
