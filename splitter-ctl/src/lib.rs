@@ -2,7 +2,7 @@
 //! and the tests and benchmarks drive the same code.
 //!
 //! Layers, from the bottom up; a module uses only those below it (docs/architecture.md has
-//! the map, and `../shared/tools/layers` checks that no import cycle creeps in):
+//! the map, and `tests/layers.rs` fails on a use the map does not allow):
 //!
 //! - `model`: the config validated into a plan, rollout plans, shares, slots, addresses, paths;
 //! - `engine`: pure decisions (gates, the rollout state machine, drills, representativeness,

@@ -49,6 +49,8 @@ pub struct Secured {
     pub url: String,
     /// The CA's certificate (PEM), for `prometheus_ca_file`.
     pub ca_file: PathBuf,
+    /// Another CA's certificate, which did not sign the server's.
+    pub other_ca_file: PathBuf,
     /// A file holding `USER`'s password, for `prometheus_password_file`.
     pub password_file: PathBuf,
     /// A file holding a wrong password.
@@ -71,24 +73,24 @@ pub fn start_secured(bed: &mut Testbed) -> Secured {
         "ec_paramgen_curve:prime256v1",
         "-nodes",
     ];
-    openssl(
-        &dir,
-        &[
-            &["req", "-x509"],
-            &ec[..],
+    // Two CAs: the one that signs the server's certificate, and one that does not.
+    for (name, subject) in [
+        ("ca", "/CN=splitter test CA"),
+        ("other-ca", "/CN=another CA"),
+    ] {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        openssl(
+            &dir,
             &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=splitter test CA",
-            ],
-        ]
-        .concat(),
-    );
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout", &key, "-out", &pem, "-days", "1", "-subj", subject,
+                ],
+            ]
+            .concat(),
+        );
+    }
     openssl(
         &dir,
         &[
@@ -174,6 +176,7 @@ pub fn start_secured(bed: &mut Testbed) -> Secured {
     Secured {
         url: format!("https://{SECURED_LISTEN}"),
         ca_file: file("ca.pem"),
+        other_ca_file: file("other-ca.pem"),
         password_file: file("password"),
         wrong_password_file: file("wrong-password"),
     }

@@ -66,10 +66,13 @@ proptest! {
         id in any::<u16>(),
         ttl in any::<u8>(),
         payload in proptest::collection::vec(any::<u8>(), 0..64),
+        udp_without_checksum in any::<bool>(),
     ) {
         let (src_port, dst_port, backend_port) = ports;
         let (mut seg, check_at) = segment(protocol, src_port, dst_port, &payload);
-        let l4 = checksum::l4(src, dst, protocol, &seg);
+        // A UDP datagram over IPv4 may carry no checksum (zero); the rewrite must keep none.
+        let none = protocol == PROTO_UDP && udp_without_checksum;
+        let l4 = if none { 0 } else { checksum::l4(src, dst, protocol, &seg) };
         seg[check_at..check_at + 2].copy_from_slice(&l4.to_be_bytes());
         let len = u16::try_from(20 + seg.len()).expect("small");
         let mut ip = ipv4_header(src, dst, protocol, id, ttl, len);
@@ -78,18 +81,22 @@ proptest! {
         let (old, new) = (word32(dst), word32(backend));
         let new_port = u16::from_ne_bytes(backend_port.to_be_bytes());
         let ip_check = csum::apply(word16(&ip, 10), csum::address_delta(old, new));
-        let l4_check = csum::apply(
-            word16(&seg, check_at),
-            csum::address_port_delta(old, new, word16(&seg, 2), new_port),
-        );
+        let old_check = word16(&seg, check_at);
         ip[10..12].copy_from_slice(&ip_check.to_ne_bytes());
         ip[16..20].copy_from_slice(&backend);
+        let old_port = word16(&seg, 2);
         seg[2..4].copy_from_slice(&new_port.to_ne_bytes());
-        let stored = csum::l4_stored(protocol, l4_check);
-        seg[check_at..check_at + 2].copy_from_slice(&stored.to_ne_bytes());
+        // As the ingress program does: only a checksum that is there is updated.
+        if csum::l4_has_checksum(protocol, old_check) {
+            let check = csum::apply(old_check, csum::address_port_delta(old, new, old_port, new_port));
+            seg[check_at..check_at + 2].copy_from_slice(&csum::l4_stored(protocol, check).to_ne_bytes());
+        }
         prop_assert!(checksum::ipv4_header_ok(&ip), "IPv4 header {ip:02x?}");
-        prop_assert!(checksum::l4_ok(src, backend, protocol, &seg), "segment {seg:02x?}");
-        prop_assert!(protocol != PROTO_UDP || stored != 0, "a UDP checksum is never sent as zero");
+        if none {
+            prop_assert_eq!(word16(&seg, check_at), 0, "no checksum before, none after");
+        } else {
+            prop_assert!(checksum::l4_ok(src, backend, protocol, &seg), "segment {seg:02x?}");
+        }
 
         // What the egress program does to the reply's header: the source address back.
         let reply_check = csum::replace32(ip_check, new, old);
@@ -126,6 +133,49 @@ proptest! {
         seg[check_at..check_at + 2]
             .copy_from_slice(&csum::l4_stored(protocol, check).to_ne_bytes());
         prop_assert!(checksum::l4_v6_ok(src, backend, protocol, &seg), "segment {seg:02x?}");
+    }
+}
+
+/// Adds `b` to `a` in one's-complement arithmetic.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let sum = u32::from(a) + u32::from(b);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones(
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+        backend in any::<[u8; 4]>(),
+        ports in any::<(u16, u16, u16)>(),
+        payload in proptest::collection::vec(any::<u8>(), 2..64),
+    ) {
+        let (src_port, dst_port, backend_port) = ports;
+        // Tune the payload's first word so that the rewritten datagram's checksum computes to
+        // zero: adding the from-scratch checksum to any word makes the sum all ones.
+        let (mut seg, check_at) = segment(PROTO_UDP, src_port, backend_port, &payload);
+        let rewritten = checksum::l4(src, backend, PROTO_UDP, &seg);
+        let word = u16::from_be_bytes([seg[8], seg[9]]);
+        let tuned = ones_add(word, rewritten).to_be_bytes();
+        seg[8..10].copy_from_slice(&tuned);
+        seg[2..4].copy_from_slice(&dst_port.to_be_bytes());
+        let original = checksum::l4(src, dst, PROTO_UDP, &seg);
+        prop_assume!(original != 0, "the original datagram must carry a checksum");
+        seg[check_at..check_at + 2].copy_from_slice(&original.to_be_bytes());
+        let new_port = u16::from_ne_bytes(backend_port.to_be_bytes());
+        let check = csum::apply(
+            word16(&seg, check_at),
+            csum::address_port_delta(word32(dst), word32(backend), word16(&seg, 2), new_port),
+        );
+        prop_assert_eq!(check, 0, "the rewrite computes to zero");
+        let stored = csum::l4_stored(PROTO_UDP, check);
+        prop_assert_eq!(stored, 0xffff);
+        seg[2..4].copy_from_slice(&new_port.to_ne_bytes());
+        seg[check_at..check_at + 2].copy_from_slice(&stored.to_ne_bytes());
+        prop_assert!(checksum::l4_ok(src, backend, PROTO_UDP, &seg), "segment {seg:02x?}");
     }
 }
 

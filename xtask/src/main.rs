@@ -121,6 +121,9 @@ fn run(cli: Cli) -> Result<()> {
             test(&args)
         }
         Task::Fuzz { cases } => {
+            if !is_root() {
+                bail!("`cargo xtask fuzz` runs the kernel programs (BPF): run it as root");
+            }
             setup::run()?;
             build_ctl(false)?;
             for (package, target) in [

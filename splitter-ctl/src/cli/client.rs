@@ -2,7 +2,7 @@
 //! `io::http`, on a small runtime of its own), the answer as JSON, and what to say when no
 //! daemon answers.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -39,6 +39,22 @@ pub enum ClientError {
     },
     #[error("cannot start the client's runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("the request cannot be written")]
+    BadRequest(#[source] hyper::http::Error),
+}
+
+/// The CLI's one small runtime for its requests, made at the first (a `watch` frame sends
+/// several).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClientError::Runtime)?;
+    Ok(RUNTIME.get_or_init(|| runtime))
 }
 
 /// Sends one request to the daemon listening on `socket`; its status and body.
@@ -49,11 +65,7 @@ pub fn send(
     body: Bytes,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), ClientError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ClientError::Runtime)?;
-    let answer = runtime.block_on(http::within(
+    let answer = runtime()?.block_on(http::within(
         timeout,
         http::unix(socket, method, path, body, MAX_ANSWER),
     ));
@@ -69,6 +81,7 @@ pub fn send(
             socket: shown,
             source,
         }),
+        Err(HttpError::Request(source)) => Err(ClientError::BadRequest(source)),
         Err(source) => Err(ClientError::NoAnswer {
             socket: shown,
             source,
@@ -88,16 +101,16 @@ pub fn request(
 ) -> Result<serde_json::Value, CommandError> {
     let socket = config::control_socket_of(config_path);
     let (status, body) = send(&socket, method, path, body, timeout)?;
-    let value: serde_json::Value = serde_json::from_slice(&body)?;
     if status != StatusCode::OK {
-        return Err(CommandError::Daemon(
-            value["error"]
-                .as_str()
-                .unwrap_or("the daemon refused the request")
-                .to_owned(),
-        ));
+        // The daemon's refusals are `{"error": ...}`; the HTTP layer's own (a malformed
+        // request) may have no body at all.
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(CommandError::Daemon(value["error"].as_str().map_or_else(
+            || format!("the daemon refused the request ({status})"),
+            str::to_owned,
+        )));
     }
-    Ok(value)
+    Ok(serde_json::from_slice(&body)?)
 }
 
 /// Whether a daemon answers on `path`.

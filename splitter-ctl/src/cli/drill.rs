@@ -6,7 +6,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use super::{CommandError, Output, client};
-use crate::view::drill::DrillReport;
+use crate::{engine::drill::DrillKind, io::http::encode, view::drill::DrillReport};
 
 /// What a drill found, printed, and whether it passed.
 pub struct Drilled {
@@ -26,7 +26,7 @@ pub fn run(
     let json = client::request(
         config_path,
         Method::POST,
-        &format!("/v1/drills/{service}{query}"),
+        &format!("/v1/drills/{}{query}", encode(service)),
         Bytes::new(),
         client::TIMEOUT,
     )?;
@@ -34,17 +34,16 @@ pub fn run(
     let not_passed = (report.outcome != "passed").then(|| report.outcome.clone());
     let text = match output {
         Output::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Output::Text => describe(&report, last_resort),
+        Output::Text => describe(&report),
     };
     Ok(Drilled { text, not_passed })
 }
 
-fn describe(report: &DrillReport, last_resort: bool) -> String {
+fn describe(report: &DrillReport) -> String {
     let us = |v: Option<u64>| v.map_or_else(|| "none seen".to_owned(), |us| format!("{us} µs"));
-    let what = if last_resort {
-        "last-resort drill"
-    } else {
-        "drill"
+    let what = match report.kind {
+        DrillKind::Rollback => "drill",
+        DrillKind::LastResort => "last-resort drill",
     };
     format!(
         "{what} of {}: {}\n  write: {}\n  decision to first new connection on {}: {}\n  new connections during the drill: {} on {}, {} elsewhere\n  restored: {}\n",

@@ -192,6 +192,10 @@ pub enum CommandError {
     Duration(#[from] args::DurationError),
     #[error(transparent)]
     Font(report::FontError),
+    #[error("cannot draw the report: {0}")]
+    Draw(String),
+    #[error("`{}`: the report is written as .svg, .png or .html", .0.display())]
+    ReportFormat(std::path::PathBuf),
     #[error("the drill did not pass: {0}")]
     DrillNotPassed(String),
     #[error(

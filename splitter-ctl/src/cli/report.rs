@@ -137,7 +137,7 @@ pub fn svg(recorded: &Recorded) -> Result<String, CommandError> {
 }
 
 fn drawing(error: Box<dyn std::error::Error>) -> CommandError {
-    CommandError::Daemon(format!("cannot draw the report: {error}"))
+    CommandError::Draw(error.to_string())
 }
 
 /// The font reports lay out their text with (Debian: fonts-dejavu-core; `cargo xtask setup`
@@ -356,10 +356,7 @@ pub fn run(config_path: &Path, id: i64, out: &Path) -> Result<String, CommandErr
         Some("html" | "htm") => Some(html),
         Some("png") => None,
         _ => {
-            return Err(CommandError::Daemon(format!(
-                "`{}`: the report is written as .svg, .png or .html",
-                out.display()
-            )));
+            return Err(CommandError::ReportFormat(out.to_owned()));
         }
     };
     let config = Config::load(config_path)?;

@@ -8,6 +8,7 @@ use hyper::Method;
 
 use super::{CommandError, Output, args::RolloutAction, client};
 use crate::{
+    io::http::encode,
     model::{plan::PlanRequest, share::format_percent},
     view::rollout::RolloutCommand,
 };
@@ -47,7 +48,7 @@ pub fn start(
     let status = request(
         config_path,
         Method::POST,
-        &format!("/v1/rollouts/{service}/start"),
+        &format!("/v1/rollouts/{}/start", encode(service)),
         Bytes::from(body),
     )?;
     Ok(format!(
@@ -65,7 +66,7 @@ pub fn status(config_path: &Path, service: &str, output: Output) -> Result<Strin
     let status = request(
         config_path,
         Method::GET,
-        &format!("/v1/rollouts/{service}"),
+        &format!("/v1/rollouts/{}", encode(service)),
         Bytes::new(),
     )?;
     if output == Output::Json {
@@ -93,7 +94,7 @@ pub fn command(
     let answer = request(
         config_path,
         Method::POST,
-        &format!("/v1/rollouts/{service}/{action}"),
+        &format!("/v1/rollouts/{}/{action}", encode(service)),
         Bytes::new(),
     )?;
     Ok(format!(

@@ -10,6 +10,7 @@ use std::{
 use splitter_common::{SplitWord, Version};
 
 use super::{CommandError, Target};
+use crate::model::units;
 use crate::{
     engine::drill::DRILL_POLL,
     kernel::{maps::Maps, split_lock::SplitLockFile},
@@ -74,7 +75,7 @@ impl FirstConnection {
             match self.new_on_live() {
                 Ok(now) if now > self.base => {
                     let took = self.decided.elapsed();
-                    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                    let us = units::micros(took);
                     let journaled = self.event.map(|event| {
                         Journal::open(&self.state_dir)
                             .and_then(|journal| journal.set_first_connection(event, us))
@@ -186,7 +187,7 @@ pub fn update(
                 kind,
                 actor: "operator".to_owned(),
                 reason: None,
-                decision_to_write_us: Some(u64::try_from(decision_to_write.as_micros()).unwrap_or(u64::MAX)),
+                decision_to_write_us: Some(units::micros(decision_to_write)),
                 decision_to_first_connection_us: None,
                 details: serde_json::json!({
                     "before": { "live": before.live().name(), "green_percent": percent_of(before.share_of(Version::Green)) },
@@ -194,8 +195,7 @@ pub fn update(
                     "map_write_us": write.as_secs_f64() * 1e6,
                 }),
             })
-        })
-        ;
+        });
     let event = journaled.as_ref().ok().copied();
     let Target { config, maps } = target;
     let first_connection = base.map(|base| FirstConnection {

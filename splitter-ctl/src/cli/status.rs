@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use super::{CommandError, Output, Target, client};
-use crate::{model::config::Config, store::journal::Journal, view::status};
+use crate::{io::http::encode, model::config::Config, store::journal::Journal, view::status};
 
 pub fn run(
     config_path: &Path,
@@ -41,7 +41,7 @@ pub fn run(
 fn from_daemon(config_path: &Path, service: Option<&str>) -> Result<status::Status, CommandError> {
     let path = service.map_or_else(
         || "/v1/status".to_owned(),
-        |name| format!("/v1/status?service={name}"),
+        |name| format!("/v1/status?service={}", encode(name)),
     );
     let value = client::request(
         config_path,

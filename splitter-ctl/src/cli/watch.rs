@@ -21,6 +21,7 @@ use ratatui::{
 
 use super::{CommandError, client, history::format_time};
 use crate::{
+    io::http::encode,
     model::{config::Config, error::chain},
     store::journal::{EventKind, Journal},
     view::{rollout::RolloutStatus, status::Status},
@@ -77,7 +78,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
     };
     let path = only.map_or_else(
         || "/v1/status".to_owned(),
-        |s| format!("/v1/status?service={s}"),
+        |s| format!("/v1/status?service={}", encode(s)),
     );
     match client::request(
         config_path,
@@ -99,7 +100,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         if let Ok(json) = client::request(
             config_path,
             Method::GET,
-            &format!("/v1/rollouts/{}", release.name),
+            &format!("/v1/rollouts/{}", encode(release.name)),
             Bytes::new(),
             DAEMON_TIMEOUT,
         ) && let Ok(rollout) = serde_json::from_value::<RolloutStatus>(json)

@@ -78,8 +78,23 @@ pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, B
 /// takes the daemon's lock only for each of its steps.
 const DRILLS: &str = "/v1/drills/";
 
-/// Answers one request of the control API.
-pub async fn answer(shared: &Shared, config_path: &Path, request: Request) -> Response {
+/// Who is at the other end of a control connection (SO_PEERCRED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+}
+
+impl Peer {
+    /// A peer whose credentials could not be read: treated as the least privileged.
+    pub const UNKNOWN: Self = Self { uid: u32::MAX };
+
+    const fn is_root(self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Answers one request of the control API from `peer`.
+pub async fn answer(shared: &Shared, config_path: &Path, peer: Peer, request: Request) -> Response {
     if let Some(rest) = request.path.strip_prefix(DRILLS)
         && request.method == Method::POST
     {
@@ -91,16 +106,26 @@ pub async fn answer(shared: &Shared, config_path: &Path, request: Request) -> Re
                 return Response::error(400, "kind= is `rollback` (the default) or `last_resort`");
             }
         };
-        return match drills::run(shared, service, kind, Trigger::Operator).await {
-            Ok(report) => Response::json(200, &serde_json::to_value(report).unwrap_or_default()),
-            Err(error) => rollout_error(error),
+        // In a task of its own: a client that goes away must not cancel a drill halfway, with
+        // the share at zero or the pools emptied.
+        let (shared, service) = (std::sync::Arc::clone(shared), service.to_owned());
+        let drill =
+            tokio::spawn(
+                async move { drills::run(&shared, &service, kind, Trigger::Operator).await },
+            );
+        return match drill.await {
+            Ok(Ok(report)) => {
+                Response::json(200, &serde_json::to_value(report).unwrap_or_default())
+            }
+            Ok(Err(error)) => rollout_error(error),
+            Err(_) => Response::error(500, "the drill's task ended before its report"),
         };
     }
-    handle(&request, &mut lock(shared), config_path)
+    handle(&request, &mut lock(shared), config_path, peer)
 }
 
 /// Answers a request that is done under one lock of the daemon.
-fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Response {
+fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path, peer: Peer) -> Response {
     let (path, query) = request
         .path
         .split_once('?')
@@ -142,6 +167,7 @@ fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path) -> Respons
             &path["/v1/rollouts/".len()..],
             &request.body,
             daemon,
+            peer,
         ),
         _ => Response::error(
             404,
@@ -162,14 +188,18 @@ fn rollout_error(e: RolloutError) -> Response {
         | E::UnhealthyLastResort(_)
         | E::UnhealthyLive(..) => 409,
         E::Maps(_) => 500,
-        E::NotApplied(_) | E::Plan(_) | E::EmptyCandidate(..) | E::GroupHasNoPools(..) => 422,
+        E::NotApplied(_)
+        | E::Plan(_)
+        | E::Prometheus(_)
+        | E::EmptyCandidate(..)
+        | E::GroupHasNoPools(..) => 422,
     };
     Response::error(status, &chain(&e).to_string())
 }
 
 /// `GET /v1/rollouts/SERVICE`, `POST /v1/rollouts/SERVICE/start` (body: a plan, every field
 /// optional) and `POST /v1/rollouts/SERVICE/{pause,resume,promote,abort}`.
-fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Response {
+fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon, peer: Peer) -> Response {
     let error = rollout_error;
     let usage = || {
         Response::error(
@@ -196,6 +226,19 @@ fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon) -> Respon
                     }
                 }
             };
+            let files = request.file_keys();
+            if !peer.is_root() && !files.is_empty() {
+                // The daemon reads these as root: the control group must not make it read,
+                // and send elsewhere, files its members cannot read themselves.
+                return Response::error(
+                    403,
+                    &format!(
+                        "only root may name files for the daemon to read ({}); put them in the \
+                         config's [service.rollout]",
+                        files.join(", ")
+                    ),
+                );
+            }
             daemon
                 .start_rollout(service, request)
                 .map_or_else(error, |s| {

@@ -20,6 +20,7 @@ use super::{
     lock,
     rollouts::{ReleaseIds, RolloutError},
 };
+use crate::model::units::micros;
 use crate::{
     engine::drill::{DRILL_LIMIT, DRILL_POLL, DRILL_PROBES, DrillKind, Trigger},
     model::{error::chain, share::format_percent},
@@ -63,10 +64,6 @@ pub struct FirstConnectionWatch {
 pub enum Watch {
     Continue,
     Done,
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Daemon {
@@ -395,7 +392,7 @@ impl Daemon {
         };
         let report = DrillReport {
             service: drill.service.clone(),
-            kind: drill.kind.name().to_owned(),
+            kind: drill.kind,
             outcome: outcome.to_owned(),
             live: live.to_owned(),
             decision_to_write_us: micros(drill.write),

@@ -11,6 +11,7 @@ use super::metrics::{
     DaemonCounters, DrillLabels, HealthState, PoolLabel, PromqlLabels, RolloutEndLabels,
     TransitionLabels,
 };
+use crate::model::units::micros;
 use crate::{
     engine::{
         drill::{DrillKind, Trigger},
@@ -50,10 +51,6 @@ impl Sinks<'_> {
 pub(super) trait Event {
     /// Logs, counts and journals the event. The journal entry's id, when it has one.
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64>;
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn new_event(service: &str, kind: EventKind, actor: &str) -> NewEvent {
@@ -168,7 +165,7 @@ impl Event for OperatorOverride<'_> {
                 self.what
             );
         } else {
-            tracing::info!(service = self.service, "rollout {}", self.what);
+            tracing::info!(service = self.service, "{} by an operator", self.what);
         }
         sinks.record(&NewEvent {
             reason: Some(self.what),
@@ -240,7 +237,11 @@ pub(super) struct DrillRefused<'a, E> {
 
 impl<E: std::error::Error + 'static> Event for DrillRefused<'_, E> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
-        tracing::warn!(service = self.service, kind = self.kind.name(), actor = self.trigger.name(), error = %chain(self.error), "drill refused");
+        let what = match self.kind {
+            DrillKind::Rollback => "drill refused",
+            DrillKind::LastResort => "last-resort drill refused",
+        };
+        tracing::warn!(service = self.service, actor = self.trigger.name(), error = %chain(self.error), "{what}");
         count_drill(sinks, self.service, self.trigger, "refused");
         None
     }
@@ -256,12 +257,11 @@ pub(super) struct DrillEnded<'a> {
 impl Event for DrillEnded<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let report = self.report;
-        tracing::info!(service = report.service, kind = report.kind, actor = self.trigger.name(), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        tracing::info!(service = report.service, kind = report.kind.name(), actor = self.trigger.name(), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         count_drill(sinks, &report.service, self.trigger, &report.outcome);
-        let kind = if report.kind == DrillKind::LastResort.name() {
-            EventKind::LastResortDrill
-        } else {
-            EventKind::Drill
+        let kind = match report.kind {
+            DrillKind::Rollback => EventKind::Drill,
+            DrillKind::LastResort => EventKind::LastResortDrill,
         };
         sinks.record(&NewEvent {
             reason: Some(report.outcome.clone()),

@@ -11,7 +11,8 @@ use hyper::{Method, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Largest request head (request line and headers) accepted; hyper's smallest buffer.
+/// Largest request head (request line and headers) accepted: hyper's read buffer (its least
+/// is 8 KiB).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -138,6 +139,11 @@ mod tests {
     async fn exchange(bytes: Vec<u8>) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(256 * 1024);
         let served = tokio::spawn(serve_connection(server, |request: Request| async move {
+            // A panic here fails the test through the connection's task.
+            assert!(
+                request.body.len() <= MAX_BODY,
+                "a body over the limit reached the handler"
+            );
             Response::json(
                 200,
                 &serde_json::json!({ "path": request.path, "length": request.body.len() }),
@@ -163,15 +169,11 @@ mod tests {
             .expect("runtime")
     }
 
-    /// The status codes of every answer in `answer`.
+    /// The status codes of every answer in `answer` (HTTP/1.0 or 1.1).
     fn statuses(answer: &[u8]) -> Vec<u16> {
-        String::from_utf8_lossy(answer)
-            .match_indices("HTTP/1.1 ")
-            .filter_map(|(at, _)| {
-                String::from_utf8_lossy(answer)[at + 9..]
-                    .get(..3)
-                    .and_then(|code| code.parse().ok())
-            })
+        let text = String::from_utf8_lossy(answer);
+        text.match_indices("HTTP/1.")
+            .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
             .collect()
     }
 

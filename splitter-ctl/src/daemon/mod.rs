@@ -115,6 +115,8 @@ pub struct Daemon {
     rates: Rates,
     /// What the metrics collector reads beside the kernel maps (see `metrics::ScrapeView`).
     scrape: watch::Sender<Arc<ScrapeView>>,
+    /// The metrics collector's handles on the pinned maps, until the runtime takes them.
+    scrape_maps: Option<Maps>,
     /// The programs' rare events, until the runtime takes them to forward.
     reports: Option<KernelLog>,
 }
@@ -151,9 +153,11 @@ impl Daemon {
                 .ok();
             // The pinned links hold the programs; the object itself is no longer needed.
             drop(ebpf);
-            Ok::<_, StartError>((maps, attachment, reports))
+            // The metrics collector's own handles, so that a scrape never waits for the lock.
+            let scrape_maps = Maps::open_pinned(&config.pin_dir)?;
+            Ok::<_, StartError>((maps, attachment, reports, scrape_maps))
         })();
-        let (maps, attachment, reports) = match result {
+        let (maps, attachment, reports, scrape_maps) = match result {
             Ok(ok) => ok,
             Err(error) => {
                 if fresh {
@@ -187,6 +191,7 @@ impl Daemon {
             spreads: status::Spreads::new(),
             rates: Rates::new(),
             scrape: watch::Sender::new(Arc::default()),
+            scrape_maps: Some(scrape_maps),
             reports,
         };
         let applied = daemon.apply()?;
@@ -206,21 +211,16 @@ impl Daemon {
         })
     }
 
+    /// What the metrics collector reads: its own handles on the pinned maps (taken once), and
+    /// the daemon's published view, as it changes.
+    pub fn take_scrape(&mut self) -> Option<(Maps, watch::Receiver<Arc<ScrapeView>>)> {
+        let maps = self.scrape_maps.take()?;
+        Some((maps, self.scrape.subscribe()))
+    }
+
     /// The reader of the data plane's rare events, for the runtime to forward (once).
     pub fn take_reports(&mut self) -> Option<KernelLog> {
         self.reports.take()
-    }
-
-    /// The running config.
-    #[must_use]
-    pub const fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// What the metrics collector reads beside the kernel maps, as it changes.
-    #[must_use]
-    pub fn scrape_view(&self) -> watch::Receiver<Arc<ScrapeView>> {
-        self.scrape.subscribe()
     }
 
     /// Publishes the services, backend health and spreads for the metrics collector.
@@ -342,7 +342,7 @@ impl Daemon {
                 self.config = previous;
                 self.health.sync(&self.config);
                 if let Err(restore) = self.apply() {
-                    tracing::error!(error = %restore, "cannot restore the previous config after a failed reload");
+                    tracing::error!(error = %chain(&restore), "cannot restore the previous config after a failed reload");
                 }
                 Err(error.into())
             }

@@ -18,7 +18,9 @@ use tokio::{
 };
 
 use super::{
-    Daemon, Shared, StartError, control, drills, http, lock,
+    Daemon, Shared, StartError,
+    control::{self, Peer},
+    drills, http, lock,
     metrics::{DaemonCounters, Metrics},
 };
 use crate::{
@@ -27,7 +29,6 @@ use crate::{
     kernel::{
         aging,
         dataplane::{self, DataplaneError},
-        maps::{Maps, MapsError},
         reports::KernelLog,
     },
     model::{
@@ -47,8 +48,6 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
-    #[error(transparent)]
-    Maps(#[from] MapsError),
     #[error("cannot {what}")]
     Io {
         what: &'static str,
@@ -80,21 +79,18 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     let (socket_path, pin_dir) = (config.control_socket.clone(), config.pin_dir.clone());
 
     let counters = DaemonCounters::default();
-    // The metrics collector gets handles of its own on the pinned maps: a scrape never takes
-    // the daemon's lock.
-    let started = Daemon::start(config, counters.clone())
-        .map_err(RunError::from)
-        .and_then(|daemon| Ok((daemon, Maps::open_pinned(&pin_dir)?)));
-    let (mut daemon, scrape_maps) = match started {
-        Ok(started) => started,
+    let mut daemon = match Daemon::start(config, counters.clone()) {
+        Ok(daemon) => daemon,
         Err(error) => {
             let _ = std::fs::remove_file(&socket_path);
-            return Err(error);
+            return Err(error.into());
         }
     };
     daemon.restore_rollouts();
     let reports = daemon.take_reports();
-    let metrics = Arc::new(Metrics::new(&counters, scrape_maps, daemon.scrape_view()));
+    let metrics = daemon
+        .take_scrape()
+        .map(|(maps, view)| Arc::new(Metrics::new(&counters, maps, view)));
     let shared: Shared = Arc::new(Mutex::new(daemon));
     let mut tasks = JoinSet::new();
     tasks.spawn(serve_control(
@@ -102,7 +98,9 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
         Arc::clone(&shared),
         config_path.to_owned(),
     ));
-    tasks.spawn(serve_metrics(metrics_listener, metrics));
+    if let Some(metrics) = metrics {
+        tasks.spawn(serve_metrics(metrics_listener, metrics));
+    }
     tasks.spawn(probe_backends(Arc::clone(&shared)));
     tasks.spawn(run_rollouts(Arc::clone(&shared)));
     tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
@@ -143,42 +141,39 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     Ok(())
 }
 
-/// Accepts connections on `listener` and serves each in its own task with `handler`.
-macro_rules! serve {
-    ($listener:expr, $handler:expr) => {
-        loop {
-            let Ok((stream, _)) = $listener.accept().await else {
-                // Out of descriptors, say: back off instead of spinning the single-threaded
-                // runtime.
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            };
-            tokio::spawn(http::serve_connection(stream, $handler));
-        }
-    };
-}
-
 /// The control API on its Unix socket (see `control`).
 async fn serve_control(listener: UnixListener, shared: Shared, config_path: PathBuf) {
     let config_path = Arc::new(config_path);
-    serve!(listener, {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off instead of spinning the single-threaded runtime.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let peer = stream
+            .peer_cred()
+            .map_or(Peer::UNKNOWN, |cred| Peer { uid: cred.uid() });
         let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));
-        move |request| {
+        tokio::spawn(http::serve_connection(stream, move |request| {
             let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));
-            async move { control::answer(&shared, &config_path, request).await }
-        }
-    })
+            async move { control::answer(&shared, &config_path, peer, request).await }
+        }));
+    }
 }
 
 /// `GET /metrics` on `metrics_listen`.
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    serve!(listener, {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
         let metrics = Arc::clone(&metrics);
-        move |request| {
+        tokio::spawn(http::serve_connection(stream, move |request| {
             let metrics = Arc::clone(&metrics);
             async move { metrics.answer(&request) }
-        }
-    })
+        }));
+    }
 }
 
 /// Forwards the data plane's rare events into the log as they come.
@@ -194,11 +189,21 @@ async fn forward_reports(reports: KernelLog) {
         }
     };
     loop {
-        let Ok(mut ready) = reports.readable_mut().await else {
-            return;
+        let mut ready = match reports.readable_mut().await {
+            Ok(ready) => ready,
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot wait for the data plane's reports any more; its rare events go unlogged");
+                return;
+            }
         };
-        ready.get_inner_mut().flush();
+        // aya-log panics on a record it cannot decode: one bad record must not end the daemon.
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ready.get_inner_mut().flush();
+        }));
         ready.clear_ready();
+        if flushed.is_err() {
+            tracing::warn!("a report of the data plane could not be decoded; reading on");
+        }
     }
 }
 

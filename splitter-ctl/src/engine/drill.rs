@@ -70,10 +70,13 @@ impl DrillSchedule {
     }
 }
 
-/// What a drill exercises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a drill exercises (`rollback` or `last_resort` in the journal and the API; a report
+/// written before drills had kinds was a rollback's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DrillKind {
     /// A rollback: the candidate's share to 0, then back.
+    #[default]
     Rollback,
     /// The last-resort pool: blue's and green's slot tables emptied, then rebuilt from health.
     LastResort,

@@ -33,8 +33,8 @@ pub enum ProbeError {
     Timeout(u128),
     #[error("connect")]
     Connect(#[source] std::io::Error),
-    #[error("HTTP")]
-    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Http(Box<dyn std::error::Error + Send + Sync>),
     #[error("status {got}, expected {expected}")]
     Status { got: u16, expected: u16 },
 }

@@ -35,7 +35,7 @@ pub enum HttpError {
     NoRoots,
     #[error("cannot set up TLS")]
     TlsConfig(#[source] rustls::Error),
-    #[error("HTTP")]
+    #[error("HTTP exchange")]
     Http(#[source] hyper::Error),
     #[error("bad request")]
     Request(#[source] hyper::http::Error),
@@ -155,11 +155,26 @@ pub async fn unix(
     body: Bytes,
     limit: usize,
 ) -> Result<Answer, HttpError> {
+    let request = request(method, path, "splitter", &[], body)?;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|error| HttpError::Connect(socket.display().to_string(), error))?;
-    let request = request(method, path, "splitter", &[], body)?;
     exchange(stream, request, limit).await
+}
+
+/// Percent-encodes everything but the unreserved characters of RFC 3986 (for a query value,
+/// or a name in a path).
+#[must_use]
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A TCP connection to `host:port`, wrapped in TLS when `tls` is given.

@@ -24,19 +24,6 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from Prometheus.
 const MAX_ANSWER: usize = 256 * 1024;
 
-/// Percent-encodes everything but the unreserved characters of RFC 3986.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Why a query got no answer.
 #[derive(Debug, thiserror::Error)]
 enum QueryError {
@@ -46,57 +33,78 @@ enum QueryError {
     Secret(PathBuf, #[source] std::io::Error),
 }
 
-/// Runs an instant query; never takes longer than `QUERY_TIMEOUT`.
-pub async fn query(prometheus: &Prometheus, query: &str) -> Reading {
-    let fetched = tokio::time::timeout(QUERY_TIMEOUT, fetch(prometheus, query)).await;
-    let url = &prometheus.url;
-    match fetched {
-        Ok(Ok(answer)) => parse_answer(answer.status, &answer.body),
-        Ok(Err(error)) => Reading::Failed(format!("{url}: {}", chain(&error))),
-        Err(_) => Reading::Failed(format!(
-            "{url}: no answer within {} s",
-            QUERY_TIMEOUT.as_secs()
-        )),
-    }
+/// A Prometheus server's client: its TLS set up once (the CA file or the host's authorities
+/// read when the rollout starts), its credentials read from their files at each query.
+#[derive(Clone, Debug)]
+pub struct Client {
+    server: Prometheus,
+    tls: Option<Tls>,
 }
 
-/// The answer to `GET /api/v1/query`, over TLS when the URL is `https://`, with the
-/// credentials read from their files now (so a rotated secret is used at the next query).
-async fn fetch(prometheus: &Prometheus, query: &str) -> Result<http::Answer, QueryError> {
-    let url = &prometheus.url;
-    let tls = if url.tls() {
-        Some(Tls::new(prometheus.ca_file.as_deref())?)
-    } else {
-        None
-    };
-    let secret = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map(|text| text.trim().to_owned())
-            .map_err(|error| QueryError::Secret(path.to_owned(), error))
-    };
-    let mut headers = vec![("accept", "application/json".to_owned())];
-    match &prometheus.auth {
-        PrometheusAuth::None => {}
-        PrometheusAuth::Basic {
-            user,
-            password_file,
-        } => {
-            let pair = format!("{user}:{}", secret(password_file)?);
-            headers.push(("authorization", format!("Basic {}", BASE64.encode(pair))));
-        }
-        PrometheusAuth::Bearer { token_file } => {
-            headers.push(("authorization", format!("Bearer {}", secret(token_file)?)));
+impl Client {
+    pub fn new(server: &Prometheus) -> Result<Self, HttpError> {
+        let tls = if server.url.tls() {
+            Some(Tls::new(server.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            server: server.clone(),
+            tls,
+        })
+    }
+
+    /// Runs an instant query; never takes longer than `QUERY_TIMEOUT`.
+    pub async fn query(&self, query: &str) -> Reading {
+        let fetched = tokio::time::timeout(QUERY_TIMEOUT, self.fetch(query)).await;
+        let url = &self.server.url;
+        match fetched {
+            Ok(Ok(answer)) => parse_answer(answer.status, &answer.body),
+            Ok(Err(error)) => Reading::Failed(format!("{url}: {}", chain(&error))),
+            Err(_) => Reading::Failed(format!(
+                "{url}: no answer within {} s",
+                QUERY_TIMEOUT.as_secs()
+            )),
         }
     }
-    let stream = http::connect(url.host(), url.port(), tls.as_ref()).await?;
-    let request = http::request(
-        hyper::Method::GET,
-        &format!("{}/api/v1/query?query={}", url.prefix(), encode(query)),
-        &url.authority(),
-        &headers,
-        Bytes::new(),
-    )?;
-    Ok(http::exchange(stream, request, MAX_ANSWER).await?)
+
+    /// The answer to `GET /api/v1/query`, with the credentials read from their files now (so a
+    /// rotated secret is used at the next query).
+    async fn fetch(&self, query: &str) -> Result<http::Answer, QueryError> {
+        let url = &self.server.url;
+        let secret = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .map_err(|error| QueryError::Secret(path.to_owned(), error))
+        };
+        let mut headers = vec![("accept", "application/json".to_owned())];
+        match &self.server.auth {
+            PrometheusAuth::None => {}
+            PrometheusAuth::Basic {
+                user,
+                password_file,
+            } => {
+                let pair = format!("{user}:{}", secret(password_file)?);
+                headers.push(("authorization", format!("Basic {}", BASE64.encode(pair))));
+            }
+            PrometheusAuth::Bearer { token_file } => {
+                headers.push(("authorization", format!("Bearer {}", secret(token_file)?)));
+            }
+        }
+        let request = http::request(
+            hyper::Method::GET,
+            &format!(
+                "{}/api/v1/query?query={}",
+                url.prefix(),
+                http::encode(query)
+            ),
+            &url.authority(),
+            &headers,
+            Bytes::new(),
+        )?;
+        let stream = http::connect(url.host(), url.port(), self.tls.as_ref()).await?;
+        Ok(http::exchange(stream, request, MAX_ANSWER).await?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -239,7 +247,7 @@ mod tests {
     #[test]
     fn queries_are_percent_encoded() {
         assert_eq!(
-            encode(r#"sum(x{a="b c"}) / 2"#),
+            http::encode(r#"sum(x{a="b c"}) / 2"#),
             "sum%28x%7Ba%3D%22b%20c%22%7D%29%20%2F%202"
         );
     }

@@ -26,7 +26,7 @@ use splitter_common::maps as names;
 
 use crate::{
     kernel::maps::{LayoutError, check_layout},
-    model::{config::XdpMode, paths},
+    model::{config::XdpMode, error::chain, paths},
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -300,7 +300,7 @@ fn attach_xdp(
         XdpMode::Auto => match attach(program, AyaXdpMode::Driver) {
             Ok(id) => Ok((id, "native")),
             Err(native) => {
-                tracing::warn!(interface, error = %native, "native XDP failed; falling back to generic (skb) mode, which is slower");
+                tracing::warn!(interface, error = %chain(&native), "native XDP failed; falling back to generic (skb) mode, which is slower");
                 attach(program, AyaXdpMode::Skb).map(|id| (id, "generic"))
             }
         },

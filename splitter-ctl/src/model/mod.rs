@@ -9,3 +9,4 @@ pub mod plan;
 pub mod promql;
 pub mod share;
 pub mod slots;
+pub mod units;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::promql::{Prometheus, PrometheusAuth, PrometheusKeys, PromqlError, PromqlGate};
+use crate::model::units;
 
 /// What is wrong with a plan.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -132,6 +133,22 @@ impl PlanRequest {
     /// overridden from the command line).
     #[must_use]
     pub fn overridden_by(self, overrides: Self) -> Self {
+        // Credentials and a CA configured for one Prometheus never go to another: a request
+        // that names another server brings its own or none.
+        let same_server = overrides
+            .prometheus_url
+            .as_ref()
+            .is_none_or(|url| Some(url) == self.prometheus_url.as_ref());
+        let (ca_file, user, password_file, token_file) = if same_server {
+            (
+                self.prometheus_ca_file,
+                self.prometheus_user,
+                self.prometheus_password_file,
+                self.prometheus_token_file,
+            )
+        } else {
+            (None, None, None, None)
+        };
         Self {
             steps: overrides.steps.or(self.steps),
             hold_ms: overrides.hold_ms.or(self.hold_ms),
@@ -143,16 +160,31 @@ impl PlanRequest {
             max_divergence: overrides.max_divergence.or(self.max_divergence),
             failure_limit: overrides.failure_limit.or(self.failure_limit),
             prometheus_url: overrides.prometheus_url.or(self.prometheus_url),
-            prometheus_ca_file: overrides.prometheus_ca_file.or(self.prometheus_ca_file),
-            prometheus_user: overrides.prometheus_user.or(self.prometheus_user),
-            prometheus_password_file: overrides
-                .prometheus_password_file
-                .or(self.prometheus_password_file),
-            prometheus_token_file: overrides
-                .prometheus_token_file
-                .or(self.prometheus_token_file),
+            prometheus_ca_file: overrides.prometheus_ca_file.or(ca_file),
+            prometheus_user: overrides.prometheus_user.or(user),
+            prometheus_password_file: overrides.prometheus_password_file.or(password_file),
+            prometheus_token_file: overrides.prometheus_token_file.or(token_file),
             promql_gates: overrides.promql_gates.or(self.promql_gates),
         }
+    }
+
+    /// The keys naming files the daemon would read (as root) when it queries Prometheus.
+    #[must_use]
+    pub fn file_keys(&self) -> Vec<&'static str> {
+        [
+            ("prometheus_ca_file", self.prometheus_ca_file.is_some()),
+            (
+                "prometheus_password_file",
+                self.prometheus_password_file.is_some(),
+            ),
+            (
+                "prometheus_token_file",
+                self.prometheus_token_file.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
     }
 
     /// The plan, or what is wrong with the request.
@@ -283,8 +315,8 @@ impl From<&Plan> for PlanRequest {
                     .map(|bp| crate::model::share::percent_of(*bp))
                     .collect(),
             ),
-            hold_ms: Some(u64::try_from(plan.hold.as_millis()).unwrap_or(u64::MAX)),
-            interval_ms: Some(u64::try_from(plan.interval.as_millis()).unwrap_or(u64::MAX)),
+            hold_ms: Some(units::millis(plan.hold)),
+            interval_ms: Some(units::millis(plan.interval)),
             max_error_rate: plan.gates.max_error_rate,
             max_p99_ms: plan.gates.max_p99_ms,
             max_p99_vs_live: plan.gates.max_p99_vs_live,
@@ -366,6 +398,41 @@ mod tests {
             let again: PlanRequest = serde_json::from_str(&saved).expect("parse");
             assert_eq!(again.into_plan().expect("valid"), plan);
         }
+    }
+
+    #[test]
+    fn credentials_for_one_prometheus_never_go_to_another() {
+        let configured = PlanRequest {
+            prometheus_url: Some("https://prometheus.internal:9090".to_owned()),
+            prometheus_ca_file: Some("/etc/splitter/ca.pem".to_owned()),
+            prometheus_user: Some("splitter".to_owned()),
+            prometheus_password_file: Some("/etc/splitter/password".to_owned()),
+            ..PlanRequest::default()
+        };
+        let same = configured.clone().overridden_by(PlanRequest {
+            steps: Some(vec![10.0, 100.0]),
+            ..PlanRequest::default()
+        });
+        assert_eq!(
+            same.prometheus_password_file,
+            configured.prometheus_password_file
+        );
+        let elsewhere = configured.clone().overridden_by(PlanRequest {
+            prometheus_url: Some("http://198.18.9.9:9090".to_owned()),
+            ..PlanRequest::default()
+        });
+        assert_eq!(
+            (
+                elsewhere.prometheus_ca_file,
+                elsewhere.prometheus_user,
+                elsewhere.prometheus_password_file
+            ),
+            (None, None, None)
+        );
+        assert_eq!(
+            configured.file_keys(),
+            ["prometheus_ca_file", "prometheus_password_file"]
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub enum PromqlError {
     HalfBasicAuth,
     #[error("basic auth and a bearer token are two ways to log in: set one of them")]
     TwoCredentials,
+    #[error("credentials over http:// would cross the network in clear; use https://")]
+    ClearCredentials,
 }
 
 /// One PromQL gate: the query's value must stay within `min..=max` (either may be left out).
@@ -265,6 +267,9 @@ impl Prometheus {
             (_, _, Some(_)) => return Err(PromqlError::TwoCredentials),
             _ => return Err(PromqlError::HalfBasicAuth),
         };
+        if auth != PrometheusAuth::None && !url.tls() {
+            return Err(PromqlError::ClearCredentials);
+        }
         Ok(Self { url, ca_file, auth })
     }
 }
@@ -295,6 +300,11 @@ impl PrometheusUrl {
         let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
         if path.contains(['?', '#']) {
             return Err(bad("a query string or fragment is not allowed"));
+        }
+        if !path.is_empty() && hyper::http::uri::PathAndQuery::try_from(path).is_err() {
+            return Err(bad(
+                "the path has bytes a request line cannot carry (percent-encode them)",
+            ));
         }
         if authority.contains('@') {
             return Err(bad(
@@ -488,6 +498,14 @@ mod tests {
                 PromqlError::TwoCredentials,
             ),
             (
+                keys("http://p", None, Some("u"), Some("/pw"), None),
+                PromqlError::ClearCredentials,
+            ),
+            (
+                keys("http://p", None, None, None, Some("/t")),
+                PromqlError::ClearCredentials,
+            ),
+            (
                 keys("https://p", None, None, None, Some("token")),
                 PromqlError::RelativePath {
                     key: "prometheus_token_file",
@@ -505,6 +523,7 @@ mod tests {
             "http://p:0",
             "http://p:99999",
             "http://p:9090/?x=1",
+            "http://p:9090/pro<m>",
             "http://p q:9090",
         ] {
             assert!(PrometheusUrl::parse(bad).is_err(), "{bad}");

@@ -10,8 +10,8 @@ pub struct DrillReport {
     pub service: String,
     /// `rollback` or `last_resort`; for a last-resort drill, `live` is `last_resort`, and
     /// `new_on_candidate` counts new connections that still reached blue or green.
-    #[serde(default = "rollback_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: DrillKind,
     /// `passed`: new connections landed on the live pool and none on the candidate;
     /// `failed`: some still landed on the candidate; `inconclusive`: no new connection came.
     pub outcome: String,
@@ -27,8 +27,4 @@ pub struct DrillReport {
     /// handshakes); any fails the drill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resort_errors: Option<u64>,
-}
-
-fn rollback_kind() -> String {
-    DrillKind::Rollback.name().to_owned()
 }

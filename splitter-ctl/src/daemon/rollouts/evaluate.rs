@@ -10,7 +10,7 @@ use super::{ReleaseIds, RolloutError, describe};
 use crate::{
     daemon::{
         Daemon,
-        events::{GateEvaluation, OperatorOverride, PromqlRead, RolloutStep},
+        events::{Event as _, GateEvaluation, OperatorOverride, PromqlRead, RolloutStep, Sinks},
     },
     engine::{
         gates::{
@@ -22,7 +22,7 @@ use crate::{
     io::prometheus,
     model::{
         error::chain,
-        promql::{self, Prometheus, Reading},
+        promql::{self, Reading},
         share::format_percent,
     },
     store::journal::Sample,
@@ -35,21 +35,21 @@ use crate::{
 pub struct DueEvaluation {
     pub service: String,
     started_event: i64,
-    prometheus: Option<Prometheus>,
-    /// Each PromQL gate's name and its query, placeholders replaced.
-    queries: Vec<(String, String)>,
+    prometheus: Option<prometheus::Client>,
+    /// Each PromQL gate's query, placeholders replaced.
+    queries: Vec<String>,
 }
 
 impl DueEvaluation {
     /// Reads every PromQL gate at once; no I/O when there are none.
     pub async fn read(&self) -> Vec<Reading> {
-        let Some(server) = &self.prometheus else {
+        let Some(client) = &self.prometheus else {
             return Vec::new();
         };
         let mut reads = tokio::task::JoinSet::new();
-        for (i, (_, query)) in self.queries.iter().enumerate() {
-            let (server, query) = (server.clone(), query.clone());
-            reads.spawn(async move { (i, prometheus::query(&server, &query).await) });
+        for (i, query) in self.queries.iter().enumerate() {
+            let (client, query) = (client.clone(), query.clone());
+            reads.spawn(async move { (i, client.query(&query).await) });
         }
         let mut readings = vec![Reading::Failed("not read".to_owned()); self.queries.len()];
         while let Some(Ok((i, reading))) = reads.join_next().await {
@@ -82,12 +82,8 @@ impl Daemon {
             due.push(DueEvaluation {
                 service: service.clone(),
                 started_event: active.started_event,
-                prometheus: plan.prometheus.clone(),
-                queries: plan
-                    .promql
-                    .iter()
-                    .map(|g| (g.name.clone(), g.render(&vars)))
-                    .collect(),
+                prometheus: active.prometheus.clone(),
+                queries: plan.promql.iter().map(|g| g.render(&vars)).collect(),
             });
         }
         due
@@ -108,15 +104,8 @@ impl Daemon {
         }
         let span = active.span.clone();
         let _entered = span.enter();
-        for ((gate, _), reading) in due.queries.iter().zip(readings) {
-            self.emit(PromqlRead {
-                service: &due.service,
-                gate,
-                reading,
-            });
-        }
         if let Err(error) = self.evaluate(&due.service, now, readings) {
-            tracing::warn!(error = %chain(&error), "cannot evaluate the rollout");
+            tracing::warn!(service = due.service, error = %chain(&error), "cannot evaluate the rollout");
         }
         self.save_rollout(&due.service);
     }
@@ -189,6 +178,19 @@ impl Daemon {
             ));
         }
         let judgement = Judgement::of(&readings);
+        // The readings judged are counted (the daemon's counters, beside the rollout borrowed).
+        let sinks = Sinks {
+            counters: &self.counters,
+            journal: self.journal.as_ref(),
+        };
+        for (gate, reading) in promql.iter().zip(promql_readings) {
+            PromqlRead {
+                service,
+                gate: &gate.name,
+                reading,
+            }
+            .emit(&sinks);
+        }
         let promql_details: Vec<_> = promql
             .iter()
             .zip(promql_readings)

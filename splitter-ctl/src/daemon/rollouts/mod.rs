@@ -11,7 +11,7 @@
 mod evaluate;
 mod saved;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use splitter_common::{LatencyKind, SplitWord, Version};
 
@@ -20,11 +20,13 @@ use super::{
     Daemon,
     events::{Ending, GateEvaluation, OperatorOverride, RolloutEnded, RolloutStarted},
 };
+use crate::model::units::millis;
 use crate::{
     engine::{
         gates::{Judgement, Snapshot},
         rollout::{Decision, Rollout},
     },
+    io::{http::HttpError, prometheus},
     model::{
         plan::{PlanError, PlanRequest},
         share::{format_percent, percent_of},
@@ -57,6 +59,8 @@ pub struct ActiveRollout {
     pub evaluating: bool,
     /// The rollout's tracing span: every log line of the rollout carries its service and id.
     pub span: tracing::Span,
+    /// The client of the plan's Prometheus, its TLS set up when the rollout started.
+    pub prometheus: Option<prometheus::Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +73,10 @@ pub enum RolloutError {
     AlreadyRunning(String),
     #[error("no rollout of `{0}` is running")]
     NotRunning(String),
-    #[error("the plan: {0}")]
+    #[error("the plan")]
     Plan(#[from] PlanError),
+    #[error("the plan's Prometheus cannot be reached this way")]
+    Prometheus(#[from] HttpError),
     #[error("the {0} pool of `{1}` has no backend")]
     EmptyCandidate(&'static str, String),
     #[error("a rollout of `{0}` is running: a drill would fight it; abort or finish it first")]
@@ -122,10 +128,6 @@ pub(crate) struct ReleaseIds {
     pub members: Vec<u32>,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn describe(judgement: &Judgement) -> String {
     match judgement {
         Judgement::Inconclusive(why) => format!("inconclusive: {why}"),
@@ -134,9 +136,10 @@ fn describe(judgement: &Judgement) -> String {
     }
 }
 
-/// The span of the rollout of `service` journaled as `started_event`.
+/// The span of the rollout of `service` journaled as `started_event`. At the error level, so
+/// that it is on whatever the log filter: a warning about a rollout always says which.
 fn span(service: &str, started_event: i64) -> tracing::Span {
-    tracing::info_span!("rollout", service, id = started_event)
+    tracing::error_span!("rollout", service, id = started_event)
 }
 
 impl Daemon {
@@ -216,6 +219,11 @@ impl Daemon {
             .clone()
             .overridden_by(request)
             .into_plan()?;
+        let client = plan
+            .prometheus
+            .as_ref()
+            .map(prometheus::Client::new)
+            .transpose()?;
         let split = self.maps.split(ids.split)?;
         let candidate = split.candidate();
         if let Some(empty) = release
@@ -265,6 +273,7 @@ impl Daemon {
             live_baseline_ms: None,
             evaluating: false,
             span: span(service, started_event),
+            prometheus: client,
             rollout,
         };
         self.rollouts.insert(service.to_owned(), active);
@@ -313,6 +322,8 @@ impl Daemon {
             .rollouts
             .get_mut(service)
             .ok_or_else(|| RolloutError::NotRunning(service.to_owned()))?;
+        let span = active.span.clone();
+        let _entered = span.enter();
         match command {
             RolloutCommand::Pause => {
                 active.paused = Some("paused by an operator".to_owned());

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use splitter_common::{SplitWord, Version};
 
 use super::{ActiveRollout, ReleaseSnapshot, RolloutError, span};
+use crate::model::units;
 use crate::{
     daemon::Daemon,
     engine::rollout::Rollout,
+    io::prometheus,
     model::{
         error::chain,
         plan::{PlanError, PlanRequest},
@@ -32,7 +34,7 @@ enum SaveError {
 enum RestoreError {
     #[error("the saved state does not parse")]
     Json(#[source] serde_json::Error),
-    #[error("the saved plan: {0}")]
+    #[error("the saved plan")]
     Plan(#[from] PlanError),
     #[error("step {step} of {steps}")]
     Step { step: usize, steps: usize },
@@ -65,8 +67,7 @@ impl SavedRollout {
             started_event: active.started_event,
             candidate: active.candidate.name().to_owned(),
             step: active.rollout.step,
-            held_ms: u64::try_from(now.duration_since(active.rollout.step_started).as_millis())
-                .unwrap_or(u64::MAX),
+            held_ms: units::millis(now.duration_since(active.rollout.step_started)),
             consecutive_failures: active.rollout.consecutive_failures,
             paused: active.paused.clone(),
             expected_word: active.expected.0,
@@ -93,6 +94,12 @@ impl SavedRollout {
             "green" => Version::Green,
             other => return Err(RestoreError::Candidate(other.to_owned())),
         };
+        let prometheus = plan
+            .prometheus
+            .as_ref()
+            .map(prometheus::Client::new)
+            .transpose()
+            .map_err(RolloutError::from)?;
         let mut rollout = Rollout::start(plan, now);
         rollout.step = self.step;
         rollout.step_started = now
@@ -113,6 +120,7 @@ impl SavedRollout {
             live_baseline_ms: self.live_baseline_ms,
             evaluating: false,
             span: span(service, self.started_event),
+            prometheus,
         })
     }
 }

@@ -13,6 +13,7 @@ use super::{
     raw::{RawHealth, RawService},
     validate::{GroupSpans, Placed, Validator, family},
 };
+use crate::model::units;
 use crate::model::{plan::PlanRequest, slots::WeightedBackend};
 
 /// The longest rollback window a config may ask for: 30 days.
@@ -82,7 +83,7 @@ impl Validator<'_> {
         let rollback_window = Duration::from_millis(self.ranged(
             raw.rollback_window_ms.as_ref(),
             &at("rollback_window_ms"),
-            u64::try_from(DEFAULT_ROLLBACK_WINDOW.as_millis()).unwrap_or(u64::MAX),
+            units::millis(DEFAULT_ROLLBACK_WINDOW),
             0..=MAX_ROLLBACK_WINDOW_MS,
         )?);
         let drill_every = match &raw.drill_every_ms {
@@ -316,7 +317,7 @@ impl Validator<'_> {
     fn health(&self, raw: &RawHealth, index: usize) -> Result<HealthCheck, ConfigError> {
         let at = |field: &str| format!("service[{index}].health.{field}");
         let defaults = HealthCheck::default();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let millis = units::millis;
         let interval = self.ranged(
             raw.interval_ms.as_ref(),
             &at("interval_ms"),
@@ -348,14 +349,18 @@ impl Validator<'_> {
             }
             (Some(path), status) => {
                 let text = path.get_ref();
+                // What the probe's request line can carry as it is: no fragment, no bytes the
+                // HTTP library would refuse (`<`, `>`, quotes, ...).
                 if !text.starts_with('/')
                     || text.len() > 1_024
-                    || !text.bytes().all(|b| b.is_ascii_graphic())
+                    || text.contains('#')
+                    || hyper::http::uri::PathAndQuery::try_from(text.as_str()).is_err()
                 {
                     return Err(self.invalid(
                         path.span(),
                         at("http_path"),
-                        "expected a path starting with `/`, printable ASCII without spaces",
+                        "expected a path starting with `/` that an HTTP request line can carry \
+                         (printable ASCII, no spaces, `#`, `<`, `>` or quotes; percent-encode them)",
                     ));
                 }
                 let status = match status {

@@ -560,6 +560,14 @@ fn daemon_keys_and_health_checks_have_defaults_and_are_validated() {
             "`service[0].health.http_path`: expected a path starting with `/`",
         ),
         (
+            "http_path = \"/health<z>\"",
+            "`service[0].health.http_path`: expected a path starting with `/`",
+        ),
+        (
+            "http_path = \"/healthz#top\"",
+            "`service[0].health.http_path`: expected a path starting with `/`",
+        ),
+        (
             "http_path = \"/h\"\nhttp_status = 99",
             "`service[0].health.http_status`: 99 is not an HTTP status",
         ),
