@@ -10,6 +10,11 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     println!("cargo:rerun-if-changed=../splitter-common/src");
+    // aya-build turns every line the inner cargo prints into a `cargo:warning`, which cargo
+    // replays on every later build ("Compiling core ...", dozens of lines): keep the inner cargo
+    // to its real warnings and errors.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment meanwhile.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "splitter-ebpf",

@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("engine", &["model"]),
     ("kernel", &["model"]),
-    ("store", &[]),
+    ("store", &["model"]),
     ("io", &["engine", "model"]),
     ("view", &["engine", "kernel", "model", "store"]),
     (

@@ -10,13 +10,13 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// True once SIGINT or SIGTERM arrived (after [`prepare`]).
+/// True once SIGINT, SIGTERM or SIGHUP arrived (after [`prepare`]).
 #[must_use]
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Checks root, catches SIGINT and SIGTERM, and finds `splitter-testbed-server` next to the
+/// Checks root, catches SIGINT, SIGTERM and SIGHUP (a closed terminal), and finds `splitter-testbed-server` next to the
 /// running binary. Returns its path, or what is wrong (for `program`'s error message, with the
 /// `xtask` command that builds everything).
 pub fn prepare(program: &str, xtask: &str) -> Result<String, String> {
@@ -27,6 +27,7 @@ pub fn prepare(program: &str, xtask: &str) -> Result<String, String> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     std::env::current_exe()
         .ok()

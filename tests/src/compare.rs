@@ -30,7 +30,7 @@ use std::{
 };
 
 use splitter_common::{SplitWord, Version};
-use splitter_ctl::cli::Target;
+use splitter_ctl::kernel::maps::Maps;
 
 use crate::{http, testbed::Testbed};
 
@@ -100,7 +100,7 @@ pub struct Setups {
     green_bp: u16,
     haproxy_socket: PathBuf,
     /// While Splitter is attached: its maps and the service's id.
-    splitter: Option<(Target, u32)>,
+    splitter: Option<(Maps, u32)>,
     /// While the XDP_PASS program is attached: the object that owns its link.
     xdp_pass: Option<aya::Ebpf>,
 }
@@ -196,10 +196,16 @@ impl Setups {
                     bed.prepend_config("xdp_mode = \"native\"\n");
                 }
                 bed.start_daemon(&["--detach-on-exit"]);
-                let target = Target::open(&bed.config_path).map_err(|e| e.to_string())?;
-                let (_, service) = target.service("sentiment").map_err(|e| e.to_string())?;
-                let id = service.id;
-                self.splitter = Some((target, id));
+                let maps = Maps::open_pinned(&bed.pin_dir).map_err(|e| e.to_string())?;
+                let endpoint = splitter_ctl::model::config::endpoint(
+                    bed.vip(),
+                    splitter_ctl::model::config::Protocol::Tcp,
+                );
+                let service = maps
+                    .service(&endpoint)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the service is not in the data plane")?;
+                self.splitter = Some((maps, service.split));
                 Ok(())
             }
             Kind::Nftables => {
@@ -246,11 +252,9 @@ impl Setups {
         match kind {
             Kind::Direct | Kind::XdpPass => Err(format!("{} does not split", kind.name())),
             Kind::Splitter | Kind::SplitterNative => {
-                let (target, id) = self.splitter.as_mut().ok_or("splitter is not attached")?;
+                let (maps, split) = self.splitter.as_mut().ok_or("splitter is not attached")?;
                 let started = Instant::now();
-                target
-                    .maps
-                    .set_split(*id, SplitWord::new(Version::Blue, green_bp))
+                maps.set_split(*split, SplitWord::new(Version::Blue, green_bp))
                     .map_err(|e| e.to_string())?;
                 Ok(started.elapsed())
             }

@@ -518,6 +518,8 @@ impl Drop for Testbed {
             let _ = child.wait();
         }
         let _ = splitter_ctl::kernel::dataplane::detach(&self.pin_dir);
+        // The daemon's record of the config it applied, kept outside the bed's directory.
+        let _ = fs::remove_file(splitter_ctl::store::applied::record_path(&self.config_path));
         let _ = fs::remove_dir_all(&self.dir);
         // The namespaces go when their guards drop, right after this.
     }

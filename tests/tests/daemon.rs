@@ -77,7 +77,7 @@ fn reload_applies_a_new_service_and_a_broken_config_changes_nothing() {
     assert!(
         err.contains("reload refused, nothing changed")
             && err.contains("splitter.toml:")
-            && err.contains("unknown field `colour`"),
+            && err.contains("`service[0].colour`: unknown key"),
         "{err}"
     );
     // The same by SIGHUP: refused, counted, logged.

@@ -480,9 +480,10 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
                 for _ in 0..50 {
                     splitter_ctl::cli::split::update(
                         &config,
+                        &splitter_ctl::cli::locate::Overrides::default(),
                         "sentiment",
                         splitter_ctl::store::journal::EventKind::Weight,
-                        |word, _, _| {
+                        |word, _, _, _| {
                             let green = word.share_of(splitter_common::Version::Green);
                             Ok(word.with_share_of(splitter_common::Version::Green, green + 1))
                         },

@@ -128,11 +128,10 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
     let out = bed.ctl_ok(&["rollback", "sentiment"]);
     assert!(out.contains("live blue"), "{out}");
     assert_eq!(bed.status()["services"][0]["live"], "blue");
-    let again = bed.ctl(&["rollback", "sentiment"]);
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("nothing to roll back"),
-        "{again:?}"
-    );
+    // Repeated, it says so and succeeds: nothing is written.
+    let again = bed.ctl_ok(&["rollback", "sentiment"]);
+    assert!(again.contains("already rolled back"), "{again}");
+    assert_eq!(bed.status()["services"][0]["live"], "blue");
 }
 
 #[test]
@@ -360,7 +359,18 @@ fn without_traffic_a_rollout_holds_and_never_promotes() {
     );
     thread::sleep(Duration::from_secs(2));
     let status = rollout(&bed).expect("still running");
-    assert_eq!(status["step"].as_u64(), Some(0));
+    // Steps count from 1 in JSON as in the text; gates give numbers named with their units.
+    assert_eq!(status["step"].as_u64(), Some(1));
+    assert_eq!(status["steps"].as_u64(), Some(2));
+    let text = bed.ctl_ok(&["rollout", "status", "sentiment"]);
+    assert!(text.contains("(step 1 of 2)"), "{text}");
+    let samples = status["gates"]
+        .as_array()
+        .and_then(|gates| gates.iter().find(|g| g["gate"] == "min_samples"))
+        .unwrap_or_else(|| panic!("no min_samples gate: {status}"));
+    assert_eq!(samples["limit_requests"].as_f64(), Some(5.0), "{samples}");
+    assert!(samples["value_requests"].as_f64().is_some(), "{samples}");
+    assert_eq!(samples["state"], "waiting", "{samples}");
     assert!(
         status["last_judgement"]
             .as_str()
@@ -436,7 +446,7 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     let load = Load::start(&bed, LOAD_LIMIT);
     start_healthy_rollout(&bed);
     wait_until(&bed, "the second step", Duration::from_secs(20), || {
-        rollout(&bed).is_some_and(|r| r["step"].as_u64() == Some(1))
+        rollout(&bed).is_some_and(|r| r["step"].as_u64() == Some(2))
     });
     bed.kill_daemon();
     // The kernel keeps splitting at the step's share while no daemon runs.
@@ -446,7 +456,7 @@ fn a_daemon_killed_mid_rollout_resumes_at_the_same_step() {
     );
     bed.start_daemon(&[]);
     let resumed = rollout(&bed).expect("the rollout is back");
-    assert_eq!(resumed["step"].as_u64(), Some(1), "{resumed}");
+    assert_eq!(resumed["step"].as_u64(), Some(2), "{resumed}");
     assert_eq!(resumed["candidate_percent"].as_f64(), Some(50.0));
     assert!(bed.daemon_log().contains("rollout resumed"));
     wait_until(&bed, "the promotion", Duration::from_secs(30), || {
@@ -603,7 +613,7 @@ fn promql_gates_on_a_real_prometheus_hold_without_data_promote_and_roll_back() {
     );
     thread::sleep(Duration::from_secs(2));
     let held = rollout(&bed).expect("still running");
-    assert_eq!(held["step"], 0, "{held}");
+    assert_eq!(held["step"], 1, "{held}");
     assert_eq!(bed.status()["services"][0]["live"], "blue");
     bed.ctl_ok(&["rollout", "abort", "sentiment"]);
     let metrics = bed.metrics();
@@ -774,7 +784,7 @@ fn promql_gates_reach_a_prometheus_behind_tls_and_basic_auth() {
                 && judgement(&bed).contains("401")
         },
     );
-    assert_eq!(rollout(&bed).expect("running")["step"], 0);
+    assert_eq!(rollout(&bed).expect("running")["step"], 1);
     bed.ctl_ok(&["rollout", "abort", "sentiment"]);
 
     // The right password, but trusting another CA: the server's certificate is refused.

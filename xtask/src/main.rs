@@ -2,6 +2,7 @@
 //! packages a fresh machine lacks, running every test (privileged ones included), and the
 //! benchmarks. The eBPF object itself is built by splitter-ctl's build.rs, not here.
 
+mod child;
 mod dist;
 mod setup;
 
@@ -76,9 +77,10 @@ fn main() -> ExitCode {
 /// freshly built splitter-ctl first on its PATH.
 fn run_bed_binary(binary: &str, args: &[&str], release: bool) -> Result<()> {
     setup::run()?;
-    let ctl = build_ctl(release)?;
+    // Quiet builds: what is built already says nothing; warnings and errors still show.
+    let ctl = build_ctl(release, true)?;
     let mut build = cargo();
-    build.args(["build", "--package", "splitter-tests", "--bins"]);
+    build.args(["build", "--quiet", "--package", "splitter-tests", "--bins"]);
     if release {
         build.arg("--release");
     }
@@ -87,19 +89,20 @@ fn run_bed_binary(binary: &str, args: &[&str], release: bool) -> Result<()> {
     let dir = root
         .join("target")
         .join(if release { "release" } else { "debug" });
-    status(
-        std::process::Command::new(dir.join(binary))
-            .args(args)
-            .env("SPLITTER_CTL_BIN", &ctl)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    dir.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            ),
-    )
+    let mut cmd = Command::new(dir.join(binary));
+    cmd.args(args).env("SPLITTER_CTL_BIN", &ctl).env(
+        "PATH",
+        format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    let exit = child::run(&mut cmd).with_context(|| format!("cannot run {binary}"))?;
+    if !exit.success() {
+        bail!("{binary} failed: {exit}");
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -125,7 +128,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("`cargo xtask fuzz` runs the kernel programs (BPF): run it as root");
             }
             setup::run()?;
-            build_ctl(false)?;
+            build_ctl(false, false)?;
             for (package, target) in [
                 ("splitter-ctl", ["--lib", "property_"].as_slice()),
                 (
@@ -150,7 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Demo => run_bed_binary("splitter-demo", &[], false),
         Task::Dist => {
             setup::run()?;
-            let ctl = build_ctl(true)?;
+            let ctl = build_ctl(true, false)?;
             let root = workspace_root();
             let tarball = dist::build(
                 &root,
@@ -199,7 +202,7 @@ fn status(cmd: &mut Command) -> Result<()> {
 }
 
 /// Builds the `splitter-ctl` binary the end-to-end tests run, and returns its path.
-fn build_ctl(release: bool) -> Result<PathBuf> {
+fn build_ctl(release: bool, quiet: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -210,6 +213,9 @@ fn build_ctl(release: bool) -> Result<PathBuf> {
     ]);
     if release {
         cmd.arg("--release");
+    }
+    if quiet {
+        cmd.arg("--quiet");
     }
     status(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
@@ -266,7 +272,7 @@ fn lint() -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    let ctl = build_ctl(false)?;
+    let ctl = build_ctl(false, false)?;
     let mut cmd = cargo();
     // Tests that need root are `#[ignore = "needs root ..."]` for a plain `cargo test`; here
     // they all run.

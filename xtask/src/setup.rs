@@ -30,6 +30,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("htpasswd", "apache2-utils"),
     ("curl", "curl"),
+    // The kernel's own account of the maps' memory, which `status` is checked against.
+    ("bpftool", "bpftool"),
     // The benchmarks' load generator and the setups Splitter is compared with.
     ("wrk", "wrk"),
     ("nft", "nftables"),

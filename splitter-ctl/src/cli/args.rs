@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use splitter_common::Version;
 
-use super::Output;
-use crate::model::{paths, plan::PlanRequest, promql::PromqlGate};
+use super::{Output, locate::Overrides};
+use crate::model::{paths, plan::PlanRequest, promql::PromqlGate, share::parse_percent};
 
 /// Exit statuses, one place: the man page and docs/operations.md list them.
 const EXIT_CODES: &str = "Exit status: 0 done; 1 the command failed (the reason is on stderr); \
@@ -64,21 +64,37 @@ pub enum Command {
         /// data plane running.
         #[arg(long)]
         detach_on_exit: bool,
+        /// Start even when this process sees a bpffs of its own (a mount namespace of its
+        /// own, as `ip netns exec` gives): the data plane then goes away with the daemon and no
+        /// other command can reach it. Without this, such a start is refused.
+        #[arg(long)]
+        private_bpffs: bool,
     },
-    /// Set a version's share of new connections (0-100, steps of 0.01): one map write.
+    /// Set a version's share of new connections (0-100, steps of 0.01): one map write. Works
+    /// with the daemon down and with a config file that no longer validates.
     Weight {
+        /// A service, a release group, or a service's listen address (ADDRESS:PORT).
         service: String,
         #[arg(value_enum)]
         version: VersionArg,
-        percent: String,
+        /// 0-100, in steps of 0.01 (a trailing % is allowed).
+        #[arg(value_parser = parse_percent)]
+        percent: u16,
+        #[command(flatten)]
+        paths: PathArgs,
     },
     /// Send every new connection to the live pool: one map write. Then waits up to --wait-ms
-    /// for the first new connection on the live pool and journals the time to it.
+    /// for the first new connection on the live pool and journals the time to it. Works with
+    /// the daemon down and with a config file that no longer validates; repeated, it succeeds
+    /// and says so.
     Rollback {
+        /// A service, a release group, or a service's listen address (ADDRESS:PORT).
         service: String,
         /// How long to wait for the first new connection after the write (0: do not wait).
         #[arg(long, default_value_t = 1000)]
         wait_ms: u64,
+        #[command(flatten)]
+        paths: PathArgs,
     },
     /// Progressive rollouts of a service's candidate, run by the daemon.
     Rollout {
@@ -139,11 +155,15 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Show the live pool, shares, backends and counters.
+    /// Show the live pool, shares, backends and counters: from the daemon when it answers
+    /// within a second, else from the pinned maps (and with a config file that no longer
+    /// validates).
     Status {
         service: Option<String>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        #[command(flatten)]
+        paths: PathArgs,
     },
     /// The journal: weights, rollbacks, promotions and drills, newest first.
     History {
@@ -197,6 +217,27 @@ pub enum RolloutAction {
     Abort { service: String },
 }
 
+/// Where the data plane and the state are, when the config cannot say (it does not parse, and
+/// the daemon left no record of the config it applied).
+#[derive(Args)]
+pub struct PathArgs {
+    /// The pin directory of the data plane (overrides the config's `pin_dir`).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// The state directory: the split lock and the journal (overrides `state_dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl From<PathArgs> for Overrides {
+    fn from(paths: PathArgs) -> Self {
+        Self {
+            pin_dir: paths.pin_dir,
+            state_dir: paths.state_dir,
+        }
+    }
+}
+
 /// A rollout's plan on the command line; each option overrides one key of the service's
 /// `[service.rollout]` table.
 #[derive(Args)]
@@ -205,11 +246,11 @@ pub struct PlanArgs {
     #[arg(long, value_delimiter = ',')]
     steps: Option<Vec<f64>>,
     /// How long each step holds before it may advance (e.g. 5s; default 60s).
-    #[arg(long)]
-    hold: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    hold: Option<u64>,
     /// How often the gates judge (default 10s).
-    #[arg(long)]
-    interval: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<u64>,
     /// Errors (5xx, resets, refused handshakes) over requests, at most (default 0.01).
     #[arg(long)]
     max_error_rate: Option<f64>,
@@ -251,13 +292,12 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
-    /// The plan request the daemon gets.
-    pub fn into_request(self) -> Result<PlanRequest, DurationError> {
-        let ms = |text: Option<String>| text.map(|t| parse_duration(&t)).transpose();
-        Ok(PlanRequest {
+    /// The plan request the daemon gets (the daemon checks it as a whole).
+    pub fn into_request(self) -> PlanRequest {
+        PlanRequest {
             steps: self.steps,
-            hold_ms: ms(self.hold)?,
-            interval_ms: ms(self.interval)?,
+            hold_ms: self.hold,
+            interval_ms: self.interval,
             max_error_rate: self.max_error_rate,
             max_p99_ms: self.max_p99_ms,
             max_p99_vs_live: self.max_p99_vs_live,
@@ -270,7 +310,7 @@ impl PlanArgs {
             prometheus_password_file: self.prometheus_password_file,
             prometheus_token_file: self.prometheus_token_file,
             promql_gates: (!self.promql_gates.is_empty()).then_some(self.promql_gates),
-        })
+        }
     }
 }
 

@@ -5,22 +5,22 @@ use clap::CommandFactory as _;
 
 use super::{CommandError, args::Cli};
 
-/// Prints the completion script for `shell`.
-pub fn completions(shell: clap_complete::Shell) {
-    clap_complete::generate(
-        shell,
-        &mut Cli::command(),
-        "splitter-ctl",
-        &mut std::io::stdout(),
-    );
+/// The completion script for `shell`.
+#[must_use]
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "splitter-ctl", &mut script);
+    script
 }
 
-/// Prints the man page (roff).
-pub fn man() -> Result<(), CommandError> {
+/// The man page (roff).
+pub fn man() -> Result<Vec<u8>, CommandError> {
+    let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command())
-        .render(&mut std::io::stdout())
+        .render(&mut page)
         .map_err(|source| CommandError::Io {
-            what: "write the man page",
+            what: "render the man page",
             source,
-        })
+        })?;
+    Ok(page)
 }

@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use super::CommandError;
+use crate::daemon::runtime::Options;
 
-pub fn run(config: &Path, detach_on_exit: bool) -> Result<(), CommandError> {
+pub fn run(config: &Path, options: Options) -> Result<(), CommandError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -12,5 +13,5 @@ pub fn run(config: &Path, detach_on_exit: bool) -> Result<(), CommandError> {
             what: "start the async runtime",
             source,
         })?;
-    Ok(runtime.block_on(crate::daemon::runtime::run(config, detach_on_exit))?)
+    Ok(runtime.block_on(crate::daemon::runtime::run(config, options))?)
 }

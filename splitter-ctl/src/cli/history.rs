@@ -3,7 +3,10 @@
 use std::{fmt::Write as _, path::Path};
 
 use super::{CommandError, Output};
-use crate::{model::config::Config, store::journal::Journal};
+use crate::{
+    model::config::Config,
+    store::journal::{Event, EventKind, Journal},
+};
 
 pub fn run(
     config_path: &Path,
@@ -25,30 +28,74 @@ pub fn run(
     if events.is_empty() {
         out.push_str("no events yet\n");
     }
-    for e in &events {
-        let when = format_time(e.at_ms);
-        let write = e
-            .event
-            .decision_to_write_us
-            .map_or_else(String::new, |us| format!(", decision to write {us} µs"));
-        let after = &e.event.details["after"];
-        let share = after["green_percent"]
-            .as_f64()
-            .map_or_else(String::new, |g| {
-                format!(
-                    ": green {g}% (live {})",
-                    after["live"].as_str().unwrap_or("?")
-                )
-            });
-        let _ = writeln!(
-            out,
-            "{when}  {:<9} {:<10} by {}{share}{write}",
-            e.event.service,
-            e.event.kind.name(),
-            e.event.actor
-        );
+    for event in &events {
+        out.push_str(&line(event));
+        out.push('\n');
     }
     Ok(out)
+}
+
+/// One event as a line: its id (which `review` and `report` take), when, what, who, and what
+/// came of it (a rollback's reason, an override, a drill's outcome, the split after).
+fn line(e: &Event) -> String {
+    let event = &e.event;
+    let details = &event.details;
+    let mut parts = Vec::new();
+    match (event.kind, &event.reason) {
+        (EventKind::Drill | EventKind::LastResortDrill, Some(outcome)) => {
+            parts.push(format!("outcome {outcome}"));
+        }
+        (_, Some(reason)) => parts.push(reason.clone()),
+        (_, None) => {}
+    }
+    match event.kind {
+        EventKind::RolloutStarted => {
+            let steps: Vec<String> = details["steps_percent"]
+                .as_array()
+                .map(|s| s.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            parts.push(format!(
+                "candidate {}, steps {}%",
+                details["candidate"].as_str().unwrap_or("?"),
+                steps.join("/")
+            ));
+        }
+        EventKind::Step => {
+            if let Some(p) = details["candidate_percent"].as_f64() {
+                parts.push(format!("candidate {p}%"));
+            }
+        }
+        EventKind::GateEvaluation => {
+            if let Some(judgement) = details["judgement"].as_str() {
+                parts.push(judgement.to_owned());
+            }
+        }
+        _ => {}
+    }
+    let after = &details["after"];
+    if let Some(green) = after["green_percent"].as_f64() {
+        parts.push(format!(
+            "green {green}% (live {})",
+            after["live"].as_str().unwrap_or("?")
+        ));
+    } else if let Some(live) = details["live"].as_str() {
+        parts.push(format!("{live} live"));
+    }
+    if let Some(us) = event.decision_to_write_us {
+        parts.push(format!("decision to write {us} µs"));
+    }
+    let mut line = format!(
+        "#{:<6} {}  {:<12} {:<17} by {}",
+        e.id,
+        format_time(e.at_ms),
+        event.service,
+        event.kind.name(),
+        event.actor
+    );
+    if !parts.is_empty() {
+        let _ = write!(line, ": {}", parts.join("; "));
+    }
+    line
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date library.
@@ -75,7 +122,58 @@ pub(crate) fn format_time(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_time;
+    use super::*;
+    use crate::store::journal::NewEvent;
+
+    fn event(id: i64, kind: EventKind, actor: &str, reason: Option<&str>) -> Event {
+        Event {
+            id,
+            at_ms: 1_796_014_800_123,
+            event: NewEvent {
+                reason: reason.map(str::to_owned),
+                ..NewEvent::new("sentiment", kind, actor)
+            },
+        }
+    }
+
+    #[test]
+    fn a_line_shows_the_id_the_actor_and_what_came_of_it() {
+        let drill = event(7, EventKind::Drill, "schedule", Some("failed"));
+        assert_eq!(
+            line(&drill),
+            "#7      2026-11-30 05:00:00  sentiment    drill             by schedule: outcome failed"
+        );
+        let paused = event(
+            12,
+            EventKind::OperatorOverride,
+            "alice (uid 1000)",
+            Some("paused"),
+        );
+        assert!(
+            line(&paused).ends_with("by alice (uid 1000): paused"),
+            "{}",
+            line(&paused)
+        );
+        let mut rollback = event(13, EventKind::Rollback, "gates", Some("error rate 4% > 1%"));
+        rollback.event.decision_to_write_us = Some(21);
+        rollback.event.details =
+            serde_json::json!({ "after": { "green_percent": 0.0, "live": "blue" } });
+        assert!(
+            line(&rollback).ends_with(
+                "by gates: error rate 4% > 1%; green 0% (live blue); decision to write 21 µs"
+            ),
+            "{}",
+            line(&rollback)
+        );
+        let mut started = event(14, EventKind::RolloutStarted, "root (uid 0)", None);
+        started.event.details =
+            serde_json::json!({ "candidate": "green", "steps_percent": [5, 25.5, 100] });
+        assert!(
+            line(&started).ends_with(": candidate green, steps 5/25.5/100%"),
+            "{}",
+            line(&started)
+        );
+    }
 
     #[test]
     fn unix_milliseconds_format_as_utc_dates() {

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod detach;
 pub mod drill;
 pub mod history;
+pub mod locate;
 pub mod reload;
 pub mod report;
 pub mod review;
@@ -21,18 +22,14 @@ pub mod summary;
 pub mod watch;
 pub mod weight;
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser as _, ValueEnum};
-use splitter_common::Service;
 
 use self::args::{Cli, Command, LogFormat};
 use crate::{
-    kernel::maps::{Maps, MapsError},
-    model::{
-        config::{Config, ConfigError, ServiceSpec},
-        error::chain,
-    },
+    kernel::maps::MapsError,
+    model::{config::ConfigError, error::chain},
 };
 
 /// How a command prints what it found.
@@ -55,6 +52,10 @@ pub fn main() -> ExitCode {
             eprintln!("the drill did not pass: {outcome}");
             ExitCode::from(EXIT_DRILL_NOT_PASSED)
         }
+        // A reader that went away (`splitter-ctl man | head`) is not an error of the command.
+        Err(CommandError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {}", chain(&error));
             ExitCode::FAILURE
@@ -65,22 +66,33 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), CommandError> {
     let config = cli.config.as_path();
     match cli.command {
-        Command::Daemon { detach_on_exit } => daemon::run(config, detach_on_exit),
+        Command::Daemon {
+            detach_on_exit,
+            private_bpffs,
+        } => daemon::run(
+            config,
+            crate::daemon::runtime::Options {
+                detach_on_exit,
+                private_bpffs,
+            },
+        ),
         Command::Weight {
             service,
             version,
             percent,
+            paths,
+        } => weight::weight(config, &paths.into(), &service, version.into(), percent)?.print(),
+        Command::Rollback {
+            service,
+            wait_ms,
+            paths,
         } => {
-            weight::weight(config, &service, version.into(), &percent)?.print();
-            Ok(())
-        }
-        Command::Rollback { service, wait_ms } => {
-            let mut change = rollback::rollback(config, &service)?;
-            change.print();
+            let mut change = rollback::rollback(config, &paths.into(), &service)?;
+            change.print()?;
             if let Some(first) = change.first_connection.take()
                 && wait_ms > 0
             {
-                println!("{}", first.wait(Duration::from_millis(wait_ms)));
+                out(format!("{}\n", first.wait(Duration::from_millis(wait_ms))))?;
             }
             Ok(())
         }
@@ -91,8 +103,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         } => print(history::run(config, service.as_deref(), limit, output)),
         Command::Summary { days, output } => print(summary::run(config, days, output)),
         Command::Rollout { action } => {
-            println!("{}", rollout::run(config, action)?.trim_end());
-            Ok(())
+            out(format!("{}\n", rollout::run(config, action)?.trim_end()))
         }
         Command::Drill {
             service,
@@ -100,7 +111,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             output,
         } => {
             let drilled = drill::run(config, &service, last_resort, output)?;
-            print!("{}", drilled.text);
+            out(&drilled.text)?;
             // A drill that did not pass is a finding: scripts and timers see it in the status.
             match drilled.not_passed {
                 None => Ok(()),
@@ -108,19 +119,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             }
         }
         Command::Review { rollout_id, output } => print(review::run(config, rollout_id, output)),
-        Command::Report { rollout_id, out } => {
-            println!("{}", report::run(config, rollout_id, &out)?);
-            Ok(())
-        }
-        Command::Completions { shell } => {
-            completions::completions(shell);
-            Ok(())
-        }
-        Command::Man => completions::man(),
-        Command::Reload => {
-            println!("{}", reload::run(config)?);
-            Ok(())
-        }
+        Command::Report {
+            rollout_id,
+            out: path,
+        } => out(format!("{}\n", report::run(config, rollout_id, &path)?)),
+        Command::Completions { shell } => out(completions::completions(shell)),
+        Command::Man => out(completions::man()?),
+        Command::Reload => out(format!("{}\n", reload::run(config)?)),
         Command::Watch {
             service,
             every_ms,
@@ -132,20 +137,39 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             once,
         ),
         Command::Check { output } => print(check::run(config, output)),
-        Command::Status { service, output } => {
-            print(status::run(config, service.as_deref(), output))
-        }
+        Command::Status {
+            service,
+            output,
+            paths,
+        } => print(status::run(
+            config,
+            &paths.into(),
+            service.as_deref(),
+            output,
+        )),
         Command::Detach { pin_dir } => {
-            println!("{}", detach::run(config, pin_dir.as_deref())?);
-            Ok(())
+            out(format!("{}\n", detach::run(config, pin_dir.as_deref())?))
         }
     }
 }
 
 /// Prints a command's text as it is (it ends with its own newline).
 fn print(text: Result<String, CommandError>) -> Result<(), CommandError> {
-    print!("{}", text?);
-    Ok(())
+    out(text?)
+}
+
+/// Writes `bytes` to standard output; a reader that went away is an `Io` error of kind
+/// `BrokenPipe`, which `main` ends quietly on (where `print!` would panic).
+pub(crate) fn out(bytes: impl AsRef<[u8]>) -> Result<(), CommandError> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes.as_ref())
+        .and_then(|()| stdout.flush())
+        .map_err(|source| CommandError::Io {
+            what: "write to standard output",
+            source,
+        })
 }
 
 fn init_logging(format: LogFormat) {
@@ -153,11 +177,21 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether logs are coloured: only on a terminal, and not when `NO_COLOR` is set to anything
+/// but the empty string (no-color.org), so journald and log files get plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +200,20 @@ pub enum CommandError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(
+        "the config `{}` cannot be read ({problem}), and the daemon left no record of what it \
+         applied at `{}`: give --pin-dir and --state-dir, and name the service by its address \
+         (ADDRESS:PORT)",
+        config.display(),
+        record.display()
+    )]
+    Unlocated {
+        config: std::path::PathBuf,
+        record: std::path::PathBuf,
+        problem: Box<ConfigError>,
+    },
+    #[error("service `{name}` does not validate ({why}): name it by its address (ADDRESS:PORT)")]
+    UnreadableService { name: String, why: String },
     #[error("no service or release group `{name}` in `{config}`; it has: {known}")]
     UnknownService {
         name: String,
@@ -177,8 +225,6 @@ pub enum CommandError {
     )]
     NotApplied(String),
     #[error(transparent)]
-    Share(#[from] crate::model::share::ShareError),
-    #[error(transparent)]
     Dataplane(#[from] crate::kernel::dataplane::DataplaneError),
     #[error(transparent)]
     Apply(#[from] crate::kernel::apply::ApplyError),
@@ -188,8 +234,6 @@ pub enum CommandError {
     Daemon(String),
     #[error(transparent)]
     Client(#[from] client::ClientError),
-    #[error(transparent)]
-    Duration(#[from] args::DurationError),
     #[error(transparent)]
     Font(report::FontError),
     #[error("cannot draw the report: {0}")]
@@ -216,40 +260,17 @@ pub enum CommandError {
     },
 }
 
-/// The config, the pinned maps, and one of its services with its kernel entry.
-pub struct Target {
-    pub config: Config,
-    pub maps: Maps,
-}
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
 
-impl Target {
-    pub fn open(config_path: &Path) -> Result<Self, CommandError> {
-        let config = Config::load(config_path)?;
-        let maps = Maps::open_pinned(&config.pin_dir)?;
-        Ok(Self { config, maps })
-    }
+    use super::colour;
 
-    /// The service `name`, or the first service of release group `name`.
-    pub fn service(&self, name: &str) -> Result<(&ServiceSpec, Service), CommandError> {
-        let spec = self
-            .config
-            .release(name)
-            .map(|r| r.leader())
-            .ok_or_else(|| CommandError::UnknownService {
-                name: name.to_owned(),
-                config: self.config.path.display().to_string(),
-                known: self
-                    .config
-                    .services
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        let service = self
-            .maps
-            .service(&spec.endpoint())?
-            .ok_or_else(|| CommandError::NotApplied(name.to_owned()))?;
-        Ok((spec, service))
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
     }
 }

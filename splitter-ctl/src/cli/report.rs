@@ -5,7 +5,11 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use plotters::{coord::Shift, prelude::*};
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use super::{CommandError, history::format_time};
 use crate::{
@@ -231,7 +235,7 @@ where
                 lines: vec![(share, "candidate share", BLACK)],
             },
             ChartSpec {
-                caption: "Error rate per version (5xx, resets, refused handshakes)",
+                caption: "Error rate per version, each window between two judgements (5xx, resets, refused handshakes)",
                 unit: "%",
                 top: error_top,
                 lines: vec![
@@ -240,7 +244,7 @@ where
                 ],
             },
             ChartSpec {
-                caption: "p99 time to first byte per version",
+                caption: "p99 time to first byte per version, each window between two judgements",
                 unit: "ms",
                 top: p99_top,
                 lines: vec![
@@ -270,15 +274,24 @@ where
                 .x_desc("seconds since the start")
                 .y_desc(unit)
                 .draw()?;
-            for (t, label, color) in &marks {
+            let places = label_places(&marks, end);
+            for ((t, label, color), place) in marks.iter().zip(&places) {
                 chart.draw_series(std::iter::once(PathElement::new(
                     vec![(*t, 0.0), (*t, top)],
                     color.stroke_width(1),
                 )))?;
+                // Labels that would overlap go on rows further down; one near the right edge
+                // ends at its line instead of starting there.
+                let anchor = if place.left_of_line {
+                    Pos::new(HPos::Right, VPos::Top)
+                } else {
+                    Pos::new(HPos::Left, VPos::Top)
+                };
+                let y = top * (0.98 - LABEL_ROW_HEIGHT * place.row as f64);
                 chart.draw_series(std::iter::once(Text::new(
-                    label.clone(),
-                    (*t, top * 0.95),
-                    ("sans-serif", 12).into_font().color(color),
+                    format!(" {label} "),
+                    (*t, y),
+                    ("sans-serif", 12).into_font().color(color).pos(anchor),
                 )))?;
             }
             for (points, label, color) in lines {
@@ -296,6 +309,50 @@ where
         root.present()?;
     }
     Ok(())
+}
+
+/// The height of a row of event labels, as a fraction of a chart's height.
+const LABEL_ROW_HEIGHT: f64 = 0.08;
+/// The width of the plotting area in pixels, about (the drawing less the y labels and margins).
+const PLOT_WIDTH_PX: f64 = (WIDTH - 70) as f64;
+/// The width of a label's character at 12 px, about, in pixels.
+const LABEL_CHAR_PX: f64 = 7.0;
+
+/// Where an event's label goes: its row (0 at the top), and whether it ends at its line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LabelPlace {
+    row: usize,
+    left_of_line: bool,
+}
+
+/// Places the labels of `marks` (in time order) on a chart `end` seconds wide so that none
+/// overlaps another or leaves the chart: each takes the first row where it fits.
+fn label_places(marks: &[(f64, String, RGBColor)], end: f64) -> Vec<LabelPlace> {
+    let px = |t: f64| t / end * PLOT_WIDTH_PX;
+    // The right edge of the last label on each row, in pixels.
+    let mut rows: Vec<f64> = Vec::new();
+    marks
+        .iter()
+        .map(|(t, label, _)| {
+            let width = (label.chars().count() + 2) as f64 * LABEL_CHAR_PX;
+            let x = px(*t);
+            let left_of_line = x + width > PLOT_WIDTH_PX;
+            let (from, to) = if left_of_line {
+                (x - width, x)
+            } else {
+                (x, x + width)
+            };
+            let row = rows
+                .iter()
+                .position(|right| *right <= from)
+                .unwrap_or_else(|| {
+                    rows.push(f64::MIN);
+                    rows.len() - 1
+                });
+            rows[row] = to;
+            LabelPlace { row, left_of_line }
+        })
+        .collect()
 }
 
 fn escape(text: &str) -> String {
@@ -384,18 +441,32 @@ mod tests {
     use super::*;
     use crate::store::journal::NewEvent;
 
+    #[test]
+    fn labels_that_would_overlap_take_other_rows_and_none_leaves_the_chart() {
+        let mark = |t: f64, label: &str| (t, label.to_owned(), RED);
+        // A step and an override in the same second, then a rollback at the very end.
+        let marks = [
+            mark(10.0, "step 5%"),
+            mark(10.2, "override"),
+            mark(50.0, "step 25%"),
+            mark(100.0, "rollback"),
+        ];
+        let places = label_places(&marks, 100.0);
+        let at = |row, left_of_line| LabelPlace { row, left_of_line };
+        assert_eq!(
+            places,
+            [at(0, false), at(1, false), at(0, false), at(0, true)]
+        );
+    }
+
     /// A rollout recorded through the journal's own API: started at 1%, stepped to 5%, green's
     /// errors rose, rolled back.
     fn recorded(dir: &Path) -> i64 {
         let journal = Journal::open(dir).expect("journal");
         let event = |kind, actor: &str, reason: Option<&str>, details| NewEvent {
-            service: "sentiment".to_owned(),
-            kind,
-            actor: actor.to_owned(),
             reason: reason.map(str::to_owned),
-            decision_to_write_us: None,
-            decision_to_first_connection_us: None,
             details,
+            ..NewEvent::new("sentiment", kind, actor)
         };
         let id = journal
             .record(&event(

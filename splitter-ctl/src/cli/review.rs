@@ -97,7 +97,7 @@ pub fn run(config_path: &Path, id: i64, output: Output) -> Result<String, Comman
         .collect();
     let _ = writeln!(
         out,
-        "\n## Gate values{}\n\n| time | judgement | candidate requests / errors / p99 ms | live requests / errors / p99 ms |\n|---|---|---|---|",
+        "\n## Gate values{}\n\nEach judgement counts from the start of its step (the report's charts show each window between two judgements instead).\n\n| time | judgement | candidate since the step began: requests / errors / p99 ms | live since the step began: requests / errors / p99 ms |\n|---|---|---|---|",
         if end.is_some_and(|e| e.event.kind == journal::EventKind::Rollback) {
             " before the rollback"
         } else {

@@ -17,7 +17,7 @@ use crate::{
 pub fn run(config_path: &Path, action: RolloutAction) -> Result<String, CommandError> {
     match action {
         RolloutAction::Start { service, plan } => {
-            start(config_path, &service, &plan.into_request()?)
+            start(config_path, &service, &plan.into_request())
         }
         RolloutAction::Status { service, output } => status(config_path, &service, output),
         RolloutAction::Pause { service } => command(config_path, &service, RolloutCommand::Pause),
@@ -76,8 +76,8 @@ pub fn status(config_path: &Path, service: &str, output: Output) -> Result<Strin
         "{service}: {} at {}% (step {} of {}){}; last judgement: {}\n",
         status["candidate"].as_str().unwrap_or("?"),
         percent(&status["candidate_percent"]),
-        status["step"].as_u64().unwrap_or(0) + 1,
-        status["steps_percent"].as_array().map_or(0, Vec::len),
+        status["step"].as_u64().unwrap_or(0),
+        status["steps"].as_u64().unwrap_or(0),
         status["paused"]
             .as_str()
             .map_or_else(String::new, |why| format!(", PAUSED ({why})")),

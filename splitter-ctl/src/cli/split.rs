@@ -9,12 +9,17 @@ use std::{
 
 use splitter_common::{SplitWord, Version};
 
-use super::{CommandError, Target};
+use super::{
+    CommandError,
+    locate::{Located, Overrides, locate},
+};
 use crate::model::units;
 use crate::{
     engine::drill::DRILL_POLL,
     kernel::{maps::Maps, split_lock::SplitLockFile},
     model::{
+        actor::Actor,
+        config::ServiceSpec,
         error::chain,
         share::{format_percent, percent_of},
     },
@@ -25,11 +30,18 @@ use crate::{
 #[derive(Debug)]
 pub struct Change {
     pub service: String,
+    /// What the command did: a `weight` or a `rollback`.
+    pub kind: EventKind,
+    /// Which pins and state were used, and why those (`Located::describe`).
+    pub located: String,
     pub before: SplitWord,
     pub after: SplitWord,
+    /// The word was already what the command asked for: nothing written or journaled.
+    pub unchanged: bool,
     pub write: Duration,
-    /// The journal entry, or why it could not be written (the map write happened either way).
-    pub journaled: Result<i64, JournalError>,
+    /// The journal entry, or why it could not be written (the map write happened either way);
+    /// `None` when nothing was written.
+    pub journaled: Option<Result<i64, JournalError>>,
     /// For a rollback: the live pool's first new connection, still to be awaited.
     pub first_connection: Option<FirstConnection>,
 }
@@ -105,19 +117,35 @@ impl FirstConnection {
 impl Change {
     /// Prints the change, and warns (without failing: the map write happened) when it could
     /// not be journaled.
-    pub fn print(&self) {
-        println!("{}", self.describe());
-        if let Err(error) = &self.journaled {
+    pub fn print(&self) -> Result<(), CommandError> {
+        eprintln!("using {}", self.located);
+        super::out(format!("{}\n", self.describe()))?;
+        if let Some(Err(error)) = &self.journaled {
             eprintln!(
                 "warning: the change is in effect but not in the journal: {}",
                 chain(error)
             );
         }
+        Ok(())
     }
 
     #[must_use]
     pub fn describe(&self) -> String {
         let a = self.after;
+        if self.unchanged {
+            let already = if self.kind == EventKind::Rollback {
+                "already rolled back"
+            } else {
+                "already so"
+            };
+            return format!(
+                "{}: {already}: blue {}%, green {}% of new connections (live {}); nothing written",
+                self.service,
+                format_percent(a.share_of(Version::Blue)),
+                format_percent(a.share_of(Version::Green)),
+                a.live().name(),
+            );
+        }
         format!(
             "{}: blue {}%, green {}% of new connections (live {}); was blue {}%, green {}%; map write took {:.1} µs",
             self.service,
@@ -135,84 +163,91 @@ impl Change {
 /// `kind`: the read and the write under the split-word lock, so that concurrent writers (other
 /// commands, the daemon's rollout steps and drills) never lose an update. A release group, or
 /// any of its services, names the group's one word: the write moves the whole group, and is
-/// journaled under the group's name (which `change` gets).
+/// journaled under the group's name (which `change` gets, with the group's services). When the
+/// word would not change, nothing is written or journaled: repeating a command is not an error.
+/// The config comes from `locate`, so a file that no longer validates does not block it.
 pub fn update(
     config: &Path,
+    overrides: &Overrides,
     name: &str,
     kind: EventKind,
-    change: impl FnOnce(SplitWord, &Target, &str) -> Result<SplitWord, CommandError>,
+    change: impl FnOnce(SplitWord, &Located, &str, &[ServiceSpec]) -> Result<SplitWord, CommandError>,
 ) -> Result<Change, CommandError> {
     let decided = Instant::now();
-    let mut target = Target::open(config)?;
-    let (_, service) = target.service(name)?;
-    let release = target
-        .config
-        .release(name)
-        .map_or_else(|| name.to_owned(), |r| r.name.to_owned());
+    let located = locate(config, overrides)?;
+    let (release, members) = located.release(name)?;
+    let mut maps = located.maps()?;
+    let service = located.kernel(&maps, &members[0])?;
     let name = release.as_str();
     // Read, decide and write under the split-word lock: no other writer (a rollout step, a
     // drill, another operator) replaces the word between the read and the write.
-    let lock_file = SplitLockFile::open(&target.config.state_dir);
+    let lock_file = SplitLockFile::open(located.state_dir());
     let lock = lock_file.hold();
-    let before = target.maps.split(service.split)?;
-    let after = change(before, &target, name)?;
-    let write = target.maps.set_split(service.split, after)?;
+    let before = maps.split(service.split)?;
+    let after = change(before, &located, name, &members)?;
+    if after == before {
+        drop(lock);
+        return Ok(Change {
+            service: name.to_owned(),
+            kind,
+            located: located.describe(),
+            before,
+            after,
+            unchanged: true,
+            write: Duration::ZERO,
+            journaled: None,
+            first_connection: None,
+        });
+    }
+    let write = maps.set_split(service.split, after)?;
     let decision_to_write = decided.elapsed();
     drop(lock);
     // Counted from after the write, as a drill counts, over every service of a release group.
-    let ids: Vec<u32> = target.config.release(name).map_or_else(
-        || vec![service.id],
-        |r| {
-            r.members
-                .iter()
-                .filter_map(|m| target.maps.service(&m.endpoint()).ok().flatten())
-                .map(|s| s.id)
-                .collect()
-        },
-    );
+    let ids: Vec<u32> = members
+        .iter()
+        .filter_map(|m| maps.service(&m.endpoint()).ok().flatten())
+        .map(|s| s.id)
+        .collect();
     let base = (kind == EventKind::Rollback)
         .then(|| {
             ids.iter()
-                .map(|id| target.maps.new_flows(*id).map(|n| n[after.live() as usize]))
+                .map(|id| maps.new_flows(*id).map(|n| n[after.live() as usize]))
                 .sum::<Result<u64, _>>()
                 .ok()
         })
         .flatten();
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
-    let journaled = Journal::open(&target.config.state_dir)
-        .and_then(|journal| {
-            journal.record(&NewEvent {
-                service: name.to_owned(),
-                kind,
-                actor: "operator".to_owned(),
-                reason: None,
-                decision_to_write_us: Some(units::micros(decision_to_write)),
-                decision_to_first_connection_us: None,
-                details: serde_json::json!({
-                    "before": { "live": before.live().name(), "green_percent": percent_of(before.share_of(Version::Green)) },
-                    "after": { "live": after.live().name(), "green_percent": percent_of(after.share_of(Version::Green)) },
-                    "map_write_us": write.as_secs_f64() * 1e6,
-                }),
-            })
-        });
+    let journaled = Journal::open(located.state_dir()).and_then(|journal| {
+        journal.record(&NewEvent {
+            decision_to_write_us: Some(units::micros(decision_to_write)),
+            details: serde_json::json!({
+                "before": { "live": before.live().name(), "green_percent": percent_of(before.share_of(Version::Green)) },
+                "after": { "live": after.live().name(), "green_percent": percent_of(after.share_of(Version::Green)) },
+                "map_write_us": write.as_secs_f64() * 1e6,
+            }),
+            ..NewEvent::new(name, kind, &Actor::this_process().name())
+        })
+    });
     let event = journaled.as_ref().ok().copied();
-    let Target { config, maps } = target;
     let first_connection = base.map(|base| FirstConnection {
         maps,
         ids,
         live: after.live(),
         base,
         decided,
-        state_dir: config.state_dir,
+        state_dir: located.state_dir().to_owned(),
         event,
     });
     Ok(Change {
         service: name.to_owned(),
+        kind,
+        located: located.describe(),
         before,
         after,
+        unchanged: false,
         write,
-        journaled,
+        journaled: Some(journaled),
         first_connection,
     })
 }

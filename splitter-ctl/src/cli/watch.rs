@@ -32,9 +32,10 @@ const EVENTS: usize = 8;
 /// How long the view waits for the daemon before it shows that it could not reach it: short,
 /// so the view (and `q`) never freezes for long.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
-/// The size of a `--once` frame.
+/// The width of a `--once` frame; its height is what it shows.
 const ONCE_WIDTH: u16 = 120;
-const ONCE_HEIGHT: u16 = 40;
+/// The most rows the header takes for a problem, wrapped.
+const HEADER_ROWS: usize = 6;
 
 /// One version of one service, as the view shows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,31 +166,65 @@ fn rows(status: &Status) -> Vec<VersionRow> {
     rows
 }
 
-/// Draws `view` on `frame`.
-pub fn render(frame: &mut Frame<'_>, view: &View) {
-    let rollout_height = u16::try_from(view.rollouts.len().max(1) * 3).unwrap_or(u16::MAX);
+/// Whether the view is live on a terminal (it says how to leave) or one frame (`--once`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Once,
+}
+
+/// The header: the name and the time, then what could not be read, whole, cut into rows of
+/// `width` (up to `HEADER_ROWS`), in red.
+fn header(view: &View, mode: Mode, width: u16) -> Vec<Line<'static>> {
+    let name = Span::styled("splitter watch ", Style::new().add_modifier(Modifier::BOLD));
+    let hint = match (mode, &view.problem) {
+        (Mode::Live, None) => "  (q to quit)",
+        _ => "",
+    };
+    let mut lines = vec![Line::from(vec![
+        name,
+        Span::raw(format!("{}{hint}", view.at)),
+    ])];
+    if let Some(problem) = &view.problem {
+        let chars: Vec<char> = problem.chars().collect();
+        lines.extend(
+            chars
+                .chunks(usize::from(width.max(1)))
+                .take(HEADER_ROWS)
+                .map(|row| {
+                    Line::styled(row.iter().collect::<String>(), Style::new().fg(Color::Red))
+                }),
+        );
+    }
+    lines
+}
+
+/// The rows each panel of `view` takes: header, rollouts, versions, gates, and the journal's
+/// (its borders and a line at least).
+fn heights(view: &View, header_rows: usize) -> [u16; 5] {
+    let rows = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
     let gate_rows: usize = view.rollouts.iter().map(|r| r.gates.len().max(1)).sum();
-    let gates_height = u16::try_from(gate_rows.max(1) + 3).unwrap_or(u16::MAX);
-    let versions_height = u16::try_from(view.versions.len() + 3).unwrap_or(u16::MAX);
+    [
+        rows(header_rows),
+        rows(view.rollouts.len().max(1) * 3),
+        rows(view.versions.len() + 3),
+        rows(gate_rows.max(1) + 3),
+        rows(view.events.len().max(1) + 2),
+    ]
+}
+
+/// Draws `view` on `frame`.
+pub fn render(frame: &mut Frame<'_>, view: &View, mode: Mode) {
+    let title = header(view, mode, frame.area().width);
+    let [header_rows, rollout_rows, version_rows, gate_rows, _] = heights(view, title.len());
     let [header, rollouts, versions, gates, events] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(rollout_height),
-        Constraint::Length(versions_height),
-        Constraint::Length(gates_height),
+        Constraint::Length(header_rows),
+        Constraint::Length(rollout_rows),
+        Constraint::Length(version_rows),
+        Constraint::Length(gate_rows),
         Constraint::Min(3),
     ])
     .areas(frame.area());
-    let title = match &view.problem {
-        Some(problem) => Line::from(vec![
-            Span::styled("splitter watch ", Style::new().add_modifier(Modifier::BOLD)),
-            Span::raw(format!("{}  ", view.at)),
-            Span::styled(problem.clone(), Style::new().fg(Color::Red)),
-        ]),
-        None => Line::from(vec![
-            Span::styled("splitter watch ", Style::new().add_modifier(Modifier::BOLD)),
-            Span::raw(format!("{}  (q to quit)", view.at)),
-        ]),
-    };
     frame.render_widget(Paragraph::new(title), header);
     render_rollouts(frame, rollouts, &view.rollouts);
     render_versions(frame, versions, &view.versions);
@@ -213,7 +248,8 @@ fn render_rollouts(frame: &mut Frame<'_>, area: Rect, rollouts: &[RolloutStatus]
     let areas = Layout::vertical(rollouts.iter().map(|_| Constraint::Length(3))).split(area);
     for (rollout, area) in rollouts.iter().zip(areas.iter()) {
         let steps = rollout.steps_percent.len();
-        let next = rollout.steps_percent.get(rollout.step + 1).copied();
+        // `step` counts from 1: the next step's share is at index `step`.
+        let next = rollout.steps_percent.get(rollout.step).copied();
         let held = rollout.held_ms.min(rollout.hold_ms);
         let ratio = if rollout.hold_ms == 0 {
             1.0
@@ -231,10 +267,7 @@ fn render_rollouts(frame: &mut Frame<'_>, area: Rect, rollouts: &[RolloutStatus]
         };
         let title = format!(
             " rollout of {}: {} {}% (step {} of {steps}) ",
-            rollout.service,
-            rollout.candidate,
-            rollout.candidate_percent,
-            rollout.step + 1
+            rollout.service, rollout.candidate, rollout.candidate_percent, rollout.step
         );
         let color = if rollout.paused.is_some() {
             Color::Yellow
@@ -309,8 +342,8 @@ fn render_gates(frame: &mut Frame<'_>, area: Rect, rollouts: &[RolloutStatus]) {
                 Row::new(vec![
                     rollout.service.clone(),
                     gate.gate.clone(),
-                    gate.limit.clone(),
-                    gate.value.clone().unwrap_or_else(|| "-".to_owned()),
+                    gate.limit_text.clone(),
+                    gate.value_text.clone().unwrap_or_else(|| "-".to_owned()),
                     gate.state.clone(),
                 ])
                 .style(Style::new().fg(color)),
@@ -335,13 +368,21 @@ fn render_gates(frame: &mut Frame<'_>, area: Rect, rollouts: &[RolloutStatus]) {
     frame.render_widget(table, area);
 }
 
-/// One frame of `view` as text, `width` × `height` cells, trailing blanks trimmed.
+/// One frame of `view` as text, `width` columns and as many rows as it shows, trailing blanks
+/// trimmed.
 #[must_use]
-pub fn text_frame(view: &View, width: u16, height: u16) -> String {
+pub fn text_frame(view: &View, width: u16) -> String {
+    let rows = header(view, Mode::Once, width).len();
+    let height = heights(view, rows)
+        .iter()
+        .fold(0u16, |a, b| a.saturating_add(*b));
     let Ok(mut terminal) = Terminal::new(TestBackend::new(width, height)) else {
         return String::new();
     };
-    if terminal.draw(|frame| render(frame, view)).is_err() {
+    if terminal
+        .draw(|frame| render(frame, view, Mode::Once))
+        .is_err()
+    {
         return String::new();
     }
     let buffer = terminal.backend().buffer();
@@ -363,7 +404,7 @@ pub fn run(
 ) -> Result<(), CommandError> {
     if once {
         let view = gather(config_path, only);
-        print!("{}", text_frame(&view, ONCE_WIDTH, ONCE_HEIGHT));
+        super::out(text_frame(&view, ONCE_WIDTH))?;
         // The frame is printed either way; a script still learns the daemon was not there.
         return match view.problem {
             Some(problem) => Err(CommandError::Daemon(problem)),
@@ -376,7 +417,7 @@ pub fn run(
         loop {
             let view = gather(config_path, only);
             terminal
-                .draw(|frame| render(frame, &view))
+                .draw(|frame| render(frame, &view, Mode::Live))
                 .map_err(io("draw"))?;
             if event::poll(every).map_err(io("read the keyboard"))?
                 && let Event::Key(key) = event::read().map_err(io("read the keyboard"))?
@@ -401,9 +442,10 @@ mod tests {
     fn view() -> View {
         let gate = |gate: &str, limit: &str, value: &str, state: &str| GateView {
             gate: gate.to_owned(),
-            limit: limit.to_owned(),
-            value: Some(value.to_owned()),
+            limit_text: limit.to_owned(),
+            value_text: Some(value.to_owned()),
             state: state.to_owned(),
+            numbers: std::collections::BTreeMap::new(),
         };
         let row = |version: &str, role: &str, share: f64, errors: f64| VersionRow {
             service: "sentiment".to_owned(),
@@ -420,7 +462,8 @@ mod tests {
                 service: "sentiment".to_owned(),
                 candidate: "green".to_owned(),
                 candidate_percent: 25.0,
-                step: 2,
+                step: 3,
+                steps: 5,
                 steps_percent: vec![1.0, 5.0, 25.0, 50.0, 100.0],
                 paused: None,
                 consecutive_failures: 0,
@@ -443,7 +486,7 @@ mod tests {
 
     #[test]
     fn a_frame_shows_the_step_its_progress_every_version_every_gate_and_the_journal() {
-        let text = text_frame(&view(), 120, 30);
+        let text = text_frame(&view(), 120);
         for part in [
             "rollout of sentiment: green 25% (step 3 of 5)",
             "next step 50% in 30 s",
@@ -466,13 +509,38 @@ mod tests {
     fn a_paused_rollout_says_why_and_a_dead_daemon_is_shown_not_blank() {
         let mut paused = view();
         paused.rollouts[0].paused = Some("paused by an operator".to_owned());
-        assert!(text_frame(&paused, 120, 30).contains("PAUSED: paused by an operator"));
+        assert!(text_frame(&paused, 120).contains("PAUSED: paused by an operator"));
         let down = View {
             problem: Some("the daemon is not running".to_owned()),
             ..View::default()
         };
-        let text = text_frame(&down, 120, 20);
+        let text = text_frame(&down, 120);
         assert!(text.contains("the daemon is not running"), "{text}");
         assert!(text.contains("no rollout running"), "{text}");
+    }
+
+    #[test]
+    fn one_frame_has_no_blank_rows_no_key_hint_and_the_whole_problem() {
+        let text = text_frame(&view(), 120);
+        assert!(!text.contains("q to quit"), "{text}");
+        assert!(
+            !text.lines().any(|line| line.trim().is_empty()),
+            "a blank row in:\n{text}"
+        );
+        let problem = format!(
+            "cannot reach the daemon at /run/splitter/ctl.sock: {}",
+            "x".repeat(150)
+        );
+        let down = View {
+            problem: Some(problem.clone()),
+            ..View::default()
+        };
+        let text = text_frame(&down, 120);
+        let unspaced = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        assert!(
+            unspaced(&text).contains(&unspaced(&problem)),
+            "cut:\n{text}"
+        );
+        assert!(!text.lines().any(|line| line.trim().is_empty()), "{text}");
     }
 }

@@ -1,4 +1,5 @@
-//! `splitter-ctl weight SERVICE VERSION PERCENT`: one write of the split word.
+//! `splitter-ctl weight SERVICE VERSION PERCENT`: one write of the split word (none when the
+//! share is that already).
 
 use std::path::Path;
 
@@ -6,19 +7,24 @@ use splitter_common::Version;
 
 use super::{
     CommandError,
+    locate::Overrides,
     split::{Change, update},
 };
-use crate::{model::share::parse_percent, store::journal::EventKind};
+use crate::store::journal::EventKind;
 
-/// `splitter-ctl weight SERVICE VERSION PERCENT`.
+/// `splitter-ctl weight SERVICE VERSION PERCENT`: `version` gets `share_bp` of new connections.
 pub fn weight(
     config: &Path,
+    overrides: &Overrides,
     service: &str,
     version: Version,
-    percent: &str,
+    share_bp: u16,
 ) -> Result<Change, CommandError> {
-    let share_bp = parse_percent(percent)?;
-    update(config, service, EventKind::Weight, |word, _, _| {
-        Ok(word.with_share_of(version, share_bp))
-    })
+    update(
+        config,
+        overrides,
+        service,
+        EventKind::Weight,
+        |word, _, _, _| Ok(word.with_share_of(version, share_bp)),
+    )
 }

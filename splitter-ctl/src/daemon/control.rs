@@ -23,7 +23,8 @@ use super::{
     rollouts::RolloutError,
 };
 use crate::{
-    engine::drill::{DrillKind, Trigger},
+    engine::drill::DrillKind,
+    model::actor::Actor,
     model::error::chain,
     model::{config::ControlGroup, plan::PlanRequest},
     view::rollout::RolloutCommand,
@@ -91,6 +92,16 @@ impl Peer {
     const fn is_root(self) -> bool {
         self.uid == 0
     }
+
+    /// The operator at the other end, for the journal.
+    const fn actor(self) -> Actor {
+        let uid = if self.uid == Self::UNKNOWN.uid {
+            None
+        } else {
+            Some(self.uid)
+        };
+        Actor::Operator { uid }
+    }
 }
 
 /// Answers one request of the control API from `peer`.
@@ -110,9 +121,7 @@ pub async fn answer(shared: &Shared, config_path: &Path, peer: Peer, request: Re
         // the share at zero or the pools emptied.
         let (shared, service) = (std::sync::Arc::clone(shared), service.to_owned());
         let drill =
-            tokio::spawn(
-                async move { drills::run(&shared, &service, kind, Trigger::Operator).await },
-            );
+            tokio::spawn(async move { drills::run(&shared, &service, kind, peer.actor()).await });
         return match drill.await {
             Ok(Ok(report)) => {
                 Response::json(200, &serde_json::to_value(report).unwrap_or_default())
@@ -240,14 +249,14 @@ fn rollout(method: &str, rest: &str, body: &[u8], daemon: &mut Daemon, peer: Pee
                 );
             }
             daemon
-                .start_rollout(service, request)
+                .start_rollout(service, request, peer.actor())
                 .map_or_else(error, |s| {
                     Response::json(200, &serde_json::to_value(s).unwrap_or_default())
                 })
         }
         ("POST", action) => match RolloutCommand::parse(action) {
             Some(command) => daemon
-                .rollout_command(service, command)
+                .rollout_command(service, command, peer.actor())
                 .map_or_else(error, |done| {
                     Response::json(200, &serde_json::json!({ "done": done }))
                 }),

@@ -22,7 +22,8 @@ use super::{
 };
 use crate::model::units::micros;
 use crate::{
-    engine::drill::{DRILL_LIMIT, DRILL_POLL, DRILL_PROBES, DrillKind, Trigger},
+    engine::drill::{DRILL_LIMIT, DRILL_POLL, DRILL_PROBES, DrillKind},
+    model::actor::Actor,
     model::{error::chain, share::format_percent},
     store::journal::EventKind,
     view::drill::DrillReport,
@@ -32,7 +33,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Drill {
     pub service: String,
-    trigger: Trigger,
+    trigger: Actor,
     kind: DrillKind,
     ids: ReleaseIds,
     before: SplitWord,
@@ -101,7 +102,7 @@ impl Daemon {
     /// Refuses a drill that cannot be run safely (counted as `refused`); otherwise writes the
     /// rollback.
     /// A service of a release group drills the group.
-    pub fn begin_drill(&mut self, name: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
+    pub fn begin_drill(&mut self, name: &str, trigger: Actor) -> Result<Drill, RolloutError> {
         let service = self.release_name(name).unwrap_or_else(|_| name.to_owned());
         let service = service.as_str();
         let begun = self.try_begin_drill(service, trigger);
@@ -116,7 +117,7 @@ impl Daemon {
         begun
     }
 
-    fn try_begin_drill(&mut self, service: &str, trigger: Trigger) -> Result<Drill, RolloutError> {
+    fn try_begin_drill(&mut self, service: &str, trigger: Actor) -> Result<Drill, RolloutError> {
         let ids = self.release_ids(service)?;
         if self.rollouts.contains_key(service) {
             return Err(RolloutError::RolloutRunning(service.to_owned()));
@@ -210,7 +211,7 @@ impl Daemon {
     pub fn begin_last_resort_drill(
         &mut self,
         name: &str,
-        trigger: Trigger,
+        trigger: Actor,
     ) -> Result<Drill, RolloutError> {
         let begun = self.try_begin_last_resort_drill(name, trigger);
         if let Err(error) = &begun {
@@ -227,7 +228,7 @@ impl Daemon {
     fn try_begin_last_resort_drill(
         &mut self,
         service: &str,
-        trigger: Trigger,
+        trigger: Actor,
     ) -> Result<Drill, RolloutError> {
         let Some(spec) = self.config.service(service) else {
             // A release group has no pools of its own: its services do.
@@ -466,7 +467,7 @@ pub(super) async fn run(
     shared: &Shared,
     service: &str,
     kind: DrillKind,
-    trigger: Trigger,
+    trigger: Actor,
 ) -> Result<DrillReport, RolloutError> {
     let begun = match kind {
         DrillKind::Rollback => lock(shared).begin_drill(service, trigger),

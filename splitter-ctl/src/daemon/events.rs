@@ -13,12 +13,10 @@ use super::metrics::{
 };
 use crate::model::units::micros;
 use crate::{
-    engine::{
-        drill::{DrillKind, Trigger},
-        health::Transition,
-    },
+    engine::{drill::DrillKind, health::Transition},
     kernel::apply::Applied,
     model::{
+        actor::Actor,
         error::chain,
         promql::Reading,
         share::{format_percent, percent_of},
@@ -53,16 +51,8 @@ pub(super) trait Event {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64>;
 }
 
-fn new_event(service: &str, kind: EventKind, actor: &str) -> NewEvent {
-    NewEvent {
-        service: service.to_owned(),
-        kind,
-        actor: actor.to_owned(),
-        reason: None,
-        decision_to_write_us: None,
-        decision_to_first_connection_us: None,
-        details: serde_json::json!({}),
-    }
+fn new_event(service: &str, kind: EventKind, actor: Actor) -> NewEvent {
+    NewEvent::new(service, kind, &actor.name())
 }
 
 /// A rollout began: its first step's share is written.
@@ -73,12 +63,13 @@ pub(super) struct RolloutStarted<'a> {
     pub hold: Duration,
     pub interval: Duration,
     pub client_salt: Option<u32>,
+    pub actor: Actor,
 }
 
 impl Event for RolloutStarted<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let first = self.steps_bp.first().copied().unwrap_or(0);
-        tracing::info!(service = self.service, candidate = self.candidate.name(), first_step_percent = %format_percent(first), "rollout started");
+        tracing::info!(service = self.service, candidate = self.candidate.name(), first_step_percent = %format_percent(first), actor = %self.actor.name(), "rollout started");
         sinks.record(&NewEvent {
             details: serde_json::json!({
                 "candidate": self.candidate.name(),
@@ -87,7 +78,7 @@ impl Event for RolloutStarted<'_> {
                 "interval_ms": self.interval.as_millis(),
                 "client_salt": self.client_salt,
             }),
-            ..new_event(self.service, EventKind::RolloutStarted, "operator")
+            ..new_event(self.service, EventKind::RolloutStarted, self.actor)
         })
     }
 }
@@ -103,7 +94,7 @@ impl Event for GateEvaluation<'_> {
         tracing::debug!(service = self.service, judgement = %self.details["judgement"], "gates judged a window");
         sinks.record(&NewEvent {
             details: self.details,
-            ..new_event(self.service, EventKind::GateEvaluation, "gates")
+            ..new_event(self.service, EventKind::GateEvaluation, Actor::Gates)
         })
     }
 }
@@ -142,7 +133,7 @@ impl Event for RolloutStep<'_> {
         tracing::info!(service = self.service, candidate_percent = %format_percent(self.share_bp), "rollout step");
         sinks.record(&NewEvent {
             details: serde_json::json!({ "candidate_percent": percent_of(self.share_bp) }),
-            ..new_event(self.service, EventKind::Step, "gates")
+            ..new_event(self.service, EventKind::Step, Actor::Gates)
         })
     }
 }
@@ -154,6 +145,7 @@ pub(super) struct OperatorOverride<'a> {
     pub what: String,
     /// Whether the rollout was overridden from outside (a warning), not operated through it.
     pub from_outside: bool,
+    pub actor: Actor,
 }
 
 impl Event for OperatorOverride<'_> {
@@ -165,11 +157,11 @@ impl Event for OperatorOverride<'_> {
                 self.what
             );
         } else {
-            tracing::info!(service = self.service, "{} by an operator", self.what);
+            tracing::info!(service = self.service, actor = %self.actor.name(), "{} by an operator", self.what);
         }
         sinks.record(&NewEvent {
             reason: Some(self.what),
-            ..new_event(self.service, EventKind::OperatorOverride, "operator")
+            ..new_event(self.service, EventKind::OperatorOverride, self.actor)
         })
     }
 }
@@ -184,8 +176,8 @@ pub(super) enum Ending {
 pub(super) struct RolloutEnded<'a> {
     pub service: &'a str,
     pub ending: Ending,
-    /// `gates` or `operator`.
-    pub actor: &'a str,
+    /// The gates, or an operator.
+    pub actor: Actor,
     /// The version live after the write.
     pub live: Version,
     pub decision_to_write: Duration,
@@ -198,13 +190,13 @@ impl Event for RolloutEnded<'_> {
                 tracing::info!(
                     service = self.service,
                     live = self.live.name(),
-                    actor = self.actor,
+                    actor = %self.actor.name(),
                     "promoted"
                 );
                 (EventKind::Promotion, None, "promoted")
             }
             Ending::RolledBack(reason) => {
-                tracing::warn!(service = self.service, reason = %reason, actor = self.actor, write_us = self.decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool");
+                tracing::warn!(service = self.service, reason = %reason, actor = %self.actor.name(), write_us = self.decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool");
                 (EventKind::Rollback, Some(reason), "rolled_back")
             }
         };
@@ -220,7 +212,7 @@ impl Event for RolloutEnded<'_> {
             .get_or_create(&RolloutEndLabels {
                 service: self.service.to_owned(),
                 outcome,
-                actor: self.actor.to_owned(),
+                actor: self.actor.label().to_owned(),
             })
             .inc();
         id
@@ -231,7 +223,7 @@ impl Event for RolloutEnded<'_> {
 pub(super) struct DrillRefused<'a, E> {
     pub service: &'a str,
     pub kind: DrillKind,
-    pub trigger: Trigger,
+    pub trigger: Actor,
     pub error: &'a E,
 }
 
@@ -241,7 +233,7 @@ impl<E: std::error::Error + 'static> Event for DrillRefused<'_, E> {
             DrillKind::Rollback => "drill refused",
             DrillKind::LastResort => "last-resort drill refused",
         };
-        tracing::warn!(service = self.service, actor = self.trigger.name(), error = %chain(self.error), "{what}");
+        tracing::warn!(service = self.service, actor = %self.trigger.name(), error = %chain(self.error), "{what}");
         count_drill(sinks, self.service, self.trigger, "refused");
         None
     }
@@ -250,14 +242,14 @@ impl<E: std::error::Error + 'static> Event for DrillRefused<'_, E> {
 /// A drill ran to its end.
 pub(super) struct DrillEnded<'a> {
     pub report: &'a DrillReport,
-    pub trigger: Trigger,
+    pub trigger: Actor,
     pub write: Duration,
 }
 
 impl Event for DrillEnded<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let report = self.report;
-        tracing::info!(service = report.service, kind = report.kind.name(), actor = self.trigger.name(), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        tracing::info!(service = report.service, kind = report.kind.name(), actor = %self.trigger.name(), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         count_drill(sinks, &report.service, self.trigger, &report.outcome);
         let kind = match report.kind {
             DrillKind::Rollback => EventKind::Drill,
@@ -268,19 +260,19 @@ impl Event for DrillEnded<'_> {
             decision_to_write_us: Some(micros(self.write)),
             decision_to_first_connection_us: report.decision_to_first_connection_us,
             details: serde_json::to_value(report).unwrap_or_default(),
-            ..new_event(&report.service, kind, self.trigger.name())
+            ..new_event(&report.service, kind, self.trigger)
         })
     }
 }
 
-fn count_drill(sinks: &Sinks<'_>, service: &str, trigger: Trigger, outcome: &str) {
+fn count_drill(sinks: &Sinks<'_>, service: &str, trigger: Actor, outcome: &str) {
     sinks
         .counters
         .drills
         .get_or_create(&DrillLabels {
             service: service.to_owned(),
             outcome: outcome.to_owned(),
-            actor: trigger.name(),
+            actor: trigger.label(),
         })
         .inc();
 }

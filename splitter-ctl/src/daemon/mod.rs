@@ -33,7 +33,7 @@ use crate::{
     engine::{drill::DrillSchedule, health::Health},
     kernel::{
         apply::{self, Applied, ApplyError},
-        dataplane::{self, DataplaneError},
+        dataplane::{self, BpffsScope, DataplaneError},
         maps::{Maps, MapsError},
         reports::KernelLog,
         split_lock::SplitLockFile,
@@ -41,14 +41,29 @@ use crate::{
     model::{
         config::{Config, ConfigError},
         error::chain,
+        paths,
         share::format_percent,
     },
-    store::journal::Journal,
+    store::{
+        applied,
+        journal::{Journal, now_ms},
+    },
     view::status::{self, Rates, Status},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(
+        "the bpffs at `{}` is this process's own: it runs in a mount namespace of its own (as \
+         `ip netns exec` gives), so the data plane's pins would go away with it and no other \
+         command could reach them (a rollback included). Enter only the network namespace: \
+         `nsenter --net=/run/netns/NAME splitter-ctl daemon ...`; or pass --private-bpffs to \
+         accept that the data plane goes away with this daemon",
+        paths::BPFFS_ROOT
+    )]
+    PrivateBpffs,
+    #[error("cannot tell whose bpffs this is")]
+    BpffsScope(#[source] std::io::Error),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
@@ -115,6 +130,8 @@ pub struct Daemon {
     rates: Rates,
     /// What the metrics collector reads beside the kernel maps (see `metrics::ScrapeView`).
     scrape: watch::Sender<Arc<ScrapeView>>,
+    /// Whose bpffs the data plane is pinned in: whether it outlives the daemon.
+    bpffs: BpffsScope,
     /// The metrics collector's handles on the pinned maps, until the runtime takes them.
     scrape_maps: Option<Maps>,
     /// The programs' rare events, until the runtime takes them to forward.
@@ -132,8 +149,20 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Loads or adopts the data plane, attaches it and applies `config`. When there was no
     /// data plane before and this fails, what was pinned is removed again.
-    pub fn start(config: Config, counters: DaemonCounters) -> Result<Self, StartError> {
+    pub fn start(
+        config: Config,
+        counters: DaemonCounters,
+        allow_private_bpffs: bool,
+    ) -> Result<Self, StartError> {
         warn_if_world_writable(&config.path);
+        let scope = dataplane::bpffs_scope().map_err(StartError::BpffsScope)?;
+        match scope {
+            BpffsScope::Host => {}
+            BpffsScope::Private if allow_private_bpffs => tracing::warn!(
+                "the bpffs is this process's own (--private-bpffs): the data plane goes away with this daemon's mount namespace"
+            ),
+            BpffsScope::Private => return Err(StartError::PrivateBpffs),
+        }
         let fresh = !dataplane::is_attached(&config.pin_dir);
         let result = (|| {
             let mut ebpf = dataplane::load(Some(&config.pin_dir), config.flow_table_per_cpu)?;
@@ -192,6 +221,7 @@ impl Daemon {
             rates: Rates::new(),
             scrape: watch::Sender::new(Arc::default()),
             scrape_maps: Some(scrape_maps),
+            bpffs: scope,
             reports,
         };
         let applied = daemon.apply()?;
@@ -216,6 +246,12 @@ impl Daemon {
     pub fn take_scrape(&mut self) -> Option<(Maps, watch::Receiver<Arc<ScrapeView>>)> {
         let maps = self.scrape_maps.take()?;
         Some((maps, self.scrape.subscribe()))
+    }
+
+    /// Whether the data plane outlives the daemon: pinned in the host's bpffs.
+    #[must_use]
+    pub fn data_plane_outlives_the_daemon(&self) -> bool {
+        self.bpffs == BpffsScope::Host
     }
 
     /// The reader of the data plane's rare events, for the runtime to forward (once).
@@ -269,23 +305,26 @@ impl Daemon {
     pub fn reload(&mut self, path: &Path) -> Result<Applied, ReloadError> {
         warn_if_world_writable(path);
         let result = self.reload_inner(path);
-        match &result {
-            Ok(applied) => {
+        match result {
+            Ok((applied, text)) => {
                 self.emit(ConfigApplied {
-                    applied,
+                    applied: &applied,
                     reload: true,
                 });
                 self.publish_scrape_view();
+                record_applied(path, &text);
+                Ok(applied)
             }
             Err(error) => {
-                self.emit(ReloadRefused { error });
+                self.emit(ReloadRefused { error: &error });
+                Err(error)
             }
         }
-        result
     }
 
-    fn reload_inner(&mut self, path: &Path) -> Result<Applied, ReloadError> {
-        let config = Config::load(path)?;
+    /// The reload; what it applied, and the text of the config applied.
+    fn reload_inner(&mut self, path: &Path) -> Result<(Applied, String), ReloadError> {
+        let (config, text) = Config::read(path)?;
         let fixed: [(&'static str, String, String); 5] = [
             (
                 "interface",
@@ -336,7 +375,7 @@ impl Daemon {
         let previous = std::mem::replace(&mut self.config, config);
         self.health.sync(&self.config);
         match self.apply() {
-            Ok(applied) => Ok(applied),
+            Ok(applied) => Ok((applied, text)),
             Err(error) => {
                 // The kernel may hold part of the new config: put the old one back as a whole.
                 self.config = previous;
@@ -363,6 +402,18 @@ impl Daemon {
             status::add_previous(&mut status, &self.config, journal);
         }
         Ok(status)
+    }
+}
+
+/// Keeps a copy of the config just applied where the emergency commands find it (logged when
+/// it cannot be: a rollback then needs a config that parses, or `--pin-dir`).
+fn record_applied(config_path: &Path, text: &str) {
+    match applied::write(config_path, text, now_ms()) {
+        Ok(path) => tracing::debug!(record = %path.display(), "recorded the applied config"),
+        Err(error) => tracing::warn!(
+            error = %chain(&error),
+            "cannot record the applied config; the emergency commands will need a config that parses"
+        ),
     }
 }
 

@@ -24,13 +24,14 @@ use super::{
     metrics::{DaemonCounters, Metrics},
 };
 use crate::{
-    engine::drill::{DRILL_POLL, DrillKind, Trigger},
+    engine::drill::{DRILL_POLL, DrillKind},
     io::{notify::notify, probe},
     kernel::{
         aging,
         dataplane::{self, DataplaneError},
         reports::KernelLog,
     },
+    model::actor::Actor,
     model::{
         config::{Config, ConfigError},
         error::chain,
@@ -59,8 +60,17 @@ pub enum RunError {
 /// How long a listener waits after a failed accept.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunError> {
-    let config = Config::load(config_path)?;
+/// How the daemon runs, from its command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// On SIGINT/SIGTERM, detach the programs and remove the pins.
+    pub detach_on_exit: bool,
+    /// Start even when the bpffs is this process's own (the data plane then goes away with it).
+    pub private_bpffs: bool,
+}
+
+pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
+    let (config, text) = Config::read(config_path)?;
     let signals = |kind, what| signal(kind).map_err(|source| RunError::Io { what, source });
     let mut terminate = signals(SignalKind::terminate(), "install the SIGTERM handler")?;
     let mut interrupt = signals(SignalKind::interrupt(), "install the SIGINT handler")?;
@@ -79,14 +89,16 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     let (socket_path, pin_dir) = (config.control_socket.clone(), config.pin_dir.clone());
 
     let counters = DaemonCounters::default();
-    let mut daemon = match Daemon::start(config, counters.clone()) {
+    let mut daemon = match Daemon::start(config, counters.clone(), options.private_bpffs) {
         Ok(daemon) => daemon,
         Err(error) => {
             let _ = std::fs::remove_file(&socket_path);
             return Err(error.into());
         }
     };
+    super::record_applied(config_path, &text);
     daemon.restore_rollouts();
+    let outlives = daemon.data_plane_outlives_the_daemon();
     let reports = daemon.take_reports();
     let metrics = daemon
         .take_scrape()
@@ -128,15 +140,17 @@ pub async fn run(config_path: &Path, detach_on_exit: bool) -> Result<(), RunErro
     let _ = notify("STOPPING=1");
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket_path);
-    if detach_on_exit {
+    if options.detach_on_exit {
         let removed = dataplane::detach(&pin_dir)?;
         tracing::info!(
             signal = signal_name,
             pins = removed.len(),
             "stopping; data plane detached (--detach-on-exit)"
         );
-    } else {
+    } else if outlives {
         tracing::info!(signal = signal_name, pin_dir = %pin_dir.display(), "stopping; the data plane keeps running");
+    } else {
+        tracing::warn!(signal = signal_name, pin_dir = %pin_dir.display(), "stopping; the data plane goes away with this process's mount namespace (--private-bpffs)");
     }
     Ok(())
 }
@@ -217,7 +231,7 @@ async fn run_scheduled_drills(shared: Shared) {
         let due = lock(&shared).due_drills();
         for service in due {
             // Refusals and outcomes are logged, counted and (when run) journaled by the drill.
-            let _ = drills::run(&shared, &service, DrillKind::Rollback, Trigger::Schedule).await;
+            let _ = drills::run(&shared, &service, DrillKind::Rollback, Actor::Schedule).await;
         }
     }
 }

@@ -10,23 +10,6 @@ pub const DRILL_PROBES: u64 = 5;
 /// How often a drill reads the counters.
 pub const DRILL_POLL: Duration = Duration::from_millis(1);
 
-/// Who asked for a drill; the journal's actor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    Operator,
-    Schedule,
-}
-
-impl Trigger {
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::Schedule => "schedule",
-        }
-    }
-}
-
 /// When each service's next scheduled drill is due.
 #[derive(Debug, Default)]
 pub struct DrillSchedule {

@@ -68,6 +68,9 @@ pub struct GateReading {
     /// What the window measured, when it measured something.
     pub value: Option<String>,
     pub state: GateState,
+    /// The limit and the value as numbers, named with their unit (`limit_ms`, `value_ratio`,
+    /// `candidate_p99_ms`): what `rollout status --output json` gives scripts.
+    pub numbers: Vec<(&'static str, f64)>,
 }
 
 /// The gates' judgement of one window.
@@ -146,6 +149,10 @@ pub fn kernel_gates(
         gate: "min_samples".to_owned(),
         limit: format!("≥ {needed}"),
         value: Some(candidate.requests.to_string()),
+        numbers: vec![
+            ("limit_requests", needed as f64),
+            ("value_requests", candidate.requests as f64),
+        ],
         state: if enough {
             GateState::Pass
         } else {
@@ -161,6 +168,7 @@ pub fn kernel_gates(
             gate: "max_error_rate".to_owned(),
             limit: format!("≤ {:.2}%", max * 100.0),
             value: rate.map(|r| format!("{:.2}%", r * 100.0)),
+            numbers: numbers(RATIO, max, rate),
             state: state(
                 rate.map(|r| {
                     (
@@ -177,6 +185,7 @@ pub fn kernel_gates(
             gate: "max_p99_ms".to_owned(),
             limit: format!("≤ {max:.1} ms"),
             value: candidate.p99_ms.map(|p| format!("{p:.1} ms")),
+            numbers: numbers(MS, max, candidate.p99_ms),
             state: state(
                 candidate
                     .p99_ms
@@ -193,6 +202,13 @@ pub fn kernel_gates(
             gate: "max_p99_vs_live".to_owned(),
             limit: format!("≤ {ratio:.2} × live"),
             value: both.map(|(c, l)| format!("{:.2} × ({c:.1} / {l:.1} ms)", c / l)),
+            numbers: numbers(RATIO, ratio, both.map(|(c, l)| c / l))
+                .into_iter()
+                .chain(
+                    both.into_iter()
+                        .flat_map(|(c, l)| [("candidate_p99_ms", c), ("live_p99_ms", l)]),
+                )
+                .collect(),
             state: state(
                 both.map(|(c, l)| {
                     (
@@ -205,6 +221,21 @@ pub fn kernel_gates(
         });
     }
     readings
+}
+
+/// The names of a gate's numbers in ratios, and in milliseconds.
+const RATIO: [&str; 2] = ["limit_ratio", "value_ratio"];
+const MS: [&str; 2] = ["limit_ms", "value_ms"];
+
+/// A gate's limit, and its value when measured, under `names`.
+fn numbers(
+    [limit_name, value_name]: [&'static str; 2],
+    limit: f64,
+    value: Option<f64>,
+) -> Vec<(&'static str, f64)> {
+    std::iter::once((limit_name, limit))
+        .chain(value.map(|v| (value_name, v)))
+        .collect()
 }
 
 /// The PromQL gates' states from their readings (in the same order): a value judges, no value
@@ -223,11 +254,23 @@ pub fn promql_gates(gates: &[PromqlGate], readings: &[Reading]) -> Vec<GateReadi
                 }
                 None => GateState::Waiting(Some(format!("PromQL gate {}: not read", gate.name))),
             };
+            let value = match reading {
+                Some(Reading::Value(v)) => Some(*v),
+                _ => None,
+            };
             GateReading {
                 gate: format!("promql {}", gate.name),
                 limit: gate.limit(),
                 value: reading.map(ToString::to_string),
                 state,
+                // In the query's own unit.
+                numbers: gate
+                    .max
+                    .map(|max| ("limit_max", max))
+                    .into_iter()
+                    .chain(gate.min.map(|min| ("limit_min", min)))
+                    .chain(value.map(|v| ("value", v)))
+                    .collect(),
             }
         })
         .collect()
@@ -290,6 +333,7 @@ mod tests {
             limit: String::new(),
             value: None,
             state,
+            numbers: Vec::new(),
         };
         let fail = |r: &str| reading(GateState::Fail(r.to_owned()));
         let wait = |r: &str| reading(GateState::Waiting(Some(r.to_owned())));

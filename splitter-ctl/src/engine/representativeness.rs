@@ -154,6 +154,9 @@ pub fn gate(max: f64, spread: &Spread, candidate_share_bp: u16) -> GateReading {
         gate: "max_divergence".to_owned(),
         limit: format!("≤ {max:.2}"),
         value: spread.divergence.map(|d| format!("{d:.2}")),
+        numbers: std::iter::once(("limit_divergence", max))
+            .chain(spread.divergence.map(|d| ("value_divergence", d)))
+            .collect(),
         state: state(max, spread, candidate_share_bp),
     }
 }

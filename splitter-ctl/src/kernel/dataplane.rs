@@ -38,6 +38,11 @@ pub enum DataplaneError {
         "this binary was built without its kernel programs (AYA_BUILD_SKIP=1); build it again without that variable"
     )]
     NotBuilt,
+    #[error(
+        "`{}` is not a Splitter pin directory ({why}): nothing removed",
+        path.display()
+    )]
+    NotAPinDir { path: PathBuf, why: &'static str },
     #[error("cannot create pin directory `{path}`")]
     PinDir {
         path: PathBuf,
@@ -349,10 +354,31 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
-    let pins = [paths::XDP_LINK_PIN, paths::TC_LINK_PIN]
-        .into_iter()
-        .chain(names::ALL);
-    for name in pins {
+    let pins = || {
+        [paths::XDP_LINK_PIN, paths::TC_LINK_PIN]
+            .into_iter()
+            .chain(names::ALL)
+    };
+    // Never a directory that is not ours (`detach --pin-dir /etc`): it must be on a bpffs, and
+    // hold a Splitter pin or nothing at all.
+    let refuse = |why| DataplaneError::NotAPinDir {
+        path: pin_dir.to_owned(),
+        why,
+    };
+    if !fs_magic(pin_dir).is_ok_and(|magic| magic == BPF_FS_MAGIC) {
+        return Err(refuse("it is not on a bpffs"));
+    }
+    let empty = fs::read_dir(pin_dir)
+        .map_err(|source| DataplaneError::Unpin {
+            path: pin_dir.to_owned(),
+            source,
+        })?
+        .next()
+        .is_none();
+    if !empty && !pins().any(|name| paths::pin(pin_dir, name).exists()) {
+        return Err(refuse("it holds none of Splitter's pins"));
+    }
+    for name in pins() {
         let path = paths::pin(pin_dir, name);
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -407,6 +433,53 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
     }
     tracing::info!(path = paths::BPFFS_ROOT, "mounted bpffs");
     Ok(())
+}
+
+/// Whose bpffs this process pins into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpffsScope {
+    /// The host's (the one the host's init sees): pins outlive the process, and every command
+    /// on the host sees them.
+    Host,
+    /// This process's own: it runs in a mount namespace of its own (`ip netns exec` gives one)
+    /// where the bpffs is not the host's, or would be mounted by the daemon itself. Pins there
+    /// go away with the namespace, and no other command can reach them.
+    Private,
+}
+
+/// Whose bpffs `BPFFS_ROOT` is, as this process sees it: the host's when this process shares
+/// the mount namespace of the host's init, or sees the same bpffs as it does. Where init's
+/// `/proc` entry is closed to us (some sandboxes), the process that started us stands in for
+/// it: `ip netns exec` and `unshare -m` give their child a mount namespace its parent does not
+/// have. When neither can be read, nothing says the bpffs is private: `Host`.
+pub fn bpffs_scope() -> io::Result<BpffsScope> {
+    let own = fs::read_link("/proc/self/ns/mnt")?;
+    let parent = std::os::unix::process::parent_id().to_string();
+    let Some((reference, theirs)) = ["1", parent.as_str()].into_iter().find_map(|pid| {
+        fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|ns| (pid, ns))
+    }) else {
+        return Ok(BpffsScope::Host);
+    };
+    if own == theirs {
+        return Ok(BpffsScope::Host);
+    }
+    let root = Path::new(paths::BPFFS_ROOT);
+    let their_root =
+        Path::new(&format!("/proc/{reference}/root")).join(root.strip_prefix("/").unwrap_or(root));
+    let is_bpffs = |path: &Path| fs_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC);
+    if !is_bpffs(root) || !is_bpffs(&their_root) {
+        // The daemon would mount a bpffs of its own here, or the host has none to share.
+        return Ok(BpffsScope::Private);
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let same = fs::metadata(root)?.dev() == fs::metadata(&their_root)?.dev();
+    Ok(if same {
+        BpffsScope::Host
+    } else {
+        BpffsScope::Private
+    })
 }
 
 fn fs_magic(path: &Path) -> io::Result<i64> {

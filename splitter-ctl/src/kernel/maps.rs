@@ -35,6 +35,11 @@ pub enum MapsError {
         "no data plane is pinned at `{pin_dir}` (map `{map}` is missing): start it with `splitter-ctl daemon --config FILE`"
     )]
     NotPinned { pin_dir: PathBuf, map: &'static str },
+    #[error(
+        "permission denied on the pin directory `{pin_dir}`: the data plane is root's; run the \
+         command as root (sudo)"
+    )]
+    PermissionDenied { pin_dir: PathBuf },
     #[error("cannot open pinned map `{path}`")]
     Open {
         path: PathBuf,
@@ -173,11 +178,20 @@ impl Maps {
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
         let mut open = |name: &'static str| -> Result<Map, MapsError> {
             let path = paths::pin(pin_dir, name);
-            if !path.exists() {
-                return Err(MapsError::NotPinned {
-                    pin_dir: pin_dir.to_owned(),
-                    map: name,
-                });
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => {}
+                // The pin directory is root's (0700): its pins look absent to anyone else.
+                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(MapsError::PermissionDenied {
+                        pin_dir: pin_dir.to_owned(),
+                    });
+                }
+                Err(_) => {
+                    return Err(MapsError::NotPinned {
+                        pin_dir: pin_dir.to_owned(),
+                        map: name,
+                    });
+                }
             }
             let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
                 path: path.clone(),

@@ -1,13 +1,14 @@
 //! The data plane from user space: loading, attaching, adopting and detaching the programs
 //! (`dataplane`), typed access to the pinned maps (`maps`), a config applied as a diff
 //! (`apply`), closed flows swept out (`aging`), interface drivers (`netdev`), the lock that
-//! serializes writers of a split word (`split_lock`), and the programs' rare events forwarded
-//! to the log (`reports`).
+//! serializes writers of a split word (`split_lock`), the programs' rare events forwarded
+//! to the log (`reports`), and the maps' kernel memory (`memory`).
 
 pub mod aging;
 pub mod apply;
 pub mod dataplane;
 pub mod maps;
+pub mod memory;
 pub mod netdev;
 pub mod reports;
 pub mod split_lock;

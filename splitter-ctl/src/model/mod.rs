@@ -1,6 +1,7 @@
 //! The bottom layer: the config validated into a plan, rollout plans, shares, slot tables,
 //! addresses and paths. Depends on splitter-common only; no I/O but reading the config file.
 
+pub mod actor;
 pub mod addr;
 pub mod config;
 pub mod error;

@@ -12,6 +12,9 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/splitter/ctl.sock";
 /// Where the daemon keeps state (config key `state_dir`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/splitter";
+/// Where the daemon keeps a copy of each config it applied, for the emergency commands to read
+/// when the file itself no longer parses (one file per config path: `store::applied`).
+pub const APPLIED_DIR: &str = "/run/splitter/applied";
 /// Where the daemon serves metrics (config key `metrics_listen`).
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// Pin of the XDP ingress link, inside the pin directory.

@@ -135,6 +135,23 @@ pub struct NewEvent {
     pub details: serde_json::Value,
 }
 
+impl NewEvent {
+    /// An event of `kind` by `actor` with nothing else to say yet (no reason, no times, no
+    /// details): the fields to fill in follow with `..`.
+    #[must_use]
+    pub fn new(service: &str, kind: EventKind, actor: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            kind,
+            actor: actor.to_owned(),
+            reason: None,
+            decision_to_write_us: None,
+            decision_to_first_connection_us: None,
+            details: serde_json::json!({}),
+        }
+    }
+}
+
 /// An event as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -628,13 +645,10 @@ mod tests {
 
     fn event(service: &str, kind: EventKind, write_us: Option<u64>) -> NewEvent {
         NewEvent {
-            service: service.to_owned(),
-            kind,
-            actor: "operator".to_owned(),
             reason: Some("test".to_owned()),
             decision_to_write_us: write_us,
-            decision_to_first_connection_us: None,
             details: serde_json::json!({ "green_percent": 5 }),
+            ..NewEvent::new(service, kind, "operator")
         }
     }
 

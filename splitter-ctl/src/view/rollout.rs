@@ -1,5 +1,7 @@
 //! Rollouts as the control API speaks of them: the operator's commands, and a rollout's status.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::engine::gates::{GateReading, GateState};
@@ -39,7 +41,9 @@ pub struct RolloutStatus {
     pub service: String,
     pub candidate: String,
     pub candidate_percent: f64,
+    /// The step the rollout is on, counted from 1, as the text says it: step `step` of `steps`.
     pub step: usize,
+    pub steps: usize,
     pub steps_percent: Vec<f64>,
     pub paused: Option<String>,
     pub consecutive_failures: u32,
@@ -59,19 +63,29 @@ pub struct RolloutStatus {
 pub struct GateView {
     pub gate: String,
     /// What it allows, as an operator reads it (`≤ 1.00%`).
-    pub limit: String,
-    /// What the window measured, when it measured something.
-    pub value: Option<String>,
+    pub limit_text: String,
+    /// What the window measured, when it measured something, as an operator reads it.
+    pub value_text: Option<String>,
     /// `pass`, `fail`, or `waiting` (not enough data to judge this gate).
     pub state: String,
+    /// The limit and the value as numbers, each named with its unit: `limit_ratio` and
+    /// `value_ratio`, `limit_ms` and `value_ms`, `limit_requests`, `candidate_p99_ms`, or a
+    /// PromQL gate's `limit_max`/`limit_min` and `value` in the query's own unit.
+    #[serde(flatten)]
+    pub numbers: BTreeMap<String, f64>,
 }
 
 impl From<&GateReading> for GateView {
     fn from(reading: &GateReading) -> Self {
         Self {
             gate: reading.gate.clone(),
-            limit: reading.limit.clone(),
-            value: reading.value.clone(),
+            limit_text: reading.limit.clone(),
+            value_text: reading.value.clone(),
+            numbers: reading
+                .numbers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), *value))
+                .collect(),
             state: match reading.state {
                 GateState::Pass => "pass",
                 GateState::Fail(_) => "fail",

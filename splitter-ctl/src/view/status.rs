@@ -13,7 +13,10 @@ use crate::{
         latency::Quantiles,
         representativeness::{self, Spread},
     },
-    kernel::maps::{Maps, MapsError},
+    kernel::{
+        maps::{Maps, MapsError},
+        memory::{self, MapMemory},
+    },
     model::{
         config::{Config, Pool, ServiceSpec},
         error::chain,
@@ -31,6 +34,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets per data-plane outcome (steered, not_service, slot_miss, ...).
     pub plane: BTreeMap<String, u64>,
+    /// The kernel memory of each pinned map (`memlock`, as bpftool shows it).
+    #[serde(default)]
+    pub memory: Vec<MapMemory>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -210,6 +216,11 @@ pub fn gather(
         attached: crate::kernel::dataplane::is_attached(&config.pin_dir),
         services,
         plane,
+        memory: memory::of_pins(&config.pin_dir)
+            .inspect_err(
+                |error| tracing::debug!(error = %chain(error), "no map memory in the status"),
+            )
+            .unwrap_or_default(),
     })
 }
 
@@ -373,6 +384,30 @@ fn health_text(b: &BackendStatus) -> String {
     }
 }
 
+/// The maps' kernel memory in one line: the total, and the flow table's share of it per entry.
+fn memory_line(maps: &[MapMemory]) -> Option<String> {
+    let total: u64 = maps.iter().map(|m| m.bytes).sum();
+    if total == 0 {
+        return None;
+    }
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let flows = maps
+        .iter()
+        .find(|m| m.map == splitter_common::maps::FLOWS && m.max_entries > 0)
+        .map_or_else(String::new, |f| {
+            format!(
+                " (flow table {:.1} MiB for {} entries, {} B each)",
+                mib(f.bytes),
+                f.max_entries,
+                f.bytes / f.max_entries
+            )
+        });
+    Some(format!(
+        "maps: {:.1} MiB of kernel memory{flows}",
+        mib(total)
+    ))
+}
+
 /// The human form of a status.
 #[must_use]
 pub fn render(status: &Status) -> String {
@@ -388,6 +423,9 @@ pub fn render(status: &Status) -> String {
         "data plane {} on {} ({attached})",
         status.pin_dir, status.interface
     );
+    if let Some(line) = memory_line(&status.memory) {
+        let _ = writeln!(out, "{line}");
+    }
     for s in &status.services {
         let _ = writeln!(out, "\nservice {} ({} {})", s.name, s.protocol, s.listen);
         if !s.in_data_plane {
@@ -526,4 +564,29 @@ pub fn render(status: &Status) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_line_gives_the_total_and_the_flow_entry_size() {
+        let map = |name: &str, bytes: u64, max_entries: u64| MapMemory {
+            map: name.to_owned(),
+            bytes,
+            max_entries,
+        };
+        let maps = [
+            map(splitter_common::maps::FLOWS, 4_980_736, 32_768),
+            map(splitter_common::maps::SERVICES, 4_352_000, 256),
+        ];
+        assert_eq!(
+            memory_line(&maps).as_deref(),
+            Some(
+                "maps: 8.9 MiB of kernel memory (flow table 4.8 MiB for 32768 entries, 152 B each)"
+            )
+        );
+        assert_eq!(memory_line(&[]), None);
+    }
 }

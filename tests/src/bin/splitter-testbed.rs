@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{bed_binary, http, testbed::Testbed};
+use splitter_tests::{
+    bed_binary, http,
+    testbed::{Testbed, ctl_bin},
+};
 
 /// The test bed index: 198.18.200.0/24 and namespaces `sp200-*`.
 const INDEX: u8 = 200;
@@ -38,7 +41,12 @@ fn main() -> ExitCode {
     let mut bed = Testbed::with_index(INDEX, &server);
     bed.write_config("10");
     bed.start_daemon(&[]);
-    let config = bed.config_path.display();
+    // Commands that work as pasted: splitter-ctl by its full path, as root.
+    let ctl = format!(
+        "{} --config {}",
+        ctl_bin().display(),
+        bed.config_path.display()
+    );
     println!(
         "test bed up: client {} -> service {} -> blue {} / green {}",
         bed.client.name,
@@ -47,10 +55,10 @@ fn main() -> ExitCode {
         bed.green_addr()
     );
     println!("daemon log: {}", bed.dir.join("daemon.log").display());
-    println!("try, in another terminal:");
-    println!("  splitter-ctl --config {config} status");
-    println!("  splitter-ctl --config {config} weight sentiment green 50");
-    println!("  splitter-ctl --config {config} rollback sentiment");
+    println!("try, in another terminal (as root):");
+    println!("  {ctl} status");
+    println!("  {ctl} weight sentiment green 50");
+    println!("  {ctl} rollback sentiment");
     println!(
         "sending up to {RATE} new connections a second for {seconds} s; Ctrl-C stops and cleans up\n"
     );

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use splitter_common::{SplitWord, Version};
 
-use super::{ReleaseIds, RolloutError, describe};
+use super::{DecidedBy, ReleaseIds, RolloutError, describe};
 use crate::{
     daemon::{
         Daemon,
@@ -21,6 +21,7 @@ use crate::{
     },
     io::prometheus,
     model::{
+        actor::Actor,
         error::chain,
         promql::{self, Reading},
         share::format_percent,
@@ -163,6 +164,7 @@ impl Daemon {
                         limit: "the gates, on this service alone".to_owned(),
                         value: None,
                         state: GateState::Fail(format!("{name}: {}", reasons.join(", "))),
+                        numbers: Vec::new(),
                     });
                 }
             }
@@ -239,7 +241,7 @@ impl Daemon {
                     &ids,
                     decision,
                     candidate_version,
-                    Some(details),
+                    DecidedBy::Gates(details),
                     decided,
                 );
                 self.record_samples(rollout_id, &samples);
@@ -315,6 +317,7 @@ impl Daemon {
             service,
             what: why,
             from_outside: true,
+            actor: Actor::Operator { uid: None },
         });
     }
 

@@ -28,6 +28,7 @@ use crate::{
     },
     io::{http::HttpError, prometheus},
     model::{
+        actor::Actor,
         plan::{PlanError, PlanRequest},
         share::{format_percent, percent_of},
     },
@@ -61,6 +62,22 @@ pub struct ActiveRollout {
     pub span: tracing::Span,
     /// The client of the plan's Prometheus, its TLS set up when the rollout started.
     pub prometheus: Option<prometheus::Client>,
+}
+
+/// Who ended a rollout: the gates, with the judgement to journal after the write, or an
+/// operator.
+enum DecidedBy<F> {
+    Gates(F),
+    Operator(Actor),
+}
+
+impl<F> DecidedBy<F> {
+    const fn actor(&self) -> Actor {
+        match self {
+            Self::Gates(_) => Actor::Gates,
+            Self::Operator(actor) => *actor,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +219,7 @@ impl Daemon {
         &mut self,
         name: &str,
         request: PlanRequest,
+        actor: Actor,
     ) -> Result<RolloutStatus, RolloutError> {
         let service = self.release_name(name)?;
         let service = service.as_str();
@@ -258,6 +276,7 @@ impl Daemon {
                 hold: rollout.plan.hold,
                 interval: rollout.plan.interval,
                 client_salt: salt,
+                actor,
             })
             .unwrap_or(0);
         let active = ActiveRollout {
@@ -292,7 +311,8 @@ impl Daemon {
             service: service.to_owned(),
             candidate: active.candidate.name().to_owned(),
             candidate_percent: percent_of(active.rollout.share()),
-            step: active.rollout.step,
+            step: active.rollout.step + 1,
+            steps: active.rollout.plan.steps.len(),
             steps_percent: active
                 .rollout
                 .plan
@@ -314,6 +334,7 @@ impl Daemon {
         &mut self,
         name: &str,
         command: RolloutCommand,
+        actor: Actor,
     ) -> Result<String, RolloutError> {
         let service = self.release_name(name)?;
         let service = service.as_str();
@@ -331,6 +352,7 @@ impl Daemon {
                     service,
                     what: "paused".to_owned(),
                     from_outside: false,
+                    actor,
                 });
                 self.save_rollout(service);
                 Ok("paused".to_owned())
@@ -357,6 +379,7 @@ impl Daemon {
                     service,
                     what: what.clone(),
                     from_outside: false,
+                    actor,
                 });
                 self.save_rollout(service);
                 Ok(what)
@@ -368,7 +391,7 @@ impl Daemon {
                     &ids,
                     Decision::Promote,
                     candidate,
-                    None::<fn() -> serde_json::Value>,
+                    DecidedBy::<fn() -> serde_json::Value>::Operator(actor),
                     Instant::now(),
                 )?;
                 Ok(format!("promoted: {} is live", candidate.name()))
@@ -380,7 +403,7 @@ impl Daemon {
                     &ids,
                     Decision::RollBack("aborted by an operator".to_owned()),
                     candidate,
-                    None::<fn() -> serde_json::Value>,
+                    DecidedBy::<fn() -> serde_json::Value>::Operator(actor),
                     Instant::now(),
                 )?;
                 Ok("aborted: every new connection goes to the live pool".to_owned())
@@ -395,10 +418,9 @@ impl Daemon {
         ids: &ReleaseIds,
         decision: Decision,
         candidate: Version,
-        gates: Option<impl FnOnce() -> serde_json::Value>,
+        by: DecidedBy<impl FnOnce() -> serde_json::Value>,
         decided: Instant,
     ) -> Result<(), RolloutError> {
-        let actor = if gates.is_some() { "gates" } else { "operator" };
         let (word, ending) = match decision {
             Decision::Promote => (SplitWord::new(candidate, 0), Ending::Promoted),
             Decision::RollBack(reason) => (
@@ -407,7 +429,7 @@ impl Daemon {
             ),
             Decision::Hold | Decision::Advance(_) => return Ok(()),
         };
-        let decision_to_write = if let Some(evaluation) = gates {
+        let (actor, decision_to_write) = if let DecidedBy::Gates(evaluation) = by {
             // The gates decided on the word they wrote; an operator's write since then wins.
             let written = self.write_if_unchanged(service, ids.split, word)?;
             let decision_to_write = decided.elapsed();
@@ -419,11 +441,11 @@ impl Daemon {
             if !written {
                 return Ok(());
             }
-            decision_to_write
+            (Actor::Gates, decision_to_write)
         } else {
             let _lock = self.split_lock.hold();
             self.maps.set_split(ids.split, word)?;
-            decided.elapsed()
+            (by.actor(), decided.elapsed())
         };
         self.note_split(service, word);
         self.rollouts.remove(service);

@@ -14,8 +14,10 @@ use std::{
 use crate::model::{addr::addr_bytes, paths, plan::PlanRequest, slots::WeightedBackend};
 use splitter_common::{Endpoint, PROTO_TCP, PROTO_UDP, SplitWord, Version, ipv4_mapped};
 
+pub mod lenient;
 mod raw;
 mod service;
+mod unknown;
 mod validate;
 
 #[cfg(test)]
@@ -322,24 +324,39 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path).map(|(config, _)| config)
+    }
+
+    /// Reads and validates a config file; the config and the text it was read from.
+    pub fn read(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        Ok((config, text))
     }
 
     /// Validates config text; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map_or((1, 1), |span| raw::line_column(text, span.start));
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                problem: e.message().trim().to_owned(),
+            let offset = e.span().map_or(0, |span| span.start);
+            let (line, column) = raw::line_column(text, offset);
+            let message = e.message().trim();
+            match unknown::describe(text, offset, message) {
+                Some((field, problem)) => ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    field,
+                    problem,
+                },
+                None => ConfigError::Syntax {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    problem: message.to_owned(),
+                },
             }
         })?;
         validate::Validator { path, text }.config(raw)

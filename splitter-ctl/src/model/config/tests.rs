@@ -199,12 +199,12 @@ fn every_validation_error_names_file_line_and_field() {
         (
             "protocol = \"tcp\"",
             "protocol = \"tcp\"\ncolour = \"red\"",
-            "splitter.toml:9:1: unknown field `colour`",
+            "splitter.toml:9:1: `service[0].colour`: unknown key (it takes name, listen,",
         ),
         (
             "interface = \"veth-node\"",
             "interfaces = \"veth-node\"",
-            "unknown field `interfaces`",
+            "`interfaces`: unknown key; did you mean `interface`?",
         ),
         (
             "green = [\"198.18.2.2:8080\"]",
@@ -379,7 +379,10 @@ fn a_rollout_plan_in_the_config_is_validated_and_overridden_field_by_field() {
             "failure_limit = 0",
             "`service[0].rollout`: failure_limit 0 is outside",
         ),
-        ("hold = \"5s\"", "unknown field `hold`"),
+        (
+            "hold = \"5s\"",
+            "`service[0].rollout.hold`: unknown key; did you mean `hold_ms`?",
+        ),
         (
             "[[service.rollout.promql_gates]]\nname = \"lowconf\"\nquery = \"x\"\nmax = 0.1",
             "`service[0].rollout`: PromQL gates need `prometheus_url`",
@@ -390,7 +393,7 @@ fn a_rollout_plan_in_the_config_is_validated_and_overridden_field_by_field() {
         ),
         (
             "prometheus_url = \"http://127.0.0.1:9090\"\n[[service.rollout.promql_gates]]\nname = \"lowconf\"\nquery = \"x\"\nmaximum = 1",
-            "unknown field `maximum`",
+            "`service[0].rollout.promql_gates[0].maximum`: unknown key",
         ),
     ] {
         let message = error(&format!("{GOOD}\n[service.rollout]\n{table}\n"));
@@ -571,7 +574,10 @@ fn daemon_keys_and_health_checks_have_defaults_and_are_validated() {
             "http_path = \"/h\"\nhttp_status = 99",
             "`service[0].health.http_status`: 99 is not an HTTP status",
         ),
-        ("intervall_ms = 100", "unknown field `intervall_ms`"),
+        (
+            "intervall_ms = 100",
+            "`service[0].health.intervall_ms`: unknown key; did you mean `interval_ms`?",
+        ),
     ];
     for (lines, expected) in bad_health {
         let message = error(&format!("{GOOD}\n[service.health]\n{lines}\n"));
@@ -714,4 +720,23 @@ fn a_missing_file_is_a_read_error_naming_the_path() {
         .expect_err("missing")
         .to_string();
     assert_eq!(message, "cannot read config `/nonexistent/splitter.toml`");
+}
+
+#[test]
+fn the_first_unknown_key_in_the_file_is_the_one_reported() {
+    // Alphabetically `helth` < `protocl` < `zeta`; in the file `zeta` comes first, then
+    // `protocl`.
+    let text = "interface = \"veth-node\"\nzeta = 1\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\nprotocl = \"tcp\"\nhelth = 1\n";
+    assert_eq!(
+        error(text),
+        "splitter.toml:2:1: `zeta`: unknown key (it takes interface, pin_dir, xdp_mode, control_socket, control_group, metrics_listen, state_dir, flow_table_per_cpu, new_flow_rate_per_cpu, service)"
+    );
+    let text = text.replace("zeta = 1\n", "");
+    assert!(
+        error(&text).starts_with(
+            "splitter.toml:5:1: `service[0].protocl`: unknown key; did you mean `protocol`?"
+        ),
+        "{}",
+        error(&text)
+    );
 }

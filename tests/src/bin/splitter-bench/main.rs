@@ -5,12 +5,14 @@
 //! - `versus`: on a test bed, Splitter beside direct, nftables and HAProxy with the same backends
 //!   and split: throughput and latency under wrk, split accuracy, rollback speed, established
 //!   connections across share changes, CPU time per request;
-//! - `gates`: rollbacks decided by the daemon's gates, decision to write and to first connection.
+//! - `gates`: rollbacks decided by the daemon's gates, decision to write and to first connection;
+//! - `memory`: the maps' kernel memory, as the kernel charges it.
 //!
 //! Every section is measured before anything is written: a run that fails anywhere writes
 //! nothing and exits non-zero.
 
 mod gates;
+mod memory;
 mod packet;
 mod versus;
 
@@ -57,12 +59,13 @@ fn main() -> ExitCode {
         machine()
     );
     report.push_str(&packet::section(options.quick));
-    let sections: [(&str, Section); 2] = [
+    let sections: [(&str, Section); 3] = [
         (
             "the comparison with direct, nftables and HAProxy",
             versus::section,
         ),
         ("the gate rollbacks", gates::section),
+        ("the maps' memory", memory::section),
     ];
     for (what, section) in sections {
         match section(&server, options.quick) {
