@@ -483,7 +483,7 @@ fn concurrent_writers_of_the_split_word_lose_no_update() {
                         &splitter_ctl::cli::locate::Overrides::default(),
                         "sentiment",
                         splitter_ctl::store::journal::EventKind::Weight,
-                        |word, _, _, _| {
+                        |word, _, _| {
                             let green = word.share_of(splitter_common::Version::Green);
                             Ok(word.with_share_of(splitter_common::Version::Green, green + 1))
                         },

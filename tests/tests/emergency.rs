@@ -155,6 +155,22 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
     );
     let pin_dir = bed.pin_dir.display().to_string();
     let state_dir = bed.dir.join("state").display().to_string();
+    // One path alone could pair this data plane with another's lock and journal: refused.
+    let half = bed.ctl(&["rollback", &vip, "--pin-dir", &pin_dir]);
+    assert_eq!(half.status.code(), Some(1), "{}", stderr(&half));
+    assert!(stderr(&half).contains("--state-dir"), "{}", stderr(&half));
+    // A config file that is not there names no paths either: never the defaults.
+    let missing = Command::new(ctl_bin())
+        .args(["--config", "/nonexistent/splitter.toml", "rollback", &vip])
+        .output()
+        .expect("rollback");
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("--pin-dir"),
+        "{}",
+        stderr(&missing)
+    );
+    std::fs::remove_file(bed.dir.join("state").join("split.lock")).expect("the split lock");
     let flags = [
         "--pin-dir",
         pin_dir.as_str(),
@@ -166,6 +182,10 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
     let (_, err) = ok(&bed, &args);
     assert!(err.contains("from the command line"), "{err}");
     assert_eq!(green_percent(&bed), 0.0);
+    assert!(
+        bed.dir.join("state").join("split.lock").exists(),
+        "the write took the split lock in --state-dir"
+    );
     let mut args = vec!["status", "--output", "json"];
     args.extend(flags);
     let (status, _) = ok(&bed, &args);
@@ -185,6 +205,87 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
         events.iter().all(|(_, actor)| actor == "root (uid 0)"),
         "{events:?}"
     );
+
+    // Through sudo the journal names the person, not root.
+    let sudo = Command::new(ctl_bin())
+        .arg("--config")
+        .arg(&bed.config_path)
+        .args(["weight", &vip, "green", "5"])
+        .args(flags)
+        .env("SUDO_UID", "65534")
+        .output()
+        .expect("weight");
+    assert!(sudo.status.success(), "{}", stderr(&sudo));
+    let expected = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|uid| uid.trim().parse::<u32>().ok())
+        .filter(|uid| *uid != u32::MAX)
+        .map_or_else(
+            || "nobody (uid 65534)".to_owned(),
+            splitter_ctl::io::users::user,
+        );
+    assert_eq!(
+        journaled(&bed).last().map(|(_, actor)| actor.as_str()),
+        Some(expected.as_str())
+    );
+}
+
+/// Journals a promotion of `live` for `sentiment`, `ago` before now.
+fn promoted(bed: &Testbed, live: &str, ago: Duration) {
+    let journal = Journal::open(&bed.dir.join("state")).expect("journal");
+    let at = splitter_ctl::store::journal::now_ms() - i64::try_from(ago.as_millis()).expect("ms");
+    journal
+        .record_at(
+            at,
+            &splitter_ctl::store::journal::NewEvent {
+                details: serde_json::json!({ "live": live }),
+                ..splitter_ctl::store::journal::NewEvent::new(
+                    "sentiment",
+                    splitter_ctl::store::journal::EventKind::Promotion,
+                    "gates",
+                )
+            },
+        )
+        .expect("record");
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_repeated_rollback_never_undoes_a_later_change_and_never_fails() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    // Green live with every new connection (green_weight is green's share).
+    bed.write_config_with("100", "live = \"green\"\n");
+    bed.start_daemon(&[]);
+    let live = |bed: &Testbed| bed.status()["services"][0]["live"].clone();
+    let vip = bed.vip().to_string();
+
+    // A promotion a minute ago stands: a rollback returns to blue, by name or by address.
+    promoted(&bed, "green", Duration::from_secs(60));
+    let (out, _) = ok(&bed, &["rollback", &vip, "--wait-ms", "0"]);
+    assert!(out.contains("live blue"), "{out}");
+    assert_eq!(live(&bed), "blue");
+    // Repeated: the rollback itself is the last change now, so nothing is undone again.
+    let (out, _) = ok(&bed, &["rollback", "sentiment"]);
+    assert!(out.contains("already rolled back"), "{out}");
+    assert_eq!(live(&bed), "blue");
+
+    // A new candidate after a promotion: its rollback, repeated, never brings it back live.
+    promoted(&bed, "blue", Duration::from_secs(60));
+    ok(&bed, &["weight", "sentiment", "green", "30"]);
+    ok(&bed, &["rollback", "sentiment", "--wait-ms", "0"]);
+    let (out, _) = ok(&bed, &["rollback", "sentiment"]);
+    assert!(out.contains("already rolled back"), "{out}");
+    assert_eq!(live(&bed), "blue");
+    assert_eq!(green_percent(&bed), 0.0);
+
+    // A promotion long past its window, then a candidate rolled back: a repeat still succeeds.
+    promoted(&bed, "blue", Duration::from_secs(3 * 86_400));
+    ok(&bed, &["weight", "sentiment", "green", "30"]);
+    ok(&bed, &["rollback", "sentiment", "--wait-ms", "0"]);
+    let (out, _) = ok(&bed, &["rollback", "sentiment"]);
+    assert!(out.contains("already rolled back"), "{out}");
+    assert_eq!(live(&bed), "blue");
 }
 
 #[test]
@@ -398,7 +499,7 @@ fn detach_refuses_a_bpffs_directory_without_splitter_pins() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("it holds none of Splitter's pins"),
+        stderr(&out).contains("it does not hold Splitter's pins"),
         "{}",
         stderr(&out)
     );

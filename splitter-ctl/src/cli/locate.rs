@@ -4,29 +4,29 @@
 //!
 //! 1. the config file, when it validates;
 //! 2. the last config the daemon applied from that file (`store::applied`), when the file does
-//!    not validate: it is what the data plane runs;
+//!    not validate or cannot be read: it is what the data plane runs;
 //! 3. the file read leniently (`model::config::lenient`): its paths, and each service that
 //!    validates on its own;
+//! 4. `--pin-dir` and `--state-dir` together, when nothing above can be read.
 //!
 //! `--pin-dir` and `--state-dir` override the paths in every case, and a service can be named
 //! by its listen address when no config names it. Each command says what it used.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
-use splitter_common::Service;
+use splitter_common::{Endpoint, Service};
 
 use super::CommandError;
 use crate::{
     kernel::maps::Maps,
     model::{
-        config::{Config, ConfigError, ServiceSpec, lenient},
+        config::{self, Config, ConfigError, Protocol, ServiceSpec, lenient},
         error::chain,
-        plan::PlanRequest,
     },
-    store::{
-        applied,
-        journal::{self, now_ms},
-    },
+    store::{applied, journal::now_ms},
 };
 
 /// Paths given on the command line, overriding the config's.
@@ -34,6 +34,14 @@ use crate::{
 pub struct Overrides {
     pub pin_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Whether any path was given.
+    #[must_use]
+    pub const fn any(&self) -> bool {
+        self.pin_dir.is_some() || self.state_dir.is_some()
+    }
 }
 
 /// Where the config the command works with came from.
@@ -63,6 +71,44 @@ pub struct Located {
     pub source: Source,
 }
 
+/// What a command names: a service or release group the config knows, or a service known only
+/// by its listen address.
+#[derive(Debug)]
+pub enum Target {
+    /// A service or a release group (its name), and its services as the config has them.
+    Named {
+        release: String,
+        members: Vec<ServiceSpec>,
+    },
+    /// A listen address no config names: enough to move its split word, nothing about its
+    /// pools, its rollback window or its journal.
+    Address(SocketAddr),
+}
+
+impl Target {
+    /// The name the journal keeps the target's events under.
+    #[must_use]
+    pub fn journal_name(&self) -> String {
+        match self {
+            Self::Named { release, .. } => release.clone(),
+            Self::Address(addr) => addr.to_string(),
+        }
+    }
+
+    /// The keys of the target's services in `SERVICES`: a service known by its address may be
+    /// TCP or UDP, so both are tried, TCP first.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        match self {
+            Self::Named { members, .. } => members.iter().map(ServiceSpec::endpoint).collect(),
+            Self::Address(addr) => [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .map(|protocol| config::endpoint(*addr, protocol))
+                .collect(),
+        }
+    }
+}
+
 /// Finds the config for an emergency command (see the module's documentation).
 pub fn locate(config_path: &Path, overrides: &Overrides) -> Result<Located, CommandError> {
     let (mut config, source) = match Config::read(config_path) {
@@ -78,8 +124,9 @@ pub fn locate(config_path: &Path, overrides: &Overrides) -> Result<Located, Comm
     Ok(Located { config, source })
 }
 
-/// A config for a file that does not validate: the daemon's record, the file read leniently,
-/// or (with `--pin-dir`) nothing but the command line's paths.
+/// A config for a file that does not validate: the daemon's record, the file read leniently
+/// (when it can be read at all), or (with both `--pin-dir` and `--state-dir`) nothing but the
+/// command line's paths.
 fn from_elsewhere(
     config_path: &Path,
     overrides: &Overrides,
@@ -95,23 +142,29 @@ fn from_elsewhere(
         };
         return Ok((config, source));
     }
-    let text = std::fs::read_to_string(config_path).unwrap_or_default();
-    if let Ok(read) = lenient::read(config_path, &text) {
+    // A file that cannot be read has no paths to take leniently: its defaults could name
+    // another data plane.
+    if !matches!(problem, ConfigError::Read { .. })
+        && let Ok(text) = std::fs::read_to_string(config_path)
+        && let Ok(read) = lenient::read(config_path, &text)
+    {
         let source = Source::Lenient {
             problem,
             skipped: read.skipped,
         };
         return Ok((read.config, source));
     }
-    if overrides.pin_dir.is_some() {
-        let config = lenient::read(config_path, "")?.config;
-        return Ok((config, Source::Flags { problem }));
+    match (&overrides.pin_dir, &overrides.state_dir) {
+        (Some(pin_dir), Some(state_dir)) => Ok((
+            lenient::with_paths(config_path, pin_dir, state_dir)?,
+            Source::Flags { problem },
+        )),
+        _ => Err(CommandError::Unlocated {
+            config: config_path.to_owned(),
+            record: applied::record_path(config_path),
+            problem: Box::new(problem),
+        }),
     }
-    Err(CommandError::Unlocated {
-        config: config_path.to_owned(),
-        record: applied::record_path(config_path),
-        problem: Box::new(problem),
-    })
 }
 
 impl Located {
@@ -155,19 +208,25 @@ impl Located {
         }
     }
 
-    /// The release `name` (a service, a release group, or a service's listen address when no
-    /// config names it) and its services as the config has them.
-    pub fn release(&self, name: &str) -> Result<(String, Vec<ServiceSpec>), CommandError> {
-        if let Some(release) = self.config.release(name) {
-            let members = release.members.iter().map(|m| (*m).clone()).collect();
-            return Ok((release.name.to_owned(), members));
+    /// What `name` is: a service or release group of the config (by name, or by the listen
+    /// address of one of its services), or a listen address no config names.
+    pub fn target(&self, name: &str) -> Result<Target, CommandError> {
+        let addr = name.parse::<SocketAddr>().ok();
+        let release = self.config.release(name).or_else(|| {
+            let listen = addr?;
+            let service = self.config.services.iter().find(|s| s.listen == listen)?;
+            self.config.release(&service.name)
+        });
+        if let Some(release) = release {
+            return Ok(Target::Named {
+                release: release.name.to_owned(),
+                members: release.members.iter().map(|m| (*m).clone()).collect(),
+            });
         }
-        if let Ok(listen) = name.parse::<std::net::SocketAddr>() {
-            // Known by its address only: enough to move its split word, nothing about its pools
-            // (a rollback to a previous version is refused, having no pool to check).
-            return Ok((name.to_owned(), vec![by_address(listen)]));
+        match addr {
+            Some(addr) => Ok(Target::Address(addr)),
+            None => Err(self.unknown(name)),
         }
-        Err(self.unknown(name))
     }
 
     fn unknown(&self, name: &str) -> CommandError {
@@ -178,22 +237,31 @@ impl Located {
                 .map(|(_, why)| why.clone()),
             _ => None,
         };
-        match skipped {
-            Some(why) => CommandError::UnreadableService {
+        if let Some(why) = skipped {
+            return CommandError::UnreadableService {
                 name: name.to_owned(),
                 why,
-            },
-            None => CommandError::UnknownService {
-                name: name.to_owned(),
-                config: self.config.path.display().to_string(),
-                known: self
-                    .config
-                    .services
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            },
+            };
+        }
+        let config = match &self.source {
+            Source::Applied { record, .. } => {
+                format!("the config the daemon last applied ({})", record.display())
+            }
+            Source::Flags { .. } => {
+                "the command line, which names services by ADDRESS:PORT only".to_owned()
+            }
+            Source::File | Source::Lenient { .. } => format!("`{}`", self.config.path.display()),
+        };
+        CommandError::UnknownService {
+            name: name.to_owned(),
+            config,
+            known: self
+                .config
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -202,10 +270,18 @@ impl Located {
         Ok(Maps::open_pinned(&self.config.pin_dir)?)
     }
 
-    /// The kernel entry of `spec`.
-    pub fn kernel(&self, maps: &Maps, spec: &ServiceSpec) -> Result<Service, CommandError> {
-        maps.service(&spec.endpoint())?
-            .ok_or_else(|| CommandError::NotApplied(spec.name.clone()))
+    /// The kernel entry of `target`'s (first) service.
+    pub fn kernel(&self, maps: &Maps, target: &Target) -> Result<Service, CommandError> {
+        for endpoint in target.endpoints() {
+            if let Some(service) = maps.service(&endpoint)? {
+                return Ok(service);
+            }
+            // A release group's word is its first service's; the others share it.
+            if matches!(target, Target::Named { .. }) {
+                break;
+            }
+        }
+        Err(CommandError::NotApplied(target.journal_name()))
     }
 
     /// Where the journal is.
@@ -213,33 +289,4 @@ impl Located {
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
     }
-}
-
-/// A TCP service known by its listen address only.
-fn by_address(listen: std::net::SocketAddr) -> ServiceSpec {
-    ServiceSpec {
-        name: listen.to_string(),
-        listen,
-        protocol: crate::model::config::Protocol::Tcp,
-        live: splitter_common::Version::Blue,
-        blue: Vec::new(),
-        green: Vec::new(),
-        green_share_bp: 0,
-        health: None,
-        rollout: PlanRequest::default(),
-        rollback_window: crate::model::config::DEFAULT_ROLLBACK_WINDOW,
-        client_affinity: false,
-        always_candidate: Vec::new(),
-        never_candidate: Vec::new(),
-        drill_every: None,
-        group: None,
-        last_resort: Vec::new(),
-        client_prefixes: crate::model::config::PrefixLengths::default(),
-    }
-}
-
-/// Whether `journal::FILE` exists in `state_dir` (reading a status never creates a journal).
-#[must_use]
-pub fn has_journal(state_dir: &Path) -> bool {
-    state_dir.join(journal::FILE).exists()
 }

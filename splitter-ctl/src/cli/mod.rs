@@ -53,9 +53,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_DRILL_NOT_PASSED)
         }
         // A reader that went away (`splitter-ctl man | head`) is not an error of the command.
-        Err(CommandError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::SUCCESS
-        }
+        Err(CommandError::StdoutClosed) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", chain(&error));
             ExitCode::FAILURE
@@ -88,13 +86,16 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             paths,
         } => {
             let mut change = rollback::rollback(config, &paths.into(), &service)?;
-            change.print()?;
+            // The wait and its journal entry happen even when nobody reads the output.
+            let printed = change.print();
             if let Some(first) = change.first_connection.take()
                 && wait_ms > 0
             {
-                out(format!("{}\n", first.wait(Duration::from_millis(wait_ms))))?;
+                let waited = first.wait(Duration::from_millis(wait_ms));
+                printed?;
+                return out(format!("{waited}\n"));
             }
-            Ok(())
+            printed
         }
         Command::History {
             service,
@@ -158,17 +159,20 @@ fn print(text: Result<String, CommandError>) -> Result<(), CommandError> {
     out(text?)
 }
 
-/// Writes `bytes` to standard output; a reader that went away is an `Io` error of kind
-/// `BrokenPipe`, which `main` ends quietly on (where `print!` would panic).
+/// Writes `bytes` to standard output; a reader that went away is `StdoutClosed`, which `main`
+/// ends quietly on (where `print!` would panic).
 pub(crate) fn out(bytes: impl AsRef<[u8]>) -> Result<(), CommandError> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(bytes.as_ref())
         .and_then(|()| stdout.flush())
-        .map_err(|source| CommandError::Io {
-            what: "write to standard output",
-            source,
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::BrokenPipe => CommandError::StdoutClosed,
+            _ => CommandError::Io {
+                what: "write to standard output",
+                source,
+            },
         })
 }
 
@@ -196,6 +200,9 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool 
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// Standard output's reader went away.
+    #[error("standard output was closed")]
+    StdoutClosed,
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -214,7 +221,7 @@ pub enum CommandError {
     },
     #[error("service `{name}` does not validate ({why}): name it by its address (ADDRESS:PORT)")]
     UnreadableService { name: String, why: String },
-    #[error("no service or release group `{name}` in `{config}`; it has: {known}")]
+    #[error("no service or release group `{name}` in {config}; it has: {known}")]
     UnknownService {
         name: String,
         config: String,

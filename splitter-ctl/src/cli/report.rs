@@ -313,6 +313,9 @@ where
 
 /// The height of a row of event labels, as a fraction of a chart's height.
 const LABEL_ROW_HEIGHT: f64 = 0.08;
+/// Rows of labels at most; past them labels share the rows again (a rollout with that many
+/// events close together is read from its timeline).
+const LABEL_ROWS: usize = 10;
 /// The width of the plotting area in pixels, about (the drawing less the y labels and margins).
 const PLOT_WIDTH_PX: f64 = (WIDTH - 70) as f64;
 /// The width of a label's character at 12 px, about, in pixels.
@@ -346,8 +349,15 @@ fn label_places(marks: &[(f64, String, RGBColor)], end: f64) -> Vec<LabelPlace> 
                 .iter()
                 .position(|right| *right <= from)
                 .unwrap_or_else(|| {
-                    rows.push(f64::MIN);
-                    rows.len() - 1
+                    if rows.len() < LABEL_ROWS {
+                        rows.push(f64::MIN);
+                        rows.len() - 1
+                    } else {
+                        // The row that frees up first.
+                        (0..rows.len())
+                            .min_by(|a, b| rows[*a].total_cmp(&rows[*b]))
+                            .unwrap_or(0)
+                    }
                 });
             rows[row] = to;
             LabelPlace { row, left_of_line }
@@ -456,6 +466,13 @@ mod tests {
         assert_eq!(
             places,
             [at(0, false), at(1, false), at(0, false), at(0, true)]
+        );
+        // Many events in one place: the rows stay on the chart.
+        let crowd: Vec<_> = (0..30).map(|i| mark(50.0, &format!("step {i}%"))).collect();
+        assert!(
+            label_places(&crowd, 100.0)
+                .iter()
+                .all(|p| p.row < LABEL_ROWS)
         );
     }
 

@@ -8,19 +8,19 @@ use splitter_common::{SplitWord, Version};
 
 use super::{
     CommandError,
-    locate::{Located, Overrides},
+    locate::{Located, Overrides, Target},
     split::{Change, update},
 };
 use crate::{
-    model::config::ServiceSpec,
     store::journal::{EventKind, Journal, now_ms},
     view::previous::previous,
 };
 
 /// `splitter-ctl rollback SERVICE`: every new connection to the live pool. When the candidate
 /// has no share left, and a promotion made the live version live less than the service's
-/// rollback window ago, the previous version is made live again instead; with no such
-/// promotion, the service is rolled back already and nothing changes.
+/// rollback window ago (with nothing changing the split since), the previous version is made
+/// live again instead; with no such promotion, the service is rolled back already and nothing
+/// changes.
 pub fn rollback(
     config: &Path,
     overrides: &Overrides,
@@ -31,27 +31,36 @@ pub fn rollback(
         overrides,
         service,
         EventKind::Rollback,
-        |word, located, release, members| {
+        |word, located, target| {
             if word.share_of(word.live().other()) > 0 {
                 return Ok(SplitWord::new(word.live(), 0));
             }
-            previous_version(located, release, members, word)
+            previous_version(located, target, word)
                 .map(|previous| previous.map_or(word, |v| SplitWord::new(v, 0)))
         },
     )
 }
 
 /// The version that was live before the last promotion, while its rollback window lasts;
-/// `None` when no journaled promotion made the live version live (it is rolled back already).
+/// `None` when no standing promotion made the live version live (it is rolled back already).
 fn previous_version(
     located: &Located,
-    release: &str,
-    members: &[ServiceSpec],
+    target: &Target,
     word: SplitWord,
 ) -> Result<Option<Version>, CommandError> {
     let live = word.live();
+    let Target::Named { release, members } = target else {
+        // Known by its address only: every new connection goes to the live pool already, and
+        // without its config neither a promotion nor the previous pool can be checked, so it
+        // is never returned to a previous version this way.
+        eprintln!(
+            "{}: known by its address only, so it is not returned to a version a promotion replaced; name it by its config for that",
+            target.journal_name()
+        );
+        return Ok(None);
+    };
     let nothing = |why: String| CommandError::NothingToRollBack {
-        service: release.to_owned(),
+        service: release.clone(),
         why,
     };
     let window = members[0].rollback_window;

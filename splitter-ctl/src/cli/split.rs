@@ -11,15 +11,14 @@ use splitter_common::{SplitWord, Version};
 
 use super::{
     CommandError,
-    locate::{Located, Overrides, locate},
+    locate::{Located, Overrides, Target, locate},
 };
 use crate::model::units;
 use crate::{
     engine::drill::DRILL_POLL,
+    io::users,
     kernel::{maps::Maps, split_lock::SplitLockFile},
     model::{
-        actor::Actor,
-        config::ServiceSpec,
         error::chain,
         share::{format_percent, percent_of},
     },
@@ -171,20 +170,21 @@ pub fn update(
     overrides: &Overrides,
     name: &str,
     kind: EventKind,
-    change: impl FnOnce(SplitWord, &Located, &str, &[ServiceSpec]) -> Result<SplitWord, CommandError>,
+    change: impl FnOnce(SplitWord, &Located, &Target) -> Result<SplitWord, CommandError>,
 ) -> Result<Change, CommandError> {
     let decided = Instant::now();
     let located = locate(config, overrides)?;
-    let (release, members) = located.release(name)?;
+    let target = located.target(name)?;
     let mut maps = located.maps()?;
-    let service = located.kernel(&maps, &members[0])?;
-    let name = release.as_str();
+    let service = located.kernel(&maps, &target)?;
+    let journal_name = target.journal_name();
+    let name = journal_name.as_str();
     // Read, decide and write under the split-word lock: no other writer (a rollout step, a
     // drill, another operator) replaces the word between the read and the write.
     let lock_file = SplitLockFile::open(located.state_dir());
     let lock = lock_file.hold();
     let before = maps.split(service.split)?;
-    let after = change(before, &located, name, &members)?;
+    let after = change(before, &located, &target)?;
     if after == before {
         drop(lock);
         return Ok(Change {
@@ -203,11 +203,14 @@ pub fn update(
     let decision_to_write = decided.elapsed();
     drop(lock);
     // Counted from after the write, as a drill counts, over every service of a release group.
-    let ids: Vec<u32> = members
-        .iter()
-        .filter_map(|m| maps.service(&m.endpoint()).ok().flatten())
-        .map(|s| s.id)
-        .collect();
+    let ids: Vec<u32> = match &target {
+        Target::Named { members, .. } => members
+            .iter()
+            .filter_map(|m| maps.service(&m.endpoint()).ok().flatten())
+            .map(|s| s.id)
+            .collect(),
+        Target::Address(_) => vec![service.id],
+    };
     let base = (kind == EventKind::Rollback)
         .then(|| {
             ids.iter()
@@ -226,7 +229,7 @@ pub fn update(
                 "after": { "live": after.live().name(), "green_percent": percent_of(after.share_of(Version::Green)) },
                 "map_write_us": write.as_secs_f64() * 1e6,
             }),
-            ..NewEvent::new(name, kind, &Actor::this_process().name())
+            ..NewEvent::new(name, kind, &users::describe(users::this_process()))
         })
     });
     let event = journaled.as_ref().ok().copied();

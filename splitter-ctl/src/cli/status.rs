@@ -10,9 +10,14 @@ use hyper::{Method, StatusCode};
 use super::{
     CommandError, Output,
     client::{self, ClientError},
-    locate::{Overrides, has_journal, locate},
+    locate::{Overrides, locate},
 };
-use crate::{io::http::encode, model::error::chain, store::journal::Journal, view::status};
+use crate::{
+    io::http::encode,
+    model::error::chain,
+    store::journal::{self, Journal},
+    view::status,
+};
 
 /// How long `status` waits for the daemon before it reads the pinned maps itself.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,40 +34,47 @@ pub fn run(
         |name| format!("/v1/status?service={}", encode(name)),
     );
     let socket = &located.config.control_socket;
-    let why_not_daemon =
-        match client::send(socket, Method::GET, &path, Bytes::new(), DAEMON_TIMEOUT) {
-            Ok((StatusCode::OK, body)) => {
-                let status: status::Status = serde_json::from_slice(&body)?;
-                return render(&status, output);
-            }
-            Ok((_, body)) => {
-                let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                return Err(CommandError::Daemon(
-                    value["error"]
-                        .as_str()
-                        .unwrap_or("the daemon refused the request")
-                        .to_owned(),
-                ));
-            }
-            Err(ClientError::NoAnswer { .. }) => format!(
-                "the daemon at {} does not answer within {} s",
-                socket.display(),
-                DAEMON_TIMEOUT.as_secs()
-            ),
-            Err(ClientError::NotRunning { .. }) => "the daemon is not running".to_owned(),
-            Err(other) => chain(&other).to_string(),
-        };
+    // Paths on the command line name a data plane of their own: the daemon's is not asked.
+    let answer = if overrides.any() {
+        Err(None)
+    } else {
+        client::send(socket, Method::GET, &path, Bytes::new(), DAEMON_TIMEOUT).map_err(Some)
+    };
+    let why_not_daemon = match answer {
+        Ok((StatusCode::OK, body)) => {
+            let status: status::Status = serde_json::from_slice(&body)?;
+            eprintln!("using the daemon's status; {}", located.describe());
+            return render(&status, output);
+        }
+        Ok((_, body)) => {
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(CommandError::Daemon(
+                value["error"]
+                    .as_str()
+                    .unwrap_or("the daemon refused the request")
+                    .to_owned(),
+            ));
+        }
+        Err(None) => "--pin-dir or --state-dir given".to_owned(),
+        Err(Some(ClientError::NoAnswer { .. })) => format!(
+            "the daemon at {} does not answer within {} s",
+            socket.display(),
+            DAEMON_TIMEOUT.as_secs()
+        ),
+        Err(Some(ClientError::NotRunning { .. })) => "the daemon is not running".to_owned(),
+        Err(Some(other)) => chain(&other).to_string(),
+    };
     eprintln!(
         "{why_not_daemon}: reading the pinned maps (no backend health); using {}",
         located.describe()
     );
     let maps = located.maps()?;
     if let Some(name) = service {
-        located.release(name)?;
+        located.target(name)?;
     }
     let mut status = status::gather(&maps, &located.config, None, None, None, service)?;
     // Read only a journal that exists: a status never creates one.
-    if has_journal(located.state_dir())
+    if journal::exists(located.state_dir())
         && let Ok(journal) = Journal::open(located.state_dir())
     {
         status::add_previous(&mut status, &located.config, &journal);

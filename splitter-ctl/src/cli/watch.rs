@@ -34,7 +34,7 @@ const EVENTS: usize = 8;
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
 /// The width of a `--once` frame; its height is what it shows.
 const ONCE_WIDTH: u16 = 120;
-/// The most rows the header takes for a problem, wrapped.
+/// The most rows the live view's header takes for a problem, wrapped (`--once` shows it whole).
 const HEADER_ROWS: usize = 6;
 
 /// One version of one service, as the view shows it.
@@ -173,8 +173,8 @@ pub enum Mode {
     Once,
 }
 
-/// The header: the name and the time, then what could not be read, whole, cut into rows of
-/// `width` (up to `HEADER_ROWS`), in red.
+/// The header: the name and the time, then what could not be read, cut into rows of `width`,
+/// in red: whole in one frame, up to `HEADER_ROWS` rows in the live view.
 fn header(view: &View, mode: Mode, width: u16) -> Vec<Line<'static>> {
     let name = Span::styled("splitter watch ", Style::new().add_modifier(Modifier::BOLD));
     let hint = match (mode, &view.problem) {
@@ -190,7 +190,11 @@ fn header(view: &View, mode: Mode, width: u16) -> Vec<Line<'static>> {
         lines.extend(
             chars
                 .chunks(usize::from(width.max(1)))
-                .take(HEADER_ROWS)
+                .take(if mode == Mode::Live {
+                    HEADER_ROWS
+                } else {
+                    usize::MAX
+                })
                 .map(|row| {
                     Line::styled(row.iter().collect::<String>(), Style::new().fg(Color::Red))
                 }),

@@ -25,6 +25,6 @@ pub fn weight(
         overrides,
         service,
         EventKind::Weight,
-        |word, _, _, _| Ok(word.with_share_of(version, share_bp)),
+        |word, _, _| Ok(word.with_share_of(version, share_bp)),
     )
 }

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     engine::drill::DrillKind,
+    io::users,
     model::actor::Actor,
     model::error::chain,
     model::{config::ControlGroup, plan::PlanRequest},
@@ -83,24 +84,25 @@ const DRILLS: &str = "/v1/drills/";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
+    pub pid: Option<i32>,
 }
 
 impl Peer {
     /// A peer whose credentials could not be read: treated as the least privileged.
-    pub const UNKNOWN: Self = Self { uid: u32::MAX };
+    pub const UNKNOWN: Self = Self {
+        uid: u32::MAX,
+        pid: None,
+    };
 
     const fn is_root(self) -> bool {
         self.uid == 0
     }
 
-    /// The operator at the other end, for the journal.
-    const fn actor(self) -> Actor {
-        let uid = if self.uid == Self::UNKNOWN.uid {
-            None
-        } else {
-            Some(self.uid)
-        };
-        Actor::Operator { uid }
+    /// The operator at the other end, for the journal: the person behind its process (its
+    /// login uid survives sudo), else its uid.
+    fn actor(self) -> Actor {
+        let uid = (self.uid != Self::UNKNOWN.uid).then_some(self.uid);
+        users::peer(uid, self.pid)
     }
 }
 

@@ -11,7 +11,6 @@ use super::metrics::{
     DaemonCounters, DrillLabels, HealthState, PoolLabel, PromqlLabels, RolloutEndLabels,
     TransitionLabels,
 };
-use crate::model::units::micros;
 use crate::{
     engine::{drill::DrillKind, health::Transition},
     kernel::apply::Applied,
@@ -24,6 +23,7 @@ use crate::{
     store::journal::{EventKind, Journal, NewEvent},
     view::drill::DrillReport,
 };
+use crate::{io::users, model::units::micros};
 
 /// Where events go besides the log.
 pub(super) struct Sinks<'a> {
@@ -52,7 +52,7 @@ pub(super) trait Event {
 }
 
 fn new_event(service: &str, kind: EventKind, actor: Actor) -> NewEvent {
-    NewEvent::new(service, kind, &actor.name())
+    NewEvent::new(service, kind, &users::describe(actor))
 }
 
 /// A rollout began: its first step's share is written.
@@ -69,7 +69,7 @@ pub(super) struct RolloutStarted<'a> {
 impl Event for RolloutStarted<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let first = self.steps_bp.first().copied().unwrap_or(0);
-        tracing::info!(service = self.service, candidate = self.candidate.name(), first_step_percent = %format_percent(first), actor = %self.actor.name(), "rollout started");
+        tracing::info!(service = self.service, candidate = self.candidate.name(), first_step_percent = %format_percent(first), actor = %users::describe(self.actor), "rollout started");
         sinks.record(&NewEvent {
             details: serde_json::json!({
                 "candidate": self.candidate.name(),
@@ -157,7 +157,7 @@ impl Event for OperatorOverride<'_> {
                 self.what
             );
         } else {
-            tracing::info!(service = self.service, actor = %self.actor.name(), "{} by an operator", self.what);
+            tracing::info!(service = self.service, actor = %users::describe(self.actor), "{} by an operator", self.what);
         }
         sinks.record(&NewEvent {
             reason: Some(self.what),
@@ -190,13 +190,13 @@ impl Event for RolloutEnded<'_> {
                 tracing::info!(
                     service = self.service,
                     live = self.live.name(),
-                    actor = %self.actor.name(),
+                    actor = %users::describe(self.actor),
                     "promoted"
                 );
                 (EventKind::Promotion, None, "promoted")
             }
             Ending::RolledBack(reason) => {
-                tracing::warn!(service = self.service, reason = %reason, actor = %self.actor.name(), write_us = self.decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool");
+                tracing::warn!(service = self.service, reason = %reason, actor = %users::describe(self.actor), write_us = self.decision_to_write.as_micros(), "rolled back: every new connection goes to the live pool");
                 (EventKind::Rollback, Some(reason), "rolled_back")
             }
         };
@@ -233,7 +233,7 @@ impl<E: std::error::Error + 'static> Event for DrillRefused<'_, E> {
             DrillKind::Rollback => "drill refused",
             DrillKind::LastResort => "last-resort drill refused",
         };
-        tracing::warn!(service = self.service, actor = %self.trigger.name(), error = %chain(self.error), "{what}");
+        tracing::warn!(service = self.service, actor = %users::describe(self.trigger), error = %chain(self.error), "{what}");
         count_drill(sinks, self.service, self.trigger, "refused");
         None
     }
@@ -249,7 +249,7 @@ pub(super) struct DrillEnded<'a> {
 impl Event for DrillEnded<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let report = self.report;
-        tracing::info!(service = report.service, kind = report.kind.name(), actor = %self.trigger.name(), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        tracing::info!(service = report.service, kind = report.kind.name(), actor = %users::describe(self.trigger), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
         count_drill(sinks, &report.service, self.trigger, &report.outcome);
         let kind = match report.kind {
             DrillKind::Rollback => EventKind::Drill,

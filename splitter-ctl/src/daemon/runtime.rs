@@ -164,9 +164,10 @@ async fn serve_control(listener: UnixListener, shared: Shared, config_path: Path
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
-        let peer = stream
-            .peer_cred()
-            .map_or(Peer::UNKNOWN, |cred| Peer { uid: cred.uid() });
+        let peer = stream.peer_cred().map_or(Peer::UNKNOWN, |cred| Peer {
+            uid: cred.uid(),
+            pid: cred.pid(),
+        });
         let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));
         tokio::spawn(http::serve_connection(stream, move |request| {
             let (shared, config_path) = (Arc::clone(&shared), Arc::clone(&config_path));

@@ -1,7 +1,8 @@
-//! I/O with the world outside the data plane: Prometheus queries, backend health probes and
-//! readiness notifications to the service manager.
+//! I/O with the world outside the data plane: Prometheus queries, backend health probes,
+//! readiness notifications to the service manager, and the host's users.
 
 pub mod http;
 pub mod notify;
 pub mod probe;
 pub mod prometheus;
+pub mod users;

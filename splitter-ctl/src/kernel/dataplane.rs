@@ -360,7 +360,8 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
             .chain(names::ALL)
     };
     // Never a directory that is not ours (`detach --pin-dir /etc`): it must be on a bpffs, and
-    // hold a Splitter pin or nothing at all.
+    // hold one of Splitter's link pins, or most of its map pins (a data plane left half made),
+    // or nothing at all. A pin that only shares a common name is not enough.
     let refuse = |why| DataplaneError::NotAPinDir {
         path: pin_dir.to_owned(),
         why,
@@ -375,8 +376,13 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
         })?
         .next()
         .is_none();
-    if !empty && !pins().any(|name| paths::pin(pin_dir, name).exists()) {
-        return Err(refuse("it holds none of Splitter's pins"));
+    let present = |name: &str| paths::pin(pin_dir, name).exists();
+    let links = [paths::XDP_LINK_PIN, paths::TC_LINK_PIN]
+        .into_iter()
+        .any(present);
+    let maps = names::ALL.into_iter().filter(|name| present(name)).count();
+    if !empty && !links && maps * 2 < names::ALL.len() {
+        return Err(refuse("it does not hold Splitter's pins"));
     }
     for name in pins() {
         let path = paths::pin(pin_dir, name);

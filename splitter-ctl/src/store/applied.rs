@@ -27,12 +27,10 @@ pub struct Recorded {
 }
 
 /// The config path, absolute, so that `--config x.toml` and its full path name one record.
+/// Links are not followed: a config management that points a link at a new (broken) file
+/// must find the record of the link the daemon was started with.
 fn absolute(config_path: &Path) -> PathBuf {
-    fs::canonicalize(config_path).unwrap_or_else(|_| {
-        std::env::current_dir()
-            .map(|dir| dir.join(config_path))
-            .unwrap_or_else(|_| config_path.to_owned())
-    })
+    std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned())
 }
 
 /// Where the record of the config at `config_path` is.

@@ -135,6 +135,12 @@ pub struct NewEvent {
     pub details: serde_json::Value,
 }
 
+/// Whether a journal exists in `state_dir` (reading a status never creates one).
+#[must_use]
+pub fn exists(state_dir: &Path) -> bool {
+    state_dir.join(FILE).exists()
+}
+
 impl NewEvent {
     /// An event of `kind` by `actor` with nothing else to say yet (no reason, no times, no
     /// details): the fields to fill in follow with `..`.
@@ -423,22 +429,37 @@ impl Journal {
             })
     }
 
-    /// The last promotion of `service`: when (Unix ms) and which version it made live.
-    pub fn last_promotion(&self, service: &str) -> Result<Option<(i64, String)>, JournalError> {
-        let row: Option<(i64, String)> = self
+    /// The promotion of `service` that set its split as it is: when (Unix ms) and which version
+    /// it made live. `None` when anything changed the split after the last promotion (a
+    /// rollout, a step, a rollback, a weight, an override): the split is then theirs, and no
+    /// promotion stands to be undone.
+    pub fn standing_promotion(&self, service: &str) -> Result<Option<(i64, String)>, JournalError> {
+        let row: Option<(String, i64, String)> = self
             .connection
             .query_row(
-                "SELECT at_ms, details FROM events WHERE service = ?1 AND kind = ?2
+                "SELECT kind, at_ms, details FROM events WHERE service = ?1
+                 AND kind IN (?2, ?3, ?4, ?5, ?6, ?7)
                  ORDER BY id DESC LIMIT 1",
-                params![service, EventKind::Promotion.name()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                params![
+                    service,
+                    EventKind::Promotion.name(),
+                    EventKind::Rollback.name(),
+                    EventKind::Weight.name(),
+                    EventKind::RolloutStarted.name(),
+                    EventKind::Step.name(),
+                    EventKind::OperatorOverride.name(),
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()
             .map_err(|source| JournalError::Query {
-                what: "find the last promotion",
+                what: "find the last change of the split",
                 source,
             })?;
-        Ok(row.and_then(|(at_ms, details)| {
+        Ok(row.and_then(|(kind, at_ms, details)| {
+            if kind != EventKind::Promotion.name() {
+                return None;
+            }
             let details: serde_json::Value = serde_json::from_str(&details).ok()?;
             Some((at_ms, details["live"].as_str()?.to_owned()))
         }))
@@ -683,6 +704,49 @@ mod tests {
                 .expect("history")
                 .len(),
             3
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_promotion_stands_until_anything_else_changes_the_split() {
+        let dir = temp_dir("standing");
+        let journal = Journal::open(&dir).expect("open");
+        let promotion = NewEvent {
+            details: serde_json::json!({ "live": "green" }),
+            ..NewEvent::new("a", EventKind::Promotion, "gates")
+        };
+        assert_eq!(journal.standing_promotion("a").expect("query"), None);
+        journal.record_at(1_000, &promotion).expect("record");
+        // A drill or a gate evaluation does not change the split for good.
+        journal
+            .record_at(2_000, &NewEvent::new("a", EventKind::Drill, "schedule"))
+            .expect("record");
+        journal
+            .record_at(2_500, &NewEvent::new("b", EventKind::Rollback, "gates"))
+            .expect("record");
+        assert_eq!(
+            journal.standing_promotion("a").expect("query"),
+            Some((1_000, "green".to_owned()))
+        );
+        for (at, kind) in [
+            (3_000, EventKind::RolloutStarted),
+            (4_000, EventKind::Rollback),
+            (5_000, EventKind::Weight),
+        ] {
+            journal
+                .record_at(at, &NewEvent::new("a", kind, "operator"))
+                .expect("record");
+            assert_eq!(
+                journal.standing_promotion("a").expect("query"),
+                None,
+                "{kind:?}"
+            );
+        }
+        journal.record_at(6_000, &promotion).expect("record");
+        assert_eq!(
+            journal.standing_promotion("a").expect("query"),
+            Some((6_000, "green".to_owned()))
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

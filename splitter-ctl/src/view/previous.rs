@@ -22,8 +22,9 @@ pub struct Previous {
 }
 
 /// The version the last promotion replaced; `None` while the candidate still has a share (a
-/// rollback then sends everything to the live pool) or when no journaled promotion made the
-/// live version live.
+/// rollback then sends everything to the live pool), when no journaled promotion made the
+/// live version live, or when something changed the split since (a new rollout, a rollback,
+/// a weight): that promotion no longer stands, and a rollback has nothing to undo.
 pub fn previous(
     journal: &Journal,
     service: &str,
@@ -35,7 +36,7 @@ pub fn previous(
     if word.share_of(live.other()) > 0 {
         return Ok(None);
     }
-    let Some((at_ms, promoted)) = journal.last_promotion(service)? else {
+    let Some((at_ms, promoted)) = journal.standing_promotion(service)? else {
         return Ok(None);
     };
     if promoted != live.name() {

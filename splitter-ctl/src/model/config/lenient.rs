@@ -1,8 +1,10 @@
 //! A config file that does not validate, read as far as it can be: what the emergency commands
 //! (`rollback`, `weight`, `status`) need is the pin directory, the state directory and the
 //! services, and one broken key must not keep them from a rollback. The paths are taken as
-//! written (or their defaults); each `[[service]]` is validated on its own, and the services
-//! that do not validate even so are left out, with why.
+//! written, or as their defaults when the file leaves them out; a path that is there but not
+//! valid fails the read, since its default could name another data plane. Each `[[service]]`
+//! is validated on its own, and the services that do not validate even so are left out, with
+//! why (named by their place in the file).
 
 use std::path::{Path, PathBuf};
 
@@ -31,17 +33,27 @@ pub fn read(path: &Path, text: &str) -> Result<Lenient, ConfigError> {
             problem: e.message().trim().to_owned(),
         }
     })?;
-    let absolute = |key: &str, default: &str| {
-        table
-            .get(key)
-            .and_then(toml::Value::as_str)
+    let invalid = |field: &str, problem: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        line: 1,
+        column: 1,
+        field: field.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let absolute = |key: &str, default: &str| match table.get(key) {
+        None => Ok(PathBuf::from(default)),
+        Some(value) => value
+            .as_str()
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| PathBuf::from(default))
+            .ok_or_else(|| invalid(key, "not an absolute path")),
     };
-    let pin_dir = Some(absolute("pin_dir", paths::DEFAULT_PIN_DIR))
-        .filter(|p| p.starts_with(paths::BPFFS_ROOT) && p != Path::new(paths::BPFFS_ROOT))
-        .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_PIN_DIR));
+    let pin_dir = absolute("pin_dir", paths::DEFAULT_PIN_DIR)?;
+    if !pin_dir.starts_with(paths::BPFFS_ROOT) || pin_dir == Path::new(paths::BPFFS_ROOT) {
+        return Err(invalid("pin_dir", "not a directory under the bpffs"));
+    }
+    let state_dir = absolute("state_dir", paths::DEFAULT_STATE_DIR)?;
+    let control_socket = absolute("control_socket", paths::DEFAULT_CONTROL_SOCKET)?;
     let interface = table
         .get("interface")
         .and_then(toml::Value::as_str)
@@ -59,36 +71,54 @@ pub fn read(path: &Path, text: &str) -> Result<Lenient, ConfigError> {
             .get("name")
             .and_then(toml::Value::as_str)
             .map_or_else(|| format!("service[{index}]"), str::to_owned);
-        match alone(path, entry) {
+        match alone(path, entry, index) {
             Ok(spec) => services.push(spec),
             Err(problem) => skipped.push((name, problem)),
         }
     }
-    let defaults = Config::parse(path, "interface = \"lo\"\n")?;
     Ok(Lenient {
         config: Config {
-            path: path.to_owned(),
             interface,
-            pin_dir,
-            state_dir: absolute("state_dir", paths::DEFAULT_STATE_DIR),
-            control_socket: absolute("control_socket", paths::DEFAULT_CONTROL_SOCKET),
-            xdp_mode: XdpMode::Auto,
+            control_socket,
             services,
-            ..defaults
+            ..with_paths(path, &pin_dir, &state_dir)?
         },
         skipped,
     })
 }
 
-/// One `[[service]]` table validated on its own; its problem, when it has one.
-fn alone(path: &Path, entry: toml::Value) -> Result<super::ServiceSpec, String> {
+/// A config with no services and every default but the given paths: what the emergency
+/// commands work with when only the command line says where the data plane is. The defaults
+/// are the validator's own (a config that says nothing else).
+pub fn with_paths(path: &Path, pin_dir: &Path, state_dir: &Path) -> Result<Config, ConfigError> {
+    let defaults = Config::parse(path, "interface = \"lo\"\n")?;
+    Ok(Config {
+        interface: "?".to_owned(),
+        pin_dir: pin_dir.to_owned(),
+        state_dir: state_dir.to_owned(),
+        xdp_mode: XdpMode::Auto,
+        ..defaults
+    })
+}
+
+/// The `[[service]]` table at `index` validated on its own; its problem, when it has one,
+/// with the field named by the service's place in the file.
+fn alone(path: &Path, entry: toml::Value, index: usize) -> Result<super::ServiceSpec, String> {
     let mut document = toml::Table::new();
     document.insert("interface".to_owned(), toml::Value::from("lo"));
     document.insert("service".to_owned(), toml::Value::Array(vec![entry]));
     let text = toml::to_string(&document).map_err(|e| e.to_string())?;
+    let in_file = |field: &str| {
+        field.strip_prefix("service[0]").map_or_else(
+            || field.to_owned(),
+            |rest| format!("service[{index}]{rest}"),
+        )
+    };
     match Config::parse(path, &text) {
         Ok(mut config) => Ok(config.services.remove(0)),
-        Err(ConfigError::Invalid { field, problem, .. }) => Err(format!("`{field}`: {problem}")),
+        Err(ConfigError::Invalid { field, problem, .. }) => {
+            Err(format!("`{}`: {problem}", in_file(&field)))
+        }
         Err(other) => Err(other.to_string()),
     }
 }
@@ -133,7 +163,7 @@ blue = ["not an address"]
         assert_eq!(lenient.skipped.len(), 1);
         assert_eq!(lenient.skipped[0].0, "broken");
         assert!(
-            lenient.skipped[0].1.contains("service[0].blue[0]"),
+            lenient.skipped[0].1.contains("service[1].blue[0]"),
             "{:?}",
             lenient.skipped
         );
@@ -148,12 +178,8 @@ blue = ["not an address"]
     }
 
     #[test]
-    fn paths_that_are_not_where_they_may_be_fall_back_to_the_defaults() {
-        let lenient = read(
-            Path::new("f.toml"),
-            "pin_dir = \"/etc\"\nstate_dir = \"relative\"\n",
-        )
-        .expect("lenient");
+    fn paths_left_out_take_their_defaults_and_paths_that_are_wrong_fail_the_read() {
+        let lenient = read(Path::new("f.toml"), "interface = \"eth0\"\n").expect("lenient");
         assert_eq!(
             lenient.config.pin_dir,
             PathBuf::from(paths::DEFAULT_PIN_DIR)
@@ -162,5 +188,15 @@ blue = ["not an address"]
             lenient.config.state_dir,
             PathBuf::from(paths::DEFAULT_STATE_DIR)
         );
+        for (text, field) in [
+            ("pin_dir = \"/etc\"\n", "pin_dir"),
+            ("state_dir = \"relative\"\n", "state_dir"),
+            ("state_dir = 7\n", "state_dir"),
+        ] {
+            match read(Path::new("f.toml"), text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 }
