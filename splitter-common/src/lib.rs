@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod drain;
 pub mod hash;
 pub mod maps;
 pub mod split;
@@ -387,8 +388,13 @@ pub struct VersionStats {
     pub backend_resets: u64,
     /// Handshakes a backend refused: a RST before any SYN-ACK.
     pub refused_handshakes: u64,
+    /// `bpf_ktime_get_ns` of the last new flow this version was given, and of the last response
+    /// it began (on this CPU: user space takes the latest over CPUs). A rollback's times come
+    /// from these: the candidate's last new connection, and the last request it answered.
+    pub last_new_flow_ns: u64,
+    pub last_response_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<VersionStats>() == 144);
+const _: () = assert!(core::mem::size_of::<VersionStats>() == 160);
 
 impl VersionStats {
     /// Adds `other` field by field (user space sums the per-CPU values with it).
@@ -411,6 +417,12 @@ impl VersionStats {
         self.backend_resets += other.backend_resets;
         self.refused_handshakes += other.refused_handshakes;
         self.closed_flows += other.closed_flows;
+        if other.last_new_flow_ns > self.last_new_flow_ns {
+            self.last_new_flow_ns = other.last_new_flow_ns;
+        }
+        if other.last_response_ns > self.last_response_ns {
+            self.last_response_ns = other.last_response_ns;
+        }
         self
     }
 
@@ -557,10 +569,16 @@ pub enum PlaneCounter {
     CohortLive = 10,
     /// Ingress: a new flow sent to the last-resort pool (neither version had a backend).
     LastResort = 11,
+    /// Ingress: a client's payload on a flow being closed by a drain (a request that raced the
+    /// close): dropped, so it is never processed without its answer reaching the client.
+    DrainRaced = 12,
+    /// Egress: a backend's payload on a flow being reset by a drain: dropped, so that both
+    /// sides' sequence numbers hold still for the resets.
+    DrainHeld = 13,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 12] = [
+    pub const ALL: [PlaneCounter; 14] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -573,6 +591,8 @@ impl PlaneCounter {
         Self::CohortCandidate,
         Self::CohortLive,
         Self::LastResort,
+        Self::DrainRaced,
+        Self::DrainHeld,
     ];
 
     #[must_use]
@@ -590,6 +610,8 @@ impl PlaneCounter {
             Self::CohortCandidate => "cohort_candidate",
             Self::CohortLive => "cohort_live",
             Self::LastResort => "last_resort",
+            Self::DrainRaced => "drain_raced",
+            Self::DrainHeld => "drain_held",
         }
     }
 }
@@ -714,4 +736,5 @@ mod pod {
     unsafe impl aya::Pod for super::VersionStats {}
     unsafe impl aya::Pod for super::Histogram {}
     unsafe impl aya::Pod for super::FlowGuard {}
+    unsafe impl aya::Pod for super::drain::Drain {}
 }

@@ -15,6 +15,9 @@
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
 //! | `COHORTS` | LPM trie | user space | (service id, client prefix) → `COHORT_CANDIDATE` or `COHORT_LIVE` |
+//! | `DRAINS` | hash | user space (create, delete), both programs (what they see) | `FlowKey` → `Drain` of a flow being drained |
+//! | `DRAIN_CLOSING` | hash | user space | `FlowKey` → `CLOSE_FIN` or `CLOSE_RESET`: the flow is being closed |
+//! | `DRAIN_ACTIVE` | array | user space | one word: non-zero while `DRAINS` has entries, so other flows skip its lookup |
 //! | `REPORTS` | per-CPU array, not pinned | XDP ingress | per `PlaneCounter`: when a rare event was last reported |
 //! | `AYA_LOGS` | ring buffer, not pinned | XDP ingress (aya-log) | the rare events' records, read by the daemon |
 
@@ -30,11 +33,14 @@ pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 pub const FLOW_GUARD: &str = "FLOW_GUARD";
 pub const COHORTS: &str = "COHORTS";
+pub const DRAINS: &str = "DRAINS";
+pub const DRAIN_CLOSING: &str = "DRAIN_CLOSING";
+pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 /// Per-CPU state of the kernel's rare-event reports (`report.rs` in splitter-ebpf); not pinned.
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 15] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -47,7 +53,13 @@ pub const ALL: [&str; 12] = [
     PLANE_STATS,
     FLOW_GUARD,
     COHORTS,
+    DRAINS,
+    DRAIN_CLOSING,
+    DRAIN_ACTIVE,
 ];
+
+/// Flows one data plane drains at once; past it, the rest wait for the next round.
+pub const MAX_DRAINS: u32 = 16_384;
 
 /// Cohort prefixes one data plane holds, over all services.
 pub const MAX_COHORT_ENTRIES: u32 = 4096;

@@ -21,7 +21,7 @@ use splitter_common::{
 };
 
 use crate::{
-    Skip,
+    Skip, drain,
     maps::{self, BACKENDS, FLOWS},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
@@ -69,6 +69,9 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         } else {
             FlowKey::from_ipv4(pkt.dst(), service_words[3], client_ports, pkt.protocol)
         };
+        if drain::observe_backend(ctx, &key, &pkt, &bounds) {
+            return Err(Skip::Drop(PlaneCounter::DrainHeld));
+        }
         if let Some(flow) = FLOWS.get_ptr_mut(key) {
             // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
             let flow = unsafe { &mut *flow };

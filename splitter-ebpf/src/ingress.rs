@@ -16,6 +16,7 @@ use splitter_common::{
 
 use crate::{
     Skip,
+    drain::{self, Client},
     flow_cache::{self, Target},
     maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
@@ -63,10 +64,14 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 request,
                 |flow| target_of(flow, dst, dst_port),
             )?;
-            // A flow the guard left without an entry does not take a cache slot either: the
-            // slots stay with established flows.
-            if pinned {
-                flow_cache::fill(slot, &key, &target);
+            match drain::observe_client(&key, &pkt, &bounds) {
+                Client::Drop => return Err(Skip::Drop(PlaneCounter::DrainRaced)),
+                // A flow being drained stays out of the cache: its every packet is seen.
+                Client::Draining => {}
+                // A flow the guard left without an entry does not take a cache slot either:
+                // the slots stay with established flows.
+                Client::NotDraining if pinned => flow_cache::fill(slot, &key, &target),
+                Client::NotDraining => {}
             }
             target
         }
@@ -154,6 +159,9 @@ fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
             )
         },
     )?;
+    if let Client::Drop = drain::observe_client(&key, pkt, bounds) {
+        return Err(Skip::Drop(PlaneCounter::DrainRaced));
+    }
     maps::with_stats(stats, |s| {
         s.packets_in += 1;
         s.bytes_in += bounds.len();
@@ -270,6 +278,7 @@ fn new_flow(
             s.flow_misses += 1;
         } else {
             s.new_flows += 1;
+            s.last_new_flow_ns = now;
         }
     });
     Ok((flow, pinned))

@@ -9,6 +9,7 @@
 // Word loads and stores of packet fields: see `packet::load_u32`.
 #![feature(asm_experimental_arch)]
 
+mod drain;
 mod egress;
 mod flow_cache;
 mod ingress;
@@ -18,7 +19,7 @@ mod report;
 mod telemetry;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -55,11 +56,19 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn split_egress(ctx: TcContext) -> i32 {
     // A translated reply is counted once, in its version's counters (inside `translate`).
-    if let Err(Skip::Pass(counter) | Skip::Drop(counter)) = egress::translate(&ctx) {
-        maps::count(counter);
+    match egress::translate(&ctx) {
+        Ok(()) => TC_ACT_UNSPEC,
+        Err(Skip::Pass(counter)) => {
+            maps::count(counter);
+            // TCX_NEXT: later programs in the chain still run.
+            TC_ACT_UNSPEC
+        }
+        // Only a reply on a flow a drain is resetting.
+        Err(Skip::Drop(counter)) => {
+            maps::count(counter);
+            TC_ACT_SHOT
+        }
     }
-    // TCX_NEXT: Splitter never decides a reply's fate; later programs in the chain still run.
-    TC_ACT_UNSPEC
 }
 
 /// The benchmarks' baseline: the cheapest possible XDP program. Never attached.

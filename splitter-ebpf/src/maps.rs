@@ -9,9 +9,10 @@ use aya_ebpf::{
 use splitter_common::{
     BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, PLANE_COUNTERS,
     PlaneCounter, Service, Slot, VersionStats,
+    drain::Drain,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_COHORT_ENTRIES,
-        MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        MAX_DRAINS, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -67,6 +68,19 @@ pub static FLOW_GUARD: PerCpuArray<FlowGuard> = PerCpuArray::with_max_entries(1,
 #[map(name = "COHORTS")]
 pub static COHORTS: LpmTrie<[u8; 20], u32> =
     LpmTrie::with_max_entries(MAX_COHORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Flows being drained → what the programs have seen of them. Created (zeroed) and deleted by
+/// user space; both programs update them in place.
+#[map(name = "DRAINS")]
+pub static DRAINS: HashMap<FlowKey, Drain> = HashMap::with_max_entries(MAX_DRAINS, 0);
+
+/// Flows being closed by a drain → `CLOSE_FIN` or `CLOSE_RESET`. Written by user space.
+#[map(name = "DRAIN_CLOSING")]
+pub static DRAIN_CLOSING: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_DRAINS, 0);
+
+/// One word, non-zero while a drain is under way. Written by user space.
+#[map(name = "DRAIN_ACTIVE")]
+pub static DRAIN_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The cohort of a client of service `id`, if its address falls in one.
 #[inline(always)]

@@ -70,6 +70,9 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Packet, flow: &mut Flow) {
         }
         maps::with_stats(stats, |s| {
             s.responses += u64::from(class != 1);
+            if class != 1 {
+                s.last_response_ns = now;
+            }
             // Constant indices: LLVM knows the class is at most 5 and drops a bounds check the
             // verifier would need.
             let [unparsed, c1, c2, c3, c4, c5] = &mut s.http_status;

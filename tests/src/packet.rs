@@ -36,6 +36,8 @@ pub struct Ipv4Packet {
     pub frag: u16,
     /// For UDP: send a zero checksum ("no checksum").
     pub udp_no_checksum: bool,
+    /// For TCP: the sequence and acknowledgement numbers (fixed ones when not given).
+    pub numbers: Option<(u32, u32)>,
 }
 
 impl Ipv4Packet {
@@ -51,6 +53,7 @@ impl Ipv4Packet {
             ip_options: Vec::new(),
             frag: 0x4000,
             udp_no_checksum: false,
+            numbers: None,
         }
     }
 
@@ -69,6 +72,13 @@ impl Ipv4Packet {
         self
     }
 
+    /// A TCP segment with these sequence and acknowledgement numbers.
+    #[must_use]
+    pub fn with_numbers(mut self, seq: u32, ack: u32) -> Self {
+        self.numbers = Some((seq, ack));
+        self
+    }
+
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
@@ -80,7 +90,11 @@ impl Ipv4Packet {
                     self.dst.port(),
                     self.tcp_flags,
                     self.payload.len(),
-                )
+                );
+                if let (TCP, Some((seq, ack))) = (self.protocol, self.numbers) {
+                    l4[4..8].copy_from_slice(&seq.to_be_bytes());
+                    l4[8..12].copy_from_slice(&ack.to_be_bytes());
+                }
             }
             _ => {
                 // ICMP echo request.

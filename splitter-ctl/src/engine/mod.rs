@@ -2,6 +2,7 @@
 //! machine, drills, representativeness, latency quantiles and backend health. Each takes the
 //! time and the readings as arguments and returns what the daemon must do.
 
+pub mod drain;
 pub mod drill;
 pub mod gates;
 pub mod health;

@@ -20,6 +20,7 @@ use splitter_common::{
     BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LAST_RESORT,
     LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version,
     VersionStats,
+    drain::Drain,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
 };
@@ -89,6 +90,10 @@ pub struct Maps {
     plane_stats: PerCpuArray<MapData, u64>,
     flow_guard: PerCpuArray<MapData, FlowGuard>,
     cohorts: LpmTrie<MapData, [u8; 20], u32>,
+    /// The drain's maps, for `kernel::drains`.
+    pub(super) drains: HashMap<MapData, FlowKey, Drain>,
+    pub(super) drain_closing: HashMap<MapData, FlowKey, u32>,
+    pub(super) drain_active: Array<MapData, u32>,
 }
 
 /// Key and value size each map must have; checked when adopting pins, so a pin left by another
@@ -107,6 +112,9 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::PLANE_STATS => (4, size_of::<u64>()),
         names::FLOW_GUARD => (4, size_of::<FlowGuard>()),
         names::COHORTS => (4 + 20, 4),
+        names::DRAINS => (size_of::<FlowKey>(), size_of::<Drain>()),
+        names::DRAIN_CLOSING => (size_of::<FlowKey>(), 4),
+        names::DRAIN_ACTIVE => (4, 4),
         // Not a map of ours: nothing matches.
         _ => (0, 0),
     }
@@ -161,7 +169,10 @@ fn per_cpu<T: aya::Pod + Clone>(map: &'static str, value: T) -> Result<PerCpuVal
     })
 }
 
-fn access(map: &'static str, action: &'static str) -> impl FnOnce(MapError) -> MapsError {
+pub(super) fn access(
+    map: &'static str,
+    action: &'static str,
+) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Access {
         map,
         action,
@@ -169,7 +180,7 @@ fn access(map: &'static str, action: &'static str) -> impl FnOnce(MapError) -> M
     }
 }
 
-fn is_missing_key(error: &MapError) -> bool {
+pub(super) fn is_missing_key(error: &MapError) -> bool {
     matches!(error, MapError::KeyNotFound | MapError::ElementNotFound)
 }
 
@@ -236,6 +247,9 @@ impl Maps {
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
             flow_guard: typed(names::FLOW_GUARD, open(names::FLOW_GUARD)?)?,
             cohorts: typed(names::COHORTS, open(names::COHORTS)?)?,
+            drains: typed(names::DRAINS, open(names::DRAINS)?)?,
+            drain_closing: typed(names::DRAIN_CLOSING, open(names::DRAIN_CLOSING)?)?,
+            drain_active: typed(names::DRAIN_ACTIVE, open(names::DRAIN_ACTIVE)?)?,
         })
     }
 
@@ -478,12 +492,17 @@ impl Maps {
     /// than their own close (a removed service): a cached copy would outlive its entry.
     pub fn clear_flow_cache(&mut self) -> Result<(), MapsError> {
         for slot in 0..names::FLOW_CACHE_SLOTS {
-            let empty = zeroed::<CachedFlow>(names::FLOW_CACHE)?;
-            self.flow_cache
-                .set(slot, empty, 0)
-                .map_err(access(names::FLOW_CACHE, "clear a slot"))?;
+            self.clear_cache_slot(slot)?;
         }
         Ok(())
+    }
+
+    /// Empties one slot of the flow cache on every CPU.
+    pub fn clear_cache_slot(&mut self, slot: u32) -> Result<(), MapsError> {
+        let empty = zeroed::<CachedFlow>(names::FLOW_CACHE)?;
+        self.flow_cache
+            .set(slot, empty, 0)
+            .map_err(access(names::FLOW_CACHE, "clear a slot"))
     }
 
     // ---- cohorts ----

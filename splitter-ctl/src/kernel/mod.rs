@@ -6,7 +6,9 @@
 
 pub mod aging;
 pub mod apply;
+pub mod closer;
 pub mod dataplane;
+pub mod drains;
 pub mod maps;
 pub mod memory;
 pub mod netdev;

@@ -4,10 +4,12 @@
 pub mod actor;
 pub mod addr;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod paths;
 pub mod plan;
 pub mod promql;
+pub mod segment;
 pub mod share;
 pub mod slots;
 pub mod units;

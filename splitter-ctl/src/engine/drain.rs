@@ -1,0 +1,578 @@
+//! A drain as decisions, without I/O: for each connection of the version being left, from what
+//! the data plane has seen of it (`Drain`), when to probe it, when it is idle (no request
+//! waiting, the whole response delivered), when to close it and how, and what became of it.
+//!
+//! A close is two-phase, so that a request racing it is never processed without its answer:
+//! the flow is marked closing (the data plane then drops what the client sends), its numbers
+//! are read again, and only if the client sent nothing meanwhile do the RST to the backend and
+//! the FIN to the client go out; otherwise the mark is lifted and the flow watched again.
+
+use std::{net::SocketAddr, time::Duration};
+
+use splitter_common::drain::{
+    CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD, DRAIN_REQUEST,
+    DRAIN_TAIL_LEN, Drain,
+};
+
+use crate::model::segment::{Segment, seq_at_or_after};
+
+/// Between two probes of one connection: Linux answers out-of-window segments once per half
+/// second and socket (`net.ipv4.tcp_invalid_ratelimit`).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(510);
+/// A response whose length the head does not give is over once the backend has been silent
+/// this long and the client has all of it.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// A connection being reset: its numbers must hold this long before the resets go out.
+pub const STEADY: Duration = Duration::from_millis(2);
+/// How long a connection that never answers a probe is given before it counts as gone.
+pub const NO_ANSWER: Duration = Duration::from_secs(2);
+
+/// What became of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Closed while idle, with no request during the drain.
+    DrainedIdle,
+    /// Closed once the response it was waiting for had been delivered.
+    DrainedAfterResponse,
+    /// Reset, as the policy asked.
+    Reset,
+    /// Still busy at the drain timeout: reset.
+    ResetAtTimeout,
+    /// The client or the backend closed it first.
+    ClosedByPeers,
+    /// It never answered a probe (the client is gone); left to the flow table.
+    NoAnswer,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 6] = [
+        Self::DrainedIdle,
+        Self::DrainedAfterResponse,
+        Self::Reset,
+        Self::ResetAtTimeout,
+        Self::ClosedByPeers,
+        Self::NoAnswer,
+    ];
+
+    /// The label in metrics and the journal.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::DrainedIdle => "drained_idle",
+            Self::DrainedAfterResponse => "drained_after_response",
+            Self::Reset => "reset",
+            Self::ResetAtTimeout => "reset_at_timeout",
+            Self::ClosedByPeers => "closed_by_peers",
+            Self::NoAnswer => "no_answer",
+        }
+    }
+}
+
+/// What to do next for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing yet.
+    Wait,
+    /// Send these (a probe).
+    Send(Vec<Segment>),
+    /// Mark the flow closing with this value, read it again and call `step` with that.
+    Mark(u32),
+    /// Lift the mark: the client spoke while the close was being decided.
+    Unmark,
+    /// Send these, and the connection is done.
+    Close(Vec<Segment>, Outcome),
+    /// Nothing to send; the connection is done.
+    Done(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Watching,
+    /// Marked closing; the client's numbers when the mark went in.
+    Confirming {
+        sent: u32,
+        raced: u32,
+    },
+    /// Marked for a reset; the numbers last seen, and since when they hold.
+    Resetting {
+        numbers: (u32, u32, u32),
+        since_ns: u64,
+        at_timeout: bool,
+    },
+    Done,
+}
+
+/// One connection being drained.
+#[derive(Clone, Debug)]
+pub struct FlowDrain {
+    pub client: SocketAddr,
+    pub service: SocketAddr,
+    pub backend: SocketAddr,
+    phase: Phase,
+    reset: bool,
+    started_ns: u64,
+    deadline_ns: u64,
+    last_probe_ns: Option<u64>,
+    busy: bool,
+}
+
+impl FlowDrain {
+    /// A connection to drain from `now_ns` on (the kernel's clock); `reset` asks for resets
+    /// instead of graceful closes; past `timeout` a busy connection is reset.
+    #[must_use]
+    pub fn new(
+        client: SocketAddr,
+        service: SocketAddr,
+        backend: SocketAddr,
+        reset: bool,
+        now_ns: u64,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            service,
+            backend,
+            phase: Phase::Watching,
+            reset,
+            started_ns: now_ns,
+            deadline_ns: now_ns.saturating_add(nanos(timeout)),
+            last_probe_ns: None,
+            busy: false,
+        }
+    }
+
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The next step, from the data plane's record of the flow (`None`: the record is gone,
+    /// the flow with it).
+    pub fn step(&mut self, drain: Option<&Drain>, now_ns: u64) -> Step {
+        let Some(d) = drain else {
+            return self.finish(Step::Done(Outcome::ClosedByPeers));
+        };
+        if d.seen & DRAIN_CLOSED != 0 && !matches!(self.phase, Phase::Confirming { .. }) {
+            return self.finish(Step::Done(Outcome::ClosedByPeers));
+        }
+        match self.phase {
+            Phase::Done => Step::Wait,
+            Phase::Watching => self.watch(d, now_ns),
+            Phase::Confirming { sent, raced } => {
+                if d.client_sent != sent || d.raced != raced {
+                    self.phase = Phase::Watching;
+                    return Step::Unmark;
+                }
+                let outcome = if self.busy {
+                    Outcome::DrainedAfterResponse
+                } else {
+                    Outcome::DrainedIdle
+                };
+                self.finish(Step::Close(
+                    vec![
+                        Segment::rst_to_backend(self.client, self.backend, d.client_next),
+                        Segment::fin_to_client(
+                            self.service,
+                            self.client,
+                            d.client_ack,
+                            d.client_next,
+                        ),
+                    ],
+                    outcome,
+                ))
+            }
+            Phase::Resetting {
+                numbers,
+                since_ns,
+                at_timeout,
+            } => self.resetting(d, now_ns, numbers, since_ns, at_timeout),
+        }
+    }
+
+    fn watch(&mut self, d: &Drain, now_ns: u64) -> Step {
+        let heard = d.seen & DRAIN_CLIENT != 0;
+        if self.reset || now_ns >= self.deadline_ns {
+            if !heard && now_ns >= self.started_ns.saturating_add(nanos(NO_ANSWER)) {
+                return self.finish(Step::Done(Outcome::NoAnswer));
+            }
+            self.phase = Phase::Resetting {
+                numbers: numbers(d),
+                since_ns: now_ns,
+                at_timeout: !self.reset,
+            };
+            return Step::Mark(CLOSE_RESET);
+        }
+        if !heard {
+            if now_ns >= self.started_ns.saturating_add(nanos(NO_ANSWER)) {
+                return self.finish(Step::Done(Outcome::NoAnswer));
+            }
+            return self.probe(d, now_ns);
+        }
+        if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
+            self.busy = true;
+        }
+        if idle(d, now_ns) {
+            self.phase = Phase::Confirming {
+                sent: d.client_sent,
+                raced: d.raced,
+            };
+            return Step::Mark(CLOSE_FIN);
+        }
+        Step::Wait
+    }
+
+    fn resetting(
+        &mut self,
+        d: &Drain,
+        now_ns: u64,
+        last: (u32, u32, u32),
+        since_ns: u64,
+        at_timeout: bool,
+    ) -> Step {
+        if d.seen & DRAIN_CLIENT == 0 {
+            if now_ns >= self.started_ns.saturating_add(nanos(NO_ANSWER)) {
+                return self.finish(Step::Done(Outcome::NoAnswer));
+            }
+            return self.probe(d, now_ns);
+        }
+        let now_numbers = numbers(d);
+        if now_numbers != last {
+            self.phase = Phase::Resetting {
+                numbers: now_numbers,
+                since_ns: now_ns,
+                at_timeout,
+            };
+            return Step::Wait;
+        }
+        if now_ns < since_ns.saturating_add(nanos(STEADY)) {
+            return Step::Wait;
+        }
+        let outcome = if at_timeout {
+            Outcome::ResetAtTimeout
+        } else {
+            Outcome::Reset
+        };
+        self.finish(Step::Close(
+            vec![
+                Segment::rst_to_backend(self.client, self.backend, d.client_next),
+                Segment::rst_to_client(self.service, self.client, d.client_ack),
+            ],
+            outcome,
+        ))
+    }
+
+    fn probe(&mut self, d: &Drain, now_ns: u64) -> Step {
+        let due = self
+            .last_probe_ns
+            .is_none_or(|at| now_ns >= at.saturating_add(nanos(PROBE_INTERVAL)));
+        if !due {
+            return Step::Wait;
+        }
+        self.last_probe_ns = Some(now_ns);
+        Step::Send(vec![Segment::probe(
+            self.service,
+            self.client,
+            d.client_ack,
+        )])
+    }
+
+    fn finish(&mut self, step: Step) -> Step {
+        self.phase = Phase::Done;
+        step
+    }
+}
+
+/// The client's numbers a reset depends on: what it sent, what it has, what reached the backend.
+const fn numbers(d: &Drain) -> (u32, u32, u32) {
+    (d.client_sent, d.client_ack, d.client_next)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether the connection is idle: the client spoke since the drain began (so its numbers are
+/// known), has no request waiting, and has the whole of the last response.
+#[must_use]
+pub fn idle(d: &Drain, now_ns: u64) -> bool {
+    d.seen & DRAIN_CLIENT != 0
+        && d.seen & DRAIN_REQUEST == 0
+        && response_over(d, now_ns)
+        && (d.seen & DRAIN_BACKEND == 0 || seq_at_or_after(d.client_ack, d.backend_next))
+}
+
+/// Whether the backend has sent the whole of its last response. Without a backend segment
+/// since the drain began, there is nothing in flight that the client's acknowledgement does not
+/// cover. With one, the response's head says where it ends; a response that began before the
+/// drain, or whose head does not say, is over after `QUIET`.
+fn response_over(d: &Drain, now_ns: u64) -> bool {
+    if d.seen & DRAIN_BACKEND == 0 {
+        return true;
+    }
+    let quiet = || now_ns >= d.backend_ns.saturating_add(nanos(QUIET));
+    if d.seen & DRAIN_HEAD == 0 {
+        return quiet();
+    }
+    let head = &d.head[..usize::from(d.head_len).min(d.head.len())];
+    match framing(head) {
+        Framing::Length(body) => {
+            let end = d
+                .head_seq
+                .wrapping_add(u32::try_from(body).unwrap_or(u32::MAX));
+            seq_at_or_after(d.backend_next, end)
+        }
+        Framing::Chunked => chunked_end(d),
+        Framing::Unknown => quiet(),
+    }
+}
+
+/// Whether the backend's last segment ends a chunked body: its last bytes are the last chunk
+/// (`0`, an empty trailer) after the end of a line.
+fn chunked_end(d: &Drain) -> bool {
+    const LAST_CHUNK: &[u8] = b"\n0\r\n\r\n";
+    usize::from(d.tail_len) >= LAST_CHUNK.len() - 1
+        && d.tail[DRAIN_TAIL_LEN - LAST_CHUNK.len()..].ends_with(LAST_CHUNK)
+}
+
+/// How a response's length is known, from its head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// It ends this many bytes from its first (head and body).
+    Length(usize),
+    /// Its body is chunked: it ends with the last chunk.
+    Chunked,
+    /// The head does not say (headers longer than the head kept, or a body that ends with the
+    /// connection).
+    Unknown,
+}
+
+/// The framing of a response from its first bytes: status line and headers (RFC 9112 §6.3).
+#[must_use]
+pub fn framing(head: &[u8]) -> Framing {
+    let Some(headers_end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Framing::Unknown;
+    };
+    let header_len = headers_end + 4;
+    let text = String::from_utf8_lossy(&head[..headers_end]);
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok());
+    if matches!(status, Some(204 | 304)) {
+        return Framing::Length(header_len);
+    }
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
+            return Framing::Chunked;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    length.map_or(Framing::Unknown, |body| Framing::Length(header_len + body))
+}
+
+#[cfg(test)]
+mod tests {
+    use splitter_common::drain::DRAIN_HEAD_LEN;
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    fn flow(reset: bool) -> FlowDrain {
+        FlowDrain::new(
+            addr("198.18.0.2:40000"),
+            addr("198.18.0.1:8080"),
+            addr("198.18.0.10:8080"),
+            reset,
+            0,
+            Duration::from_secs(30),
+        )
+    }
+
+    fn drain(seen: u8) -> Drain {
+        Drain {
+            seen,
+            client_next: 100,
+            client_sent: 100,
+            client_ack: 500,
+            backend_next: 500,
+            ..Drain::default()
+        }
+    }
+
+    fn with_head(mut d: Drain, head: &[u8], head_seq: u32) -> Drain {
+        d.head[..head.len()].copy_from_slice(head);
+        d.head_len = head.len() as u16;
+        d.head_seq = head_seq;
+        d.seen |= DRAIN_HEAD | DRAIN_BACKEND;
+        d
+    }
+
+    #[test]
+    fn framing_reads_content_length_chunked_and_bodiless_statuses() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 42\r\n\r\n{";
+        // Everything up to the body's first byte, then 42 bytes of body.
+        assert_eq!(framing(head), Framing::Length(head.len() - 1 + 42));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\n"),
+            Framing::Chunked
+        );
+        let no_content = b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n";
+        assert_eq!(framing(no_content), Framing::Length(no_content.len()));
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\n\r\nbody until close"),
+            Framing::Unknown
+        );
+        assert_eq!(
+            framing(&[b'x'; DRAIN_HEAD_LEN]),
+            Framing::Unknown,
+            "headers past the head kept"
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_is_probed_then_closed_in_two_phases() {
+        let mut f = flow(false);
+        let nothing = Drain::default();
+        // Never heard from: a probe, then nothing until the rate limit allows another.
+        assert!(matches!(f.step(Some(&nothing), 0), Step::Send(s) if s[0].flags == 0x10));
+        assert_eq!(f.step(Some(&nothing), 100 * MS), Step::Wait);
+        assert!(matches!(f.step(Some(&nothing), 600 * MS), Step::Send(_)));
+        // The answer: idle, so the mark, then the confirmation with the same numbers.
+        let answered = drain(DRAIN_CLIENT);
+        assert_eq!(f.step(Some(&answered), 601 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&answered), 601 * MS) {
+            Step::Close(segments, Outcome::DrainedIdle) => {
+                assert_eq!(
+                    segments[0],
+                    Segment::rst_to_backend(f.client, f.backend, 100)
+                );
+                assert_eq!(
+                    segments[1],
+                    Segment::fin_to_client(f.service, f.client, 500, 100)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.is_done());
+    }
+
+    #[test]
+    fn a_client_that_spoke_during_the_decision_lifts_the_mark() {
+        let mut f = flow(false);
+        let answered = drain(DRAIN_CLIENT);
+        assert_eq!(f.step(Some(&answered), MS), Step::Mark(CLOSE_FIN));
+        let spoke = Drain {
+            client_sent: 180,
+            raced: 1,
+            ..answered
+        };
+        assert_eq!(f.step(Some(&spoke), MS), Step::Unmark);
+        // A request is now waiting: no close until its response is delivered.
+        let waiting = Drain {
+            seen: DRAIN_CLIENT | DRAIN_REQUEST,
+            client_next: 180,
+            ..spoke
+        };
+        assert_eq!(f.step(Some(&waiting), 2 * MS), Step::Wait);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        let end = 700 + head.len() as u32 + 10;
+        // The response's head arrived (and answered the request) but not its body.
+        let sending = with_head(
+            Drain {
+                seen: DRAIN_CLIENT,
+                backend_next: 700 + head.len() as u32,
+                client_ack: 700 + head.len() as u32,
+                ..waiting
+            },
+            head,
+            700,
+        );
+        assert_eq!(f.step(Some(&sending), 3 * MS), Step::Wait);
+        // The body is out but the client has not acknowledged it.
+        let sent = Drain {
+            backend_next: end,
+            ..sending
+        };
+        assert_eq!(f.step(Some(&sent), 4 * MS), Step::Wait);
+        let delivered = Drain {
+            client_ack: end,
+            ..sent
+        };
+        assert_eq!(f.step(Some(&delivered), 5 * MS), Step::Mark(CLOSE_FIN));
+        assert!(matches!(
+            f.step(Some(&delivered), 5 * MS),
+            Step::Close(_, Outcome::DrainedAfterResponse)
+        ));
+    }
+
+    #[test]
+    fn a_chunked_response_is_over_at_its_last_chunk_and_an_unknown_one_after_quiet() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut d = with_head(drain(DRAIN_CLIENT), head, 400);
+        d.backend_ns = 10 * MS;
+        d.tail = *b"\r\n5\r\nhel";
+        d.tail_len = 8;
+        assert!(!idle(&d, 11 * MS));
+        d.tail = *b"o\r\n\n0\r\n\r";
+        assert!(!idle(&d, 11 * MS), "a last chunk cut short");
+        d.tail = *b"\r\n\n0\r\n\r\n";
+        assert!(idle(&d, 11 * MS));
+        // A response that began before the drain: over once quiet.
+        let mut old = drain(DRAIN_CLIENT | DRAIN_BACKEND);
+        old.backend_ns = 10 * MS;
+        assert!(!idle(&old, 500 * MS));
+        assert!(idle(&old, 10 * MS + 1_000 * MS));
+    }
+
+    #[test]
+    fn a_busy_connection_is_reset_at_the_timeout_once_its_numbers_hold() {
+        let mut f = flow(false);
+        let busy = drain(DRAIN_CLIENT | DRAIN_REQUEST);
+        assert_eq!(f.step(Some(&busy), MS), Step::Wait);
+        let late = 30_001 * MS;
+        assert_eq!(f.step(Some(&busy), late), Step::Mark(CLOSE_RESET));
+        assert_eq!(f.step(Some(&busy), late + MS), Step::Wait);
+        match f.step(Some(&busy), late + 3 * MS) {
+            Step::Close(segments, Outcome::ResetAtTimeout) => {
+                assert_eq!(
+                    segments[1],
+                    Segment::rst_to_client(f.service, f.client, 500)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn closes_by_the_peers_and_silent_clients_end_without_packets() {
+        let mut f = flow(true);
+        assert_eq!(
+            f.step(Some(&drain(DRAIN_CLIENT | DRAIN_CLOSED)), MS),
+            Step::Done(Outcome::ClosedByPeers)
+        );
+        let mut g = flow(false);
+        assert!(matches!(g.step(Some(&Drain::default()), 0), Step::Send(_)));
+        assert_eq!(
+            g.step(Some(&Drain::default()), 2_001 * MS),
+            Step::Done(Outcome::NoAnswer)
+        );
+        let mut h = flow(false);
+        assert_eq!(h.step(None, 0), Step::Done(Outcome::ClosedByPeers));
+    }
+}

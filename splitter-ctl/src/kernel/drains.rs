@@ -1,0 +1,87 @@
+//! The drain's maps (`DRAINS`, `DRAIN_CLOSING`, `DRAIN_ACTIVE`): marking the flows to drain,
+//! reading what the data plane saw of them, marking one closing, and clearing up.
+
+use aya::maps::MapError;
+use splitter_common::{FlowKey, drain::Drain, maps as names};
+
+use super::maps::{Maps, MapsError, access, is_missing_key};
+
+/// Creates a zeroed entry with `BPF_NOEXIST`: a flow already being drained keeps its record.
+const NO_EXIST: u64 = 1;
+
+impl Maps {
+    /// Marks `keys` for draining (those not marked yet, as many as `DRAINS` holds), turns the
+    /// drain on, and empties their flow-cache slots so that every packet of theirs is seen.
+    /// Returns the keys marked.
+    pub fn begin_drain(&mut self, keys: &[FlowKey]) -> Result<Vec<FlowKey>, MapsError> {
+        let mut marked = Vec::new();
+        for key in keys {
+            match self.drains.insert(key, Drain::default(), NO_EXIST) {
+                Ok(()) => marked.push(*key),
+                // Already draining, or the map is full: the rest wait for another round.
+                Err(MapError::SyscallError(e))
+                    if matches!(
+                        e.io_error.raw_os_error(),
+                        Some(libc::EEXIST | libc::E2BIG | libc::ENOSPC)
+                    ) => {}
+                Err(e) => return Err(access(names::DRAINS, "mark a flow to drain")(e)),
+            }
+        }
+        self.set_drain_active(true)?;
+        let mut slots: Vec<u32> = marked.iter().map(FlowKey::cache_slot).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            self.clear_cache_slot(slot)?;
+        }
+        Ok(marked)
+    }
+
+    /// What the data plane has seen of a flow being drained; `None` once its entry is gone.
+    pub fn drain_record(&self, key: &FlowKey) -> Result<Option<Drain>, MapsError> {
+        match self.drains.get(key, 0) {
+            Ok(drain) => Ok(Some(drain)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(access(names::DRAINS, "read a drained flow")(e)),
+        }
+    }
+
+    /// Marks a flow closing (`CLOSE_FIN` or `CLOSE_RESET`).
+    pub fn mark_closing(&mut self, key: &FlowKey, how: u32) -> Result<(), MapsError> {
+        self.drain_closing
+            .insert(key, how, 0)
+            .map_err(access(names::DRAIN_CLOSING, "mark a flow closing"))
+    }
+
+    /// Lifts a flow's closing mark.
+    pub fn unmark_closing(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        match self.drain_closing.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(access(names::DRAIN_CLOSING, "lift a closing mark")(e)),
+        }
+    }
+
+    /// Forgets a drained flow: its record and its closing mark.
+    pub fn end_drain(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        self.unmark_closing(key)?;
+        match self.drains.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(access(names::DRAINS, "forget a drained flow")(e)),
+        }
+    }
+
+    /// The flows marked for draining (left by a drain that did not finish, say).
+    pub fn drained_flows(&self) -> Vec<FlowKey> {
+        // Entries can go while we iterate; skip those instead of failing.
+        self.drains.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Turns the drain's lookups on or off for every other flow.
+    pub fn set_drain_active(&mut self, active: bool) -> Result<(), MapsError> {
+        self.drain_active
+            .set(0, u32::from(active), 0)
+            .map_err(access(names::DRAIN_ACTIVE, "switch the drain"))
+    }
+}

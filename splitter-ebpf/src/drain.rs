@@ -1,0 +1,219 @@
+//! The programs' part of a drain (see `splitter_common::drain`): for the flows in `DRAINS`
+//! only, ingress records the client's sequence numbers and drops a request that races the
+//! close, and egress records the backend's, the head of each response and the tail of its last
+//! segment. Every other flow pays one array read (`DRAIN_ACTIVE`) on the slow path, and
+//! nothing at all on the cached established path.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use splitter_common::{
+    FlowKey, PROTO_TCP,
+    drain::{
+        CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD, DRAIN_HEAD_LEN,
+        DRAIN_REQUEST, DRAIN_TAIL_LEN,
+    },
+};
+
+use crate::{
+    maps::{DRAIN_ACTIVE, DRAIN_CLOSING, DRAINS},
+    packet::{Bounds, Packet, TCP_ACK, TCP_FIN, TCP_RST, load_u32},
+};
+
+/// What ingress does with a client packet.
+pub enum Client {
+    /// The flow is not being drained: business as usual.
+    NotDraining,
+    /// Recorded; steer it, but never from the flow cache.
+    Draining,
+    /// A request on a flow being closed: dropped (and counted) so that it is never processed.
+    Drop,
+}
+
+/// Bytes of a response's status line read to tell a response's start (`HTTP/1.1 200`).
+const STATUS_LINE_LEN: usize = 12;
+
+/// `*target += value`, atomically.
+#[inline(always)]
+fn atomic_add(target: *mut u64, value: u64) {
+    // SAFETY: `target` points into a map value that lives for this program run, 8-aligned;
+    // BPF's atomic add (no fetch) exists on every kernel this runs on.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) target,
+            v = in(reg) value,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+#[inline(always)]
+fn active() -> bool {
+    matches!(DRAIN_ACTIVE.get(0), Some(n) if *n != 0)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The TCP sequence and acknowledgement numbers, in host order.
+#[inline(always)]
+fn seq_ack(pkt: &Packet, bounds: &Bounds) -> Option<(u32, u32)> {
+    let tcp: *const u8 = bounds.ptr_at::<[u8; 12]>(pkt.l4_offset).ok()?.cast();
+    // SAFETY: bounds-checked above; both words are 4-aligned like the port pair.
+    unsafe {
+        Some((
+            u32::from_be(load_u32(tcp.add(4))),
+            u32::from_be(load_u32(tcp.add(8))),
+        ))
+    }
+}
+
+/// Where a segment's sequence space ends: after its payload and its FIN.
+#[inline(always)]
+fn segment_end(pkt: &Packet, seq: u32) -> u32 {
+    seq.wrapping_add(pkt.payload_len as u32)
+        .wrapping_add(u32::from(pkt.tcp_flags & TCP_FIN != 0))
+}
+
+/// Records a client packet of a flow being drained; drops its payload when the flow is being
+/// closed. The client's numbers are stored before the closing mark is read, and user space
+/// marks before it reads the numbers again: one of the two always sees the other.
+#[inline(always)]
+pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
+    if pkt.protocol != PROTO_TCP || !active() {
+        return Client::NotDraining;
+    }
+    let Some(drain) = DRAINS.get_ptr_mut(key) else {
+        return Client::NotDraining;
+    };
+    // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
+    let drain = unsafe { &mut *drain };
+    let Some((seq, ack)) = seq_ack(pkt, bounds) else {
+        return Client::Draining;
+    };
+    let next = segment_end(pkt, seq);
+    drain.client_sent = next;
+    if pkt.tcp_flags & TCP_ACK != 0 {
+        drain.client_ack = ack;
+    }
+    drain.client_ns = now();
+    let mut seen = drain.seen | DRAIN_CLIENT;
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        seen |= DRAIN_CLOSED;
+    }
+    drain.seen = seen;
+    // An atomic add (BPF_ATOMIC, a locked add on x86): a full barrier between the stores above
+    // and the read below.
+    atomic_add(&raw mut drain.client_packets, 1);
+    let payload = pkt.payload_len > 0;
+    // SAFETY: hash map values are only tested for presence.
+    if payload && unsafe { DRAIN_CLOSING.get(key) }.is_some() {
+        drain.raced += 1;
+        return Client::Drop;
+    }
+    drain.client_next = next;
+    if payload {
+        drain.seen |= DRAIN_REQUEST;
+    }
+    Client::Draining
+}
+
+/// Records a backend segment of a flow being drained: its end, the tail of its payload and,
+/// when it starts a (final) response, the response's head. True when the segment is to be
+/// dropped: payload on a flow being reset.
+#[inline(always)]
+pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> bool {
+    if pkt.protocol != PROTO_TCP || !active() {
+        return false;
+    }
+    let Some(drain) = DRAINS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: the pointer is valid for this program run; only plain fields are touched.
+    let drain = unsafe { &mut *drain };
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        drain.seen |= DRAIN_CLOSED;
+    }
+    let payload_len = pkt.payload_len;
+    if payload_len > 0 {
+        // SAFETY: hash map values are read once, as a copy.
+        if matches!(unsafe { DRAIN_CLOSING.get(key) }, Some(&CLOSE_RESET)) {
+            return true;
+        }
+    }
+    let Some((seq, _)) = seq_ack(pkt, bounds) else {
+        return false;
+    };
+    if payload_len == 0 {
+        if pkt.tcp_flags & TCP_FIN != 0 {
+            drain.backend_next = segment_end(pkt, seq);
+        }
+        return false;
+    }
+    drain.backend_next = segment_end(pkt, seq);
+    drain.backend_ns = now();
+    let mut seen = drain.seen | DRAIN_BACKEND;
+    // The last bytes up to the segment's end: a chunked body ends with its last chunk. Eight
+    // bytes ending there (a shorter segment brings header bytes before it along).
+    let end = (pkt.payload_offset + payload_len) as u32;
+    if end >= DRAIN_TAIL_LEN as u32 {
+        // SAFETY: the context is this program's; the tail is DRAIN_TAIL_LEN bytes of a map value.
+        let loaded = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                end - DRAIN_TAIL_LEN as u32,
+                drain.tail.as_mut_ptr().cast::<c_void>(),
+                DRAIN_TAIL_LEN as u32,
+            )
+        };
+        if loaded == 0 {
+            drain.tail_len = payload_len.min(DRAIN_TAIL_LEN) as u8;
+        }
+    }
+    if starts_final_response(ctx, pkt) {
+        let len = payload_len.min(DRAIN_HEAD_LEN) as u32;
+        // SAFETY: as above; `len` is at least STATUS_LINE_LEN and at most the head's size.
+        let loaded = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                pkt.payload_offset as u32,
+                drain.head.as_mut_ptr().cast::<c_void>(),
+                len,
+            )
+        };
+        if loaded == 0 {
+            drain.head_seq = seq;
+            drain.head_len = len as u16;
+            seen = (seen | DRAIN_HEAD) & !DRAIN_REQUEST;
+        }
+    }
+    drain.seen = seen;
+    false
+}
+
+/// Whether the segment begins with an HTTP/1.x status line other than 1xx (interim responses
+/// do not answer the request).
+#[inline(always)]
+fn starts_final_response(ctx: &TcContext, pkt: &Packet) -> bool {
+    if pkt.payload_len < STATUS_LINE_LEN {
+        return false;
+    }
+    let mut line = [0u8; STATUS_LINE_LEN];
+    // SAFETY: the context is this program's; the buffer is STATUS_LINE_LEN bytes of this stack.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            pkt.payload_offset as u32,
+            line.as_mut_ptr().cast::<c_void>(),
+            STATUS_LINE_LEN as u32,
+        )
+    };
+    loaded == 0 && &line[..7] == b"HTTP/1." && line[8] == b' ' && line[9] != b'1'
+}

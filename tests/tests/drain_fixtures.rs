@@ -1,0 +1,214 @@
+//! The data plane's part of a drain on crafted packets, through BPF_PROG_TEST_RUN: for a flow
+//! in `DRAINS` the programs record both sides' sequence numbers, the head and the tail of the
+//! backend's segments; once the flow is marked closing, the client's payload is dropped and
+//! counted; once it is marked for a reset, so is the backend's. Flows not drained are left
+//! alone.
+
+use std::net::SocketAddrV4;
+
+use splitter_common::{
+    FlowKey, PlaneCounter,
+    drain::{
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_HEAD, DRAIN_REQUEST, Drain,
+    },
+    ipv4_mapped,
+};
+use splitter_tests::{
+    packet::{self, ACK, Ipv4Packet, PSH, SYN},
+    plane::{FIXTURE_CONFIG as CONFIG, Plane},
+    require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_NEXT: u32 = u32::MAX;
+const TC_SHOT: u32 = 2;
+
+fn vip() -> SocketAddrV4 {
+    "198.18.0.1:8080".parse().expect("address")
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new([198, 18, 0, 2].into(), port)
+}
+
+fn key(src: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_addr: ipv4_mapped(src.ip().octets()),
+        dst_addr: ipv4_mapped(vip().ip().octets()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: vip().port().to_be(),
+        protocol: packet::TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// Opens a connection from `conn`: the backend its SYN went to.
+fn open(plane: &Plane, conn: SocketAddrV4) -> SocketAddrV4 {
+    let syn = plane.ingress(&Ipv4Packet::tcp(conn, vip(), SYN).build());
+    packet::parse(&syn.data).expect("parses").dst
+}
+
+fn from_client(conn: SocketAddrV4, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let flags = if payload.is_empty() { ACK } else { ACK | PSH };
+    Ipv4Packet::tcp(conn, vip(), flags)
+        .with_numbers(seq, ack)
+        .with_payload(payload)
+        .build()
+}
+
+fn from_backend(backend: SocketAddrV4, conn: SocketAddrV4, seq: u32, payload: &[u8]) -> Vec<u8> {
+    Ipv4Packet::tcp(backend, conn, ACK | PSH)
+        .with_numbers(seq, 1)
+        .with_payload(payload)
+        .build()
+}
+
+fn record(plane: &Plane, conn: SocketAddrV4) -> Drain {
+    plane
+        .maps
+        .drain_record(&key(conn))
+        .expect("read DRAINS")
+        .expect("the flow is being drained")
+}
+
+fn plane_count(plane: &Plane, counter: PlaneCounter) -> u64 {
+    plane
+        .maps
+        .plane_counters()
+        .expect("plane counters")
+        .into_iter()
+        .find(|(c, _)| *c == counter.name())
+        .map_or(0, |(_, n)| n)
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_drained_flow_records_both_sides_and_drops_what_races_its_close() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let conn = client(50_000);
+    let backend = open(&plane, conn);
+    // Established before the drain: pure ACKs go through the flow cache.
+    for _ in 0..2 {
+        assert_eq!(
+            plane.ingress(&from_client(conn, 1_000, 5_000, b"")).verdict,
+            XDP_PASS
+        );
+    }
+    let marked = plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    assert_eq!(marked, [key(conn)]);
+    assert_eq!(record(&plane, conn).seen, 0, "a fresh record");
+
+    // Every client packet is seen now, pure ACKs included (the cache no longer has the flow).
+    for n in 1..=2 {
+        let run = plane.ingress(&from_client(conn, 1_000, 5_000, b""));
+        assert_eq!(run.verdict, XDP_PASS);
+        let d = record(&plane, conn);
+        assert_eq!(
+            (d.client_next, d.client_ack, d.client_sent),
+            (1_000, 5_000, 1_000)
+        );
+        assert_eq!((d.seen, d.client_packets), (DRAIN_CLIENT, n));
+    }
+    // A request: the client's next number moves, and a request is waiting.
+    let request = b"POST /v2/models/m/infer HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+    let run = plane.ingress(&from_client(conn, 1_000, 5_000, request));
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_eq!(packet::parse(&run.data).expect("parses").dst, backend);
+    let d = record(&plane, conn);
+    assert_eq!(d.client_next, 1_000 + request.len() as u32);
+    assert_eq!(d.seen, DRAIN_CLIENT | DRAIN_REQUEST);
+
+    // The response: its head is kept, the request answered, the backend's end and tail noted.
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
+    let run = plane.egress(&from_backend(backend, conn, 5_000, response));
+    assert_eq!(run.verdict, TC_NEXT);
+    let d = record(&plane, conn);
+    assert_eq!(d.seen, DRAIN_CLIENT | DRAIN_BACKEND | DRAIN_HEAD);
+    assert_eq!(d.head_seq, 5_000);
+    assert_eq!(&d.head[..usize::from(d.head_len)], &response[..]);
+    assert_eq!(d.backend_next, 5_000 + response.len() as u32);
+    let last: [u8; 8] = response[response.len() - 8..]
+        .try_into()
+        .expect("eight bytes");
+    assert_eq!((d.tail, d.tail_len), (last, 8));
+
+    // Marked closing: the client's next request is dropped and counted; its ACKs still pass.
+    plane
+        .maps
+        .mark_closing(&key(conn), CLOSE_FIN)
+        .expect("mark");
+    let sent = 1_000 + request.len() as u32;
+    let ack = 5_000 + response.len() as u32;
+    let raced = plane.ingress(&from_client(conn, sent, ack, b"GET /next HTTP/1.1\r\n\r\n"));
+    assert_eq!(raced.verdict, XDP_DROP);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 1);
+    let d = record(&plane, conn);
+    assert_eq!(d.raced, 1);
+    assert_eq!(
+        d.client_next, sent,
+        "the dropped request never reached the backend"
+    );
+    assert_ne!(d.client_sent, sent, "but the client was seen speaking");
+    assert_eq!(
+        plane.ingress(&from_client(conn, sent, ack, b"")).verdict,
+        XDP_PASS
+    );
+
+    // Marked for a reset: the backend's payload is held back too.
+    plane
+        .maps
+        .mark_closing(&key(conn), CLOSE_RESET)
+        .expect("mark");
+    let held = plane.egress(&from_backend(backend, conn, ack, b"more"));
+    assert_eq!(held.verdict, TC_SHOT);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 1);
+
+    // Forgotten: the flow is an ordinary flow again.
+    plane.maps.end_drain(&key(conn)).expect("end");
+    plane.maps.set_drain_active(false).expect("off");
+    assert_eq!(plane.maps.drain_record(&key(conn)).expect("read"), None);
+    assert_eq!(
+        plane
+            .ingress(&from_client(
+                conn,
+                sent,
+                ack,
+                b"GET /again HTTP/1.1\r\n\r\n"
+            ))
+            .verdict,
+        XDP_PASS
+    );
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn flows_not_being_drained_are_left_alone_while_a_drain_runs() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let (drained, other) = (client(51_000), client(51_001));
+    open(&plane, drained);
+    let backend = open(&plane, other);
+    plane.maps.begin_drain(&[key(drained)]).expect("begin");
+    plane
+        .maps
+        .mark_closing(&key(drained), CLOSE_RESET)
+        .expect("mark");
+    let run = plane.ingress(&from_client(other, 7, 9, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(run.verdict, XDP_PASS);
+    assert_eq!(packet::parse(&run.data).expect("parses").dst, backend);
+    let reply = plane.egress(&from_backend(backend, other, 9, b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert_eq!(reply.verdict, TC_NEXT);
+    assert_eq!(plane.maps.drain_record(&key(other)).expect("read"), None);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 0);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 0);
+    // A second begin of the same flow keeps its record.
+    assert!(
+        plane
+            .maps
+            .begin_drain(&[key(drained)])
+            .expect("begin")
+            .is_empty()
+    );
+}
