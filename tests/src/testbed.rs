@@ -17,7 +17,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -446,7 +446,10 @@ impl Testbed {
     /// Runs `splitter-ctl --config <this bed's config> args...` in the root namespace.
     #[must_use]
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(ctl_bin())
+        // On the node, as an operator runs it on the serving host: a rollback with no daemon
+        // sends its drain's closes from there.
+        self.node
+            .enter(ctl_bin().to_str().expect("utf-8 path"))
             .arg("--config")
             .arg(&self.config_path)
             .args(args)

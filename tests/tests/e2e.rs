@@ -251,40 +251,47 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
     // weight and rollback write the pinned maps with no daemon at all.
     bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
     assert_eq!(new_connections(&bed, 50), Tally::green(50));
-    // Under traffic, the rollback also times the first new connection on the live pool and
-    // journals it beside the write time.
+    // Under traffic, with no daemon, the command drains green's connections itself and
+    // journals the drain's times beside the write's.
     let load = splitter_tests::load::Load::start(&bed, Duration::from_secs(20));
-    let rollback = bed.ctl_ok(&["rollback", "sentiment"]);
+    let rollback_out = bed.ctl(&["rollback", "sentiment"]);
     let [(_, blue_failed), (_, green_failed)] = load.stop();
     assert_eq!((blue_failed, green_failed), (0, 0));
+    let rollback = String::from_utf8_lossy(&rollback_out.stdout);
+    assert!(rollback_out.status.success(), "{rollback}");
     assert!(
         rollback.contains("blue 100%, green 0%")
             && rollback.contains("map write took")
-            && rollback.contains("first new connection on blue"),
+            && rollback.contains("sentiment green: drain began"),
         "{rollback}"
+    );
+    assert!(
+        String::from_utf8_lossy(&rollback_out.stderr)
+            .contains("the daemon is not running: draining green from this command"),
+        "{}",
+        String::from_utf8_lossy(&rollback_out.stderr)
     );
     assert_eq!(new_connections(&bed, 50), Tally::blue(50));
     let history: serde_json::Value =
         serde_json::from_str(&bed.ctl_ok(&["history", "--output", "json"])).expect("JSON");
-    let journaled = &history[0];
+    let (drain_entry, journaled) = (&history[0], &history[1]);
+    assert_eq!(drain_entry["kind"], "drain", "{history}");
     assert_eq!(journaled["kind"], "rollback", "{history}");
-    let first = journaled["decision_to_first_connection_us"]
+    let drain = &journaled["details"]["drain"];
+    assert_eq!(drain["done"], true, "{journaled}");
+    assert_eq!(drain["new_connections_after_decision"], 0, "{journaled}");
+    let last_response = journaled["decision_to_last_response_us"]
         .as_u64()
-        .expect("time to the first connection");
-    assert!(
-        first
-            >= journaled["decision_to_write_us"]
-                .as_u64()
-                .expect("write time"),
+        .expect("time to the last response");
+    assert_eq!(
+        Some(last_response),
+        drain["decision_to_last_response_us"].as_u64(),
         "{journaled}"
     );
-    // Without traffic there is nothing to time, and the command says so.
+    // `keep` leaves green's connections alone, and says so.
     bed.ctl_ok(&["weight", "sentiment", "green", "100"]);
-    let idle = bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "200"]);
-    assert!(
-        idle.contains("no new connection on blue within 200 ms"),
-        "{idle}"
-    );
+    let kept = bed.ctl_ok(&["rollback", "sentiment", "--established", "keep"]);
+    assert!(kept.contains("are kept (established = keep)"), "{kept}");
 
     // A restarted daemon adopts the data plane and keeps the operator's share.
     bed.ctl_ok(&["weight", "sentiment", "green", "30"]);
@@ -318,7 +325,9 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
         .collect();
     assert_eq!(
         kinds,
-        ["weight", "rollback", "weight", "rollback", "weight"],
+        [
+            "weight", "rollback", "weight", "drain", "rollback", "weight"
+        ],
         "newest first: {history}"
     );
     assert!(
@@ -335,9 +344,9 @@ fn the_data_plane_outlives_a_killed_daemon_and_is_adopted_again() {
         "{summary}"
     );
     assert_eq!(
-        summary["mean_time_to_rollback_first_connection_us"].as_f64(),
-        Some(first as f64),
-        "only the rollback under traffic had a first connection: {summary}"
+        summary["mean_time_to_rollback_us"].as_f64(),
+        Some(last_response as f64),
+        "only the drained rollback has a last response: {summary}"
     );
 }
 

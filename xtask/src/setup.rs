@@ -36,6 +36,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nft", "nftables"),
     ("haproxy", "haproxy"),
+    // The drain tests' pooled keep-alive client (tests/clients/pooled_client.py), run by
+    // Debian's python3, the way model-serving clients hold their connections.
+    (
+        "/usr/lib/python3/dist-packages/requests/__init__.py",
+        "python3-requests",
+    ),
     // The font `splitter-ctl report` lays out its charts with (its `report::FONT`).
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

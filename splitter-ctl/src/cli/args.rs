@@ -7,7 +7,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use splitter_common::Version;
 
 use super::{Output, locate::Overrides};
-use crate::model::{paths, plan::PlanRequest, promql::PromqlGate, share::parse_percent};
+use crate::model::{
+    drain::Established, paths, plan::PlanRequest, promql::PromqlGate, share::parse_percent,
+};
+
+/// A policy for established connections, as the command line names it.
+fn parse_established(name: &str) -> Result<Established, String> {
+    Established::parse(name)
+        .ok_or_else(|| format!("`{name}` is not one of `drain`, `reset`, `keep`"))
+}
 
 /// Exit statuses, one place: the man page and docs/operations.md list them.
 const EXIT_CODES: &str = "Exit status: 0 done; 1 the command failed (the reason is on stderr); \
@@ -90,7 +98,13 @@ pub enum Command {
     Rollback {
         /// A service, a release group, or a service's listen address (ADDRESS:PORT).
         service: String,
-        /// How long to wait for the first new connection after the write (0: do not wait).
+        /// What becomes of the connections already on the version left: `drain` (closed at
+        /// their first idle moment), `reset` (at once) or `keep`. Default: the service's
+        /// `established`, else `drain`.
+        #[arg(long, value_parser = parse_established)]
+        established: Option<Established>,
+        /// How long to wait for the daemon's drain to end before returning (it goes on after);
+        /// without a daemon, this command drains to the end itself.
         #[arg(long, default_value_t = 1000)]
         wait_ms: u64,
         #[command(flatten)]

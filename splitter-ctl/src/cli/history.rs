@@ -133,6 +133,8 @@ mod tests {
                 reason: reason.map(str::to_owned),
                 ..NewEvent::new("sentiment", kind, actor)
             },
+            decision_to_last_response_us: None,
+            decision_to_last_close_us: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod client;
 pub mod completions;
 pub mod daemon;
 pub mod detach;
+pub mod drain;
 pub mod drill;
 pub mod history;
 pub mod locate;
@@ -82,18 +83,22 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         } => weight::weight(config, &paths.into(), &service, version.into(), percent)?.print(),
         Command::Rollback {
             service,
+            established,
             wait_ms,
             paths,
         } => {
-            let mut change = rollback::rollback(config, &paths.into(), &service)?;
-            // The wait and its journal entry happen even when nobody reads the output.
+            let change = rollback::rollback(config, &paths.into(), &service)?;
+            // The drain and its journal entry happen even when nobody reads the output.
             let printed = change.print();
-            if let Some(first) = change.first_connection.take()
-                && wait_ms > 0
-            {
-                let waited = first.wait(Duration::from_millis(wait_ms));
+            if let Some(left) = &change.left {
+                let drained = drain::after_rollback(
+                    &change.service,
+                    left,
+                    established,
+                    Duration::from_millis(wait_ms),
+                );
                 printed?;
-                return out(format!("{waited}\n"));
+                return out(format!("{}\n", drained?));
             }
             printed
         }
@@ -237,6 +242,8 @@ pub enum CommandError {
     Apply(#[from] crate::kernel::apply::ApplyError),
     #[error(transparent)]
     Run(#[from] crate::daemon::runtime::RunError),
+    #[error("the rollback is written, but its drain stopped")]
+    Drain(#[from] crate::daemon::drain::DrainError),
     #[error("{0}")]
     Daemon(String),
     #[error(transparent)]

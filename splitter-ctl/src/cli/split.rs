@@ -3,7 +3,6 @@
 
 use std::{
     path::Path,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -15,9 +14,8 @@ use super::{
 };
 use crate::model::units;
 use crate::{
-    engine::drill::DRILL_POLL,
     io::users,
-    kernel::{maps::Maps, split_lock::SplitLockFile},
+    kernel::split_lock::SplitLockFile,
     model::{
         error::chain,
         share::{format_percent, percent_of},
@@ -41,76 +39,26 @@ pub struct Change {
     /// The journal entry, or why it could not be written (the map write happened either way);
     /// `None` when nothing was written.
     pub journaled: Option<Result<i64, JournalError>>,
-    /// For a rollback: the live pool's first new connection, still to be awaited.
-    pub first_connection: Option<FirstConnection>,
+    /// For a rollback that changed the word: the version left, to drain.
+    pub left: Option<Left>,
 }
 
-/// A rollback's first new connection on the live pool, awaited by reading the kernel's
-/// new-flow counter (counted from just after the write).
-pub struct FirstConnection {
-    maps: Maps,
-    /// The ids of the release's services.
-    ids: Vec<u32>,
-    live: Version,
-    base: u64,
-    decided: Instant,
-    state_dir: std::path::PathBuf,
-    event: Option<i64>,
-}
-
-impl std::fmt::Debug for FirstConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FirstConnection")
-            .field("live", &self.live)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FirstConnection {
-    /// New flows on the live pool so far, over the release's services.
-    fn new_on_live(&self) -> Result<u64, crate::kernel::maps::MapsError> {
-        let mut sum = 0;
-        for id in &self.ids {
-            sum += self.maps.new_flows(*id)?[self.live as usize];
-        }
-        Ok(sum)
-    }
-
-    /// Waits up to `limit` for it; journals the time from the decision when it comes, and
-    /// says what was seen.
-    #[must_use]
-    pub fn wait(self, limit: Duration) -> String {
-        let live = self.live.name();
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            match self.new_on_live() {
-                Ok(now) if now > self.base => {
-                    let took = self.decided.elapsed();
-                    let us = units::micros(took);
-                    let journaled = self.event.map(|event| {
-                        Journal::open(&self.state_dir)
-                            .and_then(|journal| journal.set_first_connection(event, us))
-                    });
-                    let note = match journaled {
-                        Some(Err(error)) => format!(" (not journaled: {})", chain(&error)),
-                        _ => String::new(),
-                    };
-                    return format!(
-                        "first new connection on {live} {:.1} ms after the decision{note}",
-                        took.as_secs_f64() * 1e3
-                    );
-                }
-                Ok(_) => thread::sleep(DRILL_POLL),
-                Err(error) => {
-                    return format!("cannot read the new-flow counters: {}", chain(&error));
-                }
-            }
-        }
-        format!(
-            "no new connection on {live} within {} ms: the time to the first one is not recorded",
-            limit.as_millis()
-        )
-    }
+/// What a rollback left behind: the version whose connections are still open.
+#[derive(Debug)]
+pub struct Left {
+    /// The services' ids in the data plane.
+    pub ids: Vec<u32>,
+    /// The version left.
+    pub version: Version,
+    /// The policy and timeout the target's config gives (the defaults for an address).
+    pub drain: crate::model::drain::DrainSettings,
+    /// The journal entry of the rollback.
+    pub event: Option<i64>,
+    /// The decision, on the kernel's clock.
+    pub decided_ns: u64,
+    pub pin_dir: std::path::PathBuf,
+    pub state_dir: std::path::PathBuf,
+    pub control_socket: std::path::PathBuf,
 }
 
 impl Change {
@@ -196,7 +144,7 @@ pub fn update(
             unchanged: true,
             write: Duration::ZERO,
             journaled: None,
-            first_connection: None,
+            left: None,
         });
     }
     let write = maps.set_split(service.split, after)?;
@@ -211,14 +159,6 @@ pub fn update(
             .collect(),
         Target::Address(_) => vec![service.id],
     };
-    let base = (kind == EventKind::Rollback)
-        .then(|| {
-            ids.iter()
-                .map(|id| maps.new_flows(*id).map(|n| n[after.live() as usize]))
-                .sum::<Result<u64, _>>()
-                .ok()
-        })
-        .flatten();
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
     let journaled = Journal::open(located.state_dir()).and_then(|journal| {
@@ -233,14 +173,19 @@ pub fn update(
         })
     });
     let event = journaled.as_ref().ok().copied();
-    let first_connection = base.map(|base| FirstConnection {
-        maps,
+    let left = (kind == EventKind::Rollback).then(|| Left {
         ids,
-        live: after.live(),
-        base,
-        decided,
-        state_dir: located.state_dir().to_owned(),
+        version: after.live().other(),
+        drain: match &target {
+            Target::Named { members, .. } => members[0].drain,
+            Target::Address(_) => crate::model::drain::DrainSettings::default(),
+        },
         event,
+        decided_ns: crate::kernel::aging::monotonic_ns()
+            .saturating_sub(units::micros(decided.elapsed()) * 1_000),
+        pin_dir: located.config.pin_dir.clone(),
+        state_dir: located.state_dir().to_owned(),
+        control_socket: located.config.control_socket.clone(),
     });
     Ok(Change {
         service: name.to_owned(),
@@ -251,6 +196,6 @@ pub fn update(
         unchanged: false,
         write,
         journaled: Some(journaled),
-        first_connection,
+        left,
     })
 }

@@ -21,12 +21,13 @@ pub fn run(config_path: &Path, days: u32, output: Output) -> Result<String, Comm
     }
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
     Ok(format!(
-        "last {days} days: {} promotions ({:.2} a day), {} rollbacks, {} drills\nmean time to rollback: decision to map write {}, decision to first new connection on the live pool {}\n",
+        "last {days} days: {} promotions ({:.2} a day), {} rollbacks, {} drills\nmean time to rollback (decision to the last response of the version left): {}; decision to map write {}, to the drain's last close {}\n",
         summary.promotions,
         summary.deployment_frequency_per_day,
         summary.rollbacks,
         summary.drills,
+        us(summary.mean_time_to_rollback_us),
         us(summary.mean_time_to_rollback_write_us),
-        us(summary.mean_time_to_rollback_first_connection_us),
+        us(summary.mean_time_to_rollback_last_close_us),
     ))
 }

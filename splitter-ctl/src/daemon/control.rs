@@ -17,7 +17,9 @@ use tokio::net::UnixListener;
 use hyper::Method;
 
 use super::{
-    Daemon, Shared, drills,
+    Daemon, Shared,
+    drain::{DrainError, DrainRequestError},
+    drills,
     http::{Request, Response},
     lock,
     rollouts::RolloutError,
@@ -28,6 +30,7 @@ use crate::{
     model::actor::Actor,
     model::error::chain,
     model::{config::ControlGroup, plan::PlanRequest},
+    view::drain::DrainRequest,
     view::rollout::RolloutCommand,
 };
 
@@ -79,6 +82,9 @@ pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, B
 /// `POST /v1/drills/SERVICE[?kind=last_resort]`: the one control request that takes time; it
 /// takes the daemon's lock only for each of its steps.
 const DRILLS: &str = "/v1/drills/";
+
+/// `POST /v1/drains/SERVICE` (body: a `DrainRequest`), `GET /v1/drains`.
+const DRAINS: &str = "/v1/drains/";
 
 /// Who is at the other end of a control connection (SO_PEERCRED).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +179,32 @@ fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path, peer: Peer
             Err(error) => Response::error(422, &chain(&error).to_string()),
         },
         (_, "/v1/status" | "/v1/reload") => Response::error(405, "GET /v1/status, POST /v1/reload"),
+        ("GET", "/v1/drains") => Response::json(
+            200,
+            &serde_json::to_value(daemon.drain_reports()).unwrap_or_default(),
+        ),
+        ("POST", path) if path.starts_with(DRAINS) => {
+            let name = &path[DRAINS.len()..];
+            let drain: DrainRequest = match serde_json::from_slice(&request.body) {
+                Ok(drain) => drain,
+                Err(e) => {
+                    return Response::error(
+                        400,
+                        &format!("the body is not a drain request for this API: {e}"),
+                    );
+                }
+            };
+            match daemon.drain_request(name, &drain) {
+                Ok(report) => {
+                    Response::json(202, &serde_json::to_value(report).unwrap_or_default())
+                }
+                Err(DrainRequestError::Release(error)) => rollout_error(error),
+                Err(error @ DrainRequestError::Drain(DrainError::Sockets(_))) => {
+                    Response::error(500, &chain(&error).to_string())
+                }
+                Err(error) => Response::error(422, &chain(&error).to_string()),
+            }
+        }
         (method, path) if path.starts_with("/v1/rollouts/") => rollout(
             method,
             &path["/v1/rollouts/".len()..],

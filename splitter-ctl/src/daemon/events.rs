@@ -344,3 +344,39 @@ impl<E: std::error::Error + 'static> Event for ReloadRefused<'_, E> {
         None
     }
 }
+
+/// A drain ended: the connections of a version a rollback or a promotion left are closed.
+/// Journaled with its report (counted by the drain itself, per outcome).
+pub(super) struct DrainEnded<'a> {
+    pub report: &'a crate::view::drain::DrainReport,
+    pub details: serde_json::Value,
+}
+
+impl Event for DrainEnded<'_> {
+    fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
+        let report = self.report;
+        sinks.record(&NewEvent {
+            reason: Some(report.describe()),
+            details: self.details,
+            ..new_event(&report.service, EventKind::Drain, Actor::Gates)
+        })
+    }
+}
+
+/// A drain that a stopped daemon left unfinished was given up at start.
+pub(super) struct DrainAbandoned {
+    pub flows: usize,
+}
+
+impl Event for DrainAbandoned {
+    fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
+        sinks.record(&NewEvent {
+            reason: Some(format!(
+                "a drain left unfinished by a stopped daemon was given up: {} connection(s) stay open until their clients close them",
+                self.flows
+            )),
+            details: serde_json::json!({ "flows": self.flows }),
+            ..new_event("*", EventKind::Drain, Actor::Gates)
+        })
+    }
+}

@@ -162,6 +162,16 @@ pub struct DrillLabels {
     pub actor: &'static str,
 }
 
+/// Labels of `splitter_drained_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrainLabels {
+    pub service: String,
+    pub version: String,
+    /// `drained_idle`, `drained_after_response`, `reset`, `reset_at_timeout`,
+    /// `closed_by_peers` or `no_answer`.
+    pub outcome: String,
+}
+
 /// The counters the daemon keeps itself; cheap to clone (shared handles).
 #[derive(Clone, Debug, Default)]
 pub struct DaemonCounters {
@@ -171,6 +181,30 @@ pub struct DaemonCounters {
     pub rollouts_ended: Family<RolloutEndLabels, Counter>,
     pub promql_queries: Family<PromqlLabels, Counter>,
     pub drills: Family<DrillLabels, Counter>,
+    drained: Family<DrainLabels, Counter>,
+    drain_raced: Family<ServiceLabels, Counter>,
+}
+
+impl DaemonCounters {
+    /// Counts `n` connections a drain of `service`'s `version` ended with `outcome`.
+    pub fn drained(&self, service: &str, version: &str, outcome: &str, n: u64) {
+        self.drained
+            .get_or_create(&DrainLabels {
+                service: service.to_owned(),
+                version: version.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts requests that raced a drain's close (dropped unprocessed).
+    pub fn drain_raced(&self, service: &str, n: u64) {
+        self.drain_raced
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc_by(n);
+    }
 }
 
 /// What a scrape needs beside the kernel maps, as the daemon last published it (at start, at
@@ -237,6 +271,16 @@ impl Metrics {
             "splitter_drills",
             "Rollback drills, by outcome (passed, failed, inconclusive, refused) and who asked",
             counters.drills.clone(),
+        );
+        registry.register(
+            "splitter_drained_connections",
+            "Connections of a version left by a rollback or a promotion, by what became of them",
+            counters.drained.clone(),
+        );
+        registry.register(
+            "splitter_drain_raced_requests",
+            "Requests that raced a drain's close: dropped before the backend saw them",
+            counters.drain_raced.clone(),
         );
         registry.register_collector(Box::new(KernelCollector { maps, view }));
         Self { registry }

@@ -5,6 +5,7 @@
 //! done when it returns; nothing here waits on I/O but the runtime.
 
 pub mod control;
+pub mod drain;
 pub mod drills;
 mod events;
 mod health;
@@ -136,6 +137,8 @@ pub struct Daemon {
     scrape_maps: Option<Maps>,
     /// The programs' rare events, until the runtime takes them to forward.
     reports: Option<KernelLog>,
+    /// Drains under way, and the last that ended.
+    drains: drain::Drains,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -223,6 +226,7 @@ impl Daemon {
             scrape_maps: Some(scrape_maps),
             bpffs: scope,
             reports,
+            drains: drain::Drains::default(),
         };
         let applied = daemon.apply()?;
         daemon.emit(ConfigApplied {

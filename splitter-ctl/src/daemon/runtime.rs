@@ -97,12 +97,14 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
         }
     };
     super::record_applied(config_path, &text);
+    daemon.give_up_left_drains();
     daemon.restore_rollouts();
     let outlives = daemon.data_plane_outlives_the_daemon();
     let reports = daemon.take_reports();
     let metrics = daemon
         .take_scrape()
         .map(|(maps, view)| Arc::new(Metrics::new(&counters, maps, view)));
+    let drain_wake = daemon.drain_wake();
     let shared: Shared = Arc::new(Mutex::new(daemon));
     let mut tasks = JoinSet::new();
     tasks.spawn(serve_control(
@@ -116,6 +118,7 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
     tasks.spawn(probe_backends(Arc::clone(&shared)));
     tasks.spawn(run_rollouts(Arc::clone(&shared)));
     tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
+    tasks.spawn(run_drains(Arc::clone(&shared), drain_wake));
     if let Some(reports) = reports {
         tasks.spawn(forward_reports(reports));
     }
@@ -139,6 +142,8 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
     };
     let _ = notify("STOPPING=1");
     tasks.abort_all();
+    // A drain cut short: its marks lifted, its connections left as they are.
+    lock(&shared).abandon_drains();
     let _ = std::fs::remove_file(&socket_path);
     if options.detach_on_exit {
         let removed = dataplane::detach(&pin_dir)?;
@@ -218,6 +223,29 @@ async fn forward_reports(reports: KernelLog) {
         ready.clear_ready();
         if flushed.is_err() {
             tracing::warn!("a report of the data plane could not be decoded; reading on");
+        }
+    }
+}
+
+/// Polls the drains every `drain::POLL` while one is under way, on a thread of its own (the
+/// runtime's timers tick by the millisecond, too coarse for a close that must follow a
+/// response before its client can reuse the connection); sleeps otherwise, until one starts.
+async fn run_drains(shared: Shared, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        if !lock(&shared).draining() {
+            wake.notified().await;
+            continue;
+        }
+        let polling = Arc::clone(&shared);
+        let polled = tokio::task::spawn_blocking(move || {
+            while lock(&polling).poll_drains() {
+                std::thread::sleep(super::drain::POLL);
+            }
+        })
+        .await;
+        if let Err(error) = polled {
+            tracing::error!(error = %error, "the drain poller stopped");
+            return;
         }
     }
 }

@@ -174,7 +174,7 @@ impl FlowDrain {
                         Segment::fin_to_client(
                             self.service,
                             self.client,
-                            d.client_ack,
+                            server_next(d),
                             d.client_next,
                         ),
                     ],
@@ -292,13 +292,24 @@ fn nanos(duration: Duration) -> u64 {
 }
 
 /// Whether the connection is idle: the client spoke since the drain began (so its numbers are
-/// known), has no request waiting, and has the whole of the last response.
+/// known), has no request waiting, and the backend has sent the whole of the last response.
+/// The client need not have acknowledged it: the FIN goes right behind the response's last
+/// byte (`server_next`), so it reaches the client before a client that read the response can
+/// send another request (delayed ACKs would otherwise hold the close back until the next
+/// request, which then races it).
 #[must_use]
 pub fn idle(d: &Drain, now_ns: u64) -> bool {
-    d.seen & DRAIN_CLIENT != 0
-        && d.seen & DRAIN_REQUEST == 0
-        && response_over(d, now_ns)
-        && (d.seen & DRAIN_BACKEND == 0 || seq_at_or_after(d.client_ack, d.backend_next))
+    d.seen & DRAIN_CLIENT != 0 && d.seen & DRAIN_REQUEST == 0 && response_over(d, now_ns)
+}
+
+/// The sequence number after the last byte the service sent the client: the backend's last
+/// segment's end when one was seen during the drain, else what the client acknowledged.
+const fn server_next(d: &Drain) -> u32 {
+    if d.seen & DRAIN_BACKEND != 0 && seq_at_or_after(d.backend_next, d.client_ack) {
+        d.backend_next
+    } else {
+        d.client_ack
+    }
 }
 
 /// Whether the backend has sent the whole of its last response. Without a backend segment
@@ -504,21 +515,19 @@ mod tests {
             700,
         );
         assert_eq!(f.step(Some(&sending), 3 * MS), Step::Wait);
-        // The body is out but the client has not acknowledged it.
+        // The body is out, not yet acknowledged: the FIN goes right behind its last byte.
         let sent = Drain {
             backend_next: end,
             ..sending
         };
-        assert_eq!(f.step(Some(&sent), 4 * MS), Step::Wait);
-        let delivered = Drain {
-            client_ack: end,
-            ..sent
-        };
-        assert_eq!(f.step(Some(&delivered), 5 * MS), Step::Mark(CLOSE_FIN));
-        assert!(matches!(
-            f.step(Some(&delivered), 5 * MS),
-            Step::Close(_, Outcome::DrainedAfterResponse)
-        ));
+        assert_eq!(f.step(Some(&sent), 4 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&sent), 4 * MS) {
+            Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
+                segments[1],
+                Segment::fin_to_client(f.service, f.client, end, 180)
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -34,9 +34,33 @@ impl Established {
     }
 }
 
+/// A service's drain settings (config `established`, `drain_timeout_ms`,
+/// `retire_drain_window_ms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainSettings {
+    /// What a rollback does to the connections of the version it leaves.
+    pub established: Established,
+    /// How long a connection may stay busy during a drain before it is reset.
+    pub timeout: Duration,
+    /// Over how long a promotion drains the retired version (zero: at once).
+    pub retire_window: Duration,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        Self {
+            established: Established::Drain,
+            timeout: DEFAULT_DRAIN_TIMEOUT,
+            retire_window: DEFAULT_RETIRE_WINDOW,
+        }
+    }
+}
+
 /// How long a connection may stay busy during a drain before it is reset (config
 /// `drain_timeout_ms`): long streaming responses finish within it.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest drain timeout and retire window a config may ask for: one day.
+pub const MAX_DRAIN_MS: u64 = 24 * 3_600_000;
 /// Over how long a promotion drains the retired version's connections (config
 /// `retire_drain_window_ms`), so that its clients do not all reconnect at once.
 pub const DEFAULT_RETIRE_WINDOW: Duration = Duration::from_secs(300);

@@ -69,10 +69,12 @@ pub enum EventKind {
     GateEvaluation,
     /// Someone changed the split during a rollout; the rollout paused.
     OperatorOverride,
+    /// The connections of a version a rollback or a promotion left were drained (or reset).
+    Drain,
 }
 
 impl EventKind {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Weight,
         Self::Rollback,
         Self::Promotion,
@@ -82,6 +84,7 @@ impl EventKind {
         Self::Step,
         Self::GateEvaluation,
         Self::OperatorOverride,
+        Self::Drain,
     ];
 
     #[must_use]
@@ -96,6 +99,7 @@ impl EventKind {
             Self::Step => "step",
             Self::GateEvaluation => "gate_evaluation",
             Self::OperatorOverride => "operator_override",
+            Self::Drain => "drain",
         }
     }
 
@@ -166,10 +170,15 @@ pub struct Event {
     pub at_ms: i64,
     #[serde(flatten)]
     pub event: NewEvent,
+    /// A rollback's drain: from the decision to the last response the version left began.
+    #[serde(default)]
+    pub decision_to_last_response_us: Option<u64>,
+    /// A rollback's drain: from the decision to its last close.
+    #[serde(default)]
+    pub decision_to_last_close_us: Option<u64>,
 }
 
-/// An event from a row of `SELECT id, at_ms, service, kind, actor, reason,
-/// decision_to_write_us, decision_to_first_connection_us, details`.
+/// An event from a row of `SELECT {EVENT_COLUMNS}`.
 fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let kind: String = row.get(3)?;
     let details: String = row.get(8)?;
@@ -186,8 +195,15 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
             decision_to_first_connection_us: as_u64(row.get(7)?),
             details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
         },
+        decision_to_last_response_us: as_u64(row.get(9)?),
+        decision_to_last_close_us: as_u64(row.get(10)?),
     })
 }
+
+/// The columns `event_from_row` reads, in its order.
+const EVENT_COLUMNS: &str = "id, at_ms, service, kind, actor, reason, decision_to_write_us, \
+     decision_to_first_connection_us, details, decision_to_last_response_us, \
+     decision_to_last_close_us";
 
 /// Deployment frequency and mean time to rollback over a window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +219,11 @@ pub struct Summary {
     pub mean_time_to_rollback_write_us: Option<f64>,
     /// Mean of the rollbacks' decision-to-first-connection times (µs), over those measured.
     pub mean_time_to_rollback_first_connection_us: Option<f64>,
+    /// Mean time to rollback: the rollbacks' times from the decision to the last response the
+    /// version left began (µs), over those drained.
+    pub mean_time_to_rollback_us: Option<f64>,
+    /// Mean of the rollbacks' times from the decision to their drain's last close (µs).
+    pub mean_time_to_rollback_last_close_us: Option<f64>,
 }
 
 pub struct Journal {
@@ -279,6 +300,23 @@ impl Journal {
                      COMMIT;",
                 )
                 .map_err(open)?;
+        }
+        // A rollback's drain times: added columns that older builds leave alone (they name the
+        // columns they read and write), so no new schema version either.
+        for column in ["decision_to_last_response_us", "decision_to_last_close_us"] {
+            let present: bool = connection
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = ?1",
+                    params![column],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+                .map_err(open)?;
+            if !present {
+                connection
+                    .execute_batch(&format!("ALTER TABLE events ADD COLUMN {column} INTEGER"))
+                    .map_err(open)?;
+            }
         }
         // Per-version metrics at each judgement of a rollout, for `report`. An added table that
         // older builds ignore: created whenever it is missing, without a new schema version,
@@ -429,6 +467,36 @@ impl Journal {
             })
     }
 
+    /// Completes rollback `id` with its drain: the times from the decision to the last response
+    /// the version left began and to the drain's last close, and the drain's report in its
+    /// details (`drain`).
+    pub fn set_drain(
+        &self,
+        id: i64,
+        last_response_us: Option<u64>,
+        last_close_us: Option<u64>,
+        report: &serde_json::Value,
+    ) -> Result<(), JournalError> {
+        let as_i64 = |us: Option<u64>| us.map(|us| i64::try_from(us).unwrap_or(i64::MAX));
+        self.connection
+            .execute(
+                "UPDATE events SET decision_to_last_response_us = ?1,
+                 decision_to_last_close_us = ?2, details = json_set(details, '$.drain', json(?3))
+                 WHERE id = ?4",
+                params![
+                    as_i64(last_response_us),
+                    as_i64(last_close_us),
+                    report.to_string(),
+                    id
+                ],
+            )
+            .map(drop)
+            .map_err(|source| JournalError::Query {
+                what: "record a rollback's drain",
+                source,
+            })
+    }
+
     /// The promotion of `service` that set its split as it is: when (Unix ms) and which version
     /// it made live. `None` when anything changed the split after the last promotion (a
     /// rollout, a step, a rollback, a weight, an override): the split is then theirs, and no
@@ -483,10 +551,9 @@ impl Journal {
         };
         let mut statement = self
             .connection
-            .prepare(
-                "SELECT id, at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details
-                 FROM events WHERE service = ?1 AND id >= ?2 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE service = ?1 AND id >= ?2 ORDER BY id"
+            ))
             .map_err(query("read the rollout"))?;
         let rows = statement
             .query_map(params![service, id], event_from_row)
@@ -594,11 +661,11 @@ impl Journal {
         let query = |what| move |source| JournalError::Query { what, source };
         let mut statement = self
             .connection
-            .prepare(
-                "SELECT id, at_ms, service, kind, actor, reason, decision_to_write_us, decision_to_first_connection_us, details
-                 FROM events WHERE (?1 IS NULL OR service = ?1) AND (?3 IS NULL OR kind != ?3)
-                 ORDER BY at_ms DESC, id DESC LIMIT ?2",
-            )
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE (?1 IS NULL OR service = ?1) AND (?3 IS NULL OR kind != ?3)
+                 ORDER BY at_ms DESC, id DESC LIMIT ?2"
+            ))
             .map_err(query("read the history"))?;
         let rows = statement
             .query_map(
@@ -649,6 +716,8 @@ impl Journal {
             deployment_frequency_per_day: promotions as f64 / days,
             mean_time_to_rollback_write_us: mean("decision_to_write_us")?,
             mean_time_to_rollback_first_connection_us: mean("decision_to_first_connection_us")?,
+            mean_time_to_rollback_us: mean("decision_to_last_response_us")?,
+            mean_time_to_rollback_last_close_us: mean("decision_to_last_close_us")?,
         })
     }
 }

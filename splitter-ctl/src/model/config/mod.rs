@@ -222,6 +222,8 @@ pub struct ServiceSpec {
     /// The prefixes clients are grouped by when the canary's spread is compared with the live
     /// pool's (`client_prefix_v4`, `client_prefix_v6`).
     pub client_prefixes: PrefixLengths,
+    /// What a rollback or a promotion does to the connections of the version it leaves.
+    pub drain: crate::model::drain::DrainSettings,
 }
 
 impl ServiceSpec {

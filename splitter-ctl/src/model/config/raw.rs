@@ -44,6 +44,9 @@ pub(super) struct RawService {
     pub rollout: Option<Spanned<PlanRequest>>,
     pub rollback_window_ms: Option<Spanned<u64>>,
     pub drill_every_ms: Option<Spanned<u64>>,
+    pub established: Option<Spanned<String>>,
+    pub drain_timeout_ms: Option<Spanned<u64>>,
+    pub retire_drain_window_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

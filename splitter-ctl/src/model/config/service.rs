@@ -1,6 +1,6 @@
 //! One `[[service]]` table validated into a `ServiceSpec`, one function per part of it:
 //! identity, pools, share, health checks, rollout plan, rollback window, drills, affinity,
-//! cohorts and client prefixes.
+//! cohorts, client prefixes and drains.
 
 use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Duration};
 
@@ -14,7 +14,11 @@ use super::{
     validate::{GroupSpans, Placed, Validator, family},
 };
 use crate::model::units;
-use crate::model::{plan::PlanRequest, slots::WeightedBackend};
+use crate::model::{
+    drain::{DrainSettings, Established, MAX_DRAIN_MS},
+    plan::PlanRequest,
+    slots::WeightedBackend,
+};
 
 /// The longest rollback window a config may ask for: 30 days.
 const MAX_ROLLBACK_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
@@ -116,6 +120,27 @@ impl Validator<'_> {
                 1..=128,
             )?,
         };
+        let defaults = DrainSettings::default();
+        let drain = DrainSettings {
+            established: self.choice(
+                raw.established.as_ref(),
+                &at("established"),
+                defaults.established,
+                &Established::ALL.map(|p| (p.name(), p)),
+            )?,
+            timeout: Duration::from_millis(self.ranged(
+                raw.drain_timeout_ms.as_ref(),
+                &at("drain_timeout_ms"),
+                units::millis(defaults.timeout),
+                1..=MAX_DRAIN_MS,
+            )?),
+            retire_window: Duration::from_millis(self.ranged(
+                raw.retire_drain_window_ms.as_ref(),
+                &at("retire_drain_window_ms"),
+                units::millis(defaults.retire_window),
+                0..=MAX_DRAIN_MS,
+            )?),
+        };
         let spec = ServiceSpec {
             name,
             listen,
@@ -134,6 +159,7 @@ impl Validator<'_> {
             group,
             last_resort: pools.last_resort,
             client_prefixes,
+            drain,
         };
         let candidate = live.other();
         if spec.initial_split().share_of(candidate) > 0

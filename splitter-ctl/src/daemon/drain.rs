@@ -1,0 +1,626 @@
+//! Drains under way: the connections of the version a rollback (or a promotion) left, each
+//! closed at its first idle moment or reset, as `engine::drain` decides, with the segments
+//! `kernel::closer` sends. The daemon polls its runs every millisecond in one task; the CLI
+//! runs one to its end itself when no daemon answers (`run_to_end`).
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use splitter_common::{
+    FLOW_RST, Flow, FlowKey, Version, drain::CLOSE_FIN, flow_closed, maps::MAX_DRAINS,
+};
+
+use crate::{
+    engine::drain::{FlowDrain, Outcome, Step},
+    kernel::{
+        aging::monotonic_ns,
+        closer::Closer,
+        maps::{Maps, MapsError},
+    },
+    model::{addr::addr_ip, drain::Established, error::chain, units::micros},
+    view::drain::DrainReport,
+};
+
+/// How often a drain reads what the data plane saw: a close that follows a response must reach
+/// the client before it can send the next request on that connection (a pooling client hands
+/// a connection back within a fraction of a millisecond).
+pub const POLL: Duration = Duration::from_micros(200);
+/// After a close, how long the flow stays marked, so that a request racing it is still dropped.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// When the flow table is walked again for connections the first walk missed (opened while
+/// the rollback was being written), after the drain began.
+const REWALKS: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
+
+/// What to drain.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The service or release group (the journal's name).
+    pub release: String,
+    /// The ids of its services in the data plane.
+    pub ids: Vec<u32>,
+    /// The version left.
+    pub version: Version,
+    /// `Drain` or `Reset` (`Keep` drains nothing).
+    pub established: Established,
+    /// How long a connection may stay busy before it is reset.
+    pub timeout: Duration,
+    /// Over how long the connections are taken on (a promotion's window; 0 for a rollback).
+    pub spread: Duration,
+    /// The decision, on the kernel's clock.
+    pub decided_ns: u64,
+}
+
+/// A drain under way.
+#[derive(Debug)]
+pub struct Run {
+    plan: Plan,
+    started_ns: u64,
+    /// Connections not taken on yet, by when they are due.
+    pending: VecDeque<(u64, FlowKey, Flow)>,
+    active: HashMap<FlowKey, FlowDrain>,
+    /// Closed connections still marked: when they closed, and the requests that had raced the
+    /// close by then (any after are counted when the mark is lifted).
+    lingering: Vec<(FlowKey, u64, u32)>,
+    /// Every connection taken on or pending.
+    known: std::collections::HashSet<FlowKey>,
+    outcomes: BTreeMap<&'static str, u64>,
+    raced: u64,
+    last_close_ns: Option<u64>,
+    rewalks_done: usize,
+    /// The version's counters at the decision: new flows and responses.
+    base: (u64, u64),
+    /// Sends that failed, for one log line.
+    send_errors: u64,
+}
+
+impl Run {
+    /// Takes on the open connections of the plan's version (TCP; UDP has nothing to close).
+    pub fn start(maps: &mut Maps, plan: Plan) -> Result<Self, MapsError> {
+        let now = monotonic_ns();
+        let base = version_totals(maps, &plan)?;
+        let mut run = Self {
+            plan,
+            started_ns: now,
+            pending: VecDeque::new(),
+            active: HashMap::new(),
+            lingering: Vec::new(),
+            known: std::collections::HashSet::new(),
+            outcomes: Outcome::ALL.iter().map(|o| (o.name(), 0)).collect(),
+            raced: 0,
+            last_close_ns: None,
+            rewalks_done: 0,
+            base: (base.0, base.1),
+            send_errors: 0,
+        };
+        run.walk(maps, now)?;
+        Ok(run)
+    }
+
+    /// The plan it follows.
+    #[must_use]
+    pub const fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Whether every connection is closed and unmarked.
+    #[must_use]
+    pub fn done(&self) -> bool {
+        self.rewalks_done == REWALKS.len()
+            && self.pending.is_empty()
+            && self.active.is_empty()
+            && self.lingering.is_empty()
+    }
+
+    /// Adds the version's open connections not known yet, due at once (a rollback) or spread
+    /// over the plan's window (a promotion), each at a point its hash picks.
+    fn walk(&mut self, maps: &Maps, now: u64) -> Result<(), MapsError> {
+        let spread = u64::try_from(self.plan.spread.as_nanos()).unwrap_or(u64::MAX);
+        let mut found: Vec<(u64, FlowKey, Flow)> = maps
+            .flows()?
+            .into_iter()
+            .filter(|(key, flow)| {
+                key.protocol == splitter_common::PROTO_TCP
+                    && flow.version == self.plan.version as u8
+                    && self.plan.ids.contains(&flow.service_id)
+                    && !flow_closed(flow.state)
+                    && flow.state & FLOW_RST == 0
+                    && !self.known.contains(key)
+            })
+            .map(|(key, flow)| {
+                let at = if spread == 0 {
+                    now
+                } else {
+                    now + splitter_common::flow_hash(&key) % spread
+                };
+                (at, key, flow)
+            })
+            .collect();
+        found.sort_by_key(|(at, _, _)| *at);
+        for (at, key, flow) in found {
+            self.known.insert(key);
+            self.pending.push_back((at, key, flow));
+        }
+        Ok(())
+    }
+
+    /// One round: takes on the connections due, reads what the data plane saw of each, and
+    /// acts on it.
+    pub fn poll(&mut self, maps: &mut Maps, closer: &mut Closer) -> Result<(), MapsError> {
+        let now = monotonic_ns();
+        if let Some(after) = REWALKS.get(self.rewalks_done)
+            && now >= self.started_ns + micros(*after) * 1_000
+        {
+            self.walk(maps, now)?;
+            self.rewalks_done += 1;
+        }
+        self.take_on_due(maps, now)?;
+        let keys: Vec<FlowKey> = self.active.keys().copied().collect();
+        for key in keys {
+            self.poll_flow(maps, closer, key, now)?;
+        }
+        let linger = micros(LINGER) * 1_000;
+        let (gone, still): (Vec<_>, Vec<_>) = self
+            .lingering
+            .drain(..)
+            .partition(|(_, closed, _)| now >= closed + linger);
+        self.lingering = still;
+        for (key, _, raced_at_close) in gone {
+            // Requests that crossed the FIN on the wire: dropped unprocessed, and counted.
+            if let Some(record) = maps.drain_record(&key)? {
+                self.raced += u64::from(record.raced.saturating_sub(raced_at_close));
+            }
+            maps.end_drain(&key)?;
+        }
+        if self.send_errors > 0 {
+            tracing::warn!(service = %self.plan.release, failed = self.send_errors, "drain segments could not be sent");
+            self.send_errors = 0;
+        }
+        Ok(())
+    }
+
+    fn take_on_due(&mut self, maps: &mut Maps, now: u64) -> Result<(), MapsError> {
+        let room = (MAX_DRAINS as usize).saturating_sub(self.active.len() + self.lingering.len());
+        let mut due = Vec::new();
+        while due.len() < room
+            && let Some((at, _, _)) = self.pending.front()
+            && *at <= now
+        {
+            if let Some(entry) = self.pending.pop_front() {
+                due.push(entry);
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<FlowKey> = due.iter().map(|(_, key, _)| *key).collect();
+        let marked = maps.begin_drain(&keys)?;
+        let reset = self.plan.established == Established::Reset;
+        for (_, key, flow) in due {
+            if !marked.contains(&key) {
+                continue;
+            }
+            let client = SocketAddr::new(addr_ip(&key.src_addr), u16::from_be(key.src_port_be));
+            let service = SocketAddr::new(addr_ip(&key.dst_addr), u16::from_be(key.dst_port_be));
+            let backend = SocketAddr::new(
+                addr_ip(&flow.backend_addr),
+                u16::from_be(flow.backend_port_be),
+            );
+            self.active.insert(
+                key,
+                FlowDrain::new(client, service, backend, reset, now, self.plan.timeout),
+            );
+        }
+        Ok(())
+    }
+
+    fn poll_flow(
+        &mut self,
+        maps: &mut Maps,
+        closer: &mut Closer,
+        key: FlowKey,
+        now: u64,
+    ) -> Result<(), MapsError> {
+        let Some(flow) = self.active.get_mut(&key) else {
+            return Ok(());
+        };
+        let mut record = maps.drain_record(&key)?;
+        let mut step = flow.step(record.as_ref(), now);
+        loop {
+            match step {
+                Step::Wait => return Ok(()),
+                Step::Send(segments) => {
+                    for segment in &segments {
+                        if closer.may_send() && closer.send(segment).is_err() {
+                            self.send_errors += 1;
+                        }
+                    }
+                    return Ok(());
+                }
+                Step::Mark(how) => {
+                    maps.mark_closing(&key, how)?;
+                    if how != CLOSE_FIN {
+                        return Ok(());
+                    }
+                    // Read again after the mark: the close goes out only if the client said
+                    // nothing in between.
+                    record = maps.drain_record(&key)?;
+                    step = flow.step(record.as_ref(), now);
+                }
+                Step::Unmark => return maps.unmark_closing(&key),
+                Step::Close(segments, outcome) => {
+                    // Closes are never paced out: a marked flow must not stay half closed.
+                    for segment in &segments {
+                        if closer.send(segment).is_err() {
+                            self.send_errors += 1;
+                        }
+                    }
+                    let raced = record.as_ref().map_or(0, |r| r.raced);
+                    self.raced += u64::from(raced);
+                    self.finish(key, outcome, now);
+                    self.lingering.push((key, now, raced));
+                    self.last_close_ns = Some(now);
+                    return Ok(());
+                }
+                Step::Done(outcome) => {
+                    self.raced += record.as_ref().map_or(0, |r| u64::from(r.raced));
+                    self.finish(key, outcome, now);
+                    return maps.end_drain(&key);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, key: FlowKey, outcome: Outcome, now: u64) {
+        self.active.remove(&key);
+        *self.outcomes.entry(outcome.name()).or_default() += 1;
+        if outcome == Outcome::ClosedByPeers {
+            self.last_close_ns = Some(self.last_close_ns.map_or(now, |at| at.max(now)));
+        }
+    }
+
+    /// Stops: lifts every mark and forgets every record it made (a daemon stopping, a drain
+    /// replaced by another).
+    pub fn abandon(&mut self, maps: &mut Maps) {
+        for key in self
+            .active
+            .keys()
+            .copied()
+            .chain(self.lingering.iter().map(|(key, _, _)| *key))
+            .collect::<Vec<_>>()
+        {
+            if let Err(error) = maps.end_drain(&key) {
+                tracing::warn!(error = %chain(&error), "cannot forget a drained flow");
+            }
+        }
+        self.active.clear();
+        self.lingering.clear();
+        self.pending.clear();
+    }
+
+    /// What it did so far.
+    #[must_use]
+    pub fn report(&self, maps: &Maps) -> DrainReport {
+        let decided = self.plan.decided_ns;
+        let since = |at_ns: u64| at_ns.saturating_sub(decided) / 1_000;
+        let totals = version_totals(maps, &self.plan).unwrap_or(self.base_as_totals());
+        DrainReport {
+            service: self.plan.release.clone(),
+            version: self.plan.version.name().to_owned(),
+            established: self.plan.established.name().to_owned(),
+            done: self.done(),
+            connections: self.known.len() as u64,
+            left: (self.pending.len() + self.active.len()) as u64,
+            outcomes: self
+                .outcomes
+                .iter()
+                .map(|(outcome, n)| ((*outcome).to_owned(), *n))
+                .collect(),
+            raced: self.raced,
+            new_connections_after_decision: totals.0.saturating_sub(self.base.0),
+            responses_after_decision: totals.1.saturating_sub(self.base.1),
+            decision_to_start_us: since(self.started_ns),
+            decision_to_last_response_us: Some(since(totals.2)),
+            decision_to_last_close_us: self.last_close_ns.map(since),
+        }
+    }
+
+    const fn base_as_totals(&self) -> (u64, u64, u64) {
+        (self.base.0, self.base.1, 0)
+    }
+}
+
+/// The version's new flows, responses and last response (kernel time) over the plan's
+/// services.
+fn version_totals(maps: &Maps, plan: &Plan) -> Result<(u64, u64, u64), MapsError> {
+    let mut totals = (0, 0, 0);
+    for id in &plan.ids {
+        let c = maps.counters(*id, plan.version)?;
+        totals.0 += c.new_flows;
+        totals.1 += c.responses;
+        totals.2 = totals.2.max(c.last_response_ns);
+    }
+    Ok(totals)
+}
+
+/// Runs a drain to its end in this thread (the CLI, when no daemon answers); its report.
+pub fn run_to_end(maps: &mut Maps, plan: Plan) -> Result<DrainReport, DrainError> {
+    let mut closer = Closer::open().map_err(DrainError::Sockets)?;
+    let mut run = Run::start(maps, plan)?;
+    while !run.done() {
+        run.poll(maps, &mut closer)?;
+        std::thread::sleep(POLL);
+    }
+    maps.set_drain_active(!maps.drained_flows().is_empty())?;
+    Ok(run.report(maps))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("the policy is `keep`: nothing to drain")]
+    Keep,
+    #[error("cannot open the raw sockets a drain sends its closes on")]
+    Sockets(#[source] std::io::Error),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// Reports of finished drains the daemon keeps for `GET /v1/drains`.
+const FINISHED_KEPT: usize = 16;
+
+/// The daemon's drains: the runs under way (each with the journal entry of the rollback it
+/// completes), the sockets they send with, and the last reports.
+#[derive(Debug, Default)]
+pub struct Drains {
+    runs: Vec<(Run, Option<i64>)>,
+    closer: Option<Closer>,
+    finished: VecDeque<DrainReport>,
+    /// Wakes the poller when a drain starts.
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drains {
+    /// Whether a run is under way (the poller sleeps otherwise).
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        !self.runs.is_empty()
+    }
+}
+
+impl super::Daemon {
+    /// Starts draining `plan`'s version, completing the journal entry `event` when it ends. A
+    /// drain of the same release and version under way is replaced (its marks lifted first).
+    pub fn start_drain(
+        &mut self,
+        plan: Plan,
+        event: Option<i64>,
+    ) -> Result<DrainReport, DrainError> {
+        if plan.established == Established::Keep {
+            return Err(DrainError::Keep);
+        }
+        if self.drains.closer.is_none() {
+            self.drains.closer = Some(Closer::open().map_err(DrainError::Sockets)?);
+        }
+        let (maps, drains) = (&mut self.maps, &mut self.drains);
+        let mut replaced = Vec::new();
+        drains.runs.retain_mut(|(run, _)| {
+            let same = run.plan.release == plan.release && run.plan.version == plan.version;
+            if same {
+                run.abandon(maps);
+                replaced.push(run.plan.release.clone());
+            }
+            !same
+        });
+        let run = Run::start(maps, plan)?;
+        let report = run.report(maps);
+        tracing::info!(service = %report.service, version = %report.version, established = %report.established, connections = report.connections, replaced = !replaced.is_empty(), "drain started");
+        drains.runs.push((run, event));
+        drains.wake.notify_one();
+        Ok(report)
+    }
+
+    /// One round of every drain; journals and counts those that ended. Whether any is left.
+    pub fn poll_drains(&mut self) -> bool {
+        let Some(closer) = self.drains.closer.as_mut() else {
+            return false;
+        };
+        let maps = &mut self.maps;
+        let mut ended = Vec::new();
+        self.drains.runs.retain_mut(|(run, event)| {
+            if let Err(error) = run.poll(maps, closer) {
+                tracing::warn!(service = %run.plan.release, error = %chain(&error), "a drain cannot read or mark the data plane; it stops");
+                run.abandon(maps);
+                ended.push((run.report(maps), *event));
+                return false;
+            }
+            if run.done() {
+                ended.push((run.report(maps), *event));
+                return false;
+            }
+            true
+        });
+        if self.drains.runs.is_empty()
+            && !ended.is_empty()
+            && maps.drained_flows().is_empty()
+            && let Err(error) = maps.set_drain_active(false)
+        {
+            tracing::warn!(error = %chain(&error), "cannot switch the drain off");
+        }
+        for (report, event) in ended {
+            self.drain_ended(&report, event);
+            self.drains.finished.push_front(report);
+            self.drains.finished.truncate(FINISHED_KEPT);
+        }
+        self.drains.busy()
+    }
+
+    /// The drains under way, then the last ones that ended, newest first.
+    #[must_use]
+    pub fn drain_reports(&self) -> Vec<DrainReport> {
+        self.drains
+            .runs
+            .iter()
+            .map(|(run, _)| run.report(&self.maps))
+            .chain(self.drains.finished.iter().cloned())
+            .collect()
+    }
+
+    /// Whether a drain is under way.
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.drains.busy()
+    }
+
+    /// What wakes the drain poller.
+    #[must_use]
+    pub fn drain_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.drains.wake)
+    }
+
+    /// Lifts every mark of the drains under way (the daemon is stopping: a mark left behind
+    /// would keep its flow off the fast path).
+    pub fn abandon_drains(&mut self) {
+        let maps = &mut self.maps;
+        for (run, _) in &mut self.drains.runs {
+            run.abandon(maps);
+        }
+        self.drains.runs.clear();
+        let _ = maps.set_drain_active(false);
+    }
+
+    /// What a daemon that stopped mid-drain left behind: given up, each flow's record and mark
+    /// removed, and journaled.
+    pub fn give_up_left_drains(&mut self) {
+        let left = self.maps.drained_flows();
+        if left.is_empty() {
+            return;
+        }
+        for key in &left {
+            if let Err(error) = self.maps.end_drain(key) {
+                tracing::warn!(error = %chain(&error), "cannot forget a drained flow");
+            }
+        }
+        let _ = self.maps.set_drain_active(false);
+        tracing::warn!(
+            flows = left.len(),
+            "a drain was left unfinished by the daemon before; given up: its connections stay open until their clients close them"
+        );
+        self.emit(super::events::DrainAbandoned { flows: left.len() });
+    }
+
+    fn drain_ended(&mut self, report: &DrainReport, event: Option<i64>) {
+        tracing::info!(service = %report.service, version = %report.version, "{}", report.describe());
+        for (outcome, n) in &report.outcomes {
+            if *n > 0 {
+                self.counters
+                    .drained(&report.service, &report.version, outcome, *n);
+            }
+        }
+        self.counters.drain_raced(&report.service, report.raced);
+        let details = serde_json::to_value(report).unwrap_or_default();
+        self.emit(super::events::DrainEnded {
+            report,
+            details: details.clone(),
+        });
+        if let (Some(id), Some(journal)) = (event, self.journal.as_ref())
+            && let Err(error) = journal.set_drain(
+                id,
+                report.decision_to_last_response_us,
+                report.decision_to_last_close_us,
+                &details,
+            )
+        {
+            tracing::warn!(error = %chain(&error), "cannot complete the rollback's journal entry with its drain");
+        }
+    }
+}
+
+/// Why a drain request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainRequestError {
+    #[error(transparent)]
+    Release(#[from] super::rollouts::RolloutError),
+    #[error("`{0}` is not a version: `blue` or `green`")]
+    Version(String),
+    #[error("`{0}` is not a policy for established connections: `drain`, `reset` or `keep`")]
+    Policy(String),
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+}
+
+impl super::Daemon {
+    /// Starts the drain `request` asks for on release `name` (a service or a release group).
+    pub fn drain_request(
+        &mut self,
+        name: &str,
+        request: &crate::view::drain::DrainRequest,
+    ) -> Result<DrainReport, DrainRequestError> {
+        let release = self.release_name(name)?;
+        let ids = self.release_ids(&release)?;
+        let version = match request.version.as_str() {
+            "blue" => Version::Blue,
+            "green" => Version::Green,
+            other => return Err(DrainRequestError::Version(other.to_owned())),
+        };
+        let settings = self
+            .config
+            .release(&release)
+            .map(|r| r.leader().drain)
+            .unwrap_or_default();
+        let established = match &request.established {
+            None => settings.established,
+            Some(name) => {
+                Established::parse(name).ok_or_else(|| DrainRequestError::Policy(name.clone()))?
+            }
+        };
+        let plan = Plan {
+            release,
+            ids: ids.members,
+            version,
+            established,
+            timeout: settings.timeout,
+            spread: Duration::ZERO,
+            decided_ns: request.decided_monotonic_ns.unwrap_or_else(monotonic_ns),
+        };
+        Ok(self.start_drain(plan, request.event)?)
+    }
+
+    /// After the daemon's own rollback or promotion of `release`: drains the version left, as
+    /// the service's config says (a promotion spreads it over its retire window).
+    pub(crate) fn drain_after(
+        &mut self,
+        release: &str,
+        ids: &[u32],
+        left: Version,
+        promotion: bool,
+        decided_ns: u64,
+        event: Option<i64>,
+    ) {
+        let settings = self
+            .config
+            .release(release)
+            .map(|r| r.leader().drain)
+            .unwrap_or_default();
+        let plan = Plan {
+            release: release.to_owned(),
+            ids: ids.to_vec(),
+            version: left,
+            established: settings.established,
+            timeout: settings.timeout,
+            spread: if promotion {
+                settings.retire_window
+            } else {
+                Duration::ZERO
+            },
+            decided_ns,
+        };
+        match self.start_drain(plan, event) {
+            Ok(_) | Err(DrainError::Keep) => {}
+            Err(error) => {
+                tracing::warn!(service = release, error = %chain(&error), "cannot drain the version left; its connections stay until their clients close them");
+            }
+        }
+    }
+}

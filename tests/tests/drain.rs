@@ -1,0 +1,168 @@
+//! A rollback reaches every client (issue 16): the connections of the version it leaves are
+//! drained, end to end, with real clients that keep their connections: Python `requests`
+//! (urllib3's pool) with think time, and wrk without any. Each test has its own test bed.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use splitter_ctl::store::journal::Journal;
+use splitter_tests::{require_root, testbed::Testbed};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
+const POOLED_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/pooled_client.py");
+/// Debian's interpreter, with Debian's python3-requests (`cargo xtask setup` installs it).
+const PYTHON: &str = "/usr/bin/python3";
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the pooled client saw: (answered at, version) per answer, and the failures.
+struct Seen {
+    answers: Vec<(f64, String)>,
+    failures: Vec<String>,
+}
+
+/// Starts `workers` pooled clients in the client namespace for `seconds`.
+fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> Child {
+    bed.client
+        .exec(PYTHON)
+        .arg(POOLED_CLIENT)
+        .arg(format!("http://{}/", bed.vip()))
+        .args([
+            workers.to_string(),
+            think_ms.to_string(),
+            seconds.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (cargo xtask setup installs python3-requests)")
+}
+
+fn collect(client: Child) -> Seen {
+    let output = client.wait_with_output().expect("the pooled client");
+    assert!(
+        output.status.success(),
+        "the pooled client: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen = Seen {
+        answers: Vec::new(),
+        failures: Vec::new(),
+    };
+    for line in BufReader::new(&output.stdout[..]).lines() {
+        let line = line.expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        match value["error"].as_str() {
+            Some(error) => seen.failures.push(error.to_owned()),
+            None => seen.answers.push((
+                value["at"].as_f64().expect("at"),
+                value["version"].as_str().expect("version").to_owned(),
+            )),
+        }
+    }
+    seen
+}
+
+/// The rollback's journal entry, once its drain has completed it (up to 5 s).
+fn drained_rollback(bed: &Testbed) -> serde_json::Value {
+    for _ in 0..100 {
+        let journal = Journal::open(&bed.dir.join("state")).expect("journal");
+        let rollback = journal
+            .history(Some("sentiment"), 50)
+            .expect("history")
+            .into_iter()
+            .find(|e| e.event.kind.name() == "rollback");
+        if let Some(event) = rollback
+            && event.event.details["drain"]["done"] == true
+        {
+            return serde_json::to_value(&event).expect("JSON");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the rollback's drain was not journaled within 5 s");
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config("50");
+    bed.start_daemon(&[]);
+    let client = pooled_clients(&bed, 16, 10, 6);
+    // Let the pool fill: 16 connections, about half of them on green.
+    thread::sleep(Duration::from_secs(2));
+    // The command waits for the drain's report; the clock starts when it starts.
+    let started = now();
+    let out = bed.ctl(&["rollback", "sentiment", "--wait-ms", "3000"]);
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = collect(client);
+
+    let rollback = drained_rollback(&bed);
+    let drain = &rollback["details"]["drain"];
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}; the drain: {drain}",
+        seen.failures
+    );
+    let green_before = seen
+        .answers
+        .iter()
+        .filter(|(at, v)| v == "green" && *at < started - 1.0)
+        .count();
+    assert!(
+        green_before > 50,
+        "green answered {green_before} before the rollback"
+    );
+    let last_green = seen
+        .answers
+        .iter()
+        .filter(|(_, v)| v == "green")
+        .map(|(at, _)| *at)
+        .fold(0.0, f64::max);
+    assert!(
+        last_green <= started + 0.1,
+        "green answered {:.0} ms after the rollback started",
+        (last_green - started) * 1e3
+    );
+    let blue_after = seen
+        .answers
+        .iter()
+        .filter(|(at, v)| v == "blue" && *at > started + 0.5)
+        .count();
+    assert!(
+        blue_after > 100,
+        "blue answered {blue_after} after the rollback"
+    );
+    assert!(printed.contains("sentiment green"), "{printed}");
+
+    let connections = drain["connections"].as_u64().expect("connections");
+    assert!(connections >= 1, "{drain}");
+    let drained = drain["outcomes"]["drained_idle"].as_u64().unwrap_or(0)
+        + drain["outcomes"]["drained_after_response"]
+            .as_u64()
+            .unwrap_or(0);
+    assert!(drained >= connections - 1, "{drain}");
+    assert_eq!(drain["new_connections_after_decision"], 0, "{drain}");
+    let last_close = drain["decision_to_last_close_us"]
+        .as_u64()
+        .expect("last close");
+    assert!(last_close < 1_000_000, "{drain}");
+    assert!(
+        drain["decision_to_last_response_us"].as_u64().is_some(),
+        "{drain}"
+    );
+}
