@@ -166,3 +166,149 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
         "{drain}"
     );
 }
+
+/// The drain's report of `version` in the daemon's status, once done (up to 5 s).
+fn finished_drain(bed: &Testbed, version: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let status = bed.status();
+        if let Some(drain) = status["drains"]
+            .as_array()
+            .and_then(|drains| drains.iter().find(|d| d["version"] == version))
+            && drain["done"] == true
+        {
+            return drain.clone();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "no finished drain of {version} within 5 s: {}",
+        bed.status()
+    );
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn wrk_keep_alive_through_a_rollback_drained_then_reset() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("50", "drain_timeout_ms = 3000\n");
+    bed.start_daemon(&[]);
+    let load = splitter_tests::wrk::Load {
+        threads: 2,
+        connections: 16,
+        duration: Duration::from_secs(3),
+        mode: splitter_tests::wrk::Connections::KeepAlive,
+    };
+    for policy in ["drain", "reset"] {
+        bed.ctl_ok(&["weight", "sentiment", "green", "50"]);
+        let (report, out) = thread::scope(|scope| {
+            let wrk = scope.spawn(|| splitter_tests::wrk::run(&bed.client, bed.vip(), &load));
+            thread::sleep(Duration::from_millis(1500));
+            let out = bed.ctl(&[
+                "rollback",
+                "sentiment",
+                "--established",
+                policy,
+                "--wait-ms",
+                "4000",
+            ]);
+            (wrk.join().expect("wrk thread").expect("wrk"), out)
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = bed.status();
+        let open_green = status["services"][0]["open_connections"]["green"].as_u64();
+        let drain = drained_rollback(&bed)["details"]["drain"].clone();
+        eprintln!(
+            "{policy}: wrk {} requests, {} failed; the drain: {drain}",
+            report.requests, report.errors
+        );
+        assert_eq!(drain["established"], policy, "{drain}");
+        assert_eq!(drain["left"], 0, "{drain}");
+        assert_eq!(drain["new_connections_after_decision"], 0, "{drain}");
+        assert!(drain["connections"].as_u64().unwrap_or(0) >= 2, "{drain}");
+        assert_eq!(open_green, Some(0), "{status}");
+        let last_close = drain["decision_to_last_close_us"].as_u64().expect("closed");
+        let outcome = |name: &str| drain["outcomes"][name].as_u64().unwrap_or(0);
+        if policy == "drain" {
+            // wrk sends its next request the moment a response arrives, and counts a close
+            // after a whole response as a read error whether or not that request went out: a
+            // drained connection costs it one request at most, and each request that raced a
+            // close was dropped unprocessed and counted.
+            let closed = outcome("drained_idle") + outcome("drained_after_response");
+            let raced = drain["raced"].as_u64().unwrap_or(0);
+            assert!(
+                raced <= report.errors && report.errors <= closed,
+                "{} failed, {raced} raced, {closed} closed: {drain}",
+                report.errors
+            );
+            assert_eq!(outcome("reset"), 0, "{drain}");
+            assert!(last_close <= 3_500_000, "past drain_timeout: {drain}");
+        } else {
+            assert!(outcome("reset") >= 1, "{drain}");
+            assert_eq!(
+                outcome("drained_idle") + outcome("drained_after_response"),
+                0
+            );
+            assert!(last_close < 500_000, "a reset is at once: {drain}");
+        }
+        assert!(
+            report.requests > 1000,
+            "wrk went on: {} requests",
+            report.requests
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_promotion_drains_the_retired_version_over_its_window() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("0", "retire_drain_window_ms = 1000\n");
+    bed.start_daemon(&[]);
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "50,100",
+        "--hold",
+        "1h",
+        "--interval",
+        "600s",
+    ]);
+    let client = pooled_clients(&bed, 12, 10, 5);
+    thread::sleep(Duration::from_millis(1500));
+    let promoted = now();
+    bed.ctl_ok(&["rollout", "promote", "sentiment"]);
+    let seen = collect(client);
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        seen.failures
+    );
+    let blue = |keep: &dyn Fn(f64) -> bool| {
+        seen.answers
+            .iter()
+            .filter(|(at, v)| v == "blue" && keep(*at))
+            .count()
+    };
+    assert!(blue(&|at| at < promoted) > 20, "blue answered before");
+    // The window is 1 s; the clients' own clock and Python's threads add a little.
+    assert_eq!(
+        blue(&|at| at > promoted + 1.3),
+        0,
+        "blue answered past the retire window"
+    );
+    let drain = finished_drain(&bed, "blue");
+    assert_eq!(drain["left"], 0, "{drain}");
+    assert!(drain["connections"].as_u64().unwrap_or(0) >= 1, "{drain}");
+    assert_eq!(
+        bed.status()["services"][0]["open_connections"]["blue"].as_u64(),
+        Some(0)
+    );
+}

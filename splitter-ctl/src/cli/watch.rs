@@ -77,6 +77,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
             return view;
         }
     };
+    let mut draining: Vec<String> = Vec::new();
     let path = only.map_or_else(
         || "/v1/status".to_owned(),
         |s| format!("/v1/status?service={}", encode(s)),
@@ -90,7 +91,16 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
     )
     .and_then(|json| serde_json::from_value::<Status>(json).map_err(CommandError::from))
     {
-        Ok(status) => view.versions = rows(&status),
+        Ok(status) => {
+            view.versions = rows(&status);
+            // A drain under way heads the journal panel until it ends (and is journaled).
+            draining = status
+                .drains
+                .iter()
+                .filter(|d| !d.done)
+                .map(|d| format!("draining now: {}", d.describe()))
+                .collect();
+        }
         Err(error) => view.problem = Some(chain(&error).to_string()),
     }
     let releases = match only {
@@ -139,6 +149,7 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
             })
             .collect();
     }
+    view.events.splice(0..0, draining);
     view
 }
 

@@ -257,6 +257,9 @@ impl Run {
                             self.send_errors += 1;
                         }
                     }
+                    if matches!(outcome, Outcome::Reset | Outcome::ResetAtTimeout) {
+                        maps.set_flow_reset(&key)?;
+                    }
                     let raced = record.as_ref().map_or(0, |r| r.raced);
                     self.raced += u64::from(raced);
                     self.finish(key, outcome, now);

@@ -405,6 +405,11 @@ impl Daemon {
         if let Some(journal) = &self.journal {
             status::add_previous(&mut status, &self.config, journal);
         }
+        status.drains = self
+            .drain_reports()
+            .into_iter()
+            .filter(|d| only.is_none_or(|name| d.service == name))
+            .collect();
         Ok(status)
     }
 }

@@ -2,12 +2,14 @@
 //! reading what the data plane saw of them, marking one closing, and clearing up.
 
 use aya::maps::MapError;
-use splitter_common::{FlowKey, drain::Drain, maps as names};
+use splitter_common::{FLOW_RST, FlowKey, drain::Drain, maps as names};
 
 use super::maps::{Maps, MapsError, access, is_missing_key};
 
 /// Creates a zeroed entry with `BPF_NOEXIST`: a flow already being drained keeps its record.
 const NO_EXIST: u64 = 1;
+/// Updates an entry only if it is still there (`BPF_EXIST`).
+const BPF_EXIST: u64 = 2;
 
 impl Maps {
     /// Marks `keys` for draining (those not marked yet, as many as `DRAINS` holds), turns the
@@ -76,6 +78,22 @@ impl Maps {
     pub fn drained_flows(&self) -> Vec<FlowKey> {
         // Entries can go while we iterate; skip those instead of failing.
         self.drains.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Records in the flow table that a drain reset the flow: its resets went out on raw
+    /// sockets, past the programs that would have seen them. A flow gone meanwhile is left so.
+    pub fn set_flow_reset(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        let Some(mut flow) = self.flow(key)? else {
+            return Ok(());
+        };
+        flow.state |= FLOW_RST;
+        match self.flows.insert(key, flow, BPF_EXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(access(names::FLOWS, "mark a drained flow reset")(e)),
+        }
     }
 
     /// Turns the drain's lookups on or off for every other flow.

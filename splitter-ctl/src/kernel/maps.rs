@@ -82,7 +82,7 @@ pub struct Maps {
     service_ports: Array<MapData, u32>,
     split: Array<MapData, u32>,
     slots: Array<MapData, Slot>,
-    flows: HashMap<MapData, FlowKey, Flow>,
+    pub(super) flows: HashMap<MapData, FlowKey, Flow>,
     flow_cache: PerCpuArray<MapData, CachedFlow>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,

@@ -23,7 +23,10 @@ use crate::{
         share::format_percent,
     },
     store::journal::Journal,
-    view::previous::{Previous, previous},
+    view::{
+        drain::DrainReport,
+        previous::{Previous, previous},
+    },
 };
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -37,6 +40,9 @@ pub struct Status {
     /// The kernel memory of each pinned map (`memlock`, as bpftool shows it).
     #[serde(default)]
     pub memory: Vec<MapMemory>,
+    /// The daemon's drains under way, then the last ones that ended (empty without a daemon).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<DrainReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -58,6 +64,9 @@ pub struct ServiceStatus {
     pub pools: BTreeMap<String, PoolStatus>,
     /// `VersionStats` per version, summed over CPUs.
     pub counters: BTreeMap<String, VersionStats>,
+    /// TCP connections still open per version, from the flow table (neither side has closed).
+    #[serde(default)]
+    pub open_connections: BTreeMap<String, u64>,
     /// What the kernel measured of each version's responses.
     pub telemetry: BTreeMap<String, Telemetry>,
     /// The version the last promotion replaced, when the candidate has no share: ready for
@@ -199,12 +208,13 @@ pub fn gather(
             &read
         }
     };
-    let services = config
+    let mut services = config
         .services
         .iter()
         .filter(|s| only.is_none_or(|name| s.name == name || s.group.as_deref() == Some(name)))
         .map(|spec| service(maps, spec, health, rates, spreads))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    add_open_connections(maps, &mut services)?;
     let plane = maps
         .plane_counters()?
         .into_iter()
@@ -221,7 +231,31 @@ pub fn gather(
                 |error| tracing::debug!(error = %chain(error), "no map memory in the status"),
             )
             .unwrap_or_default(),
+        drains: Vec::new(),
     })
+}
+
+/// Counts each service's open TCP connections per version, in one walk of the flow table.
+fn add_open_connections(maps: &Maps, services: &mut [ServiceStatus]) -> Result<(), MapsError> {
+    let mut open: BTreeMap<(u32, u8), u64> = BTreeMap::new();
+    for (key, flow) in maps.flows()? {
+        if key.protocol == splitter_common::PROTO_TCP
+            && !splitter_common::flow_closed(flow.state)
+            && flow.state & splitter_common::FLOW_RST == 0
+        {
+            *open.entry((flow.service_id, flow.version)).or_default() += 1;
+        }
+    }
+    for service in services.iter_mut() {
+        let Some(id) = service.id else { continue };
+        for version in [Version::Blue, Version::Green] {
+            service.open_connections.insert(
+                version.name().to_owned(),
+                open.get(&(id, version as u8)).copied().unwrap_or(0),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Adds, to each service of `status`, the version its last promotion replaced (see
@@ -274,6 +308,7 @@ fn service(
         share_percent: BTreeMap::new(),
         pools: BTreeMap::new(),
         counters: BTreeMap::new(),
+        open_connections: BTreeMap::new(),
         telemetry: BTreeMap::new(),
         previous: None,
         group: spec.group.clone(),
@@ -471,7 +506,8 @@ pub fn render(status: &Status) -> String {
             let role = if version == live { "live" } else { "candidate" };
             let _ = writeln!(
                 out,
-                "  {version:<5} {role:<9} share {share:>6}%  new flows {:>8}  packets in/out {:>9}/{:<9} misses flow {} slot {}",
+                "  {version:<5} {role:<9} share {share:>6}%  open {:>6}  new flows {:>8}  packets in/out {:>9}/{:<9} misses flow {} slot {}",
+                s.open_connections.get(version).copied().unwrap_or(0),
                 c.map_or(0, |c| c.new_flows),
                 c.map_or(0, |c| c.packets_in),
                 c.map_or(0, |c| c.packets_out),
@@ -547,6 +583,14 @@ pub fn render(status: &Status) -> String {
                 );
             }
         }
+    }
+    for drain in &status.drains {
+        let _ = writeln!(
+            out,
+            "\n{} {}",
+            if drain.done { "drained:" } else { "draining:" },
+            drain.describe()
+        );
     }
     let plane: Vec<String> = status
         .plane
