@@ -79,6 +79,24 @@ impl KeepAlive {
         })
     }
 
+    /// Whether the server closed the connection while it was idle (what a pooling client
+    /// checks before it reuses one: urllib3's `is_connection_dropped`, Go's and hyper's pools).
+    #[must_use]
+    pub fn closed_by_peer(&self) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.reader.get_ref());
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local, on a socket this connection owns.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
+    }
+
     /// One request on this connection; returns who served it.
     pub fn request(&mut self) -> io::Result<String> {
         match self.send(false)? {

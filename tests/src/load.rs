@@ -79,11 +79,13 @@ impl Load {
 const KEEP_ALIVE_GAP: Duration = Duration::from_millis(50);
 
 /// Keep-alive connections from the client, each sending a request every `KEEP_ALIVE_GAP` until
-/// stopped or `limit` has passed.
+/// stopped or `limit` has passed. Like a pooling client, a connection the server closed while
+/// it was idle (a drain) is opened again before the next request, and keeps the new one's
+/// version.
 pub struct KeepAliveLoad {
     running: Arc<AtomicBool>,
-    /// [answered by the connection's first version, failed, answered by the other version].
-    counts: Arc<[AtomicU64; 3]>,
+    /// [answered by the connection's version, failed, answered by the other version, reopened].
+    counts: Arc<[AtomicU64; 4]>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -92,7 +94,7 @@ impl KeepAliveLoad {
     #[must_use]
     pub fn start(bed: &Testbed, connections: usize, limit: Duration) -> Self {
         let running = Arc::new(AtomicBool::new(true));
-        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
         let (flag, tally, vip) = (Arc::clone(&running), Arc::clone(&counts), bed.vip());
         let mut open: Vec<(KeepAlive, String)> = bed.client.run(move || {
             (0..connections)
@@ -107,6 +109,21 @@ impl KeepAliveLoad {
             let deadline = Instant::now() + limit;
             while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 for (conn, version) in &mut open {
+                    if conn.closed_by_peer() {
+                        tally[3].fetch_add(1, Ordering::Relaxed);
+                        let Ok(again) = KeepAlive::connect(vip) else {
+                            tally[1].fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        *conn = again;
+                        match conn.request() {
+                            Ok(now) => *version = now,
+                            Err(_) => {
+                                tally[1].fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                    }
                     let slot = match conn.request() {
                         Ok(now) if now == *version => 0,
                         Ok(_) => 2,
@@ -124,10 +141,11 @@ impl KeepAliveLoad {
         }
     }
 
-    /// Stops and returns [requests kept on their version, failed, moved to the other version].
-    pub fn stop(self) -> [u64; 3] {
+    /// Stops and returns [requests kept on their version, failed, moved to the other version,
+    /// connections reopened after the server closed them].
+    pub fn stop(self) -> [u64; 4] {
         self.running.store(false, Ordering::SeqCst);
         self.thread.join().expect("keep-alive thread");
-        [0, 1, 2].map(|i| self.counts[i].load(Ordering::Relaxed))
+        [0, 1, 2, 3].map(|i| self.counts[i].load(Ordering::Relaxed))
     }
 }

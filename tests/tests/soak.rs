@@ -108,9 +108,11 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
         );
     }
     let [(blue_ok, blue_failed), (green_ok, green_failed)] = load.stop();
-    let [kept, failed, moved] = pinned.stop();
+    // A promotion drains the retired version's connections: they are reopened, on the
+    // live version, between requests; none fails.
+    let [kept, failed, moved, reopened] = pinned.stop();
     eprintln!(
-        "soak: {seconds} s, {cycles} cycles; new connections blue {blue_ok} green {green_ok}; keep-alive requests {kept}"
+        "soak: {seconds} s, {cycles} cycles; new connections blue {blue_ok} green {green_ok}; keep-alive requests {kept}, connections drained and reopened {reopened}"
     );
     assert_eq!(
         (blue_failed, green_failed),

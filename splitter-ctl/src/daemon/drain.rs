@@ -34,6 +34,31 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// the rollback was being written), after the drain began.
 const REWALKS: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
 
+/// Runs `poll` (one round of every drain; whether any is left) until it says none is left, on
+/// a thread of its own: the runtime's timers tick by the millisecond, too coarse for a close
+/// that must reach a client before it reuses its connection. Between rounds it sleeps `POLL`,
+/// or as long as the round took, whichever is longer, so that it never takes more than half a
+/// core.
+pub fn poller(poll: impl FnMut() -> bool + Send) {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("splitter-drain".to_owned())
+            .spawn_scoped(scope, move || {
+                let mut poll = poll;
+                loop {
+                    let started = std::time::Instant::now();
+                    if !poll() {
+                        return;
+                    }
+                    std::thread::sleep(started.elapsed().max(POLL));
+                }
+            });
+        if let Err(error) = thread {
+            tracing::error!(error = %error, "cannot start the drain poller");
+        }
+    });
+}
+
 /// What to drain.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -352,9 +377,17 @@ fn version_totals(maps: &Maps, plan: &Plan) -> Result<(u64, u64, u64), MapsError
 pub fn run_to_end(maps: &mut Maps, plan: Plan) -> Result<DrainReport, DrainError> {
     let mut closer = Closer::open().map_err(DrainError::Sockets)?;
     let mut run = Run::start(maps, plan)?;
-    while !run.done() {
-        run.poll(maps, &mut closer)?;
-        std::thread::sleep(POLL);
+    let mut failed = None;
+    poller(|| match run.poll(maps, &mut closer) {
+        Ok(()) => !run.done(),
+        Err(error) => {
+            failed = Some(error);
+            false
+        }
+    });
+    if let Some(error) = failed {
+        run.abandon(maps);
+        return Err(error.into());
     }
     maps.set_drain_active(!maps.drained_flows().is_empty())?;
     Ok(run.report(maps))

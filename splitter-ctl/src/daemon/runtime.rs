@@ -227,9 +227,8 @@ async fn forward_reports(reports: KernelLog) {
     }
 }
 
-/// Polls the drains every `drain::POLL` while one is under way, on a thread of its own (the
-/// runtime's timers tick by the millisecond, too coarse for a close that must follow a
-/// response before its client can reuse the connection); sleeps otherwise, until one starts.
+/// Polls the drains every `drain::POLL` while one is under way, on a thread of its own
+/// (`drain::poller`); sleeps otherwise, until one starts.
 async fn run_drains(shared: Shared, wake: Arc<tokio::sync::Notify>) {
     loop {
         if !lock(&shared).draining() {
@@ -238,9 +237,7 @@ async fn run_drains(shared: Shared, wake: Arc<tokio::sync::Notify>) {
         }
         let polling = Arc::clone(&shared);
         let polled = tokio::task::spawn_blocking(move || {
-            while lock(&polling).poll_drains() {
-                std::thread::sleep(super::drain::POLL);
-            }
+            super::drain::poller(|| lock(&polling).poll_drains())
         })
         .await;
         if let Err(error) = polled {

@@ -24,6 +24,12 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(510);
 pub const QUIET: Duration = Duration::from_secs(1);
 /// A connection being reset: its numbers must hold this long before the resets go out.
 pub const STEADY: Duration = Duration::from_millis(2);
+/// How long a connection with no response during the drain is watched before it is closed
+/// while idle. A connection a pooling client keeps in rotation shows a request within its think
+/// time and is then closed right behind that request's response, before the client can reuse
+/// it; closing it at a random moment of its idle gap instead would race the client's next
+/// request on it.
+pub const SETTLE: Duration = Duration::from_millis(50);
 /// How long a connection that never answers a probe is given before it counts as gone.
 pub const NO_ANSWER: Duration = Duration::from_secs(2);
 
@@ -211,7 +217,9 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        if idle(d, now_ns) {
+        let behind_a_response = d.seen & DRAIN_HEAD != 0;
+        let settled = now_ns >= self.started_ns.saturating_add(nanos(SETTLE));
+        if idle(d, now_ns) && (behind_a_response || settled) {
             self.phase = Phase::Confirming {
                 sent: d.client_sent,
                 raced: d.raced,
@@ -487,20 +495,22 @@ mod tests {
     fn a_client_that_spoke_during_the_decision_lifts_the_mark() {
         let mut f = flow(false);
         let answered = drain(DRAIN_CLIENT);
-        assert_eq!(f.step(Some(&answered), MS), Step::Mark(CLOSE_FIN));
+        // Idle, but no response seen yet: watched a little first.
+        assert_eq!(f.step(Some(&answered), MS), Step::Wait);
+        assert_eq!(f.step(Some(&answered), 51 * MS), Step::Mark(CLOSE_FIN));
         let spoke = Drain {
             client_sent: 180,
             raced: 1,
             ..answered
         };
-        assert_eq!(f.step(Some(&spoke), MS), Step::Unmark);
+        assert_eq!(f.step(Some(&spoke), 51 * MS), Step::Unmark);
         // A request is now waiting: no close until its response is delivered.
         let waiting = Drain {
             seen: DRAIN_CLIENT | DRAIN_REQUEST,
             client_next: 180,
             ..spoke
         };
-        assert_eq!(f.step(Some(&waiting), 2 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&waiting), 52 * MS), Step::Wait);
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
         let end = 700 + head.len() as u32 + 10;
         // The response's head arrived (and answered the request) but not its body.
@@ -514,14 +524,14 @@ mod tests {
             head,
             700,
         );
-        assert_eq!(f.step(Some(&sending), 3 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&sending), 53 * MS), Step::Wait);
         // The body is out, not yet acknowledged: the FIN goes right behind its last byte.
         let sent = Drain {
             backend_next: end,
             ..sending
         };
-        assert_eq!(f.step(Some(&sent), 4 * MS), Step::Mark(CLOSE_FIN));
-        match f.step(Some(&sent), 4 * MS) {
+        assert_eq!(f.step(Some(&sent), 54 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&sent), 54 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
                 segments[1],
                 Segment::fin_to_client(f.service, f.client, end, 180)

@@ -48,11 +48,16 @@ impl Maps {
         }
     }
 
-    /// Marks a flow closing (`CLOSE_FIN` or `CLOSE_RESET`).
+    /// Marks a flow closing (`CLOSE_FIN` or `CLOSE_RESET`), then fences: the mark's stores
+    /// are visible before any read that follows (x86 lets a load pass an earlier store, and a
+    /// syscall's return does not stop it), so that the read of the client's numbers after the
+    /// mark and ingress's read of the mark after its store of them cannot both miss.
     pub fn mark_closing(&mut self, key: &FlowKey, how: u32) -> Result<(), MapsError> {
         self.drain_closing
             .insert(key, how, 0)
-            .map_err(access(names::DRAIN_CLOSING, "mark a flow closing"))
+            .map_err(access(names::DRAIN_CLOSING, "mark a flow closing"))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Lifts a flow's closing mark.
