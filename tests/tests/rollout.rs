@@ -171,16 +171,22 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     wait_until(&bed, "the rollback", Duration::from_secs(30), || {
         rollout(&bed).is_none()
     });
-    // Under load, the first new connection on the live pool after it is timed and journaled.
-    wait_until(
-        &bed,
-        "the rollback's first connection",
-        Duration::from_secs(5),
-        || {
-            history(&bed).iter().any(|e| {
-                e["kind"] == "rollback" && e["decision_to_first_connection_us"].as_u64().is_some()
-            })
-        },
+    // The candidate's connections are drained, and the drain completes the rollback's entry.
+    wait_until(&bed, "the rollback's drain", Duration::from_secs(5), || {
+        history(&bed)
+            .iter()
+            .any(|e| e["kind"] == "rollback" && e["details"]["drain"]["done"] == true)
+    });
+    let rollback = history(&bed)
+        .into_iter()
+        .find(|e| e["kind"] == "rollback")
+        .expect("the rollback");
+    let drain = &rollback["details"]["drain"];
+    assert_eq!(drain["new_connections_after_decision"], 0, "{rollback}");
+    assert_eq!(drain["left"], 0, "{rollback}");
+    assert_eq!(
+        rollback["decision_to_last_response_us"], drain["decision_to_last_response_us"],
+        "{rollback}"
     );
     let [(_, blue_failed), (_, green_failed)] = load.stop();
     assert_eq!(blue_failed, 0, "no request on the live pool failed");
@@ -240,7 +246,7 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     for part in [
         "# Rollout",
         "rollback by gates: error rate",
-        "Decision to first new connection on the live pool",
+        "Decision to the last response of the version left",
         "## Gate values before the rollback",
         "| fail: error rate",
         "What pre-deployment test would have caught it",
@@ -295,9 +301,7 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
         serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
     assert_eq!(summary["rollbacks"].as_u64(), Some(1), "{summary}");
     assert!(
-        summary["mean_time_to_rollback_first_connection_us"]
-            .as_f64()
-            .is_some(),
+        summary["mean_time_to_rollback_us"].as_f64().is_some(),
         "{summary}"
     );
 }
@@ -509,10 +513,14 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
     let report: serde_json::Value = serde_json::from_str(&text).expect("drill JSON");
     assert_eq!(report["outcome"], "passed", "{report}");
     assert_eq!(report["new_on_candidate"].as_u64(), Some(0), "{report}");
-    let first = report["decision_to_first_connection_us"]
-        .as_u64()
-        .expect("a first connection on the live pool");
-    assert!(first < 5_000_000, "{report}");
+    // At 30%, a rollback that did nothing would put 20 new connections in a row on the live
+    // pool less than once in a thousand drills: 20 are needed, and came.
+    assert_eq!(report["connections_needed"].as_u64(), Some(20), "{report}");
+    assert!(
+        report["new_on_live"].as_u64().is_some_and(|n| n >= 20),
+        "{report}"
+    );
+    assert_eq!(report["drain"]["version"], "green", "{report}");
     assert_eq!(report["restored"], "green at 30%");
     assert_eq!(green_share(&bed), Some(30.0));
     let [(_, blue_failed), (_, green_failed)] = load.stop();
@@ -524,9 +532,10 @@ fn a_drill_proves_the_rollback_measures_it_restores_the_share_and_is_journaled()
         .collect();
     assert_eq!(drills.len(), 2, "{drills:?}");
     assert_eq!(
-        drills[1]["decision_to_first_connection_us"].as_u64(),
-        Some(first)
+        drills[1]["details"]["connections_needed"].as_u64(),
+        Some(20)
     );
+    assert_eq!(drills[0]["reason"], "inconclusive", "{drills:?}");
     let summary: serde_json::Value =
         serde_json::from_str(&bed.ctl_ok(&["summary", "--output", "json"])).expect("summary");
     assert_eq!(summary["drills"].as_u64(), Some(2), "{summary}");
@@ -694,8 +703,14 @@ fn scheduled_drills_run_by_themselves_and_stand_aside_for_a_rollout() {
     });
     let drill = &scheduled(&bed)[0];
     assert_eq!(drill["reason"], "passed", "{drill}");
+    // At 20%: 31 new connections in a row on the live pool.
+    assert_eq!(
+        drill["details"]["connections_needed"].as_u64(),
+        Some(31),
+        "{drill}"
+    );
     assert!(
-        drill["decision_to_first_connection_us"].as_u64().is_some(),
+        drill["details"]["new_on_live"].as_u64() >= drill["details"]["connections_needed"].as_u64(),
         "{drill}"
     );
     assert_eq!(drill["details"]["restored"], "green at 20%", "{drill}");

@@ -90,7 +90,12 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             let change = rollback::rollback(config, &paths.into(), &service)?;
             // The drain and its journal entry happen even when nobody reads the output.
             let printed = change.print();
-            if let Some(left) = &change.left {
+            // A repeated rollback drains only when asked to (`--established`).
+            if let Some(left) = change
+                .left
+                .as_ref()
+                .filter(|_| !change.unchanged || established.is_some())
+            {
                 let drained = drain::after_rollback(
                     &change.service,
                     left,

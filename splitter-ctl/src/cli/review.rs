@@ -57,11 +57,14 @@ pub fn run(config_path: &Path, id: i64, output: Output) -> Result<String, Comman
             if let Some(us) = e.event.decision_to_write_us {
                 let _ = writeln!(out, "- Decision to map write: {us} µs");
             }
-            if let Some(us) = e.event.decision_to_first_connection_us {
+            if let Some(us) = e.decision_to_last_response_us {
                 let _ = writeln!(
                     out,
-                    "- Decision to first new connection on the live pool: {us} µs"
+                    "- Decision to the last response of the version left: {us} µs"
                 );
+            }
+            if let Some(us) = e.decision_to_last_close_us {
+                let _ = writeln!(out, "- Decision to its last connection closed: {us} µs");
             }
         }
         None => {

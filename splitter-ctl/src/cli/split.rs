@@ -133,8 +133,36 @@ pub fn update(
     let lock = lock_file.hold();
     let before = maps.split(service.split)?;
     let after = change(before, &located, &target)?;
+    // What a rollback leaves, for its drain: over every service of a release group.
+    let ids = |maps: &crate::kernel::maps::Maps| -> Vec<u32> {
+        match &target {
+            Target::Named { members, .. } => members
+                .iter()
+                .filter_map(|m| maps.service(&m.endpoint()).ok().flatten())
+                .map(|s| s.id)
+                .collect(),
+            Target::Address(_) => vec![service.id],
+        }
+    };
+    let left = |ids: Vec<u32>, event: Option<i64>, decided_ns: u64| {
+        (kind == EventKind::Rollback).then(|| Left {
+            ids,
+            version: after.live().other(),
+            drain: match &target {
+                Target::Named { members, .. } => members[0].drain,
+                Target::Address(_) => crate::model::drain::DrainSettings::default(),
+            },
+            event,
+            decided_ns,
+            pin_dir: located.config.pin_dir.clone(),
+            state_dir: located.state_dir().to_owned(),
+            control_socket: located.config.control_socket.clone(),
+        })
+    };
     if after == before {
         drop(lock);
+        // A repeated rollback still knows what it left: `--established` drains it again.
+        let left = left(ids(&maps), None, crate::kernel::aging::monotonic_ns());
         return Ok(Change {
             service: name.to_owned(),
             kind,
@@ -144,21 +172,13 @@ pub fn update(
             unchanged: true,
             write: Duration::ZERO,
             journaled: None,
-            left: None,
+            left,
         });
     }
     let write = maps.set_split(service.split, after)?;
+    let written_ns = crate::kernel::aging::monotonic_ns();
     let decision_to_write = decided.elapsed();
     drop(lock);
-    // Counted from after the write, as a drill counts, over every service of a release group.
-    let ids: Vec<u32> = match &target {
-        Target::Named { members, .. } => members
-            .iter()
-            .filter_map(|m| maps.service(&m.endpoint()).ok().flatten())
-            .map(|s| s.id)
-            .collect(),
-        Target::Address(_) => vec![service.id],
-    };
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
     let journaled = Journal::open(located.state_dir()).and_then(|journal| {
@@ -168,25 +188,19 @@ pub fn update(
                 "before": { "live": before.live().name(), "green_percent": percent_of(before.share_of(Version::Green)) },
                 "after": { "live": after.live().name(), "green_percent": percent_of(after.share_of(Version::Green)) },
                 "map_write_us": write.as_secs_f64() * 1e6,
+                // When the write returned, on CLOCK_MONOTONIC: a caller that noted the clock
+                // when it started this command gets start → map written.
+                "written_monotonic_ns": written_ns,
             }),
             ..NewEvent::new(name, kind, &users::describe(users::this_process()))
         })
     });
     let event = journaled.as_ref().ok().copied();
-    let left = (kind == EventKind::Rollback).then(|| Left {
-        ids,
-        version: after.live().other(),
-        drain: match &target {
-            Target::Named { members, .. } => members[0].drain,
-            Target::Address(_) => crate::model::drain::DrainSettings::default(),
-        },
+    let left = left(
+        ids(&maps),
         event,
-        decided_ns: crate::kernel::aging::monotonic_ns()
-            .saturating_sub(units::micros(decided.elapsed()) * 1_000),
-        pin_dir: located.config.pin_dir.clone(),
-        state_dir: located.state_dir().to_owned(),
-        control_socket: located.config.control_socket.clone(),
-    });
+        written_ns.saturating_sub(units::micros(decision_to_write) * 1_000),
+    );
     Ok(Change {
         service: name.to_owned(),
         kind,

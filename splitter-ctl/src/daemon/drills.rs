@@ -1,10 +1,8 @@
-//! Rollback drills: roll a service back for real, watch the kernel's new-flow counters until
-//! new connections land on the live pool (and none on the candidate), then put the share back
+//! Rollback drills: roll a service back for real, drain the candidate's connections as a
+//! rollback does, watch the kernel's new-flow counters until enough new connections land on
+//! the live pool to prove the write (or one lands on the candidate), then put the share back
 //! and journal what was measured. The daemon runs the watching without holding its lock, so
 //! status, metrics and probes go on during a drill.
-//!
-//! The same counters time a rollout's rollback: from the decision to the first new connection
-//! on the live pool, written into the rollback's journal entry when it is seen.
 //!
 //! Drills run when an operator asks (`splitter-ctl drill`) and on the schedule a service's
 //! `drill_every_ms` sets; a scheduled drill that cannot run safely is refused like any other,
@@ -22,7 +20,9 @@ use super::{
 };
 use crate::model::units::micros;
 use crate::{
-    engine::drill::{DRILL_LIMIT, DRILL_POLL, DRILL_PROBES, DrillKind},
+    engine::drill::{
+        DRILL_LIMIT, DRILL_MIN_CONNECTIONS, DRILL_POLL, DrillKind, connections_needed,
+    },
     model::actor::Actor,
     model::{error::chain, share::format_percent},
     store::journal::EventKind,
@@ -41,23 +41,11 @@ pub struct Drill {
     /// At the write: a rollback's new flows per version [blue, green]; a last-resort drill's
     /// [new flows on the last-resort pool, new flows on blue and green].
     base: [u64; 2],
-    decided: Instant,
     write: Duration,
-    /// When the first new connection on the live pool was seen.
-    first_on_live: Option<Duration>,
+    /// New connections on the live pool that make the proof.
+    needed: u64,
     /// A last-resort drill's errors of the last-resort pool at the write.
     errors_base: u64,
-}
-
-/// A rollback whose first new connection on the live pool is awaited.
-#[derive(Debug)]
-pub struct FirstConnectionWatch {
-    event: i64,
-    /// The ids of the release's services, whose new flows are summed.
-    ids: Vec<u32>,
-    live: Version,
-    base: u64,
-    decided: Instant,
 }
 
 /// What the watcher does next.
@@ -157,12 +145,18 @@ impl Daemon {
             }
         };
         self.note_split(service, during);
+        let needed = connections_needed(before.share_of(live.other()));
         tracing::info!(
             service,
             live = live.name(),
             write_us = micros(write),
+            connections_needed = needed,
             "drill: rolled back"
         );
+        // The candidate's connections are drained as a rollback's are.
+        let decided_ns =
+            crate::kernel::aging::monotonic_ns().saturating_sub(micros(decided.elapsed()) * 1_000);
+        self.drain_after(service, &ids.members, live.other(), false, decided_ns, None);
         Ok(Drill {
             service: service.to_owned(),
             trigger,
@@ -171,9 +165,8 @@ impl Daemon {
             before,
             during,
             base,
-            decided,
             write,
-            first_on_live: None,
+            needed,
             errors_base: 0,
         })
     }
@@ -291,9 +284,8 @@ impl Daemon {
             before: word,
             during: word,
             base,
-            decided,
             write,
-            first_on_live: None,
+            needed: DRILL_MIN_CONNECTIONS,
             errors_base,
         })
     }
@@ -325,14 +317,11 @@ impl Daemon {
         Ok("blue and green pools rebuilt from their healthy backends".to_owned())
     }
 
-    /// Reads the counters once: done when enough new connections reached the live pool or
+    /// Reads the counters once: done when the connections needed reached the live pool or
     /// one reached the candidate.
     pub fn watch_drill(&self, drill: &mut Drill) -> Result<Watch, RolloutError> {
         let (on_live, on_candidate) = self.drill_counts(drill)?;
-        if on_live > 0 && drill.first_on_live.is_none() {
-            drill.first_on_live = Some(drill.decided.elapsed());
-        }
-        Ok(if on_live >= DRILL_PROBES || on_candidate > 0 {
+        Ok(if on_live >= drill.needed || on_candidate > 0 {
             Watch::Done
         } else {
             Watch::Continue
@@ -382,11 +371,18 @@ impl Daemon {
     ) -> DrillReport {
         let outcome = if on_candidate > 0 || last_resort_errors.is_some_and(|e| e > 0) {
             "failed"
-        } else if on_live == 0 {
+        } else if on_live < drill.needed {
             "inconclusive"
         } else {
             "passed"
         };
+        let drain = (drill.kind == DrillKind::Rollback)
+            .then(|| {
+                self.drain_reports().into_iter().find(|d| {
+                    d.service == drill.service && d.version == drill.during.live().other().name()
+                })
+            })
+            .flatten();
         let live = match drill.kind {
             DrillKind::Rollback => drill.during.live().name(),
             DrillKind::LastResort => "last_resort",
@@ -397,11 +393,12 @@ impl Daemon {
             outcome: outcome.to_owned(),
             live: live.to_owned(),
             decision_to_write_us: micros(drill.write),
-            decision_to_first_connection_us: drill.first_on_live.map(micros),
+            connections_needed: drill.needed,
             new_on_live: on_live,
             new_on_candidate: on_candidate,
             restored,
             last_resort_errors,
+            drain,
         };
         self.emit(DrillEnded {
             report: &report,
@@ -409,55 +406,6 @@ impl Daemon {
             write: drill.write,
         });
         report
-    }
-
-    /// Starts timing the first new connection on `live` after a rollback journaled as `event`.
-    pub(crate) fn watch_first_connection(
-        &mut self,
-        event: i64,
-        ids: Vec<u32>,
-        live: Version,
-        decided: Instant,
-    ) {
-        match self.new_flows(&ids) {
-            Ok(now) => self.first_connection_watches.push(FirstConnectionWatch {
-                event,
-                ids,
-                live,
-                base: now[live as usize],
-                decided,
-            }),
-            Err(error) => {
-                tracing::warn!(error = %chain(&error), "cannot time the rollback's first connection")
-            }
-        }
-    }
-
-    /// Reads the counters of every awaited rollback once, journals those whose first
-    /// connection came, drops those older than `DRILL_LIMIT`. True while some are awaited.
-    pub fn check_first_connections(&mut self) -> bool {
-        let watches = std::mem::take(&mut self.first_connection_watches);
-        for watch in watches {
-            let seen = self
-                .new_flows(&watch.ids)
-                .is_ok_and(|now| now[watch.live as usize] > watch.base);
-            if seen {
-                let us = micros(watch.decided.elapsed());
-                if let Some(journal) = &self.journal
-                    && let Err(error) = journal.set_first_connection(watch.event, us)
-                {
-                    tracing::warn!(error = %chain(&error), "cannot journal the rollback's first connection");
-                }
-                tracing::info!(
-                    first_connection_us = us,
-                    live = watch.live.name(),
-                    "first new connection after the rollback"
-                );
-            } else if watch.decided.elapsed() < DRILL_LIMIT {
-                self.first_connection_watches.push(watch);
-            }
-        }
-        !self.first_connection_watches.is_empty()
     }
 }
 

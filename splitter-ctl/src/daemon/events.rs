@@ -249,7 +249,7 @@ pub(super) struct DrillEnded<'a> {
 impl Event for DrillEnded<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
         let report = self.report;
-        tracing::info!(service = report.service, kind = report.kind.name(), actor = %users::describe(self.trigger), outcome = report.outcome, first_connection_us = ?report.decision_to_first_connection_us, "drill ended");
+        tracing::info!(service = report.service, kind = report.kind.name(), actor = %users::describe(self.trigger), outcome = report.outcome, connections_needed = report.connections_needed, new_on_live = report.new_on_live, "drill ended");
         count_drill(sinks, &report.service, self.trigger, &report.outcome);
         let kind = match report.kind {
             DrillKind::Rollback => EventKind::Drill,
@@ -258,7 +258,6 @@ impl Event for DrillEnded<'_> {
         sinks.record(&NewEvent {
             reason: Some(report.outcome.clone()),
             decision_to_write_us: Some(micros(self.write)),
-            decision_to_first_connection_us: report.decision_to_first_connection_us,
             details: serde_json::to_value(report).unwrap_or_default(),
             ..new_event(&report.service, kind, self.trigger)
         })

@@ -116,8 +116,6 @@ pub struct Daemon {
     rollouts: HashMap<String, ActiveRollout>,
     /// The deployment journal; `None` when it cannot be opened (logged; nothing else stops).
     journal: Option<Journal>,
-    /// Rollbacks whose first new connection on the live pool is being timed.
-    first_connection_watches: Vec<drills::FirstConnectionWatch>,
     /// When each service's next scheduled drill is due.
     drill_schedule: DrillSchedule,
     /// The split-word lock, open for the daemon's life.
@@ -213,7 +211,6 @@ impl Daemon {
             counters,
             known_splits: HashMap::new(),
             rollouts: HashMap::new(),
-            first_connection_watches: Vec::new(),
             drill_schedule: DrillSchedule::default(),
             split_lock: SplitLockFile::open(&config_state_dir),
             journal: Journal::open(&config_state_dir)

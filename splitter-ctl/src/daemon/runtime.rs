@@ -24,7 +24,7 @@ use super::{
     metrics::{DaemonCounters, Metrics},
 };
 use crate::{
-    engine::drill::{DRILL_POLL, DrillKind},
+    engine::drill::DrillKind,
     io::{notify::notify, probe},
     kernel::{
         aging,
@@ -268,8 +268,7 @@ const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Judges rollouts as their intervals come round, each in its own task (PromQL queries take
 /// time), and times the first connection after a rollback.
 async fn run_rollouts(shared: Shared) {
-    // An evaluation that rolled back wakes the loop at once, so that the watch for the first
-    // new connection starts polling right after the write, not at the next tick.
+    // An evaluation wakes the loop when it ends, so that the next due one is looked at then.
     let evaluated = Arc::new(tokio::sync::Notify::new());
     let mut next_tick = tokio::time::Instant::now();
     loop {
@@ -285,15 +284,9 @@ async fn run_rollouts(shared: Shared) {
             }
             next_tick = tokio::time::Instant::now() + ROLLOUT_TICK;
         }
-        // After a rollback, its first connection on the live pool is timed to the millisecond.
-        let watching = lock(&shared).check_first_connections();
-        if watching {
-            tokio::time::sleep(DRILL_POLL).await;
-        } else {
-            tokio::select! {
-                () = tokio::time::sleep_until(next_tick) => {}
-                () = evaluated.notified() => {}
-            }
+        tokio::select! {
+            () = tokio::time::sleep_until(next_tick) => {}
+            () = evaluated.notified() => {}
         }
     }
 }

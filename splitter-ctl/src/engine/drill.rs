@@ -3,10 +3,29 @@
 
 use std::{collections::HashMap, time::Duration};
 
-/// How long a drill waits for new connections on the live pool before it gives up.
-pub const DRILL_LIMIT: Duration = Duration::from_secs(5);
-/// New connections on the live pool that make the proof.
-pub const DRILL_PROBES: u64 = 5;
+/// How long a drill waits for the new connections it needs before it gives up (inconclusive).
+pub const DRILL_LIMIT: Duration = Duration::from_secs(10);
+/// How unlikely a drill's pass must be if the rollback had done nothing.
+pub const NO_OP_PASS: f64 = 1e-3;
+/// The fewest new connections a drill counts on the live pool before it passes.
+pub const DRILL_MIN_CONNECTIONS: u64 = 5;
+
+/// New connections that must all land on the live pool for a drill to pass, when the candidate
+/// had `candidate_bp` (basis points) before the write: a rollback that did nothing would send
+/// each to the live pool with probability 1 − share, so all `n` only with (1 − share)ⁿ, which
+/// must be below `NO_OP_PASS`. At 30% that is 20 connections; at 1%, 688.
+#[must_use]
+pub fn connections_needed(candidate_bp: u16) -> u64 {
+    let share = f64::from(candidate_bp.min(10_000)) / 10_000.0;
+    if share <= 0.0 {
+        return u64::MAX;
+    }
+    if share >= 1.0 {
+        return DRILL_MIN_CONNECTIONS;
+    }
+    let n = (NO_OP_PASS.ln() / (1.0 - share).ln()).floor() as u64 + 1;
+    n.max(DRILL_MIN_CONNECTIONS)
+}
 /// How often a drill reads the counters.
 pub const DRILL_POLL: Duration = Duration::from_millis(1);
 
@@ -78,6 +97,26 @@ impl DrillKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_no_op_rollback_passes_a_drill_less_than_once_in_a_thousand() {
+        for bp in [1, 100, 1_000, 2_000, 3_000, 5_000, 9_000, 9_999] {
+            let n = connections_needed(bp);
+            let share = f64::from(bp) / 10_000.0;
+            let no_op = (1.0 - share).powf(n as f64);
+            assert!(no_op < NO_OP_PASS, "{bp} bp: {n} connections, {no_op}");
+            // And no more than needed (beside the floor).
+            let fewer = (1.0 - share).powf((n - 1) as f64);
+            assert!(
+                n == DRILL_MIN_CONNECTIONS || fewer >= NO_OP_PASS,
+                "{bp} bp: {n}"
+            );
+        }
+        assert_eq!(connections_needed(3_000), 20);
+        assert_eq!(connections_needed(100), 688);
+        assert_eq!(connections_needed(10_000), DRILL_MIN_CONNECTIONS);
+        assert_eq!(connections_needed(0), u64::MAX);
+    }
 
     #[test]
     fn scheduled_drills_come_one_period_after_the_last() {

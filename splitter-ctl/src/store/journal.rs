@@ -133,7 +133,9 @@ pub struct NewEvent {
     pub reason: Option<String>,
     /// From the decision to the completed map write.
     pub decision_to_write_us: Option<u64>,
-    /// From the decision to the first new connection on the live pool, when measured.
+    /// From the decision to the first new connection on the live pool: written by versions
+    /// before drains, which measure the last response of the version left instead; kept so
+    /// that older entries read whole.
     pub decision_to_first_connection_us: Option<u64>,
     /// Anything else worth keeping (shares before and after, gate values).
     pub details: serde_json::Value,
@@ -217,8 +219,6 @@ pub struct Summary {
     pub deployment_frequency_per_day: f64,
     /// Mean of the rollbacks' decision-to-write times (µs); absent without rollbacks.
     pub mean_time_to_rollback_write_us: Option<f64>,
-    /// Mean of the rollbacks' decision-to-first-connection times (µs), over those measured.
-    pub mean_time_to_rollback_first_connection_us: Option<f64>,
     /// Mean time to rollback: the rollbacks' times from the decision to the last response the
     /// version left began (µs), over those drained.
     pub mean_time_to_rollback_us: Option<f64>,
@@ -433,20 +433,6 @@ impl Journal {
             .map_err(query("read samples"))?;
         rows.collect::<Result<_, _>>()
             .map_err(query("read samples"))
-    }
-
-    /// Sets the time from decision to the first new connection on the live pool of event `id`.
-    pub fn set_first_connection(&self, id: i64, us: u64) -> Result<(), JournalError> {
-        self.connection
-            .execute(
-                "UPDATE events SET decision_to_first_connection_us = ?1 WHERE id = ?2",
-                params![i64::try_from(us).unwrap_or(i64::MAX), id],
-            )
-            .map_err(|source| JournalError::Query {
-                what: "set the time to first connection",
-                source,
-            })?;
-        Ok(())
     }
 
     /// When (Unix ms) `service` last had an event of `kind`.
@@ -715,7 +701,6 @@ impl Journal {
             drills: count(EventKind::Drill)?,
             deployment_frequency_per_day: promotions as f64 / days,
             mean_time_to_rollback_write_us: mean("decision_to_write_us")?,
-            mean_time_to_rollback_first_connection_us: mean("decision_to_first_connection_us")?,
             mean_time_to_rollback_us: mean("decision_to_last_response_us")?,
             mean_time_to_rollback_last_close_us: mean("decision_to_last_close_us")?,
         })
@@ -833,9 +818,20 @@ mod tests {
             (2 * day, EventKind::Drill, Some(2)),
             (10 * day, EventKind::Promotion, None),
         ] {
-            journal
+            let id = journal
                 .record_at(at, &event("a", kind, write))
                 .expect("record");
+            // The first rollback's drain completes its entry; the second was never drained.
+            if at == day + 1 {
+                journal
+                    .set_drain(
+                        id,
+                        Some(3_000),
+                        Some(5_000),
+                        &serde_json::json!({"done": true}),
+                    )
+                    .expect("drain");
+            }
         }
         let summary = journal.summary(0, 2 * day).expect("summary");
         assert_eq!(
@@ -851,7 +847,14 @@ mod tests {
             Some(6.0),
             "drills are not rollbacks"
         );
-        assert_eq!(summary.mean_time_to_rollback_first_connection_us, None);
+        assert_eq!(
+            (
+                summary.mean_time_to_rollback_us,
+                summary.mean_time_to_rollback_last_close_us
+            ),
+            (Some(3_000.0), Some(5_000.0)),
+            "over the drained rollbacks only"
+        );
         let empty = journal.summary(3 * day, 4 * day).expect("summary");
         assert_eq!(
             (empty.rollbacks, empty.mean_time_to_rollback_write_us),

@@ -90,12 +90,12 @@ fn demo(bed: &mut Testbed, server: &str) -> Result<(), String> {
         .find(|e| e["kind"] == "rollback")
         .ok_or("no rollback in the journal")?;
     println!(
-        "\nautomatic rollback: {}\n  decision to map write: {} µs\n  decision to first new connection on blue: {}",
+        "\nautomatic rollback: {}\n  decision to map write: {} µs\n  decision to green's last response: {}",
         rollback["reason"].as_str().unwrap_or("?"),
         rollback["decision_to_write_us"],
-        rollback["decision_to_first_connection_us"]
+        rollback["decision_to_last_response_us"]
             .as_u64()
-            .map_or_else(|| "not measured yet".to_owned(), |us| format!("{us} µs"))
+            .map_or_else(|| "not drained yet".to_owned(), |us| format!("{us} µs"))
     );
     if let Some(id) = events
         .iter()

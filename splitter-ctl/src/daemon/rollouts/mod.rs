@@ -458,9 +458,6 @@ impl Daemon {
             live: word.live(),
             decision_to_write,
         });
-        if let (true, Some(event)) = (rolled_back, event) {
-            self.watch_first_connection(event, ids.members.clone(), word.live(), decided);
-        }
         // The version left: the candidate after a rollback, the old live one after a promotion.
         let decided_ns = crate::kernel::aging::monotonic_ns()
             .saturating_sub(crate::model::units::micros(decided.elapsed()) * 1_000);

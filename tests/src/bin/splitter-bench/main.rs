@@ -5,7 +5,8 @@
 //! - `versus`: on a test bed, Splitter beside direct, nftables and HAProxy with the same backends
 //!   and split: throughput and latency under wrk, split accuracy, rollback speed, established
 //!   connections across share changes, CPU time per request;
-//! - `gates`: rollbacks decided by the daemon's gates, decision to write and to first connection;
+//! - `gates`: rollbacks decided by the daemon's gates, decision to write and to the last response
+//!   of the version rolled back;
 //! - `memory`: the maps' kernel memory, as the kernel charges it.
 //!
 //! Every section is measured before anything is written: a run that fails anywhere writes
