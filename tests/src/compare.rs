@@ -24,7 +24,7 @@ use std::{
     net::{SocketAddr, SocketAddrV4},
     os::unix::net::UnixStream,
     path::PathBuf,
-    process::Stdio,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -292,6 +292,97 @@ impl Setups {
         )
     }
 
+    /// Rolls green back to 0 with `kind`'s own command, run as a process: Splitter's
+    /// `splitter-ctl rollback` (it also asks the daemon to drain green's connections, without
+    /// waiting), `nft -f`, or HAProxy's runtime command through socat.
+    pub fn rollback_command(&mut self, bed: &Testbed, kind: Kind) -> Result<Rollback, String> {
+        match kind {
+            Kind::Direct | Kind::XdpPass => Err(format!("{} does not split", kind.name())),
+            Kind::Splitter | Kind::SplitterNative => {
+                let started_ns = splitter_ctl::kernel::aging::monotonic_ns();
+                let started = Instant::now();
+                let out = bed
+                    .node
+                    .direct(crate::testbed::ctl_bin().to_str().unwrap_or("splitter-ctl"))
+                    .arg("--config")
+                    .arg(&bed.config_path)
+                    .args(["rollback", "sentiment", "--wait-ms", "0"])
+                    .output()
+                    .map_err(|e| format!("splitter-ctl: {e}"))?;
+                let command = started.elapsed();
+                if !out.status.success() {
+                    return Err(format!(
+                        "splitter-ctl rollback: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let written = splitter_ctl::store::journal::Journal::open(&bed.dir.join("state"))
+                    .and_then(|j| j.history(Some("sentiment"), 10))
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|e| e.event.kind.name() == "rollback")
+                    .and_then(|e| e.event.details["written_monotonic_ns"].as_u64())
+                    .ok_or("the rollback journaled no write time")?;
+                Ok(Rollback {
+                    command,
+                    to_effect: Duration::from_nanos(written.saturating_sub(started_ns)),
+                })
+            }
+            Kind::Nftables => {
+                let rule = self.nft_rule(bed, 0);
+                let command = nft(
+                    bed,
+                    &format!("flush chain ip {NFT_TABLE} prerouting\n{rule}"),
+                )?;
+                Ok(Rollback {
+                    command,
+                    to_effect: command,
+                })
+            }
+            Kind::Haproxy => {
+                let command =
+                    self.haproxy_process("set weight bench/blue 100; set weight bench/green 0")?;
+                Ok(Rollback {
+                    command,
+                    to_effect: command,
+                })
+            }
+        }
+    }
+
+    /// `command` sent to HAProxy's runtime socket by a process (`socat`), as its operators
+    /// send it; how long the process took, start to exit.
+    pub fn haproxy_process(&self, command: &str) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut child = Command::new("socat")
+            .arg("-")
+            .arg(format!("UNIX-CONNECT:{}", self.haproxy_socket.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run socat (`cargo xtask setup` installs it): {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(format!("{command}\n").as_bytes())
+                .map_err(|e| format!("socat stdin: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("socat: {e}"))?;
+        let took = started.elapsed();
+        let answer = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !answer.trim().is_empty() {
+            return Err(format!(
+                "HAProxy through socat ({}): `{command}`: {}{}",
+                out.status,
+                answer.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(took)
+    }
+
     /// One command on HAProxy's runtime socket; its answer.
     fn haproxy(&self, command: &str) -> Result<String, String> {
         let fail = |e: std::io::Error| format!("HAProxy runtime API: {e}");
@@ -387,26 +478,23 @@ pub fn tally(bed: &Testbed, addr: SocketAddr, count: usize) -> Result<[u64; 2], 
     })
 }
 
-/// A rollback as new connections saw it.
+/// A rollback as an operator runs it: a command, timed as a new process.
 #[derive(Clone, Copy, Debug)]
 pub struct Rollback {
-    /// From the start of the command to its return.
+    /// From the process's start to its exit.
     pub command: Duration,
-    /// From the start of the command until every new connection lands on the live pool: the
-    /// start of the first probe from which on none reached green, or the command's return if
-    /// that is later.
-    pub to_all_live: Duration,
-    /// Probes started after the command's return (all on the live pool).
-    pub probes_after: usize,
+    /// From the process's start to the change in effect: Splitter's map write (the time it
+    /// journals, on CLOCK_MONOTONIC); for nftables and HAProxy, whose change is in effect when
+    /// the command returns, its exit.
+    pub to_effect: Duration,
 }
 
-/// Probe threads opening new connections during a rollback.
-const PROBERS: usize = 2;
-/// How long probes run before and after the command.
-const PROBE_AROUND: Duration = Duration::from_millis(300);
+/// New connections that must all land on blue after a rollback from 10%: a rollback that did
+/// nothing would pass 0.9¹⁰⁰ ≈ 3·10⁻⁵ of the time.
+const AFTER_ROLLBACK: usize = 100;
 
-/// Sets green to `green_bp`, then rolls back (green 0) while probe connections run, and reads
-/// from the probes when new connections stopped reaching green.
+/// Sets green to `green_bp`, checks that green gets new connections, rolls back (green 0) with
+/// `kind`'s command, and checks that no new connection reaches green after it.
 pub fn rollback(
     bed: &Testbed,
     setups: &mut Setups,
@@ -415,53 +503,22 @@ pub fn rollback(
 ) -> Result<Rollback, String> {
     setups.set_green(bed, kind, green_bp)?;
     let addr = Setups::addr(bed, kind);
-    let stop_at = Instant::now() + 2 * PROBE_AROUND + Duration::from_secs(1);
-    let probers: Vec<_> = (0..PROBERS)
-        .map(|_| {
-            bed.client.spawn(move || {
-                let mut seen = Vec::new();
-                while Instant::now() < stop_at {
-                    let started = Instant::now();
-                    let version = http::get(addr).map_err(|e| format!("probe to {addr}: {e}"))?;
-                    seen.push((started, version == "green"));
-                }
-                Ok::<_, String>(seen)
-            })
-        })
-        .collect();
-    thread::sleep(PROBE_AROUND);
-    let t0 = Instant::now();
-    let command = setups.set_green(bed, kind, 0)?;
-    let returned = t0 + command;
-    let mut probes = Vec::new();
-    for prober in probers {
-        probes.extend(prober.join().map_err(|_| "a probe thread panicked")??);
-    }
-    probes.sort_by_key(|(started, _)| *started);
-    let after = probes.iter().filter(|(s, _)| *s >= returned).count();
-    if after == 0 {
+    let [_, green_before] = tally(bed, addr, AFTER_ROLLBACK)?;
+    if green_before == 0 {
         return Err(format!(
-            "{}: no probe started after the rollback returned",
+            "{}: no new connection reached green before the rollback; the share was not in effect",
             kind.name()
         ));
     }
-    if !probes.iter().any(|(s, green)| *s < t0 && *green) {
+    let timed = setups.rollback_command(bed, kind)?;
+    let [_, green_after] = tally(bed, addr, AFTER_ROLLBACK)?;
+    if green_after > 0 {
         return Err(format!(
-            "{}: no probe reached green before the rollback; the share was not in effect",
+            "{}: {green_after} of {AFTER_ROLLBACK} new connections reached green after the rollback",
             kind.name()
         ));
     }
-    let last_green = probes.iter().rposition(|(_, green)| *green);
-    let tail_start = last_green
-        .and_then(|i| probes.get(i + 1))
-        .map_or(t0, |(s, _)| *s);
-    let to_all_live = tail_start.max(returned).saturating_duration_since(t0);
-    let probes_after = probes.iter().filter(|(s, _)| *s >= returned).count();
-    Ok(Rollback {
-        command,
-        to_all_live,
-        probes_after,
-    })
+    Ok(timed)
 }
 
 /// Opens `connections` keep-alive connections, changes the share `changes` times (alternating

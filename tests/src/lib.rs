@@ -11,6 +11,7 @@ pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod plane;
+pub mod pooled;
 pub mod prometheus;
 pub mod testbed;
 pub mod wrk;

@@ -4,21 +4,16 @@
 //! they run one at a time: wrk takes every core it can, and a close races a client's reuse of
 //! its connection only when the drain's thread cannot run.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{process::Child, thread, time::Duration};
 
 use splitter_ctl::store::journal::Journal;
-use splitter_tests::{require_root, testbed::Testbed};
+use splitter_tests::{
+    pooled::{self, Seen, now},
+    require_root,
+    testbed::Testbed,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
-const POOLED_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/pooled_client.py");
-/// Debian's interpreter, with Debian's python3-requests (`cargo xtask setup` installs it).
-const PYTHON: &str = "/usr/bin/python3";
-
 /// Held by each test while it runs.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -28,58 +23,20 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// What the pooled client saw: (answered at, version) per answer, and the failures.
-struct Seen {
-    answers: Vec<(f64, String)>,
-    failures: Vec<String>,
-}
-
 /// Starts `workers` pooled clients in the client namespace for `seconds`.
 fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> Child {
-    bed.client
-        .exec(PYTHON)
-        .arg(POOLED_CLIENT)
-        .arg(format!("http://{}/", bed.vip()))
-        .args([
-            workers.to_string(),
-            think_ms.to_string(),
-            seconds.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (cargo xtask setup installs python3-requests)")
+    pooled::start(
+        &bed.client,
+        &format!("http://{}/", bed.vip()),
+        workers,
+        think_ms,
+        seconds,
+    )
+    .expect("the pooled client")
 }
 
 fn collect(client: Child) -> Seen {
-    let output = client.wait_with_output().expect("the pooled client");
-    assert!(
-        output.status.success(),
-        "the pooled client: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut seen = Seen {
-        answers: Vec::new(),
-        failures: Vec::new(),
-    };
-    for line in BufReader::new(&output.stdout[..]).lines() {
-        let line = line.expect("a line");
-        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        match value["error"].as_str() {
-            Some(error) => seen.failures.push(error.to_owned()),
-            None => seen.answers.push((
-                value["at"].as_f64().expect("at"),
-                value["version"].as_str().expect("version").to_owned(),
-            )),
-        }
-    }
-    seen
+    pooled::collect(client).expect("the pooled client")
 }
 
 /// The rollback's journal entry, once its drain has completed it (up to 5 s).

@@ -36,6 +36,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nft", "nftables"),
     ("haproxy", "haproxy"),
+    // HAProxy's runtime commands sent by a process, as its operators send them (the rollback
+    // timings are of commands, start to exit).
+    ("socat", "socat"),
     // The drain tests' pooled keep-alive client (tests/clients/pooled_client.py), run by
     // Debian's python3, the way model-serving clients hold their connections.
     (

@@ -7,11 +7,14 @@
 //!   connections across share changes, CPU time per request;
 //! - `gates`: rollbacks decided by the daemon's gates, decision to write and to the last response
 //!   of the version rolled back;
+//! - `drain`: pooled keep-alive clients through a rollback, Splitter's drain beside HAProxy's
+//!   `shutdown sessions`;
 //! - `memory`: the maps' kernel memory, as the kernel charges it.
 //!
 //! Every section is measured before anything is written: a run that fails anywhere writes
 //! nothing and exits non-zero.
 
+mod drain;
 mod gates;
 mod memory;
 mod packet;
@@ -60,12 +63,13 @@ fn main() -> ExitCode {
         machine()
     );
     report.push_str(&packet::section(options.quick));
-    let sections: [(&str, Section); 3] = [
+    let sections: [(&str, Section); 4] = [
         (
             "the comparison with direct, nftables and HAProxy",
             versus::section,
         ),
         ("the gate rollbacks", gates::section),
+        ("the drain of the version left", drain::section),
         ("the maps' memory", memory::section),
     ];
     for (what, section) in sections {

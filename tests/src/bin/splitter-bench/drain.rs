@@ -1,0 +1,174 @@
+//! What a rollback does to the connections already on the version it leaves: 32 pooled
+//! keep-alive clients with think time (Python `requests`, one `Session`, urllib3's pool), green
+//! at 50%, then a rollback as an operator runs it. Measured from the clients: the last answer
+//! green gave after the command started, and the requests that failed; Splitter's drain beside
+//! HAProxy's `shutdown sessions` (its way to move established sessions off a server).
+
+use std::{fmt::Write as _, thread, time::Duration};
+
+use splitter_tests::{
+    compare::{Kind, Setups},
+    pooled,
+    testbed::{Testbed, ctl_bin},
+};
+
+use crate::median;
+
+/// The bench's test bed for this section: 198.18.206.0/24 and namespaces `sp206-*`.
+const BED: u8 = 206;
+const CLIENTS: u32 = 32;
+const THINK_MS: u32 = 10;
+/// How long the clients run; the rollback comes after `BEFORE`.
+const SECONDS: u32 = 4;
+const BEFORE: Duration = Duration::from_secs(2);
+
+/// One rollback as the clients saw it.
+struct Round {
+    /// From the command's start to green's last answer (0 when green answered nothing after).
+    last_green_ms: f64,
+    failed: usize,
+    requests: usize,
+    /// Splitter: the drain's decision → last response green began, from the kernel.
+    kernel_ms: Option<f64>,
+}
+
+pub fn section(server: &str, quick: bool) -> Result<String, String> {
+    let rounds = if quick { 1 } else { 5 };
+    let mut bed = Testbed::with_index(BED, server);
+    let mut setups = Setups::new(&mut bed, 5_000)?;
+    let mut rows = Vec::new();
+    for kind in [Kind::Splitter, Kind::Haproxy] {
+        setups.enter(&mut bed, kind)?;
+        let runs = (0..rounds)
+            .map(|_| round(&bed, &mut setups, kind))
+            .collect::<Result<Vec<_>, _>>();
+        setups.leave(&mut bed, kind)?;
+        rows.push((kind, runs?));
+    }
+    Ok(report(rounds, &rows))
+}
+
+fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String> {
+    setups.set_green(bed, kind, 5_000)?;
+    let url = format!("http://{}/", Setups::addr(bed, kind));
+    let client = pooled::start(&bed.client, &url, CLIENTS, THINK_MS, SECONDS)?;
+    thread::sleep(BEFORE);
+    let started = pooled::now();
+    match kind {
+        Kind::Splitter => {
+            let out = bed
+                .node
+                .direct(ctl_bin().to_str().unwrap_or("splitter-ctl"))
+                .arg("--config")
+                .arg(&bed.config_path)
+                .args(["rollback", "sentiment", "--wait-ms", "0"])
+                .output()
+                .map_err(|e| format!("splitter-ctl: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "splitter-ctl rollback: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        _ => {
+            setups.haproxy_process(
+                "set weight bench/blue 100; set weight bench/green 0; shutdown sessions server bench/green",
+            )?;
+        }
+    }
+    let seen = pooled::collect(client)?;
+    if seen.count("green", |at| at < started) == 0 {
+        return Err(format!(
+            "{}: green answered nothing before the rollback",
+            kind.name()
+        ));
+    }
+    let kernel_ms = if kind == Kind::Splitter {
+        Some(drained(bed)? / 1e3)
+    } else {
+        None
+    };
+    Ok(Round {
+        last_green_ms: seen
+            .last("green")
+            .map_or(0.0, |at| ((at - started) * 1e3).max(0.0)),
+        failed: seen.failures.len(),
+        requests: seen.answers.len() + seen.failures.len(),
+        kernel_ms,
+    })
+}
+
+/// The newest rollback's drain, once done (up to 5 s): decision → green's last response, µs.
+fn drained(bed: &Testbed) -> Result<f64, String> {
+    for _ in 0..100 {
+        let journal = splitter_ctl::store::journal::Journal::open(&bed.dir.join("state"))
+            .map_err(|e| e.to_string())?;
+        let rollback = journal
+            .history(Some("sentiment"), 20)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|e| e.event.kind.name() == "rollback");
+        if let Some(event) = rollback
+            && event.event.details["drain"]["done"] == true
+        {
+            return event
+                .decision_to_last_response_us
+                .map(|us| us as f64)
+                .ok_or_else(|| "a drain without its last response".to_owned());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err("the rollback's drain did not end within 5 s".to_owned())
+}
+
+fn report(rounds: usize, rows: &[(Kind, Vec<Round>)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or after 50 ms idle), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. From the clients' own clock: the command's start to green's last answer, and the requests that failed. Splitter's kernel measure beside it: the drain's decision → the last response green began (the journal's mean time to rollback).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| setup | command start → green's last answer (p50 / max) | failed requests | kernel: decision → green's last response (p50 / max) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (kind, runs) in rows {
+        let last: Vec<f64> = runs.iter().map(|r| r.last_green_ms).collect();
+        let max = last.iter().copied().fold(0.0, f64::max);
+        let failed: usize = runs.iter().map(|r| r.failed).sum();
+        let requests: usize = runs.iter().map(|r| r.requests).sum();
+        let kernel: Vec<f64> = runs.iter().filter_map(|r| r.kernel_ms).collect();
+        let kernel = if kernel.is_empty() {
+            "—".to_owned()
+        } else {
+            format!(
+                "{:.1} / {:.1} ms",
+                median(kernel.clone()),
+                kernel.iter().copied().fold(0.0, f64::max)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} / {:.1} ms | {failed} of {requests} | {kernel} |",
+            kind.name(),
+            median(last),
+            max,
+        );
+    }
+    let splitter = rows.iter().find(|(k, _)| *k == Kind::Splitter);
+    if let Some((_, runs)) = splitter {
+        let max = runs.iter().map(|r| r.last_green_ms).fold(0.0, f64::max);
+        let failed: usize = runs.iter().map(|r| r.failed).sum();
+        let _ = writeln!(
+            out,
+            "\nGoal: green's last answer within 10 ms of the rollback with 0 failed requests: **{}** (max {max:.1} ms, {failed} failed).",
+            if max <= 10.0 && failed == 0 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+    out
+}

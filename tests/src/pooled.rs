@@ -1,0 +1,103 @@
+//! The pooled client (tests/clients/pooled_client.py): Python `requests` sharing one
+//! `Session` (urllib3's connection pool) between worker threads with think time, the way
+//! model-serving clients keep their connections. Debian's python3 and python3-requests, which
+//! `cargo xtask setup` installs.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::netns::Netns;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/pooled_client.py");
+/// Debian's interpreter, with Debian's python3-requests.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Wall-clock time in seconds, the clock the client stamps its answers with.
+#[must_use]
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the client saw: (answered at, version) per answer, and the failures.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub answers: Vec<(f64, String)>,
+    pub failures: Vec<String>,
+}
+
+impl Seen {
+    /// When `version` last answered, if it did.
+    #[must_use]
+    pub fn last(&self, version: &str) -> Option<f64> {
+        self.answers
+            .iter()
+            .filter(|(_, v)| v == version)
+            .map(|(at, _)| *at)
+            .reduce(f64::max)
+    }
+
+    /// How many answers of `version` satisfy `when` (on their time).
+    #[must_use]
+    pub fn count(&self, version: &str, when: impl Fn(f64) -> bool) -> usize {
+        self.answers
+            .iter()
+            .filter(|(at, v)| v == version && when(*at))
+            .count()
+    }
+}
+
+/// Starts `workers` threads in `client` asking `url` for `seconds`, `think_ms` apart.
+pub fn start(
+    client: &Netns,
+    url: &str,
+    workers: u32,
+    think_ms: u32,
+    seconds: u32,
+) -> Result<Child, String> {
+    client
+        .exec(PYTHON)
+        .arg(SCRIPT)
+        .arg(url)
+        .args([
+            workers.to_string(),
+            think_ms.to_string(),
+            seconds.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {PYTHON} (cargo xtask setup installs it): {e}"))
+}
+
+/// Waits for the client to end; what it saw.
+pub fn collect(client: Child) -> Result<Seen, String> {
+    let output = client
+        .wait_with_output()
+        .map_err(|e| format!("the pooled client: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the pooled client failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut seen = Seen::default();
+    for line in BufReader::new(&output.stdout[..]).lines() {
+        let line = line.map_err(|e| format!("the pooled client's output: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("the pooled client's line `{line}`: {e}"))?;
+        match value["error"].as_str() {
+            Some(error) => seen.failures.push(error.to_owned()),
+            None => seen.answers.push((
+                value["at"].as_f64().unwrap_or_default(),
+                value["version"].as_str().unwrap_or_default().to_owned(),
+            )),
+        }
+    }
+    Ok(seen)
+}
