@@ -70,13 +70,17 @@ pub static COHORTS: LpmTrie<[u8; 20], u32> =
     LpmTrie::with_max_entries(MAX_COHORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Flows being drained → what the programs have seen of them. Created (zeroed) and deleted by
-/// user space; both programs update them in place.
+/// user space; both programs update them in place. Allocated as entries come
+/// (`BPF_F_NO_PREALLOC`): empty but for drains, it costs no memory the rest of the time.
 #[map(name = "DRAINS")]
-pub static DRAINS: HashMap<FlowKey, Drain> = HashMap::with_max_entries(MAX_DRAINS, 0);
+pub static DRAINS: HashMap<FlowKey, Drain> =
+    HashMap::with_max_entries(MAX_DRAINS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Flows being closed by a drain → `CLOSE_FIN` or `CLOSE_RESET`. Written by user space.
+/// Flows being closed by a drain → `CLOSE_FIN` or `CLOSE_RESET`. Written by user space;
+/// allocated as entries come, like `DRAINS`.
 #[map(name = "DRAIN_CLOSING")]
-pub static DRAIN_CLOSING: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_DRAINS, 0);
+pub static DRAIN_CLOSING: HashMap<FlowKey, u32> =
+    HashMap::with_max_entries(MAX_DRAINS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// One word, non-zero while a drain is under way. Written by user space.
 #[map(name = "DRAIN_ACTIVE")]

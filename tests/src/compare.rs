@@ -316,16 +316,28 @@ impl Setups {
                         String::from_utf8_lossy(&out.stderr)
                     ));
                 }
-                let written = splitter_ctl::store::journal::Journal::open(&bed.dir.join("state"))
+                let event = splitter_ctl::store::journal::Journal::open(&bed.dir.join("state"))
                     .and_then(|j| j.history(Some("sentiment"), 10))
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .find(|e| e.event.kind.name() == "rollback")
-                    .and_then(|e| e.event.details["written_monotonic_ns"].as_u64())
+                    .ok_or("the rollback was not journaled")?;
+                let details = &event.event.details;
+                let written = details["written_monotonic_ns"]
+                    .as_u64()
                     .ok_or("the rollback journaled no write time")?;
+                let to_effect = Duration::from_nanos(written.saturating_sub(started_ns));
+                // The command's own clock starts when it reaches its work; before that, the
+                // process started.
+                let inside = Duration::from_micros(event.event.decision_to_write_us.unwrap_or(0));
+                let main = to_effect.saturating_sub(inside);
+                let phase = |name: &str| {
+                    main + Duration::from_micros(details["phases_us"][name].as_u64().unwrap_or(0))
+                };
                 Ok(Rollback {
                     command,
-                    to_effect: Duration::from_nanos(written.saturating_sub(started_ns)),
+                    to_effect,
+                    phases: Some([main, phase("config"), phase("maps"), phase("lock")]),
                 })
             }
             Kind::Nftables => {
@@ -337,6 +349,7 @@ impl Setups {
                 Ok(Rollback {
                     command,
                     to_effect: command,
+                    phases: None,
                 })
             }
             Kind::Haproxy => {
@@ -345,6 +358,7 @@ impl Setups {
                 Ok(Rollback {
                     command,
                     to_effect: command,
+                    phases: None,
                 })
             }
         }
@@ -487,6 +501,9 @@ pub struct Rollback {
     /// journals, on CLOCK_MONOTONIC); for nftables and HAProxy, whose change is in effect when
     /// the command returns, its exit.
     pub to_effect: Duration,
+    /// Splitter: where the time to the write went, each phase's end after the process's start
+    /// (main reached, config read, maps opened, lock taken).
+    pub phases: Option<[Duration; 4]>,
 }
 
 /// New connections that must all land on blue after a rollback from 10%: a rollback that did

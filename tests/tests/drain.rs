@@ -293,3 +293,47 @@ fn a_promotion_drains_the_retired_version_over_its_window() {
         Some(0)
     );
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_drain_cut_short_by_a_killed_daemon_is_given_up_by_the_next_one() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config("50");
+    bed.start_daemon(&[]);
+    let client = pooled_clients(&bed, 8, 10, 4);
+    thread::sleep(Duration::from_millis(1500));
+    bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "0"]);
+    // The drain walks the flow table again 1 s after it began: it is still under way.
+    thread::sleep(Duration::from_millis(100));
+    bed.kill_daemon();
+    let maps = splitter_ctl::kernel::maps::Maps::open_pinned(&bed.pin_dir).expect("maps");
+    let left = maps.drained_flows().len();
+    assert!(left > 0, "the killed daemon left its drain's records");
+    bed.start_daemon(&[]);
+    assert!(
+        maps.drained_flows().is_empty(),
+        "the next daemon clears what the drain left"
+    );
+    let history: serde_json::Value =
+        serde_json::from_str(&bed.ctl_ok(&["history", "--output", "json"])).expect("JSON");
+    let abandoned = history
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["kind"] == "drain" && e["details"]["flows"].as_u64().is_some())
+        .unwrap_or_else(|| panic!("no drain given up in {history}"));
+    assert_eq!(abandoned["details"]["flows"].as_u64(), Some(left as u64));
+    assert!(
+        abandoned["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("given up")),
+        "{abandoned}"
+    );
+    // The clients never saw a request processed without its answer: any failure is one that
+    // raced a close before the kill.
+    let seen = collect(client);
+    assert!(seen.failures.len() <= 1, "{:?}", seen.failures);
+    assert_eq!(bed.status()["services"][0]["live"], "blue");
+}

@@ -21,7 +21,7 @@ use splitter_common::{Endpoint, Service};
 
 use super::CommandError;
 use crate::{
-    kernel::maps::Maps,
+    kernel::{maps::Maps, split_maps::SplitMaps},
     model::{
         config::{self, Config, ConfigError, Protocol, ServiceSpec, lenient},
         error::chain,
@@ -270,8 +270,13 @@ impl Located {
         Ok(Maps::open_pinned(&self.config.pin_dir)?)
     }
 
+    /// The pinned `SERVICES` and `SPLIT` alone: all a split-word write needs.
+    pub fn split_maps(&self) -> Result<SplitMaps, CommandError> {
+        Ok(SplitMaps::open_pinned(&self.config.pin_dir)?)
+    }
+
     /// The kernel entry of `target`'s (first) service.
-    pub fn kernel(&self, maps: &Maps, target: &Target) -> Result<Service, CommandError> {
+    pub fn kernel(&self, maps: &SplitMaps, target: &Target) -> Result<Service, CommandError> {
         for endpoint in target.endpoints() {
             if let Some(service) = maps.service(&endpoint)? {
                 return Ok(service);

@@ -123,18 +123,21 @@ pub fn update(
     let decided = Instant::now();
     let located = locate(config, overrides)?;
     let target = located.target(name)?;
-    let mut maps = located.maps()?;
+    let located_at = decided.elapsed();
+    let mut maps = located.split_maps()?;
     let service = located.kernel(&maps, &target)?;
+    let opened_at = decided.elapsed();
     let journal_name = target.journal_name();
     let name = journal_name.as_str();
     // Read, decide and write under the split-word lock: no other writer (a rollout step, a
     // drill, another operator) replaces the word between the read and the write.
     let lock_file = SplitLockFile::open(located.state_dir());
     let lock = lock_file.hold();
+    let locked_at = decided.elapsed();
     let before = maps.split(service.split)?;
     let after = change(before, &located, &target)?;
     // What a rollback leaves, for its drain: over every service of a release group.
-    let ids = |maps: &crate::kernel::maps::Maps| -> Vec<u32> {
+    let ids = |maps: &crate::kernel::split_maps::SplitMaps| -> Vec<u32> {
         match &target {
             Target::Named { members, .. } => members
                 .iter()
@@ -191,6 +194,14 @@ pub fn update(
                 // When the write returned, on CLOCK_MONOTONIC: a caller that noted the clock
                 // when it started this command gets start → map written.
                 "written_monotonic_ns": written_ns,
+                // Where the time to the write went (µs from the decision, each phase's end):
+                // the config read and the target found, the pinned maps opened, the split
+                // lock taken.
+                "phases_us": {
+                    "config": units::micros(located_at),
+                    "maps": units::micros(opened_at),
+                    "lock": units::micros(locked_at),
+                },
             }),
             ..NewEvent::new(name, kind, &users::describe(users::this_process()))
         })

@@ -29,7 +29,7 @@ pub const STEADY: Duration = Duration::from_millis(2);
 /// time and is then closed right behind that request's response, before the client can reuse
 /// it; closing it at a random moment of its idle gap instead would race the client's next
 /// request on it.
-pub const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(20);
 /// How long a connection that never answers a probe is given before it counts as gone.
 pub const NO_ANSWER: Duration = Duration::from_secs(2);
 
@@ -497,20 +497,20 @@ mod tests {
         let answered = drain(DRAIN_CLIENT);
         // Idle, but no response seen yet: watched a little first.
         assert_eq!(f.step(Some(&answered), MS), Step::Wait);
-        assert_eq!(f.step(Some(&answered), 51 * MS), Step::Mark(CLOSE_FIN));
+        assert_eq!(f.step(Some(&answered), 21 * MS), Step::Mark(CLOSE_FIN));
         let spoke = Drain {
             client_sent: 180,
             raced: 1,
             ..answered
         };
-        assert_eq!(f.step(Some(&spoke), 51 * MS), Step::Unmark);
+        assert_eq!(f.step(Some(&spoke), 21 * MS), Step::Unmark);
         // A request is now waiting: no close until its response is delivered.
         let waiting = Drain {
             seen: DRAIN_CLIENT | DRAIN_REQUEST,
             client_next: 180,
             ..spoke
         };
-        assert_eq!(f.step(Some(&waiting), 52 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&waiting), 22 * MS), Step::Wait);
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
         let end = 700 + head.len() as u32 + 10;
         // The response's head arrived (and answered the request) but not its body.
@@ -524,14 +524,14 @@ mod tests {
             head,
             700,
         );
-        assert_eq!(f.step(Some(&sending), 53 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&sending), 23 * MS), Step::Wait);
         // The body is out, not yet acknowledged: the FIN goes right behind its last byte.
         let sent = Drain {
             backend_next: end,
             ..sending
         };
-        assert_eq!(f.step(Some(&sent), 54 * MS), Step::Mark(CLOSE_FIN));
-        match f.step(Some(&sent), 54 * MS) {
+        assert_eq!(f.step(Some(&sent), 24 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&sent), 24 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
                 segments[1],
                 Segment::fin_to_client(f.service, f.client, end, 180)

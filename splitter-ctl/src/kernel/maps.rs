@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::{
@@ -25,6 +25,7 @@ use splitter_common::{
     slot_index, stats_index,
 };
 
+use super::split_maps::SplitMaps;
 use crate::model::{
     addr::{addr_bytes, addr_ip},
     paths,
@@ -78,9 +79,9 @@ pub enum MapsError {
 pub type CohortKey = (u32, [u8; 20]);
 
 pub struct Maps {
-    services: HashMap<MapData, Endpoint, Service>,
+    /// `SERVICES` and `SPLIT`, which a split-word write also opens alone.
+    word: SplitMaps,
     service_ports: Array<MapData, u32>,
-    split: Array<MapData, u32>,
     slots: Array<MapData, Slot>,
     pub(super) flows: HashMap<MapData, FlowKey, Flow>,
     flow_cache: PerCpuArray<MapData, CachedFlow>,
@@ -184,40 +185,42 @@ pub(super) fn is_missing_key(error: &MapError) -> bool {
     matches!(error, MapError::KeyNotFound | MapError::ElementNotFound)
 }
 
+/// Opens the pin of map `name` in `pin_dir`, checking its layout.
+pub(super) fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = paths::pin(pin_dir, name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        // The pin directory is root's (0700): its pins look absent to anyone else.
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(MapsError::PermissionDenied {
+                pin_dir: pin_dir.to_owned(),
+            });
+        }
+        Err(_) => {
+            return Err(MapsError::NotPinned {
+                pin_dir: pin_dir.to_owned(),
+                map: name,
+            });
+        }
+    }
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    if let Err(problem) = check_layout(&data, name) {
+        return Err(MapsError::Foreign {
+            path,
+            map: name,
+            problem: Box::new(problem),
+        });
+    }
+    Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
+}
+
 impl Maps {
     /// Opens the maps of the data plane pinned in `pin_dir`, checking each one's layout.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
-        let mut open = |name: &'static str| -> Result<Map, MapsError> {
-            let path = paths::pin(pin_dir, name);
-            match std::fs::symlink_metadata(&path) {
-                Ok(_) => {}
-                // The pin directory is root's (0700): its pins look absent to anyone else.
-                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                    return Err(MapsError::PermissionDenied {
-                        pin_dir: pin_dir.to_owned(),
-                    });
-                }
-                Err(_) => {
-                    return Err(MapsError::NotPinned {
-                        pin_dir: pin_dir.to_owned(),
-                        map: name,
-                    });
-                }
-            }
-            let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            if let Err(problem) = check_layout(&data, name) {
-                return Err(MapsError::Foreign {
-                    path,
-                    map: name,
-                    problem: Box::new(problem),
-                });
-            }
-            Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
-        };
-        Self::from_maps(&mut open)
+        Self::from_maps(&mut |name| open_pin(pin_dir, name))
     }
 
     /// Takes the maps out of a freshly loaded object (the programs keep their own references).
@@ -235,9 +238,11 @@ impl Maps {
             T::try_from(m).map_err(|source| MapsError::Type { map, source })
         }
         Ok(Self {
-            services: typed(names::SERVICES, open(names::SERVICES)?)?,
+            word: SplitMaps {
+                services: typed(names::SERVICES, open(names::SERVICES)?)?,
+                split: typed(names::SPLIT, open(names::SPLIT)?)?,
+            },
             service_ports: typed(names::SERVICE_PORTS, open(names::SERVICE_PORTS)?)?,
-            split: typed(names::SPLIT, open(names::SPLIT)?)?,
             slots: typed(names::POOL_SLOTS, open(names::POOL_SLOTS)?)?,
             flows: typed(names::FLOWS, open(names::FLOWS)?)?,
             flow_cache: typed(names::FLOW_CACHE, open(names::FLOW_CACHE)?)?,
@@ -257,18 +262,15 @@ impl Maps {
 
     /// Every service the kernel knows, by endpoint.
     pub fn services(&self) -> Result<Vec<(Endpoint, Service)>, MapsError> {
-        self.services
+        self.word
+            .services
             .iter()
             .collect::<Result<_, _>>()
             .map_err(access(names::SERVICES, "list services"))
     }
 
     pub fn service(&self, endpoint: &Endpoint) -> Result<Option<Service>, MapsError> {
-        match self.services.get(endpoint, 0) {
-            Ok(service) => Ok(Some(service)),
-            Err(e) if is_missing_key(&e) => Ok(None),
-            Err(e) => Err(access(names::SERVICES, "read a service")(e)),
-        }
+        self.word.service(endpoint)
     }
 
     /// Gives the client hash of the service at `endpoint` a new salt (24 bits): another cohort
@@ -290,13 +292,14 @@ impl Maps {
         service: Service,
     ) -> Result<(), MapsError> {
         Self::check_id(service.id)?;
-        self.services
+        self.word
+            .services
             .insert(endpoint, service, 0)
             .map_err(access(names::SERVICES, "insert a service"))
     }
 
     pub fn remove_service(&mut self, endpoint: &Endpoint) -> Result<(), MapsError> {
-        match self.services.remove(endpoint) {
+        match self.word.services.remove(endpoint) {
             Ok(()) => Ok(()),
             Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(access(names::SERVICES, "remove a service")(e)),
@@ -315,7 +318,7 @@ impl Maps {
             .map_err(access(names::SERVICE_PORTS, "read a port"))
     }
 
-    fn check_id(id: u32) -> Result<(), MapsError> {
+    pub(super) fn check_id(id: u32) -> Result<(), MapsError> {
         if id < names::MAX_SERVICES {
             Ok(())
         } else {
@@ -326,21 +329,12 @@ impl Maps {
     // ---- split ----
 
     pub fn split(&self, id: u32) -> Result<SplitWord, MapsError> {
-        Self::check_id(id)?;
-        self.split
-            .get(&id, 0)
-            .map(SplitWord)
-            .map_err(access(names::SPLIT, "read the split word"))
+        self.word.split(id)
     }
 
     /// Writes the split word: one map update. Returns how long the write took.
     pub fn set_split(&mut self, id: u32, word: SplitWord) -> Result<Duration, MapsError> {
-        Self::check_id(id)?;
-        let started = Instant::now();
-        self.split
-            .set(id, word.0, 0)
-            .map_err(access(names::SPLIT, "write the split word"))?;
-        Ok(started.elapsed())
+        self.word.set_split(id, word)
     }
 
     // ---- pools ----

@@ -14,3 +14,4 @@ pub mod memory;
 pub mod netdev;
 pub mod reports;
 pub mod split_lock;
+pub mod split_maps;

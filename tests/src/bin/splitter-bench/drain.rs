@@ -124,9 +124,10 @@ fn drained(bed: &Testbed) -> Result<f64, String> {
 
 fn report(rounds: usize, rows: &[(Kind, Vec<Round>)]) -> String {
     let mut out = String::new();
+    let settle = splitter_ctl::engine::drain::SETTLE.as_millis();
     let _ = writeln!(
         out,
-        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or after 50 ms idle), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. From the clients' own clock: the command's start to green's last answer, and the requests that failed. Splitter's kernel measure beside it: the drain's decision → the last response green began (the journal's mean time to rollback).\n"
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or after {settle} ms idle), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. From the clients' own clock: the command's start to green's last answer, and the requests that failed. Splitter's kernel measure beside it: the drain's decision → the last response green began (the journal's mean time to rollback).\n"
     );
     let _ = writeln!(
         out,

@@ -274,6 +274,30 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
         );
     }
 
+    if let Some((_, s)) = splitting.iter().find(|(k, _)| *k == Kind::Splitter) {
+        let phases: Vec<[Duration; 4]> = s.rollbacks.iter().filter_map(|r| r.phases).collect();
+        let at = |i: usize| {
+            fmt(Duration::from_secs_f64(median(
+                phases.iter().map(|p| p[i].as_secs_f64()).collect(),
+            )))
+        };
+        if !phases.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nWhere `splitter-ctl rollback`'s time to its write goes (medians, from the process's start): the process started and reached its work (exec, the dynamic loader, clap) at {}; the config read and the service found at {}; the pinned maps opened at {}; the split lock taken at {}; the map written at {}. After the write it journals the change (SQLite), asks the daemon to drain green's connections over the control socket, and prints: the rest of start → exit.",
+                at(0),
+                at(1),
+                at(2),
+                at(3),
+                fmt(Duration::from_secs_f64(median(
+                    s.rollbacks
+                        .iter()
+                        .map(|r| r.to_effect.as_secs_f64())
+                        .collect()
+                )))
+            );
+        }
+    }
     let _ = writeln!(out, "\nTargets, measured as ratios in this run:\n");
     let s = at(Kind::Splitter);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
