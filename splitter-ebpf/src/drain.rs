@@ -20,7 +20,7 @@ use splitter_common::{
 
 use crate::{
     maps::{DRAIN_ACTIVE, DRAIN_CLOSING, DRAINS},
-    packet::{Bounds, Packet, TCP_ACK, TCP_FIN, TCP_RST, load_u32},
+    packet::{Bounds, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, load_u32},
 };
 
 /// What ingress does with a client packet.
@@ -93,6 +93,14 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
     let Some(drain) = DRAINS.get_ptr_mut(key) else {
         return Client::NotDraining;
     };
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection on the 5-tuple of one a drain closed (a client reusing its port at
+        // once): the record and the mark are the old connection's. Gone, so that the new one
+        // is neither recorded nor dropped; user space reads the record's absence as closed.
+        let _ = DRAINS.remove(key);
+        let _ = DRAIN_CLOSING.remove(key);
+        return Client::NotDraining;
+    }
     // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
     let drain = unsafe { &mut *drain };
     let Some((seq, ack)) = seq_ack(pkt, bounds) else {

@@ -105,7 +105,8 @@ impl KeepAliveLoad {
                 })
                 .collect()
         });
-        let thread = thread::spawn(move || {
+        // In the client's namespace: a connection the server closed is opened again from there.
+        let thread = bed.client.spawn(move || {
             let deadline = Instant::now() + limit;
             while flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 for (conn, version) in &mut open {

@@ -172,7 +172,9 @@ fn wrk_keep_alive_through_a_rollback_drained_then_reset() {
     let load = splitter_tests::wrk::Load {
         threads: 2,
         connections: 16,
-        duration: Duration::from_secs(3),
+        // Long enough that the rollback, 1.5 s in, finds wrk's connections even when the
+        // command itself is slow to start under this load.
+        duration: Duration::from_secs(6),
         mode: splitter_tests::wrk::Connections::KeepAlive,
     };
     for policy in ["drain", "reset"] {

@@ -212,3 +212,31 @@ fn flows_not_being_drained_are_left_alone_while_a_drain_runs() {
             .is_empty()
     );
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_new_connection_on_a_closed_drained_five_tuple_is_not_drained() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    let conn = client(52_000);
+    open(&plane, conn);
+    plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    plane
+        .maps
+        .mark_closing(&key(conn), CLOSE_FIN)
+        .expect("mark");
+    // The drain closed it and lingers; the client opens a new connection from the same port.
+    let backend = open(&plane, conn);
+    assert_eq!(
+        plane.maps.drain_record(&key(conn)).expect("read"),
+        None,
+        "the old connection's record went with the new SYN"
+    );
+    let run = plane.ingress(&from_client(conn, 1, 1, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(
+        run.verdict, XDP_PASS,
+        "the new connection's request is not dropped"
+    );
+    assert_eq!(packet::parse(&run.data).expect("parses").dst, backend);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 0);
+}

@@ -104,7 +104,8 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
         assert_eq!(
             bed.status()["services"][0]["live"],
             version.as_str(),
-            "cycle {cycles}: the candidate was promoted"
+            "cycle {cycles}: the candidate was promoted; the journal's last events: {}",
+            bed.ctl_ok(&["history", "--limit", "6"])
         );
     }
     let [(blue_ok, blue_failed), (green_ok, green_failed)] = load.stop();

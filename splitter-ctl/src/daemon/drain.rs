@@ -153,6 +153,10 @@ impl Run {
                     && !flow_closed(flow.state)
                     && flow.state & FLOW_RST == 0
                     && !self.known.contains(key)
+                    // Opened before the drain began: a flow the version got after that was
+                    // steered there by a later split (a drill's share put back, a weight),
+                    // not one that raced the rollback's write.
+                    && flow.created_ns <= self.started_ns
             })
             .map(|(key, flow)| {
                 let at = if spread == 0 {
@@ -282,9 +286,10 @@ impl Run {
                             self.send_errors += 1;
                         }
                     }
-                    if matches!(outcome, Outcome::Reset | Outcome::ResetAtTimeout) {
-                        maps.set_flow_reset(&key)?;
-                    }
+                    // Every close resets the backend's side: the flow table records it, so
+                    // the flow counts as closed and the backend's RST to the client's last
+                    // packets is not counted as the version's error (one RST per flow counts).
+                    maps.set_flow_reset(&key)?;
                     let raced = record.as_ref().map_or(0, |r| r.raced);
                     self.raced += u64::from(raced);
                     self.finish(key, outcome, now);

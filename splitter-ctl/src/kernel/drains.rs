@@ -85,8 +85,10 @@ impl Maps {
         self.drains.keys().filter_map(Result::ok).collect()
     }
 
-    /// Records in the flow table that a drain reset the flow: its resets went out on raw
-    /// sockets, past the programs that would have seen them. A flow gone meanwhile is left so.
+    /// Records in the flow table that a drain reset the flow's backend side: its RST went out
+    /// on a raw socket, past the programs that would have seen it. The flow then counts as
+    /// closed, and the backend's RST in answer to the client's last packets is not counted as
+    /// a backend reset (the programs count one per flow). A flow gone meanwhile is left so.
     pub fn set_flow_reset(&mut self, key: &FlowKey) -> Result<(), MapsError> {
         let Some(mut flow) = self.flow(key)? else {
             return Ok(());
