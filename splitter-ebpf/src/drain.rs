@@ -33,9 +33,6 @@ pub enum Client {
     Drop,
 }
 
-/// Bytes of a response's status line read to tell a response's start (`HTTP/1.1 200`).
-const STATUS_LINE_LEN: usize = 12;
-
 /// `*target += value`, atomically.
 #[inline(always)]
 fn atomic_add(target: *mut u64, value: u64) {
@@ -187,7 +184,7 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
     }
     if starts_final_response(ctx, pkt) {
         let len = payload_len.min(DRAIN_HEAD_LEN) as u32;
-        // SAFETY: as above; `len` is at least STATUS_LINE_LEN and at most the head's size.
+        // SAFETY: as above; `len` is at least a status line and at most the head's size.
         let loaded = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
@@ -207,21 +204,8 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
 }
 
 /// Whether the segment begins with an HTTP/1.x status line other than 1xx (interim responses
-/// do not answer the request).
+/// do not answer the request): the status line telemetry reads.
 #[inline(always)]
 fn starts_final_response(ctx: &TcContext, pkt: &Packet) -> bool {
-    if pkt.payload_len < STATUS_LINE_LEN {
-        return false;
-    }
-    let mut line = [0u8; STATUS_LINE_LEN];
-    // SAFETY: the context is this program's; the buffer is STATUS_LINE_LEN bytes of this stack.
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr(),
-            pkt.payload_offset as u32,
-            line.as_mut_ptr().cast::<c_void>(),
-            STATUS_LINE_LEN as u32,
-        )
-    };
-    loaded == 0 && &line[..7] == b"HTTP/1." && line[8] == b' ' && line[9] != b'1'
+    crate::telemetry::status_class(ctx, pkt) >= 2
 }

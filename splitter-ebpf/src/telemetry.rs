@@ -91,7 +91,7 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Packet, flow: &mut Flow) {
 
 /// The HTTP status class (1 to 5) of a response that starts with an HTTP/1.x status line, or 0.
 #[inline(always)]
-fn status_class(ctx: &TcContext, pkt: &Packet) -> usize {
+pub fn status_class(ctx: &TcContext, pkt: &Packet) -> usize {
     if pkt.payload_len < STATUS_LINE_LEN {
         return 0;
     }
