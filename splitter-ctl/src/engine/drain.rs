@@ -28,8 +28,10 @@ pub const STEADY: Duration = Duration::from_millis(2);
 /// while idle. A connection a pooling client keeps in rotation shows a request within its think
 /// time and is then closed right behind that request's response, before the client can reuse
 /// it; closing it at a random moment of its idle gap instead would race the client's next
-/// request on it.
-pub const SETTLE: Duration = Duration::from_millis(20);
+/// request on it. And a connection whose response began before the drain (a stream between two
+/// chunks) looks idle too: only a second of the backend's silence says it is over, as for a
+/// response whose head does not give its length.
+pub const SETTLE: Duration = QUIET;
 /// How long a connection that never answers a probe is given before it counts as gone.
 pub const NO_ANSWER: Duration = Duration::from_secs(2);
 
@@ -345,12 +347,18 @@ fn response_over(d: &Drain, now_ns: u64) -> bool {
     }
 }
 
-/// Whether the backend's last segment ends a chunked body: its last bytes are the last chunk
-/// (`0`, an empty trailer) after the end of a line.
+/// Whether the backend's last segment ends a chunked body: its payload is the last chunk
+/// (`0`, an empty trailer) alone (a server that writes it on its own, as most do), or ends with
+/// it after the end of a line. The tail holds the segment's last eight bytes, of which
+/// `tail_len` are payload.
 fn chunked_end(d: &Drain) -> bool {
-    const LAST_CHUNK: &[u8] = b"\n0\r\n\r\n";
-    usize::from(d.tail_len) >= LAST_CHUNK.len() - 1
-        && d.tail[DRAIN_TAIL_LEN - LAST_CHUNK.len()..].ends_with(LAST_CHUNK)
+    const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+    let n = usize::from(d.tail_len).min(DRAIN_TAIL_LEN);
+    let payload = &d.tail[DRAIN_TAIL_LEN - n..];
+    payload == LAST_CHUNK
+        || (payload.len() > LAST_CHUNK.len()
+            && payload.ends_with(LAST_CHUNK)
+            && payload[..payload.len() - LAST_CHUNK.len()].ends_with(b"\n"))
 }
 
 /// How a response's length is known, from its head.
@@ -472,10 +480,12 @@ mod tests {
         assert!(matches!(f.step(Some(&nothing), 0), Step::Send(s) if s[0].flags == 0x10));
         assert_eq!(f.step(Some(&nothing), 100 * MS), Step::Wait);
         assert!(matches!(f.step(Some(&nothing), 600 * MS), Step::Send(_)));
-        // The answer: idle, so the mark, then the confirmation with the same numbers.
+        // The answer: idle, and quiet for a second since the drain began, so the mark, then
+        // the confirmation with the same numbers.
         let answered = drain(DRAIN_CLIENT);
-        assert_eq!(f.step(Some(&answered), 601 * MS), Step::Mark(CLOSE_FIN));
-        match f.step(Some(&answered), 601 * MS) {
+        assert_eq!(f.step(Some(&answered), 601 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&answered), 1_001 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&answered), 1_001 * MS) {
             Step::Close(segments, Outcome::DrainedIdle) => {
                 assert_eq!(
                     segments[0],
@@ -497,20 +507,20 @@ mod tests {
         let answered = drain(DRAIN_CLIENT);
         // Idle, but no response seen yet: watched a little first.
         assert_eq!(f.step(Some(&answered), MS), Step::Wait);
-        assert_eq!(f.step(Some(&answered), 21 * MS), Step::Mark(CLOSE_FIN));
+        assert_eq!(f.step(Some(&answered), 1_001 * MS), Step::Mark(CLOSE_FIN));
         let spoke = Drain {
             client_sent: 180,
             raced: 1,
             ..answered
         };
-        assert_eq!(f.step(Some(&spoke), 21 * MS), Step::Unmark);
+        assert_eq!(f.step(Some(&spoke), 1_001 * MS), Step::Unmark);
         // A request is now waiting: no close until its response is delivered.
         let waiting = Drain {
             seen: DRAIN_CLIENT | DRAIN_REQUEST,
             client_next: 180,
             ..spoke
         };
-        assert_eq!(f.step(Some(&waiting), 22 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&waiting), 1_002 * MS), Step::Wait);
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
         let end = 700 + head.len() as u32 + 10;
         // The response's head arrived (and answered the request) but not its body.
@@ -524,14 +534,14 @@ mod tests {
             head,
             700,
         );
-        assert_eq!(f.step(Some(&sending), 23 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&sending), 1_003 * MS), Step::Wait);
         // The body is out, not yet acknowledged: the FIN goes right behind its last byte.
         let sent = Drain {
             backend_next: end,
             ..sending
         };
-        assert_eq!(f.step(Some(&sent), 24 * MS), Step::Mark(CLOSE_FIN));
-        match f.step(Some(&sent), 24 * MS) {
+        assert_eq!(f.step(Some(&sent), 1_004 * MS), Step::Mark(CLOSE_FIN));
+        match f.step(Some(&sent), 1_004 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
                 segments[1],
                 Segment::fin_to_client(f.service, f.client, end, 180)
@@ -552,6 +562,12 @@ mod tests {
         assert!(!idle(&d, 11 * MS), "a last chunk cut short");
         d.tail = *b"\r\n\n0\r\n\r\n";
         assert!(idle(&d, 11 * MS));
+        // The last chunk alone in its segment: the tail's first bytes are not payload.
+        d.tail = *b"\x50\x18\x000\r\n\r\n";
+        d.tail_len = 5;
+        assert!(idle(&d, 11 * MS));
+        d.tail = *b"\r\n\x00\x0010\r\n";
+        assert!(!idle(&d, 11 * MS), "a chunk of 16 bytes begins");
         // A response that began before the drain: over once quiet.
         let mut old = drain(DRAIN_CLIENT | DRAIN_BACKEND);
         old.backend_ns = 10 * MS;

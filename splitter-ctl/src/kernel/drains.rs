@@ -96,9 +96,7 @@ impl Maps {
         flow.state |= FLOW_RST;
         match self.flows.insert(key, flow, BPF_EXIST) {
             Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
+            Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(access(names::FLOWS, "mark a drained flow reset")(e)),
         }
     }

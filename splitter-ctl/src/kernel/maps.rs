@@ -182,7 +182,12 @@ pub(super) fn access(
 }
 
 pub(super) fn is_missing_key(error: &MapError) -> bool {
-    matches!(error, MapError::KeyNotFound | MapError::ElementNotFound)
+    match error {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        // What `bpf_map_delete_elem` and a `BPF_EXIST` update say of a key that is not there.
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// Opens the pin of map `name` in `pin_dir`, checking its layout.

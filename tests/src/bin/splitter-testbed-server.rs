@@ -6,7 +6,9 @@
 //! of answering every Nth request. `GET /metrics` answers in the Prometheus text format with
 //! the model-level counters a PromQL gate reads: `model_predictions_total`, and
 //! `model_low_confidence_total`, which `--low-confidence-every N` raises on every Nth
-//! prediction. Scrapes are not predictions and never fault.
+//! prediction. Scrapes are not predictions and never fault. `GET /stream?ms=N` streams a
+//! chunked response over N ms (ten chunks, the last chunk written on its own), the way a
+//! generative model streams its tokens.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -98,6 +100,10 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
             Ok(_) => {}
         }
         let scrape = line.starts_with("GET /metrics ");
+        let stream_ms = line
+            .strip_prefix("GET /stream?ms=")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|ms| ms.parse::<u64>().ok());
         loop {
             line.clear();
             match reader.read_line(&mut line) {
@@ -128,6 +134,12 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
             }
             continue;
         }
+        if let Some(ms) = stream_ms {
+            if stream_chunks(&mut writer, name, Duration::from_millis(ms)).is_err() || close {
+                return;
+            }
+            continue;
+        }
         let n = counts.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if faults.low_confidence_every > 0 && n.is_multiple_of(faults.low_confidence_every) {
             counts.low_confidence.fetch_add(1, Ordering::SeqCst);
@@ -151,6 +163,23 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
             return;
         }
     }
+}
+
+/// A chunked response of ten chunks spread over `over`, then the last chunk in a write of its
+/// own.
+fn stream_chunks(writer: &mut TcpStream, name: &str, over: Duration) -> std::io::Result<()> {
+    writer.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Served-By: {name}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    for i in 0..10 {
+        thread::sleep(over / 10);
+        let chunk = format!("{name} {i}\n");
+        writer.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())?;
+    }
+    writer.write_all(b"0\r\n\r\n")
 }
 
 /// Closes the connection with a RST (SO_LINGER 0) when the caller drops it.
