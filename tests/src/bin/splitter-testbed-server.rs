@@ -7,8 +7,8 @@
 //! the model-level counters a PromQL gate reads: `model_predictions_total`, and
 //! `model_low_confidence_total`, which `--low-confidence-every N` raises on every Nth
 //! prediction. Scrapes are not predictions and never fault. `GET /stream?ms=N` streams a
-//! chunked response over N ms (ten chunks, the last chunk written on its own), the way a
-//! generative model streams its tokens.
+//! chunked response over N ms (a chunk every 50 ms, the last chunk written on its own), the
+//! way a generative model streams its tokens.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -165,8 +165,11 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
     }
 }
 
-/// A chunked response of ten chunks spread over `over`, then the last chunk in a write of its
-/// own.
+/// Between two chunks of a streamed response.
+const CHUNK_EVERY: Duration = Duration::from_millis(50);
+
+/// A chunked response of a chunk every `CHUNK_EVERY` over `over`, then the last chunk in a
+/// write of its own.
 fn stream_chunks(writer: &mut TcpStream, name: &str, over: Duration) -> std::io::Result<()> {
     writer.write_all(
         format!(
@@ -174,8 +177,9 @@ fn stream_chunks(writer: &mut TcpStream, name: &str, over: Duration) -> std::io:
         )
         .as_bytes(),
     )?;
-    for i in 0..10 {
-        thread::sleep(over / 10);
+    let chunks = (over.as_millis() / CHUNK_EVERY.as_millis()).max(1);
+    for i in 0..chunks {
+        thread::sleep(CHUNK_EVERY);
         let chunk = format!("{name} {i}\n");
         writer.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())?;
     }
