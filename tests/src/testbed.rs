@@ -469,6 +469,28 @@ impl Testbed {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The newest rollback of `sentiment` in the journal, once its drain has completed it
+    /// (`details.drain.done`), waiting up to 5 s.
+    pub fn drained_rollback(&self) -> Result<splitter_ctl::store::journal::Event, String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let rollback = splitter_ctl::store::journal::Journal::open(&self.dir.join("state"))
+                .and_then(|journal| journal.history(Some("sentiment"), 50))
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|e| e.event.kind.name() == "rollback");
+            if let Some(event) = rollback
+                && event.event.details["drain"]["done"] == true
+            {
+                return Ok(event);
+            }
+            if Instant::now() > deadline {
+                return Err("the rollback's drain was not journaled within 5 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The status as JSON.
     #[must_use]
     pub fn status(&self) -> serde_json::Value {

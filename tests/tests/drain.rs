@@ -6,7 +6,6 @@
 
 use std::{process::Child, thread, time::Duration};
 
-use splitter_ctl::store::journal::Journal;
 use splitter_tests::{
     pooled::{self, Seen, now},
     require_root,
@@ -41,21 +40,7 @@ fn collect(client: Child) -> Seen {
 
 /// The rollback's journal entry, once its drain has completed it (up to 5 s).
 fn drained_rollback(bed: &Testbed) -> serde_json::Value {
-    for _ in 0..100 {
-        let journal = Journal::open(&bed.dir.join("state")).expect("journal");
-        let rollback = journal
-            .history(Some("sentiment"), 50)
-            .expect("history")
-            .into_iter()
-            .find(|e| e.event.kind.name() == "rollback");
-        if let Some(event) = rollback
-            && event.event.details["drain"]["done"] == true
-        {
-            return serde_json::to_value(&event).expect("JSON");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the rollback's drain was not journaled within 5 s");
+    serde_json::to_value(bed.drained_rollback().expect("the drained rollback")).expect("JSON")
 }
 
 #[test]

@@ -124,12 +124,6 @@ impl Run {
         Ok(run)
     }
 
-    /// The plan it follows.
-    #[must_use]
-    pub const fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// Whether every connection is closed and unmarked.
     #[must_use]
     pub fn done(&self) -> bool {

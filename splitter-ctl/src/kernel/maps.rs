@@ -190,6 +190,14 @@ pub(super) fn is_missing_key(error: &MapError) -> bool {
     }
 }
 
+/// `m` as the map type `T` its name says it is.
+pub(super) fn typed<T: TryFrom<Map, Error = MapError>>(
+    map: &'static str,
+    m: Map,
+) -> Result<T, MapsError> {
+    T::try_from(m).map_err(|source| MapsError::Type { map, source })
+}
+
 /// Opens the pin of map `name` in `pin_dir`, checking its layout.
 pub(super) fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, MapsError> {
     let path = paths::pin(pin_dir, name);
@@ -236,12 +244,6 @@ impl Maps {
     fn from_maps(
         open: &mut dyn FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<Self, MapsError> {
-        fn typed<T: TryFrom<Map, Error = MapError>>(
-            map: &'static str,
-            m: Map,
-        ) -> Result<T, MapsError> {
-            T::try_from(m).map_err(|source| MapsError::Type { map, source })
-        }
         Ok(Self {
             word: SplitMaps {
                 services: typed(names::SERVICES, open(names::SERVICES)?)?,

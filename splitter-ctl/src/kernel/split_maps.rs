@@ -5,10 +5,10 @@
 
 use std::{path::Path, time::Instant};
 
-use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData};
 use splitter_common::{Endpoint, Service, SplitWord, maps as names};
 
-use super::maps::{Maps, MapsError, access, is_missing_key, open_pin};
+use super::maps::{Maps, MapsError, access, is_missing_key, open_pin, typed};
 
 pub struct SplitMaps {
     pub(super) services: HashMap<MapData, Endpoint, Service>,
@@ -19,20 +19,9 @@ impl SplitMaps {
     /// Opens `SERVICES` and `SPLIT` of the data plane pinned in `pin_dir`, checking their
     /// layouts.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
-        let typed = |name: &'static str| open_pin(pin_dir, name);
         Ok(Self {
-            services: typed(names::SERVICES)?
-                .try_into()
-                .map_err(|source: MapError| MapsError::Type {
-                    map: names::SERVICES,
-                    source,
-                })?,
-            split: typed(names::SPLIT)?
-                .try_into()
-                .map_err(|source: MapError| MapsError::Type {
-                    map: names::SPLIT,
-                    source,
-                })?,
+            services: typed(names::SERVICES, open_pin(pin_dir, names::SERVICES)?)?,
+            split: typed(names::SPLIT, open_pin(pin_dir, names::SPLIT)?)?,
         })
     }
 

@@ -101,25 +101,10 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String
 
 /// The newest rollback's drain, once done (up to 5 s): decision → green's last response, µs.
 fn drained(bed: &Testbed) -> Result<f64, String> {
-    for _ in 0..100 {
-        let journal = splitter_ctl::store::journal::Journal::open(&bed.dir.join("state"))
-            .map_err(|e| e.to_string())?;
-        let rollback = journal
-            .history(Some("sentiment"), 20)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|e| e.event.kind.name() == "rollback");
-        if let Some(event) = rollback
-            && event.event.details["drain"]["done"] == true
-        {
-            return event
-                .decision_to_last_response_us
-                .map(|us| us as f64)
-                .ok_or_else(|| "a drain without its last response".to_owned());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Err("the rollback's drain did not end within 5 s".to_owned())
+    bed.drained_rollback()?
+        .decision_to_last_response_us
+        .map(|us| us as f64)
+        .ok_or_else(|| "a drain without its last response".to_owned())
 }
 
 fn report(rounds: usize, rows: &[(Kind, Vec<Round>)]) -> String {
