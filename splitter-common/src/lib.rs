@@ -439,34 +439,70 @@ impl VersionStats {
     }
 }
 
-/// Buckets of a latency histogram: bucket `i` counts values in [2^i, 2^(i+1)) µs (bucket 0 also
-/// counts values under 1 µs, the last one everything from 2^(LATENCY_BUCKETS-1) µs on).
-pub const LATENCY_BUCKETS: usize = 27;
+/// Sub-buckets per power of two of a latency histogram (log-linear buckets, as HdrHistogram's):
+/// the octave [2^e, 2^(e+1)) µs is cut into 8 equal buckets, each 6.7% to 12.5% of its lower
+/// bound wide (9% in the middle), so a 10% change in latency moves a value about one bucket.
+pub const LATENCY_SUB_BITS: u32 = 3;
+const LATENCY_SUB: usize = 1 << LATENCY_SUB_BITS;
+/// Octaves covered: values from 2^LATENCY_OCTAVES µs (67 s) on share the last bucket.
+const LATENCY_OCTAVES: usize = 26;
+/// Buckets of a latency histogram: the values under 8 µs one µs each, then 8 per octave up to
+/// 2^26 µs, then one for everything above (see `Histogram::bucket` and `latency_bucket_bounds`).
+pub const LATENCY_BUCKETS: usize =
+    LATENCY_SUB + (LATENCY_OCTAVES - LATENCY_SUB_BITS as usize) * LATENCY_SUB + 1;
+const _: () = assert!(LATENCY_BUCKETS == 193);
 
-/// Value of `LATENCY`, one per (service, version, kind) and CPU: a log2 histogram in µs.
+/// The bounds `[lower, upper)` of latency bucket `i`, in µs; the last bucket's upper bound is
+/// `u64::MAX`. The one definition of the buckets for user space (the kernel only indexes them).
+#[must_use]
+pub const fn latency_bucket_bounds(i: usize) -> (u64, u64) {
+    if i < LATENCY_SUB {
+        return (i as u64, i as u64 + 1);
+    }
+    if i >= LATENCY_BUCKETS - 1 {
+        return (1 << LATENCY_OCTAVES, u64::MAX);
+    }
+    let octave = (i >> LATENCY_SUB_BITS) as u32 + LATENCY_SUB_BITS - 1;
+    let width = 1u64 << (octave - LATENCY_SUB_BITS);
+    let lower = (1u64 << octave) + (i & (LATENCY_SUB - 1)) as u64 * width;
+    (lower, lower + width)
+}
+
+/// Value of `LATENCY`, one per (service, version, kind) and CPU: a log-linear histogram in µs.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Histogram {
     pub buckets: [u64; LATENCY_BUCKETS],
     pub sum_us: u64,
     pub count: u64,
 }
-const _: () = assert!(core::mem::size_of::<Histogram>() == 232);
+const _: () = assert!(core::mem::size_of::<Histogram>() == 1560);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: [0; LATENCY_BUCKETS],
+            sum_us: 0,
+            count: 0,
+        }
+    }
+}
 
 impl Histogram {
-    /// The bucket of a value in µs: floor(log2), clamped to the last bucket.
+    /// The bucket of a value in µs: the value itself under 8 µs, then the octave and the top
+    /// three bits under its leading one; clamped to the last bucket.
     #[inline(always)]
     #[must_use]
     pub const fn bucket(us: u64) -> usize {
-        if us == 0 {
-            return 0;
+        if us < LATENCY_SUB as u64 {
+            return us as usize;
         }
-        let log2 = 63 - us.leading_zeros() as usize;
-        if log2 >= LATENCY_BUCKETS {
-            LATENCY_BUCKETS - 1
-        } else {
-            log2
+        let octave = 63 - us.leading_zeros();
+        if octave as usize >= LATENCY_OCTAVES {
+            return LATENCY_BUCKETS - 1;
         }
+        let sub = (us >> (octave - LATENCY_SUB_BITS)) as usize & (LATENCY_SUB - 1);
+        (((octave - LATENCY_SUB_BITS + 1) as usize) << LATENCY_SUB_BITS) + sub
     }
 
     /// What was added since `earlier` (a window between two reads; a reset in between reads

@@ -11,7 +11,7 @@
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
-//! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log2 µs `Histogram` |
+//! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log-linear µs `Histogram` (8 buckets per octave) |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
 //! | `COHORTS` | LPM trie | user space | (service id, client prefix) → `COHORT_CANDIDATE` or `COHORT_LIVE` |
@@ -57,6 +57,11 @@ pub const ALL: [&str; 15] = [
     DRAIN_CLOSING,
     DRAIN_ACTIVE,
 ];
+
+/// Maps that hold only measurements (counters and histograms). When a new build changes one's
+/// layout, a starting daemon replaces its pin with a new, empty map instead of refusing to
+/// start: the measurements start again, and nothing that steers traffic is lost.
+pub const MEASUREMENTS: [&str; 3] = [VERSION_STATS, LATENCY, PLANE_STATS];
 
 /// Flows one data plane drains at once; past it, the rest wait for the next round.
 pub const MAX_DRAINS: u32 = 16_384;

@@ -18,6 +18,7 @@ use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -534,6 +535,16 @@ fn spawn_server_with(
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        // A failing test shows what the daemon said, before its directory goes.
+        if thread::panicking()
+            && let Ok(log) = fs::read_to_string(self.dir.join("daemon.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the daemon's last log lines ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         for child in self
             .daemon
             .iter_mut()

@@ -19,7 +19,8 @@ fn the_demo_rolls_back_v2_promotes_v3_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     for part in [
-        "automatic rollback: error rate",
+        // v2 is both slower and failing: whichever gate is convinced first rolls it back.
+        "automatic rollback: ",
         "decision to map write:",
         "## Gate values before the rollback",
         "green at 100%",

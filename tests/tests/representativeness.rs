@@ -27,14 +27,16 @@ fn clients() -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// A bed whose client has the 80 addresses, with `cohort` in the service.
+/// A bed whose client has the 80 addresses, with `cohort` in the service. The latency gates are
+/// relaxed: these tests are about who the canary's clients are, and the staff prefix's clients
+/// run in other threads of the load than the rest, so their times differ for reasons of the bed.
 fn bed(steps: &str, cohort: &str) -> Testbed {
     let mut bed = Testbed::new(SERVER);
     bed.add_client_addresses(&clients(), "198.19.0.0/16");
     bed.write_config_with(
         "0",
         &format!(
-            "affinity = \"client\"\nclient_prefix_v4 = 24\n{cohort}[service.rollout]\nsteps = [{steps}]\nhold_ms = 0\ninterval_ms = 300\nmin_samples = 5\nmax_p99_vs_live = 1000\nmax_divergence = 0.4\n"
+            "affinity = \"client\"\nclient_prefix_v4 = 24\n{cohort}[service.rollout]\nsteps = [{steps}]\nhold_ms = 0\ninterval_ms = 300\nmin_samples = 5\nmax_p99_vs_live = 1000\nmax_median_vs_live = 1000\nmax_divergence = 0.4\n"
         ),
     );
     bed.start_daemon(&[]);

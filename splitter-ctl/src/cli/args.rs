@@ -8,7 +8,11 @@ use splitter_common::Version;
 
 use super::{Output, locate::Overrides};
 use crate::model::{
-    drain::Established, paths, plan::PlanRequest, promql::PromqlGate, share::parse_percent,
+    drain::Established,
+    paths,
+    plan::{Advance, PlanRequest},
+    promql::PromqlGate,
+    share::parse_percent,
 };
 
 /// A policy for established connections, as the command line names it.
@@ -265,15 +269,32 @@ pub struct PlanArgs {
     /// How often the gates judge (default 10s).
     #[arg(long, value_parser = parse_duration)]
     interval: Option<u64>,
-    /// Errors (5xx, resets, refused handshakes) over requests, at most (default 0.01).
+    /// The start of each step left out of the judgement (e.g. 10s; default 0).
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<u64>,
+    /// Errors (5xx, resets, refused handshakes) over requests, at most (default 0.05).
     #[arg(long)]
     max_error_rate: Option<f64>,
+    /// The candidate's error rate minus the live pool's, at most (default 0.01: 1 pp).
+    #[arg(long)]
+    max_error_increase: Option<f64>,
     /// The candidate's p99 response time, at most, in ms.
     #[arg(long)]
     max_p99_ms: Option<f64>,
+    /// The candidate's median response time over the live pool's, at most (default 1.1).
+    #[arg(long)]
+    max_median_vs_live: Option<f64>,
     /// The candidate's p99 over the live pool's, at most (default 1.2).
     #[arg(long)]
     max_p99_vs_live: Option<f64>,
+    /// At most 1 − confidence of rollouts of a candidate within the thresholds are rolled
+    /// back (default 0.99).
+    #[arg(long)]
+    confidence: Option<f64>,
+    /// When a step advances: no_regression (none found) or shown_no_worse (every gate shows
+    /// the candidate within its threshold).
+    #[arg(long, value_enum)]
+    advance: Option<AdvanceArg>,
     /// Requests a window needs before it is judged (default 20).
     #[arg(long)]
     min_samples: Option<u64>,
@@ -305,16 +326,31 @@ pub struct PlanArgs {
     promql_gates: Vec<PromqlGate>,
 }
 
+/// `--advance` (the plan's `advance`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AdvanceArg {
+    NoRegression,
+    ShownNoWorse,
+}
+
 impl PlanArgs {
     /// The plan request the daemon gets (the daemon checks it as a whole).
     pub fn into_request(self) -> PlanRequest {
         PlanRequest {
             steps: self.steps,
             hold_ms: self.hold,
+            warmup_ms: self.warmup,
             interval_ms: self.interval,
             max_error_rate: self.max_error_rate,
+            max_error_increase: self.max_error_increase,
             max_p99_ms: self.max_p99_ms,
+            max_median_vs_live: self.max_median_vs_live,
             max_p99_vs_live: self.max_p99_vs_live,
+            confidence: self.confidence,
+            advance: self.advance.map(|a| match a {
+                AdvanceArg::NoRegression => Advance::NoRegression,
+                AdvanceArg::ShownNoWorse => Advance::ShownNoWorse,
+            }),
             min_samples: self.min_samples,
             max_divergence: self.max_divergence,
             failure_limit: self.failure_limit,

@@ -9,3 +9,4 @@ pub mod health;
 pub mod latency;
 pub mod representativeness;
 pub mod rollout;
+pub mod stats;

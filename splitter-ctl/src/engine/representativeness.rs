@@ -158,6 +158,7 @@ pub fn gate(max: f64, spread: &Spread, candidate_share_bp: u16) -> GateReading {
             .chain(spread.divergence.map(|d| ("value_divergence", d)))
             .collect(),
         state: state(max, spread, candidate_share_bp),
+        evidence: None,
     }
 }
 

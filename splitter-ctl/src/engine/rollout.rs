@@ -99,6 +99,7 @@ mod tests {
         Plan {
             steps: steps.to_vec(),
             hold: Duration::from_secs(10),
+            warmup: Duration::ZERO,
             interval: Duration::from_secs(1),
             gates: Gates::default(),
             failure_limit: 2,

@@ -139,10 +139,21 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
             path: dir.to_owned(),
             source,
         })?;
+        // Every pin is checked before any is replaced: a refusal leaves the directory as it was.
+        let mut replaced = Vec::new();
         for name in names::ALL {
             let path = paths::pin(dir, name);
-            check_pin(&path, name)?;
+            if check_pin(&path, name)? {
+                replaced.push((name, path.clone()));
+            }
             loader.map_pin_path(name, path);
+        }
+        for (map, path) in replaced {
+            tracing::warn!(
+                map,
+                "this build measures differently: the pinned map is replaced with a new one, its counters start at zero"
+            );
+            fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
         }
     }
     loader
@@ -150,10 +161,13 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
-/// Refuses a pinned map whose layout is not this build's, before aya silently reuses it.
-fn check_pin(path: &Path, map: &'static str) -> Result<(), DataplaneError> {
+/// Refuses a pinned map whose layout is not this build's, before aya silently reuses it; for a
+/// map of measurements only (an upgrade that refines the histograms) says `true` instead: the
+/// caller unpins it, so the load creates it anew (the running programs keep the old one until
+/// they are replaced).
+fn check_pin(path: &Path, map: &'static str) -> Result<bool, DataplaneError> {
     if !path.exists() {
-        return Ok(());
+        return Ok(false);
     }
     let foreign = |problem: LayoutError| DataplaneError::ForeignPin {
         path: path.to_owned(),
@@ -161,7 +175,11 @@ fn check_pin(path: &Path, map: &'static str) -> Result<(), DataplaneError> {
         problem: Box::new(problem),
     };
     let data = MapData::from_pin(path).map_err(|e| foreign(LayoutError::Open(e)))?;
-    check_layout(&data, map).map_err(foreign)
+    match check_layout(&data, map) {
+        Ok(()) => Ok(false),
+        Err(_) if names::MEASUREMENTS.contains(&map) => Ok(true),
+        Err(problem) => Err(foreign(problem)),
+    }
 }
 
 /// Loads the programs of `ebpf` and attaches them to `interface`, or adopts the links pinned in

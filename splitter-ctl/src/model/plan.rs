@@ -27,6 +27,10 @@ pub enum PlanError {
     Fraction { what: &'static str, value: f64 },
     #[error("{what} {value} must be a positive number")]
     Positive { what: &'static str, value: f64 },
+    #[error("{what} {value} must be a ratio from 1 (as fast as the live pool) to 1000000")]
+    Ratio { what: &'static str, value: f64 },
+    #[error("confidence {0} is outside 0.5..=0.9999")]
+    Confidence(f64),
     #[error("failure_limit {0} is outside 1..=10")]
     FailureLimit(u32),
     #[error(transparent)]
@@ -37,13 +41,19 @@ pub enum PlanError {
     NoPrometheus,
 }
 
-/// When a candidate is good enough.
+/// When a candidate is good enough. Each gate but `min_samples` and `max_divergence` is judged
+/// with an anytime-valid interval (see `engine::gates`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gates {
-    /// Errors (5xx, backend resets, refused handshakes) over requests, at most.
+    /// Errors (5xx, backend resets, refused handshakes) over requests, at most: the safety net
+    /// whatever the live pool does.
     pub max_error_rate: Option<f64>,
+    /// The candidate's error rate minus the live pool's, at most (0.01 = one percentage point).
+    pub max_error_increase: Option<f64>,
     /// The candidate's p99 response time, at most, in milliseconds.
     pub max_p99_ms: Option<f64>,
+    /// The candidate's median response time over the live pool's, at most.
+    pub max_median_vs_live: Option<f64>,
     /// The candidate's p99 over the live pool's p99 in the same window, at most.
     pub max_p99_vs_live: Option<f64>,
     /// Requests the candidate must have served in a window before it is judged.
@@ -51,16 +61,60 @@ pub struct Gates {
     /// How far the spread of the candidate's clients over network prefixes may diverge from
     /// the live pool's (0 to 1) before the step holds (see `representativeness`).
     pub max_divergence: Option<f64>,
+    /// The chance that a rollout of a candidate within every threshold is rolled back by the
+    /// kernel gates is at most 1 − confidence, however long the rollout runs.
+    pub confidence: f64,
+    /// When a step may advance at the end of its hold.
+    pub advance: Advance,
+}
+
+/// When a step may advance at the end of its hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Advance {
+    /// When no gate found a regression on at least `min_samples` requests.
+    #[default]
+    NoRegression,
+    /// Only when every gate's interval shows the candidate within its threshold.
+    ShownNoWorse,
+}
+
+impl Gates {
+    /// The gates judged with an interval, among which a window's false-alarm budget is split.
+    #[must_use]
+    pub fn statistical_gates(&self) -> usize {
+        [
+            self.max_error_rate,
+            self.max_error_increase,
+            self.max_p99_ms,
+            self.max_median_vs_live,
+            self.max_p99_vs_live,
+        ]
+        .iter()
+        .filter(|g| g.is_some())
+        .count()
+    }
+
+    /// Each statistical gate's false-alarm budget over the whole rollout: 1 − confidence,
+    /// split evenly among them.
+    #[must_use]
+    pub fn gate_alpha(&self) -> f64 {
+        (1.0 - self.confidence) / self.statistical_gates().max(1) as f64
+    }
 }
 
 impl Default for Gates {
     fn default() -> Self {
         Self {
-            max_error_rate: Some(0.01),
+            max_error_rate: Some(0.05),
+            max_error_increase: Some(0.01),
             max_p99_ms: None,
+            max_median_vs_live: Some(1.1),
             max_p99_vs_live: Some(1.2),
             min_samples: 20,
             max_divergence: None,
+            confidence: 0.99,
+            advance: Advance::NoRegression,
         }
     }
 }
@@ -72,6 +126,8 @@ pub struct Plan {
     pub steps: Vec<u16>,
     /// How long each step holds before it may advance.
     pub hold: Duration,
+    /// The start of each step left out of the judgement (new processes fill caches).
+    pub warmup: Duration,
     /// How often the gates judge.
     pub interval: Duration,
     pub gates: Gates,
@@ -88,6 +144,7 @@ impl Default for Plan {
         Self {
             steps: vec![100, 500, 2_500, 5_000, 10_000],
             hold: Duration::from_secs(60),
+            warmup: Duration::ZERO,
             interval: Duration::from_secs(10),
             gates: Gates::default(),
             failure_limit: 2,
@@ -104,11 +161,22 @@ pub struct PlanRequest {
     /// Candidate shares in percent, rising, ending at 100.
     pub steps: Option<Vec<f64>>,
     pub hold_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ms: Option<u64>,
     pub interval_ms: Option<u64>,
     pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_increase: Option<f64>,
     pub max_p99_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_median_vs_live: Option<f64>,
     pub max_p99_vs_live: Option<f64>,
     pub min_samples: Option<u64>,
+    /// 0.5 to 0.9999: at most 1 − confidence of healthy rollouts are rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advance: Option<Advance>,
     /// The representativeness gate: 0 to 1, off when absent.
     pub max_divergence: Option<f64>,
     pub failure_limit: Option<u32>,
@@ -152,11 +220,16 @@ impl PlanRequest {
         Self {
             steps: overrides.steps.or(self.steps),
             hold_ms: overrides.hold_ms.or(self.hold_ms),
+            warmup_ms: overrides.warmup_ms.or(self.warmup_ms),
             interval_ms: overrides.interval_ms.or(self.interval_ms),
             max_error_rate: overrides.max_error_rate.or(self.max_error_rate),
+            max_error_increase: overrides.max_error_increase.or(self.max_error_increase),
             max_p99_ms: overrides.max_p99_ms.or(self.max_p99_ms),
+            max_median_vs_live: overrides.max_median_vs_live.or(self.max_median_vs_live),
             max_p99_vs_live: overrides.max_p99_vs_live.or(self.max_p99_vs_live),
             min_samples: overrides.min_samples.or(self.min_samples),
+            confidence: overrides.confidence.or(self.confidence),
+            advance: overrides.advance.or(self.advance),
             max_divergence: overrides.max_divergence.or(self.max_divergence),
             failure_limit: overrides.failure_limit.or(self.failure_limit),
             prometheus_url: overrides.prometheus_url.or(self.prometheus_url),
@@ -222,6 +295,12 @@ impl PlanRequest {
             Some(value) => Err(PlanError::Duration { what, value, range }),
         };
         let hold = ms(self.hold_ms, defaults.hold, 0..=86_400_000, "hold")?;
+        let warmup = ms(
+            self.warmup_ms,
+            defaults.warmup,
+            0..=units::millis(hold),
+            "warmup (at most the hold)",
+        )?;
         let interval = ms(
             self.interval_ms,
             defaults.interval,
@@ -238,14 +317,30 @@ impl PlanRequest {
             Some(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
             Some(value) => Err(PlanError::Positive { what, value }),
         };
+        // A latency ratio under 1 would fail a candidate as fast as the live pool.
+        let ratio = |v: Option<f64>, default: Option<f64>, what: &'static str| match v {
+            None => Ok(default),
+            Some(v) if (1.0..=1_000_000.0).contains(&v) => Ok(Some(v)),
+            Some(value) => Err(PlanError::Ratio { what, value }),
+        };
         let gates = Gates {
             max_error_rate: fraction(
                 self.max_error_rate,
                 defaults.gates.max_error_rate,
                 "max_error_rate",
             )?,
+            max_error_increase: fraction(
+                self.max_error_increase,
+                defaults.gates.max_error_increase,
+                "max_error_increase",
+            )?,
             max_p99_ms: positive(self.max_p99_ms, defaults.gates.max_p99_ms, "max_p99_ms")?,
-            max_p99_vs_live: positive(
+            max_median_vs_live: ratio(
+                self.max_median_vs_live,
+                defaults.gates.max_median_vs_live,
+                "max_median_vs_live",
+            )?,
+            max_p99_vs_live: ratio(
                 self.max_p99_vs_live,
                 defaults.gates.max_p99_vs_live,
                 "max_p99_vs_live",
@@ -256,6 +351,12 @@ impl PlanRequest {
                 defaults.gates.max_divergence,
                 "max_divergence",
             )?,
+            confidence: match self.confidence {
+                None => defaults.gates.confidence,
+                Some(c) if (0.5..=0.9999).contains(&c) => c,
+                Some(value) => return Err(PlanError::Confidence(value)),
+            },
+            advance: self.advance.unwrap_or_default(),
         };
         let failure_limit = match self.failure_limit {
             None => defaults.failure_limit,
@@ -288,6 +389,7 @@ impl PlanRequest {
         Ok(Plan {
             steps,
             hold,
+            warmup,
             interval,
             gates,
             failure_limit,
@@ -316,11 +418,16 @@ impl From<&Plan> for PlanRequest {
                     .collect(),
             ),
             hold_ms: Some(units::millis(plan.hold)),
+            warmup_ms: Some(units::millis(plan.warmup)),
             interval_ms: Some(units::millis(plan.interval)),
             max_error_rate: plan.gates.max_error_rate,
+            max_error_increase: plan.gates.max_error_increase,
             max_p99_ms: plan.gates.max_p99_ms,
+            max_median_vs_live: plan.gates.max_median_vs_live,
             max_p99_vs_live: plan.gates.max_p99_vs_live,
             min_samples: Some(plan.gates.min_samples),
+            confidence: Some(plan.gates.confidence),
+            advance: Some(plan.gates.advance),
             max_divergence: plan.gates.max_divergence,
             failure_limit: Some(plan.failure_limit),
             prometheus_url: plan.prometheus.as_ref().map(|p| p.url.to_string()),
@@ -358,6 +465,65 @@ mod tests {
                 proptest::prop_assert!(!reason.to_string().is_empty());
             }
         }
+    }
+
+    #[test]
+    fn the_judgement_keys_are_checked() {
+        let plan = |request: PlanRequest| request.into_plan();
+        let ok = plan(PlanRequest {
+            hold_ms: Some(10_000),
+            warmup_ms: Some(2_000),
+            max_error_increase: Some(0.005),
+            max_median_vs_live: Some(1.05),
+            confidence: Some(0.999),
+            advance: Some(Advance::ShownNoWorse),
+            ..PlanRequest::default()
+        })
+        .expect("a good plan");
+        assert_eq!(ok.warmup, Duration::from_secs(2));
+        assert_eq!(ok.gates.max_median_vs_live, Some(1.05));
+        assert_eq!(ok.gates.advance, Advance::ShownNoWorse);
+        // The plan as saved reads back the same.
+        assert_eq!(PlanRequest::from(&ok).into_plan().as_ref(), Ok(&ok));
+        let refused = [
+            (
+                PlanRequest {
+                    max_median_vs_live: Some(0.9),
+                    ..PlanRequest::default()
+                },
+                "max_median_vs_live 0.9 must be a ratio from 1",
+            ),
+            (
+                PlanRequest {
+                    confidence: Some(1.0),
+                    ..PlanRequest::default()
+                },
+                "confidence 1 is outside 0.5..=0.9999",
+            ),
+            (
+                PlanRequest {
+                    hold_ms: Some(1_000),
+                    warmup_ms: Some(2_000),
+                    ..PlanRequest::default()
+                },
+                "warmup (at most the hold) 2000 ms is outside 0..=1000 ms",
+            ),
+            (
+                PlanRequest {
+                    max_error_increase: Some(-0.01),
+                    ..PlanRequest::default()
+                },
+                "max_error_increase -0.01 is not between 0 and 1",
+            ),
+        ];
+        for (request, reason) in refused {
+            let error = plan(request).expect_err(reason).to_string();
+            assert!(error.starts_with(reason), "{error}");
+        }
+        assert!(
+            serde_json::from_str::<PlanRequest>(r#"{"advance":"sometimes"}"#).is_err(),
+            "an unknown advance mode is refused"
+        );
     }
 
     fn gate(name: &str) -> PromqlGate {

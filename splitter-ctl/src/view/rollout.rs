@@ -70,7 +70,9 @@ pub struct GateView {
     pub state: String,
     /// The limit and the value as numbers, each named with its unit: `limit_ratio` and
     /// `value_ratio`, `limit_ms` and `value_ms`, `limit_requests`, `candidate_p99_ms`, or a
-    /// PromQL gate's `limit_max`/`limit_min` and `value` in the query's own unit.
+    /// PromQL gate's `limit_max`/`limit_min` and `value` in the query's own unit; a kernel
+    /// gate's `interval_low`/`interval_high`, `evidence_z` and `needed_z`. Finite numbers only:
+    /// an interval the data cannot bound yet leaves its end out (JSON has no infinity).
     #[serde(flatten)]
     pub numbers: BTreeMap<String, f64>,
 }
@@ -84,6 +86,7 @@ impl From<&GateReading> for GateView {
             numbers: reading
                 .numbers
                 .iter()
+                .filter(|(_, value)| value.is_finite())
                 .map(|(name, value)| ((*name).to_owned(), *value))
                 .collect(),
             state: match reading.state {
@@ -93,5 +96,29 @@ impl From<&GateReading> for GateView {
             }
             .to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_with_an_unbounded_interval_reads_back_from_json() {
+        // Few samples cannot bound a p99 from above: the interval's end is infinite.
+        let reading = GateReading {
+            gate: "max_p99_vs_live".to_owned(),
+            limit: "≤ +20%".to_owned(),
+            value: Some("p99 2.1 ms vs live 1.7 ms: +24% [-40%, +∞]".to_owned()),
+            state: GateState::Pass,
+            numbers: vec![("interval_low", 0.6), ("interval_high", f64::INFINITY)],
+            evidence: None,
+        };
+        let view = GateView::from(&reading);
+        let json = serde_json::to_string(&view).expect("json");
+        let back: GateView = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, view);
+        assert_eq!(back.numbers.get("interval_low"), Some(&0.6));
+        assert!(!back.numbers.contains_key("interval_high"), "{json}");
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP server the test bed's backends run: HTTP/1.1 with keep-alive, a thread per
 //! connection, and an `X-Served-By` header naming the version. It prints `ready` once it
 //! listens and exits by itself after `--max-seconds`, so a crashed test never leaves it behind.
-//! Faults for the telemetry tests: `--delay-ms N` before each response, `--error-every N`
+//! Faults for the telemetry tests: `--delay-ms N` before each response (with `--slow-every M`,
+//! only before every Mth: a slow tail), `--error-every N`
 //! answers every Nth request with a 500, `--reset-every N` resets the connection (RST) instead
 //! of answering every Nth request. `GET /metrics` answers in the Prometheus text format with
 //! the model-level counters a PromQL gate reads: `model_predictions_total`, and
@@ -25,6 +26,8 @@ use std::{
 #[derive(Clone, Copy, Default)]
 struct Faults {
     delay: Duration,
+    /// With a delay: only every Nth response waits it (a slow tail), 0 for every one.
+    slow_every: u64,
     error_every: u64,
     reset_every: u64,
     low_confidence_every: u64,
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             "--name" => name = args.next(),
             "--max-seconds" => max_seconds = number().unwrap_or(max_seconds),
             "--delay-ms" => faults.delay = Duration::from_millis(number().unwrap_or(0)),
+            "--slow-every" => faults.slow_every = number().unwrap_or(0),
             "--error-every" => faults.error_every = number().unwrap_or(0),
             "--reset-every" => faults.reset_every = number().unwrap_or(0),
             "--low-confidence-every" => faults.low_confidence_every = number().unwrap_or(0),
@@ -59,7 +63,7 @@ fn main() -> ExitCode {
     }
     let (Some(listen), Some(name)) = (listen, name) else {
         eprintln!(
-            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N] [--error-every N] [--reset-every N] [--low-confidence-every N]"
+            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N [--slow-every N]] [--error-every N] [--reset-every N] [--low-confidence-every N]"
         );
         return ExitCode::FAILURE;
     };
@@ -148,7 +152,9 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
             reset(&writer);
             return;
         }
-        thread::sleep(faults.delay);
+        if faults.slow_every == 0 || n.is_multiple_of(faults.slow_every) {
+            thread::sleep(faults.delay);
+        }
         let status = if faults.error_every > 0 && n.is_multiple_of(faults.error_every) {
             "500 Internal Server Error"
         } else {

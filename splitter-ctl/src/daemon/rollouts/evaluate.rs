@@ -12,9 +12,11 @@ use crate::{
         Daemon,
         events::{Event as _, GateEvaluation, OperatorOverride, PromqlRead, RolloutStep, Sinks},
     },
+    engine::stats::Evidence,
     engine::{
         gates::{
-            GateReading, GateState, Judgement, Window, kernel_gates, live_reference, promql_gates,
+            Carried, GateReading, GateState, Judgement, Window, kernel_gates, live_reference,
+            promql_gates,
         },
         representativeness,
         rollout::Decision,
@@ -137,6 +139,17 @@ impl Daemon {
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
+        // A step's warm-up is left out: its window starts when the warm-up ends.
+        let warmup = active.rollout.plan.warmup;
+        if now.duration_since(active.rollout.step_started) < warmup {
+            active.step_base = snapshots;
+            active.sample_base = active.step_base.sum;
+            active.last_judgement = Some(Judgement::Inconclusive(format!(
+                "warming up: the first {} ms of the step are not judged",
+                crate::model::units::millis(warmup)
+            )));
+            return Ok(());
+        }
         let (c, l) = (active.candidate as usize, active.candidate.other() as usize);
         let candidate = Window::between(&active.step_base.sum[c], &snapshots.sum[c]);
         let live = Window::between(&active.step_base.sum[l], &snapshots.sum[l]);
@@ -146,17 +159,25 @@ impl Daemon {
         // a breach on one service fails the group even when the others' traffic dilutes it in
         // the sum. A service without enough traffic of its own only counts in the sum.
         let gates = &active.rollout.plan.gates;
-        let mut readings = kernel_gates(gates, &candidate, &live, active.live_baseline_ms);
+        let mut readings = kernel_gates(
+            gates,
+            &candidate,
+            &live,
+            active.live_reference.as_ref(),
+            &active.carried,
+        );
         if snapshots.members.len() > 1 {
             for (name, (before, now)) in member_names
                 .iter()
                 .zip(active.step_base.members.iter().zip(&snapshots.members))
             {
+                // Each service on its own is judged on this step's window alone.
                 let member = kernel_gates(
                     gates,
                     &Window::between(&before[c], &now[c]),
                     &Window::between(&before[l], &now[l]),
                     None,
+                    &Carried::new(),
                 );
                 if let Judgement::Fail(reasons) = Judgement::of(&member) {
                     readings.push(GateReading {
@@ -165,11 +186,13 @@ impl Daemon {
                         value: None,
                         state: GateState::Fail(format!("{name}: {}", reasons.join(", "))),
                         numbers: Vec::new(),
+                        evidence: None,
                     });
                 }
             }
         }
-        let baseline = live_reference(gates, &live, active.live_baseline_ms);
+        let reference = live_reference(gates, &live, active.live_reference.as_ref()).copied();
+        let reference_p99_ms = reference.as_ref().and_then(Window::p99_ms);
         let promql = &active.rollout.plan.promql;
         readings.extend(promql_gates(promql, promql_readings));
         if let (Some(max), Some(spread)) = (gates.max_divergence, &spread) {
@@ -199,8 +222,12 @@ impl Daemon {
             .map(|(gate, reading)| serde_json::json!({ "gate": gate.name, "reading": reading.to_string() }))
             .collect();
         let views: Vec<GateView> = readings.iter().map(GateView::from).collect();
+        let step_evidence: Vec<(String, Evidence)> = readings
+            .iter()
+            .filter_map(|r| r.evidence.map(|e| (r.gate.clone(), e)))
+            .collect();
         active.last_gates = views;
-        active.live_baseline_ms = baseline;
+        active.live_reference = reference;
         // The judged windows, for `report`; recorded after any map write.
         let at_ms = crate::store::journal::now_ms();
         let samples: Vec<Sample> = [
@@ -215,7 +242,7 @@ impl Daemon {
             role: role.to_owned(),
             requests: window.requests,
             errors: window.errors,
-            p99_ms: window.p99_ms,
+            p99_ms: window.p99_ms(),
         })
         .collect();
         let rollout_id = active.started_event;
@@ -227,8 +254,8 @@ impl Daemon {
         let details = move || {
             serde_json::json!({
                 "judgement": describe(&judgement),
-                "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p99_ms": candidate.p99_ms },
-                "live": { "requests": live.requests, "errors": live.errors, "p99_ms": live.p99_ms, "reference_p99_ms": baseline },
+                "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p50_ms": candidate.quantile_ms(0.5), "p99_ms": candidate.p99_ms() },
+                "live": { "requests": live.requests, "errors": live.errors, "p50_ms": live.quantile_ms(0.5), "p99_ms": live.p99_ms(), "reference_p99_ms": reference_p99_ms },
                 "promql": promql_details,
                 "representativeness": spread,
             })
@@ -255,6 +282,11 @@ impl Daemon {
                 }
                 if let Some(active) = self.rollouts.get_mut(service) {
                     active.step_base = snapshots;
+                    // The finished step's evidence carries into the next one.
+                    for (gate, evidence) in &step_evidence {
+                        let carried = active.carried.entry(gate.clone()).or_default();
+                        *carried = carried.plus(*evidence);
+                    }
                 }
                 Some(bp)
             }

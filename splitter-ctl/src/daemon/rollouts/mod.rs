@@ -23,7 +23,7 @@ use super::{
 use crate::model::units::millis;
 use crate::{
     engine::{
-        gates::{Judgement, Snapshot},
+        gates::{Carried, Judgement, Snapshot, Window},
         rollout::{Decision, Rollout},
     },
     io::{http::HttpError, prometheus},
@@ -53,9 +53,11 @@ pub struct ActiveRollout {
     pub last_judgement: Option<Judgement>,
     /// Each gate at the last judgement.
     pub last_gates: Vec<GateView>,
-    /// The live pool's p99 in the last window with enough live traffic: what the candidate
-    /// is compared with once the live pool gets no new connections.
-    pub live_baseline_ms: Option<f64>,
+    /// The live pool's last window with enough live traffic: what the candidate is compared
+    /// with once the live pool gets no new connections.
+    pub live_reference: Option<Window>,
+    /// The kernel gates' evidence from the finished steps (see `engine::stats`).
+    pub carried: Carried,
     /// An evaluation is under way (its PromQL queries are out).
     pub evaluating: bool,
     /// The rollout's tracing span: every log line of the rollout carries its service and id.
@@ -289,7 +291,8 @@ impl Daemon {
             paused: None,
             last_judgement: None,
             last_gates: Vec::new(),
-            live_baseline_ms: None,
+            live_reference: None,
+            carried: Carried::new(),
             evaluating: false,
             span: span(service, started_event),
             prometheus: client,

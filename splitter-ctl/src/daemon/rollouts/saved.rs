@@ -10,7 +10,7 @@ use super::{ActiveRollout, ReleaseSnapshot, RolloutError, span};
 use crate::model::units;
 use crate::{
     daemon::Daemon,
-    engine::rollout::Rollout,
+    engine::{gates::Carried, rollout::Rollout},
     io::prometheus,
     model::{
         error::chain,
@@ -57,7 +57,9 @@ struct SavedRollout {
     consecutive_failures: u32,
     paused: Option<String>,
     expected_word: u32,
-    live_baseline_ms: Option<f64>,
+    /// The gates' evidence from the finished steps.
+    #[serde(default)]
+    carried: Carried,
 }
 
 impl SavedRollout {
@@ -71,7 +73,7 @@ impl SavedRollout {
             consecutive_failures: active.rollout.consecutive_failures,
             paused: active.paused.clone(),
             expected_word: active.expected.0,
-            live_baseline_ms: active.live_baseline_ms,
+            carried: active.carried.clone(),
         }
     }
 
@@ -117,7 +119,9 @@ impl SavedRollout {
             paused: self.paused,
             last_judgement: None,
             last_gates: Vec::new(),
-            live_baseline_ms: self.live_baseline_ms,
+            // The live pool's reference is measured again after a restart.
+            live_reference: None,
+            carried: self.carried,
             evaluating: false,
             span: span(service, self.started_event),
             prometheus,

@@ -16,6 +16,7 @@
 
 mod drain;
 mod gates;
+mod judge;
 mod memory;
 mod packet;
 mod versus;
@@ -30,21 +31,26 @@ type Section = fn(&str, bool) -> Result<String, String>;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
+    /// Only this section (`--only packet|judge|versus|gates|drain|memory`), for a quick look;
+    /// never written.
+    only: Option<String>,
 }
 
 fn main() -> ExitCode {
     let mut options = Options {
         quick: false,
         write: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--write" => options.write = args.next().map(PathBuf::from),
+            "--only" => options.only = args.next(),
             other => {
                 eprintln!(
-                    "splitter-bench: unknown argument `{other}` (expected --quick or --write FILE)"
+                    "splitter-bench: unknown argument `{other}` (expected --quick, --only SECTION or --write FILE)"
                 );
                 return ExitCode::FAILURE;
             }
@@ -62,17 +68,27 @@ fn main() -> ExitCode {
         if options.quick { " --quick" } else { "" },
         machine()
     );
-    report.push_str(&packet::section(options.quick));
-    let sections: [(&str, Section); 4] = [
+    let wanted = |name: &str| options.only.as_deref().is_none_or(|only| only == name);
+    if wanted("packet") {
+        report.push_str(&packet::section(options.quick));
+    }
+    if wanted("judge") {
+        report.push_str(&judge::section(options.quick));
+    }
+    let sections: [(&str, &str, Section); 4] = [
         (
+            "versus",
             "the comparison with direct, nftables and HAProxy",
             versus::section,
         ),
-        ("the gate rollbacks", gates::section),
-        ("the drain of the version left", drain::section),
-        ("the maps' memory", memory::section),
+        ("gates", "the gate rollbacks", gates::section),
+        ("drain", "the drain of the version left", drain::section),
+        ("memory", "the maps' memory", memory::section),
     ];
-    for (what, section) in sections {
+    for (name, what, section) in sections {
+        if !wanted(name) {
+            continue;
+        }
         match section(&server, options.quick) {
             Ok(text) => report.push_str(&text),
             Err(why) => {
@@ -84,7 +100,7 @@ fn main() -> ExitCode {
         }
     }
     print!("{report}");
-    if let Some(path) = &options.write {
+    if let Some(path) = options.write.as_ref().filter(|_| options.only.is_none()) {
         let existing = std::fs::read_to_string(path).unwrap_or_default();
         if let Err(e) = std::fs::write(path, splice(&existing, &report)) {
             eprintln!("splitter-bench: cannot write {}: {e}", path.display());
