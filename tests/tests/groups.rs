@@ -353,8 +353,6 @@ fn a_failing_service_rolls_its_group_back_even_when_the_stacks_sum_looks_healthy
         "5",
         "--max-error-rate",
         "0.05",
-        "--max-p99-vs-live",
-        "50",
     ]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let rollback = loop {

@@ -90,8 +90,6 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
             "5",
             "--max-error-rate",
             "0.05",
-            "--max-p99-vs-live",
-            "50",
         ]);
         let started = Instant::now();
         while rollout_running(&bed) {

@@ -287,6 +287,9 @@ pub struct PlanArgs {
     /// The candidate's p99 over the live pool's, at most (default 1.2).
     #[arg(long)]
     max_p99_vs_live: Option<f64>,
+    /// A latency regression must also exceed this many ms (default 0.5).
+    #[arg(long)]
+    min_latency_increase_ms: Option<f64>,
     /// At most 1 − confidence of rollouts of a candidate within the thresholds are rolled
     /// back (default 0.99).
     #[arg(long)]
@@ -346,6 +349,7 @@ impl PlanArgs {
             max_p99_ms: self.max_p99_ms,
             max_median_vs_live: self.max_median_vs_live,
             max_p99_vs_live: self.max_p99_vs_live,
+            min_latency_increase_ms: self.min_latency_increase_ms,
             confidence: self.confidence,
             advance: self.advance.map(|a| match a {
                 AdvanceArg::NoRegression => Advance::NoRegression,

@@ -19,7 +19,7 @@ use crate::{
     engine::{
         latency,
         stats::{
-            self, Evidence, Prior, one_proportion, proportion_interval, quantile_ranks,
+            self, Evidence, Prior, allowed_us, one_proportion, proportion_interval, quantile_ranks,
             slower_than, two_proportions,
         },
     },
@@ -61,7 +61,7 @@ impl Window {
 
     #[must_use]
     pub fn error_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+        (self.requests > 0).then(|| self.errors.min(self.requests) as f64 / self.requests as f64)
     }
 
     /// The `q` quantile of the window's response times, in ms.
@@ -216,20 +216,30 @@ struct Judge<'a> {
     advance: Advance,
     enough: bool,
     carried: &'a Carried,
+    /// The live window is this step's own, not the reference from an earlier step.
+    fresh_live: bool,
 }
 
 impl Judge<'_> {
     /// A gate's reading: it fails once the evidence of the rollout's finished steps and of this
     /// window crosses the boundary; with `advance = "shown_no_worse"` it passes only once the
-    /// opposite evidence does.
+    /// opposite evidence does. A gate `relative` to the live pool, judged against the reference
+    /// window of an earlier step (whose data the carried evidence already holds), is judged on
+    /// this window alone, and its evidence is not carried on.
     fn reading(
         &self,
         gate: &str,
+        relative: bool,
         limit: String,
         measured: Option<Measured>,
         missing: &str,
     ) -> GateReading {
-        let carried = self.carried.get(gate).copied().unwrap_or_default();
+        let independent = self.fresh_live || !relative;
+        let carried = if independent {
+            self.carried.get(gate).copied().unwrap_or_default()
+        } else {
+            Evidence::default()
+        };
         let Some(m) = measured else {
             return GateReading {
                 gate: gate.to_owned(),
@@ -265,7 +275,7 @@ impl Judge<'_> {
             value: Some(shown),
             state,
             numbers,
-            evidence: Some(m.evidence),
+            evidence: independent.then_some(m.evidence),
         }
     }
 }
@@ -285,12 +295,14 @@ pub fn kernel_gates(
     let needed = gates.min_samples.max(1);
     let enough = candidate.requests >= needed;
     let alpha = gates.gate_alpha();
+    let fresh = live;
     let live = live_reference(gates, live, reference);
     let judge = Judge {
         alpha,
         advance: gates.advance,
         enough,
         carried,
+        fresh_live: live.is_some_and(|l| std::ptr::eq(l, fresh)),
     };
     let mut readings = vec![GateReading {
         gate: "min_samples".to_owned(),
@@ -336,6 +348,7 @@ pub fn kernel_gates(
         });
         readings.push(judge.reading(
             "max_error_rate",
+            false,
             format!("≤ {:.2}%", pct(max)),
             measured,
             "no requests on the candidate",
@@ -376,6 +389,7 @@ pub fn kernel_gates(
         });
         readings.push(judge.reading(
             "max_error_increase",
+            true,
             format!("≤ +{:.2} pp", pct(max)),
             measured,
             "no live error rate measured yet to compare with",
@@ -401,6 +415,7 @@ pub fn kernel_gates(
         });
         readings.push(judge.reading(
             "max_p99_ms",
+            false,
             format!("≤ {max:.1} ms"),
             measured,
             "no response time measured on the candidate",
@@ -416,10 +431,13 @@ pub fn kernel_gates(
         ("max_p99_vs_live", "p99", 0.99, gates.max_p99_vs_live),
     ] {
         if let Some(ratio) = ratio {
-            let measured = live.and_then(|l| versus_live(name, q, ratio, alpha, candidate, l));
+            let floor = gates.min_latency_increase_ms;
+            let measured =
+                live.and_then(|l| versus_live(name, q, (ratio, floor), alpha, candidate, l));
             readings.push(judge.reading(
                 gate,
-                format!("≤ {} ({ratio:.2} × live)", percent(ratio)),
+                true,
+                format!("≤ {} and +{floor:.2} ms", percent(ratio)),
                 measured,
                 "no live response times measured yet to compare with",
             ));
@@ -430,13 +448,14 @@ pub fn kernel_gates(
 
 /// A latency quantile of the candidate against the live pool's: the ratio of the two, with an
 /// interval from each one's bounds (α/2 each), and the evidence that the candidate is slower
-/// than `ratio` × the live pool: at the median, a Mann-Whitney test of the candidate against
-/// the live pool's times scaled by `ratio`; in the tail, the share of the candidate's requests
-/// above `ratio` × the live pool's quantile against the live pool's share above it.
+/// than allowed (`ratio` × the live pool, and at least `floor_ms` more): at the median, a
+/// Mann-Whitney test of the candidate against the live pool's times moved to the allowed
+/// ones; in the tail, the share of the candidate's requests above the allowed time for the
+/// live pool's quantile against the live pool's share above it.
 fn versus_live(
     name: &str,
     q: f64,
-    ratio: f64,
+    (ratio, floor_ms): (f64, f64),
     alpha: f64,
     candidate: &Window,
     live: &Window,
@@ -459,7 +478,7 @@ fn versus_live(
         },
     );
     let (z, info) = if q == 0.5 {
-        slower_than(&candidate.latency, &live.latency, ratio)?
+        slower_than(&candidate.latency, &live.latency, ratio, floor_ms * 1_000.0)?
     } else {
         let total = |h: &Histogram| h.buckets.iter().sum::<u64>();
         let (n, m) = (total(&candidate.latency), total(&live.latency));
@@ -467,7 +486,11 @@ fn versus_live(
             (n as f64 - latency::count_below(h, us)).round() as u64
         };
         two_proportions(
-            above(&candidate.latency, n, ratio * l * 1_000.0),
+            above(
+                &candidate.latency,
+                n,
+                allowed_us(l * 1_000.0, ratio, floor_ms * 1_000.0),
+            ),
             n,
             above(&live.latency, m, l * 1_000.0),
             m,
@@ -481,7 +504,7 @@ fn versus_live(
             percent(interval.0),
             percent(interval.1)
         ),
-        threshold: percent(ratio),
+        threshold: format!("{} and +{floor_ms:.2} ms", percent(ratio)),
         evidence: Evidence::of(z, info),
         numbers: vec![
             ("limit_ratio", ratio),
@@ -669,7 +692,7 @@ mod tests {
             panic!("{median:?}")
         };
         assert!(
-            reason.starts_with("median 6.") && reason.ends_with("> +10%"),
+            reason.starts_with("median 6.") && reason.ends_with("> +10% and +0.50 ms"),
             "{reason}"
         );
         let number = |name| {
@@ -752,6 +775,45 @@ mod tests {
             live_reference(&gates, &busy, Some(&reference)).expect("live"),
             &busy
         ));
+    }
+
+    #[test]
+    fn a_step_judged_against_an_earlier_live_window_carries_no_relative_evidence() {
+        let gates = Gates::default();
+        let reference = window(5_000, 0, 10.0);
+        let readings = kernel_gates(
+            &gates,
+            &window(5_000, 0, 10.2),
+            &Window::default(),
+            Some(&reference),
+            &Carried::new(),
+        );
+        for reading in &readings {
+            let relative =
+                reading.gate.ends_with("_vs_live") || reading.gate == "max_error_increase";
+            assert_eq!(
+                reading.evidence.is_some(),
+                !relative && reading.gate != "min_samples",
+                "{reading:?}"
+            );
+        }
+        // Carried evidence against the candidate is not added to a reference-judged window.
+        let carried: Carried = [(
+            "max_median_vs_live".to_owned(),
+            Evidence::of(50.0, 10_000.0),
+        )]
+        .into_iter()
+        .collect();
+        let judged = kernel_gates(
+            &gates,
+            &window(5_000, 0, 10.2),
+            &Window::default(),
+            Some(&reference),
+            &carried,
+        );
+        assert_eq!(Judgement::of(&judged), Judgement::Pass, "{judged:?}");
+        let fresh = kernel_gates(&gates, &window(5_000, 0, 10.2), &reference, None, &carried);
+        assert_eq!(outcome(&Judgement::of(&fresh)), "fail", "{fresh:?}");
     }
 
     #[test]

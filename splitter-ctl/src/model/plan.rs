@@ -29,6 +29,8 @@ pub enum PlanError {
     Positive { what: &'static str, value: f64 },
     #[error("{what} {value} must be a ratio from 1 (as fast as the live pool) to 1000000")]
     Ratio { what: &'static str, value: f64 },
+    #[error("min_latency_increase_ms {0} is outside 0..=60000")]
+    LatencyFloor(f64),
     #[error("confidence {0} is outside 0.5..=0.9999")]
     Confidence(f64),
     #[error("failure_limit {0} is outside 1..=10")]
@@ -56,6 +58,9 @@ pub struct Gates {
     pub max_median_vs_live: Option<f64>,
     /// The candidate's p99 over the live pool's p99 in the same window, at most.
     pub max_p99_vs_live: Option<f64>,
+    /// A latency regression must also exceed this many milliseconds: a version 20% slower at
+    /// 0.1 ms (a colder cache on less traffic) is not one operators act on.
+    pub min_latency_increase_ms: f64,
     /// Requests the candidate must have served in a window before it is judged.
     pub min_samples: u64,
     /// How far the spread of the candidate's clients over network prefixes may diverge from
@@ -95,6 +100,16 @@ impl Gates {
         .count()
     }
 
+    /// These gates with their false-alarm budget shared among `parts` judgements (a release
+    /// group's stack and each of its services).
+    #[must_use]
+    pub fn sharing_budget(&self, parts: usize) -> Self {
+        Self {
+            confidence: 1.0 - (1.0 - self.confidence) / parts.max(1) as f64,
+            ..self.clone()
+        }
+    }
+
     /// Each statistical gate's false-alarm budget over the whole rollout: 1 − confidence,
     /// split evenly among them.
     #[must_use]
@@ -111,6 +126,7 @@ impl Default for Gates {
             max_p99_ms: None,
             max_median_vs_live: Some(1.1),
             max_p99_vs_live: Some(1.2),
+            min_latency_increase_ms: 0.5,
             min_samples: 20,
             max_divergence: None,
             confidence: 0.99,
@@ -171,6 +187,8 @@ pub struct PlanRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_median_vs_live: Option<f64>,
     pub max_p99_vs_live: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_latency_increase_ms: Option<f64>,
     pub min_samples: Option<u64>,
     /// 0.5 to 0.9999: at most 1 − confidence of healthy rollouts are rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,6 +245,9 @@ impl PlanRequest {
             max_p99_ms: overrides.max_p99_ms.or(self.max_p99_ms),
             max_median_vs_live: overrides.max_median_vs_live.or(self.max_median_vs_live),
             max_p99_vs_live: overrides.max_p99_vs_live.or(self.max_p99_vs_live),
+            min_latency_increase_ms: overrides
+                .min_latency_increase_ms
+                .or(self.min_latency_increase_ms),
             min_samples: overrides.min_samples.or(self.min_samples),
             confidence: overrides.confidence.or(self.confidence),
             advance: overrides.advance.or(self.advance),
@@ -345,6 +366,11 @@ impl PlanRequest {
                 defaults.gates.max_p99_vs_live,
                 "max_p99_vs_live",
             )?,
+            min_latency_increase_ms: match self.min_latency_increase_ms {
+                None => defaults.gates.min_latency_increase_ms,
+                Some(ms) if (0.0..=60_000.0).contains(&ms) => ms,
+                Some(value) => return Err(PlanError::LatencyFloor(value)),
+            },
             min_samples: self.min_samples.unwrap_or(defaults.gates.min_samples),
             max_divergence: fraction(
                 self.max_divergence,
@@ -425,6 +451,7 @@ impl From<&Plan> for PlanRequest {
             max_p99_ms: plan.gates.max_p99_ms,
             max_median_vs_live: plan.gates.max_median_vs_live,
             max_p99_vs_live: plan.gates.max_p99_vs_live,
+            min_latency_increase_ms: Some(plan.gates.min_latency_increase_ms),
             min_samples: Some(plan.gates.min_samples),
             confidence: Some(plan.gates.confidence),
             advance: Some(plan.gates.advance),

@@ -12,7 +12,6 @@ use crate::{
         Daemon,
         events::{Event as _, GateEvaluation, OperatorOverride, PromqlRead, RolloutStep, Sinks},
     },
-    engine::stats::Evidence,
     engine::{
         gates::{
             Carried, GateReading, GateState, Judgement, Window, kernel_gates, live_reference,
@@ -158,7 +157,13 @@ impl Daemon {
         // A release group is judged as one stack, and each of its services on its own as well:
         // a breach on one service fails the group even when the others' traffic dilutes it in
         // the sum. A service without enough traffic of its own only counts in the sum.
-        let gates = &active.rollout.plan.gates;
+        // A release group's false-alarm budget is split between the stack and each service.
+        let members = if snapshots.members.len() > 1 {
+            snapshots.members.len()
+        } else {
+            0
+        };
+        let gates = &active.rollout.plan.gates.sharing_budget(members + 1);
         let mut readings = kernel_gates(
             gates,
             &candidate,
@@ -166,18 +171,33 @@ impl Daemon {
             active.live_reference.as_ref(),
             &active.carried,
         );
-        if snapshots.members.len() > 1 {
+        let mut step_evidence: Carried = readings
+            .iter()
+            .filter_map(|r| r.evidence.map(|e| (r.gate.clone(), e)))
+            .collect();
+        if members > 0 {
             for (name, (before, now)) in member_names
                 .iter()
                 .zip(active.step_base.members.iter().zip(&snapshots.members))
             {
-                // Each service on its own is judged on this step's window alone.
+                // Each service on its own, with its own evidence (under `service/gate`).
+                let prefix = format!("{name}/");
+                let carried: Carried = active
+                    .carried
+                    .iter()
+                    .filter_map(|(k, e)| k.strip_prefix(&prefix).map(|g| (g.to_owned(), *e)))
+                    .collect();
                 let member = kernel_gates(
                     gates,
                     &Window::between(&before[c], &now[c]),
                     &Window::between(&before[l], &now[l]),
                     None,
-                    &Carried::new(),
+                    &carried,
+                );
+                step_evidence.extend(
+                    member
+                        .iter()
+                        .filter_map(|r| r.evidence.map(|e| (format!("{prefix}{}", r.gate), e))),
                 );
                 if let Judgement::Fail(reasons) = Judgement::of(&member) {
                     readings.push(GateReading {
@@ -222,10 +242,7 @@ impl Daemon {
             .map(|(gate, reading)| serde_json::json!({ "gate": gate.name, "reading": reading.to_string() }))
             .collect();
         let views: Vec<GateView> = readings.iter().map(GateView::from).collect();
-        let step_evidence: Vec<(String, Evidence)> = readings
-            .iter()
-            .filter_map(|r| r.evidence.map(|e| (r.gate.clone(), e)))
-            .collect();
+        active.step_evidence = step_evidence;
         active.last_gates = views;
         active.live_reference = reference;
         // The judged windows, for `report`; recorded after any map write.
@@ -281,12 +298,9 @@ impl Daemon {
                     return Ok(());
                 }
                 if let Some(active) = self.rollouts.get_mut(service) {
-                    active.step_base = snapshots;
                     // The finished step's evidence carries into the next one.
-                    for (gate, evidence) in &step_evidence {
-                        let carried = active.carried.entry(gate.clone()).or_default();
-                        *carried = carried.plus(*evidence);
-                    }
+                    active.fold_step_evidence();
+                    active.step_base = snapshots;
                 }
                 Some(bp)
             }

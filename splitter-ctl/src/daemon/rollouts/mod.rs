@@ -56,14 +56,39 @@ pub struct ActiveRollout {
     /// The live pool's last window with enough live traffic: what the candidate is compared
     /// with once the live pool gets no new connections.
     pub live_reference: Option<Window>,
-    /// The kernel gates' evidence from the finished steps (see `engine::stats`).
+    /// The kernel gates' evidence from the finished steps (see `engine::stats`), by gate (a
+    /// release group's services' under `service/gate`).
     pub carried: Carried,
+    /// The evidence of the current step's window at its last judgement: carried on when the
+    /// step ends, and also when its window starts again (a resume, a restart), so that what
+    /// was looked at is never forgotten.
+    pub step_evidence: Carried,
     /// An evaluation is under way (its PromQL queries are out).
     pub evaluating: bool,
     /// The rollout's tracing span: every log line of the rollout carries its service and id.
     pub span: tracing::Span,
     /// The client of the plan's Prometheus, its TLS set up when the rollout started.
     pub prometheus: Option<prometheus::Client>,
+}
+
+impl ActiveRollout {
+    /// Adds the current step's evidence to what the rollout carries, before its window starts
+    /// again.
+    pub fn fold_step_evidence(&mut self) {
+        self.carried = folded(&self.carried, &self.step_evidence);
+        self.step_evidence.clear();
+    }
+}
+
+/// `carried` with `step` added, gate by gate.
+#[must_use]
+pub fn folded(carried: &Carried, step: &Carried) -> Carried {
+    let mut sum = carried.clone();
+    for (gate, evidence) in step {
+        let total = sum.entry(gate.clone()).or_default();
+        *total = total.plus(*evidence);
+    }
+    sum
 }
 
 /// Who ended a rollout: the gates, with the judgement to journal after the write, or an
@@ -293,6 +318,7 @@ impl Daemon {
             last_gates: Vec::new(),
             live_reference: None,
             carried: Carried::new(),
+            step_evidence: Carried::new(),
             evaluating: false,
             span: span(service, started_event),
             prometheus: client,
@@ -371,6 +397,7 @@ impl Daemon {
                 };
                 active.paused = None;
                 active.expected = kernel;
+                active.fold_step_evidence();
                 active.step_base = snapshots;
                 active.last_evaluation = now;
                 active.rollout.step_started = now;

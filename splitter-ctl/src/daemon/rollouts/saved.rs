@@ -4,13 +4,16 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use splitter_common::{SplitWord, Version};
+use splitter_common::{Histogram, SplitWord, Version};
 
-use super::{ActiveRollout, ReleaseSnapshot, RolloutError, span};
+use super::{ActiveRollout, ReleaseSnapshot, RolloutError, folded, span};
 use crate::model::units;
 use crate::{
     daemon::Daemon,
-    engine::{gates::Carried, rollout::Rollout},
+    engine::{
+        gates::{Carried, Window},
+        rollout::Rollout,
+    },
     io::prometheus,
     model::{
         error::chain,
@@ -57,9 +60,47 @@ struct SavedRollout {
     consecutive_failures: u32,
     paused: Option<String>,
     expected_word: u32,
-    /// The gates' evidence from the finished steps.
+    /// The gates' evidence from the finished steps and from the current one (its window
+    /// starts again after a restart).
     #[serde(default)]
     carried: Carried,
+    /// The live pool's last window with enough traffic: at the last step, the only one.
+    #[serde(default)]
+    live_reference: Option<SavedWindow>,
+}
+
+/// A judged window as the journal keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedWindow {
+    requests: u64,
+    errors: u64,
+    /// The response-time histogram's buckets.
+    latency: Vec<u64>,
+}
+
+impl SavedWindow {
+    fn of(window: &Window) -> Self {
+        Self {
+            requests: window.requests,
+            errors: window.errors,
+            latency: window.latency.buckets.to_vec(),
+        }
+    }
+
+    /// The window again; `None` when its buckets are not this build's.
+    fn restore(&self) -> Option<Window> {
+        let mut latency = Histogram::default();
+        if self.latency.len() != latency.buckets.len() {
+            return None;
+        }
+        latency.buckets.copy_from_slice(&self.latency);
+        latency.count = self.latency.iter().sum();
+        Some(Window {
+            requests: self.requests,
+            errors: self.errors,
+            latency,
+        })
+    }
 }
 
 impl SavedRollout {
@@ -73,7 +114,8 @@ impl SavedRollout {
             consecutive_failures: active.rollout.consecutive_failures,
             paused: active.paused.clone(),
             expected_word: active.expected.0,
-            carried: active.carried.clone(),
+            carried: folded(&active.carried, &active.step_evidence),
+            live_reference: active.live_reference.as_ref().map(SavedWindow::of),
         }
     }
 
@@ -119,9 +161,9 @@ impl SavedRollout {
             paused: self.paused,
             last_judgement: None,
             last_gates: Vec::new(),
-            // The live pool's reference is measured again after a restart.
-            live_reference: None,
+            live_reference: self.live_reference.as_ref().and_then(SavedWindow::restore),
             carried: self.carried,
+            step_evidence: Carried::new(),
             evaluating: false,
             span: span(service, self.started_event),
             prometheus,

@@ -422,7 +422,7 @@ pub fn section(quick: bool) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "\n### Judgement accuracy (simulated rollouts)\n\n{runs} rollouts per row through the engine's own code (`kernel_gates`, `Judgement::of`, `Rollout::on_judgement`, the kernel's log-linear histogram buckets), with the default plan and gates (steps {:?}%, hold {} s, interval {} s, `failure_limit` {}, `min_samples` {}, confidence {}, `max_median_vs_live` {:?}, `max_p99_vs_live` {:?}, `max_error_increase` {:?}, `max_error_rate` {:?}). Each version gets the rate of requests per second shown (Poisson), the live pool none at the 100% step (it is then compared with its last window). Errors: 0.2% on both unless the row says otherwise. Rolled back: the share of rollouts the judge rolled back (a false rollback for an A/A row, the power for a regression); requests: the median of the candidate's requests until the decision. The reference is Kayenta's judge: a one-sided Mann-Whitney U test at 98% confidence on the step's response times and a two-proportion test on its error rates, each failing only past the same allowed effect (+10% median, +1 pp), judged once at the end of each step's hold; it runs on the same seeded draws.\n",
+        "\n### Judgement accuracy (simulated rollouts)\n\n{runs} rollouts per row through the engine's own code (`kernel_gates`, `Judgement::of`, `Rollout::on_judgement`, the kernel's log-linear histogram buckets), with the default plan and gates (steps {:?}%, hold {} s, interval {} s, `failure_limit` {}, `min_samples` {}, confidence {}, `max_median_vs_live` {:?}, `max_p99_vs_live` {:?}, `max_error_increase` {:?}, `max_error_rate` {:?}, `min_latency_increase_ms` {}). Each version gets the rate of requests per second shown (Poisson), the live pool none at the 100% step (it is then compared with its last window). Errors: 0.2% on both unless the row says otherwise. Rolled back: the share of rollouts the judge rolled back (a false rollback for a row without a regression, the power for a regression; a regression exactly at the allowance, errors +1 pp, is allowed by definition); requests: the median of the candidate's requests until the decision. The reference is Kayenta's judge: a one-sided Mann-Whitney U test at 98% confidence on the step's response times and a two-proportion test on its error rates, each failing only past the same allowed effect (+10% median, +1 pp), judged once at the end of each step's hold; it runs on the same seeded draws.\n",
         plan.steps
             .iter()
             .map(|bp| f64::from(*bp) / 100.0)
@@ -436,6 +436,7 @@ pub fn section(quick: bool) -> String {
         plan.gates.max_p99_vs_live,
         plan.gates.max_error_increase,
         plan.gates.max_error_rate,
+        plan.gates.min_latency_increase_ms,
     );
     text.push_str("| scenario | req/s per version | Splitter: rolled back | promoted | still holding | requests | reference: rolled back | promoted | requests |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut false_worst = 0.0f64;
@@ -498,7 +499,7 @@ pub fn section(quick: bool) -> String {
     }
     let _ = writeln!(
         text,
-        "\nGoal: A/A false rollbacks ≤ 1% per rollout: **{}** (worst row {:.1}%).",
+        "\nGoal: false rollbacks ≤ 1% per rollout, on every row without a regression (A/A and within the allowance): **{}** (worst row {:.1}%).",
         if false_worst <= 0.01 { "met" } else { "MISSED" },
         false_worst * 100.0
     );
