@@ -7,6 +7,7 @@ pub mod checksum;
 pub mod compare;
 pub mod flood;
 pub mod http;
+pub mod judged;
 pub mod load;
 pub mod netns;
 pub mod packet;

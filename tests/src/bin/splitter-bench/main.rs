@@ -17,6 +17,7 @@
 mod drain;
 mod gates;
 mod judge;
+mod judged;
 mod memory;
 mod packet;
 mod versus;
@@ -31,7 +32,7 @@ type Section = fn(&str, bool) -> Result<String, String>;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
-    /// Only this section (`--only packet|judge|versus|gates|drain|memory`), for a quick look;
+    /// Only this section (`--only packet|judge|versus|gates|judged|drain|memory`), for a quick look;
     /// never written.
     only: Option<String>,
 }
@@ -75,13 +76,14 @@ fn main() -> ExitCode {
     if wanted("judge") {
         report.push_str(&judge::section(options.quick));
     }
-    let sections: [(&str, &str, Section); 4] = [
+    let sections: [(&str, &str, Section); 5] = [
         (
             "versus",
             "the comparison with direct, nftables and HAProxy",
             versus::section,
         ),
         ("gates", "the gate rollbacks", gates::section),
+        ("judged", "the judgement on the test bed", judged::section),
         ("drain", "the drain of the version left", drain::section),
         ("memory", "the maps' memory", memory::section),
     ];
