@@ -64,6 +64,17 @@ impl Ended {
     }
 }
 
+/// The first gate evaluation of the journal's `events` that failed.
+#[must_use]
+pub fn first_failing_evaluation(events: &[serde_json::Value]) -> Option<&serde_json::Value> {
+    events.iter().find(|e| {
+        e["kind"] == "gate_evaluation"
+            && e["details"]["judgement"]
+                .as_str()
+                .is_some_and(|j| j.starts_with("fail"))
+    })
+}
+
 /// Replaces `version`'s server on `bed` with one started with `args`.
 pub fn serve(bed: &mut Testbed, server: &str, version: &str, args: &[&str]) {
     bed.stop(version);

@@ -38,13 +38,39 @@ fn identical_versions_are_promoted_quiet_and_with_a_busy_core() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_candidate_twice_as_slow_is_rolled_back_by_the_median_gate() {
     require_root!();
-    let end = rollout(&["--delay-ms", "5"], &["--delay-ms", "10"], false);
+    let mut bed = Testbed::new(SERVER);
+    let end = judged::rollout(
+        &mut bed,
+        SERVER,
+        (&["--delay-ms", "5"], &["--delay-ms", "10"]),
+        false,
+        "2s",
+    );
     assert!(end.rolled_back(), "{}", end.event);
     let reason = end.reason();
-    // "median 10.2 ms vs live 5.1 ms: +100% [+90%, +110%] > +10%"
+    // "median 10.2 ms vs live 5.1 ms: +100% [+90%, +110%] > +10% and +0.50 ms"
     assert!(
         reason.contains("median") && reason.contains("vs live") && reason.contains("> +10%"),
         "{reason}"
+    );
+    // The journal keeps every gate of the failing judgement: estimate, interval, evidence.
+    let history = bed.ctl_ok(&["history", "--output", "json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_str(&history).expect("history JSON");
+    let failing = judged::first_failing_evaluation(&events).expect("a failing judgement");
+    let median = failing["details"]["gates"]
+        .as_array()
+        .and_then(|gates| gates.iter().find(|g| g["gate"] == "max_median_vs_live"))
+        .expect("the median gate in the journal");
+    assert_eq!(median["state"], "fail", "{median}");
+    assert!(
+        median["value_text"]
+            .as_str()
+            .is_some_and(|v| v.contains("evidence z") && v.contains('[')),
+        "{median}"
+    );
+    assert!(
+        median["evidence_z"].as_f64() >= median["needed_z"].as_f64(),
+        "{median}"
     );
 }
 

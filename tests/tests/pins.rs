@@ -36,6 +36,17 @@ fn pin_old_map(dir: &PinDir, name: &str, kind: &str, value_size: u32, entries: u
     );
 }
 
+/// The log2 histograms of the build before: 27 buckets, a sum and a count (232 bytes).
+fn pin_old_latency(dir: &PinDir) {
+    pin_old_map(
+        dir,
+        names::LATENCY,
+        "percpu_array",
+        232,
+        names::LATENCY_ENTRIES,
+    );
+}
+
 /// The value size of the map pinned at `path`, as bpftool reads it.
 fn value_size(path: &std::path::Path) -> u64 {
     let out = Command::new("bpftool")
@@ -54,14 +65,7 @@ fn an_older_histogram_map_is_replaced_and_a_foreign_split_map_refused() {
     let dir = PinDir(PathBuf::from("/sys/fs/bpf/splitter-test-pins-layout"));
     let _ = dataplane::detach(&dir.0);
     std::fs::create_dir_all(&dir.0).expect("pin dir on bpffs");
-    // The log2 histograms of the build before: 27 buckets, a sum and a count.
-    pin_old_map(
-        &dir,
-        names::LATENCY,
-        "percpu_array",
-        232,
-        names::LATENCY_ENTRIES,
-    );
+    pin_old_latency(&dir);
     let latency = dir.0.join(names::LATENCY);
     assert_eq!(value_size(&latency), 232);
     let loaded = dataplane::load(Some(&dir.0), FLOW_CAPACITY_PER_CPU);
@@ -77,13 +81,7 @@ fn an_older_histogram_map_is_replaced_and_a_foreign_split_map_refused() {
     let _ = dataplane::detach(&dir.0);
     std::fs::create_dir_all(&dir.0).expect("pin dir on bpffs");
     pin_old_map(&dir, names::SPLIT, "array", 8, names::MAX_SERVICES);
-    pin_old_map(
-        &dir,
-        names::LATENCY,
-        "percpu_array",
-        232,
-        names::LATENCY_ENTRIES,
-    );
+    pin_old_latency(&dir);
     let refused = dataplane::load(Some(&dir.0), FLOW_CAPACITY_PER_CPU);
     assert!(
         matches!(&refused, Err(DataplaneError::ForeignPin { map, .. }) if *map == names::SPLIT),

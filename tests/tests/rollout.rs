@@ -202,15 +202,8 @@ fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_wind
     );
 
     let events = history(&bed);
-    let first_fail = events
-        .iter()
-        .find(|e| {
-            e["kind"] == "gate_evaluation"
-                && e["details"]["judgement"]
-                    .as_str()
-                    .is_some_and(|j| j.starts_with("fail"))
-        })
-        .expect("a failing evaluation");
+    let first_fail =
+        splitter_tests::judged::first_failing_evaluation(&events).expect("a failing evaluation");
     let rollback = events
         .iter()
         .find(|e| e["kind"] == "rollback")

@@ -19,8 +19,8 @@ use crate::{
     engine::{
         latency,
         stats::{
-            self, Evidence, Prior, allowed_us, one_proportion, proportion_interval, quantile_ranks,
-            slower_than, two_proportions,
+            self, Evidence, allowed_us, difference_interval, one_proportion, quantile_ranks,
+            share_interval, slower_than, two_proportions,
         },
     },
     model::{
@@ -327,8 +327,7 @@ pub fn kernel_gates(
         let measured = one_proportion(candidate.errors, candidate.requests, max).map(|(z, n)| {
             let rate = candidate.error_rate().unwrap_or(0.0);
             let (lo, hi) =
-                proportion_interval(candidate.errors, candidate.requests, alpha, Prior::ERRORS)
-                    .unwrap_or((0.0, 1.0));
+                share_interval(candidate.errors, candidate.requests, alpha).unwrap_or((0.0, 1.0));
             Measured {
                 text: format!(
                     "error rate {:.2}% [{:.2}%, {:.2}%]",
@@ -355,7 +354,6 @@ pub fn kernel_gates(
         ));
     }
     if let Some(max) = gates.max_error_increase {
-        let half = alpha / 2.0;
         let measured = live.and_then(|l| {
             let (z, info) = two_proportions(
                 candidate.errors,
@@ -365,25 +363,29 @@ pub fn kernel_gates(
                 max,
             )?;
             let (c, r) = (candidate.error_rate()?, l.error_rate()?);
-            let (c_lo, c_hi) =
-                proportion_interval(candidate.errors, candidate.requests, half, Prior::ERRORS)?;
-            let (l_lo, l_hi) = proportion_interval(l.errors, l.requests, half, Prior::ERRORS)?;
+            let (lo, hi) = difference_interval(
+                candidate.errors,
+                candidate.requests,
+                l.errors,
+                l.requests,
+                alpha,
+            )?;
             Some(Measured {
                 text: format!(
                     "errors {:.2}% vs live {:.2}%: {:+.2} pp [{:+.2}, {:+.2}]",
                     pct(c),
                     pct(r),
                     pct(c - r),
-                    pct(c_lo - l_hi),
-                    pct(c_hi - l_lo)
+                    pct(lo),
+                    pct(hi)
                 ),
                 threshold: format!("+{:.2} pp", pct(max)),
                 evidence: Evidence::of(z, info),
                 numbers: vec![
                     ("limit_ratio", max),
                     ("value_ratio", c - r),
-                    ("interval_low", c_lo - l_hi),
-                    ("interval_high", c_hi - l_lo),
+                    ("interval_low", lo),
+                    ("interval_high", hi),
                 ],
             })
         });

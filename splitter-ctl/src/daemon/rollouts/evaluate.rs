@@ -242,6 +242,7 @@ impl Daemon {
             .map(|(gate, reading)| serde_json::json!({ "gate": gate.name, "reading": reading.to_string() }))
             .collect();
         let views: Vec<GateView> = readings.iter().map(GateView::from).collect();
+        let gate_details = serde_json::to_value(&views).unwrap_or_default();
         active.step_evidence = step_evidence;
         active.last_gates = views;
         active.live_reference = reference;
@@ -271,6 +272,7 @@ impl Daemon {
         let details = move || {
             serde_json::json!({
                 "judgement": describe(&judgement),
+                "gates": gate_details,
                 "candidate": { "requests": candidate.requests, "errors": candidate.errors, "p50_ms": candidate.quantile_ms(0.5), "p99_ms": candidate.p99_ms() },
                 "live": { "requests": live.requests, "errors": live.errors, "p50_ms": live.quantile_ms(0.5), "p99_ms": live.p99_ms(), "reference_p99_ms": reference_p99_ms },
                 "promql": promql_details,
