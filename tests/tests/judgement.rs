@@ -107,3 +107,53 @@ fn a_candidate_failing_one_request_in_five_is_rolled_back_by_the_error_gates() {
         "{reason}"
     );
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_candidate_past_the_absolute_p99_is_rolled_back_by_max_p99_ms() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    judged::serve(&mut bed, SERVER, "green", &["--delay-ms", "20"]);
+    bed.write_config("0");
+    bed.start_daemon(&[]);
+    let load = splitter_tests::load::Load::start(&bed, judged::ROLLOUT_LIMIT);
+    // Only the absolute gate: every relative one off (a ratio of a million).
+    bed.ctl_ok(&[
+        "rollout",
+        "start",
+        "sentiment",
+        "--steps",
+        "10,50,100",
+        "--hold",
+        "2s",
+        "--interval",
+        "500ms",
+        "--max-p99-ms",
+        "10",
+        "--max-median-vs-live",
+        "1000000",
+        "--max-p99-vs-live",
+        "1000000",
+    ]);
+    let deadline = std::time::Instant::now() + judged::ROLLOUT_LIMIT;
+    let rollback = loop {
+        let history = bed.ctl_ok(&["history", "--output", "json"]);
+        let events: Vec<serde_json::Value> = serde_json::from_str(&history).expect("history JSON");
+        if let Some(end) = events
+            .into_iter()
+            .find(|e| e["kind"] == "rollback" || e["kind"] == "promotion")
+        {
+            break end;
+        }
+        assert!(std::time::Instant::now() < deadline, "no end");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    load.stop();
+    assert_eq!(rollback["kind"], "rollback", "{rollback}");
+    let reason = rollback["reason"].as_str().unwrap_or_default();
+    // "p99 20.5 ms [20.1, ∞] > 10.0 ms"
+    assert!(
+        reason.starts_with("p99 ") && reason.contains("> 10.0 ms"),
+        "{reason}"
+    );
+}
