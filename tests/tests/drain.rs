@@ -399,3 +399,77 @@ fn a_long_streaming_response_on_green_completes_then_its_connection_closes() {
     assert_eq!(drain["outcomes"]["reset_at_timeout"], 0, "{drain}");
     assert_eq!(drain["raced"], 0, "{drain}");
 }
+
+/// Raises this process's open-file limit (its children, the servers and the daemon, inherit
+/// it): thousands of connections need thousands of descriptors on each side.
+fn allow_open_files(n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads a struct that lives across the call.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) };
+    assert_eq!(raised, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn two_thousand_idle_connections_are_all_closed_by_one_rollback() {
+    require_root!();
+    let _serial = one_at_a_time();
+    const CONNECTIONS: usize = 2_000;
+    allow_open_files(16_384);
+    let mut bed = Testbed::new(SERVER);
+    // Every new connection to green, so that every one of them is drained.
+    bed.write_config("100");
+    bed.start_daemon(&[]);
+    let vip = bed.vip();
+    let open: Vec<splitter_tests::http::KeepAlive> = bed.client.run(move || {
+        (0..CONNECTIONS)
+            .map(|i| {
+                let mut connection = splitter_tests::http::KeepAlive::connect(vip)
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let served_by = connection
+                    .request()
+                    .unwrap_or_else(|e| panic!("request {i}: {e}"));
+                assert_eq!(served_by, "green", "connection {i}");
+                connection
+            })
+            .collect()
+    });
+    // All idle now: one rollback drains them all at once.
+    bed.ctl_ok(&["rollback", "sentiment"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut still_open = CONNECTIONS;
+    while std::time::Instant::now() < deadline {
+        still_open = open.iter().filter(|c| !c.closed_by_peer()).count();
+        if still_open == 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(still_open, 0, "connections not closed within 30 s");
+    let rollback = drained_rollback(&bed);
+    let drain = &rollback["details"]["drain"];
+    assert_eq!(
+        drain["connections"].as_u64(),
+        Some(CONNECTIONS as u64),
+        "{drain}"
+    );
+    assert_eq!(drain["left"], 0, "{drain}");
+    assert_eq!(
+        drain["outcomes"]["drained_idle"].as_u64(),
+        Some(CONNECTIONS as u64),
+        "every connection closed as an idle one, none reset: {drain}"
+    );
+    assert_eq!(drain["raced"], 0, "{drain}");
+    // The closes wait for 100 ms of quiet and go out paced (kernel::closer): seconds, not
+    // minutes.
+    let last_close = drain["decision_to_last_close_us"]
+        .as_u64()
+        .expect("last close");
+    assert!(last_close < 10_000_000, "{drain}");
+    eprintln!(
+        "drained {CONNECTIONS} idle connections, the last closed {last_close} µs after the decision"
+    );
+}

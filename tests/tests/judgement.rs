@@ -1,7 +1,9 @@
 //! End to end for the gates' statistics, with the default gates on real servers: identical
 //! versions are promoted, quiet and with a busy core; a candidate twice as slow is rolled back
-//! by the median gate, one with a slow tail by the p99 gate, and one failing 1 request in 5 by
-//! the error gates, each reason saying the estimate, its interval and the threshold.
+//! by the median gate, one with a slow tail by the p99 gate, one failing 1 request in 5 by the
+//! error-increase gate, and one past an absolute p99 by `max_p99_ms`, each reason saying the
+//! estimate, its interval and the threshold. (The absolute `max_error_rate` fails in
+//! tests/tests/rollout.rs.)
 
 use splitter_tests::{
     judged::{self, Ended},

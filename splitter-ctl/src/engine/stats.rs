@@ -107,37 +107,57 @@ pub fn two_proportions(a: u64, n: u64, b: u64, m: u64, allowed: f64) -> Option<(
     Some(((a / n - b / m - allowed) / variance.sqrt(), n * m / (n + m)))
 }
 
-/// The standard error of a share of `size` trials, with half a success as a floor (a share of
-/// zero still has some uncertainty).
-fn share_se(share: f64, size: f64) -> f64 {
-    let p = share.clamp(0.5 / size, 1.0 - 0.5 / size);
-    (p * (1.0 - p) / size).sqrt()
+/// The values of `allowed` that a window's score test, `z(allowed)` falling as `allowed` rises,
+/// does not reject in either direction at the boundary `needed`: the interval the gates show
+/// beside the decision, consistent with it (found by bisection on `lo..hi`).
+fn inverted(z: impl Fn(f64) -> f64, needed: f64, (lo, hi): (f64, f64)) -> (f64, f64) {
+    let edge = |inside: f64, outside: f64, rejected: &dyn Fn(f64) -> bool| {
+        let (mut inside, mut outside) = (inside, outside);
+        if !rejected(outside) {
+            return outside;
+        }
+        for _ in 0..50 {
+            let mid = 0.5 * (inside + outside);
+            if rejected(mid) {
+                outside = mid;
+            } else {
+                inside = mid;
+            }
+        }
+        inside
+    };
+    // The centre: where the score is zero, or the nearer end.
+    let centre = edge(lo, hi, &|x| z(x) < 0.0);
+    (
+        edge(centre, lo, &|x| z(x) >= needed),
+        edge(centre, hi, &|x| z(x) <= -needed),
+    )
 }
 
-/// An interval for the share `a` of `n`, as wide as the evidence boundary is at this many
-/// trials (the estimate ± `needed` standard errors): what the gates show beside the evidence.
+/// An interval for the share `a` of `n`: the limits that the one-proportion test would not
+/// reject at this many trials, so that it agrees with the gate's decision on this window.
 #[must_use]
 pub fn share_interval(a: u64, n: u64, alpha: f64) -> Option<(f64, f64)> {
     if n == 0 {
         return None;
     }
-    let (share, size) = (a.min(n) as f64 / n as f64, n as f64);
-    let half = needed(size, alpha) * share_se(share, size);
-    Some(((share - half).max(0.0), (share + half).min(1.0)))
+    let needed = needed(n as f64, alpha);
+    let z = |p0: f64| one_proportion(a, n, p0).map_or(0.0, |(z, _)| z);
+    Some(inverted(z, needed, (0.0, 1.0)))
 }
 
-/// An interval for the difference of the shares `a` of `n` and `b` of `m`, as wide as the
-/// evidence boundary is at their information.
+/// An interval for the difference of the shares `a` of `n` and `b` of `m`: the allowances that
+/// the two-proportion test would not reject at their information, so that it agrees with the
+/// gate's decision on this window.
 #[must_use]
 pub fn difference_interval(a: u64, n: u64, b: u64, m: u64, alpha: f64) -> Option<(f64, f64)> {
     if n == 0 || m == 0 {
         return None;
     }
-    let (first, second) = (a.min(n) as f64 / n as f64, b.min(m) as f64 / m as f64);
-    let (n, m) = (n as f64, m as f64);
-    let se = share_se(first, n).hypot(share_se(second, m));
-    let half = needed(n * m / (n + m), alpha) * se;
-    Some((first - second - half, first - second + half))
+    let (nf, mf) = (n as f64, m as f64);
+    let needed = needed(nf * mf / (nf + mf), alpha);
+    let z = |allowed: f64| two_proportions(a, n, b, m, allowed).map_or(0.0, |(z, _)| z);
+    Some(inverted(z, needed, (-1.0, 1.0)))
 }
 
 /// Points standing for a histogram: each bucket's count spread over `SPREAD` evenly spaced
@@ -466,10 +486,21 @@ mod tests {
             "[{lo}, {hi}]"
         );
         assert_eq!(difference_interval(1, 0, 0, 10, 0.01), None);
-        // A window whose evidence crosses the boundary shows an interval past the allowance.
+        // A window whose evidence crosses the boundary shows an interval past the allowance,
+        // and one whose evidence does not, an interval that reaches it.
         let (z, info) = two_proportions(60, 1_000, 10, 1_000, 0.01).expect("trials");
         assert!(z >= needed(info, 0.01), "{z}");
         assert!(lo > 0.01);
+        // 5% of 40 against none of 400: the gate's decision and its interval agree.
+        for (a, n) in [(2u64, 40u64), (6, 120), (20, 400)] {
+            let (z, info) = two_proportions(a, n, 0, 400, 0.01).expect("trials");
+            let (lo, _) = difference_interval(a, n, 0, 400, 0.01).expect("trials");
+            assert_eq!(
+                z >= needed(info, 0.01),
+                lo > 0.01,
+                "{a} of {n}: z {z}, low {lo}"
+            );
+        }
     }
 
     #[test]
