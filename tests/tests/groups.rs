@@ -372,10 +372,12 @@ fn a_failing_service_rolls_its_group_back_even_when_the_stacks_sum_looks_healthy
     running.store(false, Ordering::SeqCst);
     let _ = light.join();
     assert_eq!(rollback["actor"], "gates", "{rollback}");
+    // Whichever error gate is convinced first on `features` alone: the safety net ("error
+    // rate ...") or the increase over the live pool ("errors ... vs live ...").
     assert!(
         rollback["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("features: error rate")),
+            .is_some_and(|r| r.contains("features: error rate") || r.contains("features: errors")),
         "{rollback}"
     );
     // Both services are back on blue: the group moved as one.

@@ -108,15 +108,24 @@ pub fn gather(config_path: &Path, only: Option<&str>) -> View {
         None => config.releases(),
     };
     for release in releases {
+        // No answer is no rollout (404); an answer that cannot be read is said, never shown as
+        // "no rollout running".
         if let Ok(json) = client::request(
             config_path,
             Method::GET,
             &format!("/v1/rollouts/{}", encode(release.name)),
             Bytes::new(),
             DAEMON_TIMEOUT,
-        ) && let Ok(rollout) = serde_json::from_value::<RolloutStatus>(json)
-        {
-            view.rollouts.push(rollout);
+        ) {
+            match serde_json::from_value::<RolloutStatus>(json) {
+                Ok(rollout) => view.rollouts.push(rollout),
+                Err(error) => {
+                    view.problem = Some(format!(
+                        "cannot read the rollout of {}: {error}",
+                        release.name
+                    ));
+                }
+            }
         }
     }
     let journal_name = only
