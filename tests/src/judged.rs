@@ -96,9 +96,24 @@ pub fn serve(bed: &mut Testbed, server: &str, version: &str, args: &[&str]) {
 pub fn rollout(
     bed: &mut Testbed,
     server: &str,
+    versions: (&[&str], &[&str]),
+    busy: bool,
+    hold: &str,
+) -> Ended {
+    rollout_with(bed, server, versions, busy, hold, &[])
+}
+
+/// Like `rollout`, with `extra` options for `rollout start` (gates changed from the defaults).
+///
+/// # Panics
+/// When the rollout does not end within `ROLLOUT_LIMIT`, or the journal cannot be read.
+pub fn rollout_with(
+    bed: &mut Testbed,
+    server: &str,
     (blue_args, green_args): (&[&str], &[&str]),
     busy: bool,
     hold: &str,
+    extra: &[&str],
 ) -> Ended {
     serve(bed, server, "blue", blue_args);
     serve(bed, server, "green", green_args);
@@ -106,7 +121,7 @@ pub fn rollout(
     bed.start_daemon(&[]);
     let _spinner = busy.then(|| Spinner::start(ROLLOUT_LIMIT));
     let load = Load::start(bed, ROLLOUT_LIMIT + Duration::from_secs(10));
-    bed.ctl_ok(&[
+    let mut args = vec![
         "rollout",
         "start",
         "sentiment",
@@ -116,7 +131,9 @@ pub fn rollout(
         hold,
         "--interval",
         "500ms",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    bed.ctl_ok(&args);
     let deadline = Instant::now() + ROLLOUT_LIMIT;
     let ended = loop {
         let text = bed.ctl_ok(&["history", "--output", "json"]);
