@@ -505,6 +505,12 @@ impl Histogram {
         (((octave - LATENCY_SUB_BITS + 1) as usize) << LATENCY_SUB_BITS) + sub
     }
 
+    /// The values counted in the buckets (what `count` says too, where the kernel filled both).
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
     /// What was added since `earlier` (a window between two reads; a reset in between reads
     /// as empty buckets).
     #[must_use]

@@ -8,7 +8,7 @@
 //! crosses an anytime-valid boundary (`stats`), so judging the growing window at every
 //! interval does not multiply false alarms. A gate passes when no regression is found (or,
 //! with `advance = "shown_no_worse"`, only once the opposite evidence is convincing) and waits
-//! below `min_samples`. Each reading shows the estimate, an anytime-valid interval for the
+//! below `min_samples`. Each reading shows the estimate, an interval for the
 //! window, the threshold and the evidence.
 
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ impl Window {
     /// response time when the data cannot bound it from below, infinity from above.
     #[must_use]
     pub fn quantile_bounds_ms(&self, q: f64, alpha: f64) -> Option<(f64, f64)> {
-        let n: u64 = self.latency.buckets.iter().sum();
+        let n = self.latency.total();
         if n == 0 {
             return None;
         }
@@ -162,6 +162,11 @@ impl Judgement {
     }
 }
 
+/// Whether the live pool's window has enough to compare the candidate with.
+fn live_enough(gates: &Gates, live: &Window) -> bool {
+    live.requests >= gates.min_samples.max(1) && live.latency.total() > 0
+}
+
 /// The live pool's window to compare the candidate with: this window when it has enough
 /// requests, else the last one that had (`reference`). At the last step the live pool gets no
 /// new connections, so only the reference is left.
@@ -171,7 +176,7 @@ pub fn live_reference<'a>(
     live: &'a Window,
     reference: Option<&'a Window>,
 ) -> Option<&'a Window> {
-    if live.requests >= gates.min_samples.max(1) && live.latency.buckets.iter().any(|c| *c > 0) {
+    if live_enough(gates, live) {
         Some(live)
     } else {
         reference
@@ -198,6 +203,28 @@ fn upper_ms(ms: f64) -> String {
 
 /// The evidence each kernel gate carries from the rollout's finished steps, by gate name.
 pub type Carried = BTreeMap<String, Evidence>;
+
+/// The evidence of a judgement's readings, by gate (those that carry any), under `prefix`
+/// (a release group's service, `name/`, or nothing).
+#[must_use]
+pub fn evidence_of(readings: &[GateReading], prefix: &str) -> Carried {
+    readings
+        .iter()
+        .filter_map(|r| r.evidence.map(|e| (format!("{prefix}{}", r.gate), e)))
+        .collect()
+}
+
+/// `carried` with `step` added, gate by gate: what the rollout carries once a step's window
+/// ends (its step advanced, or its window started again after a resume or a restart).
+#[must_use]
+pub fn folded(carried: &Carried, step: &Carried) -> Carried {
+    let mut sum = carried.clone();
+    for (gate, evidence) in step {
+        let total = sum.entry(gate.clone()).or_default();
+        *total = total.plus(*evidence);
+    }
+    sum
+}
 
 /// What a gate measured in the window: its reading for operators, and its evidence.
 struct Measured {
@@ -245,7 +272,7 @@ impl Judge<'_> {
                 gate: gate.to_owned(),
                 limit,
                 value: None,
-                state: GateState::Waiting((self.enough).then(|| missing.to_owned())),
+                state: GateState::Waiting(self.enough.then(|| missing.to_owned())),
                 numbers: Vec::new(),
                 evidence: None,
             };
@@ -295,15 +322,14 @@ pub fn kernel_gates(
     let needed = gates.min_samples.max(1);
     let enough = candidate.requests >= needed;
     let alpha = gates.gate_alpha();
-    let fresh = live;
-    let live = live_reference(gates, live, reference);
     let judge = Judge {
         alpha,
         advance: gates.advance,
         enough,
         carried,
-        fresh_live: live.is_some_and(|l| std::ptr::eq(l, fresh)),
+        fresh_live: live_enough(gates, live),
     };
+    let live = live_reference(gates, live, reference);
     let mut readings = vec![GateReading {
         gate: "min_samples".to_owned(),
         limit: format!("≥ {needed}"),
@@ -399,9 +425,8 @@ pub fn kernel_gates(
     }
     if let Some(max) = gates.max_p99_ms {
         let measured = candidate.p99_ms().and_then(|p99| {
-            let n = candidate.latency.buckets.iter().sum::<u64>();
-            let above = n as f64 - latency::count_below(&candidate.latency, max * 1_000.0);
-            let (z, info) = one_proportion(above.round() as u64, n, 0.01)?;
+            let above = latency::count_above(&candidate.latency, max * 1_000.0);
+            let (z, info) = one_proportion(above, candidate.latency.total(), 0.01)?;
             let (lo, hi) = candidate.quantile_bounds_ms(0.99, alpha)?;
             Some(Measured {
                 text: format!("p99 {p99:.1} ms [{lo:.1}, {}]", upper_ms(hi)),
@@ -482,20 +507,14 @@ fn versus_live(
     let (z, info) = if q == 0.5 {
         slower_than(&candidate.latency, &live.latency, ratio, floor_ms * 1_000.0)?
     } else {
-        let total = |h: &Histogram| h.buckets.iter().sum::<u64>();
-        let (n, m) = (total(&candidate.latency), total(&live.latency));
-        let above = |h: &Histogram, n: u64, us: f64| {
-            (n as f64 - latency::count_below(h, us)).round() as u64
-        };
         two_proportions(
-            above(
+            latency::count_above(
                 &candidate.latency,
-                n,
                 allowed_us(l * 1_000.0, ratio, floor_ms * 1_000.0),
             ),
-            n,
-            above(&live.latency, m, l * 1_000.0),
-            m,
+            candidate.latency.total(),
+            latency::count_above(&live.latency, l * 1_000.0),
+            live.latency.total(),
             0.0,
         )?
     };

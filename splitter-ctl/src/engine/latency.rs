@@ -22,7 +22,7 @@ pub fn bucket_bounds(i: usize) -> (f64, f64) {
 /// samples are taken as spread evenly, so the answer is exact to within the bucket's width.
 #[must_use]
 pub fn quantile(histogram: &Histogram, q: f64) -> Option<f64> {
-    let total: u64 = histogram.buckets.iter().sum();
+    let total = histogram.total();
     if total == 0 {
         return None;
     }
@@ -66,6 +66,15 @@ pub fn count_below(histogram: &Histogram, us: f64) -> f64 {
         }
     }
     below
+}
+
+/// How many of a histogram's values are at or above `us` (the complement of `count_below`),
+/// rounded to a whole request.
+#[must_use]
+pub fn count_above(histogram: &Histogram, us: f64) -> u64 {
+    (histogram.total() as f64 - count_below(histogram, us))
+        .round()
+        .max(0.0) as u64
 }
 
 /// p50, p90 and p99 of a histogram, in milliseconds.
@@ -174,6 +183,12 @@ mod tests {
         assert_eq!(count_below(&two, 8.5), 45.0, "half of the fast bucket");
         assert_eq!(count_below(&two, 1e9), 100.0);
         assert_eq!(count_below(&two, 0.0), 0.0);
+        assert_eq!(
+            count_above(&two, 8.5),
+            55,
+            "half of the fast bucket, and the slow one"
+        );
+        assert_eq!(count_above(&two, 1e9), 0);
         let q = Quantiles::of(&two);
         assert_eq!(q.p90_ms, Some(0.009));
     }

@@ -55,6 +55,13 @@ impl Rollout {
         self.plan.steps.get(self.step).copied().unwrap_or(0)
     }
 
+    /// Whether the step is still in its warm-up, which the judgement leaves out (its window
+    /// starts when the warm-up ends).
+    #[must_use]
+    pub fn warming_up(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.step_started) < self.plan.warmup
+    }
+
     /// Moves the rollout on after a window was judged.
     pub fn on_judgement(&mut self, now: Instant, judgement: &Judgement) -> Decision {
         if self.done {
@@ -106,6 +113,31 @@ mod tests {
             prometheus: None,
             promql: Vec::new(),
         }
+    }
+
+    #[test]
+    fn each_step_starts_with_its_warm_up() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut rollout = Rollout::start(
+            Plan {
+                warmup: Duration::from_secs(3),
+                ..plan(&[100, 10_000])
+            },
+            t0,
+        );
+        assert!(rollout.warming_up(at(2)));
+        assert!(!rollout.warming_up(at(3)));
+        assert_eq!(
+            rollout.on_judgement(at(10), &Judgement::Pass),
+            Decision::Advance(10_000)
+        );
+        assert!(rollout.warming_up(at(12)), "the next step warms up again");
+        assert!(!rollout.warming_up(at(13)));
+        assert!(
+            !Rollout::start(plan(&[10_000]), t0).warming_up(t0),
+            "no warm-up by default"
+        );
     }
 
     #[test]

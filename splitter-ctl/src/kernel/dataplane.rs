@@ -143,14 +143,15 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
         let mut replaced = Vec::new();
         for name in names::ALL {
             let path = paths::pin(dir, name);
-            if check_pin(&path, name)? {
-                replaced.push((name, path.clone()));
+            if let Some(problem) = check_pin(&path, name)? {
+                replaced.push((name, path.clone(), problem));
             }
             loader.map_pin_path(name, path);
         }
-        for (map, path) in replaced {
+        for (map, path, problem) in replaced {
             tracing::warn!(
                 map,
+                %problem,
                 "this build measures differently: the pinned map is replaced with a new one, its counters start at zero"
             );
             fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
@@ -162,12 +163,12 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
 }
 
 /// Refuses a pinned map whose layout is not this build's, before aya silently reuses it; for a
-/// map of measurements only (an upgrade that refines the histograms) says `true` instead: the
-/// caller unpins it, so the load creates it anew (the running programs keep the old one until
-/// they are replaced).
-fn check_pin(path: &Path, map: &'static str) -> Result<bool, DataplaneError> {
+/// map of measurements only (an upgrade that refines the histograms) says what differs instead:
+/// the caller unpins it, so the load creates it anew (the running programs keep the old one
+/// until they are replaced).
+fn check_pin(path: &Path, map: &'static str) -> Result<Option<LayoutError>, DataplaneError> {
     if !path.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     let foreign = |problem: LayoutError| DataplaneError::ForeignPin {
         path: path.to_owned(),
@@ -176,8 +177,8 @@ fn check_pin(path: &Path, map: &'static str) -> Result<bool, DataplaneError> {
     };
     let data = MapData::from_pin(path).map_err(|e| foreign(LayoutError::Open(e)))?;
     match check_layout(&data, map) {
-        Ok(()) => Ok(false),
-        Err(_) if names::MEASUREMENTS.contains(&map) => Ok(true),
+        Ok(()) => Ok(None),
+        Err(problem) if names::MEASUREMENTS.contains(&map) => Ok(Some(problem)),
         Err(problem) => Err(foreign(problem)),
     }
 }

@@ -44,7 +44,8 @@ pub enum PlanError {
 }
 
 /// When a candidate is good enough. Each gate but `min_samples` and `max_divergence` is judged
-/// with an anytime-valid interval (see `engine::gates`).
+/// on evidence accumulated over the rollout against an anytime-valid boundary (see
+/// `engine::gates` and `engine::stats`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gates {
     /// Errors (5xx, backend resets, refused handshakes) over requests, at most: the safety net

@@ -14,8 +14,8 @@ use crate::{
     },
     engine::{
         gates::{
-            Carried, GateReading, GateState, Judgement, Window, kernel_gates, live_reference,
-            promql_gates,
+            Carried, GateReading, GateState, Judgement, Window, evidence_of, kernel_gates,
+            live_reference, promql_gates,
         },
         representativeness,
         rollout::Decision,
@@ -139,8 +139,8 @@ impl Daemon {
             return Ok(());
         };
         // A step's warm-up is left out: its window starts when the warm-up ends.
-        let warmup = active.rollout.plan.warmup;
-        if now.duration_since(active.rollout.step_started) < warmup {
+        if active.rollout.warming_up(now) {
+            let warmup = active.rollout.plan.warmup;
             active.step_base = snapshots;
             active.sample_base = active.step_base.sum;
             active.last_judgement = Some(Judgement::Inconclusive(format!(
@@ -171,10 +171,7 @@ impl Daemon {
             active.live_reference.as_ref(),
             &active.carried,
         );
-        let mut step_evidence: Carried = readings
-            .iter()
-            .filter_map(|r| r.evidence.map(|e| (r.gate.clone(), e)))
-            .collect();
+        let mut step_evidence = evidence_of(&readings, "");
         if members > 0 {
             for (name, (before, now)) in member_names
                 .iter()
@@ -194,11 +191,7 @@ impl Daemon {
                     None,
                     &carried,
                 );
-                step_evidence.extend(
-                    member
-                        .iter()
-                        .filter_map(|r| r.evidence.map(|e| (format!("{prefix}{}", r.gate), e))),
-                );
+                step_evidence.extend(evidence_of(&member, &prefix));
                 if let Judgement::Fail(reasons) = Judgement::of(&member) {
                     readings.push(GateReading {
                         gate: format!("service {name}"),

@@ -23,7 +23,7 @@ use super::{
 use crate::model::units::millis;
 use crate::{
     engine::{
-        gates::{Carried, Judgement, Snapshot, Window},
+        gates::{Carried, Judgement, Snapshot, Window, folded},
         rollout::{Decision, Rollout},
     },
     io::{http::HttpError, prometheus},
@@ -78,17 +78,6 @@ impl ActiveRollout {
         self.carried = folded(&self.carried, &self.step_evidence);
         self.step_evidence.clear();
     }
-}
-
-/// `carried` with `step` added, gate by gate.
-#[must_use]
-pub fn folded(carried: &Carried, step: &Carried) -> Carried {
-    let mut sum = carried.clone();
-    for (gate, evidence) in step {
-        let total = sum.entry(gate.clone()).or_default();
-        *total = total.plus(*evidence);
-    }
-    sum
 }
 
 /// Who ended a rollout: the gates, with the judgement to journal after the write, or an

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use splitter_common::{Histogram, SplitWord, Version};
 
-use super::{ActiveRollout, ReleaseSnapshot, RolloutError, folded, span};
+use super::{ActiveRollout, ReleaseSnapshot, RolloutError, span};
 use crate::model::units;
 use crate::{
     daemon::Daemon,
     engine::{
-        gates::{Carried, Window},
+        gates::{Carried, Window, folded},
         rollout::Rollout,
     },
     io::prometheus,
@@ -94,7 +94,7 @@ impl SavedWindow {
             return None;
         }
         latency.buckets.copy_from_slice(&self.latency);
-        latency.count = self.latency.iter().sum();
+        latency.count = latency.total();
         Some(Window {
             requests: self.requests,
             errors: self.errors,

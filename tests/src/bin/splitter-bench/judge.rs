@@ -12,7 +12,7 @@ use std::{
 use splitter_common::Histogram;
 use splitter_ctl::{
     engine::{
-        gates::{Carried, Judgement, Window, kernel_gates, live_reference},
+        gates::{Carried, Judgement, Window, evidence_of, folded, kernel_gates, live_reference},
         rollout::{Decision, Rollout},
     },
     model::plan::Plan,
@@ -287,7 +287,6 @@ fn rollout(scenario: &Scenario, plan: &Plan, rate: f64, judge: Judge, rng: &mut 
     let interval = plan.interval.as_secs_f64();
     let limit = 3.0 * plan.steps.len() as f64 * plan.hold.as_secs_f64().max(interval);
     let mut carried = Carried::new();
-    let warmup = plan.warmup.as_secs_f64();
     while total_s < limit {
         total_s += interval;
         step_s += interval;
@@ -314,8 +313,9 @@ fn rollout(scenario: &Scenario, plan: &Plan, rate: f64, judge: Judge, rng: &mut 
             }
         }
         let now = t0 + Duration::from_secs_f64(total_s);
-        // A step's warm-up is left out: the windows start again until it ends.
-        if step_s <= warmup {
+        // A step's warm-up is left out: the windows start again until it ends (as the daemon
+        // does, by the engine's `warming_up`).
+        if state.warming_up(now) {
             (candidate, live) = (Window::default(), Window::default());
             continue;
         }
@@ -337,12 +337,7 @@ fn rollout(scenario: &Scenario, plan: &Plan, rate: f64, judge: Judge, rng: &mut 
         match state.on_judgement(now, &judgement) {
             Decision::Hold => {}
             Decision::Advance(_) => {
-                for reading in &readings {
-                    if let Some(evidence) = reading.evidence {
-                        let total = carried.entry(reading.gate.clone()).or_default();
-                        *total = total.plus(evidence);
-                    }
-                }
+                carried = folded(&carried, &evidence_of(&readings, ""));
                 if let Some(window) = live_reference(&plan.gates, &live, reference.as_ref()) {
                     reference = Some(*window);
                 }
@@ -396,7 +391,7 @@ fn reference_judgement(candidate: &Window, live: Option<&Window>) -> Judgement {
 /// The Mann-Whitney U statistic of `a` over `b` as a z score, ties (a bucket) counted half,
 /// with the tie-corrected variance. Positive when `a` tends to be larger.
 fn mann_whitney_z(a: &Histogram, b: &Histogram) -> Option<f64> {
-    let (na, nb): (u64, u64) = (a.buckets.iter().sum(), b.buckets.iter().sum());
+    let (na, nb) = (a.total(), b.total());
     if na == 0 || nb == 0 {
         return None;
     }
