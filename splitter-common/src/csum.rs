@@ -33,6 +33,12 @@ pub const fn address_delta(old: u32, new: u32) -> u32 {
     delta32(old, new)
 }
 
+/// `~m + m'` of a port change, or 0 when the port stays (so the caller can skip the update).
+#[inline(always)]
+pub const fn port_delta(old: u16, new: u16) -> u32 {
+    if old == new { 0 } else { delta16(old, new) }
+}
+
 /// `~m + m'` of an address and a port change, for `apply`.
 #[inline(always)]
 pub const fn address_port_delta(old: u32, new: u32, old_port: u16, new_port: u16) -> u32 {

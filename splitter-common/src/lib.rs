@@ -297,6 +297,33 @@ const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
 pub const CACHE_VALID: u32 = 1;
 
+/// Value of `REPLY_CACHE`, per CPU: what the reverse translation of a steered IPv4 flow needs,
+/// keyed by the reply's own tuple (backend → client), so a backend's pure ACK costs one inlined
+/// array read instead of two hash lookups. Filled only from an open `FLOWS` entry of a steered
+/// flow; a handshake answer that matches no steered flow clears its slot on every CPU, and so
+/// does user space whenever it purges flows.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedReply {
+    /// The reply's tuple as it leaves the backend: source = the backend.
+    pub key: FlowKey,
+    /// `CACHE_VALID` when the slot holds `key`'s flow.
+    pub valid: u32,
+    /// `stats_index` of the flow's (service, version).
+    pub stats_index: u32,
+    /// The service's IPv4 address and port in memory order: the reply's new source.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// `~backend + service` over the address words: added to the IPv4 header checksum, and to
+    /// the L4 checksum as a pseudo-header change.
+    pub addr_delta: u32,
+    /// `~backend port + service port`: added to the L4 checksum as a change of its data; 0 when
+    /// the ports are the same.
+    pub port_delta: u32,
+}
+const _: () = assert!(core::mem::size_of::<CachedReply>() == 64);
+
 impl FlowKey {
     /// The flow's slot in `FLOW_CACHE`: one multiply over the words that vary most.
     #[inline(always)]
@@ -617,10 +644,14 @@ pub enum PlaneCounter {
     /// Egress: a backend's payload on a flow being reset by a drain: dropped, so that both
     /// sides' sequence numbers hold still for the resets.
     DrainHeld = 13,
+    /// Egress: a packet from a backend's address on a connection the ingress did not steer
+    /// (a health check, a scrape, an admin session to the backend's own address): passed
+    /// untouched and not counted as service traffic.
+    Unsteered = 14,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 14] = [
+    pub const ALL: [PlaneCounter; 15] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -635,6 +666,7 @@ impl PlaneCounter {
         Self::LastResort,
         Self::DrainRaced,
         Self::DrainHeld,
+        Self::Unsteered,
     ];
 
     #[must_use]
@@ -654,6 +686,7 @@ impl PlaneCounter {
             Self::LastResort => "last_resort",
             Self::DrainRaced => "drain_raced",
             Self::DrainHeld => "drain_held",
+            Self::Unsteered => "unsteered",
         }
     }
 }
@@ -774,6 +807,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::CachedFlow {}
+    unsafe impl aya::Pod for super::CachedReply {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
     unsafe impl aya::Pod for super::Histogram {}

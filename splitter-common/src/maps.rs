@@ -9,7 +9,9 @@
 //! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
-//! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (for reverse translation) |
+//! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
+//! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
+//! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log-linear µs `Histogram` (8 buckets per octave) |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
@@ -27,6 +29,8 @@ pub const SPLIT: &str = "SPLIT";
 pub const POOL_SLOTS: &str = "POOL_SLOTS";
 pub const FLOWS: &str = "FLOWS";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
+pub const REPLY_CACHE: &str = "REPLY_CACHE";
+pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const LATENCY: &str = "LATENCY";
@@ -40,13 +44,15 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 17] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
     POOL_SLOTS,
     FLOWS,
     FLOW_CACHE,
+    REPLY_CACHE,
+    HANDSHAKES,
     BACKENDS,
     VERSION_STATS,
     LATENCY,
@@ -78,6 +84,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Slots of the flow cache, per CPU: a power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 4096;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// Handshakes of guarded new flows remembered at once (`HANDSHAKES`), over all CPUs: a flood
+/// turns them over, never the flow table.
+pub const MAX_HANDSHAKES: u32 = 8192;
 /// CPUs whose flow-cache slot a new flow clears; more than any host this runs on.
 pub const MAX_CPUS: u32 = 512;
 /// Default flow-table entries per possible CPU (config key `flow_table_per_cpu`). With

@@ -1,30 +1,39 @@
-//! TC egress: replies from a backend leave with the service's address and port as source, so
-//! the client sees the address it connected to. The reverse entry is keyed by the backend (from
-//! `BACKENDS`, written by user space), not by the flow, so flow-table eviction can never break a
-//! reply. Checksums are updated with the kernel helpers, which also handle the partial
-//! checksums of locally generated packets.
+//! TC egress: replies of the connections the ingress steered leave with the service's address
+//! and port as source, so the client sees the address it connected to. A packet is a steered
+//! reply when its flow says so (`FLOWS`, looked up by the connection, and the flow's backend is
+//! the packet's source), or for the handshake of a flow the rate guard steered without an entry
+//! (`HANDSHAKES`). Anything else from a backend's address (a health check, a scrape, an admin
+//! session to the backend's own address) passes byte-identical and is counted as `Unsteered`,
+//! never as service traffic.
+//!
+//! A steered IPv4 flow's reverse translation is cached per CPU by the reply's tuple
+//! (`REPLY_CACHE`), so a backend's pure ACK costs one inlined array read. A SYN-ACK never trusts
+//! the cache: it starts a connection, which may be a direct one reusing the tuple, and one that
+//! no steered flow owns clears the tuple's slot on every CPU.
 //!
 //! Every write goes through a helper (`bpf_skb_store_bytes`, the checksum helpers), never
 //! through a packet pointer: a program that writes packet memory directly gets a prologue from
 //! the verifier that unclones every cloned skb it sees, and TCP transmits clones. That would copy
 //! the head of every packet leaving the interface, the service's replies and all other traffic
 //! alike, while a helper makes writable only the header bytes it writes, which a TCP clone
-//! already allows.
+//! already allows. The L4 checksum goes through the kernel, which knows whether the skb carries
+//! a partial checksum (a seed that only the pseudo-header change must touch) or a complete one.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, csum,
-    stats_index,
+    BackendInfo, CACHE_VALID, CachedReply, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_RST,
+    FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, csum, stats_index,
 };
 
 use crate::{
-    Skip, drain,
-    maps::{self, BACKENDS, FLOWS},
+    Skip, drain, flow_cache,
+    maps::{self, BACKENDS, FLOWS, HANDSHAKES},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, TCP_FIN, TCP_RST, TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, Packet, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
     telemetry,
 };
@@ -41,111 +50,247 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds).map_err(|_| Skip::Pass(PlaneCounter::ReplyPassed))?;
-    let (ports, l4_check) = (pkt.ports(), pkt.l4_check());
-    let (src_port, dst_port) = packet::split_ports(ports);
-    let backend = if pkt.v6 {
-        Endpoint::from_ipv6(pkt.src6(), src_port, pkt.protocol)
+    if pkt.v6 {
+        return translate_v6(ctx, &pkt, &bounds);
+    }
+    let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
+    let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
+    let slot = reply_key.cache_slot();
+    let (backend_port, client_port) = packet::split_ports(ports);
+    let backend = Endpoint::from_ipv4(src, backend_port, pkt.protocol);
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let cached = if syn {
+        None
     } else {
-        Endpoint::from_ipv4(pkt.src(), src_port, pkt.protocol)
+        flow_cache::get_reply(slot, &reply_key)
     };
+    let reply = match cached {
+        Some(reply) => {
+            if tells(&pkt) {
+                // A steered flow's close or payload: its entry learns of it (drain, telemetry).
+                let key = FlowKey::from_ipv4(
+                    dst,
+                    reply.addr,
+                    packet::join_ports(client_port, reply.port),
+                    pkt.protocol,
+                );
+                let _ = follow(ctx, &key, &pkt, &bounds, &backend)?;
+            }
+            reply
+        }
+        None => {
+            let info = backend_info(&backend)?;
+            let service = addr_words(&info.service_addr)[3];
+            let key = FlowKey::from_ipv4(
+                dst,
+                service,
+                packet::join_ports(client_port, info.service_port_be),
+                pkt.protocol,
+            );
+            let reply = CachedReply {
+                key: reply_key,
+                valid: CACHE_VALID,
+                stats_index: stats_index(info.service_id, info.version),
+                addr: service,
+                port: info.service_port_be,
+                _pad: 0,
+                addr_delta: csum::address_delta(src, service),
+                port_delta: csum::port_delta(backend_port, info.service_port_be),
+            };
+            match follow(ctx, &key, &pkt, &bounds, &backend)? {
+                Steered::Flow => flow_cache::fill_reply(slot, &reply),
+                Steered::Handshake => {}
+                Steered::No => {
+                    if syn {
+                        flow_cache::forget_reply_everywhere(slot);
+                    }
+                    return Err(Skip::Pass(PlaneCounter::Unsteered));
+                }
+            }
+            reply
+        }
+    };
+    maps::with_stats(reply.stats_index, |s| {
+        s.packets_out += 1;
+        s.bytes_out += u64::from(ctx.len());
+    });
+    rewrite_v4(ctx, &pkt, dst, &reply)
+}
+
+/// Whether a reply can change what its flow knows: handshake answers, closes, and payload
+/// (which may be a response's first byte).
+#[inline(always)]
+fn tells(pkt: &Packet) -> bool {
+    pkt.protocol == PROTO_TCP
+        && (pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || pkt.payload_len > 0)
+}
+
+#[inline(always)]
+fn backend_info(backend: &Endpoint) -> Result<BackendInfo, Skip> {
     // SAFETY: hash map values are read once, as a copy.
-    let info: BackendInfo = match unsafe { BACKENDS.get(backend) } {
-        Some(info) => *info,
-        None => return Err(Skip::Pass(PlaneCounter::ReplyPassed)),
+    match unsafe { BACKENDS.get(backend) } {
+        Some(info) => Ok(*info),
+        None => Err(Skip::Pass(PlaneCounter::ReplyPassed)),
+    }
+}
+
+/// A flow's state bits once either side closed it.
+const FLOW_CLOSING: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST;
+
+/// Whose reply a packet from a backend is.
+enum Steered {
+    /// A flow the ingress recorded, with this backend.
+    Flow,
+    /// The handshake of a flow the rate guard steered without an entry.
+    Handshake,
+    /// No steered connection: traffic to the backend's own address.
+    No,
+}
+
+/// Finds the steered connection `key` (as the client sent it) that a packet from `backend`
+/// belongs to, and lets its entry learn what the packet tells.
+#[inline(always)]
+fn follow(
+    ctx: &TcContext,
+    key: &FlowKey,
+    pkt: &Packet,
+    bounds: &Bounds,
+    backend: &Endpoint,
+) -> Result<Steered, Skip> {
+    let tells = tells(pkt);
+    if tells && drain::observe_backend(ctx, key, pkt, bounds) {
+        return Err(Skip::Drop(PlaneCounter::DrainHeld));
+    }
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
+        let flow = unsafe { &mut *flow };
+        // Only the flow's own backend speaks for it: a packet from another backend is a direct
+        // connection's, or a late one of a previous connection on the same 5-tuple.
+        if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
+            if !(syn && flow.state & FLOW_CLOSING != 0) {
+                if tells {
+                    telemetry::observe_reply(ctx, pkt, flow);
+                }
+                return Ok(Steered::Flow);
+            }
+            // A handshake on the tuple of a closed steered flow: the client reused its port
+            // for a connection straight to the backend. The old connection is over; its entry
+            // goes, so the new connection's packets are never taken for it.
+            let _ = FLOWS.remove(key);
+        }
+    }
+    if syn {
+        // SAFETY: hash map values are read once, as a copy.
+        if let Some(guarded) = unsafe { HANDSHAKES.get(key) }
+            && guarded.addr == backend.addr
+            && guarded.port_be == backend.port_be
+        {
+            return Ok(Steered::Handshake);
+        }
+    }
+    Ok(Steered::No)
+}
+
+/// Flags of the L4 checksum helper: a UDP datagram without checksum keeps none
+/// (`BPF_F_MARK_MANGLED_0`).
+#[inline(always)]
+fn mangled_0(pkt: &Packet) -> u64 {
+    if pkt.protocol == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
+}
+
+/// The source becomes the service: the IPv4 checksum, source address, destination (unchanged)
+/// and source port, which sit side by side, in one store; the L4 checksum by the cached deltas.
+#[inline(always)]
+fn rewrite_v4(ctx: &TcContext, pkt: &Packet, dst: u32, reply: &CachedReply) -> Result<(), Skip> {
+    let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
+    let mangled_0 = mangled_0(pkt);
+    let rewritten = Ipv4SourceRewrite {
+        check: csum::apply(pkt.ip_check(), reply.addr_delta),
+        source: reply.addr,
+        destination: dst,
+        source_port: reply.port,
     };
+    // The check only skips the helper calls for a UDP datagram without checksum.
+    if csum::l4_has_checksum(pkt.protocol, pkt.l4_check()) {
+        let at = pkt.l4_check_offset;
+        ctx.l4_csum_replace(
+            at,
+            0,
+            u64::from(reply.addr_delta),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled_0,
+        )
+        .map_err(malformed)?;
+        if reply.port_delta != 0 {
+            ctx.l4_csum_replace(at, 0, u64::from(reply.port_delta), mangled_0)
+                .map_err(malformed)?;
+        }
+    }
+    // Everything needed is read above: helpers invalidate the packet pointers.
+    ctx.store(pkt.l3_offset + IPV4_CHECK_OFFSET, &rewritten, 0)
+        .map_err(malformed)
+}
+
+const _: () = assert!(IPV4_CHECK_OFFSET + 2 == packet::IPV4_SRC_OFFSET);
+const _: () = assert!(packet::IPV4_SRC_OFFSET + 4 == packet::IPV4_DST_OFFSET);
+const _: () = assert!(core::mem::size_of::<Ipv4SourceRewrite>() == 12);
+
+/// Bytes 10..22 of an IPv4 packet without options, as stored: the header checksum, the source
+/// and destination addresses, then the L4 source port.
+#[repr(C, packed)]
+struct Ipv4SourceRewrite {
+    check: u16,
+    source: u32,
+    destination: u32,
+    source_port: u16,
+}
+
+/// IPv6: the flow-table path for every reply (the reply cache holds IPv4 flows only).
+#[inline(always)]
+fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
+    let ports = pkt.ports();
+    let (backend_port, client_port) = packet::split_ports(ports);
+    let src = pkt.src6();
+    let backend = Endpoint::from_ipv6(src, backend_port, pkt.protocol);
+    let info = backend_info(&backend)?;
+    let service = addr_words(&info.service_addr);
+    let key = FlowKey::from_ipv6(
+        pkt.dst6(),
+        service,
+        packet::join_ports(client_port, info.service_port_be),
+        pkt.protocol,
+    );
+    if let Steered::No = follow(ctx, &key, pkt, bounds, &backend)? {
+        return Err(Skip::Pass(PlaneCounter::Unsteered));
+    }
     maps::with_stats(stats_index(info.service_id, info.version), |s| {
         s.packets_out += 1;
         s.bytes_out += u64::from(ctx.len());
     });
-    let service_words = addr_words(&info.service_addr);
-    // Only packets that can change what a flow knows look it up: handshake answers, closes,
-    // and payload (which may be a response's first byte).
-    if pkt.protocol == PROTO_TCP
-        && (pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || pkt.payload_len > 0)
-    {
-        let client_ports = packet::join_ports(dst_port, info.service_port_be);
-        let key = if pkt.v6 {
-            FlowKey::from_ipv6(pkt.dst6(), service_words, client_ports, pkt.protocol)
-        } else {
-            FlowKey::from_ipv4(pkt.dst(), service_words[3], client_ports, pkt.protocol)
-        };
-        if drain::observe_backend(ctx, &key, &pkt, &bounds) {
-            return Err(Skip::Drop(PlaneCounter::DrainHeld));
-        }
-        if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
-            let flow = unsafe { &mut *flow };
-            // Only the flow's own backend speaks for it: a late packet of a previous connection
-            // on the same 5-tuple, from another backend, must not close or time the new one.
-            if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
-                telemetry::observe_reply(ctx, &pkt, flow);
-            }
-        }
-    }
-    let mangled_0 = if pkt.protocol == PROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
-    // A UDP datagram without checksum keeps none (BPF_F_MARK_MANGLED_0 does that in the
-    // helper); the check here only skips the helper calls.
-    let fix_l4 = csum::l4_has_checksum(pkt.protocol, l4_check);
-    let (l3, l4, l4_check_at) = (pkt.l3_offset, pkt.l4_offset, pkt.l4_check_offset);
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
+    let mangled_0 = mangled_0(pkt);
+    let (l4, l4_check_at) = (pkt.l4_offset, pkt.l4_check_offset);
     // Everything needed is read above: helpers invalidate the packet pointers.
-    if pkt.v6 {
-        let old = pkt.src6();
-        if fix_l4 {
-            for (from, to) in old.iter().zip(service_words) {
-                ctx.l4_csum_replace(l4_check_at, u64::from(*from), u64::from(to), pseudo)
-                    .map_err(malformed)?;
-            }
-            ctx.l4_csum_replace(
-                l4_check_at,
-                u64::from(src_port),
-                u64::from(info.service_port_be),
-                2 | mangled_0,
-            )
-            .map_err(malformed)?;
+    if csum::l4_has_checksum(pkt.protocol, pkt.l4_check()) {
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled_0;
+        for (from, to) in src.iter().zip(service) {
+            ctx.l4_csum_replace(l4_check_at, u64::from(*from), u64::from(to), pseudo)
+                .map_err(malformed)?;
         }
-        ctx.store(l3 + IPV6_SRC_OFFSET, &service_words, 0)
-            .map_err(malformed)?;
-        ctx.store(l4, &info.service_port_be, 0).map_err(malformed)?;
-        return Ok(());
+        ctx.l4_csum_replace(
+            l4_check_at,
+            u64::from(backend_port),
+            u64::from(info.service_port_be),
+            2 | mangled_0,
+        )
+        .map_err(malformed)?;
     }
-    let (src, service_addr) = (pkt.src(), service_words[3]);
-    // The IPv4 checksum (never partial) and the source address sit side by side: one store.
-    let ip_check = csum::replace32(pkt.ip_check(), src, service_addr);
-    let check_and_source = Ipv4CheckAndSource {
-        check: ip_check,
-        source: service_addr,
-    };
-    // The L4 checksum goes through the kernel, which knows whether the skb carries a partial
-    // checksum (a seed that only the pseudo-header change must touch) or a complete one.
-    if fix_l4 {
-        ctx.l4_csum_replace(l4_check_at, u64::from(src), u64::from(service_addr), pseudo)
-            .and_then(|()| {
-                ctx.l4_csum_replace(
-                    l4_check_at,
-                    u64::from(src_port),
-                    u64::from(info.service_port_be),
-                    2 | mangled_0,
-                )
-            })
-            .map_err(malformed)?;
-    }
-    ctx.store(l3 + IPV4_CHECK_OFFSET, &check_and_source, 0)
+    ctx.store(pkt.l3_offset + IPV6_SRC_OFFSET, &service, 0)
         .map_err(malformed)?;
     ctx.store(l4, &info.service_port_be, 0).map_err(malformed)?;
     Ok(())
-}
-
-const _: () = assert!(IPV4_CHECK_OFFSET + 2 == packet::IPV4_SRC_OFFSET);
-
-/// Bytes 10..16 of an IPv4 header, as stored: the header checksum, then the source address.
-#[repr(C, packed)]
-struct Ipv4CheckAndSource {
-    check: u16,
-    source: u32,
 }

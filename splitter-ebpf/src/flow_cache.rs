@@ -5,10 +5,10 @@
 //! - a new flow clears its slot on every CPU before it fills its own, so no CPU can keep a
 //!   previous connection's backend for a reused 5-tuple.
 
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem};
-use splitter_common::{CACHE_VALID, CachedFlow, FlowKey, maps::MAX_CPUS};
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem, maps::PerCpuArray};
+use splitter_common::{CACHE_VALID, CachedFlow, CachedReply, FlowKey, maps::MAX_CPUS};
 
-use crate::maps::FLOW_CACHE;
+use crate::maps::{FLOW_CACHE, REPLY_CACHE};
 
 /// Where to send a packet: what the rewrite and the counters need of a flow.
 #[derive(Clone, Copy)]
@@ -28,18 +28,18 @@ fn words(key: &FlowKey) -> &[u64; 5] {
     unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() }
 }
 
+/// Whether a slot's key is `key`, five word compares.
+#[inline(always)]
+fn same(slot_key: &FlowKey, key: &FlowKey) -> bool {
+    let (a, b) = (words(slot_key), words(key));
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
 /// The cached target of `key` on this CPU, if its slot holds it.
 #[inline(always)]
 pub fn get(slot: u32, key: &FlowKey) -> Option<Target> {
     let entry = FLOW_CACHE.get(slot)?;
-    let (a, b) = (words(&entry.key), words(key));
-    if entry.valid == CACHE_VALID
-        && a[0] == b[0]
-        && a[1] == b[1]
-        && a[2] == b[2]
-        && a[3] == b[3]
-        && a[4] == b[4]
-    {
+    if entry.valid == CACHE_VALID && same(&entry.key, key) {
         Some(Target {
             addr: entry.addr,
             port: entry.port,
@@ -68,10 +68,45 @@ pub fn fill(slot: u32, key: &FlowKey, target: &Target) {
     }
 }
 
-/// Clears `slot` on every CPU; called when a new flow is recorded.
+/// The reverse translation of a steered IPv4 flow, by the reply's own tuple: the egress
+/// program's counterpart of `Target`.
+#[inline(always)]
+pub fn get_reply(slot: u32, key: &FlowKey) -> Option<CachedReply> {
+    let entry = REPLY_CACHE.get(slot)?;
+    if entry.valid == CACHE_VALID && same(&entry.key, key) {
+        Some(*entry)
+    } else {
+        None
+    }
+}
+
+/// Puts a steered flow's reverse translation in this CPU's slot (`reply.key` is the reply's
+/// tuple).
+#[inline(always)]
+pub fn fill_reply(slot: u32, reply: &CachedReply) {
+    if let Some(entry) = REPLY_CACHE.get_ptr_mut(slot) {
+        // SAFETY: this CPU's value; nothing else writes it while the program runs.
+        unsafe { *entry = *reply };
+    }
+}
+
+/// Clears `slot` of the flow cache on every CPU; called when a new flow is recorded.
 #[inline(always)]
 pub fn forget_everywhere(slot: u32) {
-    let map = (&raw const FLOW_CACHE).cast::<c_void>().cast_mut();
+    clear_on_every_cpu(&FLOW_CACHE, slot);
+}
+
+/// Clears `slot` of the reply cache on every CPU: its tuple now belongs to another connection
+/// (a new flow, or a handshake that no steered flow owns).
+#[inline(always)]
+pub fn forget_reply_everywhere(slot: u32) {
+    clear_on_every_cpu(&REPLY_CACHE, slot);
+}
+
+/// Marks `slot` invalid on every CPU. Both caches start with their `FlowKey`, then `valid`.
+#[inline(always)]
+fn clear_on_every_cpu<T>(cache: &PerCpuArray<T>, slot: u32) {
+    let map = (cache as *const PerCpuArray<T>).cast::<c_void>().cast_mut();
     let key = (&raw const slot).cast::<c_void>();
     for cpu in 0..MAX_CPUS {
         // SAFETY: a map of this program and a key that lives across the call.
@@ -79,7 +114,11 @@ pub fn forget_everywhere(slot: u32) {
         if entry.is_null() {
             break; // past the last possible CPU
         }
-        // SAFETY: a valid map value pointer; a racing reader sees either state, both safe.
+        // SAFETY: a valid map value pointer to a value that starts with the same key and valid
+        // word as `CachedFlow` (checked below); a racing reader sees either state, both safe.
         unsafe { (*entry).valid = 0 };
     }
 }
+
+const _: () =
+    assert!(core::mem::offset_of!(CachedFlow, valid) == core::mem::offset_of!(CachedReply, valid));

@@ -18,7 +18,7 @@ use crate::{
     Skip,
     drain::{self, Client},
     flow_cache::{self, Target},
-    maps::{self, FLOWS, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
+    maps::{self, FLOWS, HANDSHAKES, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN,
@@ -113,7 +113,8 @@ fn follow_or_create<T>(
             Ok((pick(flow), true))
         }
         _ => {
-            let (flow, pinned) = new_flow(key, service, tcp_flags, closing, request)?;
+            let seen = u32::from(tcp_flags) | u32::from(closing) << 8 | u32::from(request) << 16;
+            let (flow, pinned) = new_flow(key, service, seen)?;
             flow_cache::forget_everywhere(slot);
             Ok((pick(&flow), pinned))
         }
@@ -221,13 +222,8 @@ const fn closing_bits(tcp_flags: u8) -> u8 {
 /// A new flow (not such a miss) over the rate guard is steered the same way but gets no entry
 /// (counted as `Guarded`); the returned flag says whether the flow was recorded.
 #[inline(always)]
-fn new_flow(
-    key: &FlowKey,
-    service_key: Endpoint,
-    tcp_flags: u8,
-    state: u8,
-    request: bool,
-) -> Result<(Flow, bool), Skip> {
+fn new_flow(key: &FlowKey, service_key: Endpoint, seen: u32) -> Result<(Flow, bool), Skip> {
+    let (tcp_flags, state, request) = (seen as u8, (seen >> 8) as u8, seen >> 16 != 0);
     // SAFETY: hash map values are read once, as a copy.
     let service: Service = match unsafe { SERVICES.get(service_key) } {
         Some(service) => *service,
@@ -267,8 +263,7 @@ fn new_flow(
     let is_miss = key.protocol == PROTO_TCP && !is_syn(tcp_flags);
     let pinned = is_miss || maps::guard_admits(now);
     if !pinned {
-        maps::count(PlaneCounter::Guarded);
-        report::rare(PlaneCounter::Guarded);
+        guarded(key, slot_index(service.id, version, (hash >> 32) as u32));
     } else if FLOWS.insert(key, flow, 0).is_err() {
         maps::count(PlaneCounter::FlowInsertFailed);
         report::rare(PlaneCounter::FlowInsertFailed);
@@ -289,7 +284,7 @@ fn new_flow(
 /// A failover is counted on the chosen version. With neither, the last-resort pool's slot
 /// (its new flow counted on that pool, and in `PlaneCounter::LastResort`); without that too, the
 /// flow is dropped and counted as a slot miss.
-#[inline(always)]
+#[inline(never)]
 fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Skip> {
     let slot_of = |pool: u8| match POOL_SLOTS.get(slot_index(service_id, pool, hash)) {
         Some(slot) if slot.flags & SLOT_SET != 0 => Some(*slot),
@@ -332,4 +327,20 @@ fn rewrite_destination(pkt: &Packet, target: &Target) {
         // SAFETY: as above.
         unsafe { packet::store_u16(pkt.l4_check, csum::l4_stored(pkt.protocol, check)) };
     }
+}
+
+/// A new flow the rate guard steers without a `FLOWS` entry: counted, reported, and its
+/// handshake remembered, since the client's next packet creates the entry (a miss) but the
+/// SYN-ACK before it must still be recognised as steered. A subprogram of its own, so the
+/// verifier walks this rare branch once per caller state instead of inlining it into every
+/// path of the steering code.
+/// The backend is passed as its slot's index and read back from `POOL_SLOTS`: a copy of the
+/// caller's would have to live on its stack, which multiplies the states the verifier walks.
+#[inline(never)]
+fn guarded(key: &FlowKey, slot: u32) {
+    maps::count(PlaneCounter::Guarded);
+    if let Some(backend) = POOL_SLOTS.get(slot) {
+        let _ = HANDSHAKES.insert(key, backend, 0);
+    }
+    report::rare(PlaneCounter::Guarded);
 }

@@ -7,12 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, PLANE_COUNTERS,
-    PlaneCounter, Service, Slot, VersionStats,
+    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
+    PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
     drain::Drain,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_COHORT_ENTRIES,
-        MAX_DRAINS, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        MAX_DRAINS, MAX_HANDSHAKES, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES,
+        VERSION_STAT_ENTRIES,
     },
 };
 
@@ -42,6 +43,17 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 /// Per CPU: direct-mapped copies of flow entries for the established path.
 #[map(name = "FLOW_CACHE")]
 pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// Per CPU: direct-mapped reverse translations of steered IPv4 flows, by the reply's tuple.
+#[map(name = "REPLY_CACHE")]
+pub static REPLY_CACHE: PerCpuArray<CachedReply> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// New flows the rate guard steered without a `FLOWS` entry → their backend, so that the
+/// backend's SYN-ACK is recognised as theirs. A common LRU of its own: a flood turns it over,
+/// never the flow table.
+#[map(name = "HANDSHAKES")]
+pub static HANDSHAKES: LruHashMap<FlowKey, Slot> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
 
 /// Backend endpoint → its service, for reverse translation. Written by user space.
 #[map(name = "BACKENDS")]

@@ -287,6 +287,7 @@ mod tests {
 pub const ICMPV6: u8 = 58;
 pub const EXT_HOP_BY_HOP: u8 = 0;
 pub const EXT_DESTINATION: u8 = 60;
+pub const EXT_ROUTING: u8 = 43;
 pub const EXT_FRAGMENT: u8 = 44;
 
 /// An IPv6 packet to build: TCP, UDP or an ICMPv6 neighbour solicitation, after any
@@ -413,9 +414,17 @@ pub fn parse6(frame: &[u8]) -> Option<Parsed6> {
     let dst: [u8; 16] = ip[24..40].try_into().ok()?;
     let mut next = ip[6];
     let mut at = 54;
-    while matches!(next, EXT_HOP_BY_HOP | EXT_DESTINATION | EXT_FRAGMENT) {
-        next = *frame.get(at)?;
-        at += 8;
+    while matches!(
+        next,
+        EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DESTINATION | EXT_FRAGMENT
+    ) {
+        let header = frame.get(at..at + 2)?;
+        at += if next == EXT_FRAGMENT {
+            8
+        } else {
+            8 * (usize::from(header[1]) + 1)
+        };
+        next = header[0];
     }
     let l4 = frame.get(at..)?;
     let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);

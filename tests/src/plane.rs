@@ -92,6 +92,19 @@ impl Plane {
         Self { ebpf, maps, config }
     }
 
+    /// The instructions the verifier walked to accept program `name` (its states times their
+    /// lengths), against its limit of a million.
+    #[must_use]
+    pub fn verified_instructions(&self, name: &str) -> u32 {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("program {name}"))
+            .info()
+            .unwrap_or_else(|e| panic!("program info of {name}: {e}"))
+            .verified_instruction_count()
+            .unwrap_or_else(|| panic!("the kernel does not say how long {name} took to verify"))
+    }
+
     /// Reads the programs' rare-event reports (aya-log) into `logger`, at each `flush`.
     pub fn take_reports<L: log::Log>(&mut self, logger: L) -> aya_log::EbpfLogger<L> {
         aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)

@@ -727,41 +727,54 @@ fn a_service_joining_a_release_group_takes_the_groups_word_not_the_other_way_rou
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
     require_root!();
-    let plane = Plane::load(CONFIG);
+    let mut plane = Plane::load(CONFIG);
     let id = service_id(&plane.maps, vip(), packet::TCP);
-    for (backend, payload) in [
-        (addr("198.18.1.3:8080"), &b"HTTP/1.1 200 OK\r\n\r\n"[..]),
-        (addr("198.18.2.2:8080"), &b""[..]),
-    ] {
-        let frame = Ipv4Packet::tcp(backend, client(48_000), ACK | PSH)
+    plane
+        .maps
+        .set_split(id, SplitWord::new(Version::Blue, 5_000))
+        .expect("split");
+    // A steered connection to each version.
+    let mut conns: Vec<(SocketAddrV4, SocketAddrV4, Version)> = Vec::new();
+    for port in 48_000..48_100 {
+        let (backend, version) = open(&plane, client(port));
+        if conns.iter().all(|(_, _, v)| *v != version) {
+            conns.push((client(port), backend, version));
+        }
+    }
+    assert_eq!(conns.len(), 2, "connections to both versions");
+    for ((conn, backend, _), payload) in conns
+        .iter()
+        .zip([&b"HTTP/1.1 200 OK\r\n\r\n"[..], &b""[..]])
+    {
+        let frame = Ipv4Packet::tcp(*backend, *conn, ACK | PSH)
             .with_payload(payload)
             .build();
         let run = plane.egress(&frame);
         assert_eq!(run.verdict, TC_NEXT);
         let out = packet::parse(&run.data).expect("parses");
-        assert_eq!((out.src, out.dst), (vip(), client(48_000)));
+        assert_eq!((out.src, out.dst), (vip(), *conn));
         assert!(
             out.ip_checksum_ok && out.l4_checksum_ok,
             "checksums after reverse translation"
         );
     }
-    assert_eq!(
-        plane
-            .maps
-            .counters(id, Version::Blue)
-            .expect("counters")
-            .packets_out,
-        1
-    );
-    assert_eq!(
-        plane
-            .maps
-            .counters(id, Version::Green)
-            .expect("counters")
-            .packets_out,
-        1
-    );
+    for (_, _, version) in &conns {
+        assert_eq!(
+            plane
+                .maps
+                .counters(id, *version)
+                .expect("counters")
+                .packets_out,
+            1
+        );
+    }
     assert_eq!(plane_count_named(&plane, "reply_translated"), 2);
+}
+
+/// Sends a datagram from `conn` to the UDP service: the backend it went to.
+fn open_udp(plane: &Plane, conn: SocketAddrV4) -> SocketAddrV4 {
+    let run = plane.ingress(&Ipv4Packet::udp(conn, addr("198.18.0.1:5353")).build());
+    packet::parse(&run.data).expect("parses").dst
 }
 
 #[test]
@@ -769,16 +782,20 @@ fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
 fn udp_replies_are_translated_and_keep_a_zero_checksum() {
     require_root!();
     let plane = Plane::load(CONFIG);
-    for no_checksum in [false, true] {
+    for (port, no_checksum) in [(49_000, false), (49_001, true)] {
+        let backend = open_udp(&plane, client(port));
         let reply = Ipv4Packet {
             udp_no_checksum: no_checksum,
-            ..Ipv4Packet::udp(addr("198.18.2.2:5353"), client(49_000)).with_payload(b"answer")
+            ..Ipv4Packet::udp(backend, client(port)).with_payload(b"answer")
         };
-        let run = plane.egress(&reply.build());
-        let out = packet::parse(&run.data).expect("parses");
-        assert_eq!(out.src, addr("198.18.0.1:5353"));
-        assert!(out.ip_checksum_ok && out.l4_checksum_ok);
-        assert_eq!(out.l4_checksum == 0, no_checksum);
+        // Twice: the first reply takes the flow table, the second the reply cache.
+        for _ in 0..2 {
+            let run = plane.egress(&reply.clone().build());
+            let out = packet::parse(&run.data).expect("parses");
+            assert_eq!(out.src, addr("198.18.0.1:5353"));
+            assert!(out.ip_checksum_ok && out.l4_checksum_ok);
+            assert_eq!(out.l4_checksum == 0, no_checksum);
+        }
     }
 }
 
@@ -1251,14 +1268,20 @@ fn ipv6_extension_headers_are_skipped_and_what_cannot_be_steered_passes_untouche
 fn ipv6_replies_leave_as_the_service_with_valid_checksums() {
     require_root!();
     let plane = Plane::load(CONFIG6);
-    for (backend, service) in [
-        ("[2001:db8:1::2]:8080", "[2001:db8::1]:8080"),
-        ("[2001:db8:1::2]:5353", "[2001:db8::1]:5353"),
-    ] {
-        let base = if backend.ends_with("5353") {
-            packet::Ipv6Packet::udp(addr6(backend), client6(42_000))
+    for service in ["[2001:db8::1]:8080", "[2001:db8::1]:5353"] {
+        let udp = service.ends_with("5353");
+        // The connection first, so that its replies are a steered flow's.
+        let first = if udp {
+            packet::Ipv6Packet::udp(client6(42_000), addr6(service))
         } else {
-            packet::Ipv6Packet::tcp(addr6(backend), client6(42_000), ACK | PSH)
+            packet::Ipv6Packet::tcp(client6(42_000), addr6(service), SYN)
+        };
+        let steered = plane.ingress(&first.build());
+        let backend = packet::parse6(&steered.data).expect("parses").dst;
+        let base = if udp {
+            packet::Ipv6Packet::udp(backend, client6(42_000))
+        } else {
+            packet::Ipv6Packet::tcp(backend, client6(42_000), ACK | PSH)
         };
         let frame = base.with_payload(b"HTTP/1.1 200 OK\r\n\r\n").build();
         let run = plane.egress(&frame);
@@ -1439,4 +1462,137 @@ fn rare_events_are_reported_to_the_log_at_most_once_a_second_per_cpu() {
         last.len() == 1 && last[0].contains("last-resort pool"),
         "{last:?}"
     );
+}
+
+/// The verifier walks every path of a program up to a million instructions; a program near the
+/// limit is refused after the next small change, or on another kernel. Each keeps a quarter of
+/// the budget free.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_programs_leave_the_verifier_a_quarter_of_its_budget() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    for name in [
+        splitter_common::maps::PROGRAM_INGRESS,
+        splitter_common::maps::PROGRAM_EGRESS,
+    ] {
+        let walked = plane.verified_instructions(name);
+        eprintln!("{name}: the verifier walked {walked} instructions");
+        assert!(walked < 750_000, "{name}: {walked} instructions verified");
+    }
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn traffic_to_a_backends_own_address_passes_byte_identical_both_ways_and_is_not_service_traffic() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let traffic = |plane: &Plane| -> (u64, u64) {
+        [Version::Blue, Version::Green]
+            .iter()
+            .map(|v| plane.maps.counters(id, *v).expect("counters"))
+            .fold((0, 0), |(i, o), s| (i + s.packets_in, o + s.packets_out))
+    };
+    // A health check or a scrape straight to blue, from the client's side of the interface.
+    let (me, blue) = (client(52_000), addr("198.18.1.2:8080"));
+    let scrape = b"GET /metrics HTTP/1.1\r\nHost: blue\r\n\r\n";
+    for frame in [
+        Ipv4Packet::tcp(me, blue, SYN).build(),
+        Ipv4Packet::tcp(me, blue, ACK | PSH)
+            .with_payload(scrape)
+            .build(),
+    ] {
+        let run = plane.ingress(&frame);
+        assert_eq!((run.verdict, &run.data), (XDP_PASS, &frame), "request");
+    }
+    let answers = [
+        Ipv4Packet::tcp(blue, me, SYN | ACK).build(),
+        Ipv4Packet::tcp(blue, me, ACK | PSH)
+            .with_payload(b"HTTP/1.1 200 OK\r\n\r\n")
+            .build(),
+        Ipv4Packet::tcp(blue, me, ACK).build(),
+        Ipv4Packet::tcp(blue, me, ACK).build(),
+        Ipv4Packet::tcp(blue, me, FIN | ACK).build(),
+    ];
+    for frame in &answers {
+        let run = plane.egress(frame);
+        assert_eq!((run.verdict, &run.data), (TC_NEXT, frame), "answer");
+    }
+    assert_eq!(traffic(&plane), (0, 0), "none of it is service traffic");
+    assert_eq!(
+        plane_count(&plane, PlaneCounter::Unsteered),
+        answers.len() as u64
+    );
+
+    // A steered connection from the next port still leaves as the service.
+    let (backend, _) = open(&plane, client(52_001));
+    let run = plane.egress(&Ipv4Packet::tcp(backend, client(52_001), SYN | ACK).build());
+    assert_eq!(packet::parse(&run.data).expect("parses").src, vip());
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_client_port_reused_straight_to_the_backend_is_not_taken_for_the_closed_steered_flow() {
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    run_on_cpu(0);
+    let me = client(53_000);
+    let (backend, _) = open(&plane, me);
+    // The steered connection: its replies leave as the service, the pure ACKs from the cache.
+    for flags in [SYN | ACK, ACK, ACK, FIN | ACK] {
+        let run = plane.egress(&Ipv4Packet::tcp(backend, me, flags).build());
+        assert_eq!(packet::parse(&run.data).expect("parses").src, vip());
+    }
+    let _ = plane.ingress(&Ipv4Packet::tcp(me, vip(), FIN | ACK).build());
+    // The client connects from the same port straight to that backend.
+    let _ = plane.ingress(&Ipv4Packet::tcp(me, backend, SYN).build());
+    for flags in [SYN | ACK, ACK, ACK] {
+        let frame = Ipv4Packet::tcp(backend, me, flags).build();
+        let run = plane.egress(&frame);
+        assert_eq!(
+            (run.verdict, &run.data),
+            (TC_NEXT, &frame),
+            "the direct connection's {flags:#x} passes untouched"
+        );
+    }
+    assert_eq!(plane_count(&plane, PlaneCounter::Unsteered), 3);
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_guarded_new_flow_s_handshake_is_still_translated() {
+    require_root!();
+    let mut plane = Plane::load(CONFIG);
+    run_on_cpu(0);
+    // One entry a second: the first SYN takes it, the next is guarded.
+    plane.maps.set_new_flow_rate(1).expect("guard");
+    let (first, second) = (client(54_000), client(54_001));
+    let _ = open(&plane, first);
+    let (backend, _) = open(&plane, second);
+    assert_eq!(plane_count(&plane, PlaneCounter::Guarded), 1);
+    assert!(
+        plane
+            .maps
+            .flow(&key(second, vip(), packet::TCP))
+            .expect("read")
+            .is_none(),
+        "the guarded flow has no entry"
+    );
+    let run = plane.egress(&Ipv4Packet::tcp(backend, second, SYN | ACK).build());
+    let out = packet::parse(&run.data).expect("parses");
+    assert_eq!(out.src, vip(), "the SYN-ACK leaves as the service");
+    assert!(out.ip_checksum_ok && out.l4_checksum_ok);
+    // The client's ACK creates the entry (a miss); the replies follow it.
+    let _ = plane.ingress(&Ipv4Packet::tcp(second, vip(), ACK).build());
+    let run = plane.egress(&Ipv4Packet::tcp(backend, second, ACK).build());
+    assert_eq!(packet::parse(&run.data).expect("parses").src, vip());
+    // Another backend's SYN-ACK to that client is not the guarded flow's.
+    let other = if backend == addr("198.18.2.2:8080") {
+        addr("198.18.1.2:8080")
+    } else {
+        addr("198.18.2.2:8080")
+    };
+    let frame = Ipv4Packet::tcp(other, client(54_002), SYN | ACK).build();
+    assert_eq!(plane.egress(&frame).data, frame);
 }

@@ -169,6 +169,7 @@ pub fn apply(
 
     // Reverse entries first: a slot must never send a SYN to a backend whose replies the
     // egress program cannot translate yet.
+    let mut moved = false;
     for (spec, pool, backend) in config.backends() {
         let service_endpoint = spec.endpoint();
         let info = BackendInfo {
@@ -178,7 +179,10 @@ pub fn apply(
             _pad: 0,
             service_id: id_of[spec.name.as_str()],
         };
-        maps.insert_backend(&endpoint(backend.addr, spec.protocol), info)?;
+        moved |= maps.insert_backend(&endpoint(backend.addr, spec.protocol), info)?;
+    }
+    if moved {
+        maps.clear_reply_cache()?;
     }
     for (spec, id) in config.services.iter().zip(&ids) {
         let id = *id;
@@ -286,13 +290,17 @@ pub fn remove_stale_backends(maps: &mut Maps, config: &Config) -> Result<usize, 
         .into_iter()
         .map(|(k, f)| (f.backend_addr, f.backend_port_be, k.protocol))
         .collect();
-    let mut draining = 0;
+    let (mut draining, mut removed) = (0, false);
     for backend in stale {
         if in_use.contains(&(backend.addr, backend.port_be, backend.protocol)) {
             draining += 1;
         } else {
             maps.remove_backend(&backend)?;
+            removed = true;
         }
+    }
+    if removed {
+        maps.clear_reply_cache()?;
     }
     Ok(draining)
 }

@@ -17,9 +17,9 @@ use aya::{
     },
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, Endpoint, Flow, FlowGuard, FlowKey, Histogram, LAST_RESORT,
-    LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord, Version,
-    VersionStats,
+    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
+    LAST_RESORT, LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord,
+    Version, VersionStats,
     drain::Drain,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
@@ -85,6 +85,7 @@ pub struct Maps {
     slots: Array<MapData, Slot>,
     pub(super) flows: HashMap<MapData, FlowKey, Flow>,
     flow_cache: PerCpuArray<MapData, CachedFlow>,
+    reply_cache: PerCpuArray<MapData, CachedReply>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,
     latency: PerCpuArray<MapData, Histogram>,
@@ -108,6 +109,8 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::FLOWS => (size_of::<FlowKey>(), size_of::<Flow>()),
         names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
         names::FLOW_CACHE => (4, size_of::<CachedFlow>()),
+        names::REPLY_CACHE => (4, size_of::<CachedReply>()),
+        names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
@@ -253,6 +256,7 @@ impl Maps {
             slots: typed(names::POOL_SLOTS, open(names::POOL_SLOTS)?)?,
             flows: typed(names::FLOWS, open(names::FLOWS)?)?,
             flow_cache: typed(names::FLOW_CACHE, open(names::FLOW_CACHE)?)?,
+            reply_cache: typed(names::REPLY_CACHE, open(names::REPLY_CACHE)?)?,
             backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
             version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
             latency: typed(names::LATENCY, open(names::LATENCY)?)?,
@@ -419,16 +423,27 @@ impl Maps {
             .map_err(access(names::BACKENDS, "list backends"))
     }
 
+    /// Writes a backend's reverse entry. True when it replaced a different one (a backend moved
+    /// to another pool or service): the caller then clears the reply cache, whose copies are of
+    /// the old one.
     pub fn insert_backend(
         &mut self,
         backend: &Endpoint,
         info: BackendInfo,
-    ) -> Result<(), MapsError> {
+    ) -> Result<bool, MapsError> {
+        let before = match self.backends.get(backend, 0) {
+            Ok(before) => Some(before),
+            Err(e) if is_missing_key(&e) => None,
+            Err(e) => return Err(access(names::BACKENDS, "read a backend")(e)),
+        };
         self.backends
             .insert(backend, info, 0)
-            .map_err(access(names::BACKENDS, "insert a backend"))
+            .map_err(access(names::BACKENDS, "insert a backend"))?;
+        Ok(before.is_some_and(|before| before != info))
     }
 
+    /// Removes a backend's reverse entry; the caller clears the reply cache once it has removed
+    /// all it removes.
     pub fn remove_backend(&mut self, backend: &Endpoint) -> Result<(), MapsError> {
         match self.backends.remove(backend) {
             Ok(()) => Ok(()),
@@ -489,11 +504,23 @@ impl Maps {
         Ok(removed)
     }
 
-    /// Empties the flow cache on every CPU. Needed when flows are purged for a reason other
-    /// than their own close (a removed service): a cached copy would outlive its entry.
+    /// Empties the flow cache and the reply cache on every CPU. Needed when flows are purged
+    /// for a reason other than their own close (a removed service): a cached copy would
+    /// outlive its entry.
     pub fn clear_flow_cache(&mut self) -> Result<(), MapsError> {
         for slot in 0..names::FLOW_CACHE_SLOTS {
             self.clear_cache_slot(slot)?;
+        }
+        self.clear_reply_cache()
+    }
+
+    /// Empties the reply cache on every CPU.
+    pub fn clear_reply_cache(&mut self) -> Result<(), MapsError> {
+        for slot in 0..names::FLOW_CACHE_SLOTS {
+            let empty = zeroed::<CachedReply>(names::REPLY_CACHE)?;
+            self.reply_cache
+                .set(slot, empty, 0)
+                .map_err(access(names::REPLY_CACHE, "clear a slot"))?;
         }
         Ok(())
     }
