@@ -41,6 +41,25 @@ pub fn start(bed: &mut Testbed) -> String {
     format!("http://{LISTEN}")
 }
 
+/// Starts Prometheus in `bed`'s client namespace, where its scrapes of the backends' own
+/// addresses cross the node's interface that Splitter is attached to (a monitoring host on the
+/// client side), and waits until both backends were scraped. Returns the backends' `up` and
+/// `http_requests_total` as Prometheus read them, by version.
+pub fn scrape_from_client(bed: &mut Testbed) -> String {
+    let dir = bed.dir.join("prometheus-client");
+    spawn_in(bed, true, &dir, LISTEN, None);
+    let addr: SocketAddr = LISTEN.parse().expect("addr");
+    let query = |path: &'static str| {
+        bed.client
+            .run(move || http::get_raw(addr, path))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    };
+    wait_for_targets(&dir, || query("/api/v1/targets?state=active"));
+    query("/api/v1/query?query=up").unwrap_or_default()
+}
+
 /// A Prometheus as a production one is set up: TLS with a certificate from a private CA, and
 /// basic auth (its `--web.config.file`).
 #[derive(Debug)]
@@ -194,6 +213,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// Starts Prometheus in `bed`'s node namespace, listening on `listen`, with its files in `dir`,
 /// scraping both backends every 500 ms.
 fn spawn(bed: &mut Testbed, dir: &Path, listen: &str, web_config: Option<&Path>) {
+    spawn_in(bed, false, dir, listen, web_config);
+}
+
+/// Starts Prometheus in the bed's client namespace, or else its node's.
+fn spawn_in(bed: &mut Testbed, client: bool, dir: &Path, listen: &str, web_config: Option<&Path>) {
     fs::create_dir_all(dir).expect("prometheus dir");
     let config = dir.join("prometheus.yml");
     fs::write(
@@ -208,7 +232,11 @@ fn spawn(bed: &mut Testbed, dir: &Path, listen: &str, web_config: Option<&Path>)
         ),
     )
     .expect("prometheus config");
-    let mut command = bed.node.exec("prometheus");
+    let mut command = if client {
+        bed.client.exec("prometheus")
+    } else {
+        bed.node.exec("prometheus")
+    };
     command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -227,7 +255,8 @@ fn spawn(bed: &mut Testbed, dir: &Path, listen: &str, web_config: Option<&Path>)
     let child = command
         .spawn()
         .expect("start prometheus (installed by `cargo xtask setup`)");
-    bed.keep(&format!("prometheus {listen}"), child);
+    let side = if client { "client" } else { "node" };
+    bed.keep(&format!("prometheus {listen} on the {side}"), child);
 }
 
 /// Waits until `targets` (the answer to `/api/v1/targets?state=active`) shows both backends up.
