@@ -22,7 +22,11 @@ mod memory;
 mod packet;
 mod versus;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use splitter_tests::bed_binary;
 
@@ -70,11 +74,17 @@ fn main() -> ExitCode {
         machine()
     );
     let wanted = |name: &str| options.only.as_deref().is_none_or(|only| only == name);
+    // What each section cost in time on this machine, for the table at the end.
+    let mut took: Vec<(&str, Duration)> = Vec::new();
     if wanted("packet") {
+        let started = Instant::now();
         report.push_str(&packet::section(options.quick));
+        took.push(("packet", started.elapsed()));
     }
     if wanted("judge") {
+        let started = Instant::now();
         report.push_str(&judge::section(options.quick));
+        took.push(("judge", started.elapsed()));
     }
     let sections: [(&str, &str, Section); 5] = [
         (
@@ -91,8 +101,12 @@ fn main() -> ExitCode {
         if !wanted(name) {
             continue;
         }
+        let started = Instant::now();
         match section(&server, options.quick) {
-            Ok(text) => report.push_str(&text),
+            Ok(text) => {
+                report.push_str(&text);
+                took.push((name, started.elapsed()));
+            }
             Err(why) => {
                 eprintln!(
                     "splitter-bench: {what} could not be measured: {why}; nothing was written"
@@ -101,6 +115,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    report.push_str("### What each section took\n\nWall-clock time of each section in this run, on the machine above.\n\n| section | seconds |\n|---|---:|\n");
+    for (name, elapsed) in &took {
+        report.push_str(&format!("| {name} | {:.0} |\n", elapsed.as_secs_f64()));
+    }
+    let total: Duration = took.iter().map(|(_, d)| *d).sum();
+    report.push_str(&format!("| all | {:.0} |\n\n", total.as_secs_f64()));
     print!("{report}");
     if let Some(path) = options.write.as_ref().filter(|_| options.only.is_none()) {
         let existing = std::fs::read_to_string(path).unwrap_or_default();
