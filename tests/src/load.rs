@@ -4,6 +4,7 @@
 //! the demo.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -93,9 +94,15 @@ impl KeepAliveLoad {
     /// Opens `connections` connections (panics if one cannot be opened) and starts asking.
     #[must_use]
     pub fn start(bed: &Testbed, connections: usize, limit: Duration) -> Self {
+        Self::start_to(bed, bed.vip(), connections, limit)
+    }
+
+    /// Like `start`, to the service address `vip` (the bed's IPv6 one, say).
+    #[must_use]
+    pub fn start_to(bed: &Testbed, vip: SocketAddr, connections: usize, limit: Duration) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-        let (flag, tally, vip) = (Arc::clone(&running), Arc::clone(&counts), bed.vip());
+        let (flag, tally) = (Arc::clone(&running), Arc::clone(&counts));
         let mut open: Vec<(KeepAlive, String)> = bed.client.run(move || {
             (0..connections)
                 .map(|_| {

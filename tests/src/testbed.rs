@@ -14,7 +14,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
@@ -121,9 +121,9 @@ impl Testbed {
             claim: None,
         };
         bed.wire();
-        let blue = spawn_server(server_bin, &bed.blue, bed.blue_addr(), "blue");
+        let blue = spawn_server(server_bin, &bed.blue, bed.blue_addr().into(), "blue");
         bed.servers.push(("blue".to_owned(), blue));
-        let green = spawn_server(server_bin, &bed.green, bed.green_addr(), "green");
+        let green = spawn_server(server_bin, &bed.green, bed.green_addr().into(), "green");
         bed.servers.push(("green".to_owned(), green));
         bed
     }
@@ -131,7 +131,7 @@ impl Testbed {
     /// Starts an HTTP server named `name` on the node itself, at the node's address and `port`.
     pub fn serve_on_node(&mut self, server_bin: &str, port: u16, name: &str) -> SocketAddr {
         let addr = SocketAddrV4::new(self.node_addr().parse().expect("addr"), port);
-        let child = spawn_server(server_bin, &self.node, addr, name);
+        let child = spawn_server(server_bin, &self.node, addr.into(), name);
         self.servers.push((name.to_owned(), child));
         SocketAddr::V4(addr)
     }
@@ -141,7 +141,7 @@ impl Testbed {
         &mut self,
         server_bin: &str,
         green: bool,
-        addr: SocketAddrV4,
+        addr: impl Into<SocketAddr>,
         name: &str,
     ) {
         self.serve_on_backend_with(server_bin, green, addr, name, &[]);
@@ -152,13 +152,87 @@ impl Testbed {
         &mut self,
         server_bin: &str,
         green: bool,
-        addr: SocketAddrV4,
+        addr: impl Into<SocketAddr>,
         name: &str,
         extra: &[&str],
     ) {
         let ns = if green { &self.green } else { &self.blue };
-        let child = spawn_server_with(server_bin, ns, addr, name, extra);
+        let child = spawn_server_with(server_bin, ns, addr.into(), name, extra);
         self.servers.push((name.to_owned(), child));
+    }
+
+    /// Gives every link an IPv6 address too, in 2001:2::/48 (RFC 5180), one /64 per link of
+    /// this bed, forwarding on the node and default routes back through it, and starts blue's
+    /// and green's servers on their IPv6 addresses (named `blue6` and `green6`).
+    pub fn add_ipv6(&mut self, server_bin: &str) {
+        let i = self.index;
+        for (peer, peer_if, node_if, link) in [
+            (&self.client, format!("sp{i}c0"), format!("sp{i}n0"), 0),
+            (&self.blue, format!("sp{i}b0"), format!("sp{i}n1"), 1),
+            (&self.green, format!("sp{i}g0"), format!("sp{i}n2"), 2),
+        ] {
+            let (peer_addr, node_addr) = (self.addr6(link, 2), self.addr6(link, 1));
+            peer.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{peer_addr}/64"),
+                "dev",
+                &peer_if,
+                "nodad",
+            ]);
+            self.node.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{node_addr}/64"),
+                "dev",
+                &node_if,
+                "nodad",
+            ]);
+            peer.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &node_addr.to_string(),
+            ]);
+        }
+        self.node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let (blue, green) = (self.blue6(), self.green6());
+        self.serve_on_backend(server_bin, false, blue, "blue6");
+        self.serve_on_backend(server_bin, true, green, "green6");
+    }
+
+    /// Host `host` of this bed's IPv6 link `link` (0 client, 1 blue, 2 green).
+    fn addr6(&self, link: u16, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0x2001,
+            2,
+            0,
+            u16::from(self.index) << 4 | link,
+            0,
+            0,
+            0,
+            host,
+        )
+    }
+
+    /// The IPv6 service address: the node's address on the client link (after `add_ipv6`).
+    #[must_use]
+    pub fn vip6(&self) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(self.addr6(0, 1), PORT, 0, 0))
+    }
+
+    #[must_use]
+    pub fn blue6(&self) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(self.addr6(1, 2), PORT, 0, 0))
+    }
+
+    #[must_use]
+    pub fn green6(&self) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(self.addr6(2, 2), PORT, 0, 0))
     }
 
     /// Keeps `child` (started by the test) until the bed is dropped.
@@ -334,15 +408,23 @@ impl Testbed {
     /// Like `write_config`, with `service_extra` appended to the service (a `[service.health]`
     /// table, say).
     pub fn write_config_with(&self, green_weight: &str, service_extra: &str) {
+        self.write_services(&format!(
+            "[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = {green_weight}\n{service_extra}",
+            self.vip(),
+            self.blue_addr(),
+            self.green_addr(),
+        ));
+    }
+
+    /// Writes the config: this bed's interface, pins, socket and state, then `services` (the
+    /// `[[service]]` tables).
+    pub fn write_services(&self, services: &str) {
         let config = format!(
-            "interface = \"{}\"\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\n[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = {green_weight}\n{service_extra}",
+            "interface = \"{}\"\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\n{services}",
             self.node_interface(),
             self.pin_dir.display(),
             self.control_socket().display(),
             self.dir.join("state").display(),
-            self.vip(),
-            self.blue_addr(),
-            self.green_addr(),
         );
         fs::write(&self.config_path, config).expect("write config");
     }
@@ -500,14 +582,14 @@ impl Testbed {
 }
 
 /// Starts the test HTTP server in `ns` and waits until it listens.
-fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddrV4, name: &str) -> Child {
+fn spawn_server(server_bin: &str, ns: &Netns, addr: SocketAddr, name: &str) -> Child {
     spawn_server_with(server_bin, ns, addr, name, &[])
 }
 
 fn spawn_server_with(
     server_bin: &str,
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     name: &str,
     extra: &[&str],
 ) -> Child {
