@@ -59,9 +59,15 @@ impl Plane {
     /// tests that call it cannot go on without it.
     #[must_use]
     pub fn load(config: &str) -> Self {
+        Self::load_sized(config, splitter_common::maps::FLOW_CAPACITY_PER_CPU)
+    }
+
+    /// Like `load`, with a flow table of `flows_per_cpu` entries per possible CPU.
+    #[must_use]
+    pub fn load_sized(config: &str, flows_per_cpu: u32) -> Self {
         let config = Config::parse(Path::new("fixture.toml"), config)
             .unwrap_or_else(|e| panic!("fixture config: {e}"));
-        let mut ebpf = dataplane::load(None, splitter_common::maps::FLOW_CAPACITY_PER_CPU)
+        let mut ebpf = dataplane::load(None, flows_per_cpu)
             .unwrap_or_else(|e| panic!("load: {:#}", anyhow::Error::from(e)));
         for name in [PROGRAM_INGRESS, PROGRAM_BASELINE] {
             let program: &mut Xdp = ebpf

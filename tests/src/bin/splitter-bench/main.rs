@@ -20,6 +20,7 @@ mod judge;
 mod judged;
 mod memory;
 mod packet;
+mod scale;
 mod versus;
 
 use std::{
@@ -36,7 +37,7 @@ type Section = fn(&str, bool) -> Result<String, String>;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
-    /// Only this section (`--only packet|judge|versus|gates|judged|drain|memory`), for a quick look;
+    /// Only this section (`--only packet|scale|judge|versus|gates|judged|drain|memory`), for a quick look;
     /// never written.
     only: Option<String>,
 }
@@ -80,6 +81,11 @@ fn main() -> ExitCode {
         let started = Instant::now();
         report.push_str(&packet::section(options.quick));
         took.push(("packet", started.elapsed()));
+    }
+    if wanted("scale") {
+        let started = Instant::now();
+        report.push_str(&scale::section(options.quick));
+        took.push(("scale", started.elapsed()));
     }
     if wanted("judge") {
         let started = Instant::now();

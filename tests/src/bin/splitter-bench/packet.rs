@@ -323,10 +323,10 @@ fn identity_service(plane: &mut Plane) -> SocketAddrV4 {
 }
 
 /// This thread pinned to one CPU until dropped, when its previous affinity comes back.
-struct Pinned(libc::cpu_set_t);
+pub struct Pinned(libc::cpu_set_t);
 
 impl Pinned {
-    fn to_cpu(cpu: usize) -> Self {
+    pub fn to_cpu(cpu: usize) -> Self {
         // SAFETY: zeroed cpu_set_t values are valid; the calls only read and write them.
         unsafe {
             let mut before: libc::cpu_set_t = std::mem::zeroed();
