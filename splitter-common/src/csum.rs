@@ -51,6 +51,12 @@ pub const fn apply(check: u16, delta: u32) -> u16 {
     !fold((!check) as u32 + delta)
 }
 
+/// The checksum after a 16-bit field changes from `old` to `new`.
+#[inline(always)]
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u32 + delta16(old, new))
+}
+
 /// The checksum after a 32-bit field (an IPv4 address) changes from `old` to `new`.
 #[inline(always)]
 pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {

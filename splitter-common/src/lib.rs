@@ -292,8 +292,24 @@ pub struct CachedFlow {
     pub ip_delta: u32,
     /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
     pub l4_delta: u32,
+    /// Where the fast path sends the flow's packets (`forward.rs` in splitter-ebpf), as the FIB
+    /// said at `next_ns` (`bpf_ktime_get_coarse_ns`; 0: not asked yet): the device, or
+    /// `NEXT_HOP_ROUTED` when the node's own stack must take them (a local backend, no route,
+    /// forwarding off, no device the redirect can reach).
+    pub next_ifindex: u32,
+    pub _pad2: u32,
+    pub next_ns: u64,
+    /// The Ethernet destination and source of the next hop.
+    pub next_macs: [u8; 12],
+    pub _pad3: u32,
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 96);
+
+/// `CachedFlow::next_ifindex` when the fast path does not apply to the flow.
+pub const NEXT_HOP_ROUTED: u32 = 0;
+/// How long a next hop from the FIB is used before the FIB is asked again: a neighbour's new
+/// address (a router's failover) reaches established flows within it.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 pub const CACHE_VALID: u32 = 1;
 
@@ -648,10 +664,24 @@ pub enum PlaneCounter {
     /// (a health check, a scrape, an admin session to the backend's own address): passed
     /// untouched and not counted as service traffic.
     Unsteered = 14,
+    /// Ingress: a steered packet sent straight to its backend's device (XDP redirect after a
+    /// FIB lookup), past the node's IP forwarding path.
+    Forwarded = 15,
+    /// Ingress: a steered packet left to the node's stack because the FIB says so: a local
+    /// backend, no route, forwarding off, a TTL about to expire.
+    ForwardRouted = 16,
+    /// Ingress: a steered packet left to the stack because the next hop has no neighbour entry
+    /// yet (the stack resolves it).
+    ForwardNoNeighbour = 17,
+    /// Ingress: a steered packet left to the stack because it is larger than the next hop's MTU.
+    ForwardTooBig = 18,
+    /// Ingress: a steered packet left to the stack because its next hop's device is not one the
+    /// redirect can reach (`FORWARD_DEVICES`).
+    ForwardNoDevice = 19,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 15] = [
+    pub const ALL: [PlaneCounter; 20] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -667,6 +697,11 @@ impl PlaneCounter {
         Self::DrainRaced,
         Self::DrainHeld,
         Self::Unsteered,
+        Self::Forwarded,
+        Self::ForwardRouted,
+        Self::ForwardNoNeighbour,
+        Self::ForwardTooBig,
+        Self::ForwardNoDevice,
     ];
 
     #[must_use]
@@ -687,6 +722,11 @@ impl PlaneCounter {
             Self::DrainRaced => "drain_raced",
             Self::DrainHeld => "drain_held",
             Self::Unsteered => "unsteered",
+            Self::Forwarded => "forwarded",
+            Self::ForwardRouted => "forward_routed",
+            Self::ForwardNoNeighbour => "forward_no_neighbour",
+            Self::ForwardTooBig => "forward_too_big",
+            Self::ForwardNoDevice => "forward_no_device",
         }
     }
 }

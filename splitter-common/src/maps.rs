@@ -8,7 +8,8 @@
 //! | `SPLIT` | array | user space | per service id: the `SplitWord` (a release group uses its first service's) |
 //! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
-//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
+//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS`, with its next hop |
+//! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
@@ -30,6 +31,7 @@ pub const POOL_SLOTS: &str = "POOL_SLOTS";
 pub const FLOWS: &str = "FLOWS";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const REPLY_CACHE: &str = "REPLY_CACHE";
+pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
@@ -44,7 +46,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -53,6 +55,7 @@ pub const ALL: [&str; 17] = [
     FLOW_CACHE,
     REPLY_CACHE,
     HANDSHAKES,
+    FORWARD_DEVICES,
     BACKENDS,
     VERSION_STATS,
     LATENCY,
@@ -64,10 +67,11 @@ pub const ALL: [&str; 17] = [
     DRAIN_ACTIVE,
 ];
 
-/// Maps that hold only measurements (counters and histograms). When a new build changes one's
-/// layout, a starting daemon replaces its pin with a new, empty map instead of refusing to
-/// start: the measurements start again, and nothing that steers traffic is lost.
-pub const MEASUREMENTS: [&str; 3] = [VERSION_STATS, LATENCY, PLANE_STATS];
+/// Maps that hold only measurements (counters and histograms) or copies (the caches). When a
+/// new build changes one's layout, a starting daemon replaces its pin with a new, empty map
+/// instead of refusing to start: the measurements start again, the caches fill again from
+/// `FLOWS`, and nothing that steers traffic is lost.
+pub const REPLACEABLE: [&str; 5] = [VERSION_STATS, LATENCY, PLANE_STATS, FLOW_CACHE, REPLY_CACHE];
 
 /// Flows one data plane drains at once; past it, the rest wait for the next round.
 pub const MAX_DRAINS: u32 = 16_384;
@@ -84,6 +88,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Slots of the flow cache, per CPU: a power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 4096;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// Devices the fast path may redirect to, at most.
+pub const MAX_FORWARD_DEVICES: u32 = 1024;
 /// Handshakes of guarded new flows remembered at once (`HANDSHAKES`), over all CPUs: a flood
 /// turns them over, never the flow table.
 pub const MAX_HANDSHAKES: u32 = 8192;

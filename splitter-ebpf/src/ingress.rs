@@ -18,6 +18,7 @@ use crate::{
     Skip,
     drain::{self, Client},
     flow_cache::{self, Target},
+    forward::NO_SLOT,
     maps::{self, FLOWS, HANDSHAKES, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
@@ -26,15 +27,17 @@ use crate::{
     report,
 };
 
+/// Steers a packet; returns the flow-cache slot that holds its flow on this CPU, or
+/// `forward::NO_SLOT`, for the fast path that sends it on.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
+pub fn steer(ctx: &XdpContext) -> Result<u32, Skip> {
     let bounds = Bounds {
         start: ctx.data(),
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds)?;
     if pkt.v6 {
-        return steer_v6(&pkt, &bounds);
+        return steer_v6(&pkt, &bounds).map(|()| NO_SLOT);
     }
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
@@ -50,8 +53,8 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     } else {
         None
     };
-    let target = match cached {
-        Some(target) => target,
+    let (target, cached_in) = match cached {
+        Some(target) => (target, slot),
         None => {
             if !has_service_on(u16::from_be(dst_port)) {
                 return Err(Skip::Pass(PlaneCounter::NotService));
@@ -64,16 +67,19 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 request,
                 |flow| target_of(flow, dst, dst_port),
             )?;
-            match drain::observe_client(&key, &pkt, &bounds) {
+            let cached_in = match drain::observe_client(&key, &pkt, &bounds) {
                 Client::Drop => return Err(Skip::Drop(PlaneCounter::DrainRaced)),
                 // A flow being drained stays out of the cache: its every packet is seen.
-                Client::Draining => {}
+                Client::Draining => NO_SLOT,
                 // A flow the guard left without an entry does not take a cache slot either:
                 // the slots stay with established flows.
-                Client::NotDraining if pinned => flow_cache::fill(slot, &key, &target),
-                Client::NotDraining => {}
-            }
-            target
+                Client::NotDraining if pinned => {
+                    flow_cache::fill(slot, &key, &target);
+                    slot
+                }
+                Client::NotDraining => NO_SLOT,
+            };
+            (target, cached_in)
         }
     };
     maps::with_stats(target.stats, |s| {
@@ -81,7 +87,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
         s.bytes_in += bounds.len();
     });
     rewrite_destination(&pkt, &target);
-    Ok(())
+    Ok(cached_in)
 }
 
 /// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow;

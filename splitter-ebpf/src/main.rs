@@ -12,6 +12,7 @@
 mod drain;
 mod egress;
 mod flow_cache;
+mod forward;
 mod ingress;
 mod maps;
 mod packet;
@@ -38,7 +39,8 @@ pub enum Skip {
 pub fn split_ingress(ctx: XdpContext) -> u32 {
     // A steered packet is counted once, in its version's counters (inside `steer`).
     match ingress::steer(&ctx) {
-        Ok(()) => xdp_action::XDP_PASS,
+        // Steered: the fast path sends it to its backend's device, or the stack takes it.
+        Ok(slot) => forward::to_backend(&ctx, slot),
         Err(Skip::Pass(counter)) => {
             maps::count(counter);
             if matches!(counter, PlaneCounter::Malformed) {

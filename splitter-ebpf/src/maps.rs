@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use splitter_common::{
     BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
@@ -12,8 +12,8 @@ use splitter_common::{
     drain::Drain,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_COHORT_ENTRIES,
-        MAX_DRAINS, MAX_HANDSHAKES, MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES,
-        VERSION_STAT_ENTRIES,
+        MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_HANDSHAKES, MAX_SERVICES, POOL_SLOT_ENTRIES,
+        PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -54,6 +54,12 @@ pub static REPLY_CACHE: PerCpuArray<CachedReply> =
 /// never the flow table.
 #[map(name = "HANDSHAKES")]
 pub static HANDSHAKES: LruHashMap<FlowKey, Slot> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
+
+/// The devices the fast path may redirect steered packets to (ifindex → the device). Written by
+/// user space: in generic XDP every device of the namespace but loopback, natively the devices
+/// whose driver takes redirected frames from another device.
+#[map(name = "FORWARD_DEVICES")]
+pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWARD_DEVICES, 0);
 
 /// Backend endpoint → its service, for reverse translation. Written by user space.
 #[map(name = "BACKENDS")]

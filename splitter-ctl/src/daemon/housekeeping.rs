@@ -9,7 +9,7 @@ use splitter_common::{SplitWord, Version};
 use super::Daemon;
 use crate::{
     engine::latency,
-    kernel::{aging, apply},
+    kernel::{aging, apply, dataplane, forward},
     model::{error::chain, share::format_percent},
     view::status::{self, Rates},
 };
@@ -28,6 +28,7 @@ impl Daemon {
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
         self.sample_rates();
+        self.sync_forward_devices();
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %chain(&error), "cannot remove the reverse entries of removed backends");
         }
@@ -67,6 +68,26 @@ impl Daemon {
                     live = now.live().name(),
                     "the split changed outside the daemon (an operator's weight or rollback); keeping it"
                 );
+            }
+        }
+    }
+
+    /// Lists the namespace's devices for the fast path (`kernel::forward`): a new container's
+    /// interface joins at the next housekeeping.
+    pub(super) fn sync_forward_devices(&mut self) {
+        let generic = dataplane::runs_generic(self.config.xdp_mode, &self.config.interface);
+        match forward::sync(&self.config.pin_dir, generic) {
+            Ok(forward::Synced {
+                added: 0,
+                removed: 0,
+            }) => {}
+            Ok(synced) => tracing::info!(
+                added = synced.added,
+                removed = synced.removed,
+                "the fast path's devices changed"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot list the fast path's devices; steered packets take the stack")
             }
         }
     }

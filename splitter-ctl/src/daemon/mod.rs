@@ -203,6 +203,17 @@ impl Daemon {
         }
         let mut health = Health::default();
         health.sync(&config);
+        let generic = dataplane::runs_generic(config.xdp_mode, &config.interface);
+        match crate::kernel::forward::sync(&config.pin_dir, generic) {
+            Ok(synced) => tracing::info!(
+                devices = synced.added,
+                generic,
+                "the fast path may redirect to the namespace's devices"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot list the fast path's devices; steered packets take the stack")
+            }
+        }
         let config_state_dir = config.state_dir.clone();
         let mut daemon = Self {
             config,

@@ -152,7 +152,7 @@ pub fn load(pin_dir: Option<&Path>, flows_per_cpu: u32) -> Result<Ebpf, Dataplan
             tracing::warn!(
                 map,
                 %problem,
-                "this build measures differently: the pinned map is replaced with a new one, its counters start at zero"
+                "this build lays out a map of measurements or copies differently: its pin is replaced with a new, empty one"
             );
             fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
         }
@@ -178,7 +178,7 @@ fn check_pin(path: &Path, map: &'static str) -> Result<Option<LayoutError>, Data
     let data = MapData::from_pin(path).map_err(|e| foreign(LayoutError::Open(e)))?;
     match check_layout(&data, map) {
         Ok(()) => Ok(None),
-        Err(problem) if names::MEASUREMENTS.contains(&map) => Ok(Some(problem)),
+        Err(problem) if names::REPLACEABLE.contains(&map) => Ok(Some(problem)),
         Err(problem) => Err(foreign(problem)),
     }
 }
@@ -293,6 +293,18 @@ where
 #[must_use]
 pub fn prefers_generic(interface: &str) -> bool {
     crate::kernel::netdev::driver(interface).as_deref() == Some("veth")
+}
+
+/// Whether XDP runs in generic mode on `interface` with `mode`, as `attach` chose it (an `auto`
+/// whose native attach failed fell back to generic; taken here as native, which lists fewer
+/// devices for the fast path, never more).
+#[must_use]
+pub fn runs_generic(mode: XdpMode, interface: &str) -> bool {
+    match mode {
+        XdpMode::Generic => true,
+        XdpMode::Native => false,
+        XdpMode::Auto => prefers_generic(interface),
+    }
 }
 
 fn attach_xdp(

@@ -71,6 +71,12 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("cannot list device {ifindex} in map `{map}`", map = names::FORWARD_DEVICES)]
+    ForwardDevice {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("service id {0} is outside the data plane's {max} services", max = names::MAX_SERVICES)]
     ServiceId(u32),
 }
@@ -110,6 +116,8 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
         names::FLOW_CACHE => (4, size_of::<CachedFlow>()),
         names::REPLY_CACHE => (4, size_of::<CachedReply>()),
+        // `struct bpf_devmap_val`: the ifindex, then a program's fd or id.
+        names::FORWARD_DEVICES => (4, 8),
         names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),

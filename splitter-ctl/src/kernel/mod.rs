@@ -1,6 +1,6 @@
 //! The data plane from user space: loading, attaching, adopting and detaching the programs
 //! (`dataplane`), typed access to the pinned maps (`maps`), a config applied as a diff
-//! (`apply`), closed flows swept out (`aging`), interface drivers (`netdev`), the lock that
+//! (`apply`), closed flows swept out (`aging`), interface drivers (`netdev`), the devices the fast path may redirect to (`forward`), the lock that
 //! serializes writers of a split word (`split_lock`), the programs' rare events forwarded
 //! to the log (`reports`), and the maps' kernel memory (`memory`).
 
@@ -9,6 +9,7 @@ pub mod apply;
 pub mod closer;
 pub mod dataplane;
 pub mod drains;
+pub mod forward;
 pub mod maps;
 pub mod memory;
 pub mod netdev;

@@ -1,0 +1,241 @@
+//! The fast path: once the ingress has chosen a packet's backend and rewritten its destination,
+//! the kernel's FIB says where it goes next (the device, and the neighbour's Ethernet address),
+//! the Ethernet header is rewritten and the TTL (hop limit) decremented as a router would, and
+//! the packet is redirected to that device (`XDP_REDIRECT` through `FORWARD_DEVICES`), past the
+//! node's IP receive and forwarding path and its netfilter hooks. This is Cilium's host routing
+//! at XDP.
+//!
+//! Anything the fast path cannot take goes on to the stack as before (`XDP_PASS`), counted by
+//! why: the FIB says the stack must handle it (a local backend, no route, forwarding off), no
+//! neighbour entry yet (the stack resolves it), a packet over the next hop's MTU, a device the
+//! redirect cannot reach, a TTL about to expire.
+//!
+//! An IPv4 flow's answer from the FIB is kept in its per-CPU flow-cache slot for
+//! `NEXT_HOP_TTL_NS`, so an established packet costs no FIB lookup: a neighbour's new address
+//! reaches it within that time. IPv6 asks the FIB for every packet.
+//!
+//! Inlined into the entry point after the steering code: as a subprogram its frame would add to
+//! the entry's, past the 512 bytes of stack BPF allows.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibLookup, xdp_action,
+    },
+    cty::c_void,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
+use network_types::eth::{EthHdr, EtherType};
+use splitter_common::{NEXT_HOP_ROUTED, NEXT_HOP_TTL_NS, PlaneCounter, csum};
+
+use crate::{
+    maps::{self, FLOW_CACHE, FORWARD_DEVICES},
+    packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+};
+
+/// `CachedFlow` slot "none": the packet's flow is not in the flow cache (IPv6, a flow being
+/// drained, a flow the rate guard left without an entry).
+pub const NO_SLOT: u32 = u32::MAX;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+/// Offset of the TTL and protocol bytes (one 16-bit word) in the IPv4 header.
+const IPV4_TTL_OFFSET: usize = 8;
+/// Offset of the hop limit in the IPv6 header.
+const IPV6_HOP_LIMIT_OFFSET: usize = 7;
+
+/// Where a steered packet goes next: redirected to its backend's device, or on to the stack.
+/// `slot` is its flow's flow-cache slot on this CPU, or `NO_SLOT`.
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, slot: u32) -> u32 {
+    match forward(ctx, slot) {
+        Ok(action) => {
+            maps::count(PlaneCounter::Forwarded);
+            action
+        }
+        Err(why) => {
+            maps::count(why);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// The next hop as the FIB gave it: the device and the Ethernet destination and source.
+struct NextHop {
+    ifindex: u32,
+    macs: [u8; 12],
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext, slot: u32) -> Result<u32, PlaneCounter> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // An untagged frame only: the redirect writes a plain Ethernet header.
+    if start + EthHdr::LEN + IPV6_HEADER_LEN.min(IPV4_HEADER_LEN) > end {
+        return Err(PlaneCounter::ForwardRouted);
+    }
+    // SAFETY: bounds-checked above.
+    let ether_type = unsafe { (*(start as *const EthHdr)).ether_type };
+    let ip = (start + EthHdr::LEN) as *mut u8;
+    let hop = if ether_type == EtherType::Ipv4 as u16 {
+        // SAFETY: the IPv4 header's 20 bytes are inside the frame (checked above).
+        let ttl = unsafe { *ip.add(IPV4_TTL_OFFSET) };
+        if ttl <= 1 {
+            return Err(PlaneCounter::ForwardRouted);
+        }
+        let hop = next_hop_v4(ctx, ip, slot)?;
+        // SAFETY: as above; the FIB lookup leaves the packet as it was.
+        unsafe {
+            let word = packet::load_u16(ip.add(IPV4_TTL_OFFSET));
+            // The word holds the TTL, then the protocol: one less TTL, same protocol.
+            let [t, p] = word.to_ne_bytes();
+            let new = u16::from_ne_bytes([t - 1, p]);
+            packet::store_u16(ip.add(IPV4_TTL_OFFSET), new);
+            let check = packet::load_u16(ip.add(IPV4_CHECK_OFFSET));
+            packet::store_u16(ip.add(IPV4_CHECK_OFFSET), csum::replace16(check, word, new));
+        }
+        hop
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        if start + EthHdr::LEN + IPV6_HEADER_LEN > end {
+            return Err(PlaneCounter::ForwardRouted);
+        }
+        // SAFETY: the IPv6 header's 40 bytes are inside the frame (checked above).
+        let hops = unsafe { *ip.add(IPV6_HOP_LIMIT_OFFSET) };
+        if hops <= 1 {
+            return Err(PlaneCounter::ForwardRouted);
+        }
+        let hop = next_hop_v6(ctx, ip)?;
+        // SAFETY: as above.
+        unsafe { *ip.add(IPV6_HOP_LIMIT_OFFSET) = hops - 1 };
+        hop
+    } else {
+        return Err(PlaneCounter::ForwardRouted);
+    };
+    // SAFETY: the Ethernet header is inside the frame (checked above); 2-aligned words.
+    unsafe {
+        let eth = start as *mut u8;
+        for i in 0..6 {
+            let word = u16::from_ne_bytes([hop.macs[2 * i], hop.macs[2 * i + 1]]);
+            packet::store_u16(eth.add(2 * i), word);
+        }
+    }
+    // The device was checked against `FORWARD_DEVICES` when the FIB was asked; one removed
+    // since falls back to the stack.
+    Ok(FORWARD_DEVICES
+        .redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS))
+        .unwrap_or(xdp_action::XDP_PASS))
+}
+
+/// The next hop of an IPv4 packet: from its flow's cache slot while fresh, else from the FIB
+/// (and then kept in the slot, the stack's answers too).
+#[inline(always)]
+fn next_hop_v4(ctx: &XdpContext, ip: *mut u8, slot: u32) -> Result<NextHop, PlaneCounter> {
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = if slot == NO_SLOT {
+        None
+    } else {
+        FLOW_CACHE.get_ptr_mut(slot)
+    };
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's slot, which the caller just found or filled with this flow.
+        let entry = unsafe { &*entry };
+        if entry.next_ns != 0 && now.wrapping_sub(entry.next_ns) < NEXT_HOP_TTL_NS {
+            return if entry.next_ifindex == NEXT_HOP_ROUTED {
+                Err(PlaneCounter::ForwardRouted)
+            } else {
+                Ok(NextHop {
+                    ifindex: entry.next_ifindex,
+                    macs: entry.next_macs,
+                })
+            };
+        }
+    }
+    let mut params = fib_params(ctx, AF_INET);
+    // SAFETY: the IPv4 header is inside the frame (the caller checked it).
+    unsafe {
+        params.l4_protocol = *ip.add(9);
+        params.__bindgen_anon_1.tot_len = u16::from_be(packet::load_u16(ip.add(2)));
+        params.__bindgen_anon_3.ipv4_src = packet::load_u32(ip.add(IPV4_SRC_OFFSET));
+        params.__bindgen_anon_4.ipv4_dst = packet::load_u32(ip.add(IPV4_DST_OFFSET));
+    }
+    let answer = ask_fib(ctx, &mut params);
+    if let Some(entry) = cached {
+        // SAFETY: as above. Only a lasting answer is kept: a missing neighbour or an oversized
+        // packet is the stack's to handle this time, and may not be the next.
+        let entry = unsafe { &mut *entry };
+        match &answer {
+            Ok(hop) => {
+                entry.next_ifindex = hop.ifindex;
+                entry.next_macs = hop.macs;
+                entry.next_ns = now;
+            }
+            Err(PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice) => {
+                entry.next_ifindex = NEXT_HOP_ROUTED;
+                entry.next_ns = now;
+            }
+            Err(_) => {}
+        }
+    }
+    answer
+}
+
+#[inline(always)]
+fn next_hop_v6(ctx: &XdpContext, ip: *mut u8) -> Result<NextHop, PlaneCounter> {
+    let mut params = fib_params(ctx, AF_INET6);
+    // SAFETY: the IPv6 header is inside the frame (the caller checked it).
+    unsafe {
+        params.l4_protocol = *ip.add(6);
+        params.__bindgen_anon_1.tot_len =
+            u16::from_be(packet::load_u16(ip.add(4))).saturating_add(IPV6_HEADER_LEN as u16);
+        params.__bindgen_anon_3.ipv6_src = [8, 12, 16, 20].map(|at| packet::load_u32(ip.add(at)));
+        params.__bindgen_anon_4.ipv6_dst = [24, 28, 32, 36].map(|at| packet::load_u32(ip.add(at)));
+    }
+    ask_fib(ctx, &mut params)
+}
+
+#[inline(always)]
+fn fib_params(ctx: &XdpContext, family: u8) -> FibLookup {
+    // SAFETY: a plain C struct for which all zeroes is valid.
+    let mut params: FibLookup = unsafe { core::mem::zeroed() };
+    params.family = family;
+    // SAFETY: reading the context's ingress device.
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    params
+}
+
+/// The FIB's answer for `params`, and whether the redirect may reach its device.
+#[inline(always)]
+fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<NextHop, PlaneCounter> {
+    // SAFETY: the context is this program's; `params` lives across the call.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast::<c_void>(),
+            params as *mut FibLookup,
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    match rc {
+        r if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) => {}
+        r if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) => {
+            return Err(PlaneCounter::ForwardNoNeighbour);
+        }
+        r if r == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
+            return Err(PlaneCounter::ForwardTooBig);
+        }
+        _ => return Err(PlaneCounter::ForwardRouted),
+    }
+    if FORWARD_DEVICES.get(params.ifindex).is_none() {
+        return Err(PlaneCounter::ForwardNoDevice);
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&params.dmac);
+    macs[6..].copy_from_slice(&params.smac);
+    Ok(NextHop {
+        ifindex: params.ifindex,
+        macs,
+    })
+}

@@ -1,0 +1,113 @@
+//! End to end: the fast path sends steered packets straight to their backend's device, past the
+//! node's IP forwarding path. Proven with netfilter: a rule in the node's forward hook drops
+//! every packet to the backends' port, so whatever takes the routed path is lost; the service's
+//! requests are answered all the same, while a request to a backend's own address, which the
+//! stack forwards, is not.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use splitter_tests::{
+    http::{self, KeepAlive},
+    require_root,
+    testbed::{Testbed, metric},
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
+
+/// Runs `nft -f -` with `rules` in the node's namespace.
+fn nft(bed: &Testbed, rules: &str) {
+    use std::io::Write as _;
+    let mut child = bed
+        .node
+        .exec("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (installed by `cargo xtask setup`)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("write the rules");
+    assert!(child.wait().expect("nft").success(), "nft refused {rules}");
+}
+
+/// Waits until the daemon's health checks pass on both versions: the node has then resolved
+/// both backends' Ethernet addresses, which the fast path needs.
+fn wait_healthy(bed: &Testbed) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = bed.status();
+        let healthy = ["blue", "green"].iter().all(|v| {
+            status["services"][0]["pools"][v]["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|b| b["healthy"] == true))
+        });
+        if healthy {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not healthy: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn steered_packets_skip_the_node_s_forwarding_path() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
+    bed.start_daemon(&[]);
+    wait_healthy(&bed);
+    let (blue, green) = (bed.blue_addr(), bed.green_addr());
+    nft(
+        &bed,
+        &format!(
+            "table ip splitter_test {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {{ {}, {} }} tcp dport 8080 counter drop\n  }}\n}}\n",
+            blue.ip(),
+            green.ip()
+        ),
+    );
+    let forwarded = |bed: &Testbed| {
+        metric(
+            &bed.metrics(),
+            "splitter_data_plane_packets_total{outcome=\"forwarded\"}",
+        )
+    };
+    let before = forwarded(&bed);
+
+    // New connections and a keep-alive one through the service: all answered, by both versions.
+    let vip: SocketAddr = bed.vip();
+    let (answers, kept) = bed.client.run(move || {
+        let answers: Vec<String> = (0..40)
+            .map(|_| http::get(vip).expect("a request through the service"))
+            .collect();
+        let mut conn = KeepAlive::connect(vip).expect("connect");
+        let kept: Vec<String> = (0..20)
+            .map(|_| conn.request().expect("a keep-alive request"))
+            .collect();
+        (answers, kept)
+    });
+    assert!(answers.iter().any(|a| a.contains("blue")), "{answers:?}");
+    assert!(answers.iter().any(|a| a.contains("green")), "{answers:?}");
+    assert_eq!(kept.len(), 20);
+    // Each new connection sends at least its SYN, its request and its FIN that way.
+    assert!(
+        forwarded(&bed) - before >= 40.0 * 3.0 + 20.0,
+        "{} packets forwarded",
+        forwarded(&bed) - before
+    );
+
+    // The same backend at its own address takes the routed path, where the rule drops it.
+    let direct = bed.client.run(move || {
+        std::net::TcpStream::connect_timeout(&SocketAddr::V4(blue), Duration::from_millis(500))
+    });
+    assert!(
+        direct.is_err(),
+        "a direct connection got through the drop rule"
+    );
+}
