@@ -678,10 +678,14 @@ pub enum PlaneCounter {
     /// Ingress: a steered packet left to the stack because its next hop's device is not one the
     /// redirect can reach (`FORWARD_DEVICES`).
     ForwardNoDevice = 19,
+    /// Reply fast path (`split_reply`): a steered connection's reply translated where it
+    /// entered the node and sent straight to its client's device. Its fallbacks count as the
+    /// ingress's (`ForwardRouted`, `ForwardNoNeighbour`, `ForwardTooBig`, `ForwardNoDevice`).
+    ReplyForwarded = 20,
 }
 
 impl PlaneCounter {
-    pub const ALL: [PlaneCounter; 20] = [
+    pub const ALL: [PlaneCounter; 21] = [
         Self::NotIp,
         Self::NotService,
         Self::Fragment,
@@ -702,6 +706,7 @@ impl PlaneCounter {
         Self::ForwardNoNeighbour,
         Self::ForwardTooBig,
         Self::ForwardNoDevice,
+        Self::ReplyForwarded,
     ];
 
     #[must_use]
@@ -727,6 +732,7 @@ impl PlaneCounter {
             Self::ForwardNoNeighbour => "forward_no_neighbour",
             Self::ForwardTooBig => "forward_too_big",
             Self::ForwardNoDevice => "forward_no_device",
+            Self::ReplyForwarded => "reply_forwarded",
         }
     }
 }

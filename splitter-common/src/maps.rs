@@ -10,6 +10,7 @@
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS`, with its next hop |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
+//! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
 //! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
@@ -32,6 +33,7 @@ pub const FLOWS: &str = "FLOWS";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const REPLY_CACHE: &str = "REPLY_CACHE";
 pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
+pub const FORWARD_SEEN: &str = "FORWARD_SEEN";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
@@ -46,7 +48,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -56,6 +58,7 @@ pub const ALL: [&str; 18] = [
     REPLY_CACHE,
     HANDSHAKES,
     FORWARD_DEVICES,
+    FORWARD_SEEN,
     BACKENDS,
     VERSION_STATS,
     LATENCY,
@@ -88,6 +91,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Slots of the flow cache, per CPU: a power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 4096;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// Entries of `FORWARD_SEEN`: devices by `ifindex % FORWARD_SEEN_ENTRIES`.
+pub const FORWARD_SEEN_ENTRIES: u32 = 64;
 /// Devices the fast path may redirect to, at most.
 pub const MAX_FORWARD_DEVICES: u32 = 1024;
 /// Handshakes of guarded new flows remembered at once (`HANDSHAKES`), over all CPUs: a flood
@@ -112,6 +117,8 @@ pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * 2;
 /// Names of the programs in the object.
 pub const PROGRAM_INGRESS: &str = "split_ingress";
 pub const PROGRAM_EGRESS: &str = "split_egress";
+/// The reply fast path, at the TC ingress of the devices the fast path sends to.
+pub const PROGRAM_REPLY: &str = "split_reply";
 /// A program that only returns `XDP_PASS`: the baseline of the benchmarks. Never attached.
 pub const PROGRAM_BASELINE: &str = "xdp_baseline";
 /// A classifier that only returns TCX_NEXT: the egress benchmarks' baseline. Never attached.

@@ -40,6 +40,18 @@ use crate::{
 
 #[inline(always)]
 pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
+    let (pkt, bounds) = parse_reply(ctx)?;
+    if pkt.v6 {
+        return translate_v6(ctx, &pkt, &bounds);
+    }
+    let reply = steered_v4(ctx, &pkt, &bounds)?;
+    count_out(ctx, &reply);
+    rewrite_v4(ctx, &pkt, pkt.dst(), &reply, None)
+}
+
+/// The reply's headers, pulled into the linear area first when they are not.
+#[inline(always)]
+pub fn parse_reply(ctx: &TcContext) -> Result<(Packet, Bounds), Skip> {
     // Headers may sit partly outside the linear area; pull them in once (never per byte).
     let wanted = MAX_HEADER_LEN.min(ctx.len() as usize);
     if ctx.data_end() - ctx.data() < wanted && ctx.pull_data(wanted as u32).is_err() {
@@ -50,9 +62,13 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds).map_err(|_| Skip::Pass(PlaneCounter::ReplyPassed))?;
-    if pkt.v6 {
-        return translate_v6(ctx, &pkt, &bounds);
-    }
+    Ok((pkt, bounds))
+}
+
+/// The reverse translation of an IPv4 packet if it is a steered connection's reply (its
+/// entry has learnt what the packet tells), or why it passes untouched.
+#[inline(always)]
+pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<CachedReply, Skip> {
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
     let slot = reply_key.cache_slot();
@@ -64,57 +80,57 @@ pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
     } else {
         flow_cache::get_reply(slot, &reply_key)
     };
-    let reply = match cached {
-        Some(reply) => {
-            if tells(&pkt) {
-                // A steered flow's close or payload: its entry learns of it (drain, telemetry).
-                let key = FlowKey::from_ipv4(
-                    dst,
-                    reply.addr,
-                    packet::join_ports(client_port, reply.port),
-                    pkt.protocol,
-                );
-                let _ = follow(ctx, &key, &pkt, &bounds, &backend)?;
-            }
-            reply
-        }
-        None => {
-            let info = backend_info(&backend)?;
-            let service = addr_words(&info.service_addr)[3];
+    if let Some(reply) = cached {
+        if tells(pkt) {
+            // A steered flow's close or payload: its entry learns of it (drain, telemetry).
             let key = FlowKey::from_ipv4(
                 dst,
-                service,
-                packet::join_ports(client_port, info.service_port_be),
+                reply.addr,
+                packet::join_ports(client_port, reply.port),
                 pkt.protocol,
             );
-            let reply = CachedReply {
-                key: reply_key,
-                valid: CACHE_VALID,
-                stats_index: stats_index(info.service_id, info.version),
-                addr: service,
-                port: info.service_port_be,
-                _pad: 0,
-                addr_delta: csum::address_delta(src, service),
-                port_delta: csum::port_delta(backend_port, info.service_port_be),
-            };
-            match follow(ctx, &key, &pkt, &bounds, &backend)? {
-                Steered::Flow => flow_cache::fill_reply(slot, &reply),
-                Steered::Handshake => {}
-                Steered::No => {
-                    if syn {
-                        flow_cache::forget_reply_everywhere(slot);
-                    }
-                    return Err(Skip::Pass(PlaneCounter::Unsteered));
-                }
-            }
-            reply
+            let _ = follow(ctx, &key, pkt, bounds, &backend)?;
         }
+        return Ok(reply);
+    }
+    let info = backend_info(&backend)?;
+    let service = addr_words(&info.service_addr)[3];
+    let key = FlowKey::from_ipv4(
+        dst,
+        service,
+        packet::join_ports(client_port, info.service_port_be),
+        pkt.protocol,
+    );
+    let reply = CachedReply {
+        key: reply_key,
+        valid: CACHE_VALID,
+        stats_index: stats_index(info.service_id, info.version),
+        addr: service,
+        port: info.service_port_be,
+        _pad: 0,
+        addr_delta: csum::address_delta(src, service),
+        port_delta: csum::port_delta(backend_port, info.service_port_be),
     };
+    match follow(ctx, &key, pkt, bounds, &backend)? {
+        Steered::Flow => flow_cache::fill_reply(slot, &reply),
+        Steered::Handshake => {}
+        Steered::No => {
+            if syn {
+                flow_cache::forget_reply_everywhere(slot);
+            }
+            return Err(Skip::Pass(PlaneCounter::Unsteered));
+        }
+    }
+    Ok(reply)
+}
+
+/// Counts a translated reply on its version.
+#[inline(always)]
+pub fn count_out(ctx: &TcContext, reply: &CachedReply) {
     maps::with_stats(reply.stats_index, |s| {
         s.packets_out += 1;
         s.bytes_out += u64::from(ctx.len());
     });
-    rewrite_v4(ctx, &pkt, dst, &reply)
 }
 
 /// Whether a reply can change what its flow knows: handshake answers, closes, and payload
@@ -205,19 +221,23 @@ fn mangled_0(pkt: &Packet) -> u64 {
 
 /// The source becomes the service: the IPv4 checksum, source address, destination (unchanged)
 /// and source port, which sit side by side, in one store; the L4 checksum by the cached deltas.
+/// With `ttl` (the fast path, forwarding the reply itself), the TTL goes one down in the same
+/// store.
 #[inline(always)]
-fn rewrite_v4(ctx: &TcContext, pkt: &Packet, dst: u32, reply: &CachedReply) -> Result<(), Skip> {
+pub fn rewrite_v4(
+    ctx: &TcContext,
+    pkt: &Packet,
+    dst: u32,
+    reply: &CachedReply,
+    ttl: Option<u8>,
+) -> Result<(), Skip> {
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
     let mangled_0 = mangled_0(pkt);
-    let rewritten = Ipv4SourceRewrite {
-        check: csum::apply(pkt.ip_check(), reply.addr_delta),
-        source: reply.addr,
-        destination: dst,
-        source_port: reply.port,
-    };
+    let check = csum::apply(pkt.ip_check(), reply.addr_delta);
     // The check only skips the helper calls for a UDP datagram without checksum.
-    if csum::l4_has_checksum(pkt.protocol, pkt.l4_check()) {
-        let at = pkt.l4_check_offset;
+    let l4_check = pkt.l4_check();
+    let (l3, at) = (pkt.l3_offset, pkt.l4_check_offset);
+    if csum::l4_has_checksum(pkt.protocol, l4_check) {
         ctx.l4_csum_replace(
             at,
             0,
@@ -230,19 +250,57 @@ fn rewrite_v4(ctx: &TcContext, pkt: &Packet, dst: u32, reply: &CachedReply) -> R
                 .map_err(malformed)?;
         }
     }
-    // Everything needed is read above: helpers invalidate the packet pointers.
-    ctx.store(pkt.l3_offset + IPV4_CHECK_OFFSET, &rewritten, 0)
-        .map_err(malformed)
+    // Everything needed was read above: helpers invalidate the packet pointers.
+    match ttl {
+        None => {
+            let rewritten = Ipv4SourceRewrite {
+                check,
+                source: reply.addr,
+                destination: dst,
+                source_port: reply.port,
+            };
+            ctx.store(l3 + IPV4_CHECK_OFFSET, &rewritten, 0)
+                .map_err(malformed)
+        }
+        Some(ttl) => {
+            let old = u16::from_ne_bytes([ttl, pkt.protocol]);
+            let new = u16::from_ne_bytes([ttl.saturating_sub(1), pkt.protocol]);
+            let rewritten = Ipv4ForwardRewrite {
+                ttl_protocol: new,
+                check: csum::replace16(check, old, new),
+                source: reply.addr,
+                destination: dst,
+                source_port: reply.port,
+            };
+            ctx.store(l3 + IPV4_TTL_OFFSET, &rewritten, 0)
+                .map_err(malformed)
+        }
+    }
 }
 
 const _: () = assert!(IPV4_CHECK_OFFSET + 2 == packet::IPV4_SRC_OFFSET);
 const _: () = assert!(packet::IPV4_SRC_OFFSET + 4 == packet::IPV4_DST_OFFSET);
+const _: () = assert!(IPV4_TTL_OFFSET + 2 == IPV4_CHECK_OFFSET);
 const _: () = assert!(core::mem::size_of::<Ipv4SourceRewrite>() == 12);
+const _: () = assert!(core::mem::size_of::<Ipv4ForwardRewrite>() == 14);
+
+/// The TTL's offset in the IPv4 header, with the protocol after it.
+const IPV4_TTL_OFFSET: usize = 8;
 
 /// Bytes 10..22 of an IPv4 packet without options, as stored: the header checksum, the source
 /// and destination addresses, then the L4 source port.
 #[repr(C, packed)]
 struct Ipv4SourceRewrite {
+    check: u16,
+    source: u32,
+    destination: u32,
+    source_port: u16,
+}
+
+/// Bytes 8..22: the TTL and protocol, then as `Ipv4SourceRewrite`.
+#[repr(C, packed)]
+struct Ipv4ForwardRewrite {
+    ttl_protocol: u16,
     check: u16,
     source: u32,
     destination: u32,

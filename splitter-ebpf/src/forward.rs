@@ -27,10 +27,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use network_types::eth::{EthHdr, EtherType};
-use splitter_common::{NEXT_HOP_ROUTED, NEXT_HOP_TTL_NS, PlaneCounter, csum};
+use splitter_common::{
+    NEXT_HOP_ROUTED, NEXT_HOP_TTL_NS, PlaneCounter, csum, maps::FORWARD_SEEN_ENTRIES,
+};
 
 use crate::{
-    maps::{self, FLOW_CACHE, FORWARD_DEVICES},
+    maps::{self, FLOW_CACHE, FORWARD_DEVICES, FORWARD_SEEN},
     packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
 };
 
@@ -230,6 +232,11 @@ fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<NextHop, PlaneCou
     }
     if FORWARD_DEVICES.get(params.ifindex).is_none() {
         return Err(PlaneCounter::ForwardNoDevice);
+    }
+    // Where the replies will come from: user space attaches the reply fast path there.
+    if let Some(seen) = FORWARD_SEEN.get_ptr_mut(params.ifindex % FORWARD_SEEN_ENTRIES) {
+        // SAFETY: an array slot; a racing writer stores another device, both valid.
+        unsafe { *seen = params.ifindex };
     }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&params.dmac);

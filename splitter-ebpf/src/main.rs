@@ -16,6 +16,7 @@ mod forward;
 mod ingress;
 mod maps;
 mod packet;
+mod reply_forward;
 mod report;
 mod telemetry;
 
@@ -66,6 +67,32 @@ pub fn split_egress(ctx: TcContext) -> i32 {
             TC_ACT_UNSPEC
         }
         // Only a reply on a flow a drain is resetting.
+        Err(Skip::Drop(counter)) => {
+            maps::count(counter);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// At the TC ingress of the devices the fast path sends to: a steered connection's reply goes
+/// straight to its client's device, translated; anything else goes on to the stack untouched
+/// (and a steered reply the fast path cannot take is translated by `split_egress` on its way
+/// out). Only the fast path's fallbacks are counted here: other packets are counted where they
+/// leave, or are the node's own.
+#[classifier]
+pub fn split_reply(ctx: TcContext) -> i32 {
+    match reply_forward::to_client(&ctx) {
+        Ok(action) => action,
+        Err(Skip::Pass(
+            counter @ (PlaneCounter::ForwardRouted
+            | PlaneCounter::ForwardNoNeighbour
+            | PlaneCounter::ForwardTooBig
+            | PlaneCounter::ForwardNoDevice),
+        )) => {
+            maps::count(counter);
+            TC_ACT_UNSPEC
+        }
+        Err(Skip::Pass(_)) => TC_ACT_UNSPEC,
         Err(Skip::Drop(counter)) => {
             maps::count(counter);
             TC_ACT_SHOT

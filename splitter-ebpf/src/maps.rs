@@ -11,9 +11,9 @@ use splitter_common::{
     PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
     drain::Drain,
     maps::{
-        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, LATENCY_ENTRIES, MAX_BACKENDS, MAX_COHORT_ENTRIES,
-        MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_HANDSHAKES, MAX_SERVICES, POOL_SLOT_ENTRIES,
-        PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
+        MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_HANDSHAKES,
+        MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -60,6 +60,11 @@ pub static HANDSHAKES: LruHashMap<FlowKey, Slot> = LruHashMap::with_max_entries(
 /// whose driver takes redirected frames from another device.
 #[map(name = "FORWARD_DEVICES")]
 pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWARD_DEVICES, 0);
+
+/// Devices the fast path sent packets to, by `ifindex % FORWARD_SEEN_ENTRIES`: user space
+/// attaches the reply program there. Written when the FIB is asked, not per packet.
+#[map(name = "FORWARD_SEEN")]
+pub static FORWARD_SEEN: Array<u32> = Array::with_max_entries(FORWARD_SEEN_ENTRIES, 0);
 
 /// Backend endpoint → its service, for reverse translation. Written by user space.
 #[map(name = "BACKENDS")]

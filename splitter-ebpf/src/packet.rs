@@ -170,6 +170,13 @@ impl Packet {
         unsafe { load_u32(self.ip.add(IPV4_SRC_OFFSET)) }
     }
 
+    /// IPv4 time to live (IPv4 packets only).
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        // SAFETY: `parse` checked the whole IPv4 header.
+        unsafe { *self.ip.add(8) }
+    }
+
     /// IPv4 destination address (IPv4 packets only).
     #[inline(always)]
     pub fn dst(&self) -> u32 {

@@ -85,6 +85,13 @@ impl Plane {
         tc_baseline
             .load()
             .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_TC_BASELINE}: {e:?}"));
+        let reply: &mut SchedClassifier = ebpf
+            .program_mut(splitter_common::maps::PROGRAM_REPLY)
+            .and_then(|p| p.try_into().ok())
+            .expect("reply program");
+        reply
+            .load()
+            .unwrap_or_else(|e| panic!("verifier refused the reply program: {e:?}"));
         let egress: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM_EGRESS)
             .and_then(|p| p.try_into().ok())

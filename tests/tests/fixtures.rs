@@ -1475,6 +1475,7 @@ fn the_programs_leave_the_verifier_a_quarter_of_its_budget() {
     for name in [
         splitter_common::maps::PROGRAM_INGRESS,
         splitter_common::maps::PROGRAM_EGRESS,
+        splitter_common::maps::PROGRAM_REPLY,
     ] {
         let walked = plane.verified_instructions(name);
         eprintln!("{name}: the verifier walked {walked} instructions");

@@ -1,8 +1,9 @@
-//! End to end: the fast path sends steered packets straight to their backend's device, past the
-//! node's IP forwarding path. Proven with netfilter: a rule in the node's forward hook drops
-//! every packet to the backends' port, so whatever takes the routed path is lost; the service's
-//! requests are answered all the same, while a request to a backend's own address, which the
-//! stack forwards, is not.
+//! End to end: the fast path sends steered packets straight to their backend's device, and
+//! their replies straight to the client's, past the node's IP forwarding path. Proven with
+//! netfilter: rules in the node's forward hook drop every packet to the backends' port and then
+//! every packet from it, so whatever takes the routed path is lost; the service's requests are
+//! answered all the same, while a request to a backend's own address, which the stack forwards,
+//! is not.
 
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
@@ -109,5 +110,46 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
     assert!(
         direct.is_err(),
         "a direct connection got through the drop rule"
+    );
+
+    // The daemon attaches the reply fast path where the fast path sent packets, at its next
+    // housekeeping (every 5 s).
+    let links = bed.pin_dir.join("links_reply");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&links).map_or(0, Iterator::count) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply links for both backends' devices: {}",
+            bed.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nft(
+        &bed,
+        &format!(
+            "add rule ip splitter_test forward ip saddr {{ {}, {} }} tcp sport 8080 counter drop\n",
+            blue.ip(),
+            green.ip()
+        ),
+    );
+    let replies_forwarded = |bed: &Testbed| {
+        metric(
+            &bed.metrics(),
+            "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
+        )
+    };
+    let before = replies_forwarded(&bed);
+    let answers = bed.client.run(move || {
+        (0..40)
+            .map(|_| http::get(vip).expect("a request through the service, both ways fast"))
+            .collect::<Vec<_>>()
+    });
+    assert!(answers.iter().any(|a| a.contains("blue")), "{answers:?}");
+    assert!(answers.iter().any(|a| a.contains("green")), "{answers:?}");
+    // Each connection's backend sends at least its SYN-ACK, its response and its FIN that way.
+    assert!(
+        replies_forwarded(&bed) - before >= 40.0 * 3.0,
+        "{} replies forwarded",
+        replies_forwarded(&bed) - before
     );
 }

@@ -9,7 +9,7 @@ use splitter_common::{SplitWord, Version};
 use super::Daemon;
 use crate::{
     engine::latency,
-    kernel::{aging, apply, dataplane, forward},
+    kernel::{aging, apply, dataplane, forward, reply_links},
     model::{error::chain, share::format_percent},
     view::status::{self, Rates},
 };
@@ -72,8 +72,9 @@ impl Daemon {
         }
     }
 
-    /// Lists the namespace's devices for the fast path (`kernel::forward`): a new container's
-    /// interface joins at the next housekeeping.
+    /// Lists the namespace's devices for the fast path (`kernel::forward`), and attaches the
+    /// reply fast path where the fast path has sent packets (`kernel::reply_links`): a new
+    /// container's interface joins at the next housekeeping.
     pub(super) fn sync_forward_devices(&mut self) {
         let generic = dataplane::runs_generic(self.config.xdp_mode, &self.config.interface);
         match forward::sync(&self.config.pin_dir, generic) {
@@ -88,6 +89,17 @@ impl Daemon {
             ),
             Err(error) => {
                 tracing::warn!(error = %chain(&error), "cannot list the fast path's devices; steered packets take the stack")
+            }
+        }
+        match reply_links::sync(&self.config.pin_dir) {
+            Ok(synced) if synced.attached.is_empty() && synced.removed == 0 => {}
+            Ok(synced) => tracing::info!(
+                attached = ?synced.attached,
+                removed = synced.removed,
+                "the reply fast path's devices changed"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot attach the reply fast path; replies take the stack")
             }
         }
     }

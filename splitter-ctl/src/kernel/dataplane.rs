@@ -209,6 +209,14 @@ pub fn attach(
         name: names::PROGRAM_EGRESS,
         source: Box::new(source),
     })?;
+    // The reply fast path too; its pinned links move to the new program at once.
+    let adopted = super::reply_links::load_and_adopt(ebpf, pin_dir)?;
+    if adopted > 0 {
+        tracing::info!(
+            links = adopted,
+            "the reply fast path's links run the new program"
+        );
+    }
     let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
     let xdp_pin = paths::pin(pin_dir, paths::XDP_LINK_PIN);
     let attachment = if xdp_pin.exists() {
@@ -272,7 +280,10 @@ pub fn attach(
     Ok(attachment)
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+pub(super) fn program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, DataplaneError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -343,7 +354,7 @@ fn attach_xdp(
     }
 }
 
-fn adopt_link<L, E>(
+pub(super) fn adopt_link<L, E>(
     path: &Path,
     convert: impl FnOnce(FdLink) -> Result<L, E>,
 ) -> Result<L, DataplaneError>
@@ -360,7 +371,7 @@ where
     })
 }
 
-fn pin_link<E>(link: Result<FdLink, E>, path: &Path) -> Result<(), DataplaneError>
+pub(super) fn pin_link<E>(link: Result<FdLink, E>, path: &Path) -> Result<(), DataplaneError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -415,6 +426,7 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     if !empty && !links && maps * 2 < names::ALL.len() {
         return Err(refuse("it does not hold Splitter's pins"));
     }
+    removed.extend(super::reply_links::detach(pin_dir)?);
     for name in pins() {
         let path = paths::pin(pin_dir, name);
         match fs::remove_file(&path) {

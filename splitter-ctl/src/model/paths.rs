@@ -21,6 +21,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const XDP_LINK_PIN: &str = "link_xdp";
 /// Pin of the TC egress link, inside the pin directory.
 pub const TC_LINK_PIN: &str = "link_tc";
+/// Pin of the reply fast path's program, inside the pin directory.
+pub const REPLY_PROGRAM_PIN: &str = "prog_reply";
+/// Directory of the reply fast path's links (one pin per device, by ifindex), inside the pin
+/// directory.
+pub const REPLY_LINKS_DIR: &str = "links_reply";
 
 /// The pin of a map or link named `name` in `pin_dir`.
 #[must_use]

@@ -1,0 +1,93 @@
+//! The fast path of replies: at the TC ingress of the devices the fast path sends steered
+//! packets to (the backends' side), a steered connection's reply is translated there, its next
+//! hop taken from the FIB, its Ethernet header rewritten and its TTL decremented, and it is
+//! redirected to the client's device (`bpf_redirect`, to its egress), past the node's IP
+//! forwarding path. A reply the FIB cannot send on (no neighbour yet, no route, a device the
+//! fast path may not use) goes on to the stack untouched and is translated on its way out by
+//! `split_egress`, as without the fast path: translating it here would give the stack a packet
+//! from one of the node's own addresses, which it drops as a martian.
+//!
+//! IPv4 only; IPv6 replies take the stack.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibLookup,
+    },
+    cty::c_void,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    programs::TcContext,
+};
+use splitter_common::PlaneCounter;
+
+use crate::{
+    Skip, egress,
+    maps::{self, FORWARD_DEVICES},
+};
+
+/// `TC_ACT_REDIRECT`.
+const TC_ACT_REDIRECT: i32 = 7;
+const AF_INET: u8 = 2;
+
+/// A steered reply redirected to its client's device, or why it goes on to the stack.
+#[inline(always)]
+pub fn to_client(ctx: &TcContext) -> Result<i32, Skip> {
+    let (pkt, bounds) = egress::parse_reply(ctx)?;
+    if pkt.v6 {
+        return Err(Skip::Pass(PlaneCounter::ForwardRouted));
+    }
+    let (ttl, dst) = (pkt.ttl(), pkt.dst());
+    let reply = egress::steered_v4(ctx, &pkt, &bounds)?;
+    if ttl <= 1 {
+        return Err(Skip::Pass(PlaneCounter::ForwardRouted));
+    }
+    // The FIB as for the translated packet: from the service, to the client.
+    // SAFETY: a plain C struct for which all zeroes is valid.
+    let mut params: FibLookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.protocol;
+    // SAFETY: reading this program's context.
+    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    params.__bindgen_anon_3.ipv4_src = reply.addr;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // tot_len 0: the helper checks the skb against the device's MTU itself, GSO included.
+    // SAFETY: the context is this program's; `params` lives across the call.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast::<c_void>(),
+            &raw mut params,
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    let fallback = match rc {
+        r if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) => None,
+        r if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) => Some(PlaneCounter::ForwardNoNeighbour),
+        r if r == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Some(PlaneCounter::ForwardTooBig),
+        _ => Some(PlaneCounter::ForwardRouted),
+    };
+    if let Some(why) = fallback {
+        return Err(Skip::Pass(why));
+    }
+    if FORWARD_DEVICES.get(params.ifindex).is_none() {
+        return Err(Skip::Pass(PlaneCounter::ForwardNoDevice));
+    }
+    egress::count_out(ctx, &reply);
+    egress::rewrite_v4(ctx, &pkt, dst, &reply, Some(ttl))?;
+    let macs = Macs {
+        dst: params.dmac,
+        src: params.smac,
+    };
+    ctx.store(0, &macs, 0)
+        .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
+    maps::count(PlaneCounter::ReplyForwarded);
+    // SAFETY: a helper on scalars.
+    unsafe { bpf_redirect(params.ifindex, 0) };
+    Ok(TC_ACT_REDIRECT)
+}
+
+#[repr(C)]
+struct Macs {
+    dst: [u8; 6],
+    src: [u8; 6],
+}
