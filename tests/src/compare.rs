@@ -206,6 +206,9 @@ impl Setups {
                     .map_err(|e| e.to_string())?
                     .ok_or("the service is not in the data plane")?;
                 self.splitter = Some((maps, service.split));
+                if kind == Kind::Splitter {
+                    warm_up_reply_path(bed)?;
+                }
                 Ok(())
             }
             Kind::Nftables => {
@@ -571,4 +574,26 @@ pub fn broken_across_changes(
         });
     }
     Ok(broken)
+}
+
+/// Sends a few requests through the service and waits until the daemon has attached the reply
+/// fast path to both backends' devices (at its first housekeeping after the fast path sent
+/// there), so that a run measures the steady state, both directions fast.
+fn warm_up_reply_path(bed: &Testbed) -> Result<(), String> {
+    let vip = bed.vip();
+    bed.client
+        .run(move || (0..20).try_for_each(|_| crate::http::get(vip).map(drop)))
+        .map_err(|e| format!("a warm-up request failed: {e}"))?;
+    let links = bed.pin_dir.join("links_reply");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::fs::read_dir(&links).map_or(0, Iterator::count) < 2 {
+        if std::time::Instant::now() > deadline {
+            return Err(
+                "the reply fast path was not attached to both backends' devices within 8 s"
+                    .to_owned(),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
 }

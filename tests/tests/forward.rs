@@ -114,16 +114,7 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
 
     // The daemon attaches the reply fast path where the fast path sent packets, at its next
     // housekeeping (every 5 s).
-    let links = bed.pin_dir.join("links_reply");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(&links).map_or(0, Iterator::count) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reply links for both backends' devices: {}",
-            bed.daemon_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_reply_links(&bed);
     nft(
         &bed,
         &format!(
@@ -151,5 +142,71 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
         replies_forwarded(&bed) - before >= 40.0 * 3.0,
         "{} replies forwarded",
         replies_forwarded(&bed) - before
+    );
+}
+
+/// Waits until the reply fast path is attached to both backends' devices.
+fn wait_reply_links(bed: &Testbed) {
+    let links = bed.pin_dir.join("links_reply");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&links).map_or(0, Iterator::count) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply links for both backends' devices: {}",
+            bed.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
+    bed.start_daemon(&[]);
+    wait_healthy(&bed);
+    let vip: SocketAddr = bed.vip();
+    bed.client.run(move || {
+        (0..20).for_each(|_| {
+            http::get(vip).expect("a warm-up request");
+        });
+    });
+    wait_reply_links(&bed);
+    let replies_before = metric(
+        &bed.metrics(),
+        "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
+    );
+    let client = splitter_tests::pooled::start(&bed.client, &format!("http://{vip}/"), 16, 10, 5)
+        .expect("the pooled client");
+    std::thread::sleep(Duration::from_secs(2));
+    let started = splitter_tests::pooled::now();
+    bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "3000"]);
+    let seen = splitter_tests::pooled::collect(client).expect("the pooled client");
+    let rollback = bed.drained_rollback().expect("the drained rollback");
+    let drain = &rollback.event.details["drain"];
+    let raced = drain["raced"].as_u64().unwrap_or(0);
+    assert!(
+        seen.failures.len() as u64 <= raced.min(1),
+        "failed requests: {:?}; the drain: {drain}",
+        seen.failures
+    );
+    let last_green = seen.last("green").unwrap_or(0.0);
+    assert!(
+        last_green <= started + 0.1,
+        "green answered {:.0} ms after the rollback started",
+        (last_green - started) * 1e3
+    );
+    assert!(
+        seen.count("blue", |at| at > started + 0.5) > 50,
+        "blue after"
+    );
+    assert!(
+        metric(
+            &bed.metrics(),
+            "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
+        ) > replies_before + 100.0,
+        "the replies took the fast path"
     );
 }

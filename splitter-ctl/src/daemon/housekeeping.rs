@@ -92,12 +92,20 @@ impl Daemon {
             }
         }
         match reply_links::sync(&self.config.pin_dir) {
-            Ok(synced) if synced.attached.is_empty() && synced.removed == 0 => {}
-            Ok(synced) => tracing::info!(
-                attached = ?synced.attached,
-                removed = synced.removed,
-                "the reply fast path's devices changed"
-            ),
+            Ok(synced) => {
+                if !synced.attached.is_empty() || synced.removed > 0 {
+                    tracing::info!(
+                        attached = ?synced.attached,
+                        removed = synced.removed,
+                        "the reply fast path's devices changed"
+                    );
+                }
+                for (index, device, error) in synced.refused {
+                    if self.reply_refused.insert(index) {
+                        tracing::warn!(device, error = %chain(&error), "cannot attach the reply fast path to this device; its replies take the stack");
+                    }
+                }
+            }
             Err(error) => {
                 tracing::warn!(error = %chain(&error), "cannot attach the reply fast path; replies take the stack")
             }

@@ -137,6 +137,8 @@ pub struct Daemon {
     reports: Option<KernelLog>,
     /// Drains under way, and the last that ended.
     drains: drain::Drains,
+    /// Devices the reply fast path could not be attached to, warned about once each.
+    reply_refused: std::collections::BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -235,6 +237,7 @@ impl Daemon {
             bpffs: scope,
             reports,
             drains: drain::Drains::default(),
+            reply_refused: std::collections::BTreeSet::new(),
         };
         let applied = daemon.apply()?;
         daemon.emit(ConfigApplied {

@@ -116,10 +116,13 @@ fn device_name(index: u32) -> Option<String> {
 }
 
 /// What a sync changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Synced {
     pub attached: Vec<String>,
     pub removed: usize,
+    /// Devices the program could not be attached to (a device that takes no TC program, say),
+    /// by ifindex, with why: their replies take the stack. Tried again at the next sync.
+    pub refused: Vec<(u32, String, DataplaneError)>,
 }
 
 /// Attaches the pinned reply program to each device the fast path has sent to that has no link
@@ -156,29 +159,35 @@ pub fn sync(pin_dir: &Path) -> Result<Synced, SyncError> {
         }
     })?;
     for (index, name) in wanted {
-        let id = reply
-            .attach_with_options(
-                &name,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|source| DataplaneError::Attach {
-                what: "the reply fast path",
-                interface: name.clone(),
-                hint: "",
-                source: Box::new(source),
-            })?;
-        let path = dir.join(index.to_string());
-        let link = reply
-            .take_link(id)
-            .map_err(|source| DataplaneError::PinLink {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
-        pin_link(FdLink::try_from(link), &path)?;
-        synced.attached.push(name);
+        match attach(&mut reply, &name, &dir.join(index.to_string())) {
+            Ok(()) => synced.attached.push(name),
+            Err(error) => synced.refused.push((index, name, error)),
+        }
     }
     Ok(synced)
+}
+
+/// Attaches `reply` to the TC ingress of device `name` and pins the link at `path`.
+fn attach(reply: &mut SchedClassifier, name: &str, path: &Path) -> Result<(), DataplaneError> {
+    let id = reply
+        .attach_with_options(
+            name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|source| DataplaneError::Attach {
+            what: "the reply fast path",
+            interface: name.to_owned(),
+            hint: "",
+            source: Box::new(source),
+        })?;
+    let link = reply
+        .take_link(id)
+        .map_err(|source| DataplaneError::PinLink {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    pin_link(FdLink::try_from(link), path)
 }
 
 /// Removes every reply link (which detaches the program from its device) and the program's
