@@ -292,20 +292,31 @@ pub struct CachedFlow {
     pub ip_delta: u32,
     /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
     pub l4_delta: u32,
-    /// Where the fast path sends the flow's packets (`forward.rs` in splitter-ebpf), as the FIB
-    /// said at `next_ns` (`bpf_ktime_get_coarse_ns`; 0: not asked yet): the device, or
-    /// `NEXT_HOP_ROUTED` when the node's own stack must take them (a local backend, no route,
-    /// forwarding off, no device the redirect can reach).
-    pub next_ifindex: u32,
-    pub _pad2: u32,
-    pub next_ns: u64,
-    /// The Ethernet destination and source of the next hop.
-    pub next_macs: [u8; 12],
-    pub _pad3: u32,
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 96);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
-/// `CachedFlow::next_ifindex` when the fast path does not apply to the flow.
+/// Value of `NEXT_HOPS`, per CPU: where the fast path sends packets to one IPv4 backend, as the
+/// FIB said at `asked_ns` (`bpf_ktime_get_coarse_ns`), so an established packet costs no FIB
+/// lookup.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// The backend's IPv4 address in memory order (the slot's key).
+    pub addr: u32,
+    /// The device, or `NEXT_HOP_ROUTED` when the node's stack must take the packets (a local
+    /// backend, no route, forwarding off, a device the redirect may not reach).
+    pub ifindex: u32,
+    pub asked_ns: u64,
+    /// The longest packet (IP total length) the FIB has accepted for this next hop: a longer
+    /// one asks again, so the FIB checks it against the MTU.
+    pub max_len: u16,
+    pub _pad: u16,
+    /// The Ethernet destination and source of the next hop.
+    pub macs: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
+
+/// `NextHop::ifindex` when the fast path does not apply.
 pub const NEXT_HOP_ROUTED: u32 = 0;
 /// How long a next hop from the FIB is used before the FIB is asked again: a neighbour's new
 /// address (a router's failover) reaches established flows within it.
@@ -854,6 +865,7 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::CachedFlow {}
     unsafe impl aya::Pod for super::CachedReply {}
+    unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
     unsafe impl aya::Pod for super::Histogram {}

@@ -8,7 +8,8 @@
 //! | `SPLIT` | array | user space | per service id: the `SplitWord` (a release group uses its first service's) |
 //! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
-//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS`, with its next hop |
+//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
+//! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
 //! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
@@ -34,6 +35,7 @@ pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const REPLY_CACHE: &str = "REPLY_CACHE";
 pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
 pub const FORWARD_SEEN: &str = "FORWARD_SEEN";
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
@@ -48,7 +50,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -59,6 +61,7 @@ pub const ALL: [&str; 19] = [
     HANDSHAKES,
     FORWARD_DEVICES,
     FORWARD_SEEN,
+    NEXT_HOPS,
     BACKENDS,
     VERSION_STATS,
     LATENCY,
@@ -74,7 +77,14 @@ pub const ALL: [&str; 19] = [
 /// new build changes one's layout, a starting daemon replaces its pin with a new, empty map
 /// instead of refusing to start: the measurements start again, the caches fill again from
 /// `FLOWS`, and nothing that steers traffic is lost.
-pub const REPLACEABLE: [&str; 5] = [VERSION_STATS, LATENCY, PLANE_STATS, FLOW_CACHE, REPLY_CACHE];
+pub const REPLACEABLE: [&str; 6] = [
+    VERSION_STATS,
+    LATENCY,
+    PLANE_STATS,
+    FLOW_CACHE,
+    REPLY_CACHE,
+    NEXT_HOPS,
+];
 
 /// Flows one data plane drains at once; past it, the rest wait for the next round.
 pub const MAX_DRAINS: u32 = 16_384;
@@ -91,6 +101,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Slots of the flow cache, per CPU: a power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 4096;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// Slots of `NEXT_HOPS`, per CPU: a power of two.
+pub const NEXT_HOP_SLOTS: u32 = 256;
+const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
 /// Entries of `FORWARD_SEEN`: devices by `ifindex % FORWARD_SEEN_ENTRIES`.
 pub const FORWARD_SEEN_ENTRIES: u32 = 64;
 /// Devices the fast path may redirect to, at most.

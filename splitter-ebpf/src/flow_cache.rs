@@ -64,8 +64,6 @@ pub fn fill(slot: u32, key: &FlowKey, target: &Target) {
         entry.stats_index = target.stats;
         entry.ip_delta = target.ip_delta;
         entry.l4_delta = target.l4_delta;
-        // The next hop is the previous flow's: the fast path asks the FIB again.
-        entry.next_ns = 0;
         entry.valid = CACHE_VALID;
     }
 }

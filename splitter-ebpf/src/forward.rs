@@ -10,9 +10,11 @@
 //! neighbour entry yet (the stack resolves it), a packet over the next hop's MTU, a device the
 //! redirect cannot reach, a TTL about to expire.
 //!
-//! An IPv4 flow's answer from the FIB is kept in its per-CPU flow-cache slot for
-//! `NEXT_HOP_TTL_NS`, so an established packet costs no FIB lookup: a neighbour's new address
-//! reaches it within that time. IPv6 asks the FIB for every packet.
+//! The FIB's answer for an IPv4 backend is kept per CPU (`NEXT_HOPS`, direct-mapped by the
+//! backend's address) for `NEXT_HOP_TTL_NS`, so an established packet costs no FIB lookup: a
+//! neighbour's new address reaches it within that time. A packet longer than any the FIB has
+//! accepted for that next hop asks again, so the FIB checks every new length against the MTU.
+//! IPv6 asks the FIB for every packet.
 //!
 //! Inlined into the entry point after the steering code: as a subprogram its frame would add to
 //! the entry's, past the 512 bytes of stack BPF allows.
@@ -28,17 +30,14 @@ use aya_ebpf::{
 };
 use network_types::eth::{EthHdr, EtherType};
 use splitter_common::{
-    NEXT_HOP_ROUTED, NEXT_HOP_TTL_NS, PlaneCounter, csum, maps::FORWARD_SEEN_ENTRIES,
+    NEXT_HOP_ROUTED, NEXT_HOP_TTL_NS, PlaneCounter, csum,
+    maps::{FORWARD_SEEN_ENTRIES, NEXT_HOP_SLOTS},
 };
 
 use crate::{
-    maps::{self, FLOW_CACHE, FORWARD_DEVICES, FORWARD_SEEN},
+    maps::{self, FORWARD_DEVICES, FORWARD_SEEN, NEXT_HOPS},
     packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
 };
-
-/// `CachedFlow` slot "none": the packet's flow is not in the flow cache (IPv6, a flow being
-/// drained, a flow the rate guard left without an entry).
-pub const NO_SLOT: u32 = u32::MAX;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -50,10 +49,9 @@ const IPV4_TTL_OFFSET: usize = 8;
 const IPV6_HOP_LIMIT_OFFSET: usize = 7;
 
 /// Where a steered packet goes next: redirected to its backend's device, or on to the stack.
-/// `slot` is its flow's flow-cache slot on this CPU, or `NO_SLOT`.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, slot: u32) -> u32 {
-    match forward(ctx, slot) {
+pub fn to_backend(ctx: &XdpContext) -> u32 {
+    match forward(ctx) {
         Ok(action) => {
             maps::count(PlaneCounter::Forwarded);
             action
@@ -66,13 +64,13 @@ pub fn to_backend(ctx: &XdpContext, slot: u32) -> u32 {
 }
 
 /// The next hop as the FIB gave it: the device and the Ethernet destination and source.
-struct NextHop {
+struct Hop {
     ifindex: u32,
     macs: [u8; 12],
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext, slot: u32) -> Result<u32, PlaneCounter> {
+fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
     let (start, end) = (ctx.data(), ctx.data_end());
     // An untagged frame only: the redirect writes a plain Ethernet header.
     if start + EthHdr::LEN + IPV6_HEADER_LEN.min(IPV4_HEADER_LEN) > end {
@@ -87,7 +85,7 @@ fn forward(ctx: &XdpContext, slot: u32) -> Result<u32, PlaneCounter> {
         if ttl <= 1 {
             return Err(PlaneCounter::ForwardRouted);
         }
-        let hop = next_hop_v4(ctx, ip, slot)?;
+        let hop = next_hop_v4(ctx, ip)?;
         // SAFETY: as above; the FIB lookup leaves the packet as it was.
         unsafe {
             let word = packet::load_u16(ip.add(IPV4_TTL_OFFSET));
@@ -130,53 +128,66 @@ fn forward(ctx: &XdpContext, slot: u32) -> Result<u32, PlaneCounter> {
         .unwrap_or(xdp_action::XDP_PASS))
 }
 
-/// The next hop of an IPv4 packet: from its flow's cache slot while fresh, else from the FIB
-/// (and then kept in the slot, the stack's answers too).
+/// The next hop of an IPv4 packet: from `NEXT_HOPS` while fresh and the packet no longer than
+/// the FIB has accepted, else from the FIB (and then kept, the stack's answers too).
 #[inline(always)]
-fn next_hop_v4(ctx: &XdpContext, ip: *mut u8, slot: u32) -> Result<NextHop, PlaneCounter> {
+fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
+    // SAFETY: the IPv4 header is inside the frame (the caller checked it).
+    let (dst, len) = unsafe {
+        (
+            packet::load_u32(ip.add(IPV4_DST_OFFSET)),
+            u16::from_be(packet::load_u16(ip.add(2))),
+        )
+    };
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let cached = if slot == NO_SLOT {
-        None
-    } else {
-        FLOW_CACHE.get_ptr_mut(slot)
-    };
-    if let Some(entry) = cached {
-        // SAFETY: this CPU's slot, which the caller just found or filled with this flow.
+    let slot = dst.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_SLOTS.trailing_zeros());
+    let kept = NEXT_HOPS.get_ptr_mut(slot);
+    if let Some(entry) = kept {
+        // SAFETY: this CPU's slot; nothing else writes it while the program runs.
         let entry = unsafe { &*entry };
-        if entry.next_ns != 0 && now.wrapping_sub(entry.next_ns) < NEXT_HOP_TTL_NS {
-            return if entry.next_ifindex == NEXT_HOP_ROUTED {
-                Err(PlaneCounter::ForwardRouted)
-            } else {
-                Ok(NextHop {
-                    ifindex: entry.next_ifindex,
-                    macs: entry.next_macs,
-                })
-            };
+        if entry.addr == dst
+            && entry.asked_ns != 0
+            && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_NS
+        {
+            if entry.ifindex == NEXT_HOP_ROUTED {
+                return Err(PlaneCounter::ForwardRouted);
+            }
+            if len <= entry.max_len {
+                return Ok(Hop {
+                    ifindex: entry.ifindex,
+                    macs: entry.macs,
+                });
+            }
         }
     }
     let mut params = fib_params(ctx, AF_INET);
     // SAFETY: the IPv4 header is inside the frame (the caller checked it).
     unsafe {
         params.l4_protocol = *ip.add(9);
-        params.__bindgen_anon_1.tot_len = u16::from_be(packet::load_u16(ip.add(2)));
+        params.__bindgen_anon_1.tot_len = len;
         params.__bindgen_anon_3.ipv4_src = packet::load_u32(ip.add(IPV4_SRC_OFFSET));
-        params.__bindgen_anon_4.ipv4_dst = packet::load_u32(ip.add(IPV4_DST_OFFSET));
+        params.__bindgen_anon_4.ipv4_dst = dst;
     }
     let answer = ask_fib(ctx, &mut params);
-    if let Some(entry) = cached {
+    if let Some(entry) = kept {
         // SAFETY: as above. Only a lasting answer is kept: a missing neighbour or an oversized
         // packet is the stack's to handle this time, and may not be the next.
         let entry = unsafe { &mut *entry };
         match &answer {
             Ok(hop) => {
-                entry.next_ifindex = hop.ifindex;
-                entry.next_macs = hop.macs;
-                entry.next_ns = now;
+                let same =
+                    entry.addr == dst && entry.ifindex == hop.ifindex && entry.macs == hop.macs;
+                entry.max_len = if same { entry.max_len.max(len) } else { len };
+                entry.addr = dst;
+                entry.ifindex = hop.ifindex;
+                entry.macs = hop.macs;
+                entry.asked_ns = now;
             }
             Err(PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice) => {
-                entry.next_ifindex = NEXT_HOP_ROUTED;
-                entry.next_ns = now;
+                entry.addr = dst;
+                entry.ifindex = NEXT_HOP_ROUTED;
+                entry.asked_ns = now;
             }
             Err(_) => {}
         }
@@ -185,7 +196,7 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8, slot: u32) -> Result<NextHop, Plan
 }
 
 #[inline(always)]
-fn next_hop_v6(ctx: &XdpContext, ip: *mut u8) -> Result<NextHop, PlaneCounter> {
+fn next_hop_v6(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     let mut params = fib_params(ctx, AF_INET6);
     // SAFETY: the IPv6 header is inside the frame (the caller checked it).
     unsafe {
@@ -210,7 +221,7 @@ fn fib_params(ctx: &XdpContext, family: u8) -> FibLookup {
 
 /// The FIB's answer for `params`, and whether the redirect may reach its device.
 #[inline(always)]
-fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<NextHop, PlaneCounter> {
+fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<Hop, PlaneCounter> {
     // SAFETY: the context is this program's; `params` lives across the call.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -241,7 +252,7 @@ fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<NextHop, PlaneCou
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&params.dmac);
     macs[6..].copy_from_slice(&params.smac);
-    Ok(NextHop {
+    Ok(Hop {
         ifindex: params.ifindex,
         macs,
     })

@@ -18,7 +18,6 @@ use crate::{
     Skip,
     drain::{self, Client},
     flow_cache::{self, Target},
-    forward::NO_SLOT,
     maps::{self, FLOWS, HANDSHAKES, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
@@ -27,17 +26,15 @@ use crate::{
     report,
 };
 
-/// Steers a packet; returns the flow-cache slot that holds its flow on this CPU, or
-/// `forward::NO_SLOT`, for the fast path that sends it on.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext) -> Result<u32, Skip> {
+pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     let bounds = Bounds {
         start: ctx.data(),
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds)?;
     if pkt.v6 {
-        return steer_v6(&pkt, &bounds).map(|()| NO_SLOT);
+        return steer_v6(&pkt, &bounds);
     }
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
@@ -53,8 +50,8 @@ pub fn steer(ctx: &XdpContext) -> Result<u32, Skip> {
     } else {
         None
     };
-    let (target, cached_in) = match cached {
-        Some(target) => (target, slot),
+    let target = match cached {
+        Some(target) => target,
         None => {
             if !has_service_on(u16::from_be(dst_port)) {
                 return Err(Skip::Pass(PlaneCounter::NotService));
@@ -67,19 +64,16 @@ pub fn steer(ctx: &XdpContext) -> Result<u32, Skip> {
                 request,
                 |flow| target_of(flow, dst, dst_port),
             )?;
-            let cached_in = match drain::observe_client(&key, &pkt, &bounds) {
+            match drain::observe_client(&key, &pkt, &bounds) {
                 Client::Drop => return Err(Skip::Drop(PlaneCounter::DrainRaced)),
                 // A flow being drained stays out of the cache: its every packet is seen.
-                Client::Draining => NO_SLOT,
+                Client::Draining => {}
                 // A flow the guard left without an entry does not take a cache slot either:
                 // the slots stay with established flows.
-                Client::NotDraining if pinned => {
-                    flow_cache::fill(slot, &key, &target);
-                    slot
-                }
-                Client::NotDraining => NO_SLOT,
-            };
-            (target, cached_in)
+                Client::NotDraining if pinned => flow_cache::fill(slot, &key, &target),
+                Client::NotDraining => {}
+            }
+            target
         }
     };
     maps::with_stats(target.stats, |s| {
@@ -87,7 +81,7 @@ pub fn steer(ctx: &XdpContext) -> Result<u32, Skip> {
         s.bytes_in += bounds.len();
     });
     rewrite_destination(&pkt, &target);
-    Ok(cached_in)
+    Ok(())
 }
 
 /// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow;

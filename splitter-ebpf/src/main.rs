@@ -41,7 +41,7 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
     // A steered packet is counted once, in its version's counters (inside `steer`).
     match ingress::steer(&ctx) {
         // Steered: the fast path sends it to its backend's device, or the stack takes it.
-        Ok(slot) => forward::to_backend(&ctx, slot),
+        Ok(()) => forward::to_backend(&ctx),
         Err(Skip::Pass(counter)) => {
             maps::count(counter);
             if matches!(counter, PlaneCounter::Malformed) {

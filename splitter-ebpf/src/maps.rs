@@ -7,13 +7,13 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
+    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram, NextHop,
     PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
     drain::Drain,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
         MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_HANDSHAKES,
-        MAX_SERVICES, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        MAX_SERVICES, NEXT_HOP_SLOTS, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -60,6 +60,10 @@ pub static HANDSHAKES: LruHashMap<FlowKey, Slot> = LruHashMap::with_max_entries(
 /// whose driver takes redirected frames from another device.
 #[map(name = "FORWARD_DEVICES")]
 pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWARD_DEVICES, 0);
+
+/// Per CPU: the fast path's next hops of IPv4 backends, direct-mapped by address.
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 
 /// Devices the fast path sent packets to, by `ifindex % FORWARD_SEEN_ENTRIES`: user space
 /// attaches the reply program there. Written when the FIB is asked, not per packet.

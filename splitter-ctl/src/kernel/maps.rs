@@ -119,6 +119,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         // `struct bpf_devmap_val`: the ifindex, then a program's fd or id.
         names::FORWARD_DEVICES => (4, 8),
         names::FORWARD_SEEN => (4, 4),
+        names::NEXT_HOPS => (4, size_of::<splitter_common::NextHop>()),
         names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
