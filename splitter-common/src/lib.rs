@@ -310,7 +310,9 @@ pub struct NextHop {
     /// The longest packet (IP total length) the FIB has accepted for this next hop: a longer
     /// one asks again, so the FIB checks it against the MTU.
     pub max_len: u16,
-    pub _pad: u16,
+    /// With `NEXT_HOP_ROUTED`, why (a `PlaneCounter`: `ForwardRouted` or `ForwardNoDevice`),
+    /// so that the packets that follow are counted as the first was.
+    pub routed_why: u16,
     /// The Ethernet destination and source of the next hop.
     pub macs: [u8; 12],
 }

@@ -73,7 +73,8 @@ pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<Cach
     let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
     let slot = reply_key.cache_slot();
     let (backend_port, client_port) = packet::split_ports(ports);
-    let backend = Endpoint::from_ipv4(src, backend_port, pkt.protocol);
+    // Built only off the pure-ACK path, which needs neither the backend nor the flow.
+    let backend = || Endpoint::from_ipv4(src, backend_port, pkt.protocol);
     let syn = pkt.tcp_flags & TCP_SYN != 0;
     let cached = if syn {
         None
@@ -89,10 +90,11 @@ pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<Cach
                 packet::join_ports(client_port, reply.port),
                 pkt.protocol,
             );
-            let _ = follow(ctx, &key, pkt, bounds, &backend)?;
+            let _ = follow(ctx, &key, pkt, bounds, &backend())?;
         }
         return Ok(reply);
     }
+    let backend = backend();
     let info = backend_info(&backend)?;
     let service = addr_words(&info.service_addr)[3];
     let key = FlowKey::from_ipv4(

@@ -151,7 +151,13 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
             && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_NS
         {
             if entry.ifindex == NEXT_HOP_ROUTED {
-                return Err(PlaneCounter::ForwardRouted);
+                return Err(
+                    if entry.routed_why == PlaneCounter::ForwardNoDevice as u16 {
+                        PlaneCounter::ForwardNoDevice
+                    } else {
+                        PlaneCounter::ForwardRouted
+                    },
+                );
             }
             if len <= entry.max_len {
                 return Ok(Hop {
@@ -184,9 +190,10 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
                 entry.macs = hop.macs;
                 entry.asked_ns = now;
             }
-            Err(PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice) => {
+            Err(why @ (PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice)) => {
                 entry.addr = dst;
                 entry.ifindex = NEXT_HOP_ROUTED;
+                entry.routed_why = *why as u16;
                 entry.asked_ns = now;
             }
             Err(_) => {}

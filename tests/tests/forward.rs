@@ -210,3 +210,54 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
         "the replies took the fast path"
     );
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn fast_path_false_leaves_every_packet_to_the_stack_and_a_reload_turns_it_on_and_off() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
+    bed.prepend_config("fast_path = false\n");
+    bed.start_daemon(&[]);
+    wait_healthy(&bed);
+    let vip: SocketAddr = bed.vip();
+    let ask = |bed: &Testbed| {
+        bed.client.run(move || {
+            (0..20).for_each(|_| {
+                http::get(vip).expect("a request through the service");
+            });
+        });
+    };
+    let count = |bed: &Testbed, outcome: &str| {
+        splitter_tests::testbed::counted(
+            &bed.metrics(),
+            &format!("splitter_data_plane_packets_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    ask(&bed);
+    assert_eq!(count(&bed, "forwarded"), 0.0, "nothing took the fast path");
+    assert!(
+        count(&bed, "forward_no_device") >= 60.0,
+        "every steered packet took the stack"
+    );
+
+    bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
+    bed.ctl_ok(&["reload"]);
+    ask(&bed);
+    assert!(
+        count(&bed, "forwarded") >= 60.0,
+        "the reload turned the fast path on"
+    );
+
+    // And off again: the next hops it kept go with it, so no request is lost on the way.
+    bed.prepend_config("fast_path = false\n");
+    bed.ctl_ok(&["reload"]);
+    let before = count(&bed, "forwarded");
+    ask(&bed);
+    assert_eq!(
+        count(&bed, "forwarded"),
+        before,
+        "nothing took the fast path once off"
+    );
+}

@@ -28,7 +28,7 @@ impl Daemon {
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
         self.sample_rates();
-        self.sync_forward_devices();
+        self.sync_fast_path();
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %chain(&error), "cannot remove the reverse entries of removed backends");
         }
@@ -74,10 +74,12 @@ impl Daemon {
 
     /// Lists the namespace's devices for the fast path (`kernel::forward`), and attaches the
     /// reply fast path where the fast path has sent packets (`kernel::reply_links`): a new
-    /// container's interface joins at the next housekeeping.
-    pub(super) fn sync_forward_devices(&mut self) {
+    /// container's interface joins at the next housekeeping. With `fast_path = false`, empties
+    /// the one and removes the other.
+    pub(super) fn sync_fast_path(&mut self) {
+        let on = self.config.fast_path;
         let generic = dataplane::runs_generic(self.config.xdp_mode, &self.config.interface);
-        match forward::sync(&self.config.pin_dir, generic) {
+        match forward::sync(&self.config.pin_dir, on, generic) {
             Ok(forward::Synced {
                 added: 0,
                 removed: 0,
@@ -85,11 +87,25 @@ impl Daemon {
             Ok(synced) => tracing::info!(
                 added = synced.added,
                 removed = synced.removed,
+                on,
                 "the fast path's devices changed"
             ),
             Err(error) => {
                 tracing::warn!(error = %chain(&error), "cannot list the fast path's devices; steered packets take the stack")
             }
+        }
+        if !on {
+            match reply_links::unlink_all(&self.config.pin_dir) {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => tracing::info!(
+                    removed = removed.len(),
+                    "the fast path is off: the reply fast path is detached"
+                ),
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "cannot detach the reply fast path")
+                }
+            }
+            return;
         }
         match reply_links::sync(&self.config.pin_dir) {
             Ok(synced) => {

@@ -205,17 +205,6 @@ impl Daemon {
         }
         let mut health = Health::default();
         health.sync(&config);
-        let generic = dataplane::runs_generic(config.xdp_mode, &config.interface);
-        match crate::kernel::forward::sync(&config.pin_dir, generic) {
-            Ok(synced) => tracing::info!(
-                devices = synced.added,
-                generic,
-                "the fast path may redirect to the namespace's devices"
-            ),
-            Err(error) => {
-                tracing::warn!(error = %chain(&error), "cannot list the fast path's devices; steered packets take the stack")
-            }
-        }
         let config_state_dir = config.state_dir.clone();
         let mut daemon = Self {
             config,
@@ -240,6 +229,7 @@ impl Daemon {
             reply_refused: std::collections::BTreeSet::new(),
         };
         let applied = daemon.apply()?;
+        daemon.sync_fast_path();
         daemon.emit(ConfigApplied {
             applied: &applied,
             reload: false,
@@ -327,6 +317,8 @@ impl Daemon {
                     reload: true,
                 });
                 self.publish_scrape_view();
+                // `fast_path` may have changed: it takes effect now, not at the next housekeeping.
+                self.sync_fast_path();
                 record_applied(path, &text);
                 Ok(applied)
             }

@@ -12,11 +12,11 @@
 
 use std::{collections::BTreeSet, ffi::CStr, path::Path};
 
-use aya::maps::{DevMapHash, MapData};
-use splitter_common::maps as names;
+use aya::maps::{DevMapHash, MapData, PerCpuArray};
+use splitter_common::{NextHop, maps as names};
 
 use super::{
-    maps::{MapsError, access, open_pin, typed},
+    maps::{MapsError, access, open_pin, typed, zeroed},
     netdev,
 };
 
@@ -114,9 +114,49 @@ impl ForwardDevices {
     }
 }
 
-/// Brings `FORWARD_DEVICES` in `pin_dir` up to date with this namespace's devices.
-pub fn sync(pin_dir: &Path, generic: bool) -> Result<Synced, MapsError> {
-    ForwardDevices::open_pinned(pin_dir)?.sync(&reachable(&devices(), generic))
+/// Brings `FORWARD_DEVICES` in `pin_dir` up to date with this namespace's devices, or empties
+/// it when the fast path is off (every steered packet then takes the stack, counted as
+/// `forward_no_device`).
+pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError> {
+    let wanted = if on {
+        reachable(&devices(), generic)
+    } else {
+        BTreeSet::new()
+    };
+    let mut devices = ForwardDevices::open_pinned(pin_dir)?;
+    let listed = devices.listed()?;
+    if listed == wanted {
+        return Ok(Synced::default());
+    }
+    // The kept next hops name devices as they were: a hop kept for a device about to leave the
+    // list would be redirected nowhere (and dropped) until it expires, and one kept as "take
+    // the stack" would keep a new device unused. They go before and after the change (a packet
+    // between the two asks the FIB again).
+    let mut hops = NextHops::open_pinned(pin_dir)?;
+    hops.clear()?;
+    let synced = devices.sync(&wanted)?;
+    hops.clear()?;
+    Ok(synced)
+}
+
+/// `NEXT_HOPS`: the fast path's next hops, kept per CPU.
+struct NextHops(PerCpuArray<MapData, NextHop>);
+
+impl NextHops {
+    fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
+        let map = open_pin(pin_dir, names::NEXT_HOPS)?;
+        Ok(Self(typed(names::NEXT_HOPS, map)?))
+    }
+
+    fn clear(&mut self) -> Result<(), MapsError> {
+        for slot in 0..names::NEXT_HOP_SLOTS {
+            let empty = zeroed::<NextHop>(names::NEXT_HOPS)?;
+            self.0
+                .set(slot, empty, 0)
+                .map_err(access(names::NEXT_HOPS, "clear a slot"))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -166,7 +166,9 @@ pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), LayoutError
 }
 
 /// A per-CPU value of zeroes for every possible CPU.
-fn zeroed<T: aya::Pod + Default + Clone>(map: &'static str) -> Result<PerCpuValues<T>, MapsError> {
+pub(super) fn zeroed<T: aya::Pod + Default + Clone>(
+    map: &'static str,
+) -> Result<PerCpuValues<T>, MapsError> {
     per_cpu(map, T::default())
 }
 

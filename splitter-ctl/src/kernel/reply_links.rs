@@ -190,9 +190,9 @@ fn attach(reply: &mut SchedClassifier, name: &str, path: &Path) -> Result<(), Da
     pin_link(FdLink::try_from(link), path)
 }
 
-/// Removes every reply link (which detaches the program from its device) and the program's
-/// pin. Returns the pins removed.
-pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+/// Removes every reply link, which detaches the program from its device (the fast path
+/// turned off). Returns the pins removed.
+pub fn unlink_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     let mut removed = Vec::new();
     for (_, path) in pinned_links(pin_dir)? {
         fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
@@ -201,6 +201,12 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
         })?;
         removed.push(path);
     }
+    Ok(removed)
+}
+
+/// Removes every reply link and the program's pin. Returns the pins removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let mut removed = unlink_all(pin_dir)?;
     let dir = links_dir(pin_dir);
     match fs::remove_dir(&dir) {
         Ok(()) => {}

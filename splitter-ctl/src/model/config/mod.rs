@@ -102,6 +102,9 @@ pub struct Config {
     pub flow_table_per_cpu: u32,
     /// New flow entries each CPU may add per second; 0: no guard (`new_flow_rate_per_cpu`).
     pub new_flow_rate_per_cpu: u32,
+    /// Whether steered packets and their replies skip the node's forwarding path when the FIB
+    /// allows it (`fast_path`, default on).
+    pub fast_path: bool,
     pub services: Vec<ServiceSpec>,
 }
 

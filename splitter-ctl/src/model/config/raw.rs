@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub state_dir: Option<Spanned<String>>,
     pub flow_table_per_cpu: Option<Spanned<u32>>,
     pub new_flow_rate_per_cpu: Option<Spanned<u32>>,
+    pub fast_path: Option<Spanned<bool>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }

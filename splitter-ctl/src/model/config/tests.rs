@@ -729,7 +729,7 @@ fn the_first_unknown_key_in_the_file_is_the_one_reported() {
     let text = "interface = \"veth-node\"\nzeta = 1\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\nprotocl = \"tcp\"\nhelth = 1\n";
     assert_eq!(
         error(text),
-        "splitter.toml:2:1: `zeta`: unknown key (it takes interface, pin_dir, xdp_mode, control_socket, control_group, metrics_listen, state_dir, flow_table_per_cpu, new_flow_rate_per_cpu, service)"
+        "splitter.toml:2:1: `zeta`: unknown key (it takes interface, pin_dir, xdp_mode, control_socket, control_group, metrics_listen, state_dir, flow_table_per_cpu, new_flow_rate_per_cpu, fast_path, service)"
     );
     let text = text.replace("zeta = 1\n", "");
     assert!(
@@ -738,5 +738,27 @@ fn the_first_unknown_key_in_the_file_is_the_one_reported() {
         ),
         "{}",
         error(&text)
+    );
+}
+
+#[test]
+fn the_fast_path_is_on_unless_the_config_turns_it_off() {
+    let on = Config::parse(Path::new("splitter.toml"), "interface = \"eth0\"\n").expect("valid");
+    assert!(on.fast_path);
+    let off = Config::parse(
+        Path::new("splitter.toml"),
+        "interface = \"eth0\"\nfast_path = false\n",
+    )
+    .expect("valid");
+    assert!(!off.fast_path);
+    let wrong = Config::parse(
+        Path::new("splitter.toml"),
+        "interface = \"eth0\"\nfast_path = \"yes\"\n",
+    )
+    .expect_err("a string is not a switch")
+    .to_string();
+    assert!(
+        wrong.contains("splitter.toml:2:13") && wrong.contains("boolean"),
+        "{wrong}"
     );
 }

@@ -158,6 +158,7 @@ impl Validator<'_> {
             state_dir,
             flow_table_per_cpu,
             new_flow_rate_per_cpu,
+            fast_path: raw.fast_path.as_ref().is_none_or(|on| *on.get_ref()),
             services,
         })
     }
