@@ -238,6 +238,17 @@ impl Setups {
                 if splitter_ctl::kernel::dataplane::is_attached(&bed.pin_dir) {
                     return Err("the daemon left the data plane attached".to_owned());
                 }
+                // The kernel releases an unpinned link from a work queue, a moment after the
+                // pin is gone: wait until the interface shows no XDP program.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while xdp_attached(bed) {
+                    if std::time::Instant::now() > deadline {
+                        return Err(
+                            "an XDP program is still attached 2 s after the daemon left".to_owned()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 Ok(())
             }
             Kind::Nftables => nft(bed, &format!("delete table ip {NFT_TABLE}\n")).map(drop),
@@ -596,4 +607,19 @@ fn warm_up_reply_path(bed: &Testbed) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Whether the node's client-facing interface has an XDP program (`ip link` shows its id).
+fn xdp_attached(bed: &Testbed) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bed.node.name,
+            "link",
+            "show",
+            "dev",
+            &bed.node_interface(),
+        ])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
 }

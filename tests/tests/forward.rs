@@ -261,3 +261,52 @@ fn fast_path_false_leaves_every_packet_to_the_stack_and_a_reload_turns_it_on_and
         "nothing took the fast path once off"
     );
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_backend_behind_a_router_takes_the_fast_path_to_its_gateway() {
+    require_root!();
+    let mut bed = Testbed::new(SERVER);
+    // Green's backend lives on an address of green's own namespace that the node reaches
+    // only through green's link address as a gateway: a backend behind a router.
+    let behind = std::net::SocketAddrV4::new([198, 19, 200, bed.index].into(), 8080);
+    bed.green
+        .ip(&["addr", "add", &format!("{}/32", behind.ip()), "dev", "lo"]);
+    bed.node.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", behind.ip()),
+        "via",
+        &bed.green_addr().ip().to_string(),
+    ]);
+    bed.serve_on_backend(SERVER, true, behind, "green-behind");
+    bed.write_services(&format!(
+        "[[service]]\nname = \"sentiment\"\nlisten = \"{}\"\nblue = [\"{}\"]\ngreen = [\"{behind}\"]\ngreen_weight = 100\n[service.health]\ninterval_ms = 200\n",
+        bed.vip(),
+        bed.blue_addr(),
+    ));
+    bed.start_daemon(&[]);
+    wait_healthy(&bed);
+    let forwarded = |bed: &Testbed| {
+        metric(
+            &bed.metrics(),
+            "splitter_data_plane_packets_total{outcome=\"forwarded\"}",
+        )
+    };
+    let before = forwarded(&bed);
+    let vip: SocketAddr = bed.vip();
+    let answers = bed.client.run(move || {
+        (0..20)
+            .map(|_| http::get(vip).expect("a request to the backend behind the router"))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        answers.iter().all(|a| a.contains("green-behind")),
+        "{answers:?}"
+    );
+    assert!(
+        forwarded(&bed) - before >= 60.0,
+        "{} packets forwarded",
+        forwarded(&bed) - before
+    );
+}
