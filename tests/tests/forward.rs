@@ -10,7 +10,7 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 use splitter_tests::{
     http::{self, KeepAlive},
     require_root,
-    testbed::{Testbed, metric},
+    testbed::Testbed,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
@@ -56,14 +56,30 @@ fn wait_healthy(bed: &Testbed) {
     }
 }
 
-#[test]
-#[ignore = "needs root: `cargo xtask test` runs it"]
-fn steered_packets_skip_the_node_s_forwarding_path() {
-    require_root!();
+/// A test bed with green at 50%, health checks every 200 ms, and the daemon running with both
+/// versions healthy.
+fn healthy_bed() -> Testbed {
     let mut bed = Testbed::new(SERVER);
     bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
     bed.start_daemon(&[]);
     wait_healthy(&bed);
+    bed
+}
+
+/// The data plane's packets counted with `outcome`, from the daemon's metrics (0 before any).
+fn packets(bed: &Testbed, outcome: &str) -> f64 {
+    splitter_tests::testbed::counted(
+        &bed.metrics(),
+        &format!("splitter_data_plane_packets_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn steered_packets_skip_the_node_s_forwarding_path() {
+    require_root!();
+    let bed = healthy_bed();
     let (blue, green) = (bed.blue_addr(), bed.green_addr());
     nft(
         &bed,
@@ -73,12 +89,7 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
             green.ip()
         ),
     );
-    let forwarded = |bed: &Testbed| {
-        metric(
-            &bed.metrics(),
-            "splitter_data_plane_packets_total{outcome=\"forwarded\"}",
-        )
-    };
+    let forwarded = |bed: &Testbed| packets(bed, "forwarded");
     let before = forwarded(&bed);
 
     // New connections and a keep-alive one through the service: all answered, by both versions.
@@ -123,12 +134,7 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
             green.ip()
         ),
     );
-    let replies_forwarded = |bed: &Testbed| {
-        metric(
-            &bed.metrics(),
-            "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
-        )
-    };
+    let replies_forwarded = |bed: &Testbed| packets(bed, "reply_forwarded");
     let before = replies_forwarded(&bed);
     let answers = bed.client.run(move || {
         (0..40)
@@ -163,10 +169,7 @@ fn wait_reply_links(bed: &Testbed) {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
     require_root!();
-    let mut bed = Testbed::new(SERVER);
-    bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
-    bed.start_daemon(&[]);
-    wait_healthy(&bed);
+    let bed = healthy_bed();
     let vip: SocketAddr = bed.vip();
     bed.client.run(move || {
         (0..20).for_each(|_| {
@@ -174,10 +177,7 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
         });
     });
     wait_reply_links(&bed);
-    let replies_before = metric(
-        &bed.metrics(),
-        "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
-    );
+    let replies_before = packets(&bed, "reply_forwarded");
     let client = splitter_tests::pooled::start(&bed.client, &format!("http://{vip}/"), 16, 10, 5)
         .expect("the pooled client");
     std::thread::sleep(Duration::from_secs(2));
@@ -203,10 +203,7 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
         "blue after"
     );
     assert!(
-        metric(
-            &bed.metrics(),
-            "splitter_data_plane_packets_total{outcome=\"reply_forwarded\"}",
-        ) > replies_before + 100.0,
+        packets(&bed, "reply_forwarded") > replies_before + 100.0,
         "the replies took the fast path"
     );
 }
@@ -228,13 +225,7 @@ fn fast_path_false_leaves_every_packet_to_the_stack_and_a_reload_turns_it_on_and
             });
         });
     };
-    let count = |bed: &Testbed, outcome: &str| {
-        splitter_tests::testbed::counted(
-            &bed.metrics(),
-            &format!("splitter_data_plane_packets_total{{outcome=\"{outcome}\"}}"),
-        )
-        .unwrap_or(0.0)
-    };
+    let count = packets;
     ask(&bed);
     assert_eq!(count(&bed, "forwarded"), 0.0, "nothing took the fast path");
     assert!(
@@ -287,12 +278,7 @@ fn a_backend_behind_a_router_takes_the_fast_path_to_its_gateway() {
     ));
     bed.start_daemon(&[]);
     wait_healthy(&bed);
-    let forwarded = |bed: &Testbed| {
-        metric(
-            &bed.metrics(),
-            "splitter_data_plane_packets_total{outcome=\"forwarded\"}",
-        )
-    };
+    let forwarded = |bed: &Testbed| packets(bed, "forwarded");
     let before = forwarded(&bed);
     let vip: SocketAddr = bed.vip();
     let answers = bed.client.run(move || {
