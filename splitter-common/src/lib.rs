@@ -296,8 +296,8 @@ pub struct CachedFlow {
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
 /// Value of `NEXT_HOPS`, per CPU: where the fast path sends packets to one IPv4 backend, as the
-/// FIB said at `asked_ns` (`bpf_ktime_get_coarse_ns`), so an established packet costs no FIB
-/// lookup.
+/// FIB said at `asked_ns` (in jiffies, `bpf_jiffies64`; 0: never), so an established packet
+/// costs no FIB lookup.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
@@ -320,9 +320,10 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 
 /// `NextHop::ifindex` when the fast path does not apply.
 pub const NEXT_HOP_ROUTED: u32 = 0;
-/// How long a next hop from the FIB is used before the FIB is asked again: a neighbour's new
-/// address (a router's failover) reaches established flows within it.
-pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// How long a next hop from the FIB is used before the FIB is asked again, in jiffies (the
+/// kernel's tick: 1.02 s at HZ = 250, 0.26 s at 1000, 2.56 s at 100): a neighbour's new address
+/// (a router's failover) reaches established flows within it.
+pub const NEXT_HOP_TTL_JIFFIES: u64 = 256;
 
 pub const CACHE_VALID: u32 = 1;
 
