@@ -591,10 +591,25 @@ pub fn broken_across_changes(
 /// fast path to both backends' devices (at its first housekeeping after the fast path sent
 /// there), so that a run measures the steady state, both directions fast.
 fn warm_up_reply_path(bed: &Testbed) -> Result<(), String> {
+    // New connections until both versions have answered (green may have a small share), so
+    // that the fast path has sent packets to both backends' devices.
     let vip = bed.vip();
-    bed.client
-        .run(move || (0..20).try_for_each(|_| crate::http::get(vip).map(drop)))
-        .map_err(|e| format!("a warm-up request failed: {e}"))?;
+    let answered = bed.client.run(move || {
+        let mut seen = [false; 2];
+        for _ in 0..1_000 {
+            let who = crate::http::get(vip)?;
+            seen[usize::from(who.contains("green"))] = true;
+            if seen == [true; 2] {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(seen)
+    });
+    match answered {
+        Ok([true, true]) => {}
+        Ok(_) => return Err("1,000 warm-up connections did not reach both versions".to_owned()),
+        Err(e) => return Err(format!("a warm-up request failed: {e}")),
+    }
     let links = bed.pin_dir.join("links_reply");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
     while std::fs::read_dir(&links).map_or(0, Iterator::count) < 2 {
