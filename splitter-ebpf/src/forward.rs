@@ -121,8 +121,10 @@ fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
             packet::store_u16(eth.add(2 * i), word);
         }
     }
-    // The device was checked against `FORWARD_DEVICES` when the FIB was asked; one removed
-    // since falls back to the stack.
+    // The device was checked against `FORWARD_DEVICES` when the FIB was asked. The daemon clears
+    // the kept next hops whenever it changes that list; a device that went away by itself
+    // (the kernel removes it from the list) fails the redirect, and the packet, its Ethernet
+    // header already rewritten, is dropped by the stack until the kept hop expires.
     Ok(FORWARD_DEVICES
         .redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS))
         .unwrap_or(xdp_action::XDP_PASS))

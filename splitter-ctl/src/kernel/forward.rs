@@ -89,11 +89,14 @@ impl ForwardDevices {
             .map_err(access(names::FORWARD_DEVICES, "list the devices"))
     }
 
-    /// Lists exactly `wanted`.
-    pub fn sync(&mut self, wanted: &BTreeSet<u32>) -> Result<Synced, MapsError> {
-        let listed = self.listed()?;
+    /// Lists exactly `wanted`, `listed` being what it lists now.
+    fn sync(
+        &mut self,
+        listed: &BTreeSet<u32>,
+        wanted: &BTreeSet<u32>,
+    ) -> Result<Synced, MapsError> {
         let mut synced = Synced::default();
-        for index in wanted.difference(&listed) {
+        for index in wanted.difference(listed) {
             self.0
                 .insert(*index, *index, None, 0)
                 .map_err(|source| MapsError::ForwardDevice {
@@ -134,7 +137,7 @@ pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError
     // between the two asks the FIB again).
     let mut hops = NextHops::open_pinned(pin_dir)?;
     hops.clear()?;
-    let synced = devices.sync(&wanted)?;
+    let synced = devices.sync(&listed, &wanted)?;
     hops.clear()?;
     Ok(synced)
 }
