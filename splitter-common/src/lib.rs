@@ -10,14 +10,17 @@ pub mod cache;
 pub mod csum;
 pub mod drain;
 pub mod hash;
+pub mod l7;
 pub mod maps;
 pub mod split;
+pub mod stats;
 
 pub use cache::{
     CACHE_VALID, CachedFlow, CachedReply, NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, NextHop,
 };
 pub use hash::{client_hash, flow_hash};
 pub use split::{SplitWord, Version};
+pub use stats::VersionStats;
 
 /// An IPv6 address, or an IPv4 address in its IPv4-mapped form.
 pub type Addr = [u8; 16];
@@ -336,87 +339,6 @@ pub struct BackendInfo {
     pub service_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
-
-/// Value of `VERSION_STATS`, one per (service, version) and CPU. "In" is client → backend
-/// (XDP ingress), "out" is backend → client (TC egress).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct VersionStats {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    /// Flows created by a SYN or a first UDP datagram.
-    pub new_flows: u64,
-    /// Non-SYN TCP packets with no flow entry, steered by the deterministic hash.
-    pub flow_misses: u64,
-    /// New flows dropped because neither version had a backend in the slot.
-    pub slot_misses: u64,
-    /// New flows this version was chosen for but sent to the other version, because this
-    /// version had no backend in the slot (all down, or an empty pool).
-    pub failovers: u64,
-    /// Flows that saw a FIN or RST.
-    pub closed_flows: u64,
-    /// Responses timed (a request, then the backend's first payload): the latency histogram's count.
-    pub responses: u64,
-    /// Responses by the status class of their first bytes: [unparsed, 1xx, 2xx, 3xx, 4xx, 5xx].
-    /// `unparsed` is anything that is not an HTTP/1.x status line (HTTP/2, TLS, other protocols).
-    pub http_status: [u64; 6],
-    /// RSTs sent by a backend on an established connection.
-    pub backend_resets: u64,
-    /// Handshakes a backend refused: a RST before any SYN-ACK.
-    pub refused_handshakes: u64,
-    /// `bpf_ktime_get_ns` of the last new flow this version was given, and of the last response
-    /// it began (on this CPU: user space takes the latest over CPUs). A rollback's times come
-    /// from these: the candidate's last new connection, and the last request it answered.
-    pub last_new_flow_ns: u64,
-    pub last_response_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<VersionStats>() == 160);
-
-impl VersionStats {
-    /// Adds `other` field by field (user space sums the per-CPU values with it).
-    #[must_use]
-    pub const fn add(mut self, other: &Self) -> Self {
-        self.packets_in += other.packets_in;
-        self.bytes_in += other.bytes_in;
-        self.packets_out += other.packets_out;
-        self.bytes_out += other.bytes_out;
-        self.new_flows += other.new_flows;
-        self.flow_misses += other.flow_misses;
-        self.slot_misses += other.slot_misses;
-        self.failovers += other.failovers;
-        self.responses += other.responses;
-        let mut i = 0;
-        while i < self.http_status.len() {
-            self.http_status[i] += other.http_status[i];
-            i += 1;
-        }
-        self.backend_resets += other.backend_resets;
-        self.refused_handshakes += other.refused_handshakes;
-        self.closed_flows += other.closed_flows;
-        if other.last_new_flow_ns > self.last_new_flow_ns {
-            self.last_new_flow_ns = other.last_new_flow_ns;
-        }
-        if other.last_response_ns > self.last_response_ns {
-            self.last_response_ns = other.last_response_ns;
-        }
-        self
-    }
-
-    /// Errors, and the events they are counted against: 5xx responses, backend resets and
-    /// refused handshakes, over responses, resets and refused handshakes. The one definition of
-    /// a version's error rate (gates, status, metrics and drills read it here).
-    #[must_use]
-    pub const fn errors_and_events(&self) -> (u64, u64) {
-        let errors = self.http_status[5] + self.backend_resets + self.refused_handshakes;
-        (
-            errors,
-            self.responses + self.backend_resets + self.refused_handshakes,
-        )
-    }
-}
 
 /// Sub-buckets per power of two of a latency histogram (log-linear buckets, as HdrHistogram's):
 /// the octave [2^e, 2^(e+1)) µs is cut into 8 equal buckets, each 6.7% to 12.5% of its lower

@@ -14,6 +14,10 @@
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
 //! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
+//! | `H2_CONNS` | LRU hash | XDP ingress (create, client frames), TC egress (server frames) | `FlowKey` → `H2Conn`: how far an HTTP/2 connection's frames were read, and its calls in flight |
+//! | `L7_PROGRAMS` | program array | user space | `PROGRAM_H2`, which the ingress tail-calls to read an HTTP/2 client payload's frames |
+//! | `H2_PENDING` | per-CPU array, not pinned | XDP ingress, `split_h2` | the payload the ingress leaves for `split_h2` |
+//! | `H2_FRESH` | per-CPU array, not pinned | XDP ingress | where a new `H2Conn` is built before its insert |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log-linear µs `Histogram` (8 buckets per octave) |
@@ -37,6 +41,10 @@ pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
 pub const FORWARD_SEEN: &str = "FORWARD_SEEN";
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
 pub const HANDSHAKES: &str = "HANDSHAKES";
+pub const H2_CONNS: &str = "H2_CONNS";
+pub const L7_PROGRAMS: &str = "L7_PROGRAMS";
+/// `L7_PROGRAMS`: where `PROGRAM_H2` is.
+pub const L7_PROGRAM_H2: u32 = 0;
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const LATENCY: &str = "LATENCY";
@@ -50,7 +58,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 22] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -59,6 +67,8 @@ pub const ALL: [&str; 20] = [
     FLOW_CACHE,
     REPLY_CACHE,
     HANDSHAKES,
+    H2_CONNS,
+    L7_PROGRAMS,
     FORWARD_DEVICES,
     FORWARD_SEEN,
     NEXT_HOPS,
@@ -76,14 +86,16 @@ pub const ALL: [&str; 20] = [
 /// Maps that hold only measurements (counters and histograms) or copies (the caches). When a
 /// new build changes one's layout, a starting daemon replaces its pin with a new, empty map
 /// instead of refusing to start: the measurements start again, the caches fill again from
-/// `FLOWS`, and nothing that steers traffic is lost.
-pub const REPLACEABLE: [&str; 6] = [
+/// `FLOWS`, and nothing that steers traffic is lost. (`H2_CONNS` too: its connections are then
+/// counted as untracked, and new ones are read again.)
+pub const REPLACEABLE: [&str; 7] = [
     VERSION_STATS,
     LATENCY,
     PLANE_STATS,
     FLOW_CACHE,
     REPLY_CACHE,
     NEXT_HOPS,
+    H2_CONNS,
 ];
 
 /// Flows one data plane drains at once; past it, the rest wait for the next round.
@@ -111,6 +123,10 @@ pub const MAX_FORWARD_DEVICES: u32 = 1024;
 /// Handshakes of guarded new flows remembered at once (`HANDSHAKES`), over all CPUs: a flood
 /// turns them over, never the flow table.
 pub const MAX_HANDSHAKES: u32 = 8192;
+/// HTTP/2 connections whose frames are read at once (`H2_CONNS`), over all CPUs; the least
+/// recently used one is forgotten past it (its calls then go unread, never misread: a
+/// connection without an entry is not read).
+pub const MAX_H2_CONNS: u32 = 16_384;
 /// CPUs whose flow-cache slot a new flow clears; more than any host this runs on.
 pub const MAX_CPUS: u32 = 512;
 /// Default flow-table entries per possible CPU (config key `flow_table_per_cpu`). With
@@ -132,6 +148,8 @@ pub const PROGRAM_INGRESS: &str = "split_ingress";
 pub const PROGRAM_EGRESS: &str = "split_egress";
 /// The reply fast path, at the TC ingress of the devices the fast path sends to.
 pub const PROGRAM_REPLY: &str = "split_reply";
+/// The ingress's tail call that reads an HTTP/2 client payload's frames (`L7_PROGRAMS`).
+pub const PROGRAM_H2: &str = "split_h2";
 /// A program that only returns `XDP_PASS`: the baseline of the benchmarks. Never attached.
 pub const PROGRAM_BASELINE: &str = "xdp_baseline";
 /// A classifier that only returns TCX_NEXT: the egress benchmarks' baseline. Never attached.

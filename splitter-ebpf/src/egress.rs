@@ -188,7 +188,7 @@ fn follow(
         if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
             if !(syn && flow.state & FLOW_CLOSING != 0) {
                 if tells {
-                    telemetry::observe_reply(ctx, pkt, flow);
+                    telemetry::observe_reply(ctx, key, pkt, flow);
                 }
                 return Ok(Steered::Flow);
             }

@@ -10,14 +10,16 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
     FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, SERVICE_HAS_COHORTS,
-    SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state, flow_hash, slot_index,
-    stats_index,
+    SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state, flow_hash,
+    l7::{FLOW_L7_HTTP1, configured_l7},
+    slot_index, stats_index,
 };
 
 use crate::{
     Skip,
     drain::{self, Client},
     flow_cache::{self, Target},
+    l7,
     maps::{self, FLOWS, HANDSHAKES, POOL_SLOTS, SERVICE_PORTS, SERVICES, SPLIT},
     packet::{
         self, Bounds, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_RST,
@@ -26,15 +28,16 @@ use crate::{
     report,
 };
 
+/// Steers the packet; true when an HTTP/2 payload of it waits for `split_h2`.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
+pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
     let bounds = Bounds {
         start: ctx.data(),
         end: ctx.data_end(),
     };
     let pkt = packet::parse(&bounds)?;
     if pkt.v6 {
-        return steer_v6(&pkt, &bounds);
+        return steer_v6(ctx, &pkt, &bounds);
     }
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
@@ -50,18 +53,18 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
     } else {
         None
     };
-    let target = match cached {
-        Some(target) => target,
+    let (target, h2) = match cached {
+        Some(target) => (target, false),
         None => {
             if !has_service_on(u16::from_be(dst_port)) {
                 return Err(Skip::Pass(PlaneCounter::NotService));
             }
-            let (target, pinned) = follow_or_create(
+            let (target, followed) = follow_or_create(
+                ctx,
                 &key,
                 slot,
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
-                pkt.tcp_flags,
-                request,
+                &pkt,
                 |flow| target_of(flow, dst, dst_port),
             )?;
             match drain::observe_client(&key, &pkt, &bounds) {
@@ -70,10 +73,10 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
                 Client::Draining => {}
                 // A flow the guard left without an entry does not take a cache slot either:
                 // the slots stay with established flows.
-                Client::NotDraining if pinned => flow_cache::fill(slot, &key, &target),
+                Client::NotDraining if followed.pinned => flow_cache::fill(slot, &key, &target),
                 Client::NotDraining => {}
             }
-            target
+            (target, followed.h2)
         }
     };
     maps::with_stats(target.stats, |s| {
@@ -81,7 +84,7 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
         s.bytes_in += bounds.len();
     });
     rewrite_destination(&pkt, &target);
-    Ok(())
+    Ok(h2)
 }
 
 /// The slow path: the flow's entry in `FLOWS` (closing it on FIN or RST), or a new flow;
@@ -89,13 +92,15 @@ pub fn steer(ctx: &XdpContext) -> Result<(), Skip> {
 /// for a new flow the rate guard steered without one).
 #[inline(always)]
 fn follow_or_create<T>(
+    ctx: &XdpContext,
     key: &FlowKey,
     slot: u32,
     service: Endpoint,
-    tcp_flags: u8,
-    request: bool,
+    pkt: &Packet,
     pick: impl Fn(&Flow) -> T,
-) -> Result<(T, bool), Skip> {
+) -> Result<(T, Followed), Skip> {
+    let tcp_flags = pkt.tcp_flags;
+    let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
     let closing = closing_bits(tcp_flags);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
@@ -106,19 +111,32 @@ fn follow_or_create<T>(
                     s.closed_flows += 1
                 });
             }
-            // The first payload after the last response starts a request (time to first byte).
-            if request && flow.request_ns == 0 {
-                flow.request_ns = now();
+            // What a payload says, for the protocol the connection carries; an HTTP/2
+            // connection's frames are read after the steering (`split_h2`).
+            let mut h2 = false;
+            if request {
+                let segment = pkt.segment();
+                if l7::splitter_l7_client(ctx.ctx, key, flow, &segment) != 0 {
+                    h2 = l7::defer_h2(key, &segment, stats_index(flow.service_id, flow.version));
+                }
             }
-            Ok((pick(flow), true))
+            Ok((pick(flow), Followed { pinned: true, h2 }))
         }
         _ => {
             let seen = u32::from(tcp_flags) | u32::from(closing) << 8 | u32::from(request) << 16;
             let (flow, pinned) = new_flow(key, service, seen)?;
             flow_cache::forget_everywhere(slot);
-            Ok((pick(&flow), pinned))
+            Ok((pick(&flow), Followed { pinned, h2: false }))
         }
     }
+}
+
+/// What following a packet's flow found besides its target.
+struct Followed {
+    /// The flow has an entry (false for a new flow the rate guard steered without one).
+    pinned: bool,
+    /// An HTTP/2 payload waits for `split_h2`.
+    h2: bool,
 }
 
 /// What the rewrite needs of a flow, read field by field instead of copying the whole entry.
@@ -138,20 +156,19 @@ fn target_of(flow: &Flow, old_addr: u32, old_port: u16) -> Target {
 /// IPv6: the flow-table path for every packet (the flow cache holds IPv4 flows only), then the
 /// destination rewrite. There is no IP checksum; the L4 checksum covers the 128-bit addresses.
 #[inline(always)]
-fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
+fn steer_v6(ctx: &XdpContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, Skip> {
     let (src, dst, ports) = (pkt.src6(), pkt.dst6(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
     if !has_service_on(u16::from_be(dst_port)) {
         return Err(Skip::Pass(PlaneCounter::NotService));
     }
     let key = FlowKey::from_ipv6(src, dst, ports, pkt.protocol);
-    let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
-    let ((addr, port, stats), _) = follow_or_create(
+    let ((addr, port, stats), followed) = follow_or_create(
+        ctx,
         &key,
         key.cache_slot(),
         Endpoint::from_ipv6(dst, dst_port, pkt.protocol),
-        pkt.tcp_flags,
-        request,
+        pkt,
         |flow| {
             (
                 addr_words(&flow.backend_addr),
@@ -178,7 +195,7 @@ fn steer_v6(pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
         // SAFETY: `parse` bounds-checked the checksum field.
         unsafe { packet::store_u16(pkt.l4_check, csum::l4_stored(pkt.protocol, check)) };
     }
-    Ok(())
+    Ok(followed.h2)
 }
 
 #[inline(always)]
@@ -254,11 +271,19 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, seen: u32) -> Result<(Flow, bo
         backend_addr: slot.addr,
         backend_port_be: slot.port_be,
         version,
-        state: state | if is_syn(tcp_flags) { FLOW_SYN } else { 0 },
+        // The protocol the service is set to, until the client's first payload shows what the
+        // connection carries.
+        state: state | if is_syn(tcp_flags) { FLOW_SYN } else { 0 } | configured_l7(service.flags),
         service_id: service.id,
         created_ns: now,
         state_changed_ns: now,
-        request_ns: if request { now } else { 0 },
+        // A flow first seen with a payload (an evicted entry's) is timed as HTTP/1.x unless its
+        // service is set to another protocol.
+        request_ns: if request && configured_l7(service.flags) & !FLOW_L7_HTTP1 == 0 {
+            now
+        } else {
+            0
+        },
     };
     let is_miss = key.protocol == PROTO_TCP && !is_syn(tcp_flags);
     let pinned = is_miss || maps::guard_admits(now);

@@ -14,6 +14,7 @@ mod egress;
 mod flow_cache;
 mod forward;
 mod ingress;
+mod l7;
 mod maps;
 mod packet;
 mod reply_forward;
@@ -41,7 +42,12 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
     // A steered packet is counted once, in its version's counters (inside `steer`).
     match ingress::steer(&ctx) {
         // Steered: the fast path sends it to its backend's device, or the stack takes it.
-        Ok(()) => forward::to_backend(&ctx),
+        Ok(false) => forward::to_backend(&ctx),
+        // An HTTP/2 payload's frames are read in a program of their own, with its own stack.
+        Ok(true) => {
+            let action = forward::to_backend(&ctx);
+            l7::read_deferred(&ctx, action)
+        }
         Err(Skip::Pass(counter)) => {
             maps::count(counter);
             if matches!(counter, PlaneCounter::Malformed) {
@@ -98,6 +104,12 @@ pub fn split_reply(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// The ingress's tail call for an HTTP/2 client payload: its frames, then the ingress's action.
+#[xdp]
+pub fn split_h2(ctx: XdpContext) -> u32 {
+    l7::read_h2_client(&ctx)
 }
 
 /// The benchmarks' baseline: the cheapest possible XDP program. Never attached.

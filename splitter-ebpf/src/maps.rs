@@ -4,16 +4,20 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key,
+    },
 };
 use splitter_common::{
     BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram, NextHop,
     PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
     drain::Drain,
+    l7::H2Conn,
     maps::{
         FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
-        MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_HANDSHAKES,
-        MAX_SERVICES, NEXT_HOP_SLOTS, POOL_SLOT_ENTRIES, PORT_ENTRIES, VERSION_STAT_ENTRIES,
+        MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_H2_CONNS,
+        MAX_HANDSHAKES, MAX_SERVICES, NEXT_HOP_SLOTS, POOL_SLOT_ENTRIES, PORT_ENTRIES,
+        VERSION_STAT_ENTRIES,
     },
 };
 
@@ -54,6 +58,24 @@ pub static REPLY_CACHE: PerCpuArray<CachedReply> =
 /// never the flow table.
 #[map(name = "HANDSHAKES")]
 pub static HANDSHAKES: LruHashMap<FlowKey, Slot> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
+
+/// HTTP/2 connections being read → how far each side's frames were read and the calls in
+/// flight. Created by ingress when a connection's client preface is seen.
+#[map(name = "H2_CONNS")]
+pub static H2_CONNS: LruHashMap<FlowKey, H2Conn> = LruHashMap::with_max_entries(MAX_H2_CONNS, 0);
+
+/// Per CPU: where a new `H2_CONNS` entry is built before it is inserted (the stack has no room
+/// for it beside the steering code's). Not pinned: it holds nothing between packets.
+#[map(name = "H2_FRESH")]
+pub static H2_FRESH: PerCpuArray<H2Conn> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the HTTP/2 client payload the ingress leaves for `split_h2`. Not pinned.
+#[map(name = "H2_PENDING")]
+pub static H2_PENDING: PerCpuArray<crate::l7::H2Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// `PROGRAM_H2` at `L7_PROGRAM_H2`. Written by user space.
+#[map(name = "L7_PROGRAMS")]
+pub static L7_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The devices the fast path may redirect steered packets to (ifindex → the device). Written by
 /// user space: in generic XDP every device of the namespace but loopback, natively the devices

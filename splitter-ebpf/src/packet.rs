@@ -216,6 +216,28 @@ impl Packet {
         }
     }
 
+    /// A TCP packet's sequence and acknowledgement numbers (host order) and where its payload
+    /// is; zeros for UDP.
+    #[inline(always)]
+    pub fn segment(&self) -> crate::l7::Segment {
+        if self.protocol != PROTO_TCP {
+            return crate::l7::Segment {
+                seq: 0,
+                ack: 0,
+                offset: 0,
+                len: 0,
+            };
+        }
+        // SAFETY: `parse` checked the whole TCP header of a TCP packet.
+        let (seq, ack) = unsafe { (load_u32(self.l4.add(4)), load_u32(self.l4.add(8))) };
+        crate::l7::Segment {
+            seq: u32::from_be(seq),
+            ack: u32::from_be(ack),
+            offset: self.payload_offset as u32,
+            len: self.payload_len as u32,
+        }
+    }
+
     /// The (source, destination) port pair in memory order.
     #[inline(always)]
     pub fn ports(&self) -> u32 {

@@ -12,12 +12,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, LatencyKind, flow_add_state,
+    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, FlowKey, LatencyKind, flow_add_state,
     latency_index, stats_index,
 };
 
 use crate::{
-    maps,
+    l7, maps,
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -25,7 +25,7 @@ use crate::{
 const STATUS_LINE_LEN: usize = 12;
 
 #[inline(always)]
-pub fn observe_reply(ctx: &TcContext, pkt: &Packet, flow: &mut Flow) {
+pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Flow) {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = stats_index(flow.service_id, flow.version);
@@ -58,6 +58,10 @@ pub fn observe_reply(ctx: &TcContext, pkt: &Packet, flow: &mut Flow) {
     };
     if closing != 0 && flow_add_state(flow, closing, now) {
         maps::with_stats(stats, |s| s.closed_flows += 1);
+    }
+    if pkt.payload_len > 0 && l7::is_h2(flow) {
+        l7::splitter_h2_server(ctx.skb.skb, key, stats, &pkt.segment());
+        return;
     }
     if pkt.payload_len > 0 && flow.request_ns != 0 {
         let waited = now.saturating_sub(flow.request_ns);

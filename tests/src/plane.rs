@@ -99,6 +99,8 @@ impl Plane {
         egress
             .load()
             .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_EGRESS}: {e:?}"));
+        dataplane::load_tail_calls(&mut ebpf)
+            .unwrap_or_else(|e| panic!("tail calls: {:#}", anyhow::Error::from(e)));
         let mut maps = Maps::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
         apply::apply(&mut maps, &config, &apply::all_healthy)
             .unwrap_or_else(|e| panic!("apply: {e}"));

@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::MapData,
+    maps::{MapData, ProgramArray},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
@@ -96,6 +96,12 @@ pub enum DataplaneError {
     #[error("cannot pin link at `{path}`")]
     PinLink {
         path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot put program `{name}` where the ingress calls it")]
+    TailCall {
+        name: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -209,6 +215,7 @@ pub fn attach(
         name: names::PROGRAM_EGRESS,
         source: Box::new(source),
     })?;
+    load_tail_calls(ebpf)?;
     // The reply fast path too; its pinned links move to the new program at once.
     let adopted = super::reply_links::load_and_adopt(ebpf, pin_dir)?;
     if adopted > 0 {
@@ -278,6 +285,32 @@ pub fn attach(
         pin_link(FdLink::try_from(link), &tc_pin)?;
     }
     Ok(attachment)
+}
+
+/// Loads the programs the ingress tail-calls and puts them in `L7_PROGRAMS` (pinned, so they
+/// stay there while no daemon runs; a new daemon puts its own there before its ingress runs).
+pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let h2: &mut Xdp = program(ebpf, names::PROGRAM_H2)?;
+    h2.load().map_err(|source| DataplaneError::Program {
+        name: names::PROGRAM_H2,
+        source: Box::new(source),
+    })?;
+    let tail_call = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::TailCall {
+        name: names::PROGRAM_H2,
+        source,
+    };
+    let fd = h2
+        .fd()
+        .map_err(|e| tail_call(Box::new(e)))?
+        .try_clone()
+        .map_err(|e| tail_call(Box::new(e)))?;
+    let map = ebpf
+        .map_mut(names::L7_PROGRAMS)
+        .ok_or_else(|| tail_call(format!("the object has no map {}", names::L7_PROGRAMS).into()))?;
+    let mut programs = ProgramArray::try_from(map).map_err(|e| tail_call(Box::new(e)))?;
+    programs
+        .set(names::L7_PROGRAM_H2, &fd, 0)
+        .map_err(|e| tail_call(Box::new(e)))
 }
 
 pub(super) fn program<'a, T>(

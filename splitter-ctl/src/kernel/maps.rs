@@ -121,6 +121,10 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::FORWARD_SEEN => (4, 4),
         names::NEXT_HOPS => (4, size_of::<splitter_common::NextHop>()),
         names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
+        names::H2_CONNS => (
+            size_of::<FlowKey>(),
+            size_of::<splitter_common::l7::H2Conn>(),
+        ),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),

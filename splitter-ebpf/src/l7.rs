@@ -1,0 +1,298 @@
+//! What a connection's payload says, for the protocol it carries (`splitter_common::l7`): the
+//! client's first bytes classify the connection (once); an HTTP/1.x request is stamped for the
+//! response time; an HTTP/2 connection's frame headers are read on both sides for its calls.
+//! Opaque connections (TLS, anything else) are only classified and counted.
+//!
+//! Both entry points are global BPF functions: the verifier checks each once, on its own, from
+//! the types of its arguments (pointers may be null, and are checked), instead of walking its
+//! frame loop again for every state of the steering code that calls it.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_action, xdp_md},
+    cty::c_void,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    programs::XdpContext,
+};
+use splitter_common::{
+    Flow, FlowKey, LatencyKind,
+    l7::{
+        self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
+        H2Event, Payload, Protocol, Untracked,
+    },
+    latency_index,
+    maps::L7_PROGRAM_H2,
+    stats_index,
+};
+
+use crate::maps::{self, H2_CONNS, H2_FRESH, H2_PENDING, L7_PROGRAMS};
+
+pub use splitter_common::l7::Segment;
+
+/// Value of `H2_PENDING`: a client payload the ingress left for `split_h2`.
+#[repr(C)]
+pub struct H2Pending {
+    pub key: FlowKey,
+    pub segment: Segment,
+    pub stats: u32,
+    /// The ingress's action, with `ARMED`.
+    pub action: u32,
+}
+
+struct XdpPayload {
+    ctx: *mut xdp_md,
+    start: u32,
+}
+
+impl Payload for XdpPayload {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
+        // SAFETY: the context is this program's; the buffer is N bytes of this stack.
+        unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx.cast(),
+                self.start + offset,
+                buf.as_mut_ptr().cast::<c_void>(),
+                N as u32,
+            ) == 0
+        }
+    }
+}
+
+struct SkbPayload {
+    ctx: *mut __sk_buff,
+    start: u32,
+}
+
+impl Payload for SkbPayload {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
+        // SAFETY: the context is this program's; the buffer is N bytes of this stack.
+        unsafe {
+            bpf_skb_load_bytes(
+                self.ctx.cast(),
+                self.start + offset,
+                buf.as_mut_ptr().cast::<c_void>(),
+                N as u32,
+            ) == 0
+        }
+    }
+}
+
+/// A client payload on an established flow: classifies the connection at its first, and
+/// stamps an HTTP/1.x request. Returns non-zero when the payload is an HTTP/2 connection's,
+/// for `splitter_h2_client`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn splitter_l7_client(
+    ctx: *mut xdp_md,
+    key: *const FlowKey,
+    flow: *mut Flow,
+    segment: *const Segment,
+) -> i32 {
+    if key.is_null() || flow.is_null() || segment.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null pointers to the caller's key, FLOWS entry and segment, valid for this
+    // program run (the verifier checks each call against the argument types).
+    let (key, flow, segment) = unsafe { (&*key, &mut *flow, &*segment) };
+    let mut state = flow.state;
+    if state & FLOW_L7_READ == 0 {
+        let payload = XdpPayload {
+            ctx,
+            start: segment.offset,
+        };
+        let mut first = [0u8; 8];
+        let len = if payload.load(0, &mut first) {
+            segment.len as usize
+        } else {
+            0
+        };
+        let seen = l7::classify(&first, len);
+        let settled = l7::settle_l7(state & FLOW_L7_MASK, seen);
+        state = (state & !FLOW_L7_MASK) | settled | FLOW_L7_READ;
+        flow.state = state;
+        maps::with_stats(stats_index(flow.service_id, flow.version), |s| {
+            let [http1, h2, tls, other] = &mut s.protocols;
+            *match seen {
+                Protocol::Http1 => http1,
+                Protocol::H2 => h2,
+                Protocol::Tls => tls,
+                Protocol::Other => other,
+            } += 1;
+        });
+        if settled == FLOW_L7_H2
+            && let Some(fresh) = H2_FRESH.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's scratch entry; a new connection's state is built there (it
+            // does not fit the stack beside the steering code's) and copied into the map.
+            let fresh = unsafe { &mut *fresh };
+            *fresh = H2Conn::new(segment.seq, segment.ack);
+            let _ = H2_CONNS.insert(key, fresh, 0);
+        }
+    }
+    match state & FLOW_L7_MASK {
+        // The first payload after the last response starts a request (time to first byte).
+        FLOW_L7_HTTP1 => {
+            if flow.request_ns == 0 {
+                flow.request_ns = now();
+            }
+            0
+        }
+        FLOW_L7_H2 => 1,
+        _ => 0,
+    }
+}
+
+/// Leaves an HTTP/2 client payload for `split_h2` (the frame loop needs more stack than the
+/// steering code leaves): the connection, its segment and its version's counters.
+#[inline(always)]
+pub fn defer_h2(key: &FlowKey, segment: &Segment, stats: u32) -> bool {
+    let Some(pending) = H2_PENDING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's entry; the program that reads it runs next on this CPU.
+    let pending = unsafe { &mut *pending };
+    pending.key = *key;
+    pending.segment = *segment;
+    pending.stats = stats;
+    true
+}
+
+/// After the steering decided `action`: `split_h2` reads the deferred payload's frames and
+/// returns `action` (a tail call, so it has a stack of its own). Without it (not loaded yet),
+/// the frames go unread and the connection's framing is lost when its next packet comes.
+#[inline(always)]
+pub fn read_deferred(ctx: &XdpContext, action: u32) -> u32 {
+    if let Some(pending) = H2_PENDING.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry.
+        let pending = unsafe { &mut *pending };
+        pending.action = action | ARMED;
+        // SAFETY: a tail call with this program's context; it returns only when it failed.
+        unsafe { L7_PROGRAMS.tail_call(ctx, L7_PROGRAM_H2) };
+        pending.action = 0;
+    }
+    action
+}
+
+/// `split_h2`: the deferred client payload's frames, then the steering's action. A packet
+/// that comes without a deferred payload (a program of another build left it) goes to the
+/// stack.
+#[inline(always)]
+pub fn read_h2_client(ctx: &XdpContext) -> u32 {
+    let Some(pending) = H2_PENDING.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's entry, written by the ingress just before its tail call.
+    let pending = unsafe { &mut *pending };
+    if pending.action & ARMED == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let action = pending.action & !ARMED;
+    pending.action = 0;
+    let segment = pending.segment;
+    let stats = pending.stats;
+    if let Some(conn) = H2_CONNS.get_ptr_mut(&pending.key) {
+        // SAFETY: the entry is valid for this program run.
+        let conn = unsafe { &mut *conn };
+        let now = now();
+        let payload = XdpPayload {
+            ctx: ctx.ctx,
+            start: segment.offset,
+        };
+        l7::read_packet(
+            conn,
+            Direction::Client,
+            segment.seq,
+            segment.len,
+            now,
+            &payload,
+            &mut |event| record(stats, now, event),
+        );
+    }
+    action
+}
+
+/// `H2Pending::action`: set while a deferred payload waits for `split_h2`.
+const ARMED: u32 = 1 << 31;
+
+/// A server payload on an HTTP/2 flow: its frames, read for the calls they answer.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn splitter_h2_server(
+    ctx: *mut __sk_buff,
+    key: *const FlowKey,
+    stats: u32,
+    segment: *const Segment,
+) -> i32 {
+    if key.is_null() || segment.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null pointers to the caller's key and segment.
+    let (key, segment) = unsafe { (&*key, &*segment) };
+    let Some(conn) = H2_CONNS.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: the entry is valid for this program run.
+    let conn = unsafe { &mut *conn };
+    let now = now();
+    let payload = SkbPayload {
+        ctx,
+        start: segment.offset,
+    };
+    l7::read_packet(
+        conn,
+        Direction::Server,
+        segment.seq,
+        segment.len,
+        now,
+        &payload,
+        &mut |event| record(stats, now, event),
+    );
+    0
+}
+
+/// Whether a flow's connection is HTTP/2 being read.
+#[inline(always)]
+pub fn is_h2(flow: &Flow) -> bool {
+    flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_H2
+}
+
+#[inline(always)]
+fn record(stats: u32, now: u64, event: H2Event) {
+    match event {
+        H2Event::Call => maps::with_stats(stats, |s| s.calls += 1),
+        H2Event::Answered(waited) => {
+            maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
+            maps::with_stats(stats, |s| {
+                s.responses += 1;
+                s.last_response_ns = now;
+            });
+        }
+        H2Event::Failed(kind) => maps::with_stats(stats, |s| {
+            let [trailers_only, reset_unanswered, reset_answered, goaway] = &mut s.call_errors;
+            *match kind {
+                CallError::TrailersOnly => trailers_only,
+                CallError::ResetUnanswered => reset_unanswered,
+                CallError::ResetAnswered => reset_answered,
+                CallError::GoAway => goaway,
+            } += 1;
+        }),
+        H2Event::Cancelled => maps::with_stats(stats, |s| s.calls_cancelled += 1),
+        H2Event::Untracked(kind) => maps::with_stats(stats, |s| {
+            let [call, connection] = &mut s.untracked;
+            *match kind {
+                Untracked::Call => call,
+                Untracked::Connection => connection,
+            } += 1;
+        }),
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
