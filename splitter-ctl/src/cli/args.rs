@@ -327,6 +327,11 @@ pub struct PlanArgs {
     /// config's PromQL gates. The query may use $service, $candidate, $live, $interval.
     #[arg(long = "promql-gate", value_name = "NAME:QUERY<=MAX", value_parser = PromqlGate::parse)]
     promql_gates: Vec<PromqlGate>,
+    /// Judge on L4 signals only (connections, resets, refused handshakes, handshake time):
+    /// the acknowledgement a service whose requests the kernel cannot read (`l7 = "opaque"`,
+    /// TLS) needs to roll out without PromQL gates.
+    #[arg(long)]
+    l4_only: bool,
 }
 
 /// `--advance` (the plan's `advance`).
@@ -364,6 +369,7 @@ impl PlanArgs {
             prometheus_password_file: self.prometheus_password_file,
             prometheus_token_file: self.prometheus_token_file,
             promql_gates: (!self.promql_gates.is_empty()).then_some(self.promql_gates),
+            l4_only: self.l4_only.then_some(true),
         }
     }
 }

@@ -82,7 +82,18 @@ pub fn status(config_path: &Path, service: &str, output: Output) -> Result<Strin
             .as_str()
             .map_or_else(String::new, |why| format!(", PAUSED ({why})")),
         status["last_judgement"].as_str().unwrap_or("none yet"),
-    ))
+    ) + &judged_by(&status))
+}
+
+/// The lines of `judged_by`: what judges the rollout.
+fn judged_by(status: &serde_json::Value) -> String {
+    status["judged_by"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|line| line.as_str())
+        .map(|line| format!("  judged by {line}\n"))
+        .collect()
 }
 
 pub fn command(

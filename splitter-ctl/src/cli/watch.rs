@@ -496,6 +496,7 @@ mod tests {
                     gate("max_error_rate", "≤ 1.00%", "0.20%", "pass"),
                     gate("max_p99_vs_live", "≤ 1.20 × live", "1.31 ×", "fail"),
                 ],
+                judged_by: Vec::new(),
                 hold_ms: 60_000,
                 held_ms: 30_000,
             }],

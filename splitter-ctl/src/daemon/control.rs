@@ -235,6 +235,7 @@ fn rollout_error(e: RolloutError) -> Response {
         | E::Plan(_)
         | E::Prometheus(_)
         | E::EmptyCandidate(..)
+        | E::Blind(_)
         | E::GroupHasNoPools(..) => 422,
     };
     Response::error(status, &chain(&e).to_string())

@@ -9,4 +9,5 @@ pub mod health;
 pub mod latency;
 pub mod representativeness;
 pub mod rollout;
+pub mod signals;
 pub mod stats;

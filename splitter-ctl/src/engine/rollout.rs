@@ -112,6 +112,7 @@ mod tests {
             failure_limit: 2,
             prometheus: None,
             promql: Vec::new(),
+            l4_only: false,
         }
     }
 

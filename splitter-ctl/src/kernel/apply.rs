@@ -221,7 +221,7 @@ pub fn apply(
     write_ports(maps, config, existing.keys())?;
     for (spec, id) in config.services.iter().zip(&ids) {
         let (split, salt) = word_of.get(spec.name.as_str()).copied().unwrap_or((*id, 0));
-        let mut flags = salt << SERVICE_SALT_SHIFT;
+        let mut flags = salt << SERVICE_SALT_SHIFT | spec.l7.service_flags();
         if spec.client_affinity {
             flags |= SERVICE_AFFINITY_CLIENT;
         }

@@ -154,6 +154,10 @@ pub struct Plan {
     pub prometheus: Option<Prometheus>,
     /// Gates on application signals, judged beside the kernel's.
     pub promql: Vec<PromqlGate>,
+    /// The operator's acknowledgement that the kernel judges only L4 signals (connections,
+    /// resets, refused handshakes, handshake time): the kernel gates read those instead of
+    /// requests, for a service whose requests it cannot read (TLS).
+    pub l4_only: bool,
 }
 
 impl Default for Plan {
@@ -167,6 +171,7 @@ impl Default for Plan {
             failure_limit: 2,
             prometheus: None,
             promql: Vec::new(),
+            l4_only: false,
         }
     }
 }
@@ -213,6 +218,9 @@ pub struct PlanRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_token_file: Option<String>,
     pub promql_gates: Option<Vec<PromqlGate>>,
+    /// Judge on L4 signals only (see `Plan::l4_only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4_only: Option<bool>,
 }
 
 impl PlanRequest {
@@ -260,6 +268,7 @@ impl PlanRequest {
             prometheus_password_file: overrides.prometheus_password_file.or(password_file),
             prometheus_token_file: overrides.prometheus_token_file.or(token_file),
             promql_gates: overrides.promql_gates.or(self.promql_gates),
+            l4_only: overrides.l4_only.or(self.l4_only),
         }
     }
 
@@ -422,6 +431,7 @@ impl PlanRequest {
             failure_limit,
             prometheus,
             promql,
+            l4_only: self.l4_only.unwrap_or(false),
         })
     }
 }
@@ -468,6 +478,7 @@ impl From<&Plan> for PlanRequest {
             prometheus_password_file: password_file,
             prometheus_token_file: token_file,
             promql_gates: (!plan.promql.is_empty()).then(|| plan.promql.clone()),
+            l4_only: plan.l4_only.then_some(true),
         }
     }
 }

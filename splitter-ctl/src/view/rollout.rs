@@ -51,6 +51,10 @@ pub struct RolloutStatus {
     /// Each gate at the last judgement (empty before the first).
     #[serde(default)]
     pub gates: Vec<GateView>,
+    /// What judges the rollout: the kernel's signals (requests and calls, or L4 only) and the
+    /// PromQL gates.
+    #[serde(default)]
+    pub judged_by: Vec<String>,
     /// How long the step holds at least, and how long it has held.
     #[serde(default)]
     pub hold_ms: u64,

@@ -128,7 +128,8 @@ impl Daemon {
             self.pause_on_override(service, kernel);
             return Ok(());
         }
-        let snapshots = self.snapshots(&ids)?;
+        let l4_only = active.rollout.plan.l4_only;
+        let snapshots = self.snapshots(&ids, l4_only)?;
         let spread = self.canary_spread(service, &ids)?;
         let member_names: Vec<String> = self
             .config

@@ -25,6 +25,7 @@ use crate::{
     engine::{
         gates::{Carried, Judgement, Snapshot, Window, folded},
         rollout::{Decision, Rollout},
+        signals,
     },
     io::{http::HttpError, prometheus},
     model::{
@@ -110,6 +111,10 @@ pub enum RolloutError {
     Plan(#[from] PlanError),
     #[error("the plan's Prometheus cannot be reached this way")]
     Prometheus(#[from] HttpError),
+    #[error(
+        "the kernel cannot read the requests of {0} (l7 = \"opaque\": TLS or another protocol), so its error and latency gates cannot judge this rollout: give the plan PromQL gates (--promql-gate), or acknowledge that only L4 signals judge it (--l4-only: connections, resets, refused handshakes, handshake time)"
+    )]
+    Blind(String),
     #[error("the {0} pool of `{1}` has no backend")]
     EmptyCandidate(&'static str, String),
     #[error("a rollout of `{0}` is running: a drill would fight it; abort or finish it first")]
@@ -207,11 +212,21 @@ impl Daemon {
 
     /// The counters of release `ids`, summed over its services: a release group is judged as
     /// the whole stack.
-    fn snapshots(&self, ids: &ReleaseIds) -> Result<ReleaseSnapshot, RolloutError> {
+    /// With `l4_only`, the counters and times an L4-only plan judges (`signals::l4_view`, the
+    /// handshake times).
+    fn snapshots(&self, ids: &ReleaseIds, l4_only: bool) -> Result<ReleaseSnapshot, RolloutError> {
         let snapshot = |id: u32, version| -> Result<Snapshot, RolloutError> {
-            Ok(Snapshot {
-                counters: self.maps.counters(id, version)?,
-                response: self.maps.histogram(id, version, LatencyKind::Response)?,
+            let counters = self.maps.counters(id, version)?;
+            Ok(if l4_only {
+                Snapshot {
+                    counters: signals::l4_view(&counters),
+                    response: self.maps.histogram(id, version, LatencyKind::Handshake)?,
+                }
+            } else {
+                Snapshot {
+                    counters,
+                    response: self.maps.histogram(id, version, LatencyKind::Response)?,
+                }
             })
         };
         let mut release = ReleaseSnapshot::default();
@@ -253,6 +268,18 @@ impl Daemon {
             .clone()
             .overridden_by(request)
             .into_plan()?;
+        // A gate never judges what it cannot see: a service whose requests the kernel cannot
+        // read needs PromQL gates, or the acknowledgement that only L4 signals judge it.
+        if let Some(blind) = signals::blind_services(
+            &plan,
+            release
+                .members
+                .iter()
+                .map(|spec| (spec.name.as_str(), spec.l7)),
+        ) {
+            return Err(RolloutError::Blind(blind.join(", ")));
+        }
+        let l4_only = plan.l4_only;
         let client = plan
             .prometheus
             .as_ref()
@@ -298,8 +325,8 @@ impl Daemon {
         let active = ActiveRollout {
             started_event,
             candidate,
-            sample_base: self.snapshots(&ids)?.sum,
-            step_base: self.snapshots(&ids)?,
+            sample_base: self.snapshots(&ids, l4_only)?.sum,
+            step_base: self.snapshots(&ids, l4_only)?,
             last_evaluation: now,
             expected: word,
             paused: None,
@@ -342,6 +369,7 @@ impl Daemon {
             consecutive_failures: active.rollout.consecutive_failures,
             last_judgement: active.last_judgement.as_ref().map(describe),
             gates: active.last_gates.clone(),
+            judged_by: signals::judged_by(&active.rollout.plan),
             hold_ms: millis(active.rollout.plan.hold),
             held_ms: millis(active.rollout.step_started.elapsed()),
         })
@@ -379,7 +407,11 @@ impl Daemon {
                 // The share in the kernel now is the step's share, even if an operator wrote
                 // it: the rollout goes on from there, and the step's hold starts again.
                 let kernel = self.maps.split(ids.split)?;
-                let snapshots = self.snapshots(&ids)?;
+                let l4_only = self
+                    .rollouts
+                    .get(service)
+                    .is_some_and(|active| active.rollout.plan.l4_only);
+                let snapshots = self.snapshots(&ids, l4_only)?;
                 let now = Instant::now();
                 let Some(active) = self.rollouts.get_mut(service) else {
                     return Err(RolloutError::NotRunning(service.to_owned()));

@@ -251,7 +251,7 @@ impl Daemon {
             });
         }
         let ids = self.release_ids(service)?;
-        let base = self.snapshots(&ids)?;
+        let base = self.snapshots(&ids, state.plan.l4_only.unwrap_or(false))?;
         state.restore(service, base, Instant::now())
     }
 }

@@ -210,6 +210,8 @@ pub struct ServiceSpec {
     /// Whether each client sees one version (`affinity = "client"`), or each connection is
     /// split on its own (`"flow"`, the default).
     pub client_affinity: bool,
+    /// The protocol the service speaks (`l7`): what the kernel reads of its connections.
+    pub l7: crate::model::l7::L7,
     /// Client prefixes that always get the candidate, whatever the share (`always_candidate`).
     pub always_candidate: Vec<Cidr>,
     /// Client prefixes that never get the candidate (`never_candidate`).

@@ -36,6 +36,7 @@ pub(super) struct RawService {
     pub green_weight: Option<Spanned<toml::Value>>,
     pub health: Option<Spanned<RawHealth>>,
     pub affinity: Option<Spanned<String>>,
+    pub l7: Option<Spanned<String>>,
     pub always_candidate: Option<Vec<Spanned<String>>>,
     pub never_candidate: Option<Vec<Spanned<String>>>,
     pub group: Option<Spanned<String>>,

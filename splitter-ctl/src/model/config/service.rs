@@ -7,6 +7,8 @@ use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Dura
 use splitter_common::{Version, maps::SLOTS_PER_POOL};
 use toml::Spanned;
 
+use crate::model::l7::L7;
+
 use super::{
     Cidr, ConfigError, DEFAULT_PREFIX_V4, DEFAULT_PREFIX_V6, DEFAULT_ROLLBACK_WINDOW, HealthCheck,
     HttpCheck, PrefixLengths, Protocol, ServiceSpec,
@@ -105,6 +107,7 @@ impl Validator<'_> {
             false,
             &[("flow", false), ("client", true)],
         )?;
+        let l7 = self.choice(raw.l7.as_ref(), &at("l7"), L7::default(), &L7::CHOICES)?;
         let (always_candidate, never_candidate) = self.cohorts(&raw, index)?;
         let client_prefixes = PrefixLengths {
             v4: self.ranged(
@@ -153,6 +156,7 @@ impl Validator<'_> {
             rollout,
             rollback_window,
             client_affinity,
+            l7,
             always_candidate,
             never_candidate,
             drill_every,
