@@ -123,6 +123,57 @@ struct ClassLabels {
     class: &'static str,
 }
 
+/// A per-version count of one kind (`splitter_call_errors`, `splitter_untracked`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    protocol: &'static str,
+}
+
+/// Labels of `splitter_connections_by_protocol`, in the order of `VersionStats::protocols`.
+const PROTOCOLS: [&str; 4] = ["http1", "h2", "tls", "other"];
+/// Labels of `splitter_call_errors`, in the order of `VersionStats::call_errors`.
+const CALL_ERRORS: [&str; 4] = [
+    "trailers_only",
+    "reset_unanswered",
+    "reset_answered",
+    "goaway",
+];
+/// Labels of `splitter_untracked`, in the order of `VersionStats::untracked`.
+const UNTRACKED: [&str; 2] = ["call", "connection"];
+
+/// Writes a per-version counter family with one series per kind: `values` gives each kind's
+/// count, `label` makes its labels.
+fn encode_kinds<L: EncodeLabelSet + std::fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    samples: &[ServiceSample],
+    kinds: &[&'static str],
+    values: fn(&VersionStats) -> Vec<u64>,
+    label: fn(VersionLabels, &'static str) -> L,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for sample in samples {
+        for (i, version) in [Version::Blue, Version::Green].iter().enumerate() {
+            for (kind, value) in kinds.iter().zip(values(&sample.stats[i])) {
+                ConstCounter::new(value)
+                    .encode(family.encode_family(&label(sample.labels(*version), kind))?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -343,6 +394,15 @@ struct ServiceSample {
     spread: Option<Spread>,
 }
 
+fn kind_labels(v: VersionLabels, kind: &'static str) -> KindLabels {
+    KindLabels {
+        service: v.service,
+        version: v.version,
+        role: v.role,
+        kind,
+    }
+}
+
 impl ServiceSample {
     fn labels(&self, version: Version) -> VersionLabels {
         let role = if version == self.split.live() {
@@ -406,7 +466,17 @@ impl Collector for KernelCollector {
             |s| (s.bytes_in, s.bytes_out),
         )?;
 
-        let per_version: [CounterOf; 7] = [
+        let per_version: [CounterOf; 9] = [
+            (
+                "splitter_calls",
+                "HTTP/2 and gRPC calls (streams a client opened with HEADERS) the kernel followed",
+                |s| s.calls,
+            ),
+            (
+                "splitter_calls_cancelled",
+                "HTTP/2 and gRPC calls the client reset (deadlines, cancellations)",
+                |s| s.calls_cancelled,
+            ),
             (
                 "splitter_backend_resets",
                 "RSTs a backend sent on an established connection",
@@ -452,6 +522,45 @@ impl Collector for KernelCollector {
                 }
             }
         }
+
+        encode_kinds(
+            &mut encoder,
+            (
+                "splitter_connections_by_protocol",
+                "Connections by what their client's first bytes showed: http1, h2 (h2c), tls, other; the kernel reads the requests of http1 and h2 only",
+            ),
+            &samples,
+            &PROTOCOLS,
+            |s| s.protocols.to_vec(),
+            |v, protocol| ProtocolLabels {
+                service: v.service,
+                version: v.version,
+                role: v.role,
+                protocol,
+            },
+        )?;
+        encode_kinds(
+            &mut encoder,
+            (
+                "splitter_call_errors",
+                "Failed HTTP/2 and gRPC calls by kind: a trailers-only response, a server RST_STREAM before or after the answer, a GOAWAY with an error code",
+            ),
+            &samples,
+            &CALL_ERRORS,
+            |s| s.call_errors.to_vec(),
+            kind_labels,
+        )?;
+        encode_kinds(
+            &mut encoder,
+            (
+                "splitter_untracked",
+                "What the kernel did not read: calls beyond the streams it follows per connection, connections whose framing it lost",
+            ),
+            &samples,
+            &UNTRACKED,
+            |s| s.untracked.to_vec(),
+            kind_labels,
+        )?;
 
         let mut classes = encoder.encode_descriptor(
             "splitter_http_responses",

@@ -409,6 +409,32 @@ fn backend_statuses(
         .collect()
 }
 
+/// What a version's connections carried and, for HTTP/2, its calls: `None` before any
+/// connection sent a payload.
+fn protocols_text(c: &VersionStats) -> Option<String> {
+    use std::fmt::Write as _;
+    let [http1, h2, tls, other] = c.protocols;
+    if http1 + h2 + tls + other == 0 {
+        return None;
+    }
+    let mut line = format!("connections: http1 {http1}, h2 {h2}, tls {tls}, other {other}");
+    if http1 + h2 == 0 {
+        line.push_str(" (the kernel reads none of their requests)");
+    }
+    if h2 > 0 || c.calls > 0 {
+        let [trailers_only, reset_unanswered, reset_answered, goaway] = c.call_errors;
+        let [untracked_calls, lost] = c.untracked;
+        let _ = write!(
+            line,
+            "; calls {} (failed: trailers-only {trailers_only}, reset {}, goaway {goaway}; cancelled by the client {}); untracked: calls {untracked_calls}, connections {lost}",
+            c.calls,
+            reset_unanswered + reset_answered,
+            c.calls_cancelled,
+        );
+    }
+    Some(line)
+}
+
 /// `  up`, `  DOWN (why)`, or nothing without the daemon's health.
 fn health_text(b: &BackendStatus) -> String {
     match (b.healthy, &b.last_error) {
@@ -532,6 +558,9 @@ pub fn render(status: &Status) -> String {
                     ms(t.response.p99_ms),
                     ms(t.handshake.p50_ms),
                 );
+            }
+            if let Some(line) = c.and_then(protocols_text) {
+                let _ = writeln!(out, "        {line}");
             }
             for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {
                 let _ = writeln!(
