@@ -155,8 +155,16 @@ pub struct H2Side {
     /// on in the next packet.
     pub buf: [u8; 16],
     pub carried: u32,
-    pub _pad: u32,
+    /// `SYNCED` once this side's first packet was seen.
+    pub flags: u32,
 }
+
+/// `H2Side::flags`: the side's first packet was seen. The server's side starts at the client's
+/// acknowledgement when the connection is first read; a server packet seen first that starts
+/// beyond it carries on from bytes the server sent before the client's preface was read. Those
+/// can only be connection-level frames, whole: no stream exists before the client's first
+/// HEADERS, and the server's SETTINGS is written at once, far smaller than a segment.
+const SYNCED: u32 = 1;
 
 /// A call being followed: its stream id, what the server has sent on it, and when it started.
 #[repr(C)]
@@ -177,7 +185,7 @@ pub struct H2Conn {
     pub streams: [H2Stream; H2_STREAMS],
     /// The highest stream the client opened: HEADERS on it or a lower one is not a new call.
     pub last_client_stream: u32,
-    /// Non-zero once the framing was lost.
+    /// Non-zero once the framing was lost: the `Lost` reason, for a person reading the map.
     pub lost: u32,
 }
 const _: () = assert!(core::mem::size_of::<H2Conn>() == 200);
@@ -191,6 +199,7 @@ impl H2Conn {
         let mut conn = Self::default();
         conn.client.next_seq = client_seq;
         conn.client.skip = H2_PREFACE_LEN;
+        conn.client.flags = SYNCED;
         conn.server.next_seq = server_seq;
         conn
     }
@@ -204,6 +213,20 @@ pub struct Segment {
     pub ack: u32,
     pub offset: u32,
     pub len: u32,
+}
+
+/// Why a connection's framing was lost (`H2Conn::lost`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Lost {
+    /// A packet came with bytes after a gap: one before it was not seen (yet).
+    Gap = 1,
+    /// A retransmission overlapped a frame header begun in the previous packet.
+    Overlap = 2,
+    /// The packet's bytes could not be read.
+    Load = 3,
+    /// More than `H2_FRAMES_PER_PACKET` frames in one packet.
+    Frames = 4,
 }
 
 /// Which side sent a packet.
@@ -260,8 +283,8 @@ pub fn read_packet(
         streams,
         last_client_stream,
     };
-    if !read_side(&mut calls, side, dir, seq, len, now, payload, on) {
-        *lost = 1;
+    if let Err(why) = read_side(&mut calls, side, dir, seq, len, now, payload, on) {
+        *lost = why as u32;
         on(H2Event::Untracked(Untracked::Connection));
     }
 }
@@ -272,7 +295,7 @@ struct Calls<'a> {
     last_client_stream: &'a mut u32,
 }
 
-/// Reads the frame headers of one packet; false when the framing is lost. The side's `buf`
+/// Reads the frame headers of one packet; why the framing is lost, if it is. The side's `buf`
 /// holds each header as it is read (no buffer on the stack: the kernel programs have little).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -285,28 +308,34 @@ fn read_side(
     now: u64,
     payload: &impl Payload,
     on: &mut impl FnMut(H2Event),
-) -> bool {
+) -> Result<(), Lost> {
+    if side.flags & SYNCED == 0 {
+        side.flags |= SYNCED;
+        if (seq.wrapping_sub(side.next_seq) as i32) > 0 {
+            side.next_seq = seq;
+        }
+    }
     // Where this packet starts against what was read: a retransmission of bytes already read
     // is skipped (and its new bytes read), a gap loses the framing.
     let behind = side.next_seq.wrapping_sub(seq) as i32;
     if behind < 0 {
-        return false;
+        return Err(Lost::Gap);
     }
     let behind = behind as u32;
     if behind >= len {
-        return true;
+        return Ok(());
     }
     let mut off = behind;
     side.next_seq = seq.wrapping_add(len);
     if side.carried != 0 {
         // A frame header began in an earlier packet: its rest starts this one.
         if off != 0 {
-            return false;
+            return Err(Lost::Overlap);
         }
         let mut have = side.carried.min(8);
         while have < FRAME_HEADER && off < len {
             let Some(byte) = load_byte(payload, off) else {
-                return false;
+                return Err(Lost::Load);
             };
             side.buf[(have & 15) as usize] = byte;
             have += 1;
@@ -314,20 +343,20 @@ fn read_side(
         }
         if have < FRAME_HEADER {
             side.carried = have;
-            return true;
+            return Ok(());
         }
         side.carried = 0;
         let length = frame(conn, dir, &mut side.buf, off, len, now, payload, on);
         off += length;
         if off > len {
             side.skip = off - len;
-            return true;
+            return Ok(());
         }
     } else {
         let skip = side.skip;
         if skip >= len - off {
             side.skip = skip - (len - off);
-            return true;
+            return Ok(());
         }
         off += skip;
         side.skip = 0;
@@ -335,7 +364,7 @@ fn read_side(
     let mut frames = 0;
     while frames < H2_FRAMES_PER_PACKET {
         if off >= len {
-            return true;
+            return Ok(());
         }
         let left = len - off;
         if left < FRAME_HEADER {
@@ -344,20 +373,20 @@ fn read_side(
             while i < 8 {
                 if i < left {
                     let Some(byte) = load_byte(payload, off + i) else {
-                        return false;
+                        return Err(Lost::Load);
                     };
                     side.buf[i as usize] = byte;
                 }
                 i += 1;
             }
             side.carried = left;
-            return true;
+            return Ok(());
         }
         let Some((header, _)) = side.buf.split_first_chunk_mut::<9>() else {
-            return false;
+            return Err(Lost::Load);
         };
         if !payload.load(off, header) {
-            return false;
+            return Err(Lost::Load);
         }
         let length = frame(
             conn,
@@ -372,11 +401,15 @@ fn read_side(
         off += FRAME_HEADER + length;
         if off > len {
             side.skip = off - len;
-            return true;
+            return Ok(());
         }
         frames += 1;
     }
-    off >= len
+    if off >= len {
+        Ok(())
+    } else {
+        Err(Lost::Frames)
+    }
 }
 
 #[inline(always)]
@@ -607,6 +640,21 @@ mod tests {
             ]
         );
         assert!(conn.streams.iter().all(|s| s.id == 0));
+    }
+
+    #[test]
+    fn the_server_is_read_from_its_first_packet_when_it_spoke_before_the_preface_was_read() {
+        let mut conn = H2Conn::new(1, 100);
+        feed(&mut conn, Direction::Client, 1, &client_stream(), &[]);
+        // The server's SETTINGS (bytes 100..115) went by before the connection was read.
+        let mut server = frame_bytes(4, 1, 0, &[]);
+        server.extend(frame_bytes(HEADERS, 4, 1, &[0x88]));
+        let events = feed(&mut conn, Direction::Server, 115, &server, &[]);
+        assert_eq!(events, vec![H2Event::Answered(0)]);
+        // Afterwards a gap is a gap.
+        let events = feed(&mut conn, Direction::Server, 1000, &server, &[]);
+        assert_eq!(events, vec![H2Event::Untracked(Untracked::Connection)]);
+        assert_eq!(conn.lost, Lost::Gap as u32);
     }
 
     #[test]

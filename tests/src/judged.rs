@@ -134,8 +134,18 @@ pub fn rollout_with(
     ];
     args.extend_from_slice(extra);
     bed.ctl_ok(&args);
+    let ended = wait_for_end(bed);
+    load.stop();
+    ended
+}
+
+/// Waits for the running rollout to end; how it ended, from the journal.
+///
+/// # Panics
+/// When the rollout does not end within `ROLLOUT_LIMIT`, or the journal cannot be read.
+pub fn wait_for_end(bed: &Testbed) -> Ended {
     let deadline = Instant::now() + ROLLOUT_LIMIT;
-    let ended = loop {
+    loop {
         let text = bed.ctl_ok(&["history", "--output", "json"]);
         let events: Vec<serde_json::Value> = serde_json::from_str(&text).expect("history JSON");
         let at = |kind: &str| {
@@ -150,7 +160,7 @@ pub fn rollout_with(
         {
             let started = at("rollout_started").unwrap_or(0);
             let end = event["at_ms"].as_u64().unwrap_or(started);
-            break Ended {
+            return Ended {
                 event: event.clone(),
                 decided_in: Duration::from_millis(end.saturating_sub(started)),
             };
@@ -160,7 +170,5 @@ pub fn rollout_with(
             "the rollout did not end in {ROLLOUT_LIMIT:?}"
         );
         thread::sleep(Duration::from_millis(200));
-    };
-    load.stop();
-    ended
+    }
 }

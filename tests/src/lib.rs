@@ -6,6 +6,7 @@ pub mod bed_binary;
 pub mod checksum;
 pub mod compare;
 pub mod flood;
+pub mod grpc;
 pub mod http;
 pub mod judged;
 pub mod load;

@@ -316,6 +316,20 @@ impl Testbed {
             peer.ip(&["link", "set", peer_if, "up"]);
             self.node.ip(&["link", "set", node_if, "up"]);
             peer.ip(&["route", "add", "default", "via", &self.addr(*node_host)]);
+            // Each connection's packets on one CPU, as a NIC's receive-side scaling keeps them:
+            // a veth otherwise takes a packet on the CPU its sender ran on, so a sender that
+            // moved between CPUs has two packets of one connection handled at once, out of
+            // order (the kernel's HTTP/2 reading counts such a connection as untracked).
+            let rps = format!("/sys/class/net/{node_if}/queues/rx-0/rps_cpus");
+            let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            let mask = (1u64 << cpus.min(63)) - 1;
+            let status = self
+                .node
+                .exec("sh")
+                .args(["-c", &format!("echo {mask:x} > {rps}")])
+                .status()
+                .expect("sh");
+            assert!(status.success(), "cannot set {rps}");
         }
         self.node.sysctl("net.ipv4.ip_forward", "1");
     }

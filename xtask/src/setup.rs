@@ -45,6 +45,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/requests/__init__.py",
         "python3-requests",
     ),
+    // The gRPC tests' servers and clients (tests/clients/grpc_peer.py): gRPC's C-core, as
+    // Triton's and TF Serving's Python clients use it.
+    (
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+        "python3-grpcio",
+    ),
     // The font `splitter-ctl report` lays out its charts with (its `report::FONT`).
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
