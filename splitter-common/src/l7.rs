@@ -243,6 +243,10 @@ pub enum H2Event {
     Call,
     /// The server's first HEADERS on a call, `ns` after the call began.
     Answered(u64),
+    /// The server's first DATA on a call (its first message: a streamed call's first token).
+    FirstData(u64),
+    /// The server ended the call's stream (END_STREAM).
+    Ended(u64),
     Failed(CallError),
     /// The client reset a call.
     Cancelled,
@@ -471,11 +475,14 @@ fn frame(
                             on(H2Event::Failed(CallError::TrailersOnly));
                         }
                     }
-                    if kind == DATA {
+                    let waited = now.saturating_sub(stream.start_ns);
+                    if kind == DATA && stream.flags & HAD_DATA == 0 {
                         stream.flags |= HAD_DATA;
+                        on(H2Event::FirstData(waited));
                     }
                     if flags & END_STREAM != 0 {
                         stream.id = 0;
+                        on(H2Event::Ended(waited));
                     }
                 }
             }
@@ -635,8 +642,11 @@ mod tests {
             events,
             vec![
                 H2Event::Answered(0),
+                H2Event::FirstData(0),
+                H2Event::Ended(0),
                 H2Event::Answered(0),
-                H2Event::Failed(CallError::TrailersOnly)
+                H2Event::Failed(CallError::TrailersOnly),
+                H2Event::Ended(0),
             ]
         );
         assert!(conn.streams.iter().all(|s| s.id == 0));

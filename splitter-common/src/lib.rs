@@ -273,8 +273,9 @@ pub struct Flow {
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` when `state` last changed (creation, FIN or RST seen).
     pub state_changed_ns: u64,
-    /// `bpf_ktime_get_ns` of the request the client is waiting on: the first client payload
-    /// after the last response; 0 while no request is pending.
+    /// `bpf_ktime_get_ns` of the request the client is waiting on (the first client payload
+    /// after the last response), its two low bits the response's `RESPONSE_*` phase; 0 while
+    /// no request is pending.
     pub request_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
@@ -444,17 +445,45 @@ impl Histogram {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatencyKind {
-    /// From a request's first byte to the response's first byte (time to first byte).
+    /// From a request's first byte to the response's first byte (time to first byte), or from
+    /// an HTTP/2 call's HEADERS to the server's first HEADERS on its stream.
     Response = 0,
     /// From the client's SYN to the backend's SYN-ACK.
     Handshake = 1,
+    /// From a request's first byte to its response's first body byte: a streamed response's
+    /// first token (its headers come at once), any other response's first byte.
+    FirstToken = 2,
+    /// From a request's first byte to its response's last byte: a chunked response's last
+    /// chunk, an HTTP/2 call's END_STREAM.
+    Whole = 3,
 }
+
+/// Histograms per (service, version): one per `LatencyKind`.
+pub const LATENCY_KINDS: u32 = 4;
+
+impl LatencyKind {
+    /// Every kind, in index order.
+    pub const ALL: [Self; LATENCY_KINDS as usize] = [
+        Self::Response,
+        Self::Handshake,
+        Self::FirstToken,
+        Self::Whole,
+    ];
+}
+
+/// `Flow::request_ns` low bits: the response's headers came alone, its body is awaited (a
+/// streamed response).
+pub const RESPONSE_HEADERS_ONLY: u64 = 1;
+/// `Flow::request_ns` low bits: the response's body began; its last chunk is awaited.
+pub const RESPONSE_BODY: u64 = 2;
+/// `Flow::request_ns` low bits that hold the response's phase.
+pub const RESPONSE_PHASE: u64 = 3;
 
 /// Index of a (service, version, kind) histogram in `LATENCY`.
 #[inline(always)]
 #[must_use]
 pub const fn latency_index(stats_index: u32, kind: LatencyKind) -> u32 {
-    stats_index * 2 + kind as u32
+    stats_index * LATENCY_KINDS + kind as u32
 }
 
 /// The pool number of a service's last-resort pool, beside `Version::Blue` (0) and

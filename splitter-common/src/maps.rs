@@ -141,7 +141,7 @@ pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 3;
 /// Entries of `POOL_SLOTS`: a slot table per entry of `VERSION_STATS`.
 pub const POOL_SLOT_ENTRIES: u32 = VERSION_STAT_ENTRIES * SLOTS_PER_POOL;
 /// Entries of `LATENCY`: two kinds per (service, version).
-pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * 2;
+pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * crate::LATENCY_KINDS;
 
 /// Names of the programs in the object.
 pub const PROGRAM_INGRESS: &str = "split_ingress";

@@ -9,8 +9,9 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
-    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, SERVICE_HAS_COHORTS,
-    SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state, flow_hash,
+    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, RESPONSE_PHASE,
+    SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state,
+    flow_hash,
     l7::{FLOW_L7_HTTP1, configured_l7},
     slot_index, stats_index,
 };
@@ -280,7 +281,7 @@ fn new_flow(key: &FlowKey, service_key: Endpoint, seen: u32) -> Result<(Flow, bo
         // A flow first seen with a payload (an evicted entry's) is timed as HTTP/1.x unless its
         // service is set to another protocol.
         request_ns: if request && configured_l7(service.flags) & !FLOW_L7_HTTP1 == 0 {
-            now
+            now & !RESPONSE_PHASE
         } else {
             0
         },

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use splitter_common::{
-    Flow, FlowKey, LatencyKind,
+    Flow, FlowKey, LatencyKind, RESPONSE_PHASE,
     l7::{
         self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
         H2Event, Payload, Protocol, Untracked,
@@ -136,8 +136,10 @@ pub extern "C" fn splitter_l7_client(
     match state & FLOW_L7_MASK {
         // The first payload after the last response starts a request (time to first byte).
         FLOW_L7_HTTP1 => {
-            if flow.request_ns == 0 {
-                flow.request_ns = now();
+            // The first payload after the last response began starts a request (a payload
+            // while none began is the same request's).
+            if flow.request_ns == 0 || flow.request_ns & RESPONSE_PHASE != 0 {
+                flow.request_ns = now() & !RESPONSE_PHASE;
             }
             0
         }
@@ -270,6 +272,12 @@ fn record(stats: u32, now: u64, event: H2Event) {
                 s.responses += 1;
                 s.last_response_ns = now;
             });
+        }
+        H2Event::FirstData(waited) => {
+            maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
+        }
+        H2Event::Ended(waited) => {
+            maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
         }
         H2Event::Failed(kind) => maps::with_stats(stats, |s| {
             let [trailers_only, reset_unanswered, reset_answered, goaway] = &mut s.call_errors;

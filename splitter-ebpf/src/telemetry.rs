@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, FlowKey, LatencyKind, flow_add_state,
-    latency_index, stats_index,
+    FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, FlowKey, LatencyKind, RESPONSE_BODY,
+    RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, flow_add_state, latency_index, stats_index,
 };
 
 use crate::{
@@ -64,32 +64,123 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
         return;
     }
     if pkt.payload_len > 0 && flow.request_ns != 0 {
-        let waited = now.saturating_sub(flow.request_ns);
-        let class = status_class(ctx, pkt);
-        // A 1xx (100 Continue) is not the answer: the request stays open for the final one,
-        // which is timed from the request too.
-        if class != 1 {
-            flow.request_ns = 0;
-            maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
-        }
-        maps::with_stats(stats, |s| {
-            s.responses += u64::from(class != 1);
-            if class != 1 {
-                s.last_response_ns = now;
+        let phase = flow.request_ns & RESPONSE_PHASE;
+        let waited = now.saturating_sub(flow.request_ns & !RESPONSE_PHASE);
+        if phase == 0 {
+            response_begins(ctx, pkt, flow, stats, now, waited);
+        } else {
+            // A later packet of the response: a streamed one's first body byte, or the last
+            // chunk.
+            if phase == RESPONSE_HEADERS_ONLY {
+                maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
+                flow.request_ns = (flow.request_ns & !RESPONSE_PHASE) | RESPONSE_BODY;
             }
-            // Constant indices: LLVM knows the class is at most 5 and drops a bounds check the
-            // verifier would need.
-            let [unparsed, c1, c2, c3, c4, c5] = &mut s.http_status;
-            let count = match class {
-                1 => c1,
-                2 => c2,
-                3 => c3,
-                4 => c4,
-                5 => c5,
-                _ => unparsed,
-            };
-            *count += 1;
-        });
+            if tail(ctx, pkt) == Tail::LastChunk {
+                maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
+                flow.request_ns = 0;
+            }
+        }
+    }
+}
+
+/// A response's first packet: its time to first byte and status class; its first body byte
+/// too when the body begins in it, and its last when it ends in it.
+#[inline(always)]
+fn response_begins(
+    ctx: &TcContext,
+    pkt: &Packet,
+    flow: &mut Flow,
+    stats: u32,
+    now: u64,
+    waited: u64,
+) {
+    let class = status_class(ctx, pkt);
+    // A 1xx (100 Continue) is not the answer: the request stays open for the final one, which
+    // is timed from the request too.
+    if class != 1 {
+        maps::record_latency(latency_index(stats, LatencyKind::Response), waited);
+        match tail(ctx, pkt) {
+            // Headers alone: a streamed response, whose first token comes later.
+            Tail::HeadersEnd => flow.request_ns |= RESPONSE_HEADERS_ONLY,
+            Tail::LastChunk => {
+                maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
+                maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
+                flow.request_ns = 0;
+            }
+            Tail::Other => {
+                maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
+                flow.request_ns |= RESPONSE_BODY;
+            }
+        }
+    }
+    maps::with_stats(stats, |s| {
+        s.responses += u64::from(class != 1);
+        if class != 1 {
+            s.last_response_ns = now;
+        }
+        // Constant indices: LLVM knows the class is at most 5 and drops a bounds check the
+        // verifier would need.
+        let [unparsed, c1, c2, c3, c4, c5] = &mut s.http_status;
+        let count = match class {
+            1 => c1,
+            2 => c2,
+            3 => c3,
+            4 => c4,
+            5 => c5,
+            _ => unparsed,
+        };
+        *count += 1;
+    });
+}
+
+/// How a response's packet ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// `\r\n\r\n`: the end of the headers (nothing of the body in the packet).
+    HeadersEnd,
+    /// `0\r\n\r\n` after a line's end, or alone: a chunked body's last chunk.
+    LastChunk,
+    Other,
+}
+
+/// How the payload of `pkt` ends, from its last 7 bytes (or 5, for a last chunk sent alone).
+/// A response with a `Content-Length` body ends unseen: its whole time is not measured.
+#[inline(always)]
+fn tail(ctx: &TcContext, pkt: &Packet) -> Tail {
+    let len = pkt.payload_len;
+    let mut last = [0u8; 7];
+    let loaded = if len >= 7 {
+        load(ctx, pkt.payload_offset + len - 7, &mut last)
+    } else if len == 5 {
+        // Right-aligned, after two bytes that stand for a line's end.
+        let mut five = [0u8; 5];
+        let ok = load(ctx, pkt.payload_offset, &mut five);
+        last = [b'\r', b'\n', five[0], five[1], five[2], five[3], five[4]];
+        ok
+    } else {
+        false
+    };
+    if !loaded || &last[3..] != b"\r\n\r\n" {
+        return Tail::Other;
+    }
+    if last[2] == b'0' && last[1] == b'\n' {
+        Tail::LastChunk
+    } else {
+        Tail::HeadersEnd
+    }
+}
+
+/// `N` bytes of the packet at `offset`.
+#[inline(always)]
+fn load<const N: usize>(ctx: &TcContext, offset: usize, buf: &mut [u8; N]) -> bool {
+    // SAFETY: the context is this program's; the buffer is N bytes of this stack.
+    unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            offset as u32,
+            buf.as_mut_ptr().cast::<c_void>(),
+            N as u32,
+        ) == 0
     }
 }
 

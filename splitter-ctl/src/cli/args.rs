@@ -10,7 +10,7 @@ use super::{Output, locate::Overrides};
 use crate::model::{
     drain::Established,
     paths,
-    plan::{Advance, PlanRequest},
+    plan::{Advance, JudgedLatency, PlanRequest},
     promql::PromqlGate,
     share::parse_percent,
 };
@@ -332,6 +332,18 @@ pub struct PlanArgs {
     /// TLS) needs to roll out without PromQL gates.
     #[arg(long)]
     l4_only: bool,
+    /// The latency the kernel's latency gates judge: first-byte, first-token (the default: a
+    /// streamed response's first token, any other response's first byte) or whole.
+    #[arg(long, value_enum)]
+    latency: Option<LatencyArg>,
+}
+
+/// `--latency` (the plan's `latency`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LatencyArg {
+    FirstByte,
+    FirstToken,
+    Whole,
 }
 
 /// `--advance` (the plan's `advance`).
@@ -370,6 +382,11 @@ impl PlanArgs {
             prometheus_token_file: self.prometheus_token_file,
             promql_gates: (!self.promql_gates.is_empty()).then_some(self.promql_gates),
             l4_only: self.l4_only.then_some(true),
+            latency: self.latency.map(|l| match l {
+                LatencyArg::FirstByte => JudgedLatency::FirstByte,
+                LatencyArg::FirstToken => JudgedLatency::FirstToken,
+                LatencyArg::Whole => JudgedLatency::Whole,
+            }),
         }
     }
 }

@@ -387,7 +387,7 @@ struct ServiceSample {
     split: SplitWord,
     stats: [VersionStats; 2],
     /// [version][kind]: response, handshake.
-    latency: [[Histogram; 2]; 2],
+    latency: [[Histogram; LatencyKind::ALL.len()]; 2],
     /// New connections the last-resort pool took, when the service has one.
     last_resort_flows: Option<u64>,
     /// The candidate's clients beside the live pool's, at the daemon's last housekeeping.
@@ -598,6 +598,16 @@ impl Collector for KernelCollector {
                 "splitter_handshake_latency_seconds",
                 "Time from the client's SYN to the backend's SYN-ACK, measured in the kernel",
             ),
+            (
+                2,
+                "splitter_first_token_latency_seconds",
+                "Time from a request's first byte to its response's first body byte (a streamed response's first token; an HTTP/2 call's first DATA), measured in the kernel",
+            ),
+            (
+                3,
+                "splitter_whole_response_latency_seconds",
+                "Time from a request's first byte to its response's last byte (a chunked response's last chunk; an HTTP/2 call's END_STREAM), measured in the kernel",
+            ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for sample in &samples {
@@ -739,8 +749,7 @@ fn samples(maps: &Maps, view: &ScrapeView) -> Result<Vec<ServiceSample>, MapsErr
                 maps.counters(service.id, Version::Green)?,
             ],
             latency: [Version::Blue, Version::Green].map(|v| {
-                [LatencyKind::Response, LatencyKind::Handshake]
-                    .map(|k| maps.histogram(service.id, v, k).unwrap_or_default())
+                LatencyKind::ALL.map(|k| maps.histogram(service.id, v, k).unwrap_or_default())
             }),
             last_resort_flows: if spec.has_last_resort {
                 Some(maps.last_resort_counters(service.id)?.new_flows)

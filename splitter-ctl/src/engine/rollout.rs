@@ -113,6 +113,7 @@ mod tests {
             prometheus: None,
             promql: Vec::new(),
             l4_only: false,
+            latency: crate::model::plan::JudgedLatency::default(),
         }
     }
 

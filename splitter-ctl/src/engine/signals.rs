@@ -45,8 +45,10 @@ pub fn judged_by(plan: &Plan) -> Vec<String> {
     let mut signals = vec![if plan.l4_only {
         "kernel, L4 only: connections, resets, refused handshakes, handshake time".to_owned()
     } else {
-        "kernel: requests and calls (HTTP/1.x responses, HTTP/2 and gRPC calls): errors, latency"
-            .to_owned()
+        format!(
+            "kernel: requests and calls (HTTP/1.x responses, HTTP/2 and gRPC calls): errors, {}",
+            plan.latency.describe()
+        )
     }];
     if !plan.promql.is_empty() {
         let names: Vec<&str> = plan.promql.iter().map(|g| g.name.as_str()).collect();

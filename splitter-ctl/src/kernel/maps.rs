@@ -664,7 +664,7 @@ impl Maps {
         self.version_stats
             .set(stats_index(id, version), zeros, 0)
             .map_err(access(names::VERSION_STATS, "reset counters"))?;
-        for kind in [LatencyKind::Response, LatencyKind::Handshake] {
+        for kind in LatencyKind::ALL {
             let zeros = zeroed::<Histogram>(names::LATENCY)?;
             let index = splitter_common::latency_index(stats_index(id, version), kind);
             self.latency

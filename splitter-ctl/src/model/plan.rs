@@ -85,6 +85,43 @@ pub enum Advance {
     ShownNoWorse,
 }
 
+/// Which latency the kernel's latency gates judge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgedLatency {
+    /// A request's first byte to its response's first byte (headers); an HTTP/2 call's HEADERS
+    /// to the server's first HEADERS on its stream.
+    FirstByte,
+    /// To the response's first body byte: a streamed response's first token (its headers come
+    /// at once), any other response's first byte; an HTTP/2 call's first DATA.
+    #[default]
+    FirstToken,
+    /// To the response's last byte: a chunked response's last chunk, an HTTP/2 call's
+    /// END_STREAM (a response with a `Content-Length` body is not measured).
+    Whole,
+}
+
+impl JudgedLatency {
+    #[must_use]
+    pub const fn kind(self) -> splitter_common::LatencyKind {
+        use splitter_common::LatencyKind as K;
+        match self {
+            Self::FirstByte => K::Response,
+            Self::FirstToken => K::FirstToken,
+            Self::Whole => K::Whole,
+        }
+    }
+
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::FirstByte => "time to first byte",
+            Self::FirstToken => "time to first token (first body byte)",
+            Self::Whole => "time to last byte",
+        }
+    }
+}
+
 impl Gates {
     /// The gates judged with an interval, among which a window's false-alarm budget is split.
     #[must_use]
@@ -158,6 +195,8 @@ pub struct Plan {
     /// resets, refused handshakes, handshake time): the kernel gates read those instead of
     /// requests, for a service whose requests it cannot read (TLS).
     pub l4_only: bool,
+    /// The latency the kernel's latency gates judge.
+    pub latency: JudgedLatency,
 }
 
 impl Default for Plan {
@@ -172,6 +211,7 @@ impl Default for Plan {
             prometheus: None,
             promql: Vec::new(),
             l4_only: false,
+            latency: JudgedLatency::default(),
         }
     }
 }
@@ -221,6 +261,9 @@ pub struct PlanRequest {
     /// Judge on L4 signals only (see `Plan::l4_only`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l4_only: Option<bool>,
+    /// The latency the kernel's latency gates judge (`first_token` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<JudgedLatency>,
 }
 
 impl PlanRequest {
@@ -269,6 +312,7 @@ impl PlanRequest {
             prometheus_token_file: overrides.prometheus_token_file.or(token_file),
             promql_gates: overrides.promql_gates.or(self.promql_gates),
             l4_only: overrides.l4_only.or(self.l4_only),
+            latency: overrides.latency.or(self.latency),
         }
     }
 
@@ -432,6 +476,7 @@ impl PlanRequest {
             prometheus,
             promql,
             l4_only: self.l4_only.unwrap_or(false),
+            latency: self.latency.unwrap_or_default(),
         })
     }
 }
@@ -479,6 +524,7 @@ impl From<&Plan> for PlanRequest {
             prometheus_token_file: token_file,
             promql_gates: (!plan.promql.is_empty()).then(|| plan.promql.clone()),
             l4_only: plan.l4_only.then_some(true),
+            latency: Some(plan.latency),
         }
     }
 }

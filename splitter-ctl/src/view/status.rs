@@ -110,6 +110,14 @@ pub struct Telemetry {
     pub response: Quantiles,
     /// SYN to SYN-ACK.
     pub handshake: Quantiles,
+    /// Time to the response's first body byte (a streamed response's first token; an HTTP/2
+    /// call's first DATA).
+    #[serde(default)]
+    pub first_token: Quantiles,
+    /// Time to the response's last byte (a chunked response's last chunk; an HTTP/2 call's
+    /// END_STREAM).
+    #[serde(default)]
+    pub whole: Quantiles,
     /// Responses per second over the daemon's last window (absent without the daemon).
     pub request_rate_per_second: Option<f64>,
     /// `error_ratio` over the daemon's last window.
@@ -359,6 +367,12 @@ fn service(
                     version,
                     LatencyKind::Handshake,
                 )?),
+                first_token: Quantiles::of(&maps.histogram(
+                    service.id,
+                    version,
+                    LatencyKind::FirstToken,
+                )?),
+                whole: Quantiles::of(&maps.histogram(service.id, version, LatencyKind::Whole)?),
                 request_rate_per_second: rate.map(|r| r.responses_per_second),
                 recent_error_ratio: rate.and_then(|r| r.error_ratio),
                 recent_p99_ms: rate.and_then(|r| r.p99_ms),
@@ -551,11 +565,14 @@ pub fn render(status: &Status) -> String {
                     .map_or_else(|| "-".to_owned(), |r| format!("{:.2}%", r * 100.0));
                 let _ = writeln!(
                     out,
-                    "        requests {rate}{} in all; errors {ratio}; response p50/p90/p99 {}/{}/{} ms; handshake p50 {} ms",
+                    "        requests {rate}{} in all; errors {ratio}; response p50/p90/p99 {}/{}/{} ms; first token p50/p99 {}/{} ms; whole p50 {} ms; handshake p50 {} ms",
                     t.responses,
                     ms(t.response.p50_ms),
                     ms(t.response.p90_ms),
                     ms(t.response.p99_ms),
+                    ms(t.first_token.p50_ms),
+                    ms(t.first_token.p99_ms),
+                    ms(t.whole.p50_ms),
                     ms(t.handshake.p50_ms),
                 );
             }

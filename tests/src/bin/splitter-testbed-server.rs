@@ -9,7 +9,7 @@
 //! `model_low_confidence_total`, which `--low-confidence-every N` raises on every Nth
 //! prediction. Scrapes are not predictions and never fault. `GET /stream?ms=N` streams a
 //! chunked response over N ms (a chunk every 50 ms, the last chunk written on its own), the
-//! way a generative model streams its tokens.
+//! way a generative model streams its tokens (`--first-token-ms N`: its first chunk after N ms).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -31,6 +31,9 @@ struct Faults {
     error_every: u64,
     reset_every: u64,
     low_confidence_every: u64,
+    /// Before a streamed response's first chunk (its headers go at once): the time to first
+    /// token of a generative model.
+    first_token: Duration,
 }
 
 /// What the server has answered, for `/metrics`.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             "--error-every" => faults.error_every = number().unwrap_or(0),
             "--reset-every" => faults.reset_every = number().unwrap_or(0),
             "--low-confidence-every" => faults.low_confidence_every = number().unwrap_or(0),
+            "--first-token-ms" => faults.first_token = Duration::from_millis(number().unwrap_or(0)),
             other => {
                 eprintln!("splitter-testbed-server: unknown argument `{other}`");
                 return ExitCode::FAILURE;
@@ -63,7 +67,7 @@ fn main() -> ExitCode {
     }
     let (Some(listen), Some(name)) = (listen, name) else {
         eprintln!(
-            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N [--slow-every N]] [--error-every N] [--reset-every N] [--low-confidence-every N]"
+            "usage: splitter-testbed-server --listen ADDR:PORT --name NAME [--max-seconds N] [--delay-ms N [--slow-every N]] [--error-every N] [--reset-every N] [--low-confidence-every N] [--first-token-ms N]"
         );
         return ExitCode::FAILURE;
     };
@@ -139,7 +143,8 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
             continue;
         }
         if let Some(ms) = stream_ms {
-            if stream_chunks(&mut writer, name, Duration::from_millis(ms)).is_err() || close {
+            let over = Duration::from_millis(ms);
+            if stream_chunks(&mut writer, name, faults.first_token, over).is_err() || close {
                 return;
             }
             continue;
@@ -174,9 +179,15 @@ fn serve(stream: TcpStream, name: &str, faults: Faults, counts: &Counts) {
 /// Between two chunks of a streamed response.
 const CHUNK_EVERY: Duration = Duration::from_millis(50);
 
-/// A chunked response of a chunk every `CHUNK_EVERY` over `over`, then the last chunk in a
-/// write of its own.
-fn stream_chunks(writer: &mut TcpStream, name: &str, over: Duration) -> std::io::Result<()> {
+/// A chunked response: its headers at once, the first chunk after `first_token` (or
+/// `CHUNK_EVERY`), then a chunk every `CHUNK_EVERY` over `over`, then the last chunk in a write
+/// of its own.
+fn stream_chunks(
+    writer: &mut TcpStream,
+    name: &str,
+    first_token: Duration,
+    over: Duration,
+) -> std::io::Result<()> {
     writer.write_all(
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Served-By: {name}\r\n\r\n"
@@ -185,7 +196,11 @@ fn stream_chunks(writer: &mut TcpStream, name: &str, over: Duration) -> std::io:
     )?;
     let chunks = (over.as_millis() / CHUNK_EVERY.as_millis()).max(1);
     for i in 0..chunks {
-        thread::sleep(CHUNK_EVERY);
+        thread::sleep(if i == 0 && !first_token.is_zero() {
+            first_token
+        } else {
+            CHUNK_EVERY
+        });
         let chunk = format!("{name} {i}\n");
         writer.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())?;
     }

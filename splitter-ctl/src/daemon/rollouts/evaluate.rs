@@ -128,8 +128,8 @@ impl Daemon {
             self.pause_on_override(service, kernel);
             return Ok(());
         }
-        let l4_only = active.rollout.plan.l4_only;
-        let snapshots = self.snapshots(&ids, l4_only)?;
+        let plan = active.rollout.plan.clone();
+        let snapshots = self.snapshots(&ids, &plan)?;
         let spread = self.canary_spread(service, &ids)?;
         let member_names: Vec<String> = self
             .config

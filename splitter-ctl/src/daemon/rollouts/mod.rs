@@ -30,7 +30,7 @@ use crate::{
     io::{http::HttpError, prometheus},
     model::{
         actor::Actor,
-        plan::{PlanError, PlanRequest},
+        plan::{Plan, PlanError, PlanRequest},
         share::{format_percent, percent_of},
     },
     view::rollout::{GateView, RolloutCommand, RolloutStatus},
@@ -212,12 +212,12 @@ impl Daemon {
 
     /// The counters of release `ids`, summed over its services: a release group is judged as
     /// the whole stack.
-    /// With `l4_only`, the counters and times an L4-only plan judges (`signals::l4_view`, the
-    /// handshake times).
-    fn snapshots(&self, ids: &ReleaseIds, l4_only: bool) -> Result<ReleaseSnapshot, RolloutError> {
+    /// The counters and times `plan` judges (with `l4_only`, `signals::l4_view` and the
+    /// handshake times; otherwise the plan's `latency`).
+    fn snapshots(&self, ids: &ReleaseIds, plan: &Plan) -> Result<ReleaseSnapshot, RolloutError> {
         let snapshot = |id: u32, version| -> Result<Snapshot, RolloutError> {
             let counters = self.maps.counters(id, version)?;
-            Ok(if l4_only {
+            Ok(if plan.l4_only {
                 Snapshot {
                     counters: signals::l4_view(&counters),
                     response: self.maps.histogram(id, version, LatencyKind::Handshake)?,
@@ -225,7 +225,7 @@ impl Daemon {
             } else {
                 Snapshot {
                     counters,
-                    response: self.maps.histogram(id, version, LatencyKind::Response)?,
+                    response: self.maps.histogram(id, version, plan.latency.kind())?,
                 }
             })
         };
@@ -279,7 +279,6 @@ impl Daemon {
         ) {
             return Err(RolloutError::Blind(blind.join(", ")));
         }
-        let l4_only = plan.l4_only;
         let client = plan
             .prometheus
             .as_ref()
@@ -307,6 +306,7 @@ impl Daemon {
             }
         }
         let now = Instant::now();
+        let base = self.snapshots(&ids, &plan)?;
         let rollout = Rollout::start(plan, now);
         let word = SplitWord::new(split.live(), rollout.share());
         self.maps.set_split(ids.split, word)?;
@@ -325,8 +325,8 @@ impl Daemon {
         let active = ActiveRollout {
             started_event,
             candidate,
-            sample_base: self.snapshots(&ids, l4_only)?.sum,
-            step_base: self.snapshots(&ids, l4_only)?,
+            sample_base: base.sum,
+            step_base: base,
             last_evaluation: now,
             expected: word,
             paused: None,
@@ -407,11 +407,12 @@ impl Daemon {
                 // The share in the kernel now is the step's share, even if an operator wrote
                 // it: the rollout goes on from there, and the step's hold starts again.
                 let kernel = self.maps.split(ids.split)?;
-                let l4_only = self
+                let plan = self
                     .rollouts
                     .get(service)
-                    .is_some_and(|active| active.rollout.plan.l4_only);
-                let snapshots = self.snapshots(&ids, l4_only)?;
+                    .map(|active| active.rollout.plan.clone())
+                    .ok_or_else(|| RolloutError::NotRunning(service.to_owned()))?;
+                let snapshots = self.snapshots(&ids, &plan)?;
                 let now = Instant::now();
                 let Some(active) = self.rollouts.get_mut(service) else {
                     return Err(RolloutError::NotRunning(service.to_owned()));

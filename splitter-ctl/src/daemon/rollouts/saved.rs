@@ -251,7 +251,8 @@ impl Daemon {
             });
         }
         let ids = self.release_ids(service)?;
-        let base = self.snapshots(&ids, state.plan.l4_only.unwrap_or(false))?;
+        let plan = state.plan.clone().into_plan().map_err(RestoreError::Plan)?;
+        let base = self.snapshots(&ids, &plan)?;
         state.restore(service, base, Instant::now())
     }
 }
