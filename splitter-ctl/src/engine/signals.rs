@@ -39,10 +39,13 @@ pub fn l4_view(counters: &VersionStats) -> VersionStats {
     }
 }
 
-/// What judges a rollout, for `rollout status`: one line per kind of signal.
+/// What judges a rollout of a release (`opaque` when a service of it is), for `rollout
+/// status`: one line per kind of signal.
 #[must_use]
-pub fn judged_by(plan: &Plan) -> Vec<String> {
-    let mut signals = vec![if plan.l4_only {
+pub fn judged_by(plan: &Plan, opaque: bool) -> Vec<String> {
+    let mut signals = vec![if opaque && !plan.l4_only {
+        "kernel: nothing (l7 = \"opaque\": it reads none of the requests)".to_owned()
+    } else if plan.l4_only {
         "kernel, L4 only: connections, resets, refused handshakes, handshake time".to_owned()
     } else {
         format!(
@@ -77,7 +80,9 @@ mod tests {
             ..Plan::default()
         };
         assert_eq!(blind_services(&promql, members), None);
-        assert!(judged_by(&promql)[1].contains("errors"));
+        assert!(judged_by(&promql, true)[0].contains("nothing"));
+        assert!(judged_by(&promql, true)[1].contains("errors"));
+        assert!(judged_by(&l4, true)[0].contains("L4 only"));
         assert_eq!(blind_services(&plan, [("grpc", L7::Grpc)]), None);
     }
 

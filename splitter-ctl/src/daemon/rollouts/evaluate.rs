@@ -120,6 +120,9 @@ impl Daemon {
     ) -> Result<(), RolloutError> {
         let ids = self.release_ids(service)?;
         let kernel = self.maps.split(ids.split)?;
+        // The kernel cannot read an opaque service's requests: its request gates say nothing
+        // of it, so the plan's PromQL gates judge it (or, with `l4_only`, the L4 windows do).
+        let opaque = self.opaque(service);
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -165,15 +168,20 @@ impl Daemon {
             0
         };
         let gates = &active.rollout.plan.gates.sharing_budget(members + 1);
-        let mut readings = kernel_gates(
-            gates,
-            &candidate,
-            &live,
-            active.live_reference.as_ref(),
-            &active.carried,
-        );
+        let blind = opaque && !active.rollout.plan.l4_only;
+        let mut readings = if blind {
+            Vec::new()
+        } else {
+            kernel_gates(
+                gates,
+                &candidate,
+                &live,
+                active.live_reference.as_ref(),
+                &active.carried,
+            )
+        };
         let mut step_evidence = evidence_of(&readings, "");
-        if members > 0 {
+        if members > 0 && !blind {
             for (name, (before, now)) in member_names
                 .iter()
                 .zip(active.step_base.members.iter().zip(&snapshots.members))

@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use splitter_common::{LatencyKind, SplitWord, Version};
 
+use crate::model::l7::L7;
+
 pub use self::evaluate::DueEvaluation;
 use super::{
     Daemon,
@@ -112,7 +114,7 @@ pub enum RolloutError {
     #[error("the plan's Prometheus cannot be reached this way")]
     Prometheus(#[from] HttpError),
     #[error(
-        "the kernel cannot read the requests of {0} (l7 = \"opaque\": TLS or another protocol), so its error and latency gates cannot judge this rollout: give the plan PromQL gates (--promql-gate), or acknowledge that only L4 signals judge it (--l4-only: connections, resets, refused handshakes, handshake time)"
+        "the kernel cannot read the requests of {0} (l7 = \"opaque\", or only TLS and other unreadable connections seen), so its error and latency gates cannot judge this rollout: give the plan PromQL gates (--promql-gate), or acknowledge that only L4 signals judge it (--l4-only: connections, resets, refused handshakes, handshake time)"
     )]
     Blind(String),
     #[error("the {0} pool of `{1}` has no backend")]
@@ -270,13 +272,10 @@ impl Daemon {
             .into_plan()?;
         // A gate never judges what it cannot see: a service whose requests the kernel cannot
         // read needs PromQL gates, or the acknowledgement that only L4 signals judge it.
-        if let Some(blind) = signals::blind_services(
-            &plan,
-            release
-                .members
-                .iter()
-                .map(|spec| (spec.name.as_str(), spec.l7)),
-        ) {
+        let opaque = self.opaque_members(service);
+        if let Some(blind) =
+            signals::blind_services(&plan, opaque.iter().map(|name| (name.as_str(), L7::Opaque)))
+        {
             return Err(RolloutError::Blind(blind.join(", ")));
         }
         let client = plan
@@ -345,6 +344,45 @@ impl Daemon {
         self.rollout_status(service)
     }
 
+    /// The services of release `service` whose requests the kernel cannot read: set to
+    /// `l7 = "opaque"`, or `auto` with only unreadable connections (TLS, other) seen so far.
+    pub(super) fn opaque_members(&self, service: &str) -> Vec<String> {
+        let Some(release) = self.config.release(service) else {
+            return Vec::new();
+        };
+        release
+            .members
+            .iter()
+            .filter(|spec| match spec.l7 {
+                L7::Opaque => true,
+                L7::Auto => self.seen_opaque_only(&spec.endpoint()),
+                _ => false,
+            })
+            .map(|spec| spec.name.clone())
+            .collect()
+    }
+
+    /// Whether every connection the service carried so far was one the kernel cannot read.
+    fn seen_opaque_only(&self, endpoint: &splitter_common::Endpoint) -> bool {
+        let Ok(Some(service)) = self.maps.service(endpoint) else {
+            return false;
+        };
+        let (mut readable, mut opaque) = (0, 0);
+        for version in [Version::Blue, Version::Green] {
+            if let Ok(counters) = self.maps.counters(service.id, version) {
+                let (r, o) = counters.readable_and_opaque();
+                readable += r;
+                opaque += o;
+            }
+        }
+        readable == 0 && opaque > 0
+    }
+
+    /// Whether the kernel cannot read the requests of a service of release `service`.
+    pub(super) fn opaque(&self, service: &str) -> bool {
+        !self.opaque_members(service).is_empty()
+    }
+
     pub fn rollout_status(&self, name: &str) -> Result<RolloutStatus, RolloutError> {
         let service = self.release_name(name)?;
         let service = service.as_str();
@@ -369,7 +407,7 @@ impl Daemon {
             consecutive_failures: active.rollout.consecutive_failures,
             last_judgement: active.last_judgement.as_ref().map(describe),
             gates: active.last_gates.clone(),
-            judged_by: signals::judged_by(&active.rollout.plan),
+            judged_by: signals::judged_by(&active.rollout.plan, self.opaque(service)),
             hold_ms: millis(active.rollout.plan.hold),
             held_ms: millis(active.rollout.step_started.elapsed()),
         })
