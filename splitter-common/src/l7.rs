@@ -125,7 +125,7 @@ pub enum Untracked {
 pub const UNTRACKED: usize = 2;
 
 /// Streams followed at once per connection (a multiplexed channel's concurrent calls).
-pub const H2_STREAMS: usize = 8;
+pub const H2_STREAMS: usize = 16;
 /// Frame headers read per packet; a packet with more loses its connection's framing.
 pub const H2_FRAMES_PER_PACKET: u32 = 24;
 /// The client's connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
@@ -188,7 +188,7 @@ pub struct H2Conn {
     /// Non-zero once the framing was lost: the `Lost` reason, for a person reading the map.
     pub lost: u32,
 }
-const _: () = assert!(core::mem::size_of::<H2Conn>() == 200);
+const _: () = assert!(core::mem::size_of::<H2Conn>() == 328);
 
 impl H2Conn {
     /// A connection whose client preface starts at `client_seq`; the server is read from
@@ -513,26 +513,42 @@ fn frame(
     length
 }
 
-/// The entry a stream is followed in: client streams are odd and rise by two, so concurrent
-/// calls take consecutive entries (a call still open when the entry comes round again leaves
-/// the newer one untracked). One entry read, no search: the kernel programs keep no pointer per
-/// entry.
+/// The entries a stream may be followed in: client streams are odd and rise by two, so
+/// concurrent calls take consecutive entries, each with the next as a second choice (a call
+/// still open when both come round again leaves the newer one untracked). Two entries read, no
+/// search: the kernel programs keep no pointer per entry.
 #[inline(always)]
-const fn stream_slot(id: u32) -> usize {
-    ((id >> 1) as usize) & (H2_STREAMS - 1)
+const fn stream_slots(id: u32) -> [usize; 2] {
+    let first = (id >> 1) as usize;
+    [first & (H2_STREAMS - 1), (first + 1) & (H2_STREAMS - 1)]
 }
 const _: () = assert!(H2_STREAMS.is_power_of_two());
 
 #[inline(always)]
 fn find_stream(conn: &Calls<'_>, id: u32) -> Option<usize> {
-    let i = stream_slot(id);
-    (id != 0 && conn.streams[i].id == id).then_some(i)
+    if id == 0 {
+        return None;
+    }
+    let [a, b] = stream_slots(id);
+    if conn.streams[a].id == id {
+        Some(a)
+    } else if conn.streams[b].id == id {
+        Some(b)
+    } else {
+        None
+    }
 }
 
 #[inline(always)]
 fn free_stream(conn: &Calls<'_>, id: u32) -> Option<usize> {
-    let i = stream_slot(id);
-    (conn.streams[i].id == 0).then_some(i)
+    let [a, b] = stream_slots(id);
+    if conn.streams[a].id == 0 {
+        Some(a)
+    } else if conn.streams[b].id == 0 {
+        Some(b)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

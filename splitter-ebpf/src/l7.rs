@@ -19,8 +19,8 @@ use aya_ebpf::{
 use splitter_common::{
     Flow, FlowKey, LatencyKind, RESPONSE_PHASE,
     l7::{
-        self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
-        H2Event, Payload, Protocol, Untracked,
+        self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_OPAQUE,
+        FLOW_L7_READ, H2Conn, H2Event, Payload, Protocol, Untracked,
     },
     latency_index,
     maps::L7_PROGRAM_H2,
@@ -134,17 +134,39 @@ pub extern "C" fn splitter_l7_client(
         }
     }
     match state & FLOW_L7_MASK {
-        // The first payload after the last response starts a request (time to first byte).
         FLOW_L7_HTTP1 => {
-            // The first payload after the last response began starts a request (a payload
-            // while none began is the same request's).
-            if flow.request_ns == 0 || flow.request_ns & RESPONSE_PHASE != 0 {
-                flow.request_ns = now() & !RESPONSE_PHASE;
-            }
+            stamp_request(flow);
             0
         }
         FLOW_L7_H2 => 1,
         _ => 0,
+    }
+}
+
+/// What a client payload of a flow needs, from its state bits alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Not classified yet, or HTTP/2: `splitter_l7_client`.
+    Classifier,
+    Http1,
+    Opaque,
+}
+
+#[inline(always)]
+pub fn read_kind(flow: &Flow) -> Read {
+    match flow.state & (FLOW_L7_READ | FLOW_L7_MASK) {
+        s if s == FLOW_L7_READ | FLOW_L7_HTTP1 => Read::Http1,
+        s if s == FLOW_L7_READ | FLOW_L7_OPAQUE => Read::Opaque,
+        _ => Read::Classifier,
+    }
+}
+
+/// An HTTP/1.x client payload: the first after the last response began starts a request (a
+/// payload while none began is the same request's).
+#[inline(always)]
+pub fn stamp_request(flow: &mut Flow) {
+    if flow.request_ns == 0 || flow.request_ns & RESPONSE_PHASE != 0 {
+        flow.request_ns = now() & !RESPONSE_PHASE;
     }
 }
 

@@ -34,6 +34,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // The benchmarks' load generator and the setups Splitter is compared with.
     ("wrk", "wrk"),
+    // gRPC load (h2load) for the benchmark's gRPC rows.
+    ("h2load", "nghttp2-client"),
     ("nft", "nftables"),
     ("haproxy", "haproxy"),
     // HAProxy's runtime commands sent by a process, as its operators send them (the rollback

@@ -16,10 +16,12 @@
 
 mod drain;
 mod gates;
+mod grpc;
 mod judge;
 mod judged;
 mod memory;
 mod packet;
+mod protocols;
 mod scale;
 mod versus;
 
@@ -37,7 +39,7 @@ type Section = fn(&str, bool) -> Result<String, String>;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
-    /// Only this section (`--only packet|scale|judge|versus|gates|judged|drain|memory`), for a quick look;
+    /// Only this section (`--only packet|scale|judge|versus|grpc|gates|judged|drain|memory`), for a quick look;
     /// never written.
     only: Option<String>,
 }
@@ -92,12 +94,13 @@ fn main() -> ExitCode {
         report.push_str(&judge::section(options.quick));
         took.push(("judge", started.elapsed()));
     }
-    let sections: [(&str, &str, Section); 5] = [
+    let sections: [(&str, &str, Section); 6] = [
         (
             "versus",
             "the comparison with direct, nftables and HAProxy",
             versus::section,
         ),
+        ("grpc", "gRPC through Splitter beside direct", grpc::section),
         ("gates", "the gate rollbacks", gates::section),
         ("judged", "the judgement on the test bed", judged::section),
         ("drain", "the drain of the version left", drain::section),

@@ -189,7 +189,7 @@ pub fn section(quick: bool) -> String {
             0,
         ),
         (
-            "client request, 64-byte payload (repeated)",
+            "client payload, 64 bytes no protocol reads (repeated; an opaque connection's, classified once)",
             "split_ingress",
             2,
             0,
@@ -262,6 +262,7 @@ pub fn section(quick: bool) -> String {
         target(est_ratio),
         target(reply_ratio)
     );
+    out.push_str(&crate::protocols::table(&plane, vip, quick));
     let _ = writeln!(out, "### Rollback write\n");
     let _ = writeln!(
         out,
