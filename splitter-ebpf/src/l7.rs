@@ -218,7 +218,7 @@ pub fn read_h2_client(ctx: &XdpContext) -> u32 {
     pending.action = 0;
     let segment = pending.segment;
     let stats = pending.stats;
-    if let Some(conn) = H2_CONNS.get_ptr_mut(&pending.key) {
+    if let Some(conn) = H2_CONNS.get_ptr_mut(pending.key) {
         // SAFETY: the entry is valid for this program run.
         let conn = unsafe { &mut *conn };
         let now = now();

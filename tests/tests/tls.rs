@@ -57,13 +57,13 @@ fn serve_tls(bed: &mut Testbed, version: &str) {
     bed.keep(&format!("tls-{version}"), child);
 }
 
-fn tls_addr(bed: &Testbed, addr: std::net::SocketAddrV4) -> SocketAddr {
+fn tls_addr(addr: std::net::SocketAddrV4) -> SocketAddr {
     SocketAddr::new((*addr.ip()).into(), TLS_PORT)
 }
 
 /// `curl -k` from the client namespace, `n` times, each on a new connection; how many answered.
 fn curl(bed: &Testbed, n: u32) -> u32 {
-    let url = format!("https://{}/", tls_addr(bed, bed.vip_v4()));
+    let url = format!("https://{}/", tls_addr(bed.vip_v4()));
     (0..n)
         .filter(|_| {
             bed.client
@@ -89,9 +89,9 @@ fn a_tls_service_is_counted_as_such_and_its_rollout_needs_promql_gates_or_l4_onl
     let prometheus = splitter_tests::prometheus::start(&mut bed);
     bed.write_services(&format!(
         "[[service]]\nname = \"model\"\nlisten = \"{}\"\nblue = [\"{}\"]\ngreen = [\"{}\"]\ngreen_weight = 50\n",
-        tls_addr(&bed, bed.vip_v4()),
-        tls_addr(&bed, bed.blue_addr()),
-        tls_addr(&bed, bed.green_addr()),
+        tls_addr(bed.vip_v4()),
+        tls_addr(bed.blue_addr()),
+        tls_addr(bed.green_addr()),
     ));
     bed.start_daemon(&[]);
     // Wait until openssl listens on both backends.
