@@ -121,10 +121,19 @@ pub fn rollout_with(
     bed.start_daemon(&[]);
     let _spinner = busy.then(|| Spinner::start(ROLLOUT_LIMIT));
     let load = Load::start(bed, ROLLOUT_LIMIT + Duration::from_secs(10));
+    start(bed, "sentiment", hold, extra);
+    let ended = wait_for_end(bed);
+    load.stop();
+    ended
+}
+
+/// Starts a rollout of `service` on `bed` with the default gates: 10% → 50% → 100%, `hold`
+/// per step, judged every 500 ms, with `extra` options.
+pub fn start(bed: &Testbed, service: &str, hold: &str, extra: &[&str]) {
     let mut args = vec![
         "rollout",
         "start",
-        "sentiment",
+        service,
         "--steps",
         "10,50,100",
         "--hold",
@@ -134,9 +143,6 @@ pub fn rollout_with(
     ];
     args.extend_from_slice(extra);
     bed.ctl_ok(&args);
-    let ended = wait_for_end(bed);
-    load.stop();
-    ended
 }
 
 /// Waits for the running rollout to end; how it ended, from the journal.

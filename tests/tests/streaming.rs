@@ -100,17 +100,7 @@ fn a_green_whose_first_token_comes_ten_times_later_is_rolled_back_by_the_default
     let clients: Vec<Child> = (0..4)
         .map(|_| start_client(&bed, 1_000_000, 2, seconds))
         .collect();
-    bed.ctl_ok(&[
-        "rollout",
-        "start",
-        "sentiment",
-        "--steps",
-        "10,50,100",
-        "--hold",
-        "2s",
-        "--interval",
-        "500ms",
-    ]);
+    judged::start(&bed, "sentiment", "2s", &[]);
     let end = judged::wait_for_end(&bed);
     for mut client in clients {
         let _ = client.kill();

@@ -125,6 +125,8 @@ fn expected_layout(name: &str) -> (usize, usize) {
             size_of::<FlowKey>(),
             size_of::<splitter_common::l7::H2Conn>(),
         ),
+        // A program array: program fds in, ids out.
+        names::L7_PROGRAMS => (4, 4),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
@@ -696,5 +698,19 @@ impl Maps {
             counters.push((counter.name(), per_cpu.iter().sum()));
         }
         Ok(counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pinned map whose expected layout is missing would be refused at every restart.
+    #[test]
+    fn every_pinned_map_has_an_expected_layout() {
+        for name in names::ALL {
+            let (key, value) = expected_layout(name);
+            assert!(key > 0 && value > 0, "{name}: no expected layout");
+        }
     }
 }
