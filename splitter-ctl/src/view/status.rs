@@ -52,6 +52,9 @@ pub struct ServiceStatus {
     pub protocol: String,
     /// `client` (each client sees one version) or `flow`.
     pub affinity: String,
+    /// The `l7` setting: what the kernel reads of the service's connections.
+    #[serde(default)]
+    pub l7: String,
     /// False when the config names the service but the kernel does not hold it yet.
     pub in_data_plane: bool,
     pub id: Option<u32>,
@@ -308,6 +311,7 @@ fn service(
             "flow"
         }
         .to_owned(),
+        l7: spec.l7.as_str().to_owned(),
         in_data_plane: false,
         id: None,
         live: None,
@@ -502,7 +506,11 @@ pub fn render(status: &Status) -> String {
         let _ = writeln!(out, "{line}");
     }
     for s in &status.services {
-        let _ = writeln!(out, "\nservice {} ({} {})", s.name, s.protocol, s.listen);
+        let _ = writeln!(
+            out,
+            "\nservice {} ({} {}, l7 {})",
+            s.name, s.protocol, s.listen, s.l7
+        );
         if !s.in_data_plane {
             let _ = writeln!(
                 out,
