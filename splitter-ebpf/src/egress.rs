@@ -32,8 +32,8 @@ use crate::{
     Skip, drain, flow_cache,
     maps::{self, BACKENDS, FLOWS, HANDSHAKES},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, Packet, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_TTL_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, Packet,
+        TCP_FIN, TCP_RST, TCP_SYN,
     },
     telemetry,
 };
@@ -285,9 +285,6 @@ const _: () = assert!(packet::IPV4_SRC_OFFSET + 4 == packet::IPV4_DST_OFFSET);
 const _: () = assert!(IPV4_TTL_OFFSET + 2 == IPV4_CHECK_OFFSET);
 const _: () = assert!(core::mem::size_of::<Ipv4SourceRewrite>() == 12);
 const _: () = assert!(core::mem::size_of::<Ipv4ForwardRewrite>() == 14);
-
-/// The TTL's offset in the IPv4 header, with the protocol after it.
-const IPV4_TTL_OFFSET: usize = 8;
 
 /// Bytes 10..22 of an IPv4 packet without options, as stored: the header checksum, the source
 /// and destination addresses, then the L4 source port.

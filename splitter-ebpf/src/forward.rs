@@ -36,15 +36,13 @@ use splitter_common::{
 
 use crate::{
     maps::{self, FORWARD_DEVICES, FORWARD_SEEN, NEXT_HOPS},
-    packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+    packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET},
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
-/// Offset of the TTL and protocol bytes (one 16-bit word) in the IPv4 header.
-const IPV4_TTL_OFFSET: usize = 8;
 /// Offset of the hop limit in the IPv6 header.
 const IPV6_HOP_LIMIT_OFFSET: usize = 7;
 
@@ -230,6 +228,27 @@ fn fib_params(ctx: &XdpContext, family: u8) -> FibLookup {
     params
 }
 
+/// Whether the fast path may take a packet the FIB answered `rc` for, with next hop device
+/// `ifindex`: the FIB found a route and a neighbour, within the MTU, to a device the redirect
+/// may reach; else the fallback's counter. The replies' fast path reads the FIB alike.
+#[inline(always)]
+pub fn fib_verdict(rc: i64, ifindex: u32) -> Result<(), PlaneCounter> {
+    match rc {
+        r if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) => {}
+        r if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) => {
+            return Err(PlaneCounter::ForwardNoNeighbour);
+        }
+        r if r == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
+            return Err(PlaneCounter::ForwardTooBig);
+        }
+        _ => return Err(PlaneCounter::ForwardRouted),
+    }
+    if FORWARD_DEVICES.get(ifindex).is_none() {
+        return Err(PlaneCounter::ForwardNoDevice);
+    }
+    Ok(())
+}
+
 /// The FIB's answer for `params`, and whether the redirect may reach its device.
 #[inline(always)]
 fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<Hop, PlaneCounter> {
@@ -242,19 +261,7 @@ fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<Hop, PlaneCounter
             0,
         )
     };
-    match rc {
-        r if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) => {}
-        r if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) => {
-            return Err(PlaneCounter::ForwardNoNeighbour);
-        }
-        r if r == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
-            return Err(PlaneCounter::ForwardTooBig);
-        }
-        _ => return Err(PlaneCounter::ForwardRouted),
-    }
-    if FORWARD_DEVICES.get(params.ifindex).is_none() {
-        return Err(PlaneCounter::ForwardNoDevice);
-    }
+    fib_verdict(rc, params.ifindex)?;
     // Where the replies will come from: user space attaches the reply fast path there.
     if let Some(seen) = FORWARD_SEEN.get_ptr_mut(params.ifindex % FORWARD_SEEN_ENTRIES) {
         // SAFETY: an array slot; a racing writer stores another device, both valid.

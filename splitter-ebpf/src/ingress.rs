@@ -116,16 +116,18 @@ fn follow_or_create<T>(
             // connection's frames are read after the steering (`split_h2`).
             let mut h2 = false;
             if request {
-                // Read once, classified: an HTTP/1.x request is stamped here, an opaque
-                // payload costs nothing more; the first payload goes to the classifier.
-                let read = l7::read_kind(flow);
-                if read == l7::Read::Http1 {
-                    l7::stamp_request(flow);
-                } else if read != l7::Read::Opaque {
-                    let segment = pkt.segment();
-                    if l7::splitter_l7_client(ctx.ctx, key, flow, &segment) != 0 {
-                        h2 =
-                            l7::defer_h2(key, &segment, stats_index(flow.service_id, flow.version));
+                // Classified once, by the first payload: an HTTP/1.x request is stamped here,
+                // an HTTP/2 payload left for `split_h2`, an opaque one costs nothing more.
+                let stats = stats_index(flow.service_id, flow.version);
+                match l7::read_kind(flow) {
+                    l7::Read::Http1 => l7::stamp_request(flow),
+                    l7::Read::H2 => h2 = l7::defer_h2(key, &pkt.segment(), stats),
+                    l7::Read::Opaque => {}
+                    l7::Read::Unread => {
+                        let segment = pkt.segment();
+                        if l7::splitter_l7_client(ctx.ctx, key, flow, &segment) != 0 {
+                            h2 = l7::defer_h2(key, &segment, stats);
+                        }
                     }
                 }
             }

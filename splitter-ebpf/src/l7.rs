@@ -3,9 +3,11 @@
 //! response time; an HTTP/2 connection's frame headers are read on both sides for its calls.
 //! Opaque connections (TLS, anything else) are only classified and counted.
 //!
-//! Both entry points are global BPF functions: the verifier checks each once, on its own, from
-//! the types of its arguments (pointers may be null, and are checked), instead of walking its
-//! frame loop again for every state of the steering code that calls it.
+//! The classifier (`splitter_l7_client`) and the server's frames (`splitter_h2_server`) are
+//! global BPF functions: the verifier checks each once, on its own, from the types of its
+//! arguments (pointers may be null, and are checked), instead of walking it again for every
+//! state of the code that calls it. The client's frames are read in `split_h2`, which the
+//! ingress tail-calls: the frame loop needs more stack than the steering code leaves.
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_action, xdp_md},
@@ -19,8 +21,8 @@ use aya_ebpf::{
 use splitter_common::{
     Flow, FlowKey, LatencyKind, RESPONSE_PHASE,
     l7::{
-        self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_OPAQUE,
-        FLOW_L7_READ, H2Conn, H2Event, Payload, Protocol, Untracked,
+        self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
+        H2Event, Payload, Protocol, Untracked,
     },
     latency_index,
     maps::L7_PROGRAM_H2,
@@ -61,9 +63,10 @@ impl Payload for XdpPayload {
     }
 }
 
-struct SkbPayload {
-    ctx: *mut __sk_buff,
-    start: u32,
+/// A TC program's packet, from byte `start` (its payload's offset).
+pub struct SkbPayload {
+    pub ctx: *mut __sk_buff,
+    pub start: u32,
 }
 
 impl Payload for SkbPayload {
@@ -81,9 +84,9 @@ impl Payload for SkbPayload {
     }
 }
 
-/// A client payload on an established flow: classifies the connection at its first, and
-/// stamps an HTTP/1.x request. Returns non-zero when the payload is an HTTP/2 connection's,
-/// for `splitter_h2_client`.
+/// The first client payload of a flow (or one of an HTTP/2 connection): classifies the
+/// connection, and stamps an HTTP/1.x request. Returns non-zero when the payload is an HTTP/2
+/// connection's, for `defer_h2`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn splitter_l7_client(
@@ -143,21 +146,25 @@ pub extern "C" fn splitter_l7_client(
     }
 }
 
-/// What a client payload of a flow needs, from its state bits alone.
+/// What a flow's payloads are read as, from its state bits alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Read {
-    /// Not classified yet, or HTTP/2: `splitter_l7_client`.
-    Classifier,
+    /// No client payload read yet: `splitter_l7_client` classifies the next.
+    Unread,
     Http1,
+    H2,
     Opaque,
 }
 
 #[inline(always)]
 pub fn read_kind(flow: &Flow) -> Read {
-    match flow.state & (FLOW_L7_READ | FLOW_L7_MASK) {
-        s if s == FLOW_L7_READ | FLOW_L7_HTTP1 => Read::Http1,
-        s if s == FLOW_L7_READ | FLOW_L7_OPAQUE => Read::Opaque,
-        _ => Read::Classifier,
+    if flow.state & FLOW_L7_READ == 0 {
+        return Read::Unread;
+    }
+    match flow.state & FLOW_L7_MASK {
+        FLOW_L7_HTTP1 => Read::Http1,
+        FLOW_L7_H2 => Read::H2,
+        _ => Read::Opaque,
     }
 }
 
@@ -216,27 +223,44 @@ pub fn read_h2_client(ctx: &XdpContext) -> u32 {
     }
     let action = pending.action & !ARMED;
     pending.action = 0;
-    let segment = pending.segment;
-    let stats = pending.stats;
-    if let Some(conn) = H2_CONNS.get_ptr_mut(pending.key) {
-        // SAFETY: the entry is valid for this program run.
-        let conn = unsafe { &mut *conn };
-        let now = now();
-        let payload = XdpPayload {
-            ctx: ctx.ctx,
-            start: segment.offset,
-        };
-        l7::read_packet(
-            conn,
-            Direction::Client,
-            segment.seq,
-            segment.len,
-            now,
-            &payload,
-            &mut |event| record(stats, now, event),
-        );
-    }
+    let payload = XdpPayload {
+        ctx: ctx.ctx,
+        start: pending.segment.offset,
+    };
+    read_frames(
+        &pending.key,
+        Direction::Client,
+        pending.stats,
+        &pending.segment,
+        &payload,
+    );
     action
+}
+
+/// Reads one side's frames of a connection's packet, and counts what they tell.
+#[inline(always)]
+fn read_frames(
+    key: &FlowKey,
+    dir: Direction,
+    stats: u32,
+    segment: &Segment,
+    payload: &impl Payload,
+) {
+    let Some(conn) = H2_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the entry is valid for this program run.
+    let conn = unsafe { &mut *conn };
+    let now = now();
+    l7::read_packet(
+        conn,
+        dir,
+        segment.seq,
+        segment.len,
+        now,
+        payload,
+        &mut |event| record(stats, now, event),
+    );
 }
 
 /// `H2Pending::action`: set while a deferred payload waits for `split_h2`.
@@ -256,32 +280,12 @@ pub extern "C" fn splitter_h2_server(
     }
     // SAFETY: non-null pointers to the caller's key and segment.
     let (key, segment) = unsafe { (&*key, &*segment) };
-    let Some(conn) = H2_CONNS.get_ptr_mut(key) else {
-        return 0;
-    };
-    // SAFETY: the entry is valid for this program run.
-    let conn = unsafe { &mut *conn };
-    let now = now();
     let payload = SkbPayload {
         ctx,
         start: segment.offset,
     };
-    l7::read_packet(
-        conn,
-        Direction::Server,
-        segment.seq,
-        segment.len,
-        now,
-        &payload,
-        &mut |event| record(stats, now, event),
-    );
+    read_frames(key, Direction::Server, stats, segment, &payload);
     0
-}
-
-/// Whether a flow's connection is HTTP/2 being read.
-#[inline(always)]
-pub fn is_h2(flow: &Flow) -> bool {
-    flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_H2
 }
 
 #[inline(always)]

@@ -23,6 +23,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 /// Offsets of the checksum fields inside their headers.
+/// The TTL, then the protocol (one 16-bit word).
+pub const IPV4_TTL_OFFSET: usize = 8;
 pub const IPV4_CHECK_OFFSET: usize = 10;
 pub const IPV4_SRC_OFFSET: usize = 12;
 pub const IPV4_DST_OFFSET: usize = 16;
@@ -174,7 +176,7 @@ impl Packet {
     #[inline(always)]
     pub fn ttl(&self) -> u8 {
         // SAFETY: `parse` checked the whole IPv4 header.
-        unsafe { *self.ip.add(8) }
+        unsafe { *self.ip.add(IPV4_TTL_OFFSET) }
     }
 
     /// IPv4 destination address (IPv4 packets only).
@@ -221,12 +223,7 @@ impl Packet {
     #[inline(always)]
     pub fn segment(&self) -> crate::l7::Segment {
         if self.protocol != PROTO_TCP {
-            return crate::l7::Segment {
-                seq: 0,
-                ack: 0,
-                offset: 0,
-                len: 0,
-            };
+            return crate::l7::Segment::default();
         }
         // SAFETY: `parse` checked the whole TCP header of a TCP packet.
         let (seq, ack) = unsafe { (load_u32(self.l4.add(4)), load_u32(self.l4.add(8))) };

@@ -10,10 +10,7 @@
 //! IPv4 only; IPv6 replies take the stack.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibLookup,
-    },
+    bindings::bpf_fib_lookup as FibLookup,
     cty::c_void,
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::TcContext,
@@ -22,12 +19,12 @@ use splitter_common::PlaneCounter;
 
 use crate::{
     Skip, egress,
-    maps::{self, FORWARD_DEVICES},
+    forward::{self, AF_INET},
+    maps,
 };
 
 /// `TC_ACT_REDIRECT`.
 const TC_ACT_REDIRECT: i32 = 7;
-const AF_INET: u8 = 2;
 
 /// A steered reply redirected to its client's device, or why it goes on to the stack.
 #[inline(always)]
@@ -60,18 +57,7 @@ pub fn to_client(ctx: &TcContext) -> Result<i32, Skip> {
             0,
         )
     };
-    let fallback = match rc {
-        r if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) => None,
-        r if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) => Some(PlaneCounter::ForwardNoNeighbour),
-        r if r == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Some(PlaneCounter::ForwardTooBig),
-        _ => Some(PlaneCounter::ForwardRouted),
-    };
-    if let Some(why) = fallback {
-        return Err(Skip::Pass(why));
-    }
-    if FORWARD_DEVICES.get(params.ifindex).is_none() {
-        return Err(Skip::Pass(PlaneCounter::ForwardNoDevice));
-    }
+    forward::fib_verdict(rc, params.ifindex).map_err(Skip::Pass)?;
     egress::count_out(ctx, &reply);
     egress::rewrite_v4(ctx, &pkt, dst, &reply, Some(ttl))?;
     let macs = Macs {

@@ -1,23 +1,22 @@
 //! What a backend's replies tell about its version, measured at TC egress for every
 //! connection, with no sidecar and no change to the model server:
 //! - the handshake time (the client's SYN to the backend's SYN-ACK);
-//! - the response time: a request's first byte (stamped by ingress) to the response's first
-//!   byte, and the response's HTTP/1.x status class, read from its first bytes;
+//! - an HTTP/1.x response: the time from its request's first byte (stamped by ingress) to its
+//!   first byte, to its first body byte (a streamed response's first token) and to its last
+//!   chunk, and its status class, read from its first bytes (an HTTP/2 connection's frames are
+//!   read in `l7`);
 //! - resets: a RST before any SYN-ACK is a refused handshake, after it a backend reset.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use splitter_common::{
     FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, FlowKey, LatencyKind, RESPONSE_BODY,
-    RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, flow_add_state, latency_index, stats_index,
+    RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, flow_add_state, l7::Payload as _, latency_index,
+    stats_index,
 };
 
 use crate::{
-    l7, maps,
+    l7::{self, SkbPayload},
+    maps,
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -59,7 +58,7 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
     if closing != 0 && flow_add_state(flow, closing, now) {
         maps::with_stats(stats, |s| s.closed_flows += 1);
     }
-    if pkt.payload_len > 0 && l7::is_h2(flow) {
+    if pkt.payload_len > 0 && l7::read_kind(flow) == l7::Read::H2 {
         l7::splitter_h2_server(ctx.skb.skb, key, stats, &pkt.segment());
         return;
     }
@@ -147,14 +146,15 @@ enum Tail {
 /// A response with a `Content-Length` body ends unseen: its whole time is not measured.
 #[inline(always)]
 fn tail(ctx: &TcContext, pkt: &Packet) -> Tail {
-    let len = pkt.payload_len;
+    let len = pkt.payload_len as u32;
+    let payload = payload_of(ctx, pkt);
     let mut last = [0u8; 7];
     let loaded = if len >= 7 {
-        load(ctx, pkt.payload_offset + len - 7, &mut last)
+        payload.load(len - 7, &mut last)
     } else if len == 5 {
         // Right-aligned, after two bytes that stand for a line's end.
         let mut five = [0u8; 5];
-        let ok = load(ctx, pkt.payload_offset, &mut five);
+        let ok = payload.load(0, &mut five);
         last = [b'\r', b'\n', five[0], five[1], five[2], five[3], five[4]];
         ok
     } else {
@@ -170,17 +170,12 @@ fn tail(ctx: &TcContext, pkt: &Packet) -> Tail {
     }
 }
 
-/// `N` bytes of the packet at `offset`.
+/// The packet's payload, for loads of it.
 #[inline(always)]
-fn load<const N: usize>(ctx: &TcContext, offset: usize, buf: &mut [u8; N]) -> bool {
-    // SAFETY: the context is this program's; the buffer is N bytes of this stack.
-    unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr(),
-            offset as u32,
-            buf.as_mut_ptr().cast::<c_void>(),
-            N as u32,
-        ) == 0
+fn payload_of(ctx: &TcContext, pkt: &Packet) -> SkbPayload {
+    SkbPayload {
+        ctx: ctx.skb.skb,
+        start: pkt.payload_offset as u32,
     }
 }
 
@@ -191,17 +186,7 @@ pub fn status_class(ctx: &TcContext, pkt: &Packet) -> usize {
         return 0;
     }
     let mut line = [0u8; STATUS_LINE_LEN];
-    // The raw helper with a constant length: the payload holds at least that many bytes.
-    // SAFETY: the context is this program's; the buffer is STATUS_LINE_LEN bytes of this stack.
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr(),
-            pkt.payload_offset as u32,
-            line.as_mut_ptr().cast::<c_void>(),
-            STATUS_LINE_LEN as u32,
-        )
-    };
-    if loaded != 0 {
+    if !payload_of(ctx, pkt).load(0, &mut line) {
         return 0;
     }
     let digit = |b: u8| b.is_ascii_digit();
