@@ -140,7 +140,7 @@ pub const PORT_ENTRIES: u32 = 65_536;
 pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 3;
 /// Entries of `POOL_SLOTS`: a slot table per entry of `VERSION_STATS`.
 pub const POOL_SLOT_ENTRIES: u32 = VERSION_STAT_ENTRIES * SLOTS_PER_POOL;
-/// Entries of `LATENCY`: two kinds per (service, version).
+/// Entries of `LATENCY`: a histogram per `LatencyKind` and (service, version).
 pub const LATENCY_ENTRIES: u32 = VERSION_STAT_ENTRIES * crate::LATENCY_KINDS;
 
 /// Names of the programs in the object.

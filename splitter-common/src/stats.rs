@@ -123,12 +123,4 @@ impl VersionStats {
                 + self.refused_handshakes,
         )
     }
-
-    /// Connections whose protocol the kernel reads (HTTP/1.x and HTTP/2), and the others
-    /// (TLS and anything it does not parse), whose requests it cannot see.
-    #[must_use]
-    pub const fn readable_and_opaque(&self) -> (u64, u64) {
-        let [http1, h2, tls, other] = self.protocols;
-        (http1 + h2, tls + other)
-    }
 }

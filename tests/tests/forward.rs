@@ -178,6 +178,7 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
     });
     wait_reply_links(&bed);
     let replies_before = packets(&bed, "reply_forwarded");
+    let requests_before = packets(&bed, "forwarded");
     let client = splitter_tests::pooled::start(&bed.client, &format!("http://{vip}/"), 16, 10, 5)
         .expect("the pooled client");
     std::thread::sleep(Duration::from_secs(2));
@@ -205,6 +206,10 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
     assert!(
         packets(&bed, "reply_forwarded") > replies_before + 100.0,
         "the replies took the fast path"
+    );
+    assert!(
+        packets(&bed, "forwarded") > requests_before + 100.0,
+        "the requests took the fast path"
     );
 }
 

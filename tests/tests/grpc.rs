@@ -164,15 +164,16 @@ fn the_kernel_counts_the_calls_failures_and_cancellations_the_clients_saw_and_th
 }
 
 /// A rollout of green (its server started with `green_args`) against blue (`blue_args`), with
-/// the default gates, under a gRPC client keeping each channel for 5 calls.
-fn grpc_rollout(blue_args: &[&str], green_args: &[&str]) -> judged::Ended {
+/// the default gates, under a gRPC client keeping each channel for 5 calls; how it ended, and
+/// the calls the kernel read on green.
+fn grpc_rollout(blue_args: &[&str], green_args: &[&str]) -> (judged::Ended, u64) {
     let mut bed = Testbed::new(SERVER);
     grpc::serve(&mut bed, "blue", blue_args);
     grpc::serve(&mut bed, "green", green_args);
     grpc::write_config(&bed, "auto", "0", "");
     bed.start_daemon(&[]);
     let limit = judged::ROLLOUT_LIMIT.as_secs() + 10;
-    let client = grpc::start_client(
+    let mut client = grpc::start_client(
         &bed,
         &[
             "--calls",
@@ -185,17 +186,16 @@ fn grpc_rollout(blue_args: &[&str], green_args: &[&str]) -> judged::Ended {
     );
     judged::start(&bed, "model", "2s", &[]);
     let ended = judged::wait_for_end(&bed);
-    let mut client = client;
     let _ = client.kill();
     let _ = client.wait();
-    ended
+    (ended, number(&counters(&bed, "green")["calls"]))
 }
 
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_grpc_green_that_fails_every_call_is_rolled_back() {
     require_root!();
-    let end = grpc_rollout(
+    let (end, _) = grpc_rollout(
         &["--delay-ms", "5"],
         &["--delay-ms", "1", "--fail", "INTERNAL"],
     );
@@ -207,7 +207,7 @@ fn a_grpc_green_that_fails_every_call_is_rolled_back() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_grpc_green_ten_times_slower_is_rolled_back() {
     require_root!();
-    let end = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "50"]);
+    let (end, _) = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "50"]);
     assert!(end.rolled_back(), "{}", end.event);
     // Judged on the calls' latency (the median's gate or the p99's, whichever is convinced
     // first), not on frame exchanges.
@@ -218,6 +218,8 @@ fn a_grpc_green_ten_times_slower_is_rolled_back() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn an_identical_grpc_green_is_promoted() {
     require_root!();
-    let end = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "5"]);
+    let (end, green_calls) = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "5"]);
     assert!(!end.rolled_back(), "{}", end.event);
+    // Promoted on calls the kernel read, not for want of evidence against it.
+    assert!(green_calls >= 20, "{green_calls} calls read on green");
 }

@@ -110,6 +110,20 @@ fn a_green_whose_first_token_comes_ten_times_later_is_rolled_back_by_the_default
     // A latency gate (the median's or the p99's, whichever is convinced first) on the first
     // token: the headers of both versions come at once.
     assert!(end.reason().contains("ms vs live"), "{}", end.reason());
-    let status = bed.ctl_ok(&["status"]);
-    assert!(status.contains("first token"), "{status}");
+    // What the gates saw: the headers came as fast on both versions, the first token ten
+    // times later on green.
+    let telemetry = &bed.status()["services"][0]["telemetry"];
+    let p50 = |version: &str, kind: &str| {
+        telemetry[version][kind]["p50_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    assert!(
+        p50("green", "response") < 10.0 && p50("blue", "response") < 10.0,
+        "headers: {telemetry}"
+    );
+    assert!(
+        p50("green", "first_token") > 5.0 * p50("blue", "first_token"),
+        "first tokens: {telemetry}"
+    );
 }

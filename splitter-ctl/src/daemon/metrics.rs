@@ -25,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use splitter_common::{
-    Endpoint, Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats,
+    Endpoint, Histogram, LATENCY_BUCKETS, LatencyKind, SplitWord, Version, VersionStats, l7,
 };
 use tokio::sync::watch;
 
@@ -141,16 +141,16 @@ struct ProtocolLabels {
 }
 
 /// Labels of `splitter_connections_by_protocol`, in the order of `VersionStats::protocols`.
-const PROTOCOLS: [&str; 4] = ["http1", "h2", "tls", "other"];
+const PROTOCOLS: [&str; l7::PROTOCOLS] = ["http1", "h2", "tls", "other"];
 /// Labels of `splitter_call_errors`, in the order of `VersionStats::call_errors`.
-const CALL_ERRORS: [&str; 4] = [
+const CALL_ERRORS: [&str; l7::CALL_ERRORS] = [
     "trailers_only",
     "reset_unanswered",
     "reset_answered",
     "goaway",
 ];
 /// Labels of `splitter_untracked`, in the order of `VersionStats::untracked`.
-const UNTRACKED: [&str; 2] = ["call", "connection"];
+const UNTRACKED: [&str; l7::UNTRACKED] = ["call", "connection"];
 
 /// Writes a per-version counter family with one series per kind: `values` gives each kind's
 /// count, `label` makes its labels.
@@ -159,14 +159,14 @@ fn encode_kinds<L: EncodeLabelSet + std::fmt::Debug>(
     (name, help): (&str, &str),
     samples: &[ServiceSample],
     kinds: &[&'static str],
-    values: fn(&VersionStats) -> Vec<u64>,
+    values: fn(&VersionStats) -> &[u64],
     label: fn(VersionLabels, &'static str) -> L,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for sample in samples {
         for (i, version) in [Version::Blue, Version::Green].iter().enumerate() {
             for (kind, value) in kinds.iter().zip(values(&sample.stats[i])) {
-                ConstCounter::new(value)
+                ConstCounter::new(*value)
                     .encode(family.encode_family(&label(sample.labels(*version), kind))?)?;
             }
         }
@@ -386,7 +386,7 @@ struct ServiceSample {
     name: String,
     split: SplitWord,
     stats: [VersionStats; 2],
-    /// [version][kind]: response, handshake.
+    /// [version][kind], in `LatencyKind::ALL`'s order.
     latency: [[Histogram; LatencyKind::ALL.len()]; 2],
     /// New connections the last-resort pool took, when the service has one.
     last_resort_flows: Option<u64>,
@@ -531,7 +531,7 @@ impl Collector for KernelCollector {
             ),
             &samples,
             &PROTOCOLS,
-            |s| s.protocols.to_vec(),
+            |s| &s.protocols,
             |v, protocol| ProtocolLabels {
                 service: v.service,
                 version: v.version,
@@ -547,7 +547,7 @@ impl Collector for KernelCollector {
             ),
             &samples,
             &CALL_ERRORS,
-            |s| s.call_errors.to_vec(),
+            |s| &s.call_errors,
             kind_labels,
         )?;
         encode_kinds(
@@ -558,7 +558,7 @@ impl Collector for KernelCollector {
             ),
             &samples,
             &UNTRACKED,
-            |s| s.untracked.to_vec(),
+            |s| &s.untracked,
             kind_labels,
         )?;
 

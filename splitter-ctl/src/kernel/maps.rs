@@ -154,9 +154,27 @@ pub enum LayoutError {
         expected_key: usize,
         expected_value: usize,
     },
+    #[error("{entries} entries, expected {expected}")]
+    Entries { entries: u32, expected: u32 },
 }
 
-/// Checks a map's key and value sizes against this build's; the error says what differs.
+/// The entries a map of measurements or copies has in this build (these grow with new
+/// counters, latency kinds or cache slots); `None` for the others, whose pins are kept whatever
+/// their size (the flow table's size comes from the config at its creation).
+fn expected_entries(name: &str) -> Option<u32> {
+    Some(match name {
+        names::VERSION_STATS => names::VERSION_STAT_ENTRIES,
+        names::LATENCY => names::LATENCY_ENTRIES,
+        names::PLANE_STATS => splitter_common::PLANE_COUNTERS,
+        names::FLOW_CACHE | names::REPLY_CACHE => names::FLOW_CACHE_SLOTS,
+        names::NEXT_HOPS => names::NEXT_HOP_SLOTS,
+        names::H2_CONNS => names::MAX_H2_CONNS,
+        _ => return None,
+    })
+}
+
+/// Checks a map's key and value sizes against this build's, and the entries of a map of
+/// measurements or copies; the error says what differs.
 pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), LayoutError> {
     let info = data.info().map_err(LayoutError::Info)?;
     let (expected_key, expected_value) = expected_layout(name);
@@ -166,6 +184,14 @@ pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), LayoutError
             value: info.value_size(),
             expected_key,
             expected_value,
+        });
+    }
+    if let Some(expected) = expected_entries(name)
+        && info.max_entries() != expected
+    {
+        return Err(LayoutError::Entries {
+            entries: info.max_entries(),
+            expected,
         });
     }
     Ok(())
@@ -705,12 +731,19 @@ impl Maps {
 mod tests {
     use super::*;
 
-    /// A pinned map whose expected layout is missing would be refused at every restart.
+    /// A pinned map whose expected layout is missing would be refused at every restart; a
+    /// replaceable one whose entries are not checked would be kept by an upgrade that grows it.
     #[test]
     fn every_pinned_map_has_an_expected_layout() {
         for name in names::ALL {
             let (key, value) = expected_layout(name);
             assert!(key > 0 && value > 0, "{name}: no expected layout");
+        }
+        for name in names::REPLACEABLE {
+            assert!(
+                expected_entries(name).is_some(),
+                "{name}: entries not checked"
+            );
         }
     }
 }

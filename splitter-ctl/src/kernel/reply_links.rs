@@ -3,7 +3,7 @@
 //! ingress records those devices in `FORWARD_SEEN` when it asks the FIB; the daemon attaches the
 //! program there at every housekeeping, so a backend's device gets it within seconds of its
 //! first steered packet. The program is pinned, so links can be made without the object; each
-//! link is pinned under `reply_links/` by ifindex, kept while its device lives, adopted by the
+//! link is pinned under `links_reply/` (`paths::REPLY_LINKS_DIR`) by ifindex, kept while its device lives, adopted by the
 //! next daemon (its program replaced in place) like the other links, and removed by `detach`.
 
 use std::{

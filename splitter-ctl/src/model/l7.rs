@@ -43,15 +43,22 @@ impl L7 {
         })
     }
 
+    /// The config's word for it.
     #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Http1 => "http1",
-            Self::Grpc => "grpc",
-            Self::Http2 => "http2",
-            Self::Opaque => "opaque",
-        }
+    pub fn as_str(self) -> &'static str {
+        Self::CHOICES
+            .iter()
+            .find(|(_, l7)| *l7 == self)
+            .map_or("auto", |(word, _)| word)
+    }
+
+    /// The setting a config word names.
+    #[must_use]
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::CHOICES
+            .iter()
+            .find(|(w, _)| *w == word)
+            .map(|(_, l7)| *l7)
     }
 }
 
@@ -69,5 +76,8 @@ mod tests {
         assert_eq!(bits(L7::Grpc), FLOW_L7_H2);
         assert_eq!(bits(L7::Http2), FLOW_L7_H2);
         assert_eq!(bits(L7::Opaque), FLOW_L7_OPAQUE);
+        for (word, l7) in L7::CHOICES {
+            assert_eq!((l7.as_str(), L7::parse(word)), (word, Some(l7)));
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
         health::{BackendId, Health},
         latency::Quantiles,
         representativeness::{self, Spread},
+        signals,
     },
     kernel::{
         maps::{Maps, MapsError},
@@ -20,6 +21,7 @@ use crate::{
     model::{
         config::{Config, Pool, ServiceSpec},
         error::chain,
+        l7::L7,
         share::format_percent,
     },
     store::journal::Journal,
@@ -429,14 +431,14 @@ fn backend_statuses(
 
 /// What a version's connections carried and, for HTTP/2, its calls: `None` before any
 /// connection sent a payload.
-fn protocols_text(c: &VersionStats) -> Option<String> {
+fn protocols_text(c: &VersionStats, l7: L7) -> Option<String> {
     use std::fmt::Write as _;
     let [http1, h2, tls, other] = c.protocols;
     if http1 + h2 + tls + other == 0 {
         return None;
     }
     let mut line = format!("connections: http1 {http1}, h2 {h2}, tls {tls}, other {other}");
-    if http1 + h2 == 0 {
+    if signals::unreadable(l7, c.protocols) {
         line.push_str(" (the kernel reads none of their requests)");
     }
     if h2 > 0 || c.calls > 0 {
@@ -584,7 +586,8 @@ pub fn render(status: &Status) -> String {
                     ms(t.handshake.p50_ms),
                 );
             }
-            if let Some(line) = c.and_then(protocols_text) {
+            let l7 = L7::parse(&s.l7).unwrap_or_default();
+            if let Some(line) = c.and_then(|c| protocols_text(c, l7)) {
                 let _ = writeln!(out, "        {line}");
             }
             for b in pool.map(|p| p.backends.as_slice()).unwrap_or_default() {

@@ -19,11 +19,13 @@ use crate::{
         },
         representativeness,
         rollout::Decision,
+        signals,
     },
     io::prometheus,
     model::{
         actor::Actor,
         error::chain,
+        l7::L7,
         promql::{self, Reading},
         share::format_percent,
     },
@@ -120,9 +122,6 @@ impl Daemon {
     ) -> Result<(), RolloutError> {
         let ids = self.release_ids(service)?;
         let kernel = self.maps.split(ids.split)?;
-        // The kernel cannot read an opaque service's requests: its request gates say nothing
-        // of it, so the plan's PromQL gates judge it (or, with `l4_only`, the L4 windows do).
-        let opaque = self.opaque(service);
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -134,11 +133,27 @@ impl Daemon {
         let plan = active.rollout.plan.clone();
         let snapshots = self.snapshots(&ids, &plan)?;
         let spread = self.canary_spread(service, &ids)?;
-        let member_names: Vec<String> = self
+        let member_specs: Vec<(String, L7)> = self
             .config
             .release(service)
-            .map(|r| r.members.iter().map(|m| m.name.clone()).collect())
+            .map(|r| r.members.iter().map(|m| (m.name.clone(), m.l7)).collect())
             .unwrap_or_default();
+        // The services whose requests the kernel cannot read (`signals::unreadable`): their
+        // windows hold no request, so the kernel's request gates say nothing of them; with all
+        // of them so, the plan's PromQL gates judge the release alone (or, with `l4_only`, the
+        // L4 windows do, which every service has).
+        let unreadable: Vec<bool> = member_specs
+            .iter()
+            .zip(&snapshots.members)
+            .map(|((_, l7), versions)| {
+                !plan.l4_only
+                    && signals::unreadable(
+                        *l7,
+                        signals::protocols_of(versions.iter().map(|v| &v.counters)),
+                    )
+            })
+            .collect();
+        let blind = !unreadable.is_empty() && unreadable.iter().all(|u| *u);
         let Some(active) = self.rollouts.get_mut(service) else {
             return Ok(());
         };
@@ -168,9 +183,8 @@ impl Daemon {
             0
         };
         let gates = &active.rollout.plan.gates.sharing_budget(members + 1);
-        let blind = opaque && !active.rollout.plan.l4_only;
         let mut readings = if blind {
-            Vec::new()
+            signals::blind_readings(&plan)
         } else {
             kernel_gates(
                 gates,
@@ -181,11 +195,15 @@ impl Daemon {
             )
         };
         let mut step_evidence = evidence_of(&readings, "");
-        if members > 0 && !blind {
-            for (name, (before, now)) in member_names
+        if members > 0 {
+            for (((name, _), unreadable), (before, now)) in member_specs
                 .iter()
+                .zip(&unreadable)
                 .zip(active.step_base.members.iter().zip(&snapshots.members))
             {
+                if *unreadable {
+                    continue;
+                }
                 // Each service on its own, with its own evidence (under `service/gate`).
                 let prefix = format!("{name}/");
                 let carried: Carried = active

@@ -15,8 +15,6 @@ use std::time::Instant;
 
 use splitter_common::{LatencyKind, SplitWord, Version};
 
-use crate::model::l7::L7;
-
 pub use self::evaluate::DueEvaluation;
 use super::{
     Daemon,
@@ -272,10 +270,8 @@ impl Daemon {
             .into_plan()?;
         // A gate never judges what it cannot see: a service whose requests the kernel cannot
         // read needs PromQL gates, or the acknowledgement that only L4 signals judge it.
-        let opaque = self.opaque_members(service);
-        if let Some(blind) =
-            signals::blind_services(&plan, opaque.iter().map(|name| (name.as_str(), L7::Opaque)))
-        {
+        let unreadable = self.unreadable_members(service);
+        if let Some(blind) = signals::refused_blind(&plan, &unreadable) {
             return Err(RolloutError::Blind(blind.join(", ")));
         }
         let client = plan
@@ -344,43 +340,27 @@ impl Daemon {
         self.rollout_status(service)
     }
 
-    /// The services of release `service` whose requests the kernel cannot read: set to
-    /// `l7 = "opaque"`, or `auto` with only unreadable connections (TLS, other) seen so far.
-    pub(super) fn opaque_members(&self, service: &str) -> Vec<String> {
+    /// The services of release `service` whose requests the kernel cannot read
+    /// (`signals::unreadable`), by their counters in the kernel now.
+    pub(super) fn unreadable_members(&self, service: &str) -> Vec<String> {
         let Some(release) = self.config.release(service) else {
             return Vec::new();
         };
         release
             .members
             .iter()
-            .filter(|spec| match spec.l7 {
-                L7::Opaque => true,
-                L7::Auto => self.seen_opaque_only(&spec.endpoint()),
-                _ => false,
+            .filter(|spec| {
+                let counters: Vec<_> = match self.maps.service(&spec.endpoint()) {
+                    Ok(Some(kernel)) => [Version::Blue, Version::Green]
+                        .iter()
+                        .filter_map(|v| self.maps.counters(kernel.id, *v).ok())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                signals::unreadable(spec.l7, signals::protocols_of(&counters))
             })
             .map(|spec| spec.name.clone())
             .collect()
-    }
-
-    /// Whether every connection the service carried so far was one the kernel cannot read.
-    fn seen_opaque_only(&self, endpoint: &splitter_common::Endpoint) -> bool {
-        let Ok(Some(service)) = self.maps.service(endpoint) else {
-            return false;
-        };
-        let (mut readable, mut opaque) = (0, 0);
-        for version in [Version::Blue, Version::Green] {
-            if let Ok(counters) = self.maps.counters(service.id, version) {
-                let (r, o) = counters.readable_and_opaque();
-                readable += r;
-                opaque += o;
-            }
-        }
-        readable == 0 && opaque > 0
-    }
-
-    /// Whether the kernel cannot read the requests of a service of release `service`.
-    pub(super) fn opaque(&self, service: &str) -> bool {
-        !self.opaque_members(service).is_empty()
     }
 
     pub fn rollout_status(&self, name: &str) -> Result<RolloutStatus, RolloutError> {
@@ -407,7 +387,7 @@ impl Daemon {
             consecutive_failures: active.rollout.consecutive_failures,
             last_judgement: active.last_judgement.as_ref().map(describe),
             gates: active.last_gates.clone(),
-            judged_by: signals::judged_by(&active.rollout.plan, self.opaque(service)),
+            judged_by: signals::judged_by(&active.rollout.plan, &self.unreadable_members(service)),
             hold_ms: millis(active.rollout.plan.hold),
             held_ms: millis(active.rollout.step_started.elapsed()),
         })

@@ -17,7 +17,7 @@ use crate::{
     io::prometheus,
     model::{
         error::chain,
-        plan::{PlanError, PlanRequest},
+        plan::{JudgedLatency, Plan, PlanError, PlanRequest},
         share::format_percent,
     },
     store::journal::{Journal, JournalError},
@@ -122,11 +122,11 @@ impl SavedRollout {
     /// The rollout again, with its counters' window starting at `base`; or why it cannot be.
     fn restore(
         self,
+        plan: Plan,
         service: &str,
         base: ReleaseSnapshot,
         now: Instant,
     ) -> Result<ActiveRollout, RestoreError> {
-        let plan = self.plan.into_plan()?;
         if self.step >= plan.steps.len() {
             return Err(RestoreError::Step {
                 step: self.step,
@@ -240,7 +240,10 @@ impl Daemon {
 
     /// The rollout of `service` saved as `json`, resumed with its window starting now.
     fn restore(&self, service: &str, json: &str) -> Result<ActiveRollout, RestoreError> {
-        let state: SavedRollout = serde_json::from_str(json).map_err(RestoreError::Json)?;
+        let mut state: SavedRollout = serde_json::from_str(json).map_err(RestoreError::Json)?;
+        // Saved by a build that judged the time to first byte (before the plan said which),
+        // with its evidence: it goes on judging that.
+        state.plan.latency.get_or_insert(JudgedLatency::FirstByte);
         // The config may have changed while the daemon was down: a rollout resumes only on
         // the same release it started on.
         let group = self.release_name(service)?;
@@ -251,8 +254,8 @@ impl Daemon {
             });
         }
         let ids = self.release_ids(service)?;
-        let plan = state.plan.clone().into_plan().map_err(RestoreError::Plan)?;
+        let plan = state.plan.clone().into_plan()?;
         let base = self.snapshots(&ids, &plan)?;
-        state.restore(service, base, Instant::now())
+        state.restore(plan, service, base, Instant::now())
     }
 }
