@@ -102,7 +102,7 @@ pub const fn settle_l7(configured: u8, seen: Protocol) -> u8 {
 #[repr(u8)]
 pub enum CallError {
     /// A response that is only trailers: HEADERS with END_STREAM before any DATA (gRPC's
-    /// failed call; its status code is in the HPACK block, not read).
+    /// failed call), unless its grpc-status was read and says OK.
     TrailersOnly = 0,
     /// The server reset the stream before answering.
     ResetUnanswered = 1,
@@ -110,8 +110,10 @@ pub enum CallError {
     ResetAnswered = 2,
     /// The server sent GOAWAY with an error code.
     GoAway = 3,
+    /// Trailers after the response's messages whose grpc-status was read and is not OK.
+    Status = 4,
 }
-pub const CALL_ERRORS: usize = 4;
+pub const CALL_ERRORS: usize = 5;
 
 /// What the kernel did not read: the index of `VersionStats::untracked`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +139,38 @@ const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const GOAWAY: u8 = 7;
 const END_STREAM: u8 = 1;
+const PADDED: u8 = 8;
+const PRIORITY: u8 = 0x20;
+
+/// `H2Event::Status` of trailers whose grpc-status is not read.
+pub const STATUS_UNREAD: u8 = 0xff;
+/// gRPC's status codes, 0 (OK) to 16 (UNAUTHENTICATED).
+pub const GRPC_CODES: usize = 17;
+/// Entries of `VersionStats::grpc_status`: one per code, then trailers whose status was not
+/// read (`STATUS_UNREAD`).
+pub const GRPC_STATUSES: usize = GRPC_CODES + 1;
+/// gRPC's names of its codes (and ours of the unread), in the order of
+/// `VersionStats::grpc_status`.
+pub const GRPC_STATUS_NAMES: [&str; GRPC_STATUSES] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+    "unread",
+];
 
 /// `H2Stream::flags`: the server's first HEADERS on the stream came.
 const ANSWERED: u32 = 1;
@@ -247,10 +281,17 @@ pub enum H2Event {
     FirstData(u64),
     /// The server ended the call's stream (END_STREAM).
     Ended(u64),
+    /// The call's trailers: their grpc-status, or `STATUS_UNREAD`.
+    Status(u8),
     Failed(CallError),
     /// The client reset a call.
     Cancelled,
     Untracked(Untracked),
+}
+
+/// Where the events of a packet go (the kernel programs: their counters).
+pub trait Sink {
+    fn event(&mut self, event: H2Event);
 }
 
 /// How a program reads its packet's payload: `N` bytes at `offset` from the payload's start.
@@ -267,7 +308,7 @@ pub fn read_packet(
     len: u32,
     now: u64,
     payload: &impl Payload,
-    on: &mut impl FnMut(H2Event),
+    on: &mut impl Sink,
 ) {
     let H2Conn {
         client,
@@ -289,7 +330,7 @@ pub fn read_packet(
     };
     if let Err(why) = read_side(&mut calls, side, dir, seq, len, now, payload, on) {
         *lost = why as u32;
-        on(H2Event::Untracked(Untracked::Connection));
+        on.event(H2Event::Untracked(Untracked::Connection));
     }
 }
 
@@ -311,7 +352,7 @@ fn read_side(
     len: u32,
     now: u64,
     payload: &impl Payload,
-    on: &mut impl FnMut(H2Event),
+    on: &mut impl Sink,
 ) -> Result<(), Lost> {
     if side.flags & SYNCED == 0 {
         side.flags |= SYNCED;
@@ -435,7 +476,7 @@ fn frame(
     len: u32,
     now: u64,
     payload: &impl Payload,
-    on: &mut impl FnMut(H2Event),
+    on: &mut impl Sink,
 ) -> u32 {
     let length = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]);
     let (kind, flags) = (buf[3], buf[4]);
@@ -451,15 +492,15 @@ fn frame(
                             flags: 0,
                             start_ns: now,
                         };
-                        on(H2Event::Call);
+                        on.event(H2Event::Call);
                     }
-                    None => on(H2Event::Untracked(Untracked::Call)),
+                    None => on.event(H2Event::Untracked(Untracked::Call)),
                 }
             }
             RST_STREAM => {
                 if let Some(i) = find_stream(conn, id) {
                     conn.streams[i].id = 0;
-                    on(H2Event::Cancelled);
+                    on.event(H2Event::Cancelled);
                 }
             }
             _ => {}
@@ -467,22 +508,41 @@ fn frame(
         Direction::Server => match kind {
             HEADERS | DATA => {
                 if let Some(i) = find_stream(conn, id) {
+                    // Trailers: their grpc-status, where it is sent as a plain literal.
+                    let status = if kind == HEADERS && flags & END_STREAM != 0 {
+                        let mut block = at;
+                        if flags & PADDED != 0 {
+                            block += 1;
+                        }
+                        if flags & PRIORITY != 0 {
+                            block += 5;
+                        }
+                        let code = grpc_status(payload, buf, block, len.min(at + length));
+                        on.event(H2Event::Status(code));
+                        code
+                    } else {
+                        STATUS_UNREAD
+                    };
                     let stream = &mut conn.streams[i];
                     if kind == HEADERS && stream.flags & ANSWERED == 0 {
                         stream.flags |= ANSWERED;
-                        on(H2Event::Answered(now.saturating_sub(stream.start_ns)));
-                        if flags & END_STREAM != 0 && stream.flags & HAD_DATA == 0 {
-                            on(H2Event::Failed(CallError::TrailersOnly));
+                        on.event(H2Event::Answered(now.saturating_sub(stream.start_ns)));
+                        // A trailers-only response fails the call, unless it says OK.
+                        if flags & END_STREAM != 0 && stream.flags & HAD_DATA == 0 && status != 0 {
+                            on.event(H2Event::Failed(CallError::TrailersOnly));
                         }
+                    } else if status != 0 && status != STATUS_UNREAD {
+                        // Trailers after the response that say the call failed.
+                        on.event(H2Event::Failed(CallError::Status));
                     }
                     let waited = now.saturating_sub(stream.start_ns);
                     if kind == DATA && stream.flags & HAD_DATA == 0 {
                         stream.flags |= HAD_DATA;
-                        on(H2Event::FirstData(waited));
+                        on.event(H2Event::FirstData(waited));
                     }
                     if flags & END_STREAM != 0 {
                         stream.id = 0;
-                        on(H2Event::Ended(waited));
+                        on.event(H2Event::Ended(waited));
                     }
                 }
             }
@@ -490,7 +550,7 @@ fn frame(
                 if let Some(i) = find_stream(conn, id) {
                     let answered = conn.streams[i].flags & ANSWERED != 0;
                     conn.streams[i].id = 0;
-                    on(H2Event::Failed(if answered {
+                    on.event(H2Event::Failed(if answered {
                         CallError::ResetAnswered
                     } else {
                         CallError::ResetUnanswered
@@ -504,13 +564,91 @@ fn frame(
                     && payload.load(at, body)
                     && u32::from_be_bytes([body[4], body[5], body[6], body[7]]) != 0
                 {
-                    on(H2Event::Failed(CallError::GoAway));
+                    on.event(H2Event::Failed(CallError::GoAway));
                 }
             }
             _ => {}
         },
     }
     length
+}
+
+/// The `grpc-status` of the header block from `at` to `end` (what of it this packet holds),
+/// when it is sent as a literal with a plain new name and a plain value (gRPC C-core's first
+/// trailers with each code on a connection); `STATUS_UNREAD` otherwise (an index into the
+/// connection's dynamic table, Huffman-coded strings, beyond six fields or this packet).
+/// `buf` is the side's frame-header buffer, free once the header's fields are read.
+#[inline(always)]
+fn grpc_status(payload: &impl Payload, buf: &mut [u8; 16], mut at: u32, end: u32) -> u8 {
+    let mut fields = 0;
+    while fields < 6 {
+        fields += 1;
+        if at >= end {
+            return STATUS_UNREAD;
+        }
+        let Some(first) = load_byte(payload, at) else {
+            return STATUS_UNREAD;
+        };
+        at += 1;
+        // An indexed field, or a dynamic table size update: one byte (unless its index goes
+        // on in more).
+        if first & 0x80 != 0 || first & 0xe0 == 0x20 {
+            if first == 0xff || first == 0x3f {
+                return STATUS_UNREAD;
+            }
+            continue;
+        }
+        // A literal: with incremental indexing (6-bit name index), or without (4-bit).
+        let (index, max) = if first & 0x40 != 0 {
+            (first & 0x3f, 0x3f)
+        } else {
+            (first & 0x0f, 0x0f)
+        };
+        if index == max {
+            return STATUS_UNREAD;
+        }
+        let mut is_status = false;
+        if index == 0 {
+            let Some(name_len) = load_byte(payload, at) else {
+                return STATUS_UNREAD;
+            };
+            at += 1;
+            if name_len & 0x7f == 0x7f {
+                return STATUS_UNREAD;
+            }
+            if name_len == 11 {
+                let Some((name, _)) = buf.split_first_chunk_mut::<11>() else {
+                    return STATUS_UNREAD;
+                };
+                is_status = payload.load(at, name) && name == b"grpc-status";
+            }
+            at += u32::from(name_len & 0x7f);
+        }
+        let Some(value_len) = load_byte(payload, at) else {
+            return STATUS_UNREAD;
+        };
+        at += 1;
+        if value_len & 0x7f == 0x7f {
+            return STATUS_UNREAD;
+        }
+        if is_status {
+            let digit = |at| {
+                load_byte(payload, at)
+                    .filter(u8::is_ascii_digit)
+                    .map(|d| d - b'0')
+            };
+            let code = match value_len {
+                1 => digit(at),
+                2 => digit(at).zip(digit(at + 1)).map(|(t, u)| t * 10 + u),
+                _ => None,
+            };
+            return code
+                .filter(|c| usize::from(*c) < GRPC_CODES)
+                .unwrap_or(STATUS_UNREAD);
+        }
+        at += u32::from(value_len & 0x7f);
+    }
+    STATUS_UNREAD
 }
 
 /// The entries a stream may be followed in: client streams are odd and rise by two, so
@@ -560,6 +698,12 @@ mod tests {
 
     struct Bytes<'a>(&'a [u8]);
 
+    impl Sink for Vec<H2Event> {
+        fn event(&mut self, event: H2Event) {
+            self.push(event);
+        }
+    }
+
     impl Payload for Bytes<'_> {
         fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
             let at = offset as usize;
@@ -608,7 +752,7 @@ mod tests {
                 packet.len() as u32,
                 7,
                 &Bytes(packet),
-                &mut |e| events.push(e),
+                &mut events,
             );
             at = end;
         }
@@ -659,13 +803,61 @@ mod tests {
             vec![
                 H2Event::Answered(0),
                 H2Event::FirstData(0),
+                H2Event::Status(STATUS_UNREAD),
                 H2Event::Ended(0),
+                H2Event::Status(STATUS_UNREAD),
                 H2Event::Answered(0),
                 H2Event::Failed(CallError::TrailersOnly),
                 H2Event::Ended(0),
             ]
         );
         assert!(conn.streams.iter().all(|s| s.id == 0));
+    }
+
+    /// The header blocks gRPC C-core (grpcio 1.51) sent on the test bed.
+    #[test]
+    fn grpc_status_is_read_where_c_core_sends_it_as_a_plain_literal() {
+        let hex = |text: &str| -> Vec<u8> {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+                .collect()
+        };
+        // A connection's first trailers-only response: NOT_FOUND (5), a literal.
+        let first = hex(
+            "88400c636f6e74656e742d74797065106170706c69636174696f6e2f67727063400b677270632d7374617475730135000c677270632d6d65737361676505677265656e",
+        );
+        // The next one: grpc-status now indexed in the connection's table (be).
+        let indexed = hex("88bfbe000c677270632d6d65737361676505677265656e");
+        // Trailers after the message of an OK call, the first on the connection: 0.
+        let ok = hex("400b677270632d737461747573013000");
+        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for stream in [1, 3, 5, 7] {
+            client.extend(frame_bytes(HEADERS, 4, stream, &[0x83]));
+        }
+        let mut conn = H2Conn::new(1, 1);
+        feed(&mut conn, Direction::Client, 1, &client, &[]);
+        let mut server = frame_bytes(HEADERS, 5, 1, &first);
+        server.extend(frame_bytes(HEADERS, 5, 3, &indexed));
+        server.extend(frame_bytes(HEADERS, 4, 5, &[0x88]));
+        server.extend(frame_bytes(DATA, 0, 5, &[0; 7]));
+        server.extend(frame_bytes(HEADERS, 5, 5, &ok));
+        // A trailers-only response that says OK (an empty stream) is no failure.
+        server.extend(frame_bytes(HEADERS, 5, 7, &ok));
+        let events = feed(&mut conn, Direction::Server, 1, &server, &[]);
+        let statuses: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                H2Event::Status(code) => Some(*code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, vec![5, STATUS_UNREAD, 0, 0]);
+        let failed = events
+            .iter()
+            .filter(|e| **e == H2Event::Failed(CallError::TrailersOnly))
+            .count();
+        assert_eq!(failed, 2, "{events:?}");
     }
 
     #[test]
@@ -688,7 +880,6 @@ mod tests {
         let stream = client_stream();
         let mut conn = H2Conn::new(0, 0);
         let mut events = Vec::new();
-        let mut on = |e| events.push(e);
         read_packet(
             &mut conn,
             Direction::Client,
@@ -696,7 +887,7 @@ mod tests {
             60,
             0,
             &Bytes(&stream[..60]),
-            &mut on,
+            &mut events,
         );
         read_packet(
             &mut conn,
@@ -705,7 +896,7 @@ mod tests {
             60,
             0,
             &Bytes(&stream[..60]),
-            &mut on,
+            &mut events,
         );
         read_packet(
             &mut conn,
@@ -714,7 +905,7 @@ mod tests {
             10,
             0,
             &Bytes(&stream[100..110]),
-            &mut on,
+            &mut events,
         );
         assert_eq!(events, vec![H2Event::Untracked(Untracked::Connection)]);
         assert_eq!(conn.lost, 1);

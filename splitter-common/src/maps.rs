@@ -17,6 +17,8 @@
 //! | `H2_CONNS` | LRU hash | XDP ingress (create, client frames), TC egress (server frames) | `FlowKey` → `H2Conn`: how far an HTTP/2 connection's frames were read, and its calls in flight |
 //! | `L7_PROGRAMS` | program array | user space | `PROGRAM_H2`, which the ingress tail-calls to read an HTTP/2 client payload's frames |
 //! | `H2_PENDING` | per-CPU array, not pinned | XDP ingress, `split_h2` | the payload the ingress leaves for `split_h2` |
+//! | `TC_L7_PROGRAMS` | program array | user space | `PROGRAM_H2_REPLY`, which the TC programs tail-call to read an HTTP/2 server payload's frames |
+//! | `H2_TC_PENDING` | per-CPU array, not pinned | TC egress and reply programs, `split_h2_reply` | the payload they leave for `split_h2_reply` |
 //! | `H2_FRESH` | per-CPU array, not pinned | XDP ingress | where a new `H2Conn` is built before its insert |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
 //! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
@@ -43,8 +45,9 @@ pub const NEXT_HOPS: &str = "NEXT_HOPS";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const H2_CONNS: &str = "H2_CONNS";
 pub const L7_PROGRAMS: &str = "L7_PROGRAMS";
-/// `L7_PROGRAMS`: where `PROGRAM_H2` is.
+/// `L7_PROGRAMS`: where `PROGRAM_H2` is; `TC_L7_PROGRAMS`: where `PROGRAM_H2_REPLY` is.
 pub const L7_PROGRAM_H2: u32 = 0;
+pub const TC_L7_PROGRAMS: &str = "TC_L7_PROGRAMS";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
 pub const LATENCY: &str = "LATENCY";
@@ -58,7 +61,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -69,6 +72,7 @@ pub const ALL: [&str; 22] = [
     HANDSHAKES,
     H2_CONNS,
     L7_PROGRAMS,
+    TC_L7_PROGRAMS,
     FORWARD_DEVICES,
     FORWARD_SEEN,
     NEXT_HOPS,
@@ -150,6 +154,8 @@ pub const PROGRAM_EGRESS: &str = "split_egress";
 pub const PROGRAM_REPLY: &str = "split_reply";
 /// The ingress's tail call that reads an HTTP/2 client payload's frames (`L7_PROGRAMS`).
 pub const PROGRAM_H2: &str = "split_h2";
+/// The TC programs' tail call that reads an HTTP/2 server payload's frames (`TC_L7_PROGRAMS`).
+pub const PROGRAM_H2_REPLY: &str = "split_h2_reply";
 /// A program that only returns `XDP_PASS`: the baseline of the benchmarks. Never attached.
 pub const PROGRAM_BASELINE: &str = "xdp_baseline";
 /// A classifier that only returns TCX_NEXT: the egress benchmarks' baseline. Never attached.

@@ -1,6 +1,6 @@
 //! A version's counters, as both programs keep them per CPU and user space sums them.
 
-use crate::l7::{CALL_ERRORS, PROTOCOLS, UNTRACKED};
+use crate::l7::{CALL_ERRORS, GRPC_STATUSES, PROTOCOLS, UNTRACKED};
 
 /// Value of `VERSION_STATS`, one per (service, version) and CPU. "In" is client → backend
 /// (XDP ingress), "out" is backend → client (TC egress).
@@ -43,7 +43,7 @@ pub struct VersionStats {
     /// HTTP/2 calls: streams the client opened with HEADERS that the kernel follows.
     pub calls: u64,
     /// HTTP/2 calls that failed, indexed by `CallError`. A failed call that was answered (a
-    /// trailers-only response) is also in `responses`.
+    /// trailers-only response, trailers with an error status) is also in `responses`.
     pub call_errors: [u64; CALL_ERRORS],
     /// HTTP/2 calls the client cancelled (its RST_STREAM): deadlines and cancellations, which
     /// are the client's decision, not the server's failure.
@@ -52,9 +52,15 @@ pub struct VersionStats {
     /// per connection, and connections whose framing was lost (a gap in the byte stream, more
     /// frames in one packet than are read). Counted, never guessed.
     pub untracked: [u64; UNTRACKED],
+    /// HTTP/2 trailers (HEADERS that end a call's stream) by their grpc-status code (0 OK …
+    /// 16), where it was read: sent as a plain literal (C-core's first trailers with each code
+    /// on a connection); the last entry counts those whose status was not read (an index into
+    /// the connection's HPACK table, Huffman-coded, or not there).
+    pub grpc_status: [u64; GRPC_STATUSES],
 }
 const _: () = assert!(
-    core::mem::size_of::<VersionStats>() == 160 + 8 * (PROTOCOLS + 2 + CALL_ERRORS + UNTRACKED)
+    core::mem::size_of::<VersionStats>()
+        == 160 + 8 * (PROTOCOLS + 2 + CALL_ERRORS + UNTRACKED + GRPC_STATUSES)
 );
 
 impl VersionStats {
@@ -95,6 +101,11 @@ impl VersionStats {
             self.untracked[i] += other.untracked[i];
             i += 1;
         }
+        let mut i = 0;
+        while i < GRPC_STATUSES {
+            self.grpc_status[i] += other.grpc_status[i];
+            i += 1;
+        }
         if other.last_new_flow_ns > self.last_new_flow_ns {
             self.last_new_flow_ns = other.last_new_flow_ns;
         }
@@ -110,8 +121,14 @@ impl VersionStats {
     /// error rate (gates, status, metrics and drills read it here).
     #[must_use]
     pub const fn errors_and_events(&self) -> (u64, u64) {
-        let [trailers_only, reset_unanswered, reset_answered, goaway] = self.call_errors;
-        let call_errors = trailers_only + reset_unanswered + reset_answered + goaway;
+        let [
+            trailers_only,
+            reset_unanswered,
+            reset_answered,
+            goaway,
+            status,
+        ] = self.call_errors;
+        let call_errors = trailers_only + reset_unanswered + reset_answered + goaway + status;
         let errors =
             self.http_status[5] + call_errors + self.backend_resets + self.refused_handshakes;
         (

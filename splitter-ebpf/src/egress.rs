@@ -38,15 +38,17 @@ use crate::{
     telemetry,
 };
 
+/// Translates a steered reply; true when an HTTP/2 payload of it waits for `split_h2_reply`.
 #[inline(always)]
-pub fn translate(ctx: &TcContext) -> Result<(), Skip> {
+pub fn translate(ctx: &TcContext) -> Result<bool, Skip> {
     let (pkt, bounds) = parse_reply(ctx)?;
     if pkt.v6 {
         return translate_v6(ctx, &pkt, &bounds);
     }
-    let reply = steered_v4(ctx, &pkt, &bounds)?;
+    let (reply, h2) = steered_v4(ctx, &pkt, &bounds)?;
     count_out(ctx, &reply);
-    rewrite_v4(ctx, &pkt, pkt.dst(), &reply, None)
+    rewrite_v4(ctx, &pkt, pkt.dst(), &reply, None)?;
+    Ok(h2)
 }
 
 /// The reply's headers, pulled into the linear area first when they are not.
@@ -66,9 +68,14 @@ pub fn parse_reply(ctx: &TcContext) -> Result<(Packet, Bounds), Skip> {
 }
 
 /// The reverse translation of an IPv4 packet if it is a steered connection's reply (its
-/// entry has learnt what the packet tells), or why it passes untouched.
+/// entry has learnt what the packet tells), and whether an HTTP/2 payload of it waits for
+/// `split_h2_reply`; or why it passes untouched.
 #[inline(always)]
-pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<CachedReply, Skip> {
+pub fn steered_v4(
+    ctx: &TcContext,
+    pkt: &Packet,
+    bounds: &Bounds,
+) -> Result<(CachedReply, bool), Skip> {
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
     let slot = reply_key.cache_slot();
@@ -82,6 +89,7 @@ pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<Cach
         flow_cache::get_reply(slot, &reply_key)
     };
     if let Some(reply) = cached {
+        let mut h2 = false;
         if tells(pkt) {
             // A steered flow's close or payload: its entry learns of it (drain, telemetry).
             let key = FlowKey::from_ipv4(
@@ -90,9 +98,11 @@ pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<Cach
                 packet::join_ports(client_port, reply.port),
                 pkt.protocol,
             );
-            let _ = follow(ctx, &key, pkt, bounds, &backend())?;
+            if let Steered::Flow { h2: deferred } = follow(ctx, &key, pkt, bounds, &backend())? {
+                h2 = deferred;
+            }
         }
-        return Ok(reply);
+        return Ok((reply, h2));
     }
     let backend = backend();
     let info = backend_info(&backend)?;
@@ -113,17 +123,20 @@ pub fn steered_v4(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<Cach
         addr_delta: csum::address_delta(src, service),
         port_delta: csum::port_delta(backend_port, info.service_port_be),
     };
-    match follow(ctx, &key, pkt, bounds, &backend)? {
-        Steered::Flow => flow_cache::fill_reply(slot, &reply),
-        Steered::Handshake => {}
+    let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
+        Steered::Flow { h2 } => {
+            flow_cache::fill_reply(slot, &reply);
+            h2
+        }
+        Steered::Handshake => false,
         Steered::No => {
             if syn {
                 flow_cache::forget_reply_everywhere(slot);
             }
             return Err(Skip::Pass(PlaneCounter::Unsteered));
         }
-    }
-    Ok(reply)
+    };
+    Ok((reply, h2))
 }
 
 /// Counts a translated reply on its version.
@@ -157,8 +170,9 @@ const FLOW_CLOSING: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST;
 
 /// Whose reply a packet from a backend is.
 enum Steered {
-    /// A flow the ingress recorded, with this backend.
-    Flow,
+    /// A flow the ingress recorded, with this backend; `h2`: an HTTP/2 payload of it waits
+    /// for `split_h2_reply`.
+    Flow { h2: bool },
     /// The handshake of a flow the rate guard steered without an entry.
     Handshake,
     /// No steered connection: traffic to the backend's own address.
@@ -187,10 +201,8 @@ fn follow(
         // connection's, or a late one of a previous connection on the same 5-tuple.
         if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
             if !(syn && flow.state & FLOW_CLOSING != 0) {
-                if tells {
-                    telemetry::observe_reply(ctx, key, pkt, flow);
-                }
-                return Ok(Steered::Flow);
+                let h2 = tells && telemetry::observe_reply(ctx, key, pkt, flow);
+                return Ok(Steered::Flow { h2 });
             }
             // A handshake on the tuple of a closed steered flow: the client reused its port
             // for a connection straight to the backend. The old connection is over; its entry
@@ -308,7 +320,7 @@ struct Ipv4ForwardRewrite {
 
 /// IPv6: the flow-table path for every reply (the reply cache holds IPv4 flows only).
 #[inline(always)]
-fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<(), Skip> {
+fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, Skip> {
     let ports = pkt.ports();
     let (backend_port, client_port) = packet::split_ports(ports);
     let src = pkt.src6();
@@ -321,9 +333,11 @@ fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<(), Sk
         packet::join_ports(client_port, info.service_port_be),
         pkt.protocol,
     );
-    if let Steered::No = follow(ctx, &key, pkt, bounds, &backend)? {
-        return Err(Skip::Pass(PlaneCounter::Unsteered));
-    }
+    let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
+        Steered::Flow { h2 } => h2,
+        Steered::Handshake => false,
+        Steered::No => return Err(Skip::Pass(PlaneCounter::Unsteered)),
+    };
     maps::with_stats(stats_index(info.service_id, info.version), |s| {
         s.packets_out += 1;
         s.bytes_out += u64::from(ctx.len());
@@ -349,5 +363,5 @@ fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<(), Sk
     ctx.store(pkt.l3_offset + IPV6_SRC_OFFSET, &service, 0)
         .map_err(malformed)?;
     ctx.store(l4, &info.service_port_be, 0).map_err(malformed)?;
-    Ok(())
+    Ok(h2)
 }

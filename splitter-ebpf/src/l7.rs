@@ -3,44 +3,51 @@
 //! response time; an HTTP/2 connection's frame headers are read on both sides for its calls.
 //! Opaque connections (TLS, anything else) are only classified and counted.
 //!
-//! The classifier (`splitter_l7_client`) and the server's frames (`splitter_h2_server`) are
-//! global BPF functions: the verifier checks each once, on its own, from the types of its
-//! arguments (pointers may be null, and are checked), instead of walking it again for every
-//! state of the code that calls it. The client's frames are read in `split_h2`, which the
-//! ingress tail-calls: the frame loop needs more stack than the steering code leaves.
+//! The classifier (`splitter_l7_client`) is a global BPF function: the verifier checks it
+//! once, on its own, from the types of its arguments (pointers may be null, and are checked),
+//! instead of walking it again for every state of the code that calls it. The frames are read
+//! in programs of their own, which the steering programs tail-call once they decided the
+//! packet's action: the client's in `split_h2` (from the XDP ingress), the server's in
+//! `split_h2_reply` (from the TC programs). The frame loop, and the trailers' header block,
+//! need more stack than the steering code leaves.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, xdp_md},
+    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action, xdp_md},
     cty::c_void,
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     },
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use splitter_common::{
     Flow, FlowKey, LatencyKind, RESPONSE_PHASE,
     l7::{
         self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
-        H2Event, Payload, Protocol, Untracked,
+        H2Event, Payload, Protocol, Sink, Untracked,
     },
     latency_index,
     maps::L7_PROGRAM_H2,
     stats_index,
 };
 
-use crate::maps::{self, H2_CONNS, H2_FRESH, H2_PENDING, L7_PROGRAMS};
+use crate::maps::{
+    self, H2_CONNS, H2_FRESH, H2_PENDING, H2_TC_PENDING, L7_PROGRAMS, TC_L7_PROGRAMS,
+};
 
 pub use splitter_common::l7::Segment;
 
-/// Value of `H2_PENDING`: a client payload the ingress left for `split_h2`.
+/// Value of `H2_PENDING` and `H2_TC_PENDING`: a payload a steering program left for the
+/// program that reads its frames.
 #[repr(C)]
 pub struct H2Pending {
     pub key: FlowKey,
     pub segment: Segment,
     pub stats: u32,
-    /// The ingress's action, with `ARMED`.
+    /// The steering program's action (an XDP action, or a TC one as its bits).
     pub action: u32,
+    /// Non-zero while the payload waits for its reader: set just before the tail call.
+    pub armed: u32,
 }
 
 struct XdpPayload {
@@ -181,7 +188,18 @@ pub fn stamp_request(flow: &mut Flow) {
 /// steering code leaves): the connection, its segment and its version's counters.
 #[inline(always)]
 pub fn defer_h2(key: &FlowKey, segment: &Segment, stats: u32) -> bool {
-    let Some(pending) = H2_PENDING.get_ptr_mut(0) else {
+    leave(H2_PENDING.get_ptr_mut(0), key, segment, stats)
+}
+
+/// Leaves an HTTP/2 server payload for `split_h2_reply`, as `defer_h2` a client's.
+#[inline(always)]
+pub fn defer_h2_reply(key: &FlowKey, segment: &Segment, stats: u32) -> bool {
+    leave(H2_TC_PENDING.get_ptr_mut(0), key, segment, stats)
+}
+
+#[inline(always)]
+fn leave(pending: Option<*mut H2Pending>, key: &FlowKey, segment: &Segment, stats: u32) -> bool {
+    let Some(pending) = pending else {
         return false;
     };
     // SAFETY: this CPU's entry; the program that reads it runs next on this CPU.
@@ -200,10 +218,26 @@ pub fn read_deferred(ctx: &XdpContext, action: u32) -> u32 {
     if let Some(pending) = H2_PENDING.get_ptr_mut(0) {
         // SAFETY: this CPU's entry.
         let pending = unsafe { &mut *pending };
-        pending.action = action | ARMED;
+        pending.action = action;
+        pending.armed = 1;
         // SAFETY: a tail call with this program's context; it returns only when it failed.
         unsafe { L7_PROGRAMS.tail_call(ctx, L7_PROGRAM_H2) };
-        pending.action = 0;
+        pending.armed = 0;
+    }
+    action
+}
+
+/// `read_deferred` for a TC program's deferred server payload (`split_h2_reply`).
+#[inline(always)]
+pub fn read_deferred_reply(ctx: &TcContext, action: i32) -> i32 {
+    if let Some(pending) = H2_TC_PENDING.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry.
+        let pending = unsafe { &mut *pending };
+        pending.action = action as u32;
+        pending.armed = 1;
+        // SAFETY: a tail call with this program's context; it returns only when it failed.
+        unsafe { TC_L7_PROGRAMS.tail_call(ctx, L7_PROGRAM_H2) };
+        pending.armed = 0;
     }
     action
 }
@@ -218,35 +252,53 @@ pub fn read_h2_client(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: this CPU's entry, written by the ingress just before its tail call.
     let pending = unsafe { &mut *pending };
-    if pending.action & ARMED == 0 {
+    let Some(action) = take(pending) else {
         return xdp_action::XDP_PASS;
-    }
-    let action = pending.action & !ARMED;
-    pending.action = 0;
+    };
     let payload = XdpPayload {
         ctx: ctx.ctx,
         start: pending.segment.offset,
     };
-    read_frames(
-        &pending.key,
-        Direction::Client,
-        pending.stats,
-        &pending.segment,
-        &payload,
-    );
+    read_frames(pending, Direction::Client, &payload);
     action
 }
 
-/// Reads one side's frames of a connection's packet, and counts what they tell.
+/// `split_h2_reply`: the deferred server payload's frames, then the TC program's action. A
+/// packet that comes without one goes on (TCX_NEXT).
 #[inline(always)]
-fn read_frames(
-    key: &FlowKey,
-    dir: Direction,
-    stats: u32,
-    segment: &Segment,
-    payload: &impl Payload,
-) {
-    let Some(conn) = H2_CONNS.get_ptr_mut(key) else {
+pub fn read_h2_server(ctx: &TcContext) -> i32 {
+    let Some(pending) = H2_TC_PENDING.get_ptr_mut(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: this CPU's entry, written by a TC program just before its tail call.
+    let pending = unsafe { &mut *pending };
+    let Some(action) = take(pending) else {
+        return TC_ACT_UNSPEC;
+    };
+    let payload = SkbPayload {
+        ctx: ctx.skb.skb,
+        start: pending.segment.offset,
+    };
+    read_frames(pending, Direction::Server, &payload);
+    action as i32
+}
+
+/// The action of an armed pending payload, disarmed.
+#[inline(always)]
+fn take(pending: &mut H2Pending) -> Option<u32> {
+    if pending.armed == 0 {
+        return None;
+    }
+    pending.armed = 0;
+    Some(pending.action)
+}
+
+/// Reads one side's frames of a connection's deferred packet, and counts what they tell.
+#[inline(always)]
+fn read_frames(pending: &H2Pending, dir: Direction, payload: &impl Payload) {
+    // The key where it is (a map value), not a copy on the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let Some(conn) = H2_CONNS.get_ptr_mut(&pending.key) else {
         return;
     };
     // SAFETY: the entry is valid for this program run.
@@ -255,37 +307,28 @@ fn read_frames(
     l7::read_packet(
         conn,
         dir,
-        segment.seq,
-        segment.len,
+        pending.segment.seq,
+        pending.segment.len,
         now,
         payload,
-        &mut |event| record(stats, now, event),
+        &mut Recorder {
+            stats: pending.stats,
+            now,
+        },
     );
 }
 
-/// `H2Pending::action`: set while a deferred payload waits for `split_h2`.
-const ARMED: u32 = 1 << 31;
-
-/// A server payload on an HTTP/2 flow: its frames, read for the calls they answer.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn splitter_h2_server(
-    ctx: *mut __sk_buff,
-    key: *const FlowKey,
+/// A packet's events, counted on its version (`stats`) at `now`.
+struct Recorder {
     stats: u32,
-    segment: *const Segment,
-) -> i32 {
-    if key.is_null() || segment.is_null() {
-        return 0;
+    now: u64,
+}
+
+impl Sink for Recorder {
+    #[inline(always)]
+    fn event(&mut self, event: H2Event) {
+        record(self.stats, self.now, event);
     }
-    // SAFETY: non-null pointers to the caller's key and segment.
-    let (key, segment) = unsafe { (&*key, &*segment) };
-    let payload = SkbPayload {
-        ctx,
-        start: segment.offset,
-    };
-    read_frames(key, Direction::Server, stats, segment, &payload);
-    0
 }
 
 #[inline(always)]
@@ -306,13 +349,27 @@ fn record(stats: u32, now: u64, event: H2Event) {
             maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
         }
         H2Event::Failed(kind) => maps::with_stats(stats, |s| {
-            let [trailers_only, reset_unanswered, reset_answered, goaway] = &mut s.call_errors;
+            let [
+                trailers_only,
+                reset_unanswered,
+                reset_answered,
+                goaway,
+                status,
+            ] = &mut s.call_errors;
             *match kind {
                 CallError::TrailersOnly => trailers_only,
                 CallError::ResetUnanswered => reset_unanswered,
                 CallError::ResetAnswered => reset_answered,
                 CallError::GoAway => goaway,
+                CallError::Status => status,
             } += 1;
+        }),
+        H2Event::Status(code) => maps::with_stats(stats, |s| {
+            // A code is below GRPC_CODES; STATUS_UNREAD goes to the last entry.
+            let i = usize::from(code).min(l7::GRPC_CODES);
+            if let Some(count) = s.grpc_status.get_mut(i) {
+                *count += 1;
+            }
         }),
         H2Event::Cancelled => maps::with_stats(stats, |s| s.calls_cancelled += 1),
         H2Event::Untracked(kind) => maps::with_stats(stats, |s| {

@@ -66,7 +66,9 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
 pub fn split_egress(ctx: TcContext) -> i32 {
     // A translated reply is counted once, in its version's counters (inside `translate`).
     match egress::translate(&ctx) {
-        Ok(()) => TC_ACT_UNSPEC,
+        Ok(false) => TC_ACT_UNSPEC,
+        // An HTTP/2 payload's frames are read in a program of their own, with its own stack.
+        Ok(true) => l7::read_deferred_reply(&ctx, TC_ACT_UNSPEC),
         Err(Skip::Pass(counter)) => {
             maps::count(counter);
             // TCX_NEXT: later programs in the chain still run.
@@ -88,7 +90,8 @@ pub fn split_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn split_reply(ctx: TcContext) -> i32 {
     match reply_forward::to_client(&ctx) {
-        Ok(action) => action,
+        Ok((action, false)) => action,
+        Ok((action, true)) => l7::read_deferred_reply(&ctx, action),
         Err(Skip::Pass(
             counter @ (PlaneCounter::ForwardRouted
             | PlaneCounter::ForwardNoNeighbour
@@ -110,6 +113,13 @@ pub fn split_reply(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn split_h2(ctx: XdpContext) -> u32 {
     l7::read_h2_client(&ctx)
+}
+
+/// The TC programs' tail call for an HTTP/2 server payload: its frames, then the caller's
+/// action.
+#[classifier]
+pub fn split_h2_reply(ctx: TcContext) -> i32 {
+    l7::read_h2_server(&ctx)
 }
 
 /// The benchmarks' baseline: the cheapest possible XDP program. Never attached.

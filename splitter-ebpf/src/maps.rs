@@ -77,6 +77,15 @@ pub static H2_PENDING: PerCpuArray<crate::l7::H2Pending> = PerCpuArray::with_max
 #[map(name = "L7_PROGRAMS")]
 pub static L7_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Per CPU: the HTTP/2 server payload a TC program leaves for `split_h2_reply`. Not pinned.
+#[map(name = "H2_TC_PENDING")]
+pub static H2_TC_PENDING: PerCpuArray<crate::l7::H2Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// `PROGRAM_H2_REPLY` at `L7_PROGRAM_H2` (the TC programs' own array: a program array holds
+/// programs of one type). Written by user space.
+#[map(name = "TC_L7_PROGRAMS")]
+pub static TC_L7_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// The devices the fast path may redirect steered packets to (ifindex → the device). Written by
 /// user space: in generic XDP every device of the namespace but loopback, natively the devices
 /// whose driver takes redirected frames from another device.

@@ -26,15 +26,17 @@ use crate::{
 /// `TC_ACT_REDIRECT`.
 const TC_ACT_REDIRECT: i32 = 7;
 
-/// A steered reply redirected to its client's device, or why it goes on to the stack.
+/// A steered reply redirected to its client's device (and whether an HTTP/2 payload of it
+/// waits for `split_h2_reply`), or why it goes on to the stack (where `split_egress` reads
+/// such a payload).
 #[inline(always)]
-pub fn to_client(ctx: &TcContext) -> Result<i32, Skip> {
+pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     let (pkt, bounds) = egress::parse_reply(ctx)?;
     if pkt.v6 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
     }
     let (ttl, dst) = (pkt.ttl(), pkt.dst());
-    let reply = egress::steered_v4(ctx, &pkt, &bounds)?;
+    let (reply, h2) = egress::steered_v4(ctx, &pkt, &bounds)?;
     if ttl <= 1 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
     }
@@ -69,7 +71,7 @@ pub fn to_client(ctx: &TcContext) -> Result<i32, Skip> {
     maps::count(PlaneCounter::ReplyForwarded);
     // SAFETY: a helper on scalars.
     unsafe { bpf_redirect(params.ifindex, 0) };
-    Ok(TC_ACT_REDIRECT)
+    Ok((TC_ACT_REDIRECT, h2))
 }
 
 #[repr(C)]

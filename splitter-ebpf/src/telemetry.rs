@@ -23,8 +23,9 @@ use crate::{
 /// Bytes of a status line read: `HTTP/1.1 200`.
 const STATUS_LINE_LEN: usize = 12;
 
+/// Returns true when an HTTP/2 payload waits for `split_h2_reply` (`l7::read_deferred_reply`).
 #[inline(always)]
-pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Flow) {
+pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Flow) -> bool {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = stats_index(flow.service_id, flow.version);
@@ -59,8 +60,7 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
         maps::with_stats(stats, |s| s.closed_flows += 1);
     }
     if pkt.payload_len > 0 && l7::read_kind(flow) == l7::Read::H2 {
-        l7::splitter_h2_server(ctx.skb.skb, key, stats, &pkt.segment());
-        return;
+        return l7::defer_h2_reply(key, &pkt.segment(), stats);
     }
     if pkt.payload_len > 0 && flow.request_ns != 0 {
         let phase = flow.request_ns & RESPONSE_PHASE;
@@ -80,6 +80,7 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
             }
         }
     }
+    false
 }
 
 /// A response's first packet: its time to first byte and status class; its first body byte

@@ -1477,6 +1477,7 @@ fn the_programs_leave_the_verifier_a_quarter_of_its_budget() {
         splitter_common::maps::PROGRAM_EGRESS,
         splitter_common::maps::PROGRAM_REPLY,
         splitter_common::maps::PROGRAM_H2,
+        splitter_common::maps::PROGRAM_H2_REPLY,
     ] {
         let walked = plane.verified_instructions(name);
         eprintln!("{name}: the verifier walked {walked} instructions");

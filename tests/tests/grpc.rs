@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use splitter_common::l7::GRPC_CODES;
 use splitter_tests::{
     grpc::{self, Calls},
     judged, require_root,
@@ -57,6 +58,15 @@ fn the_kernel_counts_the_calls_failures_and_cancellations_the_clients_saw_and_th
         assert_eq!(number(&c["responses"]), ok, "{version}: {c}");
         // The connection preface, SETTINGS, PING and WINDOW_UPDATE are no calls.
         assert_eq!(number(&c["protocols"][1]), ok.div_ceil(5), "{version}: {c}");
+        // Every call ended with trailers; C-core sends grpc-status as a plain literal the first
+        // time on a connection (OK here), then as an index into the connection's HPACK table.
+        let codes = &c["grpc_status"];
+        assert_eq!(number(&codes[0]), ok.div_ceil(5), "{version}: {c}");
+        assert_eq!(
+            number(&codes[GRPC_CODES]),
+            ok - ok.div_ceil(5),
+            "{version}: {c}"
+        );
         let client = unary.p50_ms(version).expect("the client's median");
         let telemetry = &bed.status()["services"][0]["telemetry"][version];
         let kernel = telemetry["response"]["p50_ms"]
@@ -68,9 +78,20 @@ fn the_kernel_counts_the_calls_failures_and_cancellations_the_clients_saw_and_th
         );
     }
 
-    // Failed calls by status code: trailers-only responses, counted on the version that sent them.
+    // Failed calls by status code: trailers-only responses, counted on the version that sent
+    // them. NOT_FOUND's on a channel each, so that each status is the first on its connection.
     let failing = [
-        grpc::call(&bed, &["--calls", "20", "--request", "fail:NOT_FOUND"]),
+        grpc::call(
+            &bed,
+            &[
+                "--calls",
+                "20",
+                "--per-channel",
+                "1",
+                "--request",
+                "fail:NOT_FOUND",
+            ],
+        ),
         grpc::call(&bed, &["--calls", "20", "--request", "fail:INTERNAL"]),
         grpc::call(&bed, &["--calls", "10", "--request", "fail:UNAVAILABLE"]),
     ];
@@ -78,6 +99,24 @@ fn the_kernel_counts_the_calls_failures_and_cancellations_the_clients_saw_and_th
         let failed: u64 = failing.iter().map(|calls| calls.failed_by(version)).sum();
         let c = counters(&bed, version);
         assert_eq!(number(&c["call_errors"][0]), failed, "{version}: {c}");
+        let not_found = failing[0]
+            .codes
+            .get(version)
+            .and_then(|c| c.get("NOT_FOUND"));
+        assert_eq!(
+            number(&c["grpc_status"][5]),
+            not_found.copied().unwrap_or(0),
+            "{version}: {c}"
+        );
+        // INTERNAL and UNAVAILABLE: read at least on the first call of each connection.
+        for (code, sent) in [(13, &failing[1]), (14, &failing[2])] {
+            let read = number(&c["grpc_status"][code]);
+            let failed = sent.failed_by(version);
+            assert!(
+                read <= failed && (failed == 0 || read > 0),
+                "{version}: code {code} read {read} times of {failed}: {c}"
+            );
+        }
     }
 
     // Server-streaming calls and a multiplexed channel: 8 calls at once on one connection.

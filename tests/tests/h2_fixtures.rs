@@ -1,9 +1,10 @@
 //! HTTP/2 frames through the kernel programs (BPF_PROG_TEST_RUN: the XDP ingress with its
 //! `split_h2` tail call, the TC egress): frames split across packets, several frames in one
 //! packet, a huge frame, stream ids out of order, a retransmission, the preface in the middle of
-//! an HTTP/1.1 connection, and garbage after the preface. None aborts: every packet is still
-//! steered and translated; each call, answer and failure is counted once, and what the kernel
-//! cannot follow is counted as untracked.
+//! an HTTP/1.1 connection, garbage after the preface, and trailers with and without a
+//! grpc-status the kernel can read. None aborts: every packet is still steered and translated;
+//! each call, answer and failure is counted once, and what the kernel cannot follow is counted
+//! as untracked (or unread).
 
 use std::net::SocketAddrV4;
 
@@ -22,6 +23,7 @@ const DATA: u8 = 0;
 const SETTINGS: u8 = 4;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
+const PADDED: u8 = 8;
 /// The client's and the server's first sequence numbers.
 const CLIENT_SEQ: u32 = 1000;
 const SERVER_SEQ: u32 = 50_000;
@@ -164,7 +166,81 @@ fn frames_split_across_packets_and_packed_into_one_are_each_read_once() {
     let after = conn.counters();
     assert_eq!(after.calls - before.calls, 4, "{after:?}");
     assert_eq!(after.responses - before.responses, 4, "{after:?}");
-    assert_eq!(after.call_errors, [1, 0, 0, 0], "{after:?}");
+    assert_eq!(after.call_errors, [1, 0, 0, 0, 0], "{after:?}");
+    assert_eq!(after.untracked, [0, 0], "{after:?}");
+}
+
+/// `grpc-status: <value>` as an HPACK literal with a new, plain name; `indexing` as C-core
+/// sends it (with incremental indexing), or without.
+fn grpc_status(indexing: bool, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![if indexing { 0x40 } else { 0x00 }, 11];
+    out.extend_from_slice(b"grpc-status");
+    out.push(u8::try_from(value.len()).expect("short"));
+    out.extend_from_slice(value);
+    out
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn grpc_status_is_counted_per_code_an_ok_trailers_only_is_no_failure_and_an_error_after_the_message_is()
+ {
+    require_root!();
+    let plane = Plane::load(FIXTURE_CONFIG);
+    let mut conn = start(&plane, 41_005);
+    let before = conn.counters();
+    let mut calls = Vec::new();
+    for stream in [1, 3, 5, 7, 9] {
+        calls.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &[0x83]));
+    }
+    conn.client_sends(&calls);
+    // 1: a message, then trailers that say INTERNAL (13): a failed call.
+    let mut answers = frame(HEADERS, END_HEADERS, 1, &[0x88]);
+    answers.extend(frame(DATA, 0, 1, &[0, 0, 0, 0, 2, 8, 1]));
+    answers.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &grpc_status(false, b"13"),
+    ));
+    // 3: trailers-only that say OK (an empty stream): no failure.
+    let mut ok = vec![0x88];
+    ok.extend(grpc_status(true, b"0"));
+    answers.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &ok));
+    // 5: trailers-only whose status is an index into the connection's table: unread, failed.
+    answers.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &[0x88, 0xbe]));
+    // 7: a message, then trailers whose name is Huffman-coded: unread, not failed.
+    answers.extend(frame(HEADERS, END_HEADERS, 7, &[0x88]));
+    answers.extend(frame(DATA, 0, 7, &[0; 5]));
+    answers.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        7,
+        &[
+            0x40, 0x88, 0x9a, 0xca, 0xc8, 0xb2, 0x12, 0x34, 0xda, 0x8f, 0x01, 0x30,
+        ],
+    ));
+    // 9: padded trailers-only saying NOT_FOUND (5), the padding's length first.
+    let mut padded = vec![3, 0x88];
+    padded.extend(grpc_status(true, b"5"));
+    padded.extend([0; 3]);
+    answers.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM | PADDED,
+        9,
+        &padded,
+    ));
+    conn.server_sends(&answers);
+    let after = conn.counters();
+    assert_eq!(after.calls - before.calls, 5, "{after:?}");
+    assert_eq!(after.responses - before.responses, 5, "{after:?}");
+    // Trailers-only: 5 (unread) and 9 (NOT_FOUND); an error status after the message: 1.
+    assert_eq!(after.call_errors, [2, 0, 0, 0, 1], "{after:?}");
+    let mut codes = [0; splitter_common::l7::GRPC_STATUSES];
+    codes[0] = 1;
+    codes[5] = 1;
+    codes[13] = 1;
+    codes[splitter_common::l7::GRPC_CODES] = 2;
+    assert_eq!(after.grpc_status, codes, "{after:?}");
     assert_eq!(after.untracked, [0, 0], "{after:?}");
 }
 

@@ -140,6 +140,15 @@ struct ProtocolLabels {
     protocol: &'static str,
 }
 
+/// Labels of `splitter_grpc_status`: gRPC's name of the code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    service: String,
+    version: VersionLabel,
+    role: Role,
+    code: &'static str,
+}
+
 /// Labels of `splitter_connections_by_protocol`, in the order of `VersionStats::protocols`.
 const PROTOCOLS: [&str; l7::PROTOCOLS] = ["http1", "h2", "tls", "other"];
 /// Labels of `splitter_call_errors`, in the order of `VersionStats::call_errors`.
@@ -148,6 +157,7 @@ const CALL_ERRORS: [&str; l7::CALL_ERRORS] = [
     "reset_unanswered",
     "reset_answered",
     "goaway",
+    "status",
 ];
 /// Labels of `splitter_untracked`, in the order of `VersionStats::untracked`.
 const UNTRACKED: [&str; l7::UNTRACKED] = ["call", "connection"];
@@ -543,12 +553,28 @@ impl Collector for KernelCollector {
             &mut encoder,
             (
                 "splitter_call_errors",
-                "Failed HTTP/2 and gRPC calls by kind: a trailers-only response, a server RST_STREAM before or after the answer, a GOAWAY with an error code",
+                "Failed HTTP/2 and gRPC calls by kind: a trailers-only response (unless its grpc-status was read as OK), a server RST_STREAM before or after the answer, a GOAWAY with an error code, trailers after the response with an error grpc-status",
             ),
             &samples,
             &CALL_ERRORS,
             |s| &s.call_errors,
             kind_labels,
+        )?;
+        encode_kinds(
+            &mut encoder,
+            (
+                "splitter_grpc_status",
+                "HTTP/2 trailers by their grpc-status, where the kernel read it (a plain literal: a gRPC server's first trailers with each code on a connection); `unread` where it did not (an index into the connection's HPACK table, Huffman-coded, or absent)",
+            ),
+            &samples,
+            &l7::GRPC_STATUS_NAMES,
+            |s| &s.grpc_status,
+            |v, code| CodeLabels {
+                service: v.service,
+                version: v.version,
+                role: v.role,
+                code,
+            },
         )?;
         encode_kinds(
             &mut encoder,

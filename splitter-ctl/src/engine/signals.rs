@@ -166,7 +166,7 @@ mod tests {
             new_flows: 40,
             responses: 1000,
             http_status: [0, 0, 900, 0, 0, 100],
-            call_errors: [5, 0, 0, 0],
+            call_errors: [5, 0, 0, 0, 0],
             backend_resets: 3,
             refused_handshakes: 1,
             ..VersionStats::default()

@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, ProgramArray},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        LinkOrder, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::{XdpLink, XdpMode as AyaXdpMode},
@@ -287,26 +287,44 @@ pub fn attach(
     Ok(attachment)
 }
 
-/// Loads the programs the ingress tail-calls and puts them in `L7_PROGRAMS` (pinned, so they
-/// stay there while no daemon runs; a new daemon puts its own there before its ingress runs).
+/// Loads the programs the steering programs tail-call and puts them in their program arrays
+/// (pinned, so they stay there while no daemon runs; a new daemon puts its own there before
+/// its steering programs run): `split_h2` for the XDP ingress, `split_h2_reply` for the TC
+/// egress and reply programs.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let h2: &mut Xdp = program(ebpf, names::PROGRAM_H2)?;
     h2.load().map_err(|source| DataplaneError::Program {
         name: names::PROGRAM_H2,
         source: Box::new(source),
     })?;
+    let fd = h2.fd().map(ProgramFd::try_clone);
+    put_tail_call(ebpf, names::PROGRAM_H2, fd, names::L7_PROGRAMS)?;
+    let reply: &mut SchedClassifier = program(ebpf, names::PROGRAM_H2_REPLY)?;
+    reply.load().map_err(|source| DataplaneError::Program {
+        name: names::PROGRAM_H2_REPLY,
+        source: Box::new(source),
+    })?;
+    let fd = reply.fd().map(ProgramFd::try_clone);
+    put_tail_call(ebpf, names::PROGRAM_H2_REPLY, fd, names::TC_L7_PROGRAMS)
+}
+
+/// Puts the loaded program `name` (its fd) at `L7_PROGRAM_H2` of the program array `array`.
+fn put_tail_call(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    fd: Result<std::io::Result<ProgramFd>, ProgramError>,
+    array: &'static str,
+) -> Result<(), DataplaneError> {
     let tail_call = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::TailCall {
-        name: names::PROGRAM_H2,
+        name,
         source,
     };
-    let fd = h2
-        .fd()
+    let fd = fd
         .map_err(|e| tail_call(Box::new(e)))?
-        .try_clone()
         .map_err(|e| tail_call(Box::new(e)))?;
     let map = ebpf
-        .map_mut(names::L7_PROGRAMS)
-        .ok_or_else(|| tail_call(format!("the object has no map {}", names::L7_PROGRAMS).into()))?;
+        .map_mut(array)
+        .ok_or_else(|| tail_call(format!("the object has no map {array}").into()))?;
     let mut programs = ProgramArray::try_from(map).map_err(|e| tail_call(Box::new(e)))?;
     programs
         .set(names::L7_PROGRAM_H2, &fd, 0)

@@ -126,7 +126,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
             size_of::<splitter_common::l7::H2Conn>(),
         ),
         // A program array: program fds in, ids out.
-        names::L7_PROGRAMS => (4, 4),
+        names::L7_PROGRAMS | names::TC_L7_PROGRAMS => (4, 4),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),

@@ -442,15 +442,30 @@ fn protocols_text(c: &VersionStats, l7: L7) -> Option<String> {
         line.push_str(" (the kernel reads none of their requests)");
     }
     if h2 > 0 || c.calls > 0 {
-        let [trailers_only, reset_unanswered, reset_answered, goaway] = c.call_errors;
+        let [
+            trailers_only,
+            reset_unanswered,
+            reset_answered,
+            goaway,
+            status,
+        ] = c.call_errors;
         let [untracked_calls, lost] = c.untracked;
         let _ = write!(
             line,
-            "; calls {} (failed: trailers-only {trailers_only}, reset {}, goaway {goaway}; cancelled by the client {}); untracked: calls {untracked_calls}, connections {lost}",
+            "; calls {} (failed: trailers-only {trailers_only}, error status {status}, reset {}, goaway {goaway}; cancelled by the client {}); untracked: calls {untracked_calls}, connections {lost}",
             c.calls,
             reset_unanswered + reset_answered,
             c.calls_cancelled,
         );
+        let codes: Vec<String> = splitter_common::l7::GRPC_STATUS_NAMES
+            .iter()
+            .zip(c.grpc_status)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !codes.is_empty() {
+            let _ = write!(line, "; grpc-status: {}", codes.join(", "));
+        }
     }
     Some(line)
 }
@@ -689,5 +704,33 @@ mod tests {
             )
         );
         assert_eq!(memory_line(&[]), None);
+    }
+
+    #[test]
+    fn the_protocols_line_names_the_calls_failures_and_the_grpc_codes_read() {
+        let mut c = VersionStats {
+            protocols: [0, 3, 0, 0],
+            calls: 40,
+            call_errors: [2, 1, 0, 0, 4],
+            ..VersionStats::default()
+        };
+        c.grpc_status[0] = 30;
+        c.grpc_status[13] = 6;
+        c.grpc_status[splitter_common::l7::GRPC_CODES] = 2;
+        assert_eq!(
+            protocols_text(&c, L7::Grpc).as_deref(),
+            Some(
+                "connections: http1 0, h2 3, tls 0, other 0; calls 40 (failed: trailers-only 2, error status 4, reset 1, goaway 0; cancelled by the client 0); untracked: calls 0, connections 0; grpc-status: OK 30, INTERNAL 6, unread 2"
+            )
+        );
+        c.protocols = [0, 0, 5, 0];
+        c.calls = 0;
+        c.grpc_status = [0; splitter_common::l7::GRPC_STATUSES];
+        assert_eq!(
+            protocols_text(&c, L7::Grpc).as_deref(),
+            Some(
+                "connections: http1 0, h2 0, tls 5, other 0 (the kernel reads none of their requests)"
+            )
+        );
     }
 }
