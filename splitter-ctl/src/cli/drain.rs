@@ -136,6 +136,7 @@ fn drain_here(
         timeout: left.drain.timeout,
         spread: Duration::ZERO,
         decided_ns: left.decided_ns,
+        take: drain::Take::Version,
     };
     let report = drain::run_to_end(&mut maps, plan)?;
     let details = serde_json::to_value(&report)?;

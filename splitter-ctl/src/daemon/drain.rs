@@ -20,7 +20,12 @@ use crate::{
         closer::Closer,
         maps::{Maps, MapsError},
     },
-    model::{addr::addr_ip, drain::Established, error::chain, units::micros},
+    model::{
+        addr::addr_ip,
+        drain::{Cause, Established},
+        error::chain,
+        units::micros,
+    },
     view::drain::DrainReport,
 };
 
@@ -59,6 +64,16 @@ pub fn poller(poll: impl FnMut() -> bool + Send) {
     });
 }
 
+/// Which connections a drain takes on.
+#[derive(Clone, Debug)]
+pub enum Take {
+    /// The version's open connections when the drain began, and those the first walk missed
+    /// (opened while the rollback was being written).
+    Version,
+    /// These, past the service's `max_connection_age_ms` (no walk of their own).
+    Aged(Vec<(FlowKey, Flow)>),
+}
+
 /// What to drain.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -76,6 +91,17 @@ pub struct Plan {
     pub spread: Duration,
     /// The decision, on the kernel's clock.
     pub decided_ns: u64,
+    pub take: Take,
+}
+
+impl Plan {
+    #[must_use]
+    pub const fn cause(&self) -> Cause {
+        match self.take {
+            Take::Version => Cause::Left,
+            Take::Aged(_) => Cause::MaxAge,
+        }
+    }
 }
 
 /// A drain under way.
@@ -120,7 +146,18 @@ impl Run {
             base: (base.0, base.1),
             send_errors: 0,
         };
-        run.walk(maps, now)?;
+        match std::mem::replace(&mut run.plan.take, Take::Version) {
+            Take::Version => run.walk(maps, now)?,
+            Take::Aged(flows) => {
+                run.plan.take = Take::Aged(Vec::new());
+                run.rewalks_done = REWALKS.len();
+                for (key, flow) in flows {
+                    if run.known.insert(key) {
+                        run.pending.push_back((now, key, flow));
+                    }
+                }
+            }
+        }
         Ok(run)
     }
 
@@ -173,7 +210,8 @@ impl Run {
     /// acts on it.
     pub fn poll(&mut self, maps: &mut Maps, closer: &mut Closer) -> Result<(), MapsError> {
         let now = monotonic_ns();
-        if let Some(after) = REWALKS.get(self.rewalks_done)
+        if matches!(self.plan.take, Take::Version)
+            && let Some(after) = REWALKS.get(self.rewalks_done)
             && now >= self.started_ns + micros(*after) * 1_000
         {
             self.walk(maps, now)?;
@@ -336,6 +374,7 @@ impl Run {
         DrainReport {
             service: self.plan.release.clone(),
             version: self.plan.version.name().to_owned(),
+            cause: self.plan.cause().name().to_owned(),
             established: self.plan.established.name().to_owned(),
             done: self.done(),
             connections: self.known.len() as u64,
@@ -440,8 +479,13 @@ impl super::Daemon {
         }
         let (maps, drains) = (&mut self.maps, &mut self.drains);
         let mut replaced = Vec::new();
+        // Connections aged out are drained beside any other drain (each connection by one).
+        let aged = plan.cause() == Cause::MaxAge;
         drains.runs.retain_mut(|(run, _)| {
-            let same = run.plan.release == plan.release && run.plan.version == plan.version;
+            let same = !aged
+                && run.plan.cause() == Cause::Left
+                && run.plan.release == plan.release
+                && run.plan.version == plan.version;
             if same {
                 run.abandon(maps);
                 replaced.push(run.plan.release.clone());
@@ -450,7 +494,11 @@ impl super::Daemon {
         });
         let run = Run::start(maps, plan)?;
         let report = run.report(maps);
-        tracing::info!(service = %report.service, version = %report.version, established = %report.established, connections = report.connections, replaced = !replaced.is_empty(), "drain started");
+        if aged {
+            tracing::debug!(service = %report.service, version = %report.version, connections = report.connections, "draining connections past their max age");
+        } else {
+            tracing::info!(service = %report.service, version = %report.version, established = %report.established, connections = report.connections, replaced = !replaced.is_empty(), "drain started");
+        }
         drains.runs.push((run, event));
         drains.wake.notify_one();
         Ok(report)
@@ -485,8 +533,12 @@ impl super::Daemon {
         }
         for (report, event) in ended {
             self.drain_ended(&report, event);
-            self.drains.finished.push_front(report);
-            self.drains.finished.truncate(FINISHED_KEPT);
+            // Kept for `GET /v1/drains` and `status`: the drains of a version left (aged-out
+            // connections, drained every few seconds, would push them out).
+            if report.cause == Cause::Left.name() {
+                self.drains.finished.push_front(report);
+                self.drains.finished.truncate(FINISHED_KEPT);
+            }
         }
         self.drains.busy()
     }
@@ -546,14 +598,20 @@ impl super::Daemon {
     }
 
     fn drain_ended(&mut self, report: &DrainReport, event: Option<i64>) {
-        tracing::info!(service = %report.service, version = %report.version, "{}", report.describe());
         for (outcome, n) in &report.outcomes {
             if *n > 0 {
                 self.counters
-                    .drained(&report.service, &report.version, outcome, *n);
+                    .drained(&report.service, &report.version, &report.cause, outcome, *n);
             }
         }
         self.counters.drain_raced(&report.service, report.raced);
+        // Connections aged out: counted, not journaled (they come every few seconds while a
+        // service has clients that keep their connections).
+        if report.cause == Cause::MaxAge.name() {
+            tracing::debug!(service = %report.service, version = %report.version, "{}", report.describe());
+            return;
+        }
+        tracing::info!(service = %report.service, version = %report.version, "{}", report.describe());
         let details = serde_json::to_value(report).unwrap_or_default();
         self.emit(super::events::DrainEnded {
             report,
@@ -618,6 +676,7 @@ impl super::Daemon {
             timeout: settings.timeout,
             spread: Duration::ZERO,
             decided_ns: request.decided_monotonic_ns.unwrap_or_else(monotonic_ns),
+            take: Take::Version,
         };
         Ok(self.start_drain(plan, request.event)?)
     }
@@ -650,6 +709,7 @@ impl super::Daemon {
                 Duration::ZERO
             },
             decided_ns,
+            take: Take::Version,
         };
         match self.start_drain(plan, event) {
             Ok(_) | Err(DrainError::Keep) => {}

@@ -2,15 +2,22 @@
 //! canary's spread and the sweep of closed flows from one walk of the flow table, reverse
 //! entries of removed backends, and split words that someone else changed (kept, and logged).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use splitter_common::{SplitWord, Version};
+use splitter_common::{
+    FLOW_RST, Flow, FlowKey, PROTO_TCP, SplitWord, Version, flow_closed, flow_hash,
+};
 
-use super::Daemon;
+use super::{Daemon, drain};
 use crate::{
     engine::latency,
     kernel::{aging, apply, dataplane, forward, reply_links},
-    model::{error::chain, share::format_percent},
+    model::{
+        drain::{Established, age_jitter},
+        error::chain,
+        share::format_percent,
+        units,
+    },
     view::status::{self, Rates},
 };
 
@@ -41,6 +48,7 @@ impl Daemon {
                         tracing::warn!(error = %chain(&error), "cannot compute the canary's spread");
                     }
                 }
+                self.age_out(&flows);
                 match aging::sweep_among(&mut self.maps, &flows, aging::monotonic_ns()) {
                     Ok(0) => {}
                     Ok(removed) => tracing::debug!(removed, "swept closed flows"),
@@ -68,6 +76,55 @@ impl Daemon {
                     live = now.live().name(),
                     "the split changed outside the daemon (an operator's weight or rollback); keeping it"
                 );
+            }
+        }
+    }
+
+    /// Drains the connections of each service with `max_connection_age_ms` that are older than
+    /// it (plus their jitter), at their next idle moment: one drain per release and version.
+    fn age_out(&mut self, flows: &[(FlowKey, Flow)]) {
+        let now = aging::monotonic_ns();
+        let mut plans = Vec::new();
+        for release in self.config.releases() {
+            let settings = release.leader().drain;
+            let Some(max_age) = settings.max_age else {
+                continue;
+            };
+            let Ok(ids) = self.release_ids(release.name) else {
+                continue;
+            };
+            for version in [Version::Blue, Version::Green] {
+                let aged: Vec<(FlowKey, Flow)> = flows
+                    .iter()
+                    .filter(|(key, flow)| {
+                        let age = max_age + age_jitter(max_age, flow_hash(key));
+                        key.protocol == PROTO_TCP
+                            && flow.version == version as u8
+                            && ids.members.contains(&flow.service_id)
+                            && !flow_closed(flow.state)
+                            && flow.state & FLOW_RST == 0
+                            && flow.created_ns.saturating_add(units::nanos(age)) <= now
+                    })
+                    .copied()
+                    .collect();
+                if aged.is_empty() {
+                    continue;
+                }
+                plans.push(drain::Plan {
+                    release: release.name.to_owned(),
+                    ids: ids.members.clone(),
+                    version,
+                    established: Established::Drain,
+                    timeout: settings.timeout,
+                    spread: Duration::ZERO,
+                    decided_ns: now,
+                    take: drain::Take::Aged(aged),
+                });
+            }
+        }
+        for plan in plans {
+            if let Err(error) = self.start_drain(plan, None) {
+                tracing::warn!(error = %chain(&error), "cannot drain connections past their max age");
             }
         }
     }

@@ -228,6 +228,8 @@ pub struct DrillLabels {
 pub struct DrainLabels {
     pub service: String,
     pub version: String,
+    /// `version_left` or `max_connection_age`.
+    pub cause: String,
     /// `drained_idle`, `drained_after_response`, `reset`, `reset_at_timeout`,
     /// `closed_by_peers` or `no_answer`.
     pub outcome: String,
@@ -248,11 +250,12 @@ pub struct DaemonCounters {
 
 impl DaemonCounters {
     /// Counts `n` connections a drain of `service`'s `version` ended with `outcome`.
-    pub fn drained(&self, service: &str, version: &str, outcome: &str, n: u64) {
+    pub fn drained(&self, service: &str, version: &str, cause: &str, outcome: &str, n: u64) {
         self.drained
             .get_or_create(&DrainLabels {
                 service: service.to_owned(),
                 version: version.to_owned(),
+                cause: cause.to_owned(),
                 outcome: outcome.to_owned(),
             })
             .inc_by(n);

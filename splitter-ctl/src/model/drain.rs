@@ -35,7 +35,7 @@ impl Established {
 }
 
 /// A service's drain settings (config `established`, `drain_timeout_ms`,
-/// `retire_drain_window_ms`).
+/// `retire_drain_window_ms`, `max_connection_age_ms`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainSettings {
     /// What a rollback does to the connections of the version it leaves.
@@ -44,6 +44,10 @@ pub struct DrainSettings {
     pub timeout: Duration,
     /// Over how long a promotion drains the retired version (zero: at once).
     pub retire_window: Duration,
+    /// Connections older than this (plus up to a tenth of it, per connection) are drained at
+    /// their next idle moment, whatever their version: a share set by a rollout step reaches
+    /// long-lived clients too. `None`: never (the default).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for DrainSettings {
@@ -52,6 +56,7 @@ impl Default for DrainSettings {
             established: Established::Drain,
             timeout: DEFAULT_DRAIN_TIMEOUT,
             retire_window: DEFAULT_RETIRE_WINDOW,
+            max_age: None,
         }
     }
 }
@@ -64,3 +69,58 @@ pub const MAX_DRAIN_MS: u64 = 24 * 3_600_000;
 /// Over how long a promotion drains the retired version's connections (config
 /// `retire_drain_window_ms`), so that its clients do not all reconnect at once.
 pub const DEFAULT_RETIRE_WINDOW: Duration = Duration::from_secs(300);
+/// The shortest `max_connection_age_ms` a config may ask for: a connection lives at least a
+/// second (the flow table is looked at every `SWEEP_INTERVAL` anyway).
+pub const MIN_CONNECTION_AGE_MS: u64 = 1_000;
+
+/// Why a drain runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A rollback, a promotion, a drill or an operator's request left a version.
+    Left,
+    /// Connections older than the service's `max_connection_age_ms`.
+    MaxAge,
+}
+
+impl Cause {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Left => "version_left",
+            Self::MaxAge => "max_connection_age",
+        }
+    }
+}
+
+/// The extra age of a connection past `max_age` before it is drained: up to a tenth of it,
+/// picked by `hash` (the connection's), so that connections opened together do not all
+/// reconnect together (gRPC's `MAX_CONNECTION_AGE` jitters by ±10% the same way).
+#[must_use]
+pub fn age_jitter(max_age: Duration, hash: u64) -> Duration {
+    let tenth = crate::model::units::nanos(max_age / 10);
+    if tenth == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(hash % tenth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_age_jitter_stays_within_a_tenth_and_spreads_by_hash() {
+        let age = Duration::from_secs(60);
+        let jitters: Vec<Duration> = (0..1000u32)
+            .map(|i| age_jitter(age, u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        assert!(jitters.iter().all(|j| *j < Duration::from_secs(6)));
+        let (min, max) = (
+            jitters.iter().min().copied().unwrap_or_default(),
+            jitters.iter().max().copied().unwrap_or_default(),
+        );
+        assert!(min < Duration::from_millis(100), "{min:?}");
+        assert!(max > Duration::from_millis(5_900), "{max:?}");
+        assert_eq!(age_jitter(Duration::from_nanos(5), 7), Duration::ZERO);
+    }
+}

@@ -9,6 +9,12 @@ pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `d` in nanoseconds (the kernel's clock).
+#[must_use]
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// `d` in whole milliseconds.
 #[must_use]
 pub fn millis(d: Duration) -> u64 {

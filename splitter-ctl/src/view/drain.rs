@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 pub struct DrainReport {
     /// The service or release group.
     pub service: String,
-    /// The version left: `blue` or `green`.
+    /// The version left (or whose connections aged out): `blue` or `green`.
     pub version: String,
+    /// `version_left` (a rollback, a promotion, a drill, a request) or `max_connection_age`.
+    #[serde(default = "version_left")]
+    pub cause: String,
     /// `drain` or `reset`.
     pub established: String,
     /// Whether it is over.
@@ -35,6 +38,11 @@ pub struct DrainReport {
     pub decision_to_last_response_us: Option<u64>,
     /// From the decision to the drain's last close (its end).
     pub decision_to_last_close_us: Option<u64>,
+}
+
+/// The cause of a report journaled before drains had causes.
+fn version_left() -> String {
+    "version_left".to_owned()
 }
 
 impl DrainReport {
@@ -66,8 +74,13 @@ impl DrainReport {
             ),
             _ => String::new(),
         };
+        let cause = if self.cause == "version_left" {
+            String::new()
+        } else {
+            format!(" ({})", self.cause)
+        };
         format!(
-            "{} {}: drain began {:.1} ms after the decision; {} of {} connection(s) left{}{}{}{}",
+            "{} {}{cause}: drain began {:.1} ms after the decision; {} of {} connection(s) left{}{}{}{}",
             self.service,
             self.version,
             self.decision_to_start_us as f64 / 1e3,

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::model::units;
 use crate::model::{
-    drain::{DrainSettings, Established, MAX_DRAIN_MS},
+    drain::{DrainSettings, Established, MAX_DRAIN_MS, MIN_CONNECTION_AGE_MS},
     plan::PlanRequest,
     slots::WeightedBackend,
 };
@@ -143,6 +143,15 @@ impl Validator<'_> {
                 units::millis(defaults.retire_window),
                 0..=MAX_DRAIN_MS,
             )?),
+            max_age: match raw.max_connection_age_ms.as_ref() {
+                None => None,
+                Some(_) => Some(Duration::from_millis(self.ranged(
+                    raw.max_connection_age_ms.as_ref(),
+                    &at("max_connection_age_ms"),
+                    MIN_CONNECTION_AGE_MS,
+                    MIN_CONNECTION_AGE_MS..=MAX_DRAIN_MS,
+                )?)),
+            },
         };
         let spec = ServiceSpec {
             name,

@@ -106,6 +106,12 @@ fn defaults_apply_when_keys_are_left_out() {
         (Protocol::Tcp, Version::Blue, 0)
     );
     assert!(service.green.is_empty());
+    assert_eq!(service.drain.max_age, None, "connections age out only when asked");
+    let aging = parse("interface = \"eth0\"\n[[service]]\nname = \"m\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.2:80\"]\nmax_connection_age_ms = 600000\n").expect("valid");
+    assert_eq!(
+        aging.services[0].drain.max_age,
+        Some(std::time::Duration::from_secs(600))
+    );
 }
 
 #[test]
@@ -125,6 +131,11 @@ fn every_validation_error_names_file_line_and_field() {
             "green_weight = 12.5",
             "green_weight = 120",
             "splitter.toml:11:16: `service[0].green_weight`: `120` is out of range",
+        ),
+        (
+            "green_weight = 12.5",
+            "green_weight = 12.5\nmax_connection_age_ms = 999",
+            "splitter.toml:12:25: `service[0].max_connection_age_ms`: 999 is outside 1000..=86400000",
         ),
         (
             "green_weight = 12.5",
