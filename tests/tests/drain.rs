@@ -473,3 +473,71 @@ fn two_thousand_idle_connections_are_all_closed_by_one_rollback() {
         "drained {CONNECTIONS} idle connections, the last closed {last_close} µs after the decision"
     );
 }
+
+/// The sum of the `metric` series whose labels contain `labels`.
+fn metric_total(bed: &Testbed, metric: &str, labels: &str) -> u64 {
+    bed.metrics()
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn connections_past_max_connection_age_are_drained_so_a_weight_reaches_pooled_clients() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let mut bed = Testbed::new(SERVER);
+    bed.write_config_with("50", "max_connection_age_ms = 4000\n");
+    bed.start_daemon(&[]);
+    let opened = now();
+    let client = pooled_clients(&bed, 16, 10, 14);
+    thread::sleep(Duration::from_secs(1));
+    // An operator's weight moves new connections only: the pool's stay where they are.
+    let moved = now();
+    bed.ctl_ok(&["weight", "sentiment", "green", "0"]);
+    let seen = collect(client);
+    let end = seen.answers.iter().map(|(at, _)| *at).fold(0.0, f64::max);
+    assert!(end > opened + 13.0, "the clients stopped early: {end}");
+    // A close races a client's reuse of its connection only in the instant its FIN is on the
+    // way (see the rollback's test): such a request is dropped unprocessed, and counted.
+    let raced = metric_total(&bed, "splitter_drain_raced_requests_total", "");
+    assert!(
+        seen.failures.len() as u64 <= raced.min(1),
+        "failed requests beyond the one counted race allowed: {:?}",
+        seen.failures
+    );
+    let green_after_weight = seen.count("green", |at| at > moved + 0.1 && at < moved + 1.0);
+    assert!(
+        green_after_weight > 20,
+        "the pool's green connections went on after the weight: {green_after_weight} answers"
+    );
+    // The pool's connections were opened in the first second; each is drained once it is past
+    // 4 s (plus up to 0.4 s), at the daemon's next look (every 5 s), right behind a response.
+    let last_green = seen.last("green").expect("green answered");
+    assert!(
+        last_green < opened + 1.0 + 4.4 + 5.0 + 1.0,
+        "green answered {:.1} s after the clients began (they ran 14 s)",
+        last_green - opened
+    );
+    let blue_late = seen.count("blue", |at| at > last_green + 1.0);
+    assert!(
+        blue_late > 100,
+        "blue answered {blue_late} after green's last"
+    );
+    let drained_total =
+        |labels: &str| metric_total(&bed, "splitter_drained_connections_total", labels);
+    let aged = drained_total("cause=\"max_connection_age\"");
+    let drained = drained_total("cause=\"max_connection_age\",outcome=\"drained");
+    assert!(
+        drained >= 1 && drained + 1 >= aged,
+        "connections drained for their age: {drained} of {aged}\n{}",
+        bed.metrics()
+    );
+    assert_eq!(
+        drained_total("cause=\"version_left\""),
+        0,
+        "no version was left"
+    );
+}

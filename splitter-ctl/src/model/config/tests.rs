@@ -106,7 +106,10 @@ fn defaults_apply_when_keys_are_left_out() {
         (Protocol::Tcp, Version::Blue, 0)
     );
     assert!(service.green.is_empty());
-    assert_eq!(service.drain.max_age, None, "connections age out only when asked");
+    assert_eq!(
+        service.drain.max_age, None,
+        "connections age out only when asked"
+    );
     let aging = parse("interface = \"eth0\"\n[[service]]\nname = \"m\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.2:80\"]\nmax_connection_age_ms = 600000\n").expect("valid");
     assert_eq!(
         aging.services[0].drain.max_age,

@@ -101,9 +101,8 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String
 
 /// The newest rollback's drain, once done (up to 5 s): decision → green's last response, µs.
 fn drained(bed: &Testbed) -> Result<f64, String> {
-    let e = bed.drained_rollback()?;
-    eprintln!("DEBUG drain: {}", e.event.details["drain"]);
-    e.decision_to_last_response_us
+    bed.drained_rollback()?
+        .decision_to_last_response_us
         .map(|us| us as f64)
         .ok_or_else(|| "a drain without its last response".to_owned())
 }
