@@ -474,8 +474,12 @@ impl LatencyKind {
 /// `Flow::request_ns` low bits: the response's headers came alone, its body is awaited (a
 /// streamed response).
 pub const RESPONSE_HEADERS_ONLY: u64 = 1;
-/// `Flow::request_ns` low bits: the response's body began; its last chunk is awaited.
+/// `Flow::request_ns` low bits: the response's body began; its last packet ended in no chunk's
+/// end (a body whose length its headers give, most often all there already).
 pub const RESPONSE_BODY: u64 = 2;
+/// `Flow::request_ns` low bits: the response's body began and its last packet ended a chunk
+/// (`\r\n`) that was not the last: a stream, more to come.
+pub const RESPONSE_STREAMING: u64 = 3;
 /// `Flow::request_ns` low bits that hold the response's phase.
 pub const RESPONSE_PHASE: u64 = 3;
 
@@ -747,4 +751,5 @@ mod pod {
     unsafe impl aya::Pod for super::Histogram {}
     unsafe impl aya::Pod for super::FlowGuard {}
     unsafe impl aya::Pod for super::drain::Drain {}
+    unsafe impl aya::Pod for super::l7::H2Conn {}
 }

@@ -10,8 +10,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use splitter_common::{
     FLOW_FIN_BACKEND, FLOW_RST, FLOW_SYN, FLOW_SYNACK, Flow, FlowKey, LatencyKind, RESPONSE_BODY,
-    RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, flow_add_state, l7::Payload as _, latency_index,
-    stats_index,
+    RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, RESPONSE_STREAMING, flow_add_state, l7::Payload as _,
+    latency_index, stats_index,
 };
 
 use crate::{
@@ -68,15 +68,22 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
         if phase == 0 {
             response_begins(ctx, pkt, flow, stats, now, waited);
         } else {
-            // A later packet of the response: a streamed one's first body byte, or the last
-            // chunk.
+            // A later packet of the response: a streamed one's first body byte, a chunk, or
+            // the last chunk.
             if phase == RESPONSE_HEADERS_ONLY {
                 maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
-                flow.request_ns = (flow.request_ns & !RESPONSE_PHASE) | RESPONSE_BODY;
             }
-            if tail(ctx, pkt) == Tail::LastChunk {
-                maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
-                flow.request_ns = 0;
+            let request = flow.request_ns & !RESPONSE_PHASE;
+            match tail(ctx, pkt) {
+                Tail::LastChunk => {
+                    maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
+                    flow.request_ns = 0;
+                }
+                // Within a body, a blank line's end too ends a chunk (one whose data ends a line).
+                Tail::ChunkEnd | Tail::HeadersEnd => {
+                    flow.request_ns = request | RESPONSE_STREAMING;
+                }
+                Tail::Other => flow.request_ns = request | RESPONSE_BODY,
             }
         }
     }
@@ -106,6 +113,10 @@ fn response_begins(
                 maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
                 maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
                 flow.request_ns = 0;
+            }
+            Tail::ChunkEnd => {
+                maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
+                flow.request_ns |= RESPONSE_STREAMING;
             }
             Tail::Other => {
                 maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
@@ -140,11 +151,15 @@ enum Tail {
     HeadersEnd,
     /// `0\r\n\r\n` after a line's end, or alone: a chunked body's last chunk.
     LastChunk,
+    /// `\r\n` otherwise: the end of a chunk (or of a line), with more to come.
+    ChunkEnd,
     Other,
 }
 
 /// How the payload of `pkt` ends, from its last 7 bytes (or 5, for a last chunk sent alone).
-/// A response with a `Content-Length` body ends unseen: its whole time is not measured.
+/// A response with a `Content-Length` body ends unseen: its whole time is not measured. A
+/// body packet that ends a line (`\r\n`) most likely ends a chunk of a stream: a drain waits
+/// for the rest (`RESPONSE_STREAMING`).
 #[inline(always)]
 fn tail(ctx: &TcContext, pkt: &Packet) -> Tail {
     let len = pkt.payload_len as u32;
@@ -161,8 +176,11 @@ fn tail(ctx: &TcContext, pkt: &Packet) -> Tail {
     } else {
         false
     };
-    if !loaded || &last[3..] != b"\r\n\r\n" {
+    if !loaded || &last[5..] != b"\r\n" {
         return Tail::Other;
+    }
+    if &last[3..5] != b"\r\n" {
+        return Tail::ChunkEnd;
     }
     if last[2] == b'0' && last[1] == b'\n' {
         Tail::LastChunk

@@ -1339,6 +1339,68 @@ fn resets_count_once_a_miss_is_never_a_refusal_and_only_the_flow_s_backend_speak
     );
 }
 
+/// What a drain reads of a connection in the flow table (`engine::drain::exchange`), as the
+/// programs leave it after each packet of an exchange: a request waiting, a streamed response's
+/// headers, its chunks, its last chunk; a response whose length its headers give.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_flow_table_says_whether_a_request_or_a_stream_is_open_for_a_drain() {
+    use splitter_ctl::engine::drain::{Exchange, exchange};
+    require_root!();
+    let plane = Plane::load(CONFIG);
+    let conn = client(58_100);
+    let (backend, _) = open(&plane, conn);
+    let _ = plane.egress(&Ipv4Packet::tcp(backend, conn, SYN | ACK).build());
+    let tuple = key(conn, vip(), packet::TCP);
+    let now = |plane: &Plane| {
+        let flow = plane.maps.flow(&tuple).expect("read").expect("flow");
+        exchange(&flow, None)
+    };
+    let client_sends = |bytes: &[u8]| {
+        let _ = plane.ingress(
+            &Ipv4Packet::tcp(conn, vip(), ACK | PSH)
+                .with_payload(bytes)
+                .build(),
+        );
+    };
+    let server_sends = |bytes: &[u8]| {
+        let _ = plane.egress(
+            &Ipv4Packet::tcp(backend, conn, ACK | PSH)
+                .with_payload(bytes)
+                .build(),
+        );
+    };
+    assert_eq!(now(&plane), Exchange::Quiet, "no request yet");
+    client_sends(b"POST /v1/completions HTTP/1.1\r\n\r\n{}");
+    assert_eq!(now(&plane), Exchange::Waiting, "the request waits");
+    server_sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(
+        now(&plane),
+        Exchange::Waiting,
+        "headers alone: the first token waits"
+    );
+    server_sends(b"e\r\ndata: token\n\n\r\n");
+    assert_eq!(now(&plane), Exchange::Streaming);
+    server_sends(b"e\r\ndata: token\n\n\r\n");
+    assert_eq!(now(&plane), Exchange::Streaming);
+    server_sends(b"0\r\n\r\n");
+    assert_eq!(now(&plane), Exchange::Quiet, "the last chunk");
+    client_sends(b"GET / HTTP/1.1\r\n\r\n");
+    server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}");
+    assert_eq!(
+        now(&plane),
+        Exchange::Quiet,
+        "a body with its length, whole"
+    );
+    client_sends(b"GET / HTTP/1.1\r\n\r\n");
+    server_sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    assert_eq!(
+        now(&plane),
+        Exchange::Streaming,
+        "headers and a first chunk together"
+    );
+}
+
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_100_continue_leaves_the_request_open_for_the_final_response() {

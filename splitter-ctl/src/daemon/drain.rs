@@ -14,7 +14,7 @@ use splitter_common::{
 };
 
 use crate::{
-    engine::drain::{FlowDrain, Outcome, Step},
+    engine::drain::{self, Exchange, FlowDrain, Outcome, Step},
     kernel::{
         aging::monotonic_ns,
         closer::Closer,
@@ -311,6 +311,17 @@ impl Run {
                     step = flow.step(record.as_ref(), now);
                 }
                 Step::Unmark => return maps.unmark_closing(&key),
+                Step::Ask => {
+                    let Some(d) = record.as_ref() else {
+                        return Ok(());
+                    };
+                    // A flow no longer in the table has no exchange open.
+                    let exchange = match maps.flow(&key)? {
+                        Some(entry) => drain::exchange(&entry, maps.h2_conn(&key)?.as_ref()),
+                        None => Exchange::Quiet,
+                    };
+                    step = flow.answer(exchange, d, now);
+                }
                 Step::Close(segments, outcome) => {
                     // Closes are never paced out: a marked flow must not stay half closed.
                     for segment in &segments {

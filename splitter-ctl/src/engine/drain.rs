@@ -9,9 +9,13 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use splitter_common::drain::{
-    CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD, DRAIN_REQUEST,
-    DRAIN_TAIL_LEN, Drain,
+use splitter_common::{
+    Flow, RESPONSE_BODY, RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, RESPONSE_STREAMING,
+    drain::{
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
+        DRAIN_REQUEST, DRAIN_TAIL_LEN, Drain,
+    },
+    l7::{FLOW_L7_H2, FLOW_L7_MASK, FLOW_L7_READ, H2Conn},
 };
 
 use crate::model::segment::{Segment, seq_at_or_after};
@@ -33,6 +37,9 @@ pub const STEADY: Duration = Duration::from_millis(2);
 /// other way: a quiet connection that a client picks up within this time is answered by the
 /// version left, then closed (docs/benchmarks.md measures both sides).
 pub const SETTLE: Duration = Duration::from_millis(100);
+/// How long the flow table's word that an exchange is open holds while the drain's record
+/// shows nothing new: asked again after this.
+pub const ASK_AGAIN: Duration = Duration::from_millis(5);
 /// How long a connection that never answers a probe is given before it counts as gone.
 pub const NO_ANSWER: Duration = Duration::from_secs(2);
 
@@ -92,6 +99,62 @@ pub enum Step {
     Close(Vec<Segment>, Outcome),
     /// Nothing to send; the connection is done.
     Done(Outcome),
+    /// It looks idle from the drain's record: read the flow table's `Exchange` of it and call
+    /// `answer` with that.
+    Ask,
+}
+
+/// What the flow table says of a connection's exchange, from before the drain began too (the
+/// drain's own record starts with the drain): the telemetry's phase of an HTTP/1 response, or
+/// the calls an HTTP/2 connection has in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// Nothing open: no request waiting, the last response over or its end not known (a body
+    /// whose length its headers give), or a connection the kernel does not read (TLS).
+    Quiet,
+    /// A request the backend has not begun to answer, a streamed response's headers with its
+    /// first token to come, or HTTP/2 calls in flight: closed only once answered (or reset at
+    /// the drain timeout).
+    Waiting,
+    /// A response streaming in chunks: closed after its last chunk, or once the backend has been
+    /// silent for `QUIET`.
+    Streaming,
+}
+
+/// The exchange of the flow table's entry of a connection, and of its HTTP/2 state.
+#[must_use]
+pub fn exchange(flow: &Flow, h2: Option<&H2Conn>) -> Exchange {
+    if flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_H2 {
+        return match h2 {
+            Some(conn) if conn.lost == 0 && conn.streams.iter().any(|s| s.id != 0) => {
+                Exchange::Waiting
+            }
+            _ => Exchange::Quiet,
+        };
+    }
+    if flow.request_ns == 0 {
+        return Exchange::Quiet;
+    }
+    match flow.request_ns & RESPONSE_PHASE {
+        0 | RESPONSE_HEADERS_ONLY => Exchange::Waiting,
+        RESPONSE_STREAMING => Exchange::Streaming,
+        RESPONSE_BODY => Exchange::Quiet,
+        _ => Exchange::Quiet,
+    }
+}
+
+/// The last `Exchange` read, and the drain record's numbers then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Asked {
+    at_ns: u64,
+    exchange: Exchange,
+    record: (u32, u8, u32),
+}
+
+/// What of a drain record tells that something happened: the backend's end, what was seen,
+/// what the client sent.
+const fn record_of(d: &Drain) -> (u32, u8, u32) {
+    (d.backend_next, d.seen, d.client_sent)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +186,7 @@ pub struct FlowDrain {
     deadline_ns: u64,
     last_probe_ns: Option<u64>,
     busy: bool,
+    asked: Option<Asked>,
 }
 
 impl FlowDrain {
@@ -147,6 +211,7 @@ impl FlowDrain {
             deadline_ns: now_ns.saturating_add(nanos(timeout)),
             last_probe_ns: None,
             busy: false,
+            asked: None,
         }
     }
 
@@ -223,6 +288,11 @@ impl FlowDrain {
         let behind_a_response = d.seen & DRAIN_HEAD != 0;
         let settled = now_ns >= self.started_ns.saturating_add(nanos(SETTLE));
         if idle(d, now_ns) && (behind_a_response || settled) {
+            match self.open(d, now_ns) {
+                None => return Step::Ask,
+                Some(true) => return Step::Wait,
+                Some(false) => {}
+            }
             self.phase = Phase::Confirming {
                 sent: d.client_sent,
                 raced: d.raced,
@@ -230,6 +300,40 @@ impl FlowDrain {
             return Step::Mark(CLOSE_FIN);
         }
         Step::Wait
+    }
+
+    /// The flow table's `exchange` of the connection, when `step` asked for it.
+    pub fn answer(&mut self, exchange: Exchange, d: &Drain, now_ns: u64) -> Step {
+        self.asked = Some(Asked {
+            at_ns: now_ns,
+            exchange,
+            record: record_of(d),
+        });
+        if exchange != Exchange::Quiet {
+            self.busy = true;
+        }
+        self.step(Some(d), now_ns)
+    }
+
+    /// Whether an exchange is open, from the last answer while it holds (`None`: ask).
+    fn open(&self, d: &Drain, now_ns: u64) -> Option<bool> {
+        let asked = self.asked?;
+        if asked.record != record_of(d) || now_ns >= asked.at_ns.saturating_add(nanos(ASK_AGAIN)) {
+            return None;
+        }
+        Some(match asked.exchange {
+            Exchange::Quiet => false,
+            Exchange::Waiting => true,
+            // A stream the backend has left silent this long is over, or stuck.
+            Exchange::Streaming => {
+                let last = if d.seen & DRAIN_BACKEND != 0 {
+                    d.backend_ns
+                } else {
+                    self.started_ns
+                };
+                now_ns < last.saturating_add(nanos(QUIET))
+            }
+        })
     }
 
     fn resetting(
@@ -333,7 +437,8 @@ fn response_over(d: &Drain, now_ns: u64) -> bool {
     }
     let quiet = || now_ns >= d.backend_ns.saturating_add(nanos(QUIET));
     if d.seen & DRAIN_HEAD == 0 {
-        return quiet();
+        // A response that began before the drain: over at a last chunk, or once quiet.
+        return chunked_end(d) || quiet();
     }
     let head = &d.head[..usize::from(d.head_len).min(d.head.len())];
     match framing(head) {
@@ -484,7 +589,12 @@ mod tests {
         // The answer: idle, and quiet since the drain began, so the mark, then the
         // confirmation with the same numbers.
         let answered = drain(DRAIN_CLIENT);
-        assert_eq!(f.step(Some(&answered), 601 * MS), Step::Mark(CLOSE_FIN));
+        // The flow table is asked whether an exchange is open: none.
+        assert_eq!(f.step(Some(&answered), 601 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, &answered, 601 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
         match f.step(Some(&answered), 601 * MS) {
             Step::Close(segments, Outcome::DrainedIdle) => {
                 assert_eq!(
@@ -507,7 +617,11 @@ mod tests {
         let answered = drain(DRAIN_CLIENT);
         // Idle, but no response seen yet: watched a little first.
         assert_eq!(f.step(Some(&answered), MS), Step::Wait);
-        assert_eq!(f.step(Some(&answered), 101 * MS), Step::Mark(CLOSE_FIN));
+        assert_eq!(f.step(Some(&answered), 101 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, &answered, 101 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
         let spoke = Drain {
             client_sent: 180,
             raced: 1,
@@ -540,7 +654,11 @@ mod tests {
             backend_next: end,
             ..sending
         };
-        assert_eq!(f.step(Some(&sent), 104 * MS), Step::Mark(CLOSE_FIN));
+        assert_eq!(f.step(Some(&sent), 104 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, &sent, 104 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
         match f.step(Some(&sent), 104 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
                 segments[1],
@@ -548,6 +666,114 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_flow_tables_exchange_is_open_for_a_pending_request_a_stream_or_calls_in_flight() {
+        let http1 = |request_ns: u64| Flow {
+            request_ns,
+            state: FLOW_L7_READ | splitter_common::l7::FLOW_L7_HTTP1,
+            ..Flow::default()
+        };
+        assert_eq!(exchange(&http1(0), None), Exchange::Quiet);
+        assert_eq!(exchange(&http1(4_000), None), Exchange::Waiting);
+        assert_eq!(
+            exchange(&http1(4_000 | RESPONSE_HEADERS_ONLY), None),
+            Exchange::Waiting
+        );
+        assert_eq!(
+            exchange(&http1(4_000 | RESPONSE_STREAMING), None),
+            Exchange::Streaming
+        );
+        assert_eq!(
+            exchange(&http1(4_000 | RESPONSE_BODY), None),
+            Exchange::Quiet
+        );
+        let h2 = Flow {
+            state: FLOW_L7_READ | FLOW_L7_H2,
+            ..Flow::default()
+        };
+        let mut conn = H2Conn::new(1, 1);
+        assert_eq!(exchange(&h2, Some(&conn)), Exchange::Quiet);
+        conn.streams[3].id = 7;
+        assert_eq!(exchange(&h2, Some(&conn)), Exchange::Waiting);
+        conn.lost = 1;
+        assert_eq!(
+            exchange(&h2, Some(&conn)),
+            Exchange::Quiet,
+            "framing lost: its streams say nothing"
+        );
+        assert_eq!(exchange(&h2, None), Exchange::Quiet);
+    }
+
+    #[test]
+    fn a_request_in_flight_when_the_drain_began_is_answered_before_the_close() {
+        let mut f = flow(false);
+        let answered = drain(DRAIN_CLIENT);
+        assert_eq!(f.step(Some(&answered), 101 * MS), Step::Ask);
+        // The backend has not begun to answer a request sent before the drain.
+        assert_eq!(f.answer(Exchange::Waiting, &answered, 101 * MS), Step::Wait);
+        // Nothing new: the answer holds a while, then the flow table is asked again.
+        assert_eq!(f.step(Some(&answered), 103 * MS), Step::Wait);
+        assert_eq!(f.step(Some(&answered), 107 * MS), Step::Ask);
+        assert_eq!(f.answer(Exchange::Waiting, &answered, 107 * MS), Step::Wait);
+        // The response, whole: asked at once, and closed right behind it.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let end = 500 + head.len() as u32;
+        let answered_now = with_head(
+            Drain {
+                backend_next: end,
+                ..answered
+            },
+            head,
+            500,
+        );
+        assert_eq!(f.step(Some(&answered_now), 108 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, &answered_now, 108 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
+        assert!(matches!(
+            f.step(Some(&answered_now), 108 * MS),
+            Step::Close(_, Outcome::DrainedAfterResponse)
+        ));
+    }
+
+    #[test]
+    fn a_stream_that_began_before_the_drain_is_closed_after_its_last_chunk_or_a_silence() {
+        let mut f = flow(false);
+        let mut d = drain(DRAIN_CLIENT);
+        assert_eq!(f.step(Some(&d), 101 * MS), Step::Ask);
+        assert_eq!(f.answer(Exchange::Streaming, &d, 101 * MS), Step::Wait);
+        // A chunk 300 ms later (far past SETTLE): still streaming, by the record too.
+        d.seen |= DRAIN_BACKEND;
+        d.backend_next = 600;
+        d.client_ack = 600;
+        d.backend_ns = 400 * MS;
+        d.tail = *b"data\n\n\r\n";
+        d.tail_len = 8;
+        assert_eq!(f.step(Some(&d), 450 * MS), Step::Wait);
+        // Its last chunk: the flow table's phase is over.
+        d.backend_next = 605;
+        d.client_ack = 605;
+        d.backend_ns = 1_350 * MS;
+        d.tail = *b"\n\n\x000\r\n\r\n";
+        d.tail_len = 5;
+        assert_eq!(f.step(Some(&d), 1_351 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, &d, 1_351 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
+        // A stream whose backend went silent for QUIET is over too.
+        let mut g = flow(false);
+        let d = drain(DRAIN_CLIENT);
+        assert_eq!(g.step(Some(&d), 101 * MS), Step::Ask);
+        assert_eq!(g.answer(Exchange::Streaming, &d, 101 * MS), Step::Wait);
+        assert_eq!(g.step(Some(&d), 1_001 * MS), Step::Ask);
+        assert_eq!(
+            g.answer(Exchange::Streaming, &d, 1_001 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
     }
 
     #[test]

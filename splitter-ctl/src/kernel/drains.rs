@@ -2,7 +2,7 @@
 //! reading what the data plane saw of them, marking one closing, and clearing up.
 
 use aya::maps::MapError;
-use splitter_common::{FLOW_RST, FlowKey, drain::Drain, maps as names};
+use splitter_common::{FLOW_RST, FlowKey, drain::Drain, l7::H2Conn, maps as names};
 
 use super::maps::{Maps, MapsError, access, is_missing_key};
 
@@ -37,6 +37,15 @@ impl Maps {
             self.clear_cache_slot(slot)?;
         }
         Ok(marked)
+    }
+
+    /// An HTTP/2 connection's state (its calls in flight), if the kernel reads it.
+    pub fn h2_conn(&self, key: &FlowKey) -> Result<Option<H2Conn>, MapsError> {
+        match self.h2_conns.get(key, 0) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(access(names::H2_CONNS, "read an HTTP/2 connection")(e)),
+        }
     }
 
     /// What the data plane has seen of a flow being drained; `None` once its entry is gone.

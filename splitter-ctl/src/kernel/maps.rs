@@ -100,6 +100,8 @@ pub struct Maps {
     cohorts: LpmTrie<MapData, [u8; 20], u32>,
     /// The drain's maps, for `kernel::drains`.
     pub(super) drains: HashMap<MapData, FlowKey, Drain>,
+    /// HTTP/2 connections' state, for a drain's look at the calls in flight.
+    pub(super) h2_conns: HashMap<MapData, FlowKey, splitter_common::l7::H2Conn>,
     pub(super) drain_closing: HashMap<MapData, FlowKey, u32>,
     pub(super) drain_active: Array<MapData, u32>,
 }
@@ -308,6 +310,7 @@ impl Maps {
             flow_guard: typed(names::FLOW_GUARD, open(names::FLOW_GUARD)?)?,
             cohorts: typed(names::COHORTS, open(names::COHORTS)?)?,
             drains: typed(names::DRAINS, open(names::DRAINS)?)?,
+            h2_conns: typed(names::H2_CONNS, open(names::H2_CONNS)?)?,
             drain_closing: typed(names::DRAIN_CLOSING, open(names::DRAIN_CLOSING)?)?,
             drain_active: typed(names::DRAIN_ACTIVE, open(names::DRAIN_ACTIVE)?)?,
         })
