@@ -120,7 +120,7 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
     let last_close = drain["decision_to_last_close_us"]
         .as_u64()
         .expect("last close");
-    // Idle connections are closed after 100 ms of quiet (engine::drain::SETTLE), the busy
+    // Idle connections are closed after 10 ms of quiet (engine::drain::SETTLE), the busy
     // ones right behind their next response.
     assert!(last_close < 1_000_000, "{drain}");
     assert!(
