@@ -11,8 +11,8 @@ TF Serving's Python clients use), without generated code: the messages are raw b
                              [--method M] [--request BYTES] [--deadline S] [--cancel-after S]
                              [--seconds S] [--think-ms T]
       Makes calls on channels it keeps for K calls each (C at once on one channel:
-      multiplexed), then prints one JSON line: per version, the calls answered OK and their
-      latencies (ms), and the failed calls by status code.
+      multiplexed), then prints one JSON line: per version, the calls answered OK, their
+      latencies (ms) and the wall-clock time of the last, and the failed calls by status code.
 """
 
 import argparse
@@ -81,11 +81,13 @@ class Tally:
         self.latency_ms = {}
         self.codes = {}
         self.calls = 0
+        self.last_ok = {}
 
     def answered(self, version, ms):
         with self.lock:
             self.calls += 1
             self.ok[version] = self.ok.get(version, 0) + 1
+            self.last_ok[version] = time.time()
             self.latency_ms.setdefault(version, []).append(round(ms, 3))
 
     def failed(self, version, code):
@@ -122,6 +124,9 @@ def one_call(channel, args, tally):
         # The server names its version in the details of the errors it sends.
         details = error.details() or ""
         version = details if details in ("blue", "green") else "?"
+        if version == "?" and error.code() == grpc.StatusCode.UNAVAILABLE:
+            # The transport's own words: what a person debugging a failed call needs.
+            print(f"grpc_peer: {error.code().name}: {details}", file=sys.stderr, flush=True)
         tally.failed(version, error.code().name)
 
 
@@ -155,6 +160,7 @@ def run_client(args):
                 "ok": tally.ok,
                 "codes": tally.codes,
                 "latency_ms": tally.latency_ms,
+                "last_ok": tally.last_ok,
             }
         ),
         flush=True,

@@ -84,6 +84,9 @@ pub struct Calls {
     pub codes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per version: the latencies of the calls answered OK, in ms.
     pub latency_ms: BTreeMap<String, Vec<f64>>,
+    /// Per version: when its last OK answer came, wall-clock seconds (`pooled::now`'s clock).
+    #[serde(default)]
+    pub last_ok: BTreeMap<String, f64>,
 }
 
 impl Calls {

@@ -269,9 +269,14 @@ impl Run {
                 addr_ip(&flow.backend_addr),
                 u16::from_be(flow.backend_port_be),
             );
+            let drain = FlowDrain::new(client, service, backend, reset, now, self.plan.timeout);
             self.active.insert(
                 key,
-                FlowDrain::new(client, service, backend, reset, now, self.plan.timeout),
+                if drain::reads_h2(&flow) {
+                    drain.http2()
+                } else {
+                    drain
+                },
             );
         }
         Ok(())
@@ -316,11 +321,18 @@ impl Run {
                         return Ok(());
                     };
                     // A flow no longer in the table has no exchange open.
-                    let exchange = match maps.flow(&key)? {
-                        Some(entry) => drain::exchange(&entry, maps.h2_conn(&key)?.as_ref()),
-                        None => Exchange::Quiet,
+                    let (exchange, last_stream) = match maps.flow(&key)? {
+                        Some(entry) if drain::reads_h2(&entry) => {
+                            let conn = maps.h2_conn(&key)?;
+                            (
+                                drain::exchange(&entry, conn.as_ref()),
+                                conn.map(|c| c.last_client_stream),
+                            )
+                        }
+                        Some(entry) => (drain::exchange(&entry, None), None),
+                        None => (Exchange::Quiet, None),
                     };
-                    step = flow.answer(exchange, d, now);
+                    step = flow.answer(exchange, last_stream, d, now);
                 }
                 Step::Close(segments, outcome) => {
                     // Closes are never paced out: a marked flow must not stay half closed.

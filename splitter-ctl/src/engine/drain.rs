@@ -123,10 +123,16 @@ pub enum Exchange {
     Streaming,
 }
 
+/// Whether the kernel reads a connection's HTTP/2 frames.
+#[must_use]
+pub const fn reads_h2(flow: &Flow) -> bool {
+    flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_H2
+}
+
 /// The exchange of the flow table's entry of a connection, and of its HTTP/2 state.
 #[must_use]
 pub fn exchange(flow: &Flow, h2: Option<&H2Conn>) -> Exchange {
-    if flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_H2 {
+    if reads_h2(flow) {
         return match h2 {
             Some(conn) if conn.lost == 0 && conn.streams.iter().any(|s| s.id != 0) => {
                 Exchange::Waiting
@@ -189,6 +195,11 @@ pub struct FlowDrain {
     last_probe_ns: Option<u64>,
     busy: bool,
     asked: Option<Asked>,
+    /// An HTTP/2 connection the kernel reads: idle when no call is in flight.
+    h2: bool,
+    /// Its last stream the backend was given, as the flow table said at the last ask: the
+    /// GOAWAY before the FIN names it.
+    last_stream: Option<u32>,
 }
 
 impl FlowDrain {
@@ -214,7 +225,17 @@ impl FlowDrain {
             last_probe_ns: None,
             busy: false,
             asked: None,
+            h2: false,
+            last_stream: None,
         }
+    }
+
+    /// The same, for an HTTP/2 connection whose frames the kernel reads (`FLOW_L7_H2`): it is
+    /// idle when the flow table has no call of it in flight.
+    #[must_use]
+    pub const fn http2(mut self) -> Self {
+        self.h2 = true;
+        self
     }
 
     #[must_use]
@@ -244,15 +265,25 @@ impl FlowDrain {
                 } else {
                     Outcome::DrainedIdle
                 };
+                let fin = match self.last_stream {
+                    Some(last) if self.h2 => Segment::fin_to_h2_client(
+                        self.service,
+                        self.client,
+                        server_next(d),
+                        d.client_next,
+                        last,
+                    ),
+                    _ => Segment::fin_to_client(
+                        self.service,
+                        self.client,
+                        server_next(d),
+                        d.client_next,
+                    ),
+                };
                 self.finish(Step::Close(
                     vec![
                         Segment::rst_to_backend(self.client, self.backend, d.client_next),
-                        Segment::fin_to_client(
-                            self.service,
-                            self.client,
-                            server_next(d),
-                            d.client_next,
-                        ),
+                        fin,
                     ],
                     outcome,
                 ))
@@ -287,9 +318,17 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        let behind_a_response = d.seen & DRAIN_HEAD != 0;
         let settled = now_ns >= self.started_ns.saturating_add(nanos(SETTLE));
-        if idle(d, now_ns) && (behind_a_response || settled) {
+        // HTTP/2: the kernel's frames say when no call is in flight, which the record's
+        // HTTP/1 reading cannot: a channel that spoke during the drain is closed as soon as its
+        // calls are all answered, one that stayed quiet after SETTLE.
+        let candidate = if self.h2 {
+            d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 || settled
+        } else {
+            let behind_a_response = d.seen & DRAIN_HEAD != 0;
+            idle(d, now_ns) && (behind_a_response || settled)
+        };
+        if candidate {
             match self.open(d, now_ns) {
                 None => return Step::Ask,
                 Some(true) => return Step::Wait,
@@ -304,8 +343,16 @@ impl FlowDrain {
         Step::Wait
     }
 
-    /// The flow table's `exchange` of the connection, when `step` asked for it.
-    pub fn answer(&mut self, exchange: Exchange, d: &Drain, now_ns: u64) -> Step {
+    /// The flow table's `exchange` of the connection, when `step` asked for it, and for an
+    /// HTTP/2 connection its last stream.
+    pub fn answer(
+        &mut self,
+        exchange: Exchange,
+        last_stream: Option<u32>,
+        d: &Drain,
+        now_ns: u64,
+    ) -> Step {
+        self.last_stream = last_stream;
         self.asked = Some(Asked {
             at_ns: now_ns,
             exchange,
@@ -520,6 +567,7 @@ mod tests {
     use splitter_common::drain::DRAIN_HEAD_LEN;
 
     use super::*;
+    use crate::model::segment::goaway;
 
     const MS: u64 = 1_000_000;
 
@@ -594,7 +642,7 @@ mod tests {
         // The flow table is asked whether an exchange is open: none.
         assert_eq!(f.step(Some(&answered), 601 * MS), Step::Ask);
         assert_eq!(
-            f.answer(Exchange::Quiet, &answered, 601 * MS),
+            f.answer(Exchange::Quiet, None, &answered, 601 * MS),
             Step::Mark(CLOSE_FIN)
         );
         match f.step(Some(&answered), 601 * MS) {
@@ -621,7 +669,7 @@ mod tests {
         assert_eq!(f.step(Some(&answered), MS), Step::Wait);
         assert_eq!(f.step(Some(&answered), 101 * MS), Step::Ask);
         assert_eq!(
-            f.answer(Exchange::Quiet, &answered, 101 * MS),
+            f.answer(Exchange::Quiet, None, &answered, 101 * MS),
             Step::Mark(CLOSE_FIN)
         );
         let spoke = Drain {
@@ -658,7 +706,7 @@ mod tests {
         };
         assert_eq!(f.step(Some(&sent), 104 * MS), Step::Ask);
         assert_eq!(
-            f.answer(Exchange::Quiet, &sent, 104 * MS),
+            f.answer(Exchange::Quiet, None, &sent, 104 * MS),
             Step::Mark(CLOSE_FIN)
         );
         match f.step(Some(&sent), 104 * MS) {
@@ -714,11 +762,17 @@ mod tests {
         let answered = drain(DRAIN_CLIENT);
         assert_eq!(f.step(Some(&answered), 101 * MS), Step::Ask);
         // The backend has not begun to answer a request sent before the drain.
-        assert_eq!(f.answer(Exchange::Waiting, &answered, 101 * MS), Step::Wait);
+        assert_eq!(
+            f.answer(Exchange::Waiting, None, &answered, 101 * MS),
+            Step::Wait
+        );
         // Nothing new: the answer holds a while, then the flow table is asked again.
         assert_eq!(f.step(Some(&answered), 103 * MS), Step::Wait);
         assert_eq!(f.step(Some(&answered), 107 * MS), Step::Ask);
-        assert_eq!(f.answer(Exchange::Waiting, &answered, 107 * MS), Step::Wait);
+        assert_eq!(
+            f.answer(Exchange::Waiting, None, &answered, 107 * MS),
+            Step::Wait
+        );
         // The response, whole: asked at once, and closed right behind it.
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let end = 500 + head.len() as u32;
@@ -732,7 +786,7 @@ mod tests {
         );
         assert_eq!(f.step(Some(&answered_now), 108 * MS), Step::Ask);
         assert_eq!(
-            f.answer(Exchange::Quiet, &answered_now, 108 * MS),
+            f.answer(Exchange::Quiet, None, &answered_now, 108 * MS),
             Step::Mark(CLOSE_FIN)
         );
         assert!(matches!(
@@ -742,11 +796,55 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_channel_is_closed_between_calls_with_a_goaway_naming_its_last_stream() {
+        let mut f = flow(false).http2();
+        // Calls and answers during the drain: no HTTP/1 head will ever come.
+        let mut d = drain(DRAIN_CLIENT | DRAIN_REQUEST | DRAIN_BACKEND);
+        assert_eq!(f.step(Some(&d), MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Waiting, Some(5), &d, MS),
+            Step::Wait,
+            "a call in flight"
+        );
+        assert_eq!(f.step(Some(&d), 2 * MS), Step::Wait);
+        // Its answer's frames: the calls are all answered now.
+        d.backend_next = 560;
+        d.client_ack = 560;
+        assert_eq!(f.step(Some(&d), 3 * MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, Some(7), &d, 3 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
+        match f.step(Some(&d), 3 * MS) {
+            Step::Close(segments, Outcome::DrainedAfterResponse) => {
+                assert_eq!(
+                    segments[1],
+                    Segment::fin_to_h2_client(f.service, f.client, 560, 100, 7)
+                );
+                assert_eq!(segments[1].payload, Some(goaway(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A channel quiet since the drain began waits SETTLE, then goes the same way.
+        let mut g = flow(false).http2();
+        let quiet = drain(DRAIN_CLIENT);
+        assert_eq!(g.step(Some(&quiet), MS), Step::Wait);
+        assert_eq!(g.step(Some(&quiet), 11 * MS), Step::Ask);
+        assert_eq!(
+            g.answer(Exchange::Quiet, Some(3), &quiet, 11 * MS),
+            Step::Mark(CLOSE_FIN)
+        );
+    }
+
+    #[test]
     fn a_stream_that_began_before_the_drain_is_closed_after_its_last_chunk_or_a_silence() {
         let mut f = flow(false);
         let mut d = drain(DRAIN_CLIENT);
         assert_eq!(f.step(Some(&d), 101 * MS), Step::Ask);
-        assert_eq!(f.answer(Exchange::Streaming, &d, 101 * MS), Step::Wait);
+        assert_eq!(
+            f.answer(Exchange::Streaming, None, &d, 101 * MS),
+            Step::Wait
+        );
         // A chunk 300 ms later (far past SETTLE): still streaming, by the record too.
         d.seen |= DRAIN_BACKEND;
         d.backend_next = 600;
@@ -763,17 +861,20 @@ mod tests {
         d.tail_len = 5;
         assert_eq!(f.step(Some(&d), 1_351 * MS), Step::Ask);
         assert_eq!(
-            f.answer(Exchange::Quiet, &d, 1_351 * MS),
+            f.answer(Exchange::Quiet, None, &d, 1_351 * MS),
             Step::Mark(CLOSE_FIN)
         );
         // A stream whose backend went silent for QUIET is over too.
         let mut g = flow(false);
         let d = drain(DRAIN_CLIENT);
         assert_eq!(g.step(Some(&d), 101 * MS), Step::Ask);
-        assert_eq!(g.answer(Exchange::Streaming, &d, 101 * MS), Step::Wait);
+        assert_eq!(
+            g.answer(Exchange::Streaming, None, &d, 101 * MS),
+            Step::Wait
+        );
         assert_eq!(g.step(Some(&d), 1_001 * MS), Step::Ask);
         assert_eq!(
-            g.answer(Exchange::Streaming, &d, 1_001 * MS),
+            g.answer(Exchange::Streaming, None, &d, 1_001 * MS),
             Step::Mark(CLOSE_FIN)
         );
     }

@@ -128,8 +128,14 @@ fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The segment as an IP packet: header, TCP header without options, checksums.
+/// The segment as an IP packet: header, TCP header without options, payload, checksums.
 pub fn encode(segment: &Segment) -> io::Result<Vec<u8>> {
+    let payload: &[u8] = match &segment.payload {
+        Some(bytes) => bytes,
+        None => &[],
+    };
+    // At most a GOAWAY frame: a few bytes past the headers.
+    let tcp_len = (20 + payload.len()) as u16;
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&segment.src.port().to_be_bytes());
     tcp[2..4].copy_from_slice(&segment.dst.port().to_be_bytes());
@@ -143,12 +149,13 @@ pub fn encode(segment: &Segment) -> io::Result<Vec<u8>> {
             let mut pseudo = Vec::with_capacity(12);
             pseudo.extend_from_slice(&src.octets());
             pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
-            let check = checksum(&[&pseudo, &tcp]);
+            pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
+            pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+            let check = checksum(&[&pseudo, &tcp, payload]);
             tcp[16..18].copy_from_slice(&check.to_be_bytes());
             let mut ip = [0u8; 20];
             ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+            ip[2..4].copy_from_slice(&(20 + tcp_len).to_be_bytes());
             ip[6] = 0x40; // don't fragment
             ip[8] = 64;
             ip[9] = libc::IPPROTO_TCP as u8;
@@ -156,23 +163,25 @@ pub fn encode(segment: &Segment) -> io::Result<Vec<u8>> {
             ip[16..20].copy_from_slice(&dst.octets());
             let check = checksum(&[&ip]);
             ip[10..12].copy_from_slice(&check.to_be_bytes());
-            Ok([ip.as_slice(), &tcp].concat())
+            Ok([ip.as_slice(), &tcp, payload].concat())
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             let mut pseudo = Vec::with_capacity(40);
             pseudo.extend_from_slice(&src.octets());
             pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, libc::IPPROTO_TCP as u8]);
-            let check = checksum(&[&pseudo, &tcp]);
+            pseudo.extend_from_slice(&[0, 0]);
+            pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_TCP as u8]);
+            let check = checksum(&[&pseudo, &tcp, payload]);
             tcp[16..18].copy_from_slice(&check.to_be_bytes());
             let mut ip = [0u8; 40];
             ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+            ip[4..6].copy_from_slice(&tcp_len.to_be_bytes());
             ip[6] = libc::IPPROTO_TCP as u8;
             ip[7] = 64;
             ip[8..24].copy_from_slice(&src.octets());
             ip[24..40].copy_from_slice(&dst.octets());
-            Ok([ip.as_slice(), &tcp].concat())
+            Ok([ip.as_slice(), &tcp, payload].concat())
         }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -181,7 +190,8 @@ pub fn encode(segment: &Segment) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The Internet checksum (RFC 1071) over `parts`, each of even length but the last.
+/// The Internet checksum (RFC 1071) over `parts`, each of even length but the last (a
+/// segment's payload, which may be odd, comes last).
 fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for part in parts {
@@ -232,5 +242,31 @@ mod tests {
         pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
         assert!(verify(&[&pseudo, &packet[40..]]), "TCP checksum over IPv6");
         assert_eq!(packet[53], 0x04, "RST");
+
+        // An HTTP/2 client's FIN carries a GOAWAY (17 bytes: an odd length) first.
+        let fin = Segment::fin_to_h2_client(
+            "198.18.0.1:9090".parse().expect("addr"),
+            "198.18.0.2:40000".parse().expect("addr"),
+            1000,
+            7,
+            9,
+        );
+        let packet = encode(&fin).expect("encode");
+        assert_eq!(packet.len(), 40 + 17);
+        assert_eq!(&packet[2..4], &57u16.to_be_bytes(), "IP total length");
+        assert!(verify(&[&packet[..20]]), "IP header checksum");
+        let mut pseudo = packet[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 6, 0, 37]);
+        assert!(
+            verify(&[&pseudo, &packet[20..]]),
+            "TCP checksum with payload"
+        );
+        assert_eq!(
+            &packet[40..49],
+            &[0, 0, 8, 7, 0, 0, 0, 0, 0],
+            "GOAWAY, stream 0"
+        );
+        assert_eq!(&packet[49..53], &9u32.to_be_bytes(), "the last stream");
+        assert_eq!(&packet[53..57], &[0; 4], "NO_ERROR");
     }
 }

@@ -1,6 +1,7 @@
-//! A TCP segment without payload, as a drain sends it on a raw socket: a probe that makes an
-//! idle peer tell its sequence numbers, a FIN that closes the client's side as the service, a
-//! RST that closes a side at once. `kernel::closer` puts it on the wire.
+//! A TCP segment as a drain sends it on a raw socket: a probe that makes an idle peer tell its
+//! sequence numbers, a FIN that closes the client's side as the service (with an HTTP/2 GOAWAY
+//! before it for an HTTP/2 client), a RST that closes a side at once. `kernel::closer` puts it
+//! on the wire.
 
 use std::net::SocketAddr;
 
@@ -8,7 +9,10 @@ pub const FIN: u8 = 0x01;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 
-/// One segment: from `src` to `dst`, with its numbers and flags; no payload.
+/// Bytes of an HTTP/2 GOAWAY frame with no debug data: the frame header and 8 bytes.
+pub const GOAWAY_LEN: usize = 17;
+
+/// One segment: from `src` to `dst`, with its numbers and flags, and what it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub src: SocketAddr,
@@ -16,6 +20,19 @@ pub struct Segment {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    /// An HTTP/2 GOAWAY frame, or nothing.
+    pub payload: Option<[u8; GOAWAY_LEN]>,
+}
+
+/// An HTTP/2 GOAWAY frame (RFC 9113 §6.8) with NO_ERROR: the server processed no stream above
+/// `last_stream`, so the client may retry those elsewhere (gRPC does, transparently).
+#[must_use]
+pub const fn goaway(last_stream: u32) -> [u8; GOAWAY_LEN] {
+    let id = (last_stream & 0x7fff_ffff).to_be_bytes();
+    // Length 8, type 7 (GOAWAY), no flags, stream 0; the last stream; error code 0.
+    [
+        0, 0, 8, 7, 0, 0, 0, 0, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 0,
+    ]
 }
 
 /// Sequence numbers compare modulo 2^32 (RFC 793): whether `a` is at or after `b`.
@@ -39,6 +56,7 @@ impl Segment {
             seq,
             ack: 1,
             flags: ACK,
+            payload: None,
         }
     }
 
@@ -57,6 +75,24 @@ impl Segment {
             seq: client_ack,
             ack: client_next,
             flags: FIN | ACK,
+            payload: None,
+        }
+    }
+
+    /// The service's FIN to an HTTP/2 client, after a GOAWAY that names `last_stream`, the
+    /// last stream the backend was given: a call the client opened after it (one the close
+    /// raced, dropped before the backend saw it) is retried on a new connection, not failed.
+    #[must_use]
+    pub const fn fin_to_h2_client(
+        service: SocketAddr,
+        client: SocketAddr,
+        client_ack: u32,
+        client_next: u32,
+        last_stream: u32,
+    ) -> Self {
+        Self {
+            payload: Some(goaway(last_stream)),
+            ..Self::fin_to_client(service, client, client_ack, client_next)
         }
     }
 
@@ -69,6 +105,7 @@ impl Segment {
             seq: client_ack,
             ack: 0,
             flags: RST,
+            payload: None,
         }
     }
 
@@ -81,6 +118,7 @@ impl Segment {
             seq: client_next,
             ack: 0,
             flags: RST,
+            payload: None,
         }
     }
 }
