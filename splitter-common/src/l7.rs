@@ -142,6 +142,12 @@ const END_STREAM: u8 = 1;
 const PADDED: u8 = 8;
 const PRIORITY: u8 = 0x20;
 
+/// An HPACK string's length byte: the string is Huffman-coded.
+const HUFFMAN: u8 = 0x80;
+/// `grpc-status` Huffman-coded (RFC 7541 Appendix B), as encoders that code a string when it
+/// gets shorter send the name: nghttp2, Go's x/net/http2 (grpc-go).
+const HUFFMAN_GRPC_STATUS: [u8; 8] = [0x9a, 0xca, 0xc8, 0xb2, 0x12, 0x34, 0xda, 0x8f];
+
 /// `H2Event::Status` of trailers whose grpc-status is not read.
 pub const STATUS_UNREAD: u8 = 0xff;
 /// gRPC's status codes, 0 (OK) to 16 (UNAUTHENTICATED).
@@ -574,9 +580,10 @@ fn frame(
 }
 
 /// The `grpc-status` of the header block from `at` to `end` (what of it this packet holds),
-/// when it is sent as a literal with a plain new name and a plain value (gRPC C-core's first
-/// trailers with each code on a connection); `STATUS_UNREAD` otherwise (an index into the
-/// connection's dynamic table, Huffman-coded strings, beyond six fields or this packet).
+/// when it is sent as a literal with a new name, plain (gRPC C-core) or Huffman-coded
+/// (nghttp2, Go's), and a plain value: each encoder's first trailers with the name on a
+/// connection; `STATUS_UNREAD` otherwise (an index into the connection's dynamic table, a
+/// Huffman-coded value, beyond six fields or this packet).
 /// `buf` is the side's frame-header buffer, free once the header's fields are read.
 #[inline(always)]
 fn grpc_status(payload: &impl Payload, buf: &mut [u8; 16], mut at: u32, end: u32) -> u8 {
@@ -621,6 +628,11 @@ fn grpc_status(payload: &impl Payload, buf: &mut [u8; 16], mut at: u32, end: u32
                     return STATUS_UNREAD;
                 };
                 is_status = payload.load(at, name) && name == b"grpc-status";
+            } else if name_len == HUFFMAN | HUFFMAN_GRPC_STATUS.len() as u8 {
+                let Some((name, _)) = buf.split_first_chunk_mut::<8>() else {
+                    return STATUS_UNREAD;
+                };
+                is_status = payload.load(at, name) && *name == HUFFMAN_GRPC_STATUS;
             }
             at += u32::from(name_len & 0x7f);
         }
@@ -858,6 +870,49 @@ mod tests {
             .filter(|e| **e == H2Event::Failed(CallError::TrailersOnly))
             .count();
         assert_eq!(failed, 2, "{events:?}");
+    }
+
+    /// What nghttp2's encoder (libnghttp2 1.64's `nghttp2_hd_deflate_hd`, which codes a string
+    /// when that makes it shorter, as Go's x/net/http2 does) sends for three trailers on one
+    /// connection: `grpc-status: 0` and an empty `grpc-message`, then `grpc-status: 13` twice.
+    #[test]
+    fn grpc_status_is_read_where_nghttp2_sends_its_name_huffman_coded() {
+        let hex = |text: &str| -> Vec<u8> {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+                .collect()
+        };
+        // The name Huffman-coded (88: 8 bytes), the value plain.
+        let first = hex("40889acac8b21234da8f013040899acac8b5254207317f00");
+        // The name now an index into the dynamic table (63), the value plain: unread.
+        let named = hex("7f00023133");
+        let indexed = hex("be");
+        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for stream in [1, 3, 5] {
+            client.extend(frame_bytes(HEADERS, 4, stream, &[0x83]));
+        }
+        let mut conn = H2Conn::new(1, 1);
+        feed(&mut conn, Direction::Client, 1, &client, &[]);
+        let mut server = Vec::new();
+        for (stream, trailers) in [(1, &first), (3, &named), (5, &indexed)] {
+            server.extend(frame_bytes(HEADERS, 4, stream, &[0x88]));
+            server.extend(frame_bytes(DATA, 0, stream, &[0; 7]));
+            server.extend(frame_bytes(HEADERS, 5, stream, trailers));
+        }
+        let events = feed(&mut conn, Direction::Server, 1, &server, &[]);
+        let statuses: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                H2Event::Status(code) => Some(*code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, vec![0, STATUS_UNREAD, STATUS_UNREAD]);
+        assert!(
+            !events.iter().any(|e| matches!(e, H2Event::Failed(_))),
+            "{events:?}"
+        );
     }
 
     #[test]

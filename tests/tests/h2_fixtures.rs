@@ -189,7 +189,7 @@ fn grpc_status_is_counted_per_code_an_ok_trailers_only_is_no_failure_and_an_erro
     let mut conn = start(&plane, 41_005);
     let before = conn.counters();
     let mut calls = Vec::new();
-    for stream in [1, 3, 5, 7, 9] {
+    for stream in [1, 3, 5, 7, 9, 11] {
         calls.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &[0x83]));
     }
     conn.client_sends(&calls);
@@ -208,13 +208,23 @@ fn grpc_status_is_counted_per_code_an_ok_trailers_only_is_no_failure_and_an_erro
     answers.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &ok));
     // 5: trailers-only whose status is an index into the connection's table: unread, failed.
     answers.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &[0x88, 0xbe]));
-    // 7: a message, then trailers whose name is Huffman-coded: unread, not failed.
+    // 7: a message, then trailers whose name is an index into the connection's table (63)
+    // and whose value says INTERNAL: unread, so not failed.
     answers.extend(frame(HEADERS, END_HEADERS, 7, &[0x88]));
     answers.extend(frame(DATA, 0, 7, &[0; 5]));
     answers.extend(frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         7,
+        &[0x7f, 0x00, 0x02, b'1', b'3'],
+    ));
+    // 11: a message, then trailers with the name Huffman-coded (nghttp2's, Go's) saying OK.
+    answers.extend(frame(HEADERS, END_HEADERS, 11, &[0x88]));
+    answers.extend(frame(DATA, 0, 11, &[0; 5]));
+    answers.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        11,
         &[
             0x40, 0x88, 0x9a, 0xca, 0xc8, 0xb2, 0x12, 0x34, 0xda, 0x8f, 0x01, 0x30,
         ],
@@ -231,12 +241,12 @@ fn grpc_status_is_counted_per_code_an_ok_trailers_only_is_no_failure_and_an_erro
     ));
     conn.server_sends(&answers);
     let after = conn.counters();
-    assert_eq!(after.calls - before.calls, 5, "{after:?}");
-    assert_eq!(after.responses - before.responses, 5, "{after:?}");
+    assert_eq!(after.calls - before.calls, 6, "{after:?}");
+    assert_eq!(after.responses - before.responses, 6, "{after:?}");
     // Trailers-only: 5 (unread) and 9 (NOT_FOUND); an error status after the message: 1.
     assert_eq!(after.call_errors, [2, 0, 0, 0, 1], "{after:?}");
     let mut codes = [0; splitter_common::l7::GRPC_STATUSES];
-    codes[0] = 1;
+    codes[0] = 2;
     codes[5] = 1;
     codes[13] = 1;
     codes[splitter_common::l7::GRPC_CODES] = 2;

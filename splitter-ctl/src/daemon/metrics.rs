@@ -567,7 +567,7 @@ impl Collector for KernelCollector {
             &mut encoder,
             (
                 "splitter_grpc_status",
-                "HTTP/2 trailers by their grpc-status, where the kernel read it (a plain literal: a gRPC server's first trailers with each code on a connection); `unread` where it did not (an index into the connection's HPACK table, Huffman-coded, or absent)",
+                "HTTP/2 trailers by their grpc-status, where the kernel read it (a literal with its name: a gRPC server's first trailers with the name, or with each code, on a connection); `unread` where it did not (an index into the connection's HPACK table, Huffman-coded, or absent)",
             ),
             &samples,
             &l7::GRPC_STATUS_NAMES,
