@@ -826,15 +826,28 @@ mod tests {
         assert!(conn.streams.iter().all(|s| s.id == 0));
     }
 
+    /// Bytes from hex, as captured.
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The grpc-status codes of `events`, in order.
+    fn statuses(events: &[H2Event]) -> Vec<u8> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                H2Event::Status(code) => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The header blocks gRPC C-core (grpcio 1.51) sent on the test bed.
     #[test]
     fn grpc_status_is_read_where_c_core_sends_it_as_a_plain_literal() {
-        let hex = |text: &str| -> Vec<u8> {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-                .collect()
-        };
         // A connection's first trailers-only response: NOT_FOUND (5), a literal.
         let first = hex(
             "88400c636f6e74656e742d74797065106170706c69636174696f6e2f67727063400b677270632d7374617475730135000c677270632d6d65737361676505677265656e",
@@ -857,14 +870,7 @@ mod tests {
         // A trailers-only response that says OK (an empty stream) is no failure.
         server.extend(frame_bytes(HEADERS, 5, 7, &ok));
         let events = feed(&mut conn, Direction::Server, 1, &server, &[]);
-        let statuses: Vec<u8> = events
-            .iter()
-            .filter_map(|e| match e {
-                H2Event::Status(code) => Some(*code),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(statuses, vec![5, STATUS_UNREAD, 0, 0]);
+        assert_eq!(statuses(&events), vec![5, STATUS_UNREAD, 0, 0]);
         let failed = events
             .iter()
             .filter(|e| **e == H2Event::Failed(CallError::TrailersOnly))
@@ -877,12 +883,6 @@ mod tests {
     /// connection: `grpc-status: 0` and an empty `grpc-message`, then `grpc-status: 13` twice.
     #[test]
     fn grpc_status_is_read_where_nghttp2_sends_its_name_huffman_coded() {
-        let hex = |text: &str| -> Vec<u8> {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-                .collect()
-        };
         // The name Huffman-coded (88: 8 bytes), the value plain.
         let first = hex("40889acac8b21234da8f013040899acac8b5254207317f00");
         // The name now an index into the dynamic table (63), the value plain: unread.
@@ -901,14 +901,7 @@ mod tests {
             server.extend(frame_bytes(HEADERS, 5, stream, trailers));
         }
         let events = feed(&mut conn, Direction::Server, 1, &server, &[]);
-        let statuses: Vec<u8> = events
-            .iter()
-            .filter_map(|e| match e {
-                H2Event::Status(code) => Some(*code),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(statuses, vec![0, STATUS_UNREAD, STATUS_UNREAD]);
+        assert_eq!(statuses(&events), vec![0, STATUS_UNREAD, STATUS_UNREAD]);
         assert!(
             !events.iter().any(|e| matches!(e, H2Event::Failed(_))),
             "{events:?}"

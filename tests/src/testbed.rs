@@ -161,6 +161,13 @@ impl Testbed {
         self.servers.push((name.to_owned(), child));
     }
 
+    /// Replaces green's server (named `green`) with one started with `extra` (`--delay-ms 800`,
+    /// `--error-every 2`): a candidate with a fault.
+    pub fn restart_green_with(&mut self, server_bin: &str, extra: &[&str]) {
+        self.stop("green");
+        self.serve_on_backend_with(server_bin, true, self.green_addr(), "green", extra);
+    }
+
     /// Gives every link an IPv6 address too, in 2001:2::/48 (RFC 5180), one /64 per link of
     /// this bed, forwarding on the node and default routes back through it, and starts blue's
     /// and green's servers on their IPv6 addresses (named `blue6` and `green6`).

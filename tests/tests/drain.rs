@@ -335,6 +335,45 @@ fn a_drain_cut_short_by_a_killed_daemon_is_given_up_by_the_next_one() {
     assert_eq!(bed.status()["services"][0]["live"], "blue");
 }
 
+/// What one keep-alive connection got for `request`: everything it read until the end, how it
+/// ended (`Ok(0)`: a FIN), and when (after the request) its last bytes and its end came.
+type Asked = (
+    String,
+    Result<usize, std::io::ErrorKind>,
+    (Duration, Duration),
+);
+
+/// Sends `request` on a new connection from the client's side, then reads until the server
+/// closes it (or 5 s pass between two reads).
+fn ask(bed: &Testbed, request: &'static [u8]) -> thread::JoinHandle<Asked> {
+    let vip = bed.vip();
+    bed.client.spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(vip).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        conn.write_all(request).expect("request");
+        let asked = std::time::Instant::now();
+        let (mut got, mut last) = (Vec::new(), Duration::ZERO);
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break Ok(0),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    last = asked.elapsed();
+                }
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            ended,
+            (last, asked.elapsed()),
+        )
+    })
+}
+
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_long_streaming_response_on_green_completes_then_its_connection_closes() {
@@ -343,38 +382,15 @@ fn a_long_streaming_response_on_green_completes_then_its_connection_closes() {
     let mut bed = Testbed::new(SERVER);
     bed.write_config("100");
     bed.start_daemon(&[]);
-    let vip = bed.vip();
     // A keep-alive connection on green asks for a response streamed over 2 s.
-    let streaming = bed.client.spawn(move || {
-        use std::io::{Read as _, Write as _};
-        let mut conn = std::net::TcpStream::connect(vip).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        conn.write_all(b"GET /stream?ms=2000 HTTP/1.1\r\nHost: sentiment\r\n\r\n")
-            .expect("request");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.ends_with(b"0\r\n\r\n") {
-            let n = conn.read(&mut buf).expect("the stream");
-            assert!(
-                n > 0,
-                "closed mid-stream: {}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
-        let ended = std::time::Instant::now();
-        // Then the server side closes it: end of file, not a reset.
-        let after = conn.read(&mut buf);
-        (
-            String::from_utf8_lossy(&got).into_owned(),
-            after.map_err(|e| e.kind()),
-            ended.elapsed(),
-        )
-    });
+    let streaming = ask(
+        &bed,
+        b"GET /stream?ms=2000 HTTP/1.1\r\nHost: sentiment\r\n\r\n",
+    );
     thread::sleep(Duration::from_millis(500));
     bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "0"]);
-    let (body, after, closed_in) = streaming.join().expect("the streaming client");
+    let (body, after, times) = streaming.join().expect("the streaming client");
+    let closed_in = times.1 - times.0;
     assert!(body.contains("X-Served-By: green"), "{body}");
     // A chunk every 50 ms for 2 s.
     for i in 0..40 {
@@ -386,7 +402,7 @@ fn a_long_streaming_response_on_green_completes_then_its_connection_closes() {
     assert_eq!(
         after,
         Ok(0),
-        "the connection ends with a FIN after the response"
+        "the connection ends with a FIN after the response: {body}"
     );
     // Its head passed before the drain began, and the flow table said a stream was open: the
     // connection is closed right behind its last chunk.
@@ -407,43 +423,13 @@ fn a_request_in_flight_at_the_rollback_is_answered_then_its_connection_closes() 
     let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     // Green answers after 800 ms: an inference still running when the rollback comes.
-    bed.stop("green");
-    bed.serve_on_backend_with(
-        SERVER,
-        true,
-        bed.green_addr(),
-        "green",
-        &["--delay-ms", "800"],
-    );
+    bed.restart_green_with(SERVER, &["--delay-ms", "800"]);
     bed.write_config("100");
     bed.start_daemon(&[]);
-    let vip = bed.vip();
-    let asking = bed.client.spawn(move || {
-        use std::io::{Read as _, Write as _};
-        let mut conn = std::net::TcpStream::connect(vip).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: sentiment\r\n\r\n")
-            .expect("request");
-        let asked = std::time::Instant::now();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let ended = loop {
-            match conn.read(&mut buf) {
-                Ok(0) => break Ok(0),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => break Err(e.kind()),
-            }
-        };
-        (
-            String::from_utf8_lossy(&got).into_owned(),
-            ended,
-            asked.elapsed(),
-        )
-    });
+    let asking = ask(&bed, b"GET / HTTP/1.1\r\nHost: sentiment\r\n\r\n");
     thread::sleep(Duration::from_millis(200));
     bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "0"]);
-    let (response, ended, took) = asking.join().expect("the client");
+    let (response, ended, (_, took)) = asking.join().expect("the client");
     assert!(
         response.starts_with("HTTP/1.1 200") && response.contains("X-Served-By: green"),
         "the request in flight was cut: {response:?}, then {ended:?} after {took:?}"

@@ -135,14 +135,7 @@ fn a_healthy_candidate_goes_step_by_step_to_promotion() {
 fn a_bad_candidate_is_rolled_back_within_two_intervals_of_its_first_failing_window() {
     require_root!();
     let mut bed = Testbed::new(SERVER);
-    bed.stop("green");
-    bed.serve_on_backend_with(
-        SERVER,
-        true,
-        bed.green_addr(),
-        "green",
-        &["--error-every", "5"],
-    );
+    bed.restart_green_with(SERVER, &["--error-every", "5"]);
     bed.write_config("0");
     bed.start_daemon(&[]);
     let load = Load::start(&bed, LOAD_LIMIT);

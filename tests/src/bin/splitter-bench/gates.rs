@@ -19,14 +19,7 @@ const ROLLBACK_LIMIT: Duration = Duration::from_secs(15);
 pub fn section(server: &str, quick: bool) -> Result<String, String> {
     let count = if quick { 3 } else { 10 };
     let mut bed = Testbed::with_index(BED, server);
-    bed.stop("green");
-    bed.serve_on_backend_with(
-        server,
-        true,
-        bed.green_addr(),
-        "green",
-        &["--error-every", "2"],
-    );
+    bed.restart_green_with(server, &["--error-every", "2"]);
     bed.write_config("0");
     bed.start_daemon(&[]);
     let load = Load::start(&bed, Duration::from_secs(30 + 10 * count as u64));
