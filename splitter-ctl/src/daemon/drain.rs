@@ -274,6 +274,8 @@ impl Run {
                 key,
                 if drain::reads_h2(&flow) {
                     drain.http2()
+                } else if drain::reads_nothing(&flow) {
+                    drain.unread()
                 } else {
                     drain
                 },

@@ -15,7 +15,7 @@ use splitter_common::{
         CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
         DRAIN_REQUEST, DRAIN_TAIL_LEN, Drain,
     },
-    l7::{FLOW_L7_H2, FLOW_L7_MASK, FLOW_L7_READ, H2Conn},
+    l7::{FLOW_L7_H2, FLOW_L7_MASK, FLOW_L7_OPAQUE, FLOW_L7_READ, H2Conn},
 };
 
 use crate::model::segment::{Segment, seq_at_or_after};
@@ -39,6 +39,11 @@ pub const STEADY: Duration = Duration::from_millis(2);
 /// 100 ms the version left went on answering pooled clients for 37-59 ms after the decision;
 /// at 10 ms for none.
 pub const SETTLE: Duration = Duration::from_millis(10);
+/// `SETTLE` for a connection whose payload the kernel does not read (TLS, other): the flow
+/// table cannot say whether a request began before the drain, so it waits as long as every
+/// connection did before the flow table was asked (a request in flight longer than this is
+/// still cut: docs/operations.md).
+pub const SETTLE_UNREAD: Duration = Duration::from_millis(100);
 /// How long the flow table's word that an exchange is open holds while the drain's record
 /// shows nothing new: asked again after this.
 pub const ASK_AGAIN: Duration = Duration::from_millis(5);
@@ -123,6 +128,13 @@ pub enum Exchange {
     Streaming,
 }
 
+/// Whether the kernel classified a connection as one whose payload it does not read (TLS,
+/// anything else): nothing about its requests is known.
+#[must_use]
+pub const fn reads_nothing(flow: &Flow) -> bool {
+    flow.state & (FLOW_L7_READ | FLOW_L7_MASK) == FLOW_L7_READ | FLOW_L7_OPAQUE
+}
+
 /// Whether the kernel reads a connection's HTTP/2 frames.
 #[must_use]
 pub const fn reads_h2(flow: &Flow) -> bool {
@@ -197,6 +209,8 @@ pub struct FlowDrain {
     asked: Option<Asked>,
     /// An HTTP/2 connection the kernel reads: idle when no call is in flight.
     h2: bool,
+    /// A connection whose payload the kernel does not read (TLS): `SETTLE_UNREAD`.
+    unread: bool,
     /// Its last stream the backend was given, as the flow table said at the last ask: the
     /// GOAWAY before the FIN names it.
     last_stream: Option<u32>,
@@ -226,6 +240,7 @@ impl FlowDrain {
             busy: false,
             asked: None,
             h2: false,
+            unread: false,
             last_stream: None,
         }
     }
@@ -235,6 +250,14 @@ impl FlowDrain {
     #[must_use]
     pub const fn http2(mut self) -> Self {
         self.h2 = true;
+        self
+    }
+
+    /// The same, for a connection whose payload the kernel does not read (TLS, other): what
+    /// began before the drain cannot be known, so it settles longer.
+    #[must_use]
+    pub const fn unread(mut self) -> Self {
+        self.unread = true;
         self
     }
 
@@ -318,7 +341,8 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        let settled = now_ns >= self.started_ns.saturating_add(nanos(SETTLE));
+        let settle = if self.unread { SETTLE_UNREAD } else { SETTLE };
+        let settled = now_ns >= self.started_ns.saturating_add(nanos(settle));
         // HTTP/2: the kernel's frames say when no call is in flight, which the record's
         // HTTP/1 reading cannot: a channel that spoke during the drain is closed as soon as its
         // calls are all answered, one that stayed quiet after SETTLE.
@@ -825,6 +849,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A TLS connection (nothing read): quiet since the drain began, it waits SETTLE_UNREAD.
+        let mut tls = flow(false).unread();
+        let quiet = drain(DRAIN_CLIENT);
+        assert_eq!(tls.step(Some(&quiet), 11 * MS), Step::Wait);
+        assert_eq!(tls.step(Some(&quiet), 101 * MS), Step::Ask);
         // A channel quiet since the drain began waits SETTLE, then goes the same way.
         let mut g = flow(false).http2();
         let quiet = drain(DRAIN_CLIENT);
