@@ -549,7 +549,8 @@ pub enum PlaneCounter {
     /// close): dropped, so it is never processed without its answer reaching the client.
     DrainRaced = 12,
     /// Egress: a backend's payload on a flow being reset by a drain: dropped, so that both
-    /// sides' sequence numbers hold still for the resets.
+    /// sides' sequence numbers hold still for the resets; or the backend's RST on a flow a drain
+    /// closed with a FIN, which would reach the client before it read the FIN.
     DrainHeld = 13,
     /// Egress: a packet from a backend's address on a connection the ingress did not steer
     /// (a health check, a scrape, an admin session to the backend's own address): passed

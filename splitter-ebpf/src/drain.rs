@@ -13,8 +13,8 @@ use aya_ebpf::{
 use splitter_common::{
     FlowKey, PROTO_TCP,
     drain::{
-        CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD, DRAIN_HEAD_LEN,
-        DRAIN_REQUEST, DRAIN_TAIL_LEN,
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
+        DRAIN_HEAD_LEN, DRAIN_REQUEST, DRAIN_TAIL_LEN,
     },
 };
 
@@ -132,7 +132,7 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
 
 /// Records a backend segment of a flow being drained: its end, the tail of its payload and,
 /// when it starts a (final) response, the response's head. True when the segment is to be
-/// dropped: payload on a flow being reset.
+/// dropped: payload on a flow being reset, a RST on a flow closed with a FIN.
 #[inline(always)]
 pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> bool {
     if pkt.protocol != PROTO_TCP || !active() {
@@ -143,6 +143,16 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
     };
     // SAFETY: the pointer is valid for this program run; only plain fields are touched.
     let drain = unsafe { &mut *drain };
+    // The backend's RST on a flow closed with a FIN: the answer of its reset socket to the
+    // client's last packets (the ACK of the FIN). It would reach the client before the client
+    // read what came with the FIN (a GOAWAY) and throw that away, failing calls the GOAWAY
+    // would have let it retry. Held back while the flow stays marked.
+    if pkt.tcp_flags & TCP_RST != 0
+        // SAFETY: hash map values are read once, as a copy.
+        && matches!(unsafe { DRAIN_CLOSING.get(key) }, Some(&CLOSE_FIN))
+    {
+        return true;
+    }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         drain.seen |= DRAIN_CLOSED;
     }

@@ -155,6 +155,13 @@ fn a_drained_flow_records_both_sides_and_drops_what_races_its_close() {
         plane.ingress(&from_client(conn, sent, ack, b"")).verdict,
         XDP_PASS
     );
+    // Closed with a FIN (and the backend reset): the backend's RST to that ACK is held back, so
+    // it cannot reach the client before the client read the FIN and what came with it.
+    let rst = Ipv4Packet::tcp(backend, conn, packet::RST)
+        .with_numbers(ack, sent)
+        .build();
+    assert_eq!(plane.egress(&rst).verdict, TC_SHOT);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 1);
 
     // Marked for a reset: the backend's payload is held back too.
     plane
@@ -163,7 +170,7 @@ fn a_drained_flow_records_both_sides_and_drops_what_races_its_close() {
         .expect("mark");
     let held = plane.egress(&from_backend(backend, conn, ack, b"more"));
     assert_eq!(held.verdict, TC_SHOT);
-    assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 1);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 2);
 
     // Forgotten: the flow is an ordinary flow again.
     plane.maps.end_drain(&key(conn)).expect("end");
