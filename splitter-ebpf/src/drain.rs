@@ -104,6 +104,7 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
         return Client::Draining;
     };
     let next = segment_end(pkt, seq);
+    let sent_before = drain.client_sent;
     drain.client_sent = next;
     if pkt.tcp_flags & TCP_ACK != 0 {
         drain.client_ack = ack;
@@ -120,7 +121,11 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
     let payload = pkt.payload_len > 0;
     // SAFETY: hash map values are only tested for presence.
     if payload && unsafe { DRAIN_CLOSING.get(key) }.is_some() {
-        drain.raced += 1;
+        // One per request: the client's retransmissions of a dropped segment bring nothing new
+        // (a backend RST held back after the close no longer cuts them short).
+        if (next.wrapping_sub(sent_before) as i32) > 0 {
+            drain.raced += 1;
+        }
         return Client::Drop;
     }
     drain.client_next = next;

@@ -146,6 +146,12 @@ fn a_drained_flow_records_both_sides_and_drops_what_races_its_close() {
     assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 1);
     let d = record(&plane, conn);
     assert_eq!(d.raced, 1);
+    // Its retransmission is dropped too, and is the same request: counted once.
+    let again = plane.ingress(&from_client(conn, sent, ack, b"GET /next HTTP/1.1\r\n\r\n"));
+    assert_eq!(again.verdict, XDP_DROP);
+    assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 2);
+    let d = record(&plane, conn);
+    assert_eq!(d.raced, 1, "a retransmission is no new request");
     assert_eq!(
         d.client_next, sent,
         "the dropped request never reached the backend"
