@@ -21,6 +21,9 @@ use crate::{
     view::status::{self, Rates},
 };
 
+/// A housekeeping longer than this is logged: control requests and drains wait for it.
+const SLOW_HOUSEKEEPING: Duration = Duration::from_millis(50);
+
 /// A version's counters at one housekeeping.
 #[derive(Clone, Copy)]
 pub(super) struct Sample {
@@ -34,8 +37,10 @@ pub(super) struct Sample {
 impl Daemon {
     /// Sweeps closed flows and logs split words someone else changed since the last look.
     pub fn housekeeping(&mut self) {
+        let started = Instant::now();
         self.sample_rates();
         self.sync_fast_path();
+        let synced = started.elapsed();
         if let Err(error) = apply::remove_stale_backends(&mut self.maps, &self.config) {
             tracing::warn!(error = %chain(&error), "cannot remove the reverse entries of removed backends");
         }
@@ -60,6 +65,15 @@ impl Daemon {
             Err(error) => tracing::warn!(error = %chain(&error), "cannot read the flow table"),
         }
         self.publish_scrape_view();
+        let took = started.elapsed();
+        // It holds the daemon: a drain or a control request waits meanwhile.
+        if took > SLOW_HOUSEKEEPING {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                fast_path_sync_ms = synced.as_millis() as u64,
+                "the housekeeping held the daemon this long; drains and control requests waited"
+            );
+        }
         for spec in &self.config.services {
             let Ok(Some(kernel)) = self.maps.service(&spec.endpoint()) else {
                 continue;
