@@ -482,6 +482,11 @@ pub const RESPONSE_BODY: u64 = 2;
 pub const RESPONSE_STREAMING: u64 = 3;
 /// `Flow::request_ns` low bits that hold the response's phase.
 pub const RESPONSE_PHASE: u64 = 3;
+/// `Flow::request_ns` of a connection whose payload the kernel does not read (TLS, other): the
+/// client sent the last payload (a request may be waiting). No time: nothing is timed on it.
+pub const OPAQUE_CLIENT_LAST: u64 = 4;
+/// The same, the backend sent the last payload.
+pub const OPAQUE_BACKEND_LAST: u64 = OPAQUE_CLIENT_LAST | RESPONSE_BODY;
 
 /// Index of a (service, version, kind) histogram in `LATENCY`.
 #[inline(always)]

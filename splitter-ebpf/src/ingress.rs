@@ -122,7 +122,7 @@ fn follow_or_create<T>(
                 match l7::read_kind(flow) {
                     l7::Read::Http1 => l7::stamp_request(flow),
                     l7::Read::H2 => h2 = l7::defer_h2(key, &pkt.segment(), stats),
-                    l7::Read::Opaque => {}
+                    l7::Read::Opaque => l7::client_spoke(flow),
                     l7::Read::Unread => {
                         let segment = pkt.segment();
                         if l7::splitter_l7_client(ctx.ctx, key, flow, &segment) != 0 {

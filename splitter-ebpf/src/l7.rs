@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use splitter_common::{
-    Flow, FlowKey, LatencyKind, RESPONSE_PHASE,
+    Flow, FlowKey, LatencyKind, OPAQUE_BACKEND_LAST, OPAQUE_CLIENT_LAST, RESPONSE_PHASE,
     l7::{
         self, CallError, Direction, FLOW_L7_H2, FLOW_L7_HTTP1, FLOW_L7_MASK, FLOW_L7_READ, H2Conn,
         H2Event, Payload, Protocol, Sink, Untracked,
@@ -149,7 +149,27 @@ pub extern "C" fn splitter_l7_client(
             0
         }
         FLOW_L7_H2 => 1,
-        _ => 0,
+        _ => {
+            client_spoke(flow);
+            0
+        }
+    }
+}
+
+/// An opaque connection's client payload: the client spoke last, for a drain (a request may
+/// be waiting). Written only when it changes.
+#[inline(always)]
+pub fn client_spoke(flow: &mut Flow) {
+    if flow.request_ns != OPAQUE_CLIENT_LAST {
+        flow.request_ns = OPAQUE_CLIENT_LAST;
+    }
+}
+
+/// An opaque connection's backend payload: the backend spoke last.
+#[inline(always)]
+pub fn backend_spoke(flow: &mut Flow) {
+    if flow.request_ns != OPAQUE_BACKEND_LAST {
+        flow.request_ns = OPAQUE_BACKEND_LAST;
     }
 }
 

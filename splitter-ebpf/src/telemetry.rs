@@ -59,8 +59,16 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
     if closing != 0 && flow_add_state(flow, closing, now) {
         maps::with_stats(stats, |s| s.closed_flows += 1);
     }
-    if pkt.payload_len > 0 && l7::read_kind(flow) == l7::Read::H2 {
-        return l7::defer_h2_reply(key, &pkt.segment(), stats);
+    if pkt.payload_len > 0 {
+        match l7::read_kind(flow) {
+            l7::Read::H2 => return l7::defer_h2_reply(key, &pkt.segment(), stats),
+            // Nothing read or timed: only who spoke last, for a drain.
+            l7::Read::Opaque => {
+                l7::backend_spoke(flow);
+                return false;
+            }
+            _ => {}
+        }
     }
     if pkt.payload_len > 0 && flow.request_ns != 0 {
         let phase = flow.request_ns & RESPONSE_PHASE;

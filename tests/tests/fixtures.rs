@@ -1399,6 +1399,44 @@ fn the_flow_table_says_whether_a_request_or_a_stream_is_open_for_a_drain() {
         Exchange::Streaming,
         "headers and a first chunk together"
     );
+
+    // A TLS connection: nothing is read or timed, only who spoke last.
+    let tls = client(58_101);
+    let (tls_backend, version) = open(&plane, tls);
+    let _ = plane.egress(&Ipv4Packet::tcp(tls_backend, tls, SYN | ACK).build());
+    let id = service_id(&plane.maps, vip(), packet::TCP);
+    let before = plane.maps.counters(id, version).expect("counters");
+    let tls_now = |plane: &Plane| {
+        let flow = plane
+            .maps
+            .flow(&key(tls, vip(), packet::TCP))
+            .expect("read")
+            .expect("flow");
+        exchange(&flow, None)
+    };
+    let _ = plane.ingress(
+        &Ipv4Packet::tcp(tls, vip(), ACK | PSH)
+            .with_payload(b"\x16\x03\x01\x00\x05hello")
+            .build(),
+    );
+    assert_eq!(tls_now(&plane), Exchange::ClientSpokeLast);
+    let _ = plane.egress(
+        &Ipv4Packet::tcp(tls_backend, tls, ACK | PSH)
+            .with_payload(b"\x17\x03\x03\x00\x05bytes")
+            .build(),
+    );
+    assert_eq!(tls_now(&plane), Exchange::Quiet, "the backend spoke last");
+    let _ = plane.ingress(
+        &Ipv4Packet::tcp(tls, vip(), ACK | PSH)
+            .with_payload(b"\x17\x03\x03\x00\x05again")
+            .build(),
+    );
+    assert_eq!(tls_now(&plane), Exchange::ClientSpokeLast);
+    let after = plane.maps.counters(id, version).expect("counters");
+    assert_eq!(
+        after.responses, before.responses,
+        "nothing counted as a response"
+    );
 }
 
 #[test]

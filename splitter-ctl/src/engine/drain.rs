@@ -10,7 +10,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Flow, RESPONSE_BODY, RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, RESPONSE_STREAMING,
+    Flow, OPAQUE_CLIENT_LAST, RESPONSE_BODY, RESPONSE_HEADERS_ONLY, RESPONSE_PHASE,
+    RESPONSE_STREAMING,
     drain::{
         CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
         DRAIN_REQUEST, DRAIN_TAIL_LEN, Drain,
@@ -44,6 +45,10 @@ pub const SETTLE: Duration = Duration::from_millis(10);
 /// connection did before the flow table was asked (a request in flight longer than this is
 /// still cut: docs/operations.md).
 pub const SETTLE_UNREAD: Duration = Duration::from_millis(100);
+/// How long a connection the kernel does not read is left open after the drain began while its
+/// client spoke last (`Exchange::ClientSpokeLast`): a request waiting that long for its answer
+/// is cut.
+pub const UNREAD_WAIT: Duration = Duration::from_secs(5);
 /// How long the flow table's word that an exchange is open holds while the drain's record
 /// shows nothing new: asked again after this.
 pub const ASK_AGAIN: Duration = Duration::from_millis(5);
@@ -126,6 +131,10 @@ pub enum Exchange {
     /// A response streaming in chunks: closed after its last chunk, or once the backend has been
     /// silent for `QUIET`.
     Streaming,
+    /// A connection the kernel does not read (TLS) whose client sent the last payload: maybe a
+    /// request waiting, maybe not (an HTTP/2 client's WINDOW_UPDATE): closed once the backend
+    /// speaks, or `UNREAD_WAIT` after the drain began.
+    ClientSpokeLast,
 }
 
 /// Whether the kernel classified a connection as one whose payload it does not read (TLS,
@@ -154,6 +163,13 @@ pub fn exchange(flow: &Flow, h2: Option<&H2Conn>) -> Exchange {
     }
     if flow.request_ns == 0 {
         return Exchange::Quiet;
+    }
+    if reads_nothing(flow) {
+        return if flow.request_ns == OPAQUE_CLIENT_LAST {
+            Exchange::ClientSpokeLast
+        } else {
+            Exchange::Quiet
+        };
     }
     match flow.request_ns & RESPONSE_PHASE {
         0 | RESPONSE_HEADERS_ONLY => Exchange::Waiting,
@@ -405,6 +421,9 @@ impl FlowDrain {
                     self.started_ns
                 };
                 now_ns < last.saturating_add(nanos(QUIET))
+            }
+            Exchange::ClientSpokeLast => {
+                now_ns < self.started_ns.saturating_add(nanos(UNREAD_WAIT))
             }
         })
     }
@@ -778,6 +797,20 @@ mod tests {
             "framing lost: its streams say nothing"
         );
         assert_eq!(exchange(&h2, None), Exchange::Quiet);
+        let tls = |request_ns: u64| Flow {
+            request_ns,
+            state: FLOW_L7_READ | FLOW_L7_OPAQUE,
+            ..Flow::default()
+        };
+        assert_eq!(exchange(&tls(0), None), Exchange::Quiet);
+        assert_eq!(
+            exchange(&tls(OPAQUE_CLIENT_LAST), None),
+            Exchange::ClientSpokeLast
+        );
+        assert_eq!(
+            exchange(&tls(splitter_common::OPAQUE_BACKEND_LAST), None),
+            Exchange::Quiet
+        );
     }
 
     #[test]
@@ -849,11 +882,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A TLS connection (nothing read): quiet since the drain began, it waits SETTLE_UNREAD.
+        // A TLS connection (nothing read): quiet since the drain began, it waits SETTLE_UNREAD;
+        // then, its client having spoken last (a request may wait), up to UNREAD_WAIT.
         let mut tls = flow(false).unread();
         let quiet = drain(DRAIN_CLIENT);
         assert_eq!(tls.step(Some(&quiet), 11 * MS), Step::Wait);
         assert_eq!(tls.step(Some(&quiet), 101 * MS), Step::Ask);
+        assert_eq!(
+            tls.answer(Exchange::ClientSpokeLast, None, &quiet, 101 * MS),
+            Step::Wait
+        );
+        assert_eq!(tls.step(Some(&quiet), 4_000 * MS), Step::Ask);
+        assert_eq!(
+            tls.answer(Exchange::ClientSpokeLast, None, &quiet, 4_000 * MS),
+            Step::Wait
+        );
+        assert_eq!(tls.step(Some(&quiet), 5_001 * MS), Step::Ask);
+        assert_eq!(
+            tls.answer(Exchange::ClientSpokeLast, None, &quiet, 5_001 * MS),
+            Step::Mark(CLOSE_FIN),
+            "a request unanswered that long is given up"
+        );
         // A channel quiet since the drain began waits SETTLE, then goes the same way.
         let mut g = flow(false).http2();
         let quiet = drain(DRAIN_CLIENT);
