@@ -274,8 +274,6 @@ impl Run {
                 key,
                 if drain::reads_h2(&flow) {
                     drain.http2()
-                } else if drain::reads_nothing(&flow) {
-                    drain.unread()
                 } else {
                     drain
                 },
