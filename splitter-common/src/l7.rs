@@ -97,6 +97,29 @@ pub const fn settle_l7(configured: u8, seen: Protocol) -> u8 {
     }
 }
 
+/// What a flow's payloads are read as, from its state bits alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// No client payload read yet: the next one classifies the connection.
+    Unread,
+    Http1,
+    H2,
+    Opaque,
+}
+
+#[inline(always)]
+#[must_use]
+pub const fn read_kind(flow: &crate::Flow) -> Read {
+    if flow.state & FLOW_L7_READ == 0 {
+        return Read::Unread;
+    }
+    match flow.state & FLOW_L7_MASK {
+        FLOW_L7_HTTP1 => Read::Http1,
+        FLOW_L7_H2 => Read::H2,
+        _ => Read::Opaque,
+    }
+}
+
 /// The kinds of failed calls: the index of `VersionStats::call_errors`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -35,7 +35,7 @@ use crate::maps::{
     self, H2_CONNS, H2_FRESH, H2_PENDING, H2_TC_PENDING, L7_PROGRAMS, TC_L7_PROGRAMS,
 };
 
-pub use splitter_common::l7::Segment;
+pub use splitter_common::l7::{Read, Segment, read_kind};
 
 /// Value of `H2_PENDING` and `H2_TC_PENDING`: a payload a steering program left for the
 /// program that reads its frames.
@@ -170,28 +170,6 @@ pub fn client_spoke(flow: &mut Flow) {
 pub fn backend_spoke(flow: &mut Flow) {
     if flow.request_ns != OPAQUE_BACKEND_LAST {
         flow.request_ns = OPAQUE_BACKEND_LAST;
-    }
-}
-
-/// What a flow's payloads are read as, from its state bits alone.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Read {
-    /// No client payload read yet: `splitter_l7_client` classifies the next.
-    Unread,
-    Http1,
-    H2,
-    Opaque,
-}
-
-#[inline(always)]
-pub fn read_kind(flow: &Flow) -> Read {
-    if flow.state & FLOW_L7_READ == 0 {
-        return Read::Unread;
-    }
-    match flow.state & FLOW_L7_MASK {
-        FLOW_L7_HTTP1 => Read::Http1,
-        FLOW_L7_H2 => Read::H2,
-        _ => Read::Opaque,
     }
 }
 

@@ -82,16 +82,18 @@ pub fn observe_reply(ctx: &TcContext, key: &FlowKey, pkt: &Packet, flow: &mut Fl
                 maps::record_latency(latency_index(stats, LatencyKind::FirstToken), waited);
             }
             let request = flow.request_ns & !RESPONSE_PHASE;
-            match tail(ctx, pkt) {
+            let next = match tail(ctx, pkt) {
                 Tail::LastChunk => {
                     maps::record_latency(latency_index(stats, LatencyKind::Whole), waited);
-                    flow.request_ns = 0;
+                    0
                 }
                 // Within a body, a blank line's end too ends a chunk (one whose data ends a line).
-                Tail::ChunkEnd | Tail::HeadersEnd => {
-                    flow.request_ns = request | RESPONSE_STREAMING;
-                }
-                Tail::Other => flow.request_ns = request | RESPONSE_BODY,
+                Tail::ChunkEnd | Tail::HeadersEnd => request | RESPONSE_STREAMING,
+                Tail::Other => request | RESPONSE_BODY,
+            };
+            // Written only when it changes: a long body's packets leave the entry alone.
+            if flow.request_ns != next {
+                flow.request_ns = next;
             }
         }
     }

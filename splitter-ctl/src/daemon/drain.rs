@@ -10,7 +10,11 @@ use std::{
 };
 
 use splitter_common::{
-    FLOW_RST, Flow, FlowKey, Version, drain::CLOSE_FIN, flow_closed, maps::MAX_DRAINS,
+    FLOW_RST, Flow, FlowKey, Version,
+    drain::CLOSE_FIN,
+    flow_closed,
+    l7::{Read, read_kind},
+    maps::MAX_DRAINS,
 };
 
 use crate::{
@@ -272,7 +276,7 @@ impl Run {
             let drain = FlowDrain::new(client, service, backend, reset, now, self.plan.timeout);
             self.active.insert(
                 key,
-                if drain::reads_h2(&flow) {
+                if read_kind(&flow) == Read::H2 {
                     drain.http2()
                 } else {
                     drain
@@ -322,7 +326,7 @@ impl Run {
                     };
                     // A flow no longer in the table has no exchange open.
                     let (exchange, last_stream) = match maps.flow(&key)? {
-                        Some(entry) if drain::reads_h2(&entry) => {
+                        Some(entry) if read_kind(&entry) == Read::H2 => {
                             let conn = maps.h2_conn(&key)?;
                             (
                                 drain::exchange(&entry, conn.as_ref()),

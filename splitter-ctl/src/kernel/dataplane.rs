@@ -206,15 +206,9 @@ pub fn attach(
     // Both programs pass the verifier before either replaces what runs now, so an upgrade
     // never leaves a new ingress beside an old egress.
     let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
-    ingress.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_INGRESS,
-        source: Box::new(source),
-    })?;
+    ingress.load().map_err(load_error(names::PROGRAM_INGRESS))?;
     let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
-    egress.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_EGRESS,
-        source: Box::new(source),
-    })?;
+    egress.load().map_err(load_error(names::PROGRAM_EGRESS))?;
     load_tail_calls(ebpf)?;
     // The reply fast path too; its pinned links move to the new program at once.
     let adopted = super::reply_links::load_and_adopt(ebpf, pin_dir)?;
@@ -293,42 +287,55 @@ pub fn attach(
 /// egress and reply programs.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let h2: &mut Xdp = program(ebpf, names::PROGRAM_H2)?;
-    h2.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_H2,
-        source: Box::new(source),
-    })?;
-    let fd = h2.fd().map(ProgramFd::try_clone);
-    put_tail_call(ebpf, names::PROGRAM_H2, fd, names::L7_PROGRAMS)?;
+    h2.load().map_err(load_error(names::PROGRAM_H2))?;
+    let fd = cloned_fd(names::PROGRAM_H2, h2.fd())?;
+    put_tail_call(ebpf, names::PROGRAM_H2, &fd, names::L7_PROGRAMS)?;
     let reply: &mut SchedClassifier = program(ebpf, names::PROGRAM_H2_REPLY)?;
-    reply.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_H2_REPLY,
-        source: Box::new(source),
-    })?;
-    let fd = reply.fd().map(ProgramFd::try_clone);
-    put_tail_call(ebpf, names::PROGRAM_H2_REPLY, fd, names::TC_L7_PROGRAMS)
+    reply.load().map_err(load_error(names::PROGRAM_H2_REPLY))?;
+    let fd = cloned_fd(names::PROGRAM_H2_REPLY, reply.fd())?;
+    put_tail_call(ebpf, names::PROGRAM_H2_REPLY, &fd, names::TC_L7_PROGRAMS)
 }
 
-/// Puts the loaded program `name` (its fd) at `L7_PROGRAM_H2` of the program array `array`.
+/// A program's load (or typing) failure, named.
+fn load_error(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn tail_call_error(
+    name: &'static str,
+) -> impl Fn(Box<dyn std::error::Error + Send + Sync>) -> DataplaneError {
+    move |source| DataplaneError::TailCall { name, source }
+}
+
+/// The loaded program `name`'s fd, owned (the program keeps its own).
+fn cloned_fd(
+    name: &'static str,
+    fd: Result<&ProgramFd, ProgramError>,
+) -> Result<ProgramFd, DataplaneError> {
+    let error = tail_call_error(name);
+    fd.map_err(|e| error(Box::new(e)))?
+        .try_clone()
+        .map_err(|e| error(Box::new(e)))
+}
+
+/// Puts the program `name` (`fd`) at `L7_PROGRAM_H2` of the program array `array`.
 fn put_tail_call(
     ebpf: &mut Ebpf,
     name: &'static str,
-    fd: Result<std::io::Result<ProgramFd>, ProgramError>,
+    fd: &ProgramFd,
     array: &'static str,
 ) -> Result<(), DataplaneError> {
-    let tail_call = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::TailCall {
-        name,
-        source,
-    };
-    let fd = fd
-        .map_err(|e| tail_call(Box::new(e)))?
-        .map_err(|e| tail_call(Box::new(e)))?;
+    let error = tail_call_error(name);
     let map = ebpf
         .map_mut(array)
-        .ok_or_else(|| tail_call(format!("the object has no map {array}").into()))?;
-    let mut programs = ProgramArray::try_from(map).map_err(|e| tail_call(Box::new(e)))?;
+        .ok_or_else(|| error(format!("the object has no map {array}").into()))?;
+    let mut programs = ProgramArray::try_from(map).map_err(|e| error(Box::new(e)))?;
     programs
-        .set(names::L7_PROGRAM_H2, &fd, 0)
-        .map_err(|e| tail_call(Box::new(e)))
+        .set(names::L7_PROGRAM_H2, fd, 0)
+        .map_err(|e| error(Box::new(e)))
 }
 
 pub(super) fn program<'a, T>(
@@ -341,12 +348,7 @@ where
     let program = ebpf
         .program_mut(name)
         .ok_or(DataplaneError::MissingProgram(name))?;
-    program
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            name,
-            source: Box::new(source),
-        })
+    program.try_into().map_err(load_error(name))
 }
 
 /// Whether `auto` attaches XDP to `interface` in generic mode: on veth, where native mode moves
