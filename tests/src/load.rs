@@ -6,11 +6,11 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
@@ -87,7 +87,31 @@ pub struct KeepAliveLoad {
     running: Arc<AtomicBool>,
     /// [answered by the connection's version, failed, answered by the other version, reopened].
     counts: Arc<[AtomicU64; 4]>,
+    /// The first `FAILURES_KEPT` failures, when and what, printed by `stop`.
+    failures: Arc<Mutex<Vec<String>>>,
     thread: thread::JoinHandle<()>,
+}
+
+/// How many failures a keep-alive load describes.
+const FAILURES_KEPT: usize = 20;
+
+/// Notes a failure: its time of day (UTC, as the daemon's log gives it), where, and why.
+fn note_failure(failures: &Mutex<Vec<String>>, what: &str, error: &dyn std::fmt::Display) {
+    let Ok(mut kept) = failures.lock() else {
+        return;
+    };
+    if kept.len() < FAILURES_KEPT {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let (s, ms) = (ms / 1000 % 86_400, ms % 1000);
+        kept.push(format!(
+            "{:02}:{:02}:{:02}.{ms:03} UTC {what}: {error}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        ));
+    }
 }
 
 impl KeepAliveLoad {
@@ -102,7 +126,12 @@ impl KeepAliveLoad {
     pub fn start_to(bed: &Testbed, vip: SocketAddr, connections: usize, limit: Duration) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-        let (flag, tally) = (Arc::clone(&running), Arc::clone(&counts));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (flag, tally, failed) = (
+            Arc::clone(&running),
+            Arc::clone(&counts),
+            Arc::clone(&failures),
+        );
         let mut open: Vec<(KeepAlive, String)> = bed.client.run(move || {
             (0..connections)
                 .map(|_| {
@@ -119,14 +148,19 @@ impl KeepAliveLoad {
                 for (conn, version) in &mut open {
                     if conn.closed_by_peer() {
                         tally[3].fetch_add(1, Ordering::Relaxed);
-                        let Ok(again) = KeepAlive::connect(vip) else {
-                            tally[1].fetch_add(1, Ordering::Relaxed);
-                            continue;
+                        let again = match KeepAlive::connect(vip) {
+                            Ok(again) => again,
+                            Err(error) => {
+                                note_failure(&failed, "reconnect", &error);
+                                tally[1].fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
                         };
                         *conn = again;
                         match conn.request() {
                             Ok(now) => *version = now,
-                            Err(_) => {
+                            Err(error) => {
+                                note_failure(&failed, "first request after reconnect", &error);
                                 tally[1].fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
@@ -134,8 +168,14 @@ impl KeepAliveLoad {
                     }
                     let slot = match conn.request() {
                         Ok(now) if now == *version => 0,
-                        Ok(_) => 2,
-                        Err(_) => 1,
+                        Ok(now) => {
+                            note_failure(&failed, &format!("moved from {version}"), &now);
+                            2
+                        }
+                        Err(error) => {
+                            note_failure(&failed, &format!("request on {version}"), &error);
+                            1
+                        }
                     };
                     tally[slot].fetch_add(1, Ordering::Relaxed);
                 }
@@ -145,15 +185,21 @@ impl KeepAliveLoad {
         Self {
             running,
             counts,
+            failures,
             thread,
         }
     }
 
     /// Stops and returns [requests kept on their version, failed, moved to the other version,
-    /// connections reopened after the server closed them].
+    /// connections reopened after the server closed them]; prints the first failures.
     pub fn stop(self) -> [u64; 4] {
         self.running.store(false, Ordering::SeqCst);
         self.thread.join().expect("keep-alive thread");
+        if let Ok(failures) = self.failures.lock() {
+            for failure in failures.iter() {
+                eprintln!("keep-alive load: {failure}");
+            }
+        }
         [0, 1, 2, 3].map(|i| self.counts[i].load(Ordering::Relaxed))
     }
 }
