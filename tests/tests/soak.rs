@@ -1,7 +1,9 @@
 //! The soak: continuous traffic (new connections, and keep-alive connections that keep asking)
 //! while the operator and the daemon do everything they do, cycle after cycle: 100 share
 //! changes, a drill, three reloads, a SIGKILL of the daemon and its restart, a rollout to
-//! promotion. Expected: not one failed request, not one connection moved between versions.
+//! promotion. Expected: not one failed new connection, not one connection moved between
+//! versions, and no keep-alive request failed but the rare one that raced a drain's close
+//! (dropped unprocessed and counted).
 //!
 //! Two minutes by default (`cargo xtask test` in CI); `SPLITTER_SOAK_SECONDS` runs it longer.
 
@@ -108,10 +110,13 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
     }
     let [(blue_ok, blue_failed), (green_ok, green_failed)] = load.stop();
     // A promotion drains the retired version's connections: they are reopened, on the
-    // live version, between requests; none fails.
+    // live version, between requests. A request fails only if the client sent it in the
+    // instant a close was on its way (the race every keep-alive server has): the data plane
+    // drops it unprocessed and counts it, in a counter that outlives the daemon's restarts.
     let [kept, failed, moved, reopened] = pinned.stop();
+    let raced = bed.status()["plane"]["drain_raced"].as_u64().unwrap_or(0);
     eprintln!(
-        "soak: {seconds} s, {cycles} cycles; new connections blue {blue_ok} green {green_ok}; keep-alive requests {kept}, connections drained and reopened {reopened}"
+        "soak: {seconds} s, {cycles} cycles; new connections blue {blue_ok} green {green_ok}; keep-alive requests {kept}, failed {failed}, connections drained and reopened {reopened}, requests that raced a close {raced}"
     );
     assert_eq!(
         (blue_failed, green_failed),
@@ -120,9 +125,13 @@ fn continuous_traffic_through_rollouts_reloads_restarts_share_changes_and_drills
     );
     assert!(blue_ok > 0 && green_ok > 0);
     assert_eq!(
-        (failed, moved),
-        (0, 0),
-        "keep-alive requests failed or answered by the other version ({kept} kept)"
+        moved, 0,
+        "keep-alive requests answered by the other version ({kept} kept)"
+    );
+    // Every failure is a counted race, and races stay rare: at most one per hundred closes.
+    assert!(
+        failed <= raced && failed <= 1 + reopened / 100,
+        "{failed} keep-alive requests failed ({raced} counted races, {reopened} closes, {kept} kept)"
     );
     assert!(kept > 0);
 }

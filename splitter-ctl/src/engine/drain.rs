@@ -289,10 +289,14 @@ impl FlowDrain {
                         d.client_next,
                     ),
                 };
+                // The client's FIN first: a request it sends from now until the FIN reaches
+                // it is the race every keep-alive server has (dropped unprocessed, counted),
+                // and a daemon killed between the two sends leaves a backend socket to close
+                // by itself, never a client whose next request meets a reset backend.
                 self.finish(Step::Close(
                     vec![
-                        Segment::rst_to_backend(self.client, self.backend, d.client_next),
                         fin,
+                        Segment::rst_to_backend(self.client, self.backend, d.client_next),
                     ],
                     outcome,
                 ))
@@ -667,11 +671,11 @@ mod tests {
             Step::Close(segments, Outcome::DrainedIdle) => {
                 assert_eq!(
                     segments[0],
-                    Segment::rst_to_backend(f.client, f.backend, 100)
+                    Segment::fin_to_client(f.service, f.client, 500, 100)
                 );
                 assert_eq!(
                     segments[1],
-                    Segment::fin_to_client(f.service, f.client, 500, 100)
+                    Segment::rst_to_backend(f.client, f.backend, 100)
                 );
             }
             other => panic!("{other:?}"),
@@ -729,7 +733,7 @@ mod tests {
         );
         match f.step(Some(&sent), 104 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => assert_eq!(
-                segments[1],
+                segments[0],
                 Segment::fin_to_client(f.service, f.client, end, 180)
             ),
             other => panic!("{other:?}"),
@@ -850,10 +854,10 @@ mod tests {
         match f.step(Some(&d), 3 * MS) {
             Step::Close(segments, Outcome::DrainedAfterResponse) => {
                 assert_eq!(
-                    segments[1],
+                    segments[0],
                     Segment::fin_to_h2_client(f.service, f.client, 560, 100, 7)
                 );
-                assert_eq!(segments[1].payload, Some(goaway(7)));
+                assert_eq!(segments[0].payload, Some(goaway(7)));
             }
             other => panic!("{other:?}"),
         }
