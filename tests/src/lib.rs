@@ -38,3 +38,15 @@ macro_rules! require_root {
         );
     };
 }
+
+/// Held by each test of a file whose tests must not run side by side: those that compare the
+/// kernel's times with a client's, or bound how soon something happens, on a 2-core machine
+/// where another test's clients and servers would stretch the client's side.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits until no other test of this test binary holds it; held until dropped.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

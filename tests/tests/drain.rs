@@ -7,21 +7,13 @@
 use std::{process::Child, thread, time::Duration};
 
 use splitter_tests::{
+    one_at_a_time,
     pooled::{self, Seen, now},
     require_root,
     testbed::Testbed,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
-/// Held by each test while it runs.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Starts `workers` pooled clients in the client namespace for `seconds`.
 fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> Child {
     pooled::start(
@@ -67,6 +59,7 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
 
     let rollback = drained_rollback(&bed);
     let drain = &rollback["details"]["drain"];
+    eprintln!("the drain: {drain}");
     // A close races a client's reuse of its connection only when the client picks the
     // connection up in the instant the FIN is on its way: such a request is dropped before the
     // backend sees it, and counted. Python's threads can stall between urllib3's check of a
@@ -120,8 +113,8 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
     let last_close = drain["decision_to_last_close_us"]
         .as_u64()
         .expect("last close");
-    // Idle connections are closed after 10 ms of quiet (engine::drain::SETTLE), the busy
-    // ones right behind their next response.
+    // Idle connections are closed after the service's `drain_idle_ms` of quiet (50 ms by
+    // default), the busy ones right behind their next response.
     assert!(last_close < 1_000_000, "{drain}");
     assert!(
         drain["decision_to_last_response_us"].as_u64().is_some(),

@@ -193,10 +193,21 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
         "failed requests: {:?}; the drain: {drain}",
         seen.failures
     );
+    // The rollback's promise (green's last answer within 100 ms) on the kernel's clock: the
+    // Python client's own stamps lag under load (a run saw green's last response begin 61 ms
+    // after the decision and the client stamp it 119 ms after the command); drain.rs holds
+    // the client's clock to 100 ms, with its tests run one at a time.
+    let last_response_us = drain["decision_to_last_response_us"]
+        .as_u64()
+        .expect("the drain's last response");
+    assert!(
+        last_response_us <= 100_000,
+        "green's last response began {last_response_us} µs after the decision; the drain: {drain}"
+    );
     let last_green = seen.last("green").unwrap_or(0.0);
     assert!(
-        last_green <= started + 0.1,
-        "green answered {:.0} ms after the rollback started",
+        last_green <= started + 0.25,
+        "green answered {:.0} ms after the rollback started; the drain: {drain}",
         (last_green - started) * 1e3
     );
     assert!(

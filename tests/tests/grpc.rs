@@ -9,7 +9,7 @@ use std::time::Duration;
 use splitter_common::l7::GRPC_CODES;
 use splitter_tests::{
     grpc::{self, Calls},
-    judged, require_root,
+    judged, one_at_a_time, require_root,
     testbed::Testbed,
 };
 
@@ -45,6 +45,7 @@ fn bed_with_grpc(delay_ms: &str) -> Testbed {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_kernel_counts_the_calls_failures_and_cancellations_the_clients_saw_and_their_latency() {
     require_root!();
+    let _serial = one_at_a_time();
     let bed = bed_with_grpc("20");
 
     // Unary calls, five per channel (then a new channel), as in a pooled client.
@@ -234,6 +235,7 @@ fn grpc_rollout(blue_args: &[&str], green_args: &[&str]) -> (judged::Ended, u64)
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_grpc_green_that_fails_every_call_is_rolled_back() {
     require_root!();
+    let _serial = one_at_a_time();
     let (end, _) = grpc_rollout(
         &["--delay-ms", "5"],
         &["--delay-ms", "1", "--fail", "INTERNAL"],
@@ -246,6 +248,7 @@ fn a_grpc_green_that_fails_every_call_is_rolled_back() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_grpc_green_ten_times_slower_is_rolled_back() {
     require_root!();
+    let _serial = one_at_a_time();
     let (end, _) = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "50"]);
     assert!(end.rolled_back(), "{}", end.event);
     // Judged on the calls' latency (the median's gate or the p99's, whichever is convinced
@@ -257,6 +260,7 @@ fn a_grpc_green_ten_times_slower_is_rolled_back() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn an_identical_grpc_green_is_promoted() {
     require_root!();
+    let _serial = one_at_a_time();
     let (end, green_calls) = grpc_rollout(&["--delay-ms", "5"], &["--delay-ms", "5"]);
     assert!(!end.rolled_back(), "{}", end.event);
     // Promoted on calls the kernel read, not for want of evidence against it.
@@ -285,6 +289,7 @@ fn rollback_drain(bed: &Testbed) -> serde_json::Value {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_rollback_drains_busy_grpc_channels_between_calls_without_a_failed_call() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     grpc::serve(&mut bed, "blue", &["--delay-ms", "20"]);
     grpc::serve(&mut bed, "green", &["--delay-ms", "20"]);

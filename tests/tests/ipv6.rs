@@ -145,9 +145,11 @@ fn an_ipv6_rollback_under_load_drains_a_pooling_client_without_a_failed_request(
         seen.count("green6", |at| at < started) > 20,
         "green answered before the rollback"
     );
+    // Within 250 ms on the Python client's clock, whose stamps lag under load; drain.rs holds
+    // it to 100 ms with its tests run one at a time, and forward.rs checks the kernel's time.
     let last_green = seen.last("green6").unwrap_or(0.0);
     assert!(
-        last_green <= started + 0.1,
+        last_green <= started + 0.25,
         "green answered {:.0} ms after the rollback started",
         (last_green - started) * 1e3
     );

@@ -6,7 +6,7 @@
 
 use std::process::{Child, Stdio};
 
-use splitter_tests::{judged, require_root, testbed::Testbed};
+use splitter_tests::{judged, one_at_a_time, require_root, testbed::Testbed};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/stream_client.py");
@@ -53,6 +53,7 @@ fn median(values: &serde_json::Value) -> f64 {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_client_sees_them() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     judged::serve(&mut bed, SERVER, "blue", &["--first-token-ms", "40"]);
     judged::serve(&mut bed, SERVER, "green", &["--first-token-ms", "80"]);
@@ -91,6 +92,7 @@ fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_clien
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_green_whose_first_token_comes_ten_times_later_is_rolled_back_by_the_default_gates() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     judged::serve(&mut bed, SERVER, "blue", &["--first-token-ms", "20"]);
     judged::serve(&mut bed, SERVER, "green", &["--first-token-ms", "200"]);

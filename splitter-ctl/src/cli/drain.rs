@@ -134,6 +134,7 @@ fn drain_here(
         version: left.version,
         established,
         timeout: left.drain.timeout,
+        idle: left.drain.idle,
         spread: Duration::ZERO,
         decided_ns: left.decided_ns,
         take: drain::Take::Version,

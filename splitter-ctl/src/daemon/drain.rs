@@ -91,6 +91,8 @@ pub struct Plan {
     pub established: Established,
     /// How long a connection may stay busy before it is reset.
     pub timeout: Duration,
+    /// How long a connection that shows no request is left before it is closed while idle.
+    pub idle: Duration,
     /// Over how long the connections are taken on (a promotion's window; 0 for a rollback).
     pub spread: Duration,
     /// The decision, on the kernel's clock.
@@ -273,7 +275,8 @@ impl Run {
                 addr_ip(&flow.backend_addr),
                 u16::from_be(flow.backend_port_be),
             );
-            let drain = FlowDrain::new(client, service, backend, reset, now, self.plan.timeout);
+            let limits = (self.plan.timeout, self.plan.idle);
+            let drain = FlowDrain::new(client, service, backend, reset, now, limits);
             self.active.insert(
                 key,
                 if read_kind(&flow) == Read::H2 {
@@ -701,6 +704,7 @@ impl super::Daemon {
             version,
             established,
             timeout: settings.timeout,
+            idle: settings.idle,
             spread: Duration::ZERO,
             decided_ns: request.decided_monotonic_ns.unwrap_or_else(monotonic_ns),
             take: Take::Version,
@@ -730,6 +734,7 @@ impl super::Daemon {
             version: left,
             established: settings.established,
             timeout: settings.timeout,
+            idle: settings.idle,
             spread: if promotion {
                 settings.retire_window
             } else {

@@ -130,6 +130,7 @@ impl Daemon {
                     version,
                     established: Established::Drain,
                     timeout: settings.timeout,
+                    idle: settings.idle,
                     spread: Duration::ZERO,
                     decided_ns: now,
                     take: drain::Take::Aged(aged),

@@ -28,20 +28,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(510);
 pub const QUIET: Duration = Duration::from_secs(1);
 /// A connection being reset: its numbers must hold this long before the resets go out.
 pub const STEADY: Duration = Duration::from_millis(2);
-/// How long an HTTP/1 (or unread) connection with no response during the drain is watched
-/// before it is closed while idle. A connection a pooling client keeps in rotation shows a
-/// request within its think time and is then closed right behind that request's response,
-/// before the client can reuse it; closing it at a random moment of its idle gap instead races
-/// the client's next request on it (the FIN's way to the client), and the request fails. The
-/// price is the other way: a quiet connection that a client picks up within this time is
-/// answered by the version left, then closed. Measured: at 10 ms, 32 clients sharing one pool
-/// saw no answer from the version left after the decision and no failure over 5 rollbacks, but
-/// 16 clients with 10 ms think time each (closed again and again by `max_connection_age_ms`)
-/// lost several requests in a run; at 100 ms, the version left answered the 32 for 42-46 ms
-/// (medians) and 49-76 ms (maxima) after the command in three runs, with no failure.
-pub const SETTLE: Duration = Duration::from_millis(100);
-/// `SETTLE` for an HTTP/2 connection the kernel reads: a call that races its close is retried
-/// by the client (the GOAWAY before the FIN names the last stream the backend was given).
+/// The longest an HTTP/2 connection the kernel reads is watched for a call before it is closed
+/// while idle (the service's `drain_idle_ms` when shorter): a call that races its close is
+/// retried by the client (the GOAWAY before the FIN names the last stream the backend was given).
 pub const SETTLE_H2: Duration = Duration::from_millis(10);
 /// How long a connection the kernel does not read is left open after the drain began while its
 /// client spoke last (`Exchange::ClientSpokeLast`): a request waiting that long for its answer
@@ -203,6 +192,8 @@ pub struct FlowDrain {
     last_probe_ns: Option<u64>,
     busy: bool,
     asked: Option<Asked>,
+    /// How long it is watched for a request before it is closed while idle.
+    settle: Duration,
     /// An HTTP/2 connection the kernel reads: idle when no call is in flight.
     h2: bool,
     /// Its last stream the backend was given, as the flow table said at the last ask: the
@@ -212,7 +203,8 @@ pub struct FlowDrain {
 
 impl FlowDrain {
     /// A connection to drain from `now_ns` on (the kernel's clock); `reset` asks for resets
-    /// instead of graceful closes; past `timeout` a busy connection is reset.
+    /// instead of graceful closes; past `timeout` a busy connection is reset; one that shows no
+    /// request for `idle` is closed while idle.
     #[must_use]
     pub fn new(
         client: SocketAddr,
@@ -220,7 +212,7 @@ impl FlowDrain {
         backend: SocketAddr,
         reset: bool,
         now_ns: u64,
-        timeout: Duration,
+        (timeout, idle): (Duration, Duration),
     ) -> Self {
         Self {
             client,
@@ -233,6 +225,7 @@ impl FlowDrain {
             last_probe_ns: None,
             busy: false,
             asked: None,
+            settle: idle,
             h2: false,
             last_stream: None,
         }
@@ -241,8 +234,9 @@ impl FlowDrain {
     /// The same, for an HTTP/2 connection whose frames the kernel reads (`FLOW_L7_H2`): it is
     /// idle when the flow table has no call of it in flight.
     #[must_use]
-    pub const fn http2(mut self) -> Self {
+    pub fn http2(mut self) -> Self {
         self.h2 = true;
+        self.settle = self.settle.min(SETTLE_H2);
         self
     }
 
@@ -331,11 +325,10 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        let settle = if self.h2 { SETTLE_H2 } else { SETTLE };
-        let settled = now_ns >= self.started_ns.saturating_add(nanos(settle));
+        let settled = now_ns >= self.started_ns.saturating_add(nanos(self.settle));
         // HTTP/2: the kernel's frames say when no call is in flight, which the record's
         // HTTP/1 reading cannot: a channel that spoke during the drain is closed as soon as its
-        // calls are all answered, one that stayed quiet after SETTLE.
+        // calls are all answered, one that stayed quiet after its settle.
         let candidate = if self.h2 {
             d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 || settled
         } else {
@@ -589,7 +582,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::model::segment::goaway;
+    use crate::model::{drain::DEFAULT_DRAIN_IDLE, segment::goaway};
 
     const MS: u64 = 1_000_000;
 
@@ -604,7 +597,7 @@ mod tests {
             addr("198.18.0.10:8080"),
             reset,
             0,
-            Duration::from_secs(30),
+            (Duration::from_secs(30), DEFAULT_DRAIN_IDLE),
         )
     }
 
@@ -681,6 +674,48 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(f.is_done());
+    }
+
+    #[test]
+    fn a_quiet_connection_is_closed_once_its_idle_time_has_passed() {
+        let quiet = drain(DRAIN_CLIENT);
+        for idle_ms in [10, 50, 1_000] {
+            let mut f = FlowDrain::new(
+                addr("198.18.0.2:40000"),
+                addr("198.18.0.1:8080"),
+                addr("198.18.0.10:8080"),
+                false,
+                0,
+                (Duration::from_secs(30), Duration::from_millis(idle_ms)),
+            );
+            assert_eq!(f.step(Some(&quiet), (idle_ms - 1) * MS), Step::Wait);
+            assert_eq!(
+                f.step(Some(&quiet), idle_ms * MS),
+                Step::Ask,
+                "{idle_ms} ms"
+            );
+            assert_eq!(
+                f.answer(Exchange::Quiet, None, &quiet, idle_ms * MS),
+                Step::Mark(CLOSE_FIN)
+            );
+            // An HTTP/2 connection waits SETTLE_H2 at most.
+            let mut h2 = FlowDrain::new(
+                addr("198.18.0.2:40001"),
+                addr("198.18.0.1:8080"),
+                addr("198.18.0.10:8080"),
+                false,
+                0,
+                (Duration::from_secs(30), Duration::from_millis(idle_ms)),
+            )
+            .http2();
+            let settle = idle_ms.min(10);
+            assert_eq!(h2.step(Some(&quiet), (settle - 1) * MS), Step::Wait);
+            assert_eq!(
+                h2.step(Some(&quiet), settle * MS),
+                Step::Ask,
+                "{idle_ms} ms"
+            );
+        }
     }
 
     #[test]
@@ -861,8 +896,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A TLS connection (nothing read): quiet since the drain began, it waits SETTLE; then,
-        // its client having spoken last (a request may wait), up to UNREAD_WAIT.
+        // A TLS connection (nothing read): quiet since the drain began, it waits its settle
+        // (DEFAULT_DRAIN_IDLE); then, its client having spoken last (a request may wait), up
+        // to UNREAD_WAIT.
         let mut tls = flow(false);
         let quiet = drain(DRAIN_CLIENT);
         assert_eq!(tls.step(Some(&quiet), 11 * MS), Step::Wait);
@@ -882,7 +918,7 @@ mod tests {
             Step::Mark(CLOSE_FIN),
             "a request unanswered that long is given up"
         );
-        // A channel quiet since the drain began waits SETTLE, then goes the same way.
+        // A channel quiet since the drain began waits SETTLE_H2, then goes the same way.
         let mut g = flow(false).http2();
         let quiet = drain(DRAIN_CLIENT);
         assert_eq!(g.step(Some(&quiet), MS), Step::Wait);
@@ -902,7 +938,7 @@ mod tests {
             f.answer(Exchange::Streaming, None, &d, 101 * MS),
             Step::Wait
         );
-        // A chunk 300 ms later (far past SETTLE): still streaming, by the record too.
+        // A chunk 300 ms later (far past the settle): still streaming, by the record too.
         d.seen |= DRAIN_BACKEND;
         d.backend_next = 600;
         d.client_ack = 600;

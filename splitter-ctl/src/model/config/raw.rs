@@ -48,6 +48,7 @@ pub(super) struct RawService {
     pub drill_every_ms: Option<Spanned<u64>>,
     pub established: Option<Spanned<String>>,
     pub drain_timeout_ms: Option<Spanned<u64>>,
+    pub drain_idle_ms: Option<Spanned<u64>>,
     pub retire_drain_window_ms: Option<Spanned<u64>>,
     pub max_connection_age_ms: Option<Spanned<u64>>,
 }

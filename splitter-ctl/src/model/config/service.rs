@@ -17,7 +17,7 @@ use super::{
 };
 use crate::model::units;
 use crate::model::{
-    drain::{DrainSettings, Established, MAX_DRAIN_MS, MIN_CONNECTION_AGE_MS},
+    drain::{DrainSettings, Established, MAX_DRAIN_IDLE_MS, MAX_DRAIN_MS, MIN_CONNECTION_AGE_MS},
     plan::PlanRequest,
     slots::WeightedBackend,
 };
@@ -136,6 +136,12 @@ impl Validator<'_> {
                 &at("drain_timeout_ms"),
                 units::millis(defaults.timeout),
                 1..=MAX_DRAIN_MS,
+            )?),
+            idle: Duration::from_millis(self.ranged(
+                raw.drain_idle_ms.as_ref(),
+                &at("drain_idle_ms"),
+                units::millis(defaults.idle),
+                1..=MAX_DRAIN_IDLE_MS,
             )?),
             retire_window: Duration::from_millis(self.ranged(
                 raw.retire_drain_window_ms.as_ref(),

@@ -110,10 +110,15 @@ fn defaults_apply_when_keys_are_left_out() {
         service.drain.max_age, None,
         "connections age out only when asked"
     );
-    let aging = parse("interface = \"eth0\"\n[[service]]\nname = \"m\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.2:80\"]\nmax_connection_age_ms = 600000\n").expect("valid");
+    assert_eq!(service.drain.idle, crate::model::drain::DEFAULT_DRAIN_IDLE);
+    let aging = parse("interface = \"eth0\"\n[[service]]\nname = \"m\"\nlisten = \"198.18.0.1:80\"\nblue = [\"198.18.1.2:80\"]\nmax_connection_age_ms = 600000\ndrain_idle_ms = 10\n").expect("valid");
     assert_eq!(
         aging.services[0].drain.max_age,
         Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(
+        aging.services[0].drain.idle,
+        std::time::Duration::from_millis(10)
     );
 }
 
@@ -139,6 +144,11 @@ fn every_validation_error_names_file_line_and_field() {
             "green_weight = 12.5",
             "green_weight = 12.5\nmax_connection_age_ms = 999",
             "splitter.toml:12:25: `service[0].max_connection_age_ms`: 999 is outside 1000..=86400000",
+        ),
+        (
+            "green_weight = 12.5",
+            "green_weight = 12.5\ndrain_idle_ms = 0",
+            "splitter.toml:12:17: `service[0].drain_idle_ms`: 0 is outside 1..=60000",
         ),
         (
             "green_weight = 12.5",
