@@ -7,7 +7,7 @@
 
 use splitter_tests::{
     judged::{self, Ended},
-    require_root,
+    one_at_a_time, require_root,
     testbed::Testbed,
 };
 
@@ -28,6 +28,9 @@ fn rollout(blue_args: &[&str], green_args: &[&str], busy: bool) -> Ended {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn identical_versions_are_promoted_quiet_and_with_a_busy_core() {
     require_root!();
+    // A quiet core must be quiet: the other tests' load would land on one version or the
+    // other in bursts (an identical green was once rolled back on its p99 that way).
+    let _serial = one_at_a_time();
     for busy in [false, true] {
         for _ in 0..2 {
             let end = rollout(&["--delay-ms", "2"], &["--delay-ms", "2"], busy);
@@ -40,6 +43,7 @@ fn identical_versions_are_promoted_quiet_and_with_a_busy_core() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_candidate_twice_as_slow_is_rolled_back_by_the_median_gate() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     // The median gate alone among the latency gates: twice as slow moves the p99 too, and
     // either gate may be convinced first.
@@ -83,6 +87,7 @@ fn a_candidate_twice_as_slow_is_rolled_back_by_the_median_gate() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_slow_tail_is_rolled_back_by_the_p99_gate() {
     require_root!();
+    let _serial = one_at_a_time();
     // One response in 10 waits 40 ms on green: its median is blue's, its p99 is not. A tail
     // needs more requests than a median to be told from noise: a 6 s hold.
     let end = rollout_held(
@@ -103,6 +108,7 @@ fn a_slow_tail_is_rolled_back_by_the_p99_gate() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_candidate_failing_one_request_in_five_is_rolled_back_by_the_error_gates() {
     require_root!();
+    let _serial = one_at_a_time();
     let end = rollout(&[], &["--error-every", "5"], false);
     assert!(end.rolled_back(), "{}", end.event);
     let reason = end.reason();
@@ -117,6 +123,7 @@ fn a_candidate_failing_one_request_in_five_is_rolled_back_by_the_error_gates() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_candidate_past_the_absolute_p99_is_rolled_back_by_max_p99_ms() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     // Only the absolute gate: every relative one off (a ratio of a million).
     let end = judged::rollout_with(

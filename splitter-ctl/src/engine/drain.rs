@@ -679,15 +679,18 @@ mod tests {
     #[test]
     fn a_quiet_connection_is_closed_once_its_idle_time_has_passed() {
         let quiet = drain(DRAIN_CLIENT);
-        for idle_ms in [10, 50, 1_000] {
-            let mut f = FlowDrain::new(
-                addr("198.18.0.2:40000"),
+        let with_idle = |port: u16, idle_ms: u64| {
+            FlowDrain::new(
+                SocketAddr::from(([198, 18, 0, 2], port)),
                 addr("198.18.0.1:8080"),
                 addr("198.18.0.10:8080"),
                 false,
                 0,
                 (Duration::from_secs(30), Duration::from_millis(idle_ms)),
-            );
+            )
+        };
+        for idle_ms in [10, 50, 1_000] {
+            let mut f = with_idle(40000, idle_ms);
             assert_eq!(f.step(Some(&quiet), (idle_ms - 1) * MS), Step::Wait);
             assert_eq!(
                 f.step(Some(&quiet), idle_ms * MS),
@@ -699,15 +702,7 @@ mod tests {
                 Step::Mark(CLOSE_FIN)
             );
             // An HTTP/2 connection waits SETTLE_H2 at most.
-            let mut h2 = FlowDrain::new(
-                addr("198.18.0.2:40001"),
-                addr("198.18.0.1:8080"),
-                addr("198.18.0.10:8080"),
-                false,
-                0,
-                (Duration::from_secs(30), Duration::from_millis(idle_ms)),
-            )
-            .http2();
+            let mut h2 = with_idle(40001, idle_ms).http2();
             let settle = idle_ms.min(10);
             assert_eq!(h2.step(Some(&quiet), (settle - 1) * MS), Step::Wait);
             assert_eq!(
