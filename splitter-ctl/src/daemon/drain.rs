@@ -26,7 +26,7 @@ use crate::{
     },
     model::{
         addr::addr_ip,
-        drain::{Cause, Established},
+        drain::{Cause, Established, UNHURRIED_IDLE},
         error::chain,
         units::micros,
     },
@@ -734,7 +734,11 @@ impl super::Daemon {
             version: left,
             established: settings.established,
             timeout: settings.timeout,
-            idle: settings.idle,
+            idle: if promotion {
+                settings.idle.max(UNHURRIED_IDLE)
+            } else {
+                settings.idle
+            },
             spread: if promotion {
                 settings.retire_window
             } else {
