@@ -576,10 +576,18 @@ impl Testbed {
     /// The newest rollback of `sentiment` in the journal, once its drain has completed it
     /// (`details.drain.done`), waiting up to 5 s.
     pub fn drained_rollback(&self) -> Result<splitter_ctl::store::journal::Event, String> {
+        self.drained_rollback_of("sentiment")
+    }
+
+    /// The same for `service`.
+    pub fn drained_rollback_of(
+        &self,
+        service: &str,
+    ) -> Result<splitter_ctl::store::journal::Event, String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let rollback = splitter_ctl::store::journal::Journal::open(&self.dir.join("state"))
-                .and_then(|journal| journal.history(Some("sentiment"), 50))
+                .and_then(|journal| journal.history(Some(service), 50))
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .find(|e| e.event.kind.name() == "rollback");

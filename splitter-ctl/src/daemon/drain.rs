@@ -26,7 +26,7 @@ use crate::{
     },
     model::{
         addr::addr_ip,
-        drain::{Cause, Established, UNHURRIED_IDLE},
+        drain::{Cause, Established},
         error::chain,
         units::micros,
     },
@@ -735,7 +735,7 @@ impl super::Daemon {
             established: settings.established,
             timeout: settings.timeout,
             idle: if promotion {
-                settings.idle.max(UNHURRIED_IDLE)
+                settings.unhurried_idle()
             } else {
                 settings.idle
             },

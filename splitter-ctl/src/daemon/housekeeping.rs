@@ -13,7 +13,7 @@ use crate::{
     engine::latency,
     kernel::{aging, apply, dataplane, forward, reply_links},
     model::{
-        drain::{Established, UNHURRIED_IDLE, age_jitter},
+        drain::{Established, age_jitter},
         error::chain,
         share::format_percent,
         units,
@@ -130,7 +130,7 @@ impl Daemon {
                     version,
                     established: Established::Drain,
                     timeout: settings.timeout,
-                    idle: settings.idle.max(UNHURRIED_IDLE),
+                    idle: settings.unhurried_idle(),
                     spread: Duration::ZERO,
                     decided_ns: now,
                     take: drain::Take::Aged(aged),

@@ -53,6 +53,15 @@ pub struct DrainSettings {
     pub max_age: Option<Duration>,
 }
 
+impl DrainSettings {
+    /// `idle` for a drain no one waits for (a promotion's retired version, connections past
+    /// their age): at least `UNHURRIED_IDLE`.
+    #[must_use]
+    pub fn unhurried_idle(&self) -> Duration {
+        self.idle.max(UNHURRIED_IDLE)
+    }
+}
+
 impl Default for DrainSettings {
     fn default() -> Self {
         Self {
@@ -81,7 +90,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// by `max_connection_age_ms`) lost several requests in a run; at 100 ms, the version left
 /// answered the 32 for 42-46 ms (medians) and 49-76 ms (maxima) after the command in three
 /// runs, with no failure, but a pooled connection picked up at the end of the wait was
-/// answered 119 ms after the command in a CI run, past the 100 ms a rollback promises. 50 ms
+/// answered 119 ms after the command in a full test run, past the 100 ms a rollback promises. 50 ms
 /// keeps that margin; a client whose think time is shorter still shows a request within it.
 pub const DEFAULT_DRAIN_IDLE: Duration = Duration::from_millis(50);
 /// The least a drain no one waits for waits on a quiet connection (a promotion's retired
@@ -135,6 +144,18 @@ pub fn age_jitter(max_age: Duration, hash: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_no_one_waits_for_waits_at_least_a_second_on_a_quiet_connection() {
+        let settings = DrainSettings::default();
+        assert_eq!(settings.idle, DEFAULT_DRAIN_IDLE);
+        assert_eq!(settings.unhurried_idle(), UNHURRIED_IDLE);
+        let patient = DrainSettings {
+            idle: Duration::from_secs(5),
+            ..settings
+        };
+        assert_eq!(patient.unhurried_idle(), Duration::from_secs(5));
+    }
 
     #[test]
     fn the_age_jitter_stays_within_a_tenth_and_spreads_by_hash() {
