@@ -5,6 +5,7 @@
 pub mod bed_binary;
 pub mod checksum;
 pub mod compare;
+pub mod etcd;
 pub mod flood;
 pub mod grpc;
 pub mod http;

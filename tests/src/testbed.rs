@@ -68,8 +68,9 @@ const TEST_INDICES: std::ops::RangeInclusive<u8> = 1..=199;
 const CLAIMS: &str = "/run/splitter-tests";
 
 /// Claims a free index: the first whose lock file no other bed (in this process or another)
-/// holds. The claim lasts as long as the file stays open.
-fn claim_index() -> (u8, fs::File) {
+/// holds. The claim lasts as long as the file stays open. Test beds claim theirs; anything
+/// else that needs addresses of its own (an etcd cluster alone) claims one too.
+pub fn claim_index() -> (u8, fs::File) {
     use std::os::fd::AsRawFd as _;
     fs::create_dir_all(CLAIMS).expect("the test beds' claims directory");
     for index in TEST_INDICES {
@@ -601,6 +602,24 @@ impl Testbed {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Green's share of new connections in percent, read from the pins (not through the CLI
+    /// under test).
+    #[must_use]
+    pub fn kernel_green_percent(&self) -> f64 {
+        let maps =
+            splitter_ctl::kernel::maps::Maps::open_pinned(&self.pin_dir).expect("pinned maps");
+        let endpoint = splitter_ctl::model::config::endpoint(
+            self.vip(),
+            splitter_ctl::model::config::Protocol::Tcp,
+        );
+        let service = maps
+            .service(&endpoint)
+            .expect("read the service")
+            .expect("the service is in the data plane");
+        let word = maps.split(service.split).expect("split word");
+        f64::from(word.share_of(splitter_common::Version::Green)) / 100.0
     }
 
     /// The status as JSON.

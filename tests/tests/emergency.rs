@@ -37,21 +37,6 @@ fn ok(bed: &Testbed, args: &[&str]) -> (String, String) {
     (stdout(&out), stderr(&out))
 }
 
-/// Green's share of new connections, read from the pins (not through the CLI under test).
-fn green_percent(bed: &Testbed) -> f64 {
-    let maps = splitter_ctl::kernel::maps::Maps::open_pinned(&bed.pin_dir).expect("pinned maps");
-    let endpoint = splitter_ctl::model::config::endpoint(
-        bed.vip(),
-        splitter_ctl::model::config::Protocol::Tcp,
-    );
-    let service = maps
-        .service(&endpoint)
-        .expect("read the service")
-        .expect("the service is in the data plane");
-    let word = maps.split(service.split).expect("split word");
-    f64::from(word.share_of(splitter_common::Version::Green)) / 100.0
-}
-
 /// The journal's rollback and weight events, oldest first: (kind, actor).
 fn journaled(bed: &Testbed) -> Vec<(String, String)> {
     let journal = Journal::open(&bed.dir.join("state")).expect("journal");
@@ -92,13 +77,13 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
             && err.contains("300"),
         "{err}"
     );
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
     // Repeated in panic: a success that says so, and nothing written or journaled.
     let (out, _) = ok(&bed, &["rollback", "sentiment"]);
     assert!(out.contains("already rolled back"), "{out}");
     let (_, err) = ok(&bed, &["weight", "sentiment", "green", "30"]);
     assert!(err.contains("the daemon last applied"), "{err}");
-    assert_eq!(green_percent(&bed), 30.0);
+    assert_eq!(bed.kernel_green_percent(), 30.0);
     let (out, _) = ok(&bed, &["weight", "sentiment", "green", "30"]);
     assert!(out.contains("already so"), "{out}");
 
@@ -114,7 +99,7 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
         err.contains("read leniently") && err.contains("metrics_listen"),
         "{err}"
     );
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
     ok(&bed, &["weight", "sentiment", "green", "30"]);
 
     // 3. No record, the service itself invalid: named by its address, the pins from the file.
@@ -128,7 +113,7 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
     assert!(stderr(&refused).contains("300"), "{}", stderr(&refused));
     let vip = bed.vip().to_string();
     ok(&bed, &["rollback", &vip, "--wait-ms", "0"]);
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
     ok(&bed, &["weight", &vip, "green", "30"]);
 
     // 4. Not TOML at all, with the daemon's record (made again by a good reload, and kept by
@@ -141,7 +126,7 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
     assert!(!reload.status.success(), "a broken reload changes nothing");
     let (_, err) = ok(&bed, &["rollback", "sentiment", "--wait-ms", "0"]);
     assert!(err.contains("the daemon last applied"), "{err}");
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
     ok(&bed, &["weight", "sentiment", "green", "30"]);
 
     // 5. Not TOML, no record: the error says what to pass; with the flags it works.
@@ -181,7 +166,7 @@ fn rollback_and_weight_work_with_an_invalid_file_a_file_that_does_not_parse_and_
     args.extend(flags);
     let (_, err) = ok(&bed, &args);
     assert!(err.contains("from the command line"), "{err}");
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
     assert!(
         bed.dir.join("state").join("split.lock").exists(),
         "the write took the split lock in --state-dir"
@@ -277,7 +262,7 @@ fn a_repeated_rollback_never_undoes_a_later_change_and_never_fails() {
     let (out, _) = ok(&bed, &["rollback", "sentiment"]);
     assert!(out.contains("already rolled back"), "{out}");
     assert_eq!(live(&bed), "blue");
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
 
     // A promotion long past its window, then a candidate rolled back: a repeat still succeeds.
     promoted(&bed, "blue", Duration::from_secs(3 * 86_400));
@@ -377,7 +362,7 @@ fn with_the_daemon_stopped_status_answers_within_a_second_and_rollback_works() {
     assert!(out.contains("green 0%"), "{out}");
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    assert_eq!(green_percent(&bed), 0.0);
+    assert_eq!(bed.kernel_green_percent(), 0.0);
 }
 
 #[test]
@@ -404,7 +389,7 @@ fn a_rollback_as_another_user_names_permission_denied() {
         )) && !err.contains("no data plane is pinned"),
         "{err}"
     );
-    assert_eq!(green_percent(&bed), 10.0, "nothing changed");
+    assert_eq!(bed.kernel_green_percent(), 10.0, "nothing changed");
 }
 
 /// Waits up to 20 s for `child` to exit.

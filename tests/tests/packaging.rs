@@ -192,6 +192,9 @@ fn the_kubernetes_manifest_carries_a_valid_config_and_the_units_capabilities() {
     let parsed = splitter_ctl::model::config::Config::parse(Path::new("daemonset.yaml"), &config)
         .unwrap_or_else(|e| panic!("the manifest's config: {e}\n{config}"));
     assert_eq!(parsed.services.len(), 1);
+    let fleet = parsed.fleet.expect("the manifest's config has [fleet]");
+    assert!(fleet.endpoints.iter().all(|e| e.tls));
+    assert!(manifest.contains("secretName: splitter-etcd-client"));
     for needed in [
         "hostNetwork: true",
         "path: /sys/fs/bpf",

@@ -53,6 +53,9 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/grpc/__init__.py",
         "python3-grpcio",
     ),
+    // The fleet tests' etcd (3.4, with the v3 JSON gateway the daemon speaks): started by each
+    // test in a namespace of its own.
+    ("etcd", "etcd-server"),
     // The font `splitter-ctl report` lays out its charts with (its `report::FONT`).
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -210,5 +213,13 @@ fn packages() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    if missing.contains(&"etcd-server") && has_command("systemctl") {
+        // The package starts an etcd of its own on 127.0.0.1:2379 where systemd runs; the
+        // tests start theirs, so the host's is stopped (quietly: there may be no systemd).
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "etcd"])
+            .output();
+    }
+    Ok(())
 }

@@ -94,6 +94,8 @@ pub enum Command {
         percent: u16,
         #[command(flatten)]
         paths: PathArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Send every new connection to the live pool: one map write. Then waits up to --wait-ms
     /// for the first new connection on the live pool and journals the time to it. Works with
@@ -113,6 +115,8 @@ pub enum Command {
         wait_ms: u64,
         #[command(flatten)]
         paths: PathArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Progressive rollouts of a service's candidate, run by the daemon.
     Rollout {
@@ -182,6 +186,8 @@ pub enum Command {
         output: Output,
         #[command(flatten)]
         paths: PathArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// The journal: weights, rollbacks, promotions and drills, newest first.
     History {
@@ -254,6 +260,14 @@ impl From<PathArgs> for Overrides {
             state_dir: paths.state_dir,
         }
     }
+}
+
+/// Fleet mode (`[fleet]` in the config): a command acts on every node unless `--local`.
+#[derive(Args)]
+pub struct FleetArgs {
+    /// This node alone: the fleet's desired split in etcd is neither read nor written.
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// A rollout's plan on the command line; each option overrides one key of the service's

@@ -43,9 +43,9 @@ pub enum ClientError {
     BadRequest(#[source] hyper::http::Error),
 }
 
-/// The CLI's one small runtime for its requests, made at the first (a `watch` frame sends
-/// several).
-fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
+/// The CLI's one small runtime for its requests (to the daemon, to etcd), made at the first
+/// (a `watch` frame sends several).
+pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod detach;
 pub mod drain;
 pub mod drill;
+pub mod fleet;
 pub mod history;
 pub mod locate;
 pub mod reload;
@@ -80,16 +81,33 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             version,
             percent,
             paths,
-        } => weight::weight(config, &paths.into(), &service, version.into(), percent)?.print(),
+            fleet,
+        } => weight::weight(
+            config,
+            &paths.into(),
+            fleet.local,
+            &service,
+            version.into(),
+            percent,
+        ),
         Command::Rollback {
             service,
             established,
             wait_ms,
             paths,
+            fleet,
         } => {
-            let change = rollback::rollback(config, &paths.into(), &service)?;
+            let overrides = paths.into();
+            let change = rollback::rollback(config, &overrides, &service)?;
             // The drain and its journal entry happen even when nobody reads the output.
             let printed = change.print();
+            // This node first, then the fleet: etcd never delays this node's rollback, and a
+            // fleet that cannot be told now is told by the daemon later.
+            if !fleet.local
+                && let Some(said) = fleet::publish_rollback(config, &overrides, &change)?
+            {
+                eprintln!("{said}");
+            }
             // A repeated rollback drains only when asked to (`--established`).
             if let Some(left) = change
                 .left
@@ -152,11 +170,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             service,
             output,
             paths,
+            fleet,
         } => print(status::run(
             config,
             &paths.into(),
             service.as_deref(),
             output,
+            fleet.local,
         )),
         Command::Detach { pin_dir } => {
             out(format!("{}\n", detach::run(config, pin_dir.as_deref())?))
@@ -269,6 +289,16 @@ pub enum CommandError {
     NothingToRollBack { service: String, why: String },
     #[error(transparent)]
     Journal(#[from] crate::store::journal::JournalError),
+    #[error("fleet: {0}")]
+    Fleet(String),
+    #[error(
+        "fleet: etcd cannot be reached ({0}); nothing changed. `--local` changes this node alone"
+    )]
+    FleetUnreachable(String),
+    #[error(
+        "fleet: the split of `{release}` was changed by someone else since this command read it ({now}); nothing changed: look, then run the command again"
+    )]
+    FleetRaced { release: String, now: String },
     #[error("cannot encode the status as JSON")]
     Json(#[from] serde_json::Error),
     #[error("cannot {what}")]

@@ -16,7 +16,7 @@ use crate::{
     io::http::encode,
     model::error::chain,
     store::journal::{self, Journal},
-    view::status,
+    view::{fleet::FleetView, status},
 };
 
 /// How long `status` waits for the daemon before it reads the pinned maps itself.
@@ -27,8 +27,18 @@ pub fn run(
     overrides: &Overrides,
     service: Option<&str>,
     output: Output,
+    local: bool,
 ) -> Result<String, CommandError> {
     let located = locate(config_path, overrides)?;
+    // In fleet mode, every node as etcd has it, after this node's own status; a fleet that
+    // cannot be read is said, and this node's status shown all the same.
+    let fleet = located
+        .config
+        .fleet
+        .as_ref()
+        .filter(|_| !local)
+        .map(|fleet| super::fleet::status(fleet).map_err(|e| chain(&e).to_string()));
+    let render = |status: &status::Status, output| render(status, fleet.as_ref(), output);
     let path = service.map_or_else(
         || "/v1/status".to_owned(),
         |name| format!("/v1/status?service={}", encode(name)),
@@ -82,9 +92,30 @@ pub fn run(
     render(&status, output)
 }
 
-fn render(status: &status::Status, output: Output) -> Result<String, CommandError> {
+fn render(
+    status: &status::Status,
+    fleet: Option<&Result<FleetView, String>>,
+    output: Output,
+) -> Result<String, CommandError> {
     Ok(match output {
-        Output::Json => serde_json::to_string_pretty(status)? + "\n",
-        Output::Text => status::render(status),
+        Output::Json => {
+            let mut value = serde_json::to_value(status)?;
+            if let Some(fleet) = fleet {
+                value["fleet"] = match fleet {
+                    Ok(view) => serde_json::to_value(view)?,
+                    Err(why) => serde_json::json!({ "error": why }),
+                };
+            }
+            serde_json::to_string_pretty(&value)? + "\n"
+        }
+        Output::Text => {
+            let mut text = status::render(status);
+            match fleet {
+                None => {}
+                Some(Ok(view)) => text.push_str(&view.render(journal::now_ms())),
+                Some(Err(why)) => text.push_str(&format!("fleet: cannot be read: {why}\n")),
+            }
+            text
+        }
     })
 }

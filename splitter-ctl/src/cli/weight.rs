@@ -1,19 +1,51 @@
 //! `splitter-ctl weight SERVICE VERSION PERCENT`: one write of the split word (none when the
-//! share is that already).
+//! share is that already). In fleet mode, the fleet's desired split first (a compare-and-swap
+//! on its revision: `cli::fleet`), then this node's kernel; every other node's daemon applies it.
 
 use std::path::Path;
 
 use splitter_common::Version;
 
 use super::{
-    CommandError,
+    CommandError, fleet,
     locate::Overrides,
     split::{Change, update},
 };
 use crate::store::journal::EventKind;
 
-/// `splitter-ctl weight SERVICE VERSION PERCENT`: `version` gets `share_bp` of new connections.
+/// `splitter-ctl weight SERVICE VERSION PERCENT`: `version` gets `share_bp` of new connections,
+/// on every node of the fleet unless `local`. Prints what it did.
 pub fn weight(
+    config: &Path,
+    overrides: &Overrides,
+    local: bool,
+    service: &str,
+    version: Version,
+    share_bp: u16,
+) -> Result<(), CommandError> {
+    let target = if local {
+        None
+    } else {
+        fleet::target(config, overrides, service)?
+    };
+    let Some(target) = target else {
+        return weight_here(config, overrides, service, version, share_bp)?.print();
+    };
+    let published = fleet::publish_weight(&target, |word| word.with_share_of(version, share_bp))?;
+    fleet::forget_pending(&target);
+    let change = update(config, overrides, service, EventKind::Weight, |_, _, _| {
+        Ok(published.word)
+    })?;
+    change.print()?;
+    eprintln!(
+        "fleet: told at revision {}; every node applies it (`splitter-ctl status` shows each node's)",
+        published.revision
+    );
+    Ok(())
+}
+
+/// This node alone.
+pub fn weight_here(
     config: &Path,
     overrides: &Overrides,
     service: &str,

@@ -34,7 +34,7 @@ pub(super) struct Sinks<'a> {
 impl Sinks<'_> {
     /// Journals `event`; its id, or `None` (logged) when there is no journal or the write
     /// failed.
-    fn record(&self, event: &NewEvent) -> Option<i64> {
+    pub(super) fn record(&self, event: &NewEvent) -> Option<i64> {
         let journal = self.journal?;
         journal
             .record(event)

@@ -246,6 +246,7 @@ pub struct DaemonCounters {
     pub drills: Family<DrillLabels, Counter>,
     drained: Family<DrainLabels, Counter>,
     drain_raced: Family<ServiceLabels, Counter>,
+    pub fleet: super::fleet::FleetCounters,
 }
 
 impl DaemonCounters {
@@ -346,6 +347,7 @@ impl Metrics {
             "Requests that raced a drain's close: dropped before the backend saw them",
             counters.drain_raced.clone(),
         );
+        counters.fleet.register(&mut registry);
         registry.register_collector(Box::new(KernelCollector { maps, view }));
         Self { registry }
     }

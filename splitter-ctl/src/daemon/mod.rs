@@ -8,6 +8,7 @@ pub mod control;
 pub mod drain;
 pub mod drills;
 mod events;
+pub mod fleet;
 mod health;
 mod housekeeping;
 pub mod http;
@@ -139,6 +140,8 @@ pub struct Daemon {
     drains: drain::Drains,
     /// Devices the reply fast path could not be attached to, warned about once each.
     reply_refused: std::collections::BTreeSet<u32>,
+    /// What this node applied of the fleet's desired splits (`[fleet]`).
+    fleet: fleet::FleetState,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -227,6 +230,7 @@ impl Daemon {
             reports,
             drains: drain::Drains::default(),
             reply_refused: std::collections::BTreeSet::new(),
+            fleet: fleet::FleetState::default(),
         };
         let applied = daemon.apply()?;
         daemon.sync_fast_path();

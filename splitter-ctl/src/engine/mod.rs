@@ -4,6 +4,7 @@
 
 pub mod drain;
 pub mod drill;
+pub mod fleet;
 pub mod gates;
 pub mod health;
 pub mod latency;

@@ -27,7 +27,7 @@ pub enum HttpError {
     Tls(String, #[source] std::io::Error),
     #[error("`{0}` is not a name or address a certificate can be checked against")]
     ServerName(String),
-    #[error("cannot read the CA file `{0}`")]
+    #[error("cannot read the certificate or key file `{0}`")]
     CaFile(PathBuf, #[source] rustls::pki_types::pem::Error),
     #[error("the CA file `{0}` holds no certificate a TLS client can use")]
     NoCertificate(PathBuf),
@@ -94,8 +94,9 @@ where
 }
 
 /// Sends `request` on `stream`: the answer's head, and the task that drives the connection
-/// (the body is read through it; abort it when done).
-async fn send<S>(
+/// (the body is read through it, as it arrives, by a caller that streams it; abort the task
+/// when done).
+pub async fn send<S>(
     stream: S,
     request: Request<Full<Bytes>>,
 ) -> Result<(hyper::Response<Incoming>, tokio::task::JoinHandle<()>), HttpError>
@@ -211,6 +212,15 @@ pub struct Tls {
 impl Tls {
     /// Trusts the authorities of `ca_file` (PEM), or the host's when there is none.
     pub fn new(ca_file: Option<&Path>) -> Result<Self, HttpError> {
+        Self::with_client(ca_file, None)
+    }
+
+    /// Like `new`, and shows the server `client`'s certificate and key (PEM files) when asked,
+    /// as a production etcd asks its clients.
+    pub fn with_client(
+        ca_file: Option<&Path>,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<Self, HttpError> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
@@ -236,8 +246,20 @@ impl Tls {
         ))
         .with_safe_default_protocol_versions()
         .map_err(HttpError::TlsConfig)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let config = match client {
+            None => config.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                    .map_err(|error| HttpError::CaFile(cert.to_owned(), error))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                    .map_err(|error| HttpError::CaFile(key.to_owned(), error))?;
+                config
+                    .with_client_auth_cert(chain, key)
+                    .map_err(HttpError::TlsConfig)?
+            }
+        };
         Ok(Self {
             config: Arc::new(config),
         })

@@ -1,6 +1,7 @@
 //! I/O with the world outside the data plane: Prometheus queries, backend health probes,
-//! readiness notifications to the service manager, and the host's users.
+//! etcd (fleet mode), readiness notifications to the service manager, and the host's users.
 
+pub mod etcd;
 pub mod http;
 pub mod notify;
 pub mod probe;

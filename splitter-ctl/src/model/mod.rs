@@ -6,6 +6,7 @@ pub mod addr;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod fleet;
 pub mod l7;
 pub mod paths;
 pub mod plan;

@@ -76,10 +76,25 @@ pub fn read(path: &Path, text: &str) -> Result<Lenient, ConfigError> {
             Err(problem) => skipped.push((name, problem)),
         }
     }
+    // Fleet mode on its own: a broken `[fleet]` leaves this node's own commands working, and
+    // says the fleet is not told.
+    let fleet = match table
+        .get("fleet")
+        .cloned()
+        .map(|entry| fleet_alone(path, entry))
+    {
+        None => None,
+        Some(Ok(fleet)) => fleet,
+        Some(Err(problem)) => {
+            skipped.push(("fleet".to_owned(), problem));
+            None
+        }
+    };
     Ok(Lenient {
         config: Config {
             interface,
             control_socket,
+            fleet,
             services,
             ..with_paths(path, &pin_dir, &state_dir)?
         },
@@ -99,6 +114,22 @@ pub fn with_paths(path: &Path, pin_dir: &Path, state_dir: &Path) -> Result<Confi
         xdp_mode: XdpMode::Auto,
         ..defaults
     })
+}
+
+/// The `[fleet]` table validated on its own.
+fn fleet_alone(
+    path: &Path,
+    entry: toml::Value,
+) -> Result<Option<crate::model::fleet::Fleet>, String> {
+    let mut document = toml::Table::new();
+    document.insert("interface".to_owned(), toml::Value::from("lo"));
+    document.insert("fleet".to_owned(), entry);
+    let text = toml::to_string(&document).map_err(|e| e.to_string())?;
+    match Config::parse(path, &text) {
+        Ok(config) => Ok(config.fleet),
+        Err(ConfigError::Invalid { field, problem, .. }) => Err(format!("`{field}`: {problem}")),
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 /// The `[[service]]` table at `index` validated on its own; its problem, when it has one,
@@ -164,6 +195,23 @@ blue = ["not an address"]
         assert_eq!(lenient.skipped[0].0, "broken");
         assert!(
             lenient.skipped[0].1.contains("service[1].blue[0]"),
+            "{:?}",
+            lenient.skipped
+        );
+    }
+
+    #[test]
+    fn a_fleet_table_is_read_on_its_own() {
+        let good = "interface = \"eth0\"\nbroken = 1\n[fleet]\netcd = [\"http://198.18.250.2:2379\"]\nnode = \"n1\"\n";
+        let lenient = read(Path::new("f.toml"), good).expect("lenient");
+        assert_eq!(lenient.config.fleet.map(|f| f.node), Some("n1".to_owned()));
+        let bad = "interface = \"eth0\"\n[fleet]\netcd = [\"etcd:2379\"]\n";
+        let lenient = read(Path::new("f.toml"), bad).expect("lenient");
+        assert_eq!(lenient.config.fleet, None);
+        assert_eq!(lenient.skipped.len(), 1);
+        assert_eq!(lenient.skipped[0].0, "fleet");
+        assert!(
+            lenient.skipped[0].1.contains("fleet.etcd[0]"),
             "{:?}",
             lenient.skipped
         );

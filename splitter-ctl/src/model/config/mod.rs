@@ -14,6 +14,7 @@ use std::{
 use crate::model::{addr::addr_bytes, paths, plan::PlanRequest, slots::WeightedBackend};
 use splitter_common::{Endpoint, PROTO_TCP, PROTO_UDP, SplitWord, Version, ipv4_mapped};
 
+mod fleet;
 pub mod lenient;
 mod raw;
 mod service;
@@ -105,6 +106,8 @@ pub struct Config {
     /// Whether steered packets and their replies skip the node's forwarding path when the FIB
     /// allows it (`fast_path`, default on).
     pub fast_path: bool,
+    /// Fleet mode: the etcd this node follows (`[fleet]`); `None`, a host on its own.
+    pub fleet: Option<crate::model::fleet::Fleet>,
     pub services: Vec<ServiceSpec>,
 }
 

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub flow_table_per_cpu: Option<Spanned<u32>>,
     pub new_flow_rate_per_cpu: Option<Spanned<u32>>,
     pub fast_path: Option<Spanned<bool>>,
+    pub fleet: Option<Spanned<RawFleet>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
@@ -51,6 +52,18 @@ pub(super) struct RawService {
     pub drain_idle_ms: Option<Spanned<u64>>,
     pub retire_drain_window_ms: Option<Spanned<u64>>,
     pub max_connection_age_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    pub node: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub lease_ttl_s: Option<Spanned<u64>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -642,6 +642,10 @@ fn every_config_key_is_in_the_configuration_docs() {
         ("## Top level", "zzz = 1\n".to_owned()),
         ("## `[[service]]`", format!("{service}zzz = 1\n")),
         (
+            "## `[fleet]`",
+            "interface = \"x\"\n[fleet]\netcd = []\nzzz = 1\n".to_owned(),
+        ),
+        (
             "### `[service.health]`",
             format!("{service}[service.health]\nzzz = 1\n"),
         ),
@@ -753,7 +757,7 @@ fn the_first_unknown_key_in_the_file_is_the_one_reported() {
     let text = "interface = \"veth-node\"\nzeta = 1\n[[service]]\nname = \"a\"\nlisten = \"198.18.0.1:80\"\nprotocl = \"tcp\"\nhelth = 1\n";
     assert_eq!(
         error(text),
-        "splitter.toml:2:1: `zeta`: unknown key (it takes interface, pin_dir, xdp_mode, control_socket, control_group, metrics_listen, state_dir, flow_table_per_cpu, new_flow_rate_per_cpu, fast_path, service)"
+        "splitter.toml:2:1: `zeta`: unknown key (it takes interface, pin_dir, xdp_mode, control_socket, control_group, metrics_listen, state_dir, flow_table_per_cpu, new_flow_rate_per_cpu, fast_path, fleet, service)"
     );
     let text = text.replace("zeta = 1\n", "");
     assert!(

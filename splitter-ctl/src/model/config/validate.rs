@@ -147,6 +147,11 @@ impl Validator<'_> {
             0,
             0..=MAX_NEW_FLOW_RATE,
         )?;
+        let fleet = raw
+            .fleet
+            .as_ref()
+            .map(|fleet| self.fleet(fleet))
+            .transpose()?;
         Ok(Config {
             path: self.path.to_owned(),
             interface,
@@ -159,6 +164,7 @@ impl Validator<'_> {
             flow_table_per_cpu,
             new_flow_rate_per_cpu,
             fast_path: raw.fast_path.as_ref().is_none_or(|on| *on.get_ref()),
+            fleet,
             services,
         })
     }

@@ -9,12 +9,14 @@
 //!   of the version rolled back;
 //! - `drain`: pooled keep-alive clients through a rollback, Splitter's drain beside HAProxy's
 //!   `shutdown sessions`;
-//! - `memory`: the maps' kernel memory, as the kernel charges it.
+//! - `memory`: the maps' kernel memory, as the kernel charges it;
+//! - `fleet`: a rollback on one of five nodes following one etcd, until every node has it.
 //!
 //! Every section is measured before anything is written: a run that fails anywhere writes
 //! nothing and exits non-zero.
 
 mod drain;
+mod fleet;
 mod gates;
 mod grpc;
 mod judge;
@@ -39,7 +41,7 @@ type Section = fn(&str, bool) -> Result<String, String>;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
-    /// Only this section (`--only packet|scale|judge|versus|grpc|gates|judged|drain|memory`), for a quick look;
+    /// Only this section (`--only packet|scale|judge|versus|grpc|gates|judged|drain|memory|fleet`), for a quick look;
     /// never written.
     only: Option<String>,
 }
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
         report.push_str(&judge::section(options.quick));
         took.push(("judge", started.elapsed()));
     }
-    let sections: [(&str, &str, Section); 6] = [
+    let sections: [(&str, &str, Section); 7] = [
         (
             "versus",
             "the comparison with direct, nftables and HAProxy",
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         ("judged", "the judgement on the test bed", judged::section),
         ("drain", "the drain of the version left", drain::section),
         ("memory", "the maps' memory", memory::section),
+        ("fleet", "the fleet's rollback propagation", fleet::section),
     ];
     for (name, what, section) in sections {
         if !wanted(name) {

@@ -1,0 +1,235 @@
+//! Fleet mode on the command line (`[fleet]` in the config; `--local` acts on this node alone):
+//! `weight` moves the fleet's desired split by a compare-and-swap on its revision and then this
+//! node's kernel; `rollback` writes this node's kernel first, never waiting for etcd, then
+//! tells the fleet, or leaves the rollback for the daemon to publish when etcd answers again;
+//! `status` shows every node.
+
+use std::path::Path;
+
+use splitter_common::SplitWord;
+
+use super::{
+    CommandError,
+    client::runtime,
+    locate::{Overrides, Target, locate},
+    split::Change,
+};
+use crate::{
+    io::{
+        etcd::{Etcd, EtcdError, Swap},
+        users,
+    },
+    model::{
+        error::chain,
+        fleet::{COMMAND_TIMEOUT, Cause, Desired, Fleet, Member, NodeReport, RecordError},
+        share::format_percent,
+    },
+    store::{self, journal::now_ms},
+    view::fleet::{FleetView, Read, view},
+};
+
+/// What a command on the fleet acts on.
+#[derive(Debug)]
+pub struct FleetTarget {
+    pub fleet: Fleet,
+    /// The release (service or group) the desired split is kept under.
+    pub release: String,
+    /// This node's kernel word now.
+    pub kernel: SplitWord,
+    pub state_dir: std::path::PathBuf,
+}
+
+/// The fleet a command on `name` acts on: `None` without `[fleet]`, or for a service known by
+/// its address only (no name to keep a desired split under: this node alone, said so).
+pub fn target(
+    config: &Path,
+    overrides: &Overrides,
+    name: &str,
+) -> Result<Option<FleetTarget>, CommandError> {
+    let located = locate(config, overrides)?;
+    let Some(fleet) = located.config.fleet.clone() else {
+        return Ok(None);
+    };
+    let target = located.target(name)?;
+    let Target::Named { release, .. } = &target else {
+        eprintln!("{name}: known by its address only: this node alone; the fleet is not told");
+        return Ok(None);
+    };
+    let maps = located.split_maps()?;
+    let service = located.kernel(&maps, &target)?;
+    Ok(Some(FleetTarget {
+        kernel: maps.split(service.split)?,
+        release: release.clone(),
+        fleet,
+        state_dir: located.state_dir().to_owned(),
+    }))
+}
+
+fn etcd(fleet: &Fleet) -> Result<Etcd, CommandError> {
+    Etcd::new(fleet, COMMAND_TIMEOUT)
+        .map_err(|error| CommandError::Fleet(chain(&error).to_string()))
+}
+
+fn actor() -> String {
+    users::describe(users::this_process())
+}
+
+/// A weight published to the fleet.
+#[derive(Debug)]
+pub struct Published {
+    pub revision: i64,
+    pub word: SplitWord,
+}
+
+/// `weight` on the fleet: the desired split that etcd holds (this node's kernel word when it
+/// holds none) moved by `change`, written only if no one wrote it since it was read. Nothing
+/// is changed when etcd cannot be reached or another writer won.
+pub fn publish_weight(
+    target: &FleetTarget,
+    change: impl FnOnce(SplitWord) -> SplitWord,
+) -> Result<Published, CommandError> {
+    let etcd = etcd(&target.fleet)?;
+    let key = target.fleet.desired_key(&target.release);
+    let unreachable = |error: EtcdError| CommandError::FleetUnreachable(chain(&error).to_string());
+    runtime()?.block_on(async {
+        let current = etcd.get(&key).await.map_err(unreachable)?;
+        let (base, expected) = match &current {
+            None => (target.kernel, 0),
+            Some(kv) => match Desired::parse(&kv.value).and_then(|d| d.word()) {
+                Ok(word) => (word, kv.mod_revision),
+                // A newer build's value: not this build's to replace.
+                Err(error @ RecordError::NewerSchema(_)) => {
+                    return Err(CommandError::Fleet(format!(
+                        "etcd holds a desired split of {} from a newer build ({error}); nothing changed",
+                        target.release
+                    )));
+                }
+                // A value no node applies: replaced, from this node's kernel word.
+                Err(error) => {
+                    eprintln!(
+                        "fleet: the desired split of {} in etcd cannot be read ({error}); replacing it, from this node's split",
+                        target.release
+                    );
+                    (target.kernel, kv.mod_revision)
+                }
+            },
+        };
+        let word = change(base);
+        let desired = Desired::new(word, Cause::Weight, &target.fleet.node, &actor(), now_ms());
+        match etcd
+            .put_if(&key, &desired.to_json(), expected)
+            .await
+            .map_err(unreachable)?
+        {
+            Swap::Written(revision) => Ok(Published { revision, word }),
+            Swap::Lost(now) => Err(CommandError::FleetRaced {
+                release: target.release.clone(),
+                now: now.map_or_else(
+                    || "it was deleted".to_owned(),
+                    |kv| match Desired::parse(&kv.value) {
+                        Ok(d) => format!(
+                            "revision {}: {} by {} on {}, live {} with the candidate at {}%",
+                            kv.mod_revision,
+                            match d.cause {
+                                Cause::Weight => "a weight",
+                                Cause::Rollback => "a rollback",
+                            },
+                            d.actor,
+                            d.node,
+                            d.live,
+                            format_percent(d.candidate_bp)
+                        ),
+                        Err(error) => format!("revision {}: {error}", kv.mod_revision),
+                    },
+                ),
+            }),
+        }
+    })
+}
+
+/// After this node's kernel was rolled back (`change`): tells the fleet, so that every node
+/// rolls back; when etcd cannot be reached within `COMMAND_TIMEOUT`, keeps the rollback for the
+/// daemon to publish when it answers again. What to print, `None` without a fleet.
+pub fn publish_rollback(
+    config: &Path,
+    overrides: &Overrides,
+    change: &Change,
+) -> Result<Option<String>, CommandError> {
+    let Some(target) = target(config, overrides, &change.service)? else {
+        return Ok(None);
+    };
+    let desired = Desired::new(
+        change.after,
+        Cause::Rollback,
+        &target.fleet.node,
+        &actor(),
+        now_ms(),
+    );
+    let key = target.fleet.desired_key(&target.release);
+    let put = etcd(&target.fleet).and_then(|etcd| {
+        runtime()?
+            .block_on(etcd.put(&key, &desired.to_json(), None))
+            .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))
+    });
+    match put {
+        Ok(revision) => {
+            // A rollback kept from an earlier outage is older than this one: it stands no more.
+            store::fleet::forget(&target.state_dir, &target.release);
+            Ok(Some(format!(
+                "fleet: told at revision {revision}; every node rolls back (`splitter-ctl status` shows each node's)"
+            )))
+        }
+        Err(error) => {
+            store::fleet::save(&target.state_dir, &target.release, &desired).map_err(|source| {
+                CommandError::Io {
+                    what: "keep the rollback for the fleet in the state directory",
+                    source,
+                }
+            })?;
+            Ok(Some(format!(
+                "fleet: NOT told yet ({}). This node is rolled back; its daemon tells the fleet when etcd answers, and the rollback wins over any share set meanwhile",
+                chain(&error)
+            )))
+        }
+    }
+}
+
+/// After a weight published to the fleet: a rollback kept from an outage stands no more (an
+/// operator moved the share again).
+pub fn forget_pending(target: &FleetTarget) {
+    store::fleet::forget(&target.state_dir, &target.release);
+}
+
+/// The fleet as etcd holds it, for `status`.
+pub fn status(fleet: &Fleet) -> Result<FleetView, CommandError> {
+    let etcd = etcd(fleet)?;
+    let read = runtime()?
+        .block_on(async {
+            let (_, desired) = etcd.range_prefix(&fleet.desired_prefix()).await?;
+            let (_, members) = etcd.range_prefix(&fleet.members_prefix()).await?;
+            let (_, reports) = etcd.range_prefix(&fleet.nodes_prefix()).await?;
+            Ok::<_, EtcdError>((desired, members, reports))
+        })
+        .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))?;
+    let (desired, members, reports) = read;
+    let prefix = fleet.desired_prefix();
+    let read = Read {
+        desired: desired
+            .into_iter()
+            .map(|kv| {
+                let release = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_owned();
+                let value = Desired::parse(&kv.value).map_err(|e| e.to_string());
+                (release, kv.mod_revision, value)
+            })
+            .collect(),
+        members: members
+            .into_iter()
+            .map(|kv| serde_json::from_slice::<Member>(&kv.value).map_err(|e| e.to_string()))
+            .collect(),
+        reports: reports
+            .into_iter()
+            .map(|kv| serde_json::from_slice::<NodeReport>(&kv.value).map_err(|e| e.to_string()))
+            .collect(),
+    };
+    Ok(view(&fleet.node, read))
+}

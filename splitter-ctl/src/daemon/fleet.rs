@@ -1,0 +1,442 @@
+//! Fleet mode in the daemon (`[fleet]`): this node follows the desired splits in etcd and
+//! writes them to its own kernel, reports what it applied under its lease, and publishes the
+//! rollbacks made here while etcd was unreachable (they win: see `engine::fleet`).
+//!
+//! One session at a time: grant a lease, publish pending rollbacks, read every desired split,
+//! report, then watch from the revision read; renew the lease and the report every third of
+//! its TTL. Any etcd failure ends the session and a new one starts after a backoff; the kernel
+//! keeps the last split meanwhile (data planes hold), and a node never applies a revision
+//! older than one it applied.
+
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use splitter_common::SplitWord;
+
+use super::{
+    Daemon, Shared,
+    events::{Event, Sinks},
+    lock,
+};
+use crate::{
+    engine::fleet::{Step, decide},
+    io::etcd::{Change, Etcd, EtcdError, Kv},
+    model::{
+        error::chain,
+        fleet::{Applied, Cause, Desired, Fleet, Member, NodeReport, SCHEMA},
+        share::percent_of,
+    },
+    store::{
+        self,
+        journal::{EventKind, NewEvent, now_ms},
+    },
+};
+
+/// How long one call to etcd may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait after a session ended; it doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the daemon knows of the fleet.
+#[derive(Debug, Default)]
+pub(super) struct FleetState {
+    /// The desired revision applied, by release.
+    applied: BTreeMap<String, i64>,
+    /// Desired values refused, by release, and why.
+    refused: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    /// `weight` or `rollback`.
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// `unreadable`, `newer_schema`, `invalid` or `unknown_release`.
+    reason: &'static str,
+}
+
+/// Fleet mode's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct FleetCounters {
+    applied: Family<CauseLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    sessions_ended: Counter,
+    published: Counter,
+    connected: Gauge,
+}
+
+impl FleetCounters {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "splitter_fleet_applied",
+            "Desired splits from the fleet written to this node's kernel, by cause",
+            self.applied.clone(),
+        );
+        registry.register(
+            "splitter_fleet_refused",
+            "Desired splits in etcd refused and never applied, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "splitter_fleet_sessions_ended",
+            "Sessions with etcd that ended in an error (a new one follows)",
+            self.sessions_ended.clone(),
+        );
+        registry.register(
+            "splitter_fleet_published_rollbacks",
+            "Rollbacks made while etcd was unreachable, published when it answered again",
+            self.published.clone(),
+        );
+        registry.register(
+            "splitter_fleet_connected",
+            "1 while this node follows etcd, 0 while it holds the last split it applied",
+            self.connected.clone(),
+        );
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("the config's [fleet] changed")]
+    Reconfigured,
+}
+
+/// Follows the fleet for as long as the daemon runs and its config has `[fleet]`.
+pub(super) async fn follow(shared: Shared) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let (fleet, counters) = {
+            let daemon = lock(&shared);
+            (daemon.config.fleet.clone(), daemon.counters.fleet.clone())
+        };
+        let Some(fleet) = fleet else {
+            tokio::time::sleep(MAX_BACKOFF).await;
+            continue;
+        };
+        let started = tokio::time::Instant::now();
+        let ended = match Etcd::new(&fleet, CALL_TIMEOUT) {
+            Ok(etcd) => match session(&shared, &fleet, &etcd, &counters).await {
+                Ok(never) => match never {},
+                Err(end) => end,
+            },
+            Err(error) => SessionEnd::Etcd(error),
+        };
+        counters.connected.set(0);
+        if !matches!(ended, SessionEnd::Reconfigured) {
+            counters.sessions_ended.inc();
+            tracing::warn!(error = %chain(&ended), retry_ms = backoff.as_millis(), "lost etcd; this node holds the last split it applied");
+        }
+        if started.elapsed() > fleet.lease_ttl {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(
+    shared: &Shared,
+    fleet: &Fleet,
+    etcd: &Etcd,
+    counters: &FleetCounters,
+) -> Result<Infallible, SessionEnd> {
+    let lease = etcd.grant(fleet.lease_ttl).await?;
+    let member = Member {
+        schema: SCHEMA,
+        node: fleet.node.clone(),
+        session_at_ms: now_ms(),
+    };
+    etcd.put(
+        &fleet.member_key(),
+        &serde_json::to_vec(&member).unwrap_or_default(),
+        None,
+    )
+    .await?;
+    publish_pending(shared, fleet, etcd, counters).await?;
+    let (revision, kvs) = etcd.range_prefix(&fleet.desired_prefix()).await?;
+    {
+        let mut daemon = lock(shared);
+        for kv in &kvs {
+            daemon.apply_desired(fleet, kv);
+        }
+    }
+    report(shared, fleet, etcd, lease).await?;
+    let mut watch = etcd
+        .watch(&fleet.desired_prefix(), revision.saturating_add(1))
+        .await?;
+    counters.connected.set(1);
+    tracing::info!(node = %fleet.node, revision, releases = kvs.len(), "following the fleet");
+    let mut renew = tokio::time::interval(fleet.lease_ttl / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            batch = watch.next() => {
+                let batch = batch?;
+                if batch.changes.is_empty() {
+                    continue;
+                }
+                {
+                    let mut daemon = lock(shared);
+                    for change in &batch.changes {
+                        match change {
+                            Change::Put(kv) => daemon.apply_desired(fleet, kv),
+                            Change::Delete { key, .. } => tracing::info!(key, "a desired split was deleted from etcd; this node keeps the split it has"),
+                        }
+                    }
+                }
+                report(shared, fleet, etcd, lease).await?;
+            }
+            _ = renew.tick() => {
+                if lock(shared).config.fleet.as_ref() != Some(fleet) {
+                    return Err(SessionEnd::Reconfigured);
+                }
+                etcd.keep_alive(lease).await?;
+                publish_pending(shared, fleet, etcd, counters).await?;
+                report(shared, fleet, etcd, lease).await?;
+            }
+        }
+    }
+}
+
+/// Writes this node's report under its lease.
+async fn report(shared: &Shared, fleet: &Fleet, etcd: &Etcd, lease: i64) -> Result<(), EtcdError> {
+    let report = lock(shared).fleet_report(fleet);
+    let value = serde_json::to_vec(&report).unwrap_or_default();
+    etcd.put(&fleet.node_key(), &value, Some(lease)).await?;
+    Ok(())
+}
+
+/// Publishes the rollbacks made here while etcd was unreachable: each one wins over whatever
+/// etcd holds (a rollback is sticky until an operator moves the share again).
+async fn publish_pending(
+    shared: &Shared,
+    fleet: &Fleet,
+    etcd: &Etcd,
+    counters: &FleetCounters,
+) -> Result<(), EtcdError> {
+    let state_dir = lock(shared).config.state_dir.clone();
+    for (release, desired) in store::fleet::list(&state_dir) {
+        let desired = match desired {
+            Ok(desired) => desired,
+            Err(problem) => {
+                tracing::warn!(
+                    service = release,
+                    problem,
+                    "a pending rollback cannot be read; it is not published (remove it from the state directory's fleet-pending/)"
+                );
+                continue;
+            }
+        };
+        let revision = etcd
+            .put(&fleet.desired_key(&release), &desired.to_json(), None)
+            .await?;
+        counters.published.inc();
+        tracing::info!(
+            service = release,
+            revision,
+            decided_at_ms = desired.decided_at_ms,
+            "published a rollback made while etcd was unreachable"
+        );
+        if let Err(error) = store::fleet::published(&state_dir, &release, &desired) {
+            tracing::warn!(service = release, error = %error, "cannot remove a published rollback from fleet-pending/; it is published again");
+        }
+    }
+    Ok(())
+}
+
+impl Daemon {
+    /// Applies the desired split `kv` (a key under the fleet's desired prefix) to this node's
+    /// kernel, as `engine::fleet::decide` says; refusals are counted and reported.
+    fn apply_desired(&mut self, fleet: &Fleet, kv: &Kv) {
+        let Some(name) = kv.key.strip_prefix(&fleet.desired_prefix()) else {
+            return;
+        };
+        let Ok(release) = self.release_name(name) else {
+            self.refuse(
+                name,
+                "unknown_release",
+                "not a service or release group of this node's config",
+            );
+            return;
+        };
+        let desired = match Desired::parse(&kv.value) {
+            Ok(desired) => desired,
+            Err(error) => {
+                self.refuse(&release, error.label(), &error.to_string());
+                return;
+            }
+        };
+        let Ok(word) = desired.word() else { return };
+        let ids = match self.release_ids(&release) {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(service = release, error = %chain(&error), "cannot apply the fleet's split here");
+                return;
+            }
+        };
+        self.fleet.refused.remove(&release);
+        let applied = self.fleet.applied.get(&release).copied().unwrap_or(0);
+        let pending = store::fleet::is_pending(&self.config.state_dir, &release);
+        let started = std::time::Instant::now();
+        let (before, step) = {
+            let _lock = self.split_lock.hold();
+            let Ok(before) = self.maps.split(ids.split) else {
+                return;
+            };
+            let step = decide(
+                kv.mod_revision,
+                applied,
+                pending,
+                before,
+                word,
+                desired.cause,
+            );
+            if let Step::Write { .. } = step
+                && let Err(error) = self.maps.set_split(ids.split, word)
+            {
+                tracing::error!(service = release, error = %chain(&error), "cannot write the fleet's split");
+                return;
+            }
+            (before, step)
+        };
+        let write = started.elapsed();
+        match step {
+            Step::Stale => {}
+            Step::HeldForRollback => {
+                tracing::info!(
+                    service = release,
+                    revision = kv.mod_revision,
+                    "holding a rollback made here that the fleet has not been told of; the fleet's split waits"
+                );
+            }
+            Step::Same => {
+                self.fleet.applied.insert(release.clone(), kv.mod_revision);
+                self.note_split(&release, word);
+            }
+            Step::Write { left } => {
+                self.fleet.applied.insert(release.clone(), kv.mod_revision);
+                self.note_split(&release, word);
+                let event = self.emit(FleetApplied {
+                    release: &release,
+                    desired: &desired,
+                    revision: kv.mod_revision,
+                    before,
+                    after: word,
+                    write,
+                });
+                if let Some(left) = left {
+                    let decided_ns = crate::kernel::aging::monotonic_ns()
+                        .saturating_sub(crate::model::units::micros(write) * 1_000);
+                    self.drain_after(&release, &ids.members, left, false, decided_ns, event);
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, release: &str, reason: &'static str, why: &str) {
+        if self.fleet.refused.get(release).map(String::as_str) != Some(why) {
+            tracing::warn!(
+                service = release,
+                reason,
+                why,
+                "refused a desired split from etcd; it is not applied"
+            );
+        }
+        self.counters
+            .fleet
+            .refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        self.fleet
+            .refused
+            .insert(release.to_owned(), why.to_owned());
+    }
+
+    /// What this node reports: per release, the revision applied and its kernel's word.
+    fn fleet_report(&self, fleet: &Fleet) -> NodeReport {
+        let applied = self
+            .config
+            .releases()
+            .iter()
+            .filter_map(|release| {
+                let ids = self.release_ids(release.name).ok()?;
+                let word = self.maps.split(ids.split).ok()?;
+                Some((
+                    release.name.to_owned(),
+                    Applied {
+                        revision: self.fleet.applied.get(release.name).copied().unwrap_or(0),
+                        kernel_live: word.live().name().to_owned(),
+                        kernel_candidate_bp: word.candidate_share_bp(),
+                    },
+                ))
+            })
+            .collect();
+        NodeReport {
+            schema: SCHEMA,
+            node: fleet.node.clone(),
+            at_ms: now_ms(),
+            applied,
+            refused: self.fleet.refused.clone(),
+        }
+    }
+}
+
+/// A desired split from the fleet, written to this node's kernel: journaled as the weight or
+/// rollback it is, with the revision, the node and the operator it came from.
+struct FleetApplied<'a> {
+    release: &'a str,
+    desired: &'a Desired,
+    revision: i64,
+    before: SplitWord,
+    after: SplitWord,
+    write: Duration,
+}
+
+impl Event for FleetApplied<'_> {
+    fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
+        let (kind, cause) = match self.desired.cause {
+            Cause::Weight => (EventKind::Weight, "weight"),
+            Cause::Rollback => (EventKind::Rollback, "rollback"),
+        };
+        // On the deciding node's clock: skewed by the difference between the two clocks.
+        let propagation_ms = now_ms() - self.desired.decided_at_ms;
+        let green = |word: SplitWord| percent_of(word.share_of(splitter_common::Version::Green));
+        tracing::info!(service = self.release, revision = self.revision, from_node = %self.desired.node, cause, green_percent = green(self.after), propagation_ms, "applied the fleet's split");
+        sinks
+            .counters
+            .fleet
+            .applied
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+        sinks.record(&NewEvent {
+            reason: Some(format!(
+                "the fleet's split at revision {}, set on node {}",
+                self.revision, self.desired.node
+            )),
+            details: serde_json::json!({
+                "before": { "live": self.before.live().name(), "green_percent": green(self.before) },
+                "after": { "live": self.after.live().name(), "green_percent": green(self.after) },
+                "map_write_us": self.write.as_secs_f64() * 1e6,
+                "fleet": {
+                    "revision": self.revision,
+                    "node": self.desired.node,
+                    "decided_at_ms": self.desired.decided_at_ms,
+                    "propagation_ms": propagation_ms,
+                },
+            }),
+            ..NewEvent::new(self.release, kind, &self.desired.actor)
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Rollbacks made on this node that the fleet has not been told of yet (etcd was unreachable):
+//! one file per release in the state directory (`fleet-pending/RELEASE.json`, the desired
+//! split as it will be published). The daemon publishes them when etcd answers again and then
+//! removes them; until then it applies nothing from the fleet over them.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use crate::model::fleet::{Desired, is_key_segment};
+
+/// The directory of pending publications, in the state directory.
+const DIR: &str = "fleet-pending";
+
+fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(DIR)
+}
+
+fn file(state_dir: &Path, release: &str) -> PathBuf {
+    dir(state_dir).join(format!("{release}.json"))
+}
+
+/// Keeps `desired` for `release` until it is published: written whole or not at all. A later
+/// one for the same release replaces it (the newest rollback is the one that stands).
+pub fn save(state_dir: &Path, release: &str, desired: &Desired) -> io::Result<PathBuf> {
+    if !is_key_segment(release) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{release}` cannot name a key in etcd"),
+        ));
+    }
+    fs::create_dir_all(dir(state_dir))?;
+    let path = file(state_dir, release);
+    let temporary = path.with_extension("json.new");
+    fs::write(&temporary, desired.to_json())?;
+    fs::rename(&temporary, &path)?;
+    Ok(path)
+}
+
+/// Every pending publication, by release. A file that does not read is returned as its
+/// problem, to be logged, not silently dropped.
+#[must_use]
+pub fn list(state_dir: &Path) -> Vec<(String, Result<Desired, String>)> {
+    let Ok(entries) = fs::read_dir(dir(state_dir)) else {
+        return Vec::new();
+    };
+    let mut pending: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .to_owned();
+            let read = fs::read(entry.path())
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| Desired::parse(&bytes).map_err(|e| e.to_string()));
+            Some((name, read))
+        })
+        .collect();
+    pending.sort_by(|a, b| a.0.cmp(&b.0));
+    pending
+}
+
+/// Whether `release` has a rollback waiting to be published.
+#[must_use]
+pub fn is_pending(state_dir: &Path, release: &str) -> bool {
+    file(state_dir, release).exists()
+}
+
+/// Removes `release`'s pending publication once `published` is in etcd, unless a newer one
+/// replaced it in the meantime (it is published next time).
+pub fn published(state_dir: &Path, release: &str, published: &Desired) -> io::Result<()> {
+    let path = file(state_dir, release);
+    match fs::read(&path) {
+        Ok(bytes) if Desired::parse(&bytes).as_ref() == Ok(published) => fs::remove_file(path),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops `release`'s pending publication whatever it holds: a newer change to the fleet's
+/// split (a rollback or a weight published from here) replaced it.
+pub fn forget(state_dir: &Path, release: &str) {
+    let _ = fs::remove_file(file(state_dir, release));
+}
+
+#[cfg(test)]
+mod tests {
+    use splitter_common::{SplitWord, Version};
+
+    use super::*;
+    use crate::model::fleet::Cause;
+
+    #[test]
+    fn a_pending_rollback_is_kept_until_that_one_is_published() {
+        let state = std::env::temp_dir().join(format!("splitter-pending-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let first = Desired::new(
+            SplitWord::new(Version::Blue, 0),
+            Cause::Rollback,
+            "n1",
+            "root",
+            1,
+        );
+        let second = Desired {
+            decided_at_ms: 2,
+            ..first.clone()
+        };
+        assert!(list(&state).is_empty());
+        save(&state, "model", &first).expect("save");
+        assert!(is_pending(&state, "model"));
+        save(&state, "model", &second).expect("replace");
+        // The first was published while the second replaced it: the second stays.
+        published(&state, "model", &first).expect("published");
+        assert_eq!(list(&state), vec![("model".to_owned(), Ok(second.clone()))]);
+        published(&state, "model", &second).expect("published");
+        assert!(!is_pending(&state, "model"));
+        save(&state, "model", &first).expect("save");
+        forget(&state, "model");
+        assert!(!is_pending(&state, "model"));
+        assert!(save(&state, "../x", &first).is_err());
+        fs::write(dir(&state).join("bad.json"), "{").expect("write");
+        assert!(matches!(&list(&state)[..], [(name, Err(_))] if name == "bad"));
+        let _ = fs::remove_dir_all(&state);
+    }
+}

@@ -1,0 +1,332 @@
+//! The fleet as `status` shows it: each release's desired split, and each node's applied
+//! revision, lag, kernel share and whether it is alive. Built from what etcd holds (the
+//! desired splits, the members and the reports under live leases); no I/O here.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use splitter_common::{SplitWord, Version};
+
+use crate::{
+    engine::fleet::lag,
+    model::{
+        fleet::{Desired, Member, NodeReport},
+        share::{format_percent, percent_of},
+    },
+};
+
+/// What etcd holds, read in one pass: values by key suffix (release or node), each with its
+/// revision; values that do not read are kept with why.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub desired: Vec<(String, i64, Result<Desired, String>)>,
+    pub members: Vec<Result<Member, String>>,
+    pub reports: Vec<Result<NodeReport, String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    /// The node this command runs on.
+    pub this_node: String,
+    pub releases: Vec<ReleaseView>,
+    /// Values in etcd this build cannot read (a newer schema, say), by what they are.
+    pub unreadable: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleaseView {
+    pub release: String,
+    /// `None`: no node has set a split for it in the fleet yet.
+    pub desired: Option<DesiredView>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DesiredView {
+    pub revision: i64,
+    pub live: String,
+    pub green_percent: f64,
+    pub cause: String,
+    pub node: String,
+    pub actor: String,
+    pub decided_at_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub node: String,
+    /// Its report is under a live lease: its daemon follows etcd now.
+    pub alive: bool,
+    /// The desired revision it applied (0: none), and how many it is behind.
+    pub revision: i64,
+    pub lag: i64,
+    /// Its kernel's word when it last reported.
+    pub live: Option<String>,
+    pub green_percent: Option<f64>,
+    /// Its kernel differs from the desired split (changed on that node alone).
+    pub differs: bool,
+    /// Why it refused the desired split, when it did.
+    pub refused: Option<String>,
+    /// When it last reported, or began its last session (ms since the epoch).
+    pub seen_at_ms: Option<i64>,
+}
+
+fn green(word: SplitWord) -> f64 {
+    percent_of(word.share_of(Version::Green))
+}
+
+/// A share in percent as `format_percent` writes it (`30`, `0.5`).
+fn shown(percent: f64) -> String {
+    format_percent((percent * 100.0).round() as u16)
+}
+
+fn version(name: &str) -> Option<Version> {
+    match name {
+        "blue" => Some(Version::Blue),
+        "green" => Some(Version::Green),
+        _ => None,
+    }
+}
+
+/// The view of `read`, for `this_node`.
+#[must_use]
+pub fn view(this_node: &str, read: Read) -> FleetView {
+    let mut unreadable = Vec::new();
+    let mut desired: BTreeMap<String, (i64, Desired)> = BTreeMap::new();
+    let mut releases: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (release, revision, value) in read.desired {
+        releases.insert(release.clone());
+        match value {
+            Ok(d) => {
+                desired.insert(release, (revision, d));
+            }
+            Err(why) => unreadable.push(format!("the desired split of {release}: {why}")),
+        }
+    }
+    let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
+    for report in read.reports {
+        match report {
+            Ok(r) => {
+                releases.extend(r.applied.keys().cloned());
+                reports.insert(r.node.clone(), r);
+            }
+            Err(why) => unreadable.push(format!("a node's report: {why}")),
+        }
+    }
+    let mut members: BTreeMap<String, i64> = BTreeMap::new();
+    for member in read.members {
+        match member {
+            Ok(m) => {
+                members.insert(m.node, m.session_at_ms);
+            }
+            Err(why) => unreadable.push(format!("a member: {why}")),
+        }
+    }
+    let nodes: std::collections::BTreeSet<&String> = members.keys().chain(reports.keys()).collect();
+    let releases = releases
+        .into_iter()
+        .map(|release| {
+            let wanted = desired.get(&release);
+            let wanted_word = wanted.and_then(|(_, d)| d.word().ok());
+            let nodes = nodes
+                .iter()
+                .map(|node| {
+                    let report = reports.get(*node);
+                    let applied = report.and_then(|r| r.applied.get(&release));
+                    let kernel = applied.and_then(|a| {
+                        version(&a.kernel_live).map(|v| SplitWord::new(v, a.kernel_candidate_bp))
+                    });
+                    let revision = applied.map_or(0, |a| a.revision);
+                    NodeView {
+                        node: (*node).clone(),
+                        alive: report.is_some(),
+                        revision,
+                        lag: wanted.map_or(0, |(r, _)| lag(*r, revision)),
+                        live: kernel.map(|w| w.live().name().to_owned()),
+                        green_percent: kernel.map(green),
+                        differs: matches!((kernel, wanted_word), (Some(k), Some(w)) if k != w),
+                        refused: report.and_then(|r| r.refused.get(&release).cloned()),
+                        seen_at_ms: report
+                            .map(|r| r.at_ms)
+                            .or_else(|| members.get(*node).copied()),
+                    }
+                })
+                .collect();
+            ReleaseView {
+                desired: wanted.and_then(|(revision, d)| {
+                    Some(DesiredView {
+                        revision: *revision,
+                        live: d.live.clone(),
+                        green_percent: green(d.word().ok()?),
+                        cause: match d.cause {
+                            crate::model::fleet::Cause::Weight => "weight",
+                            crate::model::fleet::Cause::Rollback => "rollback",
+                        }
+                        .to_owned(),
+                        node: d.node.clone(),
+                        actor: d.actor.clone(),
+                        decided_at_ms: d.decided_at_ms,
+                    })
+                }),
+                release,
+                nodes,
+            }
+        })
+        .collect();
+    FleetView {
+        this_node: this_node.to_owned(),
+        releases,
+        unreadable,
+    }
+}
+
+impl FleetView {
+    /// The text `status` prints after this node's own status.
+    #[must_use]
+    pub fn render(&self, now_ms: i64) -> String {
+        let mut out = format!("fleet (this node: {})\n", self.this_node);
+        if self.releases.is_empty() {
+            out.push_str("  no release has a split in the fleet yet, and no node reports\n");
+        }
+        for release in &self.releases {
+            match &release.desired {
+                Some(d) => out.push_str(&format!(
+                    "  {}: desired green {}% (live {}) at revision {}: {} by {} on {}, {} s ago\n",
+                    release.release,
+                    shown(d.green_percent),
+                    d.live,
+                    d.revision,
+                    d.cause,
+                    d.actor,
+                    d.node,
+                    (now_ms - d.decided_at_ms).max(0) / 1_000,
+                )),
+                None => out.push_str(&format!(
+                    "  {}: no desired split in the fleet; each node keeps its own\n",
+                    release.release
+                )),
+            }
+            out.push_str("    node                 alive  revision  lag  kernel\n");
+            for node in &release.nodes {
+                let kernel = match (&node.live, node.green_percent) {
+                    (Some(live), Some(g)) => format!(
+                        "green {}% (live {live}){}",
+                        shown(g),
+                        if node.differs {
+                            ", differs from the desired split"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => "-".to_owned(),
+                };
+                let seen = node.seen_at_ms.map_or_else(String::new, |at| {
+                    if node.alive {
+                        String::new()
+                    } else {
+                        format!(
+                            " (silent; last session {} s ago)",
+                            (now_ms - at).max(0) / 1_000
+                        )
+                    }
+                });
+                let refused = node
+                    .refused
+                    .as_ref()
+                    .map_or_else(String::new, |why| format!("; REFUSED: {why}"));
+                out.push_str(&format!(
+                    "    {:<20} {:<6} {:<9} {:<4} {kernel}{seen}{refused}\n",
+                    node.node,
+                    if node.alive { "yes" } else { "NO" },
+                    node.revision,
+                    node.lag,
+                ));
+            }
+        }
+        for problem in &self.unreadable {
+            out.push_str(&format!("  unreadable: {problem}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fleet::{Applied, Cause, SCHEMA};
+
+    fn report(node: &str, revision: i64, green_bp: u16) -> NodeReport {
+        NodeReport {
+            schema: SCHEMA,
+            node: node.to_owned(),
+            at_ms: 1_000,
+            applied: [(
+                "model".to_owned(),
+                Applied {
+                    revision,
+                    kernel_live: "blue".into(),
+                    kernel_candidate_bp: green_bp,
+                },
+            )]
+            .into(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn each_node_shows_its_lag_its_kernel_and_whether_it_is_alive() {
+        let desired = Desired::new(
+            SplitWord::new(Version::Blue, 3_000),
+            Cause::Weight,
+            "n1",
+            "root (uid 0)",
+            500,
+        );
+        let read = Read {
+            desired: vec![("model".into(), 12, Ok(desired))],
+            members: ["n1", "n2", "n3"]
+                .iter()
+                .map(|n| {
+                    Ok(Member {
+                        schema: SCHEMA,
+                        node: (*n).to_owned(),
+                        session_at_ms: 100,
+                    })
+                })
+                .collect(),
+            reports: vec![Ok(report("n1", 12, 3_000)), Ok(report("n2", 9, 1_000))],
+        };
+        let view = view("n1", read);
+        let nodes = &view.releases[0].nodes;
+        assert_eq!(
+            nodes
+                .iter()
+                .map(|n| (n.node.as_str(), n.alive, n.lag, n.differs))
+                .collect::<Vec<_>>(),
+            vec![
+                ("n1", true, 0, false),
+                ("n2", true, 3, true),
+                ("n3", false, 12, false)
+            ]
+        );
+        let text = view.render(10_500);
+        assert!(text.contains("model: desired green 30% (live blue) at revision 12: weight by root (uid 0) on n1, 10 s ago"), "{text}");
+        assert!(text.contains("n3                   NO"), "{text}");
+        assert!(text.contains("silent; last session 10 s ago"), "{text}");
+    }
+
+    #[test]
+    fn values_that_do_not_read_are_shown_not_dropped() {
+        let read = Read {
+            desired: vec![("model".into(), 3, Err("schema 2 is newer".into()))],
+            ..Read::default()
+        };
+        let view = view("n1", read);
+        assert!(view.releases[0].desired.is_none());
+        assert_eq!(view.unreadable.len(), 1);
+        assert!(
+            view.render(0)
+                .contains("unreadable: the desired split of model: schema 2")
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Fleet mode end to end: a real etcd (Debian's etcd-server) in a namespace of its own, and
+//! real nodes, each a test bed with its own daemon, data plane, backends and clients. What a
+//! node's kernel does is read from its pins and checked with real connections.
+
+use std::{
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{
+    etcd::EtcdCluster,
+    http, require_root,
+    testbed::{Testbed, counted},
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
+
+/// `n` test beds, each node `n{k}` of a fleet following `cluster` (started on the first
+/// bed's addresses), with green at `green` percent in their configs; their daemons are not
+/// started.
+fn fleet(n: usize, members: usize, green: &str) -> (EtcdCluster, Vec<Testbed>) {
+    let beds: Vec<Testbed> = (0..n).map(|_| Testbed::new(SERVER)).collect();
+    let cluster = EtcdCluster::start(beds[0].index, members);
+    for (k, bed) in beds.iter().enumerate() {
+        bed.write_config(green);
+        cluster.link(bed);
+        cluster.add_fleet(bed, &format!("n{k}"));
+    }
+    (cluster, beds)
+}
+
+/// Waits until `bed`'s kernel gives green `percent`; how long that took.
+fn until_green(bed: &Testbed, percent: f64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = bed.kernel_green_percent();
+        if (now - percent).abs() < 0.001 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "bed {}: green at {now}%, not {percent}%, after {within:?}: {}",
+            bed.index,
+            bed.daemon_log()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The versions answering `n` new connections to `bed`'s service: (blue, green, failed).
+fn versions(bed: &Testbed, n: usize) -> (usize, usize, usize) {
+    let vip: SocketAddr = bed.vip();
+    bed.client.run(move || {
+        let (mut blue, mut green, mut failed) = (0, 0, 0);
+        for _ in 0..n {
+            match http::get(vip).as_deref() {
+                Ok(v) if v.starts_with("blue") => blue += 1,
+                Ok(v) if v.starts_with("green") => green += 1,
+                _ => failed += 1,
+            }
+        }
+        (blue, green, failed)
+    })
+}
+
+/// `status --output json`'s fleet part, from `bed`.
+fn fleet_status(bed: &Testbed) -> serde_json::Value {
+    bed.status()["fleet"].clone()
+}
+
+/// The nodes of `sentiment` in `bed`'s fleet status: (node, alive, revision, lag).
+fn nodes(bed: &Testbed) -> Vec<(String, bool, i64, i64)> {
+    let status = fleet_status(bed);
+    let release = status["releases"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["release"] == "sentiment"))
+        .cloned()
+        .unwrap_or_default();
+    release["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n["node"].as_str().unwrap_or("?").to_owned(),
+                        n["alive"].as_bool().unwrap_or(false),
+                        n["revision"].as_i64().unwrap_or(-1),
+                        n["lag"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The revision a command said it told the fleet at.
+fn told_at(said: &str) -> i64 {
+    said.split("told at revision ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in: {said}"))
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_too() {
+    require_root!();
+    let (_cluster, mut beds) = fleet(3, 1, "0");
+    // Two nodes follow from the start; the third joins after the share moved.
+    beds[0].start_daemon(&[]);
+    beds[1].start_daemon(&[]);
+
+    let out = beds[0].ctl(&["weight", "sentiment", "green", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revision = told_at(&stderr(&out));
+    // The node the command ran on wrote its own kernel; the other one follows the watch.
+    assert_eq!(beds[0].kernel_green_percent(), 30.0);
+    let took = until_green(&beds[1], 30.0, Duration::from_secs(3));
+    eprintln!("green 30% reached n1's kernel {took:?} after the command returned");
+
+    // A node joining mid-rollout applies the current split as it starts.
+    beds[2].start_daemon(&[]);
+    until_green(&beds[2], 30.0, Duration::from_secs(5));
+    let (blue, green, failed) = versions(&beds[2], 200);
+    assert_eq!(failed, 0);
+    assert!(
+        (30..=90).contains(&green) && blue + green == 200,
+        "n2 at 30%: blue {blue}, green {green}"
+    );
+
+    // Every node alive, at the revision of the weight, no lag (reports refresh within a
+    // third of the 2 s lease).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = nodes(&beds[1]);
+        let level = seen.len() == 3
+            && seen
+                .iter()
+                .all(|(_, alive, rev, lag)| *alive && *rev == revision && *lag == 0);
+        if level {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fleet status: {seen:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let status = fleet_status(&beds[1]);
+    let desired = &status["releases"][0]["desired"];
+    assert_eq!(desired["green_percent"], 30.0, "{status}");
+    assert_eq!(desired["node"], "n0", "{status}");
+
+    // A rollback on another node: its own kernel at once, every other one through etcd.
+    let out = beds[1].ctl(&["rollback", "sentiment"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fleet: told at revision"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(beds[1].kernel_green_percent(), 0.0);
+    for bed in [&beds[0], &beds[2]] {
+        until_green(bed, 0.0, Duration::from_secs(3));
+    }
+    let (blue, green, failed) = versions(&beds[2], 100);
+    assert_eq!((blue, green, failed), (100, 0, 0));
+    // n2 journaled the rollback as the fleet's, from n1.
+    let journal =
+        splitter_ctl::store::journal::Journal::open(&beds[2].dir.join("state")).expect("journal");
+    let rollback = journal
+        .history(Some("sentiment"), 20)
+        .expect("history")
+        .into_iter()
+        .find(|e| e.event.kind == splitter_ctl::store::journal::EventKind::Rollback)
+        .expect("a rollback in n2's journal");
+    assert_eq!(
+        rollback.event.details["fleet"]["node"], "n1",
+        "{rollback:?}"
+    );
+    let applied = counted(
+        &beds[2].metrics(),
+        "splitter_fleet_applied_total{cause=\"rollback\"}",
+    );
+    assert_eq!(applied, Some(1.0));
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_rollback_with_etcd_down_is_local_first_and_reaches_the_fleet_when_etcd_returns() {
+    require_root!();
+    let (mut cluster, mut beds) = fleet(2, 1, "0");
+    for bed in &mut beds {
+        bed.start_daemon(&[]);
+    }
+    let out = beds[0].ctl(&["weight", "sentiment", "green", "50"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    until_green(&beds[1], 50.0, Duration::from_secs(3));
+
+    cluster.kill_member(0);
+    let started = Instant::now();
+    let out = beds[0].ctl(&["rollback", "sentiment"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fleet: NOT told yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(beds[0].kernel_green_percent(), 0.0);
+    // The command waits for etcd no longer than its timeout (1.5 s), drain included.
+    assert!(took < Duration::from_secs(5), "rollback took {took:?}");
+    // The other node holds the last split it applied.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(beds[1].kernel_green_percent(), 50.0);
+    // A weight needs the fleet: refused, nothing changed.
+    let out = beds[1].ctl(&["weight", "sentiment", "green", "40"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("etcd cannot be reached") && stderr(&out).contains("nothing changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(beds[1].kernel_green_percent(), 50.0);
+    // `--local` still acts on this node alone.
+    beds[1].ctl_ok(&["weight", "sentiment", "green", "45", "--local"]);
+    assert_eq!(beds[1].kernel_green_percent(), 45.0);
+
+    // etcd returns: n0's daemon publishes its rollback, and it wins.
+    cluster.restart_member(0);
+    cluster.wait_healthy(Duration::from_secs(20));
+    let took = until_green(&beds[1], 0.0, Duration::from_secs(15));
+    eprintln!("the rollback reached n1 {took:?} after etcd was healthy again");
+    let desired = cluster
+        .get("/splitter/v1/desired/sentiment")
+        .expect("a desired split");
+    let desired: serde_json::Value = serde_json::from_str(&desired).expect("json");
+    assert_eq!(
+        (
+            &desired["cause"],
+            &desired["node"],
+            &desired["candidate_bp"]
+        ),
+        (&"rollback".into(), &"n0".into(), &0.into()),
+        "{desired}"
+    );
+    // Published, it is no longer kept.
+    let pending = beds[0].dir.join("state/fleet-pending/sentiment.json");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pending.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} is still there",
+            pending.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let published = counted(
+        &beds[0].metrics(),
+        "splitter_fleet_published_rollbacks_total",
+    );
+    assert_eq!(published, Some(1.0));
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn values_that_do_not_parse_or_come_from_a_newer_schema_are_refused_and_counted() {
+    require_root!();
+    let (cluster, mut beds) = fleet(1, 1, "0");
+    beds[0].start_daemon(&[]);
+    let bed = &beds[0];
+    let key = "/splitter/v1/desired/sentiment";
+
+    cluster.put(key, "{not json");
+    let refused = |reason: &str| {
+        counted(
+            &bed.metrics(),
+            &format!("splitter_fleet_refused_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused("unreadable") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", bed.metrics());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bed.kernel_green_percent(), 0.0);
+    // An operator's weight replaces a value no node can read.
+    let out = bed.ctl(&["weight", "sentiment", "green", "10"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot be read"), "{}", stderr(&out));
+    assert_eq!(bed.kernel_green_percent(), 10.0);
+
+    // A newer schema: refused, never applied, and not replaced by this older build.
+    cluster.put(
+        key,
+        r#"{"schema":2,"live":"green","candidate_bp":0,"cause":"weight","node":"x","actor":"y","decided_at_ms":0}"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused("newer_schema") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", bed.metrics());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bed.kernel_green_percent(), 10.0);
+    let out = bed.ctl(&["weight", "sentiment", "green", "20"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("newer build"), "{}", stderr(&out));
+    assert_eq!(bed.kernel_green_percent(), 10.0);
+    let text = String::from_utf8_lossy(&bed.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("unreadable: the desired split of sentiment: schema 2"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_partitioned_node_holds_its_split_and_converges_when_it_returns() {
+    require_root!();
+    let (cluster, mut beds) = fleet(2, 1, "0");
+    for bed in &mut beds {
+        bed.start_daemon(&[]);
+    }
+    beds[0].ctl_ok(&["weight", "sentiment", "green", "30"]);
+    until_green(&beds[1], 30.0, Duration::from_secs(3));
+
+    cluster.partition(&beds[1], true);
+    let out = beds[0].ctl(&["weight", "sentiment", "green", "60"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revision = told_at(&stderr(&out));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        beds[1].kernel_green_percent(),
+        30.0,
+        "the partitioned node holds"
+    );
+    // Its lease (2 s) runs out: status shows it silent and behind.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let seen = nodes(&beds[0]);
+        if seen
+            .iter()
+            .any(|(node, alive, _, lag)| node == "n1" && !alive && *lag > 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fleet status: {seen:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    cluster.partition(&beds[1], false);
+    until_green(&beds[1], 60.0, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let seen = nodes(&beds[0]);
+        if seen
+            .iter()
+            .any(|(node, alive, rev, lag)| node == "n1" && *alive && *rev == revision && *lag == 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fleet status: {seen:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
