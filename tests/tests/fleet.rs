@@ -112,7 +112,7 @@ fn told_at(said: &str) -> i64 {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_too() {
     require_root!();
-    let (_cluster, mut beds) = fleet(3, 1, "0");
+    let (cluster, mut beds) = fleet(3, 1, "0");
     // Two nodes follow from the start; the third joins after the share moved.
     beds[0].start_daemon(&[]);
     beds[1].start_daemon(&[]);
@@ -134,6 +134,28 @@ fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_t
         (30..=90).contains(&green) && blue + green == 200,
         "n2 at 30%: blue {blue}, green {green}"
     );
+
+    // n2 reports what each version served: the evidence a fleet's gates sum.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let report: serde_json::Value = cluster
+            .get("/splitter/v1/nodes/n2")
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .unwrap_or_default();
+        let evidence = &report["applied"]["sentiment"]["evidence"];
+        let requests = |version: &str| {
+            evidence
+                .as_array()
+                .and_then(|e| e.iter().find(|v| v["version"] == version))
+                .and_then(|v| v["requests"].as_u64())
+                .unwrap_or(0)
+        };
+        if requests("blue") >= blue as u64 && requests("green") >= green as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n2's report: {report}");
+        thread::sleep(Duration::from_millis(100));
+    }
 
     // Every node alive, at the revision of the weight, no lag (reports refresh within a
     // third of the 2 s lease).
@@ -366,4 +388,30 @@ fn a_partitioned_node_holds_its_split_and_converges_when_it_returns() {
         assert!(Instant::now() < deadline, "fleet status: {seen:?}");
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn losing_one_member_of_three_interrupts_nothing() {
+    require_root!();
+    let (mut cluster, mut beds) = fleet(2, 3, "0");
+    for bed in &mut beds {
+        bed.start_daemon(&[]);
+    }
+    beds[0].ctl_ok(&["weight", "sentiment", "green", "10"]);
+    until_green(&beds[1], 10.0, Duration::from_secs(3));
+
+    // The first member (the one every client tries first, and often the leader) dies.
+    cluster.kill_member(0);
+    let out = beds[0].ctl(&["weight", "sentiment", "green", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = until_green(&beds[1], 20.0, Duration::from_secs(5));
+    eprintln!("with a member down, green 20% reached n1 {took:?} after the command returned");
+    let out = beds[1].ctl(&["rollback", "sentiment"]);
+    assert!(
+        out.status.success() && stderr(&out).contains("fleet: told at revision"),
+        "{}",
+        stderr(&out)
+    );
+    until_green(&beds[0], 0.0, Duration::from_secs(5));
 }

@@ -15,7 +15,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use splitter_common::SplitWord;
+use splitter_common::{Histogram, LatencyKind, SplitWord, Version};
 
 use super::{
     Daemon, Shared,
@@ -27,7 +27,7 @@ use crate::{
     io::etcd::{Change, Etcd, EtcdError, Kv},
     model::{
         error::chain,
-        fleet::{Applied, Cause, Desired, Fleet, Member, NodeReport, SCHEMA},
+        fleet::{Applied, Cause, Desired, Evidence, Fleet, Member, NodeReport, SCHEMA, Sparse},
         share::percent_of,
     },
     store::{
@@ -373,12 +373,14 @@ impl Daemon {
             .filter_map(|release| {
                 let ids = self.release_ids(release.name).ok()?;
                 let word = self.maps.split(ids.split).ok()?;
+                let kind = release.leader().rollout.latency.unwrap_or_default().kind();
                 Some((
                     release.name.to_owned(),
                     Applied {
                         revision: self.fleet.applied.get(release.name).copied().unwrap_or(0),
                         kernel_live: word.live().name().to_owned(),
                         kernel_candidate_bp: word.candidate_share_bp(),
+                        evidence: self.evidence(&ids.members, kind),
                     },
                 ))
             })
@@ -390,6 +392,34 @@ impl Daemon {
             applied,
             refused: self.fleet.refused.clone(),
         }
+    }
+}
+
+impl Daemon {
+    /// What each version served on the services `ids` (summed), cumulative; a version whose
+    /// maps cannot be read is left out.
+    fn evidence(&self, ids: &[u32], kind: LatencyKind) -> Vec<Evidence> {
+        [Version::Blue, Version::Green]
+            .into_iter()
+            .filter_map(|version| {
+                let mut requests = 0;
+                let mut errors = 0;
+                let mut latency = Histogram::default();
+                for id in ids {
+                    let counters = self.maps.counters(*id, version).ok()?;
+                    let (e, r) = counters.errors_and_events();
+                    requests += r;
+                    errors += e;
+                    latency = latency.add(&self.maps.histogram(*id, version, kind).ok()?);
+                }
+                Some(Evidence {
+                    version: version.name().to_owned(),
+                    requests,
+                    errors,
+                    latency: Sparse::of(&latency),
+                })
+            })
+            .collect()
     }
 }
 
@@ -412,7 +442,7 @@ impl Event for FleetApplied<'_> {
         };
         // On the deciding node's clock: skewed by the difference between the two clocks.
         let propagation_ms = now_ms() - self.desired.decided_at_ms;
-        let green = |word: SplitWord| percent_of(word.share_of(splitter_common::Version::Green));
+        let green = |word: SplitWord| percent_of(word.share_of(Version::Green));
         tracing::info!(service = self.release, revision = self.revision, from_node = %self.desired.node, cause, green_percent = green(self.after), propagation_ms, "applied the fleet's split");
         sinks
             .counters

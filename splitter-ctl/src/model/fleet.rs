@@ -15,7 +15,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use splitter_common::{SplitWord, Version};
+use splitter_common::{Histogram, SplitWord, Version};
 
 /// The schema of the records this build writes and understands.
 pub const SCHEMA: u32 = 1;
@@ -266,6 +266,65 @@ pub struct Applied {
     /// desired one when an operator changed this node alone (`--local`).
     pub kernel_live: String,
     pub kernel_candidate_bp: u16,
+    /// What each version served on this node, counted since its data plane was created: the
+    /// difference between two reports is a window, and the windows of every node sum to the
+    /// fleet's (histograms add bucket by bucket).
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+}
+
+/// A version's requests, errors and response times on one node, cumulative.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// `blue` or `green`.
+    pub version: String,
+    /// Requests or calls the kernel read (connections, for a service judged at L4).
+    pub requests: u64,
+    pub errors: u64,
+    /// The response times the release's rollout plan judges (its `latency`).
+    pub latency: Sparse,
+}
+
+/// A latency histogram with only its non-empty buckets: `(index, count)`, in index order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sparse {
+    pub buckets: Vec<(u16, u64)>,
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Sparse {
+    #[must_use]
+    pub fn of(histogram: &Histogram) -> Self {
+        Self {
+            buckets: histogram
+                .buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (i as u16, *n))
+                .collect(),
+            sum_us: histogram.sum_us,
+            count: histogram.count,
+        }
+    }
+
+    /// The histogram again; buckets past this build's are refused.
+    pub fn histogram(&self) -> Result<Histogram, RecordError> {
+        let mut histogram = Histogram {
+            sum_us: self.sum_us,
+            count: self.count,
+            ..Histogram::default()
+        };
+        for (i, n) in &self.buckets {
+            let slot = histogram
+                .buckets
+                .get_mut(usize::from(*i))
+                .ok_or_else(|| RecordError::Unreadable(format!("latency bucket {i}")))?;
+            *slot = *n;
+        }
+        Ok(histogram)
+    }
 }
 
 /// A node's report (`{prefix}/v1/nodes/{node}`), under the node's lease: it goes away when the
@@ -331,6 +390,23 @@ mod tests {
         );
         let bad_share = br#"{"schema":1,"live":"blue","candidate_bp":10001,"cause":"weight","node":"n","actor":"a","decided_at_ms":0}"#;
         assert_eq!(Desired::parse(bad_share), Err(RecordError::Share(10_001)));
+    }
+
+    #[test]
+    fn a_sparse_histogram_round_trips_and_refuses_buckets_it_does_not_have() {
+        let mut histogram = Histogram::default();
+        histogram.buckets[3] = 7;
+        histogram.buckets[100] = 1;
+        histogram.count = 8;
+        histogram.sum_us = 900;
+        let sparse = Sparse::of(&histogram);
+        assert_eq!(sparse.buckets, vec![(3, 7), (100, 1)]);
+        assert_eq!(sparse.histogram(), Ok(histogram));
+        let beyond = Sparse {
+            buckets: vec![(u16::MAX, 1)],
+            ..Sparse::default()
+        };
+        assert!(beyond.histogram().is_err());
     }
 
     #[test]

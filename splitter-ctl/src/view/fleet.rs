@@ -266,6 +266,7 @@ mod tests {
                     revision,
                     kernel_live: "blue".into(),
                     kernel_candidate_bp: green_bp,
+                    evidence: Vec::new(),
                 },
             )]
             .into(),
