@@ -188,6 +188,12 @@ impl EtcdCluster {
         String::from_utf8(unbase64(value)).ok()
     }
 
+    /// Member `k`'s process id, while it runs.
+    #[must_use]
+    pub fn member_pid(&self, k: usize) -> Option<u32> {
+        self.members.get(k)?.as_ref().map(Child::id)
+    }
+
     fn running(&self) -> Option<usize> {
         self.members.iter().position(Option::is_some)
     }

@@ -17,6 +17,7 @@
 
 mod drain;
 mod fleet;
+mod fleet_scale;
 mod gates;
 mod grpc;
 mod judge;
