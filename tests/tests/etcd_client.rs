@@ -1,6 +1,6 @@
 //! Splitter's etcd client (`splitter_ctl::io::etcd`, over etcd's JSON gateway) against a real
 //! three-member etcd: the compare-and-swap that decides between two writers, watches, leases,
-//! and a member killed under it.
+//! and calls and new watches with a member killed.
 
 use std::time::Duration;
 
@@ -74,7 +74,7 @@ fn two_writers_from_one_revision_one_wins_and_the_other_is_told() {
 
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
-fn watches_see_every_change_and_survive_a_member_killed() {
+fn watches_see_every_change_and_calls_go_on_with_a_member_killed() {
     require_root!();
     let mut cluster = EtcdCluster::alone(3);
     let etcd = client(&cluster);

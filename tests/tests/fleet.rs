@@ -16,12 +16,12 @@ use splitter_tests::{
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 
-/// `n` test beds, each node `n{k}` of a fleet following `cluster` (started on the first
-/// bed's addresses), with green at `green` percent in their configs; their daemons are not
-/// started.
+/// `n` test beds, each node `n{k}` of a fleet following a cluster of `members`, with green at
+/// `green` percent in their configs; their daemons are not started.
 fn fleet(n: usize, members: usize, green: &str) -> (EtcdCluster, Vec<Testbed>) {
     let beds: Vec<Testbed> = (0..n).map(|_| Testbed::new(SERVER)).collect();
-    let cluster = EtcdCluster::start(beds[0].index, members);
+    // Addresses of its own (a claim it holds), whatever order the caller drops things in.
+    let cluster = EtcdCluster::alone(members);
     for (k, bed) in beds.iter().enumerate() {
         bed.write_config(green);
         cluster.link(bed);
@@ -234,8 +234,11 @@ fn a_rollback_with_etcd_down_is_local_first_and_reaches_the_fleet_when_etcd_retu
         stderr(&out)
     );
     assert_eq!(beds[0].kernel_green_percent(), 0.0);
-    // The command waits for etcd no longer than its timeout (1.5 s), drain included.
-    assert!(took < Duration::from_secs(5), "rollback took {took:?}");
+    // The command waits for etcd no longer than its timeout (1.5 s), beside the drain.
+    assert!(
+        took < Duration::from_millis(2_500),
+        "rollback took {took:?}"
+    );
     // The other node holds the last split it applied.
     thread::sleep(Duration::from_millis(500));
     assert_eq!(beds[1].kernel_green_percent(), 50.0);
@@ -360,13 +363,13 @@ fn a_partitioned_node_holds_its_split_and_converges_when_it_returns() {
         30.0,
         "the partitioned node holds"
     );
-    // Its lease (2 s) runs out: status shows it silent and behind.
+    // Its lease (2 s) runs out: status shows it silent.
     let deadline = Instant::now() + Duration::from_secs(6);
     loop {
         let seen = nodes(&beds[0]);
         if seen
             .iter()
-            .any(|(node, alive, _, lag)| node == "n1" && !alive && *lag > 0)
+            .any(|(node, alive, _, _)| node == "n1" && !alive)
         {
             break;
         }
@@ -414,4 +417,24 @@ fn losing_one_member_of_three_interrupts_nothing() {
         stderr(&out)
     );
     until_green(&beds[0], 0.0, Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_restarted_daemon_keeps_a_local_change_until_the_fleet_moves() {
+    require_root!();
+    let (_cluster, mut beds) = fleet(1, 1, "0");
+    let bed = &mut beds[0];
+    bed.start_daemon(&[]);
+    bed.ctl_ok(&["weight", "sentiment", "green", "30"]);
+    bed.ctl_ok(&["weight", "sentiment", "green", "5", "--local"]);
+    // A restart reads the fleet's splits again; the revision it applied before is kept, so
+    // the local change stays (through a renewal's reading too: a third of the 2 s lease).
+    bed.stop_daemon(libc::SIGTERM);
+    bed.start_daemon(&[]);
+    thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(bed.kernel_green_percent(), 5.0, "{}", bed.daemon_log());
+    // The fleet's next move applies.
+    bed.ctl_ok(&["weight", "sentiment", "green", "40"]);
+    until_green(bed, 40.0, Duration::from_secs(3));
 }

@@ -12,7 +12,6 @@ use super::{
     CommandError,
     client::runtime,
     locate::{Overrides, Target, locate},
-    split::Change,
 };
 use crate::{
     io::{
@@ -34,8 +33,6 @@ pub struct FleetTarget {
     pub fleet: Fleet,
     /// The release (service or group) the desired split is kept under.
     pub release: String,
-    /// This node's kernel word now.
-    pub kernel: SplitWord,
     pub state_dir: std::path::PathBuf,
 }
 
@@ -55,10 +52,7 @@ pub fn target(
         eprintln!("{name}: known by its address only: this node alone; the fleet is not told");
         return Ok(None);
     };
-    let maps = located.split_maps()?;
-    let service = located.kernel(&maps, &target)?;
     Ok(Some(FleetTarget {
-        kernel: maps.split(service.split)?,
         release: release.clone(),
         fleet,
         state_dir: located.state_dir().to_owned(),
@@ -81,11 +75,12 @@ pub struct Published {
     pub word: SplitWord,
 }
 
-/// `weight` on the fleet: the desired split that etcd holds (this node's kernel word when it
-/// holds none) moved by `change`, written only if no one wrote it since it was read. Nothing
-/// is changed when etcd cannot be reached or another writer won.
+/// `weight` on the fleet: the desired split that etcd holds (`kernel`, this node's word, when
+/// it holds none) moved by `change`, written only if no one wrote it since it was read.
+/// Nothing is changed when etcd cannot be reached or another writer won.
 pub fn publish_weight(
     target: &FleetTarget,
+    kernel: SplitWord,
     change: impl FnOnce(SplitWord) -> SplitWord,
 ) -> Result<Published, CommandError> {
     let etcd = etcd(&target.fleet)?;
@@ -94,7 +89,7 @@ pub fn publish_weight(
     runtime()?.block_on(async {
         let current = etcd.get(&key).await.map_err(unreachable)?;
         let (base, expected) = match &current {
-            None => (target.kernel, 0),
+            None => (kernel, 0),
             Some(kv) => match Desired::parse(&kv.value).and_then(|d| d.word()) {
                 Ok(word) => (word, kv.mod_revision),
                 // A newer build's value: not this build's to replace.
@@ -110,7 +105,7 @@ pub fn publish_weight(
                         "fleet: the desired split of {} in etcd cannot be read ({error}); replacing it, from this node's split",
                         target.release
                     );
-                    (target.kernel, kv.mod_revision)
+                    (kernel, kv.mod_revision)
                 }
             },
         };
@@ -147,68 +142,85 @@ pub fn publish_weight(
     })
 }
 
-/// After this node's kernel was rolled back (`change`): tells the fleet, so that every node
-/// rolls back; when etcd cannot be reached within `COMMAND_TIMEOUT`, keeps the rollback for the
-/// daemon to publish when it answers again. What to print, `None` without a fleet.
+/// After this node's kernel was rolled back to `word`: tells the fleet, so that every node
+/// rolls back. The rollback is kept in the state directory first and dropped once etcd has it:
+/// when etcd cannot be reached within `COMMAND_TIMEOUT`, it stays there for the daemon to
+/// publish, and until then the daemon applies nothing from the fleet over it. Never fails:
+/// what to print (`None` without a fleet), whatever happened.
+#[must_use]
 pub fn publish_rollback(
     config: &Path,
     overrides: &Overrides,
-    change: &Change,
-) -> Result<Option<String>, CommandError> {
-    let Some(target) = target(config, overrides, &change.service)? else {
-        return Ok(None);
+    release: &str,
+    word: SplitWord,
+) -> Option<String> {
+    let target = match target(config, overrides, release) {
+        Ok(target) => target?,
+        Err(error) => return Some(format!("fleet: NOT told: {}", chain(&error))),
     };
     let desired = Desired::new(
-        change.after,
+        word,
         Cause::Rollback,
         &target.fleet.node,
         &actor(),
         now_ms(),
     );
+    let kept = store::fleet::save(&target.state_dir, &target.release, &desired);
     let key = target.fleet.desired_key(&target.release);
     let put = etcd(&target.fleet).and_then(|etcd| {
         runtime()?
             .block_on(etcd.put(&key, &desired.to_json(), None))
             .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))
     });
-    match put {
-        Ok(revision) => {
-            // A rollback kept from an earlier outage is older than this one: it stands no more.
-            store::fleet::forget(&target.state_dir, &target.release);
-            Ok(Some(format!(
+    Some(match (put, kept) {
+        (Ok(revision), _) => {
+            if let Err(error) = store::fleet::forget(&target.state_dir, &target.release) {
+                eprintln!(
+                    "warning: the rollback is published but its copy in fleet-pending/ stays ({error}); the daemon removes it"
+                );
+            }
+            format!(
                 "fleet: told at revision {revision}; every node rolls back (`splitter-ctl status` shows each node's)"
-            )))
+            )
         }
-        Err(error) => {
-            store::fleet::save(&target.state_dir, &target.release, &desired).map_err(|source| {
-                CommandError::Io {
-                    what: "keep the rollback for the fleet in the state directory",
-                    source,
-                }
-            })?;
-            Ok(Some(format!(
-                "fleet: NOT told yet ({}). This node is rolled back; its daemon tells the fleet when etcd answers, and the rollback wins over any share set meanwhile",
-                chain(&error)
-            )))
-        }
-    }
+        (Err(error), Ok(_)) => format!(
+            "fleet: NOT told yet ({}). This node is rolled back; its daemon tells the fleet when etcd answers, and the rollback wins over any share set before it",
+            chain(&error)
+        ),
+        (Err(error), Err(io)) => format!(
+            "fleet: NOT told ({}), and the rollback cannot be kept for the daemon to tell it ({io}): run the rollback again when etcd answers",
+            chain(&error)
+        ),
+    })
 }
 
 /// After a weight published to the fleet: a rollback kept from an outage stands no more (an
 /// operator moved the share again).
 pub fn forget_pending(target: &FleetTarget) {
-    store::fleet::forget(&target.state_dir, &target.release);
+    if let Err(error) = store::fleet::forget(&target.state_dir, &target.release) {
+        eprintln!(
+            "warning: a rollback kept in fleet-pending/ from an outage cannot be removed ({error}); the daemon publishes it only if nothing was decided after it"
+        );
+    }
 }
 
 /// The fleet as etcd holds it, for `status`.
 pub fn status(fleet: &Fleet) -> Result<FleetView, CommandError> {
     let etcd = etcd(fleet)?;
+    // The three reads side by side, within one `COMMAND_TIMEOUT`.
     let read = runtime()?
         .block_on(async {
-            let (_, desired) = etcd.range_prefix(&fleet.desired_prefix()).await?;
-            let (_, members) = etcd.range_prefix(&fleet.members_prefix()).await?;
-            let (_, reports) = etcd.range_prefix(&fleet.nodes_prefix()).await?;
-            Ok::<_, EtcdError>((desired, members, reports))
+            let prefixes = [
+                fleet.desired_prefix(),
+                fleet.members_prefix(),
+                fleet.nodes_prefix(),
+            ];
+            let (desired, members, reports) = tokio::join!(
+                etcd.range_prefix(&prefixes[0]),
+                etcd.range_prefix(&prefixes[1]),
+                etcd.range_prefix(&prefixes[2]),
+            );
+            Ok::<_, EtcdError>((desired?.1, members?.1, reports?.1))
         })
         .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))?;
     let (desired, members, reports) = read;

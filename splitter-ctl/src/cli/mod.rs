@@ -97,17 +97,25 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             paths,
             fleet,
         } => {
-            let overrides = paths.into();
+            let overrides: locate::Overrides = paths.into();
             let change = rollback::rollback(config, &overrides, &service)?;
+            // This node first, then the fleet, told beside the drain: etcd never delays this
+            // node's rollback or its drain, and a fleet that cannot be told now is told by the
+            // daemon later.
+            let telling = (!fleet.local).then(|| {
+                let (config, overrides) = (config.to_owned(), overrides.clone());
+                let (release, word) = (change.service.clone(), change.after);
+                std::thread::spawn(move || {
+                    fleet::publish_rollback(&config, &overrides, &release, word)
+                })
+            });
             // The drain and its journal entry happen even when nobody reads the output.
             let printed = change.print();
-            // This node first, then the fleet: etcd never delays this node's rollback, and a
-            // fleet that cannot be told now is told by the daemon later.
-            if !fleet.local
-                && let Some(said) = fleet::publish_rollback(config, &overrides, &change)?
-            {
-                eprintln!("{said}");
-            }
+            let told = || {
+                if let Some(said) = telling.and_then(|t| t.join().ok()).flatten() {
+                    eprintln!("{said}");
+                }
+            };
             // A repeated rollback drains only when asked to (`--established`).
             if let Some(left) = change
                 .left
@@ -120,9 +128,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     established,
                     Duration::from_millis(wait_ms),
                 );
+                told();
                 printed?;
                 return out(format!("{}\n", drained?));
             }
+            told();
             printed
         }
         Command::History {

@@ -8,7 +8,7 @@ use splitter_common::Version;
 
 use super::{
     CommandError, fleet,
-    locate::Overrides,
+    locate::{Overrides, locate},
     split::{Change, update},
 };
 use crate::store::journal::EventKind;
@@ -31,17 +31,39 @@ pub fn weight(
     let Some(target) = target else {
         return weight_here(config, overrides, service, version, share_bp)?.print();
     };
-    let published = fleet::publish_weight(&target, |word| word.with_share_of(version, share_bp))?;
-    fleet::forget_pending(&target);
-    let change = update(config, overrides, service, EventKind::Weight, |_, _, _| {
-        Ok(published.word)
+    let kernel = kernel_word(config, overrides, service)?;
+    let published = fleet::publish_weight(&target, kernel, |word| {
+        word.with_share_of(version, share_bp)
     })?;
+    fleet::forget_pending(&target);
+    // This node's word, unless its daemon wrote a newer revision of the fleet's split since it
+    // was read (the daemon applies this one too, if it is the newest).
+    let change = update(
+        config,
+        overrides,
+        service,
+        EventKind::Weight,
+        |now, _, _| Ok(if now == kernel { published.word } else { now }),
+    )?;
     change.print()?;
     eprintln!(
         "fleet: told at revision {}; every node applies it (`splitter-ctl status` shows each node's)",
         published.revision
     );
     Ok(())
+}
+
+/// This node's split word for `name`, now.
+fn kernel_word(
+    config: &Path,
+    overrides: &Overrides,
+    name: &str,
+) -> Result<splitter_common::SplitWord, CommandError> {
+    let located = locate(config, overrides)?;
+    let target = located.target(name)?;
+    let maps = located.split_maps()?;
+    let service = located.kernel(&maps, &target)?;
+    Ok(maps.split(service.split)?)
 }
 
 /// This node alone.

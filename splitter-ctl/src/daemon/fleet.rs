@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     engine::fleet::{Step, decide},
-    io::etcd::{Change, Etcd, EtcdError, Kv},
+    io::etcd::{Change, Etcd, EtcdError, Kv, Swap},
     model::{
         error::chain,
         fleet::{Applied, Cause, Desired, Evidence, Fleet, Member, NodeReport, SCHEMA, Sparse},
@@ -45,10 +45,27 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// What the daemon knows of the fleet.
 #[derive(Debug, Default)]
 pub(super) struct FleetState {
-    /// The desired revision applied, by release.
+    /// The desired revision applied, by release; kept in the state directory, so that a
+    /// restarted daemon does not apply again what it applied (and undo a `--local` change).
     applied: BTreeMap<String, i64>,
     /// Desired values refused, by release, and why.
     refused: BTreeMap<String, String>,
+    /// Pending rollbacks published by this run, by release and decision time: never published
+    /// twice, even when their file cannot be removed.
+    published: std::collections::BTreeSet<(String, i64)>,
+}
+
+impl FleetState {
+    /// The state a daemon starts with: the revisions it applied before, for this etcd and
+    /// prefix.
+    pub(super) fn load(state_dir: &std::path::Path, fleet: Option<&Fleet>) -> Self {
+        Self {
+            applied: fleet
+                .map(|f| store::fleet::load_applied(state_dir, &f.identity()))
+                .unwrap_or_default(),
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,7 +76,8 @@ struct CauseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    /// `unreadable`, `newer_schema`, `invalid` or `unknown_release`.
+    /// `unreadable`, `newer_schema`, `invalid`, `unknown_release`, `unreadable_pending` or
+    /// `pending_refused`.
     reason: &'static str,
 }
 
@@ -133,7 +151,12 @@ pub(super) async fn follow(shared: Shared) {
             Err(error) => SessionEnd::Etcd(error),
         };
         counters.connected.set(0);
-        if !matches!(ended, SessionEnd::Reconfigured) {
+        if matches!(ended, SessionEnd::Reconfigured) {
+            // Another etcd or prefix: its revisions are not comparable with this one's.
+            let mut daemon = lock(&shared);
+            let state_dir = daemon.config.state_dir.clone();
+            daemon.fleet = FleetState::load(&state_dir, daemon.config.fleet.as_ref());
+        } else {
             counters.sessions_ended.inc();
             tracing::warn!(error = %chain(&ended), retry_ms = backoff.as_millis(), "lost etcd; this node holds the last split it applied");
         }
@@ -157,16 +180,13 @@ async fn session(
         node: fleet.node.clone(),
         session_at_ms: now_ms(),
     };
-    etcd.put(
-        &fleet.member_key(),
-        &serde_json::to_vec(&member).unwrap_or_default(),
-        None,
-    )
-    .await?;
+    etcd.put(&fleet.member_key(), &to_json(&member), None)
+        .await?;
     publish_pending(shared, fleet, etcd, counters).await?;
     let (revision, kvs) = etcd.range_prefix(&fleet.desired_prefix()).await?;
     {
         let mut daemon = lock(shared);
+        daemon.check_revisions(fleet, revision);
         for kv in &kvs {
             daemon.apply_desired(fleet, kv);
         }
@@ -204,22 +224,39 @@ async fn session(
                 }
                 etcd.keep_alive(lease).await?;
                 publish_pending(shared, fleet, etcd, counters).await?;
+                // The desired splits read again: a watch whose member went silent (powered off,
+                // partitioned: no reset ever comes) costs at most a third of the lease. What was
+                // applied already is not applied again (`engine::fleet::decide`).
+                let (_, kvs) = etcd.range_prefix(&fleet.desired_prefix()).await?;
+                {
+                    let mut daemon = lock(shared);
+                    for kv in &kvs {
+                        daemon.apply_desired(fleet, kv);
+                    }
+                }
                 report(shared, fleet, etcd, lease).await?;
             }
         }
     }
 }
 
+/// A record as JSON: these types always serialize.
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
 /// Writes this node's report under its lease.
 async fn report(shared: &Shared, fleet: &Fleet, etcd: &Etcd, lease: i64) -> Result<(), EtcdError> {
     let report = lock(shared).fleet_report(fleet);
-    let value = serde_json::to_vec(&report).unwrap_or_default();
-    etcd.put(&fleet.node_key(), &value, Some(lease)).await?;
+    etcd.put(&fleet.node_key(), &to_json(&report), Some(lease))
+        .await?;
     Ok(())
 }
 
-/// Publishes the rollbacks made here while etcd was unreachable: each one wins over whatever
-/// etcd holds (a rollback is sticky until an operator moves the share again).
+/// Publishes the rollbacks made here while etcd was unreachable. Each wins over what etcd
+/// holds unless that was decided after it (an operator moved the share again meanwhile, by
+/// the deciding nodes' clocks): then it stands no more and is dropped. The write is a
+/// compare-and-swap on what was read, so a change made in between is never overwritten.
 async fn publish_pending(
     shared: &Shared,
     fleet: &Fleet,
@@ -231,26 +268,65 @@ async fn publish_pending(
         let desired = match desired {
             Ok(desired) => desired,
             Err(problem) => {
-                tracing::warn!(
-                    service = release,
-                    problem,
-                    "a pending rollback cannot be read; it is not published (remove it from the state directory's fleet-pending/)"
-                );
+                lock(shared).refuse(&release, "unreadable_pending", &format!("a pending rollback in fleet-pending/ cannot be read ({problem}); it is neither published nor held for"));
                 continue;
             }
         };
-        let revision = etcd
-            .put(&fleet.desired_key(&release), &desired.to_json(), None)
-            .await?;
-        counters.published.inc();
-        tracing::info!(
-            service = release,
-            revision,
-            decided_at_ms = desired.decided_at_ms,
-            "published a rollback made while etcd was unreachable"
-        );
-        if let Err(error) = store::fleet::published(&state_dir, &release, &desired) {
-            tracing::warn!(service = release, error = %error, "cannot remove a published rollback from fleet-pending/; it is published again");
+        let done = |why: &str| {
+            tracing::info!(
+                service = release,
+                decided_at_ms = desired.decided_at_ms,
+                "{why}"
+            );
+            if let Err(error) = store::fleet::published(&state_dir, &release, &desired) {
+                tracing::warn!(service = release, error = %error, "cannot remove a rollback from fleet-pending/");
+            }
+        };
+        if lock(shared)
+            .fleet
+            .published
+            .contains(&(release.clone(), desired.decided_at_ms))
+        {
+            done("a published rollback left in fleet-pending/ removed");
+            continue;
+        }
+        let key = fleet.desired_key(&release);
+        let current = etcd.get(&key).await?;
+        if let Some(newer) = current
+            .as_ref()
+            .and_then(|kv| Desired::parse(&kv.value).ok())
+            .filter(|d| d.decided_at_ms > desired.decided_at_ms)
+        {
+            done(&format!(
+                "a rollback made while etcd was unreachable is not published: {} by {} on {} was decided after it",
+                newer.cause.name(),
+                newer.actor,
+                newer.node
+            ));
+            continue;
+        }
+        let expected = current.map_or(0, |kv| kv.mod_revision);
+        match etcd.put_if(&key, &desired.to_json(), expected).await {
+            Ok(Swap::Written(revision)) => {
+                counters.published.inc();
+                lock(shared)
+                    .fleet
+                    .published
+                    .insert((release.clone(), desired.decided_at_ms));
+                done(&format!(
+                    "published at revision {revision} a rollback made while etcd was unreachable"
+                ));
+            }
+            // Someone wrote in between: judged again at the next renewal.
+            Ok(Swap::Lost(_)) => {}
+            Err(error @ EtcdError::Refused { .. }) => {
+                lock(shared).refuse(
+                    &release,
+                    "pending_refused",
+                    &format!("etcd refused a pending rollback: {}", chain(&error)),
+                );
+            }
+            Err(error) => return Err(error),
         }
     }
     Ok(())
@@ -322,11 +398,11 @@ impl Daemon {
                 );
             }
             Step::Same => {
-                self.fleet.applied.insert(release.clone(), kv.mod_revision);
+                self.note_applied(fleet, &release, kv.mod_revision);
                 self.note_split(&release, word);
             }
             Step::Write { left } => {
-                self.fleet.applied.insert(release.clone(), kv.mod_revision);
+                self.note_applied(fleet, &release, kv.mod_revision);
                 self.note_split(&release, word);
                 let event = self.emit(FleetApplied {
                     release: &release,
@@ -342,6 +418,36 @@ impl Daemon {
                     self.drain_after(&release, &ids.members, left, false, decided_ns, event);
                 }
             }
+        }
+    }
+
+    /// Notes `revision` of `release` as applied, here and in the state directory.
+    fn note_applied(&mut self, fleet: &Fleet, release: &str, revision: i64) {
+        self.fleet.applied.insert(release.to_owned(), revision);
+        if let Err(error) = store::fleet::save_applied(
+            &self.config.state_dir,
+            &fleet.identity(),
+            &self.fleet.applied,
+        ) {
+            tracing::warn!(error = %error, "cannot keep the fleet's applied revisions in the state directory; a restarted daemon applies the current splits again");
+        }
+    }
+
+    /// At a session's start: etcd's revision `now` below one this node applied means etcd
+    /// went back (restored from a backup, or replaced): the revisions applied are forgotten,
+    /// so that what etcd holds now is applied.
+    fn check_revisions(&mut self, fleet: &Fleet, now: i64) {
+        if self.fleet.applied.values().any(|applied| *applied > now) {
+            tracing::warn!(
+                revision = now,
+                "etcd's revision is below one this node applied: etcd was restored or replaced; applying what it holds now"
+            );
+            self.fleet.applied.clear();
+            let _ = store::fleet::save_applied(
+                &self.config.state_dir,
+                &fleet.identity(),
+                &self.fleet.applied,
+            );
         }
     }
 
@@ -436,9 +542,10 @@ struct FleetApplied<'a> {
 
 impl Event for FleetApplied<'_> {
     fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
-        let (kind, cause) = match self.desired.cause {
-            Cause::Weight => (EventKind::Weight, "weight"),
-            Cause::Rollback => (EventKind::Rollback, "rollback"),
+        let cause = self.desired.cause.name();
+        let kind = match self.desired.cause {
+            Cause::Weight => EventKind::Weight,
+            Cause::Rollback => EventKind::Rollback,
         };
         // On the deciding node's clock: skewed by the difference between the two clocks.
         let propagation_ms = now_ms() - self.desired.decided_at_ms;

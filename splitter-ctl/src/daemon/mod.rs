@@ -209,6 +209,7 @@ impl Daemon {
         let mut health = Health::default();
         health.sync(&config);
         let config_state_dir = config.state_dir.clone();
+        let fleet_state = fleet::FleetState::load(&config_state_dir, config.fleet.as_ref());
         let mut daemon = Self {
             config,
             maps,
@@ -230,7 +231,7 @@ impl Daemon {
             reports,
             drains: drain::Drains::default(),
             reply_refused: std::collections::BTreeSet::new(),
-            fleet: fleet::FleetState::default(),
+            fleet: fleet_state,
         };
         let applied = daemon.apply()?;
         daemon.sync_fast_path();

@@ -4,7 +4,13 @@
 //! base64 and 64-bit numbers as strings, as the gateway writes them. Each call tries the
 //! endpoints in turn within the client's time; a watch is one long answer of JSON lines.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -48,14 +54,6 @@ pub enum EtcdError {
     LeaseExpired(i64),
 }
 
-impl EtcdError {
-    /// Whether etcd could not be reached at all (as against answering with a refusal).
-    #[must_use]
-    pub const fn unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::WatchEnded(_))
-    }
-}
-
 /// A key and its value, at the revision it was last written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kv {
@@ -90,6 +88,9 @@ pub struct Etcd {
     tls: Option<Tls>,
     /// How long one call may take, over all endpoints.
     timeout: Duration,
+    /// The member that answered last: the next call starts there, so that a member that is
+    /// down costs one attempt, not one per call.
+    preferred: Arc<AtomicUsize>,
 }
 
 /// What a compare-and-swap did.
@@ -117,6 +118,7 @@ impl Etcd {
             endpoints: fleet.endpoints.clone(),
             tls,
             timeout,
+            preferred: Arc::default(),
         })
     }
 
@@ -133,7 +135,8 @@ impl Etcd {
         let mut tried: Vec<String> = Vec::new();
         let mut last = None;
         let mut refused = None;
-        for endpoint in self.endpoints.iter().cycle() {
+        let first = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        for (index, endpoint) in self.endpoints.iter().enumerate().cycle().skip(first) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
@@ -152,7 +155,10 @@ impl Etcd {
                     Err(error @ EtcdError::Refused { status: 500.., .. }) => {
                         refused = Some(error);
                     }
-                    answered => return answered,
+                    answered => {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return answered;
+                    }
                 },
                 Err(error) => last = Some(error),
             }
@@ -185,12 +191,21 @@ impl Etcd {
         path: &str,
         body: Bytes,
     ) -> Result<hyper::Request<http_body_util::Full<Bytes>>, HttpError> {
-        let host = format!("{}:{}", endpoint.host, endpoint.port);
+        let host = if endpoint.host.contains(':') {
+            format!("[{}]:{}", endpoint.host, endpoint.port)
+        } else {
+            format!("{}:{}", endpoint.host, endpoint.port)
+        };
         http::request(
             Method::POST,
             path,
             &host,
-            &[("content-type", "application/json".to_owned())],
+            &[
+                ("content-type", "application/json".to_owned()),
+                // A watch on a member that has lost its leader is ended (etcd's
+                // `WithRequireLeader`), not left silent.
+                ("grpc-metadata-hasleader", "true".to_owned()),
+            ],
             body,
         )
     }
@@ -255,7 +270,13 @@ impl Etcd {
             .pointer("/responses/0/response_range/kvs/0")
             .map(kv)
             .transpose()?;
-        Ok(Swap::Lost(now))
+        // An attempt that timed out may have been committed all the same, and its retry then
+        // finds its own value: that is a write, not a loss (each value carries its decision's
+        // time and author, so another writer's is never byte for byte the same).
+        match now {
+            Some(kv) if kv.value == value => Ok(Swap::Written(kv.mod_revision)),
+            now => Ok(Swap::Lost(now)),
+        }
     }
 
     /// A new lease of `ttl`; its id.
@@ -450,8 +471,9 @@ fn kv(value: &Value) -> Result<Kv, EtcdError> {
             },
         )
     };
-    let key = String::from_utf8(bytes("key")?)
-        .map_err(|_| EtcdError::Answer("a key that is not UTF-8".into()))?;
+    // A key that is not UTF-8 is not one of ours: kept (lossily) for its owner to refuse, so
+    // that it never breaks a read of the keys beside it.
+    let key = String::from_utf8_lossy(&bytes("key")?).into_owned();
     Ok(Kv {
         key,
         value: bytes("value")?,

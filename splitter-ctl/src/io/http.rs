@@ -28,7 +28,7 @@ pub enum HttpError {
     #[error("`{0}` is not a name or address a certificate can be checked against")]
     ServerName(String),
     #[error("cannot read the certificate or key file `{0}`")]
-    CaFile(PathBuf, #[source] rustls::pki_types::pem::Error),
+    PemFile(PathBuf, #[source] rustls::pki_types::pem::Error),
     #[error("the CA file `{0}` holds no certificate a TLS client can use")]
     NoCertificate(PathBuf),
     #[error("no trusted certificate authority on this host; set `prometheus_ca_file`")]
@@ -225,9 +225,9 @@ impl Tls {
         match ca_file {
             Some(path) => {
                 let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|error| HttpError::CaFile(path.to_owned(), error))?
+                    .map_err(|error| HttpError::PemFile(path.to_owned(), error))?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| HttpError::CaFile(path.to_owned(), error))?;
+                    .map_err(|error| HttpError::PemFile(path.to_owned(), error))?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {
                     return Err(HttpError::NoCertificate(path.to_owned()));
@@ -252,9 +252,9 @@ impl Tls {
             Some((cert, key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                    .map_err(|error| HttpError::CaFile(cert.to_owned(), error))?;
+                    .map_err(|error| HttpError::PemFile(cert.to_owned(), error))?;
                 let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                    .map_err(|error| HttpError::CaFile(key.to_owned(), error))?;
+                    .map_err(|error| HttpError::PemFile(key.to_owned(), error))?;
                 config
                     .with_client_auth_cert(chain, key)
                     .map_err(HttpError::TlsConfig)?
@@ -327,7 +327,7 @@ mod tests {
         assert!(matches!(Tls::new(Some(&path)), Err(HttpError::NoCertificate(p)) if p == path));
         assert!(matches!(
             Tls::new(Some(&dir.join("missing.pem"))),
-            Err(HttpError::CaFile(..))
+            Err(HttpError::PemFile(..))
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }

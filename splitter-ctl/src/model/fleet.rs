@@ -126,6 +126,13 @@ impl Fleet {
         format!("{}/v1/members/", self.prefix)
     }
 
+    /// Which etcd and which keys: revisions are comparable only within one identity.
+    #[must_use]
+    pub fn identity(&self) -> String {
+        let endpoints: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
+        format!("{} {}", endpoints.join(","), self.prefix)
+    }
+
     /// This node's membership key.
     #[must_use]
     pub fn member_key(&self) -> String {
@@ -162,6 +169,26 @@ pub enum Cause {
     Weight,
     /// A rollback: sticky, it wins over a pending step when published after an outage.
     Rollback,
+}
+
+impl Cause {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Weight => "weight",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+/// `blue` or `green` by name.
+#[must_use]
+pub fn version_named(name: &str) -> Option<Version> {
+    match name {
+        "blue" => Some(Version::Blue),
+        "green" => Some(Version::Green),
+        _ => None,
+    }
 }
 
 /// A release's desired split, as etcd holds it (`{prefix}/v1/desired/{release}`).
@@ -240,11 +267,8 @@ impl Desired {
 
     /// The split word it asks for.
     pub fn word(&self) -> Result<SplitWord, RecordError> {
-        let live = match self.live.as_str() {
-            "blue" => Version::Blue,
-            "green" => Version::Green,
-            other => return Err(RecordError::Version(other.to_owned())),
-        };
+        let live =
+            version_named(&self.live).ok_or_else(|| RecordError::Version(self.live.clone()))?;
         if self.candidate_bp > 10_000 {
             return Err(RecordError::Share(self.candidate_bp));
         }

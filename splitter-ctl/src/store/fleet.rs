@@ -1,9 +1,12 @@
-//! Rollbacks made on this node that the fleet has not been told of yet (etcd was unreachable):
-//! one file per release in the state directory (`fleet-pending/RELEASE.json`, the desired
-//! split as it will be published). The daemon publishes them when etcd answers again and then
-//! removes them; until then it applies nothing from the fleet over them.
+//! Fleet mode's state on disk. Rollbacks made on this node that the fleet has not been told of
+//! yet (etcd was unreachable): one file per release in the state directory
+//! (`fleet-pending/RELEASE.json`, the desired split as it will be published); the daemon
+//! publishes them when etcd answers again and then removes them, and until then it applies
+//! nothing from the fleet over them. And the desired revisions this node applied
+//! (`fleet-applied.json`), so that a restarted daemon applies only what is newer.
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -63,10 +66,13 @@ pub fn list(state_dir: &Path) -> Vec<(String, Result<Desired, String>)> {
     pending
 }
 
-/// Whether `release` has a rollback waiting to be published.
+/// Whether `release` has a rollback waiting to be published (a file that does not read is
+/// none: the daemon reports it instead of holding the fleet off for it).
 #[must_use]
 pub fn is_pending(state_dir: &Path, release: &str) -> bool {
-    file(state_dir, release).exists()
+    fs::read(file(state_dir, release))
+        .ok()
+        .is_some_and(|bytes| Desired::parse(&bytes).is_ok())
 }
 
 /// Removes `release`'s pending publication once `published` is in etcd, unless a newer one
@@ -83,8 +89,52 @@ pub fn published(state_dir: &Path, release: &str, published: &Desired) -> io::Re
 
 /// Drops `release`'s pending publication whatever it holds: a newer change to the fleet's
 /// split (a rollback or a weight published from here) replaced it.
-pub fn forget(state_dir: &Path, release: &str) {
-    let _ = fs::remove_file(file(state_dir, release));
+pub fn forget(state_dir: &Path, release: &str) -> io::Result<()> {
+    match fs::remove_file(file(state_dir, release)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The file of the desired revisions this node applied.
+const APPLIED: &str = "fleet-applied.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppliedFile {
+    identity: String,
+    applied: BTreeMap<String, i64>,
+}
+
+/// The desired revisions this node applied, by release, when they were of `identity` (the
+/// same etcd and prefix); none otherwise.
+#[must_use]
+pub fn load_applied(state_dir: &Path, identity: &str) -> BTreeMap<String, i64> {
+    fs::read(state_dir.join(APPLIED))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<AppliedFile>(&bytes).ok())
+        .filter(|file| file.identity == identity)
+        .map(|file| file.applied)
+        .unwrap_or_default()
+}
+
+/// Keeps the desired revisions applied: written whole or not at all.
+pub fn save_applied(
+    state_dir: &Path,
+    identity: &str,
+    applied: &BTreeMap<String, i64>,
+) -> io::Result<()> {
+    fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(APPLIED);
+    let temporary = path.with_extension("json.new");
+    let file = AppliedFile {
+        identity: identity.to_owned(),
+        applied: applied.clone(),
+    };
+    fs::write(
+        &temporary,
+        serde_json::to_vec(&file).map_err(io::Error::other)?,
+    )?;
+    fs::rename(&temporary, &path)
 }
 
 #[cfg(test)]
@@ -119,11 +169,28 @@ mod tests {
         published(&state, "model", &second).expect("published");
         assert!(!is_pending(&state, "model"));
         save(&state, "model", &first).expect("save");
-        forget(&state, "model");
+        forget(&state, "model").expect("forget");
         assert!(!is_pending(&state, "model"));
+        forget(&state, "model").expect("forgetting nothing is no error");
         assert!(save(&state, "../x", &first).is_err());
         fs::write(dir(&state).join("bad.json"), "{").expect("write");
         assert!(matches!(&list(&state)[..], [(name, Err(_))] if name == "bad"));
+        assert!(
+            !is_pending(&state, "bad"),
+            "a file that does not read holds nothing"
+        );
+        let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn applied_revisions_are_kept_for_one_etcd_and_prefix() {
+        let state = std::env::temp_dir().join(format!("splitter-applied-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        assert!(load_applied(&state, "a").is_empty());
+        let applied: BTreeMap<String, i64> = [("model".to_owned(), 12)].into();
+        save_applied(&state, "a", &applied).expect("save");
+        assert_eq!(load_applied(&state, "a"), applied);
+        assert!(load_applied(&state, "another etcd").is_empty());
         let _ = fs::remove_dir_all(&state);
     }
 }

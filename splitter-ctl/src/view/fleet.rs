@@ -10,7 +10,7 @@ use splitter_common::{SplitWord, Version};
 use crate::{
     engine::fleet::lag,
     model::{
-        fleet::{Desired, Member, NodeReport},
+        fleet::{Desired, Member, NodeReport, version_named},
         share::{format_percent, percent_of},
     },
 };
@@ -57,9 +57,10 @@ pub struct NodeView {
     pub node: String,
     /// Its report is under a live lease: its daemon follows etcd now.
     pub alive: bool,
-    /// The desired revision it applied (0: none), and how many it is behind.
-    pub revision: i64,
-    pub lag: i64,
+    /// The desired revision it applied (0: none), and how many etcd revisions that is behind
+    /// the desired one (0: level); `None` for a node that does not report (not alive).
+    pub revision: Option<i64>,
+    pub lag: Option<i64>,
     /// Its kernel's word when it last reported.
     pub live: Option<String>,
     pub green_percent: Option<f64>,
@@ -78,14 +79,6 @@ fn green(word: SplitWord) -> f64 {
 /// A share in percent as `format_percent` writes it (`30`, `0.5`).
 fn shown(percent: f64) -> String {
     format_percent((percent * 100.0).round() as u16)
-}
-
-fn version(name: &str) -> Option<Version> {
-    match name {
-        "blue" => Some(Version::Blue),
-        "green" => Some(Version::Green),
-        _ => None,
-    }
 }
 
 /// The view of `read`, for `this_node`.
@@ -134,14 +127,15 @@ pub fn view(this_node: &str, read: Read) -> FleetView {
                     let report = reports.get(*node);
                     let applied = report.and_then(|r| r.applied.get(&release));
                     let kernel = applied.and_then(|a| {
-                        version(&a.kernel_live).map(|v| SplitWord::new(v, a.kernel_candidate_bp))
+                        version_named(&a.kernel_live)
+                            .map(|v| SplitWord::new(v, a.kernel_candidate_bp))
                     });
-                    let revision = applied.map_or(0, |a| a.revision);
+                    let revision = report.map(|_| applied.map_or(0, |a| a.revision));
                     NodeView {
                         node: (*node).clone(),
                         alive: report.is_some(),
                         revision,
-                        lag: wanted.map_or(0, |(r, _)| lag(*r, revision)),
+                        lag: revision.map(|applied| wanted.map_or(0, |(r, _)| lag(*r, applied))),
                         live: kernel.map(|w| w.live().name().to_owned()),
                         green_percent: kernel.map(green),
                         differs: matches!((kernel, wanted_word), (Some(k), Some(w)) if k != w),
@@ -158,11 +152,7 @@ pub fn view(this_node: &str, read: Read) -> FleetView {
                         revision: *revision,
                         live: d.live.clone(),
                         green_percent: green(d.word().ok()?),
-                        cause: match d.cause {
-                            crate::model::fleet::Cause::Weight => "weight",
-                            crate::model::fleet::Cause::Rollback => "rollback",
-                        }
-                        .to_owned(),
+                        cause: d.cause.name().to_owned(),
                         node: d.node.clone(),
                         actor: d.actor.clone(),
                         decided_at_ms: d.decided_at_ms,
@@ -234,12 +224,13 @@ impl FleetView {
                     .refused
                     .as_ref()
                     .map_or_else(String::new, |why| format!("; REFUSED: {why}"));
+                let shown = |n: Option<i64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
                 out.push_str(&format!(
                     "    {:<20} {:<6} {:<9} {:<4} {kernel}{seen}{refused}\n",
                     node.node,
                     if node.alive { "yes" } else { "NO" },
-                    node.revision,
-                    node.lag,
+                    shown(node.revision),
+                    shown(node.lag),
                 ));
             }
         }
@@ -305,14 +296,17 @@ mod tests {
                 .map(|n| (n.node.as_str(), n.alive, n.lag, n.differs))
                 .collect::<Vec<_>>(),
             vec![
-                ("n1", true, 0, false),
-                ("n2", true, 3, true),
-                ("n3", false, 12, false)
+                ("n1", true, Some(0), false),
+                ("n2", true, Some(3), true),
+                ("n3", false, None, false)
             ]
         );
         let text = view.render(10_500);
         assert!(text.contains("model: desired green 30% (live blue) at revision 12: weight by root (uid 0) on n1, 10 s ago"), "{text}");
-        assert!(text.contains("n3                   NO"), "{text}");
+        assert!(
+            text.contains("n3                   NO     -         -"),
+            "{text}"
+        );
         assert!(text.contains("silent; last session 10 s ago"), "{text}");
     }
 

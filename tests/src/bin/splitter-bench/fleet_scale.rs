@@ -106,12 +106,13 @@ async fn simulate(etcd: Etcd, pid: u32, agents: usize, rounds: usize) -> Result<
             seen_tx.clone(),
         ));
     }
+    // Only the agents hold senders now: when they all stop, the channels say so.
+    drop((ready_tx, seen_tx));
     for _ in 0..agents {
         tokio::time::timeout(ROUND_LIMIT, ready.recv())
             .await
-            .map_err(|_| {
-                format!("{agents} agents: not every watch began within {ROUND_LIMIT:?}")
-            })?;
+            .map_err(|_| format!("{agents} agents: not every watch began within {ROUND_LIMIT:?}"))?
+            .ok_or_else(|| "every agent stopped before its watch began".to_owned())?;
     }
     let mut scale = Scale {
         agents,
@@ -132,10 +133,16 @@ async fn simulate(etcd: Etcd, pid: u32, agents: usize, rounds: usize) -> Result<
         let mut last = Duration::ZERO;
         let mut count = 0;
         while count < agents {
-            let (_, seen_revision, at) = tokio::time::timeout(ROUND_LIMIT, seen.recv())
-                .await
-                .map_err(|_| format!("round {round}: {count} of {agents} agents saw it"))?
-                .ok_or("the agents stopped")?;
+            let next = tokio::select! {
+                next = seen.recv() => next,
+                Some(ended) = tasks.join_next() => {
+                    return Err(format!("an agent stopped: {ended:?}"));
+                }
+                () = tokio::time::sleep(ROUND_LIMIT) => {
+                    return Err(format!("round {round}: {count} of {agents} agents saw it"));
+                }
+            };
+            let (_, seen_revision, at) = next.ok_or("the agents stopped")?;
             if seen_revision == revision {
                 let delay = at.saturating_duration_since(started);
                 scale.seen_ms.push(ms(delay));
