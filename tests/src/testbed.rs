@@ -604,6 +604,23 @@ impl Testbed {
         }
     }
 
+    /// The versions answering `n` new connections from the client to `addr`, one GET each:
+    /// (blue, green, failed).
+    #[must_use]
+    pub fn versions(&self, n: usize, addr: SocketAddr) -> (usize, usize, usize) {
+        self.client.run(move || {
+            let (mut blue, mut green, mut failed) = (0, 0, 0);
+            for _ in 0..n {
+                match crate::http::get(addr).as_deref() {
+                    Ok(v) if v.starts_with("blue") => blue += 1,
+                    Ok(v) if v.starts_with("green") => green += 1,
+                    _ => failed += 1,
+                }
+            }
+            (blue, green, failed)
+        })
+    }
+
     /// Green's share of new connections in percent, read from the pins (not through the CLI
     /// under test).
     #[must_use]

@@ -20,20 +20,6 @@ use splitter_tests::{
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 
-fn versions(bed: &Testbed, n: usize, addr: SocketAddr) -> (usize, usize, usize) {
-    bed.client.run(move || {
-        let (mut blue, mut green, mut failed) = (0, 0, 0);
-        for _ in 0..n {
-            match http::get(addr).as_deref() {
-                Ok(v) if v.starts_with("blue") => blue += 1,
-                Ok(v) if v.starts_with("green") => green += 1,
-                _ => failed += 1,
-            }
-        }
-        (blue, green, failed)
-    })
-}
-
 /// The id of the XDP program attached to the node's interface, from `ip link`.
 fn xdp_program_id(bed: &Testbed) -> u32 {
     let out = bed
@@ -100,7 +86,7 @@ fn reload_applies_a_new_service_and_a_broken_config_changes_nothing() {
         );
         conn
     });
-    assert_eq!(versions(&bed, 20, vip), (20, 0, 0));
+    assert_eq!(bed.versions(20, vip), (20, 0, 0));
 
     // A good file with a second service: it works after the reload; the first is undisturbed.
     let second_backend = SocketAddrV4::new(bed.blue_addr().ip().to_owned(), 8081);
@@ -113,7 +99,7 @@ fn reload_applies_a_new_service_and_a_broken_config_changes_nothing() {
         "{out}"
     );
     assert_eq!(
-        versions(&bed, 20, second),
+        bed.versions(20, second),
         (20, 0, 0),
         "the new service answers"
     );
@@ -153,7 +139,7 @@ fn a_stopped_backend_leaves_its_pool_within_two_probe_intervals() {
     bed.write_config_with("50", "[service.health]\ninterval_ms = 500\ntimeout_ms = 200\nunhealthy_after = 2\nhealthy_after = 2\nhttp_path = \"/healthz\"\n");
     bed.start_daemon(&[]);
     let vip = bed.vip();
-    let (blue, green, failed) = versions(&bed, 100, vip);
+    let (blue, green, failed) = bed.versions(100, vip);
     assert!(
         blue > 20 && green > 20 && failed == 0,
         "{blue} {green} {failed}"
@@ -180,7 +166,7 @@ fn a_stopped_backend_leaves_its_pool_within_two_probe_intervals() {
         "detected after {detected:?}"
     );
     assert_eq!(
-        versions(&bed, 200, vip),
+        bed.versions(200, vip),
         (200, 0, 0),
         "every new connection goes to blue, none fails"
     );
@@ -223,7 +209,7 @@ fn a_stopped_backend_leaves_its_pool_within_two_probe_intervals() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let (blue, green, failed) = versions(&bed, 100, vip);
+    let (blue, green, failed) = bed.versions(100, vip);
     assert!(
         blue > 20 && green > 20 && failed == 0,
         "{blue} {green} {failed}"
@@ -306,7 +292,7 @@ fn prometheus_scrapes_the_per_version_connection_counts() {
     let mut bed = Testbed::new(SERVER);
     bed.write_config("30");
     bed.start_daemon(&[]);
-    let (blue, green, failed) = versions(&bed, 300, bed.vip());
+    let (blue, green, failed) = bed.versions(300, bed.vip());
     assert_eq!(failed, 0);
 
     let dir = bed.dir.join("prometheus");

@@ -3,14 +3,13 @@
 //! node's kernel does is read from its pins and checked with real connections.
 
 use std::{
-    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
 use splitter_tests::{
     etcd::EtcdCluster,
-    http, require_root,
+    require_root,
     testbed::{Testbed, counted},
 };
 
@@ -46,22 +45,6 @@ fn until_green(bed: &Testbed, percent: f64, within: Duration) -> Duration {
         );
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The versions answering `n` new connections to `bed`'s service: (blue, green, failed).
-fn versions(bed: &Testbed, n: usize) -> (usize, usize, usize) {
-    let vip: SocketAddr = bed.vip();
-    bed.client.run(move || {
-        let (mut blue, mut green, mut failed) = (0, 0, 0);
-        for _ in 0..n {
-            match http::get(vip).as_deref() {
-                Ok(v) if v.starts_with("blue") => blue += 1,
-                Ok(v) if v.starts_with("green") => green += 1,
-                _ => failed += 1,
-            }
-        }
-        (blue, green, failed)
-    })
 }
 
 /// `status --output json`'s fleet part, from `bed`.
@@ -128,7 +111,7 @@ fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_t
     // A node joining mid-rollout applies the current split as it starts.
     beds[2].start_daemon(&[]);
     until_green(&beds[2], 30.0, Duration::from_secs(5));
-    let (blue, green, failed) = versions(&beds[2], 200);
+    let (blue, green, failed) = beds[2].versions(200, beds[2].vip());
     assert_eq!(failed, 0);
     assert!(
         (30..=90).contains(&green) && blue + green == 200,
@@ -189,7 +172,7 @@ fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_t
     for bed in [&beds[0], &beds[2]] {
         until_green(bed, 0.0, Duration::from_secs(3));
     }
-    let (blue, green, failed) = versions(&beds[2], 100);
+    let (blue, green, failed) = beds[2].versions(100, beds[2].vip());
     assert_eq!((blue, green, failed), (100, 0, 0));
     // n2 journaled the rollback as the fleet's, from n1.
     let journal =
