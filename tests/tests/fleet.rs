@@ -192,6 +192,18 @@ fn a_share_set_on_one_node_reaches_every_node_and_a_rollback_from_another_node_t
         "splitter_fleet_applied_total{cause=\"rollback\"}",
     );
     assert_eq!(applied, Some(1.0));
+    // The fleet's history, read on a third node: both changes, with the node that made each.
+    let history = beds[2].ctl_ok(&["history", "--fleet"]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].contains("rollback") && lines[0].contains(" on n1: green 0%"),
+        "{history}"
+    );
+    assert!(
+        lines[1].contains("weight") && lines[1].contains(" on n0: green 30%"),
+        "{history}"
+    );
 }
 
 #[test]
@@ -272,6 +284,16 @@ fn a_rollback_with_etcd_down_is_local_first_and_reaches_the_fleet_when_etcd_retu
         "splitter_fleet_published_rollbacks_total",
     );
     assert_eq!(published, Some(1.0));
+    let history = beds[1].ctl_ok(&["history", "--fleet", "sentiment"]);
+    assert!(
+        history
+            .lines()
+            .next()
+            .is_some_and(|newest| newest.contains("rollback")
+                && newest.contains(" on n0: ")
+                && newest.contains("published later")),
+        "{history}"
+    );
 }
 
 #[test]

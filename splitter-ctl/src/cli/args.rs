@@ -196,6 +196,10 @@ pub enum Command {
         limit: usize,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// The fleet's changes of its desired splits as etcd keeps them (every node's, with
+        /// the node that made each), instead of this node's journal.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Deployment frequency and mean time to rollback, from the journal.
     Summary {

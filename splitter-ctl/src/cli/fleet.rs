@@ -16,11 +16,14 @@ use super::{
 use crate::{
     io::{
         etcd::{Etcd, EtcdError, Swap},
-        users,
+        fleet, users,
     },
+    kernel::split_lock::SplitLockFile,
     model::{
         error::chain,
-        fleet::{COMMAND_TIMEOUT, Cause, Desired, Fleet, Member, NodeReport, RecordError},
+        fleet::{
+            COMMAND_TIMEOUT, Cause, Desired, Fleet, FleetEvent, Member, NodeReport, RecordError,
+        },
         share::format_percent,
     },
     store::{self, journal::now_ms},
@@ -62,6 +65,38 @@ pub fn target(
 fn etcd(fleet: &Fleet) -> Result<Etcd, CommandError> {
     Etcd::new(fleet, COMMAND_TIMEOUT)
         .map_err(|error| CommandError::Fleet(chain(&error).to_string()))
+}
+
+/// A change made whose record in the fleet's history could not be written: said, not fatal.
+fn note_event(recorded: Result<(), EtcdError>) {
+    if let Err(error) = recorded {
+        eprintln!(
+            "warning: the change is made but not in the fleet's history: {}",
+            chain(&error)
+        );
+    }
+}
+
+/// `history --fleet`: the newest `limit` changes of the fleet's desired splits, of `release`
+/// (or all), as etcd keeps them.
+pub fn history(
+    fleet: &Fleet,
+    release: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<FleetEvent>, usize), CommandError> {
+    let etcd = etcd(fleet)?;
+    // Read more than asked when one release is wanted: the others are left out here.
+    let read = if release.is_some() {
+        limit.saturating_mul(8)
+    } else {
+        limit
+    };
+    let (mut events, unreadable) = runtime()?
+        .block_on(fleet::newest(&etcd, fleet, read))
+        .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))?;
+    events.retain(|e| release.is_none_or(|r| e.release == r));
+    events.truncate(limit);
+    Ok((events, unreadable))
 }
 
 fn actor() -> String {
@@ -116,7 +151,13 @@ pub fn publish_weight(
             .await
             .map_err(unreachable)?
         {
-            Swap::Written(revision) => Ok(Published { revision, word }),
+            Swap::Written(revision) => {
+                note_event(
+                    fleet::record(&etcd, &target.fleet, &target.release, revision, &desired, false)
+                        .await,
+                );
+                Ok(Published { revision, word })
+            }
             Swap::Lost(now) => Err(CommandError::FleetRaced {
                 release: target.release.clone(),
                 now: now.map_or_else(
@@ -169,11 +210,31 @@ pub fn publish_rollback(
     let key = target.fleet.desired_key(&target.release);
     let put = etcd(&target.fleet).and_then(|etcd| {
         runtime()?
-            .block_on(etcd.put(&key, &desired.to_json(), None))
-            .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))
+            .block_on(async {
+                let revision = etcd.put(&key, &desired.to_json(), None).await?;
+                note_event(
+                    fleet::record(
+                        &etcd,
+                        &target.fleet,
+                        &target.release,
+                        revision,
+                        &desired,
+                        false,
+                    )
+                    .await,
+                );
+                Ok(revision)
+            })
+            .map_err(|error: EtcdError| CommandError::FleetUnreachable(chain(&error).to_string()))
     });
     Some(match (put, kept) {
         (Ok(revision), _) => {
+            // This node's word is the rollback or newer: its daemon does not write it again.
+            {
+                let lock_file = SplitLockFile::open(&target.state_dir);
+                let _lock = lock_file.hold();
+                note_applied(&target, revision);
+            }
             if let Err(error) = store::fleet::forget(&target.state_dir, &target.release) {
                 eprintln!(
                     "warning: the rollback is published but its copy in fleet-pending/ stays ({error}); the daemon removes it"
@@ -192,6 +253,20 @@ pub fn publish_rollback(
             chain(&error)
         ),
     })
+}
+
+/// Notes that this node's word is of the fleet's `revision` (the caller holds the split lock).
+pub fn note_applied(target: &FleetTarget, revision: i64) {
+    if let Err(error) = store::fleet::note_applied(
+        &target.state_dir,
+        &target.fleet.identity(),
+        &target.release,
+        revision,
+    ) {
+        eprintln!(
+            "warning: cannot note the fleet's revision in the state directory ({error}); this node's daemon writes the same split again"
+        );
+    }
 }
 
 /// After a weight published to the fleet: a rollback kept from an outage stands no more (an

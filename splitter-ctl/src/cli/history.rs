@@ -1,10 +1,11 @@
-//! `splitter-ctl history`: the journal's events, newest first.
+//! `splitter-ctl history`: the journal's events, newest first; with `--fleet`, the fleet's
+//! changes of its desired splits as etcd keeps them.
 
 use std::{fmt::Write as _, path::Path};
 
 use super::{CommandError, Output};
 use crate::{
-    model::config::Config,
+    model::{config::Config, fleet::FleetEvent},
     store::journal::{Event, EventKind, Journal},
 };
 
@@ -33,6 +34,68 @@ pub fn run(
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `history --fleet`: the fleet's changes, newest first, each with the node that made it.
+pub fn run_fleet(
+    config_path: &Path,
+    service: Option<&str>,
+    limit: usize,
+    output: Output,
+) -> Result<String, CommandError> {
+    let config = Config::load(config_path)?;
+    let fleet = config.fleet.as_ref().ok_or_else(|| {
+        CommandError::Fleet(format!(
+            "{} has no [fleet] table: this node's own history is `splitter-ctl history`",
+            config_path.display()
+        ))
+    })?;
+    let release = service
+        .and_then(|s| config.release(s))
+        .map(|r| r.name.to_owned());
+    let (events, unreadable) = super::fleet::history(fleet, release.as_deref().or(service), limit)?;
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&events)? + "\n");
+    }
+    let mut out = String::new();
+    if events.is_empty() {
+        out.push_str("no fleet events yet\n");
+    }
+    for event in &events {
+        out.push_str(&fleet_line(event));
+        out.push('\n');
+    }
+    if unreadable > 0 {
+        let _ = writeln!(
+            out,
+            "({unreadable} event(s) this build cannot read left out)"
+        );
+    }
+    Ok(out)
+}
+
+/// One fleet event as a line: when, what, who on which node, the split it set.
+fn fleet_line(e: &FleetEvent) -> String {
+    let d = &e.desired;
+    let green = d.word().map_or_else(
+        |_| "?".to_owned(),
+        |w| crate::model::share::format_percent(w.share_of(splitter_common::Version::Green)),
+    );
+    format!(
+        "{}  {:<12} {:<17} by {} on {}: green {green}% (live {}) at revision {}{}",
+        format_time(d.decided_at_ms),
+        e.release,
+        d.cause.name(),
+        d.actor,
+        d.node,
+        d.live,
+        e.revision,
+        if e.published_later {
+            ", made while etcd was unreachable and published later"
+        } else {
+            ""
+        }
+    )
 }
 
 /// One event as a line: its id (which `review` and `report` take), when, what, who, and what

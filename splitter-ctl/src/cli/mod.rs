@@ -139,7 +139,19 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             service,
             limit,
             output,
+            fleet: false,
         } => print(history::run(config, service.as_deref(), limit, output)),
+        Command::History {
+            service,
+            limit,
+            output,
+            fleet: true,
+        } => print(history::run_fleet(
+            config,
+            service.as_deref(),
+            limit,
+            output,
+        )),
         Command::Summary { days, output } => print(summary::run(config, days, output)),
         Command::Rollout { action } => {
             out(format!("{}\n", rollout::run(config, action)?.trim_end()))

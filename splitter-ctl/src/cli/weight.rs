@@ -43,7 +43,15 @@ pub fn weight(
         overrides,
         service,
         EventKind::Weight,
-        |now, _, _| Ok(if now == kernel { published.word } else { now }),
+        |now, _, _| {
+            if now != kernel {
+                return Ok(now);
+            }
+            // Under the split lock: this node's daemon reads it under the same lock, and does
+            // not apply this revision again over a later change made here.
+            fleet::note_applied(&target, published.revision);
+            Ok(published.word)
+        },
     )?;
     change.print()?;
     eprintln!(

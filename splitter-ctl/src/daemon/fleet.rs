@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     engine::fleet::{Step, decide},
-    io::etcd::{Change, Etcd, EtcdError, Kv, Swap},
+    io::{
+        etcd::{Change, Etcd, EtcdError, Kv, Swap},
+        fleet as fleet_events,
+    },
     model::{
         error::chain,
         fleet::{Applied, Cause, Desired, Evidence, Fleet, Member, NodeReport, SCHEMA, Sparse},
@@ -57,12 +60,20 @@ pub(super) struct FleetState {
 
 impl FleetState {
     /// The state a daemon starts with: the revisions it applied before, for this etcd and
-    /// prefix.
-    pub(super) fn load(state_dir: &std::path::Path, fleet: Option<&Fleet>) -> Self {
+    /// prefix, when it adopted the data plane they were applied to; a data plane created now
+    /// (after a reboot, a `detach`) holds the config's splits, and the fleet's are applied
+    /// again.
+    pub(super) fn load(state_dir: &std::path::Path, fleet: Option<&Fleet>, adopted: bool) -> Self {
+        let applied = match fleet {
+            Some(f) if adopted => store::fleet::load_applied(state_dir, &f.identity()),
+            Some(f) => {
+                let _ = store::fleet::save_applied(state_dir, &f.identity(), &BTreeMap::new());
+                BTreeMap::new()
+            }
+            None => BTreeMap::new(),
+        };
         Self {
-            applied: fleet
-                .map(|f| store::fleet::load_applied(state_dir, &f.identity()))
-                .unwrap_or_default(),
+            applied,
             ..Self::default()
         }
     }
@@ -155,7 +166,7 @@ pub(super) async fn follow(shared: Shared) {
             // Another etcd or prefix: its revisions are not comparable with this one's.
             let mut daemon = lock(&shared);
             let state_dir = daemon.config.state_dir.clone();
-            daemon.fleet = FleetState::load(&state_dir, daemon.config.fleet.as_ref());
+            daemon.fleet = FleetState::load(&state_dir, daemon.config.fleet.as_ref(), true);
         } else {
             counters.sessions_ended.inc();
             tracing::warn!(error = %chain(&ended), retry_ms = backoff.as_millis(), "lost etcd; this node holds the last split it applied");
@@ -309,6 +320,11 @@ async fn publish_pending(
         match etcd.put_if(&key, &desired.to_json(), expected).await {
             Ok(Swap::Written(revision)) => {
                 counters.published.inc();
+                if let Err(error) =
+                    fleet_events::record(etcd, fleet, &release, revision, &desired, true).await
+                {
+                    tracing::warn!(service = release, error = %chain(&error), "a published rollback is not in the fleet's history");
+                }
                 lock(shared)
                     .fleet
                     .published
@@ -363,11 +379,19 @@ impl Daemon {
             }
         };
         self.fleet.refused.remove(&release);
-        let applied = self.fleet.applied.get(&release).copied().unwrap_or(0);
         let pending = store::fleet::is_pending(&self.config.state_dir, &release);
         let started = std::time::Instant::now();
         let (before, step) = {
+            // Under the split lock, which a command holds while it writes this node's word
+            // and notes the fleet's revision it wrote (`store::fleet::note_applied`): what it
+            // applied is never applied over a later local change.
             let _lock = self.split_lock.hold();
+            let identity = fleet.identity();
+            for (name, revision) in store::fleet::load_applied(&self.config.state_dir, &identity) {
+                let mine = self.fleet.applied.entry(name).or_insert(revision);
+                *mine = (*mine).max(revision);
+            }
+            let applied = self.fleet.applied.get(&release).copied().unwrap_or(0);
             let Ok(before) = self.maps.split(ids.split) else {
                 return;
             };
@@ -385,6 +409,16 @@ impl Daemon {
                 tracing::error!(service = release, error = %chain(&error), "cannot write the fleet's split");
                 return;
             }
+            if let Step::Same | Step::Write { .. } = step {
+                self.fleet.applied.insert(release.clone(), kv.mod_revision);
+                if let Err(error) = store::fleet::save_applied(
+                    &self.config.state_dir,
+                    &identity,
+                    &self.fleet.applied,
+                ) {
+                    tracing::warn!(error = %error, "cannot keep the fleet's applied revisions in the state directory; a restarted daemon applies the current splits again");
+                }
+            }
             (before, step)
         };
         let write = started.elapsed();
@@ -397,12 +431,8 @@ impl Daemon {
                     "holding a rollback made here that the fleet has not been told of; the fleet's split waits"
                 );
             }
-            Step::Same => {
-                self.note_applied(fleet, &release, kv.mod_revision);
-                self.note_split(&release, word);
-            }
+            Step::Same => self.note_split(&release, word),
             Step::Write { left } => {
-                self.note_applied(fleet, &release, kv.mod_revision);
                 self.note_split(&release, word);
                 let event = self.emit(FleetApplied {
                     release: &release,
@@ -418,18 +448,6 @@ impl Daemon {
                     self.drain_after(&release, &ids.members, left, false, decided_ns, event);
                 }
             }
-        }
-    }
-
-    /// Notes `revision` of `release` as applied, here and in the state directory.
-    fn note_applied(&mut self, fleet: &Fleet, release: &str, revision: i64) {
-        self.fleet.applied.insert(release.to_owned(), revision);
-        if let Err(error) = store::fleet::save_applied(
-            &self.config.state_dir,
-            &fleet.identity(),
-            &self.fleet.applied,
-        ) {
-            tracing::warn!(error = %error, "cannot keep the fleet's applied revisions in the state directory; a restarted daemon applies the current splits again");
         }
     }
 

@@ -209,7 +209,8 @@ impl Daemon {
         let mut health = Health::default();
         health.sync(&config);
         let config_state_dir = config.state_dir.clone();
-        let fleet_state = fleet::FleetState::load(&config_state_dir, config.fleet.as_ref());
+        let fleet_state =
+            fleet::FleetState::load(&config_state_dir, config.fleet.as_ref(), attachment.adopted);
         let mut daemon = Self {
             config,
             maps,

@@ -227,6 +227,39 @@ impl Etcd {
         Ok((header_revision(&answer)?, kvs))
     }
 
+    /// The newest `limit` keys under `prefix` (by key, descending).
+    pub async fn range_newest(&self, prefix: &str, limit: usize) -> Result<Vec<Kv>, EtcdError> {
+        let answer = self
+            .call(
+                "/v3/kv/range",
+                &json!({
+                    "key": b64(prefix),
+                    "range_end": b64_bytes(&prefix_end(prefix)),
+                    "limit": limit.to_string(),
+                    "sort_order": "DESCEND",
+                    "sort_target": "KEY",
+                }),
+            )
+            .await?;
+        answer
+            .get("kvs")
+            .and_then(Value::as_array)
+            .map(|kvs| kvs.iter().map(kv).collect::<Result<Vec<_>, _>>())
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Deletes the keys from `from` up to (not including) `to`; how many went.
+    pub async fn delete_range(&self, from: &str, to: &str) -> Result<i64, EtcdError> {
+        let answer = self
+            .call(
+                "/v3/kv/deleterange",
+                &json!({ "key": b64(from), "range_end": b64(to) }),
+            )
+            .await?;
+        Ok(int(answer.get("deleted")).unwrap_or(0))
+    }
+
     /// One key, if it is there.
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
         let answer = self

@@ -2,6 +2,7 @@
 //! etcd (fleet mode), readiness notifications to the service manager, and the host's users.
 
 pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod notify;
 pub mod probe;

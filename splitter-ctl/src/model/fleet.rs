@@ -7,6 +7,8 @@
 //! {prefix}/v1/nodes/{node}        NodeReport   written by that node's daemon, under its lease
 //! {prefix}/v1/members/{node}      Member       written by that node's daemon at each session
 //!                                              (no lease: a node gone silent stays listed)
+//! {prefix}/v1/events/{ms}-{node}  FleetEvent   written by whoever changed a desired split, after
+//!                                              the change; kept `EVENTS_KEPT` (`history --fleet`)
 //! ```
 //!
 //! A record carries `schema`; one from a newer schema than this build's is refused, never
@@ -23,6 +25,8 @@ pub const SCHEMA: u32 = 1;
 pub const DEFAULT_PREFIX: &str = "/splitter";
 /// How long a node stays listed alive without renewing its lease (`lease_ttl_s`).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// How long the fleet's events are kept in etcd: each writer removes older ones.
+pub const EVENTS_KEPT: Duration = Duration::from_secs(30 * 24 * 3_600);
 /// How long a command waits for etcd before it says the fleet was not told.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_500);
 
@@ -124,6 +128,18 @@ impl Fleet {
     #[must_use]
     pub fn members_prefix(&self) -> String {
         format!("{}/v1/members/", self.prefix)
+    }
+
+    /// The prefix of the fleet's events.
+    #[must_use]
+    pub fn events_prefix(&self) -> String {
+        format!("{}/v1/events/", self.prefix)
+    }
+
+    /// The key of an event decided at `at_ms` on `node`: keys sort by time.
+    #[must_use]
+    pub fn event_key(&self, at_ms: i64, node: &str) -> String {
+        format!("{}{:015}-{node}", self.events_prefix(), at_ms.max(0))
     }
 
     /// Which etcd and which keys: revisions are comparable only within one identity.
@@ -279,6 +295,20 @@ impl Desired {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// A change of a desired split, as the fleet's history keeps it
+/// (`{prefix}/v1/events/{decided_at_ms}-{node}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    pub release: String,
+    /// The desired revision it wrote.
+    pub revision: i64,
+    #[serde(flatten)]
+    pub desired: Desired,
+    /// It was made while etcd was unreachable and published later, by the node's daemon.
+    #[serde(default)]
+    pub published_later: bool,
 }
 
 /// What a node has applied of one release.

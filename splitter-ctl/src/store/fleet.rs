@@ -117,6 +117,21 @@ pub fn load_applied(state_dir: &Path, identity: &str) -> BTreeMap<String, i64> {
         .unwrap_or_default()
 }
 
+/// Notes that this node's word for `release` is of the fleet's `revision` (a command wrote it,
+/// or wrote something newer here since): its daemon does not apply that revision again. The
+/// caller holds the split lock, as the daemon does when it reads this.
+pub fn note_applied(
+    state_dir: &Path,
+    identity: &str,
+    release: &str,
+    revision: i64,
+) -> io::Result<()> {
+    let mut applied = load_applied(state_dir, identity);
+    let entry = applied.entry(release.to_owned()).or_insert(revision);
+    *entry = (*entry).max(revision);
+    save_applied(state_dir, identity, &applied)
+}
+
 /// Keeps the desired revisions applied: written whole or not at all.
 pub fn save_applied(
     state_dir: &Path,
@@ -191,6 +206,11 @@ mod tests {
         save_applied(&state, "a", &applied).expect("save");
         assert_eq!(load_applied(&state, "a"), applied);
         assert!(load_applied(&state, "another etcd").is_empty());
+        // A command notes what it wrote; never below what is there.
+        note_applied(&state, "a", "model", 9).expect("note");
+        assert_eq!(load_applied(&state, "a")["model"], 12);
+        note_applied(&state, "a", "other", 3).expect("note");
+        assert_eq!(load_applied(&state, "a")["other"], 3);
         let _ = fs::remove_dir_all(&state);
     }
 }
