@@ -39,8 +39,9 @@ use crate::{
     },
 };
 
-/// How long one call to etcd may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one call to etcd may take: a third of the lease (the renewal's period), within
+/// these bounds, so that a slow call does not let the lease lapse.
+const CALL_TIMEOUT: (Duration, Duration) = (Duration::from_millis(600), Duration::from_secs(2));
 /// The first wait after a session ended; it doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -154,7 +155,8 @@ pub(super) async fn follow(shared: Shared) {
             continue;
         };
         let started = tokio::time::Instant::now();
-        let ended = match Etcd::new(&fleet, CALL_TIMEOUT) {
+        let timeout = (fleet.lease_ttl / 3).clamp(CALL_TIMEOUT.0, CALL_TIMEOUT.1);
+        let ended = match Etcd::new(&fleet, timeout) {
             Ok(etcd) => match session(&shared, &fleet, &etcd, &counters).await {
                 Ok(never) => match never {},
                 Err(end) => end,

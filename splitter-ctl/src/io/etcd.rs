@@ -349,7 +349,10 @@ impl Etcd {
         );
         let mut tried = Vec::new();
         let mut last = None;
-        for endpoint in &self.endpoints {
+        // From the member that answered last, each member once.
+        let first = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        let order = self.endpoints.iter().cycle().skip(first);
+        for endpoint in order.take(self.endpoints.len()) {
             let open = async {
                 let stream = self.connect(endpoint).await?;
                 let request = self.request(endpoint, "/v3/watch", body.clone())?;
