@@ -708,6 +708,18 @@ impl Drop for Testbed {
     }
 }
 
+/// Panics unless the last response the version left began within `limit` of the rollback's
+/// decision, on the kernel's clock (the journal's drain details).
+pub fn assert_left_answered_within(drain: &serde_json::Value, limit: Duration) {
+    let last_response_us = drain["decision_to_last_response_us"]
+        .as_u64()
+        .expect("the drain's last response");
+    assert!(
+        u128::from(last_response_us) <= limit.as_micros(),
+        "the version left began its last response {last_response_us} µs after the decision; the drain: {drain}"
+    );
+}
+
 /// The value of the sample `name_and_labels` (e.g. `splitter_reloads_total`) in a metrics text.
 #[must_use]
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {

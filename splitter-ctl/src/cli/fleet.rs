@@ -11,7 +11,7 @@ use splitter_common::SplitWord;
 use super::{
     CommandError,
     client::runtime,
-    locate::{Overrides, Target, locate},
+    locate::{Located, Overrides, Target, locate},
 };
 use crate::{
     io::{
@@ -46,7 +46,11 @@ pub fn target(
     overrides: &Overrides,
     name: &str,
 ) -> Result<Option<FleetTarget>, CommandError> {
-    let located = locate(config, overrides)?;
+    target_in(&locate(config, overrides)?, name)
+}
+
+/// `target` with the config located already.
+pub fn target_in(located: &Located, name: &str) -> Result<Option<FleetTarget>, CommandError> {
     let Some(fleet) = located.config.fleet.clone() else {
         return Ok(None);
     };

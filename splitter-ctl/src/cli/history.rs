@@ -22,14 +22,24 @@ pub fn run(
         .map(|r| r.name.to_owned());
     let events =
         Journal::open(&config.state_dir)?.history(release.as_deref().or(service), limit)?;
+    render(&events, output, "no events yet", line)
+}
+
+/// Events as JSON, or a line each (`none` when there are none).
+fn render<E: serde::Serialize>(
+    events: &[E],
+    output: Output,
+    none: &str,
+    line: impl Fn(&E) -> String,
+) -> Result<String, CommandError> {
     if output == Output::Json {
-        return Ok(serde_json::to_string_pretty(&events)? + "\n");
+        return Ok(serde_json::to_string_pretty(events)? + "\n");
     }
     let mut out = String::new();
     if events.is_empty() {
-        out.push_str("no events yet\n");
+        let _ = writeln!(out, "{none}");
     }
-    for event in &events {
+    for event in events {
         out.push_str(&line(event));
         out.push('\n');
     }
@@ -54,18 +64,8 @@ pub fn run_fleet(
         .and_then(|s| config.release(s))
         .map(|r| r.name.to_owned());
     let (events, unreadable) = super::fleet::history(fleet, release.as_deref().or(service), limit)?;
-    if output == Output::Json {
-        return Ok(serde_json::to_string_pretty(&events)? + "\n");
-    }
-    let mut out = String::new();
-    if events.is_empty() {
-        out.push_str("no fleet events yet\n");
-    }
-    for event in &events {
-        out.push_str(&fleet_line(event));
-        out.push('\n');
-    }
-    if unreadable > 0 {
+    let mut out = render(&events, output, "no fleet events yet", fleet_line)?;
+    if unreadable > 0 && output == Output::Text {
         let _ = writeln!(
             out,
             "({unreadable} event(s) this build cannot read left out)"

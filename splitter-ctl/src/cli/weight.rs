@@ -8,7 +8,7 @@ use splitter_common::Version;
 
 use super::{
     CommandError, fleet,
-    locate::{Overrides, locate},
+    locate::{Located, Overrides, locate},
     split::{Change, update},
 };
 use crate::store::journal::EventKind;
@@ -26,12 +26,13 @@ pub fn weight(
     let target = if local {
         None
     } else {
-        fleet::target(config, overrides, service)?
+        let located = locate(config, overrides)?;
+        fleet::target_in(&located, service)?.map(|target| (target, located))
     };
-    let Some(target) = target else {
+    let Some((target, located)) = target else {
         return weight_here(config, overrides, service, version, share_bp)?.print();
     };
-    let kernel = kernel_word(config, overrides, service)?;
+    let kernel = kernel_word(&located, service)?;
     let published = fleet::publish_weight(&target, kernel, |word| {
         word.with_share_of(version, share_bp)
     })?;
@@ -62,12 +63,7 @@ pub fn weight(
 }
 
 /// This node's split word for `name`, now.
-fn kernel_word(
-    config: &Path,
-    overrides: &Overrides,
-    name: &str,
-) -> Result<splitter_common::SplitWord, CommandError> {
-    let located = locate(config, overrides)?;
+fn kernel_word(located: &Located, name: &str) -> Result<splitter_common::SplitWord, CommandError> {
     let target = located.target(name)?;
     let maps = located.split_maps()?;
     let service = located.kernel(&maps, &target)?;

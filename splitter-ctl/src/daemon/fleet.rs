@@ -54,6 +54,8 @@ pub(super) struct FleetState {
     applied: BTreeMap<String, i64>,
     /// Desired values refused, by release, and why.
     refused: BTreeMap<String, String>,
+    /// The revision of each desired key last refused (by its name in etcd): refused once.
+    refused_at: BTreeMap<String, i64>,
     /// Pending rollbacks published by this run, by release and decision time: never published
     /// twice, even when their file cannot be removed.
     published: std::collections::BTreeSet<(String, i64)>,
@@ -281,7 +283,7 @@ async fn publish_pending(
         let desired = match desired {
             Ok(desired) => desired,
             Err(problem) => {
-                lock(shared).refuse(&release, "unreadable_pending", &format!("a pending rollback in fleet-pending/ cannot be read ({problem}); it is neither published nor held for"));
+                lock(shared).refuse_once(&release, "unreadable_pending", &format!("a pending rollback in fleet-pending/ cannot be read ({problem}); it is neither published nor held for"));
                 continue;
             }
         };
@@ -338,7 +340,7 @@ async fn publish_pending(
             // Someone wrote in between: judged again at the next renewal.
             Ok(Swap::Lost(_)) => {}
             Err(error @ EtcdError::Refused { .. }) => {
-                lock(shared).refuse(
+                lock(shared).refuse_once(
                     &release,
                     "pending_refused",
                     &format!("etcd refused a pending rollback: {}", chain(&error)),
@@ -357,6 +359,16 @@ impl Daemon {
         let Some(name) = kv.key.strip_prefix(&fleet.desired_prefix()) else {
             return;
         };
+        // A renewal reads every desired split again: what was applied, or refused, at this
+        // revision is neither read from disk nor counted again.
+        if self.fleet.applied.get(name) >= Some(&kv.mod_revision)
+            || self.fleet.refused_at.get(name) == Some(&kv.mod_revision)
+        {
+            return;
+        }
+        self.fleet
+            .refused_at
+            .insert(name.to_owned(), kv.mod_revision);
         let Ok(release) = self.release_name(name) else {
             self.refuse(
                 name,
@@ -372,6 +384,7 @@ impl Daemon {
                 return;
             }
         };
+        self.fleet.refused_at.remove(name);
         let Ok(word) = desired.word() else { return };
         let ids = match self.release_ids(&release) {
             Ok(ids) => ids,
@@ -468,6 +481,14 @@ impl Daemon {
                 &fleet.identity(),
                 &self.fleet.applied,
             );
+        }
+    }
+
+    /// `refuse`, unless it is refused for that reason already (a pending rollback is looked
+    /// at every renewal).
+    fn refuse_once(&mut self, release: &str, reason: &'static str, why: &str) {
+        if self.fleet.refused.get(release).map(String::as_str) != Some(why) {
+            self.refuse(release, reason, why);
         }
     }
 

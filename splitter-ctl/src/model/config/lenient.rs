@@ -71,7 +71,7 @@ pub fn read(path: &Path, text: &str) -> Result<Lenient, ConfigError> {
             .get("name")
             .and_then(toml::Value::as_str)
             .map_or_else(|| format!("service[{index}]"), str::to_owned);
-        match alone(path, entry, index) {
+        match service_alone(path, entry, index) {
             Ok(spec) => services.push(spec),
             Err(problem) => skipped.push((name, problem)),
         }
@@ -116,42 +116,47 @@ pub fn with_paths(path: &Path, pin_dir: &Path, state_dir: &Path) -> Result<Confi
     })
 }
 
+/// A config of `key = value` alone (beside a placeholder interface), validated; its problem,
+/// when it has one, with the field renamed by `in_file`.
+fn alone(
+    path: &Path,
+    key: &str,
+    value: toml::Value,
+    in_file: impl Fn(&str) -> String,
+) -> Result<Config, String> {
+    let mut document = toml::Table::new();
+    document.insert("interface".to_owned(), toml::Value::from("lo"));
+    document.insert(key.to_owned(), value);
+    let text = toml::to_string(&document).map_err(|e| e.to_string())?;
+    Config::parse(path, &text).map_err(|error| match error {
+        ConfigError::Invalid { field, problem, .. } => format!("`{}`: {problem}", in_file(&field)),
+        other => other.to_string(),
+    })
+}
+
 /// The `[fleet]` table validated on its own.
 fn fleet_alone(
     path: &Path,
     entry: toml::Value,
 ) -> Result<Option<crate::model::fleet::Fleet>, String> {
-    let mut document = toml::Table::new();
-    document.insert("interface".to_owned(), toml::Value::from("lo"));
-    document.insert("fleet".to_owned(), entry);
-    let text = toml::to_string(&document).map_err(|e| e.to_string())?;
-    match Config::parse(path, &text) {
-        Ok(config) => Ok(config.fleet),
-        Err(ConfigError::Invalid { field, problem, .. }) => Err(format!("`{field}`: {problem}")),
-        Err(other) => Err(other.to_string()),
-    }
+    alone(path, "fleet", entry, str::to_owned).map(|config| config.fleet)
 }
 
 /// The `[[service]]` table at `index` validated on its own; its problem, when it has one,
 /// with the field named by the service's place in the file.
-fn alone(path: &Path, entry: toml::Value, index: usize) -> Result<super::ServiceSpec, String> {
-    let mut document = toml::Table::new();
-    document.insert("interface".to_owned(), toml::Value::from("lo"));
-    document.insert("service".to_owned(), toml::Value::Array(vec![entry]));
-    let text = toml::to_string(&document).map_err(|e| e.to_string())?;
+fn service_alone(
+    path: &Path,
+    entry: toml::Value,
+    index: usize,
+) -> Result<super::ServiceSpec, String> {
     let in_file = |field: &str| {
         field.strip_prefix("service[0]").map_or_else(
             || field.to_owned(),
             |rest| format!("service[{index}]{rest}"),
         )
     };
-    match Config::parse(path, &text) {
-        Ok(mut config) => Ok(config.services.remove(0)),
-        Err(ConfigError::Invalid { field, problem, .. }) => {
-            Err(format!("`{}`: {problem}", in_file(&field)))
-        }
-        Err(other) => Err(other.to_string()),
-    }
+    let mut config = alone(path, "service", toml::Value::Array(vec![entry]), in_file)?;
+    Ok(config.services.remove(0))
 }
 
 #[cfg(test)]
