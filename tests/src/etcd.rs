@@ -311,3 +311,23 @@ fn unbase64(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap_or_default()
 }
+
+/// `n` test beds, each node `n{k}` of a fleet following a cluster of `members` (addresses of
+/// its own, a claim it holds, whatever order the caller drops things in), with green at
+/// `green` percent in their configs; their daemons are not started.
+#[must_use]
+pub fn fleet(
+    server_bin: &str,
+    n: usize,
+    members: usize,
+    green: &str,
+) -> (EtcdCluster, Vec<Testbed>) {
+    let beds: Vec<Testbed> = (0..n).map(|_| Testbed::new(server_bin)).collect();
+    let cluster = EtcdCluster::alone(members);
+    for (k, bed) in beds.iter().enumerate() {
+        bed.write_config(green);
+        cluster.link(bed);
+        cluster.add_fleet(bed, &format!("n{k}"));
+    }
+    (cluster, beds)
+}

@@ -521,6 +521,25 @@ impl Testbed {
             .expect("daemon running")
     }
 
+    /// Waits until this bed's kernel gives green `percent` of new connections; how long that
+    /// took. Panics, with the daemon's log, after `within`.
+    pub fn until_green(&self, percent: f64, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let now = self.kernel_green_percent();
+            if (now - percent).abs() < 0.001 {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "bed {}: green at {now}%, not {percent}%, after {within:?}: {}",
+                self.index,
+                self.daemon_log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGKILLs the daemon, as a crash would.
     pub fn kill_daemon(&mut self) {
         let mut daemon = self.daemon.take().expect("daemon running");

@@ -15,36 +15,12 @@ use splitter_tests::{
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 
-/// `n` test beds, each node `n{k}` of a fleet following a cluster of `members`, with green at
-/// `green` percent in their configs; their daemons are not started.
 fn fleet(n: usize, members: usize, green: &str) -> (EtcdCluster, Vec<Testbed>) {
-    let beds: Vec<Testbed> = (0..n).map(|_| Testbed::new(SERVER)).collect();
-    // Addresses of its own (a claim it holds), whatever order the caller drops things in.
-    let cluster = EtcdCluster::alone(members);
-    for (k, bed) in beds.iter().enumerate() {
-        bed.write_config(green);
-        cluster.link(bed);
-        cluster.add_fleet(bed, &format!("n{k}"));
-    }
-    (cluster, beds)
+    splitter_tests::etcd::fleet(SERVER, n, members, green)
 }
 
-/// Waits until `bed`'s kernel gives green `percent`; how long that took.
 fn until_green(bed: &Testbed, percent: f64, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = bed.kernel_green_percent();
-        if (now - percent).abs() < 0.001 {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "bed {}: green at {now}%, not {percent}%, after {within:?}: {}",
-            bed.index,
-            bed.daemon_log()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    bed.until_green(percent, within)
 }
 
 /// `status --output json`'s fleet part, from `bed`.

@@ -122,6 +122,8 @@ pub enum Command {
     Rollout {
         #[command(subcommand)]
         action: RolloutAction,
+        #[command(flatten)]
+        fleet: RolloutFleetArgs,
     },
     /// Rollback drill: roll back for real, prove new connections land on the live pool, measure
     /// the time, put the share back, journal it (through the daemon).
@@ -272,6 +274,29 @@ pub struct FleetArgs {
     /// This node alone: the fleet's desired split in etcd is neither read nor written.
     #[arg(long)]
     pub local: bool,
+}
+
+/// Fleet mode for `rollout`: `--local` runs it in this node's daemon alone.
+#[derive(Args)]
+pub struct RolloutFleetArgs {
+    /// This node alone: the rollout runs in this node's daemon, and the fleet is not told.
+    #[arg(long, global = true)]
+    pub local: bool,
+}
+
+impl RolloutAction {
+    /// The service or release group it acts on.
+    #[must_use]
+    pub fn service(&self) -> &str {
+        match self {
+            Self::Start { service, .. }
+            | Self::Status { service, .. }
+            | Self::Pause { service }
+            | Self::Resume { service }
+            | Self::Promote { service }
+            | Self::Abort { service } => service,
+        }
+    }
 }
 
 /// A rollout's plan on the command line; each option overrides one key of the service's

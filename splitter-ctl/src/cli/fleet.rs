@@ -66,13 +66,13 @@ pub fn target_in(located: &Located, name: &str) -> Result<Option<FleetTarget>, C
     }))
 }
 
-fn etcd(fleet: &Fleet) -> Result<Etcd, CommandError> {
+pub(super) fn etcd(fleet: &Fleet) -> Result<Etcd, CommandError> {
     Etcd::new(fleet, COMMAND_TIMEOUT)
         .map_err(|error| CommandError::Fleet(chain(&error).to_string()))
 }
 
 /// A change made whose record in the fleet's history could not be written: said, not fatal.
-fn note_event(recorded: Result<(), EtcdError>) {
+pub(super) fn note_event(recorded: Result<(), EtcdError>) {
     if let Err(error) = recorded {
         eprintln!(
             "warning: the change is made but not in the fleet's history: {}",
@@ -103,7 +103,7 @@ pub fn history(
     Ok((events, unreadable))
 }
 
-fn actor() -> String {
+pub(super) fn actor() -> String {
     users::describe(users::this_process())
 }
 

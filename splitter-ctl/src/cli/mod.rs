@@ -11,6 +11,7 @@ pub mod detach;
 pub mod drain;
 pub mod drill;
 pub mod fleet;
+mod fleet_rollout;
 pub mod history;
 pub mod locate;
 pub mod reload;
@@ -153,9 +154,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             output,
         )),
         Command::Summary { days, output } => print(summary::run(config, days, output)),
-        Command::Rollout { action } => {
-            out(format!("{}\n", rollout::run(config, action)?.trim_end()))
-        }
+        Command::Rollout { action, fleet } => out(format!(
+            "{}\n",
+            rollout::run(config, fleet.local, action)?.trim_end()
+        )),
         Command::Drill {
             service,
             last_resort,

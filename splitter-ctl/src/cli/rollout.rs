@@ -1,20 +1,32 @@
 //! `splitter-ctl rollout start|status|pause|resume|promote|abort SERVICE`: rollouts run in the
-//! daemon; these commands ask it through the control socket.
+//! daemon; these commands ask it through the control socket. In fleet mode (`[fleet]`, without
+//! `--local`) they act on the fleet's rollout in etcd instead (`cli::fleet_rollout`).
 
 use std::path::Path;
 
 use bytes::Bytes;
 use hyper::Method;
 
-use super::{CommandError, Output, args::RolloutAction, client};
+use super::{
+    CommandError, Output,
+    args::RolloutAction,
+    client, fleet, fleet_rollout,
+    locate::{Overrides, locate},
+};
 use crate::{
     io::http::encode,
     model::{plan::PlanRequest, share::format_percent},
     view::rollout::RolloutCommand,
 };
 
-/// Runs one `rollout` subcommand; what to print.
-pub fn run(config_path: &Path, action: RolloutAction) -> Result<String, CommandError> {
+/// Runs one `rollout` subcommand, on the fleet unless `local`; what to print.
+pub fn run(config_path: &Path, local: bool, action: RolloutAction) -> Result<String, CommandError> {
+    if !local {
+        let located = locate(config_path, &Overrides::default())?;
+        if let Some(target) = fleet::target_in(&located, action.service())? {
+            return fleet_rollout::run(&located, &target, action);
+        }
+    }
     match action {
         RolloutAction::Start { service, plan } => {
             start(config_path, &service, &plan.into_request())

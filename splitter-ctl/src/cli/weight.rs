@@ -63,7 +63,10 @@ pub fn weight(
 }
 
 /// This node's split word for `name`, now.
-fn kernel_word(located: &Located, name: &str) -> Result<splitter_common::SplitWord, CommandError> {
+pub(super) fn kernel_word(
+    located: &Located,
+    name: &str,
+) -> Result<splitter_common::SplitWord, CommandError> {
     let target = located.target(name)?;
     let maps = located.split_maps()?;
     let service = located.kernel(&maps, &target)?;

@@ -28,7 +28,9 @@ use crate::{
         etcd::{Change, Etcd, EtcdError, Kv, Swap},
         fleet as fleet_events,
     },
+    kernel::maps::Maps,
     model::{
+        config::Config,
         error::chain,
         fleet::{Applied, Cause, Desired, Evidence, Fleet, Member, NodeReport, SCHEMA, Sparse},
         share::percent_of,
@@ -43,8 +45,8 @@ use crate::{
 /// these bounds, so that a slow call does not let the lease lapse.
 const CALL_TIMEOUT: (Duration, Duration) = (Duration::from_millis(600), Duration::from_secs(2));
 /// The first wait after a session ended; it doubles up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(200);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the daemon knows of the fleet.
 #[derive(Debug, Default)]
@@ -103,6 +105,8 @@ pub struct FleetCounters {
     sessions_ended: Counter,
     published: Counter,
     connected: Gauge,
+    pub(super) coordinating: Gauge,
+    pub(super) takeovers: Counter,
 }
 
 impl FleetCounters {
@@ -132,16 +136,28 @@ impl FleetCounters {
             "1 while this node follows etcd, 0 while it holds the last split it applied",
             self.connected.clone(),
         );
+        registry.register(
+            "splitter_fleet_coordinator",
+            "1 while this node coordinates the fleet's rollouts (holds the coordinator's key)",
+            self.coordinating.clone(),
+        );
+        registry.register(
+            "splitter_fleet_takeovers",
+            "Fleet rollouts this node took over from another coordinator",
+            self.takeovers.clone(),
+        );
     }
 }
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionEnd {
+pub(super) enum SessionEnd {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     #[error("the config's [fleet] changed")]
     Reconfigured,
+    #[error("another node coordinates the fleet's rollouts now")]
+    Deposed,
 }
 
 /// Follows the fleet for as long as the daemon runs and its config has `[fleet]`.
@@ -157,7 +173,7 @@ pub(super) async fn follow(shared: Shared) {
             continue;
         };
         let started = tokio::time::Instant::now();
-        let timeout = (fleet.lease_ttl / 3).clamp(CALL_TIMEOUT.0, CALL_TIMEOUT.1);
+        let timeout = call_timeout(&fleet);
         let ended = match Etcd::new(&fleet, timeout) {
             Ok(etcd) => match session(&shared, &fleet, &etcd, &counters).await {
                 Ok(never) => match never {},
@@ -255,8 +271,13 @@ async fn session(
     }
 }
 
+/// How long one call to etcd may take with this fleet's lease.
+pub(super) fn call_timeout(fleet: &Fleet) -> Duration {
+    (fleet.lease_ttl / 3).clamp(CALL_TIMEOUT.0, CALL_TIMEOUT.1)
+}
+
 /// A record as JSON: these types always serialize.
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+pub(super) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
@@ -418,6 +439,9 @@ impl Daemon {
                 word,
                 desired.cause,
             );
+            if let Step::Write { .. } = step {
+                apply_salt(&self.config, &mut self.maps, &release, desired.salt);
+            }
             if let Step::Write { .. } = step
                 && let Err(error) = self.maps.set_split(ids.split, word)
             {
@@ -567,6 +591,20 @@ impl Daemon {
                 })
             })
             .collect()
+    }
+}
+
+/// The client hash's salt of a fleet rollout, on every service of `release` with client
+/// affinity, before its share is written: a client sees one version on every node.
+fn apply_salt(config: &Config, maps: &mut Maps, release: &str, salt: Option<u32>) {
+    let Some(salt) = salt else { return };
+    let Some(release_spec) = config.release(release) else {
+        return;
+    };
+    for spec in release_spec.members.iter().filter(|s| s.client_affinity) {
+        if let Err(error) = maps.set_service_salt(&spec.endpoint(), salt) {
+            tracing::warn!(service = release, error = %chain(&error), "cannot set the fleet rollout's client salt");
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! done when it returns; nothing here waits on I/O but the runtime.
 
 pub mod control;
+mod coordinator;
 pub mod drain;
 pub mod drills;
 mod events;

@@ -120,6 +120,7 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
     tasks.spawn(run_scheduled_drills(Arc::clone(&shared)));
     tasks.spawn(run_drains(Arc::clone(&shared), drain_wake));
     tasks.spawn(super::fleet::follow(Arc::clone(&shared)));
+    tasks.spawn(super::coordinator::coordinate(Arc::clone(&shared)));
     if let Some(reports) = reports {
         tasks.spawn(forward_reports(reports));
     }

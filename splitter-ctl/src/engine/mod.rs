@@ -5,6 +5,7 @@
 pub mod drain;
 pub mod drill;
 pub mod fleet;
+pub mod fleet_rollout;
 pub mod gates;
 pub mod health;
 pub mod latency;

@@ -312,6 +312,58 @@ impl Etcd {
         }
     }
 
+    /// Writes every `(key, value)` of `puts` (tied to `lease` when given) only if each
+    /// `(key, revision)` of `expected` was last written at that revision (0: only if it is not
+    /// there), in one transaction: the revision written, or `None` when a key had moved on.
+    /// As with `put_if`, a retry that finds the first value its own counts as written.
+    pub async fn put_all_if(
+        &self,
+        expected: &[(&str, i64)],
+        puts: &[(&str, &[u8])],
+        lease: Option<i64>,
+    ) -> Result<Option<i64>, EtcdError> {
+        let compare: Vec<Value> = expected
+            .iter()
+            .map(|(key, revision)| {
+                json!({
+                    "key": b64(key),
+                    "target": "MOD",
+                    "result": "EQUAL",
+                    "mod_revision": revision.to_string(),
+                })
+            })
+            .collect();
+        let success: Vec<Value> = puts
+            .iter()
+            .map(|(key, value)| {
+                let mut put = json!({ "key": b64(key), "value": b64_bytes(value) });
+                if let Some(lease) = lease {
+                    put["lease"] = json!(lease.to_string());
+                }
+                json!({ "request_put": put })
+            })
+            .collect();
+        let Some((first_key, first_value)) = puts.first() else {
+            return Ok(None);
+        };
+        let body = json!({
+            "compare": compare,
+            "success": success,
+            "failure": [{ "request_range": { "key": b64(first_key) } }],
+        });
+        let answer = self.call("/v3/kv/txn", &body).await?;
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(Some(header_revision(&answer)?));
+        }
+        let now = answer
+            .pointer("/responses/0/response_range/kvs/0")
+            .map(kv)
+            .transpose()?;
+        Ok(now
+            .filter(|kv| kv.value == *first_value)
+            .map(|kv| kv.mod_revision))
+    }
+
     /// A new lease of `ttl`; its id.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let answer = self
@@ -335,6 +387,13 @@ impl Etcd {
         } else {
             Err(EtcdError::LeaseExpired(id))
         }
+    }
+
+    /// Ends lease `id` now: its keys go at once (a coordinator stepping down).
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await
+            .map(drop)
     }
 
     /// Watches every key under `prefix` from revision `from` on.

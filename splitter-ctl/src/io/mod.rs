@@ -1,5 +1,6 @@
 //! I/O with the world outside the data plane: Prometheus queries, backend health probes,
-//! etcd (fleet mode), readiness notifications to the service manager, and the host's users.
+//! etcd (fleet mode), readiness notifications to the service manager, the host's users and
+//! random salts.
 
 pub mod etcd;
 pub mod fleet;
@@ -7,4 +8,5 @@ pub mod http;
 pub mod notify;
 pub mod probe;
 pub mod prometheus;
+pub mod salt;
 pub mod users;

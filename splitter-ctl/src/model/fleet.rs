@@ -222,6 +222,10 @@ pub struct Desired {
     /// When the change was decided (ms since the epoch); a rollback published after an outage
     /// keeps the time it was made.
     pub decided_at_ms: i64,
+    /// The client hash's salt that a fleet rollout with client affinity set on every node
+    /// (each rollout draws another cohort of clients for the canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<u32>,
 }
 
 /// Why a value in etcd is not applied.
@@ -260,6 +264,7 @@ impl Desired {
             node: node.to_owned(),
             actor: actor.to_owned(),
             decided_at_ms,
+            salt: None,
         }
     }
 

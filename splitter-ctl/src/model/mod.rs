@@ -7,6 +7,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod fleet;
+pub mod fleet_rollout;
 pub mod l7;
 pub mod paths;
 pub mod plan;

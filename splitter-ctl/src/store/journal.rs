@@ -71,10 +71,12 @@ pub enum EventKind {
     OperatorOverride,
     /// The connections of a version a rollback or a promotion left were drained (or reset).
     Drain,
+    /// This node became the coordinator of a fleet rollout (it started it, or took it over).
+    Coordinator,
 }
 
 impl EventKind {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Weight,
         Self::Rollback,
         Self::Promotion,
@@ -85,6 +87,7 @@ impl EventKind {
         Self::GateEvaluation,
         Self::OperatorOverride,
         Self::Drain,
+        Self::Coordinator,
     ];
 
     #[must_use]
@@ -100,6 +103,7 @@ impl EventKind {
             Self::GateEvaluation => "gate_evaluation",
             Self::OperatorOverride => "operator_override",
             Self::Drain => "drain",
+            Self::Coordinator => "coordinator",
         }
     }
 

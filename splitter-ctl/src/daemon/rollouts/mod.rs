@@ -135,20 +135,6 @@ pub enum RolloutError {
     Maps(#[from] crate::kernel::maps::MapsError),
 }
 
-/// A salt for the client hash, from the kernel's random source (the clock if that fails).
-fn fresh_salt() -> u32 {
-    let mut bytes = [0u8; 4];
-    // SAFETY: getrandom writes at most the four bytes it is given.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n == 4 {
-        u32::from_ne_bytes(bytes)
-    } else {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    }
-}
-
 /// A release's counters at one moment: summed over its services, and each service's (in the
 /// order of `ReleaseIds::members`), per version [blue, green].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -166,7 +152,7 @@ pub(crate) struct ReleaseIds {
     pub members: Vec<u32>,
 }
 
-fn describe(judgement: &Judgement) -> String {
+pub(super) fn describe(judgement: &Judgement) -> String {
     match judgement {
         Judgement::Inconclusive(why) => format!("inconclusive: {why}"),
         Judgement::Pass => "pass".to_owned(),
@@ -294,7 +280,10 @@ impl Daemon {
         // With client affinity every rollout draws another cohort of clients for the canary:
         // one salt for every service of a release group, so a client sees one version of the
         // whole stack.
-        let salt = release.leader().client_affinity.then(fresh_salt);
+        let salt = release
+            .leader()
+            .client_affinity
+            .then(crate::io::salt::fresh);
         if let Some(salt) = salt {
             for spec in &release.members {
                 self.maps.set_service_salt(&spec.endpoint(), salt)?;

@@ -1,0 +1,597 @@
+//! Fleet rollouts in the daemon. One node at a time coordinates them, elected by creating
+//! `{prefix}/v1/coordinator` under a lease of its own (a transaction that succeeds only while
+//! the key is absent); the others watch the key and campaign as soon as it goes, which is when
+//! the coordinator's lease lapses (it died, or lost etcd): within the lease's TTL.
+//!
+//! The coordinator judges each running rollout (`{prefix}/v1/rollouts/{release}`) at its
+//! plan's interval on the evidence every node reports (`engine::fleet_rollout`): a node that
+//! stops reporting, or has not applied the step, holds it. It moves the desired split and the
+//! record together, in one transaction compared on both and on its own key, so that a
+//! coordinator that lost its key (cut off, replaced) writes nothing more, and an operator's
+//! change of the split in between pauses the rollout instead of being undone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    time::{Duration, Instant},
+};
+
+use splitter_common::{SplitWord, Version};
+
+use super::{
+    Shared,
+    events::{Event, GateEvaluation, OperatorOverride, Sinks},
+    fleet::{MAX_BACKOFF, MIN_BACKOFF, SessionEnd, call_timeout, to_json},
+    lock,
+    rollouts::describe,
+};
+use crate::{
+    engine::{
+        fleet_rollout::{Counts, NodeWindows, from_evidence, judge, to_evidence},
+        rollout::{Decision, Rollout},
+    },
+    io::{
+        etcd::{Change, Etcd, EtcdError},
+        fleet as fleet_events,
+    },
+    model::{
+        actor::Actor,
+        error::chain,
+        fleet::{Cause, Desired, Fleet, Member, NodeReport, SCHEMA, version_named},
+        fleet_rollout::{self, Coordinator, FleetRollout, LastJudgement, State, Takeover},
+        share::percent_of,
+    },
+    store::journal::{EventKind, NewEvent, now_ms},
+};
+
+/// How often the coordinator looks at the rollouts; each is judged at its plan's interval.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Campaigns for the coordinator's key, and coordinates while this node holds it, for as long
+/// as the daemon runs and its config has `[fleet]`.
+pub(super) async fn coordinate(shared: Shared) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let fleet = lock(&shared).config.fleet.clone();
+        let Some(fleet) = fleet else {
+            tokio::time::sleep(MAX_BACKOFF).await;
+            continue;
+        };
+        let started = tokio::time::Instant::now();
+        let ended = match Etcd::new(&fleet, call_timeout(&fleet)) {
+            Ok(etcd) => match campaign(&shared, &fleet, &etcd).await {
+                Ok(never) => match never {},
+                Err(end) => end,
+            },
+            Err(error) => SessionEnd::Etcd(error),
+        };
+        lock(&shared).counters.fleet.coordinating.set(0);
+        // Losing etcd is logged by the node's follower; this is its echo.
+        tracing::debug!(error = %chain(&ended), "the campaign for the fleet's coordinator ended");
+        if started.elapsed() > fleet.lease_ttl {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn campaign(shared: &Shared, fleet: &Fleet, etcd: &Etcd) -> Result<Infallible, SessionEnd> {
+    let key = fleet.coordinator_key();
+    loop {
+        let lease = etcd.grant(fleet.lease_ttl).await?;
+        let me = Coordinator {
+            schema: SCHEMA,
+            node: fleet.node.clone(),
+            since_ms: now_ms(),
+        };
+        let won = etcd
+            .put_all_if(&[(&key, 0)], &[(&key, &to_json(&me))], Some(lease))
+            .await;
+        match won {
+            Ok(Some(fence)) => {
+                tracing::info!(node = %fleet.node, "this node coordinates the fleet's rollouts");
+                lock(shared).counters.fleet.coordinating.set(1);
+                let mut leader = Leader {
+                    shared,
+                    fleet,
+                    etcd,
+                    lease,
+                    fence,
+                    rollouts: BTreeMap::new(),
+                };
+                let led = leader.lead().await;
+                lock(shared).counters.fleet.coordinating.set(0);
+                // Stepping down: the others take over at once, not when the lease lapses.
+                let _ = etcd.revoke(lease).await;
+                let Err(end) = led;
+                tracing::info!(node = %fleet.node, why = %chain(&end), "this node no longer coordinates the fleet's rollouts");
+                return Err(end);
+            }
+            Ok(None) => {
+                let _ = etcd.revoke(lease).await;
+            }
+            Err(error) => {
+                let _ = etcd.revoke(lease).await;
+                return Err(error.into());
+            }
+        }
+        vacancy(shared, fleet, etcd, &key).await?;
+    }
+}
+
+/// Waits until the coordinator's key is gone: its holder's lease lapsed, or it stepped down.
+/// The key is read again every third of the lease, in case the watch's member went silent.
+async fn vacancy(shared: &Shared, fleet: &Fleet, etcd: &Etcd, key: &str) -> Result<(), SessionEnd> {
+    let Some(holder) = etcd.get(key).await? else {
+        return Ok(());
+    };
+    let mut watch = etcd.watch(key, holder.mod_revision + 1).await?;
+    let mut check = tokio::time::interval(fleet.lease_ttl / 3);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            batch = watch.next() => {
+                if batch?.changes.iter().any(|c| matches!(c, Change::Delete { .. })) {
+                    return Ok(());
+                }
+            }
+            _ = check.tick() => {
+                if lock(shared).config.fleet.as_ref() != Some(fleet) {
+                    return Err(SessionEnd::Reconfigured);
+                }
+                if etcd.get(key).await?.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// What stops one rollout's judgement.
+#[derive(Debug, thiserror::Error)]
+enum Problem {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// Another node holds the coordinator's key now.
+    #[error("another node coordinates the fleet's rollouts now")]
+    Deposed,
+    /// This node cannot judge it (its config lacks the release, or the plan does not
+    /// validate here): it holds, said once.
+    #[error("{0}")]
+    Here(String),
+}
+
+/// A node's counts at the start of its window, at the desired revision it had applied.
+struct Base {
+    revision: i64,
+    candidate: Counts,
+    live: Counts,
+}
+
+/// What the coordinator keeps of one rollout between judgements: nothing that another
+/// coordinator needs (that is in the record), only where each node's window starts.
+#[derive(Default)]
+struct Judging {
+    started_at_ms: i64,
+    last: Option<Instant>,
+    bases: BTreeMap<String, Base>,
+    /// The problem said last, so that it is said once.
+    problem: Option<String>,
+}
+
+struct Leader<'a> {
+    shared: &'a Shared,
+    fleet: &'a Fleet,
+    etcd: &'a Etcd,
+    lease: i64,
+    /// The revision this node's key was created at: every write compares it.
+    fence: i64,
+    rollouts: BTreeMap<String, Judging>,
+}
+
+impl Leader<'_> {
+    async fn lead(&mut self) -> Result<Infallible, SessionEnd> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
+        let prefix = self.fleet.rollouts_prefix();
+        loop {
+            tick.tick().await;
+            if lock(self.shared).config.fleet.as_ref() != Some(self.fleet) {
+                return Err(SessionEnd::Reconfigured);
+            }
+            let (_, kvs) = self.etcd.range_prefix(&prefix).await?;
+            let mut running = BTreeSet::new();
+            for kv in kvs {
+                if renewed.elapsed() >= self.fleet.lease_ttl / 3 {
+                    self.etcd.keep_alive(self.lease).await?;
+                    renewed = tokio::time::Instant::now();
+                }
+                let Some(release) = kv.key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let record = match FleetRollout::parse(&kv.value) {
+                    Ok(record) if record.state == State::Running => record,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        self.say_once(release, &format!("its record cannot be read: {error}"));
+                        running.insert(release.to_owned());
+                        continue;
+                    }
+                };
+                running.insert(release.to_owned());
+                match self.judge(release, kv.mod_revision, record).await {
+                    Ok(()) => {}
+                    Err(Problem::Etcd(error)) => return Err(error.into()),
+                    Err(Problem::Deposed) => return Err(SessionEnd::Deposed),
+                    Err(Problem::Here(why)) => self.say_once(release, &why),
+                }
+            }
+            if renewed.elapsed() >= self.fleet.lease_ttl / 3 {
+                self.etcd.keep_alive(self.lease).await?;
+                renewed = tokio::time::Instant::now();
+            }
+            self.rollouts.retain(|release, _| running.contains(release));
+        }
+    }
+
+    fn say_once(&mut self, release: &str, why: &str) {
+        let judging = self.rollouts.entry(release.to_owned()).or_default();
+        if judging.problem.as_deref() != Some(why) {
+            tracing::warn!(
+                service = release,
+                why,
+                "this node's coordinator cannot judge the fleet rollout; it holds"
+            );
+            judging.problem = Some(why.to_owned());
+        }
+    }
+
+    /// Judges the rollout of `release` (its record at `revision`) if its interval has come
+    /// round, and carries out the decision.
+    async fn judge(
+        &mut self,
+        release: &str,
+        revision: i64,
+        mut record: FleetRollout,
+    ) -> Result<(), Problem> {
+        let plan = {
+            let daemon = lock(self.shared);
+            let release_spec = daemon.config.release(release).ok_or_else(|| {
+                Problem::Here("not a service or release group of this node's config".to_owned())
+            })?;
+            fleet_rollout::plan(&release_spec, &record.request)
+                .map_err(|error| Problem::Here(chain(&error).to_string()))?
+        };
+        let candidate = version_named(&record.candidate)
+            .ok_or_else(|| Problem::Here(format!("`{}` is not a version", record.candidate)))?;
+        let live = candidate.other();
+        let me = self.fleet.node.clone();
+        let now = Instant::now();
+        let judging = self.rollouts.entry(release.to_owned()).or_default();
+        if judging.started_at_ms != record.started_at_ms {
+            *judging = Judging {
+                started_at_ms: record.started_at_ms,
+                ..Judging::default()
+            };
+        }
+        if judging
+            .last
+            .is_some_and(|last| now.duration_since(last) < plan.interval)
+        {
+            return Ok(());
+        }
+        judging.last = Some(now);
+        judging.problem = None;
+
+        // This node's first look at the rollout as its coordinator: journaled, in the record
+        // too. Its windows start now.
+        if record.coordinator() != Some(me.as_str()) {
+            let from = record.coordinator().map(str::to_owned);
+            record.takeovers.push(Takeover {
+                node: me,
+                from: from.clone(),
+                at_ms: now_ms(),
+                step: record.step,
+            });
+            if self
+                .write(release, revision, &record, None)
+                .await?
+                .is_some()
+            {
+                let daemon = lock(self.shared);
+                if from.is_some() {
+                    daemon.counters.fleet.takeovers.inc();
+                }
+                daemon.emit(TookOver {
+                    release,
+                    from: from.as_deref(),
+                    step: record.step,
+                    steps: plan.steps.len(),
+                });
+            }
+            return Ok(());
+        }
+
+        let desired_key = self.fleet.desired_key(release);
+        let (members_prefix, nodes_prefix) =
+            (self.fleet.members_prefix(), self.fleet.nodes_prefix());
+        let (current, (_, members), (_, reports)) = tokio::try_join!(
+            self.etcd.get(&desired_key),
+            self.etcd.range_prefix(&members_prefix),
+            self.etcd.range_prefix(&nodes_prefix),
+        )?;
+        // Someone else moved the split (an operator's `weight` or `rollback`): the rollout
+        // pauses, and `rollout resume` goes on from the share they set.
+        let outside = match &current {
+            None => Some("the desired split was deleted from etcd".to_owned()),
+            Some(kv) => match Desired::parse(&kv.value) {
+                Ok(desired) if desired == record.wrote => None,
+                Ok(desired) => Some(format!(
+                    "the split was changed outside the rollout: {} by {} on {} (green {}%)",
+                    desired.cause.name(),
+                    desired.actor,
+                    desired.node,
+                    desired
+                        .word()
+                        .map_or(0.0, |w| percent_of(w.share_of(Version::Green)))
+                )),
+                Err(error) => Some(format!("the desired split in etcd cannot be read: {error}")),
+            },
+        };
+        let (Some(current), None) = (current, outside.clone()) else {
+            let why = outside.unwrap_or_default();
+            record.state = State::Paused(why.clone());
+            if self
+                .write(release, revision, &record, None)
+                .await?
+                .is_some()
+            {
+                lock(self.shared).emit(OperatorOverride {
+                    service: release,
+                    what: format!("the fleet rollout paused: {why}"),
+                    from_outside: true,
+                    actor: Actor::Operator { uid: None },
+                });
+            }
+            return Ok(());
+        };
+        let word = record
+            .wrote
+            .word()
+            .map_err(|error| Problem::Here(error.to_string()))?;
+
+        let reports: BTreeMap<String, NodeReport> = reports
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<NodeReport>(&kv.value).ok())
+            .map(|report| (report.node.clone(), report))
+            .collect();
+        let judging = self.rollouts.entry(release.to_owned()).or_default();
+        let mut held = Vec::new();
+        let mut windows = Vec::new();
+        for member in members
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Member>(&kv.value).ok())
+        {
+            let node = member.node;
+            let Some(report) = reports.get(&node) else {
+                held.push(format!(
+                    "node {node} is not reporting: its lease lapsed (down, or cut off from etcd)"
+                ));
+                continue;
+            };
+            if let Some(why) = report.refused.get(release) {
+                held.push(format!("node {node} refused the fleet's split: {why}"));
+                continue;
+            }
+            // A node whose config lacks the release does not serve it: not judged.
+            let Some(applied) = report.applied.get(release) else {
+                continue;
+            };
+            if applied.revision < current.mod_revision {
+                held.push(format!(
+                    "node {node} has not applied revision {} yet",
+                    current.mod_revision
+                ));
+                continue;
+            }
+            if (applied.kernel_live.as_str(), applied.kernel_candidate_bp)
+                != (word.live().name(), word.candidate_share_bp())
+            {
+                held.push(format!(
+                    "node {node}'s kernel does not hold the fleet's split (changed there alone)"
+                ));
+                continue;
+            }
+            let counts = |version: Version| {
+                applied
+                    .evidence
+                    .iter()
+                    .find(|e| e.version == version.name())
+                    .and_then(|e| Counts::of(e).ok())
+            };
+            let (Some(c), Some(l)) = (counts(candidate), counts(live)) else {
+                held.push(format!("node {node} reports no evidence this build reads"));
+                continue;
+            };
+            let base = judging.bases.entry(node.clone()).or_insert(Base {
+                revision: 0,
+                candidate: Counts::default(),
+                live: Counts::default(),
+            });
+            if base.revision < current.mod_revision {
+                *base = Base {
+                    revision: current.mod_revision,
+                    candidate: c.clone(),
+                    live: l.clone(),
+                };
+            }
+            windows.push(NodeWindows {
+                candidate: c.since(&base.candidate),
+                live: l.since(&base.live),
+                node,
+            });
+        }
+
+        let elapsed = u64::try_from(now_ms() - record.step_started_at_ms).unwrap_or(0);
+        let mut rollout = Rollout {
+            step_started: now
+                .checked_sub(Duration::from_millis(elapsed))
+                .unwrap_or(now),
+            step: record.step,
+            consecutive_failures: record.consecutive_failures,
+            done: false,
+            plan,
+        };
+        let reference = record.live_reference.as_ref().and_then(from_evidence);
+        let verdict = judge(&rollout.plan.gates, &windows, &held, reference.as_ref());
+        let decision = if rollout.warming_up(now) {
+            // The warm-up is left out: every window starts when it ends.
+            judging.bases.clear();
+            Decision::Hold
+        } else {
+            rollout.on_judgement(now, &verdict.judgement)
+        };
+        record.consecutive_failures = rollout.consecutive_failures;
+        record.live_reference = verdict.reference.map(|w| to_evidence(&w, live.name()));
+        record.last = Some(LastJudgement {
+            at_ms: now_ms(),
+            node: me.clone(),
+            judgement: describe(&verdict.judgement),
+            nodes: windows
+                .iter()
+                .map(|w| (w.node.clone(), w.candidate.requests, w.candidate.errors))
+                .collect(),
+        });
+        let actor = format!("gates (fleet rollout, coordinator {me})");
+        let salt = record.salt;
+        let desired = |word: SplitWord, cause: Cause| Desired {
+            salt,
+            ..Desired::new(word, cause, &me, &actor, now_ms())
+        };
+        let change = match &decision {
+            Decision::Hold => None,
+            Decision::Advance(bp) => {
+                record.step = rollout.step;
+                record.step_started_at_ms = now_ms();
+                Some(desired(SplitWord::new(live, *bp), Cause::Weight))
+            }
+            Decision::Promote => {
+                record.state = State::Promoted;
+                Some(desired(SplitWord::new(candidate, 0), Cause::Weight))
+            }
+            Decision::RollBack(reason) => {
+                record.state = State::RolledBack(reason.clone());
+                Some(desired(SplitWord::new(live, 0), Cause::Rollback))
+            }
+        };
+        if let Some(change) = &change {
+            record.wrote = change.clone();
+        }
+        let written = self
+            .write(
+                release,
+                revision,
+                &record,
+                change.as_ref().map(|d| (current.mod_revision, d)),
+            )
+            .await?;
+        let (Some(written), Some(change)) = (written, change) else {
+            return Ok(());
+        };
+        if let Some(judging) = self.rollouts.get_mut(release) {
+            judging.bases.clear();
+        }
+        if let Err(error) =
+            fleet_events::record(self.etcd, self.fleet, release, written, &change, false).await
+        {
+            tracing::warn!(service = release, error = %chain(&error), "a fleet rollout's change is not in the fleet's history");
+        }
+        let details = serde_json::json!({
+            "judgement": describe(&verdict.judgement),
+            "decision": match &decision {
+                Decision::Advance(bp) => format!("step to {}%", percent_of(*bp)),
+                Decision::Promote => "promote".to_owned(),
+                Decision::RollBack(reason) => format!("roll back: {reason}"),
+                Decision::Hold => "hold".to_owned(),
+            },
+            "fleet": {
+                "coordinator": me,
+                "revision": written,
+                "nodes": windows.iter().map(|w| serde_json::json!({
+                    "node": w.node,
+                    "candidate": { "requests": w.candidate.requests, "errors": w.candidate.errors, "p99_ms": w.candidate.p99_ms() },
+                    "live": { "requests": w.live.requests, "errors": w.live.errors, "p99_ms": w.live.p99_ms() },
+                })).collect::<Vec<_>>(),
+                "held": held,
+            },
+        });
+        tracing::info!(service = release, revision = written, decision = %details["decision"], "the fleet rollout moved");
+        lock(self.shared).emit(GateEvaluation {
+            service: release,
+            details,
+        });
+        Ok(())
+    }
+
+    /// Writes `record` (read at `revision`) and, with it, `desired` (its key read at its
+    /// revision), in one transaction that also compares this node's key: the revision
+    /// written, or `None` when a key had moved on. `Deposed` when this node's key is gone.
+    async fn write(
+        &self,
+        release: &str,
+        revision: i64,
+        record: &FleetRollout,
+        desired: Option<(i64, &Desired)>,
+    ) -> Result<Option<i64>, Problem> {
+        let fence_key = self.fleet.coordinator_key();
+        let record_key = self.fleet.rollout_key(release);
+        let desired_key = self.fleet.desired_key(release);
+        let record_json = record.to_json();
+        let desired_json = desired.map(|(_, d)| d.to_json());
+        let mut expected = vec![
+            (fence_key.as_str(), self.fence),
+            (record_key.as_str(), revision),
+        ];
+        let mut puts = vec![(record_key.as_str(), record_json.as_slice())];
+        if let (Some((at, _)), Some(json)) = (desired, &desired_json) {
+            expected.push((desired_key.as_str(), at));
+            puts.push((desired_key.as_str(), json.as_slice()));
+        }
+        let written = self.etcd.put_all_if(&expected, &puts, None).await?;
+        if written.is_none()
+            && self.etcd.get(&fence_key).await?.map(|kv| kv.mod_revision) != Some(self.fence)
+        {
+            return Err(Problem::Deposed);
+        }
+        Ok(written)
+    }
+}
+
+/// This node became the coordinator of a fleet rollout: it took it over from `from`, or picked
+/// up one just started.
+struct TookOver<'a> {
+    release: &'a str,
+    from: Option<&'a str>,
+    step: usize,
+    steps: usize,
+}
+
+impl Event for TookOver<'_> {
+    fn emit(self, sinks: &Sinks<'_>) -> Option<i64> {
+        let at = format!("step {} of {}", self.step + 1, self.steps);
+        let reason = match self.from {
+            Some(from) => format!("took over the fleet rollout from {from} at {at}"),
+            None => format!("coordinates the fleet rollout from {at}"),
+        };
+        tracing::info!(service = self.release, from = self.from, "{reason}");
+        sinks.record(&NewEvent {
+            reason: Some(reason),
+            details: serde_json::json!({
+                "fleet": { "from": self.from, "step": self.step + 1, "steps": self.steps },
+            }),
+            ..NewEvent::new(self.release, EventKind::Coordinator, "gates")
+        })
+    }
+}
