@@ -69,6 +69,53 @@ fn two_writers_from_one_revision_one_wins_and_the_other_is_told() {
         );
         let now = etcd.get(key).await.expect("get").expect("a value");
         assert_eq!(now.value, b"third");
+
+        // Two keys moved together, compared on both (a fleet rollout's record and its split):
+        // one stale revision and nothing is written.
+        let record = "/t/v1/rollouts/model";
+        let stale = etcd
+            .put_all_if(
+                &[(key, revision), (record, 0)],
+                &[(key, b"x"), (record, b"r1")],
+                None,
+            )
+            .await
+            .expect("stale");
+        assert_eq!(stale, None);
+        assert_eq!(
+            etcd.get(record).await.expect("get"),
+            None,
+            "nothing written"
+        );
+        let both = etcd
+            .put_all_if(
+                &[(key, now.mod_revision), (record, 0)],
+                &[(record, b"r1"), (key, b"y")],
+                None,
+            )
+            .await
+            .expect("both")
+            .expect("written");
+        for (k, v) in [(key, &b"y"[..]), (record, b"r1")] {
+            let kv = etcd.get(k).await.expect("get").expect("a value");
+            assert_eq!((kv.value.as_slice(), kv.mod_revision), (v, both));
+        }
+        // A key created under a lease goes when the lease is revoked (a coordinator stepping
+        // down), and only one of two creators wins it.
+        let lease = etcd.grant(Duration::from_secs(30)).await.expect("grant");
+        let coordinator = "/t/v1/coordinator";
+        let won = etcd
+            .put_all_if(&[(coordinator, 0)], &[(coordinator, b"n0")], Some(lease))
+            .await
+            .expect("campaign");
+        assert!(won.is_some());
+        let again = etcd
+            .put_all_if(&[(coordinator, 0)], &[(coordinator, b"n1")], None)
+            .await
+            .expect("campaign");
+        assert_eq!(again, None, "the key is held");
+        etcd.revoke(lease).await.expect("revoke");
+        assert_eq!(etcd.get(coordinator).await.expect("get"), None);
     });
 }
 

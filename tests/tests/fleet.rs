@@ -419,3 +419,85 @@ fn a_restarted_daemon_keeps_a_local_change_until_the_fleet_moves() {
     bed.ctl_ok(&["weight", "sentiment", "green", "40"]);
     until_green(bed, 40.0, Duration::from_secs(3));
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_fleet_drill_rolls_every_node_back_measures_each_and_puts_the_share_back() {
+    require_root!();
+    let (_cluster, mut beds) = fleet(3, 1, "0");
+    for bed in &mut beds {
+        bed.start_daemon(&[]);
+    }
+    // Nothing to drill while the fleet sends nothing to the candidate.
+    let out = beds[0].ctl(&["drill", "sentiment"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("nothing to roll back"),
+        "{}",
+        stderr(&out)
+    );
+    beds[0].ctl_ok(&["weight", "sentiment", "green", "30"]);
+    for bed in &beds {
+        until_green(bed, 30.0, Duration::from_secs(3));
+    }
+    // Every node reports the weight before the drill looks at who reports.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes(&beds[0])
+        .iter()
+        .filter(|(_, alive, _, lag)| *alive && *lag == 0)
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{:?}", nodes(&beds[0]));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = beds[1].ctl(&["drill", "sentiment", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let drill: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(drill["outcome"], "passed", "{drill:#}");
+    assert_eq!(drill["restored"], true, "{drill:#}");
+    let measured: Vec<(&str, f64)> = drill["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["node"].as_str()?, n["applied_ms"].as_f64()?)))
+        .collect();
+    assert_eq!(
+        measured.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        ["n0", "n1", "n2"],
+        "{drill:#}"
+    );
+    let all = drill["all_applied_ms"].as_f64().expect("all applied");
+    assert!(measured.iter().all(|(_, ms)| *ms <= all), "{drill:#}");
+    eprintln!("fleet drill: every node's kernel held the rollback within {all} ms");
+    // The share is back on every node, and each node journaled the rollback it applied.
+    for bed in &beds {
+        until_green(bed, 30.0, Duration::from_secs(3));
+        let journal =
+            splitter_ctl::store::journal::Journal::open(&bed.dir.join("state")).expect("journal");
+        let kinds: Vec<_> = journal
+            .history(Some("sentiment"), 20)
+            .expect("history")
+            .into_iter()
+            .map(|e| e.event.kind)
+            .collect();
+        assert!(
+            kinds.contains(&splitter_ctl::store::journal::EventKind::Rollback),
+            "bed {}: {kinds:?}",
+            bed.index
+        );
+    }
+    let drilled = splitter_ctl::store::journal::Journal::open(&beds[1].dir.join("state"))
+        .expect("journal")
+        .history(Some("sentiment"), 20)
+        .expect("history")
+        .into_iter()
+        .find(|e| e.event.kind == splitter_ctl::store::journal::EventKind::Drill)
+        .expect("the drill in n1's journal");
+    assert_eq!(drilled.event.reason.as_deref(), Some("passed"));
+    let history = beds[2].ctl_ok(&["history", "--fleet"]);
+    assert!(
+        history.contains("(drill)") && history.contains("(drill, restored)"),
+        "{history}"
+    );
+}

@@ -101,6 +101,9 @@ fn a_fleet_rollout_is_promoted_across_three_nodes() {
             thread::sleep(Duration::from_millis(20));
         }
         bed.until_green(100.0, Duration::from_secs(3));
+        // Journaled there as a promotion, which retires blue (drained over the window).
+        let promotions = journaled(bed, EventKind::Promotion);
+        assert_eq!(promotions.len(), 1, "bed {}: {promotions:?}", bed.index);
     }
     // The coordinator judged every node: each had its own window at the last judgement.
     let judged: Vec<&str> = status["last"]["nodes"]

@@ -135,6 +135,8 @@ pub enum Command {
         last_resort: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// A Markdown post-incident review of one rollout (its `rollout_started` event id).
     Review {

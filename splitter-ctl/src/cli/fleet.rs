@@ -173,6 +173,7 @@ pub fn publish_weight(
                             match d.cause {
                                 Cause::Weight => "a weight",
                                 Cause::Rollback => "a rollback",
+                                Cause::Promotion => "a promotion",
                             },
                             d.actor,
                             d.node,

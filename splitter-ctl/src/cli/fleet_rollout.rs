@@ -325,7 +325,13 @@ fn command(target: &FleetTarget, command: RolloutCommand) -> Result<String, Comm
                 let word = SplitWord::new(candidate, 0);
                 let said = format!("promoted: {} is live on every node", candidate.name());
                 (
-                    Some(Desired::new(word, Cause::Weight, &fleet.node, &actor, now)),
+                    Some(Desired::new(
+                        word,
+                        Cause::Promotion,
+                        &fleet.node,
+                        &actor,
+                        now,
+                    )),
                     said,
                 )
             }

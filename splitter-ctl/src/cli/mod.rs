@@ -11,6 +11,7 @@ pub mod detach;
 pub mod drain;
 pub mod drill;
 pub mod fleet;
+mod fleet_drill;
 mod fleet_rollout;
 pub mod history;
 pub mod locate;
@@ -162,8 +163,20 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             service,
             last_resort,
             output,
+            fleet,
         } => {
-            let drilled = drill::run(config, &service, last_resort, output)?;
+            // A rollback drill of the whole fleet unless `--local`; the last-resort pool is
+            // each node's own, drilled on this node.
+            let target = if fleet.local || last_resort {
+                None
+            } else {
+                let located = locate::locate(config, &locate::Overrides::default())?;
+                fleet::target_in(&located, &service)?
+            };
+            let drilled = match target {
+                Some(target) => fleet_drill::run(&target, output)?,
+                None => drill::run(config, &service, last_resort, output)?,
+            };
             out(&drilled.text)?;
             // A drill that did not pass is a finding: scripts and timers see it in the status.
             match drilled.not_passed {

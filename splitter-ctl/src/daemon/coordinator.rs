@@ -479,7 +479,7 @@ impl Leader<'_> {
             }
             Decision::Promote => {
                 record.state = State::Promoted;
-                Some(desired(SplitWord::new(candidate, 0), Cause::Weight))
+                Some(desired(SplitWord::new(candidate, 0), Cause::Promotion))
             }
             Decision::RollBack(reason) => {
                 record.state = State::RolledBack(reason.clone());

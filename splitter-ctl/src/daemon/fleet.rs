@@ -484,7 +484,11 @@ impl Daemon {
                 if let Some(left) = left {
                     let decided_ns = crate::kernel::aging::monotonic_ns()
                         .saturating_sub(crate::model::units::micros(write) * 1_000);
-                    self.drain_after(&release, &ids.members, left, false, decided_ns, event);
+                    // A rollback's drain completes its journal entry; a promotion's is spread
+                    // over the promotion window.
+                    let promotion = desired.cause == Cause::Promotion;
+                    let event = event.filter(|_| !promotion);
+                    self.drain_after(&release, &ids.members, left, promotion, decided_ns, event);
                 }
             }
         }
@@ -625,6 +629,7 @@ impl Event for FleetApplied<'_> {
         let kind = match self.desired.cause {
             Cause::Weight => EventKind::Weight,
             Cause::Rollback => EventKind::Rollback,
+            Cause::Promotion => EventKind::Promotion,
         };
         // On the deciding node's clock: skewed by the difference between the two clocks.
         let propagation_ms = now_ms() - self.desired.decided_at_ms;

@@ -45,15 +45,19 @@ pub fn decide(
     }
 }
 
-/// The version a rollback leaves: the one that served new connections before it and none
-/// after. A weight that takes a share to 0 leaves nothing to drain (as on one node).
+/// The version a rollback leaves (the one that served new connections before it and none
+/// after), or that a promotion retires (the live one before it). A weight that takes a share
+/// to 0 leaves nothing to drain (as on one node).
 #[must_use]
 pub fn left_by(cause: Cause, before: SplitWord, after: SplitWord) -> Option<Version> {
-    if cause != Cause::Rollback {
-        return None;
+    match cause {
+        Cause::Weight => None,
+        Cause::Rollback => {
+            let left = after.live().other();
+            (before.share_of(left) > 0 && after.share_of(left) == 0).then_some(left)
+        }
+        Cause::Promotion => (before.live() != after.live()).then_some(before.live()),
     }
-    let left = after.live().other();
-    (before.share_of(left) > 0 && after.share_of(left) == 0).then_some(left)
 }
 
 /// How many revisions a node is behind the desired one (0 when it is level or ahead).
@@ -123,6 +127,13 @@ mod tests {
             left_by(Cause::Rollback, green_live, BLUE_ONLY),
             Some(Version::Green)
         );
+        // A promotion retires the live version before it; one that changes nothing, nothing.
+        let blue_at_100 = SplitWord::new(Version::Blue, 10_000);
+        assert_eq!(
+            left_by(Cause::Promotion, blue_at_100, green_live),
+            Some(Version::Blue)
+        );
+        assert_eq!(left_by(Cause::Promotion, green_live, green_live), None);
     }
 
     #[test]

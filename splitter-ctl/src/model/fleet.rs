@@ -185,6 +185,9 @@ pub enum Cause {
     Weight,
     /// A rollback: sticky, it wins over a pending step when published after an outage.
     Rollback,
+    /// The candidate made live (a fleet rollout's end): each node drains the retired version
+    /// over its promotion window.
+    Promotion,
 }
 
 impl Cause {
@@ -193,6 +196,7 @@ impl Cause {
         match self {
             Self::Weight => "weight",
             Self::Rollback => "rollback",
+            Self::Promotion => "promotion",
         }
     }
 }

@@ -1,0 +1,237 @@
+//! `drill SERVICE` on the fleet (`[fleet]`, without `--local`): a rollback drill of every node
+//! at once. The fleet's desired split is rolled back for real (a compare-and-swap, the same
+//! write a `rollback` makes, so each node drains the candidate as it would), every node that
+//! reports is watched until its report says its kernel holds the rollback, and the split is put
+//! back (a compare-and-swap on the drill's own revision: a change made meanwhile is never
+//! undone). What it measured goes to this node's journal.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use splitter_common::SplitWord;
+
+use super::{
+    CommandError, Output,
+    client::runtime,
+    drill::Drilled,
+    fleet::{FleetTarget, actor, etcd, note_event},
+};
+use crate::{
+    engine::drill::DRILL_LIMIT,
+    io::{
+        etcd::{Etcd, EtcdError},
+        fleet as fleet_events,
+    },
+    model::{
+        error::chain,
+        fleet::{Cause, Desired, NodeReport},
+        fleet_rollout::{FleetRollout, State},
+    },
+    store::journal::{EventKind, Journal, NewEvent, now_ms},
+};
+
+/// How often the nodes' reports are read during a drill.
+const POLL: Duration = Duration::from_millis(10);
+
+/// One node in a fleet drill.
+#[derive(Debug, Serialize)]
+pub struct NodeDrilled {
+    pub node: String,
+    /// From the decision until its report showed the rollback in its kernel; `None`: not
+    /// within the drill's limit.
+    pub applied_ms: Option<f64>,
+}
+
+/// What a fleet drill measured.
+#[derive(Debug, Serialize)]
+pub struct FleetDrill {
+    pub service: String,
+    pub outcome: String,
+    pub revision: i64,
+    /// The nodes reporting when the drill began, each with its time.
+    pub nodes: Vec<NodeDrilled>,
+    /// From the decision until the last node's report showed the rollback.
+    pub all_applied_ms: Option<f64>,
+    pub restored: bool,
+}
+
+fn unreachable(error: EtcdError) -> CommandError {
+    CommandError::FleetUnreachable(chain(&error).to_string())
+}
+
+fn millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// The nodes reporting now, by name.
+async fn reports(etcd: &Etcd, target: &FleetTarget) -> Result<Vec<NodeReport>, EtcdError> {
+    let (_, kvs) = etcd.range_prefix(&target.fleet.nodes_prefix()).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
+}
+
+/// Runs a rollback drill of the whole fleet; what it measured, and whether it passed.
+pub fn run(target: &FleetTarget, output: Output) -> Result<Drilled, CommandError> {
+    let etcd = etcd(&target.fleet)?;
+    let fleet = &target.fleet;
+    let release = &target.release;
+    let drill = runtime()?.block_on(async {
+        let (desired_key, record_key) = (fleet.desired_key(release), fleet.rollout_key(release));
+        let (current, record) =
+            tokio::try_join!(etcd.get(&desired_key), etcd.get(&record_key)).map_err(unreachable)?;
+        if let Some(running) = record
+            .and_then(|kv| FleetRollout::parse(&kv.value).ok())
+            .filter(|r| !r.state.ended())
+        {
+            let state = if running.state == State::Running { "running" } else { "paused" };
+            return Err(CommandError::Fleet(format!(
+                "a fleet rollout of {release} is {state}: a drill would stop it; abort or finish it first"
+            )));
+        }
+        let nothing = |why: &str| CommandError::NothingToRollBack {
+            service: release.clone(),
+            why: why.to_owned(),
+        };
+        let current = current.ok_or_else(|| nothing("the fleet holds no split of it (`weight` sets one)"))?;
+        let before = Desired::parse(&current.value)
+            .and_then(|d| d.word())
+            .map_err(|error| CommandError::Fleet(format!("the desired split in etcd: {error}")))?;
+        if before.candidate_share_bp() == 0 {
+            return Err(nothing("the fleet sends no new connection to its candidate"));
+        }
+        let watched: Vec<String> = reports(&etcd, target)
+            .await
+            .map_err(unreachable)?
+            .into_iter()
+            .filter(|r| r.applied.contains_key(release.as_str()))
+            .map(|r| r.node)
+            .collect();
+        let actor = actor();
+        let rolled_back = SplitWord::new(before.live(), 0);
+        let decided = Instant::now();
+        let drill = Desired::new(rolled_back, Cause::Rollback, &fleet.node, &format!("{actor} (drill)"), now_ms());
+        let swap = etcd
+            .put_all_if(&[(&desired_key, current.mod_revision)], &[(&desired_key, &drill.to_json())], None)
+            .await
+            .map_err(unreachable)?;
+        let Some(revision) = swap else {
+            return Err(CommandError::FleetRaced {
+                release: release.clone(),
+                now: "it moved while the drill began".to_owned(),
+            });
+        };
+        note_event(fleet_events::record(&etcd, fleet, release, revision, &drill, false).await);
+        // Every node that reported at the start, until its report shows the rollback.
+        let mut nodes: Vec<NodeDrilled> = watched
+            .into_iter()
+            .map(|node| NodeDrilled { node, applied_ms: None })
+            .collect();
+        while nodes.iter().any(|n| n.applied_ms.is_none()) && decided.elapsed() < DRILL_LIMIT {
+            if let Ok(now) = reports(&etcd, target).await {
+                let elapsed = millis(decided.elapsed());
+                for report in now {
+                    let applied = report.applied.get(release.as_str()).is_some_and(|a| {
+                        a.revision >= revision
+                            && a.kernel_live == rolled_back.live().name()
+                            && a.kernel_candidate_bp == 0
+                    });
+                    if let Some(node) = nodes.iter_mut().find(|n| n.node == report.node && n.applied_ms.is_none())
+                        && applied
+                    {
+                        node.applied_ms = Some(elapsed);
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        // The share put back, unless someone moved it meanwhile.
+        let restore = Desired::new(before, Cause::Weight, &fleet.node, &format!("{actor} (drill, restored)"), now_ms());
+        let restored = match etcd
+            .put_all_if(&[(&desired_key, revision)], &[(&desired_key, &restore.to_json())], None)
+            .await
+        {
+            Ok(Some(restored)) => {
+                note_event(fleet_events::record(&etcd, fleet, release, restored, &restore, false).await);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                eprintln!("fleet: the drill's split cannot be put back ({}): run `splitter-ctl weight` when etcd answers", chain(&error));
+                false
+            }
+        };
+        let late: Vec<&str> = nodes.iter().filter(|n| n.applied_ms.is_none()).map(|n| n.node.as_str()).collect();
+        let outcome = if !late.is_empty() {
+            format!("failed: {} did not show the rollback within {} ms", late.join(", "), DRILL_LIMIT.as_millis())
+        } else if !restored {
+            "passed, not restored: the split was changed during the drill".to_owned()
+        } else {
+            "passed".to_owned()
+        };
+        let all_applied_ms = if late.is_empty() {
+            nodes.iter().filter_map(|n| n.applied_ms).fold(None, |max: Option<f64>, ms| Some(max.map_or(ms, |m| m.max(ms))))
+        } else {
+            None
+        };
+        Ok(FleetDrill {
+            service: release.clone(),
+            outcome,
+            revision,
+            nodes,
+            all_applied_ms,
+            restored,
+        })
+    })?;
+    journal(target, &drill);
+    let not_passed = (!drill.outcome.starts_with("passed")).then(|| drill.outcome.clone());
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&drill)? + "\n",
+        Output::Text => describe(&drill),
+    };
+    Ok(Drilled { text, not_passed })
+}
+
+fn journal(target: &FleetTarget, drill: &FleetDrill) {
+    let journaled = Journal::open(&target.state_dir).and_then(|journal| {
+        journal.record(&NewEvent {
+            reason: Some(drill.outcome.clone()),
+            details: serde_json::json!({ "fleet": drill }),
+            ..NewEvent::new(&drill.service, EventKind::Drill, &actor())
+        })
+    });
+    if let Err(error) = journaled {
+        eprintln!(
+            "warning: the drill is done but not in the journal: {}",
+            chain(&error)
+        );
+    }
+}
+
+fn describe(drill: &FleetDrill) -> String {
+    let mut text = format!(
+        "fleet drill of {}: {}\n  rolled back at revision {}; every node's kernel within: {}\n",
+        drill.service,
+        drill.outcome,
+        drill.revision,
+        drill
+            .all_applied_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+    );
+    for node in &drill.nodes {
+        text += &format!(
+            "  node {}: {}\n",
+            node.node,
+            node.applied_ms.map_or_else(
+                || "NOT within the limit".to_owned(),
+                |ms| format!("{ms} ms")
+            )
+        );
+    }
+    text += &format!(
+        "  restored: {}\n",
+        if drill.restored { "yes" } else { "no" }
+    );
+    text
+}
