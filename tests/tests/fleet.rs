@@ -468,7 +468,8 @@ fn a_fleet_drill_rolls_every_node_back_measures_each_and_puts_the_share_back() {
         "{drill:#}"
     );
     let all = drill["all_applied_ms"].as_f64().expect("all applied");
-    assert!(measured.iter().all(|(_, ms)| *ms <= all), "{drill:#}");
+    let slowest = measured.iter().map(|(_, ms)| *ms).fold(0.0, f64::max);
+    assert!((all - slowest).abs() < 1e-9 && all > 0.0, "{drill:#}");
     eprintln!("fleet drill: every node's kernel held the rollback within {all} ms");
     // The share is back on every node, and each node journaled the rollback it applied.
     for bed in &beds {

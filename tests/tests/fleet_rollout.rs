@@ -80,7 +80,7 @@ fn a_fleet_rollout_is_promoted_across_three_nodes() {
         bed.start_daemon(&[]);
     }
     let loads: Vec<Load> = beds.iter().map(|b| Load::start(b, LOAD_LIMIT)).collect();
-    let said = start(&beds[1], &["--steps", "50,100", "--hold", "2s"]);
+    let said = start(&beds[1], &["--steps", "50,100", "--hold", "3s"]);
     assert!(said.contains("green at 50% on every node"), "{said}");
     // Every node's kernel follows the first step, then the promotion.
     for bed in &beds {
@@ -230,11 +230,9 @@ fn the_coordinator_killed_mid_rollout_is_taken_over_at_the_same_step_and_a_silen
         "{} took over from {first} {took:?} after it was killed",
         status["coordinator"]
     );
-    // Within the lease (2 s), and the time to see the key go and to judge once.
-    assert!(
-        took < Duration::from_millis(3_500),
-        "took over after {took:?}"
-    );
+    // Within the lease (2 s), and the time to see the key go, to judge once, and for this
+    // test's polling (a CLI process each time).
+    assert!(took < Duration::from_secs(4), "took over after {took:?}");
     let takeover = status["takeovers"]
         .as_array()
         .and_then(|t| t.last())

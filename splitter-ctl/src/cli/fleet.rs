@@ -71,6 +71,11 @@ pub(super) fn etcd(fleet: &Fleet) -> Result<Etcd, CommandError> {
         .map_err(|error| CommandError::Fleet(chain(&error).to_string()))
 }
 
+/// etcd did not answer: nothing changed.
+pub(super) fn unreachable(error: EtcdError) -> CommandError {
+    CommandError::FleetUnreachable(chain(&error).to_string())
+}
+
 /// A change made whose record in the fleet's history could not be written: said, not fatal.
 pub(super) fn note_event(recorded: Result<(), EtcdError>) {
     if let Err(error) = recorded {
@@ -124,7 +129,6 @@ pub fn publish_weight(
 ) -> Result<Published, CommandError> {
     let etcd = etcd(&target.fleet)?;
     let key = target.fleet.desired_key(&target.release);
-    let unreachable = |error: EtcdError| CommandError::FleetUnreachable(chain(&error).to_string());
     runtime()?.block_on(async {
         let current = etcd.get(&key).await.map_err(unreachable)?;
         let (base, expected) = match &current {

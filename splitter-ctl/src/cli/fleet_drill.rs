@@ -14,24 +14,25 @@ use super::{
     CommandError, Output,
     client::runtime,
     drill::Drilled,
-    fleet::{FleetTarget, actor, etcd, note_event},
+    fleet::{FleetTarget, actor, etcd, note_event, unreachable},
+    fleet_rollout::refuse_running,
 };
 use crate::{
     engine::drill::DRILL_LIMIT,
     io::{
-        etcd::{Etcd, EtcdError},
+        etcd::{Etcd, EtcdError, Swap},
         fleet as fleet_events,
     },
     model::{
         error::chain,
         fleet::{Cause, Desired, NodeReport},
-        fleet_rollout::{FleetRollout, State},
+        share::format_percent,
     },
     store::journal::{EventKind, Journal, NewEvent, now_ms},
 };
 
 /// How often the nodes' reports are read during a drill.
-const POLL: Duration = Duration::from_millis(10);
+const POLL: Duration = Duration::from_millis(20);
 
 /// One node in a fleet drill.
 #[derive(Debug, Serialize)]
@@ -55,15 +56,11 @@ pub struct FleetDrill {
     pub restored: bool,
 }
 
-fn unreachable(error: EtcdError) -> CommandError {
-    CommandError::FleetUnreachable(chain(&error).to_string())
-}
-
 fn millis(elapsed: Duration) -> f64 {
     (elapsed.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// The nodes reporting now, by name.
+/// The nodes reporting now.
 async fn reports(etcd: &Etcd, target: &FleetTarget) -> Result<Vec<NodeReport>, EtcdError> {
     let (_, kvs) = etcd.range_prefix(&target.fleet.nodes_prefix()).await?;
     Ok(kvs
@@ -72,113 +69,187 @@ async fn reports(etcd: &Etcd, target: &FleetTarget) -> Result<Vec<NodeReport>, E
         .collect())
 }
 
+/// A drill under way: the rollback written at `revision`, over `before`.
+struct Begun {
+    before: SplitWord,
+    revision: i64,
+    decided: Instant,
+    /// The nodes that reported the release when it began.
+    watched: Vec<String>,
+}
+
+/// Checks that a drill may run, and writes the fleet's rollback.
+async fn begin(etcd: &Etcd, target: &FleetTarget, actor: &str) -> Result<Begun, CommandError> {
+    let (fleet, release) = (&target.fleet, &target.release);
+    let (desired_key, record_key) = (fleet.desired_key(release), fleet.rollout_key(release));
+    let (current, record) =
+        tokio::try_join!(etcd.get(&desired_key), etcd.get(&record_key)).map_err(unreachable)?;
+    refuse_running(record.as_ref(), release)?;
+    let nothing = |why: &str| CommandError::NothingToRollBack {
+        service: release.clone(),
+        why: why.to_owned(),
+    };
+    let current =
+        current.ok_or_else(|| nothing("the fleet holds no split of it (`weight` sets one)"))?;
+    let before = Desired::parse(&current.value)
+        .and_then(|d| d.word())
+        .map_err(|error| CommandError::Fleet(format!("the desired split in etcd: {error}")))?;
+    if before.candidate_share_bp() == 0 {
+        return Err(nothing(
+            "the fleet sends no new connection to its candidate",
+        ));
+    }
+    let watched = reports(etcd, target)
+        .await
+        .map_err(unreachable)?
+        .into_iter()
+        .filter(|r| r.applied.contains_key(release.as_str()))
+        .map(|r| r.node)
+        .collect();
+    let decided = Instant::now();
+    let rollback = Desired::new(
+        SplitWord::new(before.live(), 0),
+        Cause::Rollback,
+        &fleet.node,
+        &format!("{actor} (drill)"),
+        now_ms(),
+    );
+    match etcd
+        .put_if(&desired_key, &rollback.to_json(), current.mod_revision)
+        .await
+        .map_err(unreachable)?
+    {
+        Swap::Written(revision) => {
+            note_event(
+                fleet_events::record(etcd, fleet, release, revision, &rollback, false).await,
+            );
+            Ok(Begun {
+                before,
+                revision,
+                decided,
+                watched,
+            })
+        }
+        Swap::Lost(_) => Err(CommandError::FleetRaced {
+            release: release.clone(),
+            now: "it moved as the drill began".to_owned(),
+        }),
+    }
+}
+
+/// Each watched node, with the time until its report showed the rollback in its kernel, read
+/// every `POLL` until all have or `DRILL_LIMIT` has passed. An interrupt (Ctrl-C) ends the
+/// watching early: the split is put back all the same.
+async fn watch(etcd: &Etcd, target: &FleetTarget, begun: &Begun) -> Vec<NodeDrilled> {
+    let release = target.release.as_str();
+    let rolled_back = SplitWord::new(begun.before.live(), 0);
+    let mut nodes: Vec<NodeDrilled> = begun
+        .watched
+        .iter()
+        .map(|node| NodeDrilled {
+            node: node.clone(),
+            applied_ms: None,
+        })
+        .collect();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while nodes.iter().any(|n| n.applied_ms.is_none()) && begun.decided.elapsed() < DRILL_LIMIT {
+        if let Ok(now) = reports(etcd, target).await {
+            let elapsed = millis(begun.decided.elapsed());
+            for report in now {
+                let applied = report.applied.get(release).is_some_and(|a| {
+                    a.revision >= begun.revision
+                        && a.kernel_live == rolled_back.live().name()
+                        && a.kernel_candidate_bp == 0
+                });
+                if let Some(node) = nodes
+                    .iter_mut()
+                    .find(|n| n.node == report.node && n.applied_ms.is_none())
+                    && applied
+                {
+                    node.applied_ms = Some(elapsed);
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupted => {
+                eprintln!("fleet drill: interrupted; putting the split back");
+                break;
+            }
+        }
+    }
+    nodes
+}
+
+/// Puts the split back, unless someone moved it since the drill's rollback.
+async fn restore(etcd: &Etcd, target: &FleetTarget, begun: &Begun, actor: &str) -> bool {
+    let (fleet, release) = (&target.fleet, &target.release);
+    let restore = Desired::new(
+        begun.before,
+        Cause::Weight,
+        &fleet.node,
+        &format!("{actor} (drill, restored)"),
+        now_ms(),
+    );
+    match etcd
+        .put_if(
+            &fleet.desired_key(release),
+            &restore.to_json(),
+            begun.revision,
+        )
+        .await
+    {
+        Ok(Swap::Written(restored)) => {
+            note_event(fleet_events::record(etcd, fleet, release, restored, &restore, false).await);
+            true
+        }
+        Ok(Swap::Lost(_)) => false,
+        Err(error) => {
+            eprintln!(
+                "fleet: the drill's split cannot be put back ({}): the fleet stays rolled back; `splitter-ctl weight {release} {} {}` puts it back",
+                chain(&error),
+                begun.before.live().other().name(),
+                format_percent(begun.before.candidate_share_bp())
+            );
+            false
+        }
+    }
+}
+
 /// Runs a rollback drill of the whole fleet; what it measured, and whether it passed.
 pub fn run(target: &FleetTarget, output: Output) -> Result<Drilled, CommandError> {
     let etcd = etcd(&target.fleet)?;
-    let fleet = &target.fleet;
-    let release = &target.release;
+    let actor = actor();
     let drill = runtime()?.block_on(async {
-        let (desired_key, record_key) = (fleet.desired_key(release), fleet.rollout_key(release));
-        let (current, record) =
-            tokio::try_join!(etcd.get(&desired_key), etcd.get(&record_key)).map_err(unreachable)?;
-        if let Some(running) = record
-            .and_then(|kv| FleetRollout::parse(&kv.value).ok())
-            .filter(|r| !r.state.ended())
-        {
-            let state = if running.state == State::Running { "running" } else { "paused" };
-            return Err(CommandError::Fleet(format!(
-                "a fleet rollout of {release} is {state}: a drill would stop it; abort or finish it first"
-            )));
-        }
-        let nothing = |why: &str| CommandError::NothingToRollBack {
-            service: release.clone(),
-            why: why.to_owned(),
-        };
-        let current = current.ok_or_else(|| nothing("the fleet holds no split of it (`weight` sets one)"))?;
-        let before = Desired::parse(&current.value)
-            .and_then(|d| d.word())
-            .map_err(|error| CommandError::Fleet(format!("the desired split in etcd: {error}")))?;
-        if before.candidate_share_bp() == 0 {
-            return Err(nothing("the fleet sends no new connection to its candidate"));
-        }
-        let watched: Vec<String> = reports(&etcd, target)
-            .await
-            .map_err(unreachable)?
-            .into_iter()
-            .filter(|r| r.applied.contains_key(release.as_str()))
-            .map(|r| r.node)
+        let begun = begin(&etcd, target, &actor).await?;
+        let nodes = watch(&etcd, target, &begun).await;
+        let restored = restore(&etcd, target, &begun, &actor).await;
+        let late: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.applied_ms.is_none())
+            .map(|n| n.node.as_str())
             .collect();
-        let actor = actor();
-        let rolled_back = SplitWord::new(before.live(), 0);
-        let decided = Instant::now();
-        let drill = Desired::new(rolled_back, Cause::Rollback, &fleet.node, &format!("{actor} (drill)"), now_ms());
-        let swap = etcd
-            .put_all_if(&[(&desired_key, current.mod_revision)], &[(&desired_key, &drill.to_json())], None)
-            .await
-            .map_err(unreachable)?;
-        let Some(revision) = swap else {
-            return Err(CommandError::FleetRaced {
-                release: release.clone(),
-                now: "it moved while the drill began".to_owned(),
-            });
-        };
-        note_event(fleet_events::record(&etcd, fleet, release, revision, &drill, false).await);
-        // Every node that reported at the start, until its report shows the rollback.
-        let mut nodes: Vec<NodeDrilled> = watched
-            .into_iter()
-            .map(|node| NodeDrilled { node, applied_ms: None })
-            .collect();
-        while nodes.iter().any(|n| n.applied_ms.is_none()) && decided.elapsed() < DRILL_LIMIT {
-            if let Ok(now) = reports(&etcd, target).await {
-                let elapsed = millis(decided.elapsed());
-                for report in now {
-                    let applied = report.applied.get(release.as_str()).is_some_and(|a| {
-                        a.revision >= revision
-                            && a.kernel_live == rolled_back.live().name()
-                            && a.kernel_candidate_bp == 0
-                    });
-                    if let Some(node) = nodes.iter_mut().find(|n| n.node == report.node && n.applied_ms.is_none())
-                        && applied
-                    {
-                        node.applied_ms = Some(elapsed);
-                    }
-                }
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        // The share put back, unless someone moved it meanwhile.
-        let restore = Desired::new(before, Cause::Weight, &fleet.node, &format!("{actor} (drill, restored)"), now_ms());
-        let restored = match etcd
-            .put_all_if(&[(&desired_key, revision)], &[(&desired_key, &restore.to_json())], None)
-            .await
-        {
-            Ok(Some(restored)) => {
-                note_event(fleet_events::record(&etcd, fleet, release, restored, &restore, false).await);
-                true
-            }
-            Ok(None) => false,
-            Err(error) => {
-                eprintln!("fleet: the drill's split cannot be put back ({}): run `splitter-ctl weight` when etcd answers", chain(&error));
-                false
-            }
-        };
-        let late: Vec<&str> = nodes.iter().filter(|n| n.applied_ms.is_none()).map(|n| n.node.as_str()).collect();
         let outcome = if !late.is_empty() {
-            format!("failed: {} did not show the rollback within {} ms", late.join(", "), DRILL_LIMIT.as_millis())
+            format!(
+                "failed: {} did not show the rollback within {} ms",
+                late.join(", "),
+                DRILL_LIMIT.as_millis()
+            )
         } else if !restored {
             "passed, not restored: the split was changed during the drill".to_owned()
         } else {
             "passed".to_owned()
         };
         let all_applied_ms = if late.is_empty() {
-            nodes.iter().filter_map(|n| n.applied_ms).fold(None, |max: Option<f64>, ms| Some(max.map_or(ms, |m| m.max(ms))))
+            nodes.iter().filter_map(|n| n.applied_ms).reduce(f64::max)
         } else {
             None
         };
-        Ok(FleetDrill {
-            service: release.clone(),
+        Ok::<_, CommandError>(FleetDrill {
+            service: target.release.clone(),
             outcome,
-            revision,
+            revision: begun.revision,
             nodes,
             all_applied_ms,
             restored,

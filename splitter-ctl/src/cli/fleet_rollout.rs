@@ -10,7 +10,7 @@ use super::{
     CommandError, Output,
     args::RolloutAction,
     client::runtime,
-    fleet::{FleetTarget, actor, etcd, note_event},
+    fleet::{FleetTarget, actor, etcd, note_event, unreachable},
     locate::Located,
     weight::kernel_word,
 };
@@ -38,16 +38,12 @@ pub fn run(
 ) -> Result<String, CommandError> {
     match action {
         RolloutAction::Start { plan, .. } => start(located, target, plan.into_request()),
-        RolloutAction::Status { output, .. } => status(located, target, output),
+        RolloutAction::Status { output, .. } => status(target, output),
         RolloutAction::Pause { .. } => command(target, RolloutCommand::Pause),
         RolloutAction::Resume { .. } => command(target, RolloutCommand::Resume),
         RolloutAction::Promote { .. } => command(target, RolloutCommand::Promote),
         RolloutAction::Abort { .. } => command(target, RolloutCommand::Abort),
     }
-}
-
-fn unreachable(error: EtcdError) -> CommandError {
-    CommandError::FleetUnreachable(chain(&error).to_string())
 }
 
 /// The rollout's record and the desired split, as etcd holds them now.
@@ -70,6 +66,22 @@ fn parsed(kv: &Kv, release: &str) -> Result<Result<FleetRollout, RecordError>, C
     }
 }
 
+/// Refuses when a fleet rollout of `release` is running or paused (`record`, its key's value),
+/// or when its record comes from a newer build: a new rollout or a drill would fight it.
+pub(super) fn refuse_running(record: Option<&Kv>, release: &str) -> Result<(), CommandError> {
+    if let Some(kv) = record
+        && let Ok(running) = parsed(kv, release)?
+        && !running.state.ended()
+    {
+        return Err(CommandError::Fleet(format!(
+            "a fleet rollout of {release} is {} at step {}; abort it first (`splitter-ctl rollout abort {release}`)",
+            state_name(&running.state),
+            running.step + 1,
+        )));
+    }
+    Ok(())
+}
+
 fn start(
     located: &Located,
     target: &FleetTarget,
@@ -86,18 +98,7 @@ fn start(
     let fleet = &target.fleet;
     runtime()?.block_on(async {
         let (record, desired) = read(&etcd, target).await.map_err(unreachable)?;
-        if let Some(kv) = &record
-            && let Ok(running) = parsed(kv, &target.release)?
-            && !running.state.ended()
-        {
-            return Err(CommandError::Fleet(format!(
-                "a fleet rollout of {} is {} at step {}; abort it first (`splitter-ctl rollout abort {}`)",
-                target.release,
-                state_name(&running.state),
-                running.step + 1,
-                target.release
-            )));
-        }
+        refuse_running(record.as_ref(), &target.release)?;
         // From the fleet's split (this node's when etcd holds none): its live pool stays live.
         let base = desired
             .as_ref()
@@ -134,6 +135,7 @@ fn start(
             release: target.release.clone(),
             candidate: candidate.name().to_owned(),
             request,
+            steps_bp: plan.steps.clone(),
             step: 0,
             state: State::Running,
             salt,
@@ -206,7 +208,7 @@ fn state_name(state: &State) -> String {
     }
 }
 
-fn status(located: &Located, target: &FleetTarget, output: Output) -> Result<String, CommandError> {
+fn status(target: &FleetTarget, output: Output) -> Result<String, CommandError> {
     let etcd = etcd(&target.fleet)?;
     let (record, holder) = runtime()?.block_on(async {
         let (record, _) = read(&etcd, target).await.map_err(unreachable)?;
@@ -220,11 +222,7 @@ fn status(located: &Located, target: &FleetTarget, output: Output) -> Result<Str
     };
     let record = parsed(&kv, &target.release)?
         .map_err(|error| CommandError::Fleet(format!("the record in etcd: {error}")))?;
-    let steps = located
-        .config
-        .release(&target.release)
-        .and_then(|release| fleet_rollout::plan(&release, &record.request).ok())
-        .map(|plan| plan.steps);
+    let steps = Some(record.steps_bp.clone()).filter(|s| !s.is_empty());
     if output == Output::Json {
         let mut json = serde_json::to_value(&record)?;
         json["revision"] = kv.mod_revision.into();
@@ -279,13 +277,37 @@ fn status(located: &Located, target: &FleetTarget, output: Output) -> Result<Str
     Ok(text)
 }
 
-/// `pause`, `resume`, `promote` or `abort` of the fleet's rollout.
+/// How many times a command reads and writes the rollout again when the coordinator wrote it
+/// in between (it writes its judgement at every interval).
+const ATTEMPTS: usize = 5;
+
+/// `pause`, `resume`, `promote` or `abort` of the fleet's rollout, tried again (read afresh,
+/// judged afresh) when the coordinator or another operator wrote in between.
 fn command(target: &FleetTarget, command: RolloutCommand) -> Result<String, CommandError> {
     let etcd = etcd(&target.fleet)?;
+    runtime()?.block_on(async {
+        for _ in 0..ATTEMPTS {
+            if let Some(said) = command_once(&etcd, target, command).await? {
+                return Ok(said);
+            }
+        }
+        Err(CommandError::FleetRaced {
+            release: target.release.clone(),
+            now: format!("the coordinator or another operator moved the rollout {ATTEMPTS} times"),
+        })
+    })
+}
+
+/// One attempt of `command`: what to print, or `None` when a key moved since it was read.
+async fn command_once(
+    etcd: &Etcd,
+    target: &FleetTarget,
+    command: RolloutCommand,
+) -> Result<Option<String>, CommandError> {
     let fleet = &target.fleet;
     let release = &target.release;
-    runtime()?.block_on(async {
-        let (record, desired) = read(&etcd, target).await.map_err(unreachable)?;
+    {
+        let (record, desired) = read(etcd, target).await.map_err(unreachable)?;
         let (Some(record_kv), Some(desired_kv)) = (record, desired) else {
             return Err(CommandError::Fleet(format!(
                 "no fleet rollout of {release} in etcd"
@@ -311,10 +333,19 @@ fn command(target: &FleetTarget, command: RolloutCommand) -> Result<String, Comm
             }
             RolloutCommand::Resume => {
                 // From the split etcd holds now, even one an operator set: the step's hold
-                // starts again.
-                record.wrote = Desired::parse(&desired_kv.value).map_err(|error| {
+                // starts again. Not from one whose live version is the candidate: that is a
+                // promotion or an inverted split, not a step of this rollout.
+                let now_desired = Desired::parse(&desired_kv.value).map_err(|error| {
                     CommandError::Fleet(format!("the desired split in etcd: {error}"))
                 })?;
+                if now_desired.live != candidate.other().name() {
+                    return Err(CommandError::Fleet(format!(
+                        "{} is live on the fleet now, not {}: this rollout cannot resume; abort it and start another",
+                        now_desired.live,
+                        candidate.other().name()
+                    )));
+                }
+                record.wrote = now_desired;
                 record.state = State::Running;
                 record.step_started_at_ms = now;
                 record.consecutive_failures = 0;
@@ -372,14 +403,13 @@ fn command(target: &FleetTarget, command: RolloutCommand) -> Result<String, Comm
             .await
             .map_err(unreachable)?;
         let Some(revision) = written else {
-            return Err(CommandError::FleetRaced {
-                release: release.clone(),
-                now: "the coordinator or another operator moved the rollout".to_owned(),
-            });
+            return Ok(None);
         };
         if let Some(change) = &change {
-            note_event(fleet_events::record(&etcd, fleet, release, revision, change, false).await);
+            note_event(fleet_events::record(etcd, fleet, release, revision, change, false).await);
         }
-        Ok(format!("{release} (fleet): {said}, at revision {revision}"))
-    })
+        Ok(Some(format!(
+            "{release} (fleet): {said}, at revision {revision}"
+        )))
+    }
 }

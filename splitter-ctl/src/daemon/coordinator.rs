@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     engine::{
-        fleet_rollout::{Counts, NodeWindows, from_evidence, judge, to_evidence},
+        fleet_rollout::{Seen, from_evidence, judge, node_windows, to_evidence},
         rollout::{Decision, Rollout},
     },
     io::{
@@ -148,6 +148,41 @@ async fn vacancy(shared: &Shared, fleet: &Fleet, etcd: &Etcd, key: &str) -> Resu
     }
 }
 
+/// Renews the coordinator's lease every third of its TTL until it cannot: expired, or not
+/// renewed for a whole TTL; then says why on `lost`.
+async fn keep(
+    etcd: Etcd,
+    lease: i64,
+    ttl: Duration,
+    lost: tokio::sync::oneshot::Sender<EtcdError>,
+) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match etcd.keep_alive(lease).await {
+            Ok(()) => renewed = tokio::time::Instant::now(),
+            Err(error @ EtcdError::LeaseExpired(_)) => {
+                let _ = lost.send(error);
+                return;
+            }
+            Err(error) if renewed.elapsed() >= ttl => {
+                let _ = lost.send(error);
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What stops one rollout's judgement.
 #[derive(Debug, thiserror::Error)]
 enum Problem {
@@ -162,20 +197,13 @@ enum Problem {
     Here(String),
 }
 
-/// A node's counts at the start of its window, at the desired revision it had applied.
-struct Base {
-    revision: i64,
-    candidate: Counts,
-    live: Counts,
-}
-
 /// What the coordinator keeps of one rollout between judgements: nothing that another
 /// coordinator needs (that is in the record), only where each node's window starts.
 #[derive(Default)]
 struct Judging {
     started_at_ms: i64,
     last: Option<Instant>,
-    bases: BTreeMap<String, Base>,
+    bases: BTreeMap<String, crate::engine::fleet_rollout::Base>,
     /// The problem said last, so that it is said once.
     problem: Option<String>,
 }
@@ -192,22 +220,43 @@ struct Leader<'a> {
 
 impl Leader<'_> {
     async fn lead(&mut self) -> Result<Infallible, SessionEnd> {
+        // The lease is renewed beside the judgements, which wait on etcd: a slow judgement
+        // never lets it lapse while etcd answers. Losing it ends this node's turn.
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+        let keeper = tokio::spawn(keep(
+            self.etcd.clone(),
+            self.lease,
+            self.fleet.lease_ttl,
+            lost_tx,
+        ));
+        let _keeper = AbortOnDrop(keeper);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed = tokio::time::Instant::now();
         let prefix = self.fleet.rollouts_prefix();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                error = &mut lost => {
+                    return Err(match error {
+                        Ok(error) => error.into(),
+                        Err(_) => SessionEnd::Deposed,
+                    });
+                }
+            }
             if lock(self.shared).config.fleet.as_ref() != Some(self.fleet) {
                 return Err(SessionEnd::Reconfigured);
             }
-            let (_, kvs) = self.etcd.range_prefix(&prefix).await?;
+            // A call that fails is tried again at the next tick: this node keeps its turn for
+            // as long as its lease lives.
+            let kvs = match self.etcd.range_prefix(&prefix).await {
+                Ok((_, kvs)) => kvs,
+                Err(error) => {
+                    tracing::debug!(error = %chain(&error), "the coordinator cannot read the fleet's rollouts");
+                    continue;
+                }
+            };
             let mut running = BTreeSet::new();
             for kv in kvs {
-                if renewed.elapsed() >= self.fleet.lease_ttl / 3 {
-                    self.etcd.keep_alive(self.lease).await?;
-                    renewed = tokio::time::Instant::now();
-                }
                 let Some(release) = kv.key.strip_prefix(&prefix) else {
                     continue;
                 };
@@ -223,14 +272,12 @@ impl Leader<'_> {
                 running.insert(release.to_owned());
                 match self.judge(release, kv.mod_revision, record).await {
                     Ok(()) => {}
-                    Err(Problem::Etcd(error)) => return Err(error.into()),
                     Err(Problem::Deposed) => return Err(SessionEnd::Deposed),
+                    Err(Problem::Etcd(error)) => {
+                        self.say_once(release, &format!("etcd: {}", chain(&error)));
+                    }
                     Err(Problem::Here(why)) => self.say_once(release, &why),
                 }
-            }
-            if renewed.elapsed() >= self.fleet.lease_ttl / 3 {
-                self.etcd.keep_alive(self.lease).await?;
-                renewed = tokio::time::Instant::now();
             }
             self.rollouts.retain(|release, _| running.contains(release));
         }
@@ -261,9 +308,22 @@ impl Leader<'_> {
             let release_spec = daemon.config.release(release).ok_or_else(|| {
                 Problem::Here("not a service or release group of this node's config".to_owned())
             })?;
-            fleet_rollout::plan(&release_spec, &record.request)
-                .map_err(|error| Problem::Here(chain(&error).to_string()))?
+            let mut plan = fleet_rollout::plan(&release_spec, &record.request)
+                .map_err(|error| Problem::Here(chain(&error).to_string()))?;
+            // The shares were fixed when the rollout started: every coordinator moves through
+            // the same ones, whatever its config's default ladder.
+            if !record.steps_bp.is_empty() {
+                plan.steps.clone_from(&record.steps_bp);
+            }
+            plan
         };
+        if record.step >= plan.steps.len() {
+            return Err(Problem::Here(format!(
+                "step {} of a ladder of {}",
+                record.step + 1,
+                plan.steps.len()
+            )));
+        }
         let candidate = version_named(&record.candidate)
             .ok_or_else(|| Problem::Here(format!("`{}` is not a version", record.candidate)))?;
         let live = candidate.other();
@@ -286,9 +346,12 @@ impl Leader<'_> {
         judging.problem = None;
 
         // This node's first look at the rollout as its coordinator: journaled, in the record
-        // too. Its windows start now.
+        // too. Its windows start now, and so does the step's hold, on this node's clock: what
+        // the coordinator before it saw is not judged twice, nor a hold counted on another
+        // clock.
         if record.coordinator() != Some(me.as_str()) {
             let from = record.coordinator().map(str::to_owned);
+            record.step_started_at_ms = now_ms();
             record.takeovers.push(Takeover {
                 node: me,
                 from: from.clone(),
@@ -367,72 +430,26 @@ impl Leader<'_> {
             .filter_map(|kv| serde_json::from_slice::<NodeReport>(&kv.value).ok())
             .map(|report| (report.node.clone(), report))
             .collect();
-        let judging = self.rollouts.entry(release.to_owned()).or_default();
-        let mut held = Vec::new();
-        let mut windows = Vec::new();
-        for member in members
+        let members: Vec<Result<String, String>> = members
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<Member>(&kv.value).ok())
-        {
-            let node = member.node;
-            let Some(report) = reports.get(&node) else {
-                held.push(format!(
-                    "node {node} is not reporting: its lease lapsed (down, or cut off from etcd)"
-                ));
-                continue;
-            };
-            if let Some(why) = report.refused.get(release) {
-                held.push(format!("node {node} refused the fleet's split: {why}"));
-                continue;
-            }
-            // A node whose config lacks the release does not serve it: not judged.
-            let Some(applied) = report.applied.get(release) else {
-                continue;
-            };
-            if applied.revision < current.mod_revision {
-                held.push(format!(
-                    "node {node} has not applied revision {} yet",
-                    current.mod_revision
-                ));
-                continue;
-            }
-            if (applied.kernel_live.as_str(), applied.kernel_candidate_bp)
-                != (word.live().name(), word.candidate_share_bp())
-            {
-                held.push(format!(
-                    "node {node}'s kernel does not hold the fleet's split (changed there alone)"
-                ));
-                continue;
-            }
-            let counts = |version: Version| {
-                applied
-                    .evidence
-                    .iter()
-                    .find(|e| e.version == version.name())
-                    .and_then(|e| Counts::of(e).ok())
-            };
-            let (Some(c), Some(l)) = (counts(candidate), counts(live)) else {
-                held.push(format!("node {node} reports no evidence this build reads"));
-                continue;
-            };
-            let base = judging.bases.entry(node.clone()).or_insert(Base {
-                revision: 0,
-                candidate: Counts::default(),
-                live: Counts::default(),
-            });
-            if base.revision < current.mod_revision {
-                *base = Base {
-                    revision: current.mod_revision,
-                    candidate: c.clone(),
-                    live: l.clone(),
-                };
-            }
-            windows.push(NodeWindows {
-                candidate: c.since(&base.candidate),
-                live: l.since(&base.live),
-                node,
-            });
-        }
+            .map(|kv| {
+                serde_json::from_slice::<Member>(&kv.value)
+                    .map(|m| m.node)
+                    .map_err(|_| kv.key.clone())
+            })
+            .collect();
+        let judging = self.rollouts.entry(release.to_owned()).or_default();
+        let (windows, held) = node_windows(
+            &Seen {
+                release,
+                members: &members,
+                reports: &reports,
+                revision: current.mod_revision,
+                word,
+                candidate,
+            },
+            &mut judging.bases,
+        );
 
         let elapsed = u64::try_from(now_ms() - record.step_started_at_ms).unwrap_or(0);
         let mut rollout = Rollout {

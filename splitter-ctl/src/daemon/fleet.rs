@@ -439,7 +439,7 @@ impl Daemon {
                 word,
                 desired.cause,
             );
-            if let Step::Write { .. } = step {
+            if let Step::Same | Step::Write { .. } = step {
                 apply_salt(&self.config, &mut self.maps, &release, desired.salt);
             }
             if let Step::Write { .. } = step
@@ -566,6 +566,12 @@ impl Daemon {
             at_ms: now_ms(),
             applied,
             refused: self.fleet.refused.clone(),
+            serves: self
+                .config
+                .releases()
+                .iter()
+                .map(|r| r.name.to_owned())
+                .collect(),
         }
     }
 }

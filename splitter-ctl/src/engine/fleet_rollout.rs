@@ -5,14 +5,16 @@
 //! window still rolls back while a node is missing (a rollback is safe whatever the others
 //! say); a passing one never promotes with a node missing.
 
-use splitter_common::Histogram;
+use std::collections::BTreeMap;
+
+use splitter_common::{Histogram, SplitWord, Version};
 
 use crate::{
     engine::gates::{
         Carried, GateReading, GateState, Judgement, Window, kernel_gates, live_reference,
     },
     model::{
-        fleet::{Evidence, RecordError, Sparse},
+        fleet::{Evidence, NodeReport, RecordError, Sparse},
         plan::Gates,
     },
 };
@@ -35,14 +37,23 @@ impl Counts {
         })
     }
 
-    /// The window from `base` to these counts. Counts below the base mean the node's data
-    /// plane was created again (a reboot): the window is everything counted since.
+    /// Whether these counts are below `base`: the node's data plane was created again (a
+    /// reboot) and counts from zero.
+    #[must_use]
+    pub const fn went_back(&self, base: &Self) -> bool {
+        self.requests < base.requests
+            || self.errors < base.errors
+            || self.latency.count < base.latency.count
+    }
+
+    /// The window from `base` to these counts; everything counted, when they went back.
     #[must_use]
     pub fn since(&self, base: &Self) -> Window {
-        let went_back = self.requests < base.requests
-            || self.errors < base.errors
-            || self.latency.count < base.latency.count;
-        let base = if went_back { &Self::default() } else { base };
+        let base = if self.went_back(base) {
+            &Self::default()
+        } else {
+            base
+        };
         Window {
             requests: self.requests - base.requests,
             errors: self.errors - base.errors,
@@ -71,6 +82,120 @@ pub fn from_evidence(evidence: &Evidence) -> Option<Window> {
         errors: counts.errors,
         latency: counts.latency,
     })
+}
+
+/// A node's counts where its window starts, and the desired revision it had applied then.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Base {
+    pub revision: i64,
+    pub candidate: Counts,
+    pub live: Counts,
+}
+
+/// What the coordinator knows of the fleet at one judgement of `release`'s rollout.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    pub release: &'a str,
+    /// The nodes listed as members (a record that does not read is `Err` with its key).
+    pub members: &'a [Result<String, String>],
+    /// The reports of the nodes whose lease is alive, by node.
+    pub reports: &'a BTreeMap<String, NodeReport>,
+    /// The desired split's revision, and its word.
+    pub revision: i64,
+    pub word: SplitWord,
+    pub candidate: Version,
+}
+
+/// Each member's window of the current step, and why the evidence is incomplete (each a
+/// reason to hold). A node's window starts at its first report at the current revision
+/// (`bases`, kept by the caller between judgements), and at zero when its counters went back.
+/// A node whose config does not serve the release is not judged; every other member that is
+/// silent, refused the split, is behind it, holds another split (changed there alone) or
+/// reports no evidence this build reads holds the rollout.
+#[must_use]
+pub fn node_windows(
+    fleet: &Seen<'_>,
+    bases: &mut BTreeMap<String, Base>,
+) -> (Vec<NodeWindows>, Vec<String>) {
+    let (release, revision, word) = (fleet.release, fleet.revision, fleet.word);
+    let mut held = Vec::new();
+    let mut windows = Vec::new();
+    for member in fleet.members {
+        let node = match member {
+            Ok(node) => node,
+            Err(key) => {
+                held.push(format!("the member record {key} cannot be read"));
+                continue;
+            }
+        };
+        let Some(report) = fleet.reports.get(node) else {
+            held.push(format!(
+                "node {node} is not reporting: its lease lapsed (down, or cut off from etcd)"
+            ));
+            continue;
+        };
+        if !report.serves.iter().any(|r| r == release) {
+            continue;
+        }
+        if let Some(why) = report.refused.get(release) {
+            held.push(format!("node {node} refused the fleet's split: {why}"));
+            continue;
+        }
+        let Some(applied) = report.applied.get(release) else {
+            held.push(format!(
+                "node {node} serves {release} but reports nothing of it (its data plane lacks it)"
+            ));
+            continue;
+        };
+        if applied.revision < revision {
+            held.push(format!(
+                "node {node} has not applied revision {revision} yet"
+            ));
+            continue;
+        }
+        if (applied.kernel_live.as_str(), applied.kernel_candidate_bp)
+            != (word.live().name(), word.candidate_share_bp())
+        {
+            held.push(format!(
+                "node {node}'s kernel does not hold the fleet's split (changed there alone)"
+            ));
+            continue;
+        }
+        let counts = |version: Version| {
+            applied
+                .evidence
+                .iter()
+                .find(|e| e.version == version.name())
+                .and_then(|e| Counts::of(e).ok())
+        };
+        let (Some(candidate), Some(live)) =
+            (counts(fleet.candidate), counts(fleet.candidate.other()))
+        else {
+            held.push(format!("node {node} reports no evidence this build reads"));
+            continue;
+        };
+        let base = bases.entry(node.clone()).or_default();
+        if base.revision < revision {
+            *base = Base {
+                revision,
+                candidate: candidate.clone(),
+                live: live.clone(),
+            };
+        }
+        // Counters that went back count from zero from now on, not from the old base.
+        if candidate.went_back(&base.candidate) {
+            base.candidate = Counts::default();
+        }
+        if live.went_back(&base.live) {
+            base.live = Counts::default();
+        }
+        windows.push(NodeWindows {
+            node: node.clone(),
+            candidate: candidate.since(&base.candidate),
+            live: live.since(&base.live),
+        });
+    }
+    (windows, held)
 }
 
 /// One node's windows of the current step.
@@ -117,7 +242,9 @@ pub fn judge(
     let mut readings = kernel_gates(&gates, &candidate, &live, reference, &none);
     if alone > 0 {
         for node in nodes {
-            let own = kernel_gates(&gates, &node.candidate, &node.live, None, &none);
+            // At the last step a node's live pool gets nothing: its candidate is compared with
+            // the fleet's live reference, as the sum is.
+            let own = kernel_gates(&gates, &node.candidate, &node.live, reference, &none);
             if let Judgement::Fail(reasons) = Judgement::of(&own) {
                 readings.push(GateReading {
                     gate: format!("node {}", node.node),
@@ -251,6 +378,100 @@ mod tests {
         assert_eq!(with.reference, Some(reference));
         let kept = from_evidence(&to_evidence(&reference, "live"));
         assert_eq!(kept, Some(reference));
+    }
+
+    fn report(node: &str, revision: i64, word: SplitWord, requests: u64) -> NodeReport {
+        let evidence = |version: &str| Evidence {
+            version: version.to_owned(),
+            requests,
+            errors: 0,
+            latency: Sparse::default(),
+        };
+        NodeReport {
+            schema: 1,
+            node: node.to_owned(),
+            at_ms: 0,
+            applied: [(
+                "model".to_owned(),
+                crate::model::fleet::Applied {
+                    revision,
+                    kernel_live: word.live().name().to_owned(),
+                    kernel_candidate_bp: word.candidate_share_bp(),
+                    evidence: vec![evidence("blue"), evidence("green")],
+                },
+            )]
+            .into(),
+            refused: BTreeMap::new(),
+            serves: vec!["model".to_owned()],
+        }
+    }
+
+    #[test]
+    fn every_member_is_judged_or_holds_the_rollout_unless_it_does_not_serve_the_release() {
+        let word = SplitWord::new(Version::Blue, 2_000);
+        let members: Vec<Result<String, String>> = ["n0", "n1", "n2", "n3", "n4", "n5", "n6"]
+            .iter()
+            .map(|n| Ok((*n).to_owned()))
+            .chain([Err("/splitter/v1/members/bad".to_owned())])
+            .collect();
+        let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
+        reports.insert("n0".into(), report("n0", 9, word, 100));
+        // n1 is silent (no report); n2 is behind; n3 was changed alone; n4 refused the split;
+        // n5 serves another release only; n6 serves it but its data plane lacks it.
+        reports.insert("n2".into(), report("n2", 8, word, 100));
+        reports.insert(
+            "n3".into(),
+            report("n3", 9, SplitWord::new(Version::Blue, 0), 100),
+        );
+        let mut refused = report("n4", 9, word, 100);
+        refused
+            .refused
+            .insert("model".into(), "newer schema".into());
+        reports.insert("n4".into(), refused);
+        let mut other = report("n5", 0, word, 0);
+        other.serves = vec!["other".into()];
+        other.applied.clear();
+        reports.insert("n5".into(), other);
+        let mut lacking = report("n6", 9, word, 100);
+        lacking.applied.clear();
+        reports.insert("n6".into(), lacking);
+        let look = |reports: &BTreeMap<String, NodeReport>, revision, bases: &mut _| {
+            let fleet = Seen {
+                release: "model",
+                members: &members,
+                reports,
+                revision,
+                word,
+                candidate: Version::Green,
+            };
+            node_windows(&fleet, bases)
+        };
+        let mut bases = BTreeMap::new();
+        let (windows, held) = look(&reports, 9, &mut bases);
+        assert_eq!(windows.len(), 1);
+        assert_eq!(windows[0].node, "n0");
+        assert_eq!(windows[0].candidate.requests, 0, "its window starts now");
+        let holding: Vec<&str> = held
+            .iter()
+            .map(|h| h.split([' ', '\'']).nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            holding,
+            ["n1", "n2", "n3", "n4", "n6", "member"],
+            "{held:#?}"
+        );
+        let windows_at = |requests, revision, bases: &mut _| {
+            let mut reports = reports.clone();
+            reports.insert("n0".into(), report("n0", revision, word, requests));
+            look(&reports, revision, bases).0[0].candidate.requests
+        };
+        // Its next report: the window is what was counted since.
+        assert_eq!(windows_at(130, 9, &mut bases), 30);
+        // A reboot: counters from zero, and the window counts from zero from then on.
+        assert_eq!(windows_at(5, 9, &mut bases), 5);
+        assert_eq!(windows_at(200, 9, &mut bases), 200, "not 200 - 100");
+        // A step (a newer revision): the window starts again.
+        assert_eq!(windows_at(260, 11, &mut bases), 0);
     }
 
     #[test]

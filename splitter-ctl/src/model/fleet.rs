@@ -403,6 +403,11 @@ pub struct NodeReport {
     /// Desired values this node refused (unreadable, newer schema), by release.
     #[serde(default)]
     pub refused: std::collections::BTreeMap<String, String>,
+    /// Every release of this node's config, whether or not its data plane has it: a fleet
+    /// rollout judges these nodes, and holds for one that serves the release but reports
+    /// nothing of it.
+    #[serde(default)]
+    pub serves: Vec<String>,
 }
 
 #[cfg(test)]

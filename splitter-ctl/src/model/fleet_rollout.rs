@@ -128,7 +128,10 @@ pub struct FleetRollout {
     /// What the command that started it asked for: each coordinator builds the plan from its
     /// own config's plan overridden by these (the fleet's nodes share one config).
     pub request: PlanRequest,
-    /// Index into the plan's steps of the share in effect.
+    /// The candidate's shares, in basis points, as the plan had them when the rollout started.
+    #[serde(default)]
+    pub steps_bp: Vec<u16>,
+    /// Index into `steps_bp` of the share in effect.
     pub step: usize,
     #[serde(flatten)]
     pub state: State,
@@ -204,6 +207,7 @@ mod tests {
             release: "sentiment".into(),
             candidate: "green".into(),
             request: PlanRequest::default(),
+            steps_bp: vec![500, 10_000],
             step: 1,
             state: State::Paused("by root".into()),
             salt: Some(7),

@@ -262,6 +262,7 @@ mod tests {
             )]
             .into(),
             refused: BTreeMap::new(),
+            serves: vec!["model".to_owned()],
         }
     }
 
