@@ -9,6 +9,9 @@
 //!                                              (no lease: a node gone silent stays listed)
 //! {prefix}/v1/events/{ms}-{node}  FleetEvent   written by whoever changed a desired split, after
 //!                                              the change; kept `EVENTS_KEPT` (`history --fleet`)
+//! {prefix}/v1/rollouts/{release}  FleetRollout written by `rollout` commands and the coordinator,
+//!                                              with the desired split in one transaction
+//! {prefix}/v1/coordinator         Coordinator  created by the elected daemon, under its lease
 //! ```
 //!
 //! A record carries `schema`; one from a newer schema than this build's is refused, never
@@ -153,6 +156,24 @@ impl Fleet {
     #[must_use]
     pub fn member_key(&self) -> String {
         format!("{}{}", self.members_prefix(), self.node)
+    }
+
+    /// The prefix of every fleet rollout.
+    #[must_use]
+    pub fn rollouts_prefix(&self) -> String {
+        format!("{}/v1/rollouts/", self.prefix)
+    }
+
+    /// The key of `release`'s fleet rollout.
+    #[must_use]
+    pub fn rollout_key(&self, release: &str) -> String {
+        format!("{}{release}", self.rollouts_prefix())
+    }
+
+    /// The coordinator's key: held by one node at a time, under its lease.
+    #[must_use]
+    pub fn coordinator_key(&self) -> String {
+        format!("{}/v1/coordinator", self.prefix)
     }
 }
 

@@ -1,5 +1,6 @@
 //! A rollout run across the fleet, as etcd keeps it (`{prefix}/v1/rollouts/{release}`), and the
-//! coordinator's key (`{prefix}/v1/coordinator`, under the coordinator's lease).
+//! coordinator's key's value (`{prefix}/v1/coordinator`, under the coordinator's lease); the
+//! keys are `model::fleet`'s.
 //!
 //! The record is the rollout's whole state: any node elected coordinator goes on from it at the
 //! same step. It is written by the CLI that starts, pauses, resumes or ends it, and by the
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     config::Release,
-    fleet::{Desired, Evidence, Fleet, RecordError, SCHEMA},
+    fleet::{Desired, Evidence, RecordError, SCHEMA},
     l7::L7,
     plan::{Plan, PlanError, PlanRequest},
 };
@@ -54,26 +55,6 @@ pub fn plan(release: &Release<'_>, request: &PlanRequest) -> Result<Plan, FleetP
         ));
     }
     Ok(plan)
-}
-
-impl Fleet {
-    /// The prefix of every fleet rollout.
-    #[must_use]
-    pub fn rollouts_prefix(&self) -> String {
-        format!("{}/v1/rollouts/", self.prefix)
-    }
-
-    /// The key of `release`'s fleet rollout.
-    #[must_use]
-    pub fn rollout_key(&self, release: &str) -> String {
-        format!("{}{release}", self.rollouts_prefix())
-    }
-
-    /// The coordinator's key: held by one node at a time, under its lease.
-    #[must_use]
-    pub fn coordinator_key(&self) -> String {
-        format!("{}/v1/coordinator", self.prefix)
-    }
 }
 
 /// Where a fleet rollout is.
