@@ -268,6 +268,13 @@ fn the_coordinator_killed_mid_rollout_is_taken_over_at_the_same_step_and_a_silen
                 .is_some_and(|j| j.contains(&format!("node {first} is not reporting")))
         },
     );
+    // `status` on any node shows the rollout and who coordinates it.
+    let text = beds[other].ctl_ok(&["status"]);
+    assert!(
+        text.contains(&format!("coordinator of rollouts: {successor}"))
+            && text.contains("rollout of green: step"),
+        "{text}"
+    );
     thread::sleep(Duration::from_secs(4));
     let still = rollout(&beds[other]);
     assert_eq!(still["state"], "running", "{still:#}");

@@ -24,6 +24,7 @@ use crate::{
         fleet::{
             COMMAND_TIMEOUT, Cause, Desired, Fleet, FleetEvent, Member, NodeReport, RecordError,
         },
+        fleet_rollout::{Coordinator, FleetRollout},
         share::format_percent,
     },
     store::{self, journal::now_ms},
@@ -298,16 +299,27 @@ pub fn status(fleet: &Fleet) -> Result<FleetView, CommandError> {
                 fleet.desired_prefix(),
                 fleet.members_prefix(),
                 fleet.nodes_prefix(),
+                fleet.rollouts_prefix(),
             ];
-            let (desired, members, reports) = tokio::join!(
+            let coordinator_key = fleet.coordinator_key();
+            let (desired, members, reports, rollouts, coordinator) = tokio::join!(
                 etcd.range_prefix(&prefixes[0]),
                 etcd.range_prefix(&prefixes[1]),
                 etcd.range_prefix(&prefixes[2]),
+                etcd.range_prefix(&prefixes[3]),
+                etcd.get(&coordinator_key),
             );
-            Ok::<_, EtcdError>((desired?.1, members?.1, reports?.1))
+            Ok::<_, EtcdError>((
+                desired?.1,
+                members?.1,
+                reports?.1,
+                rollouts?.1,
+                coordinator?,
+            ))
         })
-        .map_err(|error| CommandError::FleetUnreachable(chain(&error).to_string()))?;
-    let (desired, members, reports) = read;
+        .map_err(unreachable)?;
+    let (desired, members, reports, rollouts, coordinator) = read;
+    let rollouts_prefix = fleet.rollouts_prefix();
     let prefix = fleet.desired_prefix();
     let read = Read {
         desired: desired
@@ -326,6 +338,17 @@ pub fn status(fleet: &Fleet) -> Result<FleetView, CommandError> {
             .into_iter()
             .map(|kv| serde_json::from_slice::<NodeReport>(&kv.value).map_err(|e| e.to_string()))
             .collect(),
+        rollouts: rollouts
+            .into_iter()
+            .map(|kv| {
+                let release = kv.key.strip_prefix(&rollouts_prefix).unwrap_or(&kv.key);
+                let value = FleetRollout::parse(&kv.value).map_err(|e| e.to_string());
+                (release.to_owned(), value)
+            })
+            .collect(),
+        coordinator: coordinator
+            .and_then(|kv| serde_json::from_slice::<Coordinator>(&kv.value).ok())
+            .map(|c| c.node),
     };
     Ok(view(&fleet.node, read))
 }

@@ -11,6 +11,7 @@ use crate::{
     engine::fleet::lag,
     model::{
         fleet::{Desired, Member, NodeReport, version_named},
+        fleet_rollout::{FleetRollout, State},
         share::{format_percent, percent_of},
     },
 };
@@ -22,12 +23,18 @@ pub struct Read {
     pub desired: Vec<(String, i64, Result<Desired, String>)>,
     pub members: Vec<Result<Member, String>>,
     pub reports: Vec<Result<NodeReport, String>>,
+    /// The fleet rollouts, by release.
+    pub rollouts: Vec<(String, Result<FleetRollout, String>)>,
+    /// The node that holds the coordinator's key.
+    pub coordinator: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FleetView {
     /// The node this command runs on.
     pub this_node: String,
+    /// The node that coordinates the fleet's rollouts (`None`: no daemon holds the key).
+    pub coordinator: Option<String>,
     pub releases: Vec<ReleaseView>,
     /// Values in etcd this build cannot read (a newer schema, say), by what they are.
     pub unreadable: Vec<String>,
@@ -38,7 +45,21 @@ pub struct ReleaseView {
     pub release: String,
     /// `None`: no node has set a split for it in the fleet yet.
     pub desired: Option<DesiredView>,
+    /// Its fleet rollout, while one runs or is paused.
+    pub rollout: Option<RolloutView>,
     pub nodes: Vec<NodeView>,
+}
+
+/// A fleet rollout in progress, as `status` shows it (`rollout status` has the whole record).
+#[derive(Debug, Serialize)]
+pub struct RolloutView {
+    pub candidate: String,
+    /// 1-based.
+    pub step: usize,
+    pub steps: usize,
+    /// `running`, or why it is paused.
+    pub state: String,
+    pub last_judgement: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +136,29 @@ pub fn view(this_node: &str, read: Read) -> FleetView {
             Err(why) => unreadable.push(format!("a member: {why}")),
         }
     }
+    let mut rollouts: BTreeMap<String, RolloutView> = BTreeMap::new();
+    for (release, rollout) in read.rollouts {
+        match rollout {
+            Ok(r) if !r.state.ended() => {
+                releases.insert(release.clone());
+                rollouts.insert(
+                    release,
+                    RolloutView {
+                        candidate: r.candidate,
+                        step: r.step + 1,
+                        steps: r.steps_bp.len(),
+                        state: match r.state {
+                            State::Paused(why) => format!("PAUSED ({why})"),
+                            _ => "running".to_owned(),
+                        },
+                        last_judgement: r.last.map(|l| l.judgement),
+                    },
+                );
+            }
+            Ok(_) => {}
+            Err(why) => unreadable.push(format!("the fleet rollout of {release}: {why}")),
+        }
+    }
     let nodes: std::collections::BTreeSet<&String> = members.keys().chain(reports.keys()).collect();
     let releases = releases
         .into_iter()
@@ -158,6 +202,7 @@ pub fn view(this_node: &str, read: Read) -> FleetView {
                         decided_at_ms: d.decided_at_ms,
                     })
                 }),
+                rollout: rollouts.remove(&release),
                 release,
                 nodes,
             }
@@ -165,6 +210,7 @@ pub fn view(this_node: &str, read: Read) -> FleetView {
         .collect();
     FleetView {
         this_node: this_node.to_owned(),
+        coordinator: read.coordinator,
         releases,
         unreadable,
     }
@@ -174,7 +220,11 @@ impl FleetView {
     /// The text `status` prints after this node's own status.
     #[must_use]
     pub fn render(&self, now_ms: i64) -> String {
-        let mut out = format!("fleet (this node: {})\n", self.this_node);
+        let mut out = format!(
+            "fleet (this node: {}; coordinator of rollouts: {})\n",
+            self.this_node,
+            self.coordinator.as_deref().unwrap_or("none")
+        );
         if self.releases.is_empty() {
             out.push_str("  no release has a split in the fleet yet, and no node reports\n");
         }
@@ -195,6 +245,16 @@ impl FleetView {
                     "  {}: no desired split in the fleet; each node keeps its own\n",
                     release.release
                 )),
+            }
+            if let Some(r) = &release.rollout {
+                out.push_str(&format!(
+                    "    rollout of {}: step {} of {}, {}; last judgement: {}\n",
+                    r.candidate,
+                    r.step,
+                    r.steps,
+                    r.state,
+                    r.last_judgement.as_deref().unwrap_or("none yet"),
+                ));
             }
             out.push_str("    node                 alive  revision  lag  kernel\n");
             for node in &release.nodes {
@@ -288,8 +348,17 @@ mod tests {
                 })
                 .collect(),
             reports: vec![Ok(report("n1", 12, 3_000)), Ok(report("n2", 9, 1_000))],
+            rollouts: vec![
+                ("model".into(), Ok(rollout(State::Running))),
+                ("done".into(), Ok(rollout(State::Promoted))),
+            ],
+            coordinator: Some("n2".into()),
         };
         let view = view("n1", read);
+        assert!(
+            view.releases.iter().all(|r| r.release != "done"),
+            "an ended rollout is not shown"
+        );
         let nodes = &view.releases[0].nodes;
         assert_eq!(
             nodes
@@ -309,6 +378,46 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("silent; last session 10 s ago"), "{text}");
+        assert!(
+            text.starts_with("fleet (this node: n1; coordinator of rollouts: n2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rollout of green: step 2 of 3, running; last judgement: pass"),
+            "{text}"
+        );
+    }
+
+    fn rollout(state: State) -> FleetRollout {
+        let wrote = Desired::new(
+            SplitWord::new(Version::Blue, 3_000),
+            Cause::Weight,
+            "n2",
+            "gates",
+            400,
+        );
+        FleetRollout {
+            schema: SCHEMA,
+            release: "model".into(),
+            candidate: "green".into(),
+            request: crate::model::plan::PlanRequest::default(),
+            steps_bp: vec![1_000, 3_000, 10_000],
+            step: 1,
+            state,
+            salt: None,
+            started_by: "root".into(),
+            started_on: "n1".into(),
+            started_at_ms: 100,
+            step_started_at_ms: 400,
+            wrote,
+            consecutive_failures: 0,
+            takeovers: Vec::new(),
+            last: Some(crate::model::fleet_rollout::LastJudgement {
+                judgement: "pass".into(),
+                ..Default::default()
+            }),
+            live_reference: None,
+        }
     }
 
     #[test]
