@@ -298,3 +298,68 @@ fn the_coordinator_killed_mid_rollout_is_taken_over_at_the_same_step_and_a_silen
         assert_eq!((blue_failed, green_failed), (0, 0));
     }
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn an_operators_weight_pauses_a_fleet_rollout_which_resumes_from_it_and_aborts_everywhere() {
+    require_root!();
+    let (_cluster, mut beds) = fleet(SERVER, 2, 1, "0");
+    for bed in &mut beds {
+        bed.start_daemon(&[]);
+    }
+    start(&beds[0], &["--steps", "10,50,100", "--hold", "60s"]);
+    wait_for(&beds[1], "a judgement", Duration::from_secs(10), |s| {
+        s["last"].is_object()
+    });
+    // An operator moves the share on the fleet: nothing undoes it, and the rollout pauses.
+    beds[1].ctl_ok(&["weight", "sentiment", "green", "30"]);
+    let paused = wait_for(&beds[0], "the pause", Duration::from_secs(5), |s| {
+        s["state"] == "paused"
+    });
+    let why = paused["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("changed outside the rollout") && why.contains("on n1"),
+        "{paused:#}"
+    );
+    for bed in &beds {
+        bed.until_green(30.0, Duration::from_secs(3));
+    }
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        beds[0].kernel_green_percent(),
+        30.0,
+        "the pause undid nothing"
+    );
+    // Resumed, it goes on from the operator's split; aborted, every node rolls back.
+    let resumed = beds[0].ctl_ok(&["rollout", "resume", "sentiment"]);
+    assert!(resumed.contains("resumed"), "{resumed}");
+    let running = wait_for(&beds[1], "the resume", Duration::from_secs(5), |s| {
+        s["state"] == "running"
+    });
+    assert_eq!(running["wrote"]["candidate_bp"], 3_000, "{running:#}");
+    let aborted = beds[1].ctl_ok(&["rollout", "abort", "sentiment"]);
+    assert!(aborted.contains("aborted"), "{aborted}");
+    for bed in &beds {
+        bed.until_green(0.0, Duration::from_secs(3));
+    }
+    let over = rollout(&beds[0]);
+    assert_eq!(over["state"], "rolled_back", "{over:#}");
+    assert!(
+        over["why"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("aborted by"),
+        "{over:#}"
+    );
+    // Over, it cannot be aborted again, and another may start.
+    let again = beds[0].ctl(&["rollout", "abort", "sentiment"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is over"),
+        "{again:?}"
+    );
+    start(&beds[0], &["--steps", "10,100", "--hold", "60s"]);
+    for bed in &beds {
+        bed.until_green(10.0, Duration::from_secs(3));
+    }
+}
