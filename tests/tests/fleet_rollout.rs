@@ -362,4 +362,32 @@ fn an_operators_weight_pauses_a_fleet_rollout_which_resumes_from_it_and_aborts_e
     for bed in &beds {
         bed.until_green(10.0, Duration::from_secs(3));
     }
+    // A coordinator stopped on purpose (SIGTERM) hands over at once, not after its lease (2 s).
+    let status = wait_for(&beds[0], "a coordinator", Duration::from_secs(10), |s| {
+        s["coordinator"].is_string() && s["last"].is_object()
+    });
+    let first = status["coordinator"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let k: usize = first.trim_start_matches('n').parse().expect("node name");
+    let stopped = Instant::now();
+    beds[k].stop_daemon(libc::SIGTERM);
+    let took = stopped.elapsed();
+    wait_for(&beds[1 - k], "the hand-over", Duration::from_secs(3), |s| {
+        s["coordinator"].is_string() && s["coordinator"] != first.as_str()
+    });
+    let handed = stopped.elapsed();
+    eprintln!("{first} stopped in {took:?}; another node coordinated {handed:?} after the signal");
+    assert!(
+        handed < Duration::from_secs(1),
+        "handed over after {handed:?}"
+    );
+    assert!(
+        beds[k]
+            .daemon_log()
+            .contains("stepped down as the fleet's coordinator"),
+        "{}",
+        beds[k].daemon_log()
+    );
 }

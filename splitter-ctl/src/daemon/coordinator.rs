@@ -46,6 +46,8 @@ use crate::{
 
 /// How often the coordinator looks at the rollouts; each is judged at its plan's interval.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping daemon tries to hand the coordinator's key over.
+const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Campaigns for the coordinator's key, and coordinates while this node holds it, for as long
 /// as the daemon runs and its config has `[fleet]`.
@@ -91,7 +93,11 @@ async fn campaign(shared: &Shared, fleet: &Fleet, etcd: &Etcd) -> Result<Infalli
         match won {
             Ok(Some(fence)) => {
                 tracing::info!(node = %fleet.node, "this node coordinates the fleet's rollouts");
-                lock(shared).counters.fleet.coordinating.set(1);
+                {
+                    let mut daemon = lock(shared);
+                    daemon.counters.fleet.coordinating.set(1);
+                    daemon.fleet.coordinator_lease = Some(lease);
+                }
                 let mut leader = Leader {
                     shared,
                     fleet,
@@ -101,7 +107,11 @@ async fn campaign(shared: &Shared, fleet: &Fleet, etcd: &Etcd) -> Result<Infalli
                     rollouts: BTreeMap::new(),
                 };
                 let led = leader.lead().await;
-                lock(shared).counters.fleet.coordinating.set(0);
+                {
+                    let mut daemon = lock(shared);
+                    daemon.counters.fleet.coordinating.set(0);
+                    daemon.fleet.coordinator_lease = None;
+                }
                 // Stepping down: the others take over at once, not when the lease lapses.
                 let _ = etcd.revoke(lease).await;
                 let Err(end) = led;
@@ -117,6 +127,29 @@ async fn campaign(shared: &Shared, fleet: &Fleet, etcd: &Etcd) -> Result<Infalli
             }
         }
         vacancy(shared, fleet, etcd, &key).await?;
+    }
+}
+
+/// A daemon stopping that coordinates the fleet's rollouts revokes its lease, so that another
+/// node takes over at once rather than when the lease lapses. Within a second at most: a
+/// daemon's stop never waits on etcd longer.
+pub(super) async fn step_down(shared: &Shared) {
+    let (lease, fleet) = {
+        let daemon = lock(shared);
+        (daemon.fleet.coordinator_lease, daemon.config.fleet.clone())
+    };
+    let (Some(lease), Some(fleet)) = (lease, fleet) else {
+        return;
+    };
+    let revoked = match Etcd::new(&fleet, STEP_DOWN_TIMEOUT) {
+        Ok(etcd) => etcd.revoke(lease).await,
+        Err(error) => Err(error),
+    };
+    match revoked {
+        Ok(()) => tracing::info!(node = %fleet.node, "stepped down as the fleet's coordinator"),
+        Err(error) => {
+            tracing::warn!(error = %chain(&error), "cannot step down as the fleet's coordinator; another node takes over when the lease lapses")
+        }
     }
 }
 

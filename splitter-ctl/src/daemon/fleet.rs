@@ -61,6 +61,9 @@ pub(super) struct FleetState {
     /// Pending rollbacks published by this run, by release and decision time: never published
     /// twice, even when their file cannot be removed.
     published: std::collections::BTreeSet<(String, i64)>,
+    /// The lease under which this node holds the coordinator's key, while it does: revoked when
+    /// the daemon stops, so that another node takes over at once.
+    pub(super) coordinator_lease: Option<i64>,
 }
 
 impl FleetState {

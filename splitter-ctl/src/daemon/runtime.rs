@@ -144,6 +144,7 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), RunError> {
     };
     let _ = notify("STOPPING=1");
     tasks.abort_all();
+    super::coordinator::step_down(&shared).await;
     // A drain cut short: its marks lifted, its connections left as they are.
     lock(&shared).abandon_drains();
     let _ = std::fs::remove_file(&socket_path);
