@@ -253,6 +253,21 @@ pub struct Desired {
     pub salt: Option<u32>,
 }
 
+/// Reads a record from etcd: the schema first (a newer one is refused whatever else the value
+/// holds), then the fields.
+pub fn read_record<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, RecordError> {
+    #[derive(Deserialize)]
+    struct Schema {
+        schema: u32,
+    }
+    let schema: Schema =
+        serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))?;
+    if schema.schema > SCHEMA {
+        return Err(RecordError::NewerSchema(schema.schema));
+    }
+    serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))
+}
+
 /// Why a value in etcd is not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -293,20 +308,9 @@ impl Desired {
         }
     }
 
-    /// Reads a value from etcd: the schema first (a newer one is refused whatever else it
-    /// holds), then the fields.
+    /// Reads a value from etcd (`read_record`), and the word it asks for.
     pub fn parse(value: &[u8]) -> Result<Self, RecordError> {
-        #[derive(Deserialize)]
-        struct Schema {
-            schema: u32,
-        }
-        let schema: Schema =
-            serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))?;
-        if schema.schema > SCHEMA {
-            return Err(RecordError::NewerSchema(schema.schema));
-        }
-        let desired: Self =
-            serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))?;
+        let desired: Self = read_record(value)?;
         desired.word()?;
         Ok(desired)
     }

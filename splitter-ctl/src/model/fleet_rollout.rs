@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     config::Release,
-    fleet::{Desired, Evidence, RecordError, SCHEMA},
+    fleet::{Desired, Evidence, RecordError, read_record},
     l7::L7,
     plan::{Plan, PlanError, PlanRequest},
 };
@@ -142,16 +142,7 @@ pub struct FleetRollout {
 impl FleetRollout {
     /// Reads a value from etcd: a newer schema is refused whatever else it holds.
     pub fn parse(value: &[u8]) -> Result<Self, RecordError> {
-        #[derive(Deserialize)]
-        struct Schema {
-            schema: u32,
-        }
-        let schema: Schema =
-            serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))?;
-        if schema.schema > SCHEMA {
-            return Err(RecordError::NewerSchema(schema.schema));
-        }
-        serde_json::from_slice(value).map_err(|e| RecordError::Unreadable(e.to_string()))
+        read_record(value)
     }
 
     #[must_use]
@@ -179,7 +170,7 @@ mod tests {
     use splitter_common::{SplitWord, Version};
 
     use super::*;
-    use crate::model::fleet::Cause;
+    use crate::model::fleet::{Cause, SCHEMA};
 
     #[test]
     fn a_rollout_record_round_trips_and_a_newer_schema_is_refused() {
