@@ -31,7 +31,7 @@ use crate::{
         rollout::{Decision, Rollout},
     },
     io::{
-        etcd::{Change, Etcd, EtcdError},
+        etcd::{Change, Etcd, EtcdError, Kv},
         fleet as fleet_events,
     },
     model::{
@@ -39,6 +39,7 @@ use crate::{
         error::chain,
         fleet::{Cause, Desired, Fleet, Member, NodeReport, SCHEMA, version_named},
         fleet_rollout::{self, Coordinator, FleetRollout, LastJudgement, State, Takeover},
+        plan::Plan,
         share::percent_of,
     },
     store::journal::{EventKind, NewEvent, now_ms},
@@ -328,6 +329,29 @@ impl Leader<'_> {
         }
     }
 
+    /// The plan of `record`'s rollout, as this node's config has it, with the shares fixed
+    /// when it started.
+    fn plan_of(&self, release: &str, record: &FleetRollout) -> Result<Plan, Problem> {
+        let daemon = lock(self.shared);
+        let spec = daemon.config.release(release).ok_or_else(|| {
+            Problem::Here("not a service or release group of this node's config".to_owned())
+        })?;
+        let mut plan = fleet_rollout::plan(&spec, &record.request)
+            .map_err(|error| Problem::Here(chain(&error).to_string()))?;
+        // Every coordinator moves through the same shares, whatever its config's default.
+        if !record.steps_bp.is_empty() {
+            plan.steps.clone_from(&record.steps_bp);
+        }
+        if record.step >= plan.steps.len() {
+            return Err(Problem::Here(format!(
+                "step {} of a ladder of {}",
+                record.step + 1,
+                plan.steps.len()
+            )));
+        }
+        Ok(plan)
+    }
+
     /// Judges the rollout of `release` (its record at `revision`) if its interval has come
     /// round, and carries out the decision.
     async fn judge(
@@ -336,31 +360,9 @@ impl Leader<'_> {
         revision: i64,
         mut record: FleetRollout,
     ) -> Result<(), Problem> {
-        let plan = {
-            let daemon = lock(self.shared);
-            let release_spec = daemon.config.release(release).ok_or_else(|| {
-                Problem::Here("not a service or release group of this node's config".to_owned())
-            })?;
-            let mut plan = fleet_rollout::plan(&release_spec, &record.request)
-                .map_err(|error| Problem::Here(chain(&error).to_string()))?;
-            // The shares were fixed when the rollout started: every coordinator moves through
-            // the same ones, whatever its config's default ladder.
-            if !record.steps_bp.is_empty() {
-                plan.steps.clone_from(&record.steps_bp);
-            }
-            plan
-        };
-        if record.step >= plan.steps.len() {
-            return Err(Problem::Here(format!(
-                "step {} of a ladder of {}",
-                record.step + 1,
-                plan.steps.len()
-            )));
-        }
+        let plan = self.plan_of(release, &record)?;
         let candidate = version_named(&record.candidate)
             .ok_or_else(|| Problem::Here(format!("`{}` is not a version", record.candidate)))?;
-        let live = candidate.other();
-        let me = self.fleet.node.clone();
         let now = Instant::now();
         let judging = self.rollouts.entry(release.to_owned()).or_default();
         if judging.started_at_ms != record.started_at_ms {
@@ -377,37 +379,10 @@ impl Leader<'_> {
         }
         judging.last = Some(now);
         judging.problem = None;
-
-        // This node's first look at the rollout as its coordinator: journaled, in the record
-        // too. Its windows start now, and so does the step's hold, on this node's clock: what
-        // the coordinator before it saw is not judged twice, nor a hold counted on another
-        // clock.
-        if record.coordinator() != Some(me.as_str()) {
-            let from = record.coordinator().map(str::to_owned);
-            record.step_started_at_ms = now_ms();
-            record.takeovers.push(Takeover {
-                node: me,
-                from: from.clone(),
-                at_ms: now_ms(),
-                step: record.step,
-            });
-            if self
-                .write(release, revision, &record, None)
-                .await?
-                .is_some()
-            {
-                let daemon = lock(self.shared);
-                if from.is_some() {
-                    daemon.counters.fleet.takeovers.inc();
-                }
-                daemon.emit(TookOver {
-                    release,
-                    from: from.as_deref(),
-                    step: record.step,
-                    steps: plan.steps.len(),
-                });
-            }
-            return Ok(());
+        if record.coordinator() != Some(self.fleet.node.as_str()) {
+            return self
+                .take_over(release, revision, record, plan.steps.len())
+                .await;
         }
 
         let desired_key = self.fleet.desired_key(release);
@@ -418,46 +393,18 @@ impl Leader<'_> {
             self.etcd.range_prefix(&members_prefix),
             self.etcd.range_prefix(&nodes_prefix),
         )?;
-        // Someone else moved the split (an operator's `weight` or `rollback`): the rollout
-        // pauses, and `rollout resume` goes on from the share they set.
-        let outside = match &current {
-            None => Some("the desired split was deleted from etcd".to_owned()),
-            Some(kv) => match Desired::parse(&kv.value) {
-                Ok(desired) if desired == record.wrote => None,
-                Ok(desired) => Some(format!(
-                    "the split was changed outside the rollout: {} by {} on {} (green {}%)",
-                    desired.cause.name(),
-                    desired.actor,
-                    desired.node,
-                    desired
-                        .word()
-                        .map_or(0.0, |w| percent_of(w.share_of(Version::Green)))
-                )),
-                Err(error) => Some(format!("the desired split in etcd cannot be read: {error}")),
-            },
-        };
-        let (Some(current), None) = (current, outside.clone()) else {
-            let why = outside.unwrap_or_default();
-            record.state = State::Paused(why.clone());
-            if self
-                .write(release, revision, &record, None)
-                .await?
-                .is_some()
-            {
-                lock(self.shared).emit(OperatorOverride {
-                    service: release,
-                    what: format!("the fleet rollout paused: {why}"),
-                    from_outside: true,
-                    actor: Actor::Operator { uid: None },
-                });
+        let outside = changed_outside(current.as_ref(), &record.wrote);
+        let current = match (current, outside) {
+            (Some(current), None) => current,
+            (_, why) => {
+                let why = why.unwrap_or_default();
+                return self.pause(release, revision, record, why).await;
             }
-            return Ok(());
         };
         let word = record
             .wrote
             .word()
             .map_err(|error| Problem::Here(error.to_string()))?;
-
         let reports: BTreeMap<String, NodeReport> = reports
             .iter()
             .filter_map(|kv| serde_json::from_slice::<NodeReport>(&kv.value).ok())
@@ -504,41 +451,19 @@ impl Leader<'_> {
             rollout.on_judgement(now, &verdict.judgement)
         };
         record.consecutive_failures = rollout.consecutive_failures;
-        record.live_reference = verdict.reference.map(|w| to_evidence(&w, live.name()));
+        record.live_reference = verdict
+            .reference
+            .map(|w| to_evidence(&w, candidate.other().name()));
         record.last = Some(LastJudgement {
             at_ms: now_ms(),
-            node: me.clone(),
+            node: self.fleet.node.clone(),
             judgement: describe(&verdict.judgement),
             nodes: windows
                 .iter()
                 .map(|w| (w.node.clone(), w.candidate.requests, w.candidate.errors))
                 .collect(),
         });
-        let actor = format!("gates (fleet rollout, coordinator {me})");
-        let salt = record.salt;
-        let desired = |word: SplitWord, cause: Cause| Desired {
-            salt,
-            ..Desired::new(word, cause, &me, &actor, now_ms())
-        };
-        let change = match &decision {
-            Decision::Hold => None,
-            Decision::Advance(bp) => {
-                record.step = rollout.step;
-                record.step_started_at_ms = now_ms();
-                Some(desired(SplitWord::new(live, *bp), Cause::Weight))
-            }
-            Decision::Promote => {
-                record.state = State::Promoted;
-                Some(desired(SplitWord::new(candidate, 0), Cause::Promotion))
-            }
-            Decision::RollBack(reason) => {
-                record.state = State::RolledBack(reason.clone());
-                Some(desired(SplitWord::new(live, 0), Cause::Rollback))
-            }
-        };
-        if let Some(change) = &change {
-            record.wrote = change.clone();
-        }
+        let change = next_split(&mut record, &decision, rollout.step, &self.fleet.node);
         let written = self
             .write(
                 release,
@@ -547,42 +472,115 @@ impl Leader<'_> {
                 change.as_ref().map(|d| (current.mod_revision, d)),
             )
             .await?;
-        let (Some(written), Some(change)) = (written, change) else {
-            return Ok(());
-        };
-        if let Some(judging) = self.rollouts.get_mut(release) {
-            judging.bases.clear();
+        if let (Some(written), Some(change)) = (written, change) {
+            if let Some(judging) = self.rollouts.get_mut(release) {
+                judging.bases.clear();
+            }
+            let details = serde_json::json!({
+                "judgement": describe(&verdict.judgement),
+                "decision": match &decision {
+                    Decision::Advance(bp) => format!("step to {}%", percent_of(*bp)),
+                    Decision::Promote => "promote".to_owned(),
+                    Decision::RollBack(reason) => format!("roll back: {reason}"),
+                    Decision::Hold => "hold".to_owned(),
+                },
+                "fleet": {
+                    "coordinator": self.fleet.node,
+                    "revision": written,
+                    "nodes": windows.iter().map(|w| serde_json::json!({
+                        "node": w.node,
+                        "candidate": { "requests": w.candidate.requests, "errors": w.candidate.errors, "p99_ms": w.candidate.p99_ms() },
+                        "live": { "requests": w.live.requests, "errors": w.live.errors, "p99_ms": w.live.p99_ms() },
+                    })).collect::<Vec<_>>(),
+                    "held": held,
+                },
+            });
+            self.moved(release, written, &change, details).await;
         }
+        Ok(())
+    }
+
+    /// This node's first look at the rollout as its coordinator: journaled, in the record too.
+    /// Its windows start now, and so does the step's hold, on this node's clock: what the
+    /// coordinator before it saw is not judged twice, nor a hold counted on another clock.
+    async fn take_over(
+        &self,
+        release: &str,
+        revision: i64,
+        mut record: FleetRollout,
+        steps: usize,
+    ) -> Result<(), Problem> {
+        let from = record.coordinator().map(str::to_owned);
+        record.step_started_at_ms = now_ms();
+        record.takeovers.push(Takeover {
+            node: self.fleet.node.clone(),
+            from: from.clone(),
+            at_ms: now_ms(),
+            step: record.step,
+        });
+        if self
+            .write(release, revision, &record, None)
+            .await?
+            .is_some()
+        {
+            let daemon = lock(self.shared);
+            if from.is_some() {
+                daemon.counters.fleet.takeovers.inc();
+            }
+            daemon.emit(TookOver {
+                release,
+                from: from.as_deref(),
+                step: record.step,
+                steps,
+            });
+        }
+        Ok(())
+    }
+
+    /// Pauses the rollout: someone else moved the split (an operator's `weight` or
+    /// `rollback`), and `rollout resume` goes on from the share they set.
+    async fn pause(
+        &self,
+        release: &str,
+        revision: i64,
+        mut record: FleetRollout,
+        why: String,
+    ) -> Result<(), Problem> {
+        record.state = State::Paused(why.clone());
+        if self
+            .write(release, revision, &record, None)
+            .await?
+            .is_some()
+        {
+            lock(self.shared).emit(OperatorOverride {
+                service: release,
+                what: format!("the fleet rollout paused: {why}"),
+                from_outside: true,
+                actor: Actor::Operator { uid: None },
+            });
+        }
+        Ok(())
+    }
+
+    /// After a step, a promotion or a rollback was written at `written`: the fleet's history,
+    /// the log and this node's journal (the judgement that decided).
+    async fn moved(
+        &self,
+        release: &str,
+        written: i64,
+        change: &Desired,
+        details: serde_json::Value,
+    ) {
         if let Err(error) =
-            fleet_events::record(self.etcd, self.fleet, release, written, &change, false).await
+            fleet_events::record(self.etcd, self.fleet, release, written, change, false).await
         {
             tracing::warn!(service = release, error = %chain(&error), "a fleet rollout's change is not in the fleet's history");
         }
-        let details = serde_json::json!({
-            "judgement": describe(&verdict.judgement),
-            "decision": match &decision {
-                Decision::Advance(bp) => format!("step to {}%", percent_of(*bp)),
-                Decision::Promote => "promote".to_owned(),
-                Decision::RollBack(reason) => format!("roll back: {reason}"),
-                Decision::Hold => "hold".to_owned(),
-            },
-            "fleet": {
-                "coordinator": me,
-                "revision": written,
-                "nodes": windows.iter().map(|w| serde_json::json!({
-                    "node": w.node,
-                    "candidate": { "requests": w.candidate.requests, "errors": w.candidate.errors, "p99_ms": w.candidate.p99_ms() },
-                    "live": { "requests": w.live.requests, "errors": w.live.errors, "p99_ms": w.live.p99_ms() },
-                })).collect::<Vec<_>>(),
-                "held": held,
-            },
-        });
         tracing::info!(service = release, revision = written, decision = %details["decision"], "the fleet rollout moved");
         lock(self.shared).emit(GateEvaluation {
             service: release,
             details,
         });
-        Ok(())
     }
 
     /// Writes `record` (read at `revision`) and, with it, `desired` (its key read at its
@@ -619,6 +617,63 @@ impl Leader<'_> {
     }
 }
 
+/// Why the desired split in etcd (`current`) is not the one the rollout wrote last, if it is
+/// not: someone else moved it, deleted it, or wrote a value that does not read.
+fn changed_outside(current: Option<&Kv>, wrote: &Desired) -> Option<String> {
+    let Some(kv) = current else {
+        return Some("the desired split was deleted from etcd".to_owned());
+    };
+    match Desired::parse(&kv.value) {
+        Ok(desired) if desired == *wrote => None,
+        Ok(desired) => Some(format!(
+            "the split was changed outside the rollout: {} by {} on {} (green {}%)",
+            desired.cause.name(),
+            desired.actor,
+            desired.node,
+            desired
+                .word()
+                .map_or(0.0, |w| percent_of(w.share_of(Version::Green)))
+        )),
+        Err(error) => Some(format!("the desired split in etcd cannot be read: {error}")),
+    }
+}
+
+/// The desired split a decision writes, with the record moved on to match (`step`: the
+/// rollout's step after the decision); `None` for a hold.
+fn next_split(
+    record: &mut FleetRollout,
+    decision: &Decision,
+    step: usize,
+    node: &str,
+) -> Option<Desired> {
+    let candidate = version_named(&record.candidate)?;
+    let live = candidate.other();
+    let actor = format!("gates (fleet rollout, coordinator {node})");
+    let salt = record.salt;
+    let desired = |word: SplitWord, cause: Cause| Desired {
+        salt,
+        ..Desired::new(word, cause, node, &actor, now_ms())
+    };
+    let change = match decision {
+        Decision::Hold => return None,
+        Decision::Advance(bp) => {
+            record.step = step;
+            record.step_started_at_ms = now_ms();
+            desired(SplitWord::new(live, *bp), Cause::Weight)
+        }
+        Decision::Promote => {
+            record.state = State::Promoted;
+            desired(SplitWord::new(candidate, 0), Cause::Promotion)
+        }
+        Decision::RollBack(reason) => {
+            record.state = State::RolledBack(reason.clone());
+            desired(SplitWord::new(live, 0), Cause::Rollback)
+        }
+    };
+    record.wrote = change.clone();
+    Some(change)
+}
+
 /// This node became the coordinator of a fleet rollout: it took it over from `from`, or picked
 /// up one just started.
 struct TookOver<'a> {
@@ -643,5 +698,93 @@ impl Event for TookOver<'_> {
             }),
             ..NewEvent::new(self.release, EventKind::Coordinator, "gates")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::plan::PlanRequest;
+
+    fn record() -> FleetRollout {
+        let wrote = Desired::new(
+            SplitWord::new(Version::Blue, 1_000),
+            Cause::Weight,
+            "n0",
+            "root",
+            1,
+        );
+        FleetRollout {
+            schema: SCHEMA,
+            release: "model".into(),
+            candidate: "green".into(),
+            request: PlanRequest::default(),
+            steps_bp: vec![1_000, 5_000, 10_000],
+            step: 0,
+            state: State::Running,
+            salt: Some(9),
+            started_by: "root".into(),
+            started_on: "n0".into(),
+            started_at_ms: 1,
+            step_started_at_ms: 1,
+            wrote,
+            consecutive_failures: 0,
+            takeovers: Vec::new(),
+            last: None,
+            live_reference: None,
+        }
+    }
+
+    #[test]
+    fn each_decision_writes_its_split_and_moves_the_record_with_it() {
+        let mut held = record();
+        assert_eq!(next_split(&mut held, &Decision::Hold, 0, "n1"), None);
+        assert_eq!(held, record(), "a hold changes nothing");
+
+        let mut stepped = record();
+        let step = next_split(&mut stepped, &Decision::Advance(5_000), 1, "n1").expect("a step");
+        assert_eq!(step.word(), Ok(SplitWord::new(Version::Blue, 5_000)));
+        assert_eq!((step.cause, step.salt), (Cause::Weight, Some(9)));
+        assert_eq!(step.actor, "gates (fleet rollout, coordinator n1)");
+        assert_eq!((stepped.step, &stepped.wrote), (1, &step));
+
+        let mut promoted = record();
+        let promotion = next_split(&mut promoted, &Decision::Promote, 0, "n1").expect("promotion");
+        assert_eq!(promotion.word(), Ok(SplitWord::new(Version::Green, 0)));
+        assert_eq!(promotion.cause, Cause::Promotion);
+        assert_eq!(promoted.state, State::Promoted);
+
+        let mut rolled = record();
+        let why = Decision::RollBack("node n2: errors".into());
+        let rollback = next_split(&mut rolled, &why, 0, "n1").expect("rollback");
+        assert_eq!(rollback.word(), Ok(SplitWord::new(Version::Blue, 0)));
+        assert_eq!(rollback.cause, Cause::Rollback);
+        assert_eq!(rolled.state, State::RolledBack("node n2: errors".into()));
+    }
+
+    #[test]
+    fn a_split_the_rollout_did_not_write_is_named_with_who_wrote_it() {
+        let wrote = record().wrote;
+        let kv = |value: Vec<u8>| Kv {
+            key: "/splitter/v1/desired/model".into(),
+            value,
+            mod_revision: 7,
+            lease: 0,
+        };
+        assert_eq!(changed_outside(Some(&kv(wrote.to_json())), &wrote), None);
+        let operator = Desired::new(
+            SplitWord::new(Version::Blue, 3_000),
+            Cause::Weight,
+            "n2",
+            "alice",
+            5,
+        );
+        let why = changed_outside(Some(&kv(operator.to_json())), &wrote).expect("changed");
+        assert!(why.contains("weight by alice on n2 (green 30%)"), "{why}");
+        assert!(changed_outside(None, &wrote).is_some_and(|w| w.contains("deleted")));
+        assert!(
+            changed_outside(Some(&kv(b"{".to_vec())), &wrote)
+                .is_some_and(|w| w.contains("cannot be read"))
+        );
     }
 }
