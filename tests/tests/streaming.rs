@@ -38,6 +38,9 @@ fn collect(client: Child) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("the streaming client's summary ({e}): {text:?}"))
 }
 
+/// How far a Python client's times may trail the kernel's, at least.
+const CLIENT_LAG_MS: f64 = 8.0;
+
 fn median(values: &serde_json::Value) -> f64 {
     let mut values: Vec<f64> = values
         .as_array()
@@ -61,7 +64,11 @@ fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_clien
     bed.start_daemon(&[]);
     let seen = collect(start_client(&bed, 40, 4, 60));
     assert_eq!(seen["failures"].as_array().map(Vec::len), Some(0), "{seen}");
-    for version in ["blue", "green"] {
+    // The Python client's own lag on 2 busy cores: a full run here saw its first token 4.8 ms
+    // after the kernel's (45.2 vs 40.4 ms, with the server sending it at 40 ms).
+    let close =
+        |kernel: f64, client: f64| (kernel - client).abs() <= (client * 0.10).max(CLIENT_LAG_MS);
+    for (version, sent_ms) in [("blue", 40.0), ("green", 80.0)] {
         let client = &seen["versions"][version];
         let telemetry = &bed.status()["services"][0]["telemetry"][version];
         let kernel = |kind: &str| telemetry[kind]["p50_ms"].as_f64().unwrap_or(f64::NAN);
@@ -70,12 +77,18 @@ fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_clien
             median(&client["whole_ms"]),
         );
         assert!(
-            (kernel("first_token") - first_token).abs() <= first_token * 0.10,
+            close(kernel("first_token"), first_token),
             "{version}: the kernel's first token {} ms, the client's {first_token} ms",
             kernel("first_token")
         );
+        // Never before the server sent it (the histogram's resolution apart).
         assert!(
-            (kernel("whole") - whole).abs() <= whole * 0.10,
+            kernel("first_token") >= sent_ms * 0.95,
+            "{version}: the kernel's first token {} ms, sent at {sent_ms} ms",
+            kernel("first_token")
+        );
+        assert!(
+            close(kernel("whole"), whole),
             "{version}: the kernel's whole response {} ms, the client's {whole} ms",
             kernel("whole")
         );
