@@ -16,13 +16,21 @@ pub fn run(
     output: Output,
 ) -> Result<String, CommandError> {
     let config = Config::load(config_path)?;
-    // A service of a release group: the group's events (rollouts, rollbacks, drills).
-    let release = service
-        .and_then(|s| config.release(s))
-        .map(|r| r.name.to_owned());
-    let events =
-        Journal::open(&config.state_dir)?.history(release.as_deref().or(service), limit)?;
+    let events = Journal::open(&config.state_dir)?
+        .history(release_of(&config, service).as_deref(), limit)?;
     render(&events, output, "no events yet", line)
+}
+
+/// What `service` names in the history: a service of a release group stands for the group
+/// (its rollouts, rollbacks and drills are the group's).
+fn release_of(config: &Config, service: Option<&str>) -> Option<String> {
+    let service = service?;
+    Some(
+        config
+            .release(service)
+            .map_or(service, |r| r.name)
+            .to_owned(),
+    )
 }
 
 /// Events as JSON, or a line each (`none` when there are none).
@@ -60,10 +68,8 @@ pub fn run_fleet(
             config_path.display()
         ))
     })?;
-    let release = service
-        .and_then(|s| config.release(s))
-        .map(|r| r.name.to_owned());
-    let (events, unreadable) = super::fleet::history(fleet, release.as_deref().or(service), limit)?;
+    let (events, unreadable) =
+        super::fleet::history(fleet, release_of(&config, service).as_deref(), limit)?;
     let mut out = render(&events, output, "no fleet events yet", fleet_line)?;
     if unreadable > 0 && output == Output::Text {
         let _ = writeln!(

@@ -68,7 +68,6 @@ pub(super) async fn coordinate(shared: Shared) {
             },
             Err(error) => SessionEnd::Etcd(error),
         };
-        lock(&shared).counters.fleet.coordinating.set(0);
         // Losing etcd is logged by the node's follower; this is its echo.
         tracing::debug!(error = %chain(&ended), "the campaign for the fleet's coordinator ended");
         if started.elapsed() > fleet.lease_ttl {
@@ -443,7 +442,8 @@ impl Leader<'_> {
         };
         let reference = record.live_reference.as_ref().and_then(from_evidence);
         let verdict = judge(&rollout.plan.gates, &windows, &held, reference.as_ref());
-        let decision = if rollout.warming_up(now) {
+        let warming_up = rollout.warming_up(now);
+        let decision = if warming_up {
             // The warm-up is left out: every window starts when it ends.
             judging.bases.clear();
             Decision::Hold
@@ -457,7 +457,11 @@ impl Leader<'_> {
         record.last = Some(LastJudgement {
             at_ms: now_ms(),
             node: self.fleet.node.clone(),
-            judgement: describe(&verdict.judgement),
+            judgement: if warming_up {
+                "inconclusive: warming up (the start of each step is not judged)".to_owned()
+            } else {
+                describe(&verdict.judgement)
+            },
             nodes: windows
                 .iter()
                 .map(|w| (w.node.clone(), w.candidate.requests, w.candidate.errors))
@@ -472,10 +476,9 @@ impl Leader<'_> {
                 change.as_ref().map(|d| (current.mod_revision, d)),
             )
             .await?;
+        // Each node's window starts again at its first report at the revision written
+        // (`node_windows`).
         if let (Some(written), Some(change)) = (written, change) {
-            if let Some(judging) = self.rollouts.get_mut(release) {
-                judging.bases.clear();
-            }
             let details = serde_json::json!({
                 "judgement": describe(&verdict.judgement),
                 "decision": match &decision {
