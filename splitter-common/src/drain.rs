@@ -31,6 +31,11 @@ pub const DRAIN_REQUEST: u8 = 8;
 /// `Drain::seen`: a FIN or a RST went either way: the peers are closing the connection
 /// themselves.
 pub const DRAIN_CLOSED: u8 = 16;
+/// `Drain::seen`: `client_tsecr` holds the TCP timestamp echoed by the client's first packet
+/// that carried one since the drain began.
+pub const DRAIN_CLIENT_TS: u8 = 32;
+/// `Drain::seen`: `backend_tsval` holds the TCP timestamp of the backend's last packet.
+pub const DRAIN_BACKEND_TS: u8 = 64;
 
 /// A `DRAIN_CLOSING` value: the closes are on their way; client payload is dropped.
 pub const CLOSE_FIN: u32 = 1;
@@ -58,10 +63,18 @@ pub struct Drain {
     pub head_len: u16,
     /// Bytes of `tail` that belong to the backend's last segment (at most `DRAIN_TAIL_LEN`).
     pub tail_len: u8,
-    /// `DRAIN_CLIENT`, `DRAIN_BACKEND`, `DRAIN_HEAD`, `DRAIN_REQUEST`.
+    /// `DRAIN_CLIENT`, `DRAIN_BACKEND`, `DRAIN_HEAD`, `DRAIN_REQUEST`, `DRAIN_CLOSED`,
+    /// `DRAIN_CLIENT_TS`, `DRAIN_BACKEND_TS`.
     pub seen: u8,
     /// Client segments with payload dropped because the flow was closing.
     pub raced: u32,
+    /// The timestamp the client echoed (TSecr, RFC 7323) in its first packet since the drain
+    /// began: the backend's clock at the backend's last segment before it.
+    pub client_tsecr: u32,
+    /// The backend's own timestamp (TSval) in its last packet (the answer to a probe, say): its
+    /// clock now. The two on one connection tick alike, so their difference is how long the
+    /// backend had been silent, in its clock's ticks (milliseconds on Linux).
+    pub backend_tsval: u32,
     pub _pad: u32,
     /// Client packets seen (incremented atomically: a barrier between the client's numbers and
     /// the closing check).
@@ -75,7 +88,7 @@ pub struct Drain {
     /// The first bytes of the last response.
     pub head: [u8; DRAIN_HEAD_LEN],
 }
-const _: () = assert!(core::mem::size_of::<Drain>() == 320);
+const _: () = assert!(core::mem::size_of::<Drain>() == 328);
 
 impl Default for Drain {
     fn default() -> Self {
@@ -89,6 +102,8 @@ impl Default for Drain {
             tail_len: 0,
             seen: 0,
             raced: 0,
+            client_tsecr: 0,
+            backend_tsval: 0,
             _pad: 0,
             client_packets: 0,
             client_ns: 0,

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use splitter_common::{
     FlowKey, PROTO_TCP,
     drain::{
-        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
-        DRAIN_HEAD_LEN, DRAIN_REQUEST, DRAIN_TAIL_LEN,
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_BACKEND_TS, DRAIN_CLIENT, DRAIN_CLIENT_TS,
+        DRAIN_CLOSED, DRAIN_HEAD, DRAIN_HEAD_LEN, DRAIN_REQUEST, DRAIN_TAIL_LEN,
     },
 };
 
@@ -48,8 +48,9 @@ fn atomic_add(target: *mut u64, value: u64) {
     }
 }
 
+/// Whether any flow is being drained.
 #[inline(always)]
-fn active() -> bool {
+pub fn active() -> bool {
     matches!(DRAIN_ACTIVE.get(0), Some(n) if *n != 0)
 }
 
@@ -68,6 +69,29 @@ fn seq_ack(pkt: &Packet, bounds: &Bounds) -> Option<(u32, u32)> {
         Some((
             u32::from_be(load_u32(tcp.add(4))),
             u32::from_be(load_u32(tcp.add(8))),
+        ))
+    }
+}
+
+/// The TCP timestamps option (RFC 7323), TSval and TSecr in host order, where Linux, the BSDs
+/// and Windows put it on every segment after the handshake: first, after two NOPs. Another
+/// layout reads as none (the drain then waits for quiet of its own).
+#[inline(always)]
+fn timestamps(pkt: &Packet, bounds: &Bounds) -> Option<(u32, u32)> {
+    /// NOP, NOP, kind 8, length 10, as the bytes are on the wire.
+    const NOP_NOP_TS: u32 = u32::from_ne_bytes([1, 1, 8, 10]);
+    if pkt.payload_offset < pkt.l4_offset + 32 {
+        return None;
+    }
+    let tcp: *const u8 = bounds.ptr_at::<[u8; 32]>(pkt.l4_offset).ok()?.cast();
+    // SAFETY: bounds-checked above; the option's words are 4-aligned like the port pair.
+    unsafe {
+        if load_u32(tcp.add(20)) != NOP_NOP_TS {
+            return None;
+        }
+        Some((
+            u32::from_be(load_u32(tcp.add(24))),
+            u32::from_be(load_u32(tcp.add(28))),
         ))
     }
 }
@@ -111,6 +135,12 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
     }
     drain.client_ns = now();
     let mut seen = drain.seen | DRAIN_CLIENT;
+    if seen & DRAIN_CLIENT_TS == 0
+        && let Some((_, tsecr)) = timestamps(pkt, bounds)
+    {
+        drain.client_tsecr = tsecr;
+        seen |= DRAIN_CLIENT_TS;
+    }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         seen |= DRAIN_CLOSED;
     }
@@ -135,8 +165,8 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
     Client::Draining
 }
 
-/// Records a backend segment of a flow being drained: its end, the tail of its payload and,
-/// when it starts a (final) response, the response's head. True when the segment is to be
+/// Records a backend packet of a flow being drained: its timestamp and, for a segment, its end,
+/// the tail of its payload and, when it starts a (final) response, the response's head. True when the segment is to be
 /// dropped: payload on a flow being reset, a RST on a flow closed with a FIN.
 #[inline(always)]
 pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> bool {
@@ -160,6 +190,10 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
     }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         drain.seen |= DRAIN_CLOSED;
+    }
+    if let Some((tsval, _)) = timestamps(pkt, bounds) {
+        drain.backend_tsval = tsval;
+        drain.seen |= DRAIN_BACKEND_TS;
     }
     let payload_len = pkt.payload_len;
     if payload_len > 0 {

@@ -90,7 +90,8 @@ pub fn steered_v4(
     };
     if let Some(reply) = cached {
         let mut h2 = false;
-        if tells(pkt) {
+        // While a drain runs, a pure ACK too: a backend's answer to a drain's probe is one.
+        if tells(pkt) || drain::active() {
             // A steered flow's close or payload: its entry learns of it (drain, telemetry).
             let key = FlowKey::from_ipv4(
                 dst,
@@ -190,7 +191,8 @@ fn follow(
     backend: &Endpoint,
 ) -> Result<Steered, Skip> {
     let tells = tells(pkt);
-    if tells && drain::observe_backend(ctx, key, pkt, bounds) {
+    // Every TCP packet, pure ACKs too: a backend's answer to a drain's probe is one.
+    if drain::observe_backend(ctx, key, pkt, bounds) {
         return Err(Skip::Drop(PlaneCounter::DrainHeld));
     }
     let syn = pkt.tcp_flags & TCP_SYN != 0;

@@ -38,6 +38,8 @@ pub struct Ipv4Packet {
     pub udp_no_checksum: bool,
     /// For TCP: the sequence and acknowledgement numbers (fixed ones when not given).
     pub numbers: Option<(u32, u32)>,
+    /// TCP options (a multiple of 4 bytes).
+    pub tcp_options: Vec<u8>,
 }
 
 impl Ipv4Packet {
@@ -54,6 +56,7 @@ impl Ipv4Packet {
             frag: 0x4000,
             udp_no_checksum: false,
             numbers: None,
+            tcp_options: Vec::new(),
         }
     }
 
@@ -79,6 +82,16 @@ impl Ipv4Packet {
         self
     }
 
+    /// A TCP segment with the timestamps option (RFC 7323) as Linux lays it out: NOP, NOP,
+    /// kind 8, length 10, TSval, TSecr.
+    #[must_use]
+    pub fn with_timestamps(mut self, tsval: u32, tsecr: u32) -> Self {
+        self.tcp_options = [1, 1, 8, 10].to_vec();
+        self.tcp_options.extend_from_slice(&tsval.to_be_bytes());
+        self.tcp_options.extend_from_slice(&tsecr.to_be_bytes());
+        self
+    }
+
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
@@ -94,6 +107,10 @@ impl Ipv4Packet {
                 if let (TCP, Some((seq, ack))) = (self.protocol, self.numbers) {
                     l4[4..8].copy_from_slice(&seq.to_be_bytes());
                     l4[8..12].copy_from_slice(&ack.to_be_bytes());
+                }
+                if self.protocol == TCP && !self.tcp_options.is_empty() {
+                    l4[12] = (((20 + self.tcp_options.len()) / 4) << 4) as u8;
+                    l4.extend_from_slice(&self.tcp_options);
                 }
             }
             _ => {

@@ -122,6 +122,52 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
     );
 }
 
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn idle_pooled_connections_are_closed_within_ten_ms_of_the_rollback() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let mut bed = Testbed::new(SERVER);
+    // Every new connection to green, so that every pooled connection is drained.
+    bed.write_config("100");
+    bed.start_daemon(&[]);
+    // 16 pooled connections, each used once every 3 s: idle most of the time, as a model
+    // client's pool between bursts.
+    let client = pooled_clients(&bed, 16, 3_000, 5);
+    thread::sleep(Duration::from_millis(1_500));
+    let started = now();
+    bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "3000"]);
+    let rollback = drained_rollback(&bed);
+    let drain = &rollback["details"]["drain"];
+    eprintln!("the drain: {drain}");
+    let seen = collect(client);
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    // urllib3 opens as many connections as requests overlap: a few for 16 workers.
+    let connections = drain["connections"].as_u64().expect("connections");
+    assert!(connections >= 1, "{drain}");
+    assert_eq!(seen.count("green", |at| at < started), 16, "{seen:?}");
+    assert_eq!(seen.count("green", |at| at >= started), 0, "{seen:?}");
+    // The next round of requests, on new connections: all blue.
+    assert_eq!(seen.count("blue", |at| at > started), 16, "{seen:?}");
+    // Quiet for 1.5 s already (the TCP timestamps of the probes' answers say so): closed at
+    // once, without the drain's own 50 ms of quiet.
+    assert_eq!(drain["outcomes"]["drained_idle"], connections, "{drain}");
+    assert_eq!(drain["raced"], 0, "{drain}");
+    let last_close = drain["decision_to_last_close_us"]
+        .as_u64()
+        .expect("last close");
+    let start = drain["decision_to_start_us"].as_u64().expect("start");
+    // The drain's own part: probes answered, each connection found quiet, closed. The
+    // command's part before it (a debug build here, beside the clients on 2 cores) is in the
+    // report, and `cargo xtask bench` times the whole of it with the release build.
+    assert!(
+        last_close.saturating_sub(start) <= 10_000,
+        "the last idle connection closed {} µs after the drain began: {drain}",
+        last_close.saturating_sub(start)
+    );
+    eprintln!("decision -> drain start {start} µs, -> last idle connection closed {last_close} µs");
+}
+
 /// The drain's report of `version` in the daemon's status, once done (up to 5 s).
 fn finished_drain(bed: &Testbed, version: &str) -> serde_json::Value {
     for _ in 0..100 {

@@ -9,7 +9,8 @@ use std::net::SocketAddrV4;
 use splitter_common::{
     FlowKey, PlaneCounter,
     drain::{
-        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_HEAD, DRAIN_REQUEST, Drain,
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_BACKEND_TS, DRAIN_CLIENT, DRAIN_CLIENT_TS,
+        DRAIN_HEAD, DRAIN_REQUEST, Drain,
     },
     ipv4_mapped,
 };
@@ -252,4 +253,70 @@ fn a_new_connection_on_a_closed_drained_five_tuple_is_not_drained() {
     );
     assert_eq!(packet::parse(&run.data).expect("parses").dst, backend);
     assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 0);
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_drained_flow_records_the_timestamps_that_tell_how_long_it_was_quiet() {
+    require_root!();
+    // One CPU, so that the reply cache filled below is the one the later replies meet.
+    // SAFETY: plain structs that live across the calls.
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const one),
+            0
+        );
+    }
+    let mut plane = Plane::load(CONFIG);
+    let conn = client(53_000);
+    let backend = open(&plane, conn);
+    // A response before the drain puts the flow's reverse translation in the reply cache.
+    assert_eq!(
+        plane
+            .egress(&from_backend(
+                backend,
+                conn,
+                4_000,
+                b"HTTP/1.1 200 OK\r\n\r\n"
+            ))
+            .verdict,
+        TC_NEXT
+    );
+    // Not drained yet: nothing recorded of its packets.
+    let stamped = |tsval: u32, tsecr: u32| {
+        Ipv4Packet::tcp(conn, vip(), ACK)
+            .with_numbers(1_000, 5_000)
+            .with_timestamps(tsval, tsecr)
+            .build()
+    };
+    assert_eq!(plane.ingress(&stamped(70, 40)).verdict, XDP_PASS);
+    plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    // The client's answer to the probe echoes the backend's clock at its last segment (40);
+    // a later packet's echo does not replace the first.
+    assert_eq!(plane.ingress(&stamped(90, 40)).verdict, XDP_PASS);
+    assert_eq!(plane.ingress(&stamped(95, 130)).verdict, XDP_PASS);
+    let d = record(&plane, conn);
+    assert_eq!(d.client_tsecr, 40);
+    assert_eq!(d.seen, DRAIN_CLIENT | DRAIN_CLIENT_TS);
+    // The backend's answer to its probe: a pure ACK that carries its clock now (130), on a
+    // flow whose reply is cached. Passed on, recorded, nothing else learnt from it.
+    let answer = Ipv4Packet::tcp(backend, conn, ACK)
+        .with_numbers(5_000, 1_000)
+        .with_timestamps(130, 90)
+        .build();
+    assert_eq!(plane.egress(&answer).verdict, TC_NEXT);
+    let d = record(&plane, conn);
+    assert_eq!(d.backend_tsval, 130);
+    assert_eq!(d.seen, DRAIN_CLIENT | DRAIN_CLIENT_TS | DRAIN_BACKEND_TS);
+    assert_eq!(d.backend_next, 0, "a pure ACK ends no segment");
+    // Options in another layout (the timestamps not first) read as none.
+    let other = client(53_001);
+    let backend = open(&plane, other);
+    plane.maps.begin_drain(&[key(other)]).expect("begin");
+    let mut mss_first = Ipv4Packet::tcp(backend, other, ACK).with_numbers(5_000, 1_000);
+    mss_first.tcp_options = vec![2, 4, 5, 0xb4, 1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 8];
+    assert_eq!(plane.egress(&mss_first.build()).verdict, TC_NEXT);
+    assert_eq!(record(&plane, other).seen & DRAIN_BACKEND_TS, 0);
 }

@@ -100,7 +100,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             fleet,
         } => {
             let overrides: locate::Overrides = paths.into();
-            let change = rollback::rollback(config, &overrides, &service)?;
+            // The drain is asked for right after the write, before the journal entry.
+            let (change, begun) =
+                rollback::rollback(config, &overrides, &service, |release, left| {
+                    drain::begin(release, left, established)
+                })?;
             // This node first, then the fleet, told beside the drain: etcd never delays this
             // node's rollback or its drain, and a fleet that cannot be told now is told by the
             // daemon later.
@@ -124,7 +128,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 .as_ref()
                 .filter(|_| !change.unchanged || established.is_some())
             {
-                let drained = drain::after_rollback(
+                // A repeated rollback asks for its drain only now.
+                let begun =
+                    begun.unwrap_or_else(|| drain::begin(&change.service, left, established));
+                let drained = drain::finish(
+                    begun,
                     &change.service,
                     left,
                     established,

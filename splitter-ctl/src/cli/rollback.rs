@@ -9,7 +9,7 @@ use splitter_common::{SplitWord, Version};
 use super::{
     CommandError,
     locate::{Located, Overrides, Target},
-    split::{Change, update},
+    split::{Change, Left, update_then},
 };
 use crate::{
     store::journal::{EventKind, Journal, now_ms},
@@ -21,12 +21,14 @@ use crate::{
 /// rollback window ago (with nothing changing the split since), the previous version is made
 /// live again instead; with no such promotion, the service is rolled back already and nothing
 /// changes.
-pub fn rollback(
+/// `written` runs right after the write (`update_then`).
+pub fn rollback<R>(
     config: &Path,
     overrides: &Overrides,
     service: &str,
-) -> Result<Change, CommandError> {
-    update(
+    written: impl FnOnce(&str, &Left) -> R,
+) -> Result<(Change, Option<R>), CommandError> {
+    update_then(
         config,
         overrides,
         service,
@@ -38,6 +40,7 @@ pub fn rollback(
             previous_version(located, target, word)
                 .map(|previous| previous.map_or(word, |v| SplitWord::new(v, 0)))
         },
+        written,
     )
 }
 

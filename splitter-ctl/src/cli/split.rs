@@ -120,6 +120,20 @@ pub fn update(
     kind: EventKind,
     change: impl FnOnce(SplitWord, &Located, &Target) -> Result<SplitWord, CommandError>,
 ) -> Result<Change, CommandError> {
+    update_then(config, overrides, name, kind, change, |_, _| ()).map(|(change, _)| change)
+}
+
+/// As `update`; a rollback that changed the word then calls `written` with the release's name
+/// and what it left, right after the write and before the journal entry (which `Left::event`
+/// does not name yet): a drain asked for there is never delayed by the journal's write.
+pub fn update_then<R>(
+    config: &Path,
+    overrides: &Overrides,
+    name: &str,
+    kind: EventKind,
+    change: impl FnOnce(SplitWord, &Located, &Target) -> Result<SplitWord, CommandError>,
+    written: impl FnOnce(&str, &Left) -> R,
+) -> Result<(Change, Option<R>), CommandError> {
     let decided = Instant::now();
     let located = locate(config, overrides)?;
     let target = located.target(name)?;
@@ -166,22 +180,27 @@ pub fn update(
         drop(lock);
         // A repeated rollback still knows what it left: `--established` drains it again.
         let left = left(ids(&maps), None, crate::kernel::aging::monotonic_ns());
-        return Ok(Change {
-            service: name.to_owned(),
-            kind,
-            located: located.describe(),
-            before,
-            after,
-            unchanged: true,
-            write: Duration::ZERO,
-            journaled: None,
-            left,
-        });
+        return Ok((
+            Change {
+                service: name.to_owned(),
+                kind,
+                located: located.describe(),
+                before,
+                after,
+                unchanged: true,
+                write: Duration::ZERO,
+                journaled: None,
+                left,
+            },
+            None,
+        ));
     }
     let write = maps.set_split(service.split, after)?;
     let written_ns = crate::kernel::aging::monotonic_ns();
     let decision_to_write = decided.elapsed();
     drop(lock);
+    let decided_ns = written_ns.saturating_sub(units::micros(decision_to_write) * 1_000);
+    let early = left(ids(&maps), None, decided_ns).map(|left| written(name, &left));
     // The data plane first, the record after: a journal that cannot be written never delays
     // or blocks the change.
     let journaled = Journal::open(located.state_dir()).and_then(|journal| {
@@ -207,20 +226,19 @@ pub fn update(
         })
     });
     let event = journaled.as_ref().ok().copied();
-    let left = left(
-        ids(&maps),
-        event,
-        written_ns.saturating_sub(units::micros(decision_to_write) * 1_000),
-    );
-    Ok(Change {
-        service: name.to_owned(),
-        kind,
-        located: located.describe(),
-        before,
-        after,
-        unchanged: false,
-        write,
-        journaled: Some(journaled),
-        left,
-    })
+    let left = left(ids(&maps), event, decided_ns);
+    Ok((
+        Change {
+            service: name.to_owned(),
+            kind,
+            located: located.describe(),
+            before,
+            after,
+            unchanged: false,
+            write,
+            journaled: Some(journaled),
+            left,
+        },
+        early,
+    ))
 }

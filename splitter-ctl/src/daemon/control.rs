@@ -18,7 +18,8 @@ use hyper::Method;
 
 use super::{
     Daemon, Shared,
-    drain::{DrainError, DrainRequestError},
+    drain::DrainError,
+    drains::DrainRequestError,
     drills,
     http::{Request, Response},
     lock,
@@ -30,7 +31,7 @@ use crate::{
     model::actor::Actor,
     model::error::chain,
     model::{config::ControlGroup, plan::PlanRequest},
-    view::drain::DrainRequest,
+    view::drain::{DrainJournal, DrainRequest},
     view::rollout::RolloutCommand,
 };
 
@@ -83,8 +84,10 @@ pub fn bind(path: &Path, group: Option<&ControlGroup>) -> Result<UnixListener, B
 /// takes the daemon's lock only for each of its steps.
 const DRILLS: &str = "/v1/drills/";
 
-/// `POST /v1/drains/SERVICE` (body: a `DrainRequest`), `GET /v1/drains`.
+/// `POST /v1/drains/SERVICE` (body: a `DrainRequest`), `GET /v1/drains`,
+/// `PUT /v1/drains/SERVICE/journal` (body: a `DrainJournal`).
 const DRAINS: &str = "/v1/drains/";
+const DRAIN_JOURNAL: &str = "/journal";
 
 /// Who is at the other end of a control connection (SO_PEERCRED).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +186,25 @@ fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path, peer: Peer
             200,
             &serde_json::to_value(daemon.drain_reports()).unwrap_or_default(),
         ),
+        ("PUT", path) if path.starts_with(DRAINS) && path.ends_with(DRAIN_JOURNAL) => {
+            let name = &path[DRAINS.len()..path.len() - DRAIN_JOURNAL.len()];
+            match serde_json::from_slice::<DrainJournal>(&request.body) {
+                Err(e) => Response::error(
+                    400,
+                    &format!("the body is not a drain's journal entry for this API: {e}"),
+                ),
+                Ok(attach) if daemon.attach_drain_event(name, &attach) => {
+                    Response::json(200, &serde_json::json!({ "attached": attach.event }))
+                }
+                Ok(attach) => Response::error(
+                    404,
+                    &format!(
+                        "no drain of {name}'s {} decided at {} ns",
+                        attach.version, attach.decided_monotonic_ns
+                    ),
+                ),
+            }
+        }
         ("POST", path) if path.starts_with(DRAINS) => {
             let name = &path[DRAINS.len()..];
             let drain: DrainRequest = match serde_json::from_slice(&request.body) {

@@ -7,6 +7,7 @@
 pub mod control;
 mod coordinator;
 pub mod drain;
+pub mod drains;
 pub mod drills;
 mod events;
 pub mod fleet;
@@ -138,7 +139,7 @@ pub struct Daemon {
     /// The programs' rare events, until the runtime takes them to forward.
     reports: Option<KernelLog>,
     /// Drains under way, and the last that ended.
-    drains: drain::Drains,
+    drains: drains::Drains,
     /// Devices the reply fast path could not be attached to, warned about once each.
     reply_refused: std::collections::BTreeSet<u32>,
     /// What this node applied of the fleet's desired splits (`[fleet]`).
@@ -231,7 +232,7 @@ impl Daemon {
             scrape_maps: Some(scrape_maps),
             bpffs: scope,
             reports,
-            drains: drain::Drains::default(),
+            drains: drains::Drains::default(),
             reply_refused: std::collections::BTreeSet::new(),
             fleet: fleet_state,
         };

@@ -12,8 +12,8 @@ use std::{net::SocketAddr, time::Duration};
 use splitter_common::{
     Flow, OPAQUE_CLIENT_LAST, RESPONSE_HEADERS_ONLY, RESPONSE_PHASE, RESPONSE_STREAMING,
     drain::{
-        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_CLIENT, DRAIN_CLOSED, DRAIN_HEAD,
-        DRAIN_REQUEST, DRAIN_TAIL_LEN, Drain,
+        CLOSE_FIN, CLOSE_RESET, DRAIN_BACKEND, DRAIN_BACKEND_TS, DRAIN_CLIENT, DRAIN_CLIENT_TS,
+        DRAIN_CLOSED, DRAIN_HEAD, DRAIN_REQUEST, DRAIN_TAIL_LEN, Drain,
     },
     l7::{H2Conn, Read, read_kind},
 };
@@ -325,7 +325,10 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        let settled = now_ns >= self.started_ns.saturating_add(nanos(self.settle));
+        // Quiet long enough: during the drain, or already before it (an idle pooled
+        // connection, closed at once).
+        let settled = now_ns >= self.started_ns.saturating_add(nanos(self.settle))
+            || quiet_before(d).is_some_and(|quiet| quiet >= self.settle);
         // HTTP/2: the kernel's frames say when no call is in flight, which the record's
         // HTTP/1 reading cannot: a channel that spoke during the drain is closed as soon as its
         // calls are all answered, one that stayed quiet after its settle.
@@ -443,17 +446,34 @@ impl FlowDrain {
             return Step::Wait;
         }
         self.last_probe_ns = Some(now_ns);
-        Step::Send(vec![Segment::probe(
-            self.service,
-            self.client,
-            d.client_ack,
-        )])
+        // The client's first: its answer echoes the backend's last timestamp before the
+        // backend's own answer (to the client) can replace it.
+        Step::Send(vec![
+            Segment::probe(self.service, self.client, d.client_ack),
+            Segment::probe_backend(self.client, self.backend, d.client_next),
+        ])
     }
 
     fn finish(&mut self, step: Step) -> Step {
         self.phase = Phase::Done;
         step
     }
+}
+
+/// How long the backend had been silent when it last answered (its answer to the drain's
+/// probe, most often), from TCP timestamps (RFC 7323): the backend's clock then, less the
+/// backend's clock at its last segment before the drain, which the client echoes. Both are the
+/// backend's clock on one connection, in its ticks: milliseconds on Linux, the BSDs and
+/// Windows. `None` without both timestamps, or once the client sent a request or the backend a
+/// response during the drain (the drain's own record then tells more).
+#[must_use]
+pub fn quiet_before(d: &Drain) -> Option<Duration> {
+    const BOTH: u8 = DRAIN_CLIENT_TS | DRAIN_BACKEND_TS;
+    if d.seen & BOTH != BOTH || d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
+        return None;
+    }
+    let ticks = d.backend_tsval.wrapping_sub(d.client_tsecr) as i32;
+    u64::try_from(ticks).ok().map(Duration::from_millis)
 }
 
 /// The client's numbers a reset depends on: what it sent, what it has, what reached the backend.
@@ -710,6 +730,56 @@ mod tests {
                 Step::Ask,
                 "{idle_ms} ms"
             );
+        }
+    }
+
+    #[test]
+    fn a_connection_quiet_long_before_the_drain_is_closed_at_once() {
+        // The client echoes the backend's clock at its last segment (10_000); the backend's
+        // answer to the probe says its clock is now 10_000 + quiet.
+        let stamped = |quiet_ms: u32, also: u8| Drain {
+            client_tsecr: 10_000,
+            backend_tsval: 10_000u32.wrapping_add(quiet_ms),
+            ..drain(DRAIN_CLIENT | DRAIN_CLIENT_TS | DRAIN_BACKEND_TS | also)
+        };
+        let idle = DEFAULT_DRAIN_IDLE.as_millis() as u32;
+        assert_eq!(quiet_before(&stamped(idle, 0)), Some(DEFAULT_DRAIN_IDLE));
+        // Quiet for the service's idle time already: asked, then closed, 1 ms into the drain.
+        let mut f = flow(false);
+        assert!(matches!(f.step(Some(&Drain::default()), 0), Step::Send(s) if s.len() == 2));
+        let long = stamped(idle, 0);
+        assert_eq!(f.step(Some(&long), MS), Step::Ask);
+        assert_eq!(
+            f.answer(Exchange::Quiet, None, &long, MS),
+            Step::Mark(CLOSE_FIN)
+        );
+        assert!(matches!(
+            f.step(Some(&long), MS),
+            Step::Close(_, Outcome::DrainedIdle)
+        ));
+        // Quiet for less: it waits for the rest of the drain's own idle time.
+        let mut g = flow(false);
+        assert_eq!(g.step(Some(&stamped(idle - 1, 0)), MS), Step::Wait);
+        // A timestamp that went back (another connection's clock, a wrap) says nothing.
+        assert_eq!(quiet_before(&stamped(u32::MAX, 0)), None);
+        assert_eq!(g.step(Some(&stamped(u32::MAX, 0)), MS), Step::Wait);
+        // Without both timestamps, or once a request or a response passed in the drain, the
+        // drain's own record decides.
+        let mut one = stamped(idle, 0);
+        one.seen &= !DRAIN_BACKEND_TS;
+        assert_eq!(quiet_before(&one), None);
+        assert_eq!(quiet_before(&stamped(idle, DRAIN_REQUEST)), None);
+        assert_eq!(quiet_before(&stamped(idle, DRAIN_BACKEND)), None);
+        // Probes go to both sides: the client's first, then the backend's, as the client.
+        match flow(false).step(Some(&Drain::default()), 0) {
+            Step::Send(segments) => {
+                assert_eq!(segments[0].dst, addr("198.18.0.2:40000"));
+                assert_eq!(
+                    segments[1],
+                    Segment::probe_backend(addr("198.18.0.2:40000"), addr("198.18.0.10:8080"), 0)
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 

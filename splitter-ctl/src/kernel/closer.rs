@@ -27,6 +27,9 @@ pub struct Closer {
     /// Sends left in the current second, and when it began.
     budget: u32,
     second: Instant,
+    /// Time spent in `sendto` since `take_sending` last asked: the network's own work on what
+    /// was sent (a peer's answer included) runs in it, on this thread.
+    sending: Duration,
 }
 
 impl Closer {
@@ -52,7 +55,13 @@ impl Closer {
             v6,
             budget: MAX_SEGMENTS_PER_SECOND,
             second: Instant::now(),
+            sending: Duration::ZERO,
         })
+    }
+
+    /// Time spent sending since the last call.
+    pub fn take_sending(&mut self) -> Duration {
+        std::mem::take(&mut self.sending)
     }
 
     /// Whether the pace allows another segment now; a drain that hears "no" tries again on its
@@ -94,6 +103,7 @@ impl Closer {
                 (fd, storage, size_of::<libc::sockaddr_in6>())
             }
         };
+        let began = Instant::now();
         // SAFETY: a valid socket; the buffer and the address live across the call.
         let sent = unsafe {
             libc::sendto(
@@ -105,6 +115,7 @@ impl Closer {
                 len as libc::socklen_t,
             )
         };
+        self.sending += began.elapsed();
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }

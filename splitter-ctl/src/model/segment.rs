@@ -60,6 +60,21 @@ impl Segment {
         }
     }
 
+    /// The same probe to the backend, as the client: the backend's answer carries its TCP
+    /// timestamp now, which, beside the one the client echoes, tells how long the backend has
+    /// been silent. Half the sequence space from the client's next byte (or from 0).
+    #[must_use]
+    pub const fn probe_backend(client: SocketAddr, backend: SocketAddr, client_next: u32) -> Self {
+        Self {
+            src: client,
+            dst: backend,
+            seq: client_next.wrapping_add(0x8000_0000),
+            ack: 1,
+            flags: ACK,
+            payload: None,
+        }
+    }
+
     /// The service's FIN to the client: at the client's `ack` (what it has of the backend's
     /// bytes), acknowledging everything it sent (`client_next`).
     #[must_use]

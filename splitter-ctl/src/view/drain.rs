@@ -123,3 +123,16 @@ pub struct DrainRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_monotonic_ns: Option<u64>,
 }
+
+/// `PUT /v1/drains/SERVICE/journal`: the journal entry of the rollback whose drain the CLI
+/// asked for before writing the entry; the daemon completes it with the drain's times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainJournal {
+    /// The version drained.
+    pub version: String,
+    /// The drain's decision, as its request gave it: which drain of the version.
+    pub decided_monotonic_ns: u64,
+    /// The journal entry.
+    pub event: i64,
+}
