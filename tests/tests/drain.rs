@@ -166,6 +166,31 @@ fn idle_pooled_connections_are_closed_within_ten_ms_of_the_rollback() {
         last_close.saturating_sub(start)
     );
     eprintln!("decision -> drain start {start} µs, -> last idle connection closed {last_close} µs");
+    // The rollback's entry was named after the drain began (the journal came second); a name
+    // for a drain that never was, or a body that is none, is refused.
+    assert!(rollback["details"]["drain"].is_object(), "{rollback}");
+    let put = |body: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut socket =
+            std::os::unix::net::UnixStream::connect(bed.control_socket()).expect("control socket");
+        write!(
+            socket,
+            "PUT /v1/drains/sentiment/journal HTTP/1.1\r\nHost: splitter\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("request");
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).expect("answer");
+        answer
+    };
+    let unknown = put(r#"{"version":"green","decided_monotonic_ns":1,"event":1}"#);
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    assert!(
+        unknown.contains("no drain of sentiment's green"),
+        "{unknown}"
+    );
+    let garbage = put("{\"version\":");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
 }
 
 /// The drain's report of `version` in the daemon's status, once done (up to 5 s).
