@@ -2,7 +2,9 @@
 //! keep-alive clients with think time (Python `requests`, one `Session`, urllib3's pool), green
 //! at 50%, then a rollback as an operator runs it. Measured from the clients: the last answer
 //! green gave after the command started, and the requests that failed; Splitter's drain beside
-//! HAProxy's `shutdown sessions` (its way to move established sessions off a server).
+//! HAProxy's `shutdown sessions` (its way to move established sessions off a server). Then the
+//! same clients with 3 s of think time, whose pooled connections are idle at the rollback: the
+//! kernel's decision → the last of them closed.
 
 use std::{fmt::Write as _, thread, time::Duration};
 
@@ -23,8 +25,31 @@ const THINK_MS: u32 = 10;
 /// How long the clients run; the rollback comes after `BEFORE`.
 const SECONDS: u32 = 4;
 const BEFORE: Duration = Duration::from_secs(2);
-/// The shorter `drain_idle_ms` measured beside the default: the goal's 10 ms.
+/// The shorter `drain_idle_ms` measured beside the default.
 const SHORT_IDLE_MS: u64 = 10;
+/// The idle pool: think time, run, and when the rollback comes.
+const IDLE_THINK_MS: u32 = 3_000;
+const IDLE_SECONDS: u32 = 5;
+const IDLE_BEFORE: Duration = Duration::from_millis(1_500);
+
+/// How the clients ask.
+#[derive(Clone, Copy)]
+struct Load {
+    think_ms: u32,
+    seconds: u32,
+    before: Duration,
+}
+
+const BUSY: Load = Load {
+    think_ms: THINK_MS,
+    seconds: SECONDS,
+    before: BEFORE,
+};
+const IDLE: Load = Load {
+    think_ms: IDLE_THINK_MS,
+    seconds: IDLE_SECONDS,
+    before: IDLE_BEFORE,
+};
 
 /// One rollback as the clients saw it.
 struct Round {
@@ -32,8 +57,10 @@ struct Round {
     last_green_ms: f64,
     failed: usize,
     requests: usize,
-    /// Splitter: the drain's decision → last response green began, from the kernel.
+    /// Splitter: the drain's decision → last response green began, and → its last connection
+    /// closed, from the kernel.
     kernel_ms: Option<f64>,
+    close_ms: Option<f64>,
 }
 
 pub fn section(server: &str, quick: bool) -> Result<String, String> {
@@ -46,7 +73,7 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
         let measured = if kind == Kind::Splitter {
             splitter_rows(&bed, &mut setups, rounds)
         } else {
-            rounds_of(&bed, &mut setups, kind, rounds)
+            rounds_of(&bed, &mut setups, kind, rounds, BUSY)
                 .map(|runs| vec![(kind.name().to_owned(), runs)])
         };
         setups.leave(&mut bed, kind)?;
@@ -62,7 +89,8 @@ fn splitter_rows(
     setups: &mut Setups,
     rounds: usize,
 ) -> Result<Vec<(String, Vec<Round>)>, String> {
-    let default_runs = rounds_of(bed, setups, Kind::Splitter, rounds)?;
+    let default_runs = rounds_of(bed, setups, Kind::Splitter, rounds, BUSY)?;
+    let idle_runs = rounds_of(bed, setups, Kind::Splitter, rounds, IDLE)?;
     bed.write_config_with("50", &format!("drain_idle_ms = {SHORT_IDLE_MS}\n"));
     let reload = bed.ctl(&["reload"]);
     if !reload.status.success() {
@@ -71,7 +99,7 @@ fn splitter_rows(
             String::from_utf8_lossy(&reload.stderr)
         ));
     }
-    let short_runs = rounds_of(bed, setups, Kind::Splitter, rounds)?;
+    let short_runs = rounds_of(bed, setups, Kind::Splitter, rounds, BUSY)?;
     Ok(vec![
         (
             format!(
@@ -79,6 +107,14 @@ fn splitter_rows(
                 DEFAULT_DRAIN_IDLE.as_millis()
             ),
             default_runs,
+        ),
+        (
+            format!(
+                "splitter, `drain_idle_ms` {} (default), idle pool ({} s think time)",
+                DEFAULT_DRAIN_IDLE.as_millis(),
+                IDLE_THINK_MS / 1_000
+            ),
+            idle_runs,
         ),
         (
             format!("splitter, `drain_idle_ms` {SHORT_IDLE_MS}"),
@@ -92,15 +128,18 @@ fn rounds_of(
     setups: &mut Setups,
     kind: Kind,
     rounds: usize,
+    load: Load,
 ) -> Result<Vec<Round>, String> {
-    (0..rounds).map(|_| round(bed, setups, kind)).collect()
+    (0..rounds)
+        .map(|_| round(bed, setups, kind, load))
+        .collect()
 }
 
-fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String> {
+fn round(bed: &Testbed, setups: &mut Setups, kind: Kind, load: Load) -> Result<Round, String> {
     setups.set_green(bed, kind, 5_000)?;
     let url = format!("http://{}/", Setups::addr(bed, kind));
-    let client = pooled::start(&bed.client, &url, CLIENTS, THINK_MS, SECONDS)?;
-    thread::sleep(BEFORE);
+    let client = pooled::start(&bed.client, &url, CLIENTS, load.think_ms, load.seconds)?;
+    thread::sleep(load.before);
     let started = pooled::now();
     match kind {
         Kind::Splitter => {
@@ -132,10 +171,11 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String
             kind.name()
         ));
     }
-    let kernel_ms = if kind == Kind::Splitter {
-        Some(drained(bed)? / 1e3)
+    let (kernel_ms, close_ms) = if kind == Kind::Splitter {
+        let (response, close) = drained(bed)?;
+        (Some(response / 1e3), close.map(|us| us / 1e3))
     } else {
-        None
+        (None, None)
     };
     Ok(Round {
         last_green_ms: seen
@@ -144,66 +184,80 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind) -> Result<Round, String
         failed: seen.failures.len(),
         requests: seen.answers.len() + seen.failures.len(),
         kernel_ms,
+        close_ms,
     })
 }
 
-/// The newest rollback's drain, once done (up to 5 s): decision → green's last response, µs.
-fn drained(bed: &Testbed) -> Result<f64, String> {
-    bed.drained_rollback()?
+/// The newest rollback's drain, once done (up to 5 s): decision → green's last response and
+/// → its last connection closed, µs.
+fn drained(bed: &Testbed) -> Result<(f64, Option<f64>), String> {
+    let event = bed.drained_rollback()?;
+    let response = event
         .decision_to_last_response_us
-        .map(|us| us as f64)
-        .ok_or_else(|| "a drain without its last response".to_owned())
+        .ok_or_else(|| "a drain without its last response".to_owned())?;
+    let close = event.decision_to_last_close_us.map(|us| us as f64);
+    Ok((response as f64, close))
 }
 
 fn report(rounds: usize, rows: &[(String, Vec<Round>)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has shown no request for the service's `drain_idle_ms`: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. From the clients' own clock: the command's start to green's last answer, and the requests that failed. Splitter's kernel measure beside it: the drain's decision → the last response green began (the journal's mean time to rollback).\n"
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
+        IDLE_THINK_MS / 1_000,
+        IDLE_BEFORE.as_secs_f64()
     );
     let _ = writeln!(
         out,
-        "| setup | command start → green's last answer (p50 / max) | failed requests | kernel: decision → green's last response (p50 / max) |"
+        "| setup | command start → green's last answer (p50 / max) | failed requests | kernel: decision → green's last response (p50 / max) | kernel: decision → green's last connection closed (p50 / max) |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|");
-    for (name, runs) in rows {
-        let last: Vec<f64> = runs.iter().map(|r| r.last_green_ms).collect();
-        let max = last.iter().copied().fold(0.0, f64::max);
-        let failed: usize = runs.iter().map(|r| r.failed).sum();
-        let requests: usize = runs.iter().map(|r| r.requests).sum();
-        let kernel: Vec<f64> = runs.iter().filter_map(|r| r.kernel_ms).collect();
-        let kernel = if kernel.is_empty() {
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let p50_max = |values: Vec<f64>| {
+        if values.is_empty() {
             "—".to_owned()
         } else {
-            format!(
-                "{:.1} / {:.1} ms",
-                median(kernel.clone()),
-                kernel.iter().copied().fold(0.0, f64::max)
-            )
-        };
+            let max = values.iter().copied().fold(0.0, f64::max);
+            format!("{:.1} / {max:.1} ms", median(values))
+        }
+    };
+    for (name, runs) in rows {
+        let failed: usize = runs.iter().map(|r| r.failed).sum();
+        let requests: usize = runs.iter().map(|r| r.requests).sum();
         let _ = writeln!(
             out,
-            "| {name} | {:.1} / {:.1} ms | {failed} of {requests} | {kernel} |",
-            median(last),
-            max,
+            "| {name} | {} | {failed} of {requests} | {} | {} |",
+            p50_max(runs.iter().map(|r| r.last_green_ms).collect()),
+            p50_max(runs.iter().filter_map(|r| r.kernel_ms).collect()),
+            p50_max(runs.iter().filter_map(|r| r.close_ms).collect()),
         );
     }
     let _ = writeln!(
         out,
-        "\nGoal: green's last answer within 10 ms of the rollback with 0 failed requests:"
+        "\nGoals (issue 16): no answer from green later than 100 ms after the command, with 0 failed requests; an idle connection closed within 10 ms of the rollback:"
     );
     for (name, runs) in rows.iter().filter(|(name, _)| name.starts_with("splitter")) {
         let max = runs.iter().map(|r| r.last_green_ms).fold(0.0, f64::max);
         let failed: usize = runs.iter().map(|r| r.failed).sum();
-        let _ = writeln!(
-            out,
-            "- {name}: **{}** (max {max:.1} ms, {failed} failed).",
-            if max <= 10.0 && failed == 0 && !runs.is_empty() {
+        let verdict = |met: bool| {
+            if met && !runs.is_empty() {
                 "met"
             } else {
                 "missed"
             }
+        };
+        let _ = writeln!(
+            out,
+            "- {name}: green's last answer **{}** (max {max:.1} ms, {failed} failed).",
+            verdict(max <= 100.0 && failed == 0)
         );
+        if name.contains("idle pool") {
+            let close = runs.iter().filter_map(|r| r.close_ms).fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "- {name}: every idle connection closed within 10 ms of the decision **{}** (max {close:.1} ms).",
+                verdict(close <= 10.0 && runs.iter().all(|r| r.close_ms.is_some()))
+            );
+        }
     }
     out
 }
