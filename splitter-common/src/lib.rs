@@ -236,6 +236,22 @@ impl FlowKey {
         unsafe { core::mem::transmute(words) }
     }
 
+    /// The key of the replies of the flow `self` steered to `backend` (its address as `Flow`
+    /// keeps it, its port in network order): the tuple the backend sends on, the reply cache's
+    /// key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reply(&self, backend: &Addr, backend_port_be: u16) -> Self {
+        Self {
+            src_addr: *backend,
+            dst_addr: self.src_addr,
+            src_port_be: backend_port_be,
+            dst_port_be: self.src_port_be,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+
     /// The key of an IPv4 packet from its addresses and its (source, destination) port pair,
     /// each in memory order as `Endpoint::from_ipv4` takes them.
     #[inline(always)]

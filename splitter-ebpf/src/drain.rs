@@ -48,9 +48,8 @@ fn atomic_add(target: *mut u64, value: u64) {
     }
 }
 
-/// Whether any flow is being drained.
 #[inline(always)]
-pub fn active() -> bool {
+fn active() -> bool {
     matches!(DRAIN_ACTIVE.get(0), Some(n) if *n != 0)
 }
 
@@ -165,16 +164,26 @@ pub fn observe_client(key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Client {
     Client::Draining
 }
 
+/// What egress does with a backend packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The flow is not being drained: business as usual.
+    NotDraining,
+    /// Recorded; translate it, but never cache its reply (so that every reply of it is seen).
+    Draining,
+    /// Held back: payload on a flow being reset, a RST on a flow closed with a FIN.
+    Drop,
+}
+
 /// Records a backend packet of a flow being drained: its timestamp and, for a segment, its end,
-/// the tail of its payload and, when it starts a (final) response, the response's head. True when the segment is to be
-/// dropped: payload on a flow being reset, a RST on a flow closed with a FIN.
+/// the tail of its payload and, when it starts a (final) response, the response's head.
 #[inline(always)]
-pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> bool {
+pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bounds) -> Backend {
     if pkt.protocol != PROTO_TCP || !active() {
-        return false;
+        return Backend::NotDraining;
     }
     let Some(drain) = DRAINS.get_ptr_mut(key) else {
-        return false;
+        return Backend::NotDraining;
     };
     // SAFETY: the pointer is valid for this program run; only plain fields are touched.
     let drain = unsafe { &mut *drain };
@@ -186,7 +195,7 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
         // SAFETY: hash map values are read once, as a copy.
         && matches!(unsafe { DRAIN_CLOSING.get(key) }, Some(&CLOSE_FIN))
     {
-        return true;
+        return Backend::Drop;
     }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         drain.seen |= DRAIN_CLOSED;
@@ -199,17 +208,17 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
     if payload_len > 0 {
         // SAFETY: hash map values are read once, as a copy.
         if matches!(unsafe { DRAIN_CLOSING.get(key) }, Some(&CLOSE_RESET)) {
-            return true;
+            return Backend::Drop;
         }
     }
     let Some((seq, _)) = seq_ack(pkt, bounds) else {
-        return false;
+        return Backend::Draining;
     };
     if payload_len == 0 {
         if pkt.tcp_flags & TCP_FIN != 0 {
             drain.backend_next = segment_end(pkt, seq);
         }
-        return false;
+        return Backend::Draining;
     }
     drain.backend_next = segment_end(pkt, seq);
     drain.backend_ns = now();
@@ -249,7 +258,7 @@ pub fn observe_backend(ctx: &TcContext, key: &FlowKey, pkt: &Packet, bounds: &Bo
         }
     }
     drain.seen = seen;
-    false
+    Backend::Draining
 }
 
 /// Whether the segment begins with an HTTP/1.x status line other than 1xx (interim responses

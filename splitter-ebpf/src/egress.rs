@@ -90,8 +90,7 @@ pub fn steered_v4(
     };
     if let Some(reply) = cached {
         let mut h2 = false;
-        // While a drain runs, a pure ACK too: a backend's answer to a drain's probe is one.
-        if tells(pkt) || drain::active() {
+        if tells(pkt) {
             // A steered flow's close or payload: its entry learns of it (drain, telemetry).
             let key = FlowKey::from_ipv4(
                 dst,
@@ -99,7 +98,8 @@ pub fn steered_v4(
                 packet::join_ports(client_port, reply.port),
                 pkt.protocol,
             );
-            if let Steered::Flow { h2: deferred } = follow(ctx, &key, pkt, bounds, &backend())? {
+            if let Steered::Flow { h2: deferred, .. } = follow(ctx, &key, pkt, bounds, &backend())?
+            {
                 h2 = deferred;
             }
         }
@@ -125,8 +125,10 @@ pub fn steered_v4(
         port_delta: csum::port_delta(backend_port, info.service_port_be),
     };
     let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
-        Steered::Flow { h2 } => {
-            flow_cache::fill_reply(slot, &reply);
+        Steered::Flow { h2, drained } => {
+            if !drained {
+                flow_cache::fill_reply(slot, &reply);
+            }
             h2
         }
         Steered::Handshake => false,
@@ -172,8 +174,8 @@ const FLOW_CLOSING: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_RST;
 /// Whose reply a packet from a backend is.
 enum Steered {
     /// A flow the ingress recorded, with this backend; `h2`: an HTTP/2 payload of it waits
-    /// for `split_h2_reply`.
-    Flow { h2: bool },
+    /// for `split_h2_reply`; `drained`: a drain records its packets (its reply is not cached).
+    Flow { h2: bool, drained: bool },
     /// The handshake of a flow the rate guard steered without an entry.
     Handshake,
     /// No steered connection: traffic to the backend's own address.
@@ -191,10 +193,13 @@ fn follow(
     backend: &Endpoint,
 ) -> Result<Steered, Skip> {
     let tells = tells(pkt);
-    // Every TCP packet, pure ACKs too: a backend's answer to a drain's probe is one.
-    if drain::observe_backend(ctx, key, pkt, bounds) {
-        return Err(Skip::Drop(PlaneCounter::DrainHeld));
-    }
+    // Every TCP packet that gets here, pure ACKs too (a backend's answer to a drain's probe is
+    // one): a drained flow's replies are never cached, so all of them get here.
+    let drained = match drain::observe_backend(ctx, key, pkt, bounds) {
+        drain::Backend::Drop => return Err(Skip::Drop(PlaneCounter::DrainHeld)),
+        drain::Backend::Draining => true,
+        drain::Backend::NotDraining => false,
+    };
     let syn = pkt.tcp_flags & TCP_SYN != 0;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer is valid for this program run; only scalar fields are touched.
@@ -204,7 +209,7 @@ fn follow(
         if flow.backend_addr == backend.addr && flow.backend_port_be == backend.port_be {
             if !(syn && flow.state & FLOW_CLOSING != 0) {
                 let h2 = tells && telemetry::observe_reply(ctx, key, pkt, flow);
-                return Ok(Steered::Flow { h2 });
+                return Ok(Steered::Flow { h2, drained });
             }
             // A handshake on the tuple of a closed steered flow: the client reused its port
             // for a connection straight to the backend. The old connection is over; its entry
@@ -336,7 +341,7 @@ fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, 
         pkt.protocol,
     );
     let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
-        Steered::Flow { h2 } => h2,
+        Steered::Flow { h2, .. } => h2,
         Steered::Handshake => false,
         Steered::No => return Err(Skip::Pass(PlaneCounter::Unsteered)),
     };

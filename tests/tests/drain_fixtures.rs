@@ -65,6 +65,19 @@ fn from_backend(backend: SocketAddrV4, conn: SocketAddrV4, seq: u32, payload: &[
         .build()
 }
 
+/// Marks `conn`'s flow for draining, as a drain does.
+fn begin(plane: &mut Plane, conn: SocketAddrV4) -> Result<Vec<FlowKey>, String> {
+    let flow = plane
+        .maps
+        .flow(&key(conn))
+        .map_err(|e| e.to_string())?
+        .ok_or("no flow")?;
+    plane
+        .maps
+        .begin_drain(&[(key(conn), flow)])
+        .map_err(|e| e.to_string())
+}
+
 fn record(plane: &Plane, conn: SocketAddrV4) -> Drain {
     plane
         .maps
@@ -97,7 +110,7 @@ fn a_drained_flow_records_both_sides_and_drops_what_races_its_close() {
             XDP_PASS
         );
     }
-    let marked = plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    let marked = begin(&mut plane, conn).expect("begin");
     assert_eq!(marked, [key(conn)]);
     assert_eq!(record(&plane, conn).seen, 0, "a fresh record");
 
@@ -204,7 +217,7 @@ fn flows_not_being_drained_are_left_alone_while_a_drain_runs() {
     let (drained, other) = (client(51_000), client(51_001));
     open(&plane, drained);
     let backend = open(&plane, other);
-    plane.maps.begin_drain(&[key(drained)]).expect("begin");
+    begin(&mut plane, drained).expect("begin");
     plane
         .maps
         .mark_closing(&key(drained), CLOSE_RESET)
@@ -218,13 +231,7 @@ fn flows_not_being_drained_are_left_alone_while_a_drain_runs() {
     assert_eq!(plane_count(&plane, PlaneCounter::DrainRaced), 0);
     assert_eq!(plane_count(&plane, PlaneCounter::DrainHeld), 0);
     // A second begin of the same flow keeps its record.
-    assert!(
-        plane
-            .maps
-            .begin_drain(&[key(drained)])
-            .expect("begin")
-            .is_empty()
-    );
+    assert!(begin(&mut plane, drained).expect("begin").is_empty());
 }
 
 #[test]
@@ -234,7 +241,7 @@ fn a_new_connection_on_a_closed_drained_five_tuple_is_not_drained() {
     let mut plane = Plane::load(CONFIG);
     let conn = client(52_000);
     open(&plane, conn);
-    plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    begin(&mut plane, conn).expect("begin");
     plane
         .maps
         .mark_closing(&key(conn), CLOSE_FIN)
@@ -292,7 +299,7 @@ fn a_drained_flow_records_the_timestamps_that_tell_how_long_it_was_quiet() {
             .build()
     };
     assert_eq!(plane.ingress(&stamped(70, 40)).verdict, XDP_PASS);
-    plane.maps.begin_drain(&[key(conn)]).expect("begin");
+    begin(&mut plane, conn).expect("begin");
     // The client's answer to the probe echoes the backend's clock at its last segment (40);
     // a later packet's echo does not replace the first.
     assert_eq!(plane.ingress(&stamped(90, 40)).verdict, XDP_PASS);
@@ -311,10 +318,17 @@ fn a_drained_flow_records_the_timestamps_that_tell_how_long_it_was_quiet() {
     assert_eq!(d.backend_tsval, 130);
     assert_eq!(d.seen, DRAIN_CLIENT | DRAIN_CLIENT_TS | DRAIN_BACKEND_TS);
     assert_eq!(d.backend_next, 0, "a pure ACK ends no segment");
+    // A drained flow's reply is not cached again: the next one is recorded too.
+    let later = Ipv4Packet::tcp(backend, conn, ACK)
+        .with_numbers(5_000, 1_000)
+        .with_timestamps(140, 95)
+        .build();
+    assert_eq!(plane.egress(&later).verdict, TC_NEXT);
+    assert_eq!(record(&plane, conn).backend_tsval, 140);
     // Options in another layout (the timestamps not first) read as none.
     let other = client(53_001);
     let backend = open(&plane, other);
-    plane.maps.begin_drain(&[key(other)]).expect("begin");
+    begin(&mut plane, other).expect("begin");
     let mut mss_first = Ipv4Packet::tcp(backend, other, ACK).with_numbers(5_000, 1_000);
     mss_first.tcp_options = vec![2, 4, 5, 0xb4, 1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 8];
     assert_eq!(plane.egress(&mss_first.build()).verdict, TC_NEXT);

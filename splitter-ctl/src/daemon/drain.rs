@@ -271,8 +271,8 @@ impl Run {
         if due.is_empty() {
             return Ok(());
         }
-        let keys: Vec<FlowKey> = due.iter().map(|(_, key, _)| *key).collect();
-        let marked = maps.begin_drain(&keys)?;
+        let flows: Vec<(FlowKey, Flow)> = due.iter().map(|(_, key, flow)| (*key, *flow)).collect();
+        let marked = maps.begin_drain(&flows)?;
         let reset = self.plan.established == Established::Reset;
         for (_, key, flow) in due {
             if !marked.contains(&key) {

@@ -325,10 +325,13 @@ impl FlowDrain {
         if d.seen & (DRAIN_REQUEST | DRAIN_BACKEND) != 0 {
             self.busy = true;
         }
-        // Quiet long enough: during the drain, or already before it (an idle pooled
-        // connection, closed at once).
+        // Quiet long enough: during the drain, or counting the quiet before it too (an idle
+        // pooled connection is closed at once, one quiet for a while before the drain once its
+        // quiet adds up).
         let settled = now_ns >= self.started_ns.saturating_add(nanos(self.settle))
-            || quiet_before(d).is_some_and(|quiet| quiet >= self.settle);
+            || self
+                .quiet_for(d, now_ns)
+                .is_some_and(|quiet| quiet >= self.settle);
         // HTTP/2: the kernel's frames say when no call is in flight, which the record's
         // HTTP/1 reading cannot: a channel that spoke during the drain is closed as soon as its
         // calls are all answered, one that stayed quiet after its settle.
@@ -351,6 +354,13 @@ impl FlowDrain {
             return Step::Mark(CLOSE_FIN);
         }
         Step::Wait
+    }
+
+    /// How long the connection has been quiet now: what the timestamps said when the backend
+    /// answered the probe (`quiet_before`), and the time since that probe went out.
+    fn quiet_for(&self, d: &Drain, now_ns: u64) -> Option<Duration> {
+        let probed = self.last_probe_ns?;
+        quiet_before(d).map(|quiet| quiet + Duration::from_nanos(now_ns.saturating_sub(probed)))
     }
 
     /// The flow table's `exchange` of the connection, when `step` asked for it, and for an
@@ -757,12 +767,17 @@ mod tests {
             f.step(Some(&long), MS),
             Step::Close(_, Outcome::DrainedIdle)
         ));
-        // Quiet for less: it waits for the rest of the drain's own idle time.
+        // Quiet for 10 ms less: it waits until its quiet adds up, 10 ms after the probe.
         let mut g = flow(false);
-        assert_eq!(g.step(Some(&stamped(idle - 1, 0)), MS), Step::Wait);
+        assert!(matches!(g.step(Some(&Drain::default()), 0), Step::Send(_)));
+        let shorter = stamped(idle - 10, 0);
+        assert_eq!(g.step(Some(&shorter), 9 * MS), Step::Wait);
+        assert_eq!(g.step(Some(&shorter), 10 * MS), Step::Ask);
         // A timestamp that went back (another connection's clock, a wrap) says nothing.
         assert_eq!(quiet_before(&stamped(u32::MAX, 0)), None);
-        assert_eq!(g.step(Some(&stamped(u32::MAX, 0)), MS), Step::Wait);
+        let mut h = flow(false);
+        assert!(matches!(h.step(Some(&Drain::default()), 0), Step::Send(_)));
+        assert_eq!(h.step(Some(&stamped(u32::MAX, 0)), MS), Step::Wait);
         // Without both timestamps, or once a request or a response passed in the drain, the
         // drain's own record decides.
         let mut one = stamped(idle, 0);

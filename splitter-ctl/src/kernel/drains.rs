@@ -2,7 +2,7 @@
 //! reading what the data plane saw of them, marking one closing, and clearing up.
 
 use aya::maps::MapError;
-use splitter_common::{FLOW_RST, FlowKey, drain::Drain, l7::H2Conn, maps as names};
+use splitter_common::{FLOW_RST, Flow, FlowKey, drain::Drain, l7::H2Conn, maps as names};
 
 use super::maps::{Maps, MapsError, access, is_missing_key};
 
@@ -12,14 +12,22 @@ const NO_EXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
 impl Maps {
-    /// Marks `keys` for draining (those not marked yet, as many as `DRAINS` holds), turns the
-    /// drain on, and empties their flow-cache slots so that every packet of theirs is seen.
-    /// Returns the keys marked.
-    pub fn begin_drain(&mut self, keys: &[FlowKey]) -> Result<Vec<FlowKey>, MapsError> {
+    /// Marks `flows` for draining (those not marked yet, as many as `DRAINS` holds), turns the
+    /// drain on, and empties their slots of the flow cache and of the reply cache, so that
+    /// every packet of theirs, either way, is seen (egress does not cache a drained flow's
+    /// reply again). Returns the keys marked.
+    pub fn begin_drain(&mut self, flows: &[(FlowKey, Flow)]) -> Result<Vec<FlowKey>, MapsError> {
         let mut marked = Vec::new();
-        for key in keys {
+        let mut reply_slots = Vec::new();
+        for (key, flow) in flows {
             match self.drains.insert(key, Drain::default(), NO_EXIST) {
-                Ok(()) => marked.push(*key),
+                Ok(()) => {
+                    marked.push(*key);
+                    reply_slots.push(
+                        key.reply(&flow.backend_addr, flow.backend_port_be)
+                            .cache_slot(),
+                    );
+                }
                 // Already draining, or the map is full: the rest wait for another round.
                 Err(MapError::SyscallError(e))
                     if matches!(
@@ -35,6 +43,11 @@ impl Maps {
         slots.dedup();
         for slot in slots {
             self.clear_cache_slot(slot)?;
+        }
+        reply_slots.sort_unstable();
+        reply_slots.dedup();
+        for slot in reply_slots {
+            self.clear_reply_slot(slot)?;
         }
         Ok(marked)
     }

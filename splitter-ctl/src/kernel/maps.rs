@@ -564,12 +564,17 @@ impl Maps {
     /// Empties the reply cache on every CPU.
     pub fn clear_reply_cache(&mut self) -> Result<(), MapsError> {
         for slot in 0..names::FLOW_CACHE_SLOTS {
-            let empty = zeroed::<CachedReply>(names::REPLY_CACHE)?;
-            self.reply_cache
-                .set(slot, empty, 0)
-                .map_err(access(names::REPLY_CACHE, "clear a slot"))?;
+            self.clear_reply_slot(slot)?;
         }
         Ok(())
+    }
+
+    /// Empties one slot of the reply cache on every CPU.
+    pub fn clear_reply_slot(&mut self, slot: u32) -> Result<(), MapsError> {
+        let empty = zeroed::<CachedReply>(names::REPLY_CACHE)?;
+        self.reply_cache
+            .set(slot, empty, 0)
+            .map_err(access(names::REPLY_CACHE, "clear a slot"))
     }
 
     /// Empties one slot of the flow cache on every CPU.
