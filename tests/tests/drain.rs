@@ -124,12 +124,14 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
 
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
-fn idle_pooled_connections_are_closed_within_ten_ms_of_the_rollback() {
+fn idle_pooled_connections_are_closed_at_once_not_after_drain_idle_ms() {
     require_root!();
     let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
-    // Every new connection to green, so that every pooled connection is drained.
-    bed.write_config("100");
+    // Every new connection to green, so that every pooled connection is drained; a long
+    // `drain_idle_ms`, so that a connection closed without its quiet before the drain counted
+    // would be closed a second after the drain began, not within milliseconds.
+    bed.write_config_with("100", "drain_idle_ms = 1000\n");
     bed.start_daemon(&[]);
     // 16 pooled connections, each used once every 3 s: idle most of the time, as a model
     // client's pool between bursts.
@@ -150,18 +152,19 @@ fn idle_pooled_connections_are_closed_within_ten_ms_of_the_rollback() {
     // The next round of requests, on new connections: all blue.
     assert_eq!(seen.count("blue", |at| at > started), 16, "{seen:?}");
     // Quiet for 1.5 s already (the TCP timestamps of the probes' answers say so): closed at
-    // once, without the drain's own 50 ms of quiet.
+    // once, without the drain's own second of quiet.
     assert_eq!(drain["outcomes"]["drained_idle"], connections, "{drain}");
     assert_eq!(drain["raced"], 0, "{drain}");
     let last_close = drain["decision_to_last_close_us"]
         .as_u64()
         .expect("last close");
     let start = drain["decision_to_start_us"].as_u64().expect("start");
-    // The drain's own part: probes answered, each connection found quiet, closed. The
-    // command's part before it (a debug build here, beside the clients on 2 cores) is in the
-    // report, and `cargo xtask bench` times the whole of it with the release build.
+    // The drain's own part: probes answered, each connection found quiet, closed: 2 to 5 ms
+    // in most runs here, 18 ms in one full run (a debug build on 2 cores). The 10 ms
+    // from the rollback, at the default `drain_idle_ms`, is timed by `cargo xtask bench` with
+    // the release build (its idle-pool row).
     assert!(
-        last_close.saturating_sub(start) <= 10_000,
+        last_close.saturating_sub(start) <= 100_000,
         "the last idle connection closed {} µs after the drain began: {drain}",
         last_close.saturating_sub(start)
     );

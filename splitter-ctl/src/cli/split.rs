@@ -176,24 +176,22 @@ pub fn update_then<R>(
             control_socket: located.config.control_socket.clone(),
         })
     };
+    let change = |write, journaled: Option<Result<i64, JournalError>>, left| Change {
+        service: name.to_owned(),
+        kind,
+        located: located.describe(),
+        before,
+        after,
+        unchanged: journaled.is_none(),
+        write,
+        journaled,
+        left,
+    };
     if after == before {
         drop(lock);
         // A repeated rollback still knows what it left: `--established` drains it again.
         let left = left(ids(&maps), None, crate::kernel::aging::monotonic_ns());
-        return Ok((
-            Change {
-                service: name.to_owned(),
-                kind,
-                located: located.describe(),
-                before,
-                after,
-                unchanged: true,
-                write: Duration::ZERO,
-                journaled: None,
-                left,
-            },
-            None,
-        ));
+        return Ok((change(Duration::ZERO, None, left), None));
     }
     let write = maps.set_split(service.split, after)?;
     let written_ns = crate::kernel::aging::monotonic_ns();
@@ -227,18 +225,5 @@ pub fn update_then<R>(
     });
     let event = journaled.as_ref().ok().copied();
     let left = left(ids(&maps), event, decided_ns);
-    Ok((
-        Change {
-            service: name.to_owned(),
-            kind,
-            located: located.describe(),
-            before,
-            after,
-            unchanged: false,
-            write,
-            journaled: Some(journaled),
-            left,
-        },
-        early,
-    ))
+    Ok((change(write, Some(journaled), left), early))
 }
