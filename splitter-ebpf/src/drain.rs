@@ -1,8 +1,9 @@
 //! The programs' part of a drain (see `splitter_common::drain`): for the flows in `DRAINS`
 //! only, ingress records the client's sequence numbers and drops a request that races the
 //! close, and egress records the backend's, the head of each response and the tail of its last
-//! segment. Every other flow pays one array read (`DRAIN_ACTIVE`) on the slow path, and
-//! nothing at all on the cached established path.
+//! segment, and both the TCP timestamps that tell how long the connection was quiet. Every
+//! other flow pays one array read (`DRAIN_ACTIVE`) on the flow-table path, and a `DRAINS` lookup
+//! there while a drain runs; nothing at all on the cached paths.
 
 use aya_ebpf::{
     EbpfContext as _,

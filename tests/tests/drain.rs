@@ -172,13 +172,13 @@ fn idle_pooled_connections_are_closed_at_once_not_after_drain_idle_ms() {
     // The rollback's entry was named after the drain began (the journal came second); a name
     // for a drain that never was, or a body that is none, is refused.
     assert!(rollback["details"]["drain"].is_object(), "{rollback}");
-    let put = |body: &str| {
+    let put_at = |path: &str, body: &str| {
         use std::io::{Read as _, Write as _};
         let mut socket =
             std::os::unix::net::UnixStream::connect(bed.control_socket()).expect("control socket");
         write!(
             socket,
-            "PUT /v1/drains/sentiment/journal HTTP/1.1\r\nHost: splitter\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "PUT {path} HTTP/1.1\r\nHost: splitter\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .expect("request");
@@ -186,6 +186,10 @@ fn idle_pooled_connections_are_closed_at_once_not_after_drain_idle_ms() {
         socket.read_to_string(&mut answer).expect("answer");
         answer
     };
+    let put = |body: &str| put_at("/v1/drains/sentiment/journal", body);
+    // A path with no service in it is no endpoint (it once sliced the path out of bounds).
+    let no_service = put_at("/v1/drains/journal", "{}");
+    assert!(no_service.starts_with("HTTP/1.1 404"), "{no_service}");
     let unknown = put(r#"{"version":"green","decided_monotonic_ns":1,"event":1}"#);
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
     assert!(

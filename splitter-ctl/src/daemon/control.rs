@@ -186,8 +186,14 @@ fn handle(request: &Request, daemon: &mut Daemon, config_path: &Path, peer: Peer
             200,
             &serde_json::to_value(daemon.drain_reports()).unwrap_or_default(),
         ),
-        ("PUT", path) if path.starts_with(DRAINS) && path.ends_with(DRAIN_JOURNAL) => {
-            let name = &path[DRAINS.len()..path.len() - DRAIN_JOURNAL.len()];
+        ("PUT", path) if path.starts_with(DRAINS) => {
+            let Some(name) = path
+                .strip_prefix(DRAINS)
+                .and_then(|rest| rest.strip_suffix(DRAIN_JOURNAL))
+                .filter(|name| !name.is_empty())
+            else {
+                return Response::error(404, "PUT /v1/drains/SERVICE/journal");
+            };
             match serde_json::from_slice::<DrainJournal>(&request.body) {
                 Err(e) => Response::error(
                     400,

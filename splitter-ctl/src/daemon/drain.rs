@@ -39,6 +39,9 @@ use crate::{
 pub const POLL: Duration = Duration::from_micros(200);
 /// After a close, how long the flow stays marked, so that a request racing it is still dropped.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Connections the request that starts a drain takes on and probes itself (the poller, the
+/// rest): a few milliseconds of work at most, well within the CLI's wait for its answer.
+const FIRST_ROUND: usize = 256;
 /// When the flow table is walked again for connections the first walk missed (opened while
 /// the rollback was being written), after the drain began.
 const REWALKS: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
@@ -221,6 +224,19 @@ impl Run {
         Ok(())
     }
 
+    /// The first round, in the request that starts the drain: takes on at most `FIRST_ROUND`
+    /// connections and probes them, so that the request answers at once however many there
+    /// are; the poller takes on the rest.
+    pub fn first_round(&mut self, maps: &mut Maps, closer: &mut Closer) -> Result<(), MapsError> {
+        let now = monotonic_ns();
+        self.take_on_due(maps, now, FIRST_ROUND)?;
+        let keys: Vec<FlowKey> = self.active.keys().copied().collect();
+        for key in keys {
+            self.poll_flow(maps, closer, key, now)?;
+        }
+        Ok(())
+    }
+
     /// One round: takes on the connections due, reads what the data plane saw of each, and
     /// acts on it.
     pub fn poll(&mut self, maps: &mut Maps, closer: &mut Closer) -> Result<(), MapsError> {
@@ -232,7 +248,7 @@ impl Run {
             self.walk(maps, now)?;
             self.rewalks_done += 1;
         }
-        self.take_on_due(maps, now)?;
+        self.take_on_due(maps, now, MAX_DRAINS as usize)?;
         let keys: Vec<FlowKey> = self.active.keys().copied().collect();
         for key in keys {
             self.poll_flow(maps, closer, key, now)?;
@@ -257,8 +273,10 @@ impl Run {
         Ok(())
     }
 
-    fn take_on_due(&mut self, maps: &mut Maps, now: u64) -> Result<(), MapsError> {
-        let room = (MAX_DRAINS as usize).saturating_sub(self.active.len() + self.lingering.len());
+    fn take_on_due(&mut self, maps: &mut Maps, now: u64, most: usize) -> Result<(), MapsError> {
+        let room = (MAX_DRAINS as usize)
+            .saturating_sub(self.active.len() + self.lingering.len())
+            .min(most);
         let mut due = Vec::new();
         while due.len() < room
             && let Some((at, _, _)) = self.pending.front()

@@ -68,17 +68,22 @@ impl super::Daemon {
             }
             !same
         });
-        let run = Run::start(maps, plan)?;
+        let mut run = Run::start(maps, plan)?;
         let report = run.report(maps);
         if aged {
             tracing::debug!(service = %report.service, version = %report.version, connections = report.connections, "draining connections past their max age");
         } else {
             tracing::info!(service = %report.service, version = %report.version, established = %report.established, connections = report.connections, replaced = !replaced.is_empty(), "drain started");
         }
+        // Its first round (the probes of its first connections) now, not when the poller's
+        // thread has woken; a failure there is the poller's to meet again.
+        if let Some(closer) = drains.closer.as_mut()
+            && let Err(error) = run.first_round(maps, closer)
+        {
+            tracing::debug!(error = %chain(&error), "the drain's first round in its request failed; the poller goes on");
+        }
         drains.runs.push((run, event));
-        // Its first round (the probes) now, not when the poller's thread has woken.
-        let _ = self.poll_drains();
-        self.drains.wake.notify_one();
+        drains.wake.notify_one();
         Ok(report)
     }
 
