@@ -228,8 +228,18 @@ impl Run {
     /// connections and probes them, so that the request answers at once however many there
     /// are; the poller takes on the rest.
     pub fn first_round(&mut self, maps: &mut Maps, closer: &mut Closer) -> Result<(), MapsError> {
-        let now = monotonic_ns();
-        self.take_on_due(maps, now, FIRST_ROUND)?;
+        self.take_on_and_step(maps, closer, monotonic_ns(), FIRST_ROUND)
+    }
+
+    /// Takes on at most `most` of the connections due, then steps every one under way.
+    fn take_on_and_step(
+        &mut self,
+        maps: &mut Maps,
+        closer: &mut Closer,
+        now: u64,
+        most: usize,
+    ) -> Result<(), MapsError> {
+        self.take_on_due(maps, now, most)?;
         let keys: Vec<FlowKey> = self.active.keys().copied().collect();
         for key in keys {
             self.poll_flow(maps, closer, key, now)?;
@@ -248,11 +258,7 @@ impl Run {
             self.walk(maps, now)?;
             self.rewalks_done += 1;
         }
-        self.take_on_due(maps, now, MAX_DRAINS as usize)?;
-        let keys: Vec<FlowKey> = self.active.keys().copied().collect();
-        for key in keys {
-            self.poll_flow(maps, closer, key, now)?;
-        }
+        self.take_on_and_step(maps, closer, now, MAX_DRAINS as usize)?;
         let linger = micros(LINGER) * 1_000;
         let (gone, still): (Vec<_>, Vec<_>) = self
             .lingering

@@ -21,18 +21,10 @@ use crate::median;
 /// The bench's test bed for this section: 198.18.206.0/24 and namespaces `sp206-*`.
 const BED: u8 = 206;
 const CLIENTS: u32 = 32;
-const THINK_MS: u32 = 10;
-/// How long the clients run; the rollback comes after `BEFORE`.
-const SECONDS: u32 = 4;
-const BEFORE: Duration = Duration::from_secs(2);
 /// The shorter `drain_idle_ms` measured beside the default.
 const SHORT_IDLE_MS: u64 = 10;
-/// The idle pool: think time, run, and when the rollback comes.
-const IDLE_THINK_MS: u32 = 3_000;
-const IDLE_SECONDS: u32 = 5;
-const IDLE_BEFORE: Duration = Duration::from_millis(1_500);
 
-/// How the clients ask.
+/// How the clients ask: their think time, how long they run, and when the rollback comes.
 #[derive(Clone, Copy)]
 struct Load {
     think_ms: u32,
@@ -40,15 +32,17 @@ struct Load {
     before: Duration,
 }
 
+/// A busy pool: 10 ms of think time.
 const BUSY: Load = Load {
-    think_ms: THINK_MS,
-    seconds: SECONDS,
-    before: BEFORE,
+    think_ms: 10,
+    seconds: 4,
+    before: Duration::from_secs(2),
 };
+/// An idle pool: every pooled connection idle at the rollback.
 const IDLE: Load = Load {
-    think_ms: IDLE_THINK_MS,
-    seconds: IDLE_SECONDS,
-    before: IDLE_BEFORE,
+    think_ms: 3_000,
+    seconds: 5,
+    before: Duration::from_millis(1_500),
 };
 
 /// One rollback as the clients saw it.
@@ -112,7 +106,7 @@ fn splitter_rows(
             format!(
                 "splitter, `drain_idle_ms` {} (default), idle pool ({} s think time)",
                 DEFAULT_DRAIN_IDLE.as_millis(),
-                IDLE_THINK_MS / 1_000
+                IDLE.think_ms / 1_000
             ),
             idle_runs,
         ),
@@ -203,9 +197,10 @@ fn report(rounds: usize, rows: &[(String, Vec<Round>)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {THINK_MS} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
-        IDLE_THINK_MS / 1_000,
-        IDLE_BEFORE.as_secs_f64()
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
+        BUSY.think_ms,
+        IDLE.think_ms / 1_000,
+        IDLE.before.as_secs_f64()
     );
     let _ = writeln!(
         out,
