@@ -406,9 +406,17 @@ fn a_drain_cut_short_by_a_killed_daemon_is_given_up_by_the_next_one() {
         "{abandoned}"
     );
     // The clients never saw a request processed without its answer: any failure is one that
-    // raced a close before the kill.
+    // raced a close before the kill, dropped by the data plane and counted there (the plane's
+    // counters outlive the daemon). Every connection is on green and drained, so more than one
+    // may race (two of eight in a full run here).
     let seen = collect(client);
-    assert!(seen.failures.len() <= 1, "{:?}", seen.failures);
+    let raced = bed.status()["plane"]["drain_raced"].as_u64().unwrap_or(0);
+    assert!(
+        seen.failures.len() as u64 <= raced,
+        "{} failed, {raced} counted as raced: {:?}",
+        seen.failures.len(),
+        seen.failures
+    );
     assert_eq!(bed.status()["services"][0]["live"], "blue");
 }
 
