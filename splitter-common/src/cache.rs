@@ -5,9 +5,21 @@
 
 use crate::FlowKey;
 
-/// Value of `FLOW_CACHE`, per CPU: a direct-mapped copy of recently used flow entries, so an
-/// established packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the
-/// source of truth: a slot is filled from it, and every new flow clears its slot on all CPUs.
+/// Ways of each set of the flow and reply caches: a flow may sit in either way of its set, so
+/// two flows whose keys hash alike do not evict each other at every packet.
+pub const CACHE_WAYS: usize = 2;
+
+/// Value of `FLOW_CACHE` and `REPLY_CACHE`, per CPU: the ways of one set (`FlowKey::cache_set`),
+/// each a cache line, read with one inlined array lookup.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CacheSet<T> {
+    pub ways: [T; CACHE_WAYS],
+}
+
+/// One way of `FLOW_CACHE`, per CPU: a copy of a recently used flow entry, so an established
+/// packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the source of
+/// truth: a way is filled from it, and every new flow clears its key's way on all CPUs.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedFlow {
@@ -60,10 +72,10 @@ pub const NEXT_HOP_TTL_JIFFIES: u64 = 256;
 
 pub const CACHE_VALID: u32 = 1;
 
-/// Value of `REPLY_CACHE`, per CPU: what the reverse translation of a steered IPv4 flow needs,
+/// One way of `REPLY_CACHE`, per CPU: what the reverse translation of a steered IPv4 flow needs,
 /// keyed by the reply's own tuple (backend → client), so a backend's pure ACK costs one inlined
 /// array read instead of two hash lookups. Filled only from an open `FLOWS` entry of a steered
-/// flow; a handshake answer that matches no steered flow clears its slot on every CPU, and so
+/// flow; a handshake answer that matches no steered flow clears its set on every CPU, and so
 /// does user space whenever it purges flows.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -16,7 +16,8 @@ pub mod split;
 pub mod stats;
 
 pub use cache::{
-    CACHE_VALID, CachedFlow, CachedReply, NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, NextHop,
+    CACHE_VALID, CACHE_WAYS, CacheSet, CachedFlow, CachedReply, NEXT_HOP_ROUTED,
+    NEXT_HOP_TTL_JIFFIES, NextHop,
 };
 pub use hash::{client_hash, flow_hash};
 pub use split::{SplitWord, Version};
@@ -297,14 +298,17 @@ pub struct Flow {
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
 impl FlowKey {
-    /// The flow's slot in `FLOW_CACHE`: one multiply over the words that vary most.
+    /// The flow's set in `FLOW_CACHE` (a reply's in `REPLY_CACHE`). The words that vary most
+    /// are mixed by a multiply each, not folded by XOR first: clients and services on
+    /// neighbouring addresses and ports would otherwise cancel out into the same set.
     #[inline(always)]
     #[must_use]
-    pub fn cache_slot(&self) -> u32 {
+    pub fn cache_set(&self) -> u32 {
         // SAFETY: FlowKey is 40 bytes and at least 4-aligned.
         let w: &[u32; 10] = unsafe { &*(self as *const Self).cast() };
-        let mixed = (w[3] ^ w[7].rotate_left(16) ^ w[8] ^ w[9]).wrapping_mul(0x9e37_79b1);
-        mixed >> (32 - maps::FLOW_CACHE_SLOTS.trailing_zeros())
+        let mixed = (w[3].wrapping_mul(0x9e37_79b1) ^ w[8]).wrapping_mul(0x85eb_ca6b);
+        let mixed = (mixed ^ w[7] ^ w[9]).wrapping_mul(0xc2b2_ae35);
+        mixed >> (32 - maps::FLOW_CACHE_SETS.trailing_zeros())
     }
 }
 
@@ -767,6 +771,7 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::CachedFlow {}
     unsafe impl aya::Pod for super::CachedReply {}
+    unsafe impl<T: aya::Pod> aya::Pod for super::CacheSet<T> {}
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}

@@ -8,11 +8,11 @@
 //! | `SPLIT` | array | user space | per service id: the `SplitWord` (a release group uses its first service's) |
 //! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
-//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per slot: a `CachedFlow` copied from `FLOWS` |
-//! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
+//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per set (`FlowKey::cache_set`): two `CachedFlow` ways copied from `FLOWS` |
+//! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (two ways per set, by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
-//! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per slot: a `CachedReply` of a steered IPv4 flow, keyed by the reply's tuple |
+//! | `REPLY_CACHE` | per-CPU array | TC egress, XDP ingress (clear), user space (clear) | per set: two `CachedReply` ways of steered IPv4 flows, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
 //! | `H2_CONNS` | LRU hash | XDP ingress (create, client frames), TC egress (server frames) | `FlowKey` → `H2Conn`: how far an HTTP/2 connection's frames were read, and its calls in flight |
 //! | `L7_PROGRAMS` | program array | user space | `PROGRAM_H2`, which the ingress tail-calls to read an HTTP/2 client payload's frames |
@@ -114,11 +114,13 @@ pub const SLOTS_PER_POOL: u32 = 256;
 const _: () = assert!(SLOTS_PER_POOL.is_power_of_two());
 /// Backends one data plane holds, over all services and pools.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Slots of the flow cache, per CPU: a power of two.
-pub const FLOW_CACHE_SLOTS: u32 = 4096;
-const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
-/// Slots of `NEXT_HOPS`, per CPU: a power of two.
-pub const NEXT_HOP_SLOTS: u32 = 256;
+/// Sets of the flow cache and of the reply cache, per CPU: a power of two. Each set holds
+/// `CACHE_WAYS` flows, so a cache holds 4,096 flows per CPU.
+pub const FLOW_CACHE_SETS: u32 = 2048;
+const _: () = assert!(FLOW_CACHE_SETS.is_power_of_two());
+/// Slots of `NEXT_HOPS`, per CPU: a power of two, in sets of two ways; as many as backends,
+/// so that every backend keeps its next hop.
+pub const NEXT_HOP_SLOTS: u32 = MAX_BACKENDS;
 const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
 /// Entries of `FORWARD_SEEN`: devices by `ifindex % FORWARD_SEEN_ENTRIES`.
 pub const FORWARD_SEEN_ENTRIES: u32 = 64;
@@ -131,7 +133,7 @@ pub const MAX_HANDSHAKES: u32 = 8192;
 /// recently used one is forgotten past it (its calls then go unread, never misread: a
 /// connection without an entry is not read).
 pub const MAX_H2_CONNS: u32 = 16_384;
-/// CPUs whose flow-cache slot a new flow clears; more than any host this runs on.
+/// CPUs whose flow-cache set a new flow clears; more than any host this runs on.
 pub const MAX_CPUS: u32 = 512;
 /// Default flow-table entries per possible CPU (config key `flow_table_per_cpu`). With
 /// `BPF_F_NO_COMMON_LRU` each CPU allocates and evicts within its own share of the table, so

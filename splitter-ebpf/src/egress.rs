@@ -9,7 +9,7 @@
 //! A steered IPv4 flow's reverse translation is cached per CPU by the reply's tuple
 //! (`REPLY_CACHE`), so a backend's pure ACK costs one inlined array read. A SYN-ACK never trusts
 //! the cache: it starts a connection, which may be a direct one reusing the tuple, and one that
-//! no steered flow owns clears the tuple's slot on every CPU.
+//! no steered flow owns clears the tuple's way on every CPU.
 //!
 //! Every write goes through a helper (`bpf_skb_store_bytes`, the checksum helpers), never
 //! through a packet pointer: a program that writes packet memory directly gets a prologue from
@@ -78,7 +78,7 @@ pub fn steered_v4(
 ) -> Result<(CachedReply, bool), Skip> {
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
-    let slot = reply_key.cache_slot();
+    let set = reply_key.cache_set();
     let (backend_port, client_port) = packet::split_ports(ports);
     // Built only off the pure-ACK path, which needs neither the backend nor the flow.
     let backend = || Endpoint::from_ipv4(src, backend_port, pkt.protocol);
@@ -86,7 +86,7 @@ pub fn steered_v4(
     let cached = if syn {
         None
     } else {
-        flow_cache::get_reply(slot, &reply_key)
+        flow_cache::get_reply(set, &reply_key)
     };
     if let Some(reply) = cached {
         let mut h2 = false;
@@ -127,14 +127,14 @@ pub fn steered_v4(
     let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
         Steered::Flow { h2, drained } => {
             if !drained {
-                flow_cache::fill_reply(slot, &reply);
+                flow_cache::fill_reply(set, &reply);
             }
             h2
         }
         Steered::Handshake => false,
         Steered::No => {
             if syn {
-                flow_cache::forget_reply_everywhere(slot);
+                flow_cache::forget_reply_everywhere(set);
             }
             return Err(Skip::Pass(PlaneCounter::Unsteered));
         }

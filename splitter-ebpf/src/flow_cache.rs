@@ -1,12 +1,14 @@
-//! The per-CPU flow cache in front of `FLOWS`. An established packet whose slot holds its key
-//! is steered from the slot: one inlined per-CPU array read and a 40-byte compare, where the
-//! LRU hash lookup costs a jhash and a call. Correctness rests on two rules:
-//! - a slot is only ever filled with what `FLOWS` says (or what a new flow just put there);
-//! - a new flow clears its slot on every CPU before it fills its own, so no CPU can keep a
-//!   previous connection's backend for a reused 5-tuple.
+//! The per-CPU flow cache in front of `FLOWS`, and the reply cache in front of the egress's
+//! lookups. A key's set (`FlowKey::cache_set`) has two ways; an established packet whose set
+//! holds its key is steered from it: one inlined per-CPU array read and a 40-byte compare (two
+//! when the key sits in the second way), where the LRU hash lookup costs a jhash and a call.
+//! Correctness rests on two rules:
+//! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there);
+//! - a new flow clears its key's set on every CPU before it fills its own way, so no CPU can
+//!   keep a previous connection's backend for a reused 5-tuple.
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem, maps::PerCpuArray};
-use splitter_common::{CACHE_VALID, CachedFlow, CachedReply, FlowKey, maps::MAX_CPUS};
+use splitter_common::{CACHE_VALID, CacheSet, CachedFlow, CachedReply, FlowKey, maps::MAX_CPUS};
 
 use crate::maps::{FLOW_CACHE, REPLY_CACHE};
 
@@ -22,42 +24,111 @@ pub struct Target {
     pub l4_delta: u32,
 }
 
+/// A way of either cache: it starts with its key, then its valid word.
+trait Way {
+    fn key(&self) -> &FlowKey;
+    fn valid(&self) -> u32;
+    fn invalidate(&mut self);
+}
+
+impl Way for CachedFlow {
+    #[inline(always)]
+    fn key(&self) -> &FlowKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn valid(&self) -> u32 {
+        self.valid
+    }
+    #[inline(always)]
+    fn invalidate(&mut self) {
+        self.valid = 0;
+    }
+}
+
+impl Way for CachedReply {
+    #[inline(always)]
+    fn key(&self) -> &FlowKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn valid(&self) -> u32 {
+        self.valid
+    }
+    #[inline(always)]
+    fn invalidate(&mut self) {
+        self.valid = 0;
+    }
+}
+
 #[inline(always)]
 fn words(key: &FlowKey) -> &[u64; 5] {
     // SAFETY: FlowKey is 40 bytes and 8-aligned.
     unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() }
 }
 
-/// Whether a slot's key is `key`, five word compares.
+/// Whether a way's key is `key`, five word compares.
 #[inline(always)]
-fn same(slot_key: &FlowKey, key: &FlowKey) -> bool {
-    let (a, b) = (words(slot_key), words(key));
+fn same(way_key: &FlowKey, key: &FlowKey) -> bool {
+    let (a, b) = (words(way_key), words(key));
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
 }
 
-/// The cached target of `key` on this CPU, if its slot holds it.
 #[inline(always)]
-pub fn get(slot: u32, key: &FlowKey) -> Option<Target> {
-    let entry = FLOW_CACHE.get(slot)?;
-    if entry.valid == CACHE_VALID && same(&entry.key, key) {
-        Some(Target {
-            addr: entry.addr,
-            port: entry.port,
-            stats: entry.stats_index,
-            ip_delta: entry.ip_delta,
-            l4_delta: entry.l4_delta,
-        })
+fn holds<W: Way>(way: &W, key: &FlowKey) -> bool {
+    way.valid() == CACHE_VALID && same(way.key(), key)
+}
+
+/// The way of `set` that holds `key`, if one does.
+#[inline(always)]
+fn find<'a, W: Way>(set: &'a CacheSet<W>, key: &FlowKey) -> Option<&'a W> {
+    let [first, second] = &set.ways;
+    if holds(first, key) {
+        Some(first)
+    } else if holds(second, key) {
+        Some(second)
     } else {
         None
     }
 }
 
-/// Puts `key`'s target in this CPU's slot.
+/// The way `key` is to be written to: the one holding it, else the first, whose flow (if any)
+/// moves to the second. The first way always holds the flow filled last, so the one dropped is
+/// the one filled longer ago.
 #[inline(always)]
-pub fn fill(slot: u32, key: &FlowKey, target: &Target) {
-    if let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) {
+fn way_for<'a, W: Way + Copy>(set: &'a mut CacheSet<W>, key: &FlowKey) -> &'a mut W {
+    let [first, second] = &mut set.ways;
+    if holds(&*first, key) {
+        first
+    } else if holds(&*second, key) {
+        second
+    } else {
+        if first.valid() == CACHE_VALID {
+            *second = *first;
+        }
+        first
+    }
+}
+
+/// The cached target of `key` on this CPU, if its set holds it.
+#[inline(always)]
+pub fn get(set: u32, key: &FlowKey) -> Option<Target> {
+    let entry = find(FLOW_CACHE.get(set)?, key)?;
+    Some(Target {
+        addr: entry.addr,
+        port: entry.port,
+        stats: entry.stats_index,
+        ip_delta: entry.ip_delta,
+        l4_delta: entry.l4_delta,
+    })
+}
+
+/// Puts `key`'s target in this CPU's set.
+#[inline(never)]
+pub fn fill(set: u32, key: &FlowKey, target: &Target) {
+    if let Some(ways) = FLOW_CACHE.get_ptr_mut(set) {
         // SAFETY: this CPU's value; nothing else writes it while the program runs.
-        let entry = unsafe { &mut *entry };
+        let entry = way_for(unsafe { &mut *ways }, key);
         entry.key = *key;
         entry.addr = target.addr;
         entry.port = target.port;
@@ -71,54 +142,52 @@ pub fn fill(slot: u32, key: &FlowKey, target: &Target) {
 /// The reverse translation of a steered IPv4 flow, by the reply's own tuple: the egress
 /// program's counterpart of `Target`.
 #[inline(always)]
-pub fn get_reply(slot: u32, key: &FlowKey) -> Option<CachedReply> {
-    let entry = REPLY_CACHE.get(slot)?;
-    if entry.valid == CACHE_VALID && same(&entry.key, key) {
-        Some(*entry)
-    } else {
-        None
-    }
+pub fn get_reply(set: u32, key: &FlowKey) -> Option<CachedReply> {
+    find(REPLY_CACHE.get(set)?, key).copied()
 }
 
-/// Puts a steered flow's reverse translation in this CPU's slot (`reply.key` is the reply's
+/// Puts a steered flow's reverse translation in this CPU's set (`reply.key` is the reply's
 /// tuple).
-#[inline(always)]
-pub fn fill_reply(slot: u32, reply: &CachedReply) {
-    if let Some(entry) = REPLY_CACHE.get_ptr_mut(slot) {
+#[inline(never)]
+pub fn fill_reply(set: u32, reply: &CachedReply) {
+    if let Some(ways) = REPLY_CACHE.get_ptr_mut(set) {
         // SAFETY: this CPU's value; nothing else writes it while the program runs.
-        unsafe { *entry = *reply };
+        *way_for(unsafe { &mut *ways }, &reply.key) = *reply;
     }
 }
 
-/// Clears `slot` of the flow cache on every CPU; called when a new flow is recorded.
-#[inline(always)]
-pub fn forget_everywhere(slot: u32) {
-    clear_on_every_cpu(&FLOW_CACHE, slot);
+/// Clears `set` of the flow cache on every CPU; called when a new flow is recorded. A
+/// subprogram: the verifier walks its loop once per path that calls it.
+#[inline(never)]
+pub fn forget_everywhere(set: u32) {
+    clear_on_every_cpu(&FLOW_CACHE, set);
 }
 
-/// Clears `slot` of the reply cache on every CPU: its tuple now belongs to another connection
-/// (a new flow, or a handshake that no steered flow owns).
-#[inline(always)]
-pub fn forget_reply_everywhere(slot: u32) {
-    clear_on_every_cpu(&REPLY_CACHE, slot);
+/// Clears `set` of the reply cache on every CPU: a tuple of it now belongs to another
+/// connection (a new flow, or a handshake that no steered flow owns).
+#[inline(never)]
+pub fn forget_reply_everywhere(set: u32) {
+    clear_on_every_cpu(&REPLY_CACHE, set);
 }
 
-/// Marks `slot` invalid on every CPU. Both caches start with their `FlowKey`, then `valid`.
+/// Marks both ways of `set` invalid on every CPU: the one that may hold `key`, and the other
+/// flow's too. Comparing each way's key before clearing it would spare that flow a refill, but
+/// the compares, once per CPU the loop may reach, take the ingress past the verifier's limit.
 #[inline(always)]
-fn clear_on_every_cpu<T>(cache: &PerCpuArray<T>, slot: u32) {
-    let map = (cache as *const PerCpuArray<T>).cast::<c_void>().cast_mut();
-    let key = (&raw const slot).cast::<c_void>();
+fn clear_on_every_cpu<W: Way>(cache: &PerCpuArray<CacheSet<W>>, set: u32) {
+    let map = (cache as *const PerCpuArray<CacheSet<W>>)
+        .cast::<c_void>()
+        .cast_mut();
+    let index = (&raw const set).cast::<c_void>();
     for cpu in 0..MAX_CPUS {
         // SAFETY: a map of this program and a key that lives across the call.
-        let entry = unsafe { bpf_map_lookup_percpu_elem(map, key, cpu) }.cast::<CachedFlow>();
-        if entry.is_null() {
+        let ways = unsafe { bpf_map_lookup_percpu_elem(map, index, cpu) }.cast::<CacheSet<W>>();
+        if ways.is_null() {
             break; // past the last possible CPU
         }
-        // SAFETY: a valid map value pointer to a value that starts with the same key and valid
-        // word as `CachedFlow` (checked below); a racing reader sees either state, both safe.
-        unsafe { (*entry).valid = 0 };
+        // SAFETY: a valid map value pointer; a racing reader sees either state, both safe.
+        for way in unsafe { &mut (*ways).ways } {
+            way.invalidate();
+        }
     }
 }
-
-const _: () =
-    assert!(core::mem::offset_of!(CachedFlow, valid) == core::mem::offset_of!(CachedReply, valid));

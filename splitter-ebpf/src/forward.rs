@@ -10,7 +10,7 @@
 //! neighbour entry yet (the stack resolves it), a packet over the next hop's MTU, a device the
 //! redirect cannot reach, a TTL about to expire.
 //!
-//! The FIB's answer for an IPv4 backend is kept per CPU (`NEXT_HOPS`, direct-mapped by the
+//! The FIB's answer for an IPv4 backend is kept per CPU (`NEXT_HOPS`, two ways per set by the
 //! backend's address) for `NEXT_HOP_TTL_JIFFIES`, so an established packet costs no FIB lookup:
 //! a neighbour's new address reaches it within that time. A packet longer than any the FIB has
 //! accepted for that next hop asks again, so the FIB checks every new length against the MTU.
@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use network_types::eth::{EthHdr, EtherType};
 use splitter_common::{
-    NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, PlaneCounter, csum,
+    NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, NextHop, PlaneCounter, csum,
     maps::{FORWARD_SEEN_ENTRIES, NEXT_HOP_SLOTS},
 };
 
@@ -143,30 +143,43 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     // packet (docs/benchmarks.md).
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_jiffies64() };
-    let slot = dst.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_SLOTS.trailing_zeros());
-    let kept = NEXT_HOPS.get_ptr_mut(slot);
+    // Two ways per set, side by side in one cache line: backends whose addresses hash alike
+    // do not take turns asking the FIB.
+    let first = (dst.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_SLOTS.trailing_zeros())) & !1;
+    let ways = (
+        NEXT_HOPS.get_ptr_mut(first),
+        NEXT_HOPS.get_ptr_mut(first | 1),
+    );
+    let (Some(way0), Some(way1)) = ways else {
+        return Err(PlaneCounter::ForwardRouted);
+    };
+    // SAFETY: this CPU's slots; nothing else writes them while the program runs.
+    let (way0, way1) = unsafe { (&mut *way0, &mut *way1) };
+    let fresh = |entry: &NextHop| {
+        entry.asked_ns != 0 && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_JIFFIES
+    };
+    let kept = if way0.addr == dst && fresh(way0) {
+        Some(&*way0)
+    } else if way1.addr == dst && fresh(way1) {
+        Some(&*way1)
+    } else {
+        None
+    };
     if let Some(entry) = kept {
-        // SAFETY: this CPU's slot; nothing else writes it while the program runs.
-        let entry = unsafe { &*entry };
-        if entry.addr == dst
-            && entry.asked_ns != 0
-            && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_JIFFIES
-        {
-            if entry.ifindex == NEXT_HOP_ROUTED {
-                return Err(
-                    if entry.routed_why == PlaneCounter::ForwardNoDevice as u16 {
-                        PlaneCounter::ForwardNoDevice
-                    } else {
-                        PlaneCounter::ForwardRouted
-                    },
-                );
-            }
-            if len <= entry.max_len {
-                return Ok(Hop {
-                    ifindex: entry.ifindex,
-                    macs: entry.macs,
-                });
-            }
+        if entry.ifindex == NEXT_HOP_ROUTED {
+            return Err(
+                if entry.routed_why == PlaneCounter::ForwardNoDevice as u16 {
+                    PlaneCounter::ForwardNoDevice
+                } else {
+                    PlaneCounter::ForwardRouted
+                },
+            );
+        }
+        if len <= entry.max_len {
+            return Ok(Hop {
+                ifindex: entry.ifindex,
+                macs: entry.macs,
+            });
         }
     }
     let mut params = fib_params(ctx, AF_INET);
@@ -178,28 +191,34 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
         params.__bindgen_anon_4.ipv4_dst = dst;
     }
     let answer = ask_fib(ctx, &mut params);
-    if let Some(entry) = kept {
-        // SAFETY: as above. Only a lasting answer is kept: a missing neighbour or an oversized
-        // packet is the stack's to handle this time, and may not be the next.
-        let entry = unsafe { &mut *entry };
-        match &answer {
-            Ok(hop) => {
-                let same =
-                    entry.addr == dst && entry.ifindex == hop.ifindex && entry.macs == hop.macs;
-                entry.max_len = if same { entry.max_len.max(len) } else { len };
-                entry.addr = dst;
-                entry.ifindex = hop.ifindex;
-                entry.macs = hop.macs;
-                entry.asked_ns = now;
-            }
-            Err(why @ (PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice)) => {
-                entry.addr = dst;
-                entry.ifindex = NEXT_HOP_ROUTED;
-                entry.routed_why = *why as u16;
-                entry.asked_ns = now;
-            }
-            Err(_) => {}
+    // The way that holds this backend, else one that holds nothing fresh, else the one asked
+    // longer ago. Only a lasting answer is kept: a missing neighbour or an oversized packet is
+    // the stack's to handle this time, and may not be the next.
+    let entry = if way0.addr == dst {
+        way0
+    } else if way1.addr == dst || !fresh(way1) {
+        way1
+    } else if !fresh(way0) || way0.asked_ns.wrapping_sub(way1.asked_ns) as i64 <= 0 {
+        way0
+    } else {
+        way1
+    };
+    match &answer {
+        Ok(hop) => {
+            let same = entry.addr == dst && entry.ifindex == hop.ifindex && entry.macs == hop.macs;
+            entry.max_len = if same { entry.max_len.max(len) } else { len };
+            entry.addr = dst;
+            entry.ifindex = hop.ifindex;
+            entry.macs = hop.macs;
+            entry.asked_ns = now;
         }
+        Err(why @ (PlaneCounter::ForwardRouted | PlaneCounter::ForwardNoDevice)) => {
+            entry.addr = dst;
+            entry.ifindex = NEXT_HOP_ROUTED;
+            entry.routed_why = *why as u16;
+            entry.asked_ns = now;
+        }
+        Err(_) => {}
     }
     answer
 }

@@ -43,14 +43,14 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
     let (_, dst_port) = packet::split_ports(ports);
     let key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
-    let slot = key.cache_slot();
+    let set = key.cache_set();
     // Established service traffic first: a cached flow is a service flow by construction (the
     // cache only holds flows of services, and is cleared when one is removed). SYN, FIN and
     // RST change a flow's state, and a TCP payload may start a request; both live in FLOWS,
     // so those packets take the slow path. Pure ACKs, the bulk of a connection, do not.
     let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
     let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request {
-        flow_cache::get(slot, &key)
+        flow_cache::get(set, &key)
     } else {
         None
     };
@@ -63,7 +63,7 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
             let (target, followed) = follow_or_create(
                 ctx,
                 &key,
-                slot,
+                set,
                 Endpoint::from_ipv4(dst, dst_port, pkt.protocol),
                 &pkt,
                 |flow| target_of(flow, dst, dst_port),
@@ -73,8 +73,8 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
                 // A flow being drained stays out of the cache: its every packet is seen.
                 Client::Draining => {}
                 // A flow the guard left without an entry does not take a cache slot either:
-                // the slots stay with established flows.
-                Client::NotDraining if followed.pinned => flow_cache::fill(slot, &key, &target),
+                // the ways stay with established flows.
+                Client::NotDraining if followed.pinned => flow_cache::fill(set, &key, &target),
                 Client::NotDraining => {}
             }
             (target, followed.h2)
@@ -95,7 +95,7 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
 fn follow_or_create<T>(
     ctx: &XdpContext,
     key: &FlowKey,
-    slot: u32,
+    set: u32,
     service: Endpoint,
     pkt: &Packet,
     pick: impl Fn(&Flow) -> T,
@@ -136,7 +136,7 @@ fn follow_or_create<T>(
         _ => {
             let seen = u32::from(tcp_flags) | u32::from(closing) << 8 | u32::from(request) << 16;
             let (flow, pinned) = new_flow(key, service, seen)?;
-            flow_cache::forget_everywhere(slot);
+            flow_cache::forget_everywhere(set);
             Ok((pick(&flow), Followed { pinned, h2: false }))
         }
     }
@@ -177,7 +177,7 @@ fn steer_v6(ctx: &XdpContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, Ski
     let ((addr, port, stats), followed) = follow_or_create(
         ctx,
         &key,
-        key.cache_slot(),
+        key.cache_set(),
         Endpoint::from_ipv6(dst, dst_port, pkt.protocol),
         pkt,
         |flow| {

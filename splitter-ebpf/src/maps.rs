@@ -9,12 +9,12 @@ use aya_ebpf::{
     },
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram, NextHop,
-    PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
+    BackendInfo, CacheSet, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
+    NextHop, PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
     drain::Drain,
     l7::H2Conn,
     maps::{
-        FLOW_CACHE_SLOTS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
+        FLOW_CACHE_SETS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
         MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_H2_CONNS,
         MAX_HANDSHAKES, MAX_SERVICES, NEXT_HOP_SLOTS, POOL_SLOT_ENTRIES, PORT_ENTRIES,
         VERSION_STAT_ENTRIES,
@@ -44,14 +44,15 @@ pub static POOL_SLOTS: Array<Slot> = Array::with_max_entries(POOL_SLOT_ENTRIES, 
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(FLOW_CAPACITY_PER_CPU, BPF_F_NO_COMMON_LRU);
 
-/// Per CPU: direct-mapped copies of flow entries for the established path.
+/// Per CPU: copies of flow entries for the established path, two ways per set.
 #[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static FLOW_CACHE: PerCpuArray<CacheSet<CachedFlow>> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SETS, 0);
 
-/// Per CPU: direct-mapped reverse translations of steered IPv4 flows, by the reply's tuple.
+/// Per CPU: reverse translations of steered IPv4 flows, by the reply's tuple, two ways per set.
 #[map(name = "REPLY_CACHE")]
-pub static REPLY_CACHE: PerCpuArray<CachedReply> =
-    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static REPLY_CACHE: PerCpuArray<CacheSet<CachedReply>> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SETS, 0);
 
 /// New flows the rate guard steered without a `FLOWS` entry → their backend, so that the
 /// backend's SYN-ACK is recognised as theirs. A common LRU of its own: a flood turns it over,
@@ -92,7 +93,7 @@ pub static TC_L7_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "FORWARD_DEVICES")]
 pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWARD_DEVICES, 0);
 
-/// Per CPU: the fast path's next hops of IPv4 backends, direct-mapped by address.
+/// Per CPU: the fast path's next hops of IPv4 backends, by address, two ways per set.
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 

@@ -5,10 +5,15 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
+    maps::{MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use splitter_common::maps::{
-    PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_TC_BASELINE,
+use splitter_common::{
+    CACHE_VALID, FlowKey, NextHop,
+    maps::{
+        NEXT_HOP_SLOTS, NEXT_HOPS, PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS,
+        PROGRAM_TC_BASELINE,
+    },
 };
 use splitter_ctl::{
     kernel::{apply, dataplane, maps::Maps},
@@ -165,6 +170,59 @@ impl Plane {
     #[must_use]
     pub fn time_xdp(&self, name: &str, frame: &[u8], repeat: u32) -> Run {
         run(|opts| self.xdp(name).test_run(opts), frame, repeat)
+    }
+
+    /// The keys `set` of `FLOW_CACHE` holds on `cpu`, in its ways' order, valid ways only.
+    #[must_use]
+    pub fn cached_flows(&self, set: u32, cpu: usize) -> Vec<FlowKey> {
+        let values = self.maps.flow_cache_set(set).expect("a flow-cache set");
+        values[cpu]
+            .ways
+            .iter()
+            .filter(|way| way.valid == CACHE_VALID)
+            .map(|way| way.key)
+            .collect()
+    }
+
+    /// The backends (IPv4, in memory order) `NEXT_HOPS` keeps a next hop of on `cpu`.
+    #[must_use]
+    pub fn kept_next_hops(&self, cpu: usize) -> Vec<u32> {
+        let hops: PerCpuArray<_, NextHop> = self.per_cpu_array(NEXT_HOPS);
+        (0..NEXT_HOP_SLOTS)
+            .map(|slot| hops.get(&slot, 0).expect("a next-hop slot")[cpu])
+            .filter(|hop| hop.asked_ns != 0)
+            .map(|hop| hop.addr)
+            .collect()
+    }
+
+    fn per_cpu_array<T: aya::Pod>(&self, name: &str) -> PerCpuArray<&MapData, T> {
+        let map = self.ebpf.map(name).unwrap_or_else(|| panic!("map {name}"));
+        PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
+    }
+}
+
+/// This thread pinned to one CPU until dropped, when its previous affinity comes back.
+pub struct Pinned(libc::cpu_set_t);
+
+impl Pinned {
+    #[must_use]
+    pub fn to_cpu(cpu: usize) -> Self {
+        // SAFETY: zeroed cpu_set_t values are valid; the calls only read and write them.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before);
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one);
+            Self(before)
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: restores a mask read from the kernel.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
     }
 }
 

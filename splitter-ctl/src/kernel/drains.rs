@@ -13,19 +13,19 @@ const BPF_EXIST: u64 = 2;
 
 impl Maps {
     /// Marks `flows` for draining (those not marked yet, as many as `DRAINS` holds), turns the
-    /// drain on, and empties their slots of the flow cache and of the reply cache, so that
+    /// drain on, and empties their sets of the flow cache and of the reply cache, so that
     /// every packet of theirs, either way, is seen (egress does not cache a drained flow's
     /// reply again). Returns the keys marked.
     pub fn begin_drain(&mut self, flows: &[(FlowKey, Flow)]) -> Result<Vec<FlowKey>, MapsError> {
         let mut marked = Vec::new();
-        let mut reply_slots = Vec::new();
+        let mut reply_sets = Vec::new();
         for (key, flow) in flows {
             match self.drains.insert(key, Drain::default(), NO_EXIST) {
                 Ok(()) => {
                     marked.push(*key);
-                    reply_slots.push(
+                    reply_sets.push(
                         key.reply(&flow.backend_addr, flow.backend_port_be)
-                            .cache_slot(),
+                            .cache_set(),
                     );
                 }
                 // Already draining, or the map is full: the rest wait for another round.
@@ -38,16 +38,16 @@ impl Maps {
             }
         }
         self.set_drain_active(true)?;
-        let mut slots: Vec<u32> = marked.iter().map(FlowKey::cache_slot).collect();
-        slots.sort_unstable();
-        slots.dedup();
-        for slot in slots {
-            self.clear_cache_slot(slot)?;
+        let mut sets: Vec<u32> = marked.iter().map(FlowKey::cache_set).collect();
+        sets.sort_unstable();
+        sets.dedup();
+        for set in sets {
+            self.clear_cache_set(set)?;
         }
-        reply_slots.sort_unstable();
-        reply_slots.dedup();
-        for slot in reply_slots {
-            self.clear_reply_slot(slot)?;
+        reply_sets.sort_unstable();
+        reply_sets.dedup();
+        for set in reply_sets {
+            self.clear_reply_set(set)?;
         }
         Ok(marked)
     }

@@ -17,7 +17,7 @@ use aya::{
     },
 };
 use splitter_common::{
-    BackendInfo, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
+    BackendInfo, CacheSet, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
     LAST_RESORT, LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord,
     Version, VersionStats,
     drain::Drain,
@@ -90,8 +90,8 @@ pub struct Maps {
     service_ports: Array<MapData, u32>,
     slots: Array<MapData, Slot>,
     pub(super) flows: HashMap<MapData, FlowKey, Flow>,
-    flow_cache: PerCpuArray<MapData, CachedFlow>,
-    reply_cache: PerCpuArray<MapData, CachedReply>,
+    flow_cache: PerCpuArray<MapData, CacheSet<CachedFlow>>,
+    reply_cache: PerCpuArray<MapData, CacheSet<CachedReply>>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,
     latency: PerCpuArray<MapData, Histogram>,
@@ -116,8 +116,8 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::POOL_SLOTS => (4, size_of::<Slot>()),
         names::FLOWS => (size_of::<FlowKey>(), size_of::<Flow>()),
         names::BACKENDS => (size_of::<Endpoint>(), size_of::<BackendInfo>()),
-        names::FLOW_CACHE => (4, size_of::<CachedFlow>()),
-        names::REPLY_CACHE => (4, size_of::<CachedReply>()),
+        names::FLOW_CACHE => (4, size_of::<CacheSet<CachedFlow>>()),
+        names::REPLY_CACHE => (4, size_of::<CacheSet<CachedReply>>()),
         // `struct bpf_devmap_val`: the ifindex, then a program's fd or id.
         names::FORWARD_DEVICES => (4, 8),
         names::FORWARD_SEEN => (4, 4),
@@ -168,7 +168,7 @@ fn expected_entries(name: &str) -> Option<u32> {
         names::VERSION_STATS => names::VERSION_STAT_ENTRIES,
         names::LATENCY => names::LATENCY_ENTRIES,
         names::PLANE_STATS => splitter_common::PLANE_COUNTERS,
-        names::FLOW_CACHE | names::REPLY_CACHE => names::FLOW_CACHE_SLOTS,
+        names::FLOW_CACHE | names::REPLY_CACHE => names::FLOW_CACHE_SETS,
         names::NEXT_HOPS => names::NEXT_HOP_SLOTS,
         names::H2_CONNS => names::MAX_H2_CONNS,
         _ => return None,
@@ -555,34 +555,44 @@ impl Maps {
     /// for a reason other than their own close (a removed service): a cached copy would
     /// outlive its entry.
     pub fn clear_flow_cache(&mut self) -> Result<(), MapsError> {
-        for slot in 0..names::FLOW_CACHE_SLOTS {
-            self.clear_cache_slot(slot)?;
+        for set in 0..names::FLOW_CACHE_SETS {
+            self.clear_cache_set(set)?;
         }
         self.clear_reply_cache()
     }
 
     /// Empties the reply cache on every CPU.
     pub fn clear_reply_cache(&mut self) -> Result<(), MapsError> {
-        for slot in 0..names::FLOW_CACHE_SLOTS {
-            self.clear_reply_slot(slot)?;
+        for set in 0..names::FLOW_CACHE_SETS {
+            self.clear_reply_set(set)?;
         }
         Ok(())
     }
 
-    /// Empties one slot of the reply cache on every CPU.
-    pub fn clear_reply_slot(&mut self, slot: u32) -> Result<(), MapsError> {
-        let empty = zeroed::<CachedReply>(names::REPLY_CACHE)?;
+    /// Empties one set of the reply cache (both its ways) on every CPU.
+    pub fn clear_reply_set(&mut self, set: u32) -> Result<(), MapsError> {
+        let empty = zeroed::<CacheSet<CachedReply>>(names::REPLY_CACHE)?;
         self.reply_cache
-            .set(slot, empty, 0)
-            .map_err(access(names::REPLY_CACHE, "clear a slot"))
+            .set(set, empty, 0)
+            .map_err(access(names::REPLY_CACHE, "clear a set"))
     }
 
-    /// Empties one slot of the flow cache on every CPU.
-    pub fn clear_cache_slot(&mut self, slot: u32) -> Result<(), MapsError> {
-        let empty = zeroed::<CachedFlow>(names::FLOW_CACHE)?;
+    /// One set of the flow cache, as each CPU holds it.
+    pub fn flow_cache_set(
+        &self,
+        set: u32,
+    ) -> Result<PerCpuValues<CacheSet<CachedFlow>>, MapsError> {
         self.flow_cache
-            .set(slot, empty, 0)
-            .map_err(access(names::FLOW_CACHE, "clear a slot"))
+            .get(&set, 0)
+            .map_err(access(names::FLOW_CACHE, "read a set"))
+    }
+
+    /// Empties one set of the flow cache (both its ways) on every CPU.
+    pub fn clear_cache_set(&mut self, set: u32) -> Result<(), MapsError> {
+        let empty = zeroed::<CacheSet<CachedFlow>>(names::FLOW_CACHE)?;
+        self.flow_cache
+            .set(set, empty, 0)
+            .map_err(access(names::FLOW_CACHE, "clear a set"))
     }
 
     // ---- cohorts ----

@@ -16,27 +16,31 @@ use splitter_common::{
 };
 use splitter_tests::{
     packet::{ACK, Ipv4Packet, PSH, SYN},
-    plane::Plane,
+    plane::{Pinned, Plane},
 };
 
 /// The bench's data plane needs no service from a config; it is set up through the maps.
 const EMPTY_CONFIG: &str = "interface = \"lo\"\n";
 const ROUNDS: usize = 21;
-/// Established flows sent in turn for the cache-miss rows: about three per cache slot, and
+/// Established flows sent in turn for the cache-miss rows: about three per cache way, and
 /// well inside one CPU's share of the flow table.
 const MANY_FLOWS: usize = 12_000;
 
-/// The share of packets that find their cache slot holding another flow when `slots` (one per
-/// flow) are visited in turn, again and again: a slot keeps the last flow that used it.
-fn miss_share(slots: impl Iterator<Item = u32>) -> f64 {
-    let mut per_slot = std::collections::HashMap::<u32, usize>::new();
+/// The share of packets that find their cache set holding other flows when `sets` (one per
+/// flow) are visited in turn, again and again: a set keeps the last flows that used it.
+fn miss_share(sets: impl Iterator<Item = u32>) -> f64 {
+    let mut per_set = std::collections::HashMap::<u32, usize>::new();
     let mut flows = 0usize;
-    for slot in slots {
-        *per_slot.entry(slot).or_default() += 1;
+    for set in sets {
+        *per_set.entry(set).or_default() += 1;
         flows += 1;
     }
-    // A slot with one flow always hits; with more, every visit follows another flow's.
-    let missing: usize = per_slot.values().filter(|n| **n > 1).sum();
+    // A set with as many flows as ways always hits; with more, visited in turn, every visit
+    // follows the flows that pushed its own out.
+    let missing: usize = per_set
+        .values()
+        .filter(|n| **n > splitter_common::CACHE_WAYS)
+        .sum();
     missing as f64 / flows as f64
 }
 
@@ -105,7 +109,7 @@ pub fn section(quick: bool) -> String {
             (
                 Ipv4Packet::tcp(from, vip, ACK).build(),
                 Ipv4Packet::tcp(vip, from, ACK).build(),
-                key.cache_slot(),
+                key.cache_set(),
             )
         })
         .collect();
@@ -242,8 +246,8 @@ pub fn section(quick: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "{ROUNDS} rounds, each timing every row back to back; every row comes from one round, the one whose established-packet ratio is the median, so each ns value and its ratio agree. The egress rows use TC programs timed the same way. Repeated runs: `repeat = {repeat}` on one buffer, kernel-timed mean per run: the same flow every time, so the established rows always hit the per-CPU caches. Single runs: `repeat = 1` calls, each beside the baseline timed the same way; the SYN row ({syn_calls} calls) removes its flow between calls (outside the timed part); the flows-in-turn rows send one packet of each of {MANY_FLOWS} established flows in turn, more than the caches' {} slots.\n",
-        splitter_common::maps::FLOW_CACHE_SLOTS
+        "{ROUNDS} rounds, each timing every row back to back; every row comes from one round, the one whose established-packet ratio is the median, so each ns value and its ratio agree. The egress rows use TC programs timed the same way. Repeated runs: `repeat = {repeat}` on one buffer, kernel-timed mean per run: the same flow every time, so the established rows always hit the per-CPU caches. Single runs: `repeat = 1` calls, each beside the baseline timed the same way; the SYN row ({syn_calls} calls) removes its flow between calls (outside the timed part); the flows-in-turn rows send one packet of each of {MANY_FLOWS} established flows in turn, more than the caches' {} ways.\n",
+        splitter_common::maps::FLOW_CACHE_SETS as usize * splitter_common::CACHE_WAYS
     );
     let _ = writeln!(out, "| packet | program | ns/packet | × baseline |");
     let _ = writeln!(out, "|---|---|---:|---:|");
@@ -321,28 +325,4 @@ fn identity_service(plane: &mut Plane) -> SocketAddrV4 {
         )
         .expect("reverse entry");
     vip
-}
-
-/// This thread pinned to one CPU until dropped, when its previous affinity comes back.
-pub struct Pinned(libc::cpu_set_t);
-
-impl Pinned {
-    pub fn to_cpu(cpu: usize) -> Self {
-        // SAFETY: zeroed cpu_set_t values are valid; the calls only read and write them.
-        unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before);
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one);
-            Self(before)
-        }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: restores a mask read from the kernel.
-        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
-    }
 }
