@@ -129,7 +129,45 @@ fn rounds_of(
         .collect()
 }
 
+/// Attempts at a round: one in which no pooled connection landed on green (urllib3 may open
+/// only a few for its workers) measures nothing, and is run again.
+const ATTEMPTS: usize = 3;
+
 fn round(bed: &Testbed, setups: &mut Setups, kind: Kind, load: Load) -> Result<Round, String> {
+    let mut attempt = 1;
+    loop {
+        match attempt_round(bed, setups, kind, load) {
+            Err(Attempt::GreenIdle) if attempt < ATTEMPTS => attempt += 1,
+            Err(Attempt::GreenIdle) => {
+                return Err(format!(
+                    "{}: green answered nothing before the rollback, {ATTEMPTS} times",
+                    kind.name()
+                ));
+            }
+            Err(Attempt::Failed(why)) => return Err(why),
+            Ok(round) => return Ok(round),
+        }
+    }
+}
+
+/// Why an attempt at a round measured nothing.
+enum Attempt {
+    GreenIdle,
+    Failed(String),
+}
+
+impl From<String> for Attempt {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
+fn attempt_round(
+    bed: &Testbed,
+    setups: &mut Setups,
+    kind: Kind,
+    load: Load,
+) -> Result<Round, Attempt> {
     setups.set_green(bed, kind, 5_000)?;
     let url = format!("http://{}/", Setups::addr(bed, kind));
     let client = pooled::start(&bed.client, &url, CLIENTS, load.think_ms, load.seconds)?;
@@ -146,10 +184,10 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind, load: Load) -> Result<R
                 .output()
                 .map_err(|e| format!("splitter-ctl: {e}"))?;
             if !out.status.success() {
-                return Err(format!(
+                return Err(Attempt::Failed(format!(
                     "splitter-ctl rollback: {}",
                     String::from_utf8_lossy(&out.stderr)
-                ));
+                )));
             }
         }
         _ => {
@@ -160,10 +198,7 @@ fn round(bed: &Testbed, setups: &mut Setups, kind: Kind, load: Load) -> Result<R
     }
     let seen = pooled::collect(client)?;
     if seen.count("green", |at| at < started) == 0 {
-        return Err(format!(
-            "{}: green answered nothing before the rollback",
-            kind.name()
-        ));
+        return Err(Attempt::GreenIdle);
     }
     let (kernel_ms, close_ms) = if kind == Kind::Splitter {
         let (response, close) = drained(bed)?;
@@ -197,7 +232,7 @@ fn report(rounds: usize, rows: &[(String, Vec<Round>)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each: Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each (a round in which no pooled connection landed on green, so that green answered nothing before the rollback, is run again, up to {ATTEMPTS} times): Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
         BUSY.think_ms,
         IDLE.think_ms / 1_000,
         IDLE.before.as_secs_f64()
