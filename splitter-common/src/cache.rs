@@ -10,7 +10,7 @@ use crate::FlowKey;
 pub const CACHE_WAYS: usize = 2;
 
 /// Value of `FLOW_CACHE` and `REPLY_CACHE`, per CPU: the ways of one set (`FlowKey::cache_set`),
-/// each a cache line, read with one inlined array lookup.
+/// 64 bytes each, read with one inlined array lookup.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CacheSet<T> {
@@ -19,12 +19,12 @@ pub struct CacheSet<T> {
 
 /// One way of `FLOW_CACHE`, per CPU: a copy of a recently used flow entry, so an established
 /// packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the source of
-/// truth: a way is filled from it, and every new flow clears its key's way on all CPUs.
+/// truth: a way is filled from it, and every new flow clears its key's set on all CPUs.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedFlow {
     pub key: FlowKey,
-    /// `CACHE_VALID` when the slot holds `key`'s flow.
+    /// `CACHE_VALID` when the way holds `key`'s flow.
     pub valid: u32,
     /// `stats_index` of the flow's (service, version).
     pub stats_index: u32,
@@ -33,7 +33,7 @@ pub struct CachedFlow {
     pub port: u16,
     pub _pad: u16,
     /// What the rewrite adds to the IPv4 header checksum (`~old + new` over the address words):
-    /// the same for every packet of the flow, so computed once when the slot is filled.
+    /// the same for every packet of the flow, so computed once when the way is filled.
     pub ip_delta: u32,
     /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
     pub l4_delta: u32,
@@ -63,6 +63,16 @@ pub struct NextHop {
 }
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 
+impl NextHop {
+    /// The first of the two `NEXT_HOPS` slots (ways) of the backend at `addr` (IPv4, memory
+    /// order); the second is the next one.
+    #[inline(always)]
+    #[must_use]
+    pub const fn first_way(addr: u32) -> u32 {
+        (addr.wrapping_mul(0x9e37_79b1) >> (32 - crate::maps::NEXT_HOP_SLOTS.trailing_zeros())) & !1
+    }
+}
+
 /// `NextHop::ifindex` when the fast path does not apply.
 pub const NEXT_HOP_ROUTED: u32 = 0;
 /// How long a next hop from the FIB is used before the FIB is asked again, in jiffies (the
@@ -82,7 +92,7 @@ pub const CACHE_VALID: u32 = 1;
 pub struct CachedReply {
     /// The reply's tuple as it leaves the backend: source = the backend.
     pub key: FlowKey,
-    /// `CACHE_VALID` when the slot holds `key`'s flow.
+    /// `CACHE_VALID` when the way holds `key`'s flow.
     pub valid: u32,
     /// `stats_index` of the flow's (service, version).
     pub stats_index: u32,

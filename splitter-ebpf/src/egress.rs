@@ -9,7 +9,7 @@
 //! A steered IPv4 flow's reverse translation is cached per CPU by the reply's tuple
 //! (`REPLY_CACHE`), so a backend's pure ACK costs one inlined array read. A SYN-ACK never trusts
 //! the cache: it starts a connection, which may be a direct one reusing the tuple, and one that
-//! no steered flow owns clears the tuple's way on every CPU.
+//! no steered flow owns clears the tuple's set on every CPU.
 //!
 //! Every write goes through a helper (`bpf_skb_store_bytes`, the checksum helpers), never
 //! through a packet pointer: a program that writes packet memory directly gets a prologue from

@@ -5,7 +5,9 @@
 //! Correctness rests on two rules:
 //! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there);
 //! - a new flow clears its key's set on every CPU before it fills its own way, so no CPU can
-//!   keep a previous connection's backend for a reused 5-tuple.
+//!   keep a previous connection's backend for a reused 5-tuple;
+//! - nothing is copied from one way to another (a copy could bring back what a clear from
+//!   another CPU had just removed).
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem, maps::PerCpuArray};
 use splitter_common::{CACHE_VALID, CacheSet, CachedFlow, CachedReply, FlowKey, maps::MAX_CPUS};
@@ -31,35 +33,27 @@ trait Way {
     fn invalidate(&mut self);
 }
 
-impl Way for CachedFlow {
-    #[inline(always)]
-    fn key(&self) -> &FlowKey {
-        &self.key
-    }
-    #[inline(always)]
-    fn valid(&self) -> u32 {
-        self.valid
-    }
-    #[inline(always)]
-    fn invalidate(&mut self) {
-        self.valid = 0;
-    }
+/// Both caches' ways have the same `key` and `valid` fields.
+macro_rules! way {
+    ($($cache:ty),*) => {$(
+        impl Way for $cache {
+            #[inline(always)]
+            fn key(&self) -> &FlowKey {
+                &self.key
+            }
+            #[inline(always)]
+            fn valid(&self) -> u32 {
+                self.valid
+            }
+            #[inline(always)]
+            fn invalidate(&mut self) {
+                self.valid = 0;
+            }
+        }
+    )*};
 }
 
-impl Way for CachedReply {
-    #[inline(always)]
-    fn key(&self) -> &FlowKey {
-        &self.key
-    }
-    #[inline(always)]
-    fn valid(&self) -> u32 {
-        self.valid
-    }
-    #[inline(always)]
-    fn invalidate(&mut self) {
-        self.valid = 0;
-    }
-}
+way!(CachedFlow, CachedReply);
 
 #[inline(always)]
 fn words(key: &FlowKey) -> &[u64; 5] {
@@ -92,20 +86,18 @@ fn find<'a, W: Way>(set: &'a CacheSet<W>, key: &FlowKey) -> Option<&'a W> {
     }
 }
 
-/// The way `key` is to be written to: the one holding it, else the first, whose flow (if any)
-/// moves to the second. The first way always holds the flow filled last, so the one dropped is
-/// the one filled longer ago.
+/// The way `key` is to be written to: the one holding it, else an empty one, else the second.
+/// Nothing is copied from way to way: a way is written only with what `FLOWS` said in this run,
+/// so a clear from another CPU that lands during the fill cannot be undone by a copy of what
+/// it cleared. The first way keeps its flow until a new flow in the set empties the set.
 #[inline(always)]
-fn way_for<'a, W: Way + Copy>(set: &'a mut CacheSet<W>, key: &FlowKey) -> &'a mut W {
+fn way_for<'a, W: Way>(set: &'a mut CacheSet<W>, key: &FlowKey) -> &'a mut W {
     let [first, second] = &mut set.ways;
     if holds(&*first, key) {
         first
-    } else if holds(&*second, key) {
+    } else if holds(&*second, key) || first.valid() == CACHE_VALID {
         second
     } else {
-        if first.valid() == CACHE_VALID {
-            *second = *first;
-        }
         first
     }
 }

@@ -30,8 +30,7 @@ use aya_ebpf::{
 };
 use network_types::eth::{EthHdr, EtherType};
 use splitter_common::{
-    NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, NextHop, PlaneCounter, csum,
-    maps::{FORWARD_SEEN_ENTRIES, NEXT_HOP_SLOTS},
+    NEXT_HOP_ROUTED, NEXT_HOP_TTL_JIFFIES, NextHop, PlaneCounter, csum, maps::FORWARD_SEEN_ENTRIES,
 };
 
 use crate::{
@@ -143,9 +142,8 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     // packet (docs/benchmarks.md).
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_jiffies64() };
-    // Two ways per set, side by side in one cache line: backends whose addresses hash alike
-    // do not take turns asking the FIB.
-    let first = (dst.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_SLOTS.trailing_zeros())) & !1;
+    // Two ways per set: backends whose addresses hash alike do not take turns asking the FIB.
+    let first = NextHop::first_way(dst);
     let ways = (
         NEXT_HOPS.get_ptr_mut(first),
         NEXT_HOPS.get_ptr_mut(first | 1),

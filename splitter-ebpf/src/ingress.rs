@@ -72,7 +72,7 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
                 Client::Drop => return Err(Skip::Drop(PlaneCounter::DrainRaced)),
                 // A flow being drained stays out of the cache: its every packet is seen.
                 Client::Draining => {}
-                // A flow the guard left without an entry does not take a cache slot either:
+                // A flow the guard left without an entry does not take a cache way either:
                 // the ways stay with established flows.
                 Client::NotDraining if followed.pinned => flow_cache::fill(set, &key, &target),
                 Client::NotDraining => {}
@@ -136,7 +136,10 @@ fn follow_or_create<T>(
         _ => {
             let seen = u32::from(tcp_flags) | u32::from(closing) << 8 | u32::from(request) << 16;
             let (flow, pinned) = new_flow(key, service, seen)?;
-            flow_cache::forget_everywhere(set);
+            // The cache holds IPv4 flows only: an IPv6 flow has nothing there to clear.
+            if !pkt.v6 {
+                flow_cache::forget_everywhere(set);
+            }
             Ok((pick(&flow), Followed { pinned, h2: false }))
         }
     }

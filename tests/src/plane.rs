@@ -1,7 +1,10 @@
 //! The data plane loaded without pins and without attaching, for fixture tests and
 //! benchmarks: programs run through BPF_PROG_TEST_RUN, maps are private to the test.
 
-use std::path::Path;
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -172,15 +175,19 @@ impl Plane {
         run(|opts| self.xdp(name).test_run(opts), frame, repeat)
     }
 
-    /// The keys `set` of `FLOW_CACHE` holds on `cpu`, in its ways' order, valid ways only.
+    /// What `set` of `FLOW_CACHE` holds on `cpu`, in its ways' order, valid ways only: each
+    /// flow's key and the backend the cache would send it to.
     #[must_use]
-    pub fn cached_flows(&self, set: u32, cpu: usize) -> Vec<FlowKey> {
+    pub fn cached_flows(&self, set: u32, cpu: usize) -> Vec<(FlowKey, SocketAddrV4)> {
         let values = self.maps.flow_cache_set(set).expect("a flow-cache set");
         values[cpu]
             .ways
             .iter()
             .filter(|way| way.valid == CACHE_VALID)
-            .map(|way| way.key)
+            .map(|way| {
+                let backend = Ipv4Addr::from(way.addr.to_ne_bytes());
+                (way.key, SocketAddrV4::new(backend, u16::from_be(way.port)))
+            })
             .collect()
     }
 
@@ -213,7 +220,13 @@ impl Pinned {
             libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before);
             let mut one: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut one);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one);
+            let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one);
+            assert_eq!(
+                rc,
+                0,
+                "pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
             Self(before)
         }
     }

@@ -1,15 +1,15 @@
 //! The packet path's per-CPU caches on crafted packets (BPF_PROG_TEST_RUN, this thread pinned to
-//! one CPU so that every run sees the same per-CPU values): flows whose keys fall in one set of
-//! the flow cache share it, two at a time, without ever steering a packet from another flow's
-//! way; a new flow empties its set on every CPU; and the next hops of hundreds of backends are
-//! all kept.
+//! one CPU at a time so that every run sees the known per-CPU values): flows whose keys fall in
+//! one set of the flow cache share it, two at a time, each way holding what `FLOWS` says of its
+//! own flow; a new flow empties its set on every CPU; the next hops of hundreds of backends are
+//! all kept, and of three that share a set, the two asked last.
 
-use std::net::SocketAddrV4;
+use std::{net::SocketAddrV4, thread, time::Duration};
 
-use splitter_common::{FlowKey, ipv4_mapped};
+use splitter_common::{FlowKey, NextHop, ipv4_mapped};
 use splitter_tests::{
     netns::Netns,
-    packet::{ACK, Ipv4Packet, SYN},
+    packet::{ACK, Ipv4Packet, RST, SYN},
     plane::{FIXTURE_CONFIG, Pinned, Plane},
     require_root,
 };
@@ -78,6 +78,29 @@ fn pinned_backend(plane: &Plane, from: SocketAddrV4) -> SocketAddrV4 {
     )
 }
 
+/// Checks that every way of `set` on `cpu` holds what `FLOWS` says of its own flow, and returns
+/// the keys in the ways' order.
+fn ways(plane: &Plane, set: u32, cpu: usize) -> Vec<FlowKey> {
+    plane
+        .cached_flows(set, cpu)
+        .into_iter()
+        .map(|(key, backend)| {
+            let from = SocketAddrV4::new(
+                [
+                    key.src_addr[12],
+                    key.src_addr[13],
+                    key.src_addr[14],
+                    key.src_addr[15],
+                ]
+                .into(),
+                u16::from_be(key.src_port_be),
+            );
+            assert_eq!(backend, pinned_backend(plane, from), "the way of {from}");
+            key
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn flows_in_one_set_share_it_two_at_a_time_and_each_keeps_its_own_backend() {
@@ -100,85 +123,165 @@ fn flows_in_one_set_share_it_two_at_a_time_and_each_keeps_its_own_backend() {
     for from in [a, b, a, b] {
         assert_eq!(send(&plane, from, ACK), pinned_backend(&plane, from));
     }
-    // Both stay cached (each new flow's SYN emptied the set; b's ACK found its way, a's took
-    // the first): a flow whose key hashes like another's no longer pushes it out.
-    assert_eq!(plane.cached_flows(set, CPU), vec![key(a), key(b)]);
+    // Both stay cached (each new flow's SYN emptied the set and took the first way; a's ACK
+    // took the second): a flow whose key hashes like another's no longer pushes it out.
+    assert_eq!(ways(&plane, set, CPU), vec![key(b), key(a)]);
 
     // A new flow empties its set before it takes the first way.
     send(&plane, c, SYN);
-    assert_eq!(plane.cached_flows(set, CPU), vec![key(c)]);
-    // The others come back from the flow table, the last filled first; the one filled longer
-    // ago is the one dropped, and every packet still goes to its own flow's backend.
-    for from in [a, b] {
+    assert_eq!(ways(&plane, set, CPU), vec![key(c)]);
+    // The others come back from the flow table into the second way, one after the other; the
+    // first keeps its flow. Every packet goes to its own flow's backend.
+    for from in [a, b, c, a, b, c, b, a] {
         assert_eq!(send(&plane, from, ACK), pinned_backend(&plane, from));
     }
-    assert_eq!(plane.cached_flows(set, CPU), vec![key(b), key(a)]);
-    for from in [c, a, b, c, b, a] {
-        assert_eq!(send(&plane, from, ACK), pinned_backend(&plane, from));
+    assert_eq!(ways(&plane, set, CPU), vec![key(c), key(a)]);
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_new_flow_empties_its_set_on_the_other_cpus_whichever_way_holds_the_old_connection() {
+    require_root!();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        eprintln!("skipped: one CPU");
+        return;
     }
-    let ways = plane.cached_flows(set, CPU);
-    assert_eq!(ways.len(), 2, "{ways:?}");
-    assert_eq!(
-        ways[0],
-        key(a),
-        "the flow filled last sits in the first way"
-    );
+    let plane = Plane::load(FIXTURE_CONFIG);
+    let set = key(client(41_000)).cache_set();
+    let clients: Vec<SocketAddrV4> = (41_000..u16::MAX)
+        .map(client)
+        .filter(|c| key(*c).cache_set() == set)
+        .take(2)
+        .collect();
+    let [a, b] = clients[..] else {
+        panic!("fewer than two clients in set {set}: {clients:?}");
+    };
+    {
+        // On CPU 1, a's connection ends up in the second way, then closes.
+        let _pinned = Pinned::to_cpu(1);
+        send(&plane, a, SYN);
+        send(&plane, b, SYN);
+        send(&plane, a, ACK);
+        assert_eq!(ways(&plane, set, 1), vec![key(b), key(a)]);
+        send(&plane, a, RST);
+    }
+    // The client reuses its port for a new connection, from CPU 0: CPU 1 keeps nothing of the
+    // old one (nor of b, the set's other flow).
+    let _pinned = Pinned::to_cpu(CPU);
+    send(&plane, a, SYN);
+    assert!(plane.cached_flows(set, 1).is_empty(), "CPU 1 kept a way");
+    assert_eq!(ways(&plane, set, CPU), vec![key(a)]);
+}
+
+fn wide_config(backends: &[String]) -> String {
+    let quoted: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let (blue, green) = quoted.split_at(quoted.len().div_ceil(2));
+    format!(
+        "interface = \"lo\"\n\n[[service]]\nname = \"wide\"\nlisten = \"198.18.0.1:8080\"\nblue = [{}]\ngreen = [{}]\ngreen_weight = 50\n",
+        blue.join(", "),
+        green.join(", ")
+    )
+}
+
+/// A client of the flows that reach the backends: another one for each `i`.
+fn nth_client(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        [198, 18, 64 + (i >> 16) as u8, (i >> 8) as u8].into(),
+        1_024 + (i & 0xff) as u16,
+    )
 }
 
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn three_hundred_backends_each_keep_their_next_hop() {
     require_root!();
-    const PER_POOL: u8 = 150;
-    let pool = |third: u8| -> String {
-        (1..=PER_POOL)
-            .map(|b| format!("\"198.18.{third}.{b}:8080\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let config = format!(
-        "interface = \"lo\"\n\n[[service]]\nname = \"wide\"\nlisten = \"198.18.0.1:8080\"\nblue = [{}]\ngreen = [{}]\ngreen_weight = 50\n",
-        pool(10),
-        pool(11)
-    );
+    let backends: Vec<String> = (10..=11)
+        .flat_map(|third| (1..=150).map(move |b| format!("198.18.{third}.{b}:8080")))
+        .collect();
+    let config = wide_config(&backends);
     // A namespace of its own, with no route to the backends: the FIB's answer (the stack's to
     // route) is the same on every host, and it is kept like any other.
     let ns = Netns::new("sp-cache-hops");
     let (reached, missing) = ns.run(move || {
         let _pinned = Pinned::to_cpu(CPU);
         let plane = Plane::load(&config);
-        reached_and_missing(&plane)
+        // Enough new flows that every backend gets some (each flow's SYN asks for its next hop).
+        let mut reached = std::collections::HashSet::new();
+        for i in 0..20_000 {
+            reached.insert(*send(&plane, nth_client(i), SYN).ip());
+        }
+        let kept = kept(&plane);
+        let missing: Vec<_> = reached
+            .iter()
+            .filter(|a| !kept.contains(a))
+            .copied()
+            .collect();
+        (reached.len(), missing)
     });
-    // Two ways per set and as many slots as backends may hold: the odd set that three of them
-    // fall in keeps two. With the 256 direct-mapped slots before, at least 44 were missing.
-    assert_eq!(reached, 2 * usize::from(PER_POOL), "backends reached");
-    eprintln!(
-        "{} of {reached} backends have no next hop kept",
-        missing.len()
-    );
+    assert_eq!(reached, backends.len(), "backends reached");
+    // These 300 addresses fall in 300 sets; 256 direct-mapped slots, as before, would have had
+    // to leave at least 44 out.
     assert!(
-        missing.len() <= 4,
-        "{} of {reached} backends have no next hop kept: {missing:?}",
-        missing.len(),
+        missing.is_empty(),
+        "backends without a kept next hop: {missing:?}"
     );
 }
 
-/// How many backends new flows reached, and those of them without a kept next hop.
-fn reached_and_missing(plane: &Plane) -> (usize, Vec<std::net::Ipv4Addr>) {
-    // Enough new flows that every backend gets some (each flow's SYN asks for its next hop).
-    let mut reached = std::collections::HashSet::new();
-    for i in 0..20_000u32 {
-        let from = SocketAddrV4::new(
-            [198, 18, 64 + (i >> 16) as u8, (i >> 8) as u8].into(),
-            1_024 + (i & 0xff) as u16,
-        );
-        reached.insert(*send(plane, from, SYN).ip());
-    }
-    let kept: std::collections::HashSet<u32> = plane.kept_next_hops(CPU).into_iter().collect();
-    let missing = reached
-        .iter()
-        .filter(|addr| !kept.contains(&u32::from_ne_bytes(addr.octets())))
-        .copied()
+/// The backends whose next hop `NEXT_HOPS` keeps on this test's CPU.
+fn kept(plane: &Plane) -> std::collections::HashSet<std::net::Ipv4Addr> {
+    plane
+        .kept_next_hops(CPU)
+        .into_iter()
+        .map(|addr| addr.to_ne_bytes().into())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn of_three_backends_in_one_next_hop_set_the_two_asked_last_are_kept() {
+    require_root!();
+    // Three backends whose next hops share a set, each the only backend of a service of its
+    // own, so each is asked for by its own service's new flow.
+    let first = NextHop::first_way(u32::from_ne_bytes([198, 18, 10, 1]));
+    let backends: Vec<std::net::Ipv4Addr> = (0..0xe000u32)
+        .map(|n| std::net::Ipv4Addr::new(198, 18, 10 + (n >> 8) as u8, n as u8))
+        .filter(|a| !matches!(a.octets()[3], 0 | 255))
+        .filter(|a| NextHop::first_way(u32::from_ne_bytes(a.octets())) == first)
+        .take(3)
         .collect();
-    (reached.len(), missing)
+    assert_eq!(backends.len(), 3, "three backends in one set");
+    let config = backends
+        .iter()
+        .enumerate()
+        .fold(String::from("interface = \"lo\"\n"), |config, (i, backend)| {
+            format!(
+                "{config}\n[[service]]\nname = \"s{i}\"\nlisten = \"198.18.0.1:{}\"\nblue = [\"{backend}:8080\"]\n",
+                9_000 + i
+            )
+        });
+    let ns = Netns::new("sp-cache-hop-set");
+    let kept = ns.run(move || {
+        let _pinned = Pinned::to_cpu(CPU);
+        let plane = Plane::load(&config);
+        for i in 0..3u16 {
+            let service = SocketAddrV4::new([198, 18, 0, 1].into(), 9_000 + i);
+            let run =
+                plane.ingress(&Ipv4Packet::tcp(nth_client(u32::from(i)), service, SYN).build());
+            assert!(
+                matches!(run.verdict, XDP_PASS | XDP_REDIRECT),
+                "verdict {}",
+                run.verdict
+            );
+            // A few jiffies apart (4 ms at HZ 250), so that each was asked at another time.
+            thread::sleep(Duration::from_millis(20));
+        }
+        kept(&plane)
+    });
+    assert_eq!(
+        kept,
+        backends[1..].iter().copied().collect(),
+        "the next hop asked longest ago ({}) gives way",
+        backends[0]
+    );
 }
