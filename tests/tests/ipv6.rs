@@ -136,21 +136,20 @@ fn an_ipv6_rollback_under_load_drains_a_pooling_client_without_a_failed_request(
     let started = now();
     bed.ctl_ok(&["rollback", "model", "--wait-ms", "3000"]);
     let seen = pooled::collect(client).expect("the pooled client");
-    assert!(
-        seen.failures.len() <= 1,
-        "failed requests: {:?}",
-        seen.failures
-    );
+    let rollback = bed
+        .drained_rollback_of("model")
+        .expect("the drained rollback");
+    let drain = &rollback.event.details["drain"];
+    let raced = drain["raced"].as_u64().unwrap_or(0);
+    if let Err(why) = seen.failures_within_races(raced) {
+        panic!("{why}; the drain: {drain}");
+    }
     assert!(
         seen.count("green6", |at| at < started) > 20,
         "green answered before the rollback"
     );
     // Within 100 ms on the kernel's clock, and 250 ms on the Python client's, whose stamps lag
     // under load (drain.rs holds it to 100 ms with its tests run one at a time).
-    let rollback = bed
-        .drained_rollback_of("model")
-        .expect("the drained rollback");
-    let drain = &rollback.event.details["drain"];
     assert_left_answered_within(drain, Duration::from_millis(100));
     let last_green = seen.last("green6").unwrap_or(0.0);
     assert!(
