@@ -2,7 +2,7 @@
 //! lookups. A key's set (`FlowKey::cache_set`) has two ways; an established packet whose set
 //! holds its key is steered from it: one inlined per-CPU array read and a 40-byte compare (two
 //! when the key sits in the second way), where the LRU hash lookup costs a jhash and a call.
-//! Correctness rests on two rules:
+//! Correctness rests on three rules:
 //! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there);
 //! - a new flow clears its key's set on every CPU before it fills its own way, so no CPU can
 //!   keep a previous connection's backend for a reused 5-tuple;

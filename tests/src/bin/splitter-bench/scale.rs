@@ -6,7 +6,7 @@
 //!
 //! Packets are single runs (`repeat = 1`), each a packet of another live flow in turn, as a
 //! busy host sees them: with 1,000 flows nearly all stay in the per-CPU flow cache (two ways per
-//! set: about 9% of random flows share a set with two others), with 1,000,000 the cache misses
+//! set: by a Poisson estimate, about 9% of random flows share a set with two others), with 1,000,000 the cache misses
 //! and the flow table is a million entries deep.
 
 use std::{collections::HashSet, fmt::Write as _, net::SocketAddrV4};
