@@ -49,6 +49,16 @@ fn word32(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
 }
 
+/// The checksum a sender puts on the wire: a UDP checksum that computes to zero is sent as all
+/// ones (RFC 768), because zero means that the datagram carries none.
+fn sent(protocol: u8, computed: u16) -> u16 {
+    if protocol == PROTO_UDP && computed == 0 {
+        0xffff
+    } else {
+        computed
+    }
+}
+
 fn protocol() -> impl Strategy<Value = u8> {
     prop_oneof![Just(PROTO_TCP), Just(PROTO_UDP)]
 }
@@ -72,7 +82,7 @@ proptest! {
         let (mut seg, check_at) = segment(protocol, src_port, dst_port, &payload);
         // A UDP datagram over IPv4 may carry no checksum (zero); the rewrite must keep none.
         let none = protocol == PROTO_UDP && udp_without_checksum;
-        let l4 = if none { 0 } else { checksum::l4(src, dst, protocol, &seg) };
+        let l4 = if none { 0 } else { sent(protocol, checksum::l4(src, dst, protocol, &seg)) };
         seg[check_at..check_at + 2].copy_from_slice(&l4.to_be_bytes());
         let len = u16::try_from(20 + seg.len()).expect("small");
         let mut ip = ipv4_header(src, dst, protocol, id, ttl, len);
@@ -116,7 +126,7 @@ proptest! {
     ) {
         let (src_port, dst_port, backend_port) = ports;
         let (mut seg, check_at) = segment(protocol, src_port, dst_port, &payload);
-        let l4 = checksum::l4_v6(src, dst, protocol, &seg);
+        let l4 = sent(protocol, checksum::l4_v6(src, dst, protocol, &seg));
         seg[check_at..check_at + 2].copy_from_slice(&l4.to_be_bytes());
         let words = |a: [u8; 16]| {
             [0, 4, 8, 12].map(|i| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
