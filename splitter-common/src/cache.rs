@@ -17,26 +17,93 @@ pub struct CacheSet<T> {
     pub ways: [T; CACHE_WAYS],
 }
 
-/// One way of `FLOW_CACHE`, per CPU: a copy of a recently used flow entry, so an established
-/// packet costs one inlined array read instead of a hash lookup. `FLOWS` stays the source of
-/// truth: a way is filled from it, and every new flow clears its key's set on all CPUs.
+/// An IPv4 flow as `FLOW_CACHE` keys it: the client's packet's addresses, port pair and
+/// protocol, in memory order (the cache holds IPv4 flows only). Twelve bytes of the packet,
+/// read straight from it, where a `FlowKey` is forty built on the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCacheKey {
+    pub src: u32,
+    pub dst: u32,
+    pub ports: u32,
+    pub protocol: u8,
+}
+
+impl FlowCacheKey {
+    /// The key's set in `FLOW_CACHE` (a reply's in `REPLY_CACHE`). The words that vary most
+    /// are mixed by a multiply each, not folded by XOR first: clients and services on
+    /// neighbouring addresses and ports would otherwise cancel out into the same set.
+    #[inline(always)]
+    #[must_use]
+    pub const fn set(&self) -> u32 {
+        let mixed = (self.src.wrapping_mul(0x9e37_79b1) ^ self.ports).wrapping_mul(0x85eb_ca6b);
+        let mixed = (mixed ^ self.dst ^ self.protocol as u32).wrapping_mul(0xc2b2_ae35);
+        mixed >> (32 - crate::maps::FLOW_CACHE_SETS.trailing_zeros())
+    }
+
+    /// The first two words of a way that holds this key: the addresses, then the port pair,
+    /// the protocol and `CACHE_VALID`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn words(&self) -> [u64; 2] {
+        [
+            self.src as u64 | (self.dst as u64) << 32,
+            self.ports as u64 | (self.protocol as u64) << 32 | (CACHE_VALID as u64) << 40,
+        ]
+    }
+}
+
+/// One way of `FLOW_CACHE`, per CPU: a copy of a recently used IPv4 flow entry and of its
+/// backend's next hop, so an established packet is steered and forwarded from one inlined array
+/// read instead of a hash lookup and a next-hop lookup. `FLOWS` stays the source of truth: a
+/// way is filled from it, and every new flow clears its key's set on all CPUs. The next hop is
+/// copied from `NEXT_HOPS` with the time the FIB gave it, so it expires when that does.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedFlow {
-    pub key: FlowKey,
-    /// `CACHE_VALID` when the way holds `key`'s flow.
-    pub valid: u32,
+    /// The key (`FlowCacheKey`): the client's packet's source and destination.
+    pub src: u32,
+    pub dst: u32,
+    pub ports: u32,
+    pub protocol: u8,
+    /// `CACHE_VALID` when the way holds its key's flow: with the key, the first two words are
+    /// compared whole (`FlowCacheKey::words`).
+    pub valid: u8,
+    pub _pad: u16,
     /// `stats_index` of the flow's (service, version).
     pub stats_index: u32,
-    /// The backend's IPv4 address and port in memory order.
-    pub addr: u32,
-    pub port: u16,
-    pub _pad: u16,
     /// What the rewrite adds to the IPv4 header checksum (`~old + new` over the address words):
     /// the same for every packet of the flow, so computed once when the way is filled.
     pub ip_delta: u32,
     /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
     pub l4_delta: u32,
+    /// The backend's port in memory order.
+    pub port: u16,
+    pub _pad2: u16,
+    /// The backend's IPv4 address (`hop.addr`, memory order) and, once the flow's packets have
+    /// been forwarded (`hop.asked_ns` not 0), where the fast path sends them.
+    pub hop: NextHop,
+}
+
+impl CachedFlow {
+    /// The way's key.
+    #[must_use]
+    pub const fn key(&self) -> FlowCacheKey {
+        FlowCacheKey {
+            src: self.src,
+            dst: self.dst,
+            ports: self.ports,
+            protocol: self.protocol,
+        }
+    }
+
+    /// Whether the way holds `key`'s flow: two word compares.
+    #[inline(always)]
+    #[must_use]
+    pub fn holds(&self, key: &[u64; 2]) -> bool {
+        // SAFETY: CachedFlow is 8-aligned and its first 16 bytes are the key and valid words.
+        let words = unsafe { &*(self as *const Self).cast::<[u64; 2]>() };
+        words[0] == key[0] && words[1] == key[1]
+    }
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
@@ -108,3 +175,62 @@ pub struct CachedReply {
     pub port_delta: u32,
 }
 const _: () = assert!(core::mem::size_of::<CachedReply>() == 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowCacheKey {
+        FlowCacheKey {
+            src: u32::from_ne_bytes([198, 18, 0, 2]),
+            dst: u32::from_ne_bytes([198, 18, 0, 1]),
+            ports: u32::from_ne_bytes([port.to_be_bytes()[0], port.to_be_bytes()[1], 0x1f, 0x90]),
+            protocol: crate::PROTO_TCP,
+        }
+    }
+
+    fn way_of(key: FlowCacheKey) -> CachedFlow {
+        CachedFlow {
+            src: key.src,
+            dst: key.dst,
+            ports: key.ports,
+            protocol: key.protocol,
+            valid: CACHE_VALID as u8,
+            ..CachedFlow::default()
+        }
+    }
+
+    #[test]
+    fn a_way_holds_its_own_key_only_while_valid() {
+        let way = way_of(key(40_000));
+        assert!(way.holds(&key(40_000).words()));
+        assert_eq!(way.key(), key(40_000));
+        assert!(!way.holds(&key(40_001).words()), "another port");
+        let udp = FlowCacheKey {
+            protocol: crate::PROTO_UDP,
+            ..key(40_000)
+        };
+        assert!(!way.holds(&udp.words()), "another protocol");
+        let swapped = FlowCacheKey {
+            src: key(40_000).dst,
+            dst: key(40_000).src,
+            ..key(40_000)
+        };
+        assert!(!way.holds(&swapped.words()), "the addresses the other way");
+        assert!(
+            !CachedFlow { valid: 0, ..way }.holds(&key(40_000).words()),
+            "a cleared way"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_flow_keys_its_set_alike_from_the_packet_and_from_its_flow_key() {
+        for port in [1_024, 40_000, 65_535] {
+            let k = key(port);
+            let flow = FlowKey::from_ipv4(k.src, k.dst, k.ports, k.protocol);
+            assert_eq!(flow.cache_key(), k);
+            assert_eq!(flow.cache_set(), k.set());
+            assert!(k.set() < crate::maps::FLOW_CACHE_SETS);
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub mod split;
 pub mod stats;
 
 pub use cache::{
-    CACHE_VALID, CACHE_WAYS, CacheSet, CachedFlow, CachedReply, NEXT_HOP_ROUTED,
+    CACHE_VALID, CACHE_WAYS, CacheSet, CachedFlow, CachedReply, FlowCacheKey, NEXT_HOP_ROUTED,
     NEXT_HOP_TTL_JIFFIES, NextHop,
 };
 pub use hash::{client_hash, flow_hash};
@@ -298,17 +298,26 @@ pub struct Flow {
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
 impl FlowKey {
-    /// The flow's set in `FLOW_CACHE` (a reply's in `REPLY_CACHE`). The words that vary most
-    /// are mixed by a multiply each, not folded by XOR first: clients and services on
-    /// neighbouring addresses and ports would otherwise cancel out into the same set.
+    /// The key's `FlowCacheKey`: the last word of each address (an IPv4 key's whole address),
+    /// the port pair and the protocol.
+    #[inline(always)]
+    #[must_use]
+    pub fn cache_key(&self) -> FlowCacheKey {
+        // SAFETY: FlowKey is 40 bytes and at least 4-aligned.
+        let w: &[u32; 10] = unsafe { &*(self as *const Self).cast() };
+        FlowCacheKey {
+            src: w[3],
+            dst: w[7],
+            ports: w[8],
+            protocol: self.protocol,
+        }
+    }
+
+    /// The flow's set in `FLOW_CACHE` (a reply's in `REPLY_CACHE`).
     #[inline(always)]
     #[must_use]
     pub fn cache_set(&self) -> u32 {
-        // SAFETY: FlowKey is 40 bytes and at least 4-aligned.
-        let w: &[u32; 10] = unsafe { &*(self as *const Self).cast() };
-        let mixed = (w[3].wrapping_mul(0x9e37_79b1) ^ w[8]).wrapping_mul(0x85eb_ca6b);
-        let mixed = (mixed ^ w[7] ^ w[9]).wrapping_mul(0xc2b2_ae35);
-        mixed >> (32 - maps::FLOW_CACHE_SETS.trailing_zeros())
+        self.cache_key().set()
     }
 }
 

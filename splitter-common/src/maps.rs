@@ -8,7 +8,7 @@
 //! | `SPLIT` | array | user space | per service id: the `SplitWord` (a release group uses its first service's) |
 //! | `POOL_SLOTS` | array | user space | per (service, pool): `SLOTS_PER_POOL` backend `Slot`s (blue, green, last resort) |
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
-//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per set (`FlowKey::cache_set`): two `CachedFlow` ways copied from `FLOWS` |
+//! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per set (`FlowCacheKey::set`): two `CachedFlow` ways of IPv4 flows copied from `FLOWS`, each with a copy of its backend's `NEXT_HOPS` entry |
 //! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (two ways per set, by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |

@@ -1,16 +1,22 @@
 //! The per-CPU flow cache in front of `FLOWS`, and the reply cache in front of the egress's
-//! lookups. A key's set (`FlowKey::cache_set`) has two ways; an established packet whose set
-//! holds its key is steered from it: one inlined per-CPU array read and a 40-byte compare (two
-//! when the key sits in the second way), where the LRU hash lookup costs a jhash and a call.
+//! lookups. A key's set (`FlowCacheKey::set`) has two ways; an established IPv4 packet whose
+//! set holds its flow is steered from it: one inlined per-CPU array read and a compare of two
+//! words (the addresses, then the ports, protocol and valid byte; two such compares when the
+//! flow sits in the second way), where the LRU hash lookup costs a jhash and a call. A way also
+//! keeps a copy of its backend's next hop for the express lane (`express.rs`). The reply cache
+//! keys its ways by the reply's whole `FlowKey`.
 //! Correctness rests on three rules:
-//! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there);
+//! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there), and
+//!   its next hop with what `NEXT_HOPS` says, with the time the FIB said it;
 //! - a new flow clears its key's set on every CPU before it fills its own way, so no CPU can
 //!   keep a previous connection's backend for a reused 5-tuple;
 //! - nothing is copied from one way to another (a copy could bring back what a clear from
 //!   another CPU had just removed).
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem, maps::PerCpuArray};
-use splitter_common::{CACHE_VALID, CacheSet, CachedFlow, CachedReply, FlowKey, maps::MAX_CPUS};
+use splitter_common::{
+    CACHE_VALID, CacheSet, CachedFlow, CachedReply, FlowCacheKey, FlowKey, NextHop, maps::MAX_CPUS,
+};
 
 use crate::maps::{FLOW_CACHE, REPLY_CACHE};
 
@@ -26,34 +32,95 @@ pub struct Target {
     pub l4_delta: u32,
 }
 
-/// A way of either cache: it starts with its key, then its valid word.
+impl Target {
+    /// What a cached way says.
+    #[inline(always)]
+    pub fn of(way: &CachedFlow) -> Self {
+        Self {
+            addr: way.hop.addr,
+            port: way.port,
+            stats: way.stats_index,
+            ip_delta: way.ip_delta,
+            l4_delta: way.l4_delta,
+        }
+    }
+}
+
+/// The way of this CPU's `set` that holds `key`'s flow, if one does: the first two words of
+/// each way compared whole.
+#[inline(always)]
+pub fn find(set: u32, key: &FlowCacheKey) -> Option<&'static mut CachedFlow> {
+    let words = key.words();
+    let ways = FLOW_CACHE.get_ptr_mut(set)?;
+    // SAFETY: this CPU's value, valid for the program run; nothing else on this CPU writes it
+    // while the program runs.
+    let [first, second] = unsafe { &mut (*ways).ways };
+    if first.holds(&words) {
+        Some(first)
+    } else if second.holds(&words) {
+        Some(second)
+    } else {
+        None
+    }
+}
+
+/// Puts `key`'s target in this CPU's set: in the way that holds it, else an empty one, else the
+/// second. Nothing is copied from way to way: a way is written only with what `FLOWS` said in
+/// this run, so a clear from another CPU that lands during the fill cannot be undone by a copy
+/// of what it cleared. The first way keeps its flow until a new flow in the set empties the
+/// set. The next hop is left to the flow's next packet (`NextHop::asked_ns` 0).
+#[inline(never)]
+pub fn fill(set: u32, key: &FlowKey, target: &Target) {
+    let Some(ways) = FLOW_CACHE.get_ptr_mut(set) else {
+        return;
+    };
+    let key = key.cache_key();
+    // SAFETY: as in `find`.
+    let [first, second] = unsafe { &mut (*ways).ways };
+    let words = key.words();
+    let way = if first.holds(&words) {
+        first
+    } else if second.holds(&words) || u32::from(first.valid) == CACHE_VALID {
+        second
+    } else {
+        first
+    };
+    *way = CachedFlow {
+        src: key.src,
+        dst: key.dst,
+        ports: key.ports,
+        protocol: key.protocol,
+        valid: CACHE_VALID as u8,
+        stats_index: target.stats,
+        ip_delta: target.ip_delta,
+        l4_delta: target.l4_delta,
+        port: target.port,
+        hop: NextHop {
+            addr: target.addr,
+            ..NextHop::default()
+        },
+        ..CachedFlow::default()
+    };
+}
+
+/// A way of either cache, to be cleared.
 trait Way {
-    fn key(&self) -> &FlowKey;
-    fn valid(&self) -> u32;
     fn invalidate(&mut self);
 }
 
-/// Both caches' ways have the same `key` and `valid` fields.
-macro_rules! way {
-    ($($cache:ty),*) => {$(
-        impl Way for $cache {
-            #[inline(always)]
-            fn key(&self) -> &FlowKey {
-                &self.key
-            }
-            #[inline(always)]
-            fn valid(&self) -> u32 {
-                self.valid
-            }
-            #[inline(always)]
-            fn invalidate(&mut self) {
-                self.valid = 0;
-            }
-        }
-    )*};
+impl Way for CachedFlow {
+    #[inline(always)]
+    fn invalidate(&mut self) {
+        self.valid = 0;
+    }
 }
 
-way!(CachedFlow, CachedReply);
+impl Way for CachedReply {
+    #[inline(always)]
+    fn invalidate(&mut self) {
+        self.valid = 0;
+    }
+}
 
 #[inline(always)]
 fn words(key: &FlowKey) -> &[u64; 5] {
@@ -61,81 +128,30 @@ fn words(key: &FlowKey) -> &[u64; 5] {
     unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() }
 }
 
-/// Whether a way's key is `key`, five word compares.
+/// Whether a reply way holds `key`: its valid word, then five word compares.
 #[inline(always)]
-fn same(way_key: &FlowKey, key: &FlowKey) -> bool {
-    let (a, b) = (words(way_key), words(key));
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
-}
-
-#[inline(always)]
-fn holds<W: Way>(way: &W, key: &FlowKey) -> bool {
-    way.valid() == CACHE_VALID && same(way.key(), key)
-}
-
-/// The way of `set` that holds `key`, if one does.
-#[inline(always)]
-fn find<'a, W: Way>(set: &'a CacheSet<W>, key: &FlowKey) -> Option<&'a W> {
-    let [first, second] = &set.ways;
-    if holds(first, key) {
-        Some(first)
-    } else if holds(second, key) {
-        Some(second)
-    } else {
-        None
-    }
-}
-
-/// The way `key` is to be written to: the one holding it, else an empty one, else the second.
-/// Nothing is copied from way to way: a way is written only with what `FLOWS` said in this run,
-/// so a clear from another CPU that lands during the fill cannot be undone by a copy of what
-/// it cleared. The first way keeps its flow until a new flow in the set empties the set.
-#[inline(always)]
-fn way_for<'a, W: Way>(set: &'a mut CacheSet<W>, key: &FlowKey) -> &'a mut W {
-    let [first, second] = &mut set.ways;
-    if holds(&*first, key) {
-        first
-    } else if holds(&*second, key) || first.valid() == CACHE_VALID {
-        second
-    } else {
-        first
-    }
-}
-
-/// The cached target of `key` on this CPU, if its set holds it.
-#[inline(always)]
-pub fn get(set: u32, key: &FlowKey) -> Option<Target> {
-    let entry = find(FLOW_CACHE.get(set)?, key)?;
-    Some(Target {
-        addr: entry.addr,
-        port: entry.port,
-        stats: entry.stats_index,
-        ip_delta: entry.ip_delta,
-        l4_delta: entry.l4_delta,
-    })
-}
-
-/// Puts `key`'s target in this CPU's set.
-#[inline(never)]
-pub fn fill(set: u32, key: &FlowKey, target: &Target) {
-    if let Some(ways) = FLOW_CACHE.get_ptr_mut(set) {
-        // SAFETY: this CPU's value; nothing else writes it while the program runs.
-        let entry = way_for(unsafe { &mut *ways }, key);
-        entry.key = *key;
-        entry.addr = target.addr;
-        entry.port = target.port;
-        entry.stats_index = target.stats;
-        entry.ip_delta = target.ip_delta;
-        entry.l4_delta = target.l4_delta;
-        entry.valid = CACHE_VALID;
-    }
+fn holds_reply(way: &CachedReply, key: &FlowKey) -> bool {
+    let (a, b) = (words(&way.key), words(key));
+    way.valid == CACHE_VALID
+        && a[0] == b[0]
+        && a[1] == b[1]
+        && a[2] == b[2]
+        && a[3] == b[3]
+        && a[4] == b[4]
 }
 
 /// The reverse translation of a steered IPv4 flow, by the reply's own tuple: the egress
 /// program's counterpart of `Target`.
 #[inline(always)]
 pub fn get_reply(set: u32, key: &FlowKey) -> Option<CachedReply> {
-    find(REPLY_CACHE.get(set)?, key).copied()
+    let [first, second] = &REPLY_CACHE.get(set)?.ways;
+    if holds_reply(first, key) {
+        Some(*first)
+    } else if holds_reply(second, key) {
+        Some(*second)
+    } else {
+        None
+    }
 }
 
 /// Puts a steered flow's reverse translation in this CPU's set (`reply.key` is the reply's
@@ -144,7 +160,16 @@ pub fn get_reply(set: u32, key: &FlowKey) -> Option<CachedReply> {
 pub fn fill_reply(set: u32, reply: &CachedReply) {
     if let Some(ways) = REPLY_CACHE.get_ptr_mut(set) {
         // SAFETY: this CPU's value; nothing else writes it while the program runs.
-        *way_for(unsafe { &mut *ways }, &reply.key) = *reply;
+        let [first, second] = unsafe { &mut (*ways).ways };
+        // As in `fill`: the way holding the key, else an empty one, else the second.
+        let way = if holds_reply(first, &reply.key) {
+            first
+        } else if holds_reply(second, &reply.key) || first.valid == CACHE_VALID {
+            second
+        } else {
+            first
+        };
+        *way = *reply;
     }
 }
 

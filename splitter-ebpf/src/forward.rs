@@ -14,7 +14,8 @@
 //! backend's address) for `NEXT_HOP_TTL_JIFFIES`, so an established packet costs no FIB lookup:
 //! a neighbour's new address reaches it within that time. A packet longer than any the FIB has
 //! accepted for that next hop asks again, so the FIB checks every new length against the MTU.
-//! IPv6 asks the FIB for every packet.
+//! The express lane copies a kept next hop into the flow's cache way and sends from there
+//! (`send`, `decrement_ttl_v4`). IPv6 asks the FIB for every packet.
 //!
 //! Inlined into the entry point after the steering code: as a subprogram its frame would add to
 //! the entry's, past the 512 bytes of stack BPF allows.
@@ -61,9 +62,9 @@ pub fn to_backend(ctx: &XdpContext) -> u32 {
 }
 
 /// The next hop as the FIB gave it: the device and the Ethernet destination and source.
-struct Hop {
-    ifindex: u32,
-    macs: [u8; 12],
+pub struct Hop {
+    pub ifindex: u32,
+    pub macs: [u8; 12],
 }
 
 #[inline(always)]
@@ -84,15 +85,7 @@ fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
         }
         let hop = next_hop_v4(ctx, ip)?;
         // SAFETY: as above; the FIB lookup leaves the packet as it was.
-        unsafe {
-            let word = packet::load_u16(ip.add(IPV4_TTL_OFFSET));
-            // The word holds the TTL, then the protocol: one less TTL, same protocol.
-            let [t, p] = word.to_ne_bytes();
-            let new = u16::from_ne_bytes([t - 1, p]);
-            packet::store_u16(ip.add(IPV4_TTL_OFFSET), new);
-            let check = packet::load_u16(ip.add(IPV4_CHECK_OFFSET));
-            packet::store_u16(ip.add(IPV4_CHECK_OFFSET), csum::replace16(check, word, new));
-        }
+        unsafe { decrement_ttl_v4(ip) };
         hop
     } else if ether_type == EtherType::Ipv6 as u16 {
         if start + EthHdr::LEN + IPV6_HEADER_LEN > end {
@@ -110,7 +103,32 @@ fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
     } else {
         return Err(PlaneCounter::ForwardRouted);
     };
-    // SAFETY: the Ethernet header is inside the frame (checked above); 2-aligned words.
+    Ok(send(start, &hop))
+}
+
+/// The TTL one down, as a router forwards, and the IPv4 header checksum with it.
+///
+/// # Safety
+/// `ip` must point to an IPv4 header inside the frame, bounds-checked, with a TTL above 1.
+#[inline(always)]
+pub unsafe fn decrement_ttl_v4(ip: *mut u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        let word = packet::load_u16(ip.add(IPV4_TTL_OFFSET));
+        // The word holds the TTL, then the protocol: one less TTL, same protocol.
+        let [t, p] = word.to_ne_bytes();
+        let new = u16::from_ne_bytes([t - 1, p]);
+        packet::store_u16(ip.add(IPV4_TTL_OFFSET), new);
+        let check = packet::load_u16(ip.add(IPV4_CHECK_OFFSET));
+        packet::store_u16(ip.add(IPV4_CHECK_OFFSET), csum::replace16(check, word, new));
+    }
+}
+
+/// The frame at `start` (an untagged Ethernet header, bounds-checked) readdressed to the next
+/// hop and redirected to its device.
+#[inline(always)]
+pub fn send(start: usize, hop: &Hop) -> u32 {
+    // SAFETY: the caller checked the Ethernet header; 2-aligned words.
     unsafe {
         let eth = start as *mut u8;
         for i in 0..6 {
@@ -122,9 +140,57 @@ fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
     // the kept next hops whenever it changes that list; a device that went away by itself
     // (the kernel removes it from the list) fails the redirect, and the packet, its Ethernet
     // header already rewritten, is dropped by the stack until the kept hop expires.
-    Ok(FORWARD_DEVICES
+    FORWARD_DEVICES
         .redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS))
-        .unwrap_or(xdp_action::XDP_PASS))
+        .unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// Now, in the jiffies `NextHop::asked_ns` holds. Jiffies, not a clock read: a plain load,
+/// where even the coarse clock cost 12-15 ns a packet (docs/benchmarks.md).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// Whether a kept next hop is still to be used at `now`.
+#[inline(always)]
+pub fn fresh(entry: &NextHop, now: u64) -> bool {
+    entry.asked_ns != 0 && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_JIFFIES
+}
+
+/// Why a kept next hop of `NEXT_HOP_ROUTED` leaves packets to the stack.
+#[inline(always)]
+pub fn routed_why(entry: &NextHop) -> PlaneCounter {
+    if entry.routed_why == PlaneCounter::ForwardNoDevice as u16 {
+        PlaneCounter::ForwardNoDevice
+    } else {
+        PlaneCounter::ForwardRouted
+    }
+}
+
+/// The two `NEXT_HOPS` ways of the IPv4 backend `dst` on this CPU.
+#[inline(always)]
+fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
+    // Two ways per set: backends whose addresses hash alike do not take turns asking the FIB.
+    let first = NextHop::first_way(dst);
+    let way0 = NEXT_HOPS.get_ptr_mut(first)?;
+    let way1 = NEXT_HOPS.get_ptr_mut(first | 1)?;
+    // SAFETY: this CPU's slots; nothing else writes them while the program runs.
+    Some(unsafe { (&mut *way0, &mut *way1) })
+}
+
+/// The next hop this CPU keeps for the IPv4 backend `dst`, if it is fresh at `now`.
+#[inline(always)]
+pub fn kept_v4(dst: u32, now: u64) -> Option<NextHop> {
+    let (way0, way1) = ways_v4(dst)?;
+    if way0.addr == dst && fresh(way0, now) {
+        Some(*way0)
+    } else if way1.addr == dst && fresh(way1, now) {
+        Some(*way1)
+    } else {
+        None
+    }
 }
 
 /// The next hop of an IPv4 packet: from `NEXT_HOPS` while fresh and the packet no longer than
@@ -138,40 +204,20 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
             u16::from_be(packet::load_u16(ip.add(2))),
         )
     };
-    // Jiffies, not a clock read: a plain load, where even the coarse clock cost 12-15 ns a
-    // packet (docs/benchmarks.md).
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_jiffies64() };
-    // Two ways per set: backends whose addresses hash alike do not take turns asking the FIB.
-    let first = NextHop::first_way(dst);
-    let ways = (
-        NEXT_HOPS.get_ptr_mut(first),
-        NEXT_HOPS.get_ptr_mut(first | 1),
-    );
-    let (Some(way0), Some(way1)) = ways else {
+    let now = now();
+    let Some((way0, way1)) = ways_v4(dst) else {
         return Err(PlaneCounter::ForwardRouted);
     };
-    // SAFETY: this CPU's slots; nothing else writes them while the program runs.
-    let (way0, way1) = unsafe { (&mut *way0, &mut *way1) };
-    let fresh = |entry: &NextHop| {
-        entry.asked_ns != 0 && now.wrapping_sub(entry.asked_ns) < NEXT_HOP_TTL_JIFFIES
-    };
-    let kept = if way0.addr == dst && fresh(way0) {
+    let kept = if way0.addr == dst && fresh(way0, now) {
         Some(&*way0)
-    } else if way1.addr == dst && fresh(way1) {
+    } else if way1.addr == dst && fresh(way1, now) {
         Some(&*way1)
     } else {
         None
     };
     if let Some(entry) = kept {
         if entry.ifindex == NEXT_HOP_ROUTED {
-            return Err(
-                if entry.routed_why == PlaneCounter::ForwardNoDevice as u16 {
-                    PlaneCounter::ForwardNoDevice
-                } else {
-                    PlaneCounter::ForwardRouted
-                },
-            );
+            return Err(routed_why(entry));
         }
         if len <= entry.max_len {
             return Ok(Hop {
@@ -194,9 +240,9 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     // the stack's to handle this time, and may not be the next.
     let entry = if way0.addr == dst {
         way0
-    } else if way1.addr == dst || !fresh(way1) {
+    } else if way1.addr == dst || !fresh(way1, now) {
         way1
-    } else if !fresh(way0) || way0.asked_ns.wrapping_sub(way1.asked_ns) as i64 <= 0 {
+    } else if !fresh(way0, now) || way0.asked_ns.wrapping_sub(way1.asked_ns) as i64 <= 0 {
         way0
     } else {
         way1

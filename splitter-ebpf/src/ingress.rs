@@ -1,4 +1,5 @@
-//! XDP ingress: steer packets to a service's backends.
+//! XDP ingress: steer packets to a service's backends. This is the general path, for every
+//! packet the express lane (`express.rs`) does not take.
 //!
 //! Established flows follow their flow entry whatever the split word says now; a new flow (SYN
 //! without ACK, or the first UDP datagram of a 5-tuple) is split by the service's split word and
@@ -9,9 +10,9 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
-    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, RESPONSE_PHASE,
-    SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state,
-    flow_hash,
+    FLOW_RST, FLOW_SYN, Flow, FlowCacheKey, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter,
+    RESPONSE_PHASE, SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, csum,
+    flow_add_state, flow_hash,
     l7::{FLOW_L7_HTTP1, configured_l7},
     slot_index, stats_index,
 };
@@ -50,7 +51,13 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
     // so those packets take the slow path. Pure ACKs, the bulk of a connection, do not.
     let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
     let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request {
-        flow_cache::get(set, &key)
+        let cache_key = FlowCacheKey {
+            src,
+            dst,
+            ports,
+            protocol: pkt.protocol,
+        };
+        flow_cache::find(set, &cache_key).map(|way| Target::of(way))
     } else {
         None
     };
@@ -74,7 +81,9 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
                 Client::Draining => {}
                 // A flow the guard left without an entry does not take a cache way either:
                 // the ways stay with established flows.
-                Client::NotDraining if followed.pinned => flow_cache::fill(set, &key, &target),
+                Client::NotDraining if followed.pinned => {
+                    flow_cache::fill(set, &key, &target);
+                }
                 Client::NotDraining => {}
             }
             (target, followed.h2)
@@ -84,7 +93,7 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
         s.packets_in += 1;
         s.bytes_in += bounds.len();
     });
-    rewrite_destination(&pkt, &target);
+    rewrite_destination(pkt.ip, pkt.l4, pkt.l4_check, pkt.protocol, &target);
     Ok(h2)
 }
 
@@ -350,21 +359,31 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
     }
 }
 
+/// The IPv4 destination and destination port become the target's, with the checksums.
+///
+/// # Safety (of the pointers)
+/// `ip` must point to a bounds-checked IPv4 header, `l4` to the port pair and `l4_check` to the
+/// L4 checksum field, both bounds-checked (as `packet::parse` leaves them).
 #[inline(always)]
-fn rewrite_destination(pkt: &Packet, target: &Target) {
-    let ip_check = csum::apply(pkt.ip_check(), target.ip_delta);
-    // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum field.
+pub fn rewrite_destination(
+    ip: *mut u8,
+    l4: *mut u8,
+    l4_check: *mut u8,
+    protocol: u8,
+    target: &Target,
+) {
+    // SAFETY: the caller bounds-checked the IPv4 header, the port pair and the L4 checksum.
     unsafe {
-        packet::store_u16(pkt.ip.add(IPV4_CHECK_OFFSET), ip_check);
-        packet::store_u32(pkt.ip.add(IPV4_DST_OFFSET), target.addr);
-        packet::store_u16(pkt.l4.add(2), target.port);
-    }
-    let l4_check = pkt.l4_check();
-    // A zero UDP checksum means "none" and stays zero; a computed zero is sent as all ones.
-    if csum::l4_has_checksum(pkt.protocol, l4_check) {
-        let check = csum::apply(l4_check, target.l4_delta);
-        // SAFETY: as above.
-        unsafe { packet::store_u16(pkt.l4_check, csum::l4_stored(pkt.protocol, check)) };
+        let ip_check = csum::apply(packet::load_u16(ip.add(IPV4_CHECK_OFFSET)), target.ip_delta);
+        packet::store_u16(ip.add(IPV4_CHECK_OFFSET), ip_check);
+        packet::store_u32(ip.add(IPV4_DST_OFFSET), target.addr);
+        packet::store_u16(l4.add(2), target.port);
+        let check = packet::load_u16(l4_check);
+        // A zero UDP checksum means "none" and stays zero; a computed zero is sent as all ones.
+        if csum::l4_has_checksum(protocol, check) {
+            let check = csum::apply(check, target.l4_delta);
+            packet::store_u16(l4_check, csum::l4_stored(protocol, check));
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod drain;
 mod egress;
+mod express;
 mod flow_cache;
 mod forward;
 mod ingress;
@@ -39,6 +40,11 @@ pub enum Skip {
 
 #[xdp]
 pub fn split_ingress(ctx: XdpContext) -> u32 {
+    // An established connection's pure ACK whose flow and next hop this CPU caches.
+    let action = express::steer(ctx.ctx);
+    if action != express::GENERAL {
+        return action;
+    }
     // A steered packet is counted once, in its version's counters (inside `steer`).
     match ingress::steer(&ctx) {
         // Steered: the fast path sends it to its backend's device, or the stack takes it.

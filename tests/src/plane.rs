@@ -183,10 +183,12 @@ impl Plane {
         values[cpu]
             .ways
             .iter()
-            .filter(|way| way.valid == CACHE_VALID)
+            .filter(|way| u32::from(way.valid) == CACHE_VALID)
             .map(|way| {
-                let backend = Ipv4Addr::from(way.addr.to_ne_bytes());
-                (way.key, SocketAddrV4::new(backend, u16::from_be(way.port)))
+                let backend = Ipv4Addr::from(way.hop.addr.to_ne_bytes());
+                let key = way.key();
+                let key = FlowKey::from_ipv4(key.src, key.dst, key.ports, key.protocol);
+                (key, SocketAddrV4::new(backend, u16::from_be(way.port)))
             })
             .collect()
     }

@@ -2,14 +2,19 @@
 //! one CPU at a time so that every run sees the known per-CPU values): flows whose keys fall in
 //! one set of the flow cache share it, two at a time, each way holding what `FLOWS` says of its
 //! own flow; a new flow empties its set on every CPU; the next hops of hundreds of backends are
-//! all kept, and of three that share a set, the two asked last.
+//! all kept, and of three that share a set, the two asked last. The express lane: a cached
+//! flow's pure ACK is steered from its cache way, which copies its backend's next hop on the
+//! first such packet, to the backend `FLOWS` names and with the counts the general path makes;
+//! a request or a close on the same flow still takes the general path, which records them.
 
 use std::{net::SocketAddrV4, thread, time::Duration};
 
-use splitter_common::{FlowKey, NextHop, ipv4_mapped};
+use splitter_common::{
+    CACHE_VALID, CachedFlow, FLOW_FIN_CLIENT, FlowKey, NextHop, Version, VersionStats, ipv4_mapped,
+};
 use splitter_tests::{
     netns::Netns,
-    packet::{ACK, Ipv4Packet, RST, SYN},
+    packet::{ACK, FIN, Ipv4Packet, PSH, RST, SYN},
     plane::{FIXTURE_CONFIG, Pinned, Plane},
     require_root,
 };
@@ -17,6 +22,14 @@ use splitter_tests::{
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 const CPU: usize = 0;
+/// What the fast path counts of every steered packet: one of these.
+const FORWARD_OUTCOMES: [&str; 5] = [
+    "forwarded",
+    "forward_routed",
+    "forward_no_neighbour",
+    "forward_too_big",
+    "forward_no_device",
+];
 
 fn vip() -> SocketAddrV4 {
     "198.18.0.1:8080".parse().expect("address")
@@ -284,4 +297,118 @@ fn of_three_backends_in_one_next_hop_set_the_two_asked_last_are_kept() {
         "the next hop asked longest ago ({}) gives way",
         backends[0]
     );
+}
+
+/// The way of this test's CPU that holds `from`'s flow.
+fn way(plane: &Plane, from: SocketAddrV4) -> Option<CachedFlow> {
+    let key = key(from);
+    let set = plane
+        .maps
+        .flow_cache_set(key.cache_set())
+        .expect("a flow-cache set");
+    set[CPU]
+        .ways
+        .into_iter()
+        .find(|way| u32::from(way.valid) == CACHE_VALID && way.key() == key.cache_key())
+}
+
+/// The flow's version's counters, and the sum of the fast path's outcomes.
+fn counts(plane: &Plane, from: SocketAddrV4) -> (VersionStats, u64) {
+    let flow = plane.maps.flow(&key(from)).expect("flows").expect("a flow");
+    let version = if flow.version == Version::Blue as u8 {
+        Version::Blue
+    } else {
+        Version::Green
+    };
+    let stats = plane
+        .maps
+        .counters(flow.service_id, version)
+        .expect("counters");
+    let outcomes = plane
+        .maps
+        .plane_counters()
+        .expect("plane counters")
+        .into_iter()
+        .filter(|(name, _)| FORWARD_OUTCOMES.contains(name))
+        .map(|(_, n)| n)
+        .sum();
+    (stats, outcomes)
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_cached_flows_pure_acks_take_the_express_lane_to_its_backend_with_the_general_paths_counts() {
+    require_root!();
+    let ns = Netns::new("sp-express-ack");
+    ns.run(|| {
+        let _pinned = Pinned::to_cpu(CPU);
+        let plane = Plane::load(FIXTURE_CONFIG);
+        let from = client(42_000);
+        let syn = plane.ingress(&Ipv4Packet::tcp(from, vip(), SYN).build());
+        assert!(matches!(syn.verdict, XDP_PASS | XDP_REDIRECT), "SYN");
+        // The new flow took a way, without a next hop yet.
+        let filled = way(&plane, from).expect("the SYN filled a way");
+        assert_eq!(filled.hop.asked_ns, 0, "a next hop before any ACK");
+
+        let (before, outcomes_before) = counts(&plane, from);
+        let ack = Ipv4Packet::tcp(from, vip(), ACK).build();
+        let runs: Vec<_> = (0..3).map(|_| plane.ingress(&ack)).collect();
+        // The first ACK copied the backend's next hop into the way (only the express lane
+        // writes a way's next hop): it and the two after it took the lane.
+        let taken = way(&plane, from).expect("the way stays");
+        assert_ne!(taken.hop.asked_ns, 0, "the lane copied no next hop");
+        let backend = pinned_backend(&plane, from);
+        assert_eq!(taken.hop.addr, u32::from_ne_bytes(backend.ip().octets()));
+        for run in &runs {
+            assert_eq!(run.verdict, runs[0].verdict, "one verdict for one packet");
+            assert!(matches!(run.verdict, XDP_PASS | XDP_REDIRECT));
+            assert_eq!(destination(&run.data), backend, "to the flow's backend");
+            assert_eq!(run.data, runs[0].data, "the same bytes for the same packet");
+        }
+        // Counted as the general path counts: on the version, and once in the fast path's
+        // outcomes, per packet.
+        let (after, outcomes_after) = counts(&plane, from);
+        assert_eq!(after.packets_in - before.packets_in, 3, "packets in");
+        assert_eq!(
+            after.bytes_in - before.bytes_in,
+            3 * ack.len() as u64,
+            "bytes in"
+        );
+        assert_eq!(outcomes_after - outcomes_before, 3, "fast-path outcomes");
+    });
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_request_and_a_close_on_a_cached_flow_take_the_general_path_which_records_them() {
+    require_root!();
+    let ns = Netns::new("sp-express-general");
+    ns.run(|| {
+        let _pinned = Pinned::to_cpu(CPU);
+        let plane = Plane::load(FIXTURE_CONFIG);
+        let from = client(42_001);
+        let _ = plane.ingress(&Ipv4Packet::tcp(from, vip(), SYN).build());
+        let _ = plane.ingress(&Ipv4Packet::tcp(from, vip(), ACK).build());
+        assert_ne!(
+            way(&plane, from).expect("a way").hop.asked_ns,
+            0,
+            "the ACK took the express lane"
+        );
+        let backend = pinned_backend(&plane, from);
+
+        // A request: the general path stamps it (its response will be timed).
+        let request = Ipv4Packet::tcp(from, vip(), ACK | PSH)
+            .with_payload(b"GET /v2/health/ready HTTP/1.1\r\nHost: model\r\n\r\n")
+            .build();
+        let run = plane.ingress(&request);
+        assert_eq!(destination(&run.data), backend);
+        let flow = plane.maps.flow(&key(from)).expect("flows").expect("a flow");
+        assert_ne!(flow.request_ns, 0, "the request was not stamped");
+
+        // A close: the general path records the client's FIN.
+        let run = plane.ingress(&Ipv4Packet::tcp(from, vip(), ACK | FIN).build());
+        assert_eq!(destination(&run.data), backend);
+        let flow = plane.maps.flow(&key(from)).expect("flows").expect("a flow");
+        assert_ne!(flow.state & FLOW_FIN_CLIENT, 0, "the FIN was not recorded");
+    });
 }

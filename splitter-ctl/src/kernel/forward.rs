@@ -16,7 +16,7 @@ use aya::maps::{DevMapHash, MapData, PerCpuArray};
 use splitter_common::{NextHop, maps as names};
 
 use super::{
-    maps::{MapsError, access, open_pin, typed, zeroed},
+    maps::{Maps, MapsError, access, open_pin, typed, zeroed},
     netdev,
 };
 
@@ -135,10 +135,14 @@ pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError
     // list would be redirected nowhere (and dropped) until it expires, and one kept as "take
     // the stack" would keep a new device unused. They go before and after the change (a packet
     // between the two asks the FIB again).
+    // The flow cache's ways keep copies of next hops (the express lane's): they go too.
     let mut hops = NextHops::open_pinned(pin_dir)?;
+    let mut maps = Maps::open_pinned(pin_dir)?;
     hops.clear()?;
+    maps.clear_flow_ways()?;
     let synced = devices.sync(&listed, &wanted)?;
     hops.clear()?;
+    maps.clear_flow_ways()?;
     Ok(synced)
 }
 

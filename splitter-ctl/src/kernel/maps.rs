@@ -555,10 +555,17 @@ impl Maps {
     /// for a reason other than their own close (a removed service): a cached copy would
     /// outlive its entry.
     pub fn clear_flow_cache(&mut self) -> Result<(), MapsError> {
+        self.clear_flow_ways()?;
+        self.clear_reply_cache()
+    }
+
+    /// Empties the flow cache (not the reply cache) on every CPU: its ways also keep copies of
+    /// next hops, which go when `NEXT_HOPS` is cleared.
+    pub fn clear_flow_ways(&mut self) -> Result<(), MapsError> {
         for set in 0..names::FLOW_CACHE_SETS {
             self.clear_cache_set(set)?;
         }
-        self.clear_reply_cache()
+        Ok(())
     }
 
     /// Empties the reply cache on every CPU.

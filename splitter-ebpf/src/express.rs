@@ -1,0 +1,140 @@
+//! The express lane: most packets of an established connection are pure ACKs, and this is
+//! their path. An untagged IPv4 TCP packet without options, payload, SYN, FIN or RST, whose
+//! flow this CPU's flow cache holds with a fresh next hop, is steered, counted, rewritten and
+//! forwarded from that one cache way: three inlined array reads in all (the way, the version's
+//! counters, the fast path's counter), where the general path parses every header kind, builds
+//! a 40-byte key and asks `NEXT_HOPS` too.
+//!
+//! Anything else takes the general path (`ingress::steer`, then `forward::to_backend`) from
+//! the start, before the express lane has written anything: a cache miss, a way without a
+//! fresh next hop that `NEXT_HOPS` cannot give it, a packet longer than its next hop has
+//! accepted, a TTL about to expire. The general path decides alike for every packet the
+//! express lane takes, so the lane changes what a packet costs, never where it goes or how it
+//! is counted; `tests/tests/caches.rs` holds the two to that.
+
+use aya_ebpf::bindings::{xdp_action, xdp_md};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+};
+use splitter_common::{FlowCacheKey, NEXT_HOP_ROUTED, PROTO_TCP, PlaneCounter};
+
+use crate::{
+    flow_cache::{self, Target},
+    forward::{self, Hop},
+    ingress, maps,
+    packet::{
+        self, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET, TCP_CHECK_OFFSET, TCP_FIN,
+        TCP_RST, TCP_SYN,
+    },
+};
+
+/// The headers the express lane reads: Ethernet, IPv4 without options, TCP.
+const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
+/// The first byte of an IPv4 header without options: version 4, five words.
+const IPV4_NO_OPTIONS: u8 = 0x45;
+/// The more-fragments flag and the fragment offset, in the flags word as loaded (memory order).
+const FRAGMENT_BITS: u16 = u16::from_ne_bytes([0x3f, 0xff]);
+const IPV4_LEN_OFFSET: usize = 2;
+const IPV4_FRAGS_OFFSET: usize = 6;
+const TCP_DATA_OFFSET: usize = 12;
+
+/// `steer`'s answer when the packet is the general path's.
+pub const GENERAL: u32 = u32::MAX;
+
+/// The express lane's action for the packet, or `GENERAL` for the general path (the packet
+/// then is as it came). A subprogram: its frame does not add to the entry point's (whose
+/// general path needs most of the 512 bytes BPF allows), and the verifier walks the general
+/// path once after it, whichever way the lane turned the packet down.
+///
+/// The context's packet bounds are read with volatile loads: plain ones, LLVM would move into
+/// the caller and pass as 32-bit integers, which the verifier refuses to use as pointers.
+#[inline(never)]
+pub fn steer(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: the program's context, valid for the run.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx).data) as usize,
+            core::ptr::read_volatile(&raw const (*ctx).data_end) as usize,
+        )
+    };
+    express(start, end).unwrap_or(GENERAL)
+}
+
+#[inline(always)]
+fn express(start: usize, end: usize) -> Option<u32> {
+    if start + HEADERS > end {
+        return None;
+    }
+    let ip = (start + EthHdr::LEN) as *mut u8;
+    // SAFETY: bounds-checked above.
+    let tcp = unsafe { ip.add(Ipv4Hdr::LEN) };
+    // SAFETY: every read lies inside the headers bounds-checked above.
+    let (ether_type, first, frags, ttl_protocol, len, data_offset, flags) = unsafe {
+        (
+            (*(start as *const EthHdr)).ether_type,
+            *ip,
+            packet::load_u16(ip.add(IPV4_FRAGS_OFFSET)),
+            packet::load_u16(ip.add(IPV4_TTL_OFFSET)),
+            u16::from_be(packet::load_u16(ip.add(IPV4_LEN_OFFSET))),
+            *tcp.add(TCP_DATA_OFFSET) >> 4,
+            *tcp.add(TCP_DATA_OFFSET + 1),
+        )
+    };
+    let [ttl, protocol] = ttl_protocol.to_ne_bytes();
+    if ether_type != EtherType::Ipv4 as u16
+        || first != IPV4_NO_OPTIONS
+        || frags & FRAGMENT_BITS != 0
+        || protocol != PROTO_TCP
+        || ttl <= 1
+        || flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+        || data_offset < 5
+        // A payload (the general path reads what a request says).
+        || usize::from(len) > Ipv4Hdr::LEN + usize::from(data_offset) * 4
+    {
+        return None;
+    }
+    // SAFETY: inside the headers checked above.
+    let key = unsafe {
+        FlowCacheKey {
+            src: packet::load_u32(ip.add(IPV4_SRC_OFFSET)),
+            dst: packet::load_u32(ip.add(IPV4_DST_OFFSET)),
+            ports: packet::load_u32(tcp),
+            protocol,
+        }
+    };
+    let way = flow_cache::find(key.set(), &key)?;
+    let now = forward::now();
+    if !forward::fresh(&way.hop, now) {
+        // The first packet after the way was filled, or after its next hop expired: this CPU's
+        // kept next hop of the backend, if fresh (the general path asks the FIB otherwise).
+        way.hop = forward::kept_v4(way.hop.addr, now)?;
+    }
+    let routed = way.hop.ifindex == NEXT_HOP_ROUTED;
+    if !routed && len > way.hop.max_len {
+        return None;
+    }
+    maps::with_stats(way.stats_index, |s| {
+        s.packets_in += 1;
+        s.bytes_in += (end - start) as u64;
+    });
+    // SAFETY: inside the headers checked above.
+    let l4_check = unsafe { tcp.add(TCP_CHECK_OFFSET) };
+    ingress::rewrite_destination(ip, tcp, l4_check, PROTO_TCP, &Target::of(way));
+    if routed {
+        maps::count(forward::routed_why(&way.hop));
+        return Some(xdp_action::XDP_PASS);
+    }
+    // SAFETY: the IPv4 header checked above, its TTL above 1.
+    unsafe { forward::decrement_ttl_v4(ip) };
+    let action = forward::send(
+        start,
+        &Hop {
+            ifindex: way.hop.ifindex,
+            macs: way.hop.macs,
+        },
+    );
+    maps::count(PlaneCounter::Forwarded);
+    Some(action)
+}
