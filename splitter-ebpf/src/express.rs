@@ -42,9 +42,12 @@ const TCP_DATA_OFFSET: usize = 12;
 
 /// `steer`'s answer when the packet is the general path's.
 pub const GENERAL: u32 = u32::MAX;
+/// `steer`'s answer when the packet is the general path's and its flow is not in this CPU's
+/// flow cache: the general path need not look again.
+pub const UNCACHED: u32 = u32::MAX - 1;
 
-/// The express lane's action for the packet, or `GENERAL` for the general path (the packet
-/// then is as it came). A subprogram: its frame does not add to the entry point's (whose
+/// The express lane's action for the packet, or `GENERAL` or `UNCACHED` for the general path
+/// (the packet then is as it came). A subprogram: its frame does not add to the entry point's (whose
 /// general path needs most of the 512 bytes BPF allows), and the verifier walks the general
 /// path once after it, whichever way the lane turned the packet down.
 ///
@@ -104,7 +107,9 @@ fn express(start: usize, end: usize) -> Option<u32> {
             protocol,
         }
     };
-    let way = flow_cache::find(key.set(), &key)?;
+    let Some(way) = flow_cache::find(key.set(), &key) else {
+        return Some(UNCACHED);
+    };
     let now = forward::now();
     if !forward::fresh(&way.hop, now) {
         // The first packet after the way was filled, or after its next hop expired: this CPU's

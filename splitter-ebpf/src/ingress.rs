@@ -30,9 +30,10 @@ use crate::{
     report,
 };
 
-/// Steers the packet; true when an HTTP/2 payload of it waits for `split_h2`.
+/// Steers the packet; true when an HTTP/2 payload of it waits for `split_h2`. `uncached`: the
+/// express lane found that this CPU's flow cache does not hold the packet's flow.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
+pub fn steer(ctx: &XdpContext, uncached: bool) -> Result<bool, Skip> {
     let bounds = Bounds {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -50,7 +51,7 @@ pub fn steer(ctx: &XdpContext) -> Result<bool, Skip> {
     // RST change a flow's state, and a TCP payload may start a request; both live in FLOWS,
     // so those packets take the slow path. Pure ACKs, the bulk of a connection, do not.
     let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
-    let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request {
+    let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request && !uncached {
         let cache_key = FlowCacheKey {
             src,
             dst,

@@ -41,12 +41,12 @@ pub enum Skip {
 #[xdp]
 pub fn split_ingress(ctx: XdpContext) -> u32 {
     // An established connection's pure ACK whose flow and next hop this CPU caches.
-    let action = express::steer(ctx.ctx);
-    if action != express::GENERAL {
-        return action;
+    let lane = express::steer(ctx.ctx);
+    if lane != express::GENERAL && lane != express::UNCACHED {
+        return lane;
     }
     // A steered packet is counted once, in its version's counters (inside `steer`).
-    match ingress::steer(&ctx) {
+    match ingress::steer(&ctx, lane == express::UNCACHED) {
         // Steered: the fast path sends it to its backend's device, or the stack takes it.
         Ok(false) => forward::to_backend(&ctx),
         // An HTTP/2 payload's frames are read in a program of their own, with its own stack.
