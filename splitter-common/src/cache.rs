@@ -3,14 +3,12 @@
 //! source of truth and cleared when that changes (see `flow_cache.rs` and `forward.rs` in
 //! splitter-ebpf).
 
-use crate::FlowKey;
-
 /// Ways of each set of the flow and reply caches: a flow may sit in either way of its set, so
 /// two flows whose keys hash alike do not evict each other at every packet.
 pub const CACHE_WAYS: usize = 2;
 
-/// Value of `FLOW_CACHE` and `REPLY_CACHE`, per CPU: the ways of one set (`FlowKey::cache_set`),
-/// 64 bytes each, read with one inlined array lookup.
+/// Value of `FLOW_CACHE` and `REPLY_CACHE`, per CPU: the ways of one set (`FlowCacheKey::set`),
+/// read with one inlined array lookup.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CacheSet<T> {
@@ -52,40 +50,37 @@ impl FlowCacheKey {
     }
 }
 
-/// One way of `FLOW_CACHE`, per CPU: a copy of a recently used IPv4 flow entry and of its
-/// backend's next hop, so an established packet is steered and forwarded from one inlined array
-/// read instead of a hash lookup and a next-hop lookup. `FLOWS` stays the source of truth: a
-/// way is filled from it, and every new flow clears its key's set on all CPUs. The next hop is
-/// copied from `NEXT_HOPS` with the time the FIB gave it, so it expires when that does.
+/// The first 16 bytes of a way of either cache: its key, and whether the way holds it. With
+/// the key, they are compared as two words (`FlowCacheKey::words`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CachedFlow {
-    /// The key (`FlowCacheKey`): the client's packet's source and destination.
+pub struct WayKey {
     pub src: u32,
     pub dst: u32,
     pub ports: u32,
     pub protocol: u8,
-    /// `CACHE_VALID` when the way holds its key's flow: with the key, the first two words are
-    /// compared whole (`FlowCacheKey::words`).
+    /// `CACHE_VALID` when the way holds its key's flow.
     pub valid: u8,
     pub _pad: u16,
-    /// `stats_index` of the flow's (service, version).
-    pub stats_index: u32,
-    /// What the rewrite adds to the IPv4 header checksum (`~old + new` over the address words):
-    /// the same for every packet of the flow, so computed once when the way is filled.
-    pub ip_delta: u32,
-    /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
-    pub l4_delta: u32,
-    /// The backend's port in memory order.
-    pub port: u16,
-    pub _pad2: u16,
-    /// The backend's IPv4 address (`hop.addr`, memory order) and, once the flow's packets have
-    /// been forwarded (`hop.asked_ns` not 0), where the fast path sends them.
-    pub hop: NextHop,
 }
+const _: () = assert!(core::mem::size_of::<WayKey>() == 16);
 
-impl CachedFlow {
-    /// The way's key.
+impl WayKey {
+    /// A valid way's key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(key: &FlowCacheKey) -> Self {
+        Self {
+            src: key.src,
+            dst: key.dst,
+            ports: key.ports,
+            protocol: key.protocol,
+            valid: CACHE_VALID as u8,
+            _pad: 0,
+        }
+    }
+
+    /// The key.
     #[must_use]
     pub const fn key(&self) -> FlowCacheKey {
         FlowCacheKey {
@@ -96,14 +91,45 @@ impl CachedFlow {
         }
     }
 
-    /// Whether the way holds `key`'s flow: two word compares.
+    /// Whether the way holds the key whose `words` these are: two word compares.
     #[inline(always)]
     #[must_use]
-    pub fn holds(&self, key: &[u64; 2]) -> bool {
-        // SAFETY: CachedFlow is 8-aligned and its first 16 bytes are the key and valid words.
-        let words = unsafe { &*(self as *const Self).cast::<[u64; 2]>() };
-        words[0] == key[0] && words[1] == key[1]
+    pub fn holds(&self, words: &[u64; 2]) -> bool {
+        // SAFETY: WayKey is 16 bytes and 8-aligned.
+        let own = unsafe { &*(self as *const Self).cast::<[u64; 2]>() };
+        own[0] == words[0] && own[1] == words[1]
     }
+
+    /// Whether the way holds a key.
+    #[must_use]
+    pub const fn is_valid(&self) -> bool {
+        self.valid as u32 == CACHE_VALID
+    }
+}
+
+/// One way of `FLOW_CACHE`, per CPU: a copy of a recently used IPv4 flow entry and of its
+/// backend's next hop, so an established packet is steered and forwarded from one inlined array
+/// read instead of a hash lookup and a next-hop lookup. `FLOWS` stays the source of truth: a
+/// way is filled from it, and every new flow clears its key's set on all CPUs. The next hop is
+/// copied from `NEXT_HOPS` with the time the FIB gave it, so it expires when that does.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedFlow {
+    /// The client's packet's source and destination, port pair and protocol.
+    pub key: WayKey,
+    /// `stats_index` of the flow's (service, version).
+    pub stats_index: u32,
+    /// What the rewrite adds to the IPv4 header checksum (`~old + new` over the address words):
+    /// the same for every packet of the flow, so computed once when the way is filled.
+    pub ip_delta: u32,
+    /// Likewise for the L4 checksum (the address in the pseudo-header and the port).
+    pub l4_delta: u32,
+    /// The backend's port in memory order.
+    pub port: u16,
+    pub _pad: u16,
+    /// The backend's IPv4 address (`hop.addr`, memory order) and, once the flow's packets have
+    /// been forwarded (`hop.asked_ns` not 0), where the fast path sends them.
+    pub hop: NextHop,
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
@@ -158,9 +184,7 @@ pub const CACHE_VALID: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedReply {
     /// The reply's tuple as it leaves the backend: source = the backend.
-    pub key: FlowKey,
-    /// `CACHE_VALID` when the way holds `key`'s flow.
-    pub valid: u32,
+    pub key: WayKey,
     /// `stats_index` of the flow's (service, version).
     pub stats_index: u32,
     /// The service's IPv4 address and port in memory order: the reply's new source.
@@ -173,12 +197,14 @@ pub struct CachedReply {
     /// `~backend port + service port`: added to the L4 checksum as a change of its data; 0 when
     /// the ports are the same.
     pub port_delta: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<CachedReply>() == 64);
+const _: () = assert!(core::mem::size_of::<CachedReply>() == 40);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FlowKey;
 
     fn key(port: u16) -> FlowCacheKey {
         FlowCacheKey {
@@ -189,15 +215,8 @@ mod tests {
         }
     }
 
-    fn way_of(key: FlowCacheKey) -> CachedFlow {
-        CachedFlow {
-            src: key.src,
-            dst: key.dst,
-            ports: key.ports,
-            protocol: key.protocol,
-            valid: CACHE_VALID as u8,
-            ..CachedFlow::default()
-        }
+    fn way_of(key: FlowCacheKey) -> WayKey {
+        WayKey::of(&key)
     }
 
     #[test]
@@ -218,7 +237,7 @@ mod tests {
         };
         assert!(!way.holds(&swapped.words()), "the addresses the other way");
         assert!(
-            !CachedFlow { valid: 0, ..way }.holds(&key(40_000).words()),
+            !WayKey { valid: 0, ..way }.holds(&key(40_000).words()),
             "a cleared way"
         );
     }

@@ -17,7 +17,7 @@ pub mod stats;
 
 pub use cache::{
     CACHE_VALID, CACHE_WAYS, CacheSet, CachedFlow, CachedReply, FlowCacheKey, NEXT_HOP_ROUTED,
-    NEXT_HOP_TTL_JIFFIES, NextHop,
+    NEXT_HOP_TTL_JIFFIES, NextHop, WayKey,
 };
 pub use hash::{client_hash, flow_hash};
 pub use split::{SplitWord, Version};

@@ -12,7 +12,7 @@
 //! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (two ways per set, by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
-//! | `REPLY_CACHE` | per-CPU array | TC egress (fill, clear), user space (clear) | per set: two `CachedReply` ways of steered IPv4 flows, keyed by the reply's tuple |
+//! | `REPLY_CACHE` | per-CPU array | TC egress (fill, clear), user space (clear) | per set (`FlowCacheKey::set`): two `CachedReply` ways of steered IPv4 flows, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
 //! | `H2_CONNS` | LRU hash | XDP ingress (create, client frames), TC egress (server frames) | `FlowKey` → `H2Conn`: how far an HTTP/2 connection's frames were read, and its calls in flight |
 //! | `L7_PROGRAMS` | program array | user space | `PROGRAM_H2`, which the ingress tail-calls to read an HTTP/2 client payload's frames |

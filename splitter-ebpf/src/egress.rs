@@ -7,7 +7,8 @@
 //! never as service traffic.
 //!
 //! A steered IPv4 flow's reverse translation is cached per CPU by the reply's tuple
-//! (`REPLY_CACHE`), so a backend's pure ACK costs one inlined array read. A SYN-ACK never trusts
+//! (`REPLY_CACHE`), so a backend's pure ACK costs one inlined array read (in the reply lane,
+//! `express::reply`, before this general path is reached at all). A SYN-ACK never trusts
 //! the cache: it starts a connection, which may be a direct one reusing the tuple, and one that
 //! no steered flow owns clears the tuple's set on every CPU.
 //!
@@ -24,8 +25,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use splitter_common::{
-    BackendInfo, CACHE_VALID, CachedReply, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_RST,
-    FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, addr_words, csum, stats_index,
+    BackendInfo, CachedReply, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_RST, FlowCacheKey,
+    FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, WayKey, addr_words, csum, stats_index,
 };
 
 use crate::{
@@ -47,7 +48,7 @@ pub fn translate(ctx: &TcContext) -> Result<bool, Skip> {
     }
     let (reply, h2) = steered_v4(ctx, &pkt, &bounds)?;
     count_out(ctx, &reply);
-    rewrite_v4(ctx, &pkt, pkt.dst(), &reply, None)?;
+    rewrite_v4(ctx, &V4Headers::of(&pkt), &reply, None)?;
     Ok(h2)
 }
 
@@ -77,8 +78,13 @@ pub fn steered_v4(
     bounds: &Bounds,
 ) -> Result<(CachedReply, bool), Skip> {
     let (src, dst, ports) = (pkt.src(), pkt.dst(), pkt.ports());
-    let reply_key = FlowKey::from_ipv4(src, dst, ports, pkt.protocol);
-    let set = reply_key.cache_set();
+    let reply_key = FlowCacheKey {
+        src,
+        dst,
+        ports,
+        protocol: pkt.protocol,
+    };
+    let set = reply_key.set();
     let (backend_port, client_port) = packet::split_ports(ports);
     // Built only off the pure-ACK path, which needs neither the backend nor the flow.
     let backend = || Endpoint::from_ipv4(src, backend_port, pkt.protocol);
@@ -86,7 +92,7 @@ pub fn steered_v4(
     let cached = if syn {
         None
     } else {
-        flow_cache::get_reply(set, &reply_key)
+        flow_cache::find_reply(set, &reply_key).copied()
     };
     if let Some(reply) = cached {
         let mut h2 = false;
@@ -115,14 +121,13 @@ pub fn steered_v4(
         pkt.protocol,
     );
     let reply = CachedReply {
-        key: reply_key,
-        valid: CACHE_VALID,
+        key: WayKey::of(&reply_key),
         stats_index: stats_index(info.service_id, info.version),
         addr: service,
         port: info.service_port_be,
-        _pad: 0,
         addr_delta: csum::address_delta(src, service),
         port_delta: csum::port_delta(backend_port, info.service_port_be),
+        ..CachedReply::default()
     };
     let h2 = match follow(ctx, &key, pkt, bounds, &backend)? {
         Steered::Flow { h2, drained } => {
@@ -232,11 +237,37 @@ fn follow(
 /// Flags of the L4 checksum helper: a UDP datagram without checksum keeps none
 /// (`BPF_F_MARK_MANGLED_0`).
 #[inline(always)]
-fn mangled_0(pkt: &Packet) -> u64 {
-    if pkt.protocol == PROTO_UDP {
+fn mangled_0(protocol: u8) -> u64 {
+    if protocol == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
+    }
+}
+
+/// What the reverse rewrite needs of an IPv4 reply's headers, read before any helper call
+/// (helpers invalidate packet pointers).
+pub struct V4Headers {
+    pub protocol: u8,
+    pub ip_check: u16,
+    pub l4_check: u16,
+    pub l3_offset: usize,
+    pub l4_check_offset: usize,
+    /// The destination address, unchanged (written back in the same store as the source).
+    pub dst: u32,
+}
+
+impl V4Headers {
+    #[inline(always)]
+    pub fn of(pkt: &Packet) -> Self {
+        Self {
+            protocol: pkt.protocol,
+            ip_check: pkt.ip_check(),
+            l4_check: pkt.l4_check(),
+            l3_offset: pkt.l3_offset,
+            l4_check_offset: pkt.l4_check_offset,
+            dst: pkt.dst(),
+        }
     }
 }
 
@@ -247,18 +278,16 @@ fn mangled_0(pkt: &Packet) -> u64 {
 #[inline(always)]
 pub fn rewrite_v4(
     ctx: &TcContext,
-    pkt: &Packet,
-    dst: u32,
+    headers: &V4Headers,
     reply: &CachedReply,
     ttl: Option<u8>,
 ) -> Result<(), Skip> {
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
-    let mangled_0 = mangled_0(pkt);
-    let check = csum::apply(pkt.ip_check(), reply.addr_delta);
+    let mangled_0 = mangled_0(headers.protocol);
+    let check = csum::apply(headers.ip_check, reply.addr_delta);
+    let (l3, at, dst) = (headers.l3_offset, headers.l4_check_offset, headers.dst);
     // The check only skips the helper calls for a UDP datagram without checksum.
-    let l4_check = pkt.l4_check();
-    let (l3, at) = (pkt.l3_offset, pkt.l4_check_offset);
-    if csum::l4_has_checksum(pkt.protocol, l4_check) {
+    if csum::l4_has_checksum(headers.protocol, headers.l4_check) {
         ctx.l4_csum_replace(
             at,
             0,
@@ -284,8 +313,8 @@ pub fn rewrite_v4(
                 .map_err(malformed)
         }
         Some(ttl) => {
-            let old = u16::from_ne_bytes([ttl, pkt.protocol]);
-            let new = u16::from_ne_bytes([ttl.saturating_sub(1), pkt.protocol]);
+            let old = u16::from_ne_bytes([ttl, headers.protocol]);
+            let new = u16::from_ne_bytes([ttl.saturating_sub(1), headers.protocol]);
             let rewritten = Ipv4ForwardRewrite {
                 ttl_protocol: new,
                 check: csum::replace16(check, old, new),
@@ -350,7 +379,7 @@ fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, 
         s.bytes_out += u64::from(ctx.len());
     });
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
-    let mangled_0 = mangled_0(pkt);
+    let mangled_0 = mangled_0(pkt.protocol);
     let (l4, l4_check_at) = (pkt.l4_offset, pkt.l4_check_offset);
     // Everything needed is read above: helpers invalidate the packet pointers.
     if csum::l4_has_checksum(pkt.protocol, pkt.l4_check()) {

@@ -11,8 +11,15 @@
 //! accepted, a TTL about to expire. The general path decides alike for every packet the
 //! express lane takes, so the lane changes what a packet costs, never where it goes or how it
 //! is counted; `tests/tests/caches.rs` holds the two to that.
+//!
+//! The egress has a lane of its own (`reply`): a backend's pure ACK whose reply this CPU's
+//! reply cache holds is counted and translated from that way, past the general path's pull,
+//! parse and 40-byte key.
 
-use aya_ebpf::bindings::{xdp_action, xdp_md};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action, xdp_md},
+    programs::TcContext,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -21,12 +28,13 @@ use network_types::{
 use splitter_common::{FlowCacheKey, NEXT_HOP_ROUTED, PROTO_TCP, PlaneCounter};
 
 use crate::{
+    Skip, egress,
     flow_cache::{self, Target},
     forward::{self, Hop},
     ingress, maps,
     packet::{
-        self, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET, TCP_CHECK_OFFSET, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET,
+        TCP_CHECK_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -65,8 +73,19 @@ pub fn steer(ctx: *mut xdp_md) -> u32 {
     express(start, end).unwrap_or(GENERAL)
 }
 
+/// An untagged IPv4 TCP packet without options, payload, SYN, FIN or RST, its headers inside
+/// the linear bytes from `start` to `end`: the express lanes' packets.
+struct PureAck {
+    ip: *mut u8,
+    tcp: *mut u8,
+    /// The IPv4 total length.
+    len: u16,
+    ttl: u8,
+    key: FlowCacheKey,
+}
+
 #[inline(always)]
-fn express(start: usize, end: usize) -> Option<u32> {
+fn pure_ack(start: usize, end: usize) -> Option<PureAck> {
     if start + HEADERS > end {
         return None;
     }
@@ -90,10 +109,9 @@ fn express(start: usize, end: usize) -> Option<u32> {
         || first != IPV4_NO_OPTIONS
         || frags & FRAGMENT_BITS != 0
         || protocol != PROTO_TCP
-        || ttl <= 1
         || flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
         || data_offset < 5
-        // A payload (the general path reads what a request says).
+        // A payload (the general path reads what a request or a response says).
         || usize::from(len) > Ipv4Hdr::LEN + usize::from(data_offset) * 4
     {
         return None;
@@ -107,6 +125,28 @@ fn express(start: usize, end: usize) -> Option<u32> {
             protocol,
         }
     };
+    Some(PureAck {
+        ip,
+        tcp,
+        len,
+        ttl,
+        key,
+    })
+}
+
+#[inline(always)]
+fn express(start: usize, end: usize) -> Option<u32> {
+    let PureAck {
+        ip,
+        tcp,
+        len,
+        ttl,
+        key,
+    } = pure_ack(start, end)?;
+    // A TTL about to expire: the general path leaves it to the stack.
+    if ttl <= 1 {
+        return None;
+    }
     let Some(way) = flow_cache::find(key.set(), &key) else {
         return Some(UNCACHED);
     };
@@ -142,4 +182,48 @@ fn express(start: usize, end: usize) -> Option<u32> {
     );
     maps::count(PlaneCounter::Forwarded);
     Some(action)
+}
+
+/// `reply`'s answer when the packet is `split_egress`'s general path's.
+pub const REPLY_GENERAL: i32 = i32::MIN;
+
+/// The reply lane of `split_egress`: a backend's pure ACK (as `pure_ack` says, its headers in
+/// the linear area) whose reply this CPU's reply cache holds is counted and translated from
+/// that way, with the same helper calls as the general path (`egress::rewrite_v4`), and goes
+/// on (`TCX_NEXT`); anything else is `REPLY_GENERAL`, untouched. A subprogram, for the reasons
+/// `steer` is one; the packet's bounds are read with volatile loads for the same reason.
+#[inline(never)]
+pub fn reply(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: the program's context, valid for the run.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).data) as usize,
+            core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+        )
+    };
+    let Some(ack) = pure_ack(start, end) else {
+        return REPLY_GENERAL;
+    };
+    let Some(way) = flow_cache::find_reply(ack.key.set(), &ack.key) else {
+        return REPLY_GENERAL;
+    };
+    let ctx = TcContext::new(skb);
+    let headers = egress::V4Headers {
+        protocol: PROTO_TCP,
+        // SAFETY: inside the headers `pure_ack` checked.
+        ip_check: unsafe { packet::load_u16(ack.ip.add(IPV4_CHECK_OFFSET)) },
+        // SAFETY: as above.
+        l4_check: unsafe { packet::load_u16(ack.tcp.add(TCP_CHECK_OFFSET)) },
+        l3_offset: EthHdr::LEN,
+        l4_check_offset: EthHdr::LEN + Ipv4Hdr::LEN + TCP_CHECK_OFFSET,
+        dst: ack.key.dst,
+    };
+    egress::count_out(&ctx, way);
+    match egress::rewrite_v4(&ctx, &headers, way, None) {
+        Ok(()) => TC_ACT_UNSPEC,
+        Err(Skip::Pass(counter) | Skip::Drop(counter)) => {
+            maps::count(counter);
+            TC_ACT_UNSPEC
+        }
+    }
 }

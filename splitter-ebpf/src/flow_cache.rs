@@ -4,7 +4,7 @@
 //! words (the addresses, then the ports, protocol and valid byte; two such compares when the
 //! flow sits in the second way), where the LRU hash lookup costs a jhash and a call. A way also
 //! keeps a copy of its backend's next hop for the express lane (`express.rs`). The reply cache
-//! keys its ways by the reply's whole `FlowKey`.
+//! is keyed alike, by the reply's own tuple.
 //! Correctness rests on three rules:
 //! - a way is only ever filled with what `FLOWS` says (or what a new flow just put there), and
 //!   its next hop with what `NEXT_HOPS` says, with the time the FIB said it;
@@ -15,7 +15,8 @@
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_map_lookup_percpu_elem, maps::PerCpuArray};
 use splitter_common::{
-    CACHE_VALID, CacheSet, CachedFlow, CachedReply, FlowCacheKey, FlowKey, NextHop, maps::MAX_CPUS,
+    CACHE_WAYS, CacheSet, CachedFlow, CachedReply, FlowCacheKey, FlowKey, NextHop, WayKey,
+    maps::MAX_CPUS,
 };
 
 use crate::maps::{FLOW_CACHE, REPLY_CACHE};
@@ -50,25 +51,80 @@ impl Target {
 /// each way compared whole.
 #[inline(always)]
 pub fn find(set: u32, key: &FlowCacheKey) -> Option<&'static mut CachedFlow> {
-    let words = key.words();
     let ways = FLOW_CACHE.get_ptr_mut(set)?;
-    // SAFETY: this CPU's value, valid for the program run; nothing else on this CPU writes it
-    // while the program runs.
-    let [first, second] = unsafe { &mut (*ways).ways };
-    if first.holds(&words) {
+    // SAFETY: this CPU's value, valid for the run; nothing else on this CPU writes it while the
+    // program runs.
+    find_in(unsafe { &mut (*ways).ways }, key)
+}
+
+/// The way of this CPU's `set` of the reply cache that holds `key` (the reply's own tuple).
+#[inline(always)]
+pub fn find_reply(set: u32, key: &FlowCacheKey) -> Option<&'static CachedReply> {
+    let ways = REPLY_CACHE.get_ptr_mut(set)?;
+    // SAFETY: as in `find`.
+    find_in(unsafe { &mut (*ways).ways }, key).map(|way| &*way)
+}
+
+/// A way of either cache: it starts with its key.
+trait Way {
+    fn key(&self) -> &WayKey;
+    fn key_mut(&mut self) -> &mut WayKey;
+}
+
+impl Way for CachedFlow {
+    #[inline(always)]
+    fn key(&self) -> &WayKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn key_mut(&mut self) -> &mut WayKey {
+        &mut self.key
+    }
+}
+
+impl Way for CachedReply {
+    #[inline(always)]
+    fn key(&self) -> &WayKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn key_mut(&mut self) -> &mut WayKey {
+        &mut self.key
+    }
+}
+
+#[inline(always)]
+fn find_in<'a, W: Way>(ways: &'a mut [W; CACHE_WAYS], key: &FlowCacheKey) -> Option<&'a mut W> {
+    let words = key.words();
+    let [first, second] = ways;
+    if first.key().holds(&words) {
         Some(first)
-    } else if second.holds(&words) {
+    } else if second.key().holds(&words) {
         Some(second)
     } else {
         None
     }
 }
 
-/// Puts `key`'s target in this CPU's set: in the way that holds it, else an empty one, else the
-/// second. Nothing is copied from way to way: a way is written only with what `FLOWS` said in
-/// this run, so a clear from another CPU that lands during the fill cannot be undone by a copy
-/// of what it cleared. The first way keeps its flow until a new flow in the set empties the
-/// set. The next hop is left to the flow's next packet (`NextHop::asked_ns` 0).
+/// The way `key` is to be written to: the one holding it, else an empty one, else the second.
+/// Nothing is copied from way to way: a way is written only with what `FLOWS` said in this run,
+/// so a clear from another CPU that lands during the fill cannot be undone by a copy of what
+/// it cleared. The first way keeps its flow until a new flow in the set empties the set.
+#[inline(always)]
+fn way_for<'a, W: Way>(ways: &'a mut [W; CACHE_WAYS], key: &FlowCacheKey) -> &'a mut W {
+    let words = key.words();
+    let [first, second] = ways;
+    if first.key().holds(&words) {
+        first
+    } else if second.key().holds(&words) || first.key().is_valid() {
+        second
+    } else {
+        first
+    }
+}
+
+/// Puts `key`'s target in this CPU's set (see `way_for`). The next hop is left to the flow's
+/// next packet (`NextHop::asked_ns` 0).
 #[inline(never)]
 pub fn fill(set: u32, key: &FlowKey, target: &Target) {
     let Some(ways) = FLOW_CACHE.get_ptr_mut(set) else {
@@ -76,21 +132,8 @@ pub fn fill(set: u32, key: &FlowKey, target: &Target) {
     };
     let key = key.cache_key();
     // SAFETY: as in `find`.
-    let [first, second] = unsafe { &mut (*ways).ways };
-    let words = key.words();
-    let way = if first.holds(&words) {
-        first
-    } else if second.holds(&words) || u32::from(first.valid) == CACHE_VALID {
-        second
-    } else {
-        first
-    };
-    *way = CachedFlow {
-        src: key.src,
-        dst: key.dst,
-        ports: key.ports,
-        protocol: key.protocol,
-        valid: CACHE_VALID as u8,
+    *way_for(unsafe { &mut (*ways).ways }, &key) = CachedFlow {
+        key: WayKey::of(&key),
         stats_index: target.stats,
         ip_delta: target.ip_delta,
         l4_delta: target.l4_delta,
@@ -103,73 +146,13 @@ pub fn fill(set: u32, key: &FlowKey, target: &Target) {
     };
 }
 
-/// A way of either cache, to be cleared.
-trait Way {
-    fn invalidate(&mut self);
-}
-
-impl Way for CachedFlow {
-    #[inline(always)]
-    fn invalidate(&mut self) {
-        self.valid = 0;
-    }
-}
-
-impl Way for CachedReply {
-    #[inline(always)]
-    fn invalidate(&mut self) {
-        self.valid = 0;
-    }
-}
-
-#[inline(always)]
-fn words(key: &FlowKey) -> &[u64; 5] {
-    // SAFETY: FlowKey is 40 bytes and 8-aligned.
-    unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() }
-}
-
-/// Whether a reply way holds `key`: its valid word, then five word compares.
-#[inline(always)]
-fn holds_reply(way: &CachedReply, key: &FlowKey) -> bool {
-    let (a, b) = (words(&way.key), words(key));
-    way.valid == CACHE_VALID
-        && a[0] == b[0]
-        && a[1] == b[1]
-        && a[2] == b[2]
-        && a[3] == b[3]
-        && a[4] == b[4]
-}
-
-/// The reverse translation of a steered IPv4 flow, by the reply's own tuple: the egress
-/// program's counterpart of `Target`.
-#[inline(always)]
-pub fn get_reply(set: u32, key: &FlowKey) -> Option<CachedReply> {
-    let [first, second] = &REPLY_CACHE.get(set)?.ways;
-    if holds_reply(first, key) {
-        Some(*first)
-    } else if holds_reply(second, key) {
-        Some(*second)
-    } else {
-        None
-    }
-}
-
 /// Puts a steered flow's reverse translation in this CPU's set (`reply.key` is the reply's
 /// tuple).
 #[inline(never)]
 pub fn fill_reply(set: u32, reply: &CachedReply) {
     if let Some(ways) = REPLY_CACHE.get_ptr_mut(set) {
-        // SAFETY: this CPU's value; nothing else writes it while the program runs.
-        let [first, second] = unsafe { &mut (*ways).ways };
-        // As in `fill`: the way holding the key, else an empty one, else the second.
-        let way = if holds_reply(first, &reply.key) {
-            first
-        } else if holds_reply(second, &reply.key) || first.valid == CACHE_VALID {
-            second
-        } else {
-            first
-        };
-        *way = *reply;
+        // SAFETY: as in `find`.
+        *way_for(unsafe { &mut (*ways).ways }, &reply.key.key()) = *reply;
     }
 }
 
@@ -204,7 +187,7 @@ fn clear_on_every_cpu<W: Way>(cache: &PerCpuArray<CacheSet<W>>, set: u32) {
         }
         // SAFETY: a valid map value pointer; a racing reader sees either state, both safe.
         for way in unsafe { &mut (*ways).ways } {
-            way.invalidate();
+            way.key_mut().valid = 0;
         }
     }
 }

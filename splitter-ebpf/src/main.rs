@@ -70,6 +70,11 @@ pub fn split_ingress(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn split_egress(ctx: TcContext) -> i32 {
+    // A backend's pure ACK whose reply this CPU caches.
+    let lane = express::reply(ctx.skb.skb);
+    if lane != express::REPLY_GENERAL {
+        return lane;
+    }
     // A translated reply is counted once, in its version's counters (inside `translate`).
     match egress::translate(&ctx) {
         Ok(false) => TC_ACT_UNSPEC,

@@ -35,7 +35,7 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     if pkt.v6 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
     }
-    let (ttl, dst) = (pkt.ttl(), pkt.dst());
+    let (ttl, dst, headers) = (pkt.ttl(), pkt.dst(), egress::V4Headers::of(&pkt));
     let (reply, h2) = egress::steered_v4(ctx, &pkt, &bounds)?;
     if ttl <= 1 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
@@ -61,7 +61,7 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     };
     forward::fib_verdict(rc, params.ifindex).map_err(Skip::Pass)?;
     egress::count_out(ctx, &reply);
-    egress::rewrite_v4(ctx, &pkt, dst, &reply, Some(ttl))?;
+    egress::rewrite_v4(ctx, &headers, &reply, Some(ttl))?;
     let macs = Macs {
         dst: params.dmac,
         src: params.smac,

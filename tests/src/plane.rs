@@ -12,7 +12,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use splitter_common::{
-    CACHE_VALID, FlowKey, NextHop,
+    FlowKey, NextHop,
     maps::{
         NEXT_HOP_SLOTS, NEXT_HOPS, PROGRAM_BASELINE, PROGRAM_EGRESS, PROGRAM_INGRESS,
         PROGRAM_TC_BASELINE,
@@ -183,10 +183,10 @@ impl Plane {
         values[cpu]
             .ways
             .iter()
-            .filter(|way| u32::from(way.valid) == CACHE_VALID)
+            .filter(|way| way.key.is_valid())
             .map(|way| {
                 let backend = Ipv4Addr::from(way.hop.addr.to_ne_bytes());
-                let key = way.key();
+                let key = way.key.key();
                 let key = FlowKey::from_ipv4(key.src, key.dst, key.ports, key.protocol);
                 (key, SocketAddrV4::new(backend, u16::from_be(way.port)))
             })

@@ -10,9 +10,10 @@
 use std::{net::SocketAddrV4, thread, time::Duration};
 
 use splitter_common::{
-    CACHE_VALID, CachedFlow, FLOW_FIN_CLIENT, FlowKey, NextHop, Version, VersionStats, ipv4_mapped,
+    CachedFlow, FLOW_FIN_CLIENT, FlowKey, NextHop, Version, VersionStats, ipv4_mapped,
 };
 use splitter_tests::{
+    checksum,
     netns::Netns,
     packet::{ACK, FIN, Ipv4Packet, PSH, RST, SYN},
     plane::{FIXTURE_CONFIG, Pinned, Plane},
@@ -309,7 +310,7 @@ fn way(plane: &Plane, from: SocketAddrV4) -> Option<CachedFlow> {
     set[CPU]
         .ways
         .into_iter()
-        .find(|way| u32::from(way.valid) == CACHE_VALID && way.key() == key.cache_key())
+        .find(|way| way.key.is_valid() && way.key.key() == key.cache_key())
 }
 
 /// The flow's version's counters, and the sum of the fast path's outcomes.
@@ -410,5 +411,80 @@ fn a_request_and_a_close_on_a_cached_flow_take_the_general_path_which_records_th
         assert_eq!(destination(&run.data), backend);
         let flow = plane.maps.flow(&key(from)).expect("flows").expect("a flow");
         assert_ne!(flow.state & FLOW_FIN_CLIENT, 0, "the FIN was not recorded");
+    });
+}
+
+/// The source a translated reply left with.
+fn source(frame: &[u8]) -> SocketAddrV4 {
+    let (ip, l4) = (14, 34);
+    SocketAddrV4::new(
+        [
+            frame[ip + 12],
+            frame[ip + 13],
+            frame[ip + 14],
+            frame[ip + 15],
+        ]
+        .into(),
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+    )
+}
+
+/// Whether the IPv4 header and the TCP checksum of `frame` verify.
+fn checksums_ok(frame: &[u8]) -> bool {
+    let ip = &frame[14..34];
+    let addr = |at: usize| [ip[at], ip[at + 1], ip[at + 2], ip[at + 3]];
+    checksum::ipv4_header_ok(ip) && checksum::l4_ok(addr(12), addr(16), 6, &frame[34..])
+}
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_cached_reply_leaves_as_the_service_counted_and_a_response_still_takes_the_general_path() {
+    require_root!();
+    let ns = Netns::new("sp-express-reply");
+    ns.run(|| {
+        let _pinned = Pinned::to_cpu(CPU);
+        let plane = Plane::load(FIXTURE_CONFIG);
+        let from = client(42_002);
+        let _ = plane.ingress(&Ipv4Packet::tcp(from, vip(), SYN).build());
+        let backend = pinned_backend(&plane, from);
+        // The SYN-ACK takes the general path and fills the reply cache.
+        let synack = plane.egress(&Ipv4Packet::tcp(backend, from, SYN | ACK).build());
+        assert_eq!(
+            source(&synack.data),
+            vip(),
+            "the SYN-ACK left as the service"
+        );
+        let request = Ipv4Packet::tcp(from, vip(), ACK | PSH)
+            .with_payload(b"GET /v2/health/ready HTTP/1.1\r\nHost: model\r\n\r\n")
+            .build();
+        let _ = plane.ingress(&request);
+
+        let (before, _) = counts(&plane, from);
+        // Pure ACKs from the backend: cached, each left as the service with valid checksums.
+        let ack = Ipv4Packet::tcp(backend, from, ACK).build();
+        for _ in 0..3 {
+            let run = plane.egress(&ack);
+            assert_eq!(source(&run.data), vip(), "a pure ACK left as the backend");
+            assert!(checksums_ok(&run.data), "checksums of {:02x?}", run.data);
+        }
+        let (acked, _) = counts(&plane, from);
+        assert_eq!(acked.packets_out - before.packets_out, 3, "packets out");
+        assert_eq!(acked.bytes_out - before.bytes_out, 3 * ack.len() as u64);
+        assert_eq!(acked.responses, before.responses, "an ACK is no response");
+
+        // The response's first bytes: the general path reads and times it.
+        let response = Ipv4Packet::tcp(backend, from, ACK | PSH)
+            .with_payload(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .build();
+        let run = plane.egress(&response);
+        assert_eq!(source(&run.data), vip());
+        assert!(checksums_ok(&run.data), "checksums of the response");
+        let (answered, _) = counts(&plane, from);
+        assert_eq!(
+            answered.responses - acked.responses,
+            1,
+            "the response was not timed"
+        );
+        assert_eq!(answered.http_status[2] - acked.http_status[2], 1, "a 2xx");
     });
 }
