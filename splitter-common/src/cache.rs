@@ -111,7 +111,8 @@ impl WayKey {
 /// backend's next hop, so an established packet is steered and forwarded from one inlined array
 /// read instead of a hash lookup and a next-hop lookup. `FLOWS` stays the source of truth: a
 /// way is filled from it, and every new flow clears its key's set on all CPUs. The next hop is
-/// copied from `NEXT_HOPS` with the time the FIB gave it, so it expires when that does.
+/// copied from `NEXT_HOPS` with the time the FIB gave it, so it is used no longer than that
+/// answer is.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedFlow {
@@ -127,8 +128,9 @@ pub struct CachedFlow {
     /// The backend's port in memory order.
     pub port: u16,
     pub _pad: u16,
-    /// The backend's IPv4 address (`hop.addr`, memory order) and, once the flow's packets have
-    /// been forwarded (`hop.asked_ns` not 0), where the fast path sends them.
+    /// The backend's IPv4 address (`hop.addr`, memory order) and, once a pure ACK of the flow
+    /// has taken the express lane (`hop.asked_ns` not 0), a copy of its `NEXT_HOPS` entry: where
+    /// the fast path sends the flow's packets, or that the stack routes them.
     pub hop: NextHop,
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);

@@ -1,9 +1,15 @@
 //! The express lane: most packets of an established connection are pure ACKs, and this is
 //! their path. An untagged IPv4 TCP packet without options, payload, SYN, FIN or RST, whose
 //! flow this CPU's flow cache holds with a fresh next hop, is steered, counted, rewritten and
-//! forwarded from that one cache way: three inlined array reads in all (the way, the version's
-//! counters, the fast path's counter), where the general path parses every header kind, builds
-//! a 40-byte key and asks `NEXT_HOPS` too.
+//! forwarded from that one cache way: three inlined array reads (the way, the version's
+//! counters, the fast path's counter) and the redirect's device lookup, where the general path
+//! parses every header kind, builds a 40-byte key and reads `NEXT_HOPS` twice too.
+//!
+//! A way's next hop is a copy of `NEXT_HOPS`' entry, with the time the FIB gave that answer: it
+//! is used no longer than the answer it copies (`NEXT_HOP_TTL_JIFFIES`), the bound within which
+//! a neighbour's new address reaches established flows anyway. Until then, a newer answer that
+//! the general path put in `NEXT_HOPS` (after a longer packet asked the FIB again, or an
+//! eviction) reaches the way only for a packet longer than the copy has accepted.
 //!
 //! Anything else takes the general path (`ingress::steer`, then `forward::to_backend`) from
 //! the start, before the express lane has written anything: a cache miss, a way without a
@@ -30,8 +36,7 @@ use splitter_common::{FlowCacheKey, NEXT_HOP_ROUTED, PROTO_TCP, PlaneCounter};
 use crate::{
     Skip, egress,
     flow_cache::{self, Target},
-    forward::{self, Hop},
-    ingress, maps,
+    forward, ingress, maps,
     packet::{
         self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET,
         TCP_CHECK_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
@@ -150,14 +155,20 @@ fn express(start: usize, end: usize) -> Option<u32> {
     let Some(way) = flow_cache::find(key.set(), &key) else {
         return Some(UNCACHED);
     };
+    // The way's next hop, or, when it has expired or is shorter than this packet (a newer
+    // answer may have accepted longer ones), this CPU's kept next hop of the backend if that is
+    // fresh (the general path asks the FIB otherwise). Nothing is written before the decision.
     let now = forward::now();
-    if !forward::fresh(&way.hop, now) {
-        // The first packet after the way was filled, or after its next hop expired: this CPU's
-        // kept next hop of the backend, if fresh (the general path asks the FIB otherwise).
-        way.hop = forward::kept_v4(way.hop.addr, now)?;
-    }
-    let routed = way.hop.ifindex == NEXT_HOP_ROUTED;
-    if !routed && len > way.hop.max_len {
+    let stale = !forward::fresh(&way.hop, now)
+        || (way.hop.ifindex != NEXT_HOP_ROUTED && len > way.hop.max_len);
+    let kept = if stale {
+        Some(forward::kept_v4(way.hop.addr, now)?)
+    } else {
+        None
+    };
+    let hop = kept.unwrap_or(&way.hop);
+    let routed = hop.ifindex == NEXT_HOP_ROUTED;
+    if !routed && len > hop.max_len {
         return None;
     }
     maps::with_stats(way.stats_index, |s| {
@@ -167,20 +178,20 @@ fn express(start: usize, end: usize) -> Option<u32> {
     // SAFETY: inside the headers checked above.
     let l4_check = unsafe { tcp.add(TCP_CHECK_OFFSET) };
     ingress::rewrite_destination(ip, tcp, l4_check, PROTO_TCP, &Target::of(way));
-    if routed {
-        maps::count(forward::routed_why(&way.hop));
-        return Some(xdp_action::XDP_PASS);
+    let action = if routed {
+        maps::count(forward::routed_why(hop));
+        xdp_action::XDP_PASS
+    } else {
+        // SAFETY: the IPv4 header checked above, its TTL above 1.
+        unsafe { forward::decrement_ttl_v4(ip) };
+        let action = forward::send(start, hop.ifindex, &hop.macs);
+        maps::count(PlaneCounter::Forwarded);
+        action
+    };
+    // The refreshed next hop is the way's from now on.
+    if let Some(kept) = kept {
+        way.hop = *kept;
     }
-    // SAFETY: the IPv4 header checked above, its TTL above 1.
-    unsafe { forward::decrement_ttl_v4(ip) };
-    let action = forward::send(
-        start,
-        &Hop {
-            ifindex: way.hop.ifindex,
-            macs: way.hop.macs,
-        },
-    );
-    maps::count(PlaneCounter::Forwarded);
     Some(action)
 }
 

@@ -62,9 +62,9 @@ pub fn to_backend(ctx: &XdpContext) -> u32 {
 }
 
 /// The next hop as the FIB gave it: the device and the Ethernet destination and source.
-pub struct Hop {
-    pub ifindex: u32,
-    pub macs: [u8; 12],
+struct Hop {
+    ifindex: u32,
+    macs: [u8; 12],
 }
 
 #[inline(always)]
@@ -103,7 +103,7 @@ fn forward(ctx: &XdpContext) -> Result<u32, PlaneCounter> {
     } else {
         return Err(PlaneCounter::ForwardRouted);
     };
-    Ok(send(start, &hop))
+    Ok(send(start, hop.ifindex, &hop.macs))
 }
 
 /// The TTL one down, as a router forwards, and the IPv4 header checksum with it.
@@ -127,12 +127,12 @@ pub unsafe fn decrement_ttl_v4(ip: *mut u8) {
 /// The frame at `start` (an untagged Ethernet header, bounds-checked) readdressed to the next
 /// hop and redirected to its device.
 #[inline(always)]
-pub fn send(start: usize, hop: &Hop) -> u32 {
+pub fn send(start: usize, ifindex: u32, macs: &[u8; 12]) -> u32 {
     // SAFETY: the caller checked the Ethernet header; 2-aligned words.
     unsafe {
         let eth = start as *mut u8;
         for i in 0..6 {
-            let word = u16::from_ne_bytes([hop.macs[2 * i], hop.macs[2 * i + 1]]);
+            let word = u16::from_ne_bytes([macs[2 * i], macs[2 * i + 1]]);
             packet::store_u16(eth.add(2 * i), word);
         }
     }
@@ -141,7 +141,7 @@ pub fn send(start: usize, hop: &Hop) -> u32 {
     // (the kernel removes it from the list) fails the redirect, and the packet, its Ethernet
     // header already rewritten, is dropped by the stack until the kept hop expires.
     FORWARD_DEVICES
-        .redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS))
+        .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
         .unwrap_or(xdp_action::XDP_PASS)
 }
 
@@ -182,12 +182,12 @@ fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
 
 /// The next hop this CPU keeps for the IPv4 backend `dst`, if it is fresh at `now`.
 #[inline(always)]
-pub fn kept_v4(dst: u32, now: u64) -> Option<NextHop> {
+pub fn kept_v4(dst: u32, now: u64) -> Option<&'static NextHop> {
     let (way0, way1) = ways_v4(dst)?;
     if way0.addr == dst && fresh(way0, now) {
-        Some(*way0)
+        Some(way0)
     } else if way1.addr == dst && fresh(way1, now) {
-        Some(*way1)
+        Some(way1)
     } else {
         None
     }

@@ -488,3 +488,37 @@ fn a_cached_reply_leaves_as_the_service_counted_and_a_response_still_takes_the_g
         assert_eq!(answered.http_status[2] - acked.http_status[2], 1, "a 2xx");
     });
 }
+
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_cleared_set_keeps_its_ways_data_and_only_loses_their_valid_byte() {
+    require_root!();
+    let ns = Netns::new("sp-cache-clear");
+    ns.run(|| {
+        let _pinned = Pinned::to_cpu(CPU);
+        let mut plane = Plane::load(FIXTURE_CONFIG);
+        let from = client(42_003);
+        let _ = plane.ingress(&Ipv4Packet::tcp(from, vip(), SYN).build());
+        let _ = plane.ingress(&Ipv4Packet::tcp(from, vip(), ACK).build());
+        let before = way(&plane, from).expect("a cached way");
+        let set = key(from).cache_set();
+        plane.maps.clear_cache_set(set).expect("clear");
+        // A program reading the way while the kernel copies the new values sees the same data
+        // either side of the copy, never a half-zeroed way.
+        let after = plane.maps.flow_cache_set(set).expect("a set")[CPU].ways;
+        let cleared = after
+            .iter()
+            .find(|w| w.key.key() == before.key.key())
+            .expect("the way's data stays");
+        assert!(!cleared.key.is_valid(), "the way is still valid");
+        assert_eq!(
+            CachedFlow {
+                key: before.key,
+                ..*cleared
+            },
+            before,
+            "only the valid byte changed"
+        );
+        assert!(way(&plane, from).is_none());
+    });
+}

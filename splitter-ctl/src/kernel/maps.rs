@@ -19,7 +19,7 @@ use aya::{
 use splitter_common::{
     BackendInfo, CacheSet, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
     LAST_RESORT, LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord,
-    Version, VersionStats,
+    Version, VersionStats, WayKey,
     drain::Drain,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
@@ -200,6 +200,33 @@ pub(crate) fn check_layout(data: &MapData, name: &str) -> Result<(), LayoutError
 }
 
 /// A per-CPU value of zeroes for every possible CPU.
+/// A cache set's per-CPU values with every way marked invalid and nothing else changed. The
+/// kernel copies the new values over the old while programs on other CPUs may be reading them:
+/// with only the valid byte different, a reader that saw its way valid reads the same data
+/// after as before, never a half-zeroed way (a source of 0.0.0.0, a wrong checksum).
+fn invalidated<W: aya::Pod>(
+    map: &'static str,
+    values: &PerCpuValues<CacheSet<W>>,
+    key: impl Fn(&mut W) -> &mut WayKey,
+) -> Result<PerCpuValues<CacheSet<W>>, MapsError> {
+    let cleared: Vec<CacheSet<W>> = values
+        .iter()
+        .map(|set| {
+            let mut set = *set;
+            for way in &mut set.ways {
+                key(way).valid = 0;
+            }
+            set
+        })
+        .collect();
+    PerCpuValues::try_from(cleared).map_err(|io_error| {
+        access(map, "clear a set")(MapError::from(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error,
+        }))
+    })
+}
+
 pub(super) fn zeroed<T: aya::Pod + Default + Clone>(
     map: &'static str,
 ) -> Result<PerCpuValues<T>, MapsError> {
@@ -576,11 +603,16 @@ impl Maps {
         Ok(())
     }
 
-    /// Empties one set of the reply cache (both its ways) on every CPU.
+    /// Empties one set of the reply cache (both its ways) on every CPU. Only each way's valid
+    /// byte changes (see `invalidated`).
     pub fn clear_reply_set(&mut self, set: u32) -> Result<(), MapsError> {
-        let empty = zeroed::<CacheSet<CachedReply>>(names::REPLY_CACHE)?;
+        let values = self
+            .reply_cache
+            .get(&set, 0)
+            .map_err(access(names::REPLY_CACHE, "read a set"))?;
+        let cleared = invalidated(names::REPLY_CACHE, &values, |way| &mut way.key)?;
         self.reply_cache
-            .set(set, empty, 0)
+            .set(set, cleared, 0)
             .map_err(access(names::REPLY_CACHE, "clear a set"))
     }
 
@@ -594,11 +626,16 @@ impl Maps {
             .map_err(access(names::FLOW_CACHE, "read a set"))
     }
 
-    /// Empties one set of the flow cache (both its ways) on every CPU.
+    /// Empties one set of the flow cache (both its ways) on every CPU. Only each way's valid
+    /// byte changes (see `invalidated`).
     pub fn clear_cache_set(&mut self, set: u32) -> Result<(), MapsError> {
-        let empty = zeroed::<CacheSet<CachedFlow>>(names::FLOW_CACHE)?;
+        let values = self
+            .flow_cache
+            .get(&set, 0)
+            .map_err(access(names::FLOW_CACHE, "read a set"))?;
+        let cleared = invalidated(names::FLOW_CACHE, &values, |way| &mut way.key)?;
         self.flow_cache
-            .set(set, empty, 0)
+            .set(set, cleared, 0)
             .map_err(access(names::FLOW_CACHE, "clear a set"))
     }
 
