@@ -184,6 +184,12 @@ fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
 #[inline(always)]
 pub fn kept_v4(dst: u32, now: u64) -> Option<&'static NextHop> {
     let (way0, way1) = ways_v4(dst)?;
+    kept_in(way0, way1, dst, now)
+}
+
+/// The way of a `NEXT_HOPS` set that keeps a fresh next hop of `dst`, if one does.
+#[inline(always)]
+fn kept_in<'a>(way0: &'a NextHop, way1: &'a NextHop, dst: u32, now: u64) -> Option<&'a NextHop> {
     if way0.addr == dst && fresh(way0, now) {
         Some(way0)
     } else if way1.addr == dst && fresh(way1, now) {
@@ -208,14 +214,7 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     let Some((way0, way1)) = ways_v4(dst) else {
         return Err(PlaneCounter::ForwardRouted);
     };
-    let kept = if way0.addr == dst && fresh(way0, now) {
-        Some(&*way0)
-    } else if way1.addr == dst && fresh(way1, now) {
-        Some(&*way1)
-    } else {
-        None
-    };
-    if let Some(entry) = kept {
+    if let Some(entry) = kept_in(way0, way1, dst, now) {
         if entry.ifindex == NEXT_HOP_ROUTED {
             return Err(routed_why(entry));
         }

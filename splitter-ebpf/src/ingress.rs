@@ -10,9 +10,9 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use splitter_common::{
     COHORT_CANDIDATE, COHORT_LIVE, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_OPEN,
-    FLOW_RST, FLOW_SYN, Flow, FlowCacheKey, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter,
-    RESPONSE_PHASE, SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, csum,
-    flow_add_state, flow_hash,
+    FLOW_RST, FLOW_SYN, Flow, FlowKey, LAST_RESORT, PROTO_TCP, PlaneCounter, RESPONSE_PHASE,
+    SERVICE_HAS_COHORTS, SLOT_SET, Service, Slot, SplitWord, addr_words, csum, flow_add_state,
+    flow_hash,
     l7::{FLOW_L7_HTTP1, configured_l7},
     slot_index, stats_index,
 };
@@ -52,13 +52,7 @@ pub fn steer(ctx: &XdpContext, uncached: bool) -> Result<bool, Skip> {
     // so those packets take the slow path. Pure ACKs, the bulk of a connection, do not.
     let request = pkt.protocol == PROTO_TCP && pkt.payload_len > 0;
     let cached = if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !request && !uncached {
-        let cache_key = FlowCacheKey {
-            src,
-            dst,
-            ports,
-            protocol: pkt.protocol,
-        };
-        flow_cache::find(set, &cache_key).map(|way| Target::of(way))
+        flow_cache::find(set, &key.cache_key()).map(|way| Target::of(way))
     } else {
         None
     };
@@ -94,7 +88,8 @@ pub fn steer(ctx: &XdpContext, uncached: bool) -> Result<bool, Skip> {
         s.packets_in += 1;
         s.bytes_in += bounds.len();
     });
-    rewrite_destination(pkt.ip, pkt.l4, pkt.l4_check, pkt.protocol, &target);
+    // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum.
+    unsafe { rewrite_destination(pkt.ip, pkt.l4, pkt.l4_check, pkt.protocol, &target) };
     Ok(h2)
 }
 
@@ -362,11 +357,11 @@ fn pick_backend(service_id: u32, chosen: u8, hash: u32) -> Result<(u8, Slot), Sk
 
 /// The IPv4 destination and destination port become the target's, with the checksums.
 ///
-/// # Safety (of the pointers)
+/// # Safety
 /// `ip` must point to a bounds-checked IPv4 header, `l4` to the port pair and `l4_check` to the
 /// L4 checksum field, both bounds-checked (as `packet::parse` leaves them).
 #[inline(always)]
-pub fn rewrite_destination(
+pub unsafe fn rewrite_destination(
     ip: *mut u8,
     l4: *mut u8,
     l4_check: *mut u8,
