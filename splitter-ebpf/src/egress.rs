@@ -12,18 +12,23 @@
 //! the cache: it starts a connection, which may be a direct one reusing the tuple, and one that
 //! no steered flow owns clears the tuple's set on every CPU.
 //!
-//! Every write goes through a helper (`bpf_skb_store_bytes`, the checksum helpers), never
-//! through a packet pointer: a program that writes packet memory directly gets a prologue from
-//! the verifier that unclones every cloned skb it sees, and TCP transmits clones. That would copy
-//! the head of every packet leaving the interface, the service's replies and all other traffic
-//! alike, while a helper makes writable only the header bytes it writes, which a TCP clone
-//! already allows. The L4 checksum goes through the kernel, which knows whether the skb carries
-//! a partial checksum (a seed that only the pseudo-header change must touch) or a complete one.
+//! The IPv4 header and the source port are written through packet pointers; the L4 checksum
+//! goes through the kernel (`bpf_l4_csum_replace`), which knows whether the skb carries a
+//! partial checksum (a seed that only the pseudo-header change may touch) or a complete one.
+//! A program that writes packet memory directly gets a verifier prologue that makes a cloned
+//! skb's linear bytes writable (`bpf_skb_pull_data(skb, 0)`). TCP transmits clones, but the
+//! copy it keeps for retransmission claims only the payload (`__skb_header_release`), which
+//! TCP keeps outside the linear bytes, so the kernel finds a clone writable as it is
+//! (`skb_clone_writable`) and copies nothing: `perf record -a` over the comparison with direct
+//! found no `pskb_expand_head` under that prologue (docs/benchmarks.md). A clone whose header
+//! is shared (a bridge's flood) or whose payload is linear is copied first, as the helpers
+//! would have copied it for their write.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
+use network_types::ip::Ipv4Hdr;
 use splitter_common::{
     BackendInfo, CachedReply, Endpoint, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_RST, FlowCacheKey,
     FlowKey, PROTO_TCP, PROTO_UDP, PlaneCounter, WayKey, addr_words, csum, stats_index,
@@ -245,16 +250,14 @@ fn mangled_0(protocol: u8) -> u64 {
     }
 }
 
-/// What the reverse rewrite needs of an IPv4 reply's headers, read before any helper call
-/// (helpers invalidate packet pointers).
+/// What the reverse rewrite needs of an IPv4 reply's headers, taken before any helper call
+/// (helpers that change the packet invalidate packet pointers).
 pub struct V4Headers {
     pub protocol: u8,
-    pub ip_check: u16,
+    /// The IPv4 header (without options), bounds-checked with the L4 source port after it.
+    pub ip: *mut u8,
     pub l4_check: u16,
-    pub l3_offset: usize,
     pub l4_check_offset: usize,
-    /// The destination address, unchanged (written back in the same store as the source).
-    pub dst: u32,
 }
 
 impl V4Headers {
@@ -262,19 +265,20 @@ impl V4Headers {
     pub fn of(pkt: &Packet) -> Self {
         Self {
             protocol: pkt.protocol,
-            ip_check: pkt.ip_check(),
+            ip: pkt.ip,
             l4_check: pkt.l4_check(),
-            l3_offset: pkt.l3_offset,
             l4_check_offset: pkt.l4_check_offset,
-            dst: pkt.dst(),
         }
     }
 }
 
-/// The source becomes the service: the IPv4 checksum, source address, destination (unchanged)
-/// and source port, which sit side by side, in one store; the L4 checksum by the cached deltas.
-/// With `ttl` (the fast path, forwarding the reply itself), the TTL goes one down in the same
-/// store.
+/// The source becomes the service: the IPv4 checksum, source address and L4 source port are
+/// written through the packet pointer (with `ttl`, the fast path forwarding the reply itself,
+/// the TTL goes one down too), then the L4 checksum moves by the cached deltas through the
+/// kernel, which knows whether the skb carries a partial checksum (a seed that only the
+/// pseudo-header change may touch) or a complete one. The helper comes last: it invalidates
+/// the packet pointers. It fails only on an offset outside the packet, which the parse rules
+/// out; should it fail, the packet, its addresses already rewritten, is dropped and counted.
 #[inline(always)]
 pub fn rewrite_v4(
     ctx: &TcContext,
@@ -282,76 +286,41 @@ pub fn rewrite_v4(
     reply: &CachedReply,
     ttl: Option<u8>,
 ) -> Result<(), Skip> {
-    let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
-    let mangled_0 = mangled_0(headers.protocol);
-    let check = csum::apply(headers.ip_check, reply.addr_delta);
-    let (l3, at, dst) = (headers.l3_offset, headers.l4_check_offset, headers.dst);
+    let ip = headers.ip;
+    // SAFETY: `ip` is bounds-checked through the L4 source port (`V4Headers::ip`).
+    unsafe {
+        let mut check = csum::apply(
+            packet::load_u16(ip.add(IPV4_CHECK_OFFSET)),
+            reply.addr_delta,
+        );
+        if let Some(ttl) = ttl {
+            let old = u16::from_ne_bytes([ttl, headers.protocol]);
+            let new = u16::from_ne_bytes([ttl.saturating_sub(1), headers.protocol]);
+            packet::store_u16(ip.add(IPV4_TTL_OFFSET), new);
+            check = csum::replace16(check, old, new);
+        }
+        packet::store_u16(ip.add(IPV4_CHECK_OFFSET), check);
+        packet::store_u32(ip.add(packet::IPV4_SRC_OFFSET), reply.addr);
+        packet::store_u16(ip.add(Ipv4Hdr::LEN), reply.port);
+    }
     // The check only skips the helper calls for a UDP datagram without checksum.
     if csum::l4_has_checksum(headers.protocol, headers.l4_check) {
+        let mangled_0 = mangled_0(headers.protocol);
+        let at = headers.l4_check_offset;
+        let failed = |_| Skip::Drop(PlaneCounter::Malformed);
         ctx.l4_csum_replace(
             at,
             0,
             u64::from(reply.addr_delta),
             u64::from(BPF_F_PSEUDO_HDR) | mangled_0,
         )
-        .map_err(malformed)?;
+        .map_err(failed)?;
         if reply.port_delta != 0 {
             ctx.l4_csum_replace(at, 0, u64::from(reply.port_delta), mangled_0)
-                .map_err(malformed)?;
+                .map_err(failed)?;
         }
     }
-    // Everything needed was read above: helpers invalidate the packet pointers.
-    match ttl {
-        None => {
-            let rewritten = Ipv4SourceRewrite {
-                check,
-                source: reply.addr,
-                destination: dst,
-                source_port: reply.port,
-            };
-            ctx.store(l3 + IPV4_CHECK_OFFSET, &rewritten, 0)
-                .map_err(malformed)
-        }
-        Some(ttl) => {
-            let old = u16::from_ne_bytes([ttl, headers.protocol]);
-            let new = u16::from_ne_bytes([ttl.saturating_sub(1), headers.protocol]);
-            let rewritten = Ipv4ForwardRewrite {
-                ttl_protocol: new,
-                check: csum::replace16(check, old, new),
-                source: reply.addr,
-                destination: dst,
-                source_port: reply.port,
-            };
-            ctx.store(l3 + IPV4_TTL_OFFSET, &rewritten, 0)
-                .map_err(malformed)
-        }
-    }
-}
-
-const _: () = assert!(IPV4_CHECK_OFFSET + 2 == packet::IPV4_SRC_OFFSET);
-const _: () = assert!(packet::IPV4_SRC_OFFSET + 4 == packet::IPV4_DST_OFFSET);
-const _: () = assert!(IPV4_TTL_OFFSET + 2 == IPV4_CHECK_OFFSET);
-const _: () = assert!(core::mem::size_of::<Ipv4SourceRewrite>() == 12);
-const _: () = assert!(core::mem::size_of::<Ipv4ForwardRewrite>() == 14);
-
-/// Bytes 10..22 of an IPv4 packet without options, as stored: the header checksum, the source
-/// and destination addresses, then the L4 source port.
-#[repr(C, packed)]
-struct Ipv4SourceRewrite {
-    check: u16,
-    source: u32,
-    destination: u32,
-    source_port: u16,
-}
-
-/// Bytes 8..22: the TTL and protocol, then as `Ipv4SourceRewrite`.
-#[repr(C, packed)]
-struct Ipv4ForwardRewrite {
-    ttl_protocol: u16,
-    check: u16,
-    source: u32,
-    destination: u32,
-    source_port: u16,
+    Ok(())
 }
 
 /// IPv6: the flow-table path for every reply (the reply cache holds IPv4 flows only).

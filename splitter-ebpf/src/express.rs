@@ -23,7 +23,7 @@
 //! parse and 40-byte key.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action, xdp_md},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action, xdp_md},
     programs::TcContext,
 };
 use network_types::{
@@ -69,24 +69,9 @@ pub const UNCACHED: u32 = u32::MAX - 1;
 #[inline(never)]
 pub fn steer(ctx: *mut xdp_md) -> u32 {
     // SAFETY: the program's context, valid for the run.
-    let (start, end) = unsafe { bounds(&raw const (*ctx).data, &raw const (*ctx).data_end) };
+    let (start, end) =
+        unsafe { packet::bounds(&raw const (*ctx).data, &raw const (*ctx).data_end) };
     express(start, end).unwrap_or(GENERAL)
-}
-
-/// The packet's linear bytes from a context's `data` and `data_end` fields, read with volatile
-/// loads (see `steer`).
-///
-/// # Safety
-/// Both must point into the program's context.
-#[inline(always)]
-unsafe fn bounds(data: *const u32, data_end: *const u32) -> (usize, usize) {
-    // SAFETY: the caller's.
-    unsafe {
-        (
-            core::ptr::read_volatile(data) as usize,
-            core::ptr::read_volatile(data_end) as usize,
-        )
-    }
 }
 
 /// An untagged IPv4 TCP packet without options, payload, SYN, FIN or RST, its headers inside
@@ -213,13 +198,13 @@ pub const REPLY_GENERAL: i32 = i32::MIN;
 
 /// The reply lane of `split_egress`: a backend's pure ACK (as `pure_ack` says, its headers in
 /// the linear area) whose reply this CPU's reply cache holds is counted and translated from
-/// that way, with the same helper calls as the general path (`egress::rewrite_v4`), and goes
-/// on (`TCX_NEXT`); anything else is `REPLY_GENERAL`, untouched. A subprogram, for the reasons
+/// that way, by the same rewrite as the general path's (`egress::rewrite_v4`), and goes on
+/// (`TCX_NEXT`); anything else is `REPLY_GENERAL`, untouched. A subprogram, for the reasons
 /// `steer` is one; the packet's bounds are read with volatile loads for the same reason.
 #[inline(never)]
 pub fn reply(skb: *mut __sk_buff) -> i32 {
     // SAFETY: the program's context, valid for the run.
-    let (start, end) = unsafe { bounds(&raw const (*skb).data, &raw const (*skb).data_end) };
+    let (start, end) = unsafe { packet::skb_bounds(skb) };
     let Some(ack) = pure_ack(start, end) else {
         return REPLY_GENERAL;
     };
@@ -229,20 +214,21 @@ pub fn reply(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let headers = egress::V4Headers {
         protocol: PROTO_TCP,
+        ip: ack.ip,
         // SAFETY: inside the headers `pure_ack` checked.
-        ip_check: unsafe { packet::load_u16(ack.ip.add(IPV4_CHECK_OFFSET)) },
-        // SAFETY: as above.
         l4_check: unsafe { packet::load_u16(ack.tcp.add(TCP_CHECK_OFFSET)) },
-        l3_offset: EthHdr::LEN,
         l4_check_offset: EthHdr::LEN + Ipv4Hdr::LEN + TCP_CHECK_OFFSET,
-        dst: ack.key.dst,
     };
     egress::count_out(&ctx, way);
     match egress::rewrite_v4(&ctx, &headers, way, None) {
         Ok(()) => TC_ACT_UNSPEC,
-        Err(Skip::Pass(counter) | Skip::Drop(counter)) => {
+        Err(Skip::Pass(counter)) => {
             maps::count(counter);
             TC_ACT_UNSPEC
+        }
+        Err(Skip::Drop(counter)) => {
+            maps::count(counter);
+            TC_ACT_SHOT
         }
     }
 }

@@ -128,14 +128,8 @@ pub unsafe fn decrement_ttl_v4(ip: *mut u8) {
 /// hop and redirected to its device.
 #[inline(always)]
 pub fn send(start: usize, ifindex: u32, macs: &[u8; 12]) -> u32 {
-    // SAFETY: the caller checked the Ethernet header; 2-aligned words.
-    unsafe {
-        let eth = start as *mut u8;
-        for i in 0..6 {
-            let word = u16::from_ne_bytes([macs[2 * i], macs[2 * i + 1]]);
-            packet::store_u16(eth.add(2 * i), word);
-        }
-    }
+    // SAFETY: the caller checked the Ethernet header.
+    unsafe { write_macs(start as *mut u8, macs) };
     // The device was checked against `FORWARD_DEVICES` when the FIB was asked. The daemon clears
     // the kept next hops whenever it changes that list; a device that went away by itself
     // (the kernel removes it from the list) fails the redirect, and the packet, its Ethernet
@@ -143,6 +137,19 @@ pub fn send(start: usize, ifindex: u32, macs: &[u8; 12]) -> u32 {
     FORWARD_DEVICES
         .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
         .unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// The Ethernet header at `eth` readdressed: `macs` is the destination, then the source.
+///
+/// # Safety
+/// `eth` must point at an Ethernet header inside the packet, bounds-checked, 2-aligned.
+#[inline(always)]
+pub unsafe fn write_macs(eth: *mut u8, macs: &[u8; 12]) {
+    for i in 0..6 {
+        let word = u16::from_ne_bytes([macs[2 * i], macs[2 * i + 1]]);
+        // SAFETY: the caller's.
+        unsafe { packet::store_u16(eth.add(2 * i), word) };
+    }
 }
 
 /// Now, in the jiffies `NextHop::asked_ns` holds. Jiffies, not a clock read: a plain load,
@@ -329,11 +336,17 @@ fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<Hop, PlaneCounter
         // SAFETY: an array slot; a racing writer stores another device, both valid.
         unsafe { *seen = params.ifindex };
     }
+    Ok(Hop {
+        ifindex: params.ifindex,
+        macs: fib_macs(&params),
+    })
+}
+
+/// The destination and source MAC addresses the FIB gave, as an Ethernet header starts.
+#[inline(always)]
+pub fn fib_macs(params: &FibLookup) -> [u8; 12] {
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&params.dmac);
     macs[6..].copy_from_slice(&params.smac);
-    Ok(Hop {
-        ifindex: params.ifindex,
-        macs,
-    })
+    macs
 }

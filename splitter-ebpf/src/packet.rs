@@ -4,6 +4,8 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::bindings::__sk_buff;
+
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -111,6 +113,34 @@ pub unsafe fn store_u16(p: *mut u8, value: u16) {
     unsafe {
         core::arch::asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) u64::from(value), options(nostack, preserves_flags))
     };
+}
+
+/// The packet's linear bytes from a context's `data` and `data_end` fields, read with volatile
+/// loads: plain ones, LLVM may move into a subprogram's caller and pass as 32-bit integers,
+/// which the verifier refuses to use as pointers.
+///
+/// # Safety
+/// Both must point into the program's context.
+#[inline(always)]
+pub unsafe fn bounds(data: *const u32, data_end: *const u32) -> (usize, usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        (
+            core::ptr::read_volatile(data) as usize,
+            core::ptr::read_volatile(data_end) as usize,
+        )
+    }
+}
+
+/// `bounds` of a TC program's skb, as they are now (a helper that may move the packet
+/// invalidates earlier ones).
+///
+/// # Safety
+/// `skb` must be the program's context.
+#[inline(always)]
+pub unsafe fn skb_bounds(skb: *mut __sk_buff) -> (usize, usize) {
+    // SAFETY: the caller's.
+    unsafe { bounds(&raw const (*skb).data, &raw const (*skb).data_end) }
 }
 
 /// The source and destination port of a port pair, in memory order.

@@ -35,7 +35,12 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     if pkt.v6 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
     }
-    let (ttl, dst, headers) = (pkt.ttl(), pkt.dst(), egress::V4Headers::of(&pkt));
+    let (ttl, dst, headers, eth) = (
+        pkt.ttl(),
+        pkt.dst(),
+        egress::V4Headers::of(&pkt),
+        bounds.start,
+    );
     let (reply, h2) = egress::steered_v4(ctx, &pkt, &bounds)?;
     if ttl <= 1 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
@@ -61,21 +66,12 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     };
     forward::fib_verdict(rc, params.ifindex).map_err(Skip::Pass)?;
     egress::count_out(ctx, &reply);
+    // The Ethernet header first: the rewrite's checksum helper invalidates packet pointers.
+    // SAFETY: `parse_reply` checked the Ethernet header at the packet's start.
+    unsafe { forward::write_macs(eth as *mut u8, &forward::fib_macs(&params)) };
     egress::rewrite_v4(ctx, &headers, &reply, Some(ttl))?;
-    let macs = Macs {
-        dst: params.dmac,
-        src: params.smac,
-    };
-    ctx.store(0, &macs, 0)
-        .map_err(|_| Skip::Pass(PlaneCounter::Malformed))?;
     maps::count(PlaneCounter::ReplyForwarded);
     // SAFETY: a helper on scalars.
     unsafe { bpf_redirect(params.ifindex, 0) };
     Ok((TC_ACT_REDIRECT, h2))
-}
-
-#[repr(C)]
-struct Macs {
-    dst: [u8; 6],
-    src: [u8; 6],
 }
