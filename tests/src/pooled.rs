@@ -4,8 +4,9 @@
 //! `cargo xtask setup` installs.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read},
     process::{Child, Stdio},
+    thread::{self, JoinHandle},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -71,6 +72,16 @@ impl Seen {
     }
 }
 
+/// A running pooled client. Its output is read while it runs: a pipe holds 64 KiB, about a
+/// thousand answers, and a client whose pipe is full stops its workers mid-print, so that a
+/// test reading only at the end would see every client stall a second or so into the run
+/// and measure nothing after.
+pub struct Client {
+    child: Child,
+    stdout: JoinHandle<std::io::Result<Vec<u8>>>,
+    stderr: JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
 /// Starts `workers` threads in `client` asking `url` for `seconds`, `think_ms` apart.
 pub fn start(
     client: &Netns,
@@ -78,8 +89,8 @@ pub fn start(
     workers: u32,
     think_ms: u32,
     seconds: u32,
-) -> Result<Child, String> {
-    client
+) -> Result<Client, String> {
+    let mut child = client
         .exec(PYTHON)
         .arg(SCRIPT)
         .arg(url)
@@ -91,23 +102,48 @@ pub fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {PYTHON} (cargo xtask setup installs it): {e}"))
+        .map_err(|e| format!("cannot run {PYTHON} (cargo xtask setup installs it): {e}"))?;
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    Ok(Client {
+        child,
+        stdout,
+        stderr,
+    })
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<std::io::Result<Vec<u8>>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_end(&mut bytes)?;
+        }
+        Ok(bytes)
+    })
 }
 
 /// Waits for the client to end; what it saw.
-pub fn collect(client: Child) -> Result<Seen, String> {
-    let output = client
-        .wait_with_output()
+pub fn collect(mut client: Client) -> Result<Seen, String> {
+    let status = client
+        .child
+        .wait()
         .map_err(|e| format!("the pooled client: {e}"))?;
-    if !output.status.success() {
+    let read = |reader: JoinHandle<std::io::Result<Vec<u8>>>| {
+        reader
+            .join()
+            .map_err(|_| "the pooled client's reader panicked".to_owned())?
+            .map_err(|e| format!("the pooled client's output: {e}"))
+    };
+    let (stdout, stderr) = (read(client.stdout)?, read(client.stderr)?);
+    if !status.success() {
         return Err(format!(
-            "the pooled client failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
+            "the pooled client failed ({status}): {}",
+            String::from_utf8_lossy(&stderr)
         ));
     }
     let mut seen = Seen::default();
-    for line in BufReader::new(&output.stdout[..]).lines() {
+    for line in BufReader::new(&stdout[..]).lines() {
         let line = line.map_err(|e| format!("the pooled client's output: {e}"))?;
         let value: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| format!("the pooled client's line `{line}`: {e}"))?;

@@ -4,18 +4,18 @@
 //! they run one at a time: wrk takes every core it can, and a close races a client's reuse of
 //! its connection only when the drain's thread cannot run.
 
-use std::{process::Child, thread, time::Duration};
+use std::{thread, time::Duration};
 
 use splitter_tests::{
     one_at_a_time,
-    pooled::{self, Seen, now},
+    pooled::{self, Client, Seen, now},
     require_root,
     testbed::Testbed,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_splitter-testbed-server");
 /// Starts `workers` pooled clients in the client namespace for `seconds`.
-fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> Child {
+fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> Client {
     pooled::start(
         &bed.client,
         &format!("http://{}/", bed.vip()),
@@ -26,7 +26,7 @@ fn pooled_clients(bed: &Testbed, workers: u32, think_ms: u32, seconds: u32) -> C
     .expect("the pooled client")
 }
 
-fn collect(client: Child) -> Seen {
+fn collect(client: Client) -> Seen {
     pooled::collect(client).expect("the pooled client")
 }
 
@@ -67,6 +67,16 @@ fn a_rollback_drains_pooled_keep_alive_clients_without_a_failed_request() {
     if let Err(why) = seen.failures_within_races(raced) {
         panic!("{why}; the drain: {drain}");
     }
+    // The clients were busy as the rollback started: stalled ones would prove nothing.
+    let just_before = seen
+        .answers
+        .iter()
+        .filter(|(at, _)| (started - 0.3..started).contains(at))
+        .count();
+    assert!(
+        just_before > 20,
+        "{just_before} answers in the 300 ms before the rollback"
+    );
     let green_before = seen
         .answers
         .iter()

@@ -30,6 +30,8 @@ struct Load {
     think_ms: u32,
     seconds: u32,
     before: Duration,
+    /// The clients answer in the moment before the rollback (a busy pool does).
+    busy: bool,
 }
 
 /// A busy pool: 10 ms of think time.
@@ -37,12 +39,14 @@ const BUSY: Load = Load {
     think_ms: 10,
     seconds: 4,
     before: Duration::from_secs(2),
+    busy: true,
 };
 /// An idle pool: every pooled connection idle at the rollback.
 const IDLE: Load = Load {
     think_ms: 3_000,
     seconds: 5,
     before: Duration::from_millis(1_500),
+    busy: false,
 };
 
 /// One rollback as the clients saw it.
@@ -197,6 +201,16 @@ fn attempt_round(
         }
     }
     let seen = pooled::collect(client)?;
+    let just_before = seen
+        .answers
+        .iter()
+        .filter(|(at, _)| (started - 0.3..started).contains(at))
+        .count();
+    if load.busy && just_before == 0 {
+        return Err(Attempt::Failed(
+            "the busy clients answered nothing in the 300 ms before the rollback".to_owned(),
+        ));
+    }
     if seen.count("green", |at| at < started) == 0 {
         return Err(Attempt::GreenIdle);
     }
