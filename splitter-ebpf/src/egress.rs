@@ -38,8 +38,8 @@ use crate::{
     Skip, drain, flow_cache,
     maps::{self, BACKENDS, FLOWS, HANDSHAKES},
     packet::{
-        self, Bounds, IPV4_CHECK_OFFSET, IPV4_TTL_OFFSET, IPV6_SRC_OFFSET, MAX_HEADER_LEN, Packet,
-        TCP_FIN, TCP_RST, TCP_SYN,
+        self, Bounds, IPV4_CHECK_OFFSET, IPV4_TTL_OFFSET, IPV6_SRC_OFFSET, Packet, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
     telemetry,
 };
@@ -57,12 +57,17 @@ pub fn translate(ctx: &TcContext) -> Result<bool, Skip> {
     Ok(h2)
 }
 
-/// The reply's headers, pulled into the linear area first when they are not.
+/// The reply's headers, pulled into the linear area first when they are not (and no more than
+/// they: `packet::headers_len`).
 #[inline(always)]
 pub fn parse_reply(ctx: &TcContext) -> Result<(Packet, Bounds), Skip> {
+    let linear = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     // Headers may sit partly outside the linear area; pull them in once (never per byte).
-    let wanted = MAX_HEADER_LEN.min(ctx.len() as usize);
-    if ctx.data_end() - ctx.data() < wanted && ctx.pull_data(wanted as u32).is_err() {
+    let wanted = packet::headers_len(&linear).min(ctx.len() as usize);
+    if linear.end - linear.start < wanted && ctx.pull_data(wanted as u32).is_err() {
         return Err(Skip::Pass(PlaneCounter::Malformed));
     }
     let bounds = Bounds {

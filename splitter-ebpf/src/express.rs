@@ -39,7 +39,7 @@ use crate::{
     forward, ingress, maps,
     packet::{
         self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET,
-        TCP_CHECK_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
+        TCP_CHECK_OFFSET, TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -51,7 +51,6 @@ const IPV4_NO_OPTIONS: u8 = 0x45;
 const FRAGMENT_BITS: u16 = u16::from_ne_bytes([0x3f, 0xff]);
 const IPV4_LEN_OFFSET: usize = 2;
 const IPV4_FRAGS_OFFSET: usize = 6;
-const TCP_DATA_OFFSET: usize = 12;
 
 /// `steer`'s answer when the packet is the general path's.
 pub const GENERAL: u32 = u32::MAX;

@@ -24,16 +24,19 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
-/// Offsets of the checksum fields inside their headers.
+// Offsets of fields inside their headers.
 /// The TTL, then the protocol (one 16-bit word).
 pub const IPV4_TTL_OFFSET: usize = 8;
+pub const IPV4_PROTOCOL_OFFSET: usize = 9;
 pub const IPV4_CHECK_OFFSET: usize = 10;
 pub const IPV4_SRC_OFFSET: usize = 12;
 pub const IPV4_DST_OFFSET: usize = 16;
+/// The TCP byte whose high nibble is the data offset (the header length in words).
+pub const TCP_DATA_OFFSET: usize = 12;
 pub const TCP_CHECK_OFFSET: usize = 16;
 pub const UDP_CHECK_OFFSET: usize = 6;
-/// Bytes egress pulls into the linear area: Ethernet, one VLAN tag, IPv6 without extensions
-/// (the larger IP header), TCP.
+/// The most header bytes egress pulls into the linear area: Ethernet, one VLAN tag, IPv6
+/// without extensions (the larger IP header), TCP (`headers_len` says how many a packet needs).
 pub const MAX_HEADER_LEN: usize = EthHdr::LEN + VlanHdr::LEN + 40 + TcpHdr::LEN;
 
 /// The linear packet bytes a program can read directly.
@@ -282,6 +285,38 @@ impl Packet {
     pub fn l4_check(&self) -> u16 {
         // SAFETY: `parse` checked the checksum field.
         unsafe { load_u16(self.l4_check) }
+    }
+}
+
+/// How many of the packet's first bytes `parse` needs in the linear area, as far as `bounds`
+/// tells: an untagged IPv4 TCP or UDP packet without IP options says exactly (TCP's options
+/// included, which the drain reads); anything else is given `MAX_HEADER_LEN`, the most a parsed
+/// packet needs. A TC program pulls no more than this: a pull past a TCP clone's headers
+/// copies its head (`pskb_expand_head`), and the payload is read with `bpf_skb_load_bytes`.
+#[inline(always)]
+pub fn headers_len(bounds: &Bounds) -> usize {
+    /// Through the TCP data offset's byte.
+    const TOLD_BY: usize = EthHdr::LEN + Ipv4Hdr::LEN + TCP_DATA_OFFSET + 1;
+    if bounds.start + TOLD_BY > bounds.end {
+        return MAX_HEADER_LEN;
+    }
+    let ip = (bounds.start + EthHdr::LEN) as *const u8;
+    // SAFETY: bounds-checked above.
+    let (ether_type, first, protocol, data_offset) = unsafe {
+        (
+            (*(bounds.start as *const EthHdr)).ether_type,
+            *ip,
+            *ip.add(IPV4_PROTOCOL_OFFSET),
+            *ip.add(Ipv4Hdr::LEN + TCP_DATA_OFFSET) >> 4,
+        )
+    };
+    if ether_type != EtherType::Ipv4 as u16 || first != 0x45 {
+        return MAX_HEADER_LEN;
+    }
+    match protocol {
+        PROTO_TCP => EthHdr::LEN + Ipv4Hdr::LEN + usize::from(data_offset.max(5)) * 4,
+        PROTO_UDP => EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN,
+        _ => MAX_HEADER_LEN,
     }
 }
 
