@@ -135,13 +135,13 @@ pub struct CachedFlow {
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
-/// Value of `NEXT_HOPS`, per CPU: where the fast path sends packets to one IPv4 backend, as the
-/// FIB said at `asked_ns` (in jiffies, `bpf_jiffies64`; 0: never), so an established packet
+/// Value of `NEXT_HOPS`, per CPU: where the fast path sends packets to one IPv4 address (a
+/// backend, for the ingress; a client, for the replies' fast path), as the FIB said at `asked_ns` (in jiffies, `bpf_jiffies64`; 0: never), so an established packet
 /// costs no FIB lookup.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
-    /// The backend's IPv4 address in memory order (the slot's key).
+    /// The IPv4 address in memory order (the slot's key).
     pub addr: u32,
     /// The device, or `NEXT_HOP_ROUTED` when the node's stack must take the packets (a local
     /// backend, no route, forwarding off, a device the redirect may not reach).

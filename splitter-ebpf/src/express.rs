@@ -38,8 +38,8 @@ use crate::{
     flow_cache::{self, Target},
     forward, ingress, maps,
     packet::{
-        self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET,
-        TCP_CHECK_OFFSET, TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
+        self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_LEN_OFFSET, IPV4_SRC_OFFSET,
+        IPV4_TTL_OFFSET, TCP_CHECK_OFFSET, TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -49,7 +49,6 @@ const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
 const IPV4_NO_OPTIONS: u8 = 0x45;
 /// The more-fragments flag and the fragment offset, in the flags word as loaded (memory order).
 const FRAGMENT_BITS: u16 = u16::from_ne_bytes([0x3f, 0xff]);
-const IPV4_LEN_OFFSET: usize = 2;
 const IPV4_FRAGS_OFFSET: usize = 6;
 
 /// `steer`'s answer when the packet is the general path's.

@@ -11,7 +11,8 @@
 //! redirect cannot reach, a TTL about to expire.
 //!
 //! The FIB's answer for an IPv4 backend is kept per CPU (`NEXT_HOPS`, two ways per set by the
-//! backend's address) for `NEXT_HOP_TTL_JIFFIES`, so an established packet costs no FIB lookup:
+//! backend's address; the replies' fast path keeps its clients' there too) for
+//! `NEXT_HOP_TTL_JIFFIES`, so an established packet costs no FIB lookup:
 //! a neighbour's new address reaches it within that time. A packet longer than any the FIB has
 //! accepted for that next hop asks again, so the FIB checks every new length against the MTU.
 //! The express lane copies a kept next hop into the flow's cache way and sends from there
@@ -62,9 +63,9 @@ pub fn to_backend(ctx: &XdpContext) -> u32 {
 }
 
 /// The next hop as the FIB gave it: the device and the Ethernet destination and source.
-struct Hop {
-    ifindex: u32,
-    macs: [u8; 12],
+pub struct Hop {
+    pub ifindex: u32,
+    pub macs: [u8; 12],
 }
 
 #[inline(always)]
@@ -176,9 +177,9 @@ pub fn routed_why(entry: &NextHop) -> PlaneCounter {
     }
 }
 
-/// The two `NEXT_HOPS` ways of the IPv4 backend `dst` on this CPU.
+/// The two `NEXT_HOPS` ways of the IPv4 address `dst` on this CPU.
 #[inline(always)]
-fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
+pub fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
     // Two ways per set: backends whose addresses hash alike do not take turns asking the FIB.
     let first = NextHop::first_way(dst);
     let way0 = NEXT_HOPS.get_ptr_mut(first)?;
@@ -214,23 +215,15 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     let (dst, len) = unsafe {
         (
             packet::load_u32(ip.add(IPV4_DST_OFFSET)),
-            u16::from_be(packet::load_u16(ip.add(2))),
+            u16::from_be(packet::load_u16(ip.add(packet::IPV4_LEN_OFFSET))),
         )
     };
     let now = now();
     let Some((way0, way1)) = ways_v4(dst) else {
         return Err(PlaneCounter::ForwardRouted);
     };
-    if let Some(entry) = kept_in(way0, way1, dst, now) {
-        if entry.ifindex == NEXT_HOP_ROUTED {
-            return Err(routed_why(entry));
-        }
-        if len <= entry.max_len {
-            return Ok(Hop {
-                ifindex: entry.ifindex,
-                macs: entry.macs,
-            });
-        }
+    if let Some(kept) = kept_for_v4(way0, way1, dst, len, now) {
+        return kept;
     }
     let mut params = fib_params(ctx, AF_INET);
     // SAFETY: the IPv4 header is inside the frame (the caller checked it).
@@ -241,9 +234,46 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
         params.__bindgen_anon_4.ipv4_dst = dst;
     }
     let answer = ask_fib(ctx, &mut params);
-    // The way that holds this backend, else one that holds nothing fresh, else the one asked
-    // longer ago. Only a lasting answer is kept: a missing neighbour or an oversized packet is
-    // the stack's to handle this time, and may not be the next.
+    keep_v4(way0, way1, dst, len, now, &answer);
+    answer
+}
+
+/// What the `NEXT_HOPS` set of IPv4 address `dst` (`ways_v4`) keeps for it that a packet whose
+/// IP total length is `len` may use at `now`: a fresh next hop that has accepted packets that long, or a fresh "take the
+/// stack"; `None` when the FIB is to be asked (then `keep_v4` its answer). A backend's next hop
+/// for the ingress, a client's for the replies' fast path: both are destinations of forwarded
+/// packets.
+#[inline(always)]
+pub fn kept_for_v4(
+    way0: &NextHop,
+    way1: &NextHop,
+    dst: u32,
+    len: u16,
+    now: u64,
+) -> Option<Result<Hop, PlaneCounter>> {
+    let entry = kept_in(way0, way1, dst, now)?;
+    if entry.ifindex == NEXT_HOP_ROUTED {
+        return Some(Err(routed_why(entry)));
+    }
+    (len <= entry.max_len).then_some(Ok(Hop {
+        ifindex: entry.ifindex,
+        macs: entry.macs,
+    }))
+}
+
+/// Keeps the FIB's `answer` for `dst`, asked at `now` for a packet of `len`, in the way that
+/// holds this address, else one that holds nothing fresh, else the one asked longer ago. Only
+/// a lasting answer is kept: a missing neighbour or an oversized packet is the stack's to
+/// handle this time, and may not be the next.
+#[inline(always)]
+pub fn keep_v4(
+    way0: &'static mut NextHop,
+    way1: &'static mut NextHop,
+    dst: u32,
+    len: u16,
+    now: u64,
+    answer: &Result<Hop, PlaneCounter>,
+) {
     let entry = if way0.addr == dst {
         way0
     } else if way1.addr == dst || !fresh(way1, now) {
@@ -253,7 +283,7 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     } else {
         way1
     };
-    match &answer {
+    match answer {
         Ok(hop) => {
             let same = entry.addr == dst && entry.ifindex == hop.ifindex && entry.macs == hop.macs;
             entry.max_len = if same { entry.max_len.max(len) } else { len };
@@ -270,7 +300,6 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
         }
         Err(_) => {}
     }
-    answer
 }
 
 #[inline(always)]

@@ -25,6 +25,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 // Offsets of fields inside their headers.
+/// The total length.
+pub const IPV4_LEN_OFFSET: usize = 2;
 /// The TTL, then the protocol (one 16-bit word).
 pub const IPV4_TTL_OFFSET: usize = 8;
 pub const IPV4_PROTOCOL_OFFSET: usize = 9;

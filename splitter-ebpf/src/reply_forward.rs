@@ -1,8 +1,10 @@
 //! The fast path of replies: at the TC ingress of the devices the fast path sends steered
 //! packets to (the backends' side), a steered connection's reply is translated there, its next
-//! hop taken from the FIB, its Ethernet header rewritten and its TTL decremented, and it is
-//! redirected to the client's device (`bpf_redirect`, to its egress), past the node's IP
-//! forwarding path. A reply the FIB cannot send on (no neighbour yet, no route, a device the
+//! hop taken from `NEXT_HOPS` by the client's address (the FIB asked and its answer kept when
+//! that holds none for this length, as the ingress does for backends; a GSO packet asks the FIB
+//! every time, which checks its segments against the MTU), its Ethernet header rewritten and
+//! its TTL decremented, and it is redirected to the client's device (`bpf_redirect`, to its
+//! egress), past the node's IP forwarding path. A reply the FIB cannot send on (no neighbour yet, no route, a device the
 //! fast path may not use) goes on to the stack untouched and is translated on its way out by
 //! `split_egress`, as without the fast path: translating it here would give the stack a packet
 //! from one of the node's own addresses, which it drops as a martian.
@@ -21,6 +23,7 @@ use crate::{
     Skip, egress,
     forward::{self, AF_INET},
     maps,
+    packet::{self, IPV4_LEN_OFFSET},
 };
 
 /// `TC_ACT_REDIRECT`.
@@ -41,37 +44,65 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
         egress::V4Headers::of(&pkt),
         bounds.start,
     );
+    // SAFETY: `parse_reply` checked the IPv4 header.
+    let len = u16::from_be(unsafe { packet::load_u16(pkt.ip.add(IPV4_LEN_OFFSET)) });
     let (reply, h2) = egress::steered_v4(ctx, &pkt, &bounds)?;
     if ttl <= 1 {
         return Err(Skip::Pass(PlaneCounter::ForwardRouted));
     }
     // The FIB as for the translated packet: from the service, to the client.
-    // SAFETY: a plain C struct for which all zeroes is valid.
-    let mut params: FibLookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = pkt.protocol;
-    // SAFETY: reading this program's context.
-    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    params.__bindgen_anon_3.ipv4_src = reply.addr;
-    params.__bindgen_anon_4.ipv4_dst = dst;
-    // tot_len 0: the helper checks the skb against the device's MTU itself, GSO included.
-    // SAFETY: the context is this program's; `params` lives across the call.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb.cast::<c_void>(),
-            &raw mut params,
-            core::mem::size_of::<FibLookup>() as i32,
-            0,
-        )
+    let ask = |tot_len: u16| -> Result<forward::Hop, PlaneCounter> {
+        // SAFETY: a plain C struct for which all zeroes is valid.
+        let mut params: FibLookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = headers.protocol;
+        // SAFETY: reading this program's context.
+        params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        params.__bindgen_anon_1.tot_len = tot_len;
+        params.__bindgen_anon_3.ipv4_src = reply.addr;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+        // SAFETY: the context is this program's; `params` lives across the call.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                ctx.skb.skb.cast::<c_void>(),
+                &raw mut params,
+                core::mem::size_of::<FibLookup>() as i32,
+                0,
+            )
+        };
+        forward::fib_verdict(rc, params.ifindex)?;
+        Ok(forward::Hop {
+            ifindex: params.ifindex,
+            macs: forward::fib_macs(&params),
+        })
     };
-    forward::fib_verdict(rc, params.ifindex).map_err(Skip::Pass)?;
+    // SAFETY: reading this program's context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let hop = if gso {
+        // tot_len 0: the FIB checks the skb against the device's MTU itself, its segments'.
+        ask(0)
+    } else {
+        let now = forward::now();
+        match forward::ways_v4(dst) {
+            None => Err(PlaneCounter::ForwardRouted),
+            Some((way0, way1)) => match forward::kept_for_v4(way0, way1, dst, len, now) {
+                Some(kept) => kept,
+                None => {
+                    let answer = ask(len);
+                    forward::keep_v4(way0, way1, dst, len, now, &answer);
+                    answer
+                }
+            },
+        }
+    }
+    .map_err(Skip::Pass)?;
     egress::count_out(ctx, &reply);
     // The Ethernet header first: the rewrite's checksum helper invalidates packet pointers.
     // SAFETY: `parse_reply` checked the Ethernet header at the packet's start.
-    unsafe { forward::write_macs(eth as *mut u8, &forward::fib_macs(&params)) };
+    unsafe { forward::write_macs(eth as *mut u8, &hop.macs) };
     egress::rewrite_v4(ctx, &headers, &reply, Some(ttl))?;
     maps::count(PlaneCounter::ReplyForwarded);
     // SAFETY: a helper on scalars.
-    unsafe { bpf_redirect(params.ifindex, 0) };
+    unsafe { bpf_redirect(hop.ifindex, 0) };
     Ok((TC_ACT_REDIRECT, h2))
 }

@@ -407,6 +407,12 @@ impl Testbed {
         })
     }
 
+    /// The client's address on its link to the node.
+    #[must_use]
+    pub fn client_ip(&self) -> Ipv4Addr {
+        self.addr(2).parse().expect("addr")
+    }
+
     #[must_use]
     pub fn node_addr(&self) -> String {
         self.addr(1)

@@ -5,8 +5,17 @@
 //! answered all the same, while a request to a backend's own address, which the stack forwards,
 //! is not.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Stdio,
+    time::Duration,
+};
 
+use aya::maps::{Map, MapData, PerCpuArray};
+use splitter_common::{
+    NEXT_HOP_ROUTED, NextHop,
+    maps::{NEXT_HOP_SLOTS, NEXT_HOPS},
+};
 use splitter_tests::{
     http::{self, KeepAlive},
     require_root,
@@ -149,6 +158,27 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
         "{} replies forwarded",
         replies_forwarded(&bed) - before
     );
+    // The replies' next hop is kept like the backends': the ingress never keeps one for the
+    // client's address, so only the replies' fast path can have put it there.
+    let client = bed.client_ip();
+    let kept = kept_next_hops(&bed);
+    assert!(
+        kept.iter()
+            .any(|(addr, ifindex)| *addr == client && *ifindex != NEXT_HOP_ROUTED),
+        "no next hop kept for the client {client}: {kept:?}"
+    );
+}
+
+/// The addresses `NEXT_HOPS` keeps a next hop of, on any CPU, with its device.
+fn kept_next_hops(bed: &Testbed) -> Vec<(Ipv4Addr, u32)> {
+    let data = MapData::from_pin(bed.pin_dir.join(NEXT_HOPS)).expect("the NEXT_HOPS pin");
+    let hops: PerCpuArray<_, NextHop> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("NEXT_HOPS");
+    (0..NEXT_HOP_SLOTS)
+        .flat_map(|slot| hops.get(&slot, 0).expect("a next-hop slot").to_vec())
+        .filter(|hop| hop.asked_ns != 0)
+        .map(|hop| (Ipv4Addr::from(hop.addr.to_ne_bytes()), hop.ifindex))
+        .collect()
 }
 
 /// Waits until the reply fast path is attached to both backends' devices.
