@@ -159,8 +159,8 @@ pub struct NextHop {
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 
 impl NextHop {
-    /// The first of the two `NEXT_HOPS` slots (ways) of the backend at `addr` (IPv4, memory
-    /// order); the second is the next one.
+    /// The first of the two slots (ways) of `NEXT_HOPS` or `REPLY_HOPS` for the IPv4 address
+    /// `addr` (memory order); the second is the next one.
     #[inline(always)]
     #[must_use]
     pub const fn first_way(addr: u32) -> u32 {

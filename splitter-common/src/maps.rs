@@ -10,6 +10,7 @@
 //! | `FLOWS` | LRU hash (no common LRU) | XDP ingress, TC egress (state), user space (purge) | `FlowKey` → `Flow` |
 //! | `FLOW_CACHE` | per-CPU array | XDP ingress, user space (clear) | per set (`FlowCacheKey::set`): two `CachedFlow` ways of IPv4 flows copied from `FLOWS`, each with a copy of its backend's `NEXT_HOPS` entry |
 //! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (two ways per set, by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
+//! | `REPLY_HOPS` | per-CPU array | TC reply program | per slot (two ways per set, by the client's address, as `NEXT_HOPS`): the `NextHop` the FIB gave for an IPv4 client, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
 //! | `REPLY_CACHE` | per-CPU array | TC egress (fill, clear), user space (clear) | per set (`FlowCacheKey::set`): two `CachedReply` ways of steered IPv4 flows, keyed by the reply's tuple |
@@ -42,6 +43,7 @@ pub const REPLY_CACHE: &str = "REPLY_CACHE";
 pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
 pub const FORWARD_SEEN: &str = "FORWARD_SEEN";
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
+pub const REPLY_HOPS: &str = "REPLY_HOPS";
 pub const HANDSHAKES: &str = "HANDSHAKES";
 pub const H2_CONNS: &str = "H2_CONNS";
 pub const L7_PROGRAMS: &str = "L7_PROGRAMS";
@@ -61,7 +63,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -76,6 +78,7 @@ pub const ALL: [&str; 23] = [
     FORWARD_DEVICES,
     FORWARD_SEEN,
     NEXT_HOPS,
+    REPLY_HOPS,
     BACKENDS,
     VERSION_STATS,
     LATENCY,
@@ -92,13 +95,14 @@ pub const ALL: [&str; 23] = [
 /// instead of refusing to start: the measurements start again, the caches fill again from
 /// `FLOWS`, and nothing that steers traffic is lost. (`H2_CONNS` too: its connections are then
 /// counted as untracked, and new ones are read again.)
-pub const REPLACEABLE: [&str; 7] = [
+pub const REPLACEABLE: [&str; 8] = [
     VERSION_STATS,
     LATENCY,
     PLANE_STATS,
     FLOW_CACHE,
     REPLY_CACHE,
     NEXT_HOPS,
+    REPLY_HOPS,
     H2_CONNS,
 ];
 
@@ -119,7 +123,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const FLOW_CACHE_SETS: u32 = 2048;
 const _: () = assert!(FLOW_CACHE_SETS.is_power_of_two());
 /// Slots of `NEXT_HOPS`, per CPU: a power of two, in sets of two ways; as many as backends,
-/// so that every backend keeps its next hop.
+/// so that every backend keeps its next hop. `REPLY_HOPS` has as many, by the same set function
+/// (`NextHop::first_way`): clients are many more, and a client's next hop that lost its way
+/// costs its reply a FIB lookup, never a backend's packet one.
 pub const NEXT_HOP_SLOTS: u32 = MAX_BACKENDS;
 const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
 /// Entries of `FORWARD_SEEN`: devices by `ifindex % FORWARD_SEEN_ENTRIES`.

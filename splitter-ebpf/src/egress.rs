@@ -21,8 +21,9 @@
 //! TCP keeps outside the linear bytes, so the kernel finds a clone writable as it is
 //! (`skb_clone_writable`) and copies nothing: `perf record -a` over the comparison with direct
 //! found no `pskb_expand_head` under that prologue (docs/benchmarks.md). A clone whose header
-//! is shared (a bridge's flood) or whose payload is linear is copied first, as the helpers
-//! would have copied it for their write.
+//! is shared (a packet tap on the device, a bridge's flood) or whose payload is linear is
+//! copied first, whether the program then writes it or not, where the helpers copied only the
+//! packets they wrote.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},

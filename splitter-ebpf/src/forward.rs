@@ -11,7 +11,7 @@
 //! redirect cannot reach, a TTL about to expire.
 //!
 //! The FIB's answer for an IPv4 backend is kept per CPU (`NEXT_HOPS`, two ways per set by the
-//! backend's address; the replies' fast path keeps its clients' there too) for
+//! backend's address; the replies' fast path keeps its clients' alike in `REPLY_HOPS`) for
 //! `NEXT_HOP_TTL_JIFFIES`, so an established packet costs no FIB lookup:
 //! a neighbour's new address reaches it within that time. A packet longer than any the FIB has
 //! accepted for that next hop asks again, so the FIB checks every new length against the MTU.
@@ -28,6 +28,7 @@ use aya_ebpf::{
     },
     cty::c_void,
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64},
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use network_types::eth::{EthHdr, EtherType};
@@ -36,7 +37,7 @@ use splitter_common::{
 };
 
 use crate::{
-    maps::{self, FORWARD_DEVICES, FORWARD_SEEN, NEXT_HOPS},
+    maps::{self, FORWARD_DEVICES, FORWARD_SEEN, NEXT_HOPS, REPLY_HOPS},
     packet::{self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET},
 };
 
@@ -177,13 +178,27 @@ pub fn routed_why(entry: &NextHop) -> PlaneCounter {
     }
 }
 
-/// The two `NEXT_HOPS` ways of the IPv4 address `dst` on this CPU.
+/// The two `NEXT_HOPS` ways of the IPv4 backend `dst` on this CPU.
 #[inline(always)]
 pub fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
-    // Two ways per set: backends whose addresses hash alike do not take turns asking the FIB.
+    ways_in(&NEXT_HOPS, dst)
+}
+
+/// The two `REPLY_HOPS` ways of the IPv4 client `dst` on this CPU.
+#[inline(always)]
+pub fn reply_ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
+    ways_in(&REPLY_HOPS, dst)
+}
+
+#[inline(always)]
+fn ways_in(
+    hops: &'static PerCpuArray<NextHop>,
+    dst: u32,
+) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
+    // Two ways per set: addresses that hash alike do not take turns asking the FIB.
     let first = NextHop::first_way(dst);
-    let way0 = NEXT_HOPS.get_ptr_mut(first)?;
-    let way1 = NEXT_HOPS.get_ptr_mut(first | 1)?;
+    let way0 = hops.get_ptr_mut(first)?;
+    let way1 = hops.get_ptr_mut(first | 1)?;
     // SAFETY: this CPU's slots; nothing else writes them while the program runs.
     Some(unsafe { (&mut *way0, &mut *way1) })
 }
@@ -238,11 +253,11 @@ fn next_hop_v4(ctx: &XdpContext, ip: *mut u8) -> Result<Hop, PlaneCounter> {
     answer
 }
 
-/// What the `NEXT_HOPS` set of IPv4 address `dst` (`ways_v4`) keeps for it that a packet whose
-/// IP total length is `len` may use at `now`: a fresh next hop that has accepted packets that long, or a fresh "take the
-/// stack"; `None` when the FIB is to be asked (then `keep_v4` its answer). A backend's next hop
-/// for the ingress, a client's for the replies' fast path: both are destinations of forwarded
-/// packets.
+/// What a next-hop set of IPv4 address `dst` keeps for it (a backend's in `NEXT_HOPS`,
+/// `ways_v4`, for the ingress; a client's in `REPLY_HOPS`, `reply_ways_v4`, for the replies'
+/// fast path) that a packet whose IP total length is `len` may use at `now`: a fresh next hop
+/// that has accepted packets that long, or a fresh "take the stack"; `None` when the FIB is to
+/// be asked (then `keep_v4` its answer).
 #[inline(always)]
 pub fn kept_for_v4(
     way0: &NextHop,

@@ -34,7 +34,8 @@ use splitter_common::PlaneCounter;
 pub enum Skip {
     /// Pass it on untouched.
     Pass(PlaneCounter),
-    /// Drop it (ingress only).
+    /// Drop it: at ingress, a packet the guard or a drain refuses; at TC, a reply on a flow a
+    /// drain is resetting, or one whose rewrite could not be finished.
     Drop(PlaneCounter),
 }
 
@@ -85,7 +86,7 @@ pub fn split_egress(ctx: TcContext) -> i32 {
             // TCX_NEXT: later programs in the chain still run.
             TC_ACT_UNSPEC
         }
-        // Only a reply on a flow a drain is resetting.
+        // A reply on a flow a drain is resetting, or one whose rewrite could not be finished.
         Err(Skip::Drop(counter)) => {
             maps::count(counter);
             TC_ACT_SHOT

@@ -97,6 +97,10 @@ pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWAR
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 
+/// Per CPU: the replies' fast path's next hops of IPv4 clients, by address, as `NEXT_HOPS`.
+#[map(name = "REPLY_HOPS")]
+pub static REPLY_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
 /// Devices the fast path sent packets to, by `ifindex % FORWARD_SEEN_ENTRIES`: user space
 /// attaches the reply program there. Written when the FIB is asked, not per packet.
 #[map(name = "FORWARD_SEEN")]

@@ -1,8 +1,8 @@
 //! The fast path of replies: at the TC ingress of the devices the fast path sends steered
 //! packets to (the backends' side), a steered connection's reply is translated there, its next
-//! hop taken from `NEXT_HOPS` by the client's address (the FIB asked and its answer kept when
-//! that holds none for this length, as the ingress does for backends; a GSO packet asks the FIB
-//! every time, which checks its segments against the MTU), its Ethernet header rewritten and
+//! hop taken from `REPLY_HOPS` by the client's address (the FIB asked and its answer kept when
+//! that holds none for this length, as the ingress does for backends in `NEXT_HOPS`; a GSO packet asks the FIB
+//! every time, with no length, as the stack forwards GSO packets), its Ethernet header rewritten and
 //! its TTL decremented, and it is redirected to the client's device (`bpf_redirect`, to its
 //! egress), past the node's IP forwarding path. A reply the FIB cannot send on (no neighbour yet, no route, a device the
 //! fast path may not use) goes on to the stack untouched and is translated on its way out by
@@ -79,11 +79,12 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     // SAFETY: reading this program's context.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     let hop = if gso {
-        // tot_len 0: the FIB checks the skb against the device's MTU itself, its segments'.
+        // tot_len 0: the FIB checks the skb's length against the device's MTU itself and lets a
+        // GSO packet through, as the stack's forwarding does (`is_skb_forwardable`).
         ask(0)
     } else {
         let now = forward::now();
-        match forward::ways_v4(dst) {
+        match forward::reply_ways_v4(dst) {
             None => Err(PlaneCounter::ForwardRouted),
             Some((way0, way1)) => match forward::kept_for_v4(way0, way1, dst, len, now) {
                 Some(kept) => kept,

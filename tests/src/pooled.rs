@@ -135,13 +135,17 @@ pub fn collect(mut client: Client) -> Result<Seen, String> {
             .map_err(|_| "the pooled client's reader panicked".to_owned())?
             .map_err(|e| format!("the pooled client's output: {e}"))
     };
-    let (stdout, stderr) = (read(client.stdout)?, read(client.stderr)?);
+    let (stdout, stderr) = (read(client.stdout), read(client.stderr));
     if !status.success() {
         return Err(format!(
             "the pooled client failed ({status}): {}",
-            String::from_utf8_lossy(&stderr)
+            stderr.map_or_else(
+                |why| why,
+                |bytes| String::from_utf8_lossy(&bytes).into_owned()
+            )
         ));
     }
+    let stdout = stdout?;
     let mut seen = Seen::default();
     for line in BufReader::new(&stdout[..]).lines() {
         let line = line.map_err(|e| format!("the pooled client's output: {e}"))?;

@@ -14,7 +14,7 @@ use std::{
 use aya::maps::{Map, MapData, PerCpuArray};
 use splitter_common::{
     NEXT_HOP_ROUTED, NextHop,
-    maps::{NEXT_HOP_SLOTS, NEXT_HOPS},
+    maps::{NEXT_HOP_SLOTS, NEXT_HOPS, REPLY_HOPS},
 };
 use splitter_tests::{
     http::{self, KeepAlive},
@@ -158,22 +158,40 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
         "{} replies forwarded",
         replies_forwarded(&bed) - before
     );
-    // The replies' next hop is kept like the backends': the ingress never keeps one for the
-    // client's address, so only the replies' fast path can have put it there.
+    // The replies' next hop is kept like the backends', in a table of its own: the clients' in
+    // REPLY_HOPS, the backends' in NEXT_HOPS.
     let client = bed.client_ip();
-    let kept = kept_next_hops(&bed);
+    let (backends, clients) = (
+        kept_next_hops(&bed, NEXT_HOPS),
+        kept_next_hops(&bed, REPLY_HOPS),
+    );
     assert!(
-        kept.iter()
+        clients
+            .iter()
             .any(|(addr, ifindex)| *addr == client && *ifindex != NEXT_HOP_ROUTED),
-        "no next hop kept for the client {client}: {kept:?}"
+        "no next hop kept for the client {client}: {clients:?}"
+    );
+    assert!(
+        clients.iter().all(|(addr, _)| *addr == client),
+        "{clients:?}"
+    );
+    let blue_ip = *blue.ip();
+    assert!(
+        backends.iter().any(|(addr, _)| *addr == blue_ip),
+        "{backends:?}"
+    );
+    assert!(
+        backends.iter().all(|(addr, _)| *addr != client),
+        "{backends:?}"
     );
 }
 
-/// The addresses `NEXT_HOPS` keeps a next hop of, on any CPU, with its device.
-fn kept_next_hops(bed: &Testbed) -> Vec<(Ipv4Addr, u32)> {
-    let data = MapData::from_pin(bed.pin_dir.join(NEXT_HOPS)).expect("the NEXT_HOPS pin");
+/// The addresses a next-hop map (`NEXT_HOPS`, `REPLY_HOPS`) keeps a next hop of, on any CPU,
+/// with its device.
+fn kept_next_hops(bed: &Testbed, name: &str) -> Vec<(Ipv4Addr, u32)> {
+    let data = MapData::from_pin(bed.pin_dir.join(name)).expect("the next hops' pin");
     let hops: PerCpuArray<_, NextHop> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("NEXT_HOPS");
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a next-hop map");
     (0..NEXT_HOP_SLOTS)
         .flat_map(|slot| hops.get(&slot, 0).expect("a next-hop slot").to_vec())
         .filter(|hop| hop.asked_ns != 0)

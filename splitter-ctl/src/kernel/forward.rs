@@ -136,31 +136,43 @@ pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError
     // the stack" would keep a new device unused. They go before and after the change (a packet
     // between the two asks the FIB again).
     // The flow cache's ways keep copies of next hops (the express lane's): they go too.
-    let mut hops = NextHops::open_pinned(pin_dir)?;
+    let mut hops = [
+        NextHops::open_pinned(pin_dir, names::NEXT_HOPS)?,
+        NextHops::open_pinned(pin_dir, names::REPLY_HOPS)?,
+    ];
     let mut maps = Maps::open_pinned(pin_dir)?;
-    hops.clear()?;
-    maps.clear_flow_ways()?;
+    let clear = |hops: &mut [NextHops], maps: &mut Maps| {
+        hops.iter_mut().try_for_each(NextHops::clear)?;
+        maps.clear_flow_ways()
+    };
+    clear(&mut hops, &mut maps)?;
     let synced = devices.sync(&listed, &wanted)?;
-    hops.clear()?;
-    maps.clear_flow_ways()?;
+    clear(&mut hops, &mut maps)?;
     Ok(synced)
 }
 
-/// `NEXT_HOPS`: the fast path's next hops, kept per CPU.
-struct NextHops(PerCpuArray<MapData, NextHop>);
+/// `NEXT_HOPS` or `REPLY_HOPS`: the fast path's next hops (the backends', the clients'), kept
+/// per CPU.
+struct NextHops {
+    name: &'static str,
+    map: PerCpuArray<MapData, NextHop>,
+}
 
 impl NextHops {
-    fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
-        let map = open_pin(pin_dir, names::NEXT_HOPS)?;
-        Ok(Self(typed(names::NEXT_HOPS, map)?))
+    fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Self, MapsError> {
+        let map = open_pin(pin_dir, name)?;
+        Ok(Self {
+            name,
+            map: typed(name, map)?,
+        })
     }
 
     fn clear(&mut self) -> Result<(), MapsError> {
         for slot in 0..names::NEXT_HOP_SLOTS {
-            let empty = zeroed::<NextHop>(names::NEXT_HOPS)?;
-            self.0
+            let empty = zeroed::<NextHop>(self.name)?;
+            self.map
                 .set(slot, empty, 0)
-                .map_err(access(names::NEXT_HOPS, "clear a slot"))?;
+                .map_err(access(self.name, "clear a slot"))?;
         }
         Ok(())
     }

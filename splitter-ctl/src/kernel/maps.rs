@@ -121,7 +121,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         // `struct bpf_devmap_val`: the ifindex, then a program's fd or id.
         names::FORWARD_DEVICES => (4, 8),
         names::FORWARD_SEEN => (4, 4),
-        names::NEXT_HOPS => (4, size_of::<splitter_common::NextHop>()),
+        names::NEXT_HOPS | names::REPLY_HOPS => (4, size_of::<splitter_common::NextHop>()),
         names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
         names::H2_CONNS => (
             size_of::<FlowKey>(),
@@ -169,7 +169,7 @@ fn expected_entries(name: &str) -> Option<u32> {
         names::LATENCY => names::LATENCY_ENTRIES,
         names::PLANE_STATS => splitter_common::PLANE_COUNTERS,
         names::FLOW_CACHE | names::REPLY_CACHE => names::FLOW_CACHE_SETS,
-        names::NEXT_HOPS => names::NEXT_HOP_SLOTS,
+        names::NEXT_HOPS | names::REPLY_HOPS => names::NEXT_HOP_SLOTS,
         names::H2_CONNS => names::MAX_H2_CONNS,
         _ => return None,
     })
