@@ -38,8 +38,8 @@ use crate::{
     flow_cache::{self, Target},
     forward, ingress, maps,
     packet::{
-        self, IPV4_CHECK_OFFSET, IPV4_DST_OFFSET, IPV4_LEN_OFFSET, IPV4_SRC_OFFSET,
-        IPV4_TTL_OFFSET, TCP_CHECK_OFFSET, TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
+        self, IPV4_DST_OFFSET, IPV4_LEN_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET, TCP_CHECK_OFFSET,
+        TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 

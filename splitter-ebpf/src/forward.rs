@@ -181,26 +181,24 @@ pub fn routed_why(entry: &NextHop) -> PlaneCounter {
 /// The two `NEXT_HOPS` ways of the IPv4 backend `dst` on this CPU.
 #[inline(always)]
 pub fn ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
-    ways_in(&NEXT_HOPS, dst)
+    let (way0, way1) = ways_in(&NEXT_HOPS, dst)?;
+    // SAFETY: this CPU's slots; nothing else writes them while the program runs.
+    Some(unsafe { (&mut *way0, &mut *way1) })
 }
 
 /// The two `REPLY_HOPS` ways of the IPv4 client `dst` on this CPU.
 #[inline(always)]
 pub fn reply_ways_v4(dst: u32) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
-    ways_in(&REPLY_HOPS, dst)
+    let (way0, way1) = ways_in(&REPLY_HOPS, dst)?;
+    // SAFETY: as in `ways_v4`.
+    Some(unsafe { (&mut *way0, &mut *way1) })
 }
 
 #[inline(always)]
-fn ways_in(
-    hops: &'static PerCpuArray<NextHop>,
-    dst: u32,
-) -> Option<(&'static mut NextHop, &'static mut NextHop)> {
+fn ways_in(hops: &PerCpuArray<NextHop>, dst: u32) -> Option<(*mut NextHop, *mut NextHop)> {
     // Two ways per set: addresses that hash alike do not take turns asking the FIB.
     let first = NextHop::first_way(dst);
-    let way0 = hops.get_ptr_mut(first)?;
-    let way1 = hops.get_ptr_mut(first | 1)?;
-    // SAFETY: this CPU's slots; nothing else writes them while the program runs.
-    Some(unsafe { (&mut *way0, &mut *way1) })
+    Some((hops.get_ptr_mut(first)?, hops.get_ptr_mut(first | 1)?))
 }
 
 /// The next hop this CPU keeps for the IPv4 backend `dst`, if it is fresh at `now`.
@@ -382,7 +380,7 @@ fn ask_fib(ctx: &XdpContext, params: &mut FibLookup) -> Result<Hop, PlaneCounter
     }
     Ok(Hop {
         ifindex: params.ifindex,
-        macs: fib_macs(&params),
+        macs: fib_macs(params),
     })
 }
 

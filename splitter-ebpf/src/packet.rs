@@ -278,12 +278,6 @@ impl Packet {
     }
 
     #[inline(always)]
-    pub fn ip_check(&self) -> u16 {
-        // SAFETY: `parse` checked the whole IPv4 header.
-        unsafe { load_u16(self.ip.add(IPV4_CHECK_OFFSET)) }
-    }
-
-    #[inline(always)]
     pub fn l4_check(&self) -> u16 {
         // SAFETY: `parse` checked the checksum field.
         unsafe { load_u16(self.l4_check) }
