@@ -62,7 +62,9 @@ fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_clien
     judged::serve(&mut bed, SERVER, "green", &["--first-token-ms", "80"]);
     bed.write_config("50");
     bed.start_daemon(&[]);
-    let seen = collect(start_client(&bed, 40, 4, 60));
+    // 20 connections at 50%: both versions are seen but once in half a million runs (with 10,
+    // a full run once saw every connection go to green).
+    let seen = collect(start_client(&bed, 40, 2, 60));
     assert_eq!(seen["failures"].as_array().map(Vec::len), Some(0), "{seen}");
     // The Python client's own lag on 2 busy cores: a full run here saw its first token 4.8 ms
     // after the kernel's (45.2 vs 40.4 ms, with the server sending it at 40 ms).
@@ -70,6 +72,7 @@ fn the_kernel_times_a_streamed_responses_first_token_and_last_chunk_as_the_clien
         |kernel: f64, client: f64| (kernel - client).abs() <= (client * 0.10).max(CLIENT_LAG_MS);
     for (version, sent_ms) in [("blue", 40.0), ("green", 80.0)] {
         let client = &seen["versions"][version];
+        assert!(client.is_object(), "{version} answered nothing: {seen}");
         let telemetry = &bed.status()["services"][0]["telemetry"][version];
         let kernel = |kind: &str| telemetry[kind]["p50_ms"].as_f64().unwrap_or(f64::NAN);
         let (first_token, whole) = (
