@@ -135,8 +135,9 @@ pub struct CachedFlow {
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
-/// Value of `NEXT_HOPS`, per CPU: where the fast path sends packets to one IPv4 address (a
-/// backend, for the ingress; a client, for the replies' fast path), as the FIB said at `asked_ns` (in jiffies, `bpf_jiffies64`; 0: never), so an established packet
+/// Value of `NEXT_HOPS` (a backend's, for the ingress) and `REPLY_HOPS` (a client's, for the
+/// replies' fast path), per CPU: where the fast path sends packets to one IPv4 address, as the
+/// FIB said at `asked_ns` (in jiffies, `bpf_jiffies64`; 0: never), so an established packet
 /// costs no FIB lookup.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

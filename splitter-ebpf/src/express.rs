@@ -38,15 +38,13 @@ use crate::{
     flow_cache::{self, Target},
     forward, ingress, maps,
     packet::{
-        self, IPV4_DST_OFFSET, IPV4_LEN_OFFSET, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET, TCP_CHECK_OFFSET,
-        TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
+        self, IPV4_DST_OFFSET, IPV4_LEN_OFFSET, IPV4_NO_OPTIONS, IPV4_SRC_OFFSET, IPV4_TTL_OFFSET,
+        TCP_CHECK_OFFSET, TCP_DATA_OFFSET, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
 /// The headers the express lane reads: Ethernet, IPv4 without options, TCP.
 const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
-/// The first byte of an IPv4 header without options: version 4, five words.
-const IPV4_NO_OPTIONS: u8 = 0x45;
 /// The more-fragments flag and the fragment offset, in the flags word as loaded (memory order).
 const FRAGMENT_BITS: u16 = u16::from_ne_bytes([0x3f, 0xff]);
 const IPV4_FRAGS_OFFSET: usize = 6;

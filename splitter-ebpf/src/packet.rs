@@ -25,6 +25,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the TCP flags byte in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 // Offsets of fields inside their headers.
+/// The first byte of an IPv4 header without options: version 4, five words.
+pub const IPV4_NO_OPTIONS: u8 = 0x45;
 /// The total length.
 pub const IPV4_LEN_OFFSET: usize = 2;
 /// The TTL, then the protocol (one 16-bit word).
@@ -306,7 +308,7 @@ pub fn headers_len(bounds: &Bounds) -> usize {
             *ip.add(Ipv4Hdr::LEN + TCP_DATA_OFFSET) >> 4,
         )
     };
-    if ether_type != EtherType::Ipv4 as u16 || first != 0x45 {
+    if ether_type != EtherType::Ipv4 as u16 || first != IPV4_NO_OPTIONS {
         return MAX_HEADER_LEN;
     }
     match protocol {

@@ -1,11 +1,11 @@
 //! The fast path of replies: at the TC ingress of the devices the fast path sends steered
 //! packets to (the backends' side), a steered connection's reply is translated there, its next
 //! hop taken from `REPLY_HOPS` by the client's address (the FIB asked and its answer kept when
-//! that holds none for this length, as the ingress does for backends in `NEXT_HOPS`; a GSO packet asks the FIB
-//! every time, with no length, as the stack forwards GSO packets), its Ethernet header rewritten and
-//! its TTL decremented, and it is redirected to the client's device (`bpf_redirect`, to its
-//! egress), past the node's IP forwarding path. A reply the FIB cannot send on (no neighbour yet, no route, a device the
-//! fast path may not use) goes on to the stack untouched and is translated on its way out by
+//! that holds none for this length, as the ingress does for backends in `NEXT_HOPS`; a GSO
+//! packet asks the FIB every time, with no length, as the stack forwards GSO packets), its
+//! Ethernet header rewritten and its TTL decremented, and it is redirected to the client's
+//! device (`bpf_redirect`, to its egress), past the node's IP forwarding path. A reply the FIB
+//! cannot send on (no neighbour yet, no route, a device the fast path may not use) goes on to the stack untouched and is translated on its way out by
 //! `split_egress`, as without the fast path: translating it here would give the stack a packet
 //! from one of the node's own addresses, which it drops as a martian.
 //!
