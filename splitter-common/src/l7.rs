@@ -8,6 +8,9 @@
 //! The state machine is here, generic over how bytes are loaded, so user space tests it with
 //! byte slices and both kernel programs run the same code on packets.
 
+#[cfg(not(target_arch = "bpf"))]
+use core::sync::atomic::{AtomicU64, Ordering};
+
 /// `Flow::state` bits 5 and 6: the connection's protocol, once its first client payload was
 /// read (`FLOW_L7_READ`); before that, the service's configured protocol (0 for `auto`).
 pub const FLOW_L7_MASK: u8 = 0x60;
@@ -527,8 +530,10 @@ fn frame(
                 }
             }
             RST_STREAM => {
-                if let Some(i) = find_stream(conn, id) {
-                    conn.streams[i].id = 0;
+                // SAFETY: an entry of this connection's map value, valid for this program run.
+                if let Some(i) = find_stream(conn, id)
+                    && unsafe { end_stream(&raw mut conn.streams[i], id) }
+                {
                     on.event(H2Event::Cancelled);
                 }
             }
@@ -536,9 +541,21 @@ fn frame(
         },
         Direction::Server => match kind {
             HEADERS | DATA => {
-                if let Some(i) = find_stream(conn, id) {
+                // The entry as it is before its last frame frees it (the client may take it
+                // for a new call at once); the last frame counts only if the client did not
+                // reset the stream first.
+                let ends = flags & END_STREAM != 0;
+                if let Some(i) = find_stream(conn, id)
+                    && let H2Stream {
+                        flags: had,
+                        start_ns,
+                        ..
+                    } = conn.streams[i]
+                    // SAFETY: as the client's RST_STREAM's.
+                    && (!ends || unsafe { end_stream(&raw mut conn.streams[i], id) })
+                {
                     // Trailers: their grpc-status, where it is sent as a plain literal.
-                    let status = if kind == HEADERS && flags & END_STREAM != 0 {
+                    let status = if kind == HEADERS && ends {
                         let mut block = at;
                         if flags & PADDED != 0 {
                             block += 1;
@@ -552,33 +569,36 @@ fn frame(
                     } else {
                         STATUS_UNREAD
                     };
-                    let stream = &mut conn.streams[i];
-                    if kind == HEADERS && stream.flags & ANSWERED == 0 {
-                        stream.flags |= ANSWERED;
-                        on.event(H2Event::Answered(now.saturating_sub(stream.start_ns)));
+                    let waited = now.saturating_sub(start_ns);
+                    let mut now_has = had;
+                    if kind == HEADERS && had & ANSWERED == 0 {
+                        now_has |= ANSWERED;
+                        on.event(H2Event::Answered(waited));
                         // A trailers-only response fails the call, unless it says OK.
-                        if flags & END_STREAM != 0 && stream.flags & HAD_DATA == 0 && status != 0 {
+                        if ends && had & HAD_DATA == 0 && status != 0 {
                             on.event(H2Event::Failed(CallError::TrailersOnly));
                         }
                     } else if status != 0 && status != STATUS_UNREAD {
                         // Trailers after the response that say the call failed.
                         on.event(H2Event::Failed(CallError::Status));
                     }
-                    let waited = now.saturating_sub(stream.start_ns);
-                    if kind == DATA && stream.flags & HAD_DATA == 0 {
-                        stream.flags |= HAD_DATA;
+                    if kind == DATA && had & HAD_DATA == 0 {
+                        now_has |= HAD_DATA;
                         on.event(H2Event::FirstData(waited));
                     }
-                    if flags & END_STREAM != 0 {
-                        stream.id = 0;
+                    if ends {
                         on.event(H2Event::Ended(waited));
+                    } else if now_has != had {
+                        conn.streams[i].flags = now_has;
                     }
                 }
             }
             RST_STREAM => {
-                if let Some(i) = find_stream(conn, id) {
-                    let answered = conn.streams[i].flags & ANSWERED != 0;
-                    conn.streams[i].id = 0;
+                if let Some(i) = find_stream(conn, id)
+                    && let answered = conn.streams[i].flags & ANSWERED != 0
+                    // SAFETY: as the client's RST_STREAM's.
+                    && unsafe { end_stream(&raw mut conn.streams[i], id) }
+                {
                     on.event(H2Event::Failed(if answered {
                         CallError::ResetAnswered
                     } else {
@@ -696,6 +716,96 @@ const fn stream_slots(id: u32) -> [usize; 2] {
     [first & (H2_STREAMS - 1), (first + 1) & (H2_STREAMS - 1)]
 }
 const _: () = assert!(H2_STREAMS.is_power_of_two());
+
+/// Frees the entry of stream `id`, if it still holds it: true for the one side that ends the
+/// call. The client's RST_STREAM and the server's last frame on a stream are read by two
+/// programs, maybe at the same time on two CPUs (a deadline fires on both ends at once); the
+/// entry's id and flags are swapped as one word, so only one of them counts the call's end.
+/// The client's swap is tried again when the server changed the flags meanwhile (the server
+/// is their only writer, so its own swap fails only when the client freed the entry).
+///
+/// # Safety
+/// `stream` points to an entry valid for the call, which others touch only atomically or as
+/// the kernel programs do (another CPU's program may write it meanwhile).
+#[inline(always)]
+unsafe fn end_stream(stream: *mut H2Stream, id: u32) -> bool {
+    // `id` and `flags` are the entry's first 8 bytes, 8-aligned (it holds a u64).
+    let word = stream.cast::<u64>();
+    // SAFETY: valid for this call (the caller's promise).
+    let mut seen = unsafe { load(word) };
+    for _ in 0..2 {
+        let [a, b, c, d, flags @ ..] = seen.to_ne_bytes();
+        if u32::from_ne_bytes([a, b, c, d]) != id {
+            return false;
+        }
+        let free = u64::from_ne_bytes([0, 0, 0, 0, flags[0], flags[1], flags[2], flags[3]]);
+        // SAFETY: as above.
+        let before = unsafe { compare_exchange(word, seen, free) };
+        if before == seen {
+            return true;
+        }
+        seen = before;
+    }
+    false
+}
+const _: () = assert!(core::mem::offset_of!(H2Stream, flags) == 4);
+const _: () = assert!(core::mem::align_of::<H2Stream>() == 8);
+
+/// `*word`, read atomically.
+///
+/// # Safety
+/// `word` is valid and 8-aligned for this call.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn load(word: *mut u64) -> u64 {
+    // SAFETY: the caller's promise.
+    unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Acquire)
+}
+
+/// `*word`'s value before it was swapped for `new` where it held `current`.
+///
+/// # Safety
+/// As `load`'s.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> u64 {
+    // SAFETY: the caller's promise.
+    let word = unsafe { AtomicU64::from_ptr(word) };
+    match word.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(before) | Err(before) => before,
+    }
+}
+
+/// `load` in BPF: one 8-byte load, atomic on every architecture the kernel runs BPF on (LLVM
+/// selects no atomic load for BPF's generic CPU).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn load(word: *mut u64) -> u64 {
+    // SAFETY: the caller's promise.
+    unsafe { word.read_volatile() }
+}
+
+/// `compare_exchange` as BPF's `BPF_CMPXCHG` (a full barrier): Rust's BPF target has no
+/// compare-and-swap of its own.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> u64 {
+    let mut before = current;
+    // SAFETY: the caller's promise; the instruction swaps the word atomically, comparing it
+    // with r0 and leaving its old value there.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) word,
+            new = in(reg) new,
+            inout("r0") before,
+            options(nostack, preserves_flags)
+        );
+    }
+    before
+}
+const _: () = assert!(core::mem::offset_of!(H2Stream, flags) == 4);
+const _: () = assert!(core::mem::align_of::<H2Stream>() == 8);
 
 #[inline(always)]
 fn find_stream(conn: &Calls<'_>, id: u32) -> Option<usize> {
@@ -980,6 +1090,62 @@ mod tests {
         );
         assert_eq!(events, vec![H2Event::Untracked(Untracked::Connection)]);
         assert_eq!(conn.lost, 1);
+    }
+
+    /// The client's reset and the server's last frame of one stream, read at the same time by
+    /// programs on two CPUs: one of them ends the call, never both and never neither.
+    #[test]
+    fn a_stream_ended_by_both_sides_at_once_ends_once() {
+        use std::{
+            sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst},
+            thread,
+            time::{Duration, Instant},
+        };
+        const ROUNDS: u32 = 20_000;
+        let entry = std::boxed::Box::into_raw(std::boxed::Box::new(H2Stream::default()));
+        let at = entry as usize;
+        let (round, ended, done) = (AtomicU32::new(0), AtomicUsize::new(0), AtomicU32::new(0));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let wait = |until: &dyn Fn() -> bool| {
+            while !until() {
+                assert!(Instant::now() < deadline, "a side never came");
+                std::hint::spin_loop();
+                thread::yield_now();
+            }
+        };
+        thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for r in 1..=ROUNDS {
+                        wait(&|| round.load(SeqCst) == r);
+                        // SAFETY: the entry lives until both sides are done; it is only
+                        // touched atomically while they run.
+                        if unsafe { end_stream(at as *mut H2Stream, 2 * r + 1) } {
+                            ended.fetch_add(1, SeqCst);
+                        }
+                        done.fetch_add(1, SeqCst);
+                    }
+                });
+            }
+            for r in 1..=ROUNDS {
+                // SAFETY: both sides wait for the round before touching the entry.
+                unsafe {
+                    *entry = H2Stream {
+                        id: 2 * r + 1,
+                        flags: ANSWERED,
+                        start_ns: 0,
+                    };
+                }
+                round.store(r, SeqCst);
+                wait(&|| done.load(SeqCst) == 2 * r);
+                assert_eq!(ended.swap(0, SeqCst), 1, "round {r}");
+                // SAFETY: both sides are done with this round.
+                assert_eq!(unsafe { (*entry).id }, 0);
+                assert_eq!(unsafe { (*entry).flags }, ANSWERED, "the flags stay");
+            }
+        });
+        // SAFETY: from `Box::into_raw` above; nothing uses it any more.
+        drop(unsafe { std::boxed::Box::from_raw(entry) });
     }
 
     #[test]

@@ -6,8 +6,12 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread::{self, JoinHandle},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::netns::Netns;
@@ -80,6 +84,29 @@ pub struct Client {
     child: Child,
     stdout: JoinHandle<std::io::Result<Vec<u8>>>,
     stderr: JoinHandle<std::io::Result<Vec<u8>>>,
+    /// Lines read from the client's output so far: one per answer or failure.
+    lines: Arc<AtomicUsize>,
+}
+
+impl Client {
+    /// Waits until the client has printed `lines` answers or failures, up to `within`: a test
+    /// that times something from the client's first requests starts its clock after them, not
+    /// after an interpreter that may take a second to start on a loaded host.
+    pub fn wait_for_lines(&self, lines: usize, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let read = self.lines.load(Ordering::Acquire);
+            if read >= lines {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the pooled client printed {read} lines in {within:?}, not {lines}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Starts `workers` threads in `client` asking `url` for `seconds`, `think_ms` apart.
@@ -103,23 +130,42 @@ pub fn start(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {PYTHON} (cargo xtask setup installs it): {e}"))?;
-    let stdout = read_all(child.stdout.take());
-    let stderr = read_all(child.stderr.take());
+    let lines = Arc::new(AtomicUsize::new(0));
+    let stdout = read_all(child.stdout.take(), Some(Arc::clone(&lines)));
+    let stderr = read_all(child.stderr.take(), None);
     Ok(Client {
         child,
         stdout,
         stderr,
+        lines,
     })
 }
 
-/// Reads `pipe` to its end on a thread of its own.
-fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<std::io::Result<Vec<u8>>> {
+/// Reads `pipe` to its end on a thread of its own, counting its lines in `lines` as they come.
+fn read_all(
+    pipe: Option<impl Read + Send + 'static>,
+    lines: Option<Arc<AtomicUsize>>,
+) -> JoinHandle<std::io::Result<Vec<u8>>> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            pipe.read_to_end(&mut bytes)?;
+        let Some(mut pipe) = pipe else {
+            return Ok(bytes);
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = match pipe.read(&mut chunk) {
+                Ok(0) => return Ok(bytes),
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let (chunk, _) = chunk.split_at(read);
+            bytes.extend_from_slice(chunk);
+            if let Some(lines) = &lines {
+                let new = chunk.iter().filter(|b| **b == b'\n').count();
+                lines.fetch_add(new, Ordering::Release);
+            }
         }
-        Ok(bytes)
     })
 }
 

@@ -142,6 +142,12 @@ fn idle_pooled_connections_are_closed_at_once_not_after_drain_idle_ms() {
     // 16 pooled connections, each used once every 3 s: idle most of the time, as a model
     // client's pool between bursts.
     let client = pooled_clients(&bed, 16, 3_000, 5);
+    // Quiet from the first round's answers on, however long Python took to start (a second
+    // and more in a full run on 2 cores: a connection used less than `drain_idle_ms` before
+    // the rollback is rightly closed only after its quiet).
+    client
+        .wait_for_lines(16, Duration::from_secs(10))
+        .expect("the first round");
     thread::sleep(Duration::from_millis(1_500));
     let started = now();
     bed.ctl_ok(&["rollback", "sentiment", "--wait-ms", "3000"]);
