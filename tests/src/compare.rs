@@ -128,16 +128,17 @@ impl Setups {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).map_err(|e| format!("haproxy config: {e}"))?;
-        let child = bed
-            .node
-            .direct("haproxy")
+        let mut haproxy = Command::new("haproxy");
+        haproxy
             .args(["-db", "-f"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("haproxy.log")).map_err(|e| e.to_string())?,
-            ))
-            .spawn()
+            ));
+        let (child, _) = bed
+            .node
+            .start(haproxy)
             .map_err(|e| format!("cannot start haproxy (`cargo xtask setup` installs it): {e}"))?;
         bed.keep("haproxy", child);
         let setups = Self {
@@ -313,16 +314,19 @@ impl Setups {
         match kind {
             Kind::Direct | Kind::XdpPass => Err(format!("{} does not split", kind.name())),
             Kind::Splitter | Kind::SplitterNative => {
-                let started_ns = splitter_ctl::kernel::aging::monotonic_ns();
-                let started = Instant::now();
-                let out = bed
-                    .node
-                    .direct(crate::testbed::ctl_bin().to_str().unwrap_or("splitter-ctl"))
+                let mut rollback = Command::new(crate::testbed::ctl_bin());
+                rollback
                     .arg("--config")
                     .arg(&bed.config_path)
                     .args(["rollback", "sentiment", "--wait-ms", "0"])
-                    .output()
-                    .map_err(|e| format!("splitter-ctl: {e}"))?;
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                let fail = |e: std::io::Error| format!("splitter-ctl: {e}");
+                let (child, started) = bed.node.start(rollback).map_err(fail)?;
+                // CLOCK_MONOTONIC (the journal's clock) when the spawn began: Instant's clock.
+                let started_ns = splitter_ctl::kernel::aging::monotonic_ns()
+                    .saturating_sub(started.elapsed().as_nanos() as u64);
+                let out = child.wait_with_output().map_err(fail)?;
                 let command = started.elapsed();
                 if !out.status.success() {
                     return Err(format!(
@@ -463,15 +467,14 @@ fn haproxy_weights(green_bp: u16) -> (u16, u16) {
 
 /// Runs `nft -f -` with `ruleset` in the node namespace (one transaction); how long it took.
 fn nft(bed: &Testbed, ruleset: &str) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut child = bed
-        .node
-        .direct("nft")
-        .args(["-f", "-"])
+    let mut nft = Command::new("nft");
+    nft.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    let (mut child, started) = bed
+        .node
+        .start(nft)
         .map_err(|e| format!("cannot run nft (`cargo xtask setup` installs it): {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin

@@ -5,8 +5,9 @@
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
+    time::Instant,
 };
 
 pub struct Netns {
@@ -77,25 +78,17 @@ impl Netns {
         assert!(status.success(), "sysctl {key}={value} in {}", self.name);
     }
 
-    /// A command that runs `program` itself inside the namespace, with no wrapper process in
-    /// between (the child enters the namespace before it execs): for timing commands.
-    #[must_use]
-    pub fn direct(&self, program: &str) -> Command {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        let mut cmd = Command::new(program);
-        // SAFETY: the hook only calls setns (async-signal-safe) on a descriptor that the
-        // closure owns, so it stays open until the child execs.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        cmd
+    /// Starts `command` inside the namespace the way a shell starts one, with no wrapper process
+    /// in between: spawned from a thread that entered the namespace, so that the child inherits
+    /// it and the standard library spawns it with posix_spawn (a vfork). Entering the namespace
+    /// in the child instead (a `pre_exec` hook) forces a fork of this whole process, whose page
+    /// tables take milliseconds to copy in a process as large as the bench, and a timed command
+    /// would count them. Also returns when the spawn began, for timing commands.
+    pub fn start(&self, mut command: Command) -> std::io::Result<(Child, Instant)> {
+        self.run(move || {
+            let at = Instant::now();
+            command.spawn().map(|child| (child, at))
+        })
     }
 
     /// Runs `f` on a thread that has entered the namespace; sockets it creates belong there.

@@ -6,7 +6,12 @@
 //! same clients with 3 s of think time, whose pooled connections are idle at the rollback: the
 //! kernel's decision → the last of them closed.
 
-use std::{fmt::Write as _, thread, time::Duration};
+use std::{
+    fmt::Write as _,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
 
 use splitter_tests::{
     compare::{Kind, Setups},
@@ -179,14 +184,16 @@ fn attempt_round(
     let started = pooled::now();
     match kind {
         Kind::Splitter => {
-            let out = bed
-                .node
-                .direct(ctl_bin().to_str().unwrap_or("splitter-ctl"))
+            let mut rollback = Command::new(ctl_bin());
+            rollback
                 .arg("--config")
                 .arg(&bed.config_path)
                 .args(["rollback", "sentiment", "--wait-ms", "0"])
-                .output()
-                .map_err(|e| format!("splitter-ctl: {e}"))?;
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let fail = |e: std::io::Error| format!("splitter-ctl: {e}");
+            let (child, _) = bed.node.start(rollback).map_err(fail)?;
+            let out = child.wait_with_output().map_err(fail)?;
             if !out.status.success() {
                 return Err(Attempt::Failed(format!(
                     "splitter-ctl rollback: {}",

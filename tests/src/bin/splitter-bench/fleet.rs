@@ -7,7 +7,7 @@
 
 use std::{
     fmt::Write as _,
-    process::Stdio,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -105,16 +105,16 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
             return Err(format!("weight: {}", String::from_utf8_lossy(&out.stderr)));
         }
         words.until(5_000, Instant::now())?;
-        let started = Instant::now();
-        let mut rollback = on
-            .node
-            .direct(ctl_bin().to_str().unwrap_or("splitter-ctl"))
+        let mut command = Command::new(ctl_bin());
+        command
             .arg("--config")
             .arg(&on.config_path)
             .args(["rollback", "sentiment", "--wait-ms", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stderr(Stdio::null());
+        let (mut rollback, started) = on
+            .node
+            .start(command)
             .map_err(|e| format!("rollback: {e}"))?;
         let seen = words.until(0, started);
         let status = rollback.wait().map_err(|e| e.to_string())?;

@@ -177,14 +177,21 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
     // Median over rounds of a value, and of its ratio to direct's in the same round.
     let value =
         |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| median(runs[k][m].iter().map(f).collect());
-    let ratio = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| {
-        median(
-            runs[k][m]
-                .iter()
-                .zip(&runs[at(Kind::Direct)][m])
-                .map(|(r, d)| f(r) / f(d))
-                .collect(),
-        )
+    let ratios = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+        runs[k][m]
+            .iter()
+            .zip(&runs[at(Kind::Direct)][m])
+            .map(|(r, d)| f(r) / f(d))
+            .collect()
+    };
+    let ratio = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| median(ratios(k, m, f));
+    // The median ratio and how far the rounds' ratios spread: a target missed by less than
+    // the spread is missed by this run's noise as much as by the path.
+    let with_spread = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| -> (f64, String) {
+        let each = ratios(k, m, f);
+        let low = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = each.iter().copied().fold(0.0, f64::max);
+        (median(each), format!("rounds {low:.3}–{high:.3}"))
     };
     let rps = |r: &Run| r.report.requests_per_second;
     let p50 = |r: &Run| ms(r.report.p50);
@@ -306,12 +313,12 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
             Connections::KeepAlive => "keep-alive",
             Connections::Short => "one request per connection",
         };
-        let throughput = ratio(s, m, &rps);
-        let tail = ratio(s, m, &p99);
-        let spent = ratio(s, m, &cpu);
+        let (throughput, throughput_spread) = with_spread(s, m, &rps);
+        let (tail, tail_spread) = with_spread(s, m, &p99);
+        let (spent, spent_spread) = with_spread(s, m, &cpu);
         let _ = writeln!(
             out,
-            "- {name}: splitter throughput ≥ 1.0 × direct (the node's routed path; stretch 1.1×): **{}** ({throughput:.3}×); splitter p99 ≤ 1.0 × direct p99: **{}** ({tail:.3}×); CPU per request ≤ direct's: **{}** ({spent:.3}×)",
+            "- {name}: splitter throughput ≥ 1.0 × direct (the node's routed path; stretch 1.1×): **{}** ({throughput:.3}×; {throughput_spread}); splitter p99 ≤ 1.0 × direct p99: **{}** ({tail:.3}×; {tail_spread}); CPU per request ≤ direct's: **{}** ({spent:.3}×; {spent_spread})",
             verdict(throughput >= 1.0),
             verdict(tail <= 1.0),
             verdict(spent <= 1.0)
