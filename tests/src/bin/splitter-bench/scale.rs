@@ -6,8 +6,12 @@
 //!
 //! Packets are single runs (`repeat = 1`), each a packet of another live flow in turn, as a
 //! busy host sees them: with 1,000 flows nearly all stay in the per-CPU flow cache (two ways per
-//! set: by a Poisson estimate, about 9% of random flows share a set with two others), with 1,000,000 the cache misses
-//! and the flow table is a million entries deep.
+//! set: by a Poisson estimate, about 9% of random flows share a set with two others), with
+//! 1,000,000 the cache misses and the flow table is a million entries deep. The million-flow
+//! table is also timed with packets of 1,000 of its flows, which tells the table's size apart
+//! from the working set's: on a miss, the flow table's bucket and entry are each a miss in the
+//! CPU's caches (`lookup_nulls_elem_raw` is half the program's time in a profile of the miss
+//! path), whatever the table's depth.
 
 use std::{collections::HashSet, fmt::Write as _, net::SocketAddrV4};
 
@@ -29,6 +33,11 @@ const CASES: [(u16, u16, u32); 5] = [
 const ROUNDS: usize = 7;
 /// Established packets timed per case and round, each of another flow in turn.
 const SAMPLE: usize = 20_000;
+/// The flows a table larger than this is also timed with, in turn: the same working set as the
+/// smallest case in a table a thousand times its size, so that what the table's size costs is
+/// told apart from what touching more flows costs (outside the target, which is about the
+/// worst: every flow in turn).
+const ACTIVE: u32 = 1_000;
 
 struct Case {
     services: u16,
@@ -37,6 +46,8 @@ struct Case {
     plane: Plane,
     /// One pure ACK per sampled flow.
     acks: Vec<Vec<u8>>,
+    /// In a table of more than `ACTIVE` flows: one pure ACK for each of the first `ACTIVE`.
+    active: Vec<Vec<u8>>,
     /// Kernel memory of the case's maps, in bytes.
     memory: u64,
 }
@@ -88,6 +99,7 @@ impl Case {
         let plane = Plane::load_sized(&config(services, backends), per_cpu);
         let memory = maps_memory().saturating_sub(before);
         let mut acks = Vec::with_capacity(SAMPLE);
+        let mut active = Vec::new();
         let every = (flows as usize / SAMPLE).max(1);
         // Clients drawn at random (seeded) from 198.18.128.0/17 and ports 1024 and up, as a
         // host sees them: clients numbered in order would fall into the caches' sets by a
@@ -111,6 +123,9 @@ impl Case {
             if i.is_multiple_of(every) && acks.len() < SAMPLE {
                 acks.push(Ipv4Packet::tcp(client, service, ACK).build());
             }
+            if flows > ACTIVE && i < ACTIVE as usize {
+                active.push(Ipv4Packet::tcp(client, service, ACK).build());
+            }
             i += 1;
         }
         Self {
@@ -119,22 +134,27 @@ impl Case {
             flows,
             plane,
             acks,
+            active,
             memory,
         }
     }
 
-    /// The median call's ns of an established packet of this case, and of the baseline timed
-    /// beside it. Medians, not means: one preempted call among a thousand would add its
-    /// hundreds of microseconds to a mean.
-    fn time(&self) -> (f64, f64) {
+    /// The median call's ns of an established packet of this case (of each of `acks` in
+    /// turn), and of the baseline timed beside it. Medians, not means: one preempted call among
+    /// a thousand would add its hundreds of microseconds to a mean.
+    fn time(&self, acks: &[Vec<u8>]) -> (f64, f64) {
         let (mut program, mut baseline) = (Vec::new(), Vec::new());
-        for ack in &self.acks {
+        for ack in acks {
             baseline.push(self.plane.time_xdp(PROGRAM_BASELINE, ack, 1).duration_ns);
             program.push(self.plane.time_xdp(PROGRAM_INGRESS, ack, 1).duration_ns);
         }
         (median(&mut program), median(&mut baseline))
     }
 }
+
+/// One round's (program, baseline) median ns: every case with every flow in turn, then the
+/// larger cases with `ACTIVE` flows.
+type Round = (Vec<(f64, f64)>, Vec<(f64, f64)>);
 
 fn median(calls: &mut [u128]) -> f64 {
     calls.sort_unstable();
@@ -148,11 +168,27 @@ pub fn section(quick: bool) -> String {
         .filter(|(_, _, flows)| !quick || *flows <= 1_000)
         .map(|&(s, b, f)| Case::new(s, b, f))
         .collect();
-    // Each round: every case's cost over its own baseline's, then each case against the first.
-    let mut rounds: Vec<Vec<(f64, f64)>> = (0..ROUNDS)
-        .map(|_| cases.iter().map(Case::time).collect())
+    // Each round: every case's cost over its own baseline's, then each case against the first;
+    // the cases with a working set of `ACTIVE` flows in a larger table after them.
+    let mut rounds: Vec<Round> = (0..ROUNDS)
+        .map(|_| {
+            let every = cases.iter().map(|c| c.time(&c.acks)).collect();
+            let active = cases
+                .iter()
+                .filter(|c| !c.active.is_empty())
+                .map(|c| {
+                    // Once untimed: every flow in turn has just pushed these out of the
+                    // caches, where the smaller cases' flows stay from round to round.
+                    for ack in &c.active {
+                        let _ = c.plane.time_xdp(PROGRAM_INGRESS, ack, 1);
+                    }
+                    c.time(&c.active)
+                })
+                .collect();
+            (every, active)
+        })
         .collect();
-    let worst = |round: &Vec<(f64, f64)>| {
+    let worst = |(round, _): &Round| {
         let first = round[0].0 - round[0].1;
         round
             .iter()
@@ -160,37 +196,50 @@ pub fn section(quick: bool) -> String {
             .fold(0.0, f64::max)
     };
     rounds.sort_by(|a, b| worst(a).total_cmp(&worst(b)));
-    let round = &rounds[rounds.len() / 2];
+    let (round, active_round) = &rounds[rounds.len() / 2];
     let smallest = round[0].0 - round[0].1;
 
     let mut out = String::new();
     let _ = writeln!(out, "### How the per-packet cost grows\n");
     let _ = writeln!(
         out,
-        "An established TCP packet (pure ACK) through `split_ingress`, single runs, each of another live flow in turn (every flow, or {SAMPLE} sampled from the larger tables), on one CPU. The cost is the median call's time less the median of the `XDP_PASS` baseline's calls, timed beside them; {ROUNDS} rounds, each timing every case, and the round whose largest growth is the median is reported. Memory: the `memlock` of the case's maps, its flow table sized for its flows.\n"
+        "An established TCP packet (pure ACK) through `split_ingress`, single runs, each of another live flow in turn (every flow, or {SAMPLE} sampled from the larger tables), on one CPU. The cost is the median call's time less the median of the `XDP_PASS` baseline's calls, timed beside them; {ROUNDS} rounds, each timing every case, and the round whose largest growth is the median is reported. Memory: the `memlock` of the case's maps, its flow table sized for its flows. The last row sends packets of only {ACTIVE} of the million flows, in turn, timed right after one untimed pass over them (every flow in turn has just pushed them out of the caches): the table's size without the working set's; it is outside the target, and warmer in the CPU's caches than the first rows, whose flows other cases' passes come between.\n"
     );
     let _ = writeln!(
         out,
-        "| services | backends per pool | live flows | ns over the baseline | × the smallest case | maps' memory MiB |"
+        "| services | backends per pool | live flows | packets from | ns over the baseline | × the smallest case | maps' memory MiB |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---|---:|---:|---:|");
     let mut within = true;
-    for (case, (program, baseline)) in cases.iter().zip(round) {
+    let mut row = |case: &Case, from: String, (program, baseline): (f64, f64)| {
         let cost = program - baseline;
         let growth = cost / smallest;
-        within &= growth <= 1.1;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {cost:.1} | {growth:.2} | {:.1} |",
+            "| {} | {} | {} | {from} | {cost:.1} | {growth:.2} | {:.1} |",
             case.services,
             case.backends,
             case.flows,
             case.memory as f64 / f64::from(1u32 << 20)
         );
+        growth
+    };
+    for (case, timed) in cases.iter().zip(round) {
+        let from = if case.acks.len() < case.flows as usize {
+            format!("every flow in turn ({} sampled)", case.acks.len())
+        } else {
+            "every flow in turn".to_owned()
+        };
+        within &= row(case, from, *timed) <= 1.1;
+    }
+    let larger = cases.iter().filter(|c| !c.active.is_empty());
+    for (case, timed) in larger.zip(active_round) {
+        let from = format!("{} of them in turn (outside the target)", case.active.len());
+        row(case, from, *timed);
     }
     let _ = writeln!(
         out,
-        "\nTarget: every case within 10% of the smallest: **{}**.\n",
+        "\nTarget: every case within 10% of the smallest, each sending every flow in turn: **{}**.\n",
         if within { "met" } else { "MISSED" }
     );
     out
