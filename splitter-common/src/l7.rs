@@ -589,7 +589,8 @@ fn frame(
                     if ends {
                         on.event(H2Event::Ended(waited));
                     } else if now_has != had {
-                        conn.streams[i].flags = now_has;
+                        // SAFETY: as the client's RST_STREAM's.
+                        unsafe { set_flags(&raw mut conn.streams[i], id, had, now_has) };
                     }
                 }
             }
@@ -748,6 +749,22 @@ unsafe fn end_stream(stream: *mut H2Stream, id: u32) -> bool {
     }
     false
 }
+
+/// Sets the flags of stream `id`'s entry from `had` to `flags` if the entry still holds that
+/// stream: a client's reset may have freed it meanwhile, and its next call taken it.
+///
+/// # Safety
+/// As `end_stream`'s.
+#[inline(always)]
+unsafe fn set_flags(stream: *mut H2Stream, id: u32, had: u32, flags: u32) {
+    let word = |flags: u32| {
+        let ([a, b, c, d], [e, f, g, h]) = (id.to_ne_bytes(), flags.to_ne_bytes());
+        u64::from_ne_bytes([a, b, c, d, e, f, g, h])
+    };
+    // SAFETY: the caller's promise. The server's program is the flags' only writer, so the swap
+    // fails only when the client freed the entry, and the new flags are then no longer wanted.
+    unsafe { compare_exchange(stream.cast::<u64>(), word(had), word(flags)) };
+}
 const _: () = assert!(core::mem::offset_of!(H2Stream, flags) == 4);
 const _: () = assert!(core::mem::align_of::<H2Stream>() == 8);
 
@@ -804,8 +821,6 @@ unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> u64 {
     }
     before
 }
-const _: () = assert!(core::mem::offset_of!(H2Stream, flags) == 4);
-const _: () = assert!(core::mem::align_of::<H2Stream>() == 8);
 
 #[inline(always)]
 fn find_stream(conn: &Calls<'_>, id: u32) -> Option<usize> {
@@ -1090,6 +1105,28 @@ mod tests {
         );
         assert_eq!(events, vec![H2Event::Untracked(Untracked::Connection)]);
         assert_eq!(conn.lost, 1);
+    }
+
+    /// The server's first HEADERS or DATA marks its stream's entry, unless the client's reset
+    /// freed the entry in between and its next call took it.
+    #[test]
+    fn the_server_marks_its_stream_not_the_next_call_in_its_entry() {
+        let mut entry = H2Stream {
+            id: 5,
+            flags: 0,
+            start_ns: 1,
+        };
+        // SAFETY: a local entry, valid for both calls.
+        unsafe { set_flags(&raw mut entry, 5, 0, ANSWERED) };
+        assert_eq!(entry.flags, ANSWERED);
+        entry = H2Stream {
+            id: 7,
+            flags: 0,
+            start_ns: 2,
+        };
+        // SAFETY: as above.
+        unsafe { set_flags(&raw mut entry, 5, ANSWERED, ANSWERED | HAD_DATA) };
+        assert_eq!((entry.id, entry.flags, entry.start_ns), (7, 0, 2));
     }
 
     /// The client's reset and the server's last frame of one stream, read at the same time by
