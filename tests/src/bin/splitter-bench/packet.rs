@@ -28,7 +28,7 @@ const MANY_FLOWS: usize = 12_000;
 
 /// The share of packets that find their cache set holding other flows when `sets` (one per
 /// flow) are visited in turn, again and again: a set keeps the last flows that used it.
-fn miss_share(sets: impl Iterator<Item = u32>) -> f64 {
+pub(crate) fn miss_share(sets: impl Iterator<Item = u32>) -> f64 {
     let mut per_set = std::collections::HashMap::<u32, usize>::new();
     let mut flows = 0usize;
     for set in sets {
