@@ -319,6 +319,7 @@ impl Setups {
                     .arg("--config")
                     .arg(&bed.config_path)
                     .args(["rollback", "sentiment", "--wait-ms", "0"])
+                    .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
                 let fail = |e: std::io::Error| format!("splitter-ctl: {e}");

@@ -18,23 +18,35 @@ const fn stream_slots(id: u32) -> [usize; 2] {
 }
 const _: () = assert!(H2_STREAMS.is_power_of_two());
 
+/// Swaps `end_stream` tries: one, and one after each flag the server may add meanwhile.
+const SWAPS: usize = 3;
+
 /// Frees the entry of stream `id`, if it still holds it: true for the one side that ends the
 /// call. The client's RST_STREAM and the server's last frame on a stream are read by two
 /// programs, maybe at the same time on two CPUs (a deadline fires on both ends at once); the
 /// entry's id and flags are swapped as one word, so only one of them counts the call's end.
-/// The client's swap is tried again when the server changed the flags meanwhile (the server
-/// is their only writer, so its own swap fails only when the client freed the entry).
+/// The client's swap is tried again when the server changed the flags meanwhile: the server
+/// is their only writer and only ever adds `ANSWERED`, then `HAD_DATA`, so a third swap always
+/// finds them settled (and the server's own swap fails only when the client freed the entry).
 ///
 /// # Safety
 /// `stream` points to an entry valid for the call, which others touch only atomically or as
 /// the kernel programs do (another CPU's program may write it meanwhile).
 #[inline(always)]
 pub(super) unsafe fn end_stream(stream: *mut H2Stream, id: u32) -> bool {
-    // `id` and `flags` are the entry's first 8 bytes, 8-aligned (it holds a u64).
+    // SAFETY: valid for this call (the caller's promise); `id` and `flags` are the entry's
+    // first 8 bytes, 8-aligned (it holds a u64).
+    unsafe { end_from(stream, id, load(stream.cast::<u64>())) }
+}
+
+/// `end_stream` from `seen`, the entry's id and flags as last read (maybe stale).
+///
+/// # Safety
+/// As `end_stream`'s.
+#[inline(always)]
+unsafe fn end_from(stream: *mut H2Stream, id: u32, mut seen: u64) -> bool {
     let word = stream.cast::<u64>();
-    // SAFETY: valid for this call (the caller's promise).
-    let mut seen = unsafe { load(word) };
-    for _ in 0..2 {
+    for _ in 0..SWAPS {
         let [a, b, c, d, flags @ ..] = seen.to_ne_bytes();
         if u32::from_ne_bytes([a, b, c, d]) != id {
             return false;
@@ -176,6 +188,32 @@ mod tests {
         // SAFETY: as above.
         unsafe { set_flags(&raw mut entry, 5, ANSWERED, ANSWERED | HAD_DATA) };
         assert_eq!((entry.id, entry.flags, entry.start_ns), (7, 0, 2));
+    }
+
+    /// The client's reset read the entry before the server marked it (on another CPU): its
+    /// swap fails on the changed flags, and it tries again with what it found, which ends the
+    /// call. A single swap would leave the stream followed, and its call never ended.
+    #[test]
+    fn a_reset_that_read_the_entry_before_the_server_marked_it_still_ends_it() {
+        let mut entry = H2Stream {
+            id: 9,
+            flags: ANSWERED | HAD_DATA,
+            start_ns: 3,
+        };
+        let [a, b, c, d] = 9u32.to_ne_bytes();
+        let before_the_marks = u64::from_ne_bytes([a, b, c, d, 0, 0, 0, 0]);
+        // SAFETY: a local entry, valid for the call.
+        assert!(unsafe { end_from(&raw mut entry, 9, before_the_marks) });
+        assert_eq!((entry.id, entry.flags), (0, ANSWERED | HAD_DATA));
+        // Another stream's: nothing happens.
+        let mut other = H2Stream {
+            id: 11,
+            flags: 0,
+            start_ns: 4,
+        };
+        // SAFETY: as above.
+        assert!(!unsafe { end_from(&raw mut other, 9, before_the_marks) });
+        assert_eq!(other.id, 11);
     }
 
     /// The client's reset and the server's last frame of one stream, read at the same time by

@@ -110,6 +110,7 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
             .arg("--config")
             .arg(&on.config_path)
             .args(["rollback", "sentiment", "--wait-ms", "0"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let (mut rollback, started) = on

@@ -240,9 +240,16 @@ pub fn section(quick: bool) -> String {
 
     let mut out = String::new();
     let _ = writeln!(out, "### How the per-packet cost grows\n");
+    let last_row = if active.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " The last row sends packets of only {ACTIVE} of the million flows, in turn, timed right after one untimed pass over them (every flow in turn has just pushed them out of the caches): the table's size without the working set's; it is outside the target, and warmer in the CPU's caches than the first rows, whose flows other cases' passes come between."
+        )
+    };
     let _ = writeln!(
         out,
-        "An established TCP packet (pure ACK) through `split_ingress`, single runs, each of another live flow in turn (every flow, or {SAMPLE} sampled from the larger tables), on one CPU. The cost is the mean time of the middle 80% of the calls less the same of the `XDP_PASS` baseline's calls, timed beside them (a mean, because this machine's clock reads in steps of 10 ns: a median moves by whole steps, 7% of the smallest case); {ROUNDS} rounds, each timing every case; each row is the case's median cost over the rounds and its median ratio to the smallest case's cost in the same round (so a row's ns and ratio come from different rounds, and need not divide exactly). In overfull cache sets: the share of the timed flows whose set of the per-CPU flow cache has more flows than ways, which miss it at every pass (the draws of clients differ from case to case). Memory: the `memlock` of the case's maps, its flow table sized for its flows. The last row sends packets of only {ACTIVE} of the million flows, in turn, timed right after one untimed pass over them (every flow in turn has just pushed them out of the caches): the table's size without the working set's; it is outside the target, and warmer in the CPU's caches than the first rows, whose flows other cases' passes come between.\n"
+        "An established TCP packet (pure ACK) through `split_ingress`, single runs, each of another live flow in turn (every flow, or {SAMPLE} sampled from the larger tables), on one CPU. The cost is the mean time of the middle 80% of the calls less the same of the `XDP_PASS` baseline's calls, timed beside them (a mean, because this machine's clock reads in steps of 10 ns: a median moves by whole steps, 7% of the smallest case); {ROUNDS} rounds, each timing every case; each row is the case's median cost over the rounds and its median ratio to the smallest case's cost in the same round (so a row's ns and ratio come from different rounds, and need not divide exactly). In overfull cache sets: the share of the timed flows whose set of the per-CPU flow cache has more flows than ways, which miss it at every pass (the clients are drawn anew for each number of services and of flows). Memory: the `memlock` of the case's maps, its flow table sized for its flows.{last_row}\n"
     );
     let _ = writeln!(
         out,
@@ -264,7 +271,7 @@ pub fn section(quick: bool) -> String {
     };
     for (case, timed) in cases.iter().zip(&every) {
         let from = if case.acks.len() < case.flows as usize {
-            format!("every flow in turn ({} sampled)", case.acks.len())
+            format!("{} sampled flows in turn", case.acks.len())
         } else {
             "every flow in turn".to_owned()
         };
