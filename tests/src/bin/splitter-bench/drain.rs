@@ -180,6 +180,8 @@ fn attempt_round(
     setups.set_green(bed, kind, 5_000)?;
     let url = format!("http://{}/", Setups::addr(bed, kind));
     let client = pooled::start(&bed.client, &url, CLIENTS, load.think_ms, load.seconds)?;
+    // From the first round's answers on, however long Python took to start.
+    client.wait_for_lines(CLIENTS as usize, Duration::from_secs(10))?;
     thread::sleep(load.before);
     let started = pooled::now();
     match kind {
@@ -254,7 +256,7 @@ fn report(rounds: usize, rows: &[(String, Vec<Round>)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each (a round in which no pooled connection landed on green, so that green answered nothing before the rollback, is run again, up to {ATTEMPTS} times): Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after they started, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
+        "\n### The connections of the version left\n\n{CLIENTS} pooled keep-alive clients with {} ms think time (Python `requests`: one `Session` shared by {CLIENTS} threads, urllib3's pool, no retries), green at 50%, then a rollback as an operator runs it, {rounds} round(s) each (a round in which no pooled connection landed on green, so that green answered nothing before the rollback, is run again, up to {ATTEMPTS} times): Splitter's `splitter-ctl rollback sentiment --wait-ms 0` (the daemon drains green's connections: each closed right behind its response, or once it has been quiet for the service's `drain_idle_ms`, quiet before the drain included: the default, then {SHORT_IDLE_MS} ms after a reload), and HAProxy's `set weight` with `shutdown sessions server bench/green` through `socat`. The idle-pool row: the same clients with {} s of think time and the rollback {:.1} s after their first round was answered, so that every pooled connection is idle at the rollback. From the clients' own clock: the command's start to green's last answer (0: none after the start), and the requests that failed. Splitter's kernel measures beside it: the drain's decision → the last response green began (the journal's mean time to rollback), and → green's last connection closed.\n",
         BUSY.think_ms,
         IDLE.think_ms / 1_000,
         IDLE.before.as_secs_f64()
