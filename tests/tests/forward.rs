@@ -4,6 +4,10 @@
 //! every packet from it, so whatever takes the routed path is lost; the service's requests are
 //! answered all the same, while a request to a backend's own address, which the stack forwards,
 //! is not.
+//!
+//! The tests run one at a time: the rollback's bound on green's last response (100 ms on the
+//! kernel's clock) holds only when the daemon's drain thread gets a core, which this file's
+//! other tests, run beside it on 2 cores, once took (211 ms in a full run).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -18,7 +22,7 @@ use splitter_common::{
 };
 use splitter_tests::{
     http::{self, KeepAlive},
-    require_root,
+    one_at_a_time, require_root,
     testbed::{Testbed, assert_left_answered_within},
 };
 
@@ -88,6 +92,7 @@ fn packets(bed: &Testbed, outcome: &str) -> f64 {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn steered_packets_skip_the_node_s_forwarding_path() {
     require_root!();
+    let _serial = one_at_a_time();
     let bed = healthy_bed();
     let (blue, green) = (bed.blue_addr(), bed.green_addr());
     nft(
@@ -217,6 +222,7 @@ fn wait_reply_links(bed: &Testbed) {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
     require_root!();
+    let _serial = one_at_a_time();
     let bed = healthy_bed();
     let vip: SocketAddr = bed.vip();
     bed.client.run(move || {
@@ -268,6 +274,7 @@ fn a_rollback_drains_pooled_clients_through_the_fast_path_both_ways() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn fast_path_false_leaves_every_packet_to_the_stack_and_a_reload_turns_it_on_and_off() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     bed.write_config_with("50", "[service.health]\ninterval_ms = 200\n");
     bed.prepend_config("fast_path = false\n");
@@ -313,6 +320,7 @@ fn fast_path_false_leaves_every_packet_to_the_stack_and_a_reload_turns_it_on_and
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_backend_behind_a_router_takes_the_fast_path_to_its_gateway() {
     require_root!();
+    let _serial = one_at_a_time();
     let mut bed = Testbed::new(SERVER);
     // Green's backend lives on an address of green's own namespace that the node reaches
     // only through green's link address as a gateway: a backend behind a router.
