@@ -5,7 +5,7 @@
 //! kernel and user space agree on layouts byte for byte. Addresses are 16 bytes: IPv4 is stored
 //! IPv4-mapped (`::ffff:a.b.c.d`) so that IPv6 needs no new types.
 #![no_std]
-// The HTTP/2 reader swaps a stream entry with BPF_CMPXCHG (l7::compare_exchange).
+// The HTTP/2 reader swaps a stream entry with BPF_CMPXCHG (`l7::streams`).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod cache;

@@ -5,9 +5,10 @@
 //! packet asks the FIB every time, with no length, as the stack forwards GSO packets), its
 //! Ethernet header rewritten and its TTL decremented, and it is redirected to the client's
 //! device (`bpf_redirect`, to its egress), past the node's IP forwarding path. A reply the FIB
-//! cannot send on (no neighbour yet, no route, a device the fast path may not use) goes on to the stack untouched and is translated on its way out by
-//! `split_egress`, as without the fast path: translating it here would give the stack a packet
-//! from one of the node's own addresses, which it drops as a martian.
+//! cannot send on (no neighbour yet, no route, a device the fast path may not use) goes on to
+//! the stack untouched and is translated on its way out by `split_egress`, as without the fast
+//! path: translating it here would give the stack a packet from one of the node's own
+//! addresses, which it drops as a martian.
 //!
 //! IPv4 only; IPv6 replies take the stack.
 

@@ -314,14 +314,8 @@ impl Setups {
         match kind {
             Kind::Direct | Kind::XdpPass => Err(format!("{} does not split", kind.name())),
             Kind::Splitter | Kind::SplitterNative => {
-                let mut rollback = Command::new(crate::testbed::ctl_bin());
-                rollback
-                    .arg("--config")
-                    .arg(&bed.config_path)
-                    .args(["rollback", "sentiment", "--wait-ms", "0"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
+                let mut rollback = crate::testbed::rollback_command(&bed.config_path);
+                rollback.stdout(Stdio::piped()).stderr(Stdio::piped());
                 let fail = |e: std::io::Error| format!("splitter-ctl: {e}");
                 let (child, started) = bed.node.start(rollback).map_err(fail)?;
                 // CLOCK_MONOTONIC (the journal's clock) when the spawn began: Instant's clock.

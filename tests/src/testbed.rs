@@ -62,6 +62,19 @@ pub fn ctl_bin() -> PathBuf {
     path
 }
 
+/// `splitter-ctl rollback sentiment --wait-ms 0` with the config at `config`, as an operator
+/// runs it (no stdin): the benchmark's timed rollback. Its output is the caller's to direct.
+#[must_use]
+pub fn rollback_command(config: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(ctl_bin());
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["rollback", "sentiment", "--wait-ms", "0"])
+        .stdin(Stdio::null());
+    command
+}
+
 /// The indices tests take; 200 and up belong to the binaries (testbed, demo, bench).
 const TEST_INDICES: std::ops::RangeInclusive<u8> = 1..=199;
 /// Where the index claims are: one lock file per index, locked while a bed uses it.

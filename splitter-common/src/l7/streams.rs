@@ -45,21 +45,36 @@ pub(super) unsafe fn end_stream(stream: *mut H2Stream, id: u32) -> bool {
 /// As `end_stream`'s.
 #[inline(always)]
 unsafe fn end_from(stream: *mut H2Stream, id: u32, mut seen: u64) -> bool {
-    let word = stream.cast::<u64>();
     for _ in 0..SWAPS {
-        let [a, b, c, d, flags @ ..] = seen.to_ne_bytes();
-        if u32::from_ne_bytes([a, b, c, d]) != id {
+        let (held, flags) = parts(seen);
+        if held != id {
             return false;
         }
-        let free = u64::from_ne_bytes([0, 0, 0, 0, flags[0], flags[1], flags[2], flags[3]]);
-        // SAFETY: as above.
-        let before = unsafe { compare_exchange(word, seen, free) };
+        // SAFETY: the caller's promise.
+        let before = unsafe { compare_exchange(stream.cast::<u64>(), seen, word(0, flags)) };
         if before == seen {
             return true;
         }
         seen = before;
     }
     false
+}
+
+/// An entry's first 8 bytes, its id and flags, as one word.
+#[inline(always)]
+const fn word(id: u32, flags: u32) -> u64 {
+    let ([a, b, c, d], [e, f, g, h]) = (id.to_ne_bytes(), flags.to_ne_bytes());
+    u64::from_ne_bytes([a, b, c, d, e, f, g, h])
+}
+
+/// The id and flags of an entry's word.
+#[inline(always)]
+const fn parts(word: u64) -> (u32, u32) {
+    let [a, b, c, d, e, f, g, h] = word.to_ne_bytes();
+    (
+        u32::from_ne_bytes([a, b, c, d]),
+        u32::from_ne_bytes([e, f, g, h]),
+    )
 }
 
 /// Sets the flags of stream `id`'s entry from `had` to `flags` if the entry still holds that
@@ -69,13 +84,9 @@ unsafe fn end_from(stream: *mut H2Stream, id: u32, mut seen: u64) -> bool {
 /// As `end_stream`'s.
 #[inline(always)]
 pub(super) unsafe fn set_flags(stream: *mut H2Stream, id: u32, had: u32, flags: u32) {
-    let word = |flags: u32| {
-        let ([a, b, c, d], [e, f, g, h]) = (id.to_ne_bytes(), flags.to_ne_bytes());
-        u64::from_ne_bytes([a, b, c, d, e, f, g, h])
-    };
     // SAFETY: the caller's promise. The server's program is the flags' only writer, so the swap
     // fails only when the client freed the entry, and the new flags are then no longer wanted.
-    unsafe { compare_exchange(stream.cast::<u64>(), word(had), word(flags)) };
+    unsafe { compare_exchange(stream.cast::<u64>(), word(id, had), word(id, flags)) };
 }
 const _: () = assert!(core::mem::offset_of!(H2Stream, flags) == 4);
 const _: () = assert!(core::mem::align_of::<H2Stream>() == 8);
@@ -200,8 +211,7 @@ mod tests {
             flags: ANSWERED | HAD_DATA,
             start_ns: 3,
         };
-        let [a, b, c, d] = 9u32.to_ne_bytes();
-        let before_the_marks = u64::from_ne_bytes([a, b, c, d, 0, 0, 0, 0]);
+        let before_the_marks = word(9, 0);
         // SAFETY: a local entry, valid for the call.
         assert!(unsafe { end_from(&raw mut entry, 9, before_the_marks) });
         assert_eq!((entry.id, entry.flags), (0, ANSWERED | HAD_DATA));

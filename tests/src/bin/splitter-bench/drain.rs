@@ -6,17 +6,12 @@
 //! same clients with 3 s of think time, whose pooled connections are idle at the rollback: the
 //! kernel's decision → the last of them closed.
 
-use std::{
-    fmt::Write as _,
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{fmt::Write as _, process::Stdio, thread, time::Duration};
 
 use splitter_tests::{
     compare::{Kind, Setups},
     pooled,
-    testbed::{Testbed, ctl_bin},
+    testbed::{Testbed, rollback_command},
 };
 
 use splitter_ctl::model::drain::DEFAULT_DRAIN_IDLE;
@@ -186,14 +181,8 @@ fn attempt_round(
     let started = pooled::now();
     match kind {
         Kind::Splitter => {
-            let mut rollback = Command::new(ctl_bin());
-            rollback
-                .arg("--config")
-                .arg(&bed.config_path)
-                .args(["rollback", "sentiment", "--wait-ms", "0"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            let mut rollback = rollback_command(&bed.config_path);
+            rollback.stdout(Stdio::piped()).stderr(Stdio::piped());
             let fail = |e: std::io::Error| format!("splitter-ctl: {e}");
             let (child, _) = bed.node.start(rollback).map_err(fail)?;
             let out = child.wait_with_output().map_err(fail)?;

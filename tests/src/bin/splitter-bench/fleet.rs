@@ -7,7 +7,7 @@
 
 use std::{
     fmt::Write as _,
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use splitter_ctl::{
 };
 use splitter_tests::{
     etcd::EtcdCluster,
-    testbed::{Testbed, ctl_bin},
+    testbed::{Testbed, rollback_command},
 };
 
 /// The nodes' test beds: 210 to 214 (198.18.210.0/24 ...), etcd on the first one's addresses.
@@ -105,14 +105,8 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
             return Err(format!("weight: {}", String::from_utf8_lossy(&out.stderr)));
         }
         words.until(5_000, Instant::now())?;
-        let mut command = Command::new(ctl_bin());
-        command
-            .arg("--config")
-            .arg(&on.config_path)
-            .args(["rollback", "sentiment", "--wait-ms", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut command = rollback_command(&on.config_path);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
         let (mut rollback, started) = on
             .node
             .start(command)
