@@ -3,10 +3,10 @@
 //! nftables DNAT with conntrack, and HAProxy in TCP mode.
 //!
 //! Throughput and latency come from wrk with a fixed duration, keep-alive and one request per
-//! connection, in interleaved rounds: every round runs every setup once, ratios to direct are
-//! taken within a round, and the median round is reported. Then, for each setup that splits:
-//! the share new connections got, rollbacks probed by connections, established connections
-//! across share changes.
+//! connection, in rounds: every round runs every setup once, each between two runs of direct,
+//! and a setup's ratios are taken to the mean of the direct runs either side of it, so that
+//! the host's drift over a round cancels. Then, for each setup that splits: the share new connections got, rollbacks probed by
+//! connections, established connections across share changes.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -80,6 +80,33 @@ impl Run {
     }
 }
 
+/// A run of one setup and the direct runs just before and after it.
+#[derive(Clone, Copy)]
+struct Bracketed {
+    run: Run,
+    before: Run,
+    after: Run,
+}
+
+impl Bracketed {
+    /// `f` of the run over the mean of `f` of the direct runs either side: drift that is
+    /// linear over the three runs cancels.
+    fn ratio(&self, f: &dyn Fn(&Run) -> f64) -> f64 {
+        f(&self.run) / ((f(&self.before) + f(&self.after)) / 2.0)
+    }
+}
+
+/// Every run of a section: direct's in the order they ran, the others bracketed.
+struct Runs {
+    /// direct[mode][i], over all rounds.
+    direct: [Vec<Run>; 2],
+    /// bracketed[kind][mode][round], empty for direct.
+    bracketed: Vec<[Vec<Bracketed>; 2]>,
+    /// How many direct runs each round made (the method's own check compares only runs of
+    /// one round).
+    direct_per_round: usize,
+}
+
 /// Busy CPU time of the whole machine so far (every CPU, every state but idle and iowait).
 fn busy_cpu() -> Result<Duration, String> {
     let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
@@ -119,24 +146,53 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
     let mut bed = Testbed::with_index(BED, server);
     let mut setups = Setups::new(&mut bed, GREEN_BP)?;
 
-    // runs[kind][mode][round]
-    let mut runs: Vec<[Vec<Run>; 2]> = Kind::ALL.iter().map(|_| [vec![], vec![]]).collect();
-    for round in 0..plan.rounds {
-        // Each round starts with another setup, so none always runs first or last.
-        for i in 0..Kind::ALL.len() {
-            let k = (round + i) % Kind::ALL.len();
-            let kind = Kind::ALL[k];
-            setups.enter(&mut bed, kind)?;
-            for (m, mode) in MODES.into_iter().enumerate() {
+    let measure =
+        |bed: &mut Testbed, setups: &mut Setups, kind: Kind| -> Result<[Run; 2], String> {
+            setups.enter(bed, kind)?;
+            let mut pair = Vec::with_capacity(MODES.len());
+            for mode in MODES {
                 let before = busy_cpu()?;
-                let report = wrk::run(&bed.client, Setups::addr(&bed, kind), &plan.load(mode))?;
+                let load = plan.load(mode);
+                let report = wrk::run(&bed.client, Setups::addr(bed, kind), &load)?;
                 let cpu = busy_cpu()?.saturating_sub(before);
                 if report.requests == 0 {
                     return Err(format!("{}: wrk completed no request", kind.name()));
                 }
-                runs[k][m].push(Run { report, cpu });
+                pair.push(Run { report, cpu });
             }
-            setups.leave(&mut bed, kind)?;
+            setups.leave(bed, kind)?;
+            Ok([pair[0], pair[1]])
+        };
+
+    let others: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| *k != Kind::Direct)
+        .collect();
+    let mut runs = Runs {
+        direct: [vec![], vec![]],
+        bracketed: Kind::ALL.iter().map(|_| [vec![], vec![]]).collect(),
+        direct_per_round: others.len() + 1,
+    };
+    for round in 0..plan.rounds {
+        let mut before = measure(&mut bed, &mut setups, Kind::Direct)?;
+        for (m, run) in before.iter().enumerate() {
+            runs.direct[m].push(*run);
+        }
+        // Each round starts with another setup, so none always runs first or last.
+        for i in 0..others.len() {
+            let kind = others[(round + i) % others.len()];
+            let run = measure(&mut bed, &mut setups, kind)?;
+            let after = measure(&mut bed, &mut setups, Kind::Direct)?;
+            let k = at(kind);
+            for m in 0..MODES.len() {
+                runs.direct[m].push(after[m]);
+                runs.bracketed[k][m].push(Bracketed {
+                    run: run[m],
+                    before: before[m],
+                    after: after[m],
+                });
+            }
+            before = after;
         }
     }
 
@@ -168,20 +224,43 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
     Ok(report(&plan, &runs, &splitting))
 }
 
+/// Where `kind` is in `Kind::ALL`.
+fn at(kind: Kind) -> usize {
+    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) -> String {
-    let at = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-    // Median over rounds of a value, and of its ratio to direct's in the same round.
-    let value =
-        |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| median(runs[k][m].iter().map(f).collect());
+fn report(plan: &Plan, runs: &Runs, splitting: &[(Kind, Splitting)]) -> String {
+    let direct = at(Kind::Direct);
+    // Median over rounds of a value (direct's over all its runs).
+    let value = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| {
+        if k == direct {
+            median(runs.direct[m].iter().map(f).collect())
+        } else {
+            median(runs.bracketed[k][m].iter().map(|b| f(&b.run)).collect())
+        }
+    };
+    // Each round's ratio to the direct runs either side; for direct itself, the same of each
+    // of its runs that has direct runs of its round either side (the method against itself).
     let ratios = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
-        runs[k][m]
-            .iter()
-            .zip(&runs[at(Kind::Direct)][m])
-            .map(|(r, d)| f(r) / f(d))
+        if k != direct {
+            return runs.bracketed[k][m].iter().map(|b| b.ratio(f)).collect();
+        }
+        runs.direct[m]
+            .chunks(runs.direct_per_round)
+            .flat_map(|round| {
+                round.windows(3).map(|w| {
+                    Bracketed {
+                        run: w[1],
+                        before: w[0],
+                        after: w[2],
+                    }
+                    .ratio(f)
+                })
+            })
             .collect()
     };
     let ratio = |k: usize, m: usize, f: &dyn Fn(&Run) -> f64| median(ratios(k, m, f));
@@ -207,7 +286,7 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
     );
     let _ = writeln!(
         out,
-        "wrk: 2 threads, 32 connections (the client reuses ports in TIME_WAIT, `tcp_tw_reuse = 1`, and each setup has its own ephemeral port range, so one setup's TIME_WAIT never meets another's connections), {} s per run, keep-alive and one request per connection (`Connection: close`); {} round(s), each running every setup in turn (each round starting with the next one); medians over rounds, ratios taken to direct within each round. The client, the node and the backends share the machine's cores, so these are whole-path numbers; CPU is the machine's busy time (from /proc/stat) over a run divided by the requests it completed.\n",
+        "wrk: 2 threads, 32 connections (the client reuses ports in TIME_WAIT, `tcp_tw_reuse = 1`, and each setup has its own ephemeral port range, so one setup's TIME_WAIT never meets another's connections), {} s per run, keep-alive and one request per connection (`Connection: close`); {} round(s), each running every other setup once (each round starting with the next one), each between two runs of direct; a setup's ratios to direct are taken to the mean of the direct runs either side of it, so that the host's drift over a round cancels, and the table gives medians over rounds. The client, the node and the backends share the machine's cores, so these are whole-path numbers; CPU is the machine's busy time (from /proc/stat) over a run divided by the requests it completed. Direct's row: its values over all its runs; its ratios are the method against itself, each direct run that has direct runs of its round either side taken to their mean as the setups' runs are: how far this method reads apart two runs of one setup.\n",
         plan.duration.as_secs(),
         plan.rounds
     );
@@ -218,7 +297,14 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (k, kind) in Kind::ALL.into_iter().enumerate() {
         for (m, mode) in MODES.into_iter().enumerate() {
-            let errors: u64 = runs[k][m].iter().map(|r| r.report.errors).sum();
+            let errors: u64 = if k == direct {
+                runs.direct[m].iter().map(|r| r.report.errors).sum()
+            } else {
+                runs.bracketed[k][m]
+                    .iter()
+                    .map(|b| b.run.report.errors)
+                    .sum()
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.1} |",
@@ -325,13 +411,13 @@ fn report(plan: &Plan, runs: &[[Vec<Run>; 2]], splitting: &[(Kind, Splitting)]) 
         );
         for other in [Kind::Nftables, Kind::Haproxy] {
             let o = at(other);
-            // Within each round, as the ratios to direct are.
+            // Within each round: the two setups' ratios to their own direct runs.
             let versus = |f: &dyn Fn(&Run) -> f64| {
                 median(
-                    runs[s][m]
+                    runs.bracketed[s][m]
                         .iter()
-                        .zip(&runs[o][m])
-                        .map(|(a, b)| f(a) / f(b))
+                        .zip(&runs.bracketed[o][m])
+                        .map(|(a, b)| a.ratio(f) / b.ratio(f))
                         .collect(),
                 )
             };
