@@ -12,6 +12,7 @@
 //! | `NEXT_HOPS` | per-CPU array | XDP ingress | per slot (two ways per set, by the backend's address): the `NextHop` the FIB gave for an IPv4 backend, and when |
 //! | `REPLY_HOPS` | per-CPU array | TC reply program | per slot (two ways per set, by the client's address, as `NEXT_HOPS`): the `NextHop` the FIB gave for an IPv4 client, and when |
 //! | `FORWARD_DEVICES` | devmap hash | user space | ifindex → the device: the devices the ingress may redirect steered packets to |
+//! | `PEER_DEVICES` | array | user space | per `ifindex % PEER_DEVICE_SLOTS`: the ifindex of a device of `FORWARD_DEVICES` that is a veth (or netkit) whose other end is in another network namespace, to which the replies' fast path hands a packet straight (`bpf_redirect_peer`); 0: none |
 //! | `FORWARD_SEEN` | array | XDP ingress | per `ifindex % FORWARD_SEEN_ENTRIES`: a device the fast path sent packets to, where the reply program goes |
 //! | `REPLY_CACHE` | per-CPU array | TC egress (fill, clear), user space (clear) | per set (`FlowCacheKey::set`): two `CachedReply` ways of steered IPv4 flows, keyed by the reply's tuple |
 //! | `HANDSHAKES` | LRU hash | XDP ingress | `FlowKey` → the backend's `Slot` of a new flow the rate guard steered without a `FLOWS` entry, so its SYN-ACK is still translated |
@@ -41,6 +42,7 @@ pub const FLOWS: &str = "FLOWS";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
 pub const REPLY_CACHE: &str = "REPLY_CACHE";
 pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
+pub const PEER_DEVICES: &str = "PEER_DEVICES";
 pub const FORWARD_SEEN: &str = "FORWARD_SEEN";
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
 pub const REPLY_HOPS: &str = "REPLY_HOPS";
@@ -63,7 +65,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 25] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -76,6 +78,7 @@ pub const ALL: [&str; 24] = [
     L7_PROGRAMS,
     TC_L7_PROGRAMS,
     FORWARD_DEVICES,
+    PEER_DEVICES,
     FORWARD_SEEN,
     NEXT_HOPS,
     REPLY_HOPS,
@@ -128,6 +131,9 @@ const _: () = assert!(FLOW_CACHE_SETS.is_power_of_two());
 /// costs its reply a FIB lookup, never a backend's packet one.
 pub const NEXT_HOP_SLOTS: u32 = MAX_BACKENDS;
 const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
+/// Slots of `PEER_DEVICES`: devices by `ifindex % PEER_DEVICE_SLOTS`. Of two devices in one
+/// slot, the one with the smaller index is listed; the other's replies take a plain redirect.
+pub const PEER_DEVICE_SLOTS: u32 = 1024;
 /// Entries of `FORWARD_SEEN`: devices by `ifindex % FORWARD_SEEN_ENTRIES`.
 pub const FORWARD_SEEN_ENTRIES: u32 = 64;
 /// Devices the fast path may redirect to, at most.

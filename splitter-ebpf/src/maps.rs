@@ -16,8 +16,8 @@ use splitter_common::{
     maps::{
         FLOW_CACHE_SETS, FLOW_CAPACITY_PER_CPU, FORWARD_SEEN_ENTRIES, LATENCY_ENTRIES,
         MAX_BACKENDS, MAX_COHORT_ENTRIES, MAX_DRAINS, MAX_FORWARD_DEVICES, MAX_H2_CONNS,
-        MAX_HANDSHAKES, MAX_SERVICES, NEXT_HOP_SLOTS, POOL_SLOT_ENTRIES, PORT_ENTRIES,
-        VERSION_STAT_ENTRIES,
+        MAX_HANDSHAKES, MAX_SERVICES, NEXT_HOP_SLOTS, PEER_DEVICE_SLOTS, POOL_SLOT_ENTRIES,
+        PORT_ENTRIES, VERSION_STAT_ENTRIES,
     },
 };
 
@@ -92,6 +92,12 @@ pub static TC_L7_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// whose driver takes redirected frames from another device.
 #[map(name = "FORWARD_DEVICES")]
 pub static FORWARD_DEVICES: DevMapHash = DevMapHash::with_max_entries(MAX_FORWARD_DEVICES, 0);
+
+/// Per `ifindex % PEER_DEVICE_SLOTS`: the index of a device of `FORWARD_DEVICES` whose other
+/// end is in another network namespace, to which the replies' fast path hands a packet
+/// straight (0: none). Written by user space.
+#[map(name = "PEER_DEVICES")]
+pub static PEER_DEVICES: Array<u32> = Array::with_max_entries(PEER_DEVICE_SLOTS, 0);
 
 /// Per CPU: the fast path's next hops of IPv4 backends, by address, two ways per set.
 #[map(name = "NEXT_HOPS")]

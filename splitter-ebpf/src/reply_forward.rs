@@ -4,7 +4,10 @@
 //! that holds none for this length, as the ingress does for backends in `NEXT_HOPS`; a GSO
 //! packet asks the FIB every time, with no length, as the stack forwards GSO packets), its
 //! Ethernet header rewritten and its TTL decremented, and it is redirected to the client's
-//! device (`bpf_redirect`, to its egress), past the node's IP forwarding path. A reply the FIB
+//! device (`bpf_redirect`, to its egress), past the node's IP forwarding path; when that device
+//! is a veth whose other end is in another namespace (`PEER_DEVICES`, asked with the FIB), it
+//! is handed to that end's ingress instead (`bpf_redirect_peer`), past the veth's transmit and
+//! the backlog queue of a second receive, as Cilium's host routing does for pods. A reply the FIB
 //! cannot send on (no neighbour yet, no route, a device the fast path may not use) goes on to
 //! the stack untouched and is translated on its way out by `split_egress`, as without the fast
 //! path: translating it here would give the stack a packet from one of the node's own
@@ -15,17 +18,25 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibLookup,
     cty::c_void,
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use splitter_common::PlaneCounter;
+use splitter_common::{PlaneCounter, maps::PEER_DEVICE_SLOTS};
 
 use crate::{
     Skip, egress,
     forward::{self, AF_INET},
-    maps,
+    maps::{self, PEER_DEVICES},
     packet::{self, IPV4_LEN_OFFSET},
 };
+
+/// Whether device `ifindex`'s other end is in another namespace (`PEER_DEVICES`).
+#[inline(always)]
+fn is_peer(ifindex: u32) -> bool {
+    PEER_DEVICES
+        .get(ifindex % PEER_DEVICE_SLOTS)
+        .is_some_and(|listed| *listed == ifindex)
+}
 
 /// `TC_ACT_REDIRECT`.
 const TC_ACT_REDIRECT: i32 = 7;
@@ -104,7 +115,14 @@ pub fn to_client(ctx: &TcContext) -> Result<(i32, bool), Skip> {
     unsafe { forward::write_macs(eth as *mut u8, &hop.macs) };
     egress::rewrite_v4(ctx, &headers, &reply, Some(ttl))?;
     maps::count(PlaneCounter::ReplyForwarded);
-    // SAFETY: a helper on scalars.
-    unsafe { bpf_redirect(hop.ifindex, 0) };
+    // SAFETY: helpers on scalars. The peer redirect is taken at this program's hook, a TC
+    // ingress, the only one where the kernel allows it.
+    unsafe {
+        if is_peer(hop.ifindex) {
+            bpf_redirect_peer(hop.ifindex, 0);
+        } else {
+            bpf_redirect(hop.ifindex, 0);
+        }
+    }
     Ok((TC_ACT_REDIRECT, h2))
 }

@@ -15,10 +15,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use splitter_common::{
     NEXT_HOP_ROUTED, NextHop,
-    maps::{NEXT_HOP_SLOTS, NEXT_HOPS, REPLY_HOPS},
+    maps::{NEXT_HOP_SLOTS, NEXT_HOPS, PEER_DEVICE_SLOTS, PEER_DEVICES, REPLY_HOPS},
 };
 use splitter_tests::{
     http::{self, KeepAlive},
@@ -150,6 +150,7 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
     );
     let replies_forwarded = |bed: &Testbed| packets(bed, "reply_forwarded");
     let before = replies_forwarded(&bed);
+    let sent_before = sent_on_node_interface(&bed);
     let answers = bed.client.run(move || {
         (0..40)
             .map(|_| http::get(vip).expect("a request through the service, both ways fast"))
@@ -158,10 +159,15 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
     assert!(answers.iter().any(|a| a.contains("blue")), "{answers:?}");
     assert!(answers.iter().any(|a| a.contains("green")), "{answers:?}");
     // Each connection's backend sends at least its SYN-ACK, its response and its FIN that way.
+    let replies = replies_forwarded(&bed) - before;
+    assert!(replies >= 40.0 * 3.0, "{replies} replies forwarded");
+    // The client's side of the node is a veth whose other end is in the client's namespace:
+    // the replies are handed to that end (`bpf_redirect_peer`), so the node's end transmits
+    // none of them (what it does send is the odd ARP or a reply the stack took).
+    let sent = sent_on_node_interface(&bed) - sent_before;
     assert!(
-        replies_forwarded(&bed) - before >= 40.0 * 3.0,
-        "{} replies forwarded",
-        replies_forwarded(&bed) - before
+        (sent as f64) < replies / 4.0,
+        "the node's client-facing veth transmitted {sent} packets for {replies} replies forwarded"
     );
     // The replies' next hop is kept like the backends', in a table of its own: the clients' in
     // REPLY_HOPS, the backends' in NEXT_HOPS.
@@ -173,34 +179,71 @@ fn steered_packets_skip_the_node_s_forwarding_path() {
     assert!(
         clients
             .iter()
-            .any(|(addr, ifindex)| *addr == client && *ifindex != NEXT_HOP_ROUTED),
+            .any(|hop| hop.addr == client && hop.ifindex != NEXT_HOP_ROUTED),
         "no next hop kept for the client {client}: {clients:?}"
     );
-    assert!(
-        clients.iter().all(|(addr, _)| *addr == client),
-        "{clients:?}"
-    );
+    assert!(clients.iter().all(|hop| hop.addr == client), "{clients:?}");
     let blue_ip = *blue.ip();
     assert!(
-        backends.iter().any(|(addr, _)| *addr == blue_ip),
+        backends.iter().any(|hop| hop.addr == blue_ip),
         "{backends:?}"
     );
     assert!(
-        backends.iter().all(|(addr, _)| *addr != client),
+        backends.iter().all(|hop| hop.addr != client),
         "{backends:?}"
+    );
+    // The daemon listed the client-facing veth as one whose other end is elsewhere.
+    let index = bed.node.run({
+        let name = std::ffi::CString::new(bed.node_interface()).expect("a name");
+        // SAFETY: a C string that lives across the call.
+        move || unsafe { libc::if_nametoindex(name.as_ptr()) }
+    });
+    let peers = MapData::from_pin(bed.pin_dir.join(PEER_DEVICES)).expect("the peers' pin");
+    let peers: Array<_, u32> = Array::try_from(Map::Array(peers)).expect("an array");
+    assert_eq!(
+        peers.get(&(index % PEER_DEVICE_SLOTS), 0).ok(),
+        Some(index),
+        "the node's client-facing veth (index {index}) is not in {PEER_DEVICES}"
     );
 }
 
-/// The addresses a next-hop map (`NEXT_HOPS`, `REPLY_HOPS`) keeps a next hop of, on any CPU,
-/// with its device.
-fn kept_next_hops(bed: &Testbed, name: &str) -> Vec<(Ipv4Addr, u32)> {
+/// Packets the node's client-facing device has transmitted (read where `ip netns exec` mounts
+/// the node namespace's sysfs).
+fn sent_on_node_interface(bed: &Testbed) -> u64 {
+    let out = bed
+        .node
+        .exec("cat")
+        .arg(format!(
+            "/sys/class/net/{}/statistics/tx_packets",
+            bed.node_interface()
+        ))
+        .output()
+        .expect("cat");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("tx_packets: {e}: {out:?}"))
+}
+
+/// A next hop as a test reads it: the address in order and the device.
+#[derive(Debug)]
+struct Kept {
+    addr: Ipv4Addr,
+    ifindex: u32,
+}
+
+/// The next hops a next-hop map (`NEXT_HOPS`, `REPLY_HOPS`) keeps, on any CPU.
+fn kept_next_hops(bed: &Testbed, name: &str) -> Vec<Kept> {
     let data = MapData::from_pin(bed.pin_dir.join(name)).expect("the next hops' pin");
     let hops: PerCpuArray<_, NextHop> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a next-hop map");
     (0..NEXT_HOP_SLOTS)
         .flat_map(|slot| hops.get(&slot, 0).expect("a next-hop slot").to_vec())
         .filter(|hop| hop.asked_ns != 0)
-        .map(|hop| (Ipv4Addr::from(hop.addr.to_ne_bytes()), hop.ifindex))
+        .map(|hop| Kept {
+            addr: Ipv4Addr::from(hop.addr.to_ne_bytes()),
+            ifindex: hop.ifindex,
+        })
         .collect()
 }
 

@@ -155,10 +155,12 @@ impl Daemon {
             Ok(forward::Synced {
                 added: 0,
                 removed: 0,
+                peers_changed: 0,
             }) => {}
             Ok(synced) => tracing::info!(
                 added = synced.added,
                 removed = synced.removed,
+                peers_changed = synced.peers_changed,
                 on,
                 "the fast path's devices changed"
             ),

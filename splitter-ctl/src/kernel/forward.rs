@@ -7,12 +7,18 @@
 //!   NAPI (an XDP program or GRO on the peer, in a namespace the node cannot see): veth devices
 //!   are left out, and their packets take the stack.
 //!
-//! The daemon brings the list up to date at start and at every housekeeping, so a container's
-//! new interface joins within seconds; the kernel drops a device that goes away by itself.
+//! Of those, a veth (or netkit) whose other end is in another network namespace is listed in
+//! `PEER_DEVICES` too: the replies' fast path, at a TC ingress, hands a reply for it straight to
+//! that end (`bpf_redirect_peer`). The kernel drops such a redirect when the other end is in the
+//! same namespace, so a device is listed only when the kernel says it is elsewhere.
+//!
+//! The daemon brings the lists up to date at start and at every housekeeping, so a container's
+//! new interface joins within seconds; the kernel drops a device that goes away by itself from
+//! `FORWARD_DEVICES`, and the next sync from `PEER_DEVICES`.
 
 use std::{collections::BTreeSet, ffi::CStr, path::Path};
 
-use aya::maps::{DevMapHash, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, MapData, PerCpuArray};
 use splitter_common::{NextHop, maps as names};
 
 use super::{
@@ -27,7 +33,12 @@ pub struct Device {
     pub name: String,
     /// As `ethtool -i` reports it; `None` when the device does not say.
     pub driver: Option<String>,
+    /// A veth or netkit whose other end the kernel says is in another network namespace.
+    pub other_end_elsewhere: bool,
 }
+
+/// Drivers whose devices come in pairs, where `bpf_redirect_peer` reaches the other end.
+const PAIRED_DRIVERS: [&str; 2] = ["veth", "netkit"];
 
 /// The interfaces of the caller's network namespace, with their drivers.
 #[must_use]
@@ -42,9 +53,14 @@ pub fn devices() -> Vec<Device> {
         let mut at = list;
         while (*at).if_index != 0 && !(*at).if_name.is_null() {
             let name = CStr::from_ptr((*at).if_name).to_string_lossy().into_owned();
+            let driver = netdev::driver(&name);
+            let paired = driver
+                .as_deref()
+                .is_some_and(|d| PAIRED_DRIVERS.contains(&d));
             found.push(Device {
                 index: (*at).if_index,
-                driver: netdev::driver(&name),
+                other_end_elsewhere: paired && netdev::links_elsewhere((*at).if_index),
+                driver,
                 name,
             });
             at = at.add(1);
@@ -65,11 +81,23 @@ pub fn reachable(devices: &[Device], generic: bool) -> BTreeSet<u32> {
         .collect()
 }
 
+/// The devices of `reachable` a reply may be handed to at their other end.
+#[must_use]
+pub fn peers(devices: &[Device], reachable: &BTreeSet<u32>) -> BTreeSet<u32> {
+    devices
+        .iter()
+        .filter(|d| d.other_end_elsewhere && reachable.contains(&d.index))
+        .map(|d| d.index)
+        .collect()
+}
+
 /// What a sync changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     pub added: usize,
     pub removed: usize,
+    /// Devices that joined or left `PEER_DEVICES`.
+    pub peers_changed: usize,
 }
 
 /// `FORWARD_DEVICES`.
@@ -94,8 +122,8 @@ impl ForwardDevices {
         &mut self,
         listed: &BTreeSet<u32>,
         wanted: &BTreeSet<u32>,
-    ) -> Result<Synced, MapsError> {
-        let mut synced = Synced::default();
+    ) -> Result<(usize, usize), MapsError> {
+        let (mut added, mut removed) = (0, 0);
         for index in wanted.difference(listed) {
             self.0
                 .insert(*index, *index, None, 0)
@@ -103,33 +131,81 @@ impl ForwardDevices {
                     ifindex: *index,
                     source,
                 })?;
-            synced.added += 1;
+            added += 1;
         }
         for index in listed.difference(wanted) {
             match self.0.remove(*index) {
-                Ok(()) => synced.removed += 1,
+                Ok(()) => removed += 1,
                 // Gone with its device meanwhile.
                 Err(e) if super::maps::is_missing_key(&e) => {}
                 Err(e) => return Err(access(names::FORWARD_DEVICES, "unlist a device")(e)),
             }
         }
-        Ok(synced)
+        Ok((added, removed))
     }
 }
 
-/// Brings `FORWARD_DEVICES` in `pin_dir` up to date with this namespace's devices, or empties
-/// it when the fast path is off (every steered packet then takes the stack, counted as
+/// What `PEER_DEVICES` holds for `peers`: per slot, the smallest index of the devices whose
+/// index falls there, or 0.
+#[must_use]
+pub fn peer_slots(peers: &BTreeSet<u32>) -> Vec<u32> {
+    let mut slots = vec![0u32; names::PEER_DEVICE_SLOTS as usize];
+    // In ascending order: the first to take a slot keeps it.
+    for index in peers {
+        let slot = &mut slots[(*index % names::PEER_DEVICE_SLOTS) as usize];
+        if *slot == 0 {
+            *slot = *index;
+        }
+    }
+    slots
+}
+
+/// `PEER_DEVICES`.
+struct PeerDevices(Array<MapData, u32>);
+
+impl PeerDevices {
+    fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
+        let map = open_pin(pin_dir, names::PEER_DEVICES)?;
+        Ok(Self(typed(names::PEER_DEVICES, map)?))
+    }
+
+    /// Makes the slots hold `wanted` (`peer_slots`); how many changed.
+    fn sync(&mut self, wanted: &[u32]) -> Result<usize, MapsError> {
+        let mut changed = 0;
+        for (slot, want) in (0u32..).zip(wanted) {
+            let now = self
+                .0
+                .get(&slot, 0)
+                .map_err(access(names::PEER_DEVICES, "read a slot"))?;
+            if now != *want {
+                self.0
+                    .set(slot, *want, 0)
+                    .map_err(access(names::PEER_DEVICES, "write a slot"))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Brings `FORWARD_DEVICES` and `PEER_DEVICES` in `pin_dir` up to date with this namespace's
+/// devices, or empties them when the fast path is off (every steered packet then takes the stack, counted as
 /// `forward_no_device`).
 pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError> {
-    let wanted = if on {
-        reachable(&devices(), generic)
-    } else {
-        BTreeSet::new()
-    };
+    let found = if on { devices() } else { Vec::new() };
+    let wanted = reachable(&found, generic);
+    // The replies' fast path redirects only to a device `FORWARD_DEVICES` lists, so a peer
+    // listed a moment before or after its device is never redirected to: the two lists need
+    // no order between them.
+    let wanted_peers = peer_slots(&peers(&found, &wanted));
+    let mut peer_devices = PeerDevices::open_pinned(pin_dir)?;
     let mut devices = ForwardDevices::open_pinned(pin_dir)?;
     let listed = devices.listed()?;
     if listed == wanted {
-        return Ok(Synced::default());
+        return Ok(Synced {
+            peers_changed: peer_devices.sync(&wanted_peers)?,
+            ..Synced::default()
+        });
     }
     // The kept next hops name devices as they were: a hop kept for a device about to leave the
     // list would be redirected nowhere (and dropped) until it expires, and one kept as "take
@@ -146,9 +222,14 @@ pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError
         maps.clear_flow_ways()
     };
     clear(&mut hops, &mut maps)?;
-    let synced = devices.sync(&listed, &wanted)?;
+    let (added, removed) = devices.sync(&listed, &wanted)?;
+    let peers_changed = peer_devices.sync(&wanted_peers)?;
     clear(&mut hops, &mut maps)?;
-    Ok(synced)
+    Ok(Synced {
+        added,
+        removed,
+        peers_changed,
+    })
 }
 
 /// `NEXT_HOPS` or `REPLY_HOPS`: the fast path's next hops (the backends', the clients'), kept
@@ -187,6 +268,7 @@ mod tests {
             index,
             name: name.to_owned(),
             driver: Some(driver.to_owned()),
+            other_end_elsewhere: false,
         }
     }
 
@@ -200,10 +282,43 @@ mod tests {
                 index: 9,
                 name: "dummy0".to_owned(),
                 driver: None,
+                other_end_elsewhere: false,
             },
         ];
         assert_eq!(reachable(&devices, true), BTreeSet::from([2, 7, 9]));
         assert_eq!(reachable(&devices, false), BTreeSet::from([2, 9]));
+    }
+
+    #[test]
+    fn only_reachable_devices_whose_other_end_is_elsewhere_take_a_peer_redirect() {
+        let elsewhere = |index, name| Device {
+            other_end_elsewhere: true,
+            ..device(index, name, "veth")
+        };
+        let devices = [
+            device(2, "eth0", "virtio_net"),
+            elsewhere(7, "veth1a2b"),
+            // Both ends here: a peer redirect to it would be dropped.
+            device(8, "vethpair0", "veth"),
+            elsewhere(11, "lxc9"),
+        ];
+        let generic = reachable(&devices, true);
+        assert_eq!(peers(&devices, &generic), BTreeSet::from([7, 11]));
+        // Natively, no veth is reachable, so none is a peer either.
+        assert_eq!(
+            peers(&devices, &reachable(&devices, false)),
+            BTreeSet::new()
+        );
+    }
+
+    #[test]
+    fn peers_take_the_slot_of_their_index_and_the_smaller_index_keeps_a_shared_one() {
+        let n = names::PEER_DEVICE_SLOTS;
+        let slots = peer_slots(&BTreeSet::from([7, 11, n + 7, 2 * n + 3]));
+        assert_eq!(slots.len(), n as usize);
+        assert_eq!((slots[7], slots[11], slots[3]), (7, 11, 2 * n + 3));
+        assert_eq!(slots.iter().filter(|s| **s != 0).count(), 3);
+        assert!(peer_slots(&BTreeSet::new()).iter().all(|s| *s == 0));
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         names::REPLY_CACHE => (4, size_of::<CacheSet<CachedReply>>()),
         // `struct bpf_devmap_val`: the ifindex, then a program's fd or id.
         names::FORWARD_DEVICES => (4, 8),
-        names::FORWARD_SEEN => (4, 4),
+        names::FORWARD_SEEN | names::PEER_DEVICES => (4, 4),
         names::NEXT_HOPS | names::REPLY_HOPS => (4, size_of::<splitter_common::NextHop>()),
         names::HANDSHAKES => (size_of::<FlowKey>(), size_of::<Slot>()),
         names::H2_CONNS => (

@@ -69,6 +69,96 @@ pub fn driver(interface: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// Whether device `index` of the caller's namespace links to a device in another network
+/// namespace, as the kernel's `RTM_GETLINK` answer says (`IFLA_LINK_NETNSID`, which it gives
+/// only then). For a veth, the other end lives there. False when the device does not exist or
+/// the kernel cannot be asked.
+#[must_use]
+pub fn links_elsewhere(index: u32) -> bool {
+    let Ok(ifi_index) = i32::try_from(index) else {
+        return false;
+    };
+    #[repr(C)]
+    struct Request {
+        header: libc::nlmsghdr,
+        link: libc::ifinfomsg,
+    }
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: size_of::<Request>() as u32,
+            nlmsg_type: libc::RTM_GETLINK,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        link: {
+            // SAFETY: a plain C struct for which all zeroes is valid.
+            let mut link: libc::ifinfomsg = unsafe { std::mem::zeroed() };
+            link.ifi_family = libc::AF_UNSPEC as u8;
+            link.ifi_index = ifi_index;
+            link
+        },
+    };
+    let mut answer = vec![0u8; 32 * 1024];
+    // SAFETY: a netlink socket, closed below; send reads the request and recv writes at most
+    // `answer.len()` bytes into it, both of which outlive the calls.
+    let got = unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let sent = libc::send(fd, (&raw const request).cast(), size_of::<Request>(), 0);
+        let got = if sent == size_of::<Request>() as isize {
+            libc::recv(fd, answer.as_mut_ptr().cast(), answer.len(), 0)
+        } else {
+            -1
+        };
+        libc::close(fd);
+        got
+    };
+    let Ok(got) = usize::try_from(got) else {
+        return false;
+    };
+    link_attributes(&answer[..got.min(answer.len())])
+        .any(|(kind, _)| kind == libc::IFLA_LINK_NETNSID)
+}
+
+/// The attributes (type, payload) of the first message of a netlink answer when it is an
+/// `RTM_NEWLINK`; none for an error or anything malformed.
+fn link_attributes(answer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let header = size_of::<libc::nlmsghdr>();
+    let start = header + size_of::<libc::ifinfomsg>();
+    let u16_at = |at: usize| {
+        answer
+            .get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    let len = answer
+        .get(..4)
+        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let link = len >= start && len <= answer.len() && u16_at(4) == Some(libc::RTM_NEWLINK);
+    let end = if link { len } else { 0 };
+    let mut at = start;
+    std::iter::from_fn(move || {
+        if at + 4 > end {
+            return None;
+        }
+        let size = usize::from(u16_at(at)?);
+        let kind =
+            u16_at(at + 2)? & !(libc::NLA_F_NESTED as u16 | libc::NLA_F_NET_BYTEORDER as u16);
+        if size < 4 || at + size > end {
+            return None;
+        }
+        let payload = &answer[at + 4..at + size];
+        at += (size + 3) & !3;
+        Some((kind, payload))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +169,56 @@ mod tests {
         assert_eq!(driver("a-name-longer-than-ifnamsiz"), None);
         assert_eq!(driver("nul\0name"), None);
         assert_eq!(driver("splitter-none0"), None, "no such interface");
+    }
+
+    /// An `RTM_NEWLINK` answer with `attributes` (type, payload).
+    fn answer(kind: u16, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0u8; size_of::<libc::ifinfomsg>()];
+        for (t, payload) in attributes {
+            let size = 4 + payload.len();
+            body.extend_from_slice(&(size as u16).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let len = size_of::<libc::nlmsghdr>() + body.len();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_link_answer_is_read_attribute_by_attribute_and_anything_else_is_empty() {
+        let link = answer(
+            libc::RTM_NEWLINK,
+            &[
+                (libc::IFLA_IFNAME, b"veth0\0"),
+                (libc::IFLA_LINK_NETNSID, &[1, 0, 0, 0]),
+            ],
+        );
+        let kinds: Vec<u16> = link_attributes(&link).map(|(k, _)| k).collect();
+        assert_eq!(kinds, [libc::IFLA_IFNAME, libc::IFLA_LINK_NETNSID]);
+        let error = answer(
+            libc::NLMSG_ERROR as u16,
+            &[(libc::IFLA_LINK_NETNSID, &[0; 4])],
+        );
+        assert_eq!(link_attributes(&error).count(), 0);
+        // Cut short: the header claims more than was read.
+        assert_eq!(link_attributes(&link[..link.len() - 4]).count(), 0);
+        // An attribute longer than its message ends the walk.
+        let mut bad = link.clone();
+        let first = size_of::<libc::nlmsghdr>() + size_of::<libc::ifinfomsg>();
+        bad[first..first + 2].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(link_attributes(&bad).count(), 0);
+    }
+
+    #[test]
+    fn loopback_links_nowhere_else() {
+        // Index 1 is loopback in every namespace.
+        assert!(!links_elsewhere(1));
+        assert!(!links_elsewhere(u32::MAX));
     }
 }
