@@ -440,7 +440,8 @@ fn attach_xdp_pass(interface: &str) -> Result<aya::Ebpf, String> {
         .program_mut(PROGRAM_BASELINE)
         .and_then(|p| p.try_into().ok())
         .ok_or("no XDP_PASS program in the object")?;
-    program.load().map_err(|e| format!("load XDP_PASS: {e}"))?;
+    splitter_ctl::kernel::dataplane::load_program(PROGRAM_BASELINE, || program.load())
+        .map_err(|e| format!("load XDP_PASS: {e}"))?;
     program
         .attach(
             interface,

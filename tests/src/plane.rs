@@ -82,30 +82,26 @@ impl Plane {
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .unwrap_or_else(|| panic!("program {name}"));
-            program
-                .load()
+            dataplane::load_program(name, || program.load())
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e:?}"));
         }
         let tc_baseline: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM_TC_BASELINE)
             .and_then(|p| p.try_into().ok())
             .expect("tc baseline program");
-        tc_baseline
-            .load()
+        dataplane::load_program(PROGRAM_TC_BASELINE, || tc_baseline.load())
             .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_TC_BASELINE}: {e:?}"));
         let reply: &mut SchedClassifier = ebpf
             .program_mut(splitter_common::maps::PROGRAM_REPLY)
             .and_then(|p| p.try_into().ok())
             .expect("reply program");
-        reply
-            .load()
+        dataplane::load_program(splitter_common::maps::PROGRAM_REPLY, || reply.load())
             .unwrap_or_else(|e| panic!("verifier refused the reply program: {e:?}"));
         let egress: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM_EGRESS)
             .and_then(|p| p.try_into().ok())
             .expect("egress program");
-        egress
-            .load()
+        dataplane::load_program(PROGRAM_EGRESS, || egress.load())
             .unwrap_or_else(|e| panic!("verifier refused {PROGRAM_EGRESS}: {e:?}"));
         dataplane::load_tail_calls(&mut ebpf)
             .unwrap_or_else(|e| panic!("tail calls: {:#}", anyhow::Error::from(e)));

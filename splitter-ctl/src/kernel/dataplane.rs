@@ -206,9 +206,9 @@ pub fn attach(
     // Both programs pass the verifier before either replaces what runs now, so an upgrade
     // never leaves a new ingress beside an old egress.
     let ingress: &mut Xdp = program(ebpf, names::PROGRAM_INGRESS)?;
-    ingress.load().map_err(load_error(names::PROGRAM_INGRESS))?;
+    load_program(names::PROGRAM_INGRESS, || ingress.load())?;
     let egress: &mut SchedClassifier = program(ebpf, names::PROGRAM_EGRESS)?;
-    egress.load().map_err(load_error(names::PROGRAM_EGRESS))?;
+    load_program(names::PROGRAM_EGRESS, || egress.load())?;
     load_tail_calls(ebpf)?;
     // The reply fast path too; its pinned links move to the new program at once.
     let adopted = super::reply_links::load_and_adopt(ebpf, pin_dir)?;
@@ -287,13 +287,41 @@ pub fn attach(
 /// egress and reply programs.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let h2: &mut Xdp = program(ebpf, names::PROGRAM_H2)?;
-    h2.load().map_err(load_error(names::PROGRAM_H2))?;
+    load_program(names::PROGRAM_H2, || h2.load())?;
     let fd = cloned_fd(names::PROGRAM_H2, h2.fd())?;
     put_tail_call(ebpf, names::PROGRAM_H2, &fd, names::L7_PROGRAMS)?;
     let reply: &mut SchedClassifier = program(ebpf, names::PROGRAM_H2_REPLY)?;
-    reply.load().map_err(load_error(names::PROGRAM_H2_REPLY))?;
+    load_program(names::PROGRAM_H2_REPLY, || reply.load())?;
     let fd = cloned_fd(names::PROGRAM_H2_REPLY, reply.fd())?;
     put_tail_call(ebpf, names::PROGRAM_H2_REPLY, &fd, names::TC_L7_PROGRAMS)
+}
+
+/// How many times a program's load is tried while the kernel answers `EAGAIN`, as libbpf does:
+/// the verifier stops when a signal is pending for the loading thread, and a program as large
+/// as the ingress takes it long enough for one to come.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads program `name` with `load`, again while the verifier was interrupted (`EAGAIN`).
+pub fn load_program(
+    name: &'static str,
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), DataplaneError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                tracing::debug!(
+                    program = name,
+                    attempt,
+                    "the verifier was interrupted; loading again"
+                );
+                attempt += 1;
+            }
+            outcome => return outcome.map_err(load_error(name)),
+        }
+    }
 }
 
 /// A program's load (or typing) failure, named.
@@ -598,4 +626,52 @@ fn fs_magic(path: &Path) -> io::Result<i64> {
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn a_load_the_verifier_gave_up_on_for_a_signal_is_tried_again_a_few_times() {
+        let mut tries = 0;
+        load_program("p", || {
+            tries += 1;
+            if tries < 3 {
+                Err(refused(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        })
+        .expect("loaded at the third try");
+        assert_eq!(tries, 3);
+
+        let mut tries = 0;
+        assert!(
+            load_program("p", || {
+                tries += 1;
+                Err(refused(libc::EAGAIN))
+            })
+            .is_err()
+        );
+        assert_eq!(tries, LOAD_ATTEMPTS);
+
+        // Any other refusal is the verifier's answer: not tried again.
+        let mut tries = 0;
+        assert!(
+            load_program("p", || {
+                tries += 1;
+                Err(refused(libc::EACCES))
+            })
+            .is_err()
+        );
+        assert_eq!(tries, 1);
+    }
 }

@@ -44,10 +44,7 @@ fn program_pin(pin_dir: &Path) -> PathBuf {
 /// links it adopted.
 pub fn load_and_adopt(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<usize, DataplaneError> {
     let reply: &mut SchedClassifier = program(ebpf, names::PROGRAM_REPLY)?;
-    reply.load().map_err(|source| DataplaneError::Program {
-        name: names::PROGRAM_REPLY,
-        source: Box::new(source),
-    })?;
+    super::dataplane::load_program(names::PROGRAM_REPLY, || reply.load())?;
     let pin = program_pin(pin_dir);
     match fs::remove_file(&pin) {
         Ok(()) => {}
