@@ -96,7 +96,7 @@ pub fn peers(devices: &[Device], reachable: &BTreeSet<u32>) -> BTreeSet<u32> {
 pub struct Synced {
     pub added: usize,
     pub removed: usize,
-    /// Devices that joined or left `PEER_DEVICES`.
+    /// Devices that joined or left `PEER_DEVICES` (a slot that changed hands counts twice).
     pub peers_changed: usize,
 }
 
@@ -160,6 +160,15 @@ pub fn peer_slots(peers: &BTreeSet<u32>) -> Vec<u32> {
     slots
 }
 
+/// Of the slots `now` holds, those `wanted` keeps as they are; every other slot empty (a
+/// device to add is not added yet).
+fn staying(now: &[u32], wanted: &[u32]) -> Vec<u32> {
+    now.iter()
+        .zip(wanted)
+        .map(|(now, want)| if now == want { *now } else { 0 })
+        .collect()
+}
+
 /// `PEER_DEVICES`.
 struct PeerDevices(Array<MapData, u32>);
 
@@ -169,41 +178,56 @@ impl PeerDevices {
         Ok(Self(typed(names::PEER_DEVICES, map)?))
     }
 
-    /// Makes the slots hold `wanted` (`peer_slots`); how many changed.
-    fn sync(&mut self, wanted: &[u32]) -> Result<usize, MapsError> {
-        let mut changed = 0;
-        for (slot, want) in (0u32..).zip(wanted) {
-            let now = self
-                .0
-                .get(&slot, 0)
-                .map_err(access(names::PEER_DEVICES, "read a slot"))?;
-            if now != *want {
+    /// What the slots hold now.
+    fn slots(&self) -> Result<Vec<u32>, MapsError> {
+        (0..names::PEER_DEVICE_SLOTS)
+            .map(|slot| {
+                self.0
+                    .get(&slot, 0)
+                    .map_err(access(names::PEER_DEVICES, "read a slot"))
+            })
+            .collect()
+    }
+
+    /// Writes the slots of `wanted` that differ from `now` (what they hold, kept up to date);
+    /// how many it wrote.
+    fn write(&mut self, now: &mut [u32], wanted: &[u32]) -> Result<usize, MapsError> {
+        let mut written = 0;
+        for ((slot, now), want) in (0u32..).zip(now.iter_mut()).zip(wanted) {
+            if *now != *want {
                 self.0
                     .set(slot, *want, 0)
                     .map_err(access(names::PEER_DEVICES, "write a slot"))?;
-                changed += 1;
+                *now = *want;
+                written += 1;
             }
         }
-        Ok(changed)
+        Ok(written)
     }
 }
 
 /// Brings `FORWARD_DEVICES` and `PEER_DEVICES` in `pin_dir` up to date with this namespace's
-/// devices, or empties them when the fast path is off (every steered packet then takes the stack, counted as
-/// `forward_no_device`).
+/// devices, or empties them when the fast path is off (every steered packet then takes the
+/// stack, counted as `forward_no_device`).
 pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError> {
     let found = if on { devices() } else { Vec::new() };
     let wanted = reachable(&found, generic);
-    // The replies' fast path redirects only to a device `FORWARD_DEVICES` lists, so a peer
-    // listed a moment before or after its device is never redirected to: the two lists need
-    // no order between them.
+    // The replies' fast path redirects to a peer only if `FORWARD_DEVICES` lists the device
+    // too. A device listed there while a stale entry here names its index (an index freed and
+    // taken again) would have its replies handed to an "other end" that may be here, where
+    // the kernel drops them: so what is no longer wanted here goes first, whatever becomes of
+    // the device list, and what is new here is added only after the device list changed.
     let wanted_peers = peer_slots(&peers(&found, &wanted));
     let mut peer_devices = PeerDevices::open_pinned(pin_dir)?;
+    let mut slots = peer_devices.slots()?;
+    let kept = staying(&slots, &wanted_peers);
+    let mut peers_changed = peer_devices.write(&mut slots, &kept)?;
     let mut devices = ForwardDevices::open_pinned(pin_dir)?;
     let listed = devices.listed()?;
     if listed == wanted {
+        peers_changed += peer_devices.write(&mut slots, &wanted_peers)?;
         return Ok(Synced {
-            peers_changed: peer_devices.sync(&wanted_peers)?,
+            peers_changed,
             ..Synced::default()
         });
     }
@@ -223,7 +247,7 @@ pub fn sync(pin_dir: &Path, on: bool, generic: bool) -> Result<Synced, MapsError
     };
     clear(&mut hops, &mut maps)?;
     let (added, removed) = devices.sync(&listed, &wanted)?;
-    let peers_changed = peer_devices.sync(&wanted_peers)?;
+    peers_changed += peer_devices.write(&mut slots, &wanted_peers)?;
     clear(&mut hops, &mut maps)?;
     Ok(Synced {
         added,
@@ -319,6 +343,14 @@ mod tests {
         assert_eq!((slots[7], slots[11], slots[3]), (7, 11, 2 * n + 3));
         assert_eq!(slots.iter().filter(|s| **s != 0).count(), 3);
         assert!(peer_slots(&BTreeSet::new()).iter().all(|s| *s == 0));
+    }
+
+    #[test]
+    fn stale_peers_go_before_the_device_list_changes_and_new_ones_wait() {
+        // Slots: kept, stale (another device took the index's slot), gone, new.
+        let now = [7, 9, 12, 0];
+        let wanted = [7, 1033, 0, 14];
+        assert_eq!(staying(&now, &wanted), [7, 0, 0, 0]);
     }
 
     #[test]
