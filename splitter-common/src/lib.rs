@@ -23,7 +23,7 @@ pub use cache::{
 };
 pub use hash::{client_hash, flow_hash};
 pub use split::{SplitWord, Version};
-pub use stats::VersionStats;
+pub use stats::{Traffic, VersionStats};
 
 /// An IPv6 address, or an IPv4 address in its IPv4-mapped form.
 pub type Addr = [u8; 16];
@@ -786,6 +786,7 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::BackendInfo {}
     unsafe impl aya::Pod for super::VersionStats {}
+    unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::Histogram {}
     unsafe impl aya::Pod for super::FlowGuard {}
     unsafe impl aya::Pod for super::drain::Drain {}

@@ -23,7 +23,8 @@
 //! | `H2_TC_PENDING` | per-CPU array, not pinned | TC egress and reply programs, `split_h2_reply` | the payload they leave for `split_h2_reply` |
 //! | `H2_FRESH` | per-CPU array, not pinned | XDP ingress | where a new `H2Conn` is built before its insert |
 //! | `BACKENDS` | hash | user space | backend `Endpoint` → `BackendInfo` (which service a steered flow's replies speak for) |
-//! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` |
+//! | `VERSION_STATS` | per-CPU array | both programs | per (service, pool): `VersionStats` (all but the traffic counts) |
+//! | `VERSION_TRAFFIC` | per-CPU array | both programs | per (service, pool): `Traffic`, the packets and bytes each way |
 //! | `LATENCY` | per-CPU array | TC egress | per (service, version, kind): a log-linear µs `Histogram` (8 buckets per octave) |
 //! | `PLANE_STATS` | per-CPU array | both programs | per `PlaneCounter`: packets |
 //! | `FLOW_GUARD` | per-CPU array | user space (rate), XDP ingress (tokens) | one `FlowGuard` |
@@ -54,6 +55,7 @@ pub const L7_PROGRAM_H2: u32 = 0;
 pub const TC_L7_PROGRAMS: &str = "TC_L7_PROGRAMS";
 pub const BACKENDS: &str = "BACKENDS";
 pub const VERSION_STATS: &str = "VERSION_STATS";
+pub const VERSION_TRAFFIC: &str = "VERSION_TRAFFIC";
 pub const LATENCY: &str = "LATENCY";
 pub const PLANE_STATS: &str = "PLANE_STATS";
 pub const FLOW_GUARD: &str = "FLOW_GUARD";
@@ -65,7 +67,7 @@ pub const DRAIN_ACTIVE: &str = "DRAIN_ACTIVE";
 pub const REPORTS: &str = "REPORTS";
 
 /// Every map, in the order user space opens them.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 26] = [
     SERVICES,
     SERVICE_PORTS,
     SPLIT,
@@ -84,6 +86,7 @@ pub const ALL: [&str; 25] = [
     REPLY_HOPS,
     BACKENDS,
     VERSION_STATS,
+    VERSION_TRAFFIC,
     LATENCY,
     PLANE_STATS,
     FLOW_GUARD,
@@ -98,8 +101,9 @@ pub const ALL: [&str; 25] = [
 /// instead of refusing to start: the measurements start again, the caches fill again from
 /// `FLOWS`, and nothing that steers traffic is lost. (`H2_CONNS` too: its connections are then
 /// counted as untracked, and new ones are read again.)
-pub const REPLACEABLE: [&str; 8] = [
+pub const REPLACEABLE: [&str; 9] = [
     VERSION_STATS,
+    VERSION_TRAFFIC,
     LATENCY,
     PLANE_STATS,
     FLOW_CACHE,
@@ -154,7 +158,8 @@ pub const FLOW_CAPACITY_PER_CPU: u32 = 16_384;
 
 /// Entries of `SERVICE_PORTS`: one per port.
 pub const PORT_ENTRIES: u32 = 65_536;
-/// Entries of `VERSION_STATS`: blue, green and the last-resort pool of every service.
+/// Entries of `VERSION_STATS` and `VERSION_TRAFFIC`: blue, green and the last-resort pool of
+/// every service.
 pub const VERSION_STAT_ENTRIES: u32 = MAX_SERVICES * 3;
 /// Entries of `POOL_SLOTS`: a slot table per entry of `VERSION_STATS`.
 pub const POOL_SLOT_ENTRIES: u32 = VERSION_STAT_ENTRIES * SLOTS_PER_POOL;

@@ -161,10 +161,7 @@ pub fn steered_v4(
 /// Counts a translated reply on its version.
 #[inline(always)]
 pub fn count_out(ctx: &TcContext, reply: &CachedReply) {
-    maps::with_stats(reply.stats_index, |s| {
-        s.packets_out += 1;
-        s.bytes_out += u64::from(ctx.len());
-    });
+    maps::count_traffic(reply.stats_index, false, u64::from(ctx.len()));
 }
 
 /// Whether a reply can change what its flow knows: handshake answers, closes, and payload
@@ -349,10 +346,11 @@ fn translate_v6(ctx: &TcContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, 
         Steered::Handshake => false,
         Steered::No => return Err(Skip::Pass(PlaneCounter::Unsteered)),
     };
-    maps::with_stats(stats_index(info.service_id, info.version), |s| {
-        s.packets_out += 1;
-        s.bytes_out += u64::from(ctx.len());
-    });
+    maps::count_traffic(
+        stats_index(info.service_id, info.version),
+        false,
+        u64::from(ctx.len()),
+    );
     let malformed = |_| Skip::Pass(PlaneCounter::Malformed);
     let mangled_0 = mangled_0(pkt.protocol);
     let (l4, l4_check_at) = (pkt.l4_offset, pkt.l4_check_offset);

@@ -163,10 +163,7 @@ fn express(start: usize, end: usize) -> Option<u32> {
     if !routed && len > hop.max_len {
         return None;
     }
-    maps::with_stats(way.stats_index, |s| {
-        s.packets_in += 1;
-        s.bytes_in += (end - start) as u64;
-    });
+    maps::count_traffic(way.stats_index, true, (end - start) as u64);
     // SAFETY: inside the headers checked above.
     unsafe {
         let l4_check = tcp.add(TCP_CHECK_OFFSET);

@@ -84,10 +84,7 @@ pub fn steer(ctx: &XdpContext, uncached: bool) -> Result<bool, Skip> {
             (target, followed.h2)
         }
     };
-    maps::with_stats(target.stats, |s| {
-        s.packets_in += 1;
-        s.bytes_in += bounds.len();
-    });
+    maps::count_traffic(target.stats, true, bounds.len());
     // SAFETY: `parse` bounds-checked the IPv4 header, the port pair and the L4 checksum.
     unsafe { rewrite_destination(pkt.ip, pkt.l4, pkt.l4_check, pkt.protocol, &target) };
     Ok(h2)
@@ -199,10 +196,7 @@ fn steer_v6(ctx: &XdpContext, pkt: &Packet, bounds: &Bounds) -> Result<bool, Ski
     if let Client::Drop = drain::observe_client(&key, pkt, bounds) {
         return Err(Skip::Drop(PlaneCounter::DrainRaced));
     }
-    maps::with_stats(stats, |s| {
-        s.packets_in += 1;
-        s.bytes_in += bounds.len();
-    });
+    maps::count_traffic(stats, true, bounds.len());
     let (_, old_port) = packet::split_ports(ports);
     pkt.set_dst6(addr);
     // SAFETY: `parse` bounds-checked the port pair.

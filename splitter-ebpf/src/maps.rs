@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use splitter_common::{
     BackendInfo, CacheSet, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
-    NextHop, PLANE_COUNTERS, PlaneCounter, Service, Slot, VersionStats,
+    NextHop, PLANE_COUNTERS, PlaneCounter, Service, Slot, Traffic, VersionStats,
     drain::Drain,
     l7::H2Conn,
     maps::{
@@ -116,9 +116,15 @@ pub static FORWARD_SEEN: Array<u32> = Array::with_max_entries(FORWARD_SEEN_ENTRI
 #[map(name = "BACKENDS")]
 pub static BACKENDS: HashMap<Endpoint, BackendInfo> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
-/// (service, version) → traffic counters, per CPU.
+/// (service, version) → counters, per CPU (all but the traffic counts).
 #[map(name = "VERSION_STATS")]
 pub static VERSION_STATS: PerCpuArray<VersionStats> =
+    PerCpuArray::with_max_entries(VERSION_STAT_ENTRIES, 0);
+
+/// (service, version) → packets and bytes each way, per CPU: the counts every packet adds, in
+/// 32 bytes of their own (`Traffic`).
+#[map(name = "VERSION_TRAFFIC")]
+pub static VERSION_TRAFFIC: PerCpuArray<Traffic> =
     PerCpuArray::with_max_entries(VERSION_STAT_ENTRIES, 0);
 
 /// (service, version, kind) → log2 µs latency histogram, per CPU.
@@ -186,6 +192,22 @@ pub fn with_stats(index: u32, update: impl FnOnce(&mut VersionStats)) {
     if let Some(stats) = VERSION_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
         update(unsafe { &mut *stats });
+    }
+}
+
+/// Counts a packet of `len` bytes on version `index`: in (client → backend) or out.
+#[inline(always)]
+pub fn count_traffic(index: u32, inbound: bool, len: u64) {
+    if let Some(traffic) = VERSION_TRAFFIC.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        let traffic = unsafe { &mut *traffic };
+        if inbound {
+            traffic.packets_in += 1;
+            traffic.bytes_in += len;
+        } else {
+            traffic.packets_out += 1;
+            traffic.bytes_out += len;
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use aya::{
 use splitter_common::{
     BackendInfo, CacheSet, CachedFlow, CachedReply, Endpoint, Flow, FlowGuard, FlowKey, Histogram,
     LAST_RESORT, LatencyKind, PLANE_COUNTERS, PlaneCounter, SLOT_SET, Service, Slot, SplitWord,
-    Version, VersionStats, WayKey,
+    Traffic, Version, VersionStats, WayKey,
     drain::Drain,
     maps::{self as names, SLOTS_PER_POOL},
     slot_index, stats_index,
@@ -94,6 +94,7 @@ pub struct Maps {
     reply_cache: PerCpuArray<MapData, CacheSet<CachedReply>>,
     backends: HashMap<MapData, Endpoint, BackendInfo>,
     version_stats: PerCpuArray<MapData, VersionStats>,
+    version_traffic: PerCpuArray<MapData, Traffic>,
     latency: PerCpuArray<MapData, Histogram>,
     plane_stats: PerCpuArray<MapData, u64>,
     flow_guard: PerCpuArray<MapData, FlowGuard>,
@@ -130,6 +131,7 @@ fn expected_layout(name: &str) -> (usize, usize) {
         // A program array: program fds in, ids out.
         names::L7_PROGRAMS | names::TC_L7_PROGRAMS => (4, 4),
         names::VERSION_STATS => (4, size_of::<VersionStats>()),
+        names::VERSION_TRAFFIC => (4, size_of::<Traffic>()),
         names::LATENCY => (4, size_of::<Histogram>()),
         names::PLANE_STATS => (4, size_of::<u64>()),
         names::FLOW_GUARD => (4, size_of::<FlowGuard>()),
@@ -165,7 +167,7 @@ pub enum LayoutError {
 /// their size (the flow table's size comes from the config at its creation).
 fn expected_entries(name: &str) -> Option<u32> {
     Some(match name {
-        names::VERSION_STATS => names::VERSION_STAT_ENTRIES,
+        names::VERSION_STATS | names::VERSION_TRAFFIC => names::VERSION_STAT_ENTRIES,
         names::LATENCY => names::LATENCY_ENTRIES,
         names::PLANE_STATS => splitter_common::PLANE_COUNTERS,
         names::FLOW_CACHE | names::REPLY_CACHE => names::FLOW_CACHE_SETS,
@@ -332,6 +334,7 @@ impl Maps {
             reply_cache: typed(names::REPLY_CACHE, open(names::REPLY_CACHE)?)?,
             backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
             version_stats: typed(names::VERSION_STATS, open(names::VERSION_STATS)?)?,
+            version_traffic: typed(names::VERSION_TRAFFIC, open(names::VERSION_TRAFFIC)?)?,
             latency: typed(names::LATENCY, open(names::LATENCY)?)?,
             plane_stats: typed(names::PLANE_STATS, open(names::PLANE_STATS)?)?,
             flow_guard: typed(names::FLOW_GUARD, open(names::FLOW_GUARD)?)?,
@@ -705,13 +708,19 @@ impl Maps {
 
     fn pool_counters(&self, id: u32, pool: u8) -> Result<VersionStats, MapsError> {
         Self::check_id(id)?;
+        let index = stats_index(id, pool);
         let per_cpu = self
             .version_stats
-            .get(&stats_index(id, pool), 0)
+            .get(&index, 0)
             .map_err(access(names::VERSION_STATS, "read counters"))?;
+        let traffic = self
+            .version_traffic
+            .get(&index, 0)
+            .map_err(access(names::VERSION_TRAFFIC, "read counters"))?;
         Ok(per_cpu
             .iter()
-            .fold(VersionStats::default(), VersionStats::add))
+            .fold(VersionStats::default(), VersionStats::add)
+            .with_traffic(&traffic.iter().fold(Traffic::default(), Traffic::add)))
     }
 
     /// New flows steered to each version so far: [blue, green].
@@ -754,6 +763,10 @@ impl Maps {
         self.version_stats
             .set(stats_index(id, version), zeros, 0)
             .map_err(access(names::VERSION_STATS, "reset counters"))?;
+        let zeros = zeroed::<Traffic>(names::VERSION_TRAFFIC)?;
+        self.version_traffic
+            .set(stats_index(id, version), zeros, 0)
+            .map_err(access(names::VERSION_TRAFFIC, "reset counters"))?;
         for kind in LatencyKind::ALL {
             let zeros = zeroed::<Histogram>(names::LATENCY)?;
             let index = splitter_common::latency_index(stats_index(id, version), kind);
@@ -768,13 +781,13 @@ impl Maps {
     /// (the sums of every version's `packets_in` and `packets_out`), then each `PlaneCounter`.
     pub fn plane_counters(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         let (mut steered, mut translated) = (0, 0);
-        for values in self.version_stats.iter() {
-            for stats in values
-                .map_err(access(names::VERSION_STATS, "read counters"))?
+        for values in self.version_traffic.iter() {
+            for traffic in values
+                .map_err(access(names::VERSION_TRAFFIC, "read counters"))?
                 .iter()
             {
-                steered += stats.packets_in;
-                translated += stats.packets_out;
+                steered += traffic.packets_in;
+                translated += traffic.packets_out;
             }
         }
         let mut counters = vec![("steered", steered), ("reply_translated", translated)];
