@@ -552,7 +552,7 @@ pub const fn slot_index(service_id: u32, pool: u8, hash: u32) -> u32 {
 
 /// Packets that left the fast path, counted per CPU in `PLANE_STATS` (index = discriminant).
 /// Steered packets and translated replies are not counted here: they are the sums of
-/// `packets_in` and `packets_out` over `VERSION_STATS`, and counting them twice would cost every
+/// `packets_in` and `packets_out` over `VERSION_TRAFFIC`, and counting them twice would cost every
 /// packet a second map access.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,12 +8,10 @@ use crate::l7::{CALL_ERRORS, GRPC_STATUSES, PROTOCOLS, UNTRACKED};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct VersionStats {
-    /// The four traffic counts: the kernel keeps them in `VERSION_TRAFFIC` (`Traffic`), and
-    /// user space copies them here when it reads a version's counters.
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
+    /// The traffic counts: the kernel keeps them in `VERSION_TRAFFIC`, and user space copies
+    /// them here when it reads a version's counters (in JSON, they sit beside the others).
+    #[cfg_attr(feature = "user", serde(flatten))]
+    pub traffic: Traffic,
     /// Flows created by a SYN or a first UDP datagram.
     pub new_flows: u64,
     /// Non-SYN TCP packets with no flow entry, steered by the deterministic hash.
@@ -71,6 +69,7 @@ const _: () = assert!(
 /// write to 200 such entries cost about a fifth of its packet's time (docs/benchmarks.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Traffic {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -95,20 +94,14 @@ impl VersionStats {
     /// These counters with the traffic counts of `traffic`.
     #[must_use]
     pub const fn with_traffic(mut self, traffic: &Traffic) -> Self {
-        self.packets_in = traffic.packets_in;
-        self.bytes_in = traffic.bytes_in;
-        self.packets_out = traffic.packets_out;
-        self.bytes_out = traffic.bytes_out;
+        self.traffic = *traffic;
         self
     }
 
     /// Adds `other` field by field (user space sums the per-CPU values with it).
     #[must_use]
     pub const fn add(mut self, other: &Self) -> Self {
-        self.packets_in += other.packets_in;
-        self.bytes_in += other.bytes_in;
-        self.packets_out += other.packets_out;
-        self.bytes_out += other.bytes_out;
+        self.traffic = self.traffic.add(&other.traffic);
         self.new_flows += other.new_flows;
         self.flow_misses += other.flow_misses;
         self.slot_misses += other.slot_misses;
@@ -177,5 +170,33 @@ impl VersionStats {
                 + self.backend_resets
                 + self.refused_handshakes,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_sums_over_cpus_and_replaces_only_the_four_counts() {
+        let cpu = |n: u64| Traffic {
+            packets_in: n,
+            bytes_in: 100 * n,
+            packets_out: 2 * n,
+            bytes_out: 200 * n,
+        };
+        let sum = [cpu(1), cpu(2), cpu(4)]
+            .iter()
+            .fold(Traffic::default(), Traffic::add);
+        assert_eq!(sum, cpu(7));
+        let kept = VersionStats {
+            traffic: cpu(99),
+            new_flows: 5,
+            responses: 3,
+            ..VersionStats::default()
+        };
+        let read = kept.with_traffic(&sum);
+        assert_eq!(read.traffic, cpu(7));
+        assert_eq!((read.new_flows, read.responses), (5, 3));
     }
 }

@@ -369,9 +369,13 @@ fn a_cached_flows_pure_acks_take_the_express_lane_to_its_backend_with_the_genera
         // Counted as the general path counts: on the version, and once in the fast path's
         // outcomes, per packet.
         let (after, outcomes_after) = counts(&plane, from);
-        assert_eq!(after.packets_in - before.packets_in, 3, "packets in");
         assert_eq!(
-            after.bytes_in - before.bytes_in,
+            after.traffic.packets_in - before.traffic.packets_in,
+            3,
+            "packets in"
+        );
+        assert_eq!(
+            after.traffic.bytes_in - before.traffic.bytes_in,
             3 * ack.len() as u64,
             "bytes in"
         );
@@ -468,8 +472,15 @@ fn a_cached_reply_leaves_as_the_service_counted_and_a_response_still_takes_the_g
             assert!(checksums_ok(&run.data), "checksums of {:02x?}", run.data);
         }
         let (acked, _) = counts(&plane, from);
-        assert_eq!(acked.packets_out - before.packets_out, 3, "packets out");
-        assert_eq!(acked.bytes_out - before.bytes_out, 3 * ack.len() as u64);
+        assert_eq!(
+            acked.traffic.packets_out - before.traffic.packets_out,
+            3,
+            "packets out"
+        );
+        assert_eq!(
+            acked.traffic.bytes_out - before.traffic.bytes_out,
+            3 * ack.len() as u64
+        );
         assert_eq!(acked.responses, before.responses, "an ACK is no response");
 
         // The response's first bytes: the general path reads and times it.

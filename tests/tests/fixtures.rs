@@ -177,7 +177,7 @@ fn syn_is_steered_to_the_slot_its_hash_picks_with_valid_checksums() {
     assert_eq!(seen.len(), 2, "both blue backends are used");
     let blue = plane.maps.counters(id, Version::Blue).expect("counters");
     assert_eq!(
-        (blue.new_flows, blue.packets_in, blue.flow_misses),
+        (blue.new_flows, blue.traffic.packets_in, blue.flow_misses),
         (64, 64, 0)
     );
     assert_eq!(plane_count_named(&plane, "steered"), 64);
@@ -348,7 +348,7 @@ fn udp_datagrams_are_steered_and_a_zero_checksum_stays_zero() {
     let id = service_id(&plane.maps, dns, packet::UDP);
     let blue = plane.maps.counters(id, Version::Blue).expect("counters");
     assert_eq!(
-        (blue.new_flows, blue.packets_in, blue.flow_misses),
+        (blue.new_flows, blue.traffic.packets_in, blue.flow_misses),
         (1, 3, 0),
         "one flow, three datagrams"
     );
@@ -512,7 +512,7 @@ fn a_version_with_no_backend_fails_over_to_the_other_and_is_counted() {
         "counted on the version that was chosen"
     );
     assert_eq!(
-        (blue.new_flows, blue.packets_in),
+        (blue.new_flows, blue.traffic.packets_in),
         (1, 1),
         "served and counted by the version that has the backend"
     );
@@ -572,7 +572,7 @@ fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
     assert_eq!(run.verdict, XDP_PASS);
     assert_only_destination_rewritten(&frame, &run.data, addr("198.18.3.8:8080"));
     let last = plane.maps.last_resort_counters(id).expect("counters");
-    assert_eq!((last.new_flows, last.packets_in), (1, 1));
+    assert_eq!((last.new_flows, last.traffic.packets_in), (1, 1));
     let blue = plane.maps.counters(id, Version::Blue).expect("counters");
     assert_eq!(
         (blue.slot_misses, blue.new_flows),
@@ -601,6 +601,7 @@ fn the_last_resort_pool_takes_a_new_flow_when_neither_version_has_a_backend() {
             .maps
             .last_resort_counters(id)
             .expect("counters")
+            .traffic
             .packets_out,
         1
     );
@@ -764,6 +765,7 @@ fn a_reply_from_a_backend_leaves_as_the_service_with_valid_checksums() {
                 .maps
                 .counters(id, *version)
                 .expect("counters")
+                .traffic
                 .packets_out,
             1
         );
@@ -1595,7 +1597,9 @@ fn traffic_to_a_backends_own_address_passes_byte_identical_both_ways_and_is_not_
         [Version::Blue, Version::Green]
             .iter()
             .map(|v| plane.maps.counters(id, *v).expect("counters"))
-            .fold((0, 0), |(i, o), s| (i + s.packets_in, o + s.packets_out))
+            .fold((0, 0), |(i, o), s| {
+                (i + s.traffic.packets_in, o + s.traffic.packets_out)
+            })
     };
     // A health check or a scrape straight to blue, from the client's side of the interface.
     let (me, blue) = (client(52_000), addr("198.18.1.2:8080"));

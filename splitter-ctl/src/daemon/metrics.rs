@@ -473,12 +473,12 @@ impl Collector for KernelCollector {
         traffic(
             "splitter_packets",
             "Packets steered to (inbound) and translated from (outbound) a version",
-            |s| (s.packets_in, s.packets_out),
+            |s| (s.traffic.packets_in, s.traffic.packets_out),
         )?;
         traffic(
             "splitter_bytes",
             "Bytes steered to (inbound) and translated from (outbound) a version",
-            |s| (s.bytes_in, s.bytes_out),
+            |s| (s.traffic.bytes_in, s.traffic.bytes_out),
         )?;
 
         let per_version: [CounterOf; 9] = [

@@ -25,7 +25,7 @@ use aya::{
 use splitter_common::maps as names;
 
 use crate::{
-    kernel::maps::{LayoutError, check_layout},
+    kernel::layout::{LayoutError, check_layout},
     model::{config::XdpMode, error::chain, paths},
 };
 

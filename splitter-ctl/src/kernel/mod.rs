@@ -11,6 +11,7 @@ pub mod closer;
 pub mod dataplane;
 pub mod drains;
 pub mod forward;
+pub mod layout;
 pub mod maps;
 pub mod memory;
 pub mod netdev;

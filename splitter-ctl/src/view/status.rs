@@ -574,8 +574,8 @@ pub fn render(status: &Status) -> String {
                 "  {version:<5} {role:<9} share {share:>6}%  open {:>6}  new flows {:>8}  packets in/out {:>9}/{:<9} misses flow {} slot {}",
                 s.open_connections.get(version).copied().unwrap_or(0),
                 c.map_or(0, |c| c.new_flows),
-                c.map_or(0, |c| c.packets_in),
-                c.map_or(0, |c| c.packets_out),
+                c.map_or(0, |c| c.traffic.packets_in),
+                c.map_or(0, |c| c.traffic.packets_out),
                 c.map_or(0, |c| c.flow_misses),
                 c.map_or(0, |c| c.slot_misses),
             );
