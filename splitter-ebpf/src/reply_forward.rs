@@ -5,9 +5,10 @@
 //! packet asks the FIB every time, with no length, as the stack forwards GSO packets), its
 //! Ethernet header rewritten and its TTL decremented, and it is redirected to the client's
 //! device (`bpf_redirect`, to its egress), past the node's IP forwarding path; when that device
-//! is a veth whose other end is in another namespace (`PEER_DEVICES`, asked with the FIB), it
-//! is handed to that end's ingress instead (`bpf_redirect_peer`), past the veth's transmit and
-//! the backlog queue of a second receive, as Cilium's host routing does for pods. A reply the FIB
+//! is a veth whose other end is in another namespace (`PEER_DEVICES`, one array read at the
+//! redirect), it is handed to that end's ingress instead (`bpf_redirect_peer`), past the veth's
+//! transmit and the backlog queue of a second receive, as Cilium's host routing does for pods.
+//! A reply the FIB
 //! cannot send on (no neighbour yet, no route, a device the fast path may not use) goes on to
 //! the stack untouched and is translated on its way out by `split_egress`, as without the fast
 //! path: translating it here would give the stack a packet from one of the node's own

@@ -123,13 +123,12 @@ pub fn links_elsewhere(index: u32) -> bool {
     let Ok(got) = usize::try_from(got) else {
         return false;
     };
-    link_attributes(&answer[..got.min(answer.len())])
-        .any(|(kind, _)| kind == libc::IFLA_LINK_NETNSID)
+    link_attributes(&answer[..got.min(answer.len())]).any(|kind| kind == libc::IFLA_LINK_NETNSID)
 }
 
-/// The attributes (type, payload) of the first message of a netlink answer when it is an
+/// The attribute types of the first message of a netlink answer when it is an
 /// `RTM_NEWLINK`; none for an error or anything malformed.
-fn link_attributes(answer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+fn link_attributes(answer: &[u8]) -> impl Iterator<Item = u16> {
     let header = size_of::<libc::nlmsghdr>();
     let start = header + size_of::<libc::ifinfomsg>();
     let u16_at = |at: usize| {
@@ -153,9 +152,8 @@ fn link_attributes(answer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         if size < 4 || at + size > end {
             return None;
         }
-        let payload = &answer[at + 4..at + size];
         at += (size + 3) & !3;
-        Some((kind, payload))
+        Some(kind)
     })
 }
 
@@ -199,7 +197,7 @@ mod tests {
                 (libc::IFLA_LINK_NETNSID, &[1, 0, 0, 0]),
             ],
         );
-        let kinds: Vec<u16> = link_attributes(&link).map(|(k, _)| k).collect();
+        let kinds: Vec<u16> = link_attributes(&link).collect();
         assert_eq!(kinds, [libc::IFLA_IFNAME, libc::IFLA_LINK_NETNSID]);
         let error = answer(
             libc::NLMSG_ERROR as u16,

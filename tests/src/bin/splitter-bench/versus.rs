@@ -5,8 +5,9 @@
 //! Throughput and latency come from wrk with a fixed duration, keep-alive and one request per
 //! connection, in rounds: every round runs every setup once, each between two runs of direct,
 //! and a setup's ratios are taken to the mean of the direct runs either side of it, so that
-//! the host's drift over a round cancels. Then, for each setup that splits: the share new connections got, rollbacks probed by
-//! connections, established connections across share changes.
+//! the host's drift over a round cancels. Then, for each setup that splits: the share new
+//! connections got, rollbacks probed by connections, established connections across share
+//! changes.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -102,10 +103,10 @@ struct Runs {
     direct: [Vec<Run>; 2],
     /// bracketed[kind][mode][round], empty for direct.
     bracketed: Vec<[Vec<Bracketed>; 2]>,
-    /// How many direct runs each round made (the method's own check compares only runs of
-    /// one round).
-    direct_per_round: usize,
 }
+
+/// Direct's runs in a round: one first, then one after each other setup's.
+const DIRECT_PER_ROUND: usize = Kind::ALL.len();
 
 /// Busy CPU time of the whole machine so far (every CPU, every state but idle and iowait).
 fn busy_cpu() -> Result<Duration, String> {
@@ -171,7 +172,6 @@ pub fn section(server: &str, quick: bool) -> Result<String, String> {
     let mut runs = Runs {
         direct: [vec![], vec![]],
         bracketed: Kind::ALL.iter().map(|_| [vec![], vec![]]).collect(),
-        direct_per_round: others.len() + 1,
     };
     for round in 0..plan.rounds {
         let mut before = measure(&mut bed, &mut setups, Kind::Direct)?;
@@ -250,7 +250,7 @@ fn report(plan: &Plan, runs: &Runs, splitting: &[(Kind, Splitting)]) -> String {
             return runs.bracketed[k][m].iter().map(|b| b.ratio(f)).collect();
         }
         runs.direct[m]
-            .chunks(runs.direct_per_round)
+            .chunks(DIRECT_PER_ROUND)
             .flat_map(|round| {
                 round.windows(3).map(|w| {
                     Bracketed {
